@@ -1,1 +1,199 @@
-//! placeholder
+//! The mesh model: Istio's API objects as typed Rust values, each with the file and line it came
+//! from, validated on their own and against each other. Pure: no I/O, no kube, no tonic.
+
+pub mod duration;
+pub mod mesh;
+pub mod networking;
+pub mod parse;
+pub mod registry;
+pub mod security;
+mod validate;
+
+pub use mesh::{MeshConfig, Rejected};
+pub use parse::{FileConfig, parse_file};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Where an object came from, for `file:line` messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct SourcePos {
+    pub file: String,
+    pub line: usize,
+}
+
+impl fmt::Display for SourcePos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// A problem with one document, located in its file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Kind {
+    ServiceEntry,
+    WorkloadEntry,
+    DestinationRule,
+    VirtualService,
+    Gateway,
+    Sidecar,
+    PeerAuthentication,
+    AuthorizationPolicy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::ServiceEntry,
+        Kind::WorkloadEntry,
+        Kind::DestinationRule,
+        Kind::VirtualService,
+        Kind::Gateway,
+        Kind::Sidecar,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::VirtualService => "VirtualService",
+            Kind::Gateway => "Gateway",
+            Kind::Sidecar => "Sidecar",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
+            _ => "networking.istio.io",
+        }
+    }
+
+    /// API versions accepted for this kind: Istio's v1 and the older versions users still have.
+    pub fn accepts_api_version(self, api_version: &str) -> bool {
+        let Some((group, version)) = api_version.split_once('/') else {
+            return false;
+        };
+        if group != self.group() {
+            return false;
+        }
+        match self.group() {
+            "security.istio.io" => matches!(version, "v1" | "v1beta1"),
+            _ => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // objects are few and long-lived; boxing buys nothing
+pub enum Spec {
+    ServiceEntry(networking::ServiceEntry),
+    WorkloadEntry(networking::WorkloadEntry),
+    DestinationRule(networking::DestinationRule),
+    VirtualService(networking::VirtualService),
+    Gateway(networking::Gateway),
+    Sidecar(networking::Sidecar),
+    PeerAuthentication(security::PeerAuthentication),
+    AuthorizationPolicy(security::AuthorizationPolicy),
+}
+
+impl Spec {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::ServiceEntry(_) => Kind::ServiceEntry,
+            Spec::WorkloadEntry(_) => Kind::WorkloadEntry,
+            Spec::DestinationRule(_) => Kind::DestinationRule,
+            Spec::VirtualService(_) => Kind::VirtualService,
+            Spec::Gateway(_) => Kind::Gateway,
+            Spec::Sidecar(_) => Kind::Sidecar,
+            Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+        }
+    }
+}
+
+/// One accepted Istio object.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConfigObject {
+    pub api_version: String,
+    pub meta: ObjectMeta,
+    pub source: SourcePos,
+    pub spec: Spec,
+}
+
+impl ConfigObject {
+    pub fn kind(&self) -> Kind {
+        self.spec.kind()
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            kind: self.kind(),
+            namespace: self.meta.namespace().to_string(),
+            name: self.meta.name.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}

@@ -1,0 +1,287 @@
+//! Multi-document Istio YAML → typed objects, each error located as `file:line`.
+//!
+//! A YAML syntax error anywhere makes the whole file unparseable (the caller keeps the file's last
+//! good content); a document that parses but is not a valid object (unknown kind, unsupported
+//! field, bad value) is rejected on its own and the file's other documents are kept.
+
+use crate::networking as net;
+use crate::security as sec;
+use crate::{ConfigError, ConfigObject, Kind, ObjectMeta, SourcePos, Spec, validate};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// What one file contributed: the objects accepted and the documents rejected.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FileConfig {
+    pub objects: Vec<ConfigObject>,
+    pub rejected: Vec<ConfigError>,
+}
+
+struct Document<'a> {
+    text: &'a str,
+    /// 1-based line of the document's first line in the file.
+    first_line: usize,
+}
+
+fn split_documents(text: &str) -> Vec<Document<'_>> {
+    let mut docs = Vec::new();
+    let mut start_byte = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (idx, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") {
+            docs.push(Document {
+                text: &text[start_byte..offset],
+                first_line: start_line,
+            });
+            start_byte = offset + line.len();
+            start_line = idx + 2;
+        }
+        offset += line.len();
+    }
+    docs.push(Document {
+        text: &text[start_byte..],
+        first_line: start_line,
+    });
+    for d in &mut docs {
+        while let Some(nl) = d.text.find('\n') {
+            if !d.text[..nl].trim().is_empty() {
+                break;
+            }
+            d.text = &d.text[nl + 1..];
+            d.first_line += 1;
+        }
+    }
+    docs.retain(|d| {
+        d.text
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+/// serde_yaml appends " at line L column C"; we report our own file-relative position instead.
+fn strip_location(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    }
+}
+
+fn yaml_error(file: &str, doc: &Document<'_>, err: &serde_yaml::Error) -> ConfigError {
+    let line = err
+        .location()
+        .map(|l| doc.first_line + l.line().saturating_sub(1))
+        .unwrap_or(doc.first_line);
+    ConfigError {
+        file: file.to_string(),
+        line,
+        message: strip_location(&err.to_string()).to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Envelope<T> {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    #[allow(dead_code)]
+    metadata: serde_yaml::Value,
+    spec: T,
+    #[allow(dead_code)]
+    #[serde(default)]
+    status: Option<serde_yaml::Value>,
+}
+
+fn line_of_key(doc: &Document<'_>, key: &str) -> usize {
+    doc.text
+        .lines()
+        .position(|l| l.starts_with(key))
+        .map(|i| doc.first_line + i)
+        .unwrap_or(doc.first_line)
+}
+
+fn typed_spec<T: DeserializeOwned>(
+    file: &str,
+    doc: &Document<'_>,
+    wrap: fn(T) -> Spec,
+) -> Result<Spec, ConfigError> {
+    serde_yaml::from_str::<Envelope<T>>(doc.text)
+        .map(|env| wrap(env.spec))
+        .map_err(|e| yaml_error(file, doc, &e))
+}
+
+fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, ConfigError> {
+    let header: Header = serde_yaml::from_str(doc.text).map_err(|e| yaml_error(file, doc, &e))?;
+    let err_at = |key: &str, message: String| ConfigError {
+        file: file.to_string(),
+        line: line_of_key(doc, key),
+        message,
+    };
+    let kind_name = header
+        .kind
+        .ok_or_else(|| err_at("", "document has no `kind`".into()))?;
+    let kind = Kind::from_name(&kind_name).ok_or_else(|| {
+        err_at(
+            "kind:",
+            format!(
+                "unsupported kind `{kind_name}` (meshd reads {})",
+                Kind::ALL.map(|k| k.name()).join(", ")
+            ),
+        )
+    })?;
+    let api_version = header
+        .api_version
+        .ok_or_else(|| err_at("kind:", format!("{kind} has no `apiVersion`")))?;
+    if !kind.accepts_api_version(&api_version) {
+        return Err(err_at(
+            "apiVersion:",
+            format!(
+                "unsupported apiVersion `{api_version}` for {kind} (expected {}/v1)",
+                kind.group()
+            ),
+        ));
+    }
+    let meta = header.metadata.unwrap_or_default();
+    if meta.name.is_empty() {
+        return Err(err_at("metadata:", format!("{kind} has no metadata.name")));
+    }
+    let spec = match kind {
+        Kind::ServiceEntry => typed_spec::<net::ServiceEntry>(file, doc, Spec::ServiceEntry),
+        Kind::WorkloadEntry => typed_spec::<net::WorkloadEntry>(file, doc, Spec::WorkloadEntry),
+        Kind::DestinationRule => {
+            typed_spec::<net::DestinationRule>(file, doc, Spec::DestinationRule)
+        }
+        Kind::VirtualService => typed_spec::<net::VirtualService>(file, doc, Spec::VirtualService),
+        Kind::Gateway => typed_spec::<net::Gateway>(file, doc, Spec::Gateway),
+        Kind::Sidecar => typed_spec::<net::Sidecar>(file, doc, Spec::Sidecar),
+        Kind::PeerAuthentication => {
+            typed_spec::<sec::PeerAuthentication>(file, doc, Spec::PeerAuthentication)
+        }
+        Kind::AuthorizationPolicy => {
+            typed_spec::<sec::AuthorizationPolicy>(file, doc, Spec::AuthorizationPolicy)
+        }
+    }?;
+    let object = ConfigObject {
+        api_version,
+        meta,
+        source: SourcePos {
+            file: file.to_string(),
+            line: doc.first_line,
+        },
+        spec,
+    };
+    validate::object(&object).map_err(|message| err_at("spec:", message))?;
+    Ok(object)
+}
+
+/// Parse one file. `Err` when the file is not YAML at all (keep its last good content);
+/// otherwise the accepted objects and the per-document rejections.
+pub fn parse_file(file: &str, text: &str) -> Result<FileConfig, Vec<ConfigError>> {
+    let docs = split_documents(text);
+    let syntax_errors: Vec<ConfigError> = docs
+        .iter()
+        .filter_map(|doc| {
+            serde_yaml::from_str::<serde_yaml::Value>(doc.text)
+                .err()
+                .map(|e| yaml_error(file, doc, &e))
+        })
+        .collect();
+    if !syntax_errors.is_empty() {
+        return Err(syntax_errors);
+    }
+    let mut out = FileConfig::default();
+    for doc in &docs {
+        match parse_document(file, doc) {
+            Ok(obj) => out.objects.push(obj),
+            Err(e) => out.rejected.push(e),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: billing
+  namespace: voicecore-ai
+spec:
+  host: billing-service.voicecore-ai.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnections: 100
+---
+# a comment-only document is skipped
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: broken
+spec:
+  host: x
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnectionz: 1
+---
+apiVersion: networking.istio.io/v1
+kind: Frobnicator
+metadata:
+  name: f
+spec: {}
+";
+
+    #[test]
+    fn rejects_documents_on_their_own_with_file_and_line() {
+        let cfg = parse_file("mesh.yaml", GOOD).unwrap();
+        assert_eq!(cfg.objects.len(), 1);
+        assert_eq!(cfg.objects[0].meta.name, "billing");
+        assert_eq!(cfg.objects[0].source.line, 1);
+        assert_eq!(cfg.rejected.len(), 2, "{:?}", cfg.rejected);
+        let field = &cfg.rejected[0];
+        assert_eq!(field.line, 24, "{field}");
+        assert!(field.message.contains("maxConnectionz"), "{field}");
+        let kind = &cfg.rejected[1];
+        assert_eq!(kind.line, 27, "{kind}");
+        assert!(kind.message.contains("Frobnicator"), "{kind}");
+        assert_eq!(kind.to_string().split(':').next(), Some("mesh.yaml"));
+    }
+
+    #[test]
+    fn syntax_error_fails_the_file() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: x\n";
+        let errs = parse_file("bad.yaml", text).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].file, "bad.yaml");
+        assert!(errs[0].line >= 3, "{}", errs[0]);
+    }
+
+    #[test]
+    fn older_api_versions_are_read_unchanged() {
+        let text = "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata:\n  name: s\nspec:\n  egress:\n  - hosts: [\"./*\"]\n";
+        let cfg = parse_file("s.yaml", text).unwrap();
+        assert_eq!(cfg.objects.len(), 1, "{:?}", cfg.rejected);
+        let text =
+            "apiVersion: networking.istio.io/v2\nkind: Sidecar\nmetadata:\n  name: s\nspec: {}\n";
+        let cfg = parse_file("s.yaml", text).unwrap();
+        assert_eq!(cfg.rejected[0].line, 1);
+    }
+}

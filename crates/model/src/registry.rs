@@ -1,0 +1,216 @@
+//! Services and workloads as the data plane sees them, derived from ServiceEntry and
+//! WorkloadEntry objects (file mode) or from Kubernetes objects (Kubernetes mode).
+
+use crate::networking::{Labels, Location, Resolution, ServiceEntry, WorkloadEntry};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Https,
+    Tls,
+    Tcp,
+}
+
+impl Protocol {
+    /// Istio's rule: the explicit protocol, else the port name's prefix (`http-foo`), else TCP.
+    pub fn detect(protocol: Option<&str>, port_name: &str) -> Protocol {
+        let from = |s: &str| match s.to_ascii_lowercase().as_str() {
+            "http" => Some(Protocol::Http),
+            "http2" => Some(Protocol::Http2),
+            "grpc" | "grpc-web" => Some(Protocol::Grpc),
+            "https" => Some(Protocol::Https),
+            "tls" => Some(Protocol::Tls),
+            "tcp" | "mongo" | "mysql" | "redis" => Some(Protocol::Tcp),
+            _ => None,
+        };
+        protocol
+            .and_then(from)
+            .or_else(|| from(port_name.split('-').next().unwrap_or("")))
+            .unwrap_or(Protocol::Tcp)
+    }
+
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Port {
+    pub name: String,
+    pub number: u32,
+    pub protocol: Protocol,
+    pub target_port: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub address: String,
+    /// Port on the endpoint, by service port name.
+    pub ports: BTreeMap<String, u32>,
+    pub labels: Labels,
+    pub service_account: String,
+    pub namespace: String,
+    pub workload: Option<String>,
+    pub weight: Option<u32>,
+}
+
+impl Endpoint {
+    pub fn port_for(&self, port: &Port) -> u32 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub hostname: String,
+    pub namespace: String,
+    pub addresses: Vec<String>,
+    pub ports: Vec<Port>,
+    pub resolution: Resolution,
+    pub location: Location,
+    pub endpoints: Vec<Endpoint>,
+    pub subject_alt_names: Vec<String>,
+    /// Labels that select this service's workloads (empty for static endpoints).
+    pub selector: Option<Labels>,
+}
+
+impl Service {
+    pub fn port(&self, number: u32) -> Option<&Port> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+
+    pub fn is_internal(&self) -> bool {
+        self.location == Location::MeshInternal
+    }
+
+    /// The SPIFFE service-account identities behind this service (for peer verification).
+    pub fn service_accounts(&self) -> Vec<(String, String)> {
+        let mut accounts: Vec<(String, String)> = self
+            .endpoints
+            .iter()
+            .map(|e| (e.namespace.clone(), e.service_account.clone()))
+            .collect();
+        accounts.sort();
+        accounts.dedup();
+        accounts
+    }
+}
+
+/// A workload that may run a sidecar: a WorkloadEntry (file mode) or a Pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub address: String,
+    pub labels: Labels,
+    pub service_account: String,
+    pub ports: BTreeMap<String, u32>,
+}
+
+impl Workload {
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
+
+    pub fn from_entry(name: &str, namespace: &str, we: &WorkloadEntry) -> Workload {
+        Workload {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            address: we.address.clone(),
+            labels: we.labels.clone(),
+            service_account: we
+                .service_account
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            ports: we.ports.clone(),
+        }
+    }
+}
+
+pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// One ServiceEntry expands to a Service per host, with endpoints from its inline entries or
+/// from the WorkloadEntries its selector picks in the same namespace.
+pub fn services_from_entry(
+    namespace: &str,
+    se: &ServiceEntry,
+    workloads: &[Workload],
+) -> Vec<Service> {
+    let ports: Vec<Port> = se
+        .ports
+        .iter()
+        .map(|p| Port {
+            name: p.name.clone(),
+            number: p.number,
+            protocol: Protocol::detect(p.protocol.as_deref(), &p.name),
+            target_port: p.target_port,
+        })
+        .collect();
+    let endpoints: Vec<Endpoint> = match &se.workload_selector {
+        Some(sel) => workloads
+            .iter()
+            .filter(|w| w.namespace == namespace && selector_matches(&sel.labels, &w.labels))
+            .map(|w| Endpoint {
+                address: w.address.clone(),
+                ports: w.ports.clone(),
+                labels: w.labels.clone(),
+                service_account: w.service_account.clone(),
+                namespace: w.namespace.clone(),
+                workload: Some(w.name.clone()),
+                weight: None,
+            })
+            .collect(),
+        None => se
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                address: e.address.clone(),
+                ports: e.ports.clone(),
+                labels: e.labels.clone(),
+                service_account: e
+                    .service_account
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                namespace: namespace.to_string(),
+                workload: None,
+                weight: e.weight,
+            })
+            .collect(),
+    };
+    se.hosts
+        .iter()
+        .map(|host| Service {
+            hostname: host.clone(),
+            namespace: namespace.to_string(),
+            addresses: se.addresses.clone(),
+            ports: ports.clone(),
+            resolution: se.resolution,
+            location: se.location,
+            endpoints: endpoints.clone(),
+            subject_alt_names: se.subject_alt_names.clone(),
+            selector: se.workload_selector.as_ref().map(|s| s.labels.clone()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_from_port_name_or_field() {
+        assert_eq!(Protocol::detect(None, "http-api"), Protocol::Http);
+        assert_eq!(Protocol::detect(Some("GRPC"), "x"), Protocol::Grpc);
+        assert_eq!(Protocol::detect(None, "db"), Protocol::Tcp);
+    }
+}

@@ -1,0 +1,230 @@
+//! Checks one object on its own; cross-object checks live in `mesh`.
+
+use crate::networking::{HttpRoute, StringMatch, StringMatchKind};
+use crate::{ConfigObject, Spec};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+type Check = Result<(), String>;
+
+fn port(n: u32, what: &str) -> Check {
+    if n == 0 || n > 65535 {
+        return Err(format!("{what}: port {n} is out of range 1-65535"));
+    }
+    Ok(())
+}
+
+fn address_or_cidr(text: &str, what: &str) -> Check {
+    if text.parse::<IpAddr>().is_ok() || text.parse::<ipnet::IpNet>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!("{what}: `{text}` is not an IP address or CIDR"))
+    }
+}
+
+fn string_match(m: &StringMatch, what: &str) -> Check {
+    match m.kind() {
+        None => Err(format!("{what}: set exactly one of exact, prefix, regex")),
+        Some(StringMatchKind::Regex(re)) => regex::Regex::new(re)
+            .map(|_| ())
+            .map_err(|e| format!("{what}: invalid regex `{re}`: {e}")),
+        Some(_) => Ok(()),
+    }
+}
+
+fn percent(value: f64, what: &str) -> Check {
+    if !(0.0..=100.0).contains(&value) {
+        return Err(format!("{what}: percentage {value} is outside 0-100"));
+    }
+    Ok(())
+}
+
+fn http_route(i: usize, r: &HttpRoute) -> Check {
+    let at = format!("spec.http[{i}]");
+    let actions = [
+        !r.route.is_empty(),
+        r.redirect.is_some(),
+        r.direct_response.is_some(),
+    ];
+    match actions.iter().filter(|a| **a).count() {
+        0 => {
+            return Err(format!(
+                "{at}: needs one of route, redirect or directResponse"
+            ));
+        }
+        1 => {}
+        _ => {
+            return Err(format!(
+                "{at}: route, redirect and directResponse are mutually exclusive"
+            ));
+        }
+    }
+    for (j, m) in r.matches.iter().enumerate() {
+        let mat = format!("{at}.match[{j}]");
+        for (name, sm) in [
+            ("uri", &m.uri),
+            ("method", &m.method),
+            ("authority", &m.authority),
+            ("scheme", &m.scheme),
+        ] {
+            if let Some(sm) = sm {
+                string_match(sm, &format!("{mat}.{name}"))?;
+            }
+        }
+        for (h, sm) in m.headers.iter().chain(&m.query_params) {
+            string_match(sm, &format!("{mat}[{h}]"))?;
+        }
+        if let Some(p) = m.port {
+            port(p, &format!("{mat}.port"))?;
+        }
+    }
+    if r.route.len() > 1 {
+        let total: u32 = r.route.iter().map(|d| d.weight.unwrap_or(0)).sum();
+        if total != 100 {
+            return Err(format!(
+                "{at}.route: weights add up to {total}; with several destinations they must add up to 100"
+            ));
+        }
+    }
+    for (j, d) in r.route.iter().enumerate() {
+        if d.destination.host.is_empty() {
+            return Err(format!("{at}.route[{j}].destination.host is empty"));
+        }
+    }
+    if let Some(retry) = &r.retries
+        && let Some(on) = &retry.retry_on
+    {
+        for cond in on.split(',').map(str::trim) {
+            let known = matches!(
+                cond,
+                "5xx"
+                    | "gateway-error"
+                    | "connect-failure"
+                    | "reset"
+                    | "retriable-4xx"
+                    | "refused-stream"
+                    | "retriable-status-codes"
+                    | "retriable-headers"
+                    | "envoy-ratelimited"
+                    | "reset-before-request"
+                    | "cancelled"
+                    | "deadline-exceeded"
+                    | "internal"
+                    | "resource-exhausted"
+                    | "unavailable"
+            ) || cond.parse::<u16>().is_ok();
+            if !known {
+                return Err(format!("{at}.retries.retryOn: unknown condition `{cond}`"));
+            }
+        }
+    }
+    if let Some(f) = &r.fault {
+        if let Some(p) = f.delay.as_ref().and_then(|d| d.percentage.as_ref()) {
+            percent(p.value, &format!("{at}.fault.delay.percentage"))?;
+        }
+        if let Some(p) = f.abort.as_ref().and_then(|d| d.percentage.as_ref()) {
+            percent(p.value, &format!("{at}.fault.abort.percentage"))?;
+        }
+    }
+    if let Some(p) = &r.mirror_percentage {
+        percent(p.value, &format!("{at}.mirrorPercentage"))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn object(obj: &ConfigObject) -> Check {
+    match &obj.spec {
+        Spec::ServiceEntry(se) => {
+            if se.hosts.is_empty() {
+                return Err("spec.hosts must name at least one host".into());
+            }
+            for a in &se.addresses {
+                address_or_cidr(a, "spec.addresses")?;
+            }
+            let mut names = BTreeSet::new();
+            for p in &se.ports {
+                port(p.number, "spec.ports")?;
+                if !names.insert(&p.name) {
+                    return Err(format!("spec.ports: duplicate port name `{}`", p.name));
+                }
+            }
+            if se.workload_selector.is_some() && !se.endpoints.is_empty() {
+                return Err("spec: workloadSelector and endpoints are mutually exclusive".into());
+            }
+            for e in &se.endpoints {
+                if e.address.is_empty() {
+                    return Err("spec.endpoints: address is required".into());
+                }
+            }
+        }
+        Spec::WorkloadEntry(we) => {
+            if we.address.is_empty() {
+                return Err("spec.address is required".into());
+            }
+            for (name, p) in &we.ports {
+                port(*p, &format!("spec.ports.{name}"))?;
+            }
+        }
+        Spec::DestinationRule(dr) => {
+            if dr.host.is_empty() {
+                return Err("spec.host is required".into());
+            }
+            let mut names = BTreeSet::new();
+            for s in &dr.subsets {
+                if s.name.is_empty() {
+                    return Err("spec.subsets: a subset needs a name".into());
+                }
+                if !names.insert(&s.name) {
+                    return Err(format!("spec.subsets: duplicate subset `{}`", s.name));
+                }
+            }
+            let od = dr
+                .traffic_policy
+                .as_ref()
+                .and_then(|t| t.outlier_detection.as_ref());
+            if let Some(p) = od.and_then(|o| o.max_ejection_percent) {
+                percent(
+                    p as f64,
+                    "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+                )?;
+            }
+        }
+        Spec::VirtualService(vs) => {
+            if vs.hosts.is_empty() {
+                return Err("spec.hosts must name at least one host".into());
+            }
+            for (i, r) in vs.http.iter().enumerate() {
+                http_route(i, r)?;
+            }
+        }
+        Spec::Gateway(gw) => {
+            if gw.servers.is_empty() {
+                return Err("spec.servers must list at least one server".into());
+            }
+            for (i, s) in gw.servers.iter().enumerate() {
+                port(s.port.number, &format!("spec.servers[{i}].port"))?;
+                if s.hosts.is_empty() {
+                    return Err(format!("spec.servers[{i}].hosts must not be empty"));
+                }
+            }
+        }
+        Spec::Sidecar(sc) => {
+            for (i, e) in sc.egress.iter().enumerate() {
+                for h in &e.hosts {
+                    if !h.contains('/') {
+                        return Err(format!(
+                            "spec.egress[{i}].hosts: `{h}` must be namespace/host (e.g. `./*`, `istio-system/*`)"
+                        ));
+                    }
+                }
+            }
+        }
+        Spec::PeerAuthentication(pa) => {
+            if !pa.port_level_mtls.is_empty() && pa.selector.is_none() {
+                return Err("spec.portLevelMtls requires a workload selector".into());
+            }
+        }
+        Spec::AuthorizationPolicy(_) => {}
+    }
+    Ok(())
+}
