@@ -1,1 +1,952 @@
-//! placeholder
+//! meshd's certificate authority.
+//!
+//! * a self-signed ECDSA P-256 root persisted in `state_dir` (`root-cert.pem`, `root-key.pem`),
+//!   or Istio's plug-in CA layout (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
+//!   `cert-chain.pem`) used as an intermediate signer;
+//! * SPIFFE X509-SVIDs for workloads ([`CertificateAuthority::issue_workload`],
+//!   [`CertificateAuthority::sign_csr`]) and TLS server certificates for meshd's own listeners;
+//! * HMAC workload credentials proving a proxy's identity in file mode.
+//!
+//! Served certificate chains are leaf first, followed by the plug-in `cert-chain.pem` (plug-in
+//! mode) or nothing (self-signed mode: the root is only in the trust bundle,
+//! [`CertificateAuthority::root_cert_pem`]).
+
+mod credential;
+mod keys;
+mod spiffe;
+mod storage;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+pub use credential::WorkloadClaims;
+pub use spiffe::SpiffeId;
+pub use storage::{CaStorage, FileStorage};
+
+/// Self-signed root certificate (also the plug-in root bundle).
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+/// Self-signed root key (PKCS#8 PEM, mode 0600).
+pub const ROOT_KEY_FILE: &str = "root-key.pem";
+/// Plug-in CA: the signing (intermediate) certificate.
+pub const PLUGIN_CA_CERT_FILE: &str = "ca-cert.pem";
+/// Plug-in CA: the signing key.
+pub const PLUGIN_CA_KEY_FILE: &str = "ca-key.pem";
+/// Plug-in CA: chain from `ca-cert.pem` up to the root, `ca-cert.pem` first.
+pub const PLUGIN_CERT_CHAIN_FILE: &str = "cert-chain.pem";
+/// HMAC key for workload credentials (32 raw bytes, mode 0600).
+pub const CREDENTIAL_KEY_FILE: &str = "credential-key";
+
+/// How far NotBefore is back-dated, for clock skew.
+const BACKDATE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("I/O error on {path}: {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage error at {location}: {reason}")]
+    Storage { location: String, reason: String },
+    #[error("{location}: corrupt or unusable: {reason}")]
+    Corrupt { location: String, reason: String },
+    #[error("{key} does not match the public key of {cert}")]
+    KeyMismatch { key: String, cert: String },
+    #[error(
+        "incomplete CA state: {present} exists but {missing} does not; refusing to generate a new CA over existing state (restore the missing file or remove both)"
+    )]
+    IncompleteState { present: String, missing: String },
+    #[error("{location}: not usable as a CA certificate: {reason}")]
+    NotCa { location: String, reason: String },
+    #[error("the signing certificate expired at {not_after}; no certificates can be issued")]
+    SignerExpired { not_after: String },
+    #[error("certificate generation failed while {what}: {source}")]
+    Generate {
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("random number generator failed while {what}")]
+    Rng { what: &'static str },
+    #[error("invalid SPIFFE ID {input:?}: {reason}")]
+    InvalidSpiffeId { input: String, reason: String },
+    #[error("SPIFFE ID {id} is not in this CA's trust domain {expected:?}")]
+    ForeignTrustDomain { id: String, expected: String },
+    #[error("invalid trust domain {input:?} in CA config: {reason}")]
+    InvalidTrustDomain { input: String, reason: String },
+    #[error("invalid server name {name:?}: {reason}")]
+    InvalidServerName { name: String, reason: String },
+    #[error("CSR: cannot parse: {reason}")]
+    CsrParse { reason: String },
+    #[error("CSR: signature does not verify with the CSR's own public key")]
+    CsrSignature,
+    #[error("CSR: RSA key of {bits} bits is too weak (minimum 2048)")]
+    CsrWeakKey { bits: usize },
+    #[error("CSR: unsupported public key: {reason}")]
+    CsrUnsupportedKey { reason: String },
+    #[error("requested certificate TTL {requested:?} exceeds the maximum {max:?}")]
+    TtlTooLong { requested: Duration, max: Duration },
+    #[error("requested certificate TTL must be positive")]
+    TtlZero,
+    #[error("credential is malformed: {reason}")]
+    CredentialMalformed { reason: String },
+    #[error("credential signature does not verify (tampered, or issued by another CA)")]
+    CredentialBadSignature,
+}
+
+impl CaError {
+    fn corrupt(location: impl Into<String>, reason: impl ToString) -> Self {
+        CaError::Corrupt {
+            location: location.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// CA settings. Build with `CaConfig { state_dir, ..Default::default() }`.
+#[derive(Clone, Debug)]
+pub struct CaConfig {
+    pub state_dir: PathBuf,
+    /// e.g. `cluster.local`.
+    pub trust_domain: String,
+    /// Maximum (and default) lifetime of workload and server certificates.
+    pub workload_cert_ttl: Duration,
+    /// Lifetime of a newly generated self-signed root.
+    pub root_cert_ttl: Duration,
+    /// A certificate is due for rotation when its remaining life is below
+    /// min(rotation_window, lifetime / 2).
+    pub rotation_window: Duration,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("./.meshd"),
+            trust_domain: "cluster.local".to_string(),
+            workload_cert_ttl: Duration::from_secs(90 * 24 * 3600),
+            root_cert_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
+            rotation_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A certificate with its private key.
+#[derive(Clone, Debug)]
+pub struct IssuedCert {
+    pub spiffe_id: Option<SpiffeId>,
+    /// Leaf first, then the intermediates to serve (plug-in mode). PEM.
+    pub cert_chain_pem: String,
+    /// PKCS#8 PEM.
+    pub key_pem: String,
+    pub serial_hex: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// Public information about a certificate; never key material.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CertInfo {
+    /// The URI SAN (`spiffe://…`), or `""` for certificates without one (server certificates).
+    pub spiffe_id: String,
+    /// Lower-case hex of the serial number bytes.
+    pub serial: String,
+    /// RFC 3339.
+    pub not_before: String,
+    pub not_after: String,
+    /// `root` | `intermediate` | `workload` | `server`.
+    pub kind: String,
+}
+
+/// Which kind of CA is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaMode {
+    /// meshd's own self-signed root signs directly.
+    SelfSigned,
+    /// Istio's plug-in `cacerts` layout: `ca-cert.pem` signs, chains carry `cert-chain.pem`.
+    PlugIn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Workload,
+    Server,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Workload => "workload",
+            Kind::Server => "server",
+        }
+    }
+}
+
+struct RegEntry {
+    spiffe_id: String,
+    kind: Kind,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+#[derive(Default)]
+struct Registry {
+    certs: HashMap<String, RegEntry>,
+    next_prune: Option<SystemTime>,
+}
+
+impl Registry {
+    fn prune(&mut self, now: SystemTime) {
+        self.certs.retain(|_, e| e.not_after > now);
+        self.next_prune = Some(now + Duration::from_secs(60));
+    }
+}
+
+struct Signer {
+    issuer: Issuer<'static, KeyPair>,
+    not_after: SystemTime,
+    /// PEMs served after the leaf.
+    chain_tail: Vec<String>,
+    /// `chain_tail` concatenated.
+    chain_tail_joined: String,
+}
+
+/// The mesh CA. `Send + Sync`; share it behind an `Arc`.
+pub struct CertificateAuthority {
+    trust_domain: String,
+    workload_ttl: Duration,
+    rotation_window: Duration,
+    mode: CaMode,
+    signer: Signer,
+    bundle_pem: String,
+    ca_infos: Vec<CertInfo>,
+    registry: Mutex<Registry>,
+    cred_key: ring::hmac::Key,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A P-256 public key taken straight from a freshly generated ring PKCS#8 document, so
+/// issuing does not pay for parsing the key back (a second scalar multiplication).
+struct RawP256Public<'a>(&'a [u8]);
+
+impl PublicKeyData for RawP256Public<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
+    out.push_str("-----BEGIN ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    out
+}
+
+/// All `CERTIFICATE` blocks of a PEM bundle, as DER.
+pub(crate) fn parse_cert_pems(data: &[u8], location: &str) -> Result<Vec<Vec<u8>>, CaError> {
+    let mut out = Vec::new();
+    for pem in x509_parser::pem::Pem::iter_from_buffer(data) {
+        let pem = pem.map_err(|e| CaError::corrupt(location, format!("bad PEM: {e}")))?;
+        if pem.label != "CERTIFICATE" {
+            continue;
+        }
+        X509Certificate::from_der(&pem.contents)
+            .map_err(|e| CaError::corrupt(location, format!("certificate does not parse: {e}")))?;
+        out.push(pem.contents);
+    }
+    if out.is_empty() {
+        return Err(CaError::corrupt(location, "no CERTIFICATE PEM block found"));
+    }
+    Ok(out)
+}
+
+fn parse_cert(der: &[u8]) -> X509Certificate<'_> {
+    // Only called on DER already validated by parse_cert_pems.
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c)
+        .expect("certificate DER validated earlier")
+}
+
+fn asn1_to_system(t: x509_parser::time::ASN1Time) -> SystemTime {
+    let ts = t.timestamp();
+    if ts >= 0 {
+        UNIX_EPOCH + Duration::from_secs(ts as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(ts.unsigned_abs())
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Truncates to whole seconds (X.509 validity has second precision).
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => UNIX_EPOCH + Duration::from_secs(d.as_secs()),
+        Err(_) => t,
+    }
+}
+
+fn first_uri_san(cert: &X509Certificate<'_>) -> String {
+    use x509_parser::extensions::GeneralName;
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                GeneralName::URI(u) => Some(u.to_string()),
+                _ => None,
+            })
+        })
+        .unwrap_or_default()
+}
+
+fn ca_cert_info(der: &[u8], kind: &str) -> CertInfo {
+    let c = parse_cert(der);
+    CertInfo {
+        spiffe_id: first_uri_san(&c),
+        serial: hex::encode(c.raw_serial()),
+        not_before: rfc3339(asn1_to_system(c.validity().not_before)),
+        not_after: rfc3339(asn1_to_system(c.validity().not_after)),
+        kind: kind.to_string(),
+    }
+}
+
+/// Checks that `cert` may sign certificates.
+fn check_is_ca(cert: &X509Certificate<'_>, location: &str) -> Result<(), CaError> {
+    let not_ca = |reason: &str| CaError::NotCa {
+        location: location.to_string(),
+        reason: reason.to_string(),
+    };
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {}
+        Ok(_) => return Err(not_ca("basicConstraints CA:TRUE is missing")),
+        Err(e) => return Err(not_ca(&format!("bad basicConstraints: {e}"))),
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
+            Err(not_ca("keyUsage does not allow keyCertSign"))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(not_ca(&format!("bad keyUsage: {e}"))),
+    }
+}
+
+fn check_key_matches(
+    key: &KeyPair,
+    cert: &X509Certificate<'_>,
+    key_loc: &str,
+    cert_loc: &str,
+) -> Result<(), CaError> {
+    if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
+        return Err(CaError::KeyMismatch {
+            key: key_loc.to_string(),
+            cert: cert_loc.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn signer_from(
+    cert_der: &[u8],
+    key: KeyPair,
+    cert_loc: &str,
+    chain_tail: Vec<String>,
+) -> Result<Signer, CaError> {
+    let cert = parse_cert(cert_der);
+    let not_after = asn1_to_system(cert.validity().not_after);
+    let issuer = Issuer::from_ca_cert_der(&cert_der.to_vec().into(), key)
+        .map_err(|e| CaError::corrupt(cert_loc, format!("cannot use as issuer: {e}")))?;
+    let chain_tail_joined = chain_tail.concat();
+    Ok(Signer {
+        issuer,
+        not_after,
+        chain_tail,
+        chain_tail_joined,
+    })
+}
+
+fn random_serial(rng: &SystemRandom) -> Result<[u8; 16], CaError> {
+    let mut serial = [0u8; 16];
+    rng.fill(&mut serial).map_err(|_| CaError::Rng {
+        what: "generating a serial number",
+    })?;
+    // Positive, and exactly 16 bytes in DER (no leading zero to strip or add).
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    Ok(serial)
+}
+
+fn load_self_signed(
+    storage: &dyn CaStorage,
+    cfg: &CaConfig,
+    rng: &SystemRandom,
+) -> Result<(Signer, String, Vec<CertInfo>), CaError> {
+    let cert_loc = storage.location(ROOT_CERT_FILE);
+    let key_loc = storage.location(ROOT_KEY_FILE);
+    let (cert_pem, key_pem) = match (storage.load(ROOT_CERT_FILE)?, storage.load(ROOT_KEY_FILE)?) {
+        (Some(c), Some(k)) => {
+            tracing::info!(cert = %cert_loc, "reusing existing mesh root CA");
+            (c, k)
+        }
+        (None, None) => {
+            let (c, k) = generate_root(cfg, rng)?;
+            // Key first: a crash in between leaves a key without a cert, which load refuses
+            // loudly rather than silently replacing.
+            storage.store(ROOT_KEY_FILE, k.as_bytes(), true)?;
+            storage.store(ROOT_CERT_FILE, c.as_bytes(), false)?;
+            tracing::info!(cert = %cert_loc, "generated a new self-signed mesh root CA");
+            (c.into_bytes(), k.into_bytes())
+        }
+        (Some(_), None) => {
+            return Err(CaError::IncompleteState {
+                present: cert_loc,
+                missing: key_loc,
+            });
+        }
+        (None, Some(_)) => {
+            return Err(CaError::IncompleteState {
+                present: key_loc,
+                missing: cert_loc,
+            });
+        }
+    };
+    let ders = parse_cert_pems(&cert_pem, &cert_loc)?;
+    let root_der = &ders[0];
+    let root = parse_cert(root_der);
+    check_is_ca(&root, &cert_loc)?;
+    let key = keys::parse_private_key(&key_pem, &key_loc)?;
+    check_key_matches(&key, &root, &key_loc, &cert_loc)?;
+    if root.verify_signature(None).is_err() {
+        return Err(CaError::NotCa {
+            location: cert_loc,
+            reason: "root certificate is not self-signed (use the plug-in CA layout for an intermediate)".into(),
+        });
+    }
+    let td_uri = SpiffeId::trust_domain_uri(&cfg.trust_domain);
+    let got = first_uri_san(&root);
+    if !got.is_empty() && got != td_uri {
+        tracing::warn!(root = %got, configured = %td_uri, "root CA trust domain differs from the configured trust domain");
+    }
+    // The bundle holds every certificate in root-cert.pem (old roots kept there during a
+    // root rotation stay trusted); the first one signs.
+    let bundle: String = ders.iter().map(|d| pem_encode("CERTIFICATE", d)).collect();
+    let infos = ders.iter().map(|d| ca_cert_info(d, "root")).collect();
+    let signer = signer_from(root_der, key, &cert_loc, Vec::new())?;
+    Ok((signer, bundle, infos))
+}
+
+fn generate_root(cfg: &CaConfig, rng: &SystemRandom) -> Result<(String, String), CaError> {
+    let key =
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Generate {
+            what: "generating the root key",
+            source: e,
+        })?;
+    let now = whole_seconds(SystemTime::now());
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "meshd");
+    dn.push(DnType::CommonName, "meshd root CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.subject_alt_names = vec![SanType::URI(
+        SpiffeId::trust_domain_uri(&cfg.trust_domain)
+            .try_into()
+            .map_err(|e| CaError::Generate {
+                what: "encoding the root's trust-domain URI SAN",
+                source: e,
+            })?,
+    )];
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = (now + cfg.root_cert_ttl).into();
+    params.serial_number = Some(SerialNumber::from_slice(&random_serial(rng)?));
+    let cert = params.self_signed(&key).map_err(|e| CaError::Generate {
+        what: "self-signing the root certificate",
+        source: e,
+    })?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn load_plugin(storage: &dyn CaStorage) -> Result<(Signer, String, Vec<CertInfo>), CaError> {
+    let need = |name: &str, present: &str| -> Result<Vec<u8>, CaError> {
+        storage.load(name)?.ok_or_else(|| CaError::IncompleteState {
+            present: storage.location(present),
+            missing: storage.location(name),
+        })
+    };
+    let ca_cert_loc = storage.location(PLUGIN_CA_CERT_FILE);
+    let ca_key_loc = storage.location(PLUGIN_CA_KEY_FILE);
+    let root_loc = storage.location(ROOT_CERT_FILE);
+    let chain_loc = storage.location(PLUGIN_CERT_CHAIN_FILE);
+    let ca_cert_pem = need(PLUGIN_CA_CERT_FILE, PLUGIN_CA_KEY_FILE)?;
+    let ca_key_pem = need(PLUGIN_CA_KEY_FILE, PLUGIN_CA_CERT_FILE)?;
+    let root_pem = need(ROOT_CERT_FILE, PLUGIN_CA_CERT_FILE)?;
+
+    let ca_der = parse_cert_pems(&ca_cert_pem, &ca_cert_loc)?.swap_remove(0);
+    let ca = parse_cert(&ca_der);
+    check_is_ca(&ca, &ca_cert_loc)?;
+    let key = keys::parse_private_key(&ca_key_pem, &ca_key_loc)?;
+    check_key_matches(&key, &ca, &ca_key_loc, &ca_cert_loc)?;
+
+    let roots = parse_cert_pems(&root_pem, &root_loc)?;
+    let mut chain = match storage.load(PLUGIN_CERT_CHAIN_FILE)? {
+        Some(c) => parse_cert_pems(&c, &chain_loc)?,
+        None => vec![ca_der.clone()],
+    };
+    if chain.first() != Some(&ca_der) {
+        tracing::warn!(chain = %chain_loc, "cert-chain.pem does not start with ca-cert.pem; serving ca-cert.pem first");
+        chain.retain(|d| *d != ca_der);
+        chain.insert(0, ca_der.clone());
+    }
+    // ca-cert must be signed by the next certificate of the chain or by a root (or be a root).
+    let signed_ok = chain[1..].iter().chain(roots.iter()).any(|p| {
+        ca.verify_signature(Some(parse_cert(p).public_key()))
+            .is_ok()
+    });
+    if !signed_ok {
+        return Err(CaError::NotCa {
+            location: ca_cert_loc,
+            reason: format!(
+                "not signed by any certificate in {chain_loc} or {root_loc}; the plug-in material does not form a chain"
+            ),
+        });
+    }
+    let bundle: String = roots.iter().map(|d| pem_encode("CERTIFICATE", d)).collect();
+    let mut infos: Vec<CertInfo> = roots.iter().map(|d| ca_cert_info(d, "root")).collect();
+    infos.extend(
+        chain
+            .iter()
+            .filter(|d| !roots.contains(d))
+            .map(|d| ca_cert_info(d, "intermediate")),
+    );
+    let tail = chain.iter().map(|d| pem_encode("CERTIFICATE", d)).collect();
+    let signer = signer_from(&ca_der, key, &ca_cert_loc, tail)?;
+    tracing::info!(ca_cert = %ca_cert_loc, "using plug-in CA certificate as the signer");
+    Ok((signer, bundle, infos))
+}
+
+impl CertificateAuthority {
+    /// Loads the CA from `cfg.state_dir`, creating a self-signed root on first start.
+    /// Existing state is never replaced: unreadable or mismatched files are an error.
+    pub fn load_or_create(cfg: &CaConfig) -> Result<Self, CaError> {
+        Self::load_or_create_with_storage(cfg, &FileStorage::new(&cfg.state_dir))
+    }
+
+    /// As [`load_or_create`](Self::load_or_create), on any [`CaStorage`] backend.
+    pub fn load_or_create_with_storage(
+        cfg: &CaConfig,
+        storage: &dyn CaStorage,
+    ) -> Result<Self, CaError> {
+        spiffe::validate_trust_domain(&cfg.trust_domain).map_err(|reason| {
+            CaError::InvalidTrustDomain {
+                input: cfg.trust_domain.clone(),
+                reason,
+            }
+        })?;
+        let rng = SystemRandom::new();
+        let plugin = storage.load(PLUGIN_CA_CERT_FILE)?.is_some()
+            || storage.load(PLUGIN_CA_KEY_FILE)?.is_some();
+        let (mode, (signer, bundle_pem, ca_infos)) = if plugin {
+            (CaMode::PlugIn, load_plugin(storage)?)
+        } else {
+            (CaMode::SelfSigned, load_self_signed(storage, cfg, &rng)?)
+        };
+        if signer.not_after <= SystemTime::now() {
+            tracing::error!(
+                not_after = %rfc3339(signer.not_after),
+                "the CA signing certificate has expired; issuance will fail"
+            );
+        }
+        let cred_key = credential::load_or_create_key(storage, &rng)?;
+        Ok(Self {
+            trust_domain: cfg.trust_domain.clone(),
+            workload_ttl: cfg.workload_cert_ttl,
+            rotation_window: cfg.rotation_window,
+            mode,
+            signer,
+            bundle_pem,
+            ca_infos,
+            registry: Mutex::new(Registry::default()),
+            cred_key,
+            rng,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn mode(&self) -> CaMode {
+        self.mode
+    }
+
+    /// The trust bundle: every root, PEM, concatenated.
+    pub fn root_cert_pem(&self) -> String {
+        self.bundle_pem.clone()
+    }
+
+    /// The certificates served after a leaf (empty in self-signed mode).
+    pub fn chain_tail_pems(&self) -> &[String] {
+        &self.signer.chain_tail
+    }
+
+    fn check_id(&self, id: &SpiffeId) -> Result<(), CaError> {
+        id.validate()?;
+        if id.trust_domain != self.trust_domain {
+            return Err(CaError::ForeignTrustDomain {
+                id: id.to_string(),
+                expected: self.trust_domain.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Signs a leaf for `public_key`. Returns (DER, serial hex, not_before, not_after).
+    fn sign_leaf(
+        &self,
+        public_key: &impl PublicKeyData,
+        sans: Vec<SanType>,
+        kind: Kind,
+        registry_id: String,
+        ttl: Duration,
+        rsa: bool,
+    ) -> Result<(rcgen::Certificate, String, SystemTime, SystemTime), CaError> {
+        let now = whole_seconds(SystemTime::now());
+        if self.signer.not_after <= now {
+            return Err(CaError::SignerExpired {
+                not_after: rfc3339(self.signer.not_after),
+            });
+        }
+        let not_before = now - BACKDATE;
+        let not_after = (now + ttl).min(self.signer.not_after);
+        let serial = random_serial(&self.rng)?;
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new(); // empty subject, critical SAN
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = if rsa {
+            vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ]
+        } else {
+            vec![KeyUsagePurpose::DigitalSignature]
+        };
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let cert = params
+            .signed_by(public_key, &self.signer.issuer)
+            .map_err(|e| CaError::Generate {
+                what: "signing a leaf certificate",
+                source: e,
+            })?;
+        let serial_hex = hex::encode(serial);
+        {
+            let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            if reg.next_prune.is_none_or(|t| now >= t) {
+                reg.prune(now);
+            }
+            reg.certs.insert(
+                serial_hex.clone(),
+                RegEntry {
+                    spiffe_id: registry_id,
+                    kind,
+                    not_before,
+                    not_after,
+                },
+            );
+        }
+        Ok((cert, serial_hex, not_before, not_after))
+    }
+
+    /// A fresh ECDSA P-256 key and a leaf for it.
+    fn issue_with_new_key(
+        &self,
+        sans: Vec<SanType>,
+        kind: Kind,
+        registry_id: String,
+    ) -> Result<(String, String, String, SystemTime, SystemTime), CaError> {
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.rng)
+            .map_err(|_| CaError::Rng {
+                what: "generating a workload key",
+            })?;
+        let pkcs8 = doc.as_ref();
+        // ring's P-256 PKCS#8 ends with the uncompressed public point (0x04 || X || Y).
+        let point = &pkcs8[pkcs8.len().saturating_sub(65)..];
+        let owned;
+        let public: &[u8] = if point.len() == 65 && point[0] == 0x04 {
+            point
+        } else {
+            let kp = KeyPair::try_from(pkcs8).map_err(|e| CaError::Generate {
+                what: "parsing a generated workload key",
+                source: e,
+            })?;
+            owned = kp.public_key_raw().to_vec();
+            &owned
+        };
+        let (cert, serial, nb, na) = self.sign_leaf(
+            &RawP256Public(public),
+            sans,
+            kind,
+            registry_id,
+            self.workload_ttl,
+            false,
+        )?;
+        let leaf = pem_encode("CERTIFICATE", cert.der());
+        let mut chain = String::with_capacity(leaf.len() + self.signer.chain_tail_joined.len());
+        chain.push_str(&leaf);
+        chain.push_str(&self.signer.chain_tail_joined);
+        Ok((chain, pem_encode("PRIVATE KEY", pkcs8), serial, nb, na))
+    }
+
+    /// A fresh ECDSA P-256 key and an X509-SVID for `id`, valid for `workload_cert_ttl`
+    /// (clamped to the signer's expiry).
+    pub fn issue_workload(&self, id: &SpiffeId) -> Result<IssuedCert, CaError> {
+        self.check_id(id)?;
+        let uri = id.to_string();
+        let san = SanType::URI(uri.clone().try_into().map_err(|e| CaError::Generate {
+            what: "encoding the URI SAN",
+            source: e,
+        })?);
+        let (cert_chain_pem, key_pem, serial_hex, not_before, not_after) =
+            self.issue_with_new_key(vec![san], Kind::Workload, uri)?;
+        Ok(IssuedCert {
+            spiffe_id: Some(id.clone()),
+            cert_chain_pem,
+            key_pem,
+            serial_hex,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Signs a PEM CSR for `id`. The SAN comes from `id` only; everything the CSR asks for
+    /// besides its public key is ignored. Returns the chain, leaf first.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<String>, CaError> {
+        use x509_parser::certification_request::X509CertificationRequest;
+        use x509_parser::public_key::PublicKey;
+
+        self.check_id(id)?;
+        let ttl = match ttl {
+            Some(t) if t.is_zero() => return Err(CaError::TtlZero),
+            Some(t) if t > self.workload_ttl => {
+                return Err(CaError::TtlTooLong {
+                    requested: t,
+                    max: self.workload_ttl,
+                });
+            }
+            Some(t) => t,
+            None => self.workload_ttl,
+        };
+        let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|e| {
+            CaError::CsrParse {
+                reason: format!("not PEM: {e}"),
+            }
+        })?;
+        if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
+            return Err(CaError::CsrParse {
+                reason: format!("PEM block is {:?}, want CERTIFICATE REQUEST", pem.label),
+            });
+        }
+        let (_, csr) =
+            X509CertificationRequest::from_der(&pem.contents).map_err(|e| CaError::CsrParse {
+                reason: format!("not a PKCS#10 request: {e}"),
+            })?;
+        let spki = &csr.certification_request_info.subject_pki;
+        let rsa = match spki.parsed() {
+            Ok(PublicKey::RSA(k)) => {
+                let bits = k.key_size();
+                if bits < 2048 {
+                    return Err(CaError::CsrWeakKey { bits });
+                }
+                true
+            }
+            Ok(PublicKey::EC(_)) => false,
+            Ok(other) => {
+                let what = match other {
+                    PublicKey::DSA(_) => "DSA",
+                    PublicKey::GostR3410(_) | PublicKey::GostR3410_2012(_) => "GOST R 34.10",
+                    _ => "unknown algorithm",
+                };
+                return Err(CaError::CsrUnsupportedKey {
+                    reason: format!("{what} key"),
+                });
+            }
+            Err(e) => {
+                return Err(CaError::CsrUnsupportedKey {
+                    reason: format!("unparsable public key: {e}"),
+                });
+            }
+        };
+        csr.verify_signature().map_err(|_| CaError::CsrSignature)?;
+        let public = rcgen::SubjectPublicKeyInfo::from_der(spki.raw).map_err(|e| {
+            CaError::CsrUnsupportedKey {
+                reason: format!("{e} (supported: ECDSA P-256/P-384, Ed25519, RSA >= 2048)"),
+            }
+        })?;
+        let uri = id.to_string();
+        let san = SanType::URI(uri.clone().try_into().map_err(|e| CaError::Generate {
+            what: "encoding the URI SAN",
+            source: e,
+        })?);
+        let (cert, _, _, _) = self.sign_leaf(&public, vec![san], Kind::Workload, uri, ttl, rsa)?;
+        let mut chain = Vec::with_capacity(1 + self.signer.chain_tail.len());
+        chain.push(pem_encode("CERTIFICATE", cert.der()));
+        chain.extend(self.signer.chain_tail.iter().cloned());
+        Ok(chain)
+    }
+
+    /// True when `cert`'s remaining life is below min(rotation_window, lifetime / 2)
+    /// (or it has expired).
+    pub fn rotation_due(&self, cert: &IssuedCert, now: SystemTime) -> bool {
+        let lifetime = cert
+            .not_after
+            .duration_since(cert.not_before)
+            .unwrap_or_default();
+        let Ok(remaining) = cert.not_after.duration_since(now) else {
+            return true;
+        };
+        remaining < self.rotation_window.min(lifetime / 2)
+    }
+
+    /// The CA certificates (roots, intermediates) and every issued certificate still valid.
+    pub fn issued(&self) -> Vec<CertInfo> {
+        let now = SystemTime::now();
+        let mut out = self.ca_infos.clone();
+        let mut leaves: Vec<(SystemTime, CertInfo)> = {
+            let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            reg.prune(now);
+            reg.certs
+                .iter()
+                .map(|(serial, e)| {
+                    (
+                        e.not_before,
+                        CertInfo {
+                            spiffe_id: e.spiffe_id.clone(),
+                            serial: serial.clone(),
+                            not_before: rfc3339(e.not_before),
+                            not_after: rfc3339(e.not_after),
+                            kind: e.kind.as_str().to_string(),
+                        },
+                    )
+                })
+                .collect()
+        };
+        leaves.sort_by(|a, b| {
+            (a.0, &a.1.spiffe_id, &a.1.serial).cmp(&(b.0, &b.1.spiffe_id, &b.1.serial))
+        });
+        out.extend(leaves.into_iter().map(|(_, i)| i));
+        out
+    }
+
+    /// A signed credential for `claims` (`meshd1.<claims>.<mac>`).
+    pub fn issue_credential(&self, claims: &WorkloadClaims) -> String {
+        credential::issue(&self.cred_key, claims)
+    }
+
+    /// Checks a credential's MAC (constant time) and returns its claims.
+    pub fn verify_credential(&self, token: &str) -> Result<WorkloadClaims, CaError> {
+        credential::verify(&self.cred_key, token)
+    }
+
+    /// A TLS server certificate (fresh P-256 key) for meshd's own listeners. Names that
+    /// parse as IP addresses become IP SANs, the rest DNS SANs.
+    pub fn server_cert(&self, dns_names: &[String]) -> Result<IssuedCert, CaError> {
+        if dns_names.is_empty() {
+            return Err(CaError::InvalidServerName {
+                name: String::new(),
+                reason: "at least one DNS name or IP address is required".into(),
+            });
+        }
+        let mut sans = Vec::with_capacity(dns_names.len());
+        for name in dns_names {
+            if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                sans.push(SanType::IpAddress(ip));
+                continue;
+            }
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').enumerate().all(|(i, label)| {
+                    (!label.is_empty() && label.len() <= 63)
+                        && label.chars().all(|c| {
+                            c.is_ascii_alphanumeric()
+                                || c == '-'
+                                || (c == '*' && i == 0 && label == "*")
+                        })
+                });
+            if !valid {
+                return Err(CaError::InvalidServerName {
+                    name: name.clone(),
+                    reason: "not a DNS name or IP address".into(),
+                });
+            }
+            sans.push(SanType::DnsName(name.clone().try_into().map_err(|e| {
+                CaError::InvalidServerName {
+                    name: name.clone(),
+                    reason: format!("{e}"),
+                }
+            })?));
+        }
+        let (cert_chain_pem, key_pem, serial_hex, not_before, not_after) =
+            self.issue_with_new_key(sans, Kind::Server, String::new())?;
+        Ok(IssuedCert {
+            spiffe_id: None,
+            cert_chain_pem,
+            key_pem,
+            serial_hex,
+            not_before,
+            not_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1086 @@
+//! CA tests: SVID conformance, persistence, plug-in CA, CSR signing, credentials, openssl.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::*;
+
+use super::*;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn cfg(dir: &Path) -> CaConfig {
+    CaConfig {
+        state_dir: dir.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+fn id(ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", ns, sa)
+}
+
+fn pems(s: &str) -> Vec<Vec<u8>> {
+    parse_cert_pems(s.as_bytes(), "test").unwrap()
+}
+
+fn x509(der: &[u8]) -> X509Certificate<'_> {
+    X509Certificate::from_der(der).unwrap().1
+}
+
+fn secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn uri_sans(c: &X509Certificate<'_>) -> Vec<String> {
+    c.subject_alternative_name()
+        .unwrap()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn dns_sans(c: &X509Certificate<'_>) -> Vec<String> {
+    c.subject_alternative_name()
+        .unwrap()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ski(c: &X509Certificate<'_>) -> Vec<u8> {
+    c.iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .expect("SKI present")
+}
+
+fn aki(c: &X509Certificate<'_>) -> Vec<u8> {
+    c.iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(k) => {
+                k.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("AKI present")
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum LeafKind {
+    Workload,
+    Server,
+}
+
+/// Every X509-SVID / leaf rule, against the signer's certificate.
+fn check_leaf(leaf_der: &[u8], signer_der: &[u8], kind: LeafKind, want_uri: Option<&str>) {
+    let c = x509(leaf_der);
+    let signer = x509(signer_der);
+    assert_eq!(c.version(), X509Version::V3);
+    // signed by the signer, names chain
+    c.verify_signature(Some(signer.public_key()))
+        .expect("leaf signature verifies with the signer key");
+    assert_eq!(c.issuer().as_raw(), signer.subject().as_raw());
+    assert_eq!(aki(&c), ski(&signer));
+    // SANs
+    let uris = uri_sans(&c);
+    match (kind, want_uri) {
+        (LeafKind::Workload, Some(u)) => assert_eq!(uris, vec![u.to_string()]),
+        (LeafKind::Server, _) => assert!(uris.is_empty()),
+        _ => unreachable!(),
+    }
+    let san = c
+        .get_extension_unique(&oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME)
+        .unwrap()
+        .unwrap();
+    if c.subject().iter().next().is_none() {
+        assert!(san.critical, "SAN must be critical with an empty subject");
+    } else {
+        assert_eq!(c.subject().to_string(), "O=meshd");
+    }
+    // basicConstraints critical CA:false
+    let bc = c.basic_constraints().unwrap().expect("basicConstraints");
+    assert!(bc.critical);
+    assert!(!bc.value.ca);
+    // keyUsage critical digitalSignature, never cert/CRL signing
+    let ku = c.key_usage().unwrap().expect("keyUsage");
+    assert!(ku.critical);
+    assert!(ku.value.digital_signature());
+    assert!(!ku.value.key_cert_sign());
+    assert!(!ku.value.crl_sign());
+    let is_rsa = matches!(
+        c.public_key().parsed().unwrap(),
+        x509_parser::public_key::PublicKey::RSA(_)
+    );
+    assert_eq!(ku.value.key_encipherment(), is_rsa);
+    // EKU
+    let eku = c.extended_key_usage().unwrap().expect("EKU");
+    assert!(eku.value.server_auth);
+    assert!(eku.value.client_auth);
+    assert!(!eku.value.any);
+    // serial: positive, >= 120 random-ish bits
+    let serial = c.raw_serial();
+    assert!(serial.len() >= 16, "serial {serial:?}");
+    assert!(serial[0] & 0x80 == 0);
+    // validity
+    let now = secs(SystemTime::now());
+    let nb = c.validity().not_before.timestamp();
+    let na = c.validity().not_after.timestamp();
+    assert!((now - 120 - nb).abs() <= 5, "NotBefore = now - 2min");
+    assert!(na <= signer.validity().not_after.timestamp());
+    assert!(na > now);
+}
+
+fn check_root(der: &[u8], td: &str) {
+    let c = x509(der);
+    assert_eq!(c.version(), X509Version::V3);
+    c.verify_signature(None).expect("self-signed");
+    assert_eq!(c.subject().as_raw(), c.issuer().as_raw());
+    assert!(
+        c.subject()
+            .iter_organization()
+            .any(|o| o.as_str().unwrap() == "meshd")
+    );
+    let bc = c.basic_constraints().unwrap().unwrap();
+    assert!(bc.critical && bc.value.ca);
+    let ku = c.key_usage().unwrap().unwrap();
+    assert!(ku.critical);
+    assert!(ku.value.key_cert_sign() && ku.value.crl_sign());
+    assert_eq!(uri_sans(&c), vec![format!("spiffe://{td}")]);
+    assert_eq!(
+        c.public_key().algorithm.algorithm,
+        oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+    );
+    let ttl = c.validity().not_after.timestamp() - c.validity().not_before.timestamp();
+    assert!((ttl - (10 * 365 * 86400 + 120)).abs() < 5, "root ttl {ttl}");
+}
+
+fn openssl_verify(dir: &Path, bundle: &str, chain_pem: &str, purpose: &str) {
+    let ders = pems(chain_pem);
+    let leaf = pem_encode("CERTIFICATE", &ders[0]);
+    let untrusted: String = ders[1..]
+        .iter()
+        .map(|d| pem_encode("CERTIFICATE", d))
+        .collect();
+    std::fs::write(dir.join("v-root.pem"), bundle).unwrap();
+    std::fs::write(dir.join("v-leaf.pem"), leaf).unwrap();
+    let mut cmd = Command::new("openssl");
+    cmd.arg("verify")
+        .arg("-x509_strict")
+        .arg("-purpose")
+        .arg(purpose)
+        .arg("-CAfile")
+        .arg(dir.join("v-root.pem"));
+    if !untrusted.is_empty() {
+        std::fs::write(dir.join("v-chain.pem"), untrusted).unwrap();
+        cmd.arg("-untrusted").arg(dir.join("v-chain.pem"));
+    }
+    let out = cmd
+        .arg(dir.join("v-leaf.pem"))
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn signer_der(ca: &CertificateAuthority, dir: &Path) -> Vec<u8> {
+    match ca.mode() {
+        CaMode::SelfSigned => pems(&ca.root_cert_pem()).swap_remove(0),
+        CaMode::PlugIn => {
+            pems(&std::fs::read_to_string(dir.join(PLUGIN_CA_CERT_FILE)).unwrap()).swap_remove(0)
+        }
+    }
+}
+
+/// Writes Istio plug-in material (root, intermediate) made with rcgen into `dir`.
+/// Returns the root PEM.
+fn write_plugin(dir: &Path, intermediate_ttl: Duration) -> String {
+    let root_key = KeyPair::generate().unwrap();
+    let mut rp = CertificateParams::default();
+    rp.distinguished_name = DistinguishedName::new();
+    rp.distinguished_name
+        .push(DnType::OrganizationName, "Example Corp");
+    rp.distinguished_name
+        .push(DnType::CommonName, "Example Root CA");
+    rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    rp.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = SystemTime::now();
+    rp.not_before = (now - DAY).into();
+    rp.not_after = (now + 3650 * DAY).into();
+    let root_issuer = rcgen::CertifiedIssuer::self_signed(rp, root_key).unwrap();
+    let root_pem = root_issuer.pem();
+
+    let int_key = KeyPair::generate().unwrap();
+    let mut ip = CertificateParams::default();
+    ip.distinguished_name = DistinguishedName::new();
+    ip.distinguished_name
+        .push(DnType::OrganizationName, "Example Corp");
+    ip.distinguished_name
+        .push(DnType::CommonName, "Intermediate CA cluster-1");
+    ip.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ip.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ip.use_authority_key_identifier_extension = true;
+    ip.not_before = (now - DAY).into();
+    ip.not_after = (now + intermediate_ttl).into();
+    let int_cert = ip.signed_by(&int_key, &root_issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(PLUGIN_CA_CERT_FILE), int_cert.pem()).unwrap();
+    std::fs::write(dir.join(PLUGIN_CA_KEY_FILE), int_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(ROOT_CERT_FILE), &root_pem).unwrap();
+    std::fs::write(
+        dir.join(PLUGIN_CERT_CHAIN_FILE),
+        format!("{}{}", int_cert.pem(), root_pem),
+    )
+    .unwrap();
+    root_pem
+}
+
+#[test]
+fn ca_is_send_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<CertificateAuthority>();
+}
+
+#[test]
+fn config_defaults() {
+    let c = CaConfig::default();
+    assert_eq!(c.state_dir, PathBuf::from("./.meshd"));
+    assert_eq!(c.trust_domain, "cluster.local");
+    assert_eq!(c.workload_cert_ttl, 90 * DAY);
+    assert_eq!(c.root_cert_ttl, 3650 * DAY);
+    assert_eq!(c.rotation_window, DAY);
+}
+
+#[test]
+fn self_signed_conformance_and_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert_eq!(ca.mode(), CaMode::SelfSigned);
+    assert_eq!(ca.trust_domain(), "cluster.local");
+    let roots = pems(&ca.root_cert_pem());
+    assert_eq!(roots.len(), 1);
+    check_root(&roots[0], "cluster.local");
+
+    let wid = id("voice", "media-relay");
+    let w = ca.issue_workload(&wid).unwrap();
+    let chain = pems(&w.cert_chain_pem);
+    assert_eq!(chain.len(), 1, "self-signed mode serves the leaf only");
+    check_leaf(
+        &chain[0],
+        &roots[0],
+        LeafKind::Workload,
+        Some("spiffe://cluster.local/ns/voice/sa/media-relay"),
+    );
+    assert_eq!(w.spiffe_id.as_ref(), Some(&wid));
+    let c = x509(&chain[0]);
+    assert_eq!(hex::encode(c.raw_serial()), w.serial_hex);
+    assert_eq!(secs(w.not_before), c.validity().not_before.timestamp());
+    assert_eq!(secs(w.not_after), c.validity().not_after.timestamp());
+    assert_eq!(
+        secs(w.not_after) - secs(w.not_before),
+        (90 * DAY + BACKDATE).as_secs() as i64
+    );
+    // the key is P-256 PKCS#8 and matches the certificate
+    assert!(w.key_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    let kp = KeyPair::from_pem(&w.key_pem).unwrap();
+    assert!(kp.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256));
+    assert_eq!(
+        kp.public_key_raw(),
+        c.public_key().subject_public_key.data.as_ref()
+    );
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &w.cert_chain_pem,
+        "sslclient",
+    );
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &w.cert_chain_pem,
+        "sslserver",
+    );
+
+    let s = ca
+        .server_cert(&[
+            "meshd.istio-system.svc".into(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ])
+        .unwrap();
+    assert!(s.spiffe_id.is_none());
+    let sc = pems(&s.cert_chain_pem);
+    check_leaf(&sc[0], &roots[0], LeafKind::Server, None);
+    assert_eq!(
+        dns_sans(&x509(&sc[0])),
+        vec![
+            "meshd.istio-system.svc".to_string(),
+            "localhost".to_string()
+        ]
+    );
+    assert!(
+        x509(&sc[0])
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .any(|n| matches!(n, GeneralName::IPAddress(ip) if *ip == [127,0,0,1]))
+    );
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &s.cert_chain_pem,
+        "sslserver",
+    );
+
+    // serials are distinct
+    let w2 = ca.issue_workload(&wid).unwrap();
+    assert_ne!(w.serial_hex, w2.serial_hex);
+}
+
+#[test]
+fn plugin_conformance_and_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let root_pem = write_plugin(dir.path(), 365 * DAY);
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert_eq!(ca.mode(), CaMode::PlugIn);
+    assert_eq!(pems(&ca.root_cert_pem()), pems(&root_pem));
+    assert!(
+        !dir.path().join(ROOT_KEY_FILE).exists(),
+        "no self-signed root made"
+    );
+    let signer = signer_der(&ca, dir.path());
+    let w = ca.issue_workload(&id("default", "sleep")).unwrap();
+    let chain = pems(&w.cert_chain_pem);
+    assert_eq!(chain.len(), 3, "leaf + cert-chain.pem (intermediate, root)");
+    assert_eq!(chain[1], signer);
+    assert_eq!(chain[2], pems(&root_pem)[0]);
+    check_leaf(
+        &chain[0],
+        &signer,
+        LeafKind::Workload,
+        Some("spiffe://cluster.local/ns/default/sa/sleep"),
+    );
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &w.cert_chain_pem,
+        "sslclient",
+    );
+    let s = ca.server_cert(&["meshd.example".into()]).unwrap();
+    check_leaf(&pems(&s.cert_chain_pem)[0], &signer, LeafKind::Server, None);
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &s.cert_chain_pem,
+        "sslserver",
+    );
+
+    let kinds: Vec<String> = ca.issued().into_iter().map(|i| i.kind).collect();
+    assert_eq!(kinds[..2], ["root", "intermediate"]);
+    let mut leaves = kinds[2..].to_vec();
+    leaves.sort();
+    assert_eq!(leaves, ["server", "workload"]);
+}
+
+#[test]
+fn plugin_ttl_clamped_to_signer() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(dir.path(), DAY);
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let w = ca.issue_workload(&id("a", "b")).unwrap();
+    let signer = signer_der(&ca, dir.path());
+    assert_eq!(
+        secs(w.not_after),
+        x509(&signer).validity().not_after.timestamp()
+    );
+}
+
+#[test]
+fn plugin_with_openssl_material_sec1_and_rsa() {
+    // Material as operators make it with openssl: SEC1 EC keys / PKCS#1 RSA keys.
+    for (alg, genkey) in [
+        (
+            "ec",
+            vec!["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
+        ),
+        ("rsa", vec!["genrsa", "-traditional", "2048"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        std::fs::write(d.join("root-key.src"), run(&genkey)).unwrap();
+        std::fs::write(d.join(PLUGIN_CA_KEY_FILE), run(&genkey)).unwrap();
+        std::fs::write(
+            d.join("ext.cnf"),
+            "[v3_ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+        )
+        .unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root-key.src",
+            "-subj",
+            "/O=Org/CN=Root",
+            "-days",
+            "30",
+            "-out",
+            ROOT_CERT_FILE,
+            "-extensions",
+            "v3_ca",
+            "-config",
+            "ext.cnf",
+        ]);
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            PLUGIN_CA_KEY_FILE,
+            "-subj",
+            "/O=Org/CN=Intermediate",
+            "-out",
+            "int.csr",
+            "-config",
+            "ext.cnf",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "int.csr",
+            "-CA",
+            ROOT_CERT_FILE,
+            "-CAkey",
+            "root-key.src",
+            "-CAcreateserial",
+            "-days",
+            "20",
+            "-out",
+            PLUGIN_CA_CERT_FILE,
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            "v3_ca",
+        ]);
+        let key_text = std::fs::read_to_string(d.join(PLUGIN_CA_KEY_FILE)).unwrap();
+        let want_label = if alg == "ec" {
+            "EC PRIVATE KEY"
+        } else {
+            "RSA PRIVATE KEY"
+        };
+        assert!(key_text.contains(want_label), "{alg}: {key_text}");
+        std::fs::remove_file(d.join("root-key.src")).unwrap();
+        // no cert-chain.pem: ca-cert.pem alone is served after the leaf
+        let ca = CertificateAuthority::load_or_create(&cfg(d)).unwrap();
+        assert_eq!(ca.mode(), CaMode::PlugIn);
+        let w = ca.issue_workload(&id("ns", "sa")).unwrap();
+        let chain = pems(&w.cert_chain_pem);
+        assert_eq!(chain.len(), 2);
+        let signer = signer_der(&ca, d);
+        check_leaf(
+            &chain[0],
+            &signer,
+            LeafKind::Workload,
+            Some("spiffe://cluster.local/ns/ns/sa/sa"),
+        );
+        openssl_verify(d, &ca.root_cert_pem(), &w.cert_chain_pem, "sslclient");
+    }
+}
+
+#[test]
+fn plugin_incomplete_or_mismatched_is_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(dir.path(), 365 * DAY);
+    std::fs::remove_file(dir.path().join(PLUGIN_CA_KEY_FILE)).unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(matches!(e, CaError::IncompleteState { .. }), "{e}");
+    assert!(e.to_string().contains("ca-key.pem"), "{e}");
+
+    // key of another cert
+    std::fs::write(
+        dir.path().join(PLUGIN_CA_KEY_FILE),
+        KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(matches!(e, CaError::KeyMismatch { .. }), "{e}");
+
+    // intermediate not signed by the given root
+    let other = tempfile::tempdir().unwrap();
+    write_plugin(dir.path(), 365 * DAY);
+    write_plugin(other.path(), 365 * DAY);
+    std::fs::copy(
+        other.path().join(ROOT_CERT_FILE),
+        dir.path().join(ROOT_CERT_FILE),
+    )
+    .unwrap();
+    std::fs::copy(
+        other.path().join(ROOT_CERT_FILE),
+        dir.path().join(PLUGIN_CERT_CHAIN_FILE),
+    )
+    .unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(matches!(e, CaError::NotCa { .. }), "{e}");
+}
+
+#[test]
+fn root_persisted_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca1 = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let root1 = ca1.root_cert_pem();
+    let key1 = std::fs::read(dir.path().join(ROOT_KEY_FILE)).unwrap();
+    let serial1 = ca1.issued()[0].serial.clone();
+    let token = ca1.issue_credential(&WorkloadClaims {
+        workload: "w".into(),
+        namespace: "n".into(),
+        service_account: "s".into(),
+        issued_at: 1,
+    });
+    drop(ca1);
+    let ca2 = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert_eq!(ca2.root_cert_pem(), root1);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(ROOT_CERT_FILE)).unwrap(),
+        root1
+    );
+    assert_eq!(std::fs::read(dir.path().join(ROOT_KEY_FILE)).unwrap(), key1);
+    assert_eq!(ca2.issued()[0].serial, serial1);
+    assert_eq!(ca2.verify_credential(&token).unwrap().workload, "w");
+    // certs from the reloaded CA chain to the same root
+    let w = ca2.issue_workload(&id("a", "b")).unwrap();
+    check_leaf(
+        &pems(&w.cert_chain_pem)[0],
+        &pems(&root1)[0],
+        LeafKind::Workload,
+        Some("spiffe://cluster.local/ns/a/sa/b"),
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn secret_files_are_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    for f in [ROOT_KEY_FILE, CREDENTIAL_KEY_FILE] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+}
+
+#[test]
+fn corrupt_root_is_error_and_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let path = dir.path().join(ROOT_CERT_FILE);
+    std::fs::write(
+        &path,
+        "-----BEGIN CERTIFICATE-----\nnot base64!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(matches!(e, CaError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("not base64!!")
+    );
+
+    std::fs::write(&path, "garbage").unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(e.to_string().contains("root-cert.pem"), "{e}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "garbage");
+
+    let key_path = dir.path().join(ROOT_KEY_FILE);
+    std::fs::write(&key_path, "junk").unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(matches!(e, CaError::Corrupt { .. }), "{e}");
+}
+
+#[test]
+fn corrupt_key_is_error() {
+    let dir = tempfile::tempdir().unwrap();
+    CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let key_path = dir.path().join(ROOT_KEY_FILE);
+    std::fs::write(
+        &key_path,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(matches!(e, CaError::Corrupt { .. }), "{e}");
+    assert!(
+        e.to_string().contains(&key_path.display().to_string()),
+        "{e}"
+    );
+}
+
+#[test]
+fn key_mismatch_is_error() {
+    let dir = tempfile::tempdir().unwrap();
+    CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let key_path = dir.path().join(ROOT_KEY_FILE);
+    let other = KeyPair::generate().unwrap().serialize_pem();
+    std::fs::write(&key_path, &other).unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(matches!(e, CaError::KeyMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("root-key.pem") && e.to_string().contains("root-cert.pem"));
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), other);
+}
+
+#[test]
+fn half_state_is_error_not_regenerated() {
+    let dir = tempfile::tempdir().unwrap();
+    CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    std::fs::remove_file(dir.path().join(ROOT_CERT_FILE)).unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(matches!(e, CaError::IncompleteState { .. }), "{e}");
+    assert!(!dir.path().join(ROOT_CERT_FILE).exists());
+}
+
+#[test]
+fn corrupt_credential_key_is_error() {
+    let dir = tempfile::tempdir().unwrap();
+    CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    std::fs::write(dir.path().join(CREDENTIAL_KEY_FILE), b"short").unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(e.to_string().contains("credential-key"), "{e}");
+}
+
+#[test]
+fn bad_trust_domain_and_foreign_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.trust_domain = "Bad Domain".into();
+    assert!(matches!(
+        CertificateAuthority::load_or_create(&c).unwrap_err(),
+        CaError::InvalidTrustDomain { .. }
+    ));
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let e = ca
+        .issue_workload(&SpiffeId::new("other.td", "a", "b"))
+        .unwrap_err();
+    assert!(matches!(e, CaError::ForeignTrustDomain { .. }), "{e}");
+    let e = ca.issue_workload(&id("a/sa/x", "b")).unwrap_err();
+    assert!(matches!(e, CaError::InvalidSpiffeId { .. }), "{e}");
+    assert!(ca.server_cert(&[]).is_err());
+    assert!(ca.server_cert(&["bad name".into()]).is_err());
+}
+
+#[test]
+fn custom_trust_domain_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.trust_domain = "example.org".into();
+    let ca = CertificateAuthority::load_or_create(&c).unwrap();
+    check_root(&pems(&ca.root_cert_pem())[0], "example.org");
+    let w = ca
+        .issue_workload(&SpiffeId::new("example.org", "a", "b"))
+        .unwrap();
+    assert_eq!(
+        uri_sans(&x509(&pems(&w.cert_chain_pem)[0])),
+        vec!["spiffe://example.org/ns/a/sa/b"]
+    );
+}
+
+#[test]
+fn credential_round_trip_and_tamper() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let claims = WorkloadClaims {
+        workload: "media-relay".into(),
+        namespace: "voice".into(),
+        service_account: "media-relay".into(),
+        issued_at: 1_700_000_000,
+    };
+    let token = ca.issue_credential(&claims);
+    assert!(token.starts_with("meshd1."));
+    assert_eq!(token.split('.').count(), 3);
+    assert_eq!(ca.verify_credential(&token).unwrap(), claims);
+    assert_eq!(
+        claims.spiffe_id(ca.trust_domain()).to_string(),
+        "spiffe://cluster.local/ns/voice/sa/media-relay"
+    );
+
+    // change the claims, keep the MAC
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut forged = claims.clone();
+    forged.service_account = "admin".into();
+    let forged_body = b64.encode(serde_json::to_vec(&forged).unwrap());
+    let t = format!("meshd1.{forged_body}.{}", parts[2]);
+    assert!(matches!(
+        ca.verify_credential(&t),
+        Err(CaError::CredentialBadSignature)
+    ));
+    // flip a MAC character
+    let mut mac = parts[2].to_string();
+    let c0 = if mac.starts_with('A') { "B" } else { "A" };
+    mac.replace_range(0..1, c0);
+    let t = format!("meshd1.{}.{mac}", parts[1]);
+    assert!(matches!(
+        ca.verify_credential(&t),
+        Err(CaError::CredentialBadSignature)
+    ));
+    // malformed
+    for bad in [
+        "",
+        "meshd1",
+        "meshd1.abc",
+        "meshd1.a.b.c",
+        &format!("meshd2.{}.{}", parts[1], parts[2]),
+        &format!("meshd1.{}.!!!", parts[1]),
+    ] {
+        assert!(
+            matches!(
+                ca.verify_credential(bad),
+                Err(CaError::CredentialMalformed { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    // another CA's credential
+    let dir2 = tempfile::tempdir().unwrap();
+    let ca2 = CertificateAuthority::load_or_create(&cfg(dir2.path())).unwrap();
+    assert!(matches!(
+        ca2.verify_credential(&token),
+        Err(CaError::CredentialBadSignature)
+    ));
+}
+
+fn csr_with_sans(sans: Vec<SanType>) -> (String, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = sans;
+    (p.serialize_request(&key).unwrap().pem().unwrap(), key)
+}
+
+#[test]
+fn sign_csr_san_from_id_not_csr() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let (csr, key) = csr_with_sans(vec![
+        SanType::URI(
+            "spiffe://cluster.local/ns/kube-system/sa/admin"
+                .try_into()
+                .unwrap(),
+        ),
+        SanType::DnsName("evil.example".try_into().unwrap()),
+    ]);
+    let chain = ca.sign_csr(&csr, &id("voice", "sip-proxy"), None).unwrap();
+    assert_eq!(chain.len(), 1);
+    let der = pems(&chain[0]).swap_remove(0);
+    let root = pems(&ca.root_cert_pem()).swap_remove(0);
+    check_leaf(
+        &der,
+        &root,
+        LeafKind::Workload,
+        Some("spiffe://cluster.local/ns/voice/sa/sip-proxy"),
+    );
+    let c = x509(&der);
+    assert!(dns_sans(&c).is_empty());
+    assert_eq!(
+        key.public_key_raw(),
+        c.public_key().subject_public_key.data.as_ref()
+    );
+    let w = ca.issued();
+    assert!(w.iter().any(
+        |i| i.spiffe_id == "spiffe://cluster.local/ns/voice/sa/sip-proxy" && i.kind == "workload"
+    ));
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &chain.concat(),
+        "sslclient",
+    );
+
+    // ttl
+    let chain = ca
+        .sign_csr(
+            &csr,
+            &id("voice", "sip-proxy"),
+            Some(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let c = x509(&pems(&chain[0])[0]).validity().not_after.timestamp();
+    assert!((c - secs(SystemTime::now()) - 3600).abs() <= 5);
+    assert!(matches!(
+        ca.sign_csr(&csr, &id("voice", "sip-proxy"), Some(91 * DAY)),
+        Err(CaError::TtlTooLong { .. })
+    ));
+    assert!(
+        ca.sign_csr(&csr, &id("voice", "sip-proxy"), Some(Duration::ZERO))
+            .is_err()
+    );
+}
+
+#[test]
+fn sign_csr_in_plugin_mode_returns_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(dir.path(), 365 * DAY);
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let (csr, _) = csr_with_sans(vec![]);
+    let chain = ca.sign_csr(&csr, &id("a", "b"), None).unwrap();
+    assert_eq!(chain.len(), 3);
+    check_leaf(
+        &pems(&chain[0])[0],
+        &signer_der(&ca, dir.path()),
+        LeafKind::Workload,
+        Some("spiffe://cluster.local/ns/a/sa/b"),
+    );
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &chain.concat(),
+        "sslclient",
+    );
+}
+
+#[test]
+fn sign_csr_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let wid = id("a", "b");
+    // garbage
+    assert!(matches!(
+        ca.sign_csr("hello", &wid, None),
+        Err(CaError::CsrParse { .. })
+    ));
+    assert!(matches!(
+        ca.sign_csr(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            &wid,
+            None
+        ),
+        Err(CaError::CsrParse { .. })
+    ));
+    // a certificate is not a CSR
+    assert!(matches!(
+        ca.sign_csr(&ca.root_cert_pem(), &wid, None),
+        Err(CaError::CsrParse { .. })
+    ));
+    // bad signature: flip the last byte (inside the signature)
+    let (csr, _) = csr_with_sans(vec![]);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(csr.as_bytes()).unwrap();
+    let mut der = pem.contents.clone();
+    let n = der.len();
+    der[n - 1] ^= 0x01;
+    let bad = pem_encode("CERTIFICATE REQUEST", &der);
+    assert!(matches!(
+        ca.sign_csr(&bad, &wid, None),
+        Err(CaError::CsrSignature)
+    ));
+    // RSA-1024 and RSA-2048 CSRs from openssl
+    let csr_rsa = |bits: &str| {
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                &format!("rsa:{bits}"),
+                "-nodes",
+                "-keyout",
+                "/dev/null",
+                "-subj",
+                "/CN=x",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(matches!(
+        ca.sign_csr(&csr_rsa("1024"), &wid, None),
+        Err(CaError::CsrWeakKey { bits: 1024 })
+    ));
+    let chain = ca.sign_csr(&csr_rsa("2048"), &wid, None).unwrap();
+    let der = pems(&chain[0]).swap_remove(0);
+    check_leaf(
+        &der,
+        &pems(&ca.root_cert_pem())[0],
+        LeafKind::Workload,
+        Some("spiffe://cluster.local/ns/a/sa/b"),
+    );
+    assert!(
+        x509(&der)
+            .key_usage()
+            .unwrap()
+            .unwrap()
+            .value
+            .key_encipherment()
+    );
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &chain.concat(),
+        "sslclient",
+    );
+}
+
+#[test]
+fn rotation_due_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let mut c = ca.issue_workload(&id("a", "b")).unwrap();
+    let nb = c.not_before;
+    let na = c.not_after;
+    assert!(!ca.rotation_due(&c, SystemTime::now()));
+    assert!(!ca.rotation_due(&c, na - DAY - Duration::from_secs(1)));
+    assert!(ca.rotation_due(&c, na - DAY + Duration::from_secs(1)));
+    assert!(ca.rotation_due(&c, na + Duration::from_secs(1)));
+    // short-lived: half the lifetime wins over the 24h window
+    c.not_after = nb + Duration::from_secs(3600);
+    assert!(!ca.rotation_due(&c, nb + Duration::from_secs(29 * 60)));
+    assert!(ca.rotation_due(&c, nb + Duration::from_secs(31 * 60)));
+}
+
+#[test]
+fn issued_registry_lists_valid_certs_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    ca.issue_workload(&id("a", "b")).unwrap();
+    ca.issue_workload(&id("c", "d")).unwrap();
+    ca.server_cert(&["localhost".into()]).unwrap();
+    let list = ca.issued();
+    assert_eq!(list.len(), 4);
+    assert_eq!(list[0].kind, "root");
+    assert_eq!(list[0].spiffe_id, "spiffe://cluster.local");
+    assert!(
+        list.iter()
+            .any(|i| i.spiffe_id == "spiffe://cluster.local/ns/c/sa/d")
+    );
+    assert_eq!(list.iter().filter(|i| i.kind == "server").count(), 1);
+    for i in &list {
+        ::time::OffsetDateTime::parse(
+            &i.not_before,
+            &::time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        ::time::OffsetDateTime::parse(
+            &i.not_after,
+            &::time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+    }
+    let json = serde_json::to_string(&list).unwrap();
+    assert!(!json.contains("PRIVATE"));
+    // expired entries are pruned
+    {
+        let mut reg = ca.registry.lock().unwrap();
+        for e in reg.certs.values_mut() {
+            e.not_after = SystemTime::now() - Duration::from_secs(1);
+        }
+    }
+    assert_eq!(ca.issued().len(), 1);
+    assert!(ca.registry.lock().unwrap().certs.is_empty());
+}
+
+#[test]
+fn concurrent_issuance() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = std::sync::Arc::new(CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap());
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let ca = ca.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    ca.issue_workload(&id(&format!("ns{t}"), &format!("sa{i}")))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(ca.issued().len(), 41);
+}
+
+#[test]
+fn custom_storage_backend() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    #[derive(Default)]
+    struct Mem(Mutex<HashMap<String, Vec<u8>>>);
+    impl CaStorage for Mem {
+        fn load(&self, name: &str) -> Result<Option<Vec<u8>>, CaError> {
+            Ok(self.0.lock().unwrap().get(name).cloned())
+        }
+        fn store(&self, name: &str, data: &[u8], _secret: bool) -> Result<(), CaError> {
+            self.0.lock().unwrap().insert(name.into(), data.to_vec());
+            Ok(())
+        }
+        fn location(&self, name: &str) -> String {
+            format!("secret/meshd-ca[{name}]")
+        }
+    }
+    let mem = Mem::default();
+    let c = CaConfig::default();
+    let ca1 = CertificateAuthority::load_or_create_with_storage(&c, &mem).unwrap();
+    let ca2 = CertificateAuthority::load_or_create_with_storage(&c, &mem).unwrap();
+    assert_eq!(ca1.root_cert_pem(), ca2.root_cert_pem());
+    assert!(mem.0.lock().unwrap().contains_key(CREDENTIAL_KEY_FILE));
+    mem.0
+        .lock()
+        .unwrap()
+        .insert(ROOT_CERT_FILE.into(), b"x".to_vec());
+    let e = CertificateAuthority::load_or_create_with_storage(&c, &mem).unwrap_err();
+    assert!(
+        e.to_string().contains("secret/meshd-ca[root-cert.pem]"),
+        "{e}"
+    );
+}
