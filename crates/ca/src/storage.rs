@@ -40,6 +40,12 @@ impl FileStorage {
     }
 }
 
+fn next_tmp_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 fn io_err(path: &Path, source: io::Error) -> CaError {
     CaError::Io {
         path: path.to_path_buf(),
@@ -60,7 +66,11 @@ impl CaStorage for FileStorage {
     fn store(&self, name: &str, data: &[u8], secret: bool) -> Result<(), CaError> {
         fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
         let path = self.path(name);
-        let tmp = self.dir.join(format!(".{name}.tmp.{}", std::process::id()));
+        let tmp = self.dir.join(format!(
+            ".{name}.tmp.{}.{}",
+            std::process::id(),
+            next_tmp_id()
+        ));
         let write = || -> io::Result<()> {
             let mut opts = fs::OpenOptions::new();
             opts.write(true).create(true).truncate(true);
