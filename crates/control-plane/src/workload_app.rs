@@ -227,7 +227,19 @@ pub fn router(name: &str) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
-/// `meshd workload`.
+/// Serve the workload app named `name` on `listener` until `shutdown` completes.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    name: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(name))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving")
+}
+
+/// `meshd workload`: serve until SIGTERM or Ctrl-C.
 pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
     let ip: std::net::IpAddr = args
         .bind
@@ -238,23 +250,20 @@ pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     eprintln!("meshd workload {}: listening on {addr}", args.name);
-    axum::serve(listener, router(&args.name))
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async {
-                    match term.as_mut() {
-                        Some(t) => { t.recv().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {}
-            }
-        })
-        .await
-        .context("serving")?;
-    Ok(())
+    serve_on(listener, &args.name, async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The one command that runs every test: tools, the meshd binary (the end-to-end tests run it),
+# then the whole workspace. Tests create network namespaces and iptables rules: run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: the tests need root (network namespaces, iptables)" >&2
+  exit 1
+fi
+
+scripts/install-tools.sh
+cargo build --bin meshd
+export MESHD_BIN="${MESHD_BIN:-$PWD/target/debug/meshd}"
+cargo test --workspace "$@"
