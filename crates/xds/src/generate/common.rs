@@ -1,0 +1,148 @@
+//! Small builders shared by the cluster, route and listener generators.
+
+use crate::resource::any;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SocketAddress,
+    TransportSocket, address, config_source, data_source, socket_address, transport_socket,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
+use std::time::Duration;
+
+/// The secret names Istio uses, kept so operators' tooling reads our config the same way.
+pub const WORKLOAD_SECRET: &str = "default";
+pub const ROOT_SECRET: &str = "ROOTCA";
+
+pub fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+pub fn socket_address(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+pub fn duration(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+pub fn u32v(v: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value: v })
+}
+
+pub fn boolv(v: bool) -> Option<BoolValue> {
+    Some(BoolValue { value: v })
+}
+
+pub fn exact(s: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::Exact(s.to_string())),
+        ..Default::default()
+    }
+}
+
+pub fn prefix(s: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::Prefix(s.to_string())),
+        ..Default::default()
+    }
+}
+
+pub fn inline_bytes(data: &[u8]) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::InlineBytes(data.to_vec())),
+        ..Default::default()
+    }
+}
+
+pub fn filename(path: &str) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_string())),
+        ..Default::default()
+    }
+}
+
+fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_string(),
+        sds_config: Some(ads()),
+    }
+}
+
+fn uri_san(matcher: StringMatcher) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: subject_alt_name_matcher::SanType::Uri as i32,
+        matcher: Some(matcher),
+        oid: String::new(),
+    }
+}
+
+/// Our certificate from SDS, peers checked against the mesh root and the given SAN matchers.
+pub fn mesh_tls_context(peer_sans: Vec<StringMatcher>, alpn: &[&str]) -> CommonTlsContext {
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_SECRET)],
+        validation_context_type: Some(
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: peer_sans.into_iter().map(uri_san).collect(),
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(ROOT_SECRET)),
+                    ..Default::default()
+                },
+            ),
+        ),
+        alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Client side of mesh mTLS: we present our SVID and accept only the destination's identities.
+pub fn istio_mutual_upstream(sni: &str, peer_spiffe_ids: &[String]) -> TransportSocket {
+    let sans = peer_spiffe_ids.iter().map(|id| exact(id)).collect();
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(mesh_tls_context(sans, &["istio"])),
+        sni: sni.to_string(),
+        ..Default::default()
+    };
+    tls_socket(any(&ctx))
+}
+
+/// Server side of mesh mTLS: a client certificate from this trust domain is required.
+pub fn istio_mutual_downstream(trust_domain: &str) -> TransportSocket {
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(mesh_tls_context(
+            vec![prefix(&format!("spiffe://{trust_domain}/"))],
+            &["istio", "h2", "http/1.1"],
+        )),
+        require_client_certificate: boolv(true),
+        ..Default::default()
+    };
+    tls_socket(any(&ctx))
+}
+
+pub fn tls_socket(typed: envoy_types::pb::google::protobuf::Any) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(typed)),
+    }
+}

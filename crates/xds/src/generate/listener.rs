@@ -1,0 +1,392 @@
+//! Listeners: the sidecar's capture listeners (15001 outbound, 15006 inbound), per-port outbound
+//! listeners reached through original destination, and gateway listeners.
+
+use super::GenOptions;
+use super::cluster::{BLACKHOLE, PASSTHROUGH, inbound_name};
+use super::common::*;
+use super::route::FAULT_FILTER;
+use crate::resource::any;
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use meshd_model::security::MtlsMode;
+
+pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+pub const OUTBOUND_PORT: u32 = 15001;
+pub const INBOUND_PORT: u32 = 15006;
+
+fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            &envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+fn fault_filter() -> HttpFilter {
+    HttpFilter {
+        name: FAULT_FILTER.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+fn stdout_access_log() -> AccessLog {
+    use envoy_types::pb::envoy::config::core::v3::{
+        SubstitutionFormatString, substitution_format_string,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+        StdoutAccessLog, stdout_access_log,
+    };
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+    let field = |k: &str, v: &str| {
+        (
+            k.to_string(),
+            Value {
+                kind: Some(value::Kind::StringValue(v.into())),
+            },
+        )
+    };
+    let format = Struct {
+        fields: [
+            field("start_time", "%START_TIME%"),
+            field("method", "%REQ(:METHOD)%"),
+            field("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+            field("protocol", "%PROTOCOL%"),
+            field("response_code", "%RESPONSE_CODE%"),
+            field("response_flags", "%RESPONSE_FLAGS%"),
+            field("duration", "%DURATION%"),
+            field("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+            field("upstream_host", "%UPSTREAM_HOST%"),
+            field("downstream_peer_uri_san", "%DOWNSTREAM_PEER_URI_SAN%"),
+            field("authority", "%REQ(:AUTHORITY)%"),
+            field("request_id", "%REQ(X-REQUEST-ID)%"),
+            field("trace_id", "%TRACE_ID%"),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let log = StdoutAccessLog {
+        access_log_format: Some(stdout_access_log::AccessLogFormat::LogFormat(
+            SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::JsonFormat(format)),
+                ..Default::default()
+            },
+        )),
+    };
+    AccessLog {
+        name: "envoy.access_loggers.stdout".into(),
+        config_type: Some(access_log::ConfigType::TypedConfig(any(&log))),
+        ..Default::default()
+    }
+}
+
+fn tracing(opts: &GenOptions) -> Option<http_connection_manager::Tracing> {
+    use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing, zipkin_config};
+    let collector = opts.zipkin_cluster.as_ref()?;
+    let zipkin = ZipkinConfig {
+        collector_cluster: collector.clone(),
+        collector_endpoint: "/api/v2/spans".into(),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+        shared_span_context: boolv(false),
+        ..Default::default()
+    };
+    Some(http_connection_manager::Tracing {
+        random_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+            value: opts.trace_sampling,
+        }),
+        provider: Some(tracing::Http {
+            name: "envoy.tracers.zipkin".into(),
+            config_type: Some(tracing::http::ConfigType::TypedConfig(any(&zipkin))),
+        }),
+        ..Default::default()
+    })
+}
+
+pub enum RouteSource {
+    Rds(String),
+    Inline(RouteConfiguration),
+}
+
+pub fn hcm(
+    stat_prefix: &str,
+    routes: RouteSource,
+    inbound: bool,
+    opts: &GenOptions,
+) -> HttpConnectionManager {
+    let route_specifier = match routes {
+        RouteSource::Rds(name) => http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: name,
+        }),
+        RouteSource::Inline(rc) => http_connection_manager::RouteSpecifier::RouteConfig(rc),
+    };
+    let mut filters = Vec::new();
+    if !inbound {
+        filters.push(fault_filter());
+    }
+    filters.extend(
+        opts.extra_inbound_filters
+            .iter()
+            .filter(|_| inbound)
+            .cloned(),
+    );
+    filters.push(router_filter());
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(route_specifier),
+        http_filters: filters,
+        forward_client_cert_details: if inbound {
+            http_connection_manager::ForwardClientCertDetails::AppendForward
+        } else {
+            http_connection_manager::ForwardClientCertDetails::Sanitize
+        } as i32,
+        set_current_client_cert_details: inbound.then(|| {
+            http_connection_manager::SetCurrentClientCertDetails {
+                subject: boolv(true),
+                dns: true,
+                uri: true,
+                ..Default::default()
+            }
+        }),
+        use_remote_address: boolv(false),
+        tracing: tracing(opts),
+        access_log: if opts.access_log {
+            vec![stdout_access_log()]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }
+}
+
+fn network_filter(name: &str, typed: envoy_types::pb::google::protobuf::Any) -> Filter {
+    Filter {
+        name: name.into(),
+        config_type: Some(filter::ConfigType::TypedConfig(typed)),
+    }
+}
+
+pub fn hcm_filter(h: &HttpConnectionManager) -> Filter {
+    network_filter("envoy.filters.network.http_connection_manager", any(h))
+}
+
+pub fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
+    network_filter(
+        "envoy.filters.network.tcp_proxy",
+        any(&TcpProxy {
+            stat_prefix: stat_prefix.into(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        }),
+    )
+}
+
+fn listener_filter(name: &str, typed: envoy_types::pb::google::protobuf::Any) -> ListenerFilter {
+    ListenerFilter {
+        name: name.into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(typed)),
+        ..Default::default()
+    }
+}
+
+/// 15001: every captured outbound connection lands here and is handed, by its original
+/// destination, to the per-port listener; what matches none goes to passthrough or black hole.
+pub fn virtual_outbound(allow_any: bool) -> Listener {
+    let target = if allow_any { PASSTHROUGH } else { BLACKHOLE };
+    Listener {
+        name: VIRTUAL_OUTBOUND.into(),
+        address: Some(socket_address("0.0.0.0", OUTBOUND_PORT)),
+        use_original_dst: boolv(true),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        filter_chains: vec![FilterChain {
+            name: "virtualOutbound-catchall-tcp".into(),
+            filters: vec![tcp_proxy_filter(target, target)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A per-port outbound listener (not bound; reached from 15001 by original destination).
+/// HTTP ports route by Host through RDS; TCP services get a chain per VIP.
+pub fn outbound_port(
+    port: u32,
+    http: bool,
+    tcp_services: &[(Vec<String>, String)],
+    allow_any: bool,
+    opts: &GenOptions,
+) -> Listener {
+    let name = format!("0.0.0.0_{port}");
+    let mut chains: Vec<FilterChain> = tcp_services
+        .iter()
+        .map(|(vips, cluster)| FilterChain {
+            name: cluster.clone(),
+            filter_chain_match: Some(FilterChainMatch {
+                prefix_ranges: vips.iter().filter_map(|v| cidr(v)).collect(),
+                ..Default::default()
+            }),
+            filters: vec![tcp_proxy_filter(cluster, cluster)],
+            ..Default::default()
+        })
+        .collect();
+    let default_chain = if http {
+        let h = hcm(
+            &format!("outbound_0.0.0.0_{port}"),
+            RouteSource::Rds(port.to_string()),
+            false,
+            opts,
+        );
+        FilterChain {
+            name: format!("{name}-http"),
+            filters: vec![hcm_filter(&h)],
+            ..Default::default()
+        }
+    } else {
+        let target = if allow_any { PASSTHROUGH } else { BLACKHOLE };
+        FilterChain {
+            name: format!("{name}-passthrough"),
+            filters: vec![tcp_proxy_filter(target, target)],
+            ..Default::default()
+        }
+    };
+    chains.retain(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.prefix_ranges.is_empty())
+    });
+    Listener {
+        name,
+        address: Some(socket_address("0.0.0.0", port)),
+        bind_to_port: boolv(false),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        filter_chains: chains,
+        default_filter_chain: Some(default_chain),
+        ..Default::default()
+    }
+}
+
+fn cidr(text: &str) -> Option<CidrRange> {
+    let (ip, len) = match text.split_once('/') {
+        Some((ip, len)) => (ip, len.parse().ok()?),
+        None => (text, if text.contains(':') { 128 } else { 32 }),
+    };
+    Some(CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: u32v(len),
+    })
+}
+
+/// One inbound port of the workload, as the inbound listener serves it.
+pub struct InboundPort {
+    pub port: u32,
+    pub app_port: u32,
+    pub http: bool,
+    pub mode: MtlsMode,
+}
+
+/// 15006: captured inbound connections, matched by original destination port; mTLS terminated
+/// per the port's PeerAuthentication mode and handed to the app on localhost.
+pub fn virtual_inbound(ports: &[InboundPort], opts: &GenOptions) -> Listener {
+    let mut chains = Vec::new();
+    for p in ports {
+        let cluster = inbound_name(p.port);
+        let filters = || {
+            if p.http {
+                let rc = RouteConfiguration {
+                    name: format!("inbound|{}||", p.port),
+                    virtual_hosts: vec![VirtualHost {
+                        name: format!("inbound|http|{}", p.port),
+                        domains: vec!["*".into()],
+                        routes: vec![Route {
+                            name: "default".into(),
+                            r#match: Some(RouteMatch {
+                                path_specifier: Some(route_match::PathSpecifier::Prefix(
+                                    "/".into(),
+                                )),
+                                ..Default::default()
+                            }),
+                            action: Some(route::Action::Route(RouteAction {
+                                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                                    cluster.clone(),
+                                )),
+                                timeout: Some(duration(std::time::Duration::ZERO)),
+                                ..Default::default()
+                            })),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    validate_clusters: boolv(false),
+                    ..Default::default()
+                };
+                let h = hcm(
+                    &format!("inbound_0.0.0.0_{}", p.port),
+                    RouteSource::Inline(rc),
+                    true,
+                    opts,
+                );
+                vec![hcm_filter(&h)]
+            } else {
+                vec![tcp_proxy_filter(&cluster, &cluster)]
+            }
+        };
+        let chain_match = |transport: &str| {
+            Some(FilterChainMatch {
+                destination_port: u32v(p.port),
+                transport_protocol: transport.into(),
+                ..Default::default()
+            })
+        };
+        if p.mode != MtlsMode::Disable {
+            chains.push(FilterChain {
+                name: format!("{cluster}-mtls"),
+                filter_chain_match: chain_match("tls"),
+                transport_socket: Some(istio_mutual_downstream(&opts.trust_domain)),
+                filters: filters(),
+                ..Default::default()
+            });
+        }
+        if p.mode != MtlsMode::Strict {
+            chains.push(FilterChain {
+                name: format!("{cluster}-plaintext"),
+                filter_chain_match: chain_match("raw_buffer"),
+                filters: filters(),
+                ..Default::default()
+            });
+        }
+    }
+    Listener {
+        name: VIRTUAL_INBOUND.into(),
+        address: Some(socket_address("0.0.0.0", INBOUND_PORT)),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        listener_filters: vec![
+            listener_filter(
+                "envoy.filters.listener.original_dst",
+                any(&envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst::default()),
+            ),
+            listener_filter(
+                "envoy.filters.listener.tls_inspector",
+                any(&envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default()),
+            ),
+        ],
+        filter_chains: chains,
+        ..Default::default()
+    }
+}

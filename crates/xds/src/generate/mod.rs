@@ -1,0 +1,563 @@
+//! Mesh model → per-proxy Envoy resources. Pure: a `MeshSnapshot` is built once per config
+//! change; resources many proxies share (clusters, endpoints, a scope's listeners and routes) are
+//! encoded once per snapshot and handed out by reference.
+
+pub mod cluster;
+pub mod common;
+pub mod gateway;
+pub mod listener;
+pub mod route;
+
+use crate::proxy::{NodeType, Proxy};
+use crate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, SharedResource};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use meshd_model::mesh::qualify_host;
+use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset, VirtualService};
+use meshd_model::registry::{Endpoint, Port, Service, Workload, selector_matches};
+use meshd_model::security::{MtlsMode, PeerAuthentication};
+use meshd_model::{ConfigObject, MeshConfig};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// Resources for one proxy, by type URL then name.
+pub type ProxyResources = BTreeMap<&'static str, BTreeMap<String, SharedResource>>;
+
+#[derive(Clone, Debug)]
+pub struct GenOptions {
+    pub trust_domain: String,
+    pub domain_suffix: String,
+    /// Istio's root namespace: mesh-wide PeerAuthentication and Sidecar live here.
+    pub root_namespace: String,
+    /// Cluster name of a Zipkin-compatible collector (defined in the bootstrap); no tracing when unset.
+    pub zipkin_cluster: Option<String>,
+    pub trace_sampling: f64,
+    pub access_log: bool,
+    pub extra_inbound_filters: Vec<HttpFilter>,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            trust_domain: "cluster.local".into(),
+            domain_suffix: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            zipkin_cluster: None,
+            trace_sampling: 100.0,
+            access_log: true,
+            extra_inbound_filters: Vec::new(),
+        }
+    }
+}
+
+/// Lookups over the accepted config.
+pub struct Index {
+    pub domain_suffix: String,
+    pub root_namespace: String,
+    services: BTreeMap<String, Service>,
+    destination_rules: BTreeMap<String, DestinationRule>,
+    /// VirtualServices for sidecars (bound to `mesh`), by qualified host.
+    mesh_routes: BTreeMap<String, Vec<(String, VirtualService)>>,
+    peer_authn: Vec<(String, PeerAuthentication)>,
+    sidecars: Vec<(ConfigObject, Sidecar)>,
+    pub(crate) config: Arc<MeshConfig>,
+}
+
+impl Index {
+    pub fn new(config: Arc<MeshConfig>, opts: &GenOptions) -> Index {
+        let suffix = opts.domain_suffix.clone();
+        let services = config
+            .services
+            .iter()
+            .map(|s| (s.hostname.clone(), s.clone()))
+            .collect();
+        let mut destination_rules = BTreeMap::new();
+        for (o, dr) in config.destination_rules() {
+            let host = qualify_host(&dr.host, o.meta.namespace(), &suffix);
+            destination_rules.entry(host).or_insert_with(|| dr.clone());
+        }
+        let mut mesh_routes: BTreeMap<String, Vec<(String, VirtualService)>> = BTreeMap::new();
+        for (o, vs) in config.virtual_services() {
+            let for_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+            if !for_mesh {
+                continue;
+            }
+            for h in &vs.hosts {
+                let host = qualify_host(h, o.meta.namespace(), &suffix);
+                mesh_routes
+                    .entry(host)
+                    .or_default()
+                    .push((o.meta.namespace().to_string(), vs.clone()));
+            }
+        }
+        Index {
+            domain_suffix: suffix,
+            root_namespace: opts.root_namespace.clone(),
+            services,
+            destination_rules,
+            mesh_routes,
+            peer_authn: config
+                .peer_authentications()
+                .map(|(o, pa)| (o.meta.namespace().to_string(), pa.clone()))
+                .collect(),
+            sidecars: config
+                .sidecars()
+                .map(|(o, s)| (o.clone(), s.clone()))
+                .collect(),
+            config,
+        }
+    }
+
+    pub fn service(&self, host: &str) -> Option<&Service> {
+        self.services.get(host)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn destination_rule(&self, host: &str) -> Option<&DestinationRule> {
+        self.destination_rules.get(host)
+    }
+
+    pub fn mesh_virtual_services(&self, host: &str) -> &[(String, VirtualService)] {
+        self.mesh_routes.get(host).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn subsets(&self, host: &str) -> &[Subset] {
+        self.destination_rule(host)
+            .map(|d| d.subsets.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The PeerAuthentication mode in force for a workload port, with Istio's precedence:
+    /// workload selector, then namespace, then mesh-wide (root namespace); PERMISSIVE by default.
+    pub fn mtls_mode(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        port: u32,
+    ) -> MtlsMode {
+        let set = |m: MtlsMode| (m != MtlsMode::Unset).then_some(m);
+        let workload = self.peer_authn.iter().find(|(ns, pa)| {
+            ns == namespace
+                && pa
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| selector_matches(&s.labels, labels))
+        });
+        if let Some((_, pa)) = workload {
+            if let Some(m) = pa.port_level_mtls.get(&port).and_then(|m| set(m.mode)) {
+                return m;
+            }
+            if let Some(m) = pa.mtls.as_ref().and_then(|m| set(m.mode)) {
+                return m;
+            }
+        }
+        let scoped = |scope: &str| {
+            self.peer_authn
+                .iter()
+                .find(|(ns, pa)| ns == scope && pa.selector.is_none())
+                .and_then(|(_, pa)| pa.mtls.as_ref().and_then(|m| set(m.mode)))
+        };
+        scoped(namespace)
+            .or_else(|| scoped(&self.root_namespace))
+            .unwrap_or(MtlsMode::Permissive)
+    }
+
+    pub fn accepts_mtls(&self, e: &Endpoint, port: &Port) -> bool {
+        cluster::endpoint_accepts_mtls(self.mtls_mode(&e.namespace, &e.labels, e.port_for(port)))
+    }
+
+    /// The Sidecar resource for a workload: selector match in its namespace, else the
+    /// namespace default, else the mesh default in the root namespace.
+    pub fn sidecar_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&(ConfigObject, Sidecar)> {
+        let in_ns = |ns: &str, selected: bool| {
+            self.sidecars.iter().find(|(o, s)| {
+                o.meta.namespace() == ns
+                    && match &s.workload_selector {
+                        Some(sel) => selected && selector_matches(&sel.labels, labels),
+                        None => !selected,
+                    }
+            })
+        };
+        in_ns(namespace, true)
+            .or_else(|| in_ns(namespace, false))
+            .or_else(|| in_ns(&self.root_namespace, false))
+    }
+}
+
+/// What a proxy may see of the mesh's services (Sidecar egress scoping).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ScopeKey {
+    namespace: String,
+    sidecar: Option<String>,
+}
+
+/// Outbound resources for every proxy in one scope.
+struct Scope {
+    clusters: BTreeMap<String, SharedResource>,
+    endpoints: BTreeMap<String, SharedResource>,
+    listeners: BTreeMap<String, SharedResource>,
+    routes: BTreeMap<String, SharedResource>,
+}
+
+pub struct MeshSnapshot {
+    pub version: u64,
+    pub opts: Arc<GenOptions>,
+    pub index: Index,
+    /// Every outbound cluster and its endpoints, encoded once.
+    clusters: BTreeMap<String, SharedResource>,
+    endpoints: BTreeMap<String, SharedResource>,
+    scopes: Mutex<HashMap<ScopeKey, Arc<Scope>>>,
+    gateways: Mutex<HashMap<String, Arc<gateway::GatewayResources>>>,
+}
+
+fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
+    let Some((ns, host)) = pattern.split_once('/') else {
+        return false;
+    };
+    let ns_ok = match ns {
+        "*" => true,
+        "." => svc.namespace == proxy_ns,
+        "~" => false,
+        other => svc.namespace == other,
+    };
+    let host_ok = host == "*"
+        || host == svc.hostname
+        || host
+            .strip_prefix('*')
+            .is_some_and(|suffix| svc.hostname.ends_with(suffix));
+    ns_ok && host_ok
+}
+
+impl MeshSnapshot {
+    pub fn build(version: u64, config: Arc<MeshConfig>, opts: Arc<GenOptions>) -> MeshSnapshot {
+        let index = Index::new(config, &opts);
+        let mut clusters = BTreeMap::new();
+        let mut endpoints = BTreeMap::new();
+        for svc in index.services() {
+            for port in &svc.ports {
+                let subsets =
+                    std::iter::once(None).chain(index.subsets(&svc.hostname).iter().map(Some));
+                for subset in subsets {
+                    let out = cluster::outbound(&index, svc, port, subset, &opts);
+                    let name = out.cluster.name.clone();
+                    if let Some(la) = out.load_assignment {
+                        endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
+                    }
+                    clusters.insert(name.clone(), Resource::encode(name, &out.cluster));
+                }
+            }
+        }
+        for c in [cluster::passthrough(), cluster::blackhole()] {
+            clusters.insert(c.name.clone(), Resource::encode(c.name.clone(), &c));
+        }
+        MeshSnapshot {
+            version,
+            opts,
+            index,
+            clusters,
+            endpoints,
+            scopes: Mutex::new(HashMap::new()),
+            gateways: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &MeshConfig {
+        &self.index.config
+    }
+
+    fn scope(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Arc<Scope> {
+        let sidecar = self.index.sidecar_for(namespace, labels);
+        let key = ScopeKey {
+            namespace: namespace.to_string(),
+            sidecar: sidecar.map(|(o, _)| o.key().to_string()),
+        };
+        if let Some(s) = self.scopes.lock().expect("scope cache").get(&key) {
+            return s.clone();
+        }
+        let scope = Arc::new(self.build_scope(namespace, sidecar.map(|(_, s)| s)));
+        self.scopes
+            .lock()
+            .expect("scope cache")
+            .entry(key)
+            .or_insert(scope)
+            .clone()
+    }
+
+    fn build_scope(&self, namespace: &str, sidecar: Option<&Sidecar>) -> Scope {
+        let opts = &self.opts;
+        let visible: Vec<&Service> = self
+            .index
+            .services()
+            .filter(|svc| match sidecar {
+                None => true,
+                Some(sc) if sc.egress.is_empty() => true,
+                Some(sc) => sc.egress.iter().any(|e| {
+                    e.hosts
+                        .iter()
+                        .any(|h| egress_host_matches(h, namespace, svc))
+                }),
+            })
+            .collect();
+        let allow_any = sidecar
+            .and_then(|s| s.outbound_traffic_policy.as_ref())
+            .map(|p| p.mode)
+            .unwrap_or(OutboundMode::AllowAny)
+            == OutboundMode::AllowAny;
+        let mut clusters = BTreeMap::new();
+        let mut endpoints = BTreeMap::new();
+        for svc in &visible {
+            let prefix = |port: u32| format!("outbound|{port}|");
+            for port in &svc.ports {
+                let p = prefix(port.number);
+                for (name, res) in self.clusters.range(p.clone()..) {
+                    if !name.starts_with(&p) {
+                        break;
+                    }
+                    if name.rsplit('|').next() == Some(svc.hostname.as_str()) {
+                        clusters.insert(name.clone(), res.clone());
+                        if let Some(e) = self.endpoints.get(name) {
+                            endpoints.insert(name.clone(), e.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE] {
+            clusters.insert(name.to_string(), self.clusters[name].clone());
+        }
+        // Ports: HTTP services share a listener and a route table per port.
+        let mut http_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
+        let mut tcp_ports: BTreeMap<u32, Vec<(Vec<String>, String)>> = BTreeMap::new();
+        for svc in &visible {
+            for port in &svc.ports {
+                if port.protocol.is_http() {
+                    http_ports.entry(port.number).or_default().push(svc);
+                } else {
+                    tcp_ports.entry(port.number).or_default().push((
+                        svc.addresses.clone(),
+                        cluster::outbound_name(port.number, "", &svc.hostname),
+                    ));
+                }
+            }
+        }
+        let mut listeners = BTreeMap::new();
+        let vo = listener::virtual_outbound(allow_any);
+        listeners.insert(vo.name.clone(), Resource::encode(vo.name.clone(), &vo));
+        let ports: BTreeSet<u32> = http_ports.keys().chain(tcp_ports.keys()).copied().collect();
+        for port in ports {
+            let tcp = tcp_ports.get(&port).map(Vec::as_slice).unwrap_or(&[]);
+            let l =
+                listener::outbound_port(port, http_ports.contains_key(&port), tcp, allow_any, opts);
+            listeners.insert(l.name.clone(), Resource::encode(l.name.clone(), &l));
+        }
+        let mut routes = BTreeMap::new();
+        for (port, services) in &http_ports {
+            let rc = self.outbound_routes(*port, namespace, services, allow_any);
+            routes.insert(rc.name.clone(), Resource::encode(rc.name.clone(), &rc));
+        }
+        Scope {
+            clusters,
+            endpoints,
+            listeners,
+            routes,
+        }
+    }
+
+    fn outbound_routes(
+        &self,
+        port: u32,
+        namespace: &str,
+        services: &[&Service],
+        allow_any: bool,
+    ) -> RouteConfiguration {
+        let mut vhosts = Vec::new();
+        let mut seen_domains = BTreeSet::new();
+        for svc in services {
+            let mut domains = vec![svc.hostname.clone(), format!("{}:{port}", svc.hostname)];
+            if svc.namespace == namespace
+                && let Some(short) = svc.hostname.strip_suffix(&format!(
+                    ".{}.svc.{}",
+                    svc.namespace, self.index.domain_suffix
+                ))
+            {
+                for d in [
+                    short.to_string(),
+                    format!("{short}.{}", svc.namespace),
+                    format!("{short}.{}.svc", svc.namespace),
+                ] {
+                    domains.push(format!("{d}:{port}"));
+                    domains.push(d);
+                }
+            }
+            for vip in &svc.addresses {
+                if !vip.contains('/') {
+                    domains.push(vip.clone());
+                    domains.push(format!("{vip}:{port}"));
+                }
+            }
+            domains.retain(|d| seen_domains.insert(d.clone()));
+            if domains.is_empty() {
+                continue;
+            }
+            let vs = self.index.mesh_virtual_services(&svc.hostname);
+            let routes = match vs.first() {
+                Some((vs_ns, vs)) => {
+                    let ctx = route::RouteCtx {
+                        index: &self.index,
+                        listener_port: port,
+                        namespace: vs_ns,
+                    };
+                    route::http_routes(&ctx, &vs.http)
+                }
+                None => vec![route::default_route(cluster::outbound_name(
+                    port,
+                    "",
+                    &svc.hostname,
+                ))],
+            };
+            vhosts.push(VirtualHost {
+                name: format!("{}:{port}", svc.hostname),
+                domains,
+                routes,
+                ..Default::default()
+            });
+        }
+        vhosts.push(catch_all_vhost(allow_any));
+        RouteConfiguration {
+            name: port.to_string(),
+            virtual_hosts: vhosts,
+            validate_clusters: common::boolv(false),
+            ..Default::default()
+        }
+    }
+
+    /// The ports a workload serves (its services' target ports) with their mTLS modes.
+    fn inbound_ports(&self, w: &Workload) -> Vec<listener::InboundPort> {
+        let mut by_port: BTreeMap<u32, listener::InboundPort> = BTreeMap::new();
+        for svc in self.index.services() {
+            let selected = svc.namespace == w.namespace
+                && svc
+                    .selector
+                    .as_ref()
+                    .is_some_and(|sel| selector_matches(sel, &w.labels));
+            if !selected {
+                continue;
+            }
+            for port in &svc.ports {
+                let app_port = w
+                    .ports
+                    .get(&port.name)
+                    .copied()
+                    .or(port.target_port)
+                    .unwrap_or(port.number);
+                by_port.entry(app_port).or_insert(listener::InboundPort {
+                    port: app_port,
+                    app_port,
+                    http: port.protocol.is_http(),
+                    mode: self.index.mtls_mode(&w.namespace, &w.labels, app_port),
+                });
+            }
+        }
+        by_port.into_values().collect()
+    }
+
+    /// Everything one proxy should have, except secrets (those come from the CA).
+    pub fn generate(&self, proxy: &Proxy) -> ProxyResources {
+        let workload = self
+            .config()
+            .workload(&proxy.identity.workload, &proxy.identity.namespace);
+        let empty = BTreeMap::new();
+        let labels = workload.map(|w| &w.labels).unwrap_or(&empty);
+        let mut out = ProxyResources::new();
+        match proxy.node_type {
+            NodeType::Sidecar => {
+                let scope = self.scope(&proxy.identity.namespace, labels);
+                let mut clusters = scope.clusters.clone();
+                let mut listeners = scope.listeners.clone();
+                let ports = workload.map(|w| self.inbound_ports(w)).unwrap_or_default();
+                for p in &ports {
+                    let c = cluster::inbound(p.port, p.app_port);
+                    clusters.insert(c.name.clone(), Resource::encode(c.name.clone(), &c));
+                }
+                let vi = listener::virtual_inbound(&ports, &self.opts);
+                listeners.insert(vi.name.clone(), Resource::encode(vi.name.clone(), &vi));
+                out.insert(CLUSTER, clusters);
+                out.insert(ENDPOINT, scope.endpoints.clone());
+                out.insert(LISTENER, listeners);
+                out.insert(ROUTE, scope.routes.clone());
+            }
+            NodeType::Router => {
+                let key = format!("{}|{labels:?}", proxy.identity.namespace);
+                let gw = {
+                    let cached = self
+                        .gateways
+                        .lock()
+                        .expect("gateway cache")
+                        .get(&key)
+                        .cloned();
+                    match cached {
+                        Some(g) => g,
+                        None => {
+                            let g = Arc::new(gateway::build(self, labels));
+                            self.gateways
+                                .lock()
+                                .expect("gateway cache")
+                                .insert(key, g.clone());
+                            g
+                        }
+                    }
+                };
+                out.insert(CLUSTER, self.clusters.clone());
+                out.insert(ENDPOINT, self.endpoints.clone());
+                out.insert(LISTENER, gw.listeners.clone());
+                out.insert(ROUTE, gw.routes.clone());
+            }
+        }
+        out
+    }
+}
+
+fn catch_all_vhost(allow_any: bool) -> VirtualHost {
+    use envoy_types::pb::envoy::config::route::v3::{
+        DirectResponseAction, Route, RouteAction, route, route_action,
+    };
+    let action = if allow_any {
+        route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                cluster::PASSTHROUGH.into(),
+            )),
+            timeout: Some(common::duration(std::time::Duration::ZERO)),
+            ..Default::default()
+        })
+    } else {
+        route::Action::DirectResponse(DirectResponseAction {
+            status: 502,
+            ..Default::default()
+        })
+    };
+    VirtualHost {
+        name: if allow_any { "allow_any" } else { "block_all" }.into(),
+        domains: vec!["*".into()],
+        routes: vec![Route {
+            name: if allow_any { "allow_any" } else { "block_all" }.into(),
+            r#match: Some(envoy_types::pb::envoy::config::route::v3::RouteMatch {
+                path_specifier: Some(
+                    envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
+                        "/".into(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            action: Some(action),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

@@ -1,0 +1,180 @@
+//! What SotW and Delta streams share: binding the node to the proven identity, recomputing the
+//! proxy's resources, and waiting for the next reason to push.
+
+use super::status::{ProxyHandle, ProxyStatus, SyncStatus, TypeStatus};
+use super::{Authenticator, Metrics, SecretSource, Shared};
+use crate::generate::ProxyResources;
+use crate::proxy::{Identity, NodeId, Proxy};
+use crate::resource::{SharedResource, content_hash};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+use tokio::sync::watch;
+use tonic::Status;
+
+static NONCE: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_nonce() -> String {
+    format!("{:x}", NONCE.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A node may only speak for the identity its credential proved.
+pub(crate) fn bind_proxy(node: Option<&Node>, identity: Identity) -> Result<Proxy, Status> {
+    let node = node.ok_or_else(|| Status::invalid_argument("first request carries no node"))?;
+    let parsed = NodeId::parse(&node.id).map_err(Status::invalid_argument)?;
+    if parsed.workload != identity.workload || parsed.namespace != identity.namespace {
+        return Err(Status::permission_denied(format!(
+            "node `{}` claims {}.{} but the credential is for {}.{}",
+            node.id, parsed.workload, parsed.namespace, identity.workload, identity.namespace
+        )));
+    }
+    Ok(Proxy {
+        id: node.id.clone(),
+        node_type: parsed.node_type,
+        ip: Some(parsed.ip),
+        identity,
+    })
+}
+
+pub(crate) enum Wake {
+    Mesh,
+    Secrets,
+    Drain,
+}
+
+/// One connected proxy's stream state shared by both protocols.
+pub(crate) struct Conn<A, S: SecretSource> {
+    pub shared: Arc<Shared<A, S>>,
+    pub proxy: Proxy,
+    pub status: ProxyHandle,
+    pub resources: ProxyResources,
+    pub mesh_version: u64,
+    mesh: watch::Receiver<Arc<crate::MeshSnapshot>>,
+    secrets: watch::Receiver<u64>,
+    drain: watch::Receiver<bool>,
+}
+
+impl<A: Authenticator, S: SecretSource> Conn<A, S> {
+    pub async fn open(shared: Arc<Shared<A, S>>, proxy: Proxy, protocol: &'static str) -> Self {
+        let status = shared.registry.connect(ProxyStatus {
+            proxy_id: proxy.id.clone(),
+            identity: proxy.identity.spiffe_id(),
+            connected_at: SystemTime::now(),
+            protocol,
+            types: BTreeMap::new(),
+        });
+        shared.metrics.connected.fetch_add(1, Ordering::Relaxed);
+        let mut mesh = shared.mesh.clone();
+        mesh.mark_unchanged();
+        let mut secrets = shared.secrets.changes();
+        secrets.mark_unchanged();
+        let drain = shared.drain.clone();
+        let (mesh_version, resources) = shared.compute(&proxy).await;
+        tracing::info!(proxy = %proxy.id, identity = %proxy.identity.spiffe_id(), protocol, "proxy connected");
+        Conn {
+            shared,
+            proxy,
+            status,
+            resources,
+            mesh_version,
+            mesh,
+            secrets,
+            drain,
+        }
+    }
+
+    pub async fn refresh(&mut self) {
+        let (v, r) = self.shared.compute(&self.proxy).await;
+        self.mesh_version = v;
+        self.resources = r;
+    }
+
+    /// Waits for a config change, a secret change or rotation deadline, or drain.
+    pub async fn wake(&mut self) -> Wake {
+        if *self.drain.borrow() {
+            return Wake::Drain;
+        }
+        let deadline = self.shared.secrets.next_refresh(&self.proxy);
+        let rotation = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = self.mesh.changed() => if r.is_ok() { Wake::Mesh } else { Wake::Drain },
+            r = self.secrets.changed() => if r.is_ok() { Wake::Secrets } else { Wake::Drain },
+            _ = rotation => Wake::Secrets,
+            _ = self.drain.changed() => Wake::Drain,
+        }
+    }
+
+    pub fn update_type(&self, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
+        let mut st = self.status.lock().expect("status");
+        f(st.types.entry(type_url.to_string()).or_default());
+    }
+
+    pub fn record_sent(
+        &self,
+        type_url: &str,
+        version: &str,
+        nonce: &str,
+        sent: BTreeMap<String, SharedResource>,
+        replace: bool,
+    ) {
+        let bytes: usize = sent.values().map(|r| r.size()).sum();
+        Metrics::inc(&self.shared.metrics.pushes, 1);
+        Metrics::inc(&self.shared.metrics.push_bytes, bytes as u64);
+        self.update_type(type_url, |t| {
+            t.sent_version = version.to_string();
+            t.nonce = nonce.to_string();
+            t.status = SyncStatus::Stale;
+            if replace {
+                t.sent = sent;
+            } else {
+                t.sent.extend(sent);
+            }
+        });
+    }
+
+    pub fn record_ack(&self, type_url: &str, version: &str) {
+        Metrics::inc(&self.shared.metrics.acks, 1);
+        self.update_type(type_url, |t| {
+            t.acked_version = version.to_string();
+            t.status = SyncStatus::Synced;
+            t.error = None;
+        });
+    }
+
+    pub fn record_nack(&self, type_url: &str, message: &str) {
+        Metrics::inc(&self.shared.metrics.nacks, 1);
+        tracing::warn!(proxy = %self.proxy.id, type_url, error = message, "proxy rejected config (NACK); it keeps its last good config");
+        self.update_type(type_url, |t| {
+            t.status = SyncStatus::Nacked;
+            t.error = Some(message.to_string());
+        });
+    }
+}
+
+impl<A, S: SecretSource> Drop for Conn<A, S> {
+    fn drop(&mut self) {
+        self.shared.registry.disconnect(&self.status);
+        self.shared.secrets.release(&self.proxy);
+        self.shared
+            .metrics
+            .connected
+            .fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(proxy = %self.proxy.id, "proxy disconnected");
+    }
+}
+
+/// The version of a set of resources: a hash of their names and content versions.
+pub(crate) fn set_version(resources: &BTreeMap<String, SharedResource>) -> String {
+    let parts: Vec<&[u8]> = resources
+        .values()
+        .flat_map(|r| [r.name.as_bytes(), r.version.as_bytes()])
+        .collect();
+    content_hash(&parts)
+}

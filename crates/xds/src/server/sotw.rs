@@ -1,0 +1,164 @@
+//! State-of-the-world ADS: each response carries the whole set of a type the proxy subscribes to.
+
+use super::conn::{Conn, Wake, bind_proxy, next_nonce, set_version};
+use super::{Authenticator, SecretSource, Shared};
+use crate::proxy::Identity;
+use crate::resource::{PUSH_ORDER, SharedResource, is_wildcard_type};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+#[derive(Default)]
+struct TypeState {
+    /// `None`: wildcard.
+    names: Option<BTreeSet<String>>,
+    nonce: String,
+    sent_version: String,
+}
+
+fn select(
+    all: Option<&BTreeMap<String, SharedResource>>,
+    names: &Option<BTreeSet<String>>,
+) -> BTreeMap<String, SharedResource> {
+    let Some(all) = all else {
+        return BTreeMap::new();
+    };
+    match names {
+        None => all.clone(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| all.get(n).map(|r| (n.clone(), r.clone())))
+            .collect(),
+    }
+}
+
+struct Sotw<A, S: SecretSource> {
+    conn: Conn<A, S>,
+    types: HashMap<String, TypeState>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
+    /// Sends the type's current set unless the proxy already has exactly this version.
+    async fn push(&mut self, type_url: &str, force: bool) -> Result<(), ()> {
+        let Some(st) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
+        let set = select(self.conn.resources.get(type_url), &st.names);
+        let version = set_version(&set);
+        if !force && version == st.sent_version {
+            return Ok(());
+        }
+        let nonce = next_nonce();
+        st.nonce = nonce.clone();
+        st.sent_version = version.clone();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: set.values().map(|r| r.any.clone()).collect(),
+            type_url: type_url.to_string(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        tracing::debug!(proxy = %self.conn.proxy.id, type_url, version, count = set.len(), "push");
+        self.conn.record_sent(type_url, &version, &nonce, set, true);
+        self.tx.send(Ok(response)).await.map_err(|_| ())
+    }
+
+    async fn push_all(&mut self) -> Result<(), ()> {
+        for type_url in PUSH_ORDER {
+            self.push(type_url, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), ()> {
+        let type_url = req.type_url.clone();
+        let st = self.types.entry(type_url.clone()).or_default();
+        if !req.response_nonce.is_empty() {
+            if req.response_nonce != st.nonce {
+                tracing::debug!(proxy = %self.conn.proxy.id, type_url, "stale nonce ignored");
+                return Ok(());
+            }
+            match &req.error_detail {
+                Some(err) => self.conn.record_nack(&type_url, &err.message),
+                None => self.conn.record_ack(&type_url, &req.version_info),
+            }
+        }
+        let wildcard = is_wildcard_type(&type_url)
+            && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
+        let names = (!wildcard).then(|| req.resource_names.iter().cloned().collect());
+        let st = self.types.get_mut(&type_url).expect("inserted above");
+        let first = st.nonce.is_empty();
+        let changed = st.names != names;
+        st.names = names;
+        if first || changed {
+            // A new subscription always gets an answer, even an unchanged or empty one.
+            self.push(&type_url, true).await?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
+    shared: Arc<Shared<A, S>>,
+    identity: Identity,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let first = match requests.next().await {
+        Some(Ok(r)) => r,
+        _ => return,
+    };
+    let proxy = match bind_proxy(first.node.as_ref(), identity) {
+        Ok(p) => p,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("ads", proxy = %proxy.id, protocol = "sotw");
+    session(shared, proxy, first, requests, tx)
+        .instrument(span)
+        .await;
+}
+
+async fn session<A: Authenticator, S: SecretSource>(
+    shared: Arc<Shared<A, S>>,
+    proxy: crate::proxy::Proxy,
+    first: DiscoveryRequest,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let conn = Conn::open(shared, proxy, "sotw").await;
+    let mut s = Sotw {
+        conn,
+        types: HashMap::new(),
+        tx,
+    };
+    if s.on_request(first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            req = requests.next() => match req {
+                Some(Ok(req)) => if s.on_request(req).await.is_err() { return },
+                Some(Err(e)) => {
+                    tracing::debug!(proxy = %s.conn.proxy.id, error = %e, "stream error");
+                    return;
+                }
+                None => return,
+            },
+            wake = s.conn.wake() => match wake {
+                Wake::Drain => return,
+                Wake::Mesh | Wake::Secrets => {
+                    s.conn.refresh().await;
+                    if s.push_all().await.is_err() { return }
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Per-proxy sync state: what was sent, what was ACKed or NACKed. Read by the admin API.
+
+use crate::resource::SharedResource;
+use dashmap::DashMap;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SyncStatus {
+    /// The last response was ACKed.
+    Synced,
+    /// A response is out and not yet answered.
+    Stale,
+    /// The last response was rejected; Envoy keeps its previous config.
+    Nacked,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TypeStatus {
+    pub sent_version: String,
+    pub acked_version: String,
+    pub nonce: String,
+    pub status: SyncStatus,
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub sent: BTreeMap<String, SharedResource>,
+}
+
+impl Default for TypeStatus {
+    fn default() -> Self {
+        TypeStatus {
+            sent_version: String::new(),
+            acked_version: String::new(),
+            nonce: String::new(),
+            status: SyncStatus::Stale,
+            error: None,
+            sent: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyStatus {
+    pub proxy_id: String,
+    pub identity: String,
+    #[serde(with = "rfc3339")]
+    pub connected_at: SystemTime,
+    pub protocol: &'static str,
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+mod rfc3339 {
+    use serde::Serializer;
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, ser: S) -> Result<S::Ok, S::Error> {
+        let dt = time::OffsetDateTime::from(*t);
+        let text = dt
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(serde::ser::Error::custom)?;
+        ser.serialize_str(&text)
+    }
+}
+
+pub type ProxyHandle = Arc<Mutex<ProxyStatus>>;
+
+/// Every connected proxy's status, keyed by proxy id.
+#[derive(Default, Debug)]
+pub struct Registry {
+    proxies: DashMap<String, ProxyHandle>,
+}
+
+impl Registry {
+    pub fn connect(&self, status: ProxyStatus) -> ProxyHandle {
+        let handle = Arc::new(Mutex::new(status));
+        let id = handle.lock().expect("status").proxy_id.clone();
+        self.proxies.insert(id, handle.clone());
+        handle
+    }
+
+    /// Removes the proxy unless a newer stream of the same proxy already replaced it.
+    pub fn disconnect(&self, handle: &ProxyHandle) {
+        let id = handle.lock().expect("status").proxy_id.clone();
+        self.proxies
+            .remove_if(&id, |_, current| Arc::ptr_eq(current, handle));
+    }
+
+    pub fn snapshot(&self) -> Vec<ProxyStatus> {
+        let mut all: Vec<ProxyStatus> = self
+            .proxies
+            .iter()
+            .map(|e| e.value().lock().expect("status").clone())
+            .collect();
+        all.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
+        all
+    }
+
+    /// A proxy by full id, or by the `NAME.NAMESPACE` part of it.
+    pub fn get(&self, id: &str) -> Option<ProxyStatus> {
+        if let Some(p) = self.proxies.get(id) {
+            return Some(p.lock().expect("status").clone());
+        }
+        self.proxies
+            .iter()
+            .find(|e| e.key().split('~').nth(2) == Some(id))
+            .map(|e| e.value().lock().expect("status").clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.proxies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.proxies.is_empty()
+    }
+}
