@@ -109,6 +109,8 @@ pub struct MeshOptions {
     pub start_control_plane: bool,
     /// How long to wait for readiness of the control plane and of each Envoy.
     pub ready_timeout: Duration,
+    /// The `meshd` binary to run (default: [`meshd_bin`]).
+    pub meshd_bin: Option<PathBuf>,
 }
 
 impl Default for MeshOptions {
@@ -121,6 +123,7 @@ impl Default for MeshOptions {
             env: Vec::new(),
             start_control_plane: true,
             ready_timeout: Duration::from_secs(30),
+            meshd_bin: None,
         }
     }
 }
@@ -283,7 +286,10 @@ impl Mesh {
     /// Create the network, write `opts.configs`, start `meshd serve` in the node namespace and
     /// wait for `/healthz/ready`.
     pub fn start(opts: MeshOptions) -> anyhow::Result<Mesh> {
-        let meshd = meshd_bin()?;
+        let meshd = match &opts.meshd_bin {
+            Some(p) => p.clone(),
+            None => meshd_bin()?,
+        };
         let envoy = envoy_binary()?;
         let short: String = opts
             .name

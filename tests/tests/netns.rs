@@ -167,3 +167,275 @@ static_resources:
     assert!(child.is_running());
     child.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The harness itself, against a stand-in `meshd`: this test binary re-executed (through a small
+// wrapper script) as `fake_meshd_entry`. Its `serve` answers the admin health check, `bootstrap`
+// writes a static Envoy config shaped like Istio's sidecar (outbound 15001 with original-dst
+// passthrough and per-service routes, inbound 15006 to the app on localhost), `init-iptables`
+// and `workload` are the real ones from the meshd library. It proves the capture rules and a
+// stock Envoy carry traffic app → Envoy → Envoy → app, including a Class-E service VIP and an
+// app calling its own VIP.
+
+const FAKE_ENV: &str = "FAKE_MESHD_ARGV";
+const FAKE_SERVICES: &str = "fake-services.json";
+
+#[test]
+fn fake_meshd_entry() {
+    let Ok(argv) = std::env::var(FAKE_ENV) else {
+        return; // a normal test run: nothing to do
+    };
+    let argv: Vec<String> = argv
+        .split('\x1f')
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    let code = match fake_meshd(&argv) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fake meshd {argv:?}: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn flag<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
+    argv.iter()
+        .position(|a| a == name)
+        .and_then(|i| argv.get(i + 1))
+        .map(String::as_str)
+}
+
+fn fake_meshd(argv: &[String]) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    match argv.first().map(String::as_str) {
+        Some("serve") => {
+            let bind = flag(argv, "--bind").unwrap_or("127.0.0.1");
+            rt.block_on(meshd::workload_app::run(
+                meshd::workload_app::WorkloadArgs {
+                    name: "fake-meshd".into(),
+                    port: ADMIN_PORT,
+                    bind: bind.into(),
+                },
+            ))
+        }
+        Some("workload") => rt.block_on(meshd::workload_app::run(
+            meshd::workload_app::WorkloadArgs {
+                name: flag(argv, "--name").unwrap_or("app").into(),
+                port: flag(argv, "--port").unwrap_or("8080").parse()?,
+                bind: "127.0.0.1".into(),
+            },
+        )),
+        Some("init-iptables") => {
+            anyhow::ensure!(
+                argv[1..].join(" ")
+                    == "-p 15001 -z 15006 -u 1337 -m REDIRECT -i * -b * -d 15090,15021,15020",
+                "unexpected flags {argv:?}"
+            );
+            meshd::iptables::run(&meshd::iptables::InitIptablesArgs::default())
+        }
+        Some("bootstrap") => {
+            let workload = flag(argv, "--workload").unwrap();
+            let out = flag(argv, "--out").unwrap();
+            let config_dir = std::path::Path::new(flag(argv, "--config-dir").unwrap());
+            let services: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(config_dir.join(FAKE_SERVICES))?)?;
+            std::fs::write(out, fake_bootstrap(workload, &services))?;
+            Ok(())
+        }
+        other => anyhow::bail!("unknown command {other:?}"),
+    }
+}
+
+/// `services`: `[{"name": "a", "host": "...", "ip": "10.44.0.2", "port": 8080}]`.
+fn fake_bootstrap(workload: &str, services: &serde_json::Value) -> String {
+    let name = workload.split('.').next().unwrap();
+    let me = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap();
+    let mut vhosts = String::new();
+    let mut clusters = String::new();
+    for s in services.as_array().unwrap() {
+        let (n, host, ip, port) = (
+            s["name"].as_str().unwrap(),
+            s["host"].as_str().unwrap(),
+            s["ip"].as_str().unwrap(),
+            s["port"].as_u64().unwrap(),
+        );
+        vhosts += &format!(
+            r#"
+            - name: {n}
+              domains: ["{host}", "{host}:{port}"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: "svc-{n}"}}}}]"#
+        );
+        clusters += &format!(
+            r#"
+  - name: svc-{n}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: svc-{n}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]"#
+        );
+    }
+    let app_port = me["port"].as_u64().unwrap();
+    format!(
+        r#"
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {ENVOY_ADMIN_PORT}}}}}
+static_resources:
+  listeners:
+  - name: virtualOutbound
+    address: {{socket_address: {{address: 0.0.0.0, port_value: 15001}}}}
+    use_original_dst: true
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          route_config:
+            request_headers_to_add: [{{header: {{key: x-via-outbound, value: {name}}}}}]
+            virtual_hosts:{vhosts}
+            - name: passthrough
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: PassthroughCluster}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  - name: virtualInbound
+    address: {{socket_address: {{address: 0.0.0.0, port_value: 15006}}}}
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound
+          route_config:
+            request_headers_to_add: [{{header: {{key: x-via-inbound, value: {name}}}}}]
+            virtual_hosts:
+            - name: inbound
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: inbound-app}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: PassthroughCluster
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+  - name: inbound-app
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: inbound-app
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {app_port}}}}}}}}}]}}]{clusters}
+"#
+    )
+}
+
+#[test]
+fn harness_with_fake_meshd_carries_traffic_through_sidecars() {
+    // The wrapper script that re-executes this test binary as the fake meshd.
+    let exe = std::env::current_exe().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("meshd");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n{FAKE_ENV}=\"$(printf '%s\\037' \"$@\")\" exec '{}' fake_meshd_entry --exact --nocapture --test-threads=1 -q\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let services = serde_json::json!([
+        {"name": "a", "host": "a.demo.svc.cluster.local", "ip": "10.44.0.2", "port": 8080, "vip": "240.240.0.2"},
+        {"name": "b", "host": "b.demo.svc.cluster.local", "ip": "10.44.0.3", "port": 9090, "vip": "240.240.0.3"},
+    ]);
+    let mut opts = MeshOptions::named("fake").config(FAKE_SERVICES, &services.to_string());
+    opts.meshd_bin = Some(wrapper.clone());
+    let mesh = Mesh::start(opts).unwrap();
+    mesh.set_hosts(&[
+        ("a.demo.svc.cluster.local", "240.240.0.2".parse().unwrap()),
+        ("b.demo.svc.cluster.local", "240.240.0.3".parse().unwrap()),
+    ])
+    .unwrap();
+    let a = mesh.add_sidecar_pod("a.demo", ip(2), 8080).unwrap();
+    let b = mesh.add_sidecar_pod("b.demo", ip(3), 9090).unwrap();
+    let client = mesh.add_plain_pod("client", ip(9)).unwrap();
+
+    let json = |r: (u16, String)| -> serde_json::Value {
+        assert_eq!(r.0, 200, "{}", r.1);
+        serde_json::from_str(&r.1).unwrap()
+    };
+
+    // a → b's Class-E service VIP: captured, routed by a's Envoy, captured inbound at b.
+    let v = json(a.get("http://b.demo.svc.cluster.local:9090/hello").unwrap());
+    assert_eq!(v["service"], "b");
+    assert_eq!(v["path"], "/hello");
+    assert_eq!(v["headers"]["x-via-outbound"], "a");
+    assert_eq!(v["headers"]["x-via-inbound"], "b");
+
+    // a → b's pod address: original-destination passthrough.
+    let v = json(a.get("http://10.44.0.3:9090/direct").unwrap());
+    assert_eq!(v["service"], "b");
+    assert_eq!(v["headers"]["x-via-outbound"], "a");
+    assert_eq!(v["headers"]["x-via-inbound"], "b");
+
+    // a → its own VIP: a's Envoy → a's pod address over lo → inbound capture → a's app.
+    let v = json(a.get("http://a.demo.svc.cluster.local:8080/self").unwrap());
+    assert_eq!(v["service"], "a");
+    assert_eq!(v["headers"]["x-via-outbound"], "a");
+    assert_eq!(v["headers"]["x-via-inbound"], "a");
+
+    // a plain (uncaptured) client → b: only b's inbound capture.
+    let v = json(client.get("http://10.44.0.3:9090/plain").unwrap());
+    assert_eq!(v["service"], "b");
+    assert!(v["headers"]["x-via-outbound"].is_null());
+    assert_eq!(v["headers"]["x-via-inbound"], "b");
+
+    // Excluded inbound port 15021 is not captured (nothing listens there).
+    assert!(client.get("http://10.44.0.3:15021/").is_err());
+
+    // Envoy admin helpers.
+    let dump = a.envoy_config_dump().unwrap();
+    assert!(dump["configs"].is_array());
+    assert!(
+        b.envoy_stat("http.inbound.downstream_rq_completed")
+            .unwrap()
+            .unwrap()
+            >= 3
+    );
+    assert!(
+        a.envoy_stats()
+            .unwrap()
+            .contains("cluster.svc-b.upstream_rq_200")
+    );
+
+    // Control plane admin, kill and restart.
+    let v = mesh.admin_json("/debug/syncz").unwrap();
+    assert_eq!(v["service"], "fake-meshd");
+    mesh.kill_control_plane();
+    assert!(!mesh.control_plane_ready());
+    mesh.restart_control_plane().unwrap();
+    assert!(mesh.control_plane_ready());
+
+    // Envoy restart.
+    mesh.restart_envoy("b").unwrap();
+    let v = json(a.get("http://b.demo.svc.cluster.local:9090/again").unwrap());
+    assert_eq!(v["service"], "b");
+    assert!(mesh.envoy_log("a").is_empty() || !mesh.envoy_log("a").contains("critical"));
+}
