@@ -1,1 +1,15 @@
-//! meshd
+//! meshd: config sources, identity, admin API, CLI and process wiring around the `xds` and `ca`
+//! crates.
+
+pub mod admin;
+pub mod analyze;
+pub mod app;
+pub mod bootstrap;
+pub mod cli;
+pub mod demo;
+pub mod identity;
+pub mod iptables;
+pub mod podnet;
+pub mod source;
+pub mod status_cli;
+pub mod workload_app;

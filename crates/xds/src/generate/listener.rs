@@ -118,6 +118,7 @@ fn tracing(opts: &GenOptions) -> Option<http_connection_manager::Tracing> {
     })
 }
 
+#[allow(clippy::large_enum_variant)] // built once per listener, never stored
 pub enum RouteSource {
     Rds(String),
     Inline(RouteConfiguration),

@@ -237,7 +237,6 @@ fn fault(r: &HttpRoute) -> Option<HttpFault> {
                     d.fixed_delay?,
                 ))),
                 percentage: Some(fraction(d.percentage.as_ref())),
-                ..Default::default()
             })
         }),
         abort: f.abort.as_ref().and_then(|a| {

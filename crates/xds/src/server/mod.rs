@@ -43,6 +43,21 @@ pub trait SecretSource: Send + Sync + 'static {
     fn release(&self, _proxy: &Proxy) {}
 }
 
+impl<T: SecretSource> SecretSource for Arc<T> {
+    fn secrets(&self, proxy: &Proxy) -> Result<BTreeMap<String, SharedResource>, String> {
+        (**self).secrets(proxy)
+    }
+    fn next_refresh(&self, proxy: &Proxy) -> Option<Instant> {
+        (**self).next_refresh(proxy)
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        (**self).changes()
+    }
+    fn release(&self, proxy: &Proxy) {
+        (**self).release(proxy)
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct Metrics {
     pub connected: AtomicI64,

@@ -1,0 +1,269 @@
+//! The admin API on 15014: readiness, Prometheus metrics and the `/debug/*` views ops rely on.
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use meshd_ca::CertificateAuthority;
+use meshd_xds::MeshSnapshot;
+use meshd_xds::server::{Metrics, Registry, SyncStatus};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::sync::watch;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub ready: Arc<AtomicBool>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub ca: Arc<CertificateAuthority>,
+    pub snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    pub started: Instant,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz/ready", get(ready))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/config_dump", get(config_dump))
+        .route("/debug/certs", get(certs))
+        .route("/debug/registryz", get(registryz))
+        .route("/debug/configz", get(configz))
+        .with_state(state)
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+pub fn version_info() -> Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "git_revision": option_env!("MESHD_GIT_REVISION").unwrap_or("unknown"),
+        "envoy_api": "v3",
+        "envoy_tested": "1.40.0",
+    })
+}
+
+async fn version() -> Json<Value> {
+    Json(version_info())
+}
+
+async fn syncz(State(s): State<AdminState>) -> Json<Value> {
+    Json(serde_json::to_value(s.registry.snapshot()).unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct ProxyQuery {
+    proxy: Option<String>,
+}
+
+async fn config_dump(State(s): State<AdminState>, Query(q): Query<ProxyQuery>) -> Response {
+    let Some(id) = q.proxy else {
+        return (StatusCode::BAD_REQUEST, "missing ?proxy=ID\n").into_response();
+    };
+    let Some(status) = s.registry.get(&id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no connected proxy `{id}`\n"),
+        )
+            .into_response();
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("proxy_id".into(), json!(status.proxy_id));
+    let mut types = serde_json::Map::new();
+    for (type_url, t) in &status.types {
+        let resources: Vec<Value> = t
+            .sent
+            .values()
+            .map(|r| meshd_xds::json::any_to_json(&r.any))
+            .collect();
+        types.insert(
+            type_url.clone(),
+            json!({"version": t.sent_version, "resources": resources}),
+        );
+    }
+    out.insert("types".into(), Value::Object(types));
+    Json(Value::Object(out)).into_response()
+}
+
+async fn certs(State(s): State<AdminState>) -> Json<Value> {
+    Json(serde_json::to_value(s.ca.issued()).unwrap_or_default())
+}
+
+async fn registryz(State(s): State<AdminState>) -> Json<Value> {
+    let snap = s.snapshots.borrow().clone();
+    let config = snap.config();
+    Json(json!({
+        "services": config.services,
+        "workloads": config.workloads,
+    }))
+}
+
+async fn configz(State(s): State<AdminState>) -> Json<Value> {
+    let snap = s.snapshots.borrow().clone();
+    let config = snap.config();
+    let accepted: Vec<Value> = config
+        .objects
+        .values()
+        .map(|o| {
+            json!({
+                "kind": o.kind(),
+                "api_version": o.api_version,
+                "namespace": o.meta.namespace(),
+                "name": o.meta.name,
+                "file": o.source.file,
+                "line": o.source.line,
+            })
+        })
+        .collect();
+    let rejected: Vec<Value> = config
+        .rejected
+        .iter()
+        .map(|r| {
+            json!({
+                "kind": r.kind,
+                "namespace": r.namespace,
+                "name": r.name,
+                "file": r.file,
+                "line": r.line,
+                "reason": r.reason,
+                "message": r.to_string(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "version": snap.version,
+        "accepted": accepted,
+        "rejected": rejected,
+    }))
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let m = &s.metrics;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "meshd_xds_connected_proxies",
+        "gauge",
+        "Proxies with an open ADS stream.",
+        m.connected.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "meshd_xds_streams_total",
+        "counter",
+        "ADS streams opened.",
+        m.streams_total.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "meshd_xds_streams_rejected_total",
+        "counter",
+        "ADS streams refused for a missing or bad credential.",
+        m.streams_rejected.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "meshd_xds_pushes_total",
+        "counter",
+        "xDS responses sent.",
+        m.pushes.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "meshd_xds_push_bytes_total",
+        "counter",
+        "Bytes of resources sent.",
+        m.push_bytes.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "meshd_xds_acks_total",
+        "counter",
+        "ACKs received.",
+        m.acks.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "meshd_xds_nacks_total",
+        "counter",
+        "NACKs received.",
+        m.nacks.load(Ordering::Relaxed).to_string(),
+    );
+    let snap = s.snapshots.borrow().clone();
+    metric(
+        "meshd_config_version",
+        "gauge",
+        "Version of the mesh config in force.",
+        snap.version.to_string(),
+    );
+    metric(
+        "meshd_config_objects",
+        "gauge",
+        "Accepted mesh config objects.",
+        snap.config().objects.len().to_string(),
+    );
+    metric(
+        "meshd_config_rejected",
+        "gauge",
+        "Rejected mesh config documents.",
+        snap.config().rejected.len().to_string(),
+    );
+    metric(
+        "meshd_uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        s.started.elapsed().as_secs_f64().to_string(),
+    );
+    let mut by_status: BTreeMap<&str, u64> = BTreeMap::new();
+    for p in s.registry.snapshot() {
+        for t in p.types.values() {
+            *by_status
+                .entry(match t.status {
+                    SyncStatus::Synced => "SYNCED",
+                    SyncStatus::Stale => "STALE",
+                    SyncStatus::Nacked => "NACKED",
+                })
+                .or_default() += 1;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshd_xds_proxy_types Proxy xDS types by sync status.\n# TYPE meshd_xds_proxy_types gauge"
+    );
+    for (status, n) in by_status {
+        let _ = writeln!(out, "meshd_xds_proxy_types{{status=\"{status}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshd_cert_expiry_timestamp_seconds When each CA and workload certificate expires.\n# TYPE meshd_cert_expiry_timestamp_seconds gauge"
+    );
+    for c in s.ca.issued() {
+        if let Ok(t) = time::OffsetDateTime::parse(
+            &c.not_after,
+            &time::format_description::well_known::Rfc3339,
+        ) {
+            let _ = writeln!(
+                out,
+                "meshd_cert_expiry_timestamp_seconds{{kind=\"{}\",spiffe_id=\"{}\",serial=\"{}\"}} {}",
+                c.kind,
+                c.spiffe_id,
+                c.serial,
+                t.unix_timestamp()
+            );
+        }
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,225 @@
+//! Process wiring: `build(config)` binds every listener, starts every task and returns the bound
+//! addresses, so tests bind port 0 and run the whole control plane in-process.
+
+use crate::admin::{self, AdminState};
+use crate::identity::{CaSecrets, CredentialAuth};
+use crate::source::FileSource;
+use anyhow::Context;
+use meshd_ca::{CaConfig, CertificateAuthority};
+use meshd_model::MeshConfig;
+use meshd_xds::server::{AdsServer, Metrics, Registry, ServerOptions};
+use meshd_xds::{GenOptions, MeshSnapshot};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub config_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub trust_domain: String,
+    pub workload_cert_ttl: Duration,
+    pub cert_rotation_window: Duration,
+    pub root_cert_ttl: Duration,
+    pub bind: IpAddr,
+    pub xds_port: u16,
+    pub admin_port: u16,
+    pub debounce: Duration,
+    /// How long open xDS streams get to finish on shutdown before they are cut.
+    pub drain_deadline: Duration,
+    pub generator: GenOptions,
+}
+
+impl Config {
+    pub fn ca_config(&self) -> CaConfig {
+        CaConfig {
+            state_dir: self.state_dir.clone(),
+            trust_domain: self.trust_domain.clone(),
+            workload_cert_ttl: self.workload_cert_ttl,
+            root_cert_ttl: self.root_cert_ttl,
+            rotation_window: self.cert_rotation_window,
+        }
+    }
+}
+
+pub struct App {
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub started: Instant,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    drain_deadline: Duration,
+}
+
+/// Builds each snapshot from the accepted config; versions only move when the config does.
+async fn snapshots(
+    mut configs: watch::Receiver<Arc<MeshConfig>>,
+    out: watch::Sender<Arc<MeshSnapshot>>,
+    generator: Arc<GenOptions>,
+) {
+    let mut version = out.borrow().version;
+    while configs.changed().await.is_ok() {
+        let config = configs.borrow_and_update().clone();
+        version += 1;
+        let started = Instant::now();
+        let snapshot = MeshSnapshot::build(version, config, generator.clone());
+        tracing::info!(
+            version,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "mesh snapshot built"
+        );
+        out.send_replace(Arc::new(snapshot));
+    }
+}
+
+pub async fn build(config: Config) -> anyhow::Result<App> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
+    let ca = Arc::new(
+        CertificateAuthority::load_or_create(&config.ca_config()).context("loading the mesh CA")?,
+    );
+    let mut source = FileSource::new(config.config_dir.clone());
+    let initial = Arc::new(source.reload());
+    for r in &initial.rejected {
+        tracing::warn!("{r}");
+    }
+    let generator = Arc::new(config.generator.clone());
+    let (config_tx, config_rx) = watch::channel(initial.clone());
+    let (snapshot_tx, snapshot_rx) =
+        watch::channel(Arc::new(MeshSnapshot::build(1, initial, generator.clone())));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    let secrets = Arc::new(CaSecrets::new(ca.clone(), config.cert_rotation_window));
+    let ads = AdsServer::new(
+        CredentialAuth { ca: ca.clone() },
+        secrets.clone(),
+        snapshot_rx.clone(),
+        registry.clone(),
+        shutdown_rx.clone(),
+        metrics.clone(),
+        ServerOptions::default(),
+    );
+
+    let xds_listener = TcpListener::bind((config.bind, config.xds_port))
+        .await
+        .with_context(|| format!("binding xDS on {}:{}", config.bind, config.xds_port))?;
+    let admin_listener = TcpListener::bind((config.bind, config.admin_port))
+        .await
+        .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
+    let xds_addr = xds_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut tasks = JoinSet::new();
+    let debounce = config.debounce;
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = source.watch(debounce, config_tx) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        Ok(())
+    });
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = snapshots(config_rx, snapshot_tx, generator) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        Ok(())
+    });
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads.into_service())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
+            .await
+            .context("xDS server")
+    });
+    let state = AdminState {
+        ready: ready.clone(),
+        registry,
+        metrics,
+        ca,
+        snapshots: snapshot_rx,
+        started,
+    };
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        axum::serve(admin_listener, admin::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("admin server")
+    });
+    // Config is loaded and the CA is up: from here on we are ready.
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(
+        xds = %xds_addr,
+        admin = %admin_addr,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "meshd ready"
+    );
+    Ok(App {
+        xds_addr,
+        admin_addr,
+        started,
+        shutdown,
+        tasks,
+        drain_deadline: config.drain_deadline,
+    })
+}
+
+impl App {
+    /// Closes streams and listeners; tasks get until the drain deadline to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::sleep(self.drain_deadline);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = self.tasks.join_next() => match next {
+                    None => return Ok(()),
+                    Some(Ok(Err(e))) => tracing::warn!(error = %e, "task ended with error"),
+                    Some(_) => {}
+                },
+                _ = &mut deadline => {
+                    tracing::warn!("drain deadline passed; cutting remaining streams");
+                    self.tasks.abort_all();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Runs until SIGINT/SIGTERM (or a task fails), then shuts down gracefully.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            Some(res) = self.tasks.join_next() => {
+                match res {
+                    Ok(Ok(())) => tracing::warn!("a task ended early; shutting down"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "a task failed; shutting down"),
+                    Err(e) => tracing::error!(error = %e, "a task panicked; shutting down"),
+                }
+            }
+        }
+        self.shutdown().await
+    }
+}

@@ -1,0 +1,210 @@
+//! `meshd bootstrap`: the Envoy bootstrap for one workload, carrying the credential that proves
+//! its identity to the control plane. Everything else Envoy gets over ADS.
+
+use anyhow::{Context, anyhow};
+use meshd_ca::WorkloadClaims;
+use meshd_model::MeshConfig;
+use meshd_xds::{NodeId, NodeType};
+use serde_json::{Value, json};
+
+#[derive(Clone, Debug)]
+pub struct BootstrapSpec {
+    pub workload: String,
+    pub namespace: String,
+    pub ip: String,
+    pub node_type: NodeType,
+    pub xds_address: String,
+    pub admin_port: u16,
+    pub credential: String,
+    pub delta: bool,
+}
+
+/// Resolves a `NAME.NAMESPACE` workload against the mesh config: its address, service account
+/// and whether it is a gateway.
+pub fn resolve(
+    mesh: &MeshConfig,
+    workload: &str,
+) -> anyhow::Result<(WorkloadClaims, String, NodeType)> {
+    let (name, namespace) = workload
+        .rsplit_once('.')
+        .ok_or_else(|| anyhow!("--workload `{workload}` is not NAME.NAMESPACE"))?;
+    let w = mesh.workload(name, namespace).ok_or_else(|| {
+        anyhow!(
+            "no WorkloadEntry {namespace}/{name} in the mesh config (known: {})",
+            mesh.workloads
+                .iter()
+                .map(|w| w.id())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let is_gateway = w
+        .labels
+        .get("istio")
+        .is_some_and(|v| v.ends_with("gateway"));
+    let claims = WorkloadClaims {
+        workload: name.to_string(),
+        namespace: namespace.to_string(),
+        service_account: w.service_account.clone(),
+        issued_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let node_type = if is_gateway {
+        NodeType::Router
+    } else {
+        NodeType::Sidecar
+    };
+    Ok((claims, w.address.clone(), node_type))
+}
+
+fn static_cluster(name: &str, host: &str, port: u16, http2: bool) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": host, "port_value": port}
+            }}}]}]
+        }
+    });
+    if http2 {
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {
+                    "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                }}
+            }
+        });
+    }
+    c
+}
+
+/// A listener proxying a path to Envoy's own admin endpoint (readiness, Prometheus stats), so
+/// those work with no agent beside Envoy.
+fn admin_proxy_listener(name: &str, port: u16, path: &str, rewrite: &str) -> Value {
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"virtual_hosts": [{
+                    "name": name,
+                    "domains": ["*"],
+                    "routes": [{
+                        "match": {"prefix": path},
+                        "route": {"cluster": "envoy_admin", "prefix_rewrite": rewrite}
+                    }]
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                }]
+            }
+        }]}]
+    })
+}
+
+pub fn render(spec: &BootstrapSpec) -> anyhow::Result<Value> {
+    let (host, port) = spec
+        .xds_address
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("--xds-address `{}` is not HOST:PORT", spec.xds_address))?;
+    let port: u16 = port.parse().context("--xds-address port")?;
+    let node_id = NodeId::format(spec.node_type, &spec.ip, &spec.workload, &spec.namespace);
+    let clusters = vec![
+        static_cluster("xds-grpc", host, port, true),
+        static_cluster("envoy_admin", "127.0.0.1", spec.admin_port, false),
+    ];
+    let listeners = vec![
+        admin_proxy_listener("health", 15021, "/healthz/ready", "/ready"),
+        admin_proxy_listener(
+            "prometheus_stats",
+            15090,
+            "/stats/prometheus",
+            "/stats/prometheus",
+        ),
+    ];
+    let ads = json!({"ads": {}, "resource_api_version": "V3"});
+    Ok(json!({
+        "node": {
+            "id": node_id,
+            "cluster": format!("{}.{}", spec.workload, spec.namespace),
+            "metadata": {
+                "NAMESPACE": spec.namespace,
+                "WORKLOAD_NAME": spec.workload,
+                "INSTANCE_IPS": spec.ip,
+            }
+        },
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": spec.admin_port}}
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": if spec.delta { "DELTA_GRPC" } else { "GRPC" },
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{
+                    "envoy_grpc": {"cluster_name": "xds-grpc"},
+                    "initial_metadata": [{"key": "authorization", "value": format!("Bearer {}", spec.credential)}]
+                }]
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {"clusters": clusters, "listeners": listeners},
+        "stats_config": {"stats_tags": []}
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_workloads_from_the_mesh() {
+        let mesh = crate::source::FileSource::new(None).reload();
+        let (claims, ip, ty) = resolve(&mesh, "billing-service-v1.voicecore-ai").unwrap();
+        assert_eq!(claims.service_account, "billing-service");
+        assert_eq!(ip, "10.44.0.17");
+        assert_eq!(ty, NodeType::Sidecar);
+        let (_, _, ty) = resolve(&mesh, "ingressgateway.istio-system").unwrap();
+        assert_eq!(ty, NodeType::Router);
+        let err = resolve(&mesh, "nope.voicecore-ai").unwrap_err().to_string();
+        assert!(err.contains("no WorkloadEntry"), "{err}");
+    }
+
+    #[test]
+    fn bootstrap_carries_the_credential_and_node_id() {
+        let spec = BootstrapSpec {
+            workload: "a".into(),
+            namespace: "ns".into(),
+            ip: "10.0.0.1".into(),
+            node_type: NodeType::Sidecar,
+            xds_address: "10.0.0.254:15010".into(),
+            admin_port: 15000,
+            credential: "meshd1.x.y".into(),
+            delta: false,
+        };
+        let b = render(&spec).unwrap();
+        assert_eq!(
+            b["node"]["id"],
+            "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local"
+        );
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"][0]["value"],
+            "Bearer meshd1.x.y"
+        );
+        assert_eq!(
+            b["admin"]["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! The `meshd` command line.
+
+use crate::app::{self, Config};
+use crate::bootstrap::{self, BootstrapSpec};
+use crate::source::FileSource;
+use anyhow::{Context, anyhow};
+use clap::{Args, Parser, Subcommand};
+use meshd_ca::{CaConfig, CertificateAuthority};
+use meshd_model::duration;
+use meshd_xds::GenOptions;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "meshd",
+    version,
+    about = "A lightweight control plane for stock Envoy sidecars that reads Istio's APIs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The control plane: xDS, CA, admin API.
+    Serve(ServeArgs),
+    /// The VoiceCore mesh on this machine: eight services behind stock Envoy sidecars and an ingress gateway.
+    Demo(crate::demo::DemoArgs),
+    /// Write the Envoy bootstrap for one workload.
+    Bootstrap(BootstrapArgs),
+    /// Install the traffic-capture rules in this network namespace (istio-iptables' flags).
+    InitIptables(crate::iptables::InitIptablesArgs),
+    /// Every connected proxy and its sync state per xDS type.
+    ProxyStatus(AdminArgs),
+    /// What the server last sent one proxy.
+    ProxyConfig(ProxyConfigArgs),
+    /// Validate mesh config offline: `file:line: message` per problem, exit 1 if any.
+    Analyze(AnalyzeArgs),
+    /// Version, git revision, Envoy API version.
+    Version,
+    /// A tiny HTTP workload (the demo's and the tests' app).
+    #[command(hide = true)]
+    Workload(crate::workload_app::WorkloadArgs),
+}
+
+/// `meshd` alone is `meshd serve` with its defaults (and `MESHD_*` environment).
+#[derive(Parser)]
+struct DefaultServe {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s)
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Istio-API YAML files, watched for changes. Without it, the embedded VoiceCore mesh.
+    #[arg(long, env = "MESHD_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    #[arg(long, env = "MESHD_REGISTRY", default_value = "file", value_parser = ["file", "kubernetes"])]
+    pub registry: String,
+    #[arg(long, env = "MESHD_STATE_DIR", default_value = "./.meshd")]
+    pub state_dir: PathBuf,
+    #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    #[arg(long, env = "MESHD_WORKLOAD_CERT_TTL", default_value = "2160h", value_parser = parse_duration)]
+    pub workload_cert_ttl: Duration,
+    #[arg(long, env = "MESHD_CERT_ROTATION_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub cert_rotation_window: Duration,
+    #[arg(long, env = "MESHD_ROOT_CERT_TTL", default_value = "87600h", value_parser = parse_duration)]
+    pub root_cert_ttl: Duration,
+    /// Address every listener binds (default 127.0.0.1 in file mode, 0.0.0.0 in Kubernetes mode).
+    #[arg(long, env = "MESHD_BIND")]
+    pub bind: Option<IpAddr>,
+    #[arg(long, env = "MESHD_XDS_PORT", default_value_t = 15010)]
+    pub xds_port: u16,
+    #[arg(long, env = "MESHD_XDS_TLS_PORT", default_value_t = 15012)]
+    pub xds_tls_port: u16,
+    #[arg(long, env = "MESHD_ADMIN_PORT", default_value_t = 15014)]
+    pub admin_port: u16,
+    #[arg(long, env = "MESHD_WEBHOOK_PORT", default_value_t = 15017)]
+    pub webhook_port: u16,
+    /// Quiet period after a config change before it is pushed.
+    #[arg(long, env = "MESHD_DEBOUNCE_MS", default_value_t = 100)]
+    pub debounce_ms: u64,
+    /// JSON access logs on each proxy's stdout.
+    #[arg(long, env = "MESHD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+}
+
+impl ServeArgs {
+    pub fn to_config(&self) -> anyhow::Result<Config> {
+        if self.registry == "kubernetes" {
+            return Err(anyhow!(
+                "--registry kubernetes is not available in this build yet; use --registry file"
+            ));
+        }
+        Ok(Config {
+            config_dir: self.config_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            trust_domain: self.trust_domain.clone(),
+            workload_cert_ttl: self.workload_cert_ttl,
+            cert_rotation_window: self.cert_rotation_window,
+            root_cert_ttl: self.root_cert_ttl,
+            bind: self.bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            xds_port: self.xds_port,
+            admin_port: self.admin_port,
+            debounce: Duration::from_millis(self.debounce_ms),
+            drain_deadline: Duration::from_secs(5),
+            generator: GenOptions {
+                trust_domain: self.trust_domain.clone(),
+                access_log: self.access_log,
+                ..GenOptions::default()
+            },
+        })
+    }
+}
+
+#[derive(Args)]
+struct BootstrapArgs {
+    /// NAME.NAMESPACE of a WorkloadEntry.
+    #[arg(long)]
+    workload: String,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_address: String,
+    #[arg(long, env = "MESHD_STATE_DIR", default_value = "./.meshd")]
+    state_dir: PathBuf,
+    #[arg(long, env = "MESHD_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Use Delta xDS instead of state of the world.
+    #[arg(long)]
+    delta: bool,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    #[arg(long, default_value = "http://127.0.0.1:15014")]
+    admin: String,
+}
+
+#[derive(Args)]
+struct ProxyConfigArgs {
+    proxy_id: String,
+    #[arg(long, default_value = "http://127.0.0.1:15014")]
+    admin: String,
+    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
+}
+
+#[derive(Args)]
+struct AnalyzeArgs {
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MESHD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let command = match cli.command {
+        Some(c) => c,
+        None => Command::Serve(DefaultServe::parse_from(["meshd"]).args),
+    };
+    match command {
+        Command::Serve(args) => {
+            let config = args.to_config()?;
+            runtime()?.block_on(async {
+                let app = app::build(config).await?;
+                app.run_until_signal().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => crate::demo::run(args),
+        Command::Bootstrap(args) => {
+            write_bootstrap(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::InitIptables(args) => {
+            crate::iptables::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ProxyStatus(args) => {
+            runtime()?.block_on(crate::status_cli::proxy_status(&args.admin))
+        }
+        Command::ProxyConfig(args) => runtime()?.block_on(crate::status_cli::proxy_config(
+            &args.admin,
+            &args.proxy_id,
+            &args.output,
+        )),
+        Command::Analyze(args) => Ok(crate::analyze::run(&args.paths)),
+        Command::Version => {
+            let v = crate::admin::version_info();
+            println!(
+                "meshd {} (git {}), Envoy xDS API {}, tested with Envoy {}",
+                v["version"].as_str().unwrap_or(""),
+                v["git_revision"].as_str().unwrap_or(""),
+                v["envoy_api"].as_str().unwrap_or(""),
+                v["envoy_tested"].as_str().unwrap_or(""),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workload(args) => {
+            runtime()?.block_on(crate::workload_app::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
+    let mesh = FileSource::new(args.config_dir.clone()).reload();
+    let (claims, ip, node_type) = bootstrap::resolve(&mesh, &args.workload)?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    let ca = CertificateAuthority::load_or_create(&CaConfig {
+        state_dir: args.state_dir.clone(),
+        trust_domain: args.trust_domain.clone(),
+        ..CaConfig::default()
+    })
+    .context("loading the mesh CA (the credential is signed with its key)")?;
+    let spec = BootstrapSpec {
+        workload: claims.workload.clone(),
+        namespace: claims.namespace.clone(),
+        ip,
+        node_type,
+        xds_address: args.xds_address.clone(),
+        admin_port: args.admin_port,
+        credential: ca.issue_credential(&claims),
+        delta: args.delta,
+    };
+    let text = serde_json::to_string_pretty(&bootstrap::render(&spec)?)?;
+    std::fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The file config source: a directory of Istio YAML, watched, debounced, merged into one
+//! `MeshConfig`. A file that stops parsing keeps its last good content in force.
+
+use meshd_model::{ConfigError, FileConfig, MeshConfig, Rejected, parse_file};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// The VoiceCore mesh, served when no config directory is given.
+pub const EMBEDDED_MESH: &str = include_str!("../../../deploy/mesh/voicecore.yaml");
+pub const EMBEDDED_NAME: &str = "embedded:voicecore.yaml";
+
+#[derive(Default)]
+pub struct FileSource {
+    dir: Option<PathBuf>,
+    /// Last good content per file.
+    files: BTreeMap<PathBuf, FileConfig>,
+    /// Files whose current content does not parse, with why.
+    broken: BTreeMap<PathBuf, Vec<ConfigError>>,
+}
+
+fn is_config_file(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+impl FileSource {
+    pub fn new(dir: Option<PathBuf>) -> FileSource {
+        FileSource {
+            dir,
+            ..Default::default()
+        }
+    }
+
+    /// Re-reads the directory and returns the merged config.
+    pub fn reload(&mut self) -> MeshConfig {
+        let Some(dir) = &self.dir else {
+            let file = parse_file(EMBEDDED_NAME, EMBEDDED_MESH)
+                .expect("the embedded mesh is valid YAML (tested)");
+            return MeshConfig::assemble([&file]);
+        };
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_config_file(p))
+                .collect(),
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read config dir; keeping last good config");
+                self.files.keys().cloned().collect()
+            }
+        };
+        paths.sort();
+        self.files.retain(|p, _| paths.contains(p));
+        self.broken.retain(|p, _| paths.contains(p));
+        for path in &paths {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            let name = path.display().to_string();
+            match parse_file(&name, &text) {
+                Ok(cfg) => {
+                    for e in &cfg.rejected {
+                        tracing::warn!("{e}");
+                    }
+                    self.broken.remove(path);
+                    self.files.insert(path.clone(), cfg);
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::error!("{e} (the file's last good content stays in force)");
+                    }
+                    self.broken.insert(path.clone(), errors);
+                }
+            }
+        }
+        let mut mesh = MeshConfig::assemble(self.files.values());
+        for errors in self.broken.values() {
+            mesh.rejected.extend(errors.iter().map(|e| {
+                let mut r = Rejected::from_error(e);
+                r.reason = format!("{}; the file's last good content stays in force", r.reason);
+                r
+            }));
+        }
+        mesh
+    }
+
+    /// Watches the directory; each burst of changes, after `debounce` of quiet, publishes the
+    /// merged config if it differs from what is in force.
+    pub async fn watch(mut self, debounce: Duration, out: watch::Sender<Arc<MeshConfig>>) {
+        let Some(dir) = self.dir.clone() else {
+            // The embedded mesh never changes.
+            return std::future::pending().await;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if ev.is_ok() {
+                let _ = tx.send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch config dir; changes need a restart");
+                return;
+            }
+        };
+        use notify::Watcher;
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot watch config dir");
+            return;
+        }
+        while rx.recv().await.is_some() {
+            // Debounce: wait for a quiet period so an editor's burst of writes is one push.
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let mesh = self.reload();
+            out.send_if_modified(|current| {
+                if **current == mesh {
+                    false
+                } else {
+                    tracing::info!(
+                        objects = mesh.objects.len(),
+                        rejected = mesh.rejected.len(),
+                        "config changed"
+                    );
+                    *current = Arc::new(mesh);
+                    true
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIDECAR: &str = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s, namespace: a}\nspec: {}\n";
+
+    #[test]
+    fn broken_file_keeps_last_good_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.yaml");
+        std::fs::write(&path, SIDECAR).unwrap();
+        let mut src = FileSource::new(Some(dir.path().to_path_buf()));
+        assert_eq!(src.reload().sidecars().count(), 1);
+        std::fs::write(&path, "kind: [unclosed\n").unwrap();
+        let mesh = src.reload();
+        assert_eq!(mesh.sidecars().count(), 1, "last good content stays");
+        assert_eq!(mesh.rejected.len(), 1);
+        assert!(mesh.rejected[0].reason.contains("last good"));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(src.reload().sidecars().count(), 0);
+    }
+
+    #[test]
+    fn embedded_mesh_is_served_without_a_dir() {
+        let mesh = FileSource::new(None).reload();
+        assert_eq!(mesh.services.len(), 8);
+        assert!(mesh.rejected.is_empty());
+    }
+}
