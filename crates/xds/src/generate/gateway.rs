@@ -124,6 +124,7 @@ pub fn build(snapshot: &MeshSnapshot, labels: &BTreeMap<String, String>) -> Gate
             &format!("gateway_{port}"),
             RouteSource::Rds(route_name),
             false,
+            &[],
             &snapshot.opts,
         );
         let transport_socket = servers.iter().find_map(|(_, _, s)| downstream_tls(s));

@@ -128,6 +128,7 @@ pub fn hcm(
     stat_prefix: &str,
     routes: RouteSource,
     inbound: bool,
+    policy_filters: &[HttpFilter],
     opts: &GenOptions,
 ) -> HttpConnectionManager {
     let route_specifier = match routes {
@@ -141,12 +142,7 @@ pub fn hcm(
     if !inbound {
         filters.push(fault_filter());
     }
-    filters.extend(
-        opts.extra_inbound_filters
-            .iter()
-            .filter(|_| inbound)
-            .cloned(),
-    );
+    filters.extend(policy_filters.iter().cloned());
     filters.push(router_filter());
     HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
@@ -252,6 +248,7 @@ pub fn outbound_port(
             &format!("outbound_0.0.0.0_{port}"),
             RouteSource::Rds(port.to_string()),
             false,
+            &[],
             opts,
         );
         FilterChain {
@@ -300,6 +297,10 @@ pub struct InboundPort {
     pub app_port: u32,
     pub http: bool,
     pub mode: MtlsMode,
+    /// Policy filters (authorization) ahead of the router, for HTTP ports.
+    pub http_filters: Vec<HttpFilter>,
+    /// Policy filters ahead of the proxy filter, for TCP ports.
+    pub network_filters: Vec<Filter>,
 }
 
 /// 15006: captured inbound connections, matched by original destination port; mTLS terminated
@@ -341,11 +342,14 @@ pub fn virtual_inbound(ports: &[InboundPort], opts: &GenOptions) -> Listener {
                     &format!("inbound_0.0.0.0_{}", p.port),
                     RouteSource::Inline(rc),
                     true,
+                    &p.http_filters,
                     opts,
                 );
                 vec![hcm_filter(&h)]
             } else {
-                vec![tcp_proxy_filter(&cluster, &cluster)]
+                let mut filters = p.network_filters.clone();
+                filters.push(tcp_proxy_filter(&cluster, &cluster));
+                filters
             }
         };
         let chain_match = |transport: &str| {

@@ -2,6 +2,7 @@
 //! change; resources many proxies share (clusters, endpoints, a scope's listeners and routes) are
 //! encoded once per snapshot and handed out by reference.
 
+pub mod authz;
 pub mod cluster;
 pub mod common;
 pub mod gateway;
@@ -11,7 +12,6 @@ pub mod route;
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, SharedResource};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset, VirtualService};
 use meshd_model::registry::{Endpoint, Port, Service, Workload, selector_matches};
@@ -33,7 +33,6 @@ pub struct GenOptions {
     pub zipkin_cluster: Option<String>,
     pub trace_sampling: f64,
     pub access_log: bool,
-    pub extra_inbound_filters: Vec<HttpFilter>,
 }
 
 impl Default for GenOptions {
@@ -45,7 +44,6 @@ impl Default for GenOptions {
             zipkin_cluster: None,
             trace_sampling: 100.0,
             access_log: true,
-            extra_inbound_filters: Vec::new(),
         }
     }
 }
@@ -457,11 +455,17 @@ impl MeshSnapshot {
                     .copied()
                     .or(port.target_port)
                     .unwrap_or(port.number);
-                by_port.entry(app_port).or_insert(listener::InboundPort {
-                    port: app_port,
-                    app_port,
-                    http: port.protocol.is_http(),
-                    mode: self.index.mtls_mode(&w.namespace, &w.labels, app_port),
+                let http = port.protocol.is_http();
+                by_port.entry(app_port).or_insert_with(|| {
+                    let policy = authz::inbound_policy(&self.index, w, app_port, http, &self.opts);
+                    listener::InboundPort {
+                        port: app_port,
+                        app_port,
+                        http,
+                        mode: self.index.mtls_mode(&w.namespace, &w.labels, app_port),
+                        http_filters: policy.http_filters,
+                        network_filters: policy.network_filters,
+                    }
                 });
             }
         }
