@@ -12,4 +12,6 @@ pub mod iptables;
 pub mod podnet;
 pub mod source;
 pub mod status_cli;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod workload_app;
