@@ -844,17 +844,23 @@ impl CertificateAuthority {
         Ok(chain)
     }
 
+    /// How long before `cert`'s NotAfter it is due for rotation: min(rotation_window,
+    /// lifetime / 2), where the lifetime counts from issuance (NotBefore is back-dated for
+    /// clock skew; that margin is not life the certificate was issued for — counting it would
+    /// make a 30 s certificate with a 24 h window "due" the moment it is issued).
+    pub fn rotation_window_for(&self, cert: &IssuedCert) -> Duration {
+        let issued_at = cert.not_before + BACKDATE;
+        let lifetime = cert.not_after.duration_since(issued_at).unwrap_or_default();
+        self.rotation_window.min(lifetime / 2)
+    }
+
     /// True when `cert`'s remaining life is below min(rotation_window, lifetime / 2)
-    /// (or it has expired).
+    /// (or it has expired). See [`rotation_window_for`](Self::rotation_window_for).
     pub fn rotation_due(&self, cert: &IssuedCert, now: SystemTime) -> bool {
-        let lifetime = cert
-            .not_after
-            .duration_since(cert.not_before)
-            .unwrap_or_default();
         let Ok(remaining) = cert.not_after.duration_since(now) else {
             return true;
         };
-        remaining < self.rotation_window.min(lifetime / 2)
+        remaining < self.rotation_window_for(cert)
     }
 
     /// The CA certificates (roots, intermediates) and every issued certificate still valid.

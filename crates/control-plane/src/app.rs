@@ -96,7 +96,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
-    let secrets = Arc::new(CaSecrets::new(ca.clone(), config.cert_rotation_window));
+    let secrets = Arc::new(CaSecrets::new(ca.clone()));
     let ads = AdsServer::new(
         CredentialAuth { ca: ca.clone() },
         secrets.clone(),

@@ -56,16 +56,15 @@ struct Issued {
 /// Issues one certificate per connected proxy, for its proven identity only.
 pub struct CaSecrets {
     ca: Arc<CertificateAuthority>,
-    rotation_window: Duration,
     issued: DashMap<String, Issued>,
     bundle: watch::Sender<u64>,
 }
 
 impl CaSecrets {
-    pub fn new(ca: Arc<CertificateAuthority>, rotation_window: Duration) -> CaSecrets {
+    /// Rotation follows the CA's `rotation_window` (see `CertificateAuthority::rotation_window_for`).
+    pub fn new(ca: Arc<CertificateAuthority>) -> CaSecrets {
         CaSecrets {
             ca,
-            rotation_window,
             issued: DashMap::new(),
             bundle: watch::Sender::new(0),
         }
@@ -76,13 +75,12 @@ impl CaSecrets {
         self.bundle.send_modify(|v| *v += 1);
     }
 
+    /// When to re-issue `cert`: once its remaining life drops below the CA's rotation window
+    /// (min(--cert-rotation-window, lifetime / 2)), up to a tenth of that window earlier —
+    /// derived from the serial, so stable per certificate but spread over a mesh — and never
+    /// sooner than a second after issuance (no re-issue loop when the signer itself expires).
     fn refresh_time(&self, cert: &IssuedCert) -> SystemTime {
-        let lifetime = cert
-            .not_after
-            .duration_since(cert.not_before)
-            .unwrap_or_default();
-        let window = self.rotation_window.min(lifetime / 2);
-        // Up to a tenth of the window earlier, derived from the serial so it is stable per cert.
+        let window = self.ca.rotation_window_for(cert);
         let spread = window / 10;
         let seed = u64::from_str_radix(
             &cert.serial_hex[cert.serial_hex.len().saturating_sub(8)..],
@@ -94,7 +92,8 @@ impl CaSecrets {
         } else {
             Duration::from_nanos(seed % spread.as_nanos().max(1) as u64)
         };
-        cert.not_after - window - jitter
+        let at = cert.not_after - window - jitter;
+        at.max(SystemTime::now() + Duration::from_secs(1))
     }
 
     fn certificate(&self, proxy: &Proxy) -> Result<IssuedCert, String> {
@@ -174,5 +173,69 @@ impl SecretSource for CaSecrets {
     fn release(&self, _proxy: &Proxy) {
         let now = SystemTime::now();
         self.issued.retain(|_, i| i.cert.not_after > now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshd_ca::CaConfig;
+    use meshd_xds::NodeType;
+
+    fn proxy(name: &str) -> Proxy {
+        Proxy {
+            id: format!("sidecar~10.0.0.1~{name}.ns~ns.svc.cluster.local"),
+            node_type: NodeType::Sidecar,
+            ip: Some("10.0.0.1".into()),
+            identity: Identity {
+                workload: name.into(),
+                namespace: "ns".into(),
+                service_account: name.into(),
+                trust_domain: "cluster.local".into(),
+            },
+        }
+    }
+
+    fn secrets(dir: &std::path::Path, ttl: u64, window: u64) -> CaSecrets {
+        let ca = CertificateAuthority::load_or_create(&CaConfig {
+            state_dir: dir.to_path_buf(),
+            workload_cert_ttl: Duration::from_secs(ttl),
+            rotation_window: Duration::from_secs(window),
+            ..CaConfig::default()
+        })
+        .unwrap();
+        CaSecrets::new(Arc::new(ca))
+    }
+
+    #[test]
+    fn short_lived_certs_refresh_inside_the_window_not_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for (ttl, window, want) in [(30, 10, 10), (30, 24 * 3600, 15), (3600, 60, 60)] {
+            let s = secrets(dir.path(), ttl, window);
+            let p = proxy("a");
+            let first = s.certificate(&p).unwrap();
+            // cached until the refresh time
+            assert_eq!(s.certificate(&p).unwrap().serial_hex, first.serial_hex);
+            let at = s.issued.get(&p.id).unwrap().refresh_at;
+            let before_expiry = first.not_after.duration_since(at).unwrap();
+            let want = Duration::from_secs(want);
+            assert!(
+                before_expiry >= want && before_expiry <= want + want / 10,
+                "ttl {ttl}s window {window}s: refresh {before_expiry:?} before expiry"
+            );
+            let wake = s.next_refresh(&p).unwrap();
+            assert!(wake > Instant::now() + Duration::from_secs(ttl - want.as_secs() * 2));
+        }
+    }
+
+    #[test]
+    fn due_certificate_is_reissued() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secrets(dir.path(), 30, 10);
+        let p = proxy("a");
+        let first = s.certificate(&p).unwrap();
+        s.issued.get_mut(&p.id).unwrap().refresh_at = SystemTime::now();
+        let second = s.certificate(&p).unwrap();
+        assert_ne!(first.serial_hex, second.serial_hex);
     }
 }
