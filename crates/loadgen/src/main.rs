@@ -1,0 +1,525 @@
+//! `meshd-load`: N simulated sidecars on real ADS streams against a real `meshd serve`, on a
+//! synthetic mesh; measures connect, convergence, full push, reconnect storm, memory and CPU.
+//! Run it inside its own network namespace (`scripts/bench-xds.sh` does) so ports never clash.
+
+mod client;
+mod mesh;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+use client::{Ack, DecodeCache, ProxySpec, TYPES};
+use meshd_ca::{CaConfig, CertificateAuthority, WorkloadClaims};
+use meshd_xds::{NodeId, NodeType};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Parser, Clone)]
+#[command(about = "xDS load harness for meshd")]
+struct Args {
+    /// The meshd binary to start.
+    #[arg(long, default_value = "target/release/meshd")]
+    meshd: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    #[arg(long, default_value_t = 2000)]
+    proxies: usize,
+    #[arg(long, default_value_t = 10)]
+    namespaces: usize,
+    /// Delta xDS instead of state of the world.
+    #[arg(long)]
+    delta: bool,
+    /// Fraction of responses each client NACKs.
+    #[arg(long, default_value_t = 0.0)]
+    nack_fraction: f64,
+    /// A Sidecar per namespace limiting egress to it.
+    #[arg(long)]
+    sidecar_scoping: bool,
+    #[arg(long, default_value = "/tmp/meshd-load")]
+    work_dir: PathBuf,
+    #[arg(long, default_value_t = 25010)]
+    xds_port: u16,
+    #[arg(long, default_value_t = 25014)]
+    admin_port: u16,
+    /// Also start one stock Envoy on the synthetic mesh and check its config_dump.
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+    /// Skip the reconnect-storm phase.
+    #[arg(long)]
+    no_restart: bool,
+    /// Seconds to wait for each phase before giving up.
+    #[arg(long, default_value_t = 120)]
+    phase_timeout: u64,
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(") ")?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
+struct Server {
+    child: Child,
+    args: Args,
+}
+
+impl Server {
+    fn start(args: &Args) -> anyhow::Result<(Server, Duration)> {
+        let started = Instant::now();
+        let child = Command::new(&args.meshd)
+            .arg("serve")
+            .arg("--config-dir")
+            .arg(args.work_dir.join("config"))
+            .arg("--state-dir")
+            .arg(args.work_dir.join("state"))
+            .args(["--xds-port", &args.xds_port.to_string()])
+            .args(["--admin-port", &args.admin_port.to_string()])
+            .args(["--access-log", "false"])
+            .env("MESHD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", args.meshd.display()))?;
+        let url = format!("http://127.0.0.1:{}/healthz/ready", args.admin_port);
+        loop {
+            if let Ok(out) = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &url])
+                .status()
+                && out.success()
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("meshd not ready within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok((
+            Server {
+                child,
+                args: args.clone(),
+            },
+            started.elapsed(),
+        ))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.args.no_restart;
+        self.kill();
+    }
+}
+
+/// The latest ACK time per proxy and type.
+struct Acks {
+    rx: mpsc::UnboundedReceiver<Ack>,
+    last: Vec<[Option<Instant>; 5]>,
+}
+
+impl Acks {
+    fn drain(&mut self) {
+        while let Ok(a) = self.rx.try_recv() {
+            self.last[a.proxy as usize][a.type_index] = Some(a.at);
+        }
+    }
+
+    /// Waits until every proxy ACKed each of `types` after `since`; returns the per-proxy
+    /// latency (max over types) or an error naming how many are missing.
+    async fn all_after(
+        &mut self,
+        since: Instant,
+        types: &[usize],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let deadline = since + timeout;
+        loop {
+            self.drain();
+            let done: Vec<Option<Duration>> = self
+                .last
+                .iter()
+                .map(|p| {
+                    types
+                        .iter()
+                        .map(|t| p[*t].filter(|at| *at >= since).map(|at| at - since))
+                        .try_fold(Duration::ZERO, |m, d| d.map(|d| m.max(d)))
+                })
+                .collect();
+            let missing = done.iter().filter(|d| d.is_none()).count();
+            if missing == 0 {
+                let mut v: Vec<Duration> = done.into_iter().flatten().collect();
+                v.sort();
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{missing} of {} proxies did not ACK in {timeout:?}",
+                    self.last.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// ACKs of `type_index` after `since`, collected until `quiet` passes without one.
+    async fn settle(
+        &mut self,
+        since: Instant,
+        type_index: usize,
+        quiet: Duration,
+        timeout: Duration,
+    ) -> Vec<Duration> {
+        let deadline = since + timeout;
+        let mut last_count = usize::MAX;
+        let mut last_change = Instant::now();
+        loop {
+            self.drain();
+            let v: Vec<Duration> = self
+                .last
+                .iter()
+                .filter_map(|p| p[type_index].filter(|at| *at >= since).map(|at| at - since))
+                .collect();
+            if v.len() != last_count {
+                last_count = v.len();
+                last_change = Instant::now();
+            } else if (!v.is_empty() && last_change.elapsed() > quiet) || Instant::now() > deadline
+            {
+                let mut v = v;
+                v.sort();
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn credentials(args: &Args, shape: &mesh::Shape) -> anyhow::Result<Vec<ProxySpec>> {
+    let ca = CertificateAuthority::load_or_create(&CaConfig {
+        state_dir: args.work_dir.join("state"),
+        ..CaConfig::default()
+    })?;
+    Ok((0..args.proxies)
+        .map(|w| {
+            let (name, ns, sa) = mesh::workload(w, shape);
+            let credential = ca.issue_credential(&WorkloadClaims {
+                workload: name.clone(),
+                namespace: ns.clone(),
+                service_account: sa,
+                issued_at: 0,
+            });
+            ProxySpec {
+                index: w as u32,
+                node_id: NodeId::format(NodeType::Sidecar, "10.0.0.1", &name, &ns),
+                credential,
+            }
+        })
+        .collect())
+}
+
+fn spawn_proxies(
+    args: &Args,
+    specs: &[ProxySpec],
+    cache: Arc<DecodeCache>,
+    tx: mpsc::UnboundedSender<Ack>,
+) {
+    let url = format!("http://127.0.0.1:{}", args.xds_port);
+    for spec in specs.iter().cloned() {
+        let cache = cache.clone();
+        let tx = tx.clone();
+        let url = url.clone();
+        let delta = args.delta;
+        let nack = args.nack_fraction;
+        tokio::spawn(async move {
+            // Like Envoy: reconnect with backoff whenever the stream ends.
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let channel = match tonic::transport::Endpoint::from_shared(url.clone())
+                    .expect("valid url")
+                    .connect()
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(_) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                backoff = Duration::from_millis(50);
+                let _ = if delta {
+                    client::run_delta(channel, spec.clone(), cache.clone(), tx.clone(), nack).await
+                } else {
+                    client::run_sotw(channel, spec.clone(), cache.clone(), tx.clone(), nack).await
+                };
+                tokio::time::sleep(backoff).await;
+            }
+        });
+    }
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn check_envoy(args: &Args, envoy: &Path, shape: &mesh::Shape) -> anyhow::Result<String> {
+    let (name, ns, _) = mesh::workload(0, shape);
+    let boot = args.work_dir.join("envoy.json");
+    let status = Command::new(&args.meshd)
+        .args(["bootstrap", "--workload", &format!("{name}.{ns}")])
+        .arg("--out")
+        .arg(&boot)
+        .arg("--state-dir")
+        .arg(args.work_dir.join("state"))
+        .arg("--config-dir")
+        .arg(args.work_dir.join("config"))
+        .args(["--xds-address", &format!("127.0.0.1:{}", args.xds_port)])
+        .args(["--admin-port", "25900"])
+        .env("MESHD_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("meshd bootstrap failed");
+    }
+    let mut envoy = Command::new(envoy)
+        .args(["--disable-hot-restart", "--log-level", "error", "-c"])
+        .arg(&boot)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = loop {
+        let out = Command::new("curl")
+            .args(["-s", "http://127.0.0.1:25900/config_dump?include_eds"])
+            .output()?;
+        let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let clusters = dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| {
+                c["@type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("ClustersConfigDump"))
+            })
+            .and_then(|c| c["dynamic_active_clusters"].as_array().map(|a| a.len()))
+            .unwrap_or(0);
+        let ready = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "http://127.0.0.1:25900/ready"])
+            .status()?
+            .success();
+        if ready && clusters >= shape.services {
+            break Ok(format!(
+                "stock Envoy joined: ready, {clusters} dynamic clusters in /config_dump"
+            ));
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow!(
+                "stock Envoy not in sync within 60 s ({clusters} clusters, ready={ready})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = envoy.kill();
+    let _ = envoy.wait();
+    result
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    raise_fd_limit();
+    let shape = mesh::Shape {
+        services: args.services,
+        workloads: args.proxies.max(args.services),
+        namespaces: args.namespaces,
+        sidecar_scoping: args.sidecar_scoping,
+    };
+    let _ = std::fs::remove_dir_all(&args.work_dir);
+    mesh::write(&args.work_dir.join("config"), &shape)?;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mode = if args.delta { "Delta" } else { "SotW" };
+    println!(
+        "meshd-load: S={} services, P={} proxies, {} namespaces, {mode}, sidecar scoping {}, NACK fraction {}",
+        args.services, args.proxies, args.namespaces, args.sidecar_scoping, args.nack_fraction
+    );
+
+    let (mut server, ready) = Server::start(&args)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = rss_kb(server.pid());
+    rows.push(("start-to-ready".into(), ms(ready)));
+    rows.push((
+        "idle RSS (mesh loaded, no proxies)".into(),
+        format!("{:.1} MB", idle_rss as f64 / 1024.0),
+    ));
+
+    let specs = credentials(&args, &shape)?;
+    let cache = Arc::new(DecodeCache::default());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut acks = Acks {
+        rx,
+        last: vec![[None; 5]; specs.len()],
+    };
+    let all_types: Vec<usize> = (0..TYPES.len()).collect();
+    let timeout = Duration::from_secs(args.phase_timeout);
+
+    let cpu0 = cpu_seconds(server.pid());
+    let t0 = Instant::now();
+    spawn_proxies(&args, &specs, cache.clone(), tx.clone());
+    let connect = acks.all_after(t0, &all_types, timeout).await?;
+    let cpu1 = cpu_seconds(server.pid());
+    let bytes = cache.bytes_received.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded_rss = rss_kb(server.pid());
+    rows.push((
+        format!("connect {} proxies, all 5 types ACKed", args.proxies),
+        format!(
+            "{} (p50 {}, CPU {:.2} s)",
+            ms(*connect.last().unwrap_or(&Duration::ZERO)),
+            ms(pct(&connect, 0.5)),
+            cpu1 - cpu0
+        ),
+    ));
+    rows.push((
+        format!("RSS with {} proxies", args.proxies),
+        format!("{:.1} MB", loaded_rss as f64 / 1024.0),
+    ));
+    rows.push((
+        "RSS per connected proxy".into(),
+        format!(
+            "{:.1} KB",
+            (loaded_rss.saturating_sub(idle_rss)) as f64 / args.proxies.max(1) as f64
+        ),
+    ));
+    rows.push((
+        "xDS config bytes per proxy (initial sync)".into(),
+        format!(
+            "{:.1} KB",
+            bytes as f64 / args.proxies.max(1) as f64 / 1024.0
+        ),
+    ));
+
+    if let Some(envoy) = &args.envoy {
+        rows.push(("real Envoy".into(), check_envoy(&args, envoy, &shape)?));
+    }
+
+    // One DestinationRule changed.
+    let cfg = args.work_dir.join("config");
+    let services_path = cfg.join("services.yaml");
+    let text = std::fs::read_to_string(&services_path)?;
+    let changed = text.replacen("maxConnections: 100", "maxConnections: 101", 1);
+    let t1 = Instant::now();
+    std::fs::write(&services_path, &changed)?;
+    let conv = acks
+        .settle(
+            t1,
+            client::type_index(meshd_xds::resource::CLUSTER),
+            Duration::from_secs(2),
+            timeout,
+        )
+        .await;
+    rows.push((
+        format!(
+            "one DestinationRule changed → {} proxies ACKed (incl. 100 ms debounce)",
+            conv.len()
+        ),
+        format!("p50 {}, p99 {}", ms(pct(&conv, 0.5)), ms(pct(&conv, 0.99))),
+    ));
+
+    // A change every proxy sees: a new service.
+    let cpu2 = cpu_seconds(server.pid());
+    let t2 = Instant::now();
+    std::fs::write(
+        cfg.join("new.yaml"),
+        mesh::service_yaml(args.services, &shape, true),
+    )?;
+    let full = acks
+        .settle(
+            t2,
+            client::type_index(meshd_xds::resource::CLUSTER),
+            Duration::from_secs(2),
+            timeout,
+        )
+        .await;
+    let cpu3 = cpu_seconds(server.pid());
+    rows.push((
+        format!("full push (new service) → {} proxies ACKed CDS", full.len()),
+        format!(
+            "{} wall, {:.2} CPU s (p50 {})",
+            ms(*full.last().unwrap_or(&Duration::ZERO)),
+            cpu3 - cpu2,
+            ms(pct(&full, 0.5))
+        ),
+    ));
+
+    if !args.no_restart {
+        server.kill();
+        let t3 = Instant::now();
+        let (s2, _) = Server::start(&args)?;
+        server = s2;
+        let storm = acks.all_after(t3, &all_types, timeout).await?;
+        rows.push((
+            format!(
+                "reconnect storm: meshd restarted, {} proxies re-synced",
+                args.proxies
+            ),
+            format!(
+                "{} (p50 {})",
+                ms(*storm.last().unwrap_or(&Duration::ZERO)),
+                ms(pct(&storm, 0.5))
+            ),
+        ));
+    }
+    let _ = &server;
+
+    println!("\n| measure | result |\n|---|---|");
+    for (k, v) in &rows {
+        println!("| {k} | {v} |");
+    }
+    Ok(())
+}
