@@ -4,7 +4,7 @@
 use super::conn::{Conn, Wake, bind_proxy, next_nonce, set_version};
 use super::{Authenticator, SecretSource, Shared};
 use crate::proxy::{Identity, Proxy};
-use crate::resource::{PUSH_ORDER, SharedResource, is_wildcard_type};
+use crate::resource::{CLUSTER, ENDPOINT, PUSH_ORDER, SharedResource, is_wildcard_type};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
@@ -30,6 +30,9 @@ struct Delta<A, S: SecretSource> {
     conn: Conn<A, S>,
     types: HashMap<String, TypeState>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    /// Clusters sent since their endpoints last were. Envoy warms every cluster it (re)creates
+    /// until that cluster's endpoints arrive, unchanged or not; so their EDS follows, as in Istio.
+    eds_due: BTreeSet<String>,
 }
 
 impl<A: Authenticator, S: SecretSource> Delta<A, S> {
@@ -39,6 +42,13 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         };
         let empty = BTreeMap::new();
         let all = self.conn.resources.get(type_url).unwrap_or(&empty);
+        if type_url == ENDPOINT {
+            for name in std::mem::take(&mut self.eds_due) {
+                if all.contains_key(&name) {
+                    st.known.remove(&name);
+                }
+            }
+        }
         let desired: BTreeMap<String, SharedResource> = if st.wildcard {
             all.clone()
         } else {
@@ -72,6 +82,9 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         st.nonce = nonce.clone();
         st.sent_version = version.clone();
         st.answered = true;
+        if type_url == CLUSTER {
+            self.eds_due.extend(updates.keys().cloned());
+        }
         let response = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
             resources: updates
@@ -174,6 +187,7 @@ async fn session<A: Authenticator, S: SecretSource>(
         conn,
         types: HashMap::new(),
         tx,
+        eds_due: BTreeSet::new(),
     };
     if d.on_request(first).await.is_err() {
         return;

@@ -3,7 +3,7 @@
 use super::conn::{Conn, Wake, bind_proxy, next_nonce, set_version};
 use super::{Authenticator, SecretSource, Shared};
 use crate::proxy::Identity;
-use crate::resource::{PUSH_ORDER, SharedResource, is_wildcard_type};
+use crate::resource::{CLUSTER, ENDPOINT, PUSH_ORDER, SharedResource, is_wildcard_type};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -40,6 +40,9 @@ struct Sotw<A, S: SecretSource> {
     conn: Conn<A, S>,
     types: HashMap<String, TypeState>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    /// Clusters were sent since the last EDS response. Envoy warms every cluster it (re)creates
+    /// until that cluster's endpoints arrive, unchanged or not; so EDS follows CDS, as in Istio.
+    eds_due: bool,
 }
 
 impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
@@ -50,8 +53,14 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         };
         let set = select(self.conn.resources.get(type_url), &st.names);
         let version = set_version(&set);
+        let force = force || (type_url == ENDPOINT && self.eds_due);
         if !force && version == st.sent_version {
             return Ok(());
+        }
+        match type_url {
+            CLUSTER => self.eds_due = true,
+            ENDPOINT => self.eds_due = false,
+            _ => {}
         }
         let nonce = next_nonce();
         st.nonce = nonce.clone();
@@ -138,6 +147,7 @@ async fn session<A: Authenticator, S: SecretSource>(
         conn,
         types: HashMap::new(),
         tx,
+        eds_due: false,
     };
     if s.on_request(first).await.is_err() {
         return;
