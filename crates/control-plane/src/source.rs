@@ -94,7 +94,9 @@ impl FileSource {
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok() {
+            // Only changes count: inotify also reports opens and reads, and our own reload (or
+            // `meshd bootstrap` reading the dir) would otherwise trigger reloads forever.
+            if ev.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_))) {
                 let _ = tx.send(());
             }
         });
