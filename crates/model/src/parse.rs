@@ -61,12 +61,29 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
     docs
 }
 
-/// serde_yaml appends " at line L column C"; we report our own file-relative position instead.
-fn strip_location(message: &str) -> &str {
-    match message.rfind(" at line ") {
-        Some(i) => &message[..i],
-        None => message,
+/// serde_yaml puts " at line L column C" (document-relative) after the problem and after its
+/// context; we report our own file-relative position instead, so every such mark goes.
+fn strip_location(message: &str) -> String {
+    const MARK: &str = " at line ";
+    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(i) = rest.find(MARK) {
+        let after = &rest[i + MARK.len()..];
+        let n = digits(after);
+        if n == 0 {
+            out.push_str(&rest[..i + MARK.len()]);
+            rest = after;
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        rest = &after[n..];
+        if let Some(col) = rest.strip_prefix(" column ") {
+            rest = &col[digits(col)..];
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 fn yaml_error(file: &str, doc: &Document<'_>, err: &serde_yaml::Error) -> ConfigError {
@@ -77,7 +94,7 @@ fn yaml_error(file: &str, doc: &Document<'_>, err: &serde_yaml::Error) -> Config
     ConfigError {
         file: file.to_string(),
         line,
-        message: strip_location(&err.to_string()).to_string(),
+        message: strip_location(&err.to_string()),
     }
 }
 
@@ -121,6 +138,31 @@ fn typed_spec<T: DeserializeOwned>(
     serde_yaml::from_str::<Envelope<T>>(doc.text)
         .map(|env| wrap(env.spec))
         .map_err(|e| yaml_error(file, doc, &e))
+}
+
+/// An AuthorizationPolicy whose spec does not read in full (a field meshd does not know, a value
+/// of the wrong type) is not dropped, which would lift the restriction it was written to impose:
+/// it is kept with only its selector and the error, and fails closed (`MeshConfig` reports it).
+/// When even the selector does not read, the policy covers its whole namespace.
+fn unreadable_policy(doc: &Document<'_>, mut error: ConfigError) -> sec::AuthorizationPolicy {
+    let value: serde_yaml::Value = serde_yaml::from_str(doc.text).unwrap_or_default();
+    let selector = value
+        .get("spec")
+        .and_then(|s| s.get("selector"))
+        .map(|s| serde_yaml::from_value::<sec::WorkloadSelector>(s.clone()));
+    let selector = match selector {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(_)) => {
+            error.message.push_str(" (the selector does not read either: the policy covers every workload in its namespace)");
+            None
+        }
+    };
+    sec::AuthorizationPolicy {
+        selector,
+        unreadable: Some(error),
+        ..Default::default()
+    }
 }
 
 fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, ConfigError> {
@@ -172,6 +214,7 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, Config
         }
         Kind::AuthorizationPolicy => {
             typed_spec::<sec::AuthorizationPolicy>(file, doc, Spec::AuthorizationPolicy)
+                .or_else(|e| Ok(Spec::AuthorizationPolicy(unreadable_policy(doc, e))))
         }
     }?;
     let object = ConfigObject {
@@ -272,6 +315,23 @@ spec: {}
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].file, "bad.yaml");
         assert!(errs[0].line >= 3, "{}", errs[0]);
+        // Only our file-relative position, not serde_yaml's document-relative ones.
+        assert!(!errs[0].message.contains(" at line "), "{}", errs[0]);
+    }
+
+    #[test]
+    fn every_yaml_location_mark_is_stripped() {
+        assert_eq!(
+            strip_location(
+                "did not find expected ',' or ']' at line 2 column 1, while parsing a flow sequence at line 1 column 7"
+            ),
+            "did not find expected ',' or ']', while parsing a flow sequence"
+        );
+        assert_eq!(
+            strip_location("unknown field `x` at line 9"),
+            "unknown field `x`"
+        );
+        assert_eq!(strip_location("see at line foo"), "see at line foo");
     }
 
     #[test]
