@@ -1,0 +1,124 @@
+//! What the injector needs to know that is not in the AdmissionReview.
+
+/// Where things live inside an injected pod. Istio's paths and names, so tooling keeps working.
+pub mod paths {
+    /// The emptyDir the bootstrap init container writes and the sidecar reads.
+    pub const PROXY_CONFIG_DIR: &str = "/etc/meshd/proxy";
+    pub const BOOTSTRAP_FILE: &str = "/etc/meshd/proxy/envoy.json";
+    /// The projected service-account token (audience `istio-ca`), refreshed by the kubelet.
+    pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+    pub const TOKEN_FILE: &str = "/var/run/secrets/tokens/istio-token";
+    /// The mesh root certificate, from the `istio-ca-root-cert` ConfigMap (key `root-cert.pem`).
+    pub const ROOT_CERT_DIR: &str = "/var/run/secrets/istio";
+    pub const ROOT_CERT_FILE: &str = "/var/run/secrets/istio/root-cert.pem";
+    pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+}
+
+/// Names the injector adds to a pod.
+pub mod names {
+    pub const SIDECAR: &str = "istio-proxy";
+    pub const BOOTSTRAP_INIT: &str = "meshd-bootstrap";
+    pub const IPTABLES_INIT: &str = "meshd-init";
+    pub const VOLUME_PROXY_CONFIG: &str = "meshd-envoy";
+    pub const VOLUME_TOKEN: &str = "istio-token";
+    pub const VOLUME_ROOT_CERT: &str = "istiod-ca-cert";
+}
+
+/// Sidecar ports (Istio's numbers).
+pub mod ports {
+    pub const OUTBOUND_CAPTURE: u16 = 15001;
+    pub const INBOUND_CAPTURE: u16 = 15006;
+    pub const HEALTH: u16 = 15021;
+    pub const PROMETHEUS: u16 = 15090;
+    pub const PROXY_UID: u32 = 1337;
+}
+
+/// Kubernetes resource quantities for the sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyResources {
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub cpu_limit: String,
+    pub memory_limit: String,
+}
+
+impl Default for ProxyResources {
+    /// The seed's sidecar sizing: requests 100m / 128Mi, limits 2000m / 1024Mi.
+    fn default() -> Self {
+        ProxyResources {
+            cpu_request: "100m".into(),
+            memory_request: "128Mi".into(),
+            cpu_limit: "2000m".into(),
+            memory_limit: "1024Mi".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct InjectConfig {
+    /// meshd's own namespace: never injected.
+    pub meshd_namespace: String,
+    /// Other namespaces never injected (kube-system and friends).
+    pub never_inject_namespaces: Vec<String>,
+    /// The stock Envoy image of the sidecar.
+    pub proxy_image: String,
+    /// The meshd image, for the init containers (`meshd bootstrap`, `meshd init-iptables`).
+    pub init_image: String,
+    pub image_pull_policy: String,
+    /// `HOST:PORT` of meshd's TLS xDS port (15012), as the pod resolves it.
+    pub xds_address: String,
+    /// Audience of the projected service-account token the proxy authenticates with.
+    pub token_audience: String,
+    pub token_expiration_seconds: i64,
+    /// ConfigMap (in the pod's namespace) holding the mesh root certificate.
+    pub root_cert_configmap: String,
+    pub proxy_resources: ProxyResources,
+    /// Envoy worker threads.
+    pub proxy_concurrency: u32,
+    /// When the namespace's labels are not known (no lookup answer), inject as if the
+    /// namespace were enabled: the webhook configuration's namespaceSelector already chose.
+    pub inject_unknown_namespaces: bool,
+    /// Requests larger than this are refused before parsing.
+    pub max_review_bytes: usize,
+    /// Recorded in the `sidecar.istio.io/status` annotation.
+    pub revision: String,
+}
+
+impl InjectConfig {
+    /// Defaults for meshd running in `namespace`.
+    pub fn for_namespace(namespace: &str) -> InjectConfig {
+        InjectConfig {
+            meshd_namespace: namespace.to_string(),
+            xds_address: format!("meshd.{namespace}.svc:15012"),
+            ..InjectConfig::default()
+        }
+    }
+}
+
+/// 4 MiB: a Pod is at most ~1.5 MiB in etcd; an AdmissionReview carries it (and oldObject).
+pub const DEFAULT_MAX_REVIEW_BYTES: usize = 4 << 20;
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        InjectConfig {
+            meshd_namespace: "meshd-system".into(),
+            never_inject_namespaces: vec![
+                "kube-system".into(),
+                "kube-public".into(),
+                "kube-node-lease".into(),
+            ],
+            proxy_image: "envoyproxy/envoy:v1.40.0".into(),
+            init_image: "ghcr.io/meshd/meshd:0.1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            xds_address: "meshd.meshd-system.svc:15012".into(),
+            token_audience: "istio-ca".into(),
+            token_expiration_seconds: 43200,
+            root_cert_configmap: "istio-ca-root-cert".into(),
+            proxy_resources: ProxyResources::default(),
+            proxy_concurrency: 2,
+            inject_unknown_namespaces: true,
+            max_review_bytes: DEFAULT_MAX_REVIEW_BYTES,
+            revision: "default".into(),
+        }
+    }
+}
