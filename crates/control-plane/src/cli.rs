@@ -45,6 +45,9 @@ enum Command {
     /// A tiny HTTP workload (the demo's and the tests' app).
     #[command(hide = true)]
     Workload(crate::workload_app::WorkloadArgs),
+    /// Print the stock Envoy binary meshd's demo and tests use, installing it if missing.
+    #[command(hide = true)]
+    EnvoyPath,
 }
 
 /// `meshd` alone is `meshd serve` with its defaults (and `MESHD_*` environment).
@@ -142,6 +145,8 @@ struct BootstrapArgs {
     /// Use Delta xDS instead of state of the world.
     #[arg(long)]
     delta: bool,
+    #[command(flatten)]
+    kube: crate::kube_bootstrap::KubeBootstrapArgs,
 }
 
 #[derive(Args)]
@@ -236,6 +241,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::EnvoyPath => {
+            println!("{}", crate::podnet::ensure_envoy()?.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Workload(args) => {
             runtime()?.block_on(crate::workload_app::run(args))?;
             Ok(ExitCode::SUCCESS)
@@ -244,6 +253,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
+    if args.kube.registry == "kubernetes" {
+        return crate::kube_bootstrap::write(
+            &args.workload,
+            &args.out,
+            &args.xds_address,
+            args.admin_port,
+            args.delta,
+            &args.kube,
+        );
+    }
     let mesh = FileSource::new(args.config_dir.clone()).reload();
     let (claims, ip, node_type) = bootstrap::resolve(&mesh, &args.workload)?;
     std::fs::create_dir_all(&args.state_dir)
