@@ -432,7 +432,7 @@ pub fn outbound(
                 ..Default::default()
             })),
             load_balancing_weight: e.weight.and_then(u32v),
-            metadata: (auto_mtls && e.workload.is_some() && index.accepts_mtls(e, port))
+            metadata: (auto_mtls && runs_sidecar(e) && index.accepts_mtls(e, port))
                 .then(tls_mode_metadata),
             ..Default::default()
         })
@@ -569,6 +569,17 @@ pub fn blackhole() -> Cluster {
         connect_timeout: Some(duration(Duration::from_secs(10))),
         ..Default::default()
     }
+}
+
+/// Whether an endpoint is a workload with a sidecar (auto mTLS applies): a workload, and not a
+/// gateway (Istio's gateways carry no `tlsMode: istio` label; they terminate what their Gateway
+/// servers say).
+fn runs_sidecar(e: &Endpoint) -> bool {
+    e.workload.is_some()
+        && !e
+            .labels
+            .get("istio")
+            .is_some_and(|v| v.ends_with("gateway"))
 }
 
 /// Whether an endpoint's sidecar accepts mTLS on this port (not DISABLE'd by PeerAuthentication).

@@ -92,6 +92,7 @@ pub fn build(snapshot: &MeshSnapshot, labels: &BTreeMap<String, String>) -> Gate
                     index: &snapshot.index,
                     listener_port: port,
                     namespace: vo.meta.namespace(),
+                    gateway: Some((gw_ns, gw_name)),
                 };
                 for host in vs.hosts.iter().filter(|h| server_allows(server, h)) {
                     let vh = vhosts.entry(host.clone()).or_insert_with(|| VirtualHost {

@@ -411,6 +411,7 @@ impl MeshSnapshot {
                         index: &self.index,
                         listener_port: port,
                         namespace: vs_ns,
+                        gateway: None,
                     };
                     route::http_routes(&ctx, &vs.http)
                 }

@@ -27,11 +27,30 @@ use std::time::Duration;
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 
-/// Where the routes are being built: the port of the listener and the namespace of the VS.
+/// Where the routes are being built: the port of the listener, the namespace of the VS, and
+/// the proxy they are for (`None`: the mesh's sidecars; else the gateway, as namespace/name).
 pub struct RouteCtx<'a> {
     pub index: &'a Index,
     pub listener_port: u32,
     pub namespace: &'a str,
+    pub gateway: Option<(&'a str, &'a str)>,
+}
+
+impl RouteCtx<'_> {
+    /// Whether a match's `gateways` list (Istio: `mesh`, `name` or `namespace/name`, names
+    /// relative to the VirtualService's namespace) applies where these routes are built.
+    pub fn gateway_listed(&self, gateways: &[String]) -> bool {
+        if gateways.is_empty() {
+            return true;
+        }
+        gateways
+            .iter()
+            .any(|g| match (self.gateway, g.split_once('/')) {
+                (None, _) => g == "mesh",
+                (Some((ns, name)), Some((gns, gname))) => gns == ns && gname == name,
+                (Some((ns, name)), None) => g == name && self.namespace == ns,
+            })
+    }
 }
 
 /// The cluster for a VS destination: explicit port, else the service's only port, else the
@@ -356,7 +375,13 @@ pub fn http_routes(ctx: &RouteCtx<'_>, routes: &[HttpRoute]) -> Vec<Route> {
         let matches: Vec<Option<&HttpMatchRequest>> = if r.matches.is_empty() {
             vec![None]
         } else {
-            r.matches.iter().map(Some).collect()
+            // A match that names other gateways (or only `mesh`, on a gateway) is not ours; a
+            // route none of whose matches is ours is left out.
+            r.matches
+                .iter()
+                .filter(|m| ctx.gateway_listed(&m.gateways))
+                .map(Some)
+                .collect()
         };
         let (req_add, req_remove) = header_ops(r.headers.as_ref().and_then(|h| h.request.as_ref()));
         let (resp_add, resp_remove) =

@@ -1,0 +1,327 @@
+//! Gateways (stock Envoy in router mode): an ingress gateway terminating TLS with a certificate
+//! from files, routing by path and redirecting HTTP to HTTPS; an egress gateway carrying a
+//! sidecar's traffic to a MESH_EXTERNAL ServiceEntry host.
+
+mod traffic_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use meshd_e2e::*;
+use traffic_support::*;
+
+const PORT: u16 = 8080;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a leaf for `host` (EC P-256), readable by the proxy's uid: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &Path, host: &str) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509", "-days", "1", "-subj", "/CN=test-ca"];
+    a.extend(ec);
+    a.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &a);
+    let mut a = vec!["req", "-subj"];
+    let subj = format!("/CN={host}");
+    a.push(&subj);
+    a.extend(ec);
+    a.extend(["-keyout", "key.pem", "-out", "leaf.csr"]);
+    openssl(dir, &a);
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{host}\n")).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "cert.pem",
+        ],
+    );
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// `curl` from inside a pod (status, headers+body), trusting `ca` and resolving `host` to `ip`.
+fn curl(pod: &Pod, ca: &Path, host: &str, ip: std::net::Ipv4Addr, url: &str) -> (u16, String) {
+    let ca = ca.to_string_lossy().into_owned();
+    let resolve443 = format!("{host}:8443:{ip}");
+    let resolve80 = format!("{host}:{PORT}:{ip}");
+    let out = pod
+        .run([
+            "curl",
+            "-sS",
+            "-i",
+            "--max-time",
+            "10",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve443,
+            "--resolve",
+            &resolve80,
+            "-w",
+            "\n%{http_code}",
+            url,
+        ])
+        .unwrap_or_else(|e| panic!("curl {url}: {e:#}"));
+    let (text, code) = out.trim_end().rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), text.to_string())
+}
+
+#[test]
+fn ingress_gateway_tls_path_routing_and_https_redirect() {
+    let certs = tempfile::tempdir().unwrap();
+    let host = "shop.example.com";
+    certificates(certs.path(), host);
+    let cert = certs.path().join("cert.pem");
+    let key = certs.path().join("key.pem");
+    let gw = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingressgateway, namespace: istio-system}}
+spec:
+  address: {gw_ip}
+  labels: {{istio: ingressgateway}}
+  serviceAccount: istio-ingressgateway
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: [{host}]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+  - port: {{number: {PORT}, name: http, protocol: HTTP}}
+    hosts: [{host}]
+    tls: {{httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  hosts: [{host}]
+  gateways: [web]
+  http:
+  - match: [{{uri: {{prefix: /api/}}}}]
+    route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
+  - route: [{{destination: {{host: {web}, port: {{number: {PORT}}}}}}}]
+"#,
+        gw_ip = ip(2),
+        cert = cert.display(),
+        key = key.display(),
+        api = fqdn("api"),
+        web = fqdn("web"),
+    );
+    let yaml = [
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+        service("web", vip(21), PORT),
+        workload("web", "web", ip(21), &[]),
+        gw,
+    ]
+    .concat();
+    let mesh = mesh("ingress", &yaml, &[]);
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    mesh.add_sidecar_pod(&format!("web.{NS}"), ip(21), PORT)
+        .unwrap();
+    let gw = mesh
+        .add_sidecar_pod_with(
+            "ingressgateway.istio-system",
+            ip(2),
+            PORT,
+            gateway_options(),
+        )
+        .unwrap();
+    let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
+    let ca = certs.path().join("ca.pem");
+
+    let (code, text) = curl(
+        &outside,
+        &ca,
+        host,
+        gw.ip(),
+        &format!("https://{host}:8443/api/v1/items"),
+    );
+    assert_eq!(code, 200, "{text}\n{}", mesh.envoy_log("ingressgateway"));
+    assert!(text.contains(r#""service":"api""#), "{text}");
+    assert!(text.contains(r#""path":"/api/v1/items""#), "{text}");
+    let (code, text) = curl(
+        &outside,
+        &ca,
+        host,
+        gw.ip(),
+        &format!("https://{host}:8443/index.html"),
+    );
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains(r#""service":"web""#), "{text}");
+
+    // Plain HTTP is redirected to HTTPS.
+    let (code, text) = curl(
+        &outside,
+        &ca,
+        host,
+        gw.ip(),
+        &format!("http://{host}:{PORT}/api/x"),
+    );
+    assert_eq!(code, 301, "{text}");
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("no location: {text}"));
+    assert!(
+        location.starts_with(&format!("https://{host}")),
+        "{location}"
+    );
+    assert!(location.ends_with("/api/x"), "{location}");
+
+    // The certificate is the one from the files (curl verified it against our CA); a client
+    // that does not trust it fails.
+    let url = format!("https://{host}:8443/");
+    let resolve = format!("{host}:8443:{}", gw.ip());
+    assert!(
+        outside
+            .run([
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--resolve",
+                &resolve,
+                &url
+            ])
+            .is_err()
+    );
+}
+
+#[test]
+fn egress_gateway_to_a_service_entry_host() {
+    let external = "api.partner.example";
+    let egress = "istio-egressgateway.istio-system.svc.cluster.local";
+    let ext_ip = ip(50);
+    let rest = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner, namespace: {NS}}}
+spec:
+  hosts: [{external}]
+  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {ext_ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [{egress}]
+  addresses: [10.96.0.99]
+  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{istio: egressgateway}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: egressgateway, namespace: istio-system}}
+spec:
+  address: {gw_ip}
+  labels: {{istio: egressgateway}}
+  serviceAccount: istio-egressgateway
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: {PORT}, name: http, protocol: HTTP}}
+    hosts: [{external}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partner-via-egress, namespace: {NS}}}
+spec:
+  hosts: [{external}]
+  gateways: [istio-system/istio-egressgateway, mesh]
+  http:
+  - match: [{{gateways: [mesh], port: {PORT}}}]
+    route: [{{destination: {{host: {egress}, port: {{number: {PORT}}}}}}}]
+  - match: [{{gateways: [istio-system/istio-egressgateway], port: {PORT}}}]
+    route: [{{destination: {{host: {external}, port: {{number: {PORT}}}}}}}]
+"#,
+        gw_ip = ip(3),
+    );
+    let yaml = [
+        service("client", vip(10), PORT),
+        workload("client", "client", ip(10), &[]),
+        rest,
+    ]
+    .concat();
+    let mesh = mesh("egress", &yaml, &[(external.to_string(), ext_ip)]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let gw = mesh
+        .add_sidecar_pod_with("egressgateway.istio-system", ip(3), PORT, gateway_options())
+        .unwrap();
+    // The partner: a plain workload outside the mesh.
+    let partner = mesh.add_plain_pod("partner", ext_ip).unwrap();
+    let meshd = mesh.meshd_bin().to_string_lossy().into_owned();
+    let _app = partner
+        .spawn([
+            &meshd, "workload", "--name", "partner", "--bind", "0.0.0.0", "--port", "8080",
+        ])
+        .unwrap();
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        get(&partner, &format!("http://{ext_ip}:{PORT}/")).status == 200
+    }));
+
+    let a = get(&client, &format!("http://{external}:{PORT}/quote?x=1"));
+    assert_eq!(a.status, 200, "{a:?}\n{}", mesh.envoy_log("egressgateway"));
+    assert_eq!(a.service(), "partner");
+    assert_eq!(a.json()["path"], "/quote");
+    // The hop went client sidecar → egress gateway → partner.
+    let via_gw = format!("cluster.outbound|{PORT}||{egress}.upstream_rq_200");
+    assert!(
+        stat(&client, &via_gw) >= 1,
+        "client did not use the egress gateway"
+    );
+    let out = format!("cluster.outbound|{PORT}||{external}.upstream_rq_200");
+    assert!(
+        stat(&gw, &out) >= 1,
+        "the egress gateway did not call the partner"
+    );
+    assert_eq!(stat(&client, &out), 0, "client went direct");
+}
