@@ -150,6 +150,18 @@ fn outlier(od: &OutlierDetection) -> EnvoyOutlier {
     }
 }
 
+/// Whether the sidecar speaks HTTP/2 to this destination port: HTTP2/gRPC ports, or
+/// `h2UpgradePolicy: UPGRADE`.
+fn speaks_h2(pool: Option<&ConnectionPoolSettings>, port: &Port) -> bool {
+    matches!(
+        port.protocol,
+        meshd_model::registry::Protocol::Http2 | meshd_model::registry::Protocol::Grpc
+    ) || pool
+        .and_then(|p| p.http.as_ref())
+        .and_then(|h| h.h2_upgrade_policy.as_deref())
+        == Some("UPGRADE")
+}
+
 fn protocol_options(
     pool: Option<&ConnectionPoolSettings>,
     port: &Port,
@@ -162,11 +174,7 @@ fn protocol_options(
     if !port.protocol.is_http() {
         return None;
     }
-    let h2 = matches!(
-        port.protocol,
-        meshd_model::registry::Protocol::Http2 | meshd_model::registry::Protocol::Grpc
-    ) || http.and_then(|h| h.h2_upgrade_policy.as_deref()) == Some("UPGRADE");
-    let protocol_config = if h2 {
+    let protocol_config = if speaks_h2(pool, port) {
         http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
             Http2ProtocolOptions {
                 max_concurrent_streams: http.and_then(|h| h.max_concurrent_streams).and_then(u32v),
@@ -248,12 +256,19 @@ enum ClientTls {
 fn client_tls(
     svc: &Service,
     policy: &EffectivePolicy,
-    port: u32,
+    port: &Port,
     subset: &str,
     opts: &GenOptions,
 ) -> ClientTls {
-    let sni = sni(port, subset, &svc.hostname);
-    let mesh = || istio_mutual_upstream(&sni, &peer_identities(svc, &opts.trust_domain));
+    let sni = sni(port.number, subset, &svc.hostname);
+    let alpn: &[&str] = if !port.protocol.is_http() {
+        &["istio"]
+    } else if speaks_h2(policy.connection_pool.as_ref(), port) {
+        &["h2"]
+    } else {
+        &["http/1.1"]
+    };
+    let mesh = || istio_mutual_upstream(&sni, &peer_identities(svc, &opts.trust_domain), alpn);
     match policy.tls.as_ref().map(|t| t.mode) {
         Some(TlsMode::IstioMutual) => ClientTls::Explicit(mesh()),
         Some(TlsMode::Disable) => ClientTls::None,
@@ -383,7 +398,7 @@ pub fn outbound(
             },
         ));
     }
-    let tls = client_tls(svc, &policy, port.number, subset_name, opts);
+    let tls = client_tls(svc, &policy, port, subset_name, opts);
     let auto_mtls = matches!(tls, ClientTls::Auto(_));
     match tls {
         ClientTls::None => {}

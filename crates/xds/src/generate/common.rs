@@ -117,10 +117,16 @@ pub fn mesh_tls_context(peer_sans: Vec<StringMatcher>, alpn: &[&str]) -> CommonT
 }
 
 /// Client side of mesh mTLS: we present our SVID and accept only the destination's identities.
-pub fn istio_mutual_upstream(sni: &str, peer_spiffe_ids: &[String]) -> TransportSocket {
+/// `alpn` tells the peer's inbound listener which codec to use (`h2`, `http/1.1`; `istio` for
+/// TCP): stock Envoy picks the HTTP codec from the negotiated ALPN.
+pub fn istio_mutual_upstream(
+    sni: &str,
+    peer_spiffe_ids: &[String],
+    alpn: &[&str],
+) -> TransportSocket {
     let sans = peer_spiffe_ids.iter().map(|id| exact(id)).collect();
     let ctx = UpstreamTlsContext {
-        common_tls_context: Some(mesh_tls_context(sans, &["istio"])),
+        common_tls_context: Some(mesh_tls_context(sans, alpn)),
         sni: sni.to_string(),
         ..Default::default()
     };

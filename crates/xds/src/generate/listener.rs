@@ -4,7 +4,7 @@
 use super::GenOptions;
 use super::cluster::{BLACKHOLE, PASSTHROUGH, inbound_name};
 use super::common::*;
-use super::route::FAULT_FILTER;
+use super::route::{CORS_FILTER, FAULT_FILTER};
 use crate::resource::any;
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
@@ -31,6 +31,17 @@ fn router_filter() -> HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(any(
             &envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The CORS filter: inert unless a route carries a CORS policy (per-route config).
+fn cors_filter() -> HttpFilter {
+    HttpFilter {
+        name: CORS_FILTER.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            &envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors::default(),
         ))),
         ..Default::default()
     }
@@ -140,6 +151,8 @@ pub fn hcm(
     };
     let mut filters = Vec::new();
     if !inbound {
+        // Istio's outbound order: CORS answers preflights before faults are injected.
+        filters.push(cors_filter());
         filters.push(fault_filter());
     }
     filters.extend(policy_filters.iter().cloned());

@@ -1,6 +1,7 @@
 //! VirtualService HTTP routes → Envoy routes, shared by sidecar outbound and gateway listeners.
 
 use super::Index;
+use super::cluster::EffectivePolicy;
 use super::cluster::outbound_name;
 use super::common::*;
 use crate::resource::any;
@@ -20,12 +21,13 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, s
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{
-    Destination, HeaderOperations, HttpMatchRequest, HttpRetry, HttpRoute, Percent, StringMatch,
-    StringMatchKind,
+    CorsPolicy, Destination, HeaderOperations, HttpMatchRequest, HttpRetry, HttpRoute, Percent,
+    StringMatch, StringMatchKind,
 };
 use std::time::Duration;
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
 
 /// Where the routes are being built: the port of the listener, the namespace of the VS, and
 /// the proxy they are for (`None`: the mesh's sidecars; else the gateway, as namespace/name).
@@ -53,9 +55,9 @@ impl RouteCtx<'_> {
     }
 }
 
-/// The cluster for a VS destination: explicit port, else the service's only port, else the
-/// listener's port.
-pub fn destination_cluster(ctx: &RouteCtx<'_>, d: &Destination) -> String {
+/// A VS destination's qualified host and port: explicit port, else the service's only port,
+/// else the listener's port.
+fn destination_host_port(ctx: &RouteCtx<'_>, d: &Destination) -> (String, u32) {
     let host = qualify_host(&d.host, ctx.namespace, &ctx.index.domain_suffix);
     let port = d.port.as_ref().map(|p| p.number).unwrap_or_else(|| {
         match ctx.index.service(&host).map(|s| s.ports.as_slice()) {
@@ -63,7 +65,82 @@ pub fn destination_cluster(ctx: &RouteCtx<'_>, d: &Destination) -> String {
             _ => ctx.listener_port,
         }
     });
+    (host, port)
+}
+
+/// The cluster for a VS destination.
+pub fn destination_cluster(ctx: &RouteCtx<'_>, d: &Destination) -> String {
+    let (host, port) = destination_host_port(ctx, d);
     outbound_name(port, d.subset.as_deref().unwrap_or(""), &host)
+}
+
+/// The destination's DestinationRule `consistentHash` (subset over port over top level) as the
+/// route's hash policy: Envoy hashes on the route, the cluster only says RING_HASH.
+pub fn hash_policy(ctx: &RouteCtx<'_>, d: &Destination) -> Vec<route_action::HashPolicy> {
+    use route_action::hash_policy::{
+        ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
+    };
+    let (host, port) = destination_host_port(ctx, d);
+    let Some(rule) = ctx.index.destination_rule(&host) else {
+        return Vec::new();
+    };
+    let subset = d
+        .subset
+        .as_ref()
+        .and_then(|name| rule.subsets.iter().find(|s| &s.name == name));
+    let policy = EffectivePolicy::resolve(rule.traffic_policy.as_ref(), subset, port);
+    let Some(ch) = policy
+        .load_balancer
+        .as_ref()
+        .and_then(|l| l.consistent_hash.as_ref())
+    else {
+        return Vec::new();
+    };
+    let specifier = if let Some(h) = &ch.http_header_name {
+        PolicySpecifier::Header(Header {
+            header_name: h.clone(),
+            ..Default::default()
+        })
+    } else if let Some(c) = &ch.http_cookie {
+        PolicySpecifier::Cookie(Cookie {
+            name: c.name.clone(),
+            ttl: c.ttl.map(duration),
+            path: c.path.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    } else if ch.use_source_ip == Some(true) {
+        PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
+    } else if let Some(q) = &ch.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(QueryParameter { name: q.clone() })
+    } else {
+        return Vec::new();
+    };
+    vec![route_action::HashPolicy {
+        policy_specifier: Some(specifier),
+        terminal: false,
+    }]
+}
+
+/// A route's `corsPolicy` as the CORS filter's per-route config.
+pub fn cors_policy(
+    c: &CorsPolicy,
+) -> envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+    envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+        allow_origin_string_match: c
+            .allow_origins
+            .iter()
+            .map(|m| string_matcher(m, false))
+            .collect(),
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: c
+            .max_age
+            .map(|d| d.as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: c.allow_credentials.and_then(boolv),
+        ..Default::default()
+    }
 }
 
 fn string_matcher(m: &StringMatch, ignore_case: bool) -> StringMatcher {
@@ -314,11 +391,15 @@ fn action(ctx: &RouteCtx<'_>, r: &HttpRoute, prefix_matched: bool) -> route::Act
                 .map(|d| {
                     let (add, remove) =
                         header_ops(d.headers.as_ref().and_then(|h| h.request.as_ref()));
+                    let (resp_add, resp_remove) =
+                        header_ops(d.headers.as_ref().and_then(|h| h.response.as_ref()));
                     weighted_cluster::ClusterWeight {
                         name: destination_cluster(ctx, &d.destination),
                         weight: u32v(d.weight.unwrap_or(0)),
                         request_headers_to_add: add,
                         request_headers_to_remove: remove,
+                        response_headers_to_add: resp_add,
+                        response_headers_to_remove: resp_remove,
                         ..Default::default()
                     }
                 })
@@ -328,6 +409,12 @@ fn action(ctx: &RouteCtx<'_>, r: &HttpRoute, prefix_matched: bool) -> route::Act
     };
     let mut ra = RouteAction {
         cluster_specifier: Some(cluster_specifier),
+        // Istio hashes by the first destination's DestinationRule.
+        hash_policy: r
+            .route
+            .first()
+            .map(|d| hash_policy(ctx, &d.destination))
+            .unwrap_or_default(),
         // Istio disables Envoy's 15 s default: no timeout unless the VirtualService sets one.
         timeout: Some(duration(r.timeout.unwrap_or(Duration::ZERO))),
         retry_policy: match &r.retries {
@@ -410,6 +497,11 @@ pub fn http_routes(ctx: &RouteCtx<'_>, routes: &[HttpRoute]) -> Vec<Route> {
                 envoy_route
                     .typed_per_filter_config
                     .insert(FAULT_FILTER.into(), any(&f));
+            }
+            if let Some(c) = &r.cors_policy {
+                envoy_route
+                    .typed_per_filter_config
+                    .insert(CORS_FILTER.into(), any(&cors_policy(c)));
             }
             out.push(envoy_route);
         }
