@@ -296,3 +296,188 @@ fn workload_certs_rotate_under_load_with_zero_failures() {
         assert!(listed.contains(&s.as_str()), "{s} not in /debug/certs");
     }
 }
+
+fn rotation_status(mesh: &Mesh) -> serde_json::Value {
+    mesh.admin_json("/debug/ca/rotate-root").unwrap_or_default()
+}
+
+fn trusted_roots(mesh: &Mesh) -> Vec<String> {
+    let mut v: Vec<String> = rotation_status(mesh)["trusted_roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+fn rotate_root_cli(mesh: &Mesh, extra: &[&str]) -> String {
+    let meshd = mesh.meshd_bin().to_string_lossy().into_owned();
+    let admin = mesh.admin_url();
+    let mut argv = vec![meshd.as_str(), "ca", "rotate-root", "--admin", &admin];
+    argv.extend_from_slice(extra);
+    mesh.node().run(&argv).unwrap()
+}
+
+/// Both sidecars trust exactly `roots` (sorted serials).
+fn wait_sidecars_trust(t: &TwoPods, roots: &[String], what: &str) {
+    wait_for(Duration::from_secs(30), what, || {
+        [&t.client, &t.server]
+            .iter()
+            .all(|p| envoy_certs(p).1 == roots)
+    })
+    .unwrap();
+}
+
+/// The pid of the Envoy running `pod`'s bootstrap.
+fn envoy_pid(pod: &SidecarPod) -> i32 {
+    let want = pod.bootstrap.to_string_lossy().into_owned();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("envoy"))
+            && args.windows(2).any(|w| w[0] == "-c" && w[1] == want)
+        {
+            return pid;
+        }
+    }
+    panic!("no Envoy running {want}");
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+fn assert_no_failures(what: &str, ok: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {} requests failed:\n{}",
+        failures.len(),
+        ok as usize + failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn root_rotation_under_load_with_zero_failures_and_a_restart_midway() {
+    use nix::sys::signal::Signal;
+    let t = two_pods("rootrot", &["--root-rotation-grace", "3s"]);
+    let (client, server) = (&t.client, &t.server);
+    let root0 = trusted_roots(&t.mesh);
+    assert_eq!(root0.len(), 1, "{root0:?}");
+    wait_sidecars_trust(&t, &root0, "sidecars trusting the first root");
+    let handshakes_before = handshakes(server);
+    let load = Load::start(client);
+
+    // 1. `meshd ca rotate-root` follows a whole rotation to the end.
+    let out = rotate_root_cli(&t.mesh, &[]);
+    assert!(out.contains("root rotation finished"), "{out}");
+    let root1 = trusted_roots(&t.mesh);
+    assert_eq!(root1.len(), 1, "{root1:?}");
+    assert_ne!(root1, root0);
+    wait_sidecars_trust(&t, &root1, "sidecars trusting only the second root");
+    let ok1 = load.ok();
+    wait_for(
+        Duration::from_secs(10),
+        "requests under the second root",
+        || load.ok() >= ok1 + 20,
+    )
+    .unwrap();
+    let (mut ok, failures) = load.finish();
+    assert_no_failures("first root rotation", ok, &failures);
+
+    // 2. A proxy that has not ACKed holds the rotation: the server's Envoy is frozen (no
+    // requests meanwhile: it could not answer them) while the rotation starts.
+    let server_envoy = envoy_pid(server);
+    signal(server_envoy, Signal::SIGSTOP);
+    let out = rotate_root_cli(&t.mesh, &["--pause-after", "add-root", "--no-wait"]);
+    assert!(out.contains("root rotation started"), "{out}");
+    std::thread::sleep(Duration::from_secs(4));
+    let s = rotation_status(&t.mesh);
+    signal(server_envoy, Signal::SIGCONT);
+    assert_eq!(s["state"], "add-root", "{s}");
+    let waiting: Vec<&str> = s["waiting_for"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        waiting.len() == 1 && waiting[0].contains("~server.demo~"),
+        "{s}"
+    );
+    let both = trusted_roots(&t.mesh);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(envoy_certs(client).1, both, "the client ACKed both roots");
+    let load = Load::start(client);
+    // Once the server ACKed too, the phase is synced and (as asked) the rotation pauses.
+    wait_for(
+        Duration::from_secs(20),
+        "the rotation to pause after add-root",
+        || rotation_status(&t.mesh)["state"] == "paused",
+    )
+    .unwrap();
+    wait_sidecars_trust(&t, &both, "sidecars trusting both roots");
+
+    // 3. The control plane is killed (no chance to tidy up) and restarted mid-rotation: it
+    // resumes and finishes by itself.
+    let new_root: Vec<String> = both
+        .iter()
+        .filter(|s| !root1.contains(s))
+        .cloned()
+        .collect();
+    t.mesh.kill_control_plane();
+    std::thread::sleep(Duration::from_millis(500));
+    t.mesh.restart_control_plane().unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        "the resumed rotation to finish",
+        || {
+            let s = rotation_status(&t.mesh);
+            s["state"] == "idle" && s["last_rotation"]["new_root_serial"] == new_root[0].as_str()
+        },
+    )
+    .unwrap();
+    assert_eq!(trusted_roots(&t.mesh), new_root);
+    wait_sidecars_trust(&t, &new_root, "sidecars trusting only the third root");
+    assert!(
+        t.mesh
+            .control_plane_log()
+            .contains("resuming the root rotation"),
+        "no resume in the log"
+    );
+    // Every request since is a handshake verified against the third root only.
+    let ok2 = load.ok();
+    wait_for(
+        Duration::from_secs(10),
+        "requests under the third root",
+        || load.ok() >= ok2 + 20,
+    )
+    .unwrap();
+    let (ok3, failures) = load.finish();
+    assert_no_failures("second root rotation and restart", ok3, &failures);
+    ok += ok3;
+    assert!(handshakes(server) - handshakes_before >= ok, "handshakes");
+    let tls: Vec<String> = [client, server]
+        .iter()
+        .flat_map(|p| tls_failures(p))
+        .collect();
+    assert!(tls.is_empty(), "TLS failures: {tls:?}");
+    eprintln!(
+        "root rotation: {ok} requests, 0 failed; roots {root0:?} -> {root1:?} -> {new_root:?}"
+    );
+
+    // The new root persists: a plain restart keeps it.
+    t.mesh.restart_control_plane().unwrap();
+    assert_eq!(trusted_roots(&t.mesh), new_root);
+    assert_eq!(rotation_status(&t.mesh)["state"], "idle");
+}

@@ -10,6 +10,12 @@
 //! Served certificate chains are leaf first, followed by the plug-in `cert-chain.pem` (plug-in
 //! mode) or nothing (self-signed mode: the root is only in the trust bundle,
 //! [`CertificateAuthority::root_cert_pem`]).
+//!
+//! Root rotation (self-signed mode, [`CertificateAuthority::begin_root_rotation`]) goes through
+//! three persisted phases — [`RotationPhase::AddRoot`] (both roots trusted, the old one signs),
+//! [`RotationPhase::SwitchSigner`] (both trusted, the new one signs), [`RotationPhase::DropOld`]
+//! (only the new one trusted) — so a restart at any point resumes where it stopped. The caller
+//! (the control plane) moves to the next phase only once every proxy holds the current one.
 
 mod credential;
 mod keys;
@@ -18,7 +24,7 @@ mod storage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
@@ -45,6 +51,10 @@ pub const PLUGIN_CA_KEY_FILE: &str = "ca-key.pem";
 pub const PLUGIN_CERT_CHAIN_FILE: &str = "cert-chain.pem";
 /// HMAC key for workload credentials (32 raw bytes, mode 0600).
 pub const CREDENTIAL_KEY_FILE: &str = "credential-key";
+/// Root rotation in progress: the phase and the new root (JSON; absent when no rotation runs).
+pub const ROOT_ROTATION_FILE: &str = "root-rotation.json";
+/// Root rotation: the new root's key until it becomes `root-key.pem` (mode 0600).
+pub const ROOT_NEXT_KEY_FILE: &str = "root-next-key.pem";
 
 /// How far NotBefore is back-dated, for clock skew.
 const BACKDATE: Duration = Duration::from_secs(120);
@@ -103,6 +113,10 @@ pub enum CaError {
     CredentialMalformed { reason: String },
     #[error("credential signature does not verify (tampered, or issued by another CA)")]
     CredentialBadSignature,
+    #[error("root rotation is not possible: {reason}")]
+    RotationUnsupported { reason: String },
+    #[error("root rotation: {reason}")]
+    RotationState { reason: String },
 }
 
 impl CaError {
@@ -152,6 +166,9 @@ pub struct IssuedCert {
     pub serial_hex: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// Serial (lower-case hex) of the CA certificate that signed it: after a root rotation
+    /// switches the signer, certificates with the old value are re-issued.
+    pub signer_serial: String,
 }
 
 /// Public information about a certificate; never key material.
@@ -177,6 +194,49 @@ pub enum CaMode {
     PlugIn,
 }
 
+/// Where a root rotation stands. Each phase is persisted before it takes effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RotationPhase {
+    /// The new root is in the trust bundle next to the old one; the old root still signs.
+    AddRoot,
+    /// Both roots are trusted; the new root signs (workload certificates get re-issued).
+    SwitchSigner,
+    /// Only the new root is trusted. Finishing the rotation removes its bookkeeping.
+    DropOld,
+}
+
+impl RotationPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationPhase::AddRoot => "add-root",
+            RotationPhase::SwitchSigner => "switch-signer",
+            RotationPhase::DropOld => "drop-old",
+        }
+    }
+}
+
+/// A root rotation in progress (public view; never key material).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RootRotation {
+    pub phase: RotationPhase,
+    /// Serial of the new root (lower-case hex).
+    pub new_root_serial: String,
+    /// Serials of the roots it replaces.
+    pub old_root_serials: Vec<String>,
+    /// RFC 3339.
+    pub started_at: String,
+}
+
+/// `root-rotation.json`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct RotationMarker {
+    phase: RotationPhase,
+    new_root_pem: String,
+    old_root_serials: Vec<String>,
+    started_at: String,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Workload,
@@ -190,6 +250,17 @@ impl Kind {
             Kind::Server => "server",
         }
     }
+}
+
+/// What a leaf is for, besides its key.
+struct Leaf {
+    sans: Vec<SanType>,
+    kind: Kind,
+    /// SPIFFE ID recorded in the issued registry (`""` for server certificates).
+    registry_id: String,
+    ttl: Duration,
+    /// RSA subject key: keyEncipherment too.
+    rsa: bool,
 }
 
 struct RegEntry {
@@ -214,6 +285,8 @@ impl Registry {
 
 struct Signer {
     issuer: Issuer<'static, KeyPair>,
+    /// Lower-case hex serial of the signing certificate.
+    serial_hex: String,
     not_after: SystemTime,
     /// PEMs served after the leaf.
     chain_tail: Vec<String>,
@@ -221,15 +294,25 @@ struct Signer {
     chain_tail_joined: String,
 }
 
+/// What a root rotation swaps: the signer and the trust bundle.
+struct SigningState {
+    signer: Signer,
+    bundle_pem: String,
+    ca_infos: Vec<CertInfo>,
+    rotation: Option<RotationMarker>,
+}
+
 /// The mesh CA. `Send + Sync`; share it behind an `Arc`.
 pub struct CertificateAuthority {
+    cfg: CaConfig,
     trust_domain: String,
     workload_ttl: Duration,
     rotation_window: Duration,
     mode: CaMode,
-    signer: Signer,
-    bundle_pem: String,
-    ca_infos: Vec<CertInfo>,
+    state: RwLock<Arc<SigningState>>,
+    storage: Arc<dyn CaStorage>,
+    /// Serialises root-rotation steps (each writes several files).
+    rotation_lock: Mutex<()>,
     registry: Mutex<Registry>,
     cred_key: ring::hmac::Key,
     rng: SystemRandom,
@@ -391,11 +474,13 @@ fn signer_from(
 ) -> Result<Signer, CaError> {
     let cert = parse_cert(cert_der);
     let not_after = asn1_to_system(cert.validity().not_after);
+    let serial_hex = hex::encode(cert.raw_serial());
     let issuer = Issuer::from_ca_cert_der(&cert_der.to_vec().into(), key)
         .map_err(|e| CaError::corrupt(cert_loc, format!("cannot use as issuer: {e}")))?;
     let chain_tail_joined = chain_tail.concat();
     Ok(Signer {
         issuer,
+        serial_hex,
         not_after,
         chain_tail,
         chain_tail_joined,
@@ -416,7 +501,7 @@ fn load_self_signed(
     storage: &dyn CaStorage,
     cfg: &CaConfig,
     rng: &SystemRandom,
-) -> Result<(Signer, String, Vec<CertInfo>), CaError> {
+) -> Result<SigningState, CaError> {
     let cert_loc = storage.location(ROOT_CERT_FILE);
     let key_loc = storage.location(ROOT_KEY_FILE);
     let (cert_pem, key_pem) = match (storage.load(ROOT_CERT_FILE)?, storage.load(ROOT_KEY_FILE)?) {
@@ -425,7 +510,7 @@ fn load_self_signed(
             (c, k)
         }
         (None, None) => {
-            let (c, k) = generate_root(cfg, rng)?;
+            let (c, k) = generate_root(cfg, rng, false)?;
             // Key first: a crash in between leaves a key without a cert, which load refuses
             // loudly rather than silently replacing.
             storage.store(ROOT_KEY_FILE, k.as_bytes(), true)?;
@@ -447,31 +532,161 @@ fn load_self_signed(
         }
     };
     let ders = parse_cert_pems(&cert_pem, &cert_loc)?;
+    let key = keys::parse_private_key(&key_pem, &key_loc)?;
+    if let Some(marker) = load_rotation_marker(storage)? {
+        return rotation_state(storage, cfg, ders, key, marker);
+    }
     let root_der = &ders[0];
     let root = parse_cert(root_der);
     check_is_ca(&root, &cert_loc)?;
-    let key = keys::parse_private_key(&key_pem, &key_loc)?;
     check_key_matches(&key, &root, &key_loc, &cert_loc)?;
+    check_self_signed_root(&root, &cert_loc, cfg)?;
+    // The bundle holds every certificate in root-cert.pem (roots an operator keeps trusted
+    // stay trusted); the first one signs.
+    let bundle: String = ders.iter().map(|d| pem_encode("CERTIFICATE", d)).collect();
+    let infos = ders.iter().map(|d| ca_cert_info(d, "root")).collect();
+    let signer = signer_from(root_der, key, &cert_loc, Vec::new())?;
+    Ok(SigningState {
+        signer,
+        bundle_pem: bundle,
+        ca_infos: infos,
+        rotation: None,
+    })
+}
+
+fn public_rotation(m: &RotationMarker) -> RootRotation {
+    let new_root_serial = x509_parser::pem::parse_x509_pem(m.new_root_pem.as_bytes())
+        .ok()
+        .and_then(|(_, pem)| {
+            X509Certificate::from_der(&pem.contents)
+                .ok()
+                .map(|(_, c)| hex::encode(c.raw_serial()))
+        })
+        .unwrap_or_default();
+    RootRotation {
+        phase: m.phase,
+        new_root_serial,
+        old_root_serials: m.old_root_serials.clone(),
+        started_at: m.started_at.clone(),
+    }
+}
+
+fn check_self_signed_root(
+    root: &X509Certificate<'_>,
+    location: &str,
+    cfg: &CaConfig,
+) -> Result<(), CaError> {
     if root.verify_signature(None).is_err() {
         return Err(CaError::NotCa {
-            location: cert_loc,
+            location: location.to_string(),
             reason: "root certificate is not self-signed (use the plug-in CA layout for an intermediate)".into(),
         });
     }
     let td_uri = SpiffeId::trust_domain_uri(&cfg.trust_domain);
-    let got = first_uri_san(&root);
+    let got = first_uri_san(root);
     if !got.is_empty() && got != td_uri {
         tracing::warn!(root = %got, configured = %td_uri, "root CA trust domain differs from the configured trust domain");
     }
-    // The bundle holds every certificate in root-cert.pem (old roots kept there during a
-    // root rotation stay trusted); the first one signs.
-    let bundle: String = ders.iter().map(|d| pem_encode("CERTIFICATE", d)).collect();
-    let infos = ders.iter().map(|d| ca_cert_info(d, "root")).collect();
-    let signer = signer_from(root_der, key, &cert_loc, Vec::new())?;
-    Ok((signer, bundle, infos))
+    Ok(())
 }
 
-fn generate_root(cfg: &CaConfig, rng: &SystemRandom) -> Result<(String, String), CaError> {
+fn load_rotation_marker(storage: &dyn CaStorage) -> Result<Option<RotationMarker>, CaError> {
+    let Some(data) = storage.load(ROOT_ROTATION_FILE)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&data)
+        .map(Some)
+        .map_err(|e| CaError::corrupt(storage.location(ROOT_ROTATION_FILE), e))
+}
+
+/// The signer and bundle while a root rotation is in progress. Derived from the marker and
+/// whichever of the key files matches, so every crash point between the writes of a phase
+/// loads as that phase (see [`CertificateAuthority::set_rotation_phase`]).
+fn rotation_state(
+    storage: &dyn CaStorage,
+    cfg: &CaConfig,
+    ders: Vec<Vec<u8>>,
+    key: KeyPair,
+    marker: RotationMarker,
+) -> Result<SigningState, CaError> {
+    let cert_loc = storage.location(ROOT_CERT_FILE);
+    let marker_loc = storage.location(ROOT_ROTATION_FILE);
+    let next_loc = storage.location(ROOT_NEXT_KEY_FILE);
+    let new_der = parse_cert_pems(marker.new_root_pem.as_bytes(), &marker_loc)?.swap_remove(0);
+    let new_root = parse_cert(&new_der);
+    check_is_ca(&new_root, &marker_loc)?;
+    check_self_signed_root(&new_root, &marker_loc, cfg)?;
+    let next_key = match storage.load(ROOT_NEXT_KEY_FILE)? {
+        Some(pem) => Some(keys::parse_private_key(&pem, &next_loc)?),
+        None => None,
+    };
+    let matches = |k: &KeyPair, c: &X509Certificate<'_>| {
+        k.public_key_raw() == c.public_key().subject_public_key.data.as_ref()
+    };
+    let (signer_der, signer_key) = match marker.phase {
+        RotationPhase::AddRoot => {
+            if !next_key.as_ref().is_some_and(|k| matches(k, &new_root)) {
+                return Err(CaError::RotationState {
+                    reason: format!(
+                        "{marker_loc} names a new root but {next_loc} is missing or does not match it"
+                    ),
+                });
+            }
+            let old = ders
+                .iter()
+                .find(|d| matches(&key, &parse_cert(d)))
+                .ok_or_else(|| CaError::KeyMismatch {
+                    key: storage.location(ROOT_KEY_FILE),
+                    cert: cert_loc.clone(),
+                })?;
+            (old.clone(), key)
+        }
+        RotationPhase::SwitchSigner | RotationPhase::DropOld => {
+            let k = if matches(&key, &new_root) {
+                key
+            } else {
+                next_key
+                    .filter(|k| matches(k, &new_root))
+                    .ok_or_else(|| CaError::RotationState {
+                        reason: format!(
+                            "phase {}: neither root-key.pem nor {next_loc} holds the new root's key",
+                            marker.phase.as_str()
+                        ),
+                    })?
+            };
+            (new_der.clone(), k)
+        }
+    };
+    let mut trusted: Vec<Vec<u8>> = match marker.phase {
+        RotationPhase::AddRoot | RotationPhase::SwitchSigner => ders,
+        RotationPhase::DropOld => Vec::new(),
+    };
+    if !trusted.contains(&new_der) {
+        trusted.push(new_der.clone());
+    }
+    // signer first
+    trusted.sort_by_key(|d| *d != signer_der);
+    let bundle: String = trusted
+        .iter()
+        .map(|d| pem_encode("CERTIFICATE", d))
+        .collect();
+    let infos = trusted.iter().map(|d| ca_cert_info(d, "root")).collect();
+    let signer = signer_from(&signer_der, signer_key, &cert_loc, Vec::new())?;
+    Ok(SigningState {
+        signer,
+        bundle_pem: bundle,
+        ca_infos: infos,
+        rotation: Some(marker),
+    })
+}
+
+/// A new self-signed root (cert PEM, key PEM). Rotated roots carry their creation time in the
+/// common name, so two roots of one mesh never share a subject.
+fn generate_root(
+    cfg: &CaConfig,
+    rng: &SystemRandom,
+    rotated: bool,
+) -> Result<(String, String), CaError> {
     let key =
         KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Generate {
             what: "generating the root key",
@@ -481,7 +696,16 @@ fn generate_root(cfg: &CaConfig, rng: &SystemRandom) -> Result<(String, String),
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "meshd");
-    dn.push(DnType::CommonName, "meshd root CA");
+    if rotated {
+        let stamp = time::OffsetDateTime::from(now)
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .unwrap_or_default();
+        dn.push(DnType::CommonName, format!("meshd root CA {stamp}"));
+    } else {
+        dn.push(DnType::CommonName, "meshd root CA");
+    }
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -503,7 +727,7 @@ fn generate_root(cfg: &CaConfig, rng: &SystemRandom) -> Result<(String, String),
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn load_plugin(storage: &dyn CaStorage) -> Result<(Signer, String, Vec<CertInfo>), CaError> {
+fn load_plugin(storage: &dyn CaStorage) -> Result<SigningState, CaError> {
     let need = |name: &str, present: &str| -> Result<Vec<u8>, CaError> {
         storage.load(name)?.ok_or_else(|| CaError::IncompleteState {
             present: storage.location(present),
@@ -558,21 +782,28 @@ fn load_plugin(storage: &dyn CaStorage) -> Result<(Signer, String, Vec<CertInfo>
     let tail = chain.iter().map(|d| pem_encode("CERTIFICATE", d)).collect();
     let signer = signer_from(&ca_der, key, &ca_cert_loc, tail)?;
     tracing::info!(ca_cert = %ca_cert_loc, "using plug-in CA certificate as the signer");
-    Ok((signer, bundle, infos))
+    Ok(SigningState {
+        signer,
+        bundle_pem: bundle,
+        ca_infos: infos,
+        rotation: None,
+    })
 }
 
 impl CertificateAuthority {
     /// Loads the CA from `cfg.state_dir`, creating a self-signed root on first start.
     /// Existing state is never replaced: unreadable or mismatched files are an error.
     pub fn load_or_create(cfg: &CaConfig) -> Result<Self, CaError> {
-        Self::load_or_create_with_storage(cfg, &FileStorage::new(&cfg.state_dir))
+        Self::load_or_create_with_storage(cfg, FileStorage::new(&cfg.state_dir))
     }
 
-    /// As [`load_or_create`](Self::load_or_create), on any [`CaStorage`] backend.
+    /// As [`load_or_create`](Self::load_or_create), on any [`CaStorage`] backend (kept for
+    /// root rotation).
     pub fn load_or_create_with_storage(
         cfg: &CaConfig,
-        storage: &dyn CaStorage,
+        storage: impl CaStorage + 'static,
     ) -> Result<Self, CaError> {
+        let storage: Arc<dyn CaStorage> = Arc::new(storage);
         spiffe::validate_trust_domain(&cfg.trust_domain).map_err(|reason| {
             CaError::InvalidTrustDomain {
                 input: cfg.trust_domain.clone(),
@@ -582,30 +813,38 @@ impl CertificateAuthority {
         let rng = SystemRandom::new();
         let plugin = storage.load(PLUGIN_CA_CERT_FILE)?.is_some()
             || storage.load(PLUGIN_CA_KEY_FILE)?.is_some();
-        let (mode, (signer, bundle_pem, ca_infos)) = if plugin {
-            (CaMode::PlugIn, load_plugin(storage)?)
+        let (mode, state) = if plugin {
+            (CaMode::PlugIn, load_plugin(&*storage)?)
         } else {
-            (CaMode::SelfSigned, load_self_signed(storage, cfg, &rng)?)
+            (CaMode::SelfSigned, load_self_signed(&*storage, cfg, &rng)?)
         };
-        if signer.not_after <= SystemTime::now() {
+        if state.signer.not_after <= SystemTime::now() {
             tracing::error!(
-                not_after = %rfc3339(signer.not_after),
+                not_after = %rfc3339(state.signer.not_after),
                 "the CA signing certificate has expired; issuance will fail"
             );
         }
-        let cred_key = credential::load_or_create_key(storage, &rng)?;
+        if let Some(m) = &state.rotation {
+            tracing::warn!(phase = m.phase.as_str(), started_at = %m.started_at, "a root rotation is in progress");
+        }
+        let cred_key = credential::load_or_create_key(&*storage, &rng)?;
         Ok(Self {
+            cfg: cfg.clone(),
             trust_domain: cfg.trust_domain.clone(),
             workload_ttl: cfg.workload_cert_ttl,
             rotation_window: cfg.rotation_window,
             mode,
-            signer,
-            bundle_pem,
-            ca_infos,
+            state: RwLock::new(Arc::new(state)),
+            storage,
+            rotation_lock: Mutex::new(()),
             registry: Mutex::new(Registry::default()),
             cred_key,
             rng,
         })
+    }
+
+    fn state(&self) -> Arc<SigningState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -616,14 +855,19 @@ impl CertificateAuthority {
         self.mode
     }
 
-    /// The trust bundle: every root, PEM, concatenated.
+    /// The trust bundle: every root, PEM, concatenated (during a root rotation, both roots).
     pub fn root_cert_pem(&self) -> String {
-        self.bundle_pem.clone()
+        self.state().bundle_pem.clone()
     }
 
     /// The certificates served after a leaf (empty in self-signed mode).
-    pub fn chain_tail_pems(&self) -> &[String] {
-        &self.signer.chain_tail
+    pub fn chain_tail_pems(&self) -> Vec<String> {
+        self.state().signer.chain_tail.clone()
+    }
+
+    /// Serial (lower-case hex) of the certificate that signs now.
+    pub fn signer_serial(&self) -> String {
+        self.state().signer.serial_hex.clone()
     }
 
     fn check_id(&self, id: &SpiffeId) -> Result<(), CaError> {
@@ -640,21 +884,26 @@ impl CertificateAuthority {
     /// Signs a leaf for `public_key`. Returns (DER, serial hex, not_before, not_after).
     fn sign_leaf(
         &self,
+        state: &SigningState,
         public_key: &impl PublicKeyData,
-        sans: Vec<SanType>,
-        kind: Kind,
-        registry_id: String,
-        ttl: Duration,
-        rsa: bool,
+        leaf: Leaf,
     ) -> Result<(rcgen::Certificate, String, SystemTime, SystemTime), CaError> {
+        let Leaf {
+            sans,
+            kind,
+            registry_id,
+            ttl,
+            rsa,
+        } = leaf;
+        let signer = &state.signer;
         let now = whole_seconds(SystemTime::now());
-        if self.signer.not_after <= now {
+        if signer.not_after <= now {
             return Err(CaError::SignerExpired {
-                not_after: rfc3339(self.signer.not_after),
+                not_after: rfc3339(signer.not_after),
             });
         }
         let not_before = now - BACKDATE;
-        let not_after = (now + ttl).min(self.signer.not_after);
+        let not_after = (now + ttl).min(signer.not_after);
         let serial = random_serial(&self.rng)?;
 
         let mut params = CertificateParams::default();
@@ -678,7 +927,7 @@ impl CertificateAuthority {
         params.not_after = not_after.into();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params
-            .signed_by(public_key, &self.signer.issuer)
+            .signed_by(public_key, &signer.issuer)
             .map_err(|e| CaError::Generate {
                 what: "signing a leaf certificate",
                 source: e,
@@ -705,10 +954,12 @@ impl CertificateAuthority {
     /// A fresh ECDSA P-256 key and a leaf for it.
     fn issue_with_new_key(
         &self,
+        spiffe_id: Option<SpiffeId>,
         sans: Vec<SanType>,
         kind: Kind,
         registry_id: String,
-    ) -> Result<(String, String, String, SystemTime, SystemTime), CaError> {
+    ) -> Result<IssuedCert, CaError> {
+        let state = self.state();
         let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.rng)
             .map_err(|_| CaError::Rng {
                 what: "generating a workload key",
@@ -727,19 +978,31 @@ impl CertificateAuthority {
             owned = kp.public_key_raw().to_vec();
             &owned
         };
-        let (cert, serial, nb, na) = self.sign_leaf(
+        let (cert, serial_hex, not_before, not_after) = self.sign_leaf(
+            &state,
             &RawP256Public(public),
-            sans,
-            kind,
-            registry_id,
-            self.workload_ttl,
-            false,
+            Leaf {
+                sans,
+                kind,
+                registry_id,
+                ttl: self.workload_ttl,
+                rsa: false,
+            },
         )?;
         let leaf = pem_encode("CERTIFICATE", cert.der());
-        let mut chain = String::with_capacity(leaf.len() + self.signer.chain_tail_joined.len());
-        chain.push_str(&leaf);
-        chain.push_str(&self.signer.chain_tail_joined);
-        Ok((chain, pem_encode("PRIVATE KEY", pkcs8), serial, nb, na))
+        let tail = &state.signer.chain_tail_joined;
+        let mut cert_chain_pem = String::with_capacity(leaf.len() + tail.len());
+        cert_chain_pem.push_str(&leaf);
+        cert_chain_pem.push_str(tail);
+        Ok(IssuedCert {
+            spiffe_id,
+            cert_chain_pem,
+            key_pem: pem_encode("PRIVATE KEY", pkcs8),
+            serial_hex,
+            not_before,
+            not_after,
+            signer_serial: state.signer.serial_hex.clone(),
+        })
     }
 
     /// A fresh ECDSA P-256 key and an X509-SVID for `id`, valid for `workload_cert_ttl`
@@ -751,16 +1014,7 @@ impl CertificateAuthority {
             what: "encoding the URI SAN",
             source: e,
         })?);
-        let (cert_chain_pem, key_pem, serial_hex, not_before, not_after) =
-            self.issue_with_new_key(vec![san], Kind::Workload, uri)?;
-        Ok(IssuedCert {
-            spiffe_id: Some(id.clone()),
-            cert_chain_pem,
-            key_pem,
-            serial_hex,
-            not_before,
-            not_after,
-        })
+        self.issue_with_new_key(Some(id.clone()), vec![san], Kind::Workload, uri)
     }
 
     /// Signs a PEM CSR for `id`. The SAN comes from `id` only; everything the CSR asks for
@@ -837,10 +1091,21 @@ impl CertificateAuthority {
             what: "encoding the URI SAN",
             source: e,
         })?);
-        let (cert, _, _, _) = self.sign_leaf(&public, vec![san], Kind::Workload, uri, ttl, rsa)?;
-        let mut chain = Vec::with_capacity(1 + self.signer.chain_tail.len());
+        let state = self.state();
+        let (cert, _, _, _) = self.sign_leaf(
+            &state,
+            &public,
+            Leaf {
+                sans: vec![san],
+                kind: Kind::Workload,
+                registry_id: uri,
+                ttl,
+                rsa,
+            },
+        )?;
+        let mut chain = Vec::with_capacity(1 + state.signer.chain_tail.len());
         chain.push(pem_encode("CERTIFICATE", cert.der()));
-        chain.extend(self.signer.chain_tail.iter().cloned());
+        chain.extend(state.signer.chain_tail.iter().cloned());
         Ok(chain)
     }
 
@@ -863,10 +1128,142 @@ impl CertificateAuthority {
         remaining < self.rotation_window_for(cert)
     }
 
+    /// The root rotation in progress, if any.
+    pub fn root_rotation(&self) -> Option<RootRotation> {
+        self.state().rotation.as_ref().map(public_rotation)
+    }
+
+    /// Starts a root rotation (self-signed mode): generates a new root and adds it to the trust
+    /// bundle next to the old one, which keeps signing ([`RotationPhase::AddRoot`]). Persisted
+    /// before it takes effect. A rotation already in progress is returned unchanged.
+    pub fn begin_root_rotation(&self) -> Result<RootRotation, CaError> {
+        let _guard = self.rotation_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.mode == CaMode::PlugIn {
+            return Err(CaError::RotationUnsupported {
+                reason: "meshd signs as an intermediate of a plug-in CA (Istio's cacerts layout); rotate by replacing ca-cert.pem, ca-key.pem and cert-chain.pem, keeping both roots in root-cert.pem until every workload has a new certificate".into(),
+            });
+        }
+        let state = self.state();
+        if let Some(m) = &state.rotation {
+            return Ok(public_rotation(m));
+        }
+        let (cert_pem, key_pem) = generate_root(&self.cfg, &self.rng, true)?;
+        // The key first: without the marker, a stray next key is ignored (and overwritten by
+        // the next attempt).
+        self.storage
+            .store(ROOT_NEXT_KEY_FILE, key_pem.as_bytes(), true)?;
+        let marker = RotationMarker {
+            phase: RotationPhase::AddRoot,
+            new_root_pem: cert_pem,
+            old_root_serials: state.ca_infos.iter().map(|i| i.serial.clone()).collect(),
+            started_at: rfc3339(SystemTime::now()),
+        };
+        self.enter_phase(&marker)?;
+        tracing::info!(
+            new_root = %public_rotation(&marker).new_root_serial,
+            "root rotation started: new root added to the trust bundle; the old root still signs"
+        );
+        Ok(public_rotation(&marker))
+    }
+
+    /// Moves a root rotation on: AddRoot → SwitchSigner (the new root signs) → DropOld (only
+    /// the new root is trusted) → finished (`None`). Call each step only once every proxy holds
+    /// what the current phase serves.
+    pub fn advance_root_rotation(&self) -> Result<Option<RootRotation>, CaError> {
+        let _guard = self.rotation_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut marker) = self.state().rotation.clone() else {
+            return Err(CaError::RotationState {
+                reason: "no root rotation in progress".into(),
+            });
+        };
+        let next = match marker.phase {
+            RotationPhase::AddRoot => RotationPhase::SwitchSigner,
+            RotationPhase::SwitchSigner => RotationPhase::DropOld,
+            RotationPhase::DropOld => {
+                self.finish_rotation(&marker)?;
+                tracing::info!(
+                    new_root = %public_rotation(&marker).new_root_serial,
+                    "root rotation finished: the old root is gone from the trust bundle"
+                );
+                return Ok(None);
+            }
+        };
+        marker.phase = next;
+        self.enter_phase(&marker)?;
+        tracing::info!(phase = next.as_str(), "root rotation advanced");
+        Ok(Some(public_rotation(&marker)))
+    }
+
+    /// Redoes the writes of the current rotation phase, completing any a crash interrupted
+    /// (idempotent; for the server at startup). `None` when no rotation is in progress.
+    pub fn resume_root_rotation(&self) -> Result<Option<RootRotation>, CaError> {
+        let _guard = self.rotation_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(marker) = self.state().rotation.clone() else {
+            return Ok(None);
+        };
+        self.enter_phase(&marker)?;
+        Ok(Some(public_rotation(&marker)))
+    }
+
+    /// Persists `marker` (the commit point of a phase), brings `root-cert.pem`/`root-key.pem`
+    /// in line with it (signer first, then the other trusted roots), and swaps the in-memory
+    /// signer and bundle to what a restart would load.
+    fn enter_phase(&self, marker: &RotationMarker) -> Result<(), CaError> {
+        let json = serde_json::to_vec_pretty(marker).expect("the marker always serializes");
+        self.storage.store(ROOT_ROTATION_FILE, &json, false)?;
+        if marker.phase != RotationPhase::AddRoot {
+            self.promote_next_key(marker)?;
+        }
+        let state = self.reload()?;
+        self.storage
+            .store(ROOT_CERT_FILE, state.bundle_pem.as_bytes(), false)?;
+        Ok(())
+    }
+
+    fn finish_rotation(&self, marker: &RotationMarker) -> Result<(), CaError> {
+        self.promote_next_key(marker)?;
+        self.storage
+            .store(ROOT_CERT_FILE, marker.new_root_pem.as_bytes(), false)?;
+        // Commit point: without the marker, root-cert.pem and root-key.pem load as a plain root.
+        self.storage.remove(ROOT_ROTATION_FILE)?;
+        self.storage.remove(ROOT_NEXT_KEY_FILE)?;
+        self.reload()?;
+        Ok(())
+    }
+
+    /// Copies the new root's key over `root-key.pem` (when `root-next-key.pem` holds it).
+    fn promote_next_key(&self, marker: &RotationMarker) -> Result<(), CaError> {
+        let Some(next) = self.storage.load(ROOT_NEXT_KEY_FILE)? else {
+            return Ok(());
+        };
+        let loc = self.storage.location(ROOT_NEXT_KEY_FILE);
+        let key = keys::parse_private_key(&next, &loc)?;
+        let der = parse_cert_pems(marker.new_root_pem.as_bytes(), &loc)?;
+        if key.public_key_raw()
+            != parse_cert(&der[0])
+                .public_key()
+                .subject_public_key
+                .data
+                .as_ref()
+        {
+            return Err(CaError::KeyMismatch {
+                key: loc,
+                cert: self.storage.location(ROOT_ROTATION_FILE),
+            });
+        }
+        self.storage.store(ROOT_KEY_FILE, &next, true)
+    }
+
+    fn reload(&self) -> Result<Arc<SigningState>, CaError> {
+        let state = Arc::new(load_self_signed(&*self.storage, &self.cfg, &self.rng)?);
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state.clone();
+        Ok(state)
+    }
+
     /// The CA certificates (roots, intermediates) and every issued certificate still valid.
     pub fn issued(&self) -> Vec<CertInfo> {
         let now = SystemTime::now();
-        let mut out = self.ca_infos.clone();
+        let mut out = self.state().ca_infos.clone();
         let mut leaves: Vec<(SystemTime, CertInfo)> = {
             let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
             reg.prune(now);
@@ -941,16 +1338,7 @@ impl CertificateAuthority {
                 }
             })?));
         }
-        let (cert_chain_pem, key_pem, serial_hex, not_before, not_after) =
-            self.issue_with_new_key(sans, Kind::Server, String::new())?;
-        Ok(IssuedCert {
-            spiffe_id: None,
-            cert_chain_pem,
-            key_pem,
-            serial_hex,
-            not_before,
-            not_after,
-        })
+        self.issue_with_new_key(None, sans, Kind::Server, String::new())
     }
 }
 

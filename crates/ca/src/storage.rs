@@ -15,8 +15,25 @@ pub trait CaStorage: Send + Sync {
     /// Stores `data` under `name`, replacing it atomically. `secret` blobs must be readable
     /// only by the owner.
     fn store(&self, name: &str, data: &[u8], secret: bool) -> Result<(), CaError>;
+    /// Removes the blob called `name`; removing one that does not exist is not an error.
+    fn remove(&self, name: &str) -> Result<(), CaError>;
     /// A human-readable location for `name`, used in error messages (a path, a Secret key…).
     fn location(&self, name: &str) -> String;
+}
+
+impl<T: CaStorage + ?Sized> CaStorage for std::sync::Arc<T> {
+    fn load(&self, name: &str) -> Result<Option<Vec<u8>>, CaError> {
+        (**self).load(name)
+    }
+    fn store(&self, name: &str, data: &[u8], secret: bool) -> Result<(), CaError> {
+        (**self).store(name, data, secret)
+    }
+    fn remove(&self, name: &str) -> Result<(), CaError> {
+        (**self).remove(name)
+    }
+    fn location(&self, name: &str) -> String {
+        (**self).location(name)
+    }
 }
 
 /// Files in one directory. Writes go to a temporary file in the same directory (mode 0600
@@ -108,6 +125,20 @@ impl CaStorage for FileStorage {
             let _ = d.sync_all();
         }
         Ok(())
+    }
+
+    fn remove(&self, name: &str) -> Result<(), CaError> {
+        let path = self.path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                if let Ok(d) = fs::File::open(&self.dir) {
+                    let _ = d.sync_all();
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, e)),
+        }
     }
 
     fn location(&self, name: &str) -> String {

@@ -1098,23 +1098,232 @@ fn custom_storage_backend() {
             self.0.lock().unwrap().insert(name.into(), data.to_vec());
             Ok(())
         }
+        fn remove(&self, name: &str) -> Result<(), CaError> {
+            self.0.lock().unwrap().remove(name);
+            Ok(())
+        }
         fn location(&self, name: &str) -> String {
             format!("secret/meshd-ca[{name}]")
         }
     }
-    let mem = Mem::default();
+    let mem = std::sync::Arc::new(Mem::default());
     let c = CaConfig::default();
-    let ca1 = CertificateAuthority::load_or_create_with_storage(&c, &mem).unwrap();
-    let ca2 = CertificateAuthority::load_or_create_with_storage(&c, &mem).unwrap();
+    let ca1 = CertificateAuthority::load_or_create_with_storage(&c, mem.clone()).unwrap();
+    let ca2 = CertificateAuthority::load_or_create_with_storage(&c, mem.clone()).unwrap();
     assert_eq!(ca1.root_cert_pem(), ca2.root_cert_pem());
     assert!(mem.0.lock().unwrap().contains_key(CREDENTIAL_KEY_FILE));
     mem.0
         .lock()
         .unwrap()
         .insert(ROOT_CERT_FILE.into(), b"x".to_vec());
-    let e = CertificateAuthority::load_or_create_with_storage(&c, &mem).unwrap_err();
+    let e = CertificateAuthority::load_or_create_with_storage(&c, mem.clone()).unwrap_err();
     assert!(
         e.to_string().contains("secret/meshd-ca[root-cert.pem]"),
         "{e}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Root rotation
+
+fn leaf_signed_by(chain_pem: &str, root_der: &[u8]) -> bool {
+    let leaf = pems(chain_pem).swap_remove(0);
+    x509(&leaf)
+        .verify_signature(Some(x509(root_der).public_key()))
+        .is_ok()
+}
+
+fn serial_of(der: &[u8]) -> String {
+    hex::encode(x509(der).raw_serial())
+}
+
+#[test]
+fn root_rotation_phases_persist_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let old = pems(&ca.root_cert_pem()).swap_remove(0);
+    assert!(ca.root_rotation().is_none());
+    let before = ca.issue_workload(&id("a", "b")).unwrap();
+
+    // AddRoot: both trusted, the old root signs.
+    let r = ca.begin_root_rotation().unwrap();
+    assert_eq!(r.phase, RotationPhase::AddRoot);
+    assert_eq!(r.old_root_serials, vec![serial_of(&old)]);
+    assert_eq!(ca.begin_root_rotation().unwrap(), r, "begin is idempotent");
+    let bundle = pems(&ca.root_cert_pem());
+    assert_eq!(bundle.len(), 2);
+    assert_eq!(bundle[0], old);
+    let new = bundle[1].clone();
+    assert_eq!(serial_of(&new), r.new_root_serial);
+    check_root(&new, "cluster.local");
+    assert_ne!(
+        x509(&new).subject().to_string(),
+        x509(&old).subject().to_string(),
+        "roots of one mesh have distinct subjects"
+    );
+    let c = ca.issue_workload(&id("a", "b")).unwrap();
+    assert!(leaf_signed_by(&c.cert_chain_pem, &old));
+    assert_eq!(c.signer_serial, serial_of(&old));
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &before.cert_chain_pem,
+        "sslclient",
+    );
+    let on_disk = std::fs::read_to_string(dir.path().join(ROOT_CERT_FILE)).unwrap();
+    assert_eq!(pems(&on_disk), vec![old.clone(), new.clone()]);
+    let reloaded = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert_eq!(reloaded.root_rotation(), Some(r.clone()));
+    assert_eq!(reloaded.root_cert_pem(), ca.root_cert_pem());
+    assert_eq!(reloaded.signer_serial(), serial_of(&old));
+
+    // SwitchSigner: both trusted, the new root signs; old leaves still verify.
+    let r2 = ca.advance_root_rotation().unwrap().unwrap();
+    assert_eq!(r2.phase, RotationPhase::SwitchSigner);
+    assert_eq!(ca.signer_serial(), serial_of(&new));
+    let c = ca.issue_workload(&id("a", "b")).unwrap();
+    assert!(leaf_signed_by(&c.cert_chain_pem, &new));
+    assert_eq!(c.signer_serial, serial_of(&new));
+    check_leaf(
+        &pems(&c.cert_chain_pem)[0],
+        &new,
+        LeafKind::Workload,
+        Some("spiffe://cluster.local/ns/a/sa/b"),
+    );
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &c.cert_chain_pem,
+        "sslclient",
+    );
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &before.cert_chain_pem,
+        "sslclient",
+    );
+    let reloaded = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert_eq!(reloaded.root_rotation(), Some(r2.clone()));
+    assert_eq!(reloaded.signer_serial(), serial_of(&new));
+    assert_eq!(pems(&reloaded.root_cert_pem()).len(), 2);
+
+    // DropOld: only the new root; new leaves verify, old ones no longer do.
+    let r3 = ca.advance_root_rotation().unwrap().unwrap();
+    assert_eq!(r3.phase, RotationPhase::DropOld);
+    assert_eq!(pems(&ca.root_cert_pem()), vec![new.clone()]);
+    openssl_verify(
+        dir.path(),
+        &ca.root_cert_pem(),
+        &c.cert_chain_pem,
+        "sslclient",
+    );
+    let reloaded = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert_eq!(reloaded.root_rotation(), Some(r3));
+    assert_eq!(pems(&reloaded.root_cert_pem()), vec![new.clone()]);
+
+    // Finished: plain state on disk, the new root reused on restart.
+    assert_eq!(ca.advance_root_rotation().unwrap(), None);
+    assert!(ca.root_rotation().is_none());
+    assert!(!dir.path().join(ROOT_ROTATION_FILE).exists());
+    assert!(!dir.path().join(ROOT_NEXT_KEY_FILE).exists());
+    let reloaded = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert!(reloaded.root_rotation().is_none());
+    assert_eq!(pems(&reloaded.root_cert_pem()), vec![new.clone()]);
+    assert_eq!(reloaded.signer_serial(), serial_of(&new));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(dir.path().join(ROOT_KEY_FILE)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
+    assert!(matches!(
+        ca.advance_root_rotation(),
+        Err(CaError::RotationState { .. })
+    ));
+    // The credential key survives: credentials issued before still verify.
+    let claims = WorkloadClaims {
+        workload: "w".into(),
+        namespace: "n".into(),
+        service_account: "s".into(),
+        issued_at: 1,
+    };
+    let token = ca.issue_credential(&claims);
+    assert_eq!(reloaded.verify_credential(&token).unwrap(), claims);
+}
+
+/// Every crash point between the writes of a phase loads as that phase, and resuming
+/// completes the writes.
+#[test]
+fn root_rotation_survives_crashes_between_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let old_cert = std::fs::read(dir.path().join(ROOT_CERT_FILE)).unwrap();
+    let old_key = std::fs::read(dir.path().join(ROOT_KEY_FILE)).unwrap();
+    let old = pems(&ca.root_cert_pem()).swap_remove(0);
+
+    // A next key without a marker (crash before AddRoot committed) is ignored.
+    std::fs::write(dir.path().join(ROOT_NEXT_KEY_FILE), b"garbage").unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert!(ca.root_rotation().is_none());
+
+    // AddRoot committed (marker), root-cert.pem not yet rewritten.
+    ca.begin_root_rotation().unwrap();
+    let new = pems(&ca.root_cert_pem())[1].clone();
+    std::fs::write(dir.path().join(ROOT_CERT_FILE), &old_cert).unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert_eq!(pems(&ca.root_cert_pem()), vec![old.clone(), new.clone()]);
+    assert_eq!(ca.signer_serial(), serial_of(&old));
+    ca.resume_root_rotation().unwrap();
+    let on_disk = std::fs::read_to_string(dir.path().join(ROOT_CERT_FILE)).unwrap();
+    assert_eq!(pems(&on_disk), vec![old.clone(), new.clone()]);
+
+    // SwitchSigner committed, key not yet promoted, root-cert.pem still AddRoot's.
+    ca.advance_root_rotation().unwrap();
+    std::fs::write(dir.path().join(ROOT_KEY_FILE), &old_key).unwrap();
+    std::fs::write(
+        dir.path().join(ROOT_CERT_FILE),
+        pem_encode("CERTIFICATE", &old) + &pem_encode("CERTIFICATE", &new),
+    )
+    .unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert_eq!(
+        ca.root_rotation().unwrap().phase,
+        RotationPhase::SwitchSigner
+    );
+    assert_eq!(ca.signer_serial(), serial_of(&new));
+    let c = ca.issue_workload(&id("a", "b")).unwrap();
+    assert!(leaf_signed_by(&c.cert_chain_pem, &new));
+    ca.resume_root_rotation().unwrap();
+    let on_disk = std::fs::read_to_string(dir.path().join(ROOT_CERT_FILE)).unwrap();
+    assert_eq!(pems(&on_disk), vec![new.clone(), old.clone()]);
+
+    // DropOld committed, root-cert.pem still holding both.
+    ca.advance_root_rotation().unwrap();
+    std::fs::write(dir.path().join(ROOT_CERT_FILE), &on_disk).unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert_eq!(pems(&ca.root_cert_pem()), vec![new.clone()]);
+
+    // Finish: marker gone but the next key left behind is harmless.
+    let next_key = std::fs::read(dir.path().join(ROOT_NEXT_KEY_FILE)).unwrap();
+    assert_eq!(ca.advance_root_rotation().unwrap(), None);
+    std::fs::write(dir.path().join(ROOT_NEXT_KEY_FILE), next_key).unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    assert!(ca.root_rotation().is_none());
+    assert_eq!(ca.signer_serial(), serial_of(&new));
+
+    // A marker whose new root has no key anywhere is an error, not a silent fallback.
+    ca.begin_root_rotation().unwrap();
+    std::fs::remove_file(dir.path().join(ROOT_NEXT_KEY_FILE)).unwrap();
+    let e = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap_err();
+    assert!(e.to_string().contains("root-next-key.pem"), "{e}");
+}
+
+#[test]
+fn root_rotation_refused_for_plugin_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin(dir.path(), 365 * DAY);
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let e = ca.begin_root_rotation().unwrap_err();
+    assert!(matches!(e, CaError::RotationUnsupported { .. }), "{e}");
+    assert!(e.to_string().contains("cacerts"), "{e}");
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use meshd_ca::CertificateAuthority;
+use meshd_ca::RotationPhase;
 use meshd_xds::MeshSnapshot;
 use meshd_xds::server::{Metrics, Registry, SyncStatus};
 use serde::Deserialize;
@@ -25,6 +26,7 @@ pub struct AdminState {
     pub ca: Arc<CertificateAuthority>,
     pub snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     pub started: Instant,
+    pub root_rotation: Arc<crate::root_rotation::RootRotator>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -35,6 +37,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/syncz", get(syncz))
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/certs", get(certs))
+        .route(
+            "/debug/ca/rotate-root",
+            get(rotation_status).post(rotate_root),
+        )
         .route("/debug/registryz", get(registryz))
         .route("/debug/configz", get(configz))
         .with_state(state)
@@ -101,6 +107,45 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<ProxyQuery>) -
 
 async fn certs(State(s): State<AdminState>) -> Json<Value> {
     Json(serde_json::to_value(s.ca.issued()).unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct RotateQuery {
+    /// Stop after this phase is synced (`add-root`, `switch-signer`, `drop-old`); the next
+    /// server start resumes. For tests of a restart mid-rotation.
+    pause_after: Option<String>,
+}
+
+/// Starts a root rotation (or continues the one in progress): 202 and the status.
+async fn rotate_root(State(s): State<AdminState>, Query(q): Query<RotateQuery>) -> Response {
+    let pause_after = match q.pause_after.as_deref() {
+        None => None,
+        Some("add-root") => Some(RotationPhase::AddRoot),
+        Some("switch-signer") => Some(RotationPhase::SwitchSigner),
+        Some("drop-old") => Some(RotationPhase::DropOld),
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("pause_after: unknown phase {other:?} (add-root, switch-signer, drop-old)")})),
+            )
+                .into_response();
+        }
+    };
+    match s.root_rotation.start(pause_after) {
+        Ok(status) => (StatusCode::ACCEPTED, Json(json!(status))).into_response(),
+        Err(e @ meshd_ca::CaError::RotationUnsupported { .. }) => {
+            (StatusCode::CONFLICT, Json(json!({"error": e.to_string()}))).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn rotation_status(State(s): State<AdminState>) -> Json<Value> {
+    Json(json!(s.root_rotation.status()))
 }
 
 async fn registryz(State(s): State<AdminState>) -> Json<Value> {

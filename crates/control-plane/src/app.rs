@@ -32,6 +32,9 @@ pub struct Config {
     pub debounce: Duration,
     /// How long open xDS streams get to finish on shutdown before they are cut.
     pub drain_deadline: Duration,
+    /// After a start, how long a root rotation waits for proxies to reconnect before it
+    /// judges a phase synced (an empty registry would otherwise look "all ACKed").
+    pub root_rotation_grace: Duration,
     pub generator: GenOptions,
 }
 
@@ -97,6 +100,12 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     let secrets = Arc::new(CaSecrets::new(ca.clone()));
+    let root_rotation = crate::root_rotation::RootRotator::new(
+        secrets.clone(),
+        registry.clone(),
+        shutdown_rx.clone(),
+        config.root_rotation_grace,
+    );
     let ads = AdsServer::new(
         CredentialAuth { ca: ca.clone() },
         secrets.clone(),
@@ -156,6 +165,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         ca,
         snapshots: snapshot_rx,
         started,
+        root_rotation: root_rotation.clone(),
     };
     let mut stop = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -166,6 +176,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             .await
             .context("admin server")
     });
+    // A root rotation cut short by the last shutdown carries on.
+    root_rotation
+        .resume()
+        .context("resuming the interrupted root rotation")?;
     // Config is loaded and the CA is up: from here on we are ready.
     ready.store(true, Ordering::SeqCst);
     tracing::info!(

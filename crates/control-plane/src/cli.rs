@@ -42,6 +42,9 @@ enum Command {
     Analyze(AnalyzeArgs),
     /// Version, git revision, Envoy API version.
     Version,
+    /// The mesh CA of a running server.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// A tiny HTTP workload (the demo's and the tests' app).
     #[command(hide = true)]
     Workload(crate::workload_app::WorkloadArgs),
@@ -92,6 +95,10 @@ pub struct ServeArgs {
     /// Quiet period after a config change before it is pushed.
     #[arg(long, env = "MESHD_DEBOUNCE_MS", default_value_t = 100)]
     pub debounce_ms: u64,
+    /// After a start, how long a root rotation in progress waits for proxies to reconnect
+    /// before it moves to its next phase.
+    #[arg(long, env = "MESHD_ROOT_ROTATION_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub root_rotation_grace: Duration,
     /// JSON access logs on each proxy's stdout.
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
@@ -116,6 +123,7 @@ impl ServeArgs {
             admin_port: self.admin_port,
             debounce: Duration::from_millis(self.debounce_ms),
             drain_deadline: Duration::from_secs(5),
+            root_rotation_grace: self.root_rotation_grace,
             generator: GenOptions {
                 trust_domain: self.trust_domain.clone(),
                 access_log: self.access_log,
@@ -162,6 +170,29 @@ struct ProxyConfigArgs {
     admin: String,
     #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
     output: String,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Rotate the root: add a new root to every proxy's trust bundle, re-issue every
+    /// certificate under it, then drop the old root. Zero downtime; survives restarts.
+    RotateRoot(RotateRootArgs),
+}
+
+#[derive(Args)]
+struct RotateRootArgs {
+    #[arg(long, default_value = "http://127.0.0.1:15014")]
+    admin: String,
+    /// Return once the rotation started instead of following it to the end.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to follow the rotation before giving up (it keeps going on the server).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Stop the rotation after this phase (add-root, switch-signer, drop-old); the next
+    /// server start resumes it.
+    #[arg(long, hide = true)]
+    pause_after: Option<String>,
 }
 
 #[derive(Args)]
@@ -230,6 +261,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &args.output,
         )),
         Command::Analyze(args) => Ok(crate::analyze::run(&args.paths)),
+        Command::Ca(CaCommand::RotateRoot(args)) => {
+            runtime()?.block_on(crate::root_rotation::cli_rotate_root(
+                &args.admin,
+                args.no_wait,
+                args.timeout,
+                args.pause_after.as_deref(),
+            ))
+        }
         Command::Version => {
             let v = crate::admin::version_info();
             println!(

@@ -10,7 +10,7 @@ use meshd_xds::generate::common::{ROOT_SECRET, WORKLOAD_SECRET, inline_bytes};
 use meshd_xds::server::{Authenticator, SecretSource};
 use meshd_xds::{Identity, Proxy, Resource, SharedResource};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
@@ -49,6 +49,8 @@ pub fn identity_of(claims: &WorkloadClaims, trust_domain: &str) -> Identity {
 
 struct Issued {
     cert: IssuedCert,
+    /// The `default` secret carrying it, encoded once.
+    resource: SharedResource,
     /// When to re-issue: inside the rotation window, jittered so a mesh does not rotate at once.
     refresh_at: SystemTime,
 }
@@ -57,6 +59,8 @@ struct Issued {
 pub struct CaSecrets {
     ca: Arc<CertificateAuthority>,
     issued: DashMap<String, Issued>,
+    /// The `ROOTCA` secret for the bundle it was built from.
+    root: Mutex<Option<(String, SharedResource)>>,
     bundle: watch::Sender<u64>,
 }
 
@@ -66,13 +70,50 @@ impl CaSecrets {
         CaSecrets {
             ca,
             issued: DashMap::new(),
+            root: Mutex::new(None),
             bundle: watch::Sender::new(0),
         }
     }
 
-    /// Tell every stream the trust bundle changed (root rotation).
+    /// Tell every stream the trust bundle or the signer changed (root rotation): each
+    /// recomputes its secrets, re-issuing certificates the current signer did not sign.
     pub fn bundle_changed(&self) {
         self.bundle.send_modify(|v| *v += 1);
+    }
+
+    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+        &self.ca
+    }
+
+    /// The `ROOTCA` secret for the CA's current trust bundle.
+    pub fn root_resource(&self) -> SharedResource {
+        let bundle = self.ca.root_cert_pem();
+        let mut cached = self.root.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((b, r)) = cached.as_ref()
+            && *b == bundle
+        {
+            return r.clone();
+        }
+        let root = Secret {
+            name: ROOT_SECRET.into(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(inline_bytes(bundle.as_bytes())),
+                    ..Default::default()
+                },
+            )),
+        };
+        let r = Resource::encode(ROOT_SECRET, &root);
+        *cached = Some((bundle, r.clone()));
+        r
+    }
+
+    /// The version of the `default` secret last built for `proxy_id`, and the serial of the CA
+    /// certificate that signed it.
+    pub fn workload_secret(&self, proxy_id: &str) -> Option<(String, String)> {
+        self.issued
+            .get(proxy_id)
+            .map(|i| (i.resource.version.clone(), i.cert.signer_serial.clone()))
     }
 
     /// When to re-issue `cert`: once its remaining life drops below the CA's rotation window
@@ -96,12 +137,13 @@ impl CaSecrets {
         at.max(SystemTime::now() + Duration::from_secs(1))
     }
 
-    fn certificate(&self, proxy: &Proxy) -> Result<IssuedCert, String> {
+    fn certificate(&self, proxy: &Proxy) -> Result<(IssuedCert, SharedResource), String> {
         let now = SystemTime::now();
         if let Some(i) = self.issued.get(&proxy.id)
             && i.refresh_at > now
+            && i.cert.signer_serial == self.ca.signer_serial()
         {
-            return Ok(i.cert.clone());
+            return Ok((i.cert.clone(), i.resource.clone()));
         }
         let claims = WorkloadClaims {
             workload: proxy.identity.workload.clone(),
@@ -113,20 +155,6 @@ impl CaSecrets {
         let cert = self.ca.issue_workload(&id).map_err(|e| e.to_string())?;
         tracing::info!(proxy = %proxy.id, spiffe_id = %id, serial = %cert.serial_hex, "issued workload certificate");
         let refresh_at = self.refresh_time(&cert);
-        self.issued.insert(
-            proxy.id.clone(),
-            Issued {
-                cert: cert.clone(),
-                refresh_at,
-            },
-        );
-        Ok(cert)
-    }
-}
-
-impl SecretSource for CaSecrets {
-    fn secrets(&self, proxy: &Proxy) -> Result<BTreeMap<String, SharedResource>, String> {
-        let cert = self.certificate(proxy)?;
         let workload = Secret {
             name: WORKLOAD_SECRET.into(),
             r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
@@ -135,24 +163,25 @@ impl SecretSource for CaSecrets {
                 ..Default::default()
             })),
         };
-        let root = Secret {
-            name: ROOT_SECRET.into(),
-            r#type: Some(secret::Type::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: Some(inline_bytes(self.ca.root_cert_pem().as_bytes())),
-                    ..Default::default()
-                },
-            )),
-        };
+        let resource = Resource::encode(WORKLOAD_SECRET, &workload);
+        self.issued.insert(
+            proxy.id.clone(),
+            Issued {
+                cert: cert.clone(),
+                resource: resource.clone(),
+                refresh_at,
+            },
+        );
+        Ok((cert, resource))
+    }
+}
+
+impl SecretSource for CaSecrets {
+    fn secrets(&self, proxy: &Proxy) -> Result<BTreeMap<String, SharedResource>, String> {
+        let (_, workload) = self.certificate(proxy)?;
         Ok([
-            (
-                WORKLOAD_SECRET.to_string(),
-                Resource::encode(WORKLOAD_SECRET, &workload),
-            ),
-            (
-                ROOT_SECRET.to_string(),
-                Resource::encode(ROOT_SECRET, &root),
-            ),
+            (WORKLOAD_SECRET.to_string(), workload),
+            (ROOT_SECRET.to_string(), self.root_resource()),
         ]
         .into_iter()
         .collect())
@@ -213,9 +242,9 @@ mod tests {
         for (ttl, window, want) in [(30, 10, 10), (30, 24 * 3600, 15), (3600, 60, 60)] {
             let s = secrets(dir.path(), ttl, window);
             let p = proxy("a");
-            let first = s.certificate(&p).unwrap();
+            let (first, _) = s.certificate(&p).unwrap();
             // cached until the refresh time
-            assert_eq!(s.certificate(&p).unwrap().serial_hex, first.serial_hex);
+            assert_eq!(s.certificate(&p).unwrap().0.serial_hex, first.serial_hex);
             let at = s.issued.get(&p.id).unwrap().refresh_at;
             let before_expiry = first.not_after.duration_since(at).unwrap();
             let want = Duration::from_secs(want);
@@ -233,9 +262,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = secrets(dir.path(), 30, 10);
         let p = proxy("a");
-        let first = s.certificate(&p).unwrap();
+        let (first, _) = s.certificate(&p).unwrap();
         s.issued.get_mut(&p.id).unwrap().refresh_at = SystemTime::now();
-        let second = s.certificate(&p).unwrap();
+        let (second, _) = s.certificate(&p).unwrap();
         assert_ne!(first.serial_hex, second.serial_hex);
+        // a new signer (root rotation) re-issues at once
+        s.ca.begin_root_rotation().unwrap();
+        assert_eq!(s.certificate(&p).unwrap().0.serial_hex, second.serial_hex);
+        let root_before = s.root_resource();
+        s.ca.advance_root_rotation().unwrap();
+        let (third, res) = s.certificate(&p).unwrap();
+        assert_ne!(third.serial_hex, second.serial_hex);
+        assert_eq!(third.signer_serial, s.ca.signer_serial());
+        assert_eq!(
+            s.workload_secret(&p.id),
+            Some((res.version.clone(), third.signer_serial.clone()))
+        );
+        assert_ne!(s.root_resource().version, root_before.version);
     }
 }

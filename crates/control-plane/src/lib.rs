@@ -10,6 +10,7 @@ pub mod demo;
 pub mod identity;
 pub mod iptables;
 pub mod podnet;
+pub mod root_rotation;
 pub mod source;
 pub mod status_cli;
 #[cfg(feature = "testing")]

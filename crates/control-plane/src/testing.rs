@@ -26,6 +26,7 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         admin_port: 0,
         debounce: Duration::from_millis(20),
         drain_deadline: Duration::from_secs(2),
+        root_rotation_grace: Duration::ZERO,
         generator: GenOptions::default(),
     }
 }
