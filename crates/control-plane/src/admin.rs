@@ -160,9 +160,18 @@ async fn registryz(State(s): State<AdminState>) -> Json<Value> {
 async fn configz(State(s): State<AdminState>) -> Json<Value> {
     let snap = s.snapshots.borrow().clone();
     let config = snap.config();
+    // EnvoyFilters the generator could not apply (their values do not decode) are rejected.
+    let not_applied = |o: &&meshd_model::ConfigObject| {
+        snap.patches.problems.iter().any(|r| {
+            r.kind == Some(o.kind())
+                && r.namespace.as_deref() == Some(o.meta.namespace())
+                && r.name.as_deref() == Some(o.meta.name.as_str())
+        })
+    };
     let accepted: Vec<Value> = config
         .objects
         .values()
+        .filter(|o| !not_applied(o))
         .map(|o| {
             json!({
                 "kind": o.kind(),
@@ -177,6 +186,7 @@ async fn configz(State(s): State<AdminState>) -> Json<Value> {
     let rejected: Vec<Value> = config
         .rejected
         .iter()
+        .chain(&snap.patches.problems)
         .map(|r| {
             json!({
                 "kind": r.kind,

@@ -39,6 +39,13 @@ pub fn analyze(paths: &[PathBuf]) -> Vec<String> {
     }
     let mesh = MeshConfig::assemble(&parsed);
     problems.extend(mesh.rejected.iter().map(|r| r.to_string()));
+    // What only the generator finds (e.g. an EnvoyFilter value that is not Envoy's proto JSON).
+    let snapshot = meshd_xds::MeshSnapshot::build(
+        0,
+        std::sync::Arc::new(mesh),
+        std::sync::Arc::new(meshd_xds::GenOptions::default()),
+    );
+    problems.extend(snapshot.patches.problems.iter().map(|r| r.to_string()));
     problems
 }
 

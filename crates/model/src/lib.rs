@@ -2,6 +2,7 @@
 //! from, validated on their own and against each other. Pure: no I/O, no kube, no tonic.
 
 pub mod duration;
+pub mod envoyfilter;
 pub mod mesh;
 pub mod networking;
 pub mod parse;
@@ -74,10 +75,11 @@ pub enum Kind {
     Sidecar,
     PeerAuthentication,
     AuthorizationPolicy,
+    EnvoyFilter,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::DestinationRule,
@@ -86,6 +88,7 @@ impl Kind {
         Kind::Sidecar,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::EnvoyFilter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +101,7 @@ impl Kind {
             Kind::Sidecar => "Sidecar",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::EnvoyFilter => "EnvoyFilter",
         }
     }
 
@@ -145,6 +149,7 @@ pub enum Spec {
     Sidecar(networking::Sidecar),
     PeerAuthentication(security::PeerAuthentication),
     AuthorizationPolicy(security::AuthorizationPolicy),
+    EnvoyFilter(envoyfilter::EnvoyFilter),
 }
 
 impl Spec {
@@ -158,6 +163,7 @@ impl Spec {
             Spec::Sidecar(_) => Kind::Sidecar,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Spec::EnvoyFilter(_) => Kind::EnvoyFilter,
         }
     }
 }

@@ -187,6 +187,9 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, Config
         Kind::PeerAuthentication => {
             typed_spec::<sec::PeerAuthentication>(file, doc, Spec::PeerAuthentication)
         }
+        Kind::EnvoyFilter => {
+            typed_spec::<crate::envoyfilter::EnvoyFilter>(file, doc, Spec::EnvoyFilter)
+        }
         Kind::AuthorizationPolicy => {
             typed_spec::<sec::AuthorizationPolicy>(file, doc, Spec::AuthorizationPolicy)
         }

@@ -225,6 +225,12 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
             }
         }
         Spec::AuthorizationPolicy(_) => {}
+        Spec::EnvoyFilter(ef) => {
+            let problems = ef.problems();
+            if !problems.is_empty() {
+                return Err(problems.join("; "));
+            }
+        }
     }
     Ok(())
 }

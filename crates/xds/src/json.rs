@@ -122,6 +122,64 @@ pub fn message_to_json<M: prost::Name + prost::Message>(m: &M) -> Json {
     }
 }
 
+/// The `@type`s of Envoy's untyped extension config wrappers.
+const TYPED_STRUCTS: [&str; 2] = [
+    "type.googleapis.com/udpa.type.v1.TypedStruct",
+    "type.googleapis.com/xds.type.v3.TypedStruct",
+];
+
+/// Replaces every `{"@type": TypedStruct, "type_url": T, "value": {...}}` with the typed
+/// form `{"@type": T, ...}`, so the result decodes against Envoy's descriptors.
+fn unwrap_typed_structs(v: &Json) -> Json {
+    match v {
+        Json::Object(obj) => {
+            let is_typed_struct = obj
+                .get("@type")
+                .and_then(Json::as_str)
+                .is_some_and(|t| TYPED_STRUCTS.contains(&t));
+            if is_typed_struct {
+                let type_url = obj
+                    .get("type_url")
+                    .or_else(|| obj.get("typeUrl"))
+                    .cloned()
+                    .unwrap_or(Json::Null);
+                let mut out = Map::new();
+                out.insert("@type".into(), type_url);
+                if let Some(Json::Object(fields)) = obj.get("value").map(unwrap_typed_structs) {
+                    out.extend(fields);
+                }
+                Json::Object(out)
+            } else {
+                Json::Object(
+                    obj.iter()
+                        .map(|(k, v)| (k.clone(), unwrap_typed_structs(v)))
+                        .collect(),
+                )
+            }
+        }
+        Json::Array(items) => Json::Array(items.iter().map(unwrap_typed_structs).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Encodes proto3 JSON (either field-name style; `Any`s by `@type`, TypedStruct wrappers
+/// unwrapped) as the protobuf message `full_name` (e.g. `envoy.config.cluster.v3.Cluster`).
+/// Unknown fields and types are errors, with prost-reflect's message. Pure.
+pub fn json_to_proto(full_name: &str, value: &Json) -> Result<Vec<u8>, String> {
+    let registry = REGISTRY.as_ref().map_err(Clone::clone)?;
+    let desc = registry
+        .pool
+        .get_message_by_name(full_name)
+        .ok_or_else(|| format!("message type '{full_name}' is not in meshd's descriptor set"))?;
+    let msg = DynamicMessage::deserialize_with_options(
+        desc,
+        unwrap_typed_structs(value),
+        &prost_reflect::DeserializeOptions::new().deny_unknown_fields(true),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(msg.encode_to_vec())
+}
+
 fn error_object(type_url: Option<&str>, error: &str) -> Json {
     let mut obj = Map::new();
     if let Some(url) = type_url {

@@ -57,7 +57,11 @@ fn downstream_tls(
     Some(tls_socket(any(&ctx)))
 }
 
-pub fn build(snapshot: &MeshSnapshot, labels: &BTreeMap<String, String>) -> GatewayResources {
+pub fn build(
+    snapshot: &MeshSnapshot,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> GatewayResources {
     let config = snapshot.config();
     let gateways: Vec<_> = config
         .gateways()
@@ -75,6 +79,10 @@ pub fn build(snapshot: &MeshSnapshot, labels: &BTreeMap<String, String>) -> Gate
     }
     let mut listeners = BTreeMap::new();
     let mut routes = BTreeMap::new();
+    let mut gateway_filters = Vec::new();
+    snapshot
+        .patches
+        .insert_http_filters(namespace, labels, true, &mut gateway_filters);
     for (port, servers) in by_port {
         let route_name = format!("http.{port}");
         let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
@@ -111,12 +119,15 @@ pub fn build(snapshot: &MeshSnapshot, labels: &BTreeMap<String, String>) -> Gate
                 }
             }
         }
-        let rc = RouteConfiguration {
+        let mut rc = RouteConfiguration {
             name: route_name.clone(),
             virtual_hosts: vhosts.into_values().collect(),
             validate_clusters: boolv(false),
             ..Default::default()
         };
+        snapshot
+            .patches
+            .patch_routes(&mut rc, port, namespace, true);
         routes.insert(
             route_name.clone(),
             Resource::encode(route_name.clone(), &rc),
@@ -125,7 +136,7 @@ pub fn build(snapshot: &MeshSnapshot, labels: &BTreeMap<String, String>) -> Gate
             &format!("gateway_{port}"),
             RouteSource::Rds(route_name),
             false,
-            &[],
+            &gateway_filters,
             &snapshot.opts,
         );
         let transport_socket = servers.iter().find_map(|(_, _, s)| downstream_tls(s));

@@ -5,6 +5,7 @@
 pub mod authz;
 pub mod cluster;
 pub mod common;
+pub mod envoyfilter;
 pub mod gateway;
 pub mod listener;
 pub mod route;
@@ -208,6 +209,8 @@ pub struct MeshSnapshot {
     pub version: u64,
     pub opts: Arc<GenOptions>,
     pub index: Index,
+    /// The EnvoyFilter patches in force (and those rejected, in `patches.problems`).
+    pub patches: envoyfilter::Patches,
     /// Every outbound cluster and its endpoints, encoded once.
     clusters: BTreeMap<String, SharedResource>,
     endpoints: BTreeMap<String, SharedResource>,
@@ -236,6 +239,7 @@ fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
 impl MeshSnapshot {
     pub fn build(version: u64, config: Arc<MeshConfig>, opts: Arc<GenOptions>) -> MeshSnapshot {
         let index = Index::new(config, &opts);
+        let patches = envoyfilter::Patches::build(&index.config, &opts.root_namespace);
         let mut clusters = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
         for svc in index.services() {
@@ -259,6 +263,7 @@ impl MeshSnapshot {
             version,
             opts,
             index,
+            patches,
             clusters,
             endpoints,
             scopes: Mutex::new(HashMap::new()),
@@ -330,6 +335,8 @@ impl MeshSnapshot {
         for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE] {
             clusters.insert(name.to_string(), self.clusters[name].clone());
         }
+        self.patches
+            .patch_cluster_layer(&mut clusters, namespace, false);
         // Ports: HTTP services share a listener and a route table per port.
         let mut http_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
         let mut tcp_ports: BTreeMap<u32, Vec<(Vec<String>, String)>> = BTreeMap::new();
@@ -429,12 +436,14 @@ impl MeshSnapshot {
             });
         }
         vhosts.push(catch_all_vhost(allow_any));
-        RouteConfiguration {
+        let mut rc = RouteConfiguration {
             name: port.to_string(),
             virtual_hosts: vhosts,
             validate_clusters: common::boolv(false),
             ..Default::default()
-        }
+        };
+        self.patches.patch_routes(&mut rc, port, namespace, false);
+        rc
     }
 
     /// The ports a workload serves (its services' target ports) with their mTLS modes.
@@ -464,7 +473,16 @@ impl MeshSnapshot {
                         app_port,
                         http,
                         mode: self.index.mtls_mode(&w.namespace, &w.labels, app_port),
-                        http_filters: policy.http_filters,
+                        http_filters: {
+                            let mut filters = policy.http_filters;
+                            self.patches.insert_http_filters(
+                                &w.namespace,
+                                &w.labels,
+                                false,
+                                &mut filters,
+                            );
+                            filters
+                        },
                         network_filters: policy.network_filters,
                     }
                 });
@@ -510,7 +528,8 @@ impl MeshSnapshot {
                     match cached {
                         Some(g) => g,
                         None => {
-                            let g = Arc::new(gateway::build(self, labels));
+                            let g =
+                                Arc::new(gateway::build(self, &proxy.identity.namespace, labels));
                             self.gateways
                                 .lock()
                                 .expect("gateway cache")
@@ -519,7 +538,10 @@ impl MeshSnapshot {
                         }
                     }
                 };
-                out.insert(CLUSTER, self.clusters.clone());
+                let mut clusters = self.clusters.clone();
+                self.patches
+                    .patch_cluster_layer(&mut clusters, &proxy.identity.namespace, true);
+                out.insert(CLUSTER, clusters);
                 out.insert(ENDPOINT, self.endpoints.clone());
                 out.insert(LISTENER, gw.listeners.clone());
                 out.insert(ROUTE, gw.routes.clone());
