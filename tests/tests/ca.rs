@@ -481,3 +481,71 @@ fn root_rotation_under_load_with_zero_failures_and_a_restart_midway() {
     assert_eq!(trusted_roots(&t.mesh), new_root);
     assert_eq!(rotation_status(&t.mesh)["state"], "idle");
 }
+
+/// A stock Envoy fetching its whole config (and its certificate) over the TLS port, checking
+/// meshd's serving certificate against the mesh root.
+#[test]
+fn stock_envoy_syncs_over_the_tls_port() {
+    let mesh = Mesh::start(MeshOptions::named("xdstls").config("mesh.yaml", MESH)).unwrap();
+    mesh.set_hosts(&[(SERVER_HOST, SERVER_VIP.parse().unwrap())])
+        .unwrap();
+    let opts = SidecarOptions {
+        wait_ready: false,
+        ..SidecarOptions::default()
+    };
+    let server = mesh
+        .add_sidecar_pod_with("server.demo", ip(3), 8080, opts)
+        .unwrap();
+    mesh.stop_envoy("server").unwrap();
+    // The bootstrap `meshd bootstrap` wrote, pointed at 15012 with TLS.
+    let root = mesh.state_dir().join("root-cert.pem");
+    let mut b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&server.bootstrap).unwrap()).unwrap();
+    let xds = b["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == "xds-grpc")
+        .unwrap();
+    xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        ["port_value"] = 15012.into();
+    xds["transport_socket"] = serde_json::json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "meshd.meshd-system.svc",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "validation_context": {
+                    "trusted_ca": {"filename": root.to_string_lossy()},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": "meshd.meshd-system.svc"}}
+                    ]
+                }
+            }
+        }
+    });
+    std::fs::write(&server.bootstrap, b.to_string()).unwrap();
+    mesh.restart_envoy("server").unwrap();
+
+    let client = mesh.add_sidecar_pod("client.demo", ip(2), 8080).unwrap();
+    let url = format!("http://{SERVER_HOST}:8080/over-tls-xds");
+    wait_for(
+        Duration::from_secs(20),
+        "a request to the TLS-synced server",
+        || matches!(client.get(&url), Ok((200, _))),
+    )
+    .unwrap();
+    assert!(stat(&server, "cluster.xds-grpc.ssl.handshake") >= 1);
+    assert_eq!(stat(&server, "cluster.xds-grpc.ssl.fail_verify_san"), 0);
+    assert!(stat(&server, "sds.default.update_success") >= 1);
+    let syncz = mesh.admin_json("/debug/syncz").unwrap();
+    assert!(
+        syncz
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["proxy_id"].as_str().unwrap().contains("~server.demo~")),
+        "{syncz}"
+    );
+}

@@ -18,6 +18,7 @@
 //! (the control plane) moves to the next phase only once every proxy holds the current one.
 
 mod credential;
+pub mod istio_api;
 mod keys;
 mod spiffe;
 mod storage;
@@ -239,8 +240,8 @@ struct RotationMarker {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    Workload,
-    Server,
+    Workload = 0,
+    Server = 1,
 }
 
 impl Kind {
@@ -314,6 +315,8 @@ pub struct CertificateAuthority {
     /// Serialises root-rotation steps (each writes several files).
     rotation_lock: Mutex<()>,
     registry: Mutex<Registry>,
+    /// Certificates signed, by [`Kind`] (workload, server).
+    issued_total: [std::sync::atomic::AtomicU64; 2],
     cred_key: ring::hmac::Key,
     rng: SystemRandom,
 }
@@ -838,6 +841,7 @@ impl CertificateAuthority {
             storage,
             rotation_lock: Mutex::new(()),
             registry: Mutex::new(Registry::default()),
+            issued_total: Default::default(),
             cred_key,
             rng,
         })
@@ -933,6 +937,7 @@ impl CertificateAuthority {
                 source: e,
             })?;
         let serial_hex = hex::encode(serial);
+        self.issued_total[kind as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
             if reg.next_prune.is_none_or(|t| now >= t) {
@@ -1126,6 +1131,16 @@ impl CertificateAuthority {
             return true;
         };
         remaining < self.rotation_window_for(cert)
+    }
+
+    /// Certificates signed since start, by kind: `[("workload", n), ("server", m)]`
+    /// (workload includes CSR-signed ones).
+    pub fn issued_totals(&self) -> [(&'static str, u64); 2] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            (Kind::Workload.as_str(), self.issued_total[0].load(Relaxed)),
+            (Kind::Server.as_str(), self.issued_total[1].load(Relaxed)),
+        ]
     }
 
     /// The root rotation in progress, if any.

@@ -27,6 +27,8 @@ pub struct AdminState {
     pub snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     pub started: Instant,
     pub root_rotation: Arc<crate::root_rotation::RootRotator>,
+    pub ca_metrics: Arc<crate::ca_service::CaMetrics>,
+    pub cert_monitor: Arc<crate::ca_service::CertMonitor>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -146,6 +148,58 @@ async fn rotate_root(State(s): State<AdminState>, Query(q): Query<RotateQuery>) 
 
 async fn rotation_status(State(s): State<AdminState>) -> Json<Value> {
     Json(json!(s.root_rotation.status()))
+}
+
+/// The CA's counters and expiry gauges.
+fn ca_metrics(s: &AdminState, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP meshd_certs_issued_total Certificates the mesh CA signed (workload: for proxies over SDS and CreateCertificate; server: meshd's own TLS).\n# TYPE meshd_certs_issued_total counter"
+    );
+    for (kind, n) in s.ca.issued_totals() {
+        let _ = writeln!(out, "meshd_certs_issued_total{{kind=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshd_csr_signed_total CreateCertificate requests answered with a certificate.\n# TYPE meshd_csr_signed_total counter\nmeshd_csr_signed_total {}",
+        s.ca_metrics.csr_signed.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meshd_csr_rejected_total CreateCertificate requests refused, by reason.\n# TYPE meshd_csr_rejected_total counter"
+    );
+    let rejected = s.ca_metrics.rejected_by_reason();
+    for reason in [
+        "unauthenticated",
+        "malformed",
+        "bad_signature",
+        "weak_key",
+        "unsupported_key",
+        "ttl_too_long",
+        "ttl_invalid",
+        "impersonation",
+        "identity",
+        "signer_unavailable",
+    ] {
+        let n = rejected.get(reason).copied().unwrap_or(0);
+        let _ = writeln!(out, "meshd_csr_rejected_total{{reason=\"{reason}\"}} {n}");
+    }
+    let expiring = s.cert_monitor.expiring(std::time::SystemTime::now());
+    let _ = writeln!(
+        out,
+        "# HELP meshd_certs_expiring_soon Served certificates with under 7 days left that nothing will replace in time (CA certificates; leaves past their rotation point).\n# TYPE meshd_certs_expiring_soon gauge"
+    );
+    for kind in ["root", "intermediate", "workload", "server"] {
+        let n = expiring.iter().filter(|e| e.kind == kind).count();
+        let _ = writeln!(out, "meshd_certs_expiring_soon{{kind=\"{kind}\"}} {n}");
+    }
+    let min_left = expiring.iter().map(|e| e.seconds_left).min();
+    if let Some(min_left) = min_left {
+        let _ = writeln!(
+            out,
+            "# HELP meshd_cert_expiring_min_seconds_left Least life left among the certificates counted by meshd_certs_expiring_soon.\n# TYPE meshd_cert_expiring_min_seconds_left gauge\nmeshd_cert_expiring_min_seconds_left {min_left}"
+        );
+    }
 }
 
 async fn registryz(State(s): State<AdminState>) -> Json<Value> {
@@ -320,5 +374,6 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             );
         }
     }
+    ca_metrics(&s, &mut out);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -28,6 +28,10 @@ pub struct Config {
     pub root_cert_ttl: Duration,
     pub bind: IpAddr,
     pub xds_port: u16,
+    /// xDS and Istio's CA API over TLS (15012).
+    pub xds_tls_port: u16,
+    /// SANs of the TLS port's serving certificate (DNS names, IP addresses).
+    pub xds_tls_names: Vec<String>,
     pub admin_port: u16,
     pub debounce: Duration,
     /// How long open xDS streams get to finish on shutdown before they are cut.
@@ -52,6 +56,8 @@ impl Config {
 
 pub struct App {
     pub xds_addr: SocketAddr,
+    /// The TLS port: ADS and `istio.v1.auth.IstioCertificateService`.
+    pub xds_tls_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub started: Instant,
     shutdown: watch::Sender<bool>,
@@ -115,6 +121,23 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         metrics.clone(),
         ServerOptions::default(),
     );
+    let ads_service = ads.into_service();
+    let ads_tls_service = ads_service.clone();
+    let ca_metrics = Arc::new(crate::ca_service::CaMetrics::default());
+    let ca_service = crate::ca_service::CaService::new(
+        ca.clone(),
+        CredentialAuth { ca: ca.clone() },
+        ca_metrics.clone(),
+    );
+    let serving_cert =
+        crate::ca_service::ServingCert::new(ca.clone(), config.xds_tls_names.clone())
+            .context("issuing the TLS port's serving certificate")?;
+    let cert_monitor = Arc::new(crate::ca_service::CertMonitor {
+        ca: ca.clone(),
+        secrets: secrets.clone(),
+        registry: registry.clone(),
+        serving: serving_cert.clone(),
+    });
 
     let xds_listener = TcpListener::bind((config.bind, config.xds_port))
         .await
@@ -123,6 +146,15 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         .await
         .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
     let xds_addr = xds_listener.local_addr()?;
+    let xds_tls_listener = TcpListener::bind((config.bind, config.xds_tls_port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding xDS/CA over TLS on {}:{}",
+                config.bind, config.xds_tls_port
+            )
+        })?;
+    let xds_tls_addr = xds_tls_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -148,7 +180,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(ads.into_service())
+            .add_service(ads_service.clone())
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
                 async move {
@@ -158,6 +190,26 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             .await
             .context("xDS server")
     });
+    let tls = serving_cert.server_config()?;
+    let incoming = crate::ca_service::tls_incoming(xds_tls_listener, tls, shutdown_rx.clone());
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads_tls_service)
+            .add_service(ca_service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("xDS/CA TLS server")
+    });
+    let stop = shutdown_rx.clone();
+    let monitor = cert_monitor.clone();
+    tasks.spawn(async move {
+        monitor.run(Duration::from_secs(60), stop).await;
+        Ok(())
+    });
     let state = AdminState {
         ready: ready.clone(),
         registry,
@@ -166,6 +218,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         snapshots: snapshot_rx,
         started,
         root_rotation: root_rotation.clone(),
+        ca_metrics,
+        cert_monitor,
     };
     let mut stop = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -184,12 +238,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
         xds = %xds_addr,
+        xds_tls = %xds_tls_addr,
         admin = %admin_addr,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "meshd ready"
     );
     Ok(App {
         xds_addr,
+        xds_tls_addr,
         admin_addr,
         started,
         shutdown,

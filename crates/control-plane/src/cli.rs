@@ -88,6 +88,9 @@ pub struct ServeArgs {
     pub xds_port: u16,
     #[arg(long, env = "MESHD_XDS_TLS_PORT", default_value_t = 15012)]
     pub xds_tls_port: u16,
+    /// Extra names (DNS or IP) for the TLS port's certificate, e.g. a load balancer's.
+    #[arg(long, env = "MESHD_XDS_TLS_SANS", value_delimiter = ',')]
+    pub xds_tls_san: Vec<String>,
     #[arg(long, env = "MESHD_ADMIN_PORT", default_value_t = 15014)]
     pub admin_port: u16,
     #[arg(long, env = "MESHD_WEBHOOK_PORT", default_value_t = 15017)]
@@ -105,12 +108,36 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// SANs of the TLS port: `<service>.<namespace>.svc[.cluster.local]` (`MESHD_SERVICE_NAME`,
+    /// default `meshd`; `MESHD_NAMESPACE`, default `meshd-system`), localhost, the bind
+    /// address, and `--xds-tls-san`.
+    fn xds_tls_names(&self, bind: IpAddr) -> Vec<String> {
+        let env = |k: &str, d: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| d.to_string())
+        };
+        let mut names = crate::ca_service::serving_names(
+            bind,
+            &env("MESHD_SERVICE_NAME", "meshd"),
+            &env("MESHD_NAMESPACE", "meshd-system"),
+        );
+        for n in &self.xds_tls_san {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        names
+    }
+
     pub fn to_config(&self) -> anyhow::Result<Config> {
         if self.registry == "kubernetes" {
             return Err(anyhow!(
                 "--registry kubernetes is not available in this build yet; use --registry file"
             ));
         }
+        let bind = self.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
         Ok(Config {
             config_dir: self.config_dir.clone(),
             state_dir: self.state_dir.clone(),
@@ -118,8 +145,10 @@ impl ServeArgs {
             workload_cert_ttl: self.workload_cert_ttl,
             cert_rotation_window: self.cert_rotation_window,
             root_cert_ttl: self.root_cert_ttl,
-            bind: self.bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            bind,
             xds_port: self.xds_port,
+            xds_tls_port: self.xds_tls_port,
+            xds_tls_names: self.xds_tls_names(bind),
             admin_port: self.admin_port,
             debounce: Duration::from_millis(self.debounce_ms),
             drain_deadline: Duration::from_secs(5),

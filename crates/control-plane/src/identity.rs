@@ -108,6 +108,14 @@ impl CaSecrets {
         r
     }
 
+    /// The certificate each proxy was last given, by proxy id.
+    pub fn served(&self) -> Vec<(String, IssuedCert)> {
+        self.issued
+            .iter()
+            .map(|e| (e.key().clone(), e.value().cert.clone()))
+            .collect()
+    }
+
     /// The version of the `default` secret last built for `proxy_id`, and the serial of the CA
     /// certificate that signed it.
     pub fn workload_secret(&self, proxy_id: &str) -> Option<(String, String)> {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod analyze;
 pub mod app;
 pub mod bootstrap;
+pub mod ca_service;
 pub mod cli;
 pub mod demo;
 pub mod identity;

@@ -23,6 +23,8 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         root_cert_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
         bind: [127, 0, 0, 1].into(),
         xds_port: 0,
+        xds_tls_port: 0,
+        xds_tls_names: vec!["localhost".into(), "127.0.0.1".into()],
         admin_port: 0,
         debounce: Duration::from_millis(20),
         drain_deadline: Duration::from_secs(2),
