@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// before it moves to its next phase.
     #[arg(long, env = "MESHD_ROOT_ROTATION_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub root_rotation_grace: Duration,
+    /// Zipkin-compatible collector (HOST:PORT, e.g. a Jaeger or Zipkin `:9411`): every proxy
+    /// traces each HTTP request (100 % sampling) and reports spans there (`/api/v2/spans`).
+    #[arg(long, env = "MESHD_ZIPKIN_ADDRESS")]
+    pub zipkin_address: Option<String>,
     /// JSON access logs on each proxy's stdout.
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
@@ -156,6 +160,7 @@ impl ServeArgs {
             generator: GenOptions {
                 trust_domain: self.trust_domain.clone(),
                 access_log: self.access_log,
+                zipkin_cluster: self.zipkin_address.clone(),
                 ..GenOptions::default()
             },
         })

@@ -28,6 +28,8 @@ use std::time::Duration;
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
+/// The tracing collector's cluster (`--zipkin-address`).
+pub const ZIPKIN: &str = "zipkin";
 const TLS_MODE_KEY: &str = "tlsMode";
 
 pub fn outbound_name(port: u32, subset: &str, host: &str) -> String {
@@ -571,6 +573,40 @@ pub fn passthrough() -> Cluster {
         lb_policy: cluster::LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(duration(Duration::from_secs(10))),
         circuit_breakers: Some(circuit_breakers(None)),
+        ..Default::default()
+    }
+}
+
+/// The Zipkin collector at `address` (HOST:PORT; a name resolves by DNS).
+pub fn zipkin(address: &str) -> Cluster {
+    let (host, port) = address
+        .rsplit_once(':')
+        .map(|(h, p)| (h, p.parse().unwrap_or(9411)))
+        .unwrap_or((address, 9411));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
+        cluster::DiscoveryType::Static
+    } else {
+        cluster::DiscoveryType::StrictDns
+    };
+    Cluster {
+        name: ZIPKIN.into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
+        connect_timeout: Some(duration(Duration::from_secs(1))),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: ZIPKIN.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+                        address: Some(socket_address(host, port)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

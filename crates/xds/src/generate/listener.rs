@@ -109,9 +109,9 @@ fn stdout_access_log() -> AccessLog {
 
 fn tracing(opts: &GenOptions) -> Option<http_connection_manager::Tracing> {
     use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing, zipkin_config};
-    let collector = opts.zipkin_cluster.as_ref()?;
+    opts.zipkin_cluster.as_ref()?;
     let zipkin = ZipkinConfig {
-        collector_cluster: collector.clone(),
+        collector_cluster: super::cluster::ZIPKIN.into(),
         collector_endpoint: "/api/v2/spans".into(),
         collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
         shared_span_context: boolv(false),

@@ -30,7 +30,8 @@ pub struct GenOptions {
     pub domain_suffix: String,
     /// Istio's root namespace: mesh-wide PeerAuthentication and Sidecar live here.
     pub root_namespace: String,
-    /// Cluster name of a Zipkin-compatible collector (defined in the bootstrap); no tracing when unset.
+    /// Address (HOST:PORT) of a Zipkin-compatible collector: every proxy gets a `zipkin`
+    /// cluster to it (CDS) and traces HTTP requests at `trace_sampling` %; no tracing when unset.
     pub zipkin_cluster: Option<String>,
     pub trace_sampling: f64,
     pub access_log: bool,
@@ -256,7 +257,11 @@ impl MeshSnapshot {
                 }
             }
         }
-        for c in [cluster::passthrough(), cluster::blackhole()] {
+        let zipkin = opts.zipkin_cluster.as_deref().map(cluster::zipkin);
+        for c in [cluster::passthrough(), cluster::blackhole()]
+            .into_iter()
+            .chain(zipkin)
+        {
             clusters.insert(c.name.clone(), Resource::encode(c.name.clone(), &c));
         }
         MeshSnapshot {
@@ -332,7 +337,10 @@ impl MeshSnapshot {
                 }
             }
         }
-        for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE] {
+        for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE, cluster::ZIPKIN]
+            .into_iter()
+            .filter(|n| self.clusters.contains_key(*n))
+        {
             clusters.insert(name.to_string(), self.clusters[name].clone());
         }
         self.patches
