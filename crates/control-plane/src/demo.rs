@@ -1,15 +1,727 @@
 //! `meshd demo`: the VoiceCore mesh on this machine.
+//!
+//! The control plane (`meshd serve` with the embedded VoiceCore config) runs in the node network
+//! namespace of a [`LocalMesh`]; every WorkloadEntry of that config becomes a pod: each service
+//! workload a `meshd workload` app behind a stock Envoy sidecar with the capture rules, the
+//! ingress gateway a stock Envoy in router mode. Two small forwarders make the gateway and the
+//! admin API reachable on the machine's loopback (their upstream sockets are created inside the
+//! target namespaces, so nothing is routed into the machine's own namespace). Ctrl-C or SIGTERM
+//! stops every child and removes every namespace.
 
+use crate::localmesh::{self, LocalMesh, LocalMeshOptions, SidecarOptions};
+use crate::podnet;
+use crate::source::FileSource;
+use anyhow::{Context, anyhow, bail};
 use clap::Args;
+use meshd_model::MeshConfig;
+use meshd_model::registry::selector_matches;
+use std::io::{IsTerminal, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Where the demo keeps its CA state.
     #[arg(long, default_value = "./.meshd-demo")]
-    pub state_dir: std::path::PathBuf,
+    pub state_dir: PathBuf,
+    /// Port on 127.0.0.1 forwarded to the ingress gateway.
+    #[arg(long, default_value_t = 8080)]
+    pub gateway_port: u16,
+    /// Port on 127.0.0.1 forwarded to the control plane's admin API.
+    #[arg(long, default_value_t = 15014)]
+    pub admin_port: u16,
+    /// Prefix of the network namespaces the demo creates (`<prefix>-node`, `<prefix>-<pod>`).
+    #[arg(long, default_value = "meshd-demo")]
+    pub netns_prefix: String,
+    /// How long to wait for the control plane and each Envoy to become ready.
+    #[arg(long, default_value = "60s", value_parser = |s: &str| meshd_model::duration::parse(s))]
+    pub ready_timeout: Duration,
 }
 
-pub fn run(_args: DemoArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("meshd demo is being assembled; run `meshd serve` for now")
+/// A service workload of the demo: one sidecar pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePod {
+    /// `name.namespace` of the WorkloadEntry.
+    pub workload: String,
+    pub address: Ipv4Addr,
+    /// The service's short name, which the app answers with.
+    pub service: String,
+    /// The service's host (FQDN).
+    pub host: String,
+    /// The port the app listens on (the service's port on this endpoint).
+    pub port: u16,
+}
+
+/// A gateway workload of the demo: one Envoy pod in router mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayPod {
+    pub workload: String,
+    pub address: Ipv4Addr,
+    /// The port its Gateway servers listen on.
+    pub port: u16,
+}
+
+/// A path the ingress gateway routes, and where to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayRoute {
+    pub prefix: String,
+    pub host: String,
+}
+
+/// What the demo starts, read from the mesh config.
+#[derive(Clone, Debug, Default)]
+pub struct DemoPlan {
+    pub services: Vec<ServicePod>,
+    pub gateways: Vec<GatewayPod>,
+    /// Service names (FQDN, `name.namespace`, `name`) → VIP, for every pod's /etc/hosts.
+    pub hosts: Vec<(String, Ipv4Addr)>,
+    pub routes: Vec<GatewayRoute>,
+}
+
+fn is_gateway(labels: &meshd_model::networking::Labels) -> bool {
+    labels.get("istio").is_some_and(|v| v.ends_with("gateway"))
+}
+
+impl DemoPlan {
+    /// One pod per WorkloadEntry: gateways (label `istio: ...gateway`) listen on the first
+    /// port of a Gateway selecting them; every other workload runs its service's app on the
+    /// service's port.
+    pub fn from_mesh(mesh: &MeshConfig) -> anyhow::Result<DemoPlan> {
+        let mut plan = DemoPlan::default();
+        for w in &mesh.workloads {
+            let address: Ipv4Addr = w.address.parse().map_err(|_| {
+                anyhow!(
+                    "WorkloadEntry {}: address {:?} is not IPv4",
+                    w.id(),
+                    w.address
+                )
+            })?;
+            if is_gateway(&w.labels) {
+                let port = mesh
+                    .gateways()
+                    .filter(|(_, g)| {
+                        !g.selector.is_empty() && selector_matches(&g.selector, &w.labels)
+                    })
+                    .flat_map(|(_, g)| g.servers.iter())
+                    .map(|s| s.port.target_port.unwrap_or(s.port.number))
+                    .next()
+                    .with_context(|| format!("no Gateway selects gateway workload {}", w.id()))?;
+                plan.gateways.push(GatewayPod {
+                    workload: w.id(),
+                    address,
+                    port: u16::try_from(port).context("gateway port")?,
+                });
+                continue;
+            }
+            let found = mesh.services.iter().find_map(|s| {
+                let e = s.endpoints.iter().find(|e| {
+                    e.workload.as_deref() == Some(w.name.as_str()) && e.namespace == w.namespace
+                })?;
+                let port = s.ports.first()?;
+                Some((s, e.port_for(port)))
+            });
+            let Some((svc, port)) = found else {
+                tracing::warn!(workload = %w.id(), "no service selects this workload; no pod for it");
+                continue;
+            };
+            plan.services.push(ServicePod {
+                workload: w.id(),
+                address,
+                service: svc.hostname.split('.').next().unwrap_or("").to_string(),
+                host: svc.hostname.clone(),
+                port: u16::try_from(port).context("service port")?,
+            });
+        }
+        plan.services.sort_by_key(|s| s.address);
+        plan.gateways.sort_by_key(|g| g.address);
+        for s in &mesh.services {
+            let Some(vip) = s.addresses.iter().find_map(|a| a.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
+            plan.hosts.push((s.hostname.clone(), vip));
+            let suffix = format!(".{}.svc.cluster.local", s.namespace);
+            if let Some(short) = s.hostname.strip_suffix(&suffix) {
+                plan.hosts.push((format!("{short}.{}", s.namespace), vip));
+                plan.hosts.push((short.to_string(), vip));
+            }
+        }
+        for (_, vs) in mesh.virtual_services() {
+            if vs.gateways.is_empty() || vs.gateways.iter().all(|g| g == "mesh") {
+                continue;
+            }
+            for r in &vs.http {
+                let Some(dest) = r.route.first() else {
+                    continue;
+                };
+                for m in &r.matches {
+                    if let Some(prefix) = m.uri.as_ref().and_then(|u| u.prefix.clone()) {
+                        plan.routes.push(GatewayRoute {
+                            prefix,
+                            host: dest.destination.host.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// How many proxies the demo runs.
+    pub fn proxies(&self) -> usize {
+        self.services.len() + self.gateways.len()
+    }
+}
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(name)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Everything the demo needs from the machine, checked before anything is started.
+fn preflight() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "meshd".into());
+        missing.push(format!(
+            "root: the demo creates network namespaces, veth pairs, a bridge and iptables rules \
+             (run it as root, e.g. `sudo {exe} demo`)"
+        ));
+    }
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+        ("iptables-restore", "iptables"),
+        ("setpriv", "util-linux"),
+    ] {
+        if !on_path(tool) {
+            missing.push(format!("`{tool}` on PATH (package {package}): not found"));
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "meshd demo runs each workload in its own network namespace and needs:\n  - {}\nNothing was started.",
+            missing.join("\n  - ")
+        );
+    }
+    Ok(())
+}
+
+fn bind_loopback(port: u16, flag: &str, what: &str) -> anyhow::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).with_context(|| {
+        format!("cannot listen on 127.0.0.1:{port} for {what} (in use? pick another with {flag})")
+    })?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    preflight()?;
+    let mesh_config = FileSource::new(None).reload();
+    let plan = DemoPlan::from_mesh(&mesh_config)?;
+    if plan.gateways.is_empty() {
+        bail!("the embedded mesh has no gateway workload");
+    }
+    if let Some(pid) = podnet::live_owner(&args.netns_prefix)
+        && pid != std::process::id()
+    {
+        bail!(
+            "another meshd demo (pid {pid}) owns the namespaces {}-*; stop it first, or pass a \
+             different --netns-prefix",
+            args.netns_prefix
+        );
+    }
+    // Reserve the loopback ports before anything is created.
+    let gateway_listener = bind_loopback(args.gateway_port, "--gateway-port", "the gateway")?;
+    let admin_listener = bind_loopback(args.admin_port, "--admin-port", "the admin API")?;
+
+    let envoy = podnet::ensure_envoy()?;
+    let meshd = std::env::current_exe().context("locating the meshd executable")?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    let state_dir = args.state_dir.canonicalize()?;
+    let work_dir = std::env::temp_dir().join(format!("meshd-demo-{}", args.netns_prefix));
+    let _ = std::fs::remove_dir_all(&work_dir);
+    let mut opts = LocalMeshOptions::new(
+        &args.netns_prefix,
+        meshd.clone(),
+        envoy.clone(),
+        work_dir.clone(),
+        state_dir.clone(),
+    );
+    opts.ready_timeout = args.ready_timeout;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = rt.block_on(run_async(
+        &args,
+        opts,
+        plan,
+        gateway_listener,
+        admin_listener,
+    ));
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&work_dir);
+    result
+}
+
+async fn run_async(
+    args: &DemoArgs,
+    opts: LocalMeshOptions,
+    plan: DemoPlan,
+    gateway_listener: std::net::TcpListener,
+    admin_listener: std::net::TcpListener,
+) -> anyhow::Result<ExitCode> {
+    // From here on SIGINT/SIGTERM are ours: every path below stops what it started.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    println!(
+        "meshd demo: control plane, {} services behind Envoy sidecars, {} gateway(s) (Envoy {}, state in {})",
+        plan.services.len(),
+        plan.gateways.len(),
+        opts.envoy_bin.display(),
+        opts.state_dir.display()
+    );
+    let mesh = Arc::new(tokio::task::spawn_blocking(move || LocalMesh::create(opts)).await??);
+
+    let gw = &plan.gateways[0];
+    let gw_pod_name = gw.workload.split('.').next().unwrap_or("");
+    let gw_netns = format!("{}-{gw_pod_name}", mesh.network().prefix());
+    let gw_target = SocketAddr::from((gw.address, gw.port));
+    let admin_target = SocketAddr::from((mesh.gateway(), localmesh::ADMIN_PORT));
+    let forwarders = [
+        tokio::spawn(localmesh::forward_into_netns(
+            tokio::net::TcpListener::from_std(gateway_listener)?,
+            gw_netns,
+            gw_target,
+        )),
+        tokio::spawn(localmesh::forward_into_netns(
+            tokio::net::TcpListener::from_std(admin_listener)?,
+            mesh.node().netns,
+            admin_target,
+        )),
+    ];
+
+    let setup = {
+        let mesh = mesh.clone();
+        let plan = plan.clone();
+        tokio::task::spawn_blocking(move || setup(&mesh, &plan))
+    };
+    tokio::pin!(setup);
+    let outcome = tokio::select! {
+        r = &mut setup => Some(r),
+        _ = sigint.recv() => None,
+        _ = sigterm.recv() => None,
+    };
+    let code = match outcome {
+        None => {
+            println!("\nmeshd demo: interrupted during start-up; stopping everything");
+            mesh.cancel();
+            let _ = setup.await;
+            ExitCode::SUCCESS
+        }
+        Some(Ok(Ok(checks))) => {
+            print_summary(args, &plan, &mesh, &gw_target, &admin_target, &checks);
+            watch(args, &plan, &mesh, &mut sigint, &mut sigterm).await
+        }
+        Some(Ok(Err(e))) => {
+            eprintln!("meshd demo: start-up failed: {e:#}");
+            ExitCode::FAILURE
+        }
+        Some(Err(e)) => {
+            eprintln!("meshd demo: start-up panicked: {e}");
+            ExitCode::FAILURE
+        }
+    };
+
+    for f in &forwarders {
+        f.abort();
+    }
+    println!("meshd demo: stopping Envoys, apps and the control plane; removing the namespaces");
+    let prefix = mesh.network().prefix().to_string();
+    tokio::task::spawn_blocking(move || {
+        mesh.shutdown();
+        drop(mesh);
+    })
+    .await?;
+    let left: Vec<String> = podnet::list_netns()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .collect();
+    if left.is_empty() {
+        println!("meshd demo: stopped; no namespaces left");
+    } else {
+        eprintln!("meshd demo: namespaces left behind: {}", left.join(", "));
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(code)
+}
+
+/// One request through the gateway, made at start-up to show the demo really works.
+struct Check {
+    prefix: String,
+    status: Option<u16>,
+    detail: String,
+}
+
+/// Start the control plane and every pod; wait until each Envoy is ready and each gateway
+/// route answers.
+fn setup(mesh: &LocalMesh, plan: &DemoPlan) -> anyhow::Result<Vec<Check>> {
+    println!(
+        "  control plane: meshd serve --bind {} (xDS :{}, admin :{}) in netns {}",
+        mesh.gateway(),
+        localmesh::XDS_PORT,
+        localmesh::ADMIN_PORT,
+        mesh.node().netns
+    );
+    mesh.start_control_plane()?;
+    mesh.set_hosts(&plan.hosts)?;
+    let no_wait = SidecarOptions {
+        wait_ready: false,
+        ..SidecarOptions::default()
+    };
+    for s in &plan.services {
+        let pod =
+            mesh.add_service_pod_with(&s.workload, s.address, &s.service, s.port, no_wait.clone())?;
+        if mesh.is_cancelled() {
+            bail!("cancelled");
+        }
+        println!(
+            "  pod {:<22} {:<12} {} on :{} behind Envoy (uid {})",
+            pod.name,
+            s.address.to_string(),
+            s.service,
+            s.port,
+            localmesh::PROXY_UID
+        );
+    }
+    for g in &plan.gateways {
+        let pod = mesh.add_gateway_pod_with(&g.workload, g.address, no_wait.clone())?;
+        println!(
+            "  pod {:<22} {:<12} ingress gateway Envoy on :{}",
+            pod.name,
+            g.address.to_string(),
+            g.port
+        );
+    }
+    for pod in mesh.sidecars() {
+        mesh.wait_envoy_ready(&pod)?;
+    }
+    // Every gateway route, from the node namespace straight to the gateway pod.
+    let gw = &plan.gateways[0];
+    let node = mesh.node();
+    let mut checks = Vec::new();
+    for r in &plan.routes {
+        let url = format!("http://{}:{}{}", gw.address, gw.port, r.prefix);
+        let mut last = (None, String::new());
+        podnet::wait_until(Duration::from_secs(15), || {
+            if mesh.is_cancelled() {
+                return true;
+            }
+            last = match node.get(&url) {
+                Ok((s, body)) => (Some(s), body),
+                Err(e) => (None, format!("{e:#}")),
+            };
+            last.0 == Some(200)
+        });
+        if mesh.is_cancelled() {
+            bail!("cancelled");
+        }
+        let detail = match (&last.0, serde_json::from_str::<serde_json::Value>(&last.1)) {
+            (Some(200), Ok(v)) => format!(
+                "{} (caller {})",
+                v["service"].as_str().unwrap_or("?"),
+                v["caller"].as_str().unwrap_or("none")
+            ),
+            _ => last.1.chars().take(200).collect(),
+        };
+        checks.push(Check {
+            prefix: r.prefix.clone(),
+            status: last.0,
+            detail,
+        });
+    }
+    Ok(checks)
+}
+
+fn print_summary(
+    args: &DemoArgs,
+    plan: &DemoPlan,
+    mesh: &LocalMesh,
+    gw_target: &SocketAddr,
+    admin_target: &SocketAddr,
+    checks: &[Check],
+) {
+    let gw = format!("http://127.0.0.1:{}", args.gateway_port);
+    let admin = format!("http://127.0.0.1:{}", args.admin_port);
+    let mut out = String::new();
+    out += &format!(
+        "\nmeshd demo is up. Through the ingress gateway (127.0.0.1:{} -> {} in netns {}-{}):\n",
+        args.gateway_port,
+        gw_target,
+        mesh.network().prefix(),
+        plan.gateways[0].workload.split('.').next().unwrap_or("")
+    );
+    for r in &plan.routes {
+        let check = checks.iter().find(|c| c.prefix == r.prefix);
+        let result = match check {
+            Some(Check {
+                status: Some(200),
+                detail,
+                ..
+            }) => format!("200 {detail}"),
+            Some(Check { status, detail, .. }) => format!(
+                "NOT OK ({}): {detail}",
+                status.map_or("no answer".to_string(), |s| format!("HTTP {s}"))
+            ),
+            None => String::new(),
+        };
+        out += &format!("  curl {gw}{:<20} -> {:<48} {result}\n", r.prefix, r.host);
+    }
+    out += &format!(
+        "\nControl plane admin API (127.0.0.1:{} -> {admin_target}):\n",
+        args.admin_port
+    );
+    for path in [
+        "/healthz/ready",
+        "/debug/syncz",
+        "/debug/config_dump?proxy=<proxy_id>",
+        "/debug/certs",
+        "/debug/configz",
+        "/debug/registryz",
+        "/metrics",
+        "/version",
+    ] {
+        out += &format!("  {admin}{path}\n");
+    }
+    if args.admin_port == localmesh::ADMIN_PORT {
+        out += "  meshd proxy-status\n";
+    } else {
+        out += &format!("  meshd proxy-status --admin {admin}\n");
+    }
+    out += &format!(
+        "\nInside the mesh: ip netns exec {}-<pod> curl http://billing-service:8007/  (pods: {})\n",
+        mesh.network().prefix(),
+        mesh.sidecars()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    out += &format!(
+        "Logs: {} (removed on exit unless MESHD_KEEP_LOGS=1)\n",
+        mesh.network().log_dir().display()
+    );
+    out += "Ctrl-C stops everything.\n";
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+/// Connected and fully synced proxies, from `/debug/syncz`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncSummary {
+    pub connected: usize,
+    pub synced: usize,
+    pub nacked: usize,
+}
+
+impl SyncSummary {
+    /// A proxy is synced when every type it was sent is SYNCED.
+    pub fn from_syncz(syncz: &serde_json::Value) -> SyncSummary {
+        let mut s = SyncSummary::default();
+        for p in syncz.as_array().into_iter().flatten() {
+            s.connected += 1;
+            let statuses: Vec<&str> = p["types"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, t)| t["status"].as_str().unwrap_or(""))
+                .collect();
+            if !statuses.is_empty() && statuses.iter().all(|st| *st == "SYNCED") {
+                s.synced += 1;
+            }
+            if statuses.contains(&"NACKED") {
+                s.nacked += 1;
+            }
+        }
+        s
+    }
+
+    pub fn line(&self, expected: usize) -> String {
+        let mut line = format!(
+            "{}/{expected} proxies connected, {} synced",
+            self.connected, self.synced
+        );
+        if self.nacked > 0 {
+            line += &format!(", {} NACKED", self.nacked);
+        }
+        line
+    }
+}
+
+/// Print the status line every 2 s until a signal (exit 0) or the control plane dies (exit 1).
+async fn watch(
+    args: &DemoArgs,
+    plan: &DemoPlan,
+    mesh: &Arc<LocalMesh>,
+    sigint: &mut tokio::signal::unix::Signal,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> ExitCode {
+    let url = format!("http://127.0.0.1:{}/debug/syncz", args.admin_port);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    let tty = std::io::stdout().is_terminal();
+    let mut last_line = String::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut reported_exits: Vec<String> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {}
+        }
+        let m = mesh.clone();
+        let (cp_running, exited) =
+            tokio::task::spawn_blocking(move || (m.control_plane_running(), m.exited()))
+                .await
+                .unwrap_or((false, Vec::new()));
+        if !cp_running {
+            eprintln!(
+                "\nmeshd demo: the control plane exited; its log:\n{}",
+                localmesh::tail(&mesh.control_plane_log(), 40)
+            );
+            return ExitCode::FAILURE;
+        }
+        for e in exited {
+            if !reported_exits.contains(&e) {
+                eprintln!("\nmeshd demo: {e} exited");
+                reported_exits.push(e);
+            }
+        }
+        let line = match fetch_syncz(&client, &url).await {
+            Ok(v) => SyncSummary::from_syncz(&v).line(plan.proxies()),
+            Err(e) => format!("admin API not answering: {e:#}"),
+        };
+        let stamp = time::OffsetDateTime::now_utc();
+        if tty {
+            print!(
+                "\r\x1b[2K[{:02}:{:02}:{:02}] {line}",
+                stamp.hour(),
+                stamp.minute(),
+                stamp.second()
+            );
+            let _ = std::io::stdout().flush();
+        } else if line != last_line {
+            println!(
+                "[{:02}:{:02}:{:02}] {line}",
+                stamp.hour(),
+                stamp.minute(),
+                stamp.second()
+            );
+        }
+        last_line = line;
+    }
+    if tty {
+        println!();
+    }
+    ExitCode::SUCCESS
+}
+
+async fn fetch_syncz(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+    let resp = client.get(url).send().await?;
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("{url}: {status}");
+    }
+    Ok(resp.json().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_of_the_embedded_mesh() {
+        let mesh = FileSource::new(None).reload();
+        let plan = DemoPlan::from_mesh(&mesh).unwrap();
+        assert_eq!(plan.services.len(), 8, "{plan:?}");
+        for (i, s) in plan.services.iter().enumerate() {
+            assert_eq!(s.address, Ipv4Addr::new(10, 44, 0, 10 + i as u8), "{s:?}");
+            assert_eq!(s.port, 8000 + i as u16, "{s:?}");
+            assert_eq!(s.workload, format!("{}-v1.voicecore-ai", s.service));
+            assert_eq!(
+                s.host,
+                format!("{}.voicecore-ai.svc.cluster.local", s.service)
+            );
+        }
+        assert!(plan.services.iter().any(|s| s.service == "billing-service"));
+        assert_eq!(
+            plan.gateways,
+            vec![GatewayPod {
+                workload: "ingressgateway.istio-system".into(),
+                address: Ipv4Addr::new(10, 44, 0, 2),
+                port: 8080,
+            }]
+        );
+        assert_eq!(plan.proxies(), 9);
+        assert_eq!(plan.hosts.len(), 24);
+        for name in [
+            "billing-service.voicecore-ai.svc.cluster.local",
+            "billing-service.voicecore-ai",
+            "billing-service",
+        ] {
+            assert!(
+                plan.hosts
+                    .iter()
+                    .any(|(n, ip)| n == name && ip.octets()[..3] == [10, 96, 0]),
+                "{name}: {:?}",
+                plan.hosts
+            );
+        }
+        assert_eq!(plan.routes.len(), 8);
+        for s in &plan.services {
+            assert!(
+                plan.routes
+                    .iter()
+                    .any(|r| r.prefix == format!("/{}/", s.service) && r.host == s.host),
+                "{s:?}: {:?}",
+                plan.routes
+            );
+        }
+    }
+
+    #[test]
+    fn sync_summary_counts_fully_synced_proxies() {
+        let v = serde_json::json!([
+            {"proxy_id": "a", "types": {"c": {"status": "SYNCED"}, "l": {"status": "SYNCED"}}},
+            {"proxy_id": "b", "types": {"c": {"status": "SYNCED"}, "l": {"status": "STALE"}}},
+            {"proxy_id": "c", "types": {"c": {"status": "NACKED"}}},
+            {"proxy_id": "d", "types": {}},
+        ]);
+        let s = SyncSummary::from_syncz(&v);
+        assert_eq!(
+            s,
+            SyncSummary {
+                connected: 4,
+                synced: 1,
+                nacked: 1
+            }
+        );
+        assert_eq!(s.line(9), "4/9 proxies connected, 1 synced, 1 NACKED");
+    }
 }

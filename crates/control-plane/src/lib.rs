@@ -10,6 +10,7 @@ pub mod cli;
 pub mod demo;
 pub mod identity;
 pub mod iptables;
+pub mod localmesh;
 pub mod podnet;
 pub mod root_rotation;
 pub mod source;

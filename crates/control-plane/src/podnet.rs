@@ -127,6 +127,16 @@ pub fn cleanup_stale(prefix: &str) {
     let _ = fs::remove_file(Path::new(MARKER_DIR).join(prefix));
 }
 
+/// The live process that owns network `prefix` (its marker names it), if any.
+pub fn live_owner(prefix: &str) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(Path::new(MARKER_DIR).join(prefix))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
 /// Clean up every network whose owning process has died (see [`PodNetwork::create`]).
 pub fn reap_orphans() {
     let Ok(dir) = fs::read_dir(MARKER_DIR) else {
