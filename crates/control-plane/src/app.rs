@@ -40,6 +40,8 @@ pub struct Config {
     /// judges a phase synced (an empty registry would otherwise look "all ACKed").
     pub root_rotation_grace: Duration,
     pub generator: GenOptions,
+    /// The injection webhook (HTTPS, `POST /inject`); `None` leaves it off.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 impl Config {
@@ -59,6 +61,8 @@ pub struct App {
     /// The TLS port: ADS and `istio.v1.auth.IstioCertificateService`.
     pub xds_tls_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The injection webhook's address, when it runs.
+    pub webhook_addr: Option<SocketAddr>,
     pub started: Instant,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -156,6 +160,22 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         })?;
     let xds_tls_addr = xds_tls_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let webhook = match &config.webhook {
+        Some(w) => {
+            let listener = TcpListener::bind((config.bind, w.port))
+                .await
+                .with_context(|| format!("binding the webhook on {}:{}", config.bind, w.port))?;
+            let tls =
+                crate::webhook::tls_config(ca.clone(), &w.dns_names, config.cert_rotation_window)?;
+            let router = crate::webhook::router(w.inject.clone(), w.namespaces.clone());
+            Some((listener, tls, router))
+        }
+        None => None,
+    };
+    let webhook_addr = match &webhook {
+        Some((l, _, _)) => Some(l.local_addr()?),
+        None => None,
+    };
 
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
@@ -234,6 +254,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     root_rotation
         .resume()
         .context("resuming the interrupted root rotation")?;
+    if let Some((listener, tls, router)) = webhook {
+        let stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            crate::webhook::serve(listener, tls, router, stop)
+                .await
+                .context("webhook server")
+        });
+    }
     // Config is loaded and the CA is up: from here on we are ready.
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -247,6 +275,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         xds_addr,
         xds_tls_addr,
         admin_addr,
+        webhook_addr,
         started,
         shutdown,
         tasks,

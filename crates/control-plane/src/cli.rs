@@ -93,8 +93,20 @@ pub struct ServeArgs {
     pub xds_tls_san: Vec<String>,
     #[arg(long, env = "MESHD_ADMIN_PORT", default_value_t = 15014)]
     pub admin_port: u16,
-    #[arg(long, env = "MESHD_WEBHOOK_PORT", default_value_t = 15017)]
-    pub webhook_port: u16,
+    /// Injection webhook port (15017): always served in Kubernetes mode; in file mode only
+    /// when this is given.
+    #[arg(long, env = "MESHD_WEBHOOK_PORT")]
+    pub webhook_port: Option<u16>,
+    /// meshd's own namespace (never injected; the webhook serves `<service>.<namespace>.svc`).
+    #[arg(long, env = "MESHD_NAMESPACE", default_value = "meshd-system")]
+    pub namespace: String,
+    /// The Service in front of meshd.
+    #[arg(long, env = "MESHD_SERVICE_NAME", default_value = "meshd")]
+    pub service_name: String,
+    /// Sidecar injection settings, YAML or JSON with camelCase keys, each optional
+    /// (proxyImage, initImage, xdsAddress, proxyResources, tokenAudience, ...).
+    #[arg(long, env = "MESHD_INJECTOR_CONFIG")]
+    pub injector_config: Option<PathBuf>,
     /// Quiet period after a config change before it is pushed.
     #[arg(long, env = "MESHD_DEBOUNCE_MS", default_value_t = 100)]
     pub debounce_ms: u64,
@@ -163,6 +175,14 @@ impl ServeArgs {
                 zipkin_cluster: self.zipkin_address.clone(),
                 ..GenOptions::default()
             },
+            webhook: crate::webhook::from_flags(
+                self.webhook_port,
+                self.registry == "kubernetes",
+                &self.namespace,
+                &self.service_name,
+                self.xds_tls_port,
+                self.injector_config.as_deref(),
+            )?,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod demo;
 pub mod identity;
 pub mod iptables;
+pub mod kube_bootstrap;
 pub mod localmesh;
 pub mod podnet;
 pub mod root_rotation;
@@ -17,4 +18,5 @@ pub mod source;
 pub mod status_cli;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod webhook;
 pub mod workload_app;

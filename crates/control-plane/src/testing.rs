@@ -30,6 +30,7 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         drain_deadline: Duration::from_secs(2),
         root_rotation_grace: Duration::ZERO,
         generator: GenOptions::default(),
+        webhook: None,
     }
 }
 

@@ -34,7 +34,8 @@ pub mod ports {
 }
 
 /// Kubernetes resource quantities for the sidecar.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct ProxyResources {
     pub cpu_request: String,
     pub memory_request: String,
@@ -54,7 +55,9 @@ impl Default for ProxyResources {
     }
 }
 
-#[derive(Clone, Debug)]
+/// Read from `--injector-config` (YAML or JSON, camelCase keys, every key optional).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct InjectConfig {
     /// meshd's own namespace: never injected.
     pub meshd_namespace: String,

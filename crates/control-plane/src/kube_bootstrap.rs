@@ -1,0 +1,345 @@
+//! `meshd bootstrap --registry kubernetes`: the bootstrap the injected `meshd-bootstrap` init
+//! container writes for a Pod.
+//!
+//! # The credential, and why it keeps working past the token's lifetime
+//!
+//! Stock Envoy's `envoy_grpc` client only sends *static* `initial_metadata`, so a token baked
+//! into the bootstrap would stop working when it expires (12 h) and every reconnect after that
+//! would fail. Instead ADS goes through Envoy's Google gRPC client with the
+//! `envoy.grpc_credentials.file_based_metadata` call credential: it reads the projected token
+//! file (`/var/run/secrets/tokens/istio-token`, audience `istio-ca`) each time a stream opens
+//! and sends `authorization: Bearer <file content>`. The kubelet rewrites that file at 80% of
+//! the token's lifetime, so a proxy reconnecting after its first token expired presents the
+//! current one, with no agent and no pod restart. Checked against Envoy 1.40: replacing the
+//! file changes the header on the next stream; a trailing newline in the file makes every
+//! stream fail with status 13 (projected tokens have none).
+//!
+//! gRPC only attaches call credentials on secure channels, so this path is TLS to meshd's
+//! 15012, verified with the mesh root from the `istio-ca-root-cert` ConfigMap; the server
+//! certificate must carry the host of `--xds-address` (`meshd.<ns>.svc`) or
+//! `--xds-server-name`.
+//!
+//! # Probes
+//!
+//! The injector records each rewritten app probe in `MESHD_APP_PROBERS`; here each becomes an
+//! exact-path route on the health listener (15021) forwarding to `127.0.0.1:<port>` with the
+//! original path, so the kubelet's probes work under STRICT mTLS.
+
+use crate::bootstrap::{self, BootstrapSpec};
+use anyhow::{Context, anyhow};
+use meshd_injector::AppProbers;
+use meshd_xds::NodeType;
+use serde_json::{Value, json};
+
+#[derive(Clone, Debug)]
+pub struct KubeBootstrapSpec {
+    pub pod: String,
+    pub namespace: String,
+    pub ip: String,
+    pub service_account: String,
+    pub node_type: NodeType,
+    /// `HOST:PORT` of meshd's TLS xDS port.
+    pub xds_address: String,
+    /// Name to verify the server certificate against, when not the host of `xds_address`.
+    pub xds_server_name: Option<String>,
+    pub token_file: String,
+    pub root_cert_file: String,
+    pub admin_port: u16,
+    pub delta: bool,
+    pub app_probers: AppProbers,
+}
+
+fn ads_grpc_service(spec: &KubeBootstrapSpec) -> Value {
+    let mut args = serde_json::Map::new();
+    args.insert(
+        "grpc.keepalive_time_ms".into(),
+        json!({"int_value": "30000"}),
+    );
+    args.insert(
+        "grpc.keepalive_timeout_ms".into(),
+        json!({"int_value": "10000"}),
+    );
+    if let Some(name) = &spec.xds_server_name {
+        args.insert(
+            "grpc.ssl_target_name_override".into(),
+            json!({"string_value": name}),
+        );
+    }
+    json!({
+        "google_grpc": {
+            "target_uri": spec.xds_address,
+            "stat_prefix": "xds_grpc",
+            "channel_credentials": {"ssl_credentials": {
+                "root_certs": {"filename": spec.root_cert_file}
+            }},
+            "credentials_factory_name": "envoy.grpc_credentials.file_based_metadata",
+            "call_credentials": [{"from_plugin": {
+                "name": "envoy.grpc_credentials.file_based_metadata",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
+                    "secret_data": {"filename": spec.token_file},
+                    "header_prefix": "Bearer "
+                }
+            }}],
+            "channel_args": {"args": args}
+        }
+    })
+}
+
+fn probe_cluster_name(port: u16, scheme: &str) -> String {
+    if scheme == "HTTPS" {
+        format!("app-health-tls-{port}")
+    } else {
+        format!("app-health-{port}")
+    }
+}
+
+fn probe_cluster(port: u16, scheme: &str) -> Value {
+    let name = probe_cluster_name(port, scheme);
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}
+            }}}]}]
+        }
+    });
+    if scheme == "HTTPS" {
+        // The kubelet does not verify an HTTPS probe's certificate; neither do we.
+        c["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+            }
+        });
+    }
+    c
+}
+
+pub fn render(spec: &KubeBootstrapSpec) -> anyhow::Result<Value> {
+    if spec.pod.is_empty() || spec.namespace.is_empty() {
+        return Err(anyhow!("--workload must be POD.NAMESPACE"));
+    }
+    if spec.ip.is_empty() {
+        return Err(anyhow!(
+            "--pod-ip is empty (the injected init container sets it from status.podIP)"
+        ));
+    }
+    let mut b = bootstrap::render(&BootstrapSpec {
+        workload: spec.pod.clone(),
+        namespace: spec.namespace.clone(),
+        ip: spec.ip.clone(),
+        node_type: spec.node_type,
+        xds_address: spec.xds_address.clone(),
+        admin_port: spec.admin_port,
+        credential: String::new(),
+        delta: spec.delta,
+    })?;
+    b["dynamic_resources"]["ads_config"]["grpc_services"] = json!([ads_grpc_service(spec)]);
+    b["node"]["metadata"]["SERVICE_ACCOUNT"] = json!(spec.service_account);
+    let clusters = b["static_resources"]["clusters"]
+        .as_array_mut()
+        .context("bootstrap has no static clusters")?;
+    // ADS goes through Google gRPC now; the Envoy-gRPC cluster is not needed.
+    clusters.retain(|c| c["name"] != "xds-grpc");
+    let mut targets: Vec<(u16, &str)> = spec
+        .app_probers
+        .values()
+        .map(|p| (p.port, p.scheme.as_str()))
+        .collect();
+    targets.sort();
+    targets.dedup();
+    for (port, scheme) in &targets {
+        clusters.push(probe_cluster(*port, scheme));
+    }
+    if !spec.app_probers.is_empty() {
+        let listeners = b["static_resources"]["listeners"]
+            .as_array_mut()
+            .context("bootstrap has no static listeners")?;
+        let health = listeners
+            .iter_mut()
+            .find(|l| l["name"] == "health")
+            .context("bootstrap has no health listener")?;
+        let routes = health["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"]
+            .as_array_mut()
+            .context("health listener has no routes")?;
+        let mut app_routes: Vec<Value> = spec
+            .app_probers
+            .iter()
+            .map(|(key, p)| {
+                json!({
+                    "match": {"path": key},
+                    "route": {
+                        "cluster": probe_cluster_name(p.port, &p.scheme),
+                        "prefix_rewrite": p.path,
+                        "timeout": "30s"
+                    }
+                })
+            })
+            .collect();
+        app_routes.append(routes);
+        *routes = app_routes;
+    }
+    Ok(b)
+}
+
+/// `meshd bootstrap` flags for Kubernetes mode (flattened into the bootstrap command).
+#[derive(clap::Args, Clone, Debug)]
+pub struct KubeBootstrapArgs {
+    /// `file`: a WorkloadEntry of the mesh config, with a meshd credential. `kubernetes`: a
+    /// Pod, authenticating with its projected service-account token file.
+    #[arg(long, env = "MESHD_REGISTRY", default_value = "file", value_parser = ["file", "kubernetes"])]
+    pub registry: String,
+    /// Kubernetes mode: the pod's IP (status.podIP).
+    #[arg(long, env = "POD_IP", default_value = "")]
+    pub pod_ip: String,
+    /// Kubernetes mode: the pod's service account (recorded in the node metadata).
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+    /// Kubernetes mode: the projected token Envoy sends (re-read on every new xDS stream).
+    #[arg(long, default_value = meshd_injector::config::paths::TOKEN_FILE)]
+    pub token_file: String,
+    /// Kubernetes mode: the mesh root certificate that verifies meshd's TLS xDS port.
+    #[arg(long, default_value = meshd_injector::config::paths::ROOT_CERT_FILE)]
+    pub root_cert: String,
+    /// Kubernetes mode: the name meshd's certificate is checked against (default: the host
+    /// of --xds-address).
+    #[arg(long)]
+    pub xds_server_name: Option<String>,
+    /// Kubernetes mode: `sidecar` or `router` (gateways).
+    #[arg(long, default_value = "sidecar", value_parser = ["sidecar", "router"])]
+    pub node_type: String,
+    /// Kubernetes mode: rewritten app probes, as the injector records them (JSON).
+    #[arg(long, env = meshd_injector::APP_PROBERS_ENV, default_value = "")]
+    pub app_probers: String,
+}
+
+/// Writes the Kubernetes-mode bootstrap for `POD.NAMESPACE`.
+pub fn write(
+    workload: &str,
+    out: &std::path::Path,
+    xds_address: &str,
+    admin_port: u16,
+    delta: bool,
+    args: &KubeBootstrapArgs,
+) -> anyhow::Result<()> {
+    let (pod, namespace) = workload
+        .rsplit_once('.')
+        .ok_or_else(|| anyhow!("--workload `{workload}` is not POD.NAMESPACE"))?;
+    let app_probers: AppProbers = if args.app_probers.trim().is_empty() {
+        AppProbers::new()
+    } else {
+        serde_json::from_str(&args.app_probers)
+            .with_context(|| format!("{} is not valid JSON", meshd_injector::APP_PROBERS_ENV))?
+    };
+    let spec = KubeBootstrapSpec {
+        pod: pod.to_string(),
+        namespace: namespace.to_string(),
+        ip: args.pod_ip.clone(),
+        service_account: args.service_account.clone(),
+        node_type: if args.node_type == "router" {
+            NodeType::Router
+        } else {
+            NodeType::Sidecar
+        },
+        xds_address: xds_address.to_string(),
+        xds_server_name: args.xds_server_name.clone(),
+        token_file: args.token_file.clone(),
+        root_cert_file: args.root_cert.clone(),
+        admin_port,
+        delta,
+        app_probers,
+    };
+    let text = serde_json::to_string_pretty(&render(&spec)?)?;
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshd_injector::AppProber;
+
+    fn spec() -> KubeBootstrapSpec {
+        KubeBootstrapSpec {
+            pod: "gateway-7d4b9c6f5d-x2x9q".into(),
+            namespace: "voicecore-ai".into(),
+            ip: "10.244.1.7".into(),
+            service_account: "gateway".into(),
+            node_type: NodeType::Sidecar,
+            xds_address: "meshd.meshd-system.svc:15012".into(),
+            xds_server_name: None,
+            token_file: "/var/run/secrets/tokens/istio-token".into(),
+            root_cert_file: "/var/run/secrets/istio/root-cert.pem".into(),
+            admin_port: 15000,
+            delta: false,
+            app_probers: AppProbers::from([
+                (
+                    "/app-health/gateway/livez".to_string(),
+                    AppProber {
+                        port: 8000,
+                        path: "/health".into(),
+                        scheme: "HTTP".into(),
+                    },
+                ),
+                (
+                    "/app-health/gateway/readyz".to_string(),
+                    AppProber {
+                        port: 8000,
+                        path: "/ready".into(),
+                        scheme: "HTTP".into(),
+                    },
+                ),
+            ]),
+        }
+    }
+
+    #[test]
+    fn token_file_credential_over_tls() {
+        let b = render(&spec()).unwrap();
+        assert_eq!(
+            b["node"]["id"],
+            "sidecar~10.244.1.7~gateway-7d4b9c6f5d-x2x9q.voicecore-ai~voicecore-ai.svc.cluster.local"
+        );
+        let g = &b["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"];
+        assert_eq!(g["target_uri"], "meshd.meshd-system.svc:15012");
+        assert_eq!(
+            g["channel_credentials"]["ssl_credentials"]["root_certs"]["filename"],
+            "/var/run/secrets/istio/root-cert.pem"
+        );
+        let plugin = &g["call_credentials"][0]["from_plugin"];
+        assert_eq!(plugin["name"], "envoy.grpc_credentials.file_based_metadata");
+        assert_eq!(
+            plugin["typed_config"]["secret_data"]["filename"],
+            "/var/run/secrets/tokens/istio-token"
+        );
+        assert_eq!(plugin["typed_config"]["header_prefix"], "Bearer ");
+        // No token and no meshd credential anywhere in the file.
+        assert!(!b.to_string().contains("initial_metadata"));
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        assert!(clusters.iter().all(|c| c["name"] != "xds-grpc"));
+        assert!(clusters.iter().any(|c| c["name"] == "app-health-8000"));
+    }
+
+    #[test]
+    fn probe_routes_on_the_health_listener() {
+        let b = render(&spec()).unwrap();
+        let health = b["static_resources"]["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == "health")
+            .unwrap();
+        let routes = &health["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+            [0]["routes"];
+        assert_eq!(routes[0]["match"]["path"], "/app-health/gateway/livez");
+        assert_eq!(routes[0]["route"]["prefix_rewrite"], "/health");
+        assert_eq!(routes[1]["route"]["prefix_rewrite"], "/ready");
+        // Envoy's own readiness stays last.
+        assert_eq!(routes[2]["match"]["prefix"], "/healthz/ready");
+    }
+}
