@@ -4,72 +4,12 @@
 
 mod traffic_support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use meshd_e2e::*;
 use traffic_support::*;
 
 const PORT: u16 = 8080;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a leaf for `host` (EC P-256), readable by the proxy's uid: (ca.pem, cert.pem, key.pem).
-fn certificates(dir: &Path, host: &str) {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut a = vec!["req", "-x509", "-days", "1", "-subj", "/CN=test-ca"];
-    a.extend(ec);
-    a.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(dir, &a);
-    let mut a = vec!["req", "-subj"];
-    let subj = format!("/CN={host}");
-    a.push(&subj);
-    a.extend(ec);
-    a.extend(["-keyout", "key.pem", "-out", "leaf.csr"]);
-    openssl(dir, &a);
-    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{host}\n")).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "cert.pem",
-        ],
-    );
-    for f in ["ca.pem", "cert.pem", "key.pem"] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-}
 
 /// `curl` from inside a pod (status, headers+body), trusting `ca` and resolving `host` to `ip`.
 fn curl(pod: &Pod, ca: &Path, host: &str, ip: std::net::Ipv4Addr, url: &str) -> (u16, String) {
@@ -102,7 +42,7 @@ fn curl(pod: &Pod, ca: &Path, host: &str, ip: std::net::Ipv4Addr, url: &str) -> 
 fn ingress_gateway_tls_path_routing_and_https_redirect() {
     let certs = tempfile::tempdir().unwrap();
     let host = "shop.example.com";
-    certificates(certs.path(), host);
+    tls_certificates(certs.path(), &[host]);
     let cert = certs.path().join("cert.pem");
     let key = certs.path().join("key.pem");
     let gw = format!(

@@ -132,6 +132,46 @@ fn http_route(i: usize, r: &HttpRoute) -> Check {
     Ok(())
 }
 
+/// A tcp or tls route's destinations.
+fn l4_route(at: &str, route: &[crate::networking::RouteDestination]) -> Check {
+    if route.is_empty() {
+        return Err(format!("{at}.route must name at least one destination"));
+    }
+    for (j, d) in route.iter().enumerate() {
+        if d.destination.host.is_empty() {
+            return Err(format!("{at}.route[{j}].destination.host is empty"));
+        }
+    }
+    if route.len() > 1 {
+        let total: u32 = route.iter().map(|d| d.weight.unwrap_or(0)).sum();
+        if total != 100 {
+            return Err(format!(
+                "{at}.route: weights add up to {total}; with several destinations they must add up to 100"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The L4 match fields meshd implements (port, gateways); the others are reported.
+fn l4_match(
+    at: &str,
+    port_number: Option<u32>,
+    subnets: &[String],
+    source_labels: &crate::networking::Labels,
+    source_namespace: &Option<String>,
+) -> Check {
+    if let Some(p) = port_number {
+        port(p, &format!("{at}.port"))?;
+    }
+    if !subnets.is_empty() || !source_labels.is_empty() || source_namespace.is_some() {
+        return Err(format!(
+            "{at}: destinationSubnets, sourceLabels and sourceNamespace are not supported"
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn object(obj: &ConfigObject) -> Check {
     match &obj.spec {
         Spec::ServiceEntry(se) => {
@@ -196,6 +236,41 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
             for (i, r) in vs.http.iter().enumerate() {
                 http_route(i, r)?;
             }
+            for (i, r) in vs.tcp.iter().enumerate() {
+                let at = format!("spec.tcp[{i}]");
+                l4_route(&at, &r.route)?;
+                for (j, m) in r.matches.iter().enumerate() {
+                    l4_match(
+                        &format!("{at}.match[{j}]"),
+                        m.port,
+                        &m.destination_subnets,
+                        &m.source_labels,
+                        &m.source_namespace,
+                    )?;
+                }
+            }
+            for (i, r) in vs.tls.iter().enumerate() {
+                let at = format!("spec.tls[{i}]");
+                l4_route(&at, &r.route)?;
+                if r.matches.is_empty() {
+                    return Err(format!(
+                        "{at}.match: needs at least one match with sniHosts"
+                    ));
+                }
+                for (j, m) in r.matches.iter().enumerate() {
+                    let mat = format!("{at}.match[{j}]");
+                    if m.sni_hosts.is_empty() {
+                        return Err(format!("{mat}.sniHosts must name at least one host"));
+                    }
+                    l4_match(
+                        &mat,
+                        m.port,
+                        &m.destination_subnets,
+                        &m.source_labels,
+                        &m.source_namespace,
+                    )?;
+                }
+            }
         }
         Spec::Gateway(gw) => {
             if gw.servers.is_empty() {
@@ -209,6 +284,23 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
             }
         }
         Spec::Sidecar(sc) => {
+            for (i, l) in sc.ingress.iter().enumerate() {
+                port(l.port.number, &format!("spec.ingress[{i}].port"))?;
+                if let Some(e) = &l.default_endpoint {
+                    let ok = e.rsplit_once(':').is_some_and(|(host, p)| {
+                        matches!(host, "127.0.0.1" | "0.0.0.0" | "[::1]" | "[::]")
+                            && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                    if !ok {
+                        return Err(format!(
+                            "spec.ingress[{i}].defaultEndpoint: `{e}` is not supported (use 127.0.0.1:PORT or 0.0.0.0:PORT; unix sockets are not)"
+                        ));
+                    }
+                }
+                if l.bind.is_some() {
+                    return Err(format!("spec.ingress[{i}].bind is not supported"));
+                }
+            }
             for (i, e) in sc.egress.iter().enumerate() {
                 for h in &e.hosts {
                     if !h.contains('/') {

@@ -304,3 +304,68 @@ pub fn gateway_options() -> SidecarOptions {
         ..SidecarOptions::default()
     }
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// In `dir` (made world-readable): a CA (`ca.pem`) and a leaf (`cert.pem`, `key.pem`, EC P-256)
+/// for `hosts`, readable by the proxy's uid.
+pub fn tls_certificates(dir: &std::path::Path, hosts: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509", "-days", "1", "-subj", "/CN=test-ca"];
+    a.extend(ec);
+    a.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &a);
+    let subj = format!("/CN={}", hosts[0]);
+    let mut a = vec!["req", "-subj", &subj];
+    a.extend(ec);
+    a.extend(["-keyout", "key.pem", "-out", "leaf.csr"]);
+    openssl(dir, &a);
+    let sans: Vec<String> = hosts.iter().map(|h| format!("DNS:{h}")).collect();
+    std::fs::write(
+        dir.join("san.ext"),
+        format!("subjectAltName={}\n", sans.join(",")),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "cert.pem",
+        ],
+    );
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}

@@ -4,6 +4,7 @@
 use super::GenOptions;
 use super::cluster::{BLACKHOLE, PASSTHROUGH, inbound_name};
 use super::common::*;
+use super::l4::{L4Chain, L4Target};
 use super::route::{CORS_FILTER, FAULT_FILTER};
 use crate::resource::any;
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
@@ -208,6 +209,31 @@ pub fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
     )
 }
 
+/// A TCP proxy splitting connections over weighted clusters (VirtualService tcp/tls routes).
+pub fn weighted_tcp_proxy_filter(stat_prefix: &str, clusters: &[(String, u32)]) -> Filter {
+    network_filter(
+        "envoy.filters.network.tcp_proxy",
+        any(&TcpProxy {
+            stat_prefix: stat_prefix.into(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::WeightedClusters(
+                tcp_proxy::WeightedCluster {
+                    clusters: clusters
+                        .iter()
+                        .map(
+                            |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                                name: name.clone(),
+                                weight: *weight,
+                                ..Default::default()
+                            },
+                        )
+                        .collect(),
+                },
+            )),
+            ..Default::default()
+        }),
+    )
+}
+
 fn listener_filter(name: &str, typed: envoy_types::pb::google::protobuf::Any) -> ListenerFilter {
     ListenerFilter {
         name: name.into(),
@@ -239,23 +265,59 @@ pub fn virtual_outbound(allow_any: bool) -> Listener {
 pub fn outbound_port(
     port: u32,
     http: bool,
-    tcp_services: &[(Vec<String>, String)],
+    l4_chains: &[L4Chain],
     allow_any: bool,
     opts: &GenOptions,
 ) -> Listener {
     let name = format!("0.0.0.0_{port}");
-    let mut chains: Vec<FilterChain> = tcp_services
-        .iter()
-        .map(|(vips, cluster)| FilterChain {
-            name: cluster.clone(),
+    // One chain per match: the first service (or route) claiming a VIP or an SNI name wins.
+    let mut claimed: Vec<(Vec<CidrRange>, String)> = Vec::new();
+    let mut chains: Vec<FilterChain> = Vec::new();
+    for c in l4_chains {
+        let prefix_ranges: Vec<CidrRange> = c.vips.iter().filter_map(|v| cidr(v)).collect();
+        let server_names: Vec<String> = c
+            .sni
+            .iter()
+            .filter(|n| !claimed.iter().any(|(p, s)| p.is_empty() && s == *n))
+            .cloned()
+            .collect();
+        if server_names.is_empty()
+            && (prefix_ranges.is_empty()
+                || claimed
+                    .iter()
+                    .any(|(p, s)| s.is_empty() && *p == prefix_ranges))
+        {
+            continue;
+        }
+        if server_names.is_empty() {
+            claimed.push((prefix_ranges.clone(), String::new()));
+        } else {
+            claimed.extend(server_names.iter().map(|n| (Vec::new(), n.clone())));
+        }
+        let proxy = match &c.target {
+            L4Target::Cluster(cluster) => tcp_proxy_filter(cluster, cluster),
+            L4Target::Weighted(clusters) => weighted_tcp_proxy_filter(&c.name, clusters),
+        };
+        chains.push(FilterChain {
+            name: c.name.clone(),
             filter_chain_match: Some(FilterChainMatch {
-                prefix_ranges: vips.iter().filter_map(|v| cidr(v)).collect(),
+                prefix_ranges: if server_names.is_empty() {
+                    prefix_ranges
+                } else {
+                    Vec::new()
+                },
+                server_names,
                 ..Default::default()
             }),
-            filters: vec![tcp_proxy_filter(cluster, cluster)],
+            filters: vec![proxy],
             ..Default::default()
-        })
-        .collect();
+        });
+    }
+    let sni_matched = chains.iter().any(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.server_names.is_empty())
+    });
     let default_chain = if http {
         let h = hcm(
             &format!("outbound_0.0.0.0_{port}"),
@@ -277,16 +339,20 @@ pub fn outbound_port(
             ..Default::default()
         }
     };
-    chains.retain(|c| {
-        c.filter_chain_match
-            .as_ref()
-            .is_some_and(|m| !m.prefix_ranges.is_empty())
-    });
     Listener {
         name,
         address: Some(socket_address("0.0.0.0", port)),
         bind_to_port: boolv(false),
         traffic_direction: TrafficDirection::Outbound as i32,
+        // SNI chains need the ClientHello read first.
+        listener_filters: if sni_matched {
+            vec![listener_filter(
+                "envoy.filters.listener.tls_inspector",
+                any(&envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default()),
+            )]
+        } else {
+            Vec::new()
+        },
         filter_chains: chains,
         default_filter_chain: Some(default_chain),
         ..Default::default()

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod common;
 pub mod envoyfilter;
 pub mod gateway;
+pub mod l4;
 pub mod listener;
 pub mod route;
 
@@ -15,7 +16,7 @@ use crate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, SharedResour
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset, VirtualService};
-use meshd_model::registry::{Endpoint, Port, Service, Workload, selector_matches};
+use meshd_model::registry::{Endpoint, Port, Protocol, Service, Workload, selector_matches};
 use meshd_model::security::{MtlsMode, PeerAuthentication};
 use meshd_model::{ConfigObject, MeshConfig};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -347,15 +348,16 @@ impl MeshSnapshot {
             .patch_cluster_layer(&mut clusters, namespace, false);
         // Ports: HTTP services share a listener and a route table per port.
         let mut http_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
-        let mut tcp_ports: BTreeMap<u32, Vec<(Vec<String>, String)>> = BTreeMap::new();
+        let mut tcp_ports: BTreeMap<u32, Vec<l4::L4Chain>> = BTreeMap::new();
         for svc in &visible {
             for port in &svc.ports {
                 if port.protocol.is_http() {
                     http_ports.entry(port.number).or_default().push(svc);
                 } else {
-                    tcp_ports.entry(port.number).or_default().push((
-                        svc.addresses.clone(),
-                        cluster::outbound_name(port.number, "", &svc.hostname),
+                    tcp_ports.entry(port.number).or_default().extend(l4::chains(
+                        &self.index,
+                        svc,
+                        port,
                     ));
                 }
             }
@@ -454,47 +456,67 @@ impl MeshSnapshot {
         rc
     }
 
-    /// The ports a workload serves (its services' target ports) with their mTLS modes.
+    /// The ports a workload serves, where its app listens, and their mTLS modes: the ingress
+    /// listeners of its Sidecar when it has any, else its services' target ports.
     fn inbound_ports(&self, w: &Workload) -> Vec<listener::InboundPort> {
+        let mut ports: Vec<(u32, u32, bool)> = self
+            .index
+            .sidecar_for(&w.namespace, &w.labels)
+            .map(|(_, sc)| {
+                sc.ingress
+                    .iter()
+                    .map(|i| {
+                        let app_port = ingress_endpoint_port(i.default_endpoint.as_deref())
+                            .unwrap_or(i.port.target_port.unwrap_or(i.port.number));
+                        let protocol = Protocol::detect(Some(&i.port.protocol), &i.port.name);
+                        (i.port.number, app_port, protocol.is_http())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ports.is_empty() {
+            for svc in self.index.services() {
+                let selected = svc.namespace == w.namespace
+                    && svc
+                        .selector
+                        .as_ref()
+                        .is_some_and(|sel| selector_matches(sel, &w.labels));
+                if !selected {
+                    continue;
+                }
+                for port in &svc.ports {
+                    let app_port = w
+                        .ports
+                        .get(&port.name)
+                        .copied()
+                        .or(port.target_port)
+                        .unwrap_or(port.number);
+                    ports.push((app_port, app_port, port.protocol.is_http()));
+                }
+            }
+        }
         let mut by_port: BTreeMap<u32, listener::InboundPort> = BTreeMap::new();
-        for svc in self.index.services() {
-            let selected = svc.namespace == w.namespace
-                && svc
-                    .selector
-                    .as_ref()
-                    .is_some_and(|sel| selector_matches(sel, &w.labels));
-            if !selected {
-                continue;
-            }
-            for port in &svc.ports {
-                let app_port = w
-                    .ports
-                    .get(&port.name)
-                    .copied()
-                    .or(port.target_port)
-                    .unwrap_or(port.number);
-                let http = port.protocol.is_http();
-                by_port.entry(app_port).or_insert_with(|| {
-                    let policy = authz::inbound_policy(&self.index, w, app_port, http, &self.opts);
-                    listener::InboundPort {
-                        port: app_port,
-                        app_port,
-                        http,
-                        mode: self.index.mtls_mode(&w.namespace, &w.labels, app_port),
-                        http_filters: {
-                            let mut filters = policy.http_filters;
-                            self.patches.insert_http_filters(
-                                &w.namespace,
-                                &w.labels,
-                                false,
-                                &mut filters,
-                            );
-                            filters
-                        },
-                        network_filters: policy.network_filters,
-                    }
-                });
-            }
+        for (port, app_port, http) in ports {
+            by_port.entry(port).or_insert_with(|| {
+                let policy = authz::inbound_policy(&self.index, w, port, http, &self.opts);
+                listener::InboundPort {
+                    port,
+                    app_port,
+                    http,
+                    mode: self.index.mtls_mode(&w.namespace, &w.labels, port),
+                    http_filters: {
+                        let mut filters = policy.http_filters;
+                        self.patches.insert_http_filters(
+                            &w.namespace,
+                            &w.labels,
+                            false,
+                            &mut filters,
+                        );
+                        filters
+                    },
+                    network_filters: policy.network_filters,
+                }
+            });
         }
         by_port.into_values().collect()
     }
@@ -557,6 +579,13 @@ impl MeshSnapshot {
         }
         out
     }
+}
+
+/// The app port of a Sidecar ingress listener's `defaultEndpoint` (`127.0.0.1:PORT`,
+/// `0.0.0.0:PORT` or `[::1]:PORT`; the app is reached on loopback either way).
+fn ingress_endpoint_port(endpoint: Option<&str>) -> Option<u32> {
+    let (_, port) = endpoint?.rsplit_once(':')?;
+    port.parse().ok()
 }
 
 fn catch_all_vhost(allow_any: bool) -> VirtualHost {

@@ -1,0 +1,118 @@
+//! Outbound TCP and TLS services on a sidecar: one filter chain per service (by VIP for TCP, by
+//! SNI for TLS/HTTPS), sent where the VirtualService's `tcp` / `tls` routes say (weighted), else
+//! to the service's own cluster. Pure.
+
+use super::Index;
+use super::cluster::outbound_name;
+use super::route::{RouteCtx, destination_cluster};
+use meshd_model::networking::RouteDestination;
+use meshd_model::registry::{Port, Protocol, Service};
+
+/// Where a TCP/TLS filter chain sends connections.
+#[derive(Clone, Debug, PartialEq)]
+pub enum L4Target {
+    Cluster(String),
+    Weighted(Vec<(String, u32)>),
+}
+
+/// One outbound L4 filter chain: matched by destination VIPs, or by SNI.
+#[derive(Clone, Debug, PartialEq)]
+pub struct L4Chain {
+    pub name: String,
+    pub vips: Vec<String>,
+    pub sni: Vec<String>,
+    pub target: L4Target,
+}
+
+fn target(ctx: &RouteCtx<'_>, route: &[RouteDestination]) -> Option<L4Target> {
+    match route {
+        [] => None,
+        [only] => Some(L4Target::Cluster(destination_cluster(
+            ctx,
+            &only.destination,
+        ))),
+        many => Some(L4Target::Weighted(
+            many.iter()
+                .filter(|d| d.weight.unwrap_or(0) > 0)
+                .map(|d| {
+                    (
+                        destination_cluster(ctx, &d.destination),
+                        d.weight.unwrap_or(0),
+                    )
+                })
+                .collect(),
+        )),
+    }
+}
+
+/// The outbound chains for one non-HTTP port of a service.
+pub fn chains(index: &Index, svc: &Service, port: &Port) -> Vec<L4Chain> {
+    let own = L4Target::Cluster(outbound_name(port.number, "", &svc.hostname));
+    let vs = index.mesh_virtual_services(&svc.hostname).first();
+    let ctx = vs.map(|(ns, _)| RouteCtx {
+        index,
+        listener_port: port.number,
+        namespace: ns,
+        gateway: None,
+    });
+    let port_ok = |p: Option<u32>| p.is_none_or(|p| p == port.number);
+    let mut out = Vec::new();
+    if matches!(port.protocol, Protocol::Tls | Protocol::Https) {
+        // TLS: by SNI. The VirtualService's tls routes first, then the service's own name.
+        let mut taken: Vec<String> = Vec::new();
+        if let (Some((_, vs)), Some(ctx)) = (vs, &ctx) {
+            for (i, r) in vs.tls.iter().enumerate() {
+                let Some(t) = target(ctx, &r.route) else {
+                    continue;
+                };
+                let sni: Vec<String> = r
+                    .matches
+                    .iter()
+                    .filter(|m| port_ok(m.port) && ctx.gateway_listed(&m.gateways))
+                    .flat_map(|m| m.sni_hosts.iter().cloned())
+                    .filter(|h| !taken.contains(h))
+                    .collect();
+                if sni.is_empty() {
+                    continue;
+                }
+                taken.extend(sni.iter().cloned());
+                out.push(L4Chain {
+                    name: format!("{}|tls|{i}", svc.hostname),
+                    vips: Vec::new(),
+                    sni,
+                    target: t,
+                });
+            }
+        }
+        if !taken.contains(&svc.hostname) {
+            out.push(L4Chain {
+                name: outbound_name(port.number, "", &svc.hostname),
+                vips: Vec::new(),
+                sni: vec![svc.hostname.clone()],
+                target: own,
+            });
+        }
+        return out;
+    }
+    // TCP: by VIP; the first tcp route that matches this port decides.
+    let routed = match (vs, &ctx) {
+        (Some((_, vs)), Some(ctx)) => vs
+            .tcp
+            .iter()
+            .find(|r| {
+                r.matches.is_empty()
+                    || r.matches
+                        .iter()
+                        .any(|m| port_ok(m.port) && ctx.gateway_listed(&m.gateways))
+            })
+            .and_then(|r| target(ctx, &r.route)),
+        _ => None,
+    };
+    out.push(L4Chain {
+        name: outbound_name(port.number, "", &svc.hostname),
+        vips: svc.addresses.clone(),
+        sni: Vec::new(),
+        target: routed.unwrap_or(own),
+    });
+    out
+}
