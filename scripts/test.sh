@@ -20,3 +20,6 @@ for mode in "" "--delta"; do
     --envoy \"\$(scripts/envoy-path.sh)\""
 done
 cargo test --workspace "$@"
+
+# The Helm chart: helm lint, helm template (default and VoiceCore values), kubernetes-validate --strict.
+scripts/check-chart.sh
