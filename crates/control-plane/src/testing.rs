@@ -31,6 +31,7 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         root_rotation_grace: Duration::ZERO,
         generator: GenOptions::default(),
         webhook: None,
+        kubernetes: None,
     }
 }
 

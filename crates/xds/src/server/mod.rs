@@ -26,9 +26,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Proves who is on the other end of a stream, from its request metadata.
+/// Proves who is on the other end of a stream, from its request metadata. Async, since a
+/// check may ask another server (Kubernetes TokenReview); implement it with `async fn`.
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, String>;
+    fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+    ) -> impl Future<Output = Result<Identity, String>> + Send;
 }
 
 /// Where a proxy's SDS secrets come from (the CA, in production).
@@ -147,9 +151,9 @@ impl<A: Authenticator, S: SecretSource> AdsServer<A, S> {
             .max_encoding_message_size(64 << 20)
     }
 
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
         Metrics::inc(&self.shared.metrics.streams_total, 1);
-        self.shared.auth.authenticate(metadata).map_err(|e| {
+        self.shared.auth.authenticate(metadata).await.map_err(|e| {
             Metrics::inc(&self.shared.metrics.streams_rejected, 1);
             tracing::warn!(error = %e, "xDS stream rejected");
             Status::unauthenticated(e)
@@ -168,7 +172,7 @@ impl<A: Authenticator, S: SecretSource> AggregatedDiscoveryService for AdsServer
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let identity = self.authenticate(request.metadata())?;
+        let identity = self.authenticate(request.metadata()).await?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(sotw::serve(
             self.shared.clone(),
@@ -183,7 +187,7 @@ impl<A: Authenticator, S: SecretSource> AggregatedDiscoveryService for AdsServer
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let identity = self.authenticate(request.metadata())?;
+        let identity = self.authenticate(request.metadata()).await?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(delta::serve(
             self.shared.clone(),

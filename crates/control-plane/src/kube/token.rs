@@ -1,0 +1,309 @@
+//! Proxy identity in Kubernetes mode: the pod's projected service-account token, checked with
+//! the API server's TokenReview.
+//!
+//! # The token a sidecar presents
+//!
+//! The injected pod mounts a projected service-account token with audience `istio-ca` (meshd's
+//! `--token-audience`) at [`TOKEN_PATH`] (`/var/run/secrets/tokens/istio-token`, Istio's path).
+//! The kubelet rewrites that file before the token expires (at 80% of its lifetime, default
+//! one hour), so the file always holds a valid token while the pod runs. Envoy sends the file's
+//! content as `authorization: Bearer <token>` metadata when it opens an xDS stream; it must
+//! re-read the file on each new stream (not bake the first token into its bootstrap), so that
+//! a proxy reconnecting after its first token expired presents the rotated one.
+//!
+//! # What meshd checks
+//!
+//! A TokenReview with `audiences: [<token-audience>]`: the token must be authenticated, for
+//! that audience, for a service account (`system:serviceaccount:<ns>:<sa>`), and bound to a
+//! pod (`authentication.kubernetes.io/pod-name` in the user's extra, which the API server sets
+//! for pod-bound projected tokens only; it also checks the pod still exists). The identity is
+//! `{namespace, service_account, workload: pod name}` → `spiffe://<td>/ns/<ns>/sa/<sa>`; the xDS
+//! server then requires the node id to name that same pod.
+//!
+//! An established stream stays up when its token expires (Istio's behaviour too): identity is
+//! proven when a stream opens, and every reconnect is a new review. Reviews are cached briefly
+//! ([`TokenReviewAuth::cache_ttl`], never past the token's own `exp`) so a reconnect storm does
+//! not become a TokenReview storm. meshd's own bearer credentials (`meshd1.…`, `meshd
+//! bootstrap`) keep working beside tokens when a CA is given.
+//!
+//! RBAC: meshd's service account needs `create` on `tokenreviews.authentication.k8s.io`
+//! (the built-in `system:auth-delegator` ClusterRole grants it).
+
+use crate::identity::{CredentialAuth, identity_of};
+use ::kube::Client;
+use ::kube::api::{Api, PostParams};
+use base64::Engine as _;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use meshd_ca::CertificateAuthority;
+use meshd_xds::Identity;
+use meshd_xds::server::Authenticator;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tonic::metadata::MetadataMap;
+
+/// Where the injected pod's projected token (audience `--token-audience`) is mounted; Envoy
+/// reads it for each new xDS stream.
+pub const TOKEN_PATH: &str = "/var/run/secrets/tokens/istio-token";
+/// The default audience meshd asks TokenReview to check (Istio's).
+pub const DEFAULT_AUDIENCE: &str = "istio-ca";
+/// The TokenReview extra key naming the pod a bound token belongs to.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+const SA_PREFIX: &str = "system:serviceaccount:";
+/// meshd's own credentials (`CertificateAuthority::issue_credential`) start with this.
+const MESHD_CREDENTIAL_PREFIX: &str = "meshd1.";
+
+struct Cached {
+    identity: Identity,
+    until: Instant,
+}
+
+/// Authenticates xDS streams by TokenReview of their bearer token.
+pub struct TokenReviewAuth {
+    client: Client,
+    audience: String,
+    trust_domain: String,
+    /// How long a successful review is reused (never past the token's `exp`).
+    pub cache_ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    credentials: Option<CredentialAuth>,
+}
+
+impl TokenReviewAuth {
+    pub fn new(client: Client, audience: &str, trust_domain: &str) -> TokenReviewAuth {
+        TokenReviewAuth {
+            client,
+            audience: audience.to_string(),
+            trust_domain: trust_domain.to_string(),
+            cache_ttl: Duration::from_secs(30),
+            cache: Mutex::new(HashMap::new()),
+            credentials: None,
+        }
+    }
+
+    /// Also accept meshd's own bearer credentials (gateways and VMs bootstrapped by `meshd
+    /// bootstrap`).
+    pub fn with_credentials(mut self, ca: Arc<CertificateAuthority>) -> TokenReviewAuth {
+        self.credentials = Some(CredentialAuth { ca });
+        self
+    }
+
+    /// Reviews `token` (or answers from the cache).
+    pub async fn review(&self, token: &str) -> Result<Identity, String> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        {
+            let mut cache = self.cache.lock().expect("token cache");
+            if let Some(c) = cache.get(&key) {
+                if c.until > now {
+                    return Ok(c.identity.clone());
+                }
+                cache.remove(&key);
+            }
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..Default::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| format!("TokenReview failed: {e}"))?;
+        let identity = identity_from_review(&answer, &self.audience, &self.trust_domain)?;
+        let mut until = now + self.cache_ttl;
+        if let Some(left) = token_expiry(token).map(|exp| {
+            exp.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        }) {
+            until = until.min(now + left);
+        }
+        let mut cache = self.cache.lock().expect("token cache");
+        // Keep the cache small: drop what has expired whenever it grows.
+        if cache.len() > 4096 {
+            cache.retain(|_, c| c.until > now);
+        }
+        cache.insert(
+            key,
+            Cached {
+                identity: identity.clone(),
+                until,
+            },
+        );
+        Ok(identity)
+    }
+}
+
+/// The identity a TokenReview answer vouches for, or why it does not.
+pub fn identity_from_review(
+    review: &TokenReview,
+    audience: &str,
+    trust_domain: &str,
+) -> Result<Identity, String> {
+    let status = review
+        .status
+        .as_ref()
+        .ok_or("TokenReview returned no status")?;
+    if status.authenticated != Some(true) {
+        return Err(format!(
+            "token rejected by the API server: {}",
+            status
+                .error
+                .as_deref()
+                .filter(|e| !e.is_empty())
+                .unwrap_or("not authenticated")
+        ));
+    }
+    if let Some(auds) = &status.audiences
+        && !auds.iter().any(|a| a == audience)
+    {
+        return Err(format!("token is for audiences {auds:?}, not `{audience}`"));
+    }
+    let user = status.user.as_ref().ok_or("TokenReview returned no user")?;
+    let username = user.username.as_deref().unwrap_or_default();
+    let (namespace, service_account) = username
+        .strip_prefix(SA_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains(':'))
+        .ok_or_else(|| format!("`{username}` is not a service account"))?;
+    let pod = user
+        .extra
+        .as_ref()
+        .and_then(|e| e.get(POD_NAME_EXTRA))
+        .and_then(|v| v.first())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "the token of {username} is not bound to a pod (use the pod's projected token, audience `{audience}`)"
+            )
+        })?;
+    Ok(Identity {
+        workload: pod.clone(),
+        namespace: namespace.to_string(),
+        service_account: service_account.to_string(),
+        trust_domain: trust_domain.to_string(),
+    })
+}
+
+/// The `exp` claim of a JWT, unverified (only used to bound the cache; the API server verifies).
+pub fn token_expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    Some(UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+fn bearer(metadata: &MetadataMap) -> Result<&str, String> {
+    let header = metadata
+        .get("authorization")
+        .ok_or("no credential: the stream carries no `authorization` metadata")?
+        .to_str()
+        .map_err(|_| "the `authorization` metadata is not text")?;
+    header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| "the `authorization` metadata is not `Bearer <token>`".to_string())
+}
+
+impl Authenticator for TokenReviewAuth {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, String> {
+        let token = bearer(metadata)?;
+        if token.starts_with(MESHD_CREDENTIAL_PREFIX)
+            && let Some(creds) = &self.credentials
+        {
+            let claims = creds
+                .ca
+                .verify_credential(token)
+                .map_err(|e| format!("credential rejected: {e}"))?;
+            return Ok(identity_of(&claims, creds.ca.trust_domain()));
+        }
+        self.review(token).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+
+    fn answer(authenticated: bool, username: &str, pod: Option<&str>) -> TokenReview {
+        TokenReview {
+            status: Some(TokenReviewStatus {
+                authenticated: Some(authenticated),
+                audiences: Some(vec!["istio-ca".into()]),
+                user: Some(UserInfo {
+                    username: Some(username.into()),
+                    extra: pod.map(|p| [(POD_NAME_EXTRA.to_string(), vec![p.to_string()])].into()),
+                    ..Default::default()
+                }),
+                error: (!authenticated).then(|| "token has expired".to_string()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn service_account_token_bound_to_a_pod() {
+        let id = identity_from_review(
+            &answer(
+                true,
+                "system:serviceaccount:voicecore-ai:billing",
+                Some("billing-v1-abc"),
+            ),
+            "istio-ca",
+            "cluster.local",
+        )
+        .unwrap();
+        assert_eq!(id.workload, "billing-v1-abc");
+        assert_eq!(
+            id.spiffe_id(),
+            "spiffe://cluster.local/ns/voicecore-ai/sa/billing"
+        );
+    }
+
+    #[test]
+    fn rejections_say_why() {
+        let e = identity_from_review(&answer(false, "", None), "istio-ca", "td").unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        let e =
+            identity_from_review(&answer(true, "alice", Some("p")), "istio-ca", "td").unwrap_err();
+        assert!(e.contains("not a service account"), "{e}");
+        let e = identity_from_review(
+            &answer(true, "system:serviceaccount:ns:sa", None),
+            "istio-ca",
+            "td",
+        )
+        .unwrap_err();
+        assert!(e.contains("not bound to a pod"), "{e}");
+        let e = identity_from_review(
+            &answer(true, "system:serviceaccount:ns:sa", Some("p")),
+            "other-aud",
+            "td",
+        )
+        .unwrap_err();
+        assert!(e.contains("audiences"), "{e}");
+    }
+
+    #[test]
+    fn expiry_from_the_jwt() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(r#"{"exp":1700000000,"sub":"x"}"#)
+        );
+        assert_eq!(
+            token_expiry(&token),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(token_expiry("garbage"), None);
+    }
+}
