@@ -1,5 +1,5 @@
 //! VirtualService routing proven with stock Envoy sidecars and real requests: canary weights,
-//! header match, fault injection, rewrite, redirect, mirror, header manipulation.
+//! header and sourceLabels match, fault injection, rewrite, redirect, mirror, header manipulation.
 
 mod traffic_support;
 
@@ -37,6 +37,7 @@ spec:
   http:
   - match:
     - headers: {{x-canary: {{exact: "yes"}}}}
+    - sourceLabels: {{track: canary}}
     route:
     - destination: {{host: {host}, subset: v2}}
   - route:
@@ -49,6 +50,7 @@ spec:
     let yaml = [
         service("client", vip(10), PORT),
         workload("client", "client", ip(10), &[]),
+        workload("client-canary", "client", ip(11), &[("track", "canary")]),
         service("reviews", vip(20), PORT),
         workload("reviews-v1", "reviews", ip(20), &[("version", "v1")]),
         workload("reviews-v2", "reviews", ip(21), &[("version", "v2")]),
@@ -85,6 +87,17 @@ spec:
         "v2 got {v2} of {n}, outside [{lo:.0}, {hi:.0}]"
     );
     eprintln!("canary: v1 {v1}, v2 {v2} of {n}");
+
+    // A caller labelled `track: canary` (sourceLabels) always gets v2 too.
+    let canary_client = mesh
+        .add_sidecar_pod(&format!("client-canary.{NS}"), ip(11), PORT)
+        .unwrap();
+    let from_canary = burst(&canary_client, &url("reviews", "/"), &[], 100, 8);
+    assert!(
+        from_canary.iter().all(|a| a.service() == "reviews-v2"),
+        "{:?}",
+        from_canary.iter().map(Answer::service).collect::<Vec<_>>()
+    );
 
     let marked = burst(
         &client,

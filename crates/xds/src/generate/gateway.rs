@@ -101,6 +101,7 @@ pub fn build(
                     listener_port: port,
                     namespace: vo.meta.namespace(),
                     gateway: Some((gw_ns, gw_name)),
+                    source: Some((namespace, Some(labels))),
                 };
                 for host in vs.hosts.iter().filter(|h| server_allows(server, h)) {
                     let vh = vhosts.entry(host.clone()).or_insert_with(|| VirtualHost {

@@ -54,6 +54,7 @@ pub fn chains(index: &Index, svc: &Service, port: &Port) -> Vec<L4Chain> {
         listener_port: port.number,
         namespace: ns,
         gateway: None,
+        source: None,
     });
     let port_ok = |p: Option<u32>| p.is_none_or(|p| p == port.number);
     let mut out = Vec::new();

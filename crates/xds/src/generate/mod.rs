@@ -61,6 +61,9 @@ pub struct Index {
     mesh_routes: BTreeMap<String, Vec<(String, VirtualService)>>,
     peer_authn: Vec<(String, PeerAuthentication)>,
     sidecars: Vec<(ConfigObject, Sidecar)>,
+    /// Some mesh route matches on `sourceLabels`: outbound routes then depend on the proxy's
+    /// labels, not only on its namespace and Sidecar.
+    uses_source_labels: bool,
     pub(crate) config: Arc<MeshConfig>,
 }
 
@@ -91,7 +94,13 @@ impl Index {
                     .push((o.meta.namespace().to_string(), vs.clone()));
             }
         }
+        let uses_source_labels = mesh_routes.values().flatten().any(|(_, vs)| {
+            vs.http
+                .iter()
+                .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
+        });
         Index {
+            uses_source_labels,
             domain_suffix: suffix,
             root_namespace: opts.root_namespace.clone(),
             services,
@@ -197,6 +206,8 @@ impl Index {
 struct ScopeKey {
     namespace: String,
     sidecar: Option<String>,
+    /// Only when some route matches on `sourceLabels`.
+    labels: Option<BTreeMap<String, String>>,
 }
 
 /// Outbound resources for every proxy in one scope.
@@ -286,11 +297,13 @@ impl MeshSnapshot {
         let key = ScopeKey {
             namespace: namespace.to_string(),
             sidecar: sidecar.map(|(o, _)| o.key().to_string()),
+            labels: self.index.uses_source_labels.then(|| labels.clone()),
         };
         if let Some(s) = self.scopes.lock().expect("scope cache").get(&key) {
             return s.clone();
         }
-        let scope = Arc::new(self.build_scope(namespace, sidecar.map(|(_, s)| s)));
+        let scope =
+            Arc::new(self.build_scope(namespace, key.labels.as_ref(), sidecar.map(|(_, s)| s)));
         self.scopes
             .lock()
             .expect("scope cache")
@@ -299,7 +312,12 @@ impl MeshSnapshot {
             .clone()
     }
 
-    fn build_scope(&self, namespace: &str, sidecar: Option<&Sidecar>) -> Scope {
+    fn build_scope(
+        &self,
+        namespace: &str,
+        labels: Option<&BTreeMap<String, String>>,
+        sidecar: Option<&Sidecar>,
+    ) -> Scope {
         let opts = &self.opts;
         let visible: Vec<&Service> = self
             .index
@@ -374,7 +392,7 @@ impl MeshSnapshot {
         }
         let mut routes = BTreeMap::new();
         for (port, services) in &http_ports {
-            let rc = self.outbound_routes(*port, namespace, services, allow_any);
+            let rc = self.outbound_routes(*port, namespace, labels, services, allow_any);
             routes.insert(rc.name.clone(), Resource::encode(rc.name.clone(), &rc));
         }
         Scope {
@@ -389,6 +407,7 @@ impl MeshSnapshot {
         &self,
         port: u32,
         namespace: &str,
+        labels: Option<&BTreeMap<String, String>>,
         services: &[&Service],
         allow_any: bool,
     ) -> RouteConfiguration {
@@ -429,6 +448,7 @@ impl MeshSnapshot {
                         listener_port: port,
                         namespace: vs_ns,
                         gateway: None,
+                        source: Some((namespace, labels)),
                     };
                     route::http_routes(&ctx, &vs.http)
                 }

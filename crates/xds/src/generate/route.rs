@@ -20,10 +20,12 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use meshd_model::mesh::qualify_host;
+use meshd_model::networking::Labels;
 use meshd_model::networking::{
     CorsPolicy, Destination, HeaderOperations, HttpMatchRequest, HttpRetry, HttpRoute, Percent,
     StringMatch, StringMatchKind,
 };
+use meshd_model::registry::selector_matches;
 use std::time::Duration;
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
@@ -36,9 +38,26 @@ pub struct RouteCtx<'a> {
     pub listener_port: u32,
     pub namespace: &'a str,
     pub gateway: Option<(&'a str, &'a str)>,
+    /// The proxy's namespace and (when some route matches on them) its labels, for
+    /// `sourceNamespace` and `sourceLabels` matches.
+    pub source: Option<(&'a str, Option<&'a Labels>)>,
 }
 
 impl RouteCtx<'_> {
+    /// Whether a match's `sourceNamespace` / `sourceLabels` admit the proxy.
+    pub fn source_listed(&self, m: &HttpMatchRequest) -> bool {
+        let ns_ok = m
+            .source_namespace
+            .as_deref()
+            .is_none_or(|want| self.source.is_some_and(|(ns, _)| ns == want));
+        let labels_ok = m.source_labels.is_empty()
+            || self
+                .source
+                .and_then(|(_, labels)| labels)
+                .is_some_and(|labels| selector_matches(&m.source_labels, labels));
+        ns_ok && labels_ok
+    }
+
     /// Whether a match's `gateways` list (Istio: `mesh`, `name` or `namespace/name`, names
     /// relative to the VirtualService's namespace) applies where these routes are built.
     pub fn gateway_listed(&self, gateways: &[String]) -> bool {
@@ -466,7 +485,7 @@ pub fn http_routes(ctx: &RouteCtx<'_>, routes: &[HttpRoute]) -> Vec<Route> {
             // route none of whose matches is ours is left out.
             r.matches
                 .iter()
-                .filter(|m| ctx.gateway_listed(&m.gateways))
+                .filter(|m| ctx.gateway_listed(&m.gateways) && ctx.source_listed(m))
                 .map(Some)
                 .collect()
         };
