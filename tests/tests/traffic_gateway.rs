@@ -265,3 +265,215 @@ spec:
     );
     assert_eq!(stat(&client, &out), 0, "client went direct");
 }
+
+/// `curl -sS` from `pod` with extra args; Ok(body) or Err(stderr).
+fn curl_with(pod: &Pod, args: &[&str]) -> Result<String, String> {
+    let mut argv = vec!["curl", "-sS", "--max-time", "5"];
+    argv.extend(args);
+    pod.run(argv).map_err(|e| format!("{e:#}"))
+}
+
+#[test]
+fn gateway_certificates_by_sni_mutual_tls_and_passthrough() {
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    tls_certificates(
+        one.path(),
+        &["shop.example.com", "mtls.example.com", "pass.example.com"],
+    );
+    tls_certificates(two.path(), &["admin.example.com"]);
+    let f1 = |f: &str| one.path().join(f).to_string_lossy().into_owned();
+    let f2 = |f: &str| two.path().join(f).to_string_lossy().into_owned();
+    let backend_ip = ip(60);
+    let config = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingressgateway, namespace: istio-system}}
+spec:
+  address: {gw_ip}
+  labels: {{istio: ingressgateway}}
+  serviceAccount: istio-ingressgateway
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https-shop, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {cert1}, privateKey: {key1}}}
+  - port: {{number: 8443, name: https-admin, protocol: HTTPS}}
+    hosts: [admin.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {cert2}, privateKey: {key2}, minProtocolVersion: TLSV1_3}}
+  - port: {{number: 9443, name: https-mtls, protocol: HTTPS}}
+    hosts: [mtls.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {cert1}, privateKey: {key1}, caCertificates: {ca1}}}
+  - port: {{number: 9444, name: tls-pass, protocol: TLS}}
+    hosts: [pass.example.com]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  hosts: [shop.example.com, admin.example.com, mtls.example.com]
+  gateways: [web]
+  http:
+  - route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tls-backend, namespace: {NS}}}
+spec:
+  hosts: [tls-backend.example]
+  ports: [{{number: 8443, name: tls, protocol: TLS}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {backend_ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: pass, namespace: {NS}}}
+spec:
+  hosts: [pass.example.com]
+  gateways: [web]
+  tls:
+  - match: [{{sniHosts: [pass.example.com], port: 9444}}]
+    route: [{{destination: {{host: tls-backend.example, port: {{number: 8443}}}}}}]
+"#,
+        gw_ip = ip(2),
+        cert1 = f1("cert.pem"),
+        key1 = f1("key.pem"),
+        ca1 = f1("ca.pem"),
+        cert2 = f2("cert.pem"),
+        key2 = f2("key.pem"),
+        api = fqdn("api"),
+    );
+    let yaml = [
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+        config,
+    ]
+    .concat();
+    let mesh = mesh("gwtls", &yaml, &[]);
+    assert_eq!(
+        mesh.admin_json("/debug/configz").unwrap()["rejected"],
+        serde_json::json!([])
+    );
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    let gw = mesh
+        .add_sidecar_pod_with(
+            "ingressgateway.istio-system",
+            ip(2),
+            PORT,
+            gateway_options(),
+        )
+        .unwrap();
+    // The passthrough backend terminates TLS itself (a plain pod outside the mesh).
+    let backend = mesh.add_plain_pod("tls-backend", backend_ip).unwrap();
+    let root = one.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("id.txt"), "backend").unwrap();
+    let (c1, k1) = (f1("cert.pem"), f1("key.pem"));
+    let mut cmd = backend.exec([
+        "openssl", "s_server", "-quiet", "-accept", "8443", "-cert", &c1, "-key", &k1, "-WWW",
+    ]);
+    cmd.current_dir(&root);
+    let _server = Child::spawn("tls-backend", cmd, None).unwrap();
+    let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
+    let g = gw.ip();
+    let resolve = |host: &str, port: u16| format!("{host}:{port}:{g}");
+
+    // Port 8443: each host gets its own certificate (each verified against its own CA).
+    let (ca1, ca2) = (f1("ca.pem"), f2("ca.pem"));
+    for (host, ca) in [("shop.example.com", &ca1), ("admin.example.com", &ca2)] {
+        let body = curl_with(
+            &outside,
+            &[
+                "--cacert",
+                ca,
+                "--resolve",
+                &resolve(host, 8443),
+                &format!("https://{host}:8443/x"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{host}: {e}\n{}", mesh.envoy_log("ingressgateway")));
+        assert!(body.contains(r#""service":"api""#), "{host}: {body}");
+    }
+    // admin's server requires TLS 1.3.
+    assert!(
+        curl_with(
+            &outside,
+            &[
+                "--cacert",
+                &ca2,
+                "--tls-max",
+                "1.2",
+                "--resolve",
+                &resolve("admin.example.com", 8443),
+                "https://admin.example.com:8443/x",
+            ],
+        )
+        .is_err()
+    );
+
+    // Port 9443, MUTUAL: no client certificate, no entry; one from the CA gets through.
+    let mtls = resolve("mtls.example.com", 9443);
+    let url = "https://mtls.example.com:9443/m";
+    assert!(curl_with(&outside, &["--cacert", &ca1, "--resolve", &mtls, url]).is_err());
+    let body = curl_with(
+        &outside,
+        &[
+            "--cacert",
+            &ca1,
+            "--cert",
+            &c1,
+            "--key",
+            &k1,
+            "--resolve",
+            &mtls,
+            url,
+        ],
+    )
+    .unwrap();
+    assert!(body.contains(r#""service":"api""#), "{body}");
+
+    // Port 9444, PASSTHROUGH: the backend's own certificate and content, by SNI.
+    let body = curl_with(
+        &outside,
+        &[
+            "--cacert",
+            &ca1,
+            "--resolve",
+            &resolve("pass.example.com", 9444),
+            "https://pass.example.com:9444/id.txt",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", mesh.envoy_log("ingressgateway")));
+    assert_eq!(body, "backend");
+
+    // What a gateway server cannot be is reported.
+    mesh.write_config(
+        "bad-gateway.yaml",
+        &format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: bad, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 7443, name: https, protocol: HTTPS}}
+    hosts: ["*"]
+    tls: {{mode: SIMPLE, credentialName: shop-cert}}
+"#
+        ),
+    )
+    .unwrap();
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        mesh.admin_json("/debug/configz").unwrap()["rejected"]
+            .to_string()
+            .contains("credentialName")
+    }));
+}

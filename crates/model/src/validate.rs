@@ -172,6 +172,64 @@ fn l4_match(
     Ok(())
 }
 
+/// The Gateway server shapes meshd serves; the others are reported.
+fn gateway_server(at: &str, s: &crate::networking::Server) -> Check {
+    let protocol = s.port.protocol.to_ascii_uppercase();
+    if !matches!(
+        protocol.as_str(),
+        "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "TLS" | "TCP"
+    ) {
+        return Err(format!(
+            "{at}.port.protocol {} is not supported (HTTP, HTTPS, HTTP2, GRPC, TLS, TCP)",
+            s.port.protocol
+        ));
+    }
+    if s.bind.is_some() {
+        return Err(format!("{at}.bind is not supported"));
+    }
+    if s.port.target_port.is_some() {
+        return Err(format!("{at}.port.targetPort is not supported"));
+    }
+    let tls = s.tls.as_ref();
+    let mode = tls
+        .and_then(|t| t.mode.as_deref())
+        .map(str::to_ascii_uppercase);
+    let files = tls.is_some_and(|t| t.server_certificate.is_some() && t.private_key.is_some());
+    if tls.is_some_and(|t| t.credential_name.is_some()) {
+        return Err(format!(
+            "{at}.tls.credentialName is not served yet; give serverCertificate and privateKey files"
+        ));
+    }
+    match mode.as_deref() {
+        None if protocol == "HTTPS" && !files => Err(format!(
+            "{at}: an HTTPS server needs tls (mode SIMPLE with serverCertificate and privateKey)"
+        )),
+        None if protocol == "TLS" => Err(format!(
+            "{at}: a TLS server needs tls.mode PASSTHROUGH (terminating TLS is for HTTPS servers)"
+        )),
+        Some("ISTIO_MUTUAL") if protocol == "TLS" || protocol == "TCP" => Err(format!(
+            "{at}.tls: ISTIO_MUTUAL on a {protocol} server is not supported (use HTTPS)"
+        )),
+        None | Some("ISTIO_MUTUAL") => Ok(()),
+        Some("SIMPLE") | Some("MUTUAL") if !files => Err(format!(
+            "{at}.tls: mode {} needs serverCertificate and privateKey",
+            mode.as_deref().unwrap_or_default()
+        )),
+        Some("MUTUAL") if tls.and_then(|t| t.ca_certificates.as_ref()).is_none() => Err(format!(
+            "{at}.tls: mode MUTUAL needs caCertificates to verify clients"
+        )),
+        Some("SIMPLE") | Some("MUTUAL") if protocol == "TLS" || protocol == "TCP" => Err(format!(
+            "{at}.tls: terminating TLS on a {protocol} server is not supported (use HTTPS, or PASSTHROUGH)"
+        )),
+        Some("SIMPLE") | Some("MUTUAL") => Ok(()),
+        Some("PASSTHROUGH") if protocol == "TLS" => Ok(()),
+        Some("PASSTHROUGH") => Err(format!("{at}.tls: PASSTHROUGH needs protocol TLS")),
+        Some(other) => Err(format!(
+            "{at}.tls.mode {other} is not supported (SIMPLE, MUTUAL, ISTIO_MUTUAL, PASSTHROUGH)"
+        )),
+    }
+}
+
 pub(crate) fn object(obj: &ConfigObject) -> Check {
     match &obj.spec {
         Spec::ServiceEntry(se) => {
@@ -281,6 +339,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                 if s.hosts.is_empty() {
                     return Err(format!("spec.servers[{i}].hosts must not be empty"));
                 }
+                gateway_server(&format!("spec.servers[{i}]"), s)?;
             }
         }
         Spec::Sidecar(sc) => {

@@ -1,12 +1,17 @@
 //! Gateway proxies (Envoy in router mode): one listener per Gateway server port, routes from the
-//! VirtualServices bound to those Gateways.
+//! VirtualServices bound to those Gateways. HTTP servers share the port's route table; each TLS
+//! server gets its own filter chain (by SNI, its own certificate; SIMPLE, MUTUAL, ISTIO_MUTUAL);
+//! TLS PASSTHROUGH and TCP servers proxy connections per the bound tls / tcp routes.
 
 use super::common::*;
-use super::listener::{RouteSource, hcm, hcm_filter};
+use super::l4::L4Target;
+use super::listener::{RouteSource, hcm, hcm_filter, tcp_proxy_filter, weighted_tcp_proxy_filter};
 use super::{MeshSnapshot, route};
 use crate::resource::{Resource, SharedResource, any};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
+};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost, virtual_host};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, TlsCertificate,
@@ -30,6 +35,23 @@ fn server_allows(server: &Server, host: &str) -> bool {
     })
 }
 
+/// A TCP proxy chain (TLS passthrough by SNI when `sni` is given).
+fn l4_chain(name: &str, sni: Vec<String>, target: &L4Target) -> FilterChain {
+    let proxy = match target {
+        L4Target::Cluster(c) => tcp_proxy_filter(c, c),
+        L4Target::Weighted(cs) => weighted_tcp_proxy_filter(name, cs),
+    };
+    FilterChain {
+        name: name.into(),
+        filter_chain_match: Some(FilterChainMatch {
+            server_names: sni,
+            ..Default::default()
+        }),
+        filters: vec![proxy],
+        ..Default::default()
+    }
+}
+
 fn bound_to(vs: &VirtualService, vs_ns: &str, gw_ns: &str, gw_name: &str) -> bool {
     vs.gateways.iter().any(|g| match g.split_once('/') {
         Some((ns, name)) => ns == gw_ns && name == gw_name,
@@ -37,24 +59,116 @@ fn bound_to(vs: &VirtualService, vs_ns: &str, gw_ns: &str, gw_name: &str) -> boo
     })
 }
 
-fn downstream_tls(
-    server: &Server,
-) -> Option<envoy_types::pb::envoy::config::core::v3::TransportSocket> {
+/// Whether a server carries HTTP (HTTP, HTTPS, HTTP2, GRPC): an HTTP connection manager; else
+/// TLS (passthrough by SNI) or TCP: a TCP proxy.
+fn is_http(server: &Server) -> bool {
+    matches!(
+        server.port.protocol.to_ascii_uppercase().as_str(),
+        "HTTP" | "HTTPS" | "HTTP2" | "GRPC"
+    )
+}
+
+fn tls_mode(server: &Server) -> Option<String> {
     let tls = server.tls.as_ref()?;
+    let mode = tls.mode.clone().map(|m| m.to_ascii_uppercase());
+    match mode {
+        Some(m) => Some(m),
+        // `tls: {httpsRedirect: true}` alone is a plaintext server.
+        None if tls.server_certificate.is_some() => Some("SIMPLE".into()),
+        None => None,
+    }
+}
+
+fn tls_version(v: Option<&str>) -> i32 {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
+    match v {
+        Some("TLSV1_0") => TlsProtocol::TlSv10 as i32,
+        Some("TLSV1_1") => TlsProtocol::TlSv11 as i32,
+        Some("TLSV1_2") => TlsProtocol::TlSv12 as i32,
+        Some("TLSV1_3") => TlsProtocol::TlSv13 as i32,
+        _ => TlsProtocol::TlsAuto as i32,
+    }
+}
+
+/// The server's downstream TLS: SIMPLE and MUTUAL with files, ISTIO_MUTUAL with the gateway's
+/// mesh identity; `None` for plaintext servers and PASSTHROUGH.
+fn server_tls_socket(
+    server: &Server,
+    trust_domain: &str,
+) -> Option<envoy_types::pb::envoy::config::core::v3::TransportSocket> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, SubjectAltNameMatcher, TlsParameters, common_tls_context,
+        subject_alt_name_matcher,
+    };
+    let mode = tls_mode(server)?;
+    let tls = server.tls.as_ref()?;
+    if mode == "ISTIO_MUTUAL" {
+        return Some(istio_mutual_downstream(trust_domain));
+    }
+    if mode != "SIMPLE" && mode != "MUTUAL" {
+        return None;
+    }
     let (cert, key) = (tls.server_certificate.as_ref()?, tls.private_key.as_ref()?);
-    let ctx = DownstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificates: vec![TlsCertificate {
-                certificate_chain: Some(filename(cert)),
-                private_key: Some(filename(key)),
-                ..Default::default()
-            }],
-            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+    let mut common = CommonTlsContext {
+        tls_certificates: vec![TlsCertificate {
+            certificate_chain: Some(filename(cert)),
+            private_key: Some(filename(key)),
             ..Default::default()
-        }),
+        }],
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        ..Default::default()
+    };
+    if tls.min_protocol_version.is_some() || tls.max_protocol_version.is_some() {
+        common.tls_params = Some(TlsParameters {
+            tls_minimum_protocol_version: tls_version(tls.min_protocol_version.as_deref()),
+            tls_maximum_protocol_version: tls_version(tls.max_protocol_version.as_deref()),
+            ..Default::default()
+        });
+    }
+    let mutual = mode == "MUTUAL";
+    if mutual {
+        common.validation_context_type = Some(
+            common_tls_context::ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: tls.ca_certificates.as_deref().map(filename),
+                    match_typed_subject_alt_names: tls
+                        .subject_alt_names
+                        .iter()
+                        .map(|san| SubjectAltNameMatcher {
+                            san_type: if san.starts_with("spiffe://") {
+                                subject_alt_name_matcher::SanType::Uri
+                            } else {
+                                subject_alt_name_matcher::SanType::Dns
+                            } as i32,
+                            matcher: Some(exact(san)),
+                            oid: String::new(),
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            ),
+        );
+    }
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: mutual.then_some(true).and_then(boolv),
         ..Default::default()
     };
     Some(tls_socket(any(&ctx)))
+}
+
+/// SNI names a server answers (none: any).
+fn server_names(server: &Server) -> Vec<String> {
+    let hosts: Vec<String> = server
+        .hosts
+        .iter()
+        .map(|h| h.split_once('/').map(|(_, h)| h).unwrap_or(h).to_string())
+        .collect();
+    if hosts.iter().any(|h| h == "*") {
+        Vec::new()
+    } else {
+        hosts
+    }
 }
 
 pub fn build(
@@ -85,13 +199,92 @@ pub fn build(
         .insert_http_filters(namespace, labels, true, &mut gateway_filters);
     for (port, servers) in by_port {
         let route_name = format!("http.{port}");
-        let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
-        for (gw_ns, gw_name, server) in &servers {
-            let redirect = server
-                .tls
-                .as_ref()
-                .and_then(|t| t.https_redirect)
-                .unwrap_or(false);
+        let mut chains: Vec<FilterChain> = Vec::new();
+        let http_servers: Vec<&(&str, &str, &Server)> =
+            servers.iter().filter(|(_, _, s)| is_http(s)).collect();
+        if !http_servers.is_empty() {
+            let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
+            for (gw_ns, gw_name, server) in &http_servers {
+                let redirect = server
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.https_redirect)
+                    .unwrap_or(false);
+                for (vo, vs) in config.virtual_services() {
+                    if !bound_to(vs, vo.meta.namespace(), gw_ns, gw_name) {
+                        continue;
+                    }
+                    let ctx = route::RouteCtx {
+                        index: &snapshot.index,
+                        listener_port: port,
+                        namespace: vo.meta.namespace(),
+                        gateway: Some((gw_ns, gw_name)),
+                        source: Some((namespace, Some(labels))),
+                    };
+                    for host in vs.hosts.iter().filter(|h| server_allows(server, h)) {
+                        let vh = vhosts.entry(host.clone()).or_insert_with(|| VirtualHost {
+                            name: format!("{host}:{port}"),
+                            domains: if host == "*" {
+                                vec!["*".into()]
+                            } else {
+                                vec![host.clone(), format!("{host}:{port}")]
+                            },
+                            ..Default::default()
+                        });
+                        if redirect {
+                            vh.require_tls = virtual_host::TlsRequirementType::All as i32;
+                        }
+                        vh.routes.extend(route::http_routes(&ctx, &vs.http));
+                    }
+                }
+            }
+            let mut rc = RouteConfiguration {
+                name: route_name.clone(),
+                virtual_hosts: vhosts.into_values().collect(),
+                validate_clusters: boolv(false),
+                ..Default::default()
+            };
+            snapshot
+                .patches
+                .patch_routes(&mut rc, port, namespace, true);
+            routes.insert(
+                route_name.clone(),
+                Resource::encode(route_name.clone(), &rc),
+            );
+            let h = hcm(
+                &format!("gateway_{port}"),
+                RouteSource::Rds(route_name),
+                false,
+                &gateway_filters,
+                &snapshot.opts,
+            );
+            // One chain per TLS server (by SNI, with its own certificate), one for plaintext.
+            let plaintext = http_servers
+                .iter()
+                .any(|(_, _, s)| server_tls_socket(s, &snapshot.opts.trust_domain).is_none());
+            for (_, _, s) in &http_servers {
+                let socket = server_tls_socket(s, &snapshot.opts.trust_domain);
+                let tls = socket.is_some();
+                chains.push(FilterChain {
+                    name: format!("gateway-{port}-{}", s.port.name),
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: if tls { server_names(s) } else { Vec::new() },
+                        transport_protocol: match (tls, plaintext) {
+                            (true, true) => "tls".into(),
+                            (false, _) if http_servers.len() > 1 => "raw_buffer".into(),
+                            _ => String::new(),
+                        },
+                        ..Default::default()
+                    }),
+                    filters: vec![hcm_filter(&h)],
+                    transport_socket: socket,
+                    ..Default::default()
+                });
+            }
+        }
+        // TLS passthrough (by SNI) and TCP servers: the bound VirtualServices' tls / tcp routes.
+        for (gw_ns, gw_name, server) in servers.iter().filter(|(_, _, s)| !is_http(s)) {
+            let tls = server.port.protocol.eq_ignore_ascii_case("TLS");
             for (vo, vs) in config.virtual_services() {
                 if !bound_to(vs, vo.meta.namespace(), gw_ns, gw_name) {
                     continue;
@@ -103,55 +296,76 @@ pub fn build(
                     gateway: Some((gw_ns, gw_name)),
                     source: Some((namespace, Some(labels))),
                 };
-                for host in vs.hosts.iter().filter(|h| server_allows(server, h)) {
-                    let vh = vhosts.entry(host.clone()).or_insert_with(|| VirtualHost {
-                        name: format!("{host}:{port}"),
-                        domains: if host == "*" {
-                            vec!["*".into()]
-                        } else {
-                            vec![host.clone(), format!("{host}:{port}")]
-                        },
-                        ..Default::default()
-                    });
-                    if redirect {
-                        vh.require_tls = virtual_host::TlsRequirementType::All as i32;
+                let port_ok = |p: Option<u32>| p.is_none_or(|p| p == port);
+                if tls {
+                    for r in &vs.tls {
+                        let Some(target) = super::l4::target(&ctx, &r.route) else {
+                            continue;
+                        };
+                        let sni: Vec<String> = r
+                            .matches
+                            .iter()
+                            .filter(|m| port_ok(m.port) && ctx.gateway_listed(&m.gateways))
+                            .flat_map(|m| m.sni_hosts.iter().cloned())
+                            .filter(|h| server_allows(server, h))
+                            .collect();
+                        if sni.is_empty() {
+                            continue;
+                        }
+                        chains.push(l4_chain(&format!("gateway-{port}-tls"), sni, &target));
                     }
-                    vh.routes.extend(route::http_routes(&ctx, &vs.http));
+                } else if let Some(target) = vs
+                    .tcp
+                    .iter()
+                    .find(|r| {
+                        r.matches.is_empty()
+                            || r.matches
+                                .iter()
+                                .any(|m| port_ok(m.port) && ctx.gateway_listed(&m.gateways))
+                    })
+                    .and_then(|r| super::l4::target(&ctx, &r.route))
+                {
+                    chains.push(l4_chain(
+                        &format!("gateway-{port}-tcp"),
+                        Vec::new(),
+                        &target,
+                    ));
                 }
             }
         }
-        let mut rc = RouteConfiguration {
-            name: route_name.clone(),
-            virtual_hosts: vhosts.into_values().collect(),
-            validate_clusters: boolv(false),
-            ..Default::default()
-        };
-        snapshot
-            .patches
-            .patch_routes(&mut rc, port, namespace, true);
-        routes.insert(
-            route_name.clone(),
-            Resource::encode(route_name.clone(), &rc),
-        );
-        let h = hcm(
-            &format!("gateway_{port}"),
-            RouteSource::Rds(route_name),
-            false,
-            &gateway_filters,
-            &snapshot.opts,
-        );
-        let transport_socket = servers.iter().find_map(|(_, _, s)| downstream_tls(s));
+        // Envoy refuses two chains with the same match: the first claim wins.
+        let mut seen = Vec::new();
+        chains.retain(|c| {
+            let m = c.filter_chain_match.clone().unwrap_or_default();
+            if seen.contains(&m) {
+                false
+            } else {
+                seen.push(m);
+                true
+            }
+        });
+        let inspect = chains.iter().any(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .is_some_and(|m| !m.server_names.is_empty() || !m.transport_protocol.is_empty())
+        });
         let name = format!("0.0.0.0_{port}");
         let l = Listener {
             name: name.clone(),
             address: Some(socket_address("0.0.0.0", port)),
             traffic_direction: TrafficDirection::Outbound as i32,
-            filter_chains: vec![FilterChain {
-                name: format!("gateway-{port}"),
-                filters: vec![hcm_filter(&h)],
-                transport_socket,
-                ..Default::default()
-            }],
+            listener_filters: if inspect {
+                vec![ListenerFilter {
+                    name: "envoy.filters.listener.tls_inspector".into(),
+                    config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                        &envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default(),
+                    ))),
+                    ..Default::default()
+                }]
+            } else {
+                Vec::new()
+            },
+            filter_chains: chains,
             ..Default::default()
         };
         listeners.insert(name.clone(), Resource::encode(name, &l));

@@ -24,7 +24,8 @@ pub struct L4Chain {
     pub target: L4Target,
 }
 
-fn target(ctx: &RouteCtx<'_>, route: &[RouteDestination]) -> Option<L4Target> {
+/// Where a tcp / tls route sends connections.
+pub fn target(ctx: &RouteCtx<'_>, route: &[RouteDestination]) -> Option<L4Target> {
     match route {
         [] => None,
         [only] => Some(L4Target::Cluster(destination_cluster(
