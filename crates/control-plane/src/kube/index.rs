@@ -297,12 +297,26 @@ impl KubeObjects {
         });
 
         let pods = PodIndex::new(self);
+        let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+        for ((ns, _), slice) in &self.endpoint_slices {
+            if let Some(svc) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                slices
+                    .entry((ns.as_str(), svc.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
         let mut workloads: Vec<Workload> = self.pods.values().filter_map(|p| workload(p)).collect();
         workloads.append(&mut mesh.workloads);
         let mut services: Vec<registry::Service> = self
             .services
             .values()
-            .filter_map(|s| self.service(s, &pods, opts))
+            .filter_map(|s| self.service(s, &pods, &slices, opts))
             .collect();
         let kube_hosts: BTreeSet<String> = services.iter().map(|s| s.hostname.clone()).collect();
         // ServiceEntries again, now that their workloadSelector can pick Pods too.
@@ -337,6 +351,7 @@ impl KubeObjects {
         &self,
         svc: &Service,
         pods: &PodIndex<'_>,
+        slices_by_service: &BTreeMap<(&str, &str), Vec<&EndpointSlice>>,
         opts: &IndexOptions,
     ) -> Option<registry::Service> {
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
@@ -416,19 +431,9 @@ impl KubeObjects {
             }
         };
 
-        let slices: Vec<&EndpointSlice> = self
-            .endpoint_slices
-            .range((namespace.clone(), String::new())..)
-            .take_while(|((ns, _), _)| *ns == namespace)
-            .map(|(_, s)| &**s)
-            .filter(|s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    == Some(&name)
-            })
-            .collect();
+        let slices: &[&EndpointSlice] = slices_by_service
+            .get(&(namespace.as_str(), name.as_str()))
+            .map_or(&[], |v| v.as_slice());
         let mut endpoints: Vec<Endpoint> = Vec::new();
         if !slices.is_empty() {
             for slice in slices {

@@ -102,6 +102,8 @@ where
     let kind = kind_name::<K>();
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
+        // The index never reads managedFields; they are often most of an object's bytes.
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
         .boxed();
     let mut buffer: Vec<K> = Vec::new();
     while let Some(event) = stream.next().await {
