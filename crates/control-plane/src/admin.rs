@@ -95,7 +95,7 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<ProxyQuery>) -
     for (type_url, t) in &status.types {
         let resources: Vec<Value> = t
             .sent
-            .values()
+            .iter()
             .map(|r| meshd_xds::json::any_to_json(&r.any))
             .collect();
         types.insert(

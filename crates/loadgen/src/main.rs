@@ -267,7 +267,8 @@ fn spawn_proxies(
     tx: mpsc::UnboundedSender<Ack>,
 ) {
     let url = format!("http://127.0.0.1:{}", args.xds_port);
-    for spec in specs.iter().cloned() {
+    for spec in specs {
+        let spec = spec.clone();
         let cache = cache.clone();
         let tx = tx.clone();
         let url = url.clone();

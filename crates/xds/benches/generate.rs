@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshd_model::{MeshConfig, parse_file};
-use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SharedResource};
+use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use meshd_xds::{GenOptions, Identity, MeshSnapshot, NodeId, NodeType, Proxy};
 
 const VOICECORE: &str = include_str!("../../../deploy/mesh/voicecore.yaml");
@@ -89,9 +89,9 @@ trait Measure {
     fn measure(&self) -> (usize, usize);
 }
 
-impl Measure for BTreeMap<String, SharedResource> {
+impl Measure for meshd_xds::resource::ResourceSet {
     fn measure(&self) -> (usize, usize) {
-        (self.values().map(|r| r.size()).sum(), self.len())
+        (self.iter().map(|r| r.size()).sum(), self.len())
     }
 }
 

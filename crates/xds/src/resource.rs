@@ -3,6 +3,7 @@
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -78,5 +79,108 @@ pub fn any<M: Message + Name>(msg: &M) -> Any {
     Any {
         type_url: M::type_url(),
         value: msg.encode_to_vec(),
+    }
+}
+
+/// One type's resources for one proxy: shared layers (a scope's set, encoded once and held by
+/// every proxy in that scope) plus, at most, a small layer of the proxy's own. Names are
+/// disjoint across layers. Cloning copies pointers, never resources.
+#[derive(Clone, Debug, Default)]
+pub struct ResourceSet {
+    layers: Vec<Arc<BTreeMap<String, SharedResource>>>,
+}
+
+impl ResourceSet {
+    pub fn from_layers(layers: Vec<Arc<BTreeMap<String, SharedResource>>>) -> ResourceSet {
+        ResourceSet { layers }
+    }
+
+    pub fn layer(layer: Arc<BTreeMap<String, SharedResource>>) -> ResourceSet {
+        ResourceSet {
+            layers: vec![layer],
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SharedResource> {
+        self.layers.iter().find_map(|l| l.get(name))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &SharedResource> {
+        self.layers.iter().flat_map(|l| l.values())
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.iter().map(|l| l.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Same layers by pointer: nothing in the set can differ.
+    pub fn same_as(&self, other: &ResourceSet) -> bool {
+        self.layers.len() == other.layers.len()
+            && self
+                .layers
+                .iter()
+                .zip(&other.layers)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl FromIterator<(String, SharedResource)> for ResourceSet {
+    fn from_iter<I: IntoIterator<Item = (String, SharedResource)>>(iter: I) -> Self {
+        ResourceSet::layer(Arc::new(iter.into_iter().collect()))
+    }
+}
+
+/// Which resources of a type a proxy asked for. A request naming exactly what is available
+/// collapses to `All`, so the common case keeps no per-proxy copy of the names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subscription {
+    All,
+    Names(Arc<BTreeSet<String>>),
+}
+
+impl Subscription {
+    pub fn from_names(names: BTreeSet<String>, available: &ResourceSet) -> Subscription {
+        if !names.is_empty()
+            && names.len() == available.len()
+            && names.iter().all(|n| available.contains(n))
+        {
+            Subscription::All
+        } else {
+            Subscription::Names(Arc::new(names))
+        }
+    }
+
+    pub fn selects(&self, name: &str) -> bool {
+        match self {
+            Subscription::All => true,
+            Subscription::Names(n) => n.contains(name),
+        }
+    }
+
+    /// The names subscribed, spelled out against what is available.
+    pub fn names(&self, available: &ResourceSet) -> BTreeSet<String> {
+        match self {
+            Subscription::All => available.iter().map(|r| r.name.clone()).collect(),
+            Subscription::Names(n) => n.as_ref().clone(),
+        }
+    }
+}
+
+/// The resources of `set` that `sub` selects.
+pub fn select<'a>(
+    set: &'a ResourceSet,
+    sub: &'a Subscription,
+) -> Box<dyn Iterator<Item = &'a SharedResource> + 'a> {
+    match sub {
+        Subscription::All => Box::new(set.iter()),
+        Subscription::Names(names) => Box::new(names.iter().filter_map(|n| set.get(n))),
     }
 }

@@ -21,8 +21,8 @@ use meshd_model::registry::selector_matches;
 use std::collections::BTreeMap;
 
 pub struct GatewayResources {
-    pub listeners: BTreeMap<String, SharedResource>,
-    pub routes: BTreeMap<String, SharedResource>,
+    pub listeners: std::sync::Arc<BTreeMap<String, SharedResource>>,
+    pub routes: std::sync::Arc<BTreeMap<String, SharedResource>>,
 }
 
 fn server_allows(server: &Server, host: &str) -> bool {
@@ -370,5 +370,8 @@ pub fn build(
         };
         listeners.insert(name.clone(), Resource::encode(name, &l));
     }
-    GatewayResources { listeners, routes }
+    GatewayResources {
+        listeners: std::sync::Arc::new(listeners),
+        routes: std::sync::Arc::new(routes),
+    }
 }

@@ -12,7 +12,7 @@ pub mod listener;
 pub mod route;
 
 use crate::proxy::{NodeType, Proxy};
-use crate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, SharedResource};
+use crate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, ResourceSet, SharedResource};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset, VirtualService};
@@ -23,7 +23,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// Resources for one proxy, by type URL then name.
-pub type ProxyResources = BTreeMap<&'static str, BTreeMap<String, SharedResource>>;
+pub type ProxyResources = BTreeMap<&'static str, ResourceSet>;
+
+type Layer = Arc<BTreeMap<String, SharedResource>>;
 
 #[derive(Clone, Debug)]
 pub struct GenOptions {
@@ -212,10 +214,10 @@ struct ScopeKey {
 
 /// Outbound resources for every proxy in one scope.
 struct Scope {
-    clusters: BTreeMap<String, SharedResource>,
-    endpoints: BTreeMap<String, SharedResource>,
-    listeners: BTreeMap<String, SharedResource>,
-    routes: BTreeMap<String, SharedResource>,
+    clusters: Layer,
+    endpoints: Layer,
+    listeners: Layer,
+    routes: Layer,
 }
 
 pub struct MeshSnapshot {
@@ -225,10 +227,12 @@ pub struct MeshSnapshot {
     /// The EnvoyFilter patches in force (and those rejected, in `patches.problems`).
     pub patches: envoyfilter::Patches,
     /// Every outbound cluster and its endpoints, encoded once.
-    clusters: BTreeMap<String, SharedResource>,
-    endpoints: BTreeMap<String, SharedResource>,
+    clusters: Layer,
+    endpoints: Layer,
+    clusters_by_host: HashMap<String, Vec<String>>,
     scopes: Mutex<HashMap<ScopeKey, Arc<Scope>>>,
     gateways: Mutex<HashMap<String, Arc<gateway::GatewayResources>>>,
+    inbound: Mutex<HashMap<String, (Layer, Layer)>>,
 }
 
 fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
@@ -255,6 +259,7 @@ impl MeshSnapshot {
         let patches = envoyfilter::Patches::build(&index.config, &opts.root_namespace);
         let mut clusters = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
+        let mut clusters_by_host: HashMap<String, Vec<String>> = HashMap::new();
         for svc in index.services() {
             for port in &svc.ports {
                 let subsets =
@@ -265,6 +270,10 @@ impl MeshSnapshot {
                     if let Some(la) = out.load_assignment {
                         endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
                     }
+                    clusters_by_host
+                        .entry(svc.hostname.clone())
+                        .or_default()
+                        .push(name.clone());
                     clusters.insert(name.clone(), Resource::encode(name, &out.cluster));
                 }
             }
@@ -281,10 +290,12 @@ impl MeshSnapshot {
             opts,
             index,
             patches,
-            clusters,
-            endpoints,
+            clusters: Arc::new(clusters),
+            endpoints: Arc::new(endpoints),
+            clusters_by_host,
             scopes: Mutex::new(HashMap::new()),
             gateways: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
         }
     }
 
@@ -337,31 +348,33 @@ impl MeshSnapshot {
             .map(|p| p.mode)
             .unwrap_or(OutboundMode::AllowAny)
             == OutboundMode::AllowAny;
-        let mut clusters = BTreeMap::new();
-        let mut endpoints = BTreeMap::new();
-        for svc in &visible {
-            let prefix = |port: u32| format!("outbound|{port}|");
-            for port in &svc.ports {
-                let p = prefix(port.number);
-                for (name, res) in self.clusters.range(p.clone()..) {
-                    if !name.starts_with(&p) {
-                        break;
-                    }
-                    if name.rsplit('|').next() == Some(svc.hostname.as_str()) {
-                        clusters.insert(name.clone(), res.clone());
-                        if let Some(e) = self.endpoints.get(name) {
-                            endpoints.insert(name.clone(), e.clone());
-                        }
+        let (mut clusters, endpoints) = if visible.len() == self.index.services().count() {
+            // Unscoped: the mesh-wide layers themselves, shared with every other such scope.
+            (self.clusters.clone(), self.endpoints.clone())
+        } else {
+            let mut clusters = BTreeMap::new();
+            let mut endpoints = BTreeMap::new();
+            for svc in &visible {
+                for name in self
+                    .clusters_by_host
+                    .get(&svc.hostname)
+                    .into_iter()
+                    .flatten()
+                {
+                    clusters.insert(name.clone(), self.clusters[name].clone());
+                    if let Some(e) = self.endpoints.get(name) {
+                        endpoints.insert(name.clone(), e.clone());
                     }
                 }
             }
-        }
-        for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE, cluster::ZIPKIN]
-            .into_iter()
-            .filter(|n| self.clusters.contains_key(*n))
-        {
-            clusters.insert(name.to_string(), self.clusters[name].clone());
-        }
+            for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE, cluster::ZIPKIN]
+                .into_iter()
+                .filter(|n| self.clusters.contains_key(*n))
+            {
+                clusters.insert(name.to_string(), self.clusters[name].clone());
+            }
+            (Arc::new(clusters), Arc::new(endpoints))
+        };
         self.patches
             .patch_cluster_layer(&mut clusters, namespace, false);
         // Ports: HTTP services share a listener and a route table per port.
@@ -398,8 +411,8 @@ impl MeshSnapshot {
         Scope {
             clusters,
             endpoints,
-            listeners,
-            routes,
+            listeners: Arc::new(listeners),
+            routes: Arc::new(routes),
         }
     }
 
@@ -541,6 +554,36 @@ impl MeshSnapshot {
         by_port.into_values().collect()
     }
 
+    /// A workload's inbound clusters and listener, shared by every proxy of the same workload
+    /// shape (namespace, labels, ports).
+    fn inbound(&self, workload: Option<&Workload>) -> (Layer, Layer) {
+        let key = workload
+            .map(|w| format!("{}|{:?}|{:?}", w.namespace, w.labels, w.ports))
+            .unwrap_or_default();
+        if let Some(hit) = self.inbound.lock().expect("inbound cache").get(&key) {
+            return hit.clone();
+        }
+        let ports = workload.map(|w| self.inbound_ports(w)).unwrap_or_default();
+        let clusters: BTreeMap<String, SharedResource> = ports
+            .iter()
+            .map(|p| {
+                let c = cluster::inbound(p.port, p.app_port);
+                (c.name.clone(), Resource::encode(c.name.clone(), &c))
+            })
+            .collect();
+        let vi = listener::virtual_inbound(&ports, &self.opts);
+        let listeners: BTreeMap<String, SharedResource> =
+            [(vi.name.clone(), Resource::encode(vi.name.clone(), &vi))]
+                .into_iter()
+                .collect();
+        let layers = (Arc::new(clusters), Arc::new(listeners));
+        self.inbound
+            .lock()
+            .expect("inbound cache")
+            .insert(key, layers.clone());
+        layers
+    }
+
     /// Everything one proxy should have, except secrets (those come from the CA).
     pub fn generate(&self, proxy: &Proxy) -> ProxyResources {
         let workload = self
@@ -552,19 +595,17 @@ impl MeshSnapshot {
         match proxy.node_type {
             NodeType::Sidecar => {
                 let scope = self.scope(&proxy.identity.namespace, labels);
-                let mut clusters = scope.clusters.clone();
-                let mut listeners = scope.listeners.clone();
-                let ports = workload.map(|w| self.inbound_ports(w)).unwrap_or_default();
-                for p in &ports {
-                    let c = cluster::inbound(p.port, p.app_port);
-                    clusters.insert(c.name.clone(), Resource::encode(c.name.clone(), &c));
-                }
-                let vi = listener::virtual_inbound(&ports, &self.opts);
-                listeners.insert(vi.name.clone(), Resource::encode(vi.name.clone(), &vi));
-                out.insert(CLUSTER, clusters);
-                out.insert(ENDPOINT, scope.endpoints.clone());
-                out.insert(LISTENER, listeners);
-                out.insert(ROUTE, scope.routes.clone());
+                let (inbound_clusters, inbound_listeners) = self.inbound(workload);
+                out.insert(
+                    CLUSTER,
+                    ResourceSet::from_layers(vec![scope.clusters.clone(), inbound_clusters]),
+                );
+                out.insert(ENDPOINT, ResourceSet::layer(scope.endpoints.clone()));
+                out.insert(
+                    LISTENER,
+                    ResourceSet::from_layers(vec![scope.listeners.clone(), inbound_listeners]),
+                );
+                out.insert(ROUTE, ResourceSet::layer(scope.routes.clone()));
             }
             NodeType::Router => {
                 let key = format!("{}|{labels:?}", proxy.identity.namespace);
@@ -591,10 +632,10 @@ impl MeshSnapshot {
                 let mut clusters = self.clusters.clone();
                 self.patches
                     .patch_cluster_layer(&mut clusters, &proxy.identity.namespace, true);
-                out.insert(CLUSTER, clusters);
-                out.insert(ENDPOINT, self.endpoints.clone());
-                out.insert(LISTENER, gw.listeners.clone());
-                out.insert(ROUTE, gw.routes.clone());
+                out.insert(CLUSTER, ResourceSet::layer(clusters));
+                out.insert(ENDPOINT, ResourceSet::layer(self.endpoints.clone()));
+                out.insert(LISTENER, ResourceSet::layer(gw.listeners.clone()));
+                out.insert(ROUTE, ResourceSet::layer(gw.routes.clone()));
             }
         }
         out

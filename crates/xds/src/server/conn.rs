@@ -1,7 +1,7 @@
 //! What SotW and Delta streams share: binding the node to the proven identity, recomputing the
 //! proxy's resources, and waiting for the next reason to push.
 
-use super::status::{ProxyHandle, ProxyStatus, SyncStatus, TypeStatus};
+use super::status::{ProxyHandle, ProxyStatus, SentResources, SyncStatus, TypeStatus};
 use super::{Authenticator, Metrics, SecretSource, Shared};
 use crate::generate::ProxyResources;
 use crate::proxy::{Identity, NodeId, Proxy};
@@ -121,21 +121,16 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         type_url: &str,
         version: &str,
         nonce: &str,
-        sent: BTreeMap<String, SharedResource>,
-        replace: bool,
+        sent: SentResources,
+        bytes: usize,
     ) {
-        let bytes: usize = sent.values().map(|r| r.size()).sum();
         Metrics::inc(&self.shared.metrics.pushes, 1);
         Metrics::inc(&self.shared.metrics.push_bytes, bytes as u64);
         self.update_type(type_url, |t| {
             t.sent_version = version.to_string();
             t.nonce = nonce.to_string();
             t.status = SyncStatus::Stale;
-            if replace {
-                t.sent = sent;
-            } else {
-                t.sent.extend(sent);
-            }
+            t.sent = sent;
         });
     }
 
@@ -171,9 +166,11 @@ impl<A, S: SecretSource> Drop for Conn<A, S> {
 }
 
 /// The version of a set of resources: a hash of their names and content versions.
-pub(crate) fn set_version(resources: &BTreeMap<String, SharedResource>) -> String {
-    let parts: Vec<&[u8]> = resources
-        .values()
+pub(crate) fn set_version<'a>(resources: impl Iterator<Item = &'a SharedResource>) -> String {
+    let mut sorted: Vec<&SharedResource> = resources.collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let parts: Vec<&[u8]> = sorted
+        .iter()
         .flat_map(|r| [r.name.as_bytes(), r.version.as_bytes()])
         .collect();
     content_hash(&parts)

@@ -2,9 +2,13 @@
 //! are named. A reconnecting proxy's `initial_resource_versions` spares it what it already has.
 
 use super::conn::{Conn, Wake, bind_proxy, next_nonce, set_version};
+use super::status::SentResources;
 use super::{Authenticator, SecretSource, Shared};
 use crate::proxy::{Identity, Proxy};
-use crate::resource::{CLUSTER, ENDPOINT, PUSH_ORDER, SharedResource, is_wildcard_type};
+use crate::resource::{
+    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
+    select,
+};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
@@ -15,15 +19,73 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
-#[derive(Default)]
+/// What a proxy holds of one type.
+enum Known {
+    /// Exactly what the last push left it with (shared pointers, no per-proxy copy).
+    Sent(SentResources),
+    /// What it told us on reconnect (`initial_resource_versions`), until the first push.
+    Claimed(BTreeMap<String, String>),
+}
+
+impl Default for Known {
+    fn default() -> Self {
+        Known::Claimed(BTreeMap::new())
+    }
+}
+
+impl Known {
+    fn version(&self, name: &str) -> Option<&str> {
+        match self {
+            Known::Sent(s) if s.subscription.selects(name) => {
+                s.set.get(name).map(|r| r.version.as_str())
+            }
+            Known::Sent(_) => None,
+            Known::Claimed(m) => m.get(name).map(String::as_str),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            Known::Sent(s) => s.iter().map(|r| r.name.clone()).collect(),
+            Known::Claimed(m) => m.keys().cloned().collect(),
+        }
+    }
+
+    fn forget(&mut self, name: &str) {
+        if let Known::Sent(_) = self {
+            let names = self.names();
+            let claimed = names
+                .into_iter()
+                .filter_map(|n| self.version(&n).map(|v| (n.clone(), v.to_string())))
+                .collect();
+            *self = Known::Claimed(claimed);
+        }
+        if let Known::Claimed(m) = self {
+            m.remove(name);
+        }
+    }
+}
+
 struct TypeState {
     wildcard: bool,
-    subscribed: BTreeSet<String>,
-    /// What the proxy holds, name → version.
-    known: BTreeMap<String, String>,
+    subscription: Subscription,
+    known: Known,
     nonce: String,
     sent_version: String,
     answered: bool,
+}
+
+impl Default for TypeState {
+    fn default() -> Self {
+        TypeState {
+            wildcard: false,
+            subscription: Subscription::Names(Default::default()),
+            known: Known::default(),
+            nonce: String::new(),
+            sent_version: String::new(),
+            answered: false,
+        }
+    }
 }
 
 struct Delta<A, S: SecretSource> {
@@ -40,55 +102,61 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
         };
-        let empty = BTreeMap::new();
-        let all = self.conn.resources.get(type_url).unwrap_or(&empty);
-        if type_url == ENDPOINT {
-            for name in std::mem::take(&mut self.eds_due) {
-                if all.contains_key(&name) {
-                    st.known.remove(&name);
-                }
-            }
-        }
-        let desired: BTreeMap<String, SharedResource> = if st.wildcard {
-            all.clone()
+        let all = self
+            .conn
+            .resources
+            .get(type_url)
+            .cloned()
+            .unwrap_or_default();
+        let effective = if st.wildcard {
+            Subscription::All
         } else {
-            st.subscribed
-                .iter()
-                .filter_map(|n| all.get(n).map(|r| (n.clone(), r.clone())))
-                .collect()
+            st.subscription.clone()
         };
-        let updates: BTreeMap<String, SharedResource> = desired
-            .iter()
-            .filter(|(n, r)| st.known.get(*n) != Some(&r.version))
-            .map(|(n, r)| (n.clone(), r.clone()))
+        let forced = if type_url == ENDPOINT {
+            std::mem::take(&mut self.eds_due)
+        } else {
+            BTreeSet::new()
+        };
+        if st.answered
+            && forced.is_empty()
+            && matches!(&st.known, Known::Sent(s) if s.set.same_as(&all) && s.subscription == effective)
+        {
+            return Ok(());
+        }
+        let updates: Vec<SharedResource> = select(&all, &effective)
+            .filter(|r| forced.contains(&r.name) || st.known.version(&r.name) != Some(&r.version))
+            .cloned()
             .collect();
         let removed: Vec<String> = st
             .known
-            .keys()
-            .filter(|n| !desired.contains_key(*n))
-            .cloned()
+            .names()
+            .into_iter()
+            .filter(|n| !(effective.selects(n) && all.contains(n)))
             .collect();
+        let sent = SentResources {
+            set: all,
+            subscription: effective,
+        };
         if updates.is_empty() && removed.is_empty() && st.answered {
+            st.known = Known::Sent(sent);
             return Ok(());
         }
-        let version = set_version(&desired);
+        let version = set_version(sent.iter());
         let nonce = next_nonce();
-        for n in &removed {
-            st.known.remove(n);
-        }
-        for (n, r) in &updates {
-            st.known.insert(n.clone(), r.version.clone());
-        }
+        st.known = Known::Sent(sent.clone());
         st.nonce = nonce.clone();
         st.sent_version = version.clone();
         st.answered = true;
         if type_url == CLUSTER {
-            self.eds_due.extend(updates.keys().cloned());
+            self.eds_due.extend(updates.iter().map(|r| r.name.clone()));
         }
+        let bytes = updates.iter().map(|r| r.size()).sum();
+        let count = updates.len();
         let response = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
             resources: updates
-                .values()
+                .into_iter()
                 .map(|r| DeltaResource {
                     name: r.name.clone(),
                     version: r.version.clone(),
@@ -101,9 +169,9 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        tracing::debug!(type_url, version, updated = updates.len(), "delta push");
+        tracing::debug!(type_url, version, updated = count, "delta push");
         self.conn
-            .record_sent(type_url, &version, &nonce, desired, true);
+            .record_sent(type_url, &version, &nonce, sent, bytes);
         self.tx.send(Ok(response)).await.map_err(|_| ())
     }
 
@@ -112,7 +180,7 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         let first = !self.types.contains_key(&type_url);
         let st = self.types.entry(type_url.clone()).or_default();
         if first {
-            st.known = req.initial_resource_versions.clone().into_iter().collect();
+            st.known = Known::Claimed(req.initial_resource_versions.clone().into_iter().collect());
             st.wildcard = is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty();
         }
         if !req.response_nonce.is_empty() {
@@ -128,22 +196,31 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         }
         let st = self.types.get_mut(&type_url).expect("inserted above");
         let mut changed = first;
-        for name in &req.resource_names_subscribe {
-            if name == "*" {
-                changed |= !st.wildcard;
-                st.wildcard = true;
-            } else {
-                changed |= st.subscribed.insert(name.clone());
+        let named_changes = req
+            .resource_names_subscribe
+            .iter()
+            .chain(&req.resource_names_unsubscribe)
+            .any(|n| n != "*");
+        if named_changes {
+            let empty = ResourceSet::default();
+            let available = self.conn.resources.get(type_url.as_str()).unwrap_or(&empty);
+            let mut names = st.subscription.names(available);
+            for name in req.resource_names_subscribe.iter().filter(|n| *n != "*") {
+                changed |= names.insert(name.clone());
             }
+            for name in req.resource_names_unsubscribe.iter().filter(|n| *n != "*") {
+                changed |= names.remove(name);
+                st.known.forget(name);
+            }
+            st.subscription = Subscription::from_names(names, available);
         }
-        for name in &req.resource_names_unsubscribe {
-            if name == "*" {
-                changed |= st.wildcard;
-                st.wildcard = false;
-            } else {
-                changed |= st.subscribed.remove(name);
-                st.known.remove(name);
-            }
+        if req.resource_names_subscribe.iter().any(|n| n == "*") {
+            changed |= !st.wildcard;
+            st.wildcard = true;
+        }
+        if req.resource_names_unsubscribe.iter().any(|n| n == "*") {
+            changed |= st.wildcard;
+            st.wildcard = false;
         }
         if changed {
             self.push(&type_url).await?;

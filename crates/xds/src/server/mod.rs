@@ -110,7 +110,7 @@ impl<A: Authenticator, S: SecretSource> Shared<A, S> {
         let mut res = snapshot.generate(proxy);
         match self.secrets.secrets(proxy) {
             Ok(s) => {
-                res.insert(crate::resource::SECRET, s);
+                res.insert(crate::resource::SECRET, s.into_iter().collect());
             }
             Err(e) => tracing::error!(proxy = %proxy.id, error = %e, "no secrets for proxy"),
         }

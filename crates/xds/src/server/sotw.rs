@@ -1,12 +1,15 @@
 //! State-of-the-world ADS: each response carries the whole set of a type the proxy subscribes to.
 
 use super::conn::{Conn, Wake, bind_proxy, next_nonce, set_version};
+use super::status::SentResources;
 use super::{Authenticator, SecretSource, Shared};
 use crate::proxy::Identity;
-use crate::resource::{CLUSTER, ENDPOINT, PUSH_ORDER, SharedResource, is_wildcard_type};
+use crate::resource::{
+    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, Subscription, is_wildcard_type, select,
+};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use futures::StreamExt;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -14,26 +17,10 @@ use tracing::Instrument;
 
 #[derive(Default)]
 struct TypeState {
-    /// `None`: wildcard.
-    names: Option<BTreeSet<String>>,
+    /// `None`: wildcard (every resource of the type).
+    subscription: Option<Subscription>,
     nonce: String,
     sent_version: String,
-}
-
-fn select(
-    all: Option<&BTreeMap<String, SharedResource>>,
-    names: &Option<BTreeSet<String>>,
-) -> BTreeMap<String, SharedResource> {
-    let Some(all) = all else {
-        return BTreeMap::new();
-    };
-    match names {
-        None => all.clone(),
-        Some(names) => names
-            .iter()
-            .filter_map(|n| all.get(n).map(|r| (n.clone(), r.clone())))
-            .collect(),
-    }
 }
 
 struct Sotw<A, S: SecretSource> {
@@ -51,8 +38,14 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
         };
-        let set = select(self.conn.resources.get(type_url), &st.names);
-        let version = set_version(&set);
+        let set = self
+            .conn
+            .resources
+            .get(type_url)
+            .cloned()
+            .unwrap_or_default();
+        let subscription = st.subscription.clone().unwrap_or(Subscription::All);
+        let version = set_version(select(&set, &subscription));
         let force = force || (type_url == ENDPOINT && self.eds_due);
         if !force && version == st.sent_version {
             return Ok(());
@@ -65,15 +58,24 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         let nonce = next_nonce();
         st.nonce = nonce.clone();
         st.sent_version = version.clone();
+        let resources: Vec<_> = select(&set, &subscription).map(|r| r.any.clone()).collect();
+        let bytes = resources.iter().map(|a| a.value.len()).sum();
+        let count = resources.len();
         let response = DiscoveryResponse {
             version_info: version.clone(),
-            resources: set.values().map(|r| r.any.clone()).collect(),
+            resources,
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
             ..Default::default()
         };
-        tracing::debug!(proxy = %self.conn.proxy.id, type_url, version, count = set.len(), "push");
-        self.conn.record_sent(type_url, &version, &nonce, set, true);
+        tracing::debug!(type_url, version, count, "push");
+        self.conn.record_sent(
+            type_url,
+            &version,
+            &nonce,
+            SentResources { set, subscription },
+            bytes,
+        );
         self.tx.send(Ok(response)).await.map_err(|_| ())
     }
 
@@ -89,7 +91,7 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         let st = self.types.entry(type_url.clone()).or_default();
         if !req.response_nonce.is_empty() {
             if req.response_nonce != st.nonce {
-                tracing::debug!(proxy = %self.conn.proxy.id, type_url, "stale nonce ignored");
+                tracing::debug!(type_url, "stale nonce ignored");
                 return Ok(());
             }
             match &req.error_detail {
@@ -99,11 +101,15 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         }
         let wildcard = is_wildcard_type(&type_url)
             && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
-        let names = (!wildcard).then(|| req.resource_names.iter().cloned().collect());
+        let subscription = (!wildcard).then(|| {
+            let empty = ResourceSet::default();
+            let available = self.conn.resources.get(type_url.as_str()).unwrap_or(&empty);
+            Subscription::from_names(req.resource_names.iter().cloned().collect(), available)
+        });
         let st = self.types.get_mut(&type_url).expect("inserted above");
         let first = st.nonce.is_empty();
-        let changed = st.names != names;
-        st.names = names;
+        let changed = st.subscription != subscription;
+        st.subscription = subscription;
         if first || changed {
             // A new subscription always gets an answer, even an unchanged or empty one.
             self.push(&type_url, true).await?;

@@ -1,6 +1,6 @@
 //! Per-proxy sync state: what was sent, what was ACKed or NACKed. Read by the admin API.
 
-use crate::resource::SharedResource;
+use crate::resource::{ResourceSet, SharedResource, Subscription, select};
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -25,8 +25,9 @@ pub struct TypeStatus {
     pub nonce: String,
     pub status: SyncStatus,
     pub error: Option<String>,
+    /// What the proxy was last sent of this type (pointers into shared sets).
     #[serde(skip)]
-    pub sent: BTreeMap<String, SharedResource>,
+    pub sent: SentResources,
 }
 
 impl Default for TypeStatus {
@@ -37,8 +38,36 @@ impl Default for TypeStatus {
             nonce: String::new(),
             status: SyncStatus::Stale,
             error: None,
-            sent: BTreeMap::new(),
+            sent: SentResources::default(),
         }
+    }
+}
+
+/// A sent set and the subscription that selected from it; costs a few pointers per proxy.
+#[derive(Clone, Debug)]
+pub struct SentResources {
+    pub set: ResourceSet,
+    pub subscription: Subscription,
+}
+
+impl Default for SentResources {
+    fn default() -> Self {
+        SentResources {
+            set: ResourceSet::default(),
+            subscription: Subscription::All,
+        }
+    }
+}
+
+impl SentResources {
+    pub fn iter(&self) -> impl Iterator<Item = &SharedResource> {
+        select(&self.set, &self.subscription)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SharedResource> {
+        self.set
+            .get(name)
+            .filter(|_| self.subscription.selects(name))
     }
 }
 
