@@ -1,10 +1,11 @@
 //! Encoded xDS resources: built once, shared by reference between every proxy that receives them.
 
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -32,12 +33,34 @@ pub fn is_wildcard_type(type_url: &str) -> bool {
     matches!(type_url, CLUSTER | LISTENER)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Resource {
     pub name: String,
     /// Content hash: equal versions mean equal bytes, so unchanged resources are not resent.
     pub version: String,
     pub any: Any,
+    /// The resource as field 2 of a DiscoveryResponse, encoded once: every SotW push of it to
+    /// any proxy writes these bytes by reference.
+    sotw_field: Bytes,
+    /// The same as field 2 of a DeltaDiscoveryResponse (a `Resource` with name and version).
+    delta_field: OnceLock<Bytes>,
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.version == other.version && self.any == other.any
+    }
+}
+
+impl Eq for Resource {}
+
+/// `field` as a length-delimited protobuf field: key, length, bytes.
+pub(crate) fn length_delimited(tag: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    out
 }
 
 pub type SharedResource = Arc<Resource>;
@@ -46,14 +69,35 @@ impl Resource {
     pub fn encode<M: Message + Name>(name: impl Into<String>, msg: &M) -> SharedResource {
         let value = msg.encode_to_vec();
         let version = content_hash(&[&value]);
+        let any = Any {
+            type_url: M::type_url(),
+            value,
+        };
         Arc::new(Resource {
             name: name.into(),
             version,
-            any: Any {
-                type_url: M::type_url(),
-                value,
-            },
+            sotw_field: Bytes::from(length_delimited(2, &any.encode_to_vec())),
+            delta_field: OnceLock::new(),
+            any,
         })
+    }
+
+    pub fn sotw_field(&self) -> Bytes {
+        self.sotw_field.clone()
+    }
+
+    pub fn delta_field(&self) -> Bytes {
+        self.delta_field
+            .get_or_init(|| {
+                let r = envoy_types::pb::envoy::service::discovery::v3::Resource {
+                    name: self.name.clone(),
+                    version: self.version.clone(),
+                    resource: Some(self.any.clone()),
+                    ..Default::default()
+                };
+                Bytes::from(length_delimited(2, &r.encode_to_vec()))
+            })
+            .clone()
     }
 
     pub fn type_url(&self) -> &str {

@@ -3,20 +3,18 @@
 
 use super::conn::{Conn, Wake, bind_proxy, next_nonce, set_version};
 use super::status::SentResources;
+use super::wire;
 use super::{Authenticator, SecretSource, Shared};
 use crate::proxy::{Identity, Proxy};
 use crate::resource::{
     CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
     select,
 };
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use tracing::Instrument;
 
 /// What a proxy holds of one type.
@@ -91,7 +89,7 @@ impl Default for TypeState {
 struct Delta<A, S: SecretSource> {
     conn: Conn<A, S>,
     types: HashMap<String, TypeState>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: wire::Sender,
     /// Clusters sent since their endpoints last were. Envoy warms every cluster it (re)creates
     /// until that cluster's endpoints arrive, unchanged or not; so their EDS follows, as in Istio.
     eds_due: BTreeSet<String>,
@@ -153,26 +151,11 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         }
         let bytes = updates.iter().map(|r| r.size()).sum();
         let count = updates.len();
-        let response = DeltaDiscoveryResponse {
-            system_version_info: version.clone(),
-            resources: updates
-                .into_iter()
-                .map(|r| DeltaResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            removed_resources: removed,
-            type_url: type_url.to_string(),
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
+        let response = wire::delta_response(&version, type_url, &nonce, updates.iter(), &removed);
         tracing::debug!(type_url, version, updated = count, "delta push");
         self.conn
             .record_sent(type_url, &version, &nonce, sent, bytes);
-        self.tx.send(Ok(response)).await.map_err(|_| ())
+        self.tx.send(response).await.map_err(|_| ())
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), ()> {
@@ -233,7 +216,7 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     shared: Arc<Shared<A, S>>,
     identity: Identity,
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: wire::Sender,
 ) {
     let first = match requests.next().await {
         Some(Ok(r)) => r,
@@ -242,7 +225,7 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     let proxy = match bind_proxy(first.node.as_ref(), identity) {
         Ok(p) => p,
         Err(status) => {
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send(wire::Outgoing::End(status)).await;
             return;
         }
     };
@@ -257,7 +240,7 @@ async fn session<A: Authenticator, S: SecretSource>(
     proxy: Proxy,
     first: DeltaDiscoveryRequest,
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: wire::Sender,
 ) {
     let conn = Conn::open(shared, proxy, "delta").await;
     let mut d = Delta {

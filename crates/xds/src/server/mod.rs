@@ -5,26 +5,20 @@ mod conn;
 mod delta;
 mod sotw;
 pub mod status;
+pub mod wire;
 
 pub use status::{ProxyStatus, Registry, SyncStatus, TypeStatus};
 
 use crate::generate::{MeshSnapshot, ProxyResources};
 use crate::proxy::{Identity, Proxy};
 use crate::resource::SharedResource;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{Semaphore, watch};
+use tonic::Status;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
 
 /// Proves who is on the other end of a stream, from its request metadata. Async, since a
 /// check may ask another server (Kubernetes TokenReview); implement it with `async fn`.
@@ -118,6 +112,17 @@ impl<A: Authenticator, S: SecretSource> Shared<A, S> {
     }
 }
 
+impl<A: Authenticator, S> Shared<A, S> {
+    pub(crate) async fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
+        Metrics::inc(&self.metrics.streams_total, 1);
+        self.auth.authenticate(metadata).await.map_err(|e| {
+            Metrics::inc(&self.metrics.streams_rejected, 1);
+            tracing::warn!(error = %e, "xDS stream rejected");
+            Status::unauthenticated(e)
+        })
+    }
+}
+
 pub struct AdsServer<A, S> {
     shared: Arc<Shared<A, S>>,
 }
@@ -145,56 +150,8 @@ impl<A: Authenticator, S: SecretSource> AdsServer<A, S> {
         }
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(64 << 20)
-    }
-
-    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
-        Metrics::inc(&self.shared.metrics.streams_total, 1);
-        self.shared.auth.authenticate(metadata).await.map_err(|e| {
-            Metrics::inc(&self.shared.metrics.streams_rejected, 1);
-            tracing::warn!(error = %e, "xDS stream rejected");
-            Status::unauthenticated(e)
-        })
-    }
-}
-
-type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
-
-#[tonic::async_trait]
-impl<A: Authenticator, S: SecretSource> AggregatedDiscoveryService for AdsServer<A, S> {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let identity = self.authenticate(request.metadata()).await?;
-        let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(sotw::serve(
-            self.shared.clone(),
-            identity,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let identity = self.authenticate(request.metadata()).await?;
-        let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(delta::serve(
-            self.shared.clone(),
-            identity,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+    /// The gRPC service (`envoy.service.discovery.v3.AggregatedDiscoveryService`).
+    pub fn into_service(self) -> wire::AdsService<A, S> {
+        wire::AdsService::new(self.shared)
     }
 }

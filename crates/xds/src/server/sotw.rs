@@ -2,17 +2,17 @@
 
 use super::conn::{Conn, Wake, bind_proxy, next_nonce, set_version};
 use super::status::SentResources;
+use super::wire;
 use super::{Authenticator, SecretSource, Shared};
 use crate::proxy::Identity;
 use crate::resource::{
     CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, Subscription, is_wildcard_type, select,
 };
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use tracing::Instrument;
 
 #[derive(Default)]
@@ -26,7 +26,7 @@ struct TypeState {
 struct Sotw<A, S: SecretSource> {
     conn: Conn<A, S>,
     types: HashMap<String, TypeState>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: wire::Sender,
     /// Clusters were sent since the last EDS response. Envoy warms every cluster it (re)creates
     /// until that cluster's endpoints arrive, unchanged or not; so EDS follows CDS, as in Istio.
     eds_due: bool,
@@ -58,16 +58,9 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         let nonce = next_nonce();
         st.nonce = nonce.clone();
         st.sent_version = version.clone();
-        let resources: Vec<_> = select(&set, &subscription).map(|r| r.any.clone()).collect();
-        let bytes = resources.iter().map(|a| a.value.len()).sum();
-        let count = resources.len();
-        let response = DiscoveryResponse {
-            version_info: version.clone(),
-            resources,
-            type_url: type_url.to_string(),
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
+        let bytes = select(&set, &subscription).map(|r| r.size()).sum();
+        let count = select(&set, &subscription).count();
+        let response = wire::sotw_response(&version, type_url, &nonce, select(&set, &subscription));
         tracing::debug!(type_url, version, count, "push");
         self.conn.record_sent(
             type_url,
@@ -76,7 +69,7 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
             SentResources { set, subscription },
             bytes,
         );
-        self.tx.send(Ok(response)).await.map_err(|_| ())
+        self.tx.send(response).await.map_err(|_| ())
     }
 
     async fn push_all(&mut self) -> Result<(), ()> {
@@ -122,7 +115,7 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     shared: Arc<Shared<A, S>>,
     identity: Identity,
     mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: wire::Sender,
 ) {
     let first = match requests.next().await {
         Some(Ok(r)) => r,
@@ -131,7 +124,7 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     let proxy = match bind_proxy(first.node.as_ref(), identity) {
         Ok(p) => p,
         Err(status) => {
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send(wire::Outgoing::End(status)).await;
             return;
         }
     };
@@ -146,7 +139,7 @@ async fn session<A: Authenticator, S: SecretSource>(
     proxy: crate::proxy::Proxy,
     first: DiscoveryRequest,
     mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: wire::Sender,
 ) {
     let conn = Conn::open(shared, proxy, "sotw").await;
     let mut s = Sotw {
