@@ -456,6 +456,14 @@ pub fn virtual_inbound(ports: &[InboundPort], opts: &GenOptions) -> Listener {
             });
         }
     }
+    if chains.is_empty() {
+        // Envoy rejects a listener without chains; a workload serving no port refuses all.
+        chains.push(FilterChain {
+            name: "virtualInbound-blackhole".into(),
+            filters: vec![tcp_proxy_filter(BLACKHOLE, BLACKHOLE)],
+            ..Default::default()
+        });
+    }
     Listener {
         name: VIRTUAL_INBOUND.into(),
         address: Some(socket_address("0.0.0.0", INBOUND_PORT)),
