@@ -19,7 +19,6 @@ for mode in "" "--delta"; do
     --services 50 --proxies 200 --namespaces 5 --work-dir /tmp/meshd-load-smoke $mode \
     --envoy \"\$(scripts/envoy-path.sh)\""
 done
-cargo test --workspace "$@"
-
 # The Helm chart: helm lint, helm template (default and VoiceCore values), kubernetes-validate --strict.
 scripts/check-chart.sh
+cargo test --workspace "$@"
