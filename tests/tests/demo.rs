@@ -171,19 +171,25 @@ fn demo_serves_the_mesh_on_loopback_and_stops_cleanly_on_sigint() {
         "{out}"
     );
 
-    // Through the ingress gateway, from the machine's own namespace.
-    for svc in ["gateway", "crm-service", "billing-service"] {
+    // Through the ingress gateway, from the machine's own namespace: the API gateway answers;
+    // the backends, which the shipped AuthorizationPolicies (deploy/mesh/voicecore-authz.yaml)
+    // open only to their in-mesh callers, refuse the ingress gateway.
+    let url = format!("http://127.0.0.1:{gw_port}/gateway/hello");
+    let (status, body) = get(&url).unwrap_or_else(|e| panic!("{url}: {e:#}"));
+    assert_eq!(status, 200, "{url}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["service"], "gateway", "{body}");
+    assert_eq!(v["path"], "/hello", "{body}");
+    assert_eq!(
+        v["caller"], "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway",
+        "{body}"
+    );
+    for svc in ["crm-service", "billing-service"] {
         let url = format!("http://127.0.0.1:{gw_port}/{svc}/hello");
         let (status, body) = get(&url).unwrap_or_else(|e| panic!("{url}: {e:#}"));
-        assert_eq!(status, 200, "{url}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["service"], svc, "{body}");
-        assert_eq!(v["path"], "/hello", "{body}");
-        assert_eq!(
-            v["caller"], "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway",
-            "{body}"
-        );
+        assert_eq!((status, body.trim()), (403, "RBAC: access denied"), "{url}");
     }
+    assert!(out.contains("403 RBAC: access denied"), "{out}");
 
     // The admin API, and proxy-status through it: nine proxies, all synced.
     let admin = format!("http://127.0.0.1:{admin_port}");

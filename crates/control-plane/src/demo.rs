@@ -376,6 +376,11 @@ struct Check {
     detail: String,
 }
 
+/// Envoy's answer when an AuthorizationPolicy denies a request.
+fn is_rbac_denial(status: Option<u16>, body: &str) -> bool {
+    status == Some(403) && body.trim() == "RBAC: access denied"
+}
+
 /// Start the control plane and every pod; wait until each Envoy is ready and each gateway
 /// route answers.
 fn setup(mesh: &LocalMesh, plan: &DemoPlan) -> anyhow::Result<Vec<Check>> {
@@ -434,7 +439,9 @@ fn setup(mesh: &LocalMesh, plan: &DemoPlan) -> anyhow::Result<Vec<Check>> {
                 Ok((s, body)) => (Some(s), body),
                 Err(e) => (None, format!("{e:#}")),
             };
-            last.0 == Some(200)
+            // A 403 from an AuthorizationPolicy is an answer too (the shipped policies let
+            // the ingress gateway call only the API gateway).
+            last.0 == Some(200) || is_rbac_denial(last.0, &last.1)
         });
         if mesh.is_cancelled() {
             bail!("cancelled");
@@ -482,6 +489,10 @@ fn print_summary(
                 detail,
                 ..
             }) => format!("200 {detail}"),
+            Some(Check { status, detail, .. }) if is_rbac_denial(*status, detail) => {
+                "403 RBAC: access denied (AuthorizationPolicy, deploy/mesh/voicecore-authz.yaml)"
+                    .to_string()
+            }
             Some(Check { status, detail, .. }) => format!(
                 "NOT OK ({}): {detail}",
                 status.map_or("no answer".to_string(), |s| format!("HTTP {s}"))

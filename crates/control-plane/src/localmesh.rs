@@ -558,6 +558,14 @@ impl LocalMesh {
         let mut envoy_argv = vec![
             self.opts.envoy_bin.to_string_lossy().into_owned(),
             "--disable-hot-restart".into(),
+            // As Istio runs its sidecars: when a listener's filter chain changes (an
+            // AuthorizationPolicy, a PeerAuthentication mode), connections on the old chain are
+            // told to close at once (HTTP/1.1 `connection: close`, HTTP/2 GOAWAY) instead of
+            // lingering, with the old policy, through Envoy's default 600 s gradual drain.
+            "--drain-strategy".into(),
+            "immediate".into(),
+            "--drain-time-s".into(),
+            "45".into(),
             "-c".into(),
             bootstrap.to_string_lossy().into_owned(),
             "--log-level".into(),

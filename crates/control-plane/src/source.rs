@@ -8,9 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// The VoiceCore mesh, served when no config directory is given.
-pub const EMBEDDED_MESH: &str = include_str!("../../../deploy/mesh/voicecore.yaml");
-pub const EMBEDDED_NAME: &str = "embedded:voicecore.yaml";
+/// The VoiceCore mesh (`deploy/mesh/*.yaml`), served when no config directory is given: each
+/// file with the name it is reported under.
+pub const EMBEDDED_MESH: &[(&str, &str)] = &[
+    (
+        "embedded:voicecore.yaml",
+        include_str!("../../../deploy/mesh/voicecore.yaml"),
+    ),
+    (
+        "embedded:voicecore-authz.yaml",
+        include_str!("../../../deploy/mesh/voicecore-authz.yaml"),
+    ),
+];
 
 #[derive(Default)]
 pub struct FileSource {
@@ -36,9 +45,13 @@ impl FileSource {
     /// Re-reads the directory and returns the merged config.
     pub fn reload(&mut self) -> MeshConfig {
         let Some(dir) = &self.dir else {
-            let file = parse_file(EMBEDDED_NAME, EMBEDDED_MESH)
-                .expect("the embedded mesh is valid YAML (tested)");
-            return MeshConfig::assemble([&file]);
+            let files: Vec<FileConfig> = EMBEDDED_MESH
+                .iter()
+                .map(|(name, text)| {
+                    parse_file(name, text).expect("the embedded mesh is valid YAML (tested)")
+                })
+                .collect();
+            return MeshConfig::assemble(&files);
         };
         let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
@@ -165,6 +178,28 @@ mod tests {
     fn embedded_mesh_is_served_without_a_dir() {
         let mesh = FileSource::new(None).reload();
         assert_eq!(mesh.services.len(), 8);
-        assert!(mesh.rejected.is_empty());
+        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
+        assert_eq!(mesh.authorization_policies().count(), 9);
+    }
+
+    #[test]
+    fn embedded_mesh_is_every_file_in_deploy_mesh() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mesh");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_config_file(p))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<&str> = EMBEDDED_MESH
+            .iter()
+            .map(|(n, _)| n.trim_start_matches("embedded:"))
+            .collect();
+        embedded.sort();
+        assert_eq!(
+            embedded, on_disk,
+            "add new deploy/mesh files to EMBEDDED_MESH"
+        );
     }
 }

@@ -718,6 +718,9 @@ fn sidecar_container(cfg: &InjectConfig, image: &str, r: &ProxyResources) -> Val
             "--disable-hot-restart",
             "--concurrency", cfg.proxy_concurrency.to_string(),
             "--drain-time-s", "45",
+            // Connections on a changed filter chain (new AuthorizationPolicy, mTLS mode) close
+            // at once rather than keep the old policy through a gradual drain; as Istio does.
+            "--drain-strategy", "immediate",
             "--log-level", "warning",
         ],
         "ports": [

@@ -140,6 +140,31 @@ fn typed_spec<T: DeserializeOwned>(
         .map_err(|e| yaml_error(file, doc, &e))
 }
 
+/// An AuthorizationPolicy whose spec does not read in full (a field meshd does not know, a value
+/// of the wrong type) is not dropped, which would lift the restriction it was written to impose:
+/// it is kept with only its selector and the error, and fails closed (`MeshConfig` reports it).
+/// When even the selector does not read, the policy covers its whole namespace.
+fn unreadable_policy(doc: &Document<'_>, mut error: ConfigError) -> sec::AuthorizationPolicy {
+    let value: serde_yaml::Value = serde_yaml::from_str(doc.text).unwrap_or_default();
+    let selector = value
+        .get("spec")
+        .and_then(|s| s.get("selector"))
+        .map(|s| serde_yaml::from_value::<sec::WorkloadSelector>(s.clone()));
+    let selector = match selector {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(_)) => {
+            error.message.push_str(" (the selector does not read either: the policy covers every workload in its namespace)");
+            None
+        }
+    };
+    sec::AuthorizationPolicy {
+        selector,
+        unreadable: Some(error),
+        ..Default::default()
+    }
+}
+
 fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, ConfigError> {
     let header: Header = serde_yaml::from_str(doc.text).map_err(|e| yaml_error(file, doc, &e))?;
     let err_at = |key: &str, message: String| ConfigError {
@@ -192,6 +217,7 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, Config
         }
         Kind::AuthorizationPolicy => {
             typed_spec::<sec::AuthorizationPolicy>(file, doc, Spec::AuthorizationPolicy)
+                .or_else(|e| Ok(Spec::AuthorizationPolicy(unreadable_policy(doc, e))))
         }
     }?;
     let object = ConfigObject {

@@ -1,8 +1,18 @@
 //! `security.istio.io` types, field for field as Istio spells them in YAML.
 
-use crate::networking::WorkloadSelector;
+use crate::ConfigError;
+use crate::networking::Labels;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// `istio.type.v1beta1.WorkloadSelector`, as the security APIs spell it:
+/// `selector: {matchLabels: {...}}` (the networking APIs' `workloadSelector` says `labels`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSelector {
+    #[serde(default, rename = "matchLabels")]
+    pub labels: Labels,
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -42,6 +52,19 @@ pub struct AuthorizationPolicy {
     pub provider: Option<serde_json::Value>,
     #[serde(default)]
     pub target_refs: Vec<serde_json::Value>,
+    /// Set by the parser when the spec could not be read in full (a field meshd does not know, a
+    /// value of the wrong type): the policy is then kept, with only its selector, to fail closed.
+    #[serde(skip)]
+    pub unreadable: Option<ConfigError>,
+}
+
+impl AuthorizationPolicy {
+    /// Why this policy cannot be enforced as written: each unsupported or invalid field, by its
+    /// path (`spec.rules[0].from[0].source.requestPrincipals: ...`). Empty when fully supported.
+    /// A policy with problems stays in force as a deny-all for the workloads it selects.
+    pub fn problems(&self) -> Vec<String> {
+        crate::validate::authorization_policy(self)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -131,4 +154,92 @@ pub struct Condition {
     pub values: Vec<String>,
     #[serde(default)]
     pub not_values: Vec<String>,
+}
+
+/// A `when` condition's key, as Istio names the attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConditionKey {
+    /// `request.headers[<name>]` (HTTP only).
+    RequestHeader(String),
+    /// `source.ip`: the peer address of the connection.
+    SourceIp,
+    /// `remote.ip`: the original client address (X-Forwarded-For / PROXY protocol aware).
+    RemoteIp,
+    SourceNamespace,
+    SourcePrincipal,
+    DestinationIp,
+    DestinationPort,
+    ConnectionSni,
+    /// `request.auth.*` (JWT claims and principals): needs a RequestAuthentication.
+    RequestAuth(String),
+    /// `experimental.envoy.filters.*`.
+    EnvoyFilter(String),
+    Unknown(String),
+}
+
+impl ConditionKey {
+    pub fn parse(key: &str) -> ConditionKey {
+        match key {
+            "source.ip" => ConditionKey::SourceIp,
+            "remote.ip" => ConditionKey::RemoteIp,
+            "source.namespace" => ConditionKey::SourceNamespace,
+            "source.principal" => ConditionKey::SourcePrincipal,
+            "destination.ip" => ConditionKey::DestinationIp,
+            "destination.port" => ConditionKey::DestinationPort,
+            "connection.sni" => ConditionKey::ConnectionSni,
+            _ => {
+                if let Some(rest) = key.strip_prefix("request.headers") {
+                    match rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                        Some(name) if !name.is_empty() => {
+                            ConditionKey::RequestHeader(name.to_string())
+                        }
+                        _ => ConditionKey::Unknown(key.to_string()),
+                    }
+                } else if key.starts_with("request.auth.") {
+                    ConditionKey::RequestAuth(key.to_string())
+                } else if key.starts_with("experimental.envoy.filters.") {
+                    ConditionKey::EnvoyFilter(key.to_string())
+                } else {
+                    ConditionKey::Unknown(key.to_string())
+                }
+            }
+        }
+    }
+
+    /// Matched on the request (Envoy's HTTP filter only); on a TCP port such a condition can
+    /// never be evaluated.
+    pub fn http_only(&self) -> bool {
+        matches!(
+            self,
+            ConditionKey::RequestHeader(_) | ConditionKey::RequestAuth(_)
+        )
+    }
+}
+
+impl Condition {
+    pub fn parsed_key(&self) -> ConditionKey {
+        ConditionKey::parse(&self.key)
+    }
+}
+
+impl Operation {
+    /// Whether any HTTP-only field (hosts, methods, paths and their not-forms) is set.
+    pub fn has_http_fields(&self) -> bool {
+        !(self.hosts.is_empty()
+            && self.not_hosts.is_empty()
+            && self.methods.is_empty()
+            && self.not_methods.is_empty()
+            && self.paths.is_empty()
+            && self.not_paths.is_empty())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.has_http_fields() && self.ports.is_empty() && self.not_ports.is_empty()
+    }
+}
+
+impl Source {
+    pub fn is_empty(&self) -> bool {
+        *self == Source::default()
+    }
 }

@@ -89,6 +89,11 @@ fn stdout_access_log() -> AccessLog {
             field("authority", "%REQ(:AUTHORITY)%"),
             field("request_id", "%REQ(X-REQUEST-ID)%"),
             field("trace_id", "%TRACE_ID%"),
+            // true when an AUDIT AuthorizationPolicy matched the request (RBAC action LOG).
+            field(
+                "authz_audit",
+                "%DYNAMIC_METADATA(envoy.common:access_log_hint)%",
+            ),
         ]
         .into_iter()
         .collect(),
