@@ -285,6 +285,18 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Every proxy holds a connection: lift the soft descriptor limit to the hard one, as a server
+/// for thousands of proxies must.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -311,6 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match command {
         Command::Serve(args) => {
+            raise_fd_limit();
             let config = args.to_config()?;
             runtime()?.block_on(async {
                 let app = app::build(config).await?;
