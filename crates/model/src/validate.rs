@@ -465,6 +465,11 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                 }
             }
             for (i, e) in sc.egress.iter().enumerate() {
+                if e.port.is_some() || e.bind.is_some() {
+                    return Err(format!(
+                        "spec.egress[{i}]: port and bind are not supported (egress hosts apply to every port)"
+                    ));
+                }
                 for h in &e.hosts {
                     if !h.contains('/') {
                         return Err(format!(
