@@ -664,6 +664,10 @@ fn perms(
 mod cases;
 
 #[cfg(test)]
+#[path = "security_tests.rs"]
+mod security_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::json::{any_to_json, message_to_json};

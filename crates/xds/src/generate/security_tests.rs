@@ -1,0 +1,297 @@
+//! PeerAuthentication and AuthorizationPolicy as one proxy receives them: Istio's mTLS mode
+//! precedence, the inbound chains each mode makes, auto mTLS on the client side, and the RBAC
+//! filters in place on the inbound path.
+
+use crate::generate::{GenOptions, MeshSnapshot};
+use crate::json::any_to_json;
+use crate::proxy::{Identity, NodeType, Proxy};
+use crate::resource::{ENDPOINT, LISTENER};
+use meshd_model::security::MtlsMode;
+use meshd_model::{MeshConfig, parse_file};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: server, namespace: app}
+spec:
+  hosts: [server.app.svc.cluster.local]
+  addresses: [10.96.0.20]
+  ports:
+  - {number: 8080, name: http, protocol: HTTP}
+  - {number: 8081, name: http-admin, protocol: HTTP}
+  - {number: 9000, name: tcp, protocol: TCP}
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: server}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: server, namespace: app}
+spec: {address: 10.44.0.20, labels: {app: server}, serviceAccount: server}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: legacy, namespace: app}
+spec: {address: 10.44.0.21, labels: {app: server, track: legacy}, serviceAccount: legacy}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: other}
+spec: {address: 10.44.0.30, labels: {app: client}, serviceAccount: client}
+---
+"#;
+
+fn snapshot(extra: &str) -> MeshSnapshot {
+    let file = parse_file("mesh.yaml", &format!("{MESH}{extra}")).unwrap();
+    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+    let config = MeshConfig::assemble([&file]);
+    assert!(config.rejected.is_empty(), "{:?}", config.rejected);
+    MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()))
+}
+
+fn pa(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{{spec}}}\n---\n"
+    )
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn proxy(workload: &str, ns: &str) -> Proxy {
+    Proxy {
+        id: format!("sidecar~10.44.0.1~{workload}.{ns}~{ns}.svc.cluster.local"),
+        node_type: NodeType::Sidecar,
+        ip: None,
+        identity: Identity {
+            workload: workload.into(),
+            namespace: ns.into(),
+            service_account: workload.into(),
+            trust_domain: "cluster.local".into(),
+        },
+    }
+}
+
+fn resource(snap: &MeshSnapshot, p: &Proxy, type_url: &str, name: &str) -> Value {
+    let out = snap.generate(p);
+    any_to_json(&out[type_url].get(name).expect(name).any)
+}
+
+/// The inbound listener's chains as (name, transport protocol, HTTP filter names).
+fn inbound_chains(snap: &MeshSnapshot, workload: &str) -> Vec<(String, String, Vec<String>)> {
+    let l = resource(snap, &proxy(workload, "app"), LISTENER, "virtualInbound");
+    l["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["filter_chain_match"]["destination_port"].is_u64())
+        .map(|c| {
+            let filters = &c["filters"];
+            let names = filters
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|f| {
+                    let http = f["typed_config"]["http_filters"].as_array().cloned();
+                    match http {
+                        Some(h) => h
+                            .iter()
+                            .map(|h| h["name"].as_str().unwrap().to_string())
+                            .collect(),
+                        None => vec![f["name"].as_str().unwrap().to_string()],
+                    }
+                })
+                .collect();
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["filter_chain_match"]["transport_protocol"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                names,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn mtls_mode_precedence_workload_then_namespace_then_mesh() {
+    let snap = snapshot(
+        &[
+            pa("istio-system", "mesh", "mtls: {mode: STRICT}"),
+            pa("app", "ns", "mtls: {mode: PERMISSIVE}"),
+            pa(
+                "app",
+                "legacy",
+                "selector: {matchLabels: {track: legacy}}, mtls: {mode: DISABLE}, portLevelMtls: {8081: {mode: STRICT}}",
+            ),
+            pa("app", "unset", "selector: {matchLabels: {app: nothing}}, mtls: {mode: DISABLE}"),
+        ]
+        .concat(),
+    );
+    let idx = &snap.index;
+    let server = labels(&[("app", "server")]);
+    let legacy = labels(&[("app", "server"), ("track", "legacy")]);
+    assert_eq!(idx.mtls_mode("app", &server, 8080), MtlsMode::Permissive);
+    assert_eq!(idx.mtls_mode("app", &legacy, 8080), MtlsMode::Disable);
+    assert_eq!(idx.mtls_mode("app", &legacy, 8081), MtlsMode::Strict);
+    assert_eq!(idx.mtls_mode("other", &server, 8080), MtlsMode::Strict);
+    // Nothing anywhere: PERMISSIVE.
+    let bare = snapshot("");
+    assert_eq!(
+        bare.index.mtls_mode("app", &server, 8080),
+        MtlsMode::Permissive
+    );
+    // UNSET inherits.
+    let unset = snapshot(
+        &[
+            pa("istio-system", "mesh", "mtls: {mode: STRICT}"),
+            pa("app", "ns", "mtls: {mode: UNSET}"),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        unset.index.mtls_mode("app", &server, 8080),
+        MtlsMode::Strict
+    );
+}
+
+#[test]
+fn each_mode_makes_its_inbound_chains() {
+    let snap = snapshot(
+        &[
+            pa("app", "ns", "mtls: {mode: STRICT}"),
+            pa(
+                "app",
+                "legacy",
+                "selector: {matchLabels: {track: legacy}}, mtls: {mode: PERMISSIVE}, portLevelMtls: {8081: {mode: DISABLE}}",
+            ),
+        ]
+        .concat(),
+    );
+    let names = |w: &str| -> Vec<(String, String)> {
+        inbound_chains(&snap, w)
+            .into_iter()
+            .map(|(n, t, _)| (n, t))
+            .collect()
+    };
+    let s = |n: &str, t: &str| (n.to_string(), t.to_string());
+    assert_eq!(
+        names("server"),
+        [
+            s("inbound|8080||-mtls", "tls"),
+            s("inbound|8081||-mtls", "tls"),
+            s("inbound|9000||-mtls", "tls"),
+        ]
+    );
+    assert_eq!(
+        names("legacy"),
+        [
+            s("inbound|8080||-mtls", "tls"),
+            s("inbound|8080||-plaintext", "raw_buffer"),
+            s("inbound|8081||-plaintext", "raw_buffer"),
+            s("inbound|9000||-mtls", "tls"),
+            s("inbound|9000||-plaintext", "raw_buffer"),
+        ]
+    );
+}
+
+#[test]
+fn clients_follow_the_server_mode() {
+    // Auto mTLS: an endpoint whose server side is DISABLE carries no `tlsMode: istio`, so the
+    // client's cluster picks its plaintext transport socket for it.
+    let snap = snapshot(&pa(
+        "app",
+        "legacy",
+        "selector: {matchLabels: {track: legacy}}, mtls: {mode: DISABLE}",
+    ));
+    let eds = resource(
+        &snap,
+        &proxy("client", "other"),
+        ENDPOINT,
+        "outbound|8080||server.app.svc.cluster.local",
+    );
+    let mut modes: Vec<(String, Value)> = eds["endpoints"][0]["lb_endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["endpoint"]["address"]["socket_address"]["address"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                e["metadata"]["filter_metadata"]["envoy.transport_socket_match"]["tlsMode"].clone(),
+            )
+        })
+        .collect();
+    modes.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        modes,
+        [
+            ("10.44.0.20".to_string(), Value::from("istio")),
+            ("10.44.0.21".to_string(), Value::Null),
+        ]
+    );
+}
+
+#[test]
+fn policy_filters_sit_before_the_router_and_tcp_proxy_on_every_chain() {
+    let snap = snapshot(
+        &[
+            pa("app", "ns", "mtls: {mode: PERMISSIVE}"),
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: app}\nspec: {action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}]}\n---\n".into(),
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow, namespace: app}\nspec: {selector: {matchLabels: {track: legacy}}, rules: [{}]}\n---\n".into(),
+        ]
+        .concat(),
+    );
+    let http_deny = ["envoy.filters.http.rbac", "envoy.filters.http.router"];
+    let http_both = [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.router",
+    ];
+    let tcp_deny = [
+        "envoy.filters.network.rbac",
+        "envoy.filters.network.tcp_proxy",
+    ];
+    for (workload, http, tcp) in [
+        ("server", &http_deny[..], &tcp_deny[..]),
+        (
+            "legacy",
+            &http_both[..],
+            &[
+                "envoy.filters.network.rbac",
+                "envoy.filters.network.rbac",
+                "envoy.filters.network.tcp_proxy",
+            ][..],
+        ),
+    ] {
+        let chains = inbound_chains(&snap, workload);
+        assert_eq!(
+            chains.len(),
+            6,
+            "PERMISSIVE: two chains for each of 3 ports"
+        );
+        for (chain, _, filters) in chains {
+            let want = if chain.starts_with("inbound|9000") {
+                tcp
+            } else {
+                http
+            };
+            let filters: Vec<&str> = filters
+                .iter()
+                .map(String::as_str)
+                .filter(|f| *f != "envoy.filters.http.cors")
+                .collect();
+            assert_eq!(filters, want, "{workload} {chain}");
+        }
+    }
+}
