@@ -1,6 +1,7 @@
 //! The shipped VoiceCore policies (`deploy/mesh/voicecore-authz.yaml`) in real Envoy: with
 //! default-deny in `voicecore-ai`, call-service may call ai-service, while call-service →
-//! billing-service (only gateway and tenant-service may) gets 403 `RBAC: access denied`.
+//! billing-service (only gateway and tenant-service may) gets 403 `RBAC: access denied`; the
+//! ingress gateway reaches only the API gateway, and enforces a policy of its own.
 
 mod authz_support;
 
@@ -20,13 +21,15 @@ fn call_service_reaches_ai_service_but_not_billing() {
     let mesh = Mesh::start(
         MeshOptions::named("azvc")
             .config("voicecore.yaml", VOICECORE)
-            .config("voicecore-authz.yaml", AUTHZ),
+            .config("voicecore-authz.yaml", AUTHZ)
+            .config("edge.yaml", EDGE),
     )
     .unwrap();
     let services = [
         ("call-service", 12, 8002),
         ("ai-service", 13, 8003),
         ("billing-service", 17, 8007),
+        ("gateway", 10, 8000),
     ];
     let hosts: Vec<(String, Ipv4Addr)> = services
         .iter()
@@ -62,4 +65,41 @@ fn call_service_reaches_ai_service_but_not_billing() {
         ))
     };
     expect("ai-service → call-service", &denied(), back).unwrap();
+
+    // Through the ingress gateway (from the node namespace): the API gateway answers, its
+    // admin paths are refused by the gateway's own policy, a backend by the backend's.
+    let ingress = mesh
+        .add_gateway_pod("ingressgateway.istio-system", ip(2))
+        .unwrap();
+    let node = mesh.node();
+    let edge = |path: &str| {
+        let url = format!("http://{}:8080{path}", ingress.ip());
+        outcome(&node.request("GET", &url, &[], None))
+    };
+    expect("ingress → gateway", &allowed(), || edge("/gateway/x")).unwrap();
+    expect("ingress → gateway admin", &denied(), || {
+        edge("/gateway/admin/x")
+    })
+    .unwrap();
+    expect("ingress → billing-service", &denied(), || {
+        edge("/billing-service/x")
+    })
+    .unwrap();
 }
+
+/// A policy on the ingress gateway itself (root namespace, selected by its labels).
+const EDGE: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: ingress-no-admin
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: ingressgateway
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: ["/gateway/admin/*"]
+"#;

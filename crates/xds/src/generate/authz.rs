@@ -42,6 +42,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use meshd_model::MeshConfig;
+use meshd_model::networking::Labels;
 use meshd_model::registry::{Workload, selector_matches};
 use meshd_model::security::{
     AuthorizationPolicy, AuthzAction, ConditionKey, Operation, Rule, Source,
@@ -66,7 +67,12 @@ pub fn inbound_policy(
     http: bool,
     opts: &GenOptions,
 ) -> InboundPolicy {
-    let policies = applicable(&index.config, &index.root_namespace, workload);
+    let policies = applicable(
+        &index.config,
+        &index.root_namespace,
+        &workload.namespace,
+        &workload.labels,
+    );
     let set = translate(&policies, !http, &opts.trust_domain);
     if http {
         InboundPolicy {
@@ -81,6 +87,22 @@ pub fn inbound_policy(
     }
 }
 
+/// The policy filters of a gateway (a workload in `namespace` with `labels`): `http_filters`
+/// for its HTTP servers' connection manager, `network_filters` ahead of its TCP and TLS
+/// passthrough proxies. Istio enforces AuthorizationPolicies on gateways as on sidecars.
+pub fn gateway_policy(
+    index: &Index,
+    namespace: &str,
+    labels: &Labels,
+    opts: &GenOptions,
+) -> InboundPolicy {
+    let policies = applicable(&index.config, &index.root_namespace, namespace, labels);
+    InboundPolicy {
+        http_filters: translate(&policies, false, &opts.trust_domain).http_filters(),
+        network_filters: translate(&policies, true, &opts.trust_domain).network_filters(),
+    }
+}
+
 /// One AuthorizationPolicy in force for a workload.
 #[derive(Clone, Copy, Debug)]
 pub struct Applied<'a> {
@@ -89,22 +111,24 @@ pub struct Applied<'a> {
     pub policy: &'a AuthorizationPolicy,
 }
 
-/// The policies that apply to a workload: those of its namespace and of the root namespace
-/// (mesh-wide) whose selector is absent or matches its labels, in (namespace, name) order.
+/// The policies that apply to a workload (in `namespace`, with `labels`): those of its
+/// namespace and of the root namespace (mesh-wide) whose selector is absent or matches its
+/// labels, in (namespace, name) order.
 pub fn applicable<'a>(
     config: &'a MeshConfig,
     root_namespace: &str,
-    workload: &Workload,
+    namespace: &str,
+    labels: &Labels,
 ) -> Vec<Applied<'a>> {
     config
         .authorization_policies()
         .filter(|(o, ap)| {
             let ns = o.meta.namespace();
-            (ns == workload.namespace || ns == root_namespace)
+            (ns == namespace || ns == root_namespace)
                 && ap
                     .selector
                     .as_ref()
-                    .is_none_or(|s| selector_matches(&s.labels, &workload.labels))
+                    .is_none_or(|s| selector_matches(&s.labels, labels))
         })
         .map(|(o, ap)| Applied {
             namespace: o.meta.namespace(),
@@ -698,7 +722,11 @@ mod tests {
     }
 
     fn set_for(config: &MeshConfig, w: &Workload, tcp: bool) -> RbacSet {
-        translate(&applicable(config, "istio-system", w), tcp, "cluster.local")
+        translate(
+            &applicable(config, "istio-system", &w.namespace, &w.labels),
+            tcp,
+            "cluster.local",
+        )
     }
 
     fn names(p: &Option<Policies>) -> Option<Vec<&str>> {
@@ -738,7 +766,7 @@ mod tests {
             "rules: [{from: [{source: {principals: [cluster.local/ns/a/sa/b]}}]}]",
         ));
         let set = translate(
-            &applicable(&config, "istio-system", &server()),
+            &applicable(&config, "istio-system", "authz", &server().labels),
             false,
             "example.org",
         );
@@ -956,14 +984,14 @@ mod tests {
         ]
         .concat();
         let config = mesh(&yaml);
-        let got: Vec<&str> = applicable(&config, "istio-system", &server())
+        let got: Vec<&str> = applicable(&config, "istio-system", "authz", &server().labels)
             .iter()
             .map(|a| a.name)
             .collect();
         assert_eq!(got, ["ns-wide", "selected", "mesh-selected", "mesh-wide"]);
         let mut other = server();
         other.labels = [("app".to_string(), "other".to_string())].into();
-        let got: Vec<&str> = applicable(&config, "istio-system", &other)
+        let got: Vec<&str> = applicable(&config, "istio-system", "authz", &other.labels)
             .iter()
             .map(|a| a.name)
             .collect();

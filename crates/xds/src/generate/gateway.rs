@@ -197,6 +197,17 @@ pub fn build(
     snapshot
         .patches
         .insert_http_filters(namespace, labels, true, &mut gateway_filters);
+    // AuthorizationPolicies selecting this gateway (or mesh-wide): RBAC ahead of the router
+    // and of the TCP proxies.
+    let authz = super::authz::gateway_policy(&snapshot.index, namespace, labels, &snapshot.opts);
+    gateway_filters.extend(authz.http_filters);
+    let l4_chain = |name: &str, sni: Vec<String>, target: &L4Target| {
+        let mut chain = l4_chain(name, sni, target);
+        chain
+            .filters
+            .splice(0..0, authz.network_filters.iter().cloned());
+        chain
+    };
     for (port, servers) in by_port {
         let route_name = format!("http.{port}");
         let mut chains: Vec<FilterChain> = Vec::new();

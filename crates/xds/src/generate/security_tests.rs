@@ -295,3 +295,94 @@ fn policy_filters_sit_before_the_router_and_tcp_proxy_on_every_chain() {
         }
     }
 }
+
+#[test]
+fn gateways_enforce_the_policies_that_select_them() {
+    let gateway = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ingress, namespace: istio-system}
+spec: {address: 10.44.0.2, labels: {istio: ingressgateway}, serviceAccount: ingress}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: app}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 9443, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: app}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route:
+    - destination: {host: server.app.svc.cluster.local, port: {number: 8080}}
+  tcp:
+  - route:
+    - destination: {host: server.app.svc.cluster.local, port: {number: 9000}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin/*"]}}]
+---
+"#;
+    let snap = snapshot(gateway);
+    let router = Proxy {
+        node_type: NodeType::Router,
+        ..proxy("ingress", "istio-system")
+    };
+    let http = resource(&snap, &router, LISTENER, "0.0.0.0_8080");
+    let filters: Vec<&str> = http["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .filter(|f| f.contains("rbac") || f.contains("router"))
+        .collect();
+    assert_eq!(
+        filters,
+        ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+    );
+    let rbac = http["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "envoy.filters.http.rbac")
+        .unwrap();
+    assert_eq!(rbac["typed_config"]["rules"]["action"], "DENY");
+    assert!(
+        rbac["typed_config"]["rules"]["policies"]["ns[istio-system]-policy[edge]-rule[0]"]
+            .is_object()
+    );
+    // On the TCP server the HTTP-only path is dropped from the DENY rule: it denies all.
+    let tcp = resource(&snap, &router, LISTENER, "0.0.0.0_9443");
+    let names: Vec<&str> = tcp["filter_chains"][0]["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.network.rbac",
+            "envoy.filters.network.tcp_proxy"
+        ]
+    );
+    // Sidecars are not selected by the gateway's policy.
+    for (_, _, filters) in inbound_chains(&snap, "server") {
+        assert!(!filters.iter().any(|f| f.contains("rbac")), "{filters:?}");
+    }
+}
