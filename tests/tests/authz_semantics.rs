@@ -1,8 +1,8 @@
 //! AuthorizationPolicy semantics through real Envoy: DENY wins over ALLOW, `spec: {}` denies all
-//! and `rules: [{}]` allows all, a selector touches only the workloads it matches while
-//! namespace and mesh-wide (root namespace) policies cover every workload, a policy with an
-//! unsupported field denies and is reported, TCP ports get the network RBAC filter, AUDIT never
-//! blocks and marks what it matched in the access log.
+//! and `rules: [{}]` allows all, a dry-run policy is counted but not enforced, a selector touches
+//! only the workloads it matches while namespace and mesh-wide (root namespace) policies cover
+//! every workload, a policy with an unsupported field denies and is reported, TCP ports get the
+//! network RBAC filter, AUDIT never blocks and marks what it matched in the access log.
 
 mod authz_support;
 
@@ -67,6 +67,43 @@ fn policy_semantics_through_envoy() {
     );
     check("rules [{}]: A", allowed(), || outcome(&w.probe(&a)));
     check("rules [{}]: B", allowed(), || outcome(&w.probe(&b)));
+
+    // A dry-run DENY (`istio.io/dry-run: "true"`) is evaluated, counted, never enforced.
+    let dry_run = [
+        server_policy("allow-all", "rules: [{}]"),
+        server_policy(
+            "dry-deny-b",
+            "action: DENY, rules: [{from: [{source: {namespaces: [outside]}}]}]",
+        )
+        .replacen(
+            "namespace: authz}",
+            "namespace: authz, annotations: {istio.io/dry-run: \"true\"}}",
+            1,
+        ),
+    ]
+    .concat();
+    w.apply(
+        "p.yaml",
+        &dry_run,
+        "ns[authz]-policy[dry-deny-b]-rule[0]",
+        true,
+    );
+    check("dry-run DENY: B", allowed(), || outcome(&w.probe(&b)));
+    let shadow_denied = || {
+        let stats = w.server.envoy_stats().unwrap_or_default();
+        let lines: Vec<String> = stats
+            .lines()
+            .filter(|l| l.contains("rbac.") && l.contains("dry_run"))
+            .map(String::from)
+            .collect();
+        lines
+    };
+    let counted = wait_until(Duration::from_secs(10), || {
+        shadow_denied()
+            .iter()
+            .any(|l| l.contains("rbac.istio_dry_run_deny.shadow_denied: ") && !l.ends_with(": 0"))
+    });
+    assert!(counted, "no shadow denial counted: {:?}", shadow_denied());
 
     // DENY wins over ALLOW: both match B; A is allowed except where the DENY path matches.
     let both = [

@@ -20,6 +20,10 @@
 //! - **TCP ports**: HTTP-only fields (hosts, methods, paths, `request.*` conditions) cannot be
 //!   evaluated on a TCP connection. An ALLOW rule using one is dropped (allows less); in a DENY or
 //!   AUDIT rule the HTTP-only field is ignored (the rule denies more).
+//! - **Dry run**: a policy annotated `istio.io/dry-run: "true"` goes into the filter's shadow
+//!   rules (with the enforced ones, so the shadow shows what would happen with it in force):
+//!   Envoy evaluates and counts it (`rbac.istio_dry_run_deny.shadow_denied`, ...) but never
+//!   acts on it.
 //! - **Fail closed**: a policy with an unsupported or invalid field (see
 //!   `AuthorizationPolicy::problems`, reported by `meshd analyze` and in `/debug/configz`)
 //!   becomes a deny-all rule (`ns[..]-policy[..]-fail-closed`) in the DENY filter of every
@@ -109,7 +113,12 @@ pub struct Applied<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub policy: &'a AuthorizationPolicy,
+    /// Annotated `istio.io/dry-run: "true"`: evaluated as Envoy shadow rules (counted in the
+    /// `istio_dry_run_*` stats), never enforced.
+    pub dry_run: bool,
 }
+
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 /// The policies that apply to a workload (in `namespace`, with `labels`): those of its
 /// namespace and of the root namespace (mesh-wide) whose selector is absent or matches its
@@ -134,6 +143,11 @@ pub fn applicable<'a>(
             namespace: o.meta.namespace(),
             name: &o.meta.name,
             policy: ap,
+            dry_run: o
+                .meta
+                .annotations
+                .get(DRY_RUN_ANNOTATION)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         })
         .collect()
 }
@@ -143,11 +157,15 @@ pub type Policies = BTreeMap<String, Policy>;
 
 /// The RBAC filters for one port, in Envoy's evaluation order. `None`: no such filter. An
 /// empty `allow` (ALLOW policies apply, none has a rule that can match) denies everything.
+/// With dry-run policies, `shadow_*` holds what the filter would enforce with them in force
+/// (the enforced policies plus the dry-run ones), evaluated but never acted on.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RbacSet {
     pub audit: Option<Policies>,
     pub deny: Option<Policies>,
     pub allow: Option<Policies>,
+    pub shadow_deny: Option<Policies>,
+    pub shadow_allow: Option<Policies>,
 }
 
 pub fn policy_name(namespace: &str, name: &str) -> String {
@@ -162,9 +180,17 @@ pub fn fail_closed_rule(namespace: &str, name: &str) -> String {
 /// Translate the policies that apply to one port (`for_tcp`: a TCP port, else HTTP).
 pub fn translate(policies: &[Applied<'_>], for_tcp: bool, trust_domain: &str) -> RbacSet {
     let mut set = RbacSet::default();
+    let (mut dry_deny, mut dry_allow): (Option<Policies>, Option<Policies>) = (None, None);
     for a in policies {
+        // AUDIT never blocks, so a dry-run AUDIT policy is simply an AUDIT policy.
+        let dry_run = a.dry_run && a.policy.action != AuthzAction::Audit;
         if !a.policy.problems().is_empty() {
-            set.deny.get_or_insert_default().insert(
+            let deny = if dry_run {
+                &mut dry_deny
+            } else {
+                &mut set.deny
+            };
+            deny.get_or_insert_default().insert(
                 fail_closed_rule(a.namespace, a.name),
                 Policy {
                     permissions: vec![perm_any()],
@@ -174,11 +200,13 @@ pub fn translate(policies: &[Applied<'_>], for_tcp: bool, trust_domain: &str) ->
             );
             continue;
         }
-        let target = match a.policy.action {
-            AuthzAction::Allow => &mut set.allow,
-            AuthzAction::Deny => &mut set.deny,
-            AuthzAction::Audit => &mut set.audit,
-            AuthzAction::Custom => continue, // has problems: failed closed above
+        let target = match (a.policy.action, dry_run) {
+            (AuthzAction::Allow, false) => &mut set.allow,
+            (AuthzAction::Allow, true) => &mut dry_allow,
+            (AuthzAction::Deny, false) => &mut set.deny,
+            (AuthzAction::Deny, true) => &mut dry_deny,
+            (AuthzAction::Audit, _) => &mut set.audit,
+            (AuthzAction::Custom, _) => continue, // has problems: failed closed above
         };
         let target = target.get_or_insert_default();
         for (i, rule) in a.policy.rules.iter().enumerate() {
@@ -195,27 +223,51 @@ pub fn translate(policies: &[Applied<'_>], for_tcp: bool, trust_domain: &str) ->
     // A DENY or AUDIT filter without rules would do nothing; an empty ALLOW filter denies all.
     set.deny = set.deny.filter(|p| !p.is_empty());
     set.audit = set.audit.filter(|p| !p.is_empty());
+    let shadow = |enforced: &Option<Policies>, dry: Option<Policies>| {
+        dry.map(|mut dry| {
+            dry.extend(
+                enforced
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            dry
+        })
+    };
+    set.shadow_deny = shadow(&set.deny, dry_deny).filter(|p| !p.is_empty());
+    set.shadow_allow = shadow(&set.allow, dry_allow);
     set
 }
 
+/// One RBAC filter: what it enforces (`None`: nothing, every request passes) and what it
+/// evaluates in the shadow.
+struct FilterRules<'a> {
+    action: Action,
+    rules: Option<&'a Policies>,
+    shadow: Option<&'a Policies>,
+}
+
 impl RbacSet {
-    fn in_order(&self) -> impl Iterator<Item = (Action, &Policies)> {
+    fn in_order(&self) -> impl Iterator<Item = FilterRules<'_>> {
         [
-            (Action::Log, &self.audit),
-            (Action::Deny, &self.deny),
-            (Action::Allow, &self.allow),
+            (Action::Log, &self.audit, &None),
+            (Action::Deny, &self.deny, &self.shadow_deny),
+            (Action::Allow, &self.allow, &self.shadow_allow),
         ]
         .into_iter()
-        .filter_map(|(a, p)| p.as_ref().map(|p| (a, p)))
+        .filter(|(_, rules, shadow)| rules.is_some() || shadow.is_some())
+        .map(|(action, rules, shadow)| FilterRules {
+            action,
+            rules: rules.as_ref(),
+            shadow: shadow.as_ref(),
+        })
     }
 
     pub fn http_filters(&self) -> Vec<HttpFilter> {
         self.in_order()
-            .map(|(action, policies)| HttpFilter {
+            .map(|f| HttpFilter {
                 name: HTTP_RBAC.into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(http_rbac_any(
-                    action, policies,
-                ))),
+                config_type: Some(http_filter::ConfigType::TypedConfig(http_rbac_any(&f))),
                 ..Default::default()
             })
             .collect()
@@ -223,11 +275,9 @@ impl RbacSet {
 
     pub fn network_filters(&self) -> Vec<Filter> {
         self.in_order()
-            .map(|(action, policies)| Filter {
+            .map(|f| Filter {
                 name: NETWORK_RBAC.into(),
-                config_type: Some(filter::ConfigType::TypedConfig(network_rbac_any(
-                    action, policies,
-                ))),
+                config_type: Some(filter::ConfigType::TypedConfig(network_rbac_any(&f))),
             })
             .collect()
     }
@@ -281,6 +331,10 @@ struct SortedRbac {
 struct HttpRbacConfig {
     #[prost(message, optional, tag = "1")]
     rules: Option<SortedRbac>,
+    #[prost(message, optional, tag = "2")]
+    shadow_rules: Option<SortedRbac>,
+    #[prost(string, tag = "3")]
+    shadow_rules_stat_prefix: String,
     #[prost(string, tag = "6")]
     rules_stat_prefix: String,
 }
@@ -290,8 +344,12 @@ struct HttpRbacConfig {
 struct NetworkRbacConfig {
     #[prost(message, optional, tag = "1")]
     rules: Option<SortedRbac>,
+    #[prost(message, optional, tag = "2")]
+    shadow_rules: Option<SortedRbac>,
     #[prost(string, tag = "3")]
     stat_prefix: String,
+    #[prost(string, tag = "5")]
+    shadow_rules_stat_prefix: String,
 }
 
 fn sorted(action: Action, policies: &Policies) -> SortedRbac {
@@ -307,12 +365,22 @@ fn sorted(action: Action, policies: &Policies) -> SortedRbac {
     }
 }
 
-fn http_rbac_any(action: Action, policies: &Policies) -> Any {
-    // `rules` is always present: an RBAC filter without rules would allow everything, while
-    // ALLOW with no policy must deny everything.
+/// The stat prefix for dry-run results: `http.<listener>.rbac.istio_dry_run_allow.shadow_denied`.
+fn shadow_stat_prefix(f: &FilterRules<'_>) -> String {
+    match f.shadow {
+        Some(_) => format!("istio_dry_run_{}", f.action.name()),
+        None => String::new(),
+    }
+}
+
+fn http_rbac_any(f: &FilterRules<'_>) -> Any {
+    // `rules` is present whenever policies of the action are enforced, even none: an RBAC
+    // filter without rules allows everything, while ALLOW with no policy denies everything.
     let cfg = HttpRbacConfig {
-        rules: Some(sorted(action, policies)),
-        rules_stat_prefix: action.name().into(),
+        rules: f.rules.map(|p| sorted(f.action, p)),
+        shadow_rules: f.shadow.map(|p| sorted(f.action, p)),
+        shadow_rules_stat_prefix: shadow_stat_prefix(f),
+        rules_stat_prefix: f.action.name().into(),
     };
     Any {
         type_url: envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac::type_url(),
@@ -320,10 +388,12 @@ fn http_rbac_any(action: Action, policies: &Policies) -> Any {
     }
 }
 
-fn network_rbac_any(action: Action, policies: &Policies) -> Any {
+fn network_rbac_any(f: &FilterRules<'_>) -> Any {
     let cfg = NetworkRbacConfig {
-        rules: Some(sorted(action, policies)),
-        stat_prefix: format!("tcp.{}.", action.name()),
+        rules: f.rules.map(|p| sorted(f.action, p)),
+        shadow_rules: f.shadow.map(|p| sorted(f.action, p)),
+        stat_prefix: format!("tcp.{}.", f.action.name()),
+        shadow_rules_stat_prefix: shadow_stat_prefix(f),
     };
     Any {
         type_url: envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac::type_url(),
@@ -996,6 +1066,96 @@ mod tests {
             .map(|a| a.name)
             .collect();
         assert_eq!(got, ["ns-wide", "other-app", "mesh-wide"]);
+    }
+
+    #[test]
+    fn dry_run_policies_become_shadow_rules() {
+        let dry = |name: &str, spec: &str| {
+            policy_doc("authz", name, spec).replacen(
+                "namespace: authz}",
+                "namespace: authz, annotations: {istio.io/dry-run: \"true\"}}",
+                1,
+            )
+        };
+        let yaml = [
+            policy_doc("authz", "allow-all", "rules: [{}]"),
+            dry(
+                "deny-b",
+                "action: DENY, rules: [{from: [{source: {namespaces: [outside]}}]}]",
+            ),
+        ]
+        .concat();
+        let set = set_for(&mesh(&yaml), &server(), false);
+        assert_eq!(set.deny, None, "nothing denied for real");
+        assert_eq!(
+            names(&set.shadow_deny),
+            Some(vec!["ns[authz]-policy[deny-b]-rule[0]"])
+        );
+        assert_eq!(set.shadow_allow, None);
+        let rendered: Vec<Value> = set
+            .http_filters()
+            .iter()
+            .map(|f| {
+                let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                    panic!()
+                };
+                let mut j = any_to_json(any);
+                for k in ["rules", "shadow_rules"] {
+                    if let Some(r) = j.get_mut(k) {
+                        r["policies"] = json!(r["policies"].as_object().map(|o| o.len()));
+                    }
+                }
+                j
+            })
+            .collect();
+        assert_eq!(
+            rendered,
+            [
+                json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                       "shadow_rules": {"action": "DENY", "policies": 1},
+                       "shadow_rules_stat_prefix": "istio_dry_run_deny",
+                       "rules_stat_prefix": "deny"}),
+                json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                       "rules": {"policies": 1}, "rules_stat_prefix": "allow"}),
+            ]
+        );
+
+        // A dry-run `spec: {}`: the shadow denies all, the real filter enforces nothing; the
+        // shadow carries the enforced ALLOW rules too.
+        let yaml = [
+            policy_doc(
+                "authz",
+                "allow-get",
+                "rules: [{to: [{operation: {methods: [GET]}}]}]",
+            ),
+            dry("lockdown", ""),
+        ]
+        .concat();
+        let set = set_for(&mesh(&yaml), &server(), false);
+        assert_eq!(
+            names(&set.allow),
+            Some(vec!["ns[authz]-policy[allow-get]-rule[0]"])
+        );
+        assert_eq!(
+            names(&set.shadow_allow),
+            Some(vec!["ns[authz]-policy[allow-get]-rule[0]"])
+        );
+        let yaml = dry("lockdown", "");
+        let set = set_for(&mesh(&yaml), &server(), true);
+        assert_eq!(
+            (set.allow.clone(), set.shadow_allow.clone()),
+            (None, Some(Policies::new()))
+        );
+        let Some(filter::ConfigType::TypedConfig(any)) = &set.network_filters()[0].config_type
+        else {
+            panic!()
+        };
+        assert_eq!(
+            any_to_json(any),
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+                   "shadow_rules": {}, "stat_prefix": "tcp.allow.",
+                   "shadow_rules_stat_prefix": "istio_dry_run_allow"})
+        );
     }
 
     #[test]
