@@ -37,7 +37,7 @@ apt_install() {
   fi
 }
 
-install() {
+install_apiserver() {
   apt_install etcd=etcd-server etcdctl=etcd-client openssl=openssl curl=curl
   if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "v$K8S_VERSION"; then
     log "kube-apiserver v$K8S_VERSION present: $BIN"
@@ -89,7 +89,9 @@ install() {
   }
   local out
   out=$(find _output -type f -name kube-apiserver -perm -u+x | head -1)
-  install -m 0755 "$out" "$BIN.tmp" && mv "$BIN.tmp" "$BIN"
+  # (`command`: the coreutils tool, not a function of this script.)
+  command install -m 0755 "$out" "$BIN.tmp"
+  mv "$BIN.tmp" "$BIN"
   cd "$CACHE"
   chmod -R u+w "$work" 2>/dev/null || true
   rm -rf "$work"
@@ -174,8 +176,8 @@ stop() {
 }
 
 case "${1:-}" in
-  install) install ;;
-  path) [ -x "$BIN" ] && echo "$BIN" ;;
+  install) install_apiserver ;;
+  path) [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1 && echo "$BIN" ;;
   start) [ $# -eq 3 ] || { log "usage: start DIR PORT"; exit 2; }; start "$2" "$3" ;;
   stop) [ $# -eq 2 ] || { log "usage: stop DIR"; exit 2; }; stop "$2" ;;
   *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
