@@ -15,7 +15,8 @@
 set -euo pipefail
 
 K8S_VERSION=1.20.2
-CACHE="${MESHD_KUBE_CACHE:-$HOME/.cache/meshd/kube-apiserver-v$K8S_VERSION}"
+# -2: built with the reflect2 fix (earlier builds crash under load).
+CACHE="${MESHD_KUBE_CACHE:-$HOME/.cache/meshd/kube-apiserver-v$K8S_VERSION-2}"
 BIN="$CACHE/kube-apiserver"
 ADMIN_TOKEN=meshd-admin-token
 
@@ -35,6 +36,48 @@ apt_install() {
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+}
+
+patch_reflect2() {
+  local d="$1"
+  grep -q 'mapiterinit(rtype unsafe.Pointer, m unsafe.Pointer) \*hiter' "$d/unsafe_link.go" || return 0
+  python3 - "$d" <<'PY'
+import re, sys
+d = sys.argv[1]
+p = f"{d}/unsafe_link.go"
+s = open(p).read()
+s = s.replace("func mapiterinit(rtype unsafe.Pointer, m unsafe.Pointer) *hiter",
+              "func mapiterinit(rtype unsafe.Pointer, m unsafe.Pointer, it *hiter)")
+s = re.sub(r"type hiter struct \{.*?\n\}", """type hiter struct {
+	key         unsafe.Pointer
+	value       unsafe.Pointer
+	t           unsafe.Pointer
+	h           unsafe.Pointer
+	buckets     unsafe.Pointer
+	bptr        unsafe.Pointer
+	overflow    *[]unsafe.Pointer
+	oldoverflow *[]unsafe.Pointer
+	startBucket uintptr
+	offset      uint8
+	wrapped     bool
+	B           uint8
+	i           uint8
+	bucket      uintptr
+	checkBucket uintptr
+}""", s, flags=re.S)
+open(p, "w").write(s)
+p = f"{d}/unsafe_map.go"
+s = open(p).read()
+s = s.replace("""	return &UnsafeMapIterator{
+		hiter:      mapiterinit(type2.rtype, *(*unsafe.Pointer)(obj)),""", """	var it hiter
+	mapiterinit(type2.rtype, *(*unsafe.Pointer)(obj), &it)
+	return &UnsafeMapIterator{
+		hiter:      &it,""")
+open(p, "w").write(s)
+PY
+  grep -q 'it \*hiter)' "$d/unsafe_link.go" && grep -q 'hiter:      &it' "$d/unsafe_map.go" \
+    || { log "could not patch $d"; exit 1; }
+  log "patched $d for Go >= 1.18 (reflect2 v1.0.2's map iterator)"
 }
 
 install_apiserver() {
@@ -79,6 +122,11 @@ install_apiserver() {
   local tree
   tree=$(ls -d kubernetes-*/ | head -1)
   cd "$tree"
+  # Go >= 1.18 (bookworm has 1.19) changed reflect.mapiterinit to fill a caller-allocated
+  # iterator; the vendored modern-go/reflect2 v1.0.1 still expects one back, and the API server
+  # then crashes with SIGSEGV the first time json-iterator encodes certain maps. Apply
+  # reflect2 v1.0.2's fix to the vendored copy.
+  patch_reflect2 vendor/github.com/modern-go/reflect2
   export GOPATH="$PWD/.go" CGO_ENABLED=0 GOPROXY=off
   mkdir -p .go/src/k8s.io && ln -sfn ../../.. .go/src/k8s.io/kubernetes
   log "building cmd/kube-apiserver (several minutes)"
@@ -122,6 +170,7 @@ start() {
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$dir/sa.pub" \
     --service-account-signing-key-file="$dir/sa.key" --api-audiences=https://kubernetes.default.svc,istio-ca \
     --service-cluster-ip-range=10.96.0.0/16 --advertise-address=127.0.0.1 \
+    --enable-priority-and-fairness=false \
     >"$dir/apiserver.log" 2>&1 &
   echo $! > "$dir/apiserver.pid"
   cat > "$dir/kubeconfig" <<EOF
@@ -177,6 +226,7 @@ stop() {
 
 case "${1:-}" in
   install) install_apiserver ;;
+  patch-reflect2) patch_reflect2 "$2" ;;
   path) [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1 && echo "$BIN" ;;
   start) [ $# -eq 3 ] || { log "usage: start DIR PORT"; exit 2; }; start "$2" "$3" ;;
   stop) [ $# -eq 2 ] || { log "usage: stop DIR"; exit 2; }; stop "$2" ;;
