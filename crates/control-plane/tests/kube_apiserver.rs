@@ -1,0 +1,538 @@
+//! Kubernetes mode against a real kube-apiserver v1.20.2 (+ etcd), started per test by
+//! `scripts/kube-apiserver.sh` (which `scripts/install-tools.sh` builds once): TokenReview of
+//! real projected tokens, the CA Secret under Lease election, and the registry from the API.
+//! No kubelet or controllers run: pods get their status through the status subresource, as the
+//! kubelet would report it.
+
+mod kube_support;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::Client;
+use kube::api::{Api, DeleteParams};
+use kube_support::*;
+use meshd::app::{self, App};
+use meshd::kube::KubeConfig;
+use meshd::kube::ca_secret::{self, CaOrigin, CaSecretConfig};
+use meshd::kube::token::TokenReviewAuth;
+use meshd_xds::resource::CLUSTER;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+const MESHD_NS: &str = "meshd-system";
+
+fn kube_config(server: &ApiServer) -> KubeConfig {
+    KubeConfig {
+        namespace: MESHD_NS.into(),
+        kubeconfig: Some(server.kubeconfig.clone()),
+        lease_duration: Duration::from_secs(3),
+        lease_renew: Duration::from_millis(500),
+        sync_timeout: Duration::from_secs(30),
+        ca_timeout: Duration::from_secs(30),
+        ..KubeConfig::default()
+    }
+}
+
+async fn start_meshd(server: &ApiServer) -> (App, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = meshd::testing::config(state.path(), None);
+    cfg.kubernetes = Some(kube_config(server));
+    let app = app::build(cfg)
+        .await
+        .expect("meshd in Kubernetes mode starts");
+    (app, state)
+}
+
+async fn get_json(url: String) -> Value {
+    reqwest::get(&url).await.unwrap().json().await.unwrap()
+}
+
+/// An open ADS stream (the proxy stays connected while this lives).
+type Open = (
+    mpsc::Sender<DiscoveryRequest>,
+    tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
+);
+
+/// Opens an ADS stream with `token` and waits for the first CDS response.
+async fn ads_with(app: &App, pod: &str, ns: &str, token: &str) -> Result<Open, tonic::Status> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", app.xds_addr))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: format!("sidecar~10.44.0.17~{pod}.{ns}~{ns}.svc.cluster.local"),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut stream = client.stream_aggregated_resources(req).await?.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a response within 10 s")
+        .expect("stream open")?;
+    assert_eq!(first.type_url, CLUSTER);
+    Ok((tx, stream))
+}
+
+fn uid(obj: &Value) -> String {
+    obj["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_review_of_projected_tokens_and_reconnect_after_expiry() {
+    let server = ApiServer::start();
+    let client = server.client().await;
+    create(&client, namespace(MESHD_NS, json!({}))).await;
+    create(&client, namespace("voicecore-ai", json!({}))).await;
+    create(&client, service_account("voicecore-ai", "billing")).await;
+    let pod = create(
+        &client,
+        pod(
+            "voicecore-ai",
+            "billing-v1",
+            "billing",
+            json!({"app": "billing"}),
+            8080,
+        ),
+    )
+    .await;
+    let pod_uid = uid(&pod);
+    let bound = Some(("billing-v1", pod_uid.as_str()));
+
+    // A real projected token (TokenRequest, audience istio-ca, bound to the pod).
+    let token = token_request(&client, "voicecore-ai", "billing", "istio-ca", bound).await;
+    let auth = TokenReviewAuth::new(client.clone(), "istio-ca", "cluster.local");
+    let id = auth.review(&token).await.unwrap();
+    assert_eq!(
+        id.spiffe_id(),
+        "spiffe://cluster.local/ns/voicecore-ai/sa/billing"
+    );
+    assert_eq!(id.workload, "billing-v1");
+    assert_eq!(id.namespace, "voicecore-ai");
+
+    // Another audience, or a token not bound to a pod: refused.
+    let other = token_request(&client, "voicecore-ai", "billing", "other", bound).await;
+    let e = auth.review(&other).await.unwrap_err();
+    assert!(e.contains("rejected") || e.contains("audiences"), "{e}");
+    let unbound = token_request(&client, "voicecore-ai", "billing", "istio-ca", None).await;
+    let e = auth.review(&unbound).await.unwrap_err();
+    assert!(e.contains("not bound to a pod"), "{e}");
+    assert!(auth.review("not-a-token").await.is_err());
+
+    // Through meshd's xDS port.
+    let (app, _state) = start_meshd(&server).await;
+    ads_with(&app, "billing-v1", "voicecore-ai", &token)
+        .await
+        .expect("the projected token opens a stream");
+    let e = ads_with(&app, "billing-v2", "voicecore-ai", &token)
+        .await
+        .expect_err("a node naming another pod is refused");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+
+    // Token rotation: the kubelet rewrites the token file before expiry; a proxy that
+    // reconnects after its first token expired presents the current file content. The API
+    // server accepts a token up to 60 s past `exp` (go-jose's leeway), so the first token here
+    // expired 55 s ago: valid now, refused a few seconds later.
+    let key = server.signing_key();
+    let now = now_secs();
+    let first = retimed(&token, &key, now - 600, now - 55);
+    ads_with(&app, "billing-v1", "voicecore-ai", &first)
+        .await
+        .expect("the first token is still accepted");
+    let refused = eventually(20, "the first token to expire", || {
+        let (app, first) = (&app, first.clone());
+        async move {
+            ads_with(app, "billing-v1", "voicecore-ai", &first)
+                .await
+                .err()
+        }
+    })
+    .await;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    assert!(refused.message().contains("expired"), "{refused}");
+    let rotated = retimed(&token, &key, now_secs(), now_secs() + 3600);
+    let _connected = ads_with(&app, "billing-v1", "voicecore-ai", &rotated)
+        .await
+        .expect("the rotated token authenticates the same pod, no restart");
+    let syncz = get_json(format!("http://{}/debug/syncz", app.admin_addr)).await;
+    assert!(
+        syncz
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["identity"] == "spiffe://cluster.local/ns/voicecore-ai/sa/billing"),
+        "{syncz}"
+    );
+    app.shutdown().await.unwrap();
+}
+
+async fn lease_holder(client: &Client, name: &str) -> Option<String> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), MESHD_NS);
+    api.get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+async fn root_serial(app: &App) -> String {
+    let certs = get_json(format!("http://{}/debug/certs", app.admin_addr)).await;
+    certs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "root")
+        .unwrap_or_else(|| panic!("no root in {certs}"))["serial"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_elects_one_ca_writer_and_replicas_share_its_root() {
+    let server = ApiServer::start();
+    let client = server.client().await;
+    create(&client, namespace(MESHD_NS, json!({}))).await;
+
+    // Two replicas race for an empty Secret: exactly one (the leader) writes it.
+    let mut cfg = kube_config(&server);
+    cfg.leader_lease = "race".into();
+    let a = meshd::kube::Kube::connect(&cfg).await.unwrap();
+    let b = meshd::kube::Kube::connect(&cfg).await.unwrap();
+    let secret = CaSecretConfig {
+        namespace: MESHD_NS.into(),
+        name: "race-ca".into(),
+        timeout: Duration::from_secs(30),
+    };
+    let ca_cfg = meshd_ca::CaConfig::default();
+    let (ra, rb) = tokio::join!(
+        ca_secret::load_or_create_ca(a.client().clone(), &secret, &ca_cfg, a.leader()),
+        ca_secret::load_or_create_ca(b.client().clone(), &secret, &ca_cfg, b.leader()),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let origins = [ra.origin, rb.origin];
+    assert!(
+        origins.contains(&CaOrigin::Written) && origins.contains(&CaOrigin::Loaded),
+        "{origins:?}"
+    );
+    assert_eq!(ra.ca.root_cert_pem(), rb.ca.root_cert_pem());
+    let writer_leads = if ra.origin == CaOrigin::Written {
+        a.leader()
+    } else {
+        b.leader()
+    };
+    assert!(*writer_leads.borrow(), "the writer held the lease");
+    let other_leads = if ra.origin == CaOrigin::Written {
+        b.leader()
+    } else {
+        a.leader()
+    };
+    assert!(!*other_leads.borrow(), "one leader at a time");
+    let stored: Secret = Api::namespaced(client.clone(), MESHD_NS)
+        .get("race-ca")
+        .await
+        .unwrap();
+    let data = stored.data.unwrap();
+    assert_eq!(
+        String::from_utf8(data["root-cert.pem"].0.clone()).unwrap(),
+        ra.ca.root_cert_pem()
+    );
+    assert!(data.contains_key("root-key.pem"));
+    // Dropped replicas stop electing (and give the lease up).
+    drop(a);
+    drop(b);
+
+    // Two whole meshd processes' worth (in-process): the same root, one lease holder; the
+    // root goes to namespaces with injection; when the leader stops, the other takes over.
+    create(
+        &client,
+        namespace("shop", json!({"istio-injection": "enabled"})),
+    )
+    .await;
+    let ((m1, _s1), (m2, _s2)) = tokio::join!(start_meshd(&server), start_meshd(&server));
+    assert_eq!(root_serial(&m1).await, root_serial(&m2).await);
+    let holder = lease_holder(&client, "meshd-leader")
+        .await
+        .expect("a leader");
+    let secret: Secret = Api::namespaced(client.clone(), MESHD_NS)
+        .get("meshd-ca")
+        .await
+        .unwrap();
+    let root_pem = String::from_utf8(secret.data.unwrap()["root-cert.pem"].0.clone()).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    let cm = eventually(20, "istio-ca-root-cert in shop", || {
+        let cms = cms.clone();
+        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
+    })
+    .await;
+    assert_eq!(cm.data.unwrap()["root-cert.pem"], root_pem);
+    // Not in namespaces without injection.
+    let default_cms: Api<ConfigMap> = Api::namespaced(client.clone(), MESHD_NS);
+    assert!(
+        default_cms
+            .get_opt("istio-ca-root-cert")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A restarted (or third) replica loads the same CA from the Secret.
+    let (m3, _s3) = start_meshd(&server).await;
+    assert_eq!(root_serial(&m3).await, root_serial(&m2).await);
+
+    // Replicas stop one by one until the leader is among them: it releases the lease, another
+    // takes over and keeps publishing the root.
+    let mut running = vec![m1, m2, m3];
+    loop {
+        running.remove(0).shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if lease_holder(&client, "meshd-leader").await.as_ref() != Some(&holder) {
+            break;
+        }
+        assert!(running.len() > 1, "the leader never stopped");
+    }
+    let new_holder = eventually(20, "a new lease holder", || {
+        let (client, holder) = (client.clone(), holder.clone());
+        async move {
+            lease_holder(&client, "meshd-leader")
+                .await
+                .filter(|h| *h != holder)
+        }
+    })
+    .await;
+    assert_ne!(new_holder, holder);
+    create(
+        &client,
+        namespace("late", json!({"istio-injection": "enabled"})),
+    )
+    .await;
+    let late: Api<ConfigMap> = Api::namespaced(client.clone(), "late");
+    let cm = eventually(30, "istio-ca-root-cert in late", || {
+        let late = late.clone();
+        async move { late.get_opt("istio-ca-root-cert").await.unwrap() }
+    })
+    .await;
+    assert_eq!(cm.data.unwrap()["root-cert.pem"], root_pem);
+    for m in running {
+        m.shutdown().await.unwrap();
+    }
+}
+
+fn service(ns: &str, name: &str, selector: Option<Value>, port: u16, target: Value) -> Value {
+    let mut spec = json!({
+        "ports": [{"name": "http", "port": port, "targetPort": target, "protocol": "TCP"}]
+    });
+    if let Some(s) = selector {
+        spec["selector"] = s;
+    }
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+           "spec": spec})
+}
+
+fn find_service<'a>(registry: &'a Value, host: &str) -> Option<&'a Value> {
+    registry["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["hostname"] == host)
+}
+
+fn addresses(svc: &Value) -> Vec<String> {
+    let mut a: Vec<String> = svc["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["address"].as_str().unwrap().to_string())
+        .collect();
+    a.sort();
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_serves_services_and_pods_from_the_api() {
+    let server = ApiServer::start();
+    let client = server.client().await;
+    create(&client, namespace(MESHD_NS, json!({}))).await;
+    create(
+        &client,
+        namespace("shop", json!({"istio-injection": "enabled"})),
+    )
+    .await;
+    create(&client, service_account("shop", "web")).await;
+    for crd in istio_crds() {
+        create(&client, crd).await;
+    }
+    let web = create(
+        &client,
+        service(
+            "shop",
+            "web",
+            Some(json!({"app": "web"})),
+            80,
+            json!("http"),
+        ),
+    )
+    .await;
+    let cluster_ip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
+    create(
+        &client,
+        pod(
+            "shop",
+            "web-1",
+            "web",
+            json!({"app": "web", "version": "v1"}),
+            8080,
+        ),
+    )
+    .await;
+    create(
+        &client,
+        pod(
+            "shop",
+            "web-2",
+            "web",
+            json!({"app": "web", "version": "v2"}),
+            8080,
+        ),
+    )
+    .await;
+    pod_running(&client, "shop", "web-1", "10.44.0.21", true).await;
+    pod_running(&client, "shop", "web-2", "10.44.0.22", false).await;
+    // A Service without selector and its hand-made core Endpoints (1.20 has no
+    // EndpointSlice v1, so meshd reads Endpoints).
+    create(&client, service("shop", "legacy", None, 8080, json!(8080))).await;
+    create(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Endpoints",
+               "metadata": {"name": "legacy", "namespace": "shop"},
+               "subsets": [{"addresses": [{"ip": "192.0.2.10"}, {"ip": "192.0.2.11"}],
+                            "notReadyAddresses": [{"ip": "192.0.2.12"}],
+                            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]}),
+    )
+    .await;
+    create(
+        &client,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+               "metadata": {"name": "web", "namespace": "shop"},
+               "spec": {"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                   {"name": "v2", "labels": {"version": "v2"}}]}}),
+    )
+    .await;
+
+    // meshd starts on what exists (the initial lists)…
+    let (app, _state) = start_meshd(&server).await;
+    let registryz = format!("http://{}/debug/registryz", app.admin_addr);
+    let configz = format!("http://{}/debug/configz", app.admin_addr);
+    let reg = get_json(registryz.clone()).await;
+    let svc = find_service(&reg, "web.shop.svc.cluster.local").expect("web is served");
+    assert_eq!(svc["addresses"], json!([cluster_ip]));
+    assert_eq!(svc["ports"][0]["protocol"], "Http");
+    assert_eq!(addresses(svc), ["10.44.0.21"], "only the ready pod");
+    assert_eq!(svc["endpoints"][0]["service_account"], "web");
+    assert_eq!(svc["endpoints"][0]["labels"]["version"], "v1");
+    assert_eq!(
+        svc["endpoints"][0]["ports"]["http"], 8080,
+        "named targetPort"
+    );
+    let legacy = find_service(&reg, "legacy.shop.svc.cluster.local").unwrap();
+    assert_eq!(addresses(legacy), ["192.0.2.10", "192.0.2.11"]);
+    let workloads: Vec<&str> = reg["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(workloads, ["web-1", "web-2"]);
+
+    // …and follows the watch: readiness, new config (valid and not), deletions.
+    pod_running(&client, "shop", "web-2", "10.44.0.22", true).await;
+    create(
+        &client,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "web", "namespace": "shop"},
+               "spec": {"hosts": ["web"], "http": [{"route": [
+                   {"destination": {"host": "web", "subset": "v1"}, "weight": 90},
+                   {"destination": {"host": "web", "subset": "v2"}, "weight": 10}]}]}}),
+    )
+    .await;
+    create(
+        &client,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "broken", "namespace": "shop"},
+               "spec": {"hosts": ["legacy"], "http": [{"frobnicate": true,
+                        "route": [{"destination": {"host": "legacy"}}]}]}}),
+    )
+    .await;
+    eventually(20, "web-2 ready in the registry", || {
+        let url = registryz.clone();
+        async move {
+            let reg = get_json(url).await;
+            let svc = find_service(&reg, "web.shop.svc.cluster.local")?.clone();
+            (addresses(&svc) == ["10.44.0.21", "10.44.0.22"]).then_some(())
+        }
+    })
+    .await;
+    let cfg = eventually(20, "both VirtualServices judged", || {
+        let url = configz.clone();
+        async move {
+            let cfg = get_json(url).await;
+            let accepted = cfg["accepted"].as_array()?;
+            let rejected = cfg["rejected"].as_array()?;
+            (accepted
+                .iter()
+                .any(|o| o["name"] == "web" && o["kind"] == "VirtualService")
+                && rejected.iter().any(|r| r["name"] == "broken"))
+            .then_some(cfg)
+        }
+    })
+    .await;
+    let broken = cfg["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "broken")
+        .unwrap();
+    assert!(
+        broken["reason"].as_str().unwrap().contains("frobnicate"),
+        "{broken}"
+    );
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    pods.delete("web-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually(20, "web-1 gone from the registry", || {
+        let url = registryz.clone();
+        async move {
+            let reg = get_json(url).await;
+            let svc = find_service(&reg, "web.shop.svc.cluster.local")?.clone();
+            let gone = reg["workloads"]
+                .as_array()?
+                .iter()
+                .all(|w| w["name"] != "web-1");
+            (addresses(&svc) == ["10.44.0.22"] && gone).then_some(())
+        }
+    })
+    .await;
+    // The root certificate is in the injected namespace.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    let cm = eventually(20, "istio-ca-root-cert in shop", || {
+        let cms = cms.clone();
+        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
+    })
+    .await;
+    assert!(cm.data.unwrap()["root-cert.pem"].contains("BEGIN CERTIFICATE"));
+    app.shutdown().await.unwrap();
+}
