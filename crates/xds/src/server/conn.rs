@@ -175,3 +175,25 @@ pub(crate) fn set_version<'a>(resources: impl Iterator<Item = &'a SharedResource
         .collect();
     content_hash(&parts)
 }
+
+/// Reads a stream's first request and binds its node to the proven identity; on failure the
+/// stream ends with the reason and `None` is returned.
+pub(crate) async fn open_stream<Req>(
+    requests: &mut tonic::Streaming<Req>,
+    identity: Identity,
+    node: impl Fn(&Req) -> Option<&Node>,
+    tx: &super::wire::Sender,
+) -> Option<(Proxy, Req)> {
+    use futures::StreamExt;
+    let first = match requests.next().await {
+        Some(Ok(r)) => r,
+        _ => return None,
+    };
+    match bind_proxy(node(&first), identity) {
+        Ok(p) => Some((p, first)),
+        Err(status) => {
+            let _ = tx.send(super::wire::Outgoing::End(status)).await;
+            None
+        }
+    }
+}

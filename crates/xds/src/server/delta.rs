@@ -1,7 +1,7 @@
 //! Incremental (Delta) ADS: only resources whose version the proxy lacks are sent, and removals
 //! are named. A reconnecting proxy's `initial_resource_versions` spares it what it already has.
 
-use super::conn::{Conn, Wake, bind_proxy, next_nonce, set_version};
+use super::conn::{Conn, Wake, next_nonce, open_stream, set_version};
 use super::status::SentResources;
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
@@ -218,16 +218,15 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     mut requests: Streaming<DeltaDiscoveryRequest>,
     tx: wire::Sender,
 ) {
-    let first = match requests.next().await {
-        Some(Ok(r)) => r,
-        _ => return,
-    };
-    let proxy = match bind_proxy(first.node.as_ref(), identity) {
-        Ok(p) => p,
-        Err(status) => {
-            let _ = tx.send(wire::Outgoing::End(status)).await;
-            return;
-        }
+    let Some((proxy, first)) = open_stream(
+        &mut requests,
+        identity,
+        |r: &DeltaDiscoveryRequest| r.node.as_ref(),
+        &tx,
+    )
+    .await
+    else {
+        return;
     };
     let span = tracing::info_span!("ads", proxy = %proxy.id, protocol = "delta");
     session(shared, proxy, first, requests, tx)

@@ -1,6 +1,6 @@
 //! State-of-the-world ADS: each response carries the whole set of a type the proxy subscribes to.
 
-use super::conn::{Conn, Wake, bind_proxy, next_nonce, set_version};
+use super::conn::{Conn, Wake, next_nonce, open_stream, set_version};
 use super::status::SentResources;
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
@@ -117,16 +117,15 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     mut requests: Streaming<DiscoveryRequest>,
     tx: wire::Sender,
 ) {
-    let first = match requests.next().await {
-        Some(Ok(r)) => r,
-        _ => return,
-    };
-    let proxy = match bind_proxy(first.node.as_ref(), identity) {
-        Ok(p) => p,
-        Err(status) => {
-            let _ = tx.send(wire::Outgoing::End(status)).await;
-            return;
-        }
+    let Some((proxy, first)) = open_stream(
+        &mut requests,
+        identity,
+        |r: &DiscoveryRequest| r.node.as_ref(),
+        &tx,
+    )
+    .await
+    else {
+        return;
     };
     let span = tracing::info_span!("ads", proxy = %proxy.id, protocol = "sotw");
     session(shared, proxy, first, requests, tx)
