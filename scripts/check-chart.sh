@@ -59,10 +59,10 @@ render() { # name, extra helm args...
   fi
   log "rendered $name: $(grep -c '^kind:' "$out/$name.yaml") objects"
 }
-render default
-render voicecore -f "$CHART/values-voicecore.yaml"
+render default --include-crds
+render voicecore --include-crds -f "$CHART/values-voicecore.yaml"
 render monitoring --api-versions monitoring.coreos.com/v1
-render no-crds --set crds.install=false --set ingressGateway.enabled=false --set egressGateway.enabled=false
+render no-crds --skip-crds --set ingressGateway.enabled=false --set egressGateway.enabled=false
 
 # Split into built-in kinds (validated with schemas) and custom resources (checked below).
 python3 - "$out" <<'PY' || fail=1
@@ -112,7 +112,9 @@ grep -q '^kind: PrometheusRule' "$out/monitoring.yaml" || { log "PrometheusRule 
 ! grep -q '^kind: PrometheusRule' "$out/default.yaml" || { log "PrometheusRule rendered without monitoring.coreos.com/v1"; fail=1; }
 grep -q '^apiVersion: autoscaling/v2$' "$out/default.yaml" || { log "HPA not autoscaling/v2"; fail=1; }
 grep -q '^apiVersion: policy/v1$' "$out/default.yaml" || { log "PDB not policy/v1"; fail=1; }
-! grep -q '^kind: CustomResourceDefinition' "$out/no-crds.yaml" || { log "crds.install=false still renders CRDs"; fail=1; }
+! grep -q '^kind: CustomResourceDefinition' "$out/no-crds.yaml" || { log "--skip-crds still renders CRDs"; fail=1; }
+n=$(grep -c '^kind: CustomResourceDefinition' "$out/default.yaml" || true)
+[ "$n" -eq 9 ] || { log "$n CRDs rendered, want the 9 Istio kinds"; fail=1; }
 n=$(grep -c '^kind: Deployment' "$out/voicecore.yaml" || true)
 [ "$n" -ge 11 ] || { log "VoiceCore values render $n Deployments, want 8 services + meshd + 2 gateways"; fail=1; }
 

@@ -181,9 +181,12 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             let listener = TcpListener::bind((config.bind, w.port))
                 .await
                 .with_context(|| format!("binding the webhook on {}:{}", config.bind, w.port))?;
-            let tls =
-                crate::webhook::tls_config(ca.clone(), &w.dns_names, config.cert_rotation_window)?;
-            let router = crate::webhook::router(w.inject.clone(), w.namespaces.clone());
+            let tls = crate::webhook::tls_config(ca.clone(), &w.dns_names)?;
+            let namespaces = match &kube {
+                Some(k) => k.namespace_lookup(),
+                None => w.namespaces.clone(),
+            };
+            let router = crate::webhook::router(w.inject.clone(), namespaces);
             Some((listener, tls, router))
         }
         None => None,

@@ -269,6 +269,14 @@ impl ServingCert {
 
     /// A rustls server config presenting this certificate, ALPN `h2` (gRPC).
     pub fn server_config(self: &Arc<Self>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        self.server_config_with_alpn(vec![b"h2".to_vec()])
+    }
+
+    /// A rustls server config presenting this certificate, offering `alpn`.
+    pub fn server_config_with_alpn(
+        self: &Arc<Self>,
+        alpn: Vec<Vec<u8>>,
+    ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         use anyhow::Context;
         let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -277,7 +285,7 @@ impl ServingCert {
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(self.clone())));
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        cfg.alpn_protocols = alpn;
         Ok(Arc::new(cfg))
     }
 }

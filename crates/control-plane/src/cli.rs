@@ -100,6 +100,11 @@ pub struct ServeArgs {
     /// meshd's own namespace (never injected; the webhook serves `<service>.<namespace>.svc`).
     #[arg(long, env = "MESHD_NAMESPACE", default_value = "meshd-system")]
     pub namespace: String,
+    /// Kubernetes mode: the MutatingWebhookConfiguration whose caBundle meshd keeps equal to
+    /// the mesh trust bundle (default `meshd-sidecar-injector-<namespace>`, the chart's name for
+    /// release `meshd`); `-` for none.
+    #[arg(long, env = "MESHD_WEBHOOK_CONFIG_NAME")]
+    pub webhook_config_name: Option<String>,
     /// The Service in front of meshd.
     #[arg(long, env = "MESHD_SERVICE_NAME", default_value = "meshd")]
     pub service_name: String,
@@ -163,6 +168,11 @@ impl ServeArgs {
             token_audience: self.token_audience.clone(),
             ca_secret: self.ca_secret.clone(),
             root_cert_configmap: self.root_cert_configmap.clone(),
+            webhook_config: match self.webhook_config_name.as_deref() {
+                Some("-") => None,
+                Some(name) => Some(name.to_string()),
+                None => Some(format!("meshd-sidecar-injector-{}", self.namespace)),
+            },
             ..Default::default()
         }
     }

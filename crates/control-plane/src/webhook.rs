@@ -3,9 +3,9 @@
 //! this is the TLS listener around it.
 //!
 //! The serving certificate comes from the mesh CA (`server_cert` for `meshd.<ns>.svc` and its
-//! longer forms) and is re-issued on a handshake once it is inside the rotation window. The API
-//! server trusts it through the MutatingWebhookConfiguration's `caBundle`: the mesh root,
-//! [`ca_bundle`] (base64 PEM), which Kubernetes mode keeps current with [`ca_bundle_patch`].
+//! longer forms) and is re-issued on a handshake once due or once the CA signs with another key.
+//! The API server trusts it through the MutatingWebhookConfiguration's `caBundle`, the mesh's
+//! trust bundle, which Kubernetes mode keeps current (`kube::webhook_config`).
 
 use anyhow::Context;
 use axum::Router;
@@ -14,18 +14,13 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use meshd_ca::CertificateAuthority;
 use meshd_injector::{InjectConfig, Labels};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -64,117 +59,28 @@ impl WebhookConfig {
     }
 }
 
-/// The names the API server may use for meshd's Service.
+/// The names the API server may use for meshd's Service, and loopback (an API server on the
+/// same host calling `https://localhost:<port>/inject`).
 pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
     vec![
         format!("{service}.{namespace}.svc"),
         format!("{service}.{namespace}.svc.cluster.local"),
         format!("{service}.{namespace}"),
         service.to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
     ]
 }
 
-/// The `caBundle` of the MutatingWebhookConfiguration: base64 of the mesh root (PEM).
-pub fn ca_bundle(ca: &CertificateAuthority) -> String {
-    base64::engine::general_purpose::STANDARD.encode(ca.root_cert_pem())
-}
-
-/// A JSON patch (RFC 6902) setting the caBundle of the first `webhooks` entries of a
-/// MutatingWebhookConfiguration (`count` of them).
-pub fn ca_bundle_patch(ca: &CertificateAuthority, count: usize) -> serde_json::Value {
-    let bundle = ca_bundle(ca);
-    serde_json::Value::Array(
-        (0..count)
-            .map(|i| {
-                serde_json::json!({
-                    "op": "add",
-                    "path": format!("/webhooks/{i}/clientConfig/caBundle"),
-                    "value": bundle,
-                })
-            })
-            .collect(),
-    )
-}
-
-/// Serves the current certificate; re-issues it once inside the rotation window.
-#[derive(Debug)]
-struct RotatingCert {
-    ca: Arc<CertificateAuthority>,
-    dns_names: Vec<String>,
-    rotation_window: Duration,
-    current: RwLock<(Arc<CertifiedKey>, SystemTime)>,
-}
-
-impl RotatingCert {
-    fn issue(
-        ca: &CertificateAuthority,
-        dns_names: &[String],
-    ) -> anyhow::Result<(Arc<CertifiedKey>, SystemTime)> {
-        let issued = ca
-            .server_cert(dns_names)
-            .context("issuing the webhook's serving certificate")?;
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(issued.cert_chain_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .context("parsing the webhook certificate")?;
-        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
-            .context("parsing the webhook key")?;
-        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-            .context("loading the webhook key")?;
-        Ok((
-            Arc::new(CertifiedKey::new(chain, signing)),
-            issued.not_after,
-        ))
-    }
-}
-
-impl ResolvesServerCert for RotatingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let (key, not_after) = self.current.read().ok()?.clone();
-        let due = not_after
-            .checked_sub(self.rotation_window)
-            .is_none_or(|t| SystemTime::now() >= t);
-        if !due {
-            return Some(key);
-        }
-        match Self::issue(&self.ca, &self.dns_names) {
-            Ok(fresh) => {
-                tracing::info!("webhook serving certificate re-issued");
-                if let Ok(mut cur) = self.current.write() {
-                    *cur = fresh.clone();
-                }
-                Some(fresh.0)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "re-issuing the webhook certificate failed; serving the old one");
-                Some(key)
-            }
-        }
-    }
-}
-
-/// TLS settings for the webhook: a CA-issued certificate for `dns_names`, HTTP/2 and 1.1.
+/// TLS settings for the webhook: a certificate from the mesh CA for `dns_names`, re-issued when
+/// due or when the CA's signer changes (root rotation); HTTP/2 and 1.1.
 pub fn tls_config(
     ca: Arc<CertificateAuthority>,
     dns_names: &[String],
-    rotation_window: Duration,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let first = RotatingCert::issue(&ca, dns_names)?;
-    let resolver = RotatingCert {
-        ca,
-        dns_names: dns_names.to_vec(),
-        rotation_window,
-        current: RwLock::new(first),
-    };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(resolver));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    let serving = crate::ca_service::ServingCert::new(ca, dns_names.to_vec())
+        .context("issuing the webhook's serving certificate")?;
+    serving.server_config_with_alpn(vec![b"h2".to_vec(), b"http/1.1".to_vec()])
 }
 
 struct WebhookState {

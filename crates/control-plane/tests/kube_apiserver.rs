@@ -536,3 +536,295 @@ async fn registry_serves_services_and_pods_from_the_api() {
     assert!(cm.data.unwrap()["root-cert.pem"].contains("BEGIN CERTIFICATE"));
     app.shutdown().await.unwrap();
 }
+
+/// helm, as `scripts/check-chart.sh` installs it (or `MESHD_HELM`).
+fn helm() -> std::path::PathBuf {
+    let path = std::env::var_os("MESHD_HELM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/meshd/helm-v32/helm/helm")
+        });
+    assert!(
+        path.exists(),
+        "no helm at {}: run scripts/check-chart.sh (it installs helm), or set MESHD_HELM",
+        path.display()
+    );
+    path
+}
+
+fn run_helm(server: &ApiServer, args: &[&str]) -> String {
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/meshd");
+    let out = std::process::Command::new(helm())
+        .args(args)
+        .arg(&chart)
+        .args(["--namespace", MESHD_NS, "--kubeconfig"])
+        .arg(&server.kubeconfig)
+        .output()
+        .expect("running helm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "helm {args:?} failed:\n{text}");
+    text
+}
+
+async fn get_dynamic(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Option<Value> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+    let api: Api<kube::api::DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    api.get_opt(name)
+        .await
+        .unwrap_or_else(|e| panic!("get {api_version} {kind} {name}: {e}"))
+        .map(|o| serde_json::to_value(o).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_of_the_chart_and_the_voicecore_values() {
+    let server = ApiServer::start();
+    let client = server.client().await;
+
+    // The README's command, on an empty cluster: CRDs first (crds/), then everything that
+    // uses them in the same release.
+    let voicecore_values = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/helm/meshd/values-voicecore.yaml"
+    );
+    run_helm(
+        &server,
+        &[
+            "install",
+            "meshd",
+            "--create-namespace",
+            "-f",
+            voicecore_values,
+        ],
+    );
+    let deployment = get_dynamic(
+        &client,
+        "apps/v1",
+        "Deployment",
+        "deployments",
+        Some(MESHD_NS),
+        "meshd",
+    )
+    .await
+    .expect("the meshd Deployment");
+    // The replica count is the HPA's (2–5), as in Istio's chart: a count in the Deployment
+    // would fight it on every upgrade.
+    let meshd = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(meshd["resources"]["requests"]["memory"], "2Gi");
+    assert_eq!(meshd["resources"]["limits"]["cpu"], "2");
+    // 1.20 serves neither autoscaling/v2 nor policy/v1: the chart picked what it serves.
+    let hpa = get_dynamic(
+        &client,
+        "autoscaling/v2beta2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        Some(MESHD_NS),
+        "meshd",
+    )
+    .await
+    .expect("the HPA as autoscaling/v2beta2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "meshd");
+    assert_eq!(hpa["spec"]["minReplicas"], 2);
+    assert_eq!(hpa["spec"]["maxReplicas"], 5);
+    get_dynamic(
+        &client,
+        "policy/v1beta1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        Some(MESHD_NS),
+        "meshd",
+    )
+    .await
+    .expect("the PDB as policy/v1beta1");
+    let service = get_dynamic(
+        &client,
+        "v1",
+        "Service",
+        "services",
+        Some(MESHD_NS),
+        "meshd",
+    )
+    .await
+    .expect("the meshd Service");
+    let mut ports: Vec<i64> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    ports.sort();
+    assert_eq!(ports, [15010, 15012, 15014, 15017]);
+    let webhook = get_dynamic(
+        &client,
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        None,
+        "meshd-sidecar-injector-meshd-system",
+    )
+    .await
+    .expect("the webhook configuration, under the name meshd keeps current");
+    assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail");
+    assert_eq!(webhook["webhooks"][0]["sideEffects"], "None");
+    for crd in [
+        "virtualservices.networking.istio.io",
+        "authorizationpolicies.security.istio.io",
+    ] {
+        get_dynamic(
+            &client,
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            None,
+            crd,
+        )
+        .await
+        .unwrap_or_else(|| panic!("CRD {crd}"));
+    }
+    for gw in ["istio-ingressgateway", "istio-egressgateway"] {
+        get_dynamic(
+            &client,
+            "apps/v1",
+            "Deployment",
+            "deployments",
+            Some(MESHD_NS),
+            gw,
+        )
+        .await
+        .unwrap_or_else(|| panic!("the {gw} Deployment"));
+    }
+    // No monitoring.coreos.com API here: no PrometheusRule rendered, install still fine.
+    let ingress = get_dynamic(
+        &client,
+        "v1",
+        "Service",
+        "services",
+        Some(MESHD_NS),
+        "istio-ingressgateway",
+    )
+    .await
+    .expect("the ingress gateway Service");
+    assert_eq!(ingress["spec"]["type"], "LoadBalancer");
+
+    // The VoiceCore values: the namespace with injection, the eight services and their Istio
+    // policies.
+    let ns = get_dynamic(
+        &client,
+        "v1",
+        "Namespace",
+        "namespaces",
+        None,
+        "voicecore-ai",
+    )
+    .await
+    .expect("the voicecore namespace");
+    assert_eq!(ns["metadata"]["labels"]["istio-injection"], "enabled");
+    for name in [
+        "gateway",
+        "tenant-service",
+        "call-service",
+        "ai-service",
+        "crm-service",
+        "analytics-service",
+        "integration-service",
+        "billing-service",
+    ] {
+        get_dynamic(
+            &client,
+            "apps/v1",
+            "Deployment",
+            "deployments",
+            Some("voicecore-ai"),
+            name,
+        )
+        .await
+        .unwrap_or_else(|| panic!("Deployment voicecore-ai/{name}"));
+        get_dynamic(
+            &client,
+            "v1",
+            "Service",
+            "services",
+            Some("voicecore-ai"),
+            name,
+        )
+        .await
+        .unwrap_or_else(|| panic!("Service voicecore-ai/{name}"));
+    }
+    let policies = kube::api::ListParams::default();
+    let gvk = kube::api::GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "destinationrules");
+    let drs: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), "voicecore-ai", &ar);
+    let drs = drs.list(&policies).await.unwrap();
+    assert_eq!(drs.items.len(), 8, "one DestinationRule per service");
+
+    // Back to the defaults, then uninstalled: the CRDs (and so users' Istio objects) stay.
+    run_helm(&server, &["upgrade", "meshd", "--reset-values"]);
+    assert!(
+        get_dynamic(
+            &client,
+            "apps/v1",
+            "Deployment",
+            "deployments",
+            Some("voicecore-ai"),
+            "gateway"
+        )
+        .await
+        .is_none(),
+        "the VoiceCore Deployments went with the values"
+    );
+    let out = std::process::Command::new(helm())
+        .args([
+            "uninstall",
+            "meshd",
+            "--namespace",
+            MESHD_NS,
+            "--kubeconfig",
+        ])
+        .arg(&server.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        get_dynamic(
+            &client,
+            "apps/v1",
+            "Deployment",
+            "deployments",
+            Some(MESHD_NS),
+            "meshd"
+        )
+        .await
+        .is_none()
+    );
+    get_dynamic(
+        &client,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        None,
+        "destinationrules.networking.istio.io",
+    )
+    .await
+    .expect("CRDs outlive the release");
+}

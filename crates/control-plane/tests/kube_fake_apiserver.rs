@@ -254,6 +254,7 @@ async fn endpoint_slices_v1_watch_and_relist() {
         KubeOutputs {
             mesh: mesh_tx.clone(),
             injection_namespaces: ns_tx.clone(),
+            namespace_labels: watch::Sender::new(Default::default()),
         },
     )
     .await

@@ -269,6 +269,17 @@ impl KubeObjects {
             .collect()
     }
 
+    /// Each namespace's labels.
+    pub fn namespace_labels(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.namespaces
+            .values()
+            .filter_map(|ns| {
+                let name = ns.metadata.name.clone()?;
+                Some((name, ns.metadata.labels.clone().unwrap_or_default()))
+            })
+            .collect()
+    }
+
     /// The mesh config these objects describe.
     pub fn mesh(&self, opts: &IndexOptions) -> MeshConfig {
         let files: Vec<FileConfig> = self

@@ -21,6 +21,7 @@ pub mod index;
 pub mod leader;
 pub mod token;
 pub mod watch;
+pub mod webhook_config;
 
 use ::kube::Client;
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
@@ -51,6 +52,11 @@ pub struct KubeConfig {
     pub ca_timeout: Duration,
     /// A kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config`, else in-cluster.
     pub kubeconfig: Option<PathBuf>,
+    /// The MutatingWebhookConfiguration whose caBundle meshd keeps current (the chart's
+    /// `<release>-sidecar-injector-<namespace>`); `None`: none.
+    pub webhook_config: Option<String>,
+    /// How often the leader re-checks the root ConfigMaps and the webhook's caBundle.
+    pub resync: Duration,
 }
 
 impl Default for KubeConfig {
@@ -67,6 +73,8 @@ impl Default for KubeConfig {
             sync_timeout: Duration::from_secs(60),
             ca_timeout: Duration::from_secs(120),
             kubeconfig: None,
+            webhook_config: Some("meshd-sidecar-injector-meshd-system".into()),
+            resync: Duration::from_secs(30),
         }
     }
 }
@@ -119,7 +127,11 @@ pub struct Kube {
     source: Option<watch::KubeSource>,
     namespaces: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
     namespaces_tx: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
+    namespace_labels: tokio::sync::watch::Sender<NamespaceLabels>,
 }
+
+type NamespaceLabels =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
 impl Kube {
     /// Connects to the API server and joins the leader election.
@@ -143,6 +155,7 @@ impl Kube {
             source: None,
             namespaces,
             namespaces_tx,
+            namespace_labels: tokio::sync::watch::Sender::new(Default::default()),
         })
     }
 
@@ -190,11 +203,19 @@ impl Kube {
             watch::KubeOutputs {
                 mesh: out,
                 injection_namespaces: self.namespaces_tx.clone(),
+                namespace_labels: self.namespace_labels.clone(),
             },
         )
         .await?;
         self.source = Some(source);
         Ok(())
+    }
+
+    /// The injector's view of namespace labels, from the namespace watch (`None` for a
+    /// namespace the watch has not seen yet: the webhook's selectors decide).
+    pub fn namespace_lookup(&self) -> crate::webhook::NamespaceLookup {
+        let labels = self.namespace_labels.subscribe();
+        Arc::new(move |ns: &str| labels.borrow().get(ns).cloned())
     }
 
     /// TokenReview authentication (meshd's own credentials accepted too).
@@ -220,11 +241,20 @@ impl Kube {
         tasks.spawn(ca_secret::publish_root_cert(
             self.client.clone(),
             self.cfg.root_cert_configmap.clone(),
-            ca,
+            ca.clone(),
             self.namespaces.clone(),
             self.leader.clone(),
-            Duration::from_secs(30),
+            self.cfg.resync,
         ));
+        if let Some(name) = self.cfg.webhook_config.clone() {
+            tasks.spawn(webhook_config::keep_ca_bundle(
+                self.client.clone(),
+                name,
+                ca.clone(),
+                self.leader.clone(),
+                self.cfg.resync.min(Duration::from_secs(5)),
+            ));
+        }
         if let Some((storage, rv)) = self.ca_state.take() {
             let cfg = ca_secret::CaSecretConfig {
                 namespace: self.cfg.namespace.clone(),

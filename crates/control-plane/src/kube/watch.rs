@@ -239,6 +239,8 @@ pub struct KubeOutputs {
     pub mesh: watch::Sender<Arc<MeshConfig>>,
     /// Namespaces labelled `istio-injection=enabled`.
     pub injection_namespaces: watch::Sender<BTreeSet<String>>,
+    /// Every namespace's labels (the injector's namespace decision).
+    pub namespace_labels: watch::Sender<BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 /// The running watchers and index of one API server.
@@ -368,6 +370,15 @@ async fn run_index(
                 false
             } else {
                 *current = namespaces;
+                true
+            }
+        });
+        let labels = objs.namespace_labels();
+        out.namespace_labels.send_if_modified(|current| {
+            if *current == labels {
+                false
+            } else {
+                *current = labels;
                 true
             }
         });

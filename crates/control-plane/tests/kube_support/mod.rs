@@ -263,77 +263,17 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// The Istio CRDs as the chart ships them (spec kept as written; meshd validates).
+/// The Istio CRDs exactly as the chart ships them (`deploy/helm/meshd/crds/`).
 pub fn istio_crds() -> Vec<Value> {
-    [
-        (
-            "networking.istio.io",
-            "VirtualService",
-            "virtualservices",
-            "v1",
-        ),
-        (
-            "networking.istio.io",
-            "DestinationRule",
-            "destinationrules",
-            "v1",
-        ),
-        ("networking.istio.io", "Gateway", "gateways", "v1"),
-        (
-            "networking.istio.io",
-            "ServiceEntry",
-            "serviceentries",
-            "v1",
-        ),
-        (
-            "networking.istio.io",
-            "WorkloadEntry",
-            "workloadentries",
-            "v1",
-        ),
-        ("networking.istio.io", "Sidecar", "sidecars", "v1"),
-        (
-            "networking.istio.io",
-            "EnvoyFilter",
-            "envoyfilters",
-            "v1alpha3",
-        ),
-        (
-            "security.istio.io",
-            "PeerAuthentication",
-            "peerauthentications",
-            "v1",
-        ),
-        (
-            "security.istio.io",
-            "AuthorizationPolicy",
-            "authorizationpolicies",
-            "v1",
-        ),
-    ]
-    .into_iter()
-    .map(|(group, kind, plural, version)| {
-        json!({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{plural}.{group}")},
-            "spec": {
-                "group": group,
-                "scope": "Namespaced",
-                "names": {"kind": kind, "listKind": format!("{kind}List"), "plural": plural,
-                          "singular": kind.to_ascii_lowercase()},
-                "versions": [{
-                    "name": version, "served": true, "storage": true,
-                    "subresources": {"status": {}},
-                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
-                    }}}
-                }]
-            }
-        })
-    })
-    .collect()
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/meshd/crds/istio-crds.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let crds: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect();
+    assert_eq!(crds.len(), 9, "{}", path.display());
+    crds
 }
 
 /// Polls `f` every 200 ms until it returns `Some` or `secs` pass.
