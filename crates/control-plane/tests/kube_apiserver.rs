@@ -278,10 +278,20 @@ async fn lease_elects_one_ca_writer_and_replicas_share_its_root() {
     })
     .await;
     assert_eq!(cm.data.unwrap()["root-cert.pem"], root_pem);
-    // Not in namespaces without injection.
-    let default_cms: Api<ConfigMap> = Api::namespaced(client.clone(), MESHD_NS);
+    // In meshd's own namespace too (the chart's gateways mount it there)…
+    let own_cms: Api<ConfigMap> = Api::namespaced(client.clone(), MESHD_NS);
+    let own = eventually(20, "istio-ca-root-cert in meshd's namespace", || {
+        let cms = own_cms.clone();
+        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
+    })
+    .await;
+    assert_eq!(own.data.unwrap()["root-cert.pem"], root_pem);
+    // …but not in namespaces without injection.
+    create(&client, namespace("plain", json!({}))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let plain_cms: Api<ConfigMap> = Api::namespaced(client.clone(), "plain");
     assert!(
-        default_cms
+        plain_cms
             .get_opt("istio-ca-root-cert")
             .await
             .unwrap()
@@ -535,22 +545,6 @@ async fn registry_serves_services_and_pods_from_the_api() {
     .await;
     assert!(cm.data.unwrap()["root-cert.pem"].contains("BEGIN CERTIFICATE"));
     app.shutdown().await.unwrap();
-}
-
-/// helm, as `scripts/check-chart.sh` installs it (or `MESHD_HELM`).
-fn helm() -> std::path::PathBuf {
-    let path = std::env::var_os("MESHD_HELM")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap())
-                .join(".cache/meshd/helm-v32/helm/helm")
-        });
-    assert!(
-        path.exists(),
-        "no helm at {}: run scripts/check-chart.sh (it installs helm), or set MESHD_HELM",
-        path.display()
-    );
-    path
 }
 
 fn run_helm(server: &ApiServer, args: &[&str]) -> String {

@@ -25,6 +25,7 @@ use tokio_stream::wrappers::BroadcastStream;
 const SERVICES: &str = "/api/v1/services";
 const PODS: &str = "/api/v1/pods";
 const NAMESPACES: &str = "/api/v1/namespaces";
+const SECRETS: &str = "/api/v1/secrets";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 
 struct Fake {
@@ -40,6 +41,7 @@ fn kind_of(path: &str) -> (&'static str, &'static str) {
         SERVICES => ("v1", "Service"),
         PODS => ("v1", "Pod"),
         NAMESPACES => ("v1", "Namespace"),
+        SECRETS => ("v1", "Secret"),
         SLICES => ("discovery.k8s.io/v1", "EndpointSlice"),
         _ => unreachable!(),
     }
@@ -121,7 +123,7 @@ async fn handle(State(fake): State<Arc<Fake>>, req: Request) -> Response {
         }))
         .into_response();
     }
-    let known = [SERVICES, PODS, NAMESPACES, SLICES];
+    let known = [SERVICES, PODS, NAMESPACES, SECRETS, SLICES];
     let Some(collection) = known.into_iter().find(|p| *p == path) else {
         // The Istio CRDs are not installed here.
         return not_found(&path);

@@ -11,6 +11,7 @@
 
 mod kube_support;
 
+use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
@@ -580,6 +581,131 @@ async fn scenario(net: &PodNetwork) {
         !matches!(direct, Ok((200, _))),
         "plaintext reached the app under STRICT: {direct:?}"
     );
+    // The chart's ingress gateway, run from its rendered pod template, serving HTTPS with a
+    // certificate from a Secret (credentialName) and following the Secret when it changes.
+    let gateway_run = start_chart_gateway(
+        net,
+        &client,
+        &format!("{gateway}:{tls_port}"),
+        &root_pem,
+        Ipv4Addr::new(10, 79, 0, 30),
+    )
+    .await;
+    let test_ca_dir = tempfile::tempdir().unwrap();
+    let test_ca = meshd_ca::CertificateAuthority::load_or_create(&meshd_ca::CaConfig {
+        state_dir: test_ca_dir.path().to_path_buf(),
+        trust_domain: "example.com".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let ca_file = work.path().join("shop-ca.pem");
+    write_file(&ca_file, &test_ca.root_cert_pem());
+    let first = test_ca.server_cert(&["shop.example.com".into()]).unwrap();
+    create(
+        &client,
+        tls_secret(MESHD_NS, "shop-cert", &first.cert_chain_pem, &first.key_pem),
+    )
+    .await;
+    create(
+        &client,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+               "metadata": {"name": "web-gateway", "namespace": "shop"},
+               "spec": {"selector": {"istio": "ingressgateway"},
+                        "servers": [{"port": {"number": 8443, "name": "https", "protocol": "HTTPS"},
+                                     "hosts": ["shop.example.com"],
+                                     "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}}]}}),
+    )
+    .await;
+    create(
+        &client,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "web", "namespace": "shop"},
+               "spec": {"hosts": ["shop.example.com"], "gateways": ["web-gateway"],
+                        "http": [{"route": [{"destination": {"host": "backend.shop.svc.cluster.local",
+                                                             "port": {"number": 80}}}]}]}}),
+    )
+    .await;
+    let https = |pod: &Pod| {
+        pod.run([
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            ca_file.to_str().unwrap(),
+            "--resolve",
+            "shop.example.com:8443:10.79.0.30",
+            "https://shop.example.com:8443/through-gateway",
+        ])
+        .map_err(|e| format!("{e:#}"))
+    };
+    let served_cert = |pod: &Pod| -> String {
+        pod.run([
+            "sh", "-c",
+            "openssl s_client -connect 10.79.0.30:8443 -servername shop.example.com </dev/null 2>/dev/null | openssl x509",
+        ])
+        .unwrap_or_default()
+    };
+    let body = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match https(&outsider) {
+                Ok(b) => break b,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("HTTPS through the gateway: {e}\n{}", gateway_run.logs())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    });
+    let answer: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+    assert_eq!(answer["service"], "backend", "{answer}");
+    assert_eq!(
+        answer["caller"], "spiffe://cluster.local/ns/meshd-system/sa/istio-ingressgateway",
+        "gateway → backend over mesh mTLS: {answer}"
+    );
+    let pem_body = |pem: &str| -> String {
+        pem.lines()
+            .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+            .take_while(|l| !l.starts_with("-----END"))
+            .collect()
+    };
+    let served = tokio::task::block_in_place(|| served_cert(&outsider));
+    assert_eq!(
+        pem_body(&served),
+        pem_body(&first.cert_chain_pem),
+        "the Secret's certificate"
+    );
+    // The Secret is replaced (cert-manager renewing it): the gateway serves the new one, no
+    // restart.
+    let second = test_ca.server_cert(&["shop.example.com".into()]).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), MESHD_NS);
+    secrets
+        .replace(
+            "shop-cert",
+            &Default::default(),
+            &serde_json::from_value(tls_secret(
+                MESHD_NS,
+                "shop-cert",
+                &second.cert_chain_pem,
+                &second.key_pem,
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let rotated = tokio::task::block_in_place(|| {
+        podnet::wait_until(Duration::from_secs(20), || {
+            pem_body(&served_cert(&outsider)) == pem_body(&second.cert_chain_pem)
+        })
+    });
+    assert!(
+        rotated,
+        "the gateway still serves the old certificate:\n{}",
+        gateway_run.logs()
+    );
+    assert!(https(&outsider).is_ok(), "HTTPS after the rotation");
+
     // meshd reports both proxies connected with their pods' identities.
     let syncz: Value = reqwest::get(format!("http://{}/debug/syncz", app.admin_addr))
         .await
@@ -598,9 +724,112 @@ async fn scenario(net: &PodNetwork) {
             "{id} not in {syncz}"
         );
     }
+    drop(gateway_run);
     drop(runs);
     drop(apps);
     app.shutdown().await.unwrap();
+}
+
+fn tls_secret(ns: &str, name: &str, chain: &str, key: &str) -> Value {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+           "metadata": {"name": name, "namespace": ns},
+           "data": {"tls.crt": b64(chain), "tls.key": b64(key)}})
+}
+
+/// The chart's ingress gateway Deployment (`helm template`), as the Pod its ReplicaSet would
+/// create, created through the API and run like the kubelet would.
+async fn start_chart_gateway(
+    net: &PodNetwork,
+    client: &Client,
+    xds_address: &str,
+    root_pem: &str,
+    ip: Ipv4Addr,
+) -> PodRun {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/meshd");
+    let out = std::process::Command::new(helm())
+        .args(["template", "meshd"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            MESHD_NS,
+            "--show-only",
+            "templates/gateways.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let deployment: Value = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .find(|v: &Value| {
+            v["kind"] == "Deployment" && v["metadata"]["name"] == "istio-ingressgateway"
+        })
+        .expect("the ingress gateway Deployment");
+    let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    create(client, service_account(MESHD_NS, &sa)).await;
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ingressgateway-1", "namespace": MESHD_NS,
+                     "labels": deployment["spec"]["template"]["metadata"]["labels"].clone()},
+        "spec": deployment["spec"]["template"]["spec"].clone()});
+    // Without kube-proxy the Service name does not route here: meshd's bridge address.
+    for c in pod["spec"]["initContainers"].as_array_mut().unwrap() {
+        let args = c["args"].as_array_mut().unwrap();
+        if let Some(i) = args.iter().position(|a| a == "--xds-address") {
+            args[i + 1] = json!(xds_address);
+        }
+    }
+    let pod = create(client, pod).await;
+    assert!(!injected(&pod), "gateways are not injected");
+    pod_running(client, MESHD_NS, "ingressgateway-1", &ip.to_string(), true).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), MESHD_NS);
+    let cm = eventually(20, "istio-ca-root-cert in meshd's namespace", || {
+        let cms = cms.clone();
+        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
+    })
+    .await;
+    assert_eq!(cm.data.unwrap()["root-cert.pem"], root_pem);
+    let netns_pod = net.add_pod("ingressgateway-1", ip).unwrap();
+    let dir = std::env::temp_dir().join(format!("kinj-gw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut run = PodRun::new(netns_pod, pod.clone(), dir);
+    let proxy = run.volume("meshd-envoy", 1337);
+    let tokens = run.volume("istio-token", 0);
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let token = token_request(
+        client,
+        MESHD_NS,
+        &sa,
+        "istio-ca",
+        Some(("ingressgateway-1", uid)),
+    )
+    .await;
+    write_file(&tokens.join("istio-token"), &token);
+    let roots = run.volume("istiod-ca-cert", 0);
+    write_file(&roots.join("root-cert.pem"), root_pem);
+    run.mounts = vec![
+        ("meshd-envoy".into(), proxy),
+        ("istio-token".into(), tokens),
+        ("istiod-ca-cert".into(), roots),
+    ];
+    tokio::task::block_in_place(|| run.run_init_containers());
+    run.start_sidecar();
+    let ready = tokio::task::block_in_place(|| {
+        podnet::wait_until(Duration::from_secs(30), || {
+            matches!(envoy_admin_get(&run.pod, "/ready"), Ok((200, _)))
+        })
+    });
+    assert!(ready, "the ingress gateway is not ready:\n{}", run.logs());
+    run
 }
 
 /// GET `url` from `pod` until it answers 200 or `timeout` passes; the last answer.

@@ -1,6 +1,7 @@
 //! The mesh model: Istio's API objects as typed Rust values, each with the file and line it came
 //! from, validated on their own and against each other. Pure: no I/O, no kube, no tonic.
 
+pub mod credential;
 pub mod duration;
 pub mod envoyfilter;
 pub mod mesh;

@@ -59,6 +59,10 @@ pub struct MeshConfig {
     pub rejected: Vec<Rejected>,
     pub services: Vec<Service>,
     pub workloads: Vec<Workload>,
+    /// TLS credentials for Gateway `credentialName`, by (namespace, Secret name). Never
+    /// serialized (key material).
+    #[serde(skip)]
+    pub credentials: BTreeMap<(String, String), crate::credential::TlsCredential>,
 }
 
 /// Expand a short or namespace-relative host the way Istio does for `host` fields.
@@ -77,6 +81,24 @@ impl MeshConfig {
         for file in files {
             mesh.rejected
                 .extend(file.rejected.iter().map(Rejected::from_error));
+            for c in &file.credentials {
+                let key = (c.namespace.clone(), c.name.clone());
+                match mesh.credentials.entry(key) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        mesh.rejected.push(Rejected {
+                            file: c.source.file.clone(),
+                            line: c.source.line,
+                            kind: None,
+                            namespace: Some(c.namespace.clone()),
+                            name: Some(c.name.clone()),
+                            reason: format!("duplicate Secret {}/{}", c.namespace, c.name),
+                        })
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(c.tls.clone());
+                    }
+                }
+            }
             for obj in &file.objects {
                 let key = obj.key();
                 if let Some(first) = mesh.objects.get(&key) {

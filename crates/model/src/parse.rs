@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 pub struct FileConfig {
     pub objects: Vec<ConfigObject>,
     pub rejected: Vec<ConfigError>,
+    /// `kind: Secret` documents holding TLS credentials (Gateway `credentialName`).
+    pub credentials: Vec<crate::credential::Credential>,
 }
 
 struct Document<'a> {
@@ -233,6 +235,48 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, Config
     Ok(object)
 }
 
+/// A `kind: Secret` document (`apiVersion: v1`): its TLS credential, `Ok(None)` when it holds
+/// none; `None` when the document is not a Secret.
+fn parse_secret(
+    file: &str,
+    doc: &Document<'_>,
+) -> Option<Result<Option<crate::credential::Credential>, ConfigError>> {
+    let header: Header = serde_yaml::from_str(doc.text).ok()?;
+    if header.kind.as_deref() != Some("Secret") {
+        return None;
+    }
+    let err_at = |key: &str, message: String| ConfigError {
+        file: file.to_string(),
+        line: line_of_key(doc, key),
+        message,
+    };
+    Some((|| {
+        if header.api_version.as_deref() != Some("v1") {
+            return Err(err_at(
+                "apiVersion:",
+                "a Secret is apiVersion v1".to_string(),
+            ));
+        }
+        let meta = header.metadata.unwrap_or_default();
+        if meta.name.is_empty() {
+            return Err(err_at("metadata:", "Secret has no metadata.name".into()));
+        }
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(doc.text).map_err(|e| yaml_error(file, doc, &e))?;
+        let tls = crate::credential::from_secret_document(&value)
+            .map_err(|m| err_at("data:", format!("Secret {}: {m}", meta.name)))?;
+        Ok(tls.map(|tls| crate::credential::Credential {
+            namespace: meta.namespace().to_string(),
+            name: meta.name.clone(),
+            source: SourcePos {
+                file: file.to_string(),
+                line: doc.first_line,
+            },
+            tls,
+        }))
+    })())
+}
+
 /// Parse one file. `Err` when the file is not YAML at all (keep its last good content);
 /// otherwise the accepted objects and the per-document rejections.
 pub fn parse_file(file: &str, text: &str) -> Result<FileConfig, Vec<ConfigError>> {
@@ -250,6 +294,14 @@ pub fn parse_file(file: &str, text: &str) -> Result<FileConfig, Vec<ConfigError>
     }
     let mut out = FileConfig::default();
     for doc in &docs {
+        if let Some(secret) = parse_secret(file, doc) {
+            match secret {
+                Ok(Some(c)) => out.credentials.push(c),
+                Ok(None) => {}
+                Err(e) => out.rejected.push(e),
+            }
+            continue;
+        }
         match parse_document(file, doc) {
             Ok(obj) => out.objects.push(obj),
             Err(e) => out.rejected.push(e),
@@ -261,6 +313,76 @@ pub fn parse_file(file: &str, text: &str) -> Result<FileConfig, Vec<ConfigError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_become_credentials_and_gateways_may_name_them() {
+        let text = "\
+apiVersion: v1
+kind: Secret
+metadata: {name: shop-cert, namespace: istio-system}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\"
+  tls.key: \"-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----\\n\"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: half, namespace: istio-system}
+stringData:
+  tls.crt: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: app-password}
+stringData: {password: hunter2}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: app}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: both, namespace: app}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [x.example.com]
+    tls: {mode: SIMPLE, credentialName: c, serverCertificate: /c.pem, privateKey: /k.pem}
+";
+        let f = parse_file("gw.yaml", text).unwrap();
+        assert_eq!(f.credentials.len(), 1, "{:?}", f.credentials);
+        assert_eq!(
+            (
+                f.credentials[0].namespace.as_str(),
+                f.credentials[0].name.as_str()
+            ),
+            ("istio-system", "shop-cert")
+        );
+        assert_eq!(f.objects.len(), 1, "{:?}", f.objects);
+        let msgs: Vec<String> = f.rejected.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("gw.yaml:")
+                && msgs[0].contains("Secret half: has a certificate but no private key"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].contains("either credentialName or the certificate files"),
+            "{msgs:?}"
+        );
+        let mesh = crate::MeshConfig::assemble([&f]);
+        assert!(
+            mesh.credentials
+                .contains_key(&("istio-system".into(), "shop-cert".into()))
+        );
+    }
 
     const GOOD: &str = "\
 apiVersion: networking.istio.io/v1

@@ -195,15 +195,21 @@ fn gateway_server(at: &str, s: &crate::networking::Server) -> Check {
     let mode = tls
         .and_then(|t| t.mode.as_deref())
         .map(str::to_ascii_uppercase);
-    let files = tls.is_some_and(|t| t.server_certificate.is_some() && t.private_key.is_some());
-    if tls.is_some_and(|t| t.credential_name.is_some()) {
+    let credential = tls.is_some_and(|t| t.credential_name.is_some());
+    if credential
+        && tls.is_some_and(|t| {
+            t.server_certificate.is_some() || t.private_key.is_some() || t.ca_certificates.is_some()
+        })
+    {
         return Err(format!(
-            "{at}.tls.credentialName is not served yet; give serverCertificate and privateKey files"
+            "{at}.tls: give either credentialName or the certificate files, not both"
         ));
     }
+    let files = credential
+        || tls.is_some_and(|t| t.server_certificate.is_some() && t.private_key.is_some());
     match mode.as_deref() {
         None if protocol == "HTTPS" && !files => Err(format!(
-            "{at}: an HTTPS server needs tls (mode SIMPLE with serverCertificate and privateKey)"
+            "{at}: an HTTPS server needs tls (mode SIMPLE with credentialName, or serverCertificate and privateKey)"
         )),
         None if protocol == "TLS" => Err(format!(
             "{at}: a TLS server needs tls.mode PASSTHROUGH (terminating TLS is for HTTPS servers)"
@@ -213,12 +219,14 @@ fn gateway_server(at: &str, s: &crate::networking::Server) -> Check {
         )),
         None | Some("ISTIO_MUTUAL") => Ok(()),
         Some("SIMPLE") | Some("MUTUAL") if !files => Err(format!(
-            "{at}.tls: mode {} needs serverCertificate and privateKey",
+            "{at}.tls: mode {} needs credentialName, or serverCertificate and privateKey",
             mode.as_deref().unwrap_or_default()
         )),
-        Some("MUTUAL") if tls.and_then(|t| t.ca_certificates.as_ref()).is_none() => Err(format!(
-            "{at}.tls: mode MUTUAL needs caCertificates to verify clients"
-        )),
+        Some("MUTUAL") if !credential && tls.and_then(|t| t.ca_certificates.as_ref()).is_none() => {
+            Err(format!(
+                "{at}.tls: mode MUTUAL needs caCertificates to verify clients"
+            ))
+        }
         Some("SIMPLE") | Some("MUTUAL") if protocol == "TLS" || protocol == "TCP" => Err(format!(
             "{at}.tls: terminating TLS on a {protocol} server is not supported (use HTTPS, or PASSTHROUGH)"
         )),

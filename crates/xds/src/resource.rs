@@ -145,6 +145,15 @@ impl ResourceSet {
         }
     }
 
+    pub fn into_layers(self) -> Vec<Arc<BTreeMap<String, SharedResource>>> {
+        self.layers
+    }
+
+    /// Adds a layer (names disjoint from the others').
+    pub fn push_layer(&mut self, layer: Arc<BTreeMap<String, SharedResource>>) {
+        self.layers.push(layer);
+    }
+
     pub fn get(&self, name: &str) -> Option<&SharedResource> {
         self.layers.iter().find_map(|l| l.get(name))
     }

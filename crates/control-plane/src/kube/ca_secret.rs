@@ -299,19 +299,22 @@ pub async fn persist_ca_writes(
     }
 }
 
-/// Keeps the root-certificate ConfigMap `name` current in every namespace of `namespaces`
-/// while this replica leads; re-checks every `resync` (repairs deleted or edited ConfigMaps).
+/// Keeps the root-certificate ConfigMap `name` current in every namespace of `namespaces` and
+/// in `own_namespace` (where the chart's gateways run) while this replica leads; re-checks
+/// every `resync` (repairs deleted or edited ConfigMaps).
 pub async fn publish_root_cert(
     client: Client,
     name: String,
     ca: Arc<CertificateAuthority>,
     mut namespaces: watch::Receiver<BTreeSet<String>>,
+    own_namespace: String,
     mut leader: watch::Receiver<bool>,
     resync: Duration,
 ) {
     loop {
         if *leader.borrow_and_update() {
-            let wanted = namespaces.borrow_and_update().clone();
+            let mut wanted = namespaces.borrow_and_update().clone();
+            wanted.insert(own_namespace.clone());
             let root = ca.root_cert_pem();
             for ns in wanted {
                 if let Err(e) = ensure_configmap(&client, &ns, &name, &root).await {

@@ -14,7 +14,7 @@
 //! - an Istio custom resource goes through `meshd_model`'s parser and validator, exactly as a
 //!   file would: an invalid one lands in `MeshConfig::rejected` with its reason, the rest serves.
 
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Secret, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshd_model::networking::{Labels, Location, Resolution};
@@ -111,6 +111,7 @@ impl IstioObject {
                 Ok(FileConfig {
                     mut objects,
                     rejected,
+                    ..
                 }) => match (objects.pop(), rejected.first()) {
                     (_, Some(e)) => Err(reject(e.line, e.message.clone())),
                     (Some(o), None) if o.kind() == kind => Ok(o),
@@ -140,6 +141,8 @@ pub struct KubeObjects {
     pub endpoints: BTreeMap<ObjKey, Arc<Endpoints>>,
     pub pods: BTreeMap<ObjKey, Arc<Pod>>,
     pub namespaces: BTreeMap<ObjKey, Arc<Namespace>>,
+    /// Secrets, with the data of those that hold no TLS credential dropped ([`Indexed::slim`]).
+    pub secrets: BTreeMap<ObjKey, Arc<Secret>>,
     pub istio: BTreeMap<(Kind, String, String), Arc<IstioObject>>,
 }
 
@@ -154,6 +157,8 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 pub trait Indexed: Sized {
     fn store(objs: &mut KubeObjects) -> &mut BTreeMap<ObjKey, Arc<Self>>;
     fn key(&self) -> ObjKey;
+    /// Drops what the index never reads, before the object is kept.
+    fn slim(&mut self) {}
 }
 
 macro_rules! indexed {
@@ -168,6 +173,29 @@ macro_rules! indexed {
         }
     };
 }
+
+impl Indexed for Secret {
+    fn store(objs: &mut KubeObjects) -> &mut BTreeMap<ObjKey, Arc<Self>> {
+        &mut objs.secrets
+    }
+    fn key(&self) -> ObjKey {
+        key_of(&self.metadata)
+    }
+    /// Only TLS credentials are read (Gateway `credentialName`); any other Secret (tokens,
+    /// Helm releases, application secrets) is kept as its name alone.
+    fn slim(&mut self) {
+        let has_credential_keys = self
+            .data
+            .as_ref()
+            .is_some_and(|d| CREDENTIAL_KEYS.iter().any(|k| d.contains_key(*k)));
+        if !has_credential_keys {
+            self.data = None;
+        }
+        self.string_data = None;
+    }
+}
+
+const CREDENTIAL_KEYS: [&str; 6] = ["tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert"];
 indexed!(Service, services);
 indexed!(EndpointSlice, endpoint_slices);
 indexed!(Endpoints, endpoints);
@@ -288,11 +316,30 @@ impl KubeObjects {
             .filter_map(|o| o.parsed.as_ref().ok())
             .map(|o| FileConfig {
                 objects: vec![o.clone()],
-                rejected: Vec::new(),
+                ..Default::default()
             })
             .collect();
         // Cross-object checks (routes to undefined subsets…) are the same as in file mode.
         let mut mesh = MeshConfig::assemble(&files);
+        for ((ns, name), secret) in &self.secrets {
+            let Some(data) = &secret.data else { continue };
+            let data: BTreeMap<String, Vec<u8>> =
+                data.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+            match meshd_model::credential::from_secret_data(&data) {
+                Ok(Some(tls)) => {
+                    mesh.credentials.insert((ns.clone(), name.clone()), tls);
+                }
+                Ok(None) => {}
+                Err(reason) => mesh.rejected.push(Rejected {
+                    file: format!("kubernetes://{ns}/secrets/{name}"),
+                    line: 1,
+                    kind: None,
+                    namespace: Some(ns.clone()),
+                    name: Some(name.clone()),
+                    reason: format!("Secret {ns}/{name} cannot be a gateway credential: {reason}"),
+                }),
+            }
+        }
         mesh.rejected.extend(
             self.istio
                 .values()

@@ -243,6 +243,7 @@ impl Kube {
             self.cfg.root_cert_configmap.clone(),
             ca.clone(),
             self.namespaces.clone(),
+            self.cfg.namespace.clone(),
             self.leader.clone(),
             self.cfg.resync,
         ));

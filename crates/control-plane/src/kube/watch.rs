@@ -12,7 +12,7 @@ use ::kube::runtime::WatchStreamExt;
 use ::kube::runtime::watcher::{self, Event};
 use ::kube::{Client, Resource};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meshd_model::{Kind, MeshConfig};
 use serde::de::DeserializeOwned;
@@ -103,7 +103,10 @@ where
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         // The index never reads managedFields; they are often most of an object's bytes.
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .modify(|o: &mut K| {
+            o.meta_mut().managed_fields = None;
+            o.slim();
+        })
         .boxed();
     let mut buffer: Vec<K> = Vec::new();
     while let Some(event) = stream.next().await {
@@ -271,6 +274,8 @@ impl KubeSource {
         tasks.spawn(watch_typed(Api::<Service>::all(client.clone()), tx.clone()));
         expected.insert(kind_name::<Pod>());
         tasks.spawn(watch_typed(Api::<Pod>::all(client.clone()), tx.clone()));
+        expected.insert(kind_name::<Secret>());
+        tasks.spawn(watch_typed(Api::<Secret>::all(client.clone()), tx.clone()));
         expected.insert(kind_name::<Namespace>());
         tasks.spawn(watch_typed(
             Api::<Namespace>::all(client.clone()),

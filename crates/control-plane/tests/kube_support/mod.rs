@@ -293,3 +293,19 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// helm, as `scripts/check-chart.sh` installs it (or `MESHD_HELM`).
+pub fn helm() -> std::path::PathBuf {
+    let path = std::env::var_os("MESHD_HELM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/meshd/helm-v32/helm/helm")
+        });
+    assert!(
+        path.exists(),
+        "no helm at {}: run scripts/check-chart.sh (it installs helm), or set MESHD_HELM",
+        path.display()
+    );
+    path
+}

@@ -80,7 +80,7 @@ pub fn filename(path: &str) -> DataSource {
     }
 }
 
-fn sds(name: &str) -> SdsSecretConfig {
+pub fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_string(),
         sds_config: Some(ads()),

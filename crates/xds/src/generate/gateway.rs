@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost,
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, TlsCertificate,
 };
+use meshd_model::credential;
 use meshd_model::networking::{Server, VirtualService};
 use meshd_model::registry::selector_matches;
 use std::collections::BTreeMap;
@@ -23,6 +24,9 @@ use std::collections::BTreeMap;
 pub struct GatewayResources {
     pub listeners: std::sync::Arc<BTreeMap<String, SharedResource>>,
     pub routes: std::sync::Arc<BTreeMap<String, SharedResource>>,
+    /// SDS secrets of the servers' `credentialName`s, from the Secrets of the gateway's own
+    /// namespace (as Istio: a gateway reads credentials only there).
+    pub secrets: std::sync::Arc<BTreeMap<String, SharedResource>>,
 }
 
 fn server_allows(server: &Server, host: &str) -> bool {
@@ -74,7 +78,9 @@ fn tls_mode(server: &Server) -> Option<String> {
     match mode {
         Some(m) => Some(m),
         // `tls: {httpsRedirect: true}` alone is a plaintext server.
-        None if tls.server_certificate.is_some() => Some("SIMPLE".into()),
+        None if tls.server_certificate.is_some() || tls.credential_name.is_some() => {
+            Some("SIMPLE".into())
+        }
         None => None,
     }
 }
@@ -108,16 +114,23 @@ fn server_tls_socket(
     if mode != "SIMPLE" && mode != "MUTUAL" {
         return None;
     }
-    let (cert, key) = (tls.server_certificate.as_ref()?, tls.private_key.as_ref()?);
     let mut common = CommonTlsContext {
-        tls_certificates: vec![TlsCertificate {
-            certificate_chain: Some(filename(cert)),
-            private_key: Some(filename(key)),
-            ..Default::default()
-        }],
         alpn_protocols: vec!["h2".into(), "http/1.1".into()],
         ..Default::default()
     };
+    match &tls.credential_name {
+        Some(name) => {
+            common.tls_certificate_sds_secret_configs = vec![sds(&credential::sds_name(name))];
+        }
+        None => {
+            let (cert, key) = (tls.server_certificate.as_ref()?, tls.private_key.as_ref()?);
+            common.tls_certificates = vec![TlsCertificate {
+                certificate_chain: Some(filename(cert)),
+                private_key: Some(filename(key)),
+                ..Default::default()
+            }];
+        }
+    }
     if tls.min_protocol_version.is_some() || tls.max_protocol_version.is_some() {
         common.tls_params = Some(TlsParameters {
             tls_minimum_protocol_version: tls_version(tls.min_protocol_version.as_deref()),
@@ -127,6 +140,38 @@ fn server_tls_socket(
     }
     let mutual = mode == "MUTUAL";
     if mutual {
+        let sans = || {
+            tls.subject_alt_names
+                .iter()
+                .map(|san| SubjectAltNameMatcher {
+                    san_type: if san.starts_with("spiffe://") {
+                        subject_alt_name_matcher::SanType::Uri
+                    } else {
+                        subject_alt_name_matcher::SanType::Dns
+                    } as i32,
+                    matcher: Some(exact(san)),
+                    oid: String::new(),
+                })
+                .collect()
+        };
+        if let Some(name) = &tls.credential_name {
+            common.validation_context_type = Some(
+                common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: sans(),
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds(&credential::sds_ca_name(
+                            name,
+                        ))),
+                        ..Default::default()
+                    },
+                ),
+            );
+        }
+    }
+    if mutual && tls.credential_name.is_none() {
         common.validation_context_type = Some(
             common_tls_context::ValidationContextType::ValidationContext(
                 CertificateValidationContext {
@@ -384,5 +429,70 @@ pub fn build(
     GatewayResources {
         listeners: std::sync::Arc::new(listeners),
         routes: std::sync::Arc::new(routes),
+        secrets: std::sync::Arc::new(credential_secrets(snapshot, namespace, &gateways)),
     }
+}
+
+/// The SDS secrets for the `credentialName`s of `gateways`' servers, from the credentials of
+/// `namespace`. One missing is left out: Envoy keeps that server's listener warming (not
+/// serving) until it appears, and the rest of the gateway serves.
+fn credential_secrets(
+    snapshot: &MeshSnapshot,
+    namespace: &str,
+    gateways: &[(
+        &meshd_model::ConfigObject,
+        &meshd_model::networking::Gateway,
+    )],
+) -> BTreeMap<String, SharedResource> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, Secret, secret,
+    };
+    let config = snapshot.config();
+    let lookup = |name: &str| {
+        config
+            .credentials
+            .get(&(namespace.to_string(), name.to_string()))
+    };
+    let mut out = BTreeMap::new();
+    for (_, g) in gateways {
+        for server in &g.servers {
+            let Some(tls) = &server.tls else { continue };
+            let Some(name) = &tls.credential_name else {
+                continue;
+            };
+            let cert_name = credential::sds_name(name);
+            if let Some(c) = lookup(name)
+                && let (Some(chain), Some(key)) = (&c.cert_chain, &c.private_key)
+            {
+                let s = Secret {
+                    name: cert_name.clone(),
+                    r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                        certificate_chain: Some(inline_bytes(chain.as_bytes())),
+                        private_key: Some(inline_bytes(key.as_bytes())),
+                        ..Default::default()
+                    })),
+                };
+                out.insert(cert_name.clone(), Resource::encode(cert_name, &s));
+            }
+            if tls_mode(server).as_deref() == Some("MUTUAL") {
+                let ca_name = credential::sds_ca_name(name);
+                let ca = lookup(name)
+                    .and_then(|c| c.ca_cert.as_ref())
+                    .or_else(|| lookup(&format!("{name}-cacert")).and_then(|c| c.ca_cert.as_ref()));
+                if let Some(ca) = ca {
+                    let s = Secret {
+                        name: ca_name.clone(),
+                        r#type: Some(secret::Type::ValidationContext(
+                            CertificateValidationContext {
+                                trusted_ca: Some(inline_bytes(ca.as_bytes())),
+                                ..Default::default()
+                            },
+                        )),
+                    };
+                    out.insert(ca_name.clone(), Resource::encode(ca_name, &s));
+                }
+            }
+        }
+    }
+    out
 }

@@ -12,7 +12,9 @@ pub mod listener;
 pub mod route;
 
 use crate::proxy::{NodeType, Proxy};
-use crate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, ResourceSet, SharedResource};
+use crate::resource::{
+    CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, ResourceSet, SECRET, SharedResource,
+};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset, VirtualService};
@@ -636,6 +638,9 @@ impl MeshSnapshot {
                 out.insert(ENDPOINT, ResourceSet::layer(self.endpoints.clone()));
                 out.insert(LISTENER, ResourceSet::layer(gw.listeners.clone()));
                 out.insert(ROUTE, ResourceSet::layer(gw.routes.clone()));
+                if !gw.secrets.is_empty() {
+                    out.insert(SECRET, ResourceSet::layer(gw.secrets.clone()));
+                }
             }
         }
         out

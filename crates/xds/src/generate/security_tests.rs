@@ -386,3 +386,100 @@ spec:
         assert!(!filters.iter().any(|f| f.contains("rbac")), "{filters:?}");
     }
 }
+
+#[test]
+fn gateway_credentials_come_from_secrets_of_the_gateway_namespace_over_sds() {
+    use crate::resource::SECRET;
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let cert = "-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n";
+    let key = "-----BEGIN PRIVATE KEY-----\nMIIEkey\n-----END PRIVATE KEY-----\n";
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIBca\n-----END CERTIFICATE-----\n";
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingress, namespace: istio-system}}
+spec: {{address: 10.44.0.2, labels: {{istio: ingressgateway}}, serviceAccount: ingress}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: shop-cert, namespace: istio-system}}
+type: kubernetes.io/tls
+data: {{tls.crt: {c}, tls.key: {k}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: mtls-cert, namespace: istio-system}}
+data: {{cert: {c}, key: {k}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: mtls-cert-cacert, namespace: istio-system}}
+data: {{cacert: {a}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: shop-cert, namespace: app}}
+type: kubernetes.io/tls
+data: {{tls.crt: {c}, tls.key: {k}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: app}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: ["shop.example.com"]
+    tls: {{mode: SIMPLE, credentialName: shop-cert}}
+  - port: {{number: 9443, name: https-mtls, protocol: HTTPS}}
+    hosts: ["partners.example.com"]
+    tls: {{mode: MUTUAL, credentialName: mtls-cert}}
+---
+"#,
+        c = b64(cert),
+        k = b64(key),
+        a = b64(ca)
+    );
+    let snap = snapshot(&yaml);
+    let router = Proxy {
+        node_type: NodeType::Router,
+        ..proxy("ingress", "istio-system")
+    };
+    let l = resource(&snap, &router, LISTENER, "0.0.0.0_8443");
+    let tls = &l["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"];
+    assert_eq!(
+        tls["tls_certificate_sds_secret_configs"][0]["name"], "kubernetes://shop-cert",
+        "{tls}"
+    );
+    assert!(
+        tls["tls_certificates"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+    );
+    let m = resource(&snap, &router, LISTENER, "0.0.0.0_9443");
+    let mtls = &m["filter_chains"][0]["transport_socket"]["typed_config"];
+    assert_eq!(mtls["require_client_certificate"], true);
+    assert_eq!(
+        mtls["common_tls_context"]["combined_validation_context"]["validation_context_sds_secret_config"]
+            ["name"],
+        "kubernetes://mtls-cert-cacert"
+    );
+    // The gateway (in istio-system) gets its namespace's Secrets — the certificates inline in
+    // SDS resources, the CA from the `-cacert` Secret — and nothing from `app`'s same-named one.
+    let res = snap.generate(&router);
+    let secrets = &res[SECRET];
+    let names: Vec<&str> = secrets.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "kubernetes://mtls-cert",
+            "kubernetes://mtls-cert-cacert",
+            "kubernetes://shop-cert"
+        ]
+    );
+    // Sidecars get no credentials.
+    let sidecar = snap.generate(&proxy("server", "app"));
+    assert!(sidecar.get(SECRET).is_none_or(|s| s.is_empty()));
+}

@@ -11,7 +11,7 @@ pub use status::{ProxyStatus, Registry, SyncStatus, TypeStatus};
 
 use crate::generate::{MeshSnapshot, ProxyResources};
 use crate::proxy::{Identity, Proxy};
-use crate::resource::SharedResource;
+use crate::resource::{ResourceSet, SharedResource};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -104,7 +104,18 @@ impl<A: Authenticator, S: SecretSource> Shared<A, S> {
         let mut res = snapshot.generate(proxy);
         match self.secrets.secrets(proxy) {
             Ok(s) => {
-                res.insert(crate::resource::SECRET, s.into_iter().collect());
+                let own: ResourceSet = s.into_iter().collect();
+                match res.get_mut(crate::resource::SECRET) {
+                    // Gateway credentials (generated) and the proxy's own certificate.
+                    Some(generated) => {
+                        for layer in own.into_layers() {
+                            generated.push_layer(layer);
+                        }
+                    }
+                    None => {
+                        res.insert(crate::resource::SECRET, own);
+                    }
+                }
             }
             Err(e) => tracing::error!(proxy = %proxy.id, error = %e, "no secrets for proxy"),
         }

@@ -84,6 +84,9 @@ spec:
         prometheus.io/path: /stats/prometheus
     spec:
       serviceAccountName: {{ $gw.name }}
+      # Envoy never calls the Kubernetes API; meshd authenticates it by the projected
+      # istio-token below.
+      automountServiceAccountToken: false
       {{- with $root.Values.imagePullSecrets }}
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}
