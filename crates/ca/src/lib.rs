@@ -1269,6 +1269,27 @@ impl CertificateAuthority {
         self.storage.store(ROOT_KEY_FILE, &next, true)
     }
 
+    /// Re-reads the CA's state from its storage after another writer changed it (Kubernetes
+    /// mode: the leading replica moved a root rotation on). Returns whether the trust bundle,
+    /// the signer or the rotation phase changed. Self-signed mode only: a plug-in CA's files
+    /// change only by the operator's hand, and a restart loads them.
+    pub fn reload_from_storage(&self) -> Result<bool, CaError> {
+        if self.mode == CaMode::PlugIn {
+            return Ok(false);
+        }
+        let _guard = self.rotation_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let before = self.state();
+        let fresh = Arc::new(load_self_signed(&*self.storage, &self.cfg, &self.rng)?);
+        let phase = |s: &SigningState| s.rotation.as_ref().map(|m| m.phase);
+        let changed = before.bundle_pem != fresh.bundle_pem
+            || before.signer.serial_hex != fresh.signer.serial_hex
+            || phase(&before) != phase(&fresh);
+        if changed {
+            *self.state.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        }
+        Ok(changed)
+    }
+
     fn reload(&self) -> Result<Arc<SigningState>, CaError> {
         let state = Arc::new(load_self_signed(&*self.storage, &self.cfg, &self.rng)?);
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = state.clone();

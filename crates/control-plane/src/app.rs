@@ -131,6 +131,11 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         registry.clone(),
         shutdown_rx.clone(),
         config.root_rotation_grace,
+        kube.as_ref()
+            .map(|k| crate::root_rotation::ClusterRotation {
+                leader: k.leader(),
+                follower_lag: k.follower_lag(),
+            }),
     );
     let auth = match &kube {
         Some(k) => k.auth(ca.clone(), &config.trust_domain),
@@ -201,9 +206,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let debounce = config.debounce;
     let mut stop = shutdown_rx.clone();
     let kube_ca = ca.clone();
+    let kube_secrets = secrets.clone();
     tasks.spawn(async move {
         match kube {
-            Some(k) => return k.run(kube_ca, stop).await,
+            Some(k) => {
+                let on_change: Arc<dyn Fn() + Send + Sync> =
+                    Arc::new(move || kube_secrets.bundle_changed());
+                return k.run(kube_ca, on_change, stop).await;
+            }
             None => tokio::select! {
                 _ = source.watch(debounce, config_tx) => {}
                 _ = stop.wait_for(|s| *s) => {}
@@ -273,10 +283,12 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             .await
             .context("admin server")
     });
-    // A root rotation cut short by the last shutdown carries on.
+    // A root rotation cut short by the last shutdown carries on (in Kubernetes mode, on the
+    // leader, or on whichever replica leads next).
     root_rotation
         .resume()
         .context("resuming the interrupted root rotation")?;
+    tokio::spawn(root_rotation.clone().take_over_when_leading());
     if let Some((listener, tls, router)) = webhook {
         let stop = shutdown_rx.clone();
         tasks.spawn(async move {

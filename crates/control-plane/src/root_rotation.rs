@@ -57,6 +57,17 @@ pub struct RootRotator {
     /// No phase is judged synced before `grace` after the server started: proxies that were
     /// connected before a restart must be back in the registry first.
     not_before: tokio::time::Instant,
+    /// Kubernetes mode: several replicas share the CA.
+    cluster: Option<ClusterRotation>,
+}
+
+/// Root rotation across the replicas of Kubernetes mode: only the Lease holder drives it (and
+/// writes the CA Secret); the others reload each phase from the Secret and push it to their own
+/// proxies, so between phases the leader also waits `follower_lag` for them.
+#[derive(Clone, Debug)]
+pub struct ClusterRotation {
+    pub leader: watch::Receiver<bool>,
+    pub follower_lag: Duration,
 }
 
 impl RootRotator {
@@ -65,6 +76,7 @@ impl RootRotator {
         registry: Arc<Registry>,
         stop: watch::Receiver<bool>,
         grace: Duration,
+        cluster: Option<ClusterRotation>,
     ) -> Arc<RootRotator> {
         let r = Arc::new(RootRotator {
             secrets,
@@ -74,6 +86,7 @@ impl RootRotator {
             status: Mutex::new(RotationStatus::default()),
             stop,
             not_before: tokio::time::Instant::now() + grace,
+            cluster,
         });
         r.refresh_status(None, Vec::new());
         r
@@ -111,6 +124,31 @@ impl RootRotator {
         s.waiting_for = waiting_for;
     }
 
+    /// Whether this replica may drive a rotation (always, outside Kubernetes mode).
+    fn leads(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| *c.leader.borrow())
+    }
+
+    /// Kubernetes mode, on every replica: when this one becomes the leader mid-rotation (the
+    /// old leader died), it takes the rotation over.
+    pub async fn take_over_when_leading(self: Arc<Self>) {
+        let Some(mut leader) = self.cluster.as_ref().map(|c| c.leader.clone()) else {
+            return;
+        };
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                r = leader.changed() => if r.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if *leader.borrow_and_update()
+                && let Err(e) = self.resume()
+            {
+                tracing::error!(error = %e, "taking over the root rotation failed");
+            }
+        }
+    }
+
     /// Starts a root rotation (or continues the one in progress) and drives it in the
     /// background. `pause_after`: stop once that phase is synced (tests restart the server
     /// mid-rotation this way; the next start resumes).
@@ -118,6 +156,11 @@ impl RootRotator {
         self: &Arc<Self>,
         pause_after: Option<RotationPhase>,
     ) -> Result<RotationStatus, CaError> {
+        if !self.leads() {
+            return Err(CaError::RotationUnsupported {
+                reason: "this replica does not hold the CA lease; run `meshd ca rotate-root` against the leader (the holder of the meshd-leader Lease), which writes the CA Secret".into(),
+            });
+        }
         let r = self.secrets.ca().begin_root_rotation()?;
         if r.phase == RotationPhase::AddRoot {
             self.secrets.bundle_changed();
@@ -128,6 +171,9 @@ impl RootRotator {
 
     /// At server start: completes the writes of an interrupted rotation and drives it on.
     pub fn resume(self: &Arc<Self>) -> Result<(), CaError> {
+        if !self.leads() {
+            return Ok(()); // the leader drives it; this replica follows the Secret
+        }
         if let Some(r) = self.secrets.ca().resume_root_rotation()? {
             tracing::warn!(
                 phase = r.phase.as_str(),
@@ -201,9 +247,20 @@ impl RootRotator {
                     _ = stop.wait_for(|s| *s) => return Ok(None),
                 }
             }
+            let settle = self.settle
+                + self
+                    .cluster
+                    .as_ref()
+                    .map_or(Duration::ZERO, |c| c.follower_lag);
             tokio::select! {
-                _ = tokio::time::sleep(self.settle) => {}
+                _ = tokio::time::sleep(settle) => {}
                 _ = stop.wait_for(|s| *s) => return Ok(None),
+            }
+            if !self.leads() {
+                tracing::warn!(
+                    "lost the CA lease during a root rotation; the new leader takes it over"
+                );
+                return Ok(None);
             }
             if pause_after == Some(r.phase) {
                 tracing::warn!(

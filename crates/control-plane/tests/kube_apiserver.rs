@@ -822,3 +822,172 @@ async fn helm_install_of_the_chart_and_the_voicecore_values() {
     .await
     .expect("CRDs outlive the release");
 }
+
+/// Reads responses until one of `type_url` whose `ROOTCA` secret holds `roots` certificates;
+/// ACKs everything on the way.
+async fn await_root_bundle(open: &mut Open, roots: usize) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    use prost::Message as _;
+    let (tx, stream) = open;
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("a push within 60 s")
+            .expect("stream open")
+            .expect("no error");
+        tx.send(DiscoveryRequest {
+            type_url: r.type_url.clone(),
+            version_info: r.version_info.clone(),
+            response_nonce: r.nonce.clone(),
+            resource_names: if r.type_url == meshd_xds::resource::SECRET {
+                vec!["ROOTCA".into()]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        if r.type_url != meshd_xds::resource::SECRET {
+            continue;
+        }
+        for any in &r.resources {
+            let s = Secret::decode(any.value.as_slice()).unwrap();
+            if s.name != "ROOTCA" {
+                continue;
+            }
+            let Some(secret::Type::ValidationContext(v)) = s.r#type else {
+                continue;
+            };
+            let pem = match v.trusted_ca.and_then(|d| d.specifier) {
+                Some(
+                    envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineBytes(
+                        b,
+                    ),
+                ) => String::from_utf8(b).unwrap(),
+                _ => continue,
+            };
+            if pem.matches("BEGIN CERTIFICATE").count() == roots {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_rotation_is_driven_by_the_leader_and_followed_by_every_replica() {
+    let server = ApiServer::start();
+    let client = server.client().await;
+    create(&client, namespace(MESHD_NS, json!({}))).await;
+    create(&client, namespace("shop", json!({}))).await;
+    create(&client, service_account("shop", "web")).await;
+    let pod = create(
+        &client,
+        pod("shop", "web-1", "web", json!({"app": "web"}), 8080),
+    )
+    .await;
+    let pod_uid = uid(&pod);
+    let token = token_request(
+        &client,
+        "shop",
+        "web",
+        "istio-ca",
+        Some(("web-1", &pod_uid)),
+    )
+    .await;
+    let start = || async {
+        let state = tempfile::tempdir().unwrap();
+        let mut cfg = meshd::testing::config(state.path(), None);
+        cfg.kubernetes = Some(KubeConfig {
+            resync: Duration::from_secs(1),
+            ..kube_config(&server)
+        });
+        (app::build(cfg).await.expect("meshd starts"), state)
+    };
+    let ((a, _sa), (b, _sb)) = tokio::join!(start(), start());
+    let old_root = root_serial(&a).await;
+    assert_eq!(old_root, root_serial(&b).await);
+    let http = reqwest::Client::new();
+    let rotate = |app: &App| {
+        http.post(format!("http://{}/debug/ca/rotate-root", app.admin_addr))
+            .send()
+    };
+    // Only the lease holder may start it; the other says where to go.
+    let (ra, rb) = (rotate(&a).await.unwrap(), rotate(&b).await.unwrap());
+    let mut codes = [ra.status().as_u16(), rb.status().as_u16()];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [202, 409],
+        "one leader starts it, the follower refuses"
+    );
+    let (leader, follower) = if ra.status() == 202 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let refused: Value = if ra.status() == 409 {
+        ra.json().await.unwrap()
+    } else {
+        rb.json().await.unwrap()
+    };
+    assert!(
+        refused["error"].as_str().unwrap().contains("lease"),
+        "{refused}"
+    );
+
+    // A proxy of the follower gets the two-root bundle (AddRoot), then the new root alone,
+    // as the follower reloads each phase the leader writes to the Secret.
+    let mut open = ads_with(follower, "web-1", "shop", &token)
+        .await
+        .expect("the projected token opens a stream on the follower");
+    open.0
+        .send(DiscoveryRequest {
+            type_url: meshd_xds::resource::SECRET.into(),
+            resource_names: vec!["ROOTCA".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    await_root_bundle(&mut open, 2).await;
+    await_root_bundle(&mut open, 1).await;
+    let new_root = eventually(60, "both replicas on the new root", || {
+        let (leader, follower, old) = (leader, follower, old_root.clone());
+        async move {
+            let l = root_serial(leader).await;
+            let f = root_serial(follower).await;
+            (l != old && l == f).then_some(l)
+        }
+    })
+    .await;
+    // The leader saved the finished state: a restart or a new replica loads the new root.
+    eventually(20, "the finished rotation in the Secret", || {
+        let client = client.clone();
+        async move {
+            let secret: Secret = Api::namespaced(client, MESHD_NS)
+                .get("meshd-ca")
+                .await
+                .unwrap();
+            let data = secret.data.unwrap();
+            (!data.contains_key("root-rotation.json") && !data.contains_key("root-next-key.pem"))
+                .then_some(())
+        }
+    })
+    .await;
+    let (c, _sc) = start().await;
+    assert_eq!(
+        root_serial(&c).await,
+        new_root,
+        "a new replica loads the new root"
+    );
+    c.shutdown().await.unwrap();
+    let status = get_json(format!("http://{}/debug/ca/rotate-root", leader.admin_addr)).await;
+    assert_eq!(status["state"], "idle", "{status}");
+    assert_eq!(
+        status["last_rotation"]["new_root_serial"], new_root,
+        "{status}"
+    );
+    drop(open);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

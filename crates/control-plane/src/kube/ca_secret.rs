@@ -43,6 +43,8 @@ struct StorageInner {
     written: Mutex<BTreeSet<String>>,
     /// Bumped on every write.
     writes: watch::Sender<u64>,
+    /// The Secret's resourceVersion the blobs match (last loaded or saved).
+    resource_version: Mutex<Option<String>>,
 }
 
 impl MemoryStorage {
@@ -53,8 +55,24 @@ impl MemoryStorage {
                 blobs: Mutex::new(blobs),
                 written: Mutex::new(BTreeSet::new()),
                 writes: watch::Sender::new(0),
+                resource_version: Mutex::new(None),
             }),
         }
+    }
+
+    pub fn resource_version(&self) -> Option<String> {
+        self.inner.resource_version.lock().expect("storage").clone()
+    }
+
+    pub fn set_resource_version(&self, rv: Option<String>) {
+        *self.inner.resource_version.lock().expect("storage") = rv;
+    }
+
+    /// Takes the Secret's content as another replica wrote it: no write of ours, nothing to
+    /// save back.
+    pub fn replace_from_secret(&self, blobs: BTreeMap<String, Vec<u8>>, rv: Option<String>) {
+        *self.inner.blobs.lock().expect("storage") = blobs;
+        self.set_resource_version(rv);
     }
 
     /// Names written since creation.
@@ -271,10 +289,11 @@ pub async fn persist_ca_writes(
     client: Client,
     cfg: CaSecretConfig,
     storage: MemoryStorage,
-    mut resource_version: Option<String>,
+    resource_version: Option<String>,
     mut stop: watch::Receiver<bool>,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &cfg.namespace);
+    storage.set_resource_version(resource_version);
     let mut writes = storage.writes();
     writes.mark_unchanged();
     loop {
@@ -283,17 +302,65 @@ pub async fn persist_ca_writes(
             _ = stop.wait_for(|s| *s) => return,
         }
         let mut secret = secret_with(&cfg, storage.blobs());
-        secret.metadata.resource_version = resource_version.clone();
+        secret.metadata.resource_version = storage.resource_version();
         match api
             .replace(&cfg.name, &PostParams::default(), &secret)
             .await
         {
             Ok(s) => {
-                resource_version = s.metadata.resource_version;
+                storage.set_resource_version(s.metadata.resource_version);
                 tracing::info!(secret = %cfg.name, "saved the CA's state to its Secret");
             }
             Err(e) => {
                 tracing::error!(secret = %cfg.name, error = %e, "cannot save the CA's state to its Secret (changed by another writer?); the change lives in this process only");
+            }
+        }
+    }
+}
+
+/// While this replica does not lead: re-reads the CA Secret every `resync` and, when another
+/// replica changed it (the leader moved a root rotation on), reloads the CA from it and calls
+/// `on_change` (which pushes the new trust bundle and certificates to this replica's proxies).
+pub async fn follow_ca_secret(
+    client: Client,
+    cfg: CaSecretConfig,
+    storage: MemoryStorage,
+    ca: Arc<CertificateAuthority>,
+    leader: watch::Receiver<bool>,
+    on_change: Arc<dyn Fn() + Send + Sync>,
+    resync: Duration,
+) {
+    let api: Api<Secret> = Api::namespaced(client, &cfg.namespace);
+    loop {
+        tokio::time::sleep(resync).await;
+        if *leader.borrow() {
+            continue; // the leader is the writer
+        }
+        let secret = match api.get_opt(&cfg.name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                tracing::warn!(secret = %cfg.name, "the CA Secret is gone; serving the CA loaded before");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(secret = %cfg.name, error = %e, "cannot read the CA Secret");
+                continue;
+            }
+        };
+        if secret.metadata.resource_version == storage.resource_version() {
+            continue;
+        }
+        let previous = storage.blobs();
+        storage.replace_from_secret(blobs_of(&secret), secret.metadata.resource_version.clone());
+        match ca.reload_from_storage() {
+            Ok(true) => {
+                tracing::info!(secret = %cfg.name, rotation = ?ca.root_rotation().map(|r| r.phase), "the CA changed in its Secret (another replica); reloaded");
+                on_change();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(secret = %cfg.name, error = %e, "the CA Secret changed but does not load; serving the CA loaded before");
+                storage.replace_from_secret(previous, None);
             }
         }
     }

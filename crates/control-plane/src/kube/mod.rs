@@ -163,6 +163,11 @@ impl Kube {
         &self.client
     }
 
+    /// How long a follower may take to load a CA change from the Secret and push it.
+    pub fn follower_lag(&self) -> Duration {
+        self.cfg.resync.min(Duration::from_secs(5)) * 2
+    }
+
     /// Whether this replica leads now.
     pub fn leader(&self) -> tokio::sync::watch::Receiver<bool> {
         self.leader.clone()
@@ -232,9 +237,12 @@ impl Kube {
 
     /// Publishes the root certificate and saves CA writes while the server runs; on `stop`,
     /// stops the watchers and gives the Lease up.
+    /// `on_ca_change`: the CA was reloaded from its Secret (another replica moved a root
+    /// rotation on); push the new bundle and certificates.
     pub async fn run(
         mut self,
         ca: Arc<meshd_ca::CertificateAuthority>,
+        on_ca_change: Arc<dyn Fn() + Send + Sync>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
@@ -262,6 +270,15 @@ impl Kube {
                 name: self.cfg.ca_secret.clone(),
                 timeout: self.cfg.ca_timeout,
             };
+            tasks.spawn(ca_secret::follow_ca_secret(
+                self.client.clone(),
+                cfg.clone(),
+                storage.clone(),
+                ca.clone(),
+                self.leader.clone(),
+                on_ca_change,
+                self.cfg.resync.min(Duration::from_secs(5)),
+            ));
             tasks.spawn(ca_secret::persist_ca_writes(
                 self.client.clone(),
                 cfg,
