@@ -1,8 +1,9 @@
 //! meshd's certificate authority.
 //!
-//! * a self-signed ECDSA P-256 root persisted in `state_dir` (`root-cert.pem`, `root-key.pem`),
-//!   or Istio's plug-in CA layout (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
-//!   `cert-chain.pem`) used as an intermediate signer;
+//! * a self-signed root persisted in `state_dir` (`root-cert.pem`, `root-key.pem`) — ECDSA
+//!   P-256 by default, RSA 2048/4096 with [`CaConfig::root_key_algorithm`] — or Istio's
+//!   plug-in CA layout (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`) used as
+//!   an intermediate signer;
 //! * SPIFFE X509-SVIDs for workloads ([`CertificateAuthority::issue_workload`],
 //!   [`CertificateAuthority::sign_csr`]) and TLS server certificates for meshd's own listeners;
 //! * HMAC workload credentials proving a proxy's identity in file mode.
@@ -88,6 +89,11 @@ pub enum CaError {
         #[source]
         source: rcgen::Error,
     },
+    #[error("generating a {algorithm} key failed: {reason}")]
+    KeyGeneration {
+        algorithm: &'static str,
+        reason: String,
+    },
     #[error("random number generator failed while {what}")]
     Rng { what: &'static str },
     #[error("invalid SPIFFE ID {input:?}: {reason}")]
@@ -129,6 +135,64 @@ impl CaError {
     }
 }
 
+/// Key algorithm of the self-signed roots meshd generates (first start, root rotation). An
+/// existing root is used whatever its algorithm; to change it, rotate the root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RootKeyAlgorithm {
+    /// ECDSA on P-256; certificates signed with ecdsa-with-SHA256.
+    #[default]
+    EcdsaP256,
+    /// RSA, 2048-bit modulus; certificates signed with sha256WithRSAEncryption.
+    Rsa2048,
+    /// RSA, 4096-bit modulus; certificates signed with sha256WithRSAEncryption.
+    Rsa4096,
+}
+
+impl RootKeyAlgorithm {
+    pub const ALL: [RootKeyAlgorithm; 3] = [
+        RootKeyAlgorithm::EcdsaP256,
+        RootKeyAlgorithm::Rsa2048,
+        RootKeyAlgorithm::Rsa4096,
+    ];
+
+    /// `ecdsa-p256` | `rsa-2048` | `rsa-4096` (what [`FromStr`](std::str::FromStr) parses).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootKeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            RootKeyAlgorithm::Rsa2048 => "rsa-2048",
+            RootKeyAlgorithm::Rsa4096 => "rsa-4096",
+        }
+    }
+
+    /// The modulus size of an RSA algorithm.
+    pub fn rsa_bits(self) -> Option<usize> {
+        match self {
+            RootKeyAlgorithm::EcdsaP256 => None,
+            RootKeyAlgorithm::Rsa2048 => Some(2048),
+            RootKeyAlgorithm::Rsa4096 => Some(4096),
+        }
+    }
+}
+
+impl std::fmt::Display for RootKeyAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RootKeyAlgorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RootKeyAlgorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                format!("unknown root key algorithm {s:?} (use ecdsa-p256, rsa-2048 or rsa-4096)")
+            })
+    }
+}
+
 /// CA settings. Build with `CaConfig { state_dir, ..Default::default() }`.
 #[derive(Clone, Debug)]
 pub struct CaConfig {
@@ -139,6 +203,8 @@ pub struct CaConfig {
     pub workload_cert_ttl: Duration,
     /// Lifetime of a newly generated self-signed root.
     pub root_cert_ttl: Duration,
+    /// Key algorithm of a newly generated self-signed root (first start, root rotation).
+    pub root_key_algorithm: RootKeyAlgorithm,
     /// A certificate is due for rotation when its remaining life is below
     /// min(rotation_window, lifetime / 2).
     pub rotation_window: Duration,
@@ -151,6 +217,7 @@ impl Default for CaConfig {
             trust_domain: "cluster.local".to_string(),
             workload_cert_ttl: Duration::from_secs(90 * 24 * 3600),
             root_cert_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
+            root_key_algorithm: RootKeyAlgorithm::EcdsaP256,
             rotation_window: Duration::from_secs(24 * 3600),
         }
     }
@@ -544,6 +611,14 @@ fn load_self_signed(
     check_is_ca(&root, &cert_loc)?;
     check_key_matches(&key, &root, &key_loc, &cert_loc)?;
     check_self_signed_root(&root, &cert_loc, cfg)?;
+    let existing = keys::cert_key_algorithm(&root);
+    if existing != Some(cfg.root_key_algorithm) {
+        tracing::info!(
+            root = existing.map_or("other", RootKeyAlgorithm::as_str),
+            configured = cfg.root_key_algorithm.as_str(),
+            "the existing root keeps its key algorithm; the configured one applies to the next generated root (meshd ca rotate-root)"
+        );
+    }
     // The bundle holds every certificate in root-cert.pem (roots an operator keeps trusted
     // stay trusted); the first one signs.
     let bundle: String = ders.iter().map(|d| pem_encode("CERTIFICATE", d)).collect();
@@ -683,18 +758,15 @@ fn rotation_state(
     })
 }
 
-/// A new self-signed root (cert PEM, key PEM). Rotated roots carry their creation time in the
+/// A new self-signed root (cert PEM, key PEM) with a [`CaConfig::root_key_algorithm`] key (an
+/// RSA root signs with sha256WithRSAEncryption). Rotated roots carry their creation time in the
 /// common name, so two roots of one mesh never share a subject.
 fn generate_root(
     cfg: &CaConfig,
     rng: &SystemRandom,
     rotated: bool,
 ) -> Result<(String, String), CaError> {
-    let key =
-        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Generate {
-            what: "generating the root key",
-            source: e,
-        })?;
+    let key = keys::generate_root_key(cfg.root_key_algorithm)?;
     let now = whole_seconds(SystemTime::now());
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();

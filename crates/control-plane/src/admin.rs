@@ -133,7 +133,19 @@ async fn rotate_root(State(s): State<AdminState>, Query(q): Query<RotateQuery>) 
                 .into_response();
         }
     };
-    match s.root_rotation.start(pause_after) {
+    // Blocking: generating the new root (RSA 4096: seconds) and writing the CA state.
+    let rotator = s.root_rotation.clone();
+    let started = match tokio::task::spawn_blocking(move || rotator.start(pause_after)).await {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": format!("root rotation task failed: {e}")})),
+            )
+                .into_response();
+        }
+    };
+    match started {
         Ok(status) => (StatusCode::ACCEPTED, Json(json!(status))).into_response(),
         Err(e @ meshd_ca::CaError::RotationUnsupported { .. }) => {
             (StatusCode::CONFLICT, Json(json!({"error": e.to_string()}))).into_response()

@@ -6,7 +6,7 @@ use crate::identity::{CaSecrets, CredentialAuth};
 use crate::kube::ProxyAuth;
 use crate::source::FileSource;
 use anyhow::Context;
-use meshd_ca::{CaConfig, CertificateAuthority};
+use meshd_ca::{CaConfig, CertificateAuthority, RootKeyAlgorithm};
 use meshd_model::MeshConfig;
 use meshd_xds::server::{AdsServer, Metrics, Registry, ServerOptions};
 use meshd_xds::{GenOptions, MeshSnapshot};
@@ -27,6 +27,8 @@ pub struct Config {
     pub workload_cert_ttl: Duration,
     pub cert_rotation_window: Duration,
     pub root_cert_ttl: Duration,
+    /// Key algorithm of a newly generated root (first start, root rotation).
+    pub root_key_algorithm: RootKeyAlgorithm,
     pub bind: IpAddr,
     pub xds_port: u16,
     /// xDS and Istio's CA API over TLS (15012).
@@ -54,6 +56,7 @@ impl Config {
             trust_domain: self.trust_domain.clone(),
             workload_cert_ttl: self.workload_cert_ttl,
             root_cert_ttl: self.root_cert_ttl,
+            root_key_algorithm: self.root_key_algorithm,
             rotation_window: self.cert_rotation_window,
         }
     }
@@ -103,8 +106,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     };
     let ca = Arc::new(match kube.as_mut() {
         Some(k) => k.load_ca(&config.ca_config()).await?,
-        None => CertificateAuthority::load_or_create(&config.ca_config())
-            .context("loading the mesh CA")?,
+        None => {
+            // Off the async workers: a new RSA 4096 root takes seconds to generate.
+            let ca_cfg = config.ca_config();
+            tokio::task::spawn_blocking(move || CertificateAuthority::load_or_create(&ca_cfg))
+                .await
+                .context("loading the mesh CA")?
+                .context("loading the mesh CA")?
+        }
     });
     let mut source = FileSource::new(config.config_dir.clone());
     let config_tx = watch::Sender::new(Arc::new(MeshConfig::default()));

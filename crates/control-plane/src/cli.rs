@@ -5,7 +5,7 @@ use crate::bootstrap::{self, BootstrapSpec};
 use crate::source::FileSource;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use meshd_ca::{CaConfig, CertificateAuthority};
+use meshd_ca::{CaConfig, CertificateAuthority, RootKeyAlgorithm};
 use meshd_model::duration;
 use meshd_xds::GenOptions;
 use std::net::IpAddr;
@@ -64,6 +64,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s)
 }
 
+/// `ecdsa-p256` | `rsa-2048` | `rsa-4096`, listed in `--help`.
+fn root_key_algorithm_parser() -> impl clap::builder::TypedValueParser<Value = RootKeyAlgorithm> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(RootKeyAlgorithm::ALL.map(RootKeyAlgorithm::as_str))
+        .map(|s| {
+            s.parse::<RootKeyAlgorithm>()
+                .expect("PossibleValuesParser only passes listed values")
+        })
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
     /// Istio-API YAML files, watched for changes. Without it, the embedded VoiceCore mesh.
@@ -81,6 +91,12 @@ pub struct ServeArgs {
     pub cert_rotation_window: Duration,
     #[arg(long, env = "MESHD_ROOT_CERT_TTL", default_value = "87600h", value_parser = parse_duration)]
     pub root_cert_ttl: Duration,
+    /// Key algorithm of a newly generated root CA (first start, `meshd ca rotate-root`). An
+    /// existing root keeps its key: to change it, set this and rotate the root. Certificates
+    /// an RSA root signs use sha256WithRSAEncryption; the keys meshd generates for workloads
+    /// stay ECDSA P-256.
+    #[arg(long, env = "MESHD_ROOT_KEY_ALGORITHM", default_value = "ecdsa-p256", value_parser = root_key_algorithm_parser())]
+    pub root_key_algorithm: RootKeyAlgorithm,
     /// Address every listener binds (default 127.0.0.1 in file mode, 0.0.0.0 in Kubernetes mode).
     #[arg(long, env = "MESHD_BIND")]
     pub bind: Option<IpAddr>,
@@ -191,6 +207,7 @@ impl ServeArgs {
             workload_cert_ttl: self.workload_cert_ttl,
             cert_rotation_window: self.cert_rotation_window,
             root_cert_ttl: self.root_cert_ttl,
+            root_key_algorithm: self.root_key_algorithm,
             bind,
             xds_port: self.xds_port,
             xds_tls_port: self.xds_tls_port,
@@ -235,6 +252,9 @@ struct BootstrapArgs {
     admin_port: u16,
     #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
+    /// Key algorithm of the root CA, when this creates the state dir's CA (as `serve`'s).
+    #[arg(long, env = "MESHD_ROOT_KEY_ALGORITHM", default_value = "ecdsa-p256", value_parser = root_key_algorithm_parser())]
+    root_key_algorithm: RootKeyAlgorithm,
     /// Use Delta xDS instead of state of the world.
     #[arg(long)]
     delta: bool,
@@ -407,6 +427,7 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
     let ca = CertificateAuthority::load_or_create(&CaConfig {
         state_dir: args.state_dir.clone(),
         trust_domain: args.trust_domain.clone(),
+        root_key_algorithm: args.root_key_algorithm,
         ..CaConfig::default()
     })
     .context("loading the mesh CA (the credential is signed with its key)")?;
@@ -423,4 +444,40 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&bootstrap::render(&spec)?)?;
     std::fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["meshd", "serve"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv)?.command {
+            Some(Command::Serve(a)) => Ok(a),
+            _ => unreachable!("parsed a serve command"),
+        }
+    }
+
+    #[test]
+    fn root_key_algorithm_flag_reaches_the_ca_config() {
+        let default = serve(&[]).unwrap();
+        assert_eq!(default.root_key_algorithm, RootKeyAlgorithm::EcdsaP256);
+        assert_eq!(
+            default.to_config().unwrap().ca_config().root_key_algorithm,
+            RootKeyAlgorithm::EcdsaP256
+        );
+        for alg in RootKeyAlgorithm::ALL {
+            let a = serve(&["--root-key-algorithm", alg.as_str()]).unwrap();
+            let ca = a.to_config().unwrap().ca_config();
+            assert_eq!(ca.root_key_algorithm, alg);
+            assert_eq!(ca.root_cert_ttl, Duration::from_secs(87600 * 3600));
+        }
+        let e = serve(&["--root-key-algorithm", "rsa-1024"]).expect_err("rsa-1024 is refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("rsa-2048") && msg.contains("rsa-4096"),
+            "{msg}"
+        );
+    }
 }

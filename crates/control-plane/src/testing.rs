@@ -21,6 +21,7 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         workload_cert_ttl: Duration::from_secs(90 * 24 * 3600),
         cert_rotation_window: Duration::from_secs(24 * 3600),
         root_cert_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
+        root_key_algorithm: meshd_ca::RootKeyAlgorithm::default(),
         bind: [127, 0, 0, 1].into(),
         xds_port: 0,
         xds_tls_port: 0,

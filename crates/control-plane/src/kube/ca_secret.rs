@@ -204,7 +204,13 @@ pub async fn load_or_create_ca(
             .map_err(|e| anyhow::anyhow!("reading Secret {location}: {e}"))?;
         let blobs = existing.as_ref().map(blobs_of).unwrap_or_default();
         let storage = MemoryStorage::new(&location, blobs);
-        let loaded = CertificateAuthority::load_or_create_with_storage(ca_cfg, storage.clone());
+        // Off the async workers: a new RSA 4096 root takes seconds to generate.
+        let (blocking_cfg, blocking_storage) = (ca_cfg.clone(), storage.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            CertificateAuthority::load_or_create_with_storage(&blocking_cfg, blocking_storage)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("loading the mesh CA: {e}"))?;
         let ca = match loaded {
             Ok(ca) => ca,
             // Never replace material that exists but does not load.
