@@ -549,3 +549,37 @@ fn stock_envoy_syncs_over_the_tls_port() {
         "{syncz}"
     );
 }
+
+/// An RSA root (`--root-key-algorithm rsa-2048`): stock Envoy accepts the bundle and the
+/// certificates it signs, and mTLS traffic flows.
+#[test]
+fn stock_envoy_meshes_under_an_rsa_root() {
+    let t = two_pods("rsaroot", &["--root-key-algorithm", "rsa-2048"]);
+    let root = std::fs::read_to_string(t.mesh.state_dir().join("root-cert.pem")).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().unwrap().write_all(root.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rsaEncryption") && text.contains("2048 bit"),
+        "{text}"
+    );
+    let url = format!("http://{SERVER_HOST}:8080/rsa");
+    let (status, body) = t.client.get(&url).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["caller"], "spiffe://cluster.local/ns/demo/sa/client");
+    // Envoy holds the RSA root as its validation context, and a leaf under it.
+    let (leaf, roots) = envoy_certs(&t.server);
+    assert!(leaf.is_some(), "no workload certificate in Envoy");
+    assert_eq!(roots.len(), 1, "{roots:?}");
+    assert!(handshakes(&t.server) >= 1);
+}
