@@ -271,21 +271,11 @@ async fn lease_elects_one_ca_writer_and_replicas_share_its_root() {
         .await
         .unwrap();
     let root_pem = String::from_utf8(secret.data.unwrap()["root-cert.pem"].0.clone()).unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
-    let cm = eventually(20, "istio-ca-root-cert in shop", || {
-        let cms = cms.clone();
-        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
-    })
-    .await;
-    assert_eq!(cm.data.unwrap()["root-cert.pem"], root_pem);
+    let cm = root_configmap(&client, "shop", 20).await;
+    assert_eq!(cm, root_pem);
     // In meshd's own namespace too (the chart's gateways mount it there)…
-    let own_cms: Api<ConfigMap> = Api::namespaced(client.clone(), MESHD_NS);
-    let own = eventually(20, "istio-ca-root-cert in meshd's namespace", || {
-        let cms = own_cms.clone();
-        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
-    })
-    .await;
-    assert_eq!(own.data.unwrap()["root-cert.pem"], root_pem);
+    let own = root_configmap(&client, MESHD_NS, 20).await;
+    assert_eq!(own, root_pem);
     // …but not in namespaces without injection.
     create(&client, namespace("plain", json!({}))).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -328,13 +318,8 @@ async fn lease_elects_one_ca_writer_and_replicas_share_its_root() {
         namespace("late", json!({"istio-injection": "enabled"})),
     )
     .await;
-    let late: Api<ConfigMap> = Api::namespaced(client.clone(), "late");
-    let cm = eventually(30, "istio-ca-root-cert in late", || {
-        let late = late.clone();
-        async move { late.get_opt("istio-ca-root-cert").await.unwrap() }
-    })
-    .await;
-    assert_eq!(cm.data.unwrap()["root-cert.pem"], root_pem);
+    let cm = root_configmap(&client, "late", 30).await;
+    assert_eq!(cm, root_pem);
     for m in running {
         m.shutdown().await.unwrap();
     }
@@ -537,13 +522,8 @@ async fn registry_serves_services_and_pods_from_the_api() {
     })
     .await;
     // The root certificate is in the injected namespace.
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
-    let cm = eventually(20, "istio-ca-root-cert in shop", || {
-        let cms = cms.clone();
-        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
-    })
-    .await;
-    assert!(cm.data.unwrap()["root-cert.pem"].contains("BEGIN CERTIFICATE"));
+    let cm = root_configmap(&client, "shop", 20).await;
+    assert!(cm.contains("BEGIN CERTIFICATE"));
     app.shutdown().await.unwrap();
 }
 

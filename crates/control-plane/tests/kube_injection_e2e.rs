@@ -13,7 +13,7 @@ mod kube_support;
 
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube_support::*;
@@ -490,13 +490,7 @@ async fn scenario(net: &PodNetwork) {
     for (name, ip) in ips {
         pod_running(&client, "shop", name, &ip.to_string(), true).await;
     }
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
-    let root_cm = eventually(20, "istio-ca-root-cert in shop", || {
-        let cms = cms.clone();
-        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
-    })
-    .await;
-    let root_cert = root_cm.data.unwrap()["root-cert.pem"].clone();
+    let root_cert = root_configmap(&client, "shop", 20).await;
     assert_eq!(root_cert, root_pem);
 
     let work = tempfile::tempdir().unwrap();
@@ -789,13 +783,8 @@ async fn start_chart_gateway(
     let pod = create(client, pod).await;
     assert!(!injected(&pod), "gateways are not injected");
     pod_running(client, MESHD_NS, "ingressgateway-1", &ip.to_string(), true).await;
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), MESHD_NS);
-    let cm = eventually(20, "istio-ca-root-cert in meshd's namespace", || {
-        let cms = cms.clone();
-        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
-    })
-    .await;
-    assert_eq!(cm.data.unwrap()["root-cert.pem"], root_pem);
+    let cm = root_configmap(client, MESHD_NS, 20).await;
+    assert_eq!(cm, root_pem);
     let netns_pod = net.add_pod("ingressgateway-1", ip).unwrap();
     let dir = std::env::temp_dir().join(format!("kinj-gw-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

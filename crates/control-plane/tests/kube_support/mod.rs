@@ -309,3 +309,17 @@ pub fn helm() -> std::path::PathBuf {
     );
     path
 }
+
+/// The `istio-ca-root-cert` ConfigMap's `root-cert.pem` in `ns`, once meshd published it.
+pub async fn root_configmap(client: &Client, ns: &str, secs: u64) -> String {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = eventually(secs, &format!("istio-ca-root-cert in {ns}"), || {
+        let cms = cms.clone();
+        async move { cms.get_opt("istio-ca-root-cert").await.unwrap() }
+    })
+    .await;
+    cm.data
+        .and_then(|d| d.get("root-cert.pem").cloned())
+        .expect("root-cert.pem in the ConfigMap")
+}

@@ -305,27 +305,12 @@ fn originate_tls(t: &meshd_model::networking::ClientTlsSettings, host: &str) -> 
     if let Some(ca) = &t.ca_certificates
         && !t.insecure_skip_verify.unwrap_or(false)
     {
-        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-            SubjectAltNameMatcher, subject_alt_name_matcher,
-        };
         common.validation_context_type = Some(
             common_tls_context::ValidationContextType::ValidationContext(
                 CertificateValidationContext {
                     trusted_ca: Some(filename(ca)),
                     // The server must present one of these names (any, when none are given).
-                    match_typed_subject_alt_names: t
-                        .subject_alt_names
-                        .iter()
-                        .map(|san| SubjectAltNameMatcher {
-                            san_type: if san.starts_with("spiffe://") {
-                                subject_alt_name_matcher::SanType::Uri
-                            } else {
-                                subject_alt_name_matcher::SanType::Dns
-                            } as i32,
-                            matcher: Some(exact(san)),
-                            oid: String::new(),
-                        })
-                        .collect(),
+                    match_typed_subject_alt_names: san_matchers(&t.subject_alt_names),
                     ..Default::default()
                 },
             ),

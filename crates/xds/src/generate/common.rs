@@ -80,6 +80,22 @@ pub fn filename(path: &str) -> DataSource {
     }
 }
 
+/// Istio's `subjectAltNames`: a `spiffe://` name is matched as a URI SAN, anything else as DNS.
+pub fn san_matchers(names: &[String]) -> Vec<SubjectAltNameMatcher> {
+    names
+        .iter()
+        .map(|san| SubjectAltNameMatcher {
+            san_type: if san.starts_with("spiffe://") {
+                subject_alt_name_matcher::SanType::Uri
+            } else {
+                subject_alt_name_matcher::SanType::Dns
+            } as i32,
+            matcher: Some(exact(san)),
+            oid: String::new(),
+        })
+        .collect()
+}
+
 pub fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_string(),

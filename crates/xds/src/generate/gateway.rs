@@ -103,8 +103,7 @@ fn server_tls_socket(
     trust_domain: &str,
 ) -> Option<envoy_types::pb::envoy::config::core::v3::TransportSocket> {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-        CertificateValidationContext, SubjectAltNameMatcher, TlsParameters, common_tls_context,
-        subject_alt_name_matcher,
+        CertificateValidationContext, TlsParameters, common_tls_context,
     };
     let mode = tls_mode(server)?;
     let tls = server.tls.as_ref()?;
@@ -140,59 +139,26 @@ fn server_tls_socket(
     }
     let mutual = mode == "MUTUAL";
     if mutual {
-        let sans = || {
-            tls.subject_alt_names
-                .iter()
-                .map(|san| SubjectAltNameMatcher {
-                    san_type: if san.starts_with("spiffe://") {
-                        subject_alt_name_matcher::SanType::Uri
-                    } else {
-                        subject_alt_name_matcher::SanType::Dns
-                    } as i32,
-                    matcher: Some(exact(san)),
-                    oid: String::new(),
-                })
-                .collect()
-        };
-        if let Some(name) = &tls.credential_name {
-            common.validation_context_type = Some(
-                common_tls_context::ValidationContextType::CombinedValidationContext(
-                    common_tls_context::CombinedCertificateValidationContext {
-                        default_validation_context: Some(CertificateValidationContext {
-                            match_typed_subject_alt_names: sans(),
-                            ..Default::default()
-                        }),
-                        validation_context_sds_secret_config: Some(sds(&credential::sds_ca_name(
-                            name,
-                        ))),
+        let sans = san_matchers(&tls.subject_alt_names);
+        common.validation_context_type = Some(match &tls.credential_name {
+            Some(name) => common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: sans,
                         ..Default::default()
-                    },
-                ),
-            );
-        }
-    }
-    if mutual && tls.credential_name.is_none() {
-        common.validation_context_type = Some(
-            common_tls_context::ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: tls.ca_certificates.as_deref().map(filename),
-                    match_typed_subject_alt_names: tls
-                        .subject_alt_names
-                        .iter()
-                        .map(|san| SubjectAltNameMatcher {
-                            san_type: if san.starts_with("spiffe://") {
-                                subject_alt_name_matcher::SanType::Uri
-                            } else {
-                                subject_alt_name_matcher::SanType::Dns
-                            } as i32,
-                            matcher: Some(exact(san)),
-                            oid: String::new(),
-                        })
-                        .collect(),
+                    }),
+                    validation_context_sds_secret_config: Some(sds(&credential::sds_ca_name(name))),
                     ..Default::default()
                 },
             ),
-        );
+            None => common_tls_context::ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: tls.ca_certificates.as_deref().map(filename),
+                    match_typed_subject_alt_names: sans,
+                    ..Default::default()
+                },
+            ),
+        });
     }
     let ctx = DownstreamTlsContext {
         common_tls_context: Some(common),
