@@ -80,9 +80,25 @@ pub struct Service {
     pub subject_alt_names: Vec<String>,
     /// Labels that select this service's workloads (empty for static endpoints).
     pub selector: Option<Labels>,
+    /// Namespaces whose proxies see the service (`exportTo`; empty: all).
+    pub export_to: Vec<String>,
+}
+
+/// Whether an object of `owner_ns` with this `exportTo` is visible in `ns` (Istio's rules:
+/// none given or `*`: everywhere; `.`: its own namespace; `~`: nowhere; else the names listed).
+pub fn exported_to(export_to: &[String], owner_ns: &str, ns: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || (e == "." && owner_ns == ns) || e == ns)
 }
 
 impl Service {
+    /// Whether proxies in `ns` see this service.
+    pub fn visible_in(&self, ns: &str) -> bool {
+        exported_to(&self.export_to, &self.namespace, ns)
+    }
+
     pub fn port(&self, number: u32) -> Option<&Port> {
         self.ports.iter().find(|p| p.number == number)
     }
@@ -199,6 +215,7 @@ pub fn services_from_entry(
             endpoints: endpoints.clone(),
             subject_alt_names: se.subject_alt_names.clone(),
             selector: se.workload_selector.as_ref().map(|s| s.labels.clone()),
+            export_to: se.export_to.clone(),
         })
         .collect()
 }

@@ -239,15 +239,27 @@ fn gateway_server(at: &str, s: &crate::networking::Server) -> Check {
     }
 }
 
-/// meshd exports every object mesh-wide; a narrower `exportTo` is reported.
+/// `exportTo`: `*`, `.`, `~` (alone) or namespace names.
 fn export_to(list: &[String]) -> Check {
-    if list.iter().all(|e| e == "*") {
-        Ok(())
-    } else {
-        Err(format!(
-            "spec.exportTo {list:?} is not supported (meshd exports to every namespace; omit it or use \"*\")"
-        ))
+    for e in list {
+        let name_ok = !e.is_empty()
+            && e.len() <= 63
+            && e.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !e.starts_with('-')
+            && !e.ends_with('-');
+        if !(e == "*" || e == "." || e == "~" || name_ok) {
+            return Err(format!(
+                "spec.exportTo: `{e}` is not `*`, `.`, `~` or a namespace name"
+            ));
+        }
     }
+    if list.len() > 1 && list.iter().any(|e| e == "~") {
+        return Err(
+            "spec.exportTo: `~` (export nowhere) cannot be combined with other entries".into(),
+        );
+    }
+    Ok(())
 }
 
 /// The traffic policy fields meshd does not implement, reported.

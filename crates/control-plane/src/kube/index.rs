@@ -195,6 +195,8 @@ impl Indexed for Secret {
     }
 }
 
+const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+
 const CREDENTIAL_KEYS: [&str; 6] = ["tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert"];
 indexed!(Service, services);
 indexed!(EndpointSlice, endpoint_slices);
@@ -413,6 +415,19 @@ impl KubeObjects {
         opts: &IndexOptions,
     ) -> Option<registry::Service> {
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+        // Istio's annotation: the Service's exportTo, comma-separated.
+        let export_to: Vec<String> = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+            .map(|v| {
+                v.split(',')
+                    .map(|e| e.trim().to_string())
+                    .filter(|e| !e.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let name = svc.metadata.name.clone()?;
         let spec = svc.spec.as_ref()?;
         let hostname = format!("{name}.{namespace}.svc.{}", opts.domain_suffix);
@@ -475,6 +490,7 @@ impl KubeObjects {
                 endpoints: vec![new_endpoint(external, BTreeMap::new(), None)],
                 subject_alt_names: Vec::new(),
                 selector: None,
+                export_to,
             });
         }
 
@@ -573,6 +589,7 @@ impl KubeObjects {
             endpoints,
             subject_alt_names: Vec::new(),
             selector,
+            export_to,
         })
     }
 }
@@ -803,6 +820,13 @@ mod tests {
         assert!(pg.addresses.is_empty());
         assert_eq!(pg.resolution, Resolution::None);
         assert_eq!(pg.ports[0].protocol, Protocol::Tcp);
+        assert_eq!(
+            pg.export_to,
+            [".", "billing-team"],
+            "Istio's exportTo annotation"
+        );
+        assert!(pg.visible_in("voicecore-ai") && pg.visible_in("billing-team"));
+        assert!(!pg.visible_in("shop"));
         let ext = service(&mesh, "speech-api.voicecore-ai.svc.cluster.local");
         assert_eq!(ext.resolution, Resolution::Dns);
         assert_eq!(ext.location, Location::MeshExternal);

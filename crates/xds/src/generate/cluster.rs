@@ -357,9 +357,21 @@ pub fn outbound(
     subset: Option<&Subset>,
     opts: &GenOptions,
 ) -> OutboundCluster {
+    let rule = index.destination_rule(&svc.hostname);
+    outbound_with_rule(index, rule, svc, port, subset, opts)
+}
+
+/// [`outbound`] under a given DestinationRule (the one a namespace sees, with `exportTo`).
+pub fn outbound_with_rule(
+    index: &Index,
+    rule: Option<&meshd_model::networking::DestinationRule>,
+    svc: &Service,
+    port: &Port,
+    subset: Option<&Subset>,
+    opts: &GenOptions,
+) -> OutboundCluster {
     let subset_name = subset.map(|s| s.name.as_str()).unwrap_or("");
     let name = outbound_name(port.number, subset_name, &svc.hostname);
-    let rule = index.destination_rule(&svc.hostname);
     let policy = EffectivePolicy::resolve(
         rule.and_then(|r| r.traffic_policy.as_ref()),
         subset,
@@ -849,8 +861,13 @@ spec:
                 config.rejected[0]
             );
         }
+        // exportTo is served (generate/export_tests.rs); only a malformed one is reported.
         let config = mesh(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: ns}\nspec:\n  host: x\n  exportTo: [.]\n",
+        );
+        assert!(config.rejected.is_empty(), "{:?}", config.rejected);
+        let config = mesh(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: ns}\nspec:\n  host: x\n  exportTo: [\"a/b\"]\n",
         );
         assert!(config.rejected[0].reason.contains("exportTo"));
     }

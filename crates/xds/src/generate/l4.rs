@@ -47,9 +47,9 @@ pub fn target(ctx: &RouteCtx<'_>, route: &[RouteDestination]) -> Option<L4Target
 }
 
 /// The outbound chains for one non-HTTP port of a service.
-pub fn chains(index: &Index, svc: &Service, port: &Port) -> Vec<L4Chain> {
+pub fn chains(index: &Index, namespace: &str, svc: &Service, port: &Port) -> Vec<L4Chain> {
     let own = L4Target::Cluster(outbound_name(port.number, "", &svc.hostname));
-    let vs = index.mesh_virtual_services(&svc.hostname).first();
+    let vs = index.mesh_virtual_services(&svc.hostname, namespace).next();
     let ctx = vs.map(|(ns, _)| RouteCtx {
         index,
         listener_port: port.number,

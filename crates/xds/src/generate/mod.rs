@@ -61,6 +61,9 @@ pub struct Index {
     pub root_namespace: String,
     services: BTreeMap<String, Service>,
     destination_rules: BTreeMap<String, DestinationRule>,
+    /// Every DestinationRule of a host, with its namespace.
+    dr_candidates: BTreeMap<String, Vec<(String, DestinationRule)>>,
+    restricted: bool,
     /// VirtualServices for sidecars (bound to `mesh`), by qualified host.
     mesh_routes: BTreeMap<String, Vec<(String, VirtualService)>>,
     peer_authn: Vec<(String, PeerAuthentication)>,
@@ -79,11 +82,23 @@ impl Index {
             .iter()
             .map(|s| (s.hostname.clone(), s.clone()))
             .collect();
-        let mut destination_rules = BTreeMap::new();
+        let mut dr_candidates: BTreeMap<String, Vec<(String, DestinationRule)>> = BTreeMap::new();
         for (o, dr) in config.destination_rules() {
             let host = qualify_host(&dr.host, o.meta.namespace(), &suffix);
-            destination_rules.entry(host).or_insert_with(|| dr.clone());
+            dr_candidates
+                .entry(host)
+                .or_default()
+                .push((o.meta.namespace().to_string(), dr.clone()));
         }
+        let narrow = |e: &[String]| !e.is_empty() && !e.iter().any(|e| e == "*");
+        let restricted = dr_candidates
+            .values()
+            .flatten()
+            .any(|(_, dr)| narrow(&dr.export_to))
+            || config
+                .virtual_services()
+                .any(|(_, vs)| narrow(&vs.export_to))
+            || config.services.iter().any(|s| narrow(&s.export_to));
         let mut mesh_routes: BTreeMap<String, Vec<(String, VirtualService)>> = BTreeMap::new();
         for (o, vs) in config.virtual_services() {
             let for_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
@@ -103,12 +118,14 @@ impl Index {
                 .iter()
                 .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
         });
-        Index {
+        let mut index = Index {
             uses_source_labels,
             domain_suffix: suffix,
             root_namespace: opts.root_namespace.clone(),
             services,
-            destination_rules,
+            destination_rules: BTreeMap::new(),
+            dr_candidates,
+            restricted,
             mesh_routes,
             peer_authn: config
                 .peer_authentications()
@@ -119,7 +136,57 @@ impl Index {
                 .map(|(o, s)| (o.clone(), s.clone()))
                 .collect(),
             config,
+        };
+        // The rule every namespace without a more specific one sees.
+        index.destination_rules = index
+            .dr_candidates
+            .keys()
+            .filter_map(|host| {
+                let dr = index.pick_destination_rule(host, "")?;
+                Some((host.clone(), dr.clone()))
+            })
+            .collect();
+        index
+    }
+
+    /// Istio's choice of DestinationRule for `host` as seen from namespace `ns` (`""`: a
+    /// namespace with nothing of its own, which sees only what is exported everywhere): among
+    /// the rules exported to `ns`, the one in `ns`, else in the service's namespace, else in the
+    /// root namespace, else the first. Without any narrowed `exportTo`: the first rule.
+    fn pick_destination_rule(&self, host: &str, ns: &str) -> Option<&DestinationRule> {
+        let candidates = self.dr_candidates.get(host)?;
+        if !self.restricted {
+            return candidates.first().map(|(_, dr)| dr);
         }
+        let visible: Vec<&(String, DestinationRule)> = candidates
+            .iter()
+            .filter(|(dr_ns, dr)| meshd_model::registry::exported_to(&dr.export_to, dr_ns, ns))
+            .collect();
+        let service_ns = self.services.get(host).map(|s| s.namespace.as_str());
+        let in_ns = |want: Option<&str>| {
+            visible
+                .iter()
+                .find(|(dr_ns, _)| want.is_some_and(|w| !w.is_empty() && dr_ns == w))
+        };
+        in_ns(Some(ns))
+            .or_else(|| in_ns(service_ns))
+            .or_else(|| in_ns(Some(self.root_namespace.as_str())))
+            .or_else(|| visible.first())
+            .map(|(_, dr)| dr)
+    }
+
+    /// The DestinationRule proxies in `ns` get for `host` (`exportTo` applied).
+    pub fn destination_rule_in(&self, host: &str, ns: &str) -> Option<&DestinationRule> {
+        if !self.restricted {
+            return self.destination_rule(host);
+        }
+        self.pick_destination_rule(host, ns)
+    }
+
+    /// Whether some ServiceEntry, Service, VirtualService or DestinationRule narrows its
+    /// `exportTo`: what a proxy sees then depends on its namespace.
+    pub fn restricted(&self) -> bool {
+        self.restricted
     }
 
     pub fn service(&self, host: &str) -> Option<&Service> {
@@ -134,8 +201,18 @@ impl Index {
         self.destination_rules.get(host)
     }
 
-    pub fn mesh_virtual_services(&self, host: &str) -> &[(String, VirtualService)] {
-        self.mesh_routes.get(host).map(Vec::as_slice).unwrap_or(&[])
+    /// The mesh VirtualServices for `host` that proxies in `ns` see (`exportTo`).
+    pub fn mesh_virtual_services<'a>(
+        &'a self,
+        host: &str,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a (String, VirtualService)> + 'a {
+        self.mesh_routes
+            .get(host)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter(move |(vs_ns, vs)| meshd_model::registry::exported_to(&vs.export_to, vs_ns, ns))
     }
 
     fn subsets(&self, host: &str) -> &[Subset] {
@@ -332,9 +409,11 @@ impl MeshSnapshot {
         sidecar: Option<&Sidecar>,
     ) -> Scope {
         let opts = &self.opts;
+        let restricted = self.index.restricted();
         let visible: Vec<&Service> = self
             .index
             .services()
+            .filter(|svc| !restricted || svc.visible_in(namespace))
             .filter(|svc| match sidecar {
                 None => true,
                 Some(sc) if sc.egress.is_empty() => true,
@@ -350,33 +429,82 @@ impl MeshSnapshot {
             .map(|p| p.mode)
             .unwrap_or(OutboundMode::AllowAny)
             == OutboundMode::AllowAny;
-        let (mut clusters, endpoints) = if visible.len() == self.index.services().count() {
-            // Unscoped: the mesh-wide layers themselves, shared with every other such scope.
-            (self.clusters.clone(), self.endpoints.clone())
+        // Services whose DestinationRule differs in this namespace (`exportTo`): their clusters
+        // are generated for it rather than taken from the mesh-wide layer.
+        let own_rule: Vec<(&Service, Option<&DestinationRule>)> = if restricted {
+            visible
+                .iter()
+                .filter_map(|svc| {
+                    let here = self.index.destination_rule_in(&svc.hostname, namespace);
+                    let everywhere = self.index.destination_rule(&svc.hostname);
+                    let same = match (here, everywhere) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => std::ptr::eq(a, b) || a == b,
+                        _ => false,
+                    };
+                    (!same).then_some((*svc, here))
+                })
+                .collect()
         } else {
-            let mut clusters = BTreeMap::new();
-            let mut endpoints = BTreeMap::new();
-            for svc in &visible {
-                for name in self
-                    .clusters_by_host
-                    .get(&svc.hostname)
-                    .into_iter()
-                    .flatten()
-                {
-                    clusters.insert(name.clone(), self.clusters[name].clone());
-                    if let Some(e) = self.endpoints.get(name) {
-                        endpoints.insert(name.clone(), e.clone());
+            Vec::new()
+        };
+        let (mut clusters, endpoints) =
+            if own_rule.is_empty() && visible.len() == self.index.services().count() {
+                // Unscoped: the mesh-wide layers themselves, shared with every other such scope.
+                (self.clusters.clone(), self.endpoints.clone())
+            } else {
+                let mut clusters = BTreeMap::new();
+                let mut endpoints = BTreeMap::new();
+                for svc in &visible {
+                    for name in self
+                        .clusters_by_host
+                        .get(&svc.hostname)
+                        .into_iter()
+                        .flatten()
+                    {
+                        clusters.insert(name.clone(), self.clusters[name].clone());
+                        if let Some(e) = self.endpoints.get(name) {
+                            endpoints.insert(name.clone(), e.clone());
+                        }
                     }
                 }
-            }
-            for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE, cluster::ZIPKIN]
-                .into_iter()
-                .filter(|n| self.clusters.contains_key(*n))
-            {
-                clusters.insert(name.to_string(), self.clusters[name].clone());
-            }
-            (Arc::new(clusters), Arc::new(endpoints))
-        };
+                for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE, cluster::ZIPKIN]
+                    .into_iter()
+                    .filter(|n| self.clusters.contains_key(*n))
+                {
+                    clusters.insert(name.to_string(), self.clusters[name].clone());
+                }
+                for (svc, rule) in &own_rule {
+                    for name in self
+                        .clusters_by_host
+                        .get(&svc.hostname)
+                        .into_iter()
+                        .flatten()
+                    {
+                        clusters.remove(name);
+                        endpoints.remove(name);
+                    }
+                    let subsets: &[Subset] = rule.map(|r| r.subsets.as_slice()).unwrap_or(&[]);
+                    for port in &svc.ports {
+                        for subset in std::iter::once(None).chain(subsets.iter().map(Some)) {
+                            let out = cluster::outbound_with_rule(
+                                &self.index,
+                                *rule,
+                                svc,
+                                port,
+                                subset,
+                                opts,
+                            );
+                            let name = out.cluster.name.clone();
+                            if let Some(la) = out.load_assignment {
+                                endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
+                            }
+                            clusters.insert(name.clone(), Resource::encode(name, &out.cluster));
+                        }
+                    }
+                }
+                (Arc::new(clusters), Arc::new(endpoints))
+            };
         self.patches
             .patch_cluster_layer(&mut clusters, namespace, false);
         // Ports: HTTP services share a listener and a route table per port.
@@ -389,6 +517,7 @@ impl MeshSnapshot {
                 } else {
                     tcp_ports.entry(port.number).or_default().extend(l4::chains(
                         &self.index,
+                        namespace,
                         svc,
                         port,
                     ));
@@ -455,8 +584,8 @@ impl MeshSnapshot {
             if domains.is_empty() {
                 continue;
             }
-            let vs = self.index.mesh_virtual_services(&svc.hostname);
-            let routes = match vs.first() {
+            let vs = self.index.mesh_virtual_services(&svc.hostname, namespace);
+            let routes = match vs.into_iter().next() {
                 Some((vs_ns, vs)) => {
                     let ctx = route::RouteCtx {
                         index: &self.index,
@@ -691,3 +820,6 @@ fn catch_all_vhost(allow_any: bool) -> VirtualHost {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod export_tests;

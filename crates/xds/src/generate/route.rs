@@ -100,7 +100,8 @@ pub fn hash_policy(ctx: &RouteCtx<'_>, d: &Destination) -> Vec<route_action::Has
         ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
     };
     let (host, port) = destination_host_port(ctx, d);
-    let Some(rule) = ctx.index.destination_rule(&host) else {
+    let viewer = ctx.source.map_or("", |(ns, _)| ns);
+    let Some(rule) = ctx.index.destination_rule_in(&host, viewer) else {
         return Vec::new();
     };
     let subset = d

@@ -1,0 +1,167 @@
+//! `exportTo` on ServiceEntry, VirtualService and DestinationRule: what a proxy receives
+//! depends on its namespace, with Istio's choice of DestinationRule (own namespace, then the
+//! service's, then the root namespace, among those exported to it).
+
+use crate::generate::{GenOptions, MeshSnapshot};
+use crate::json::any_to_json;
+use crate::proxy::{Identity, NodeType, Proxy};
+use crate::resource::{CLUSTER, ROUTE};
+use meshd_model::{MeshConfig, parse_file};
+use serde_json::Value;
+use std::sync::Arc;
+
+const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: b}
+spec:
+  hosts: [web.b.svc.cluster.local]
+  addresses: [10.96.0.30]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.44.0.30, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: a}
+spec:
+  hosts: [api.a.svc.cluster.local]
+  addresses: [10.96.0.31]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.44.0.31}]
+  exportTo: ["."]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: b}
+spec:
+  host: web.b.svc.cluster.local
+  exportTo: ["."]
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web-from-a, namespace: a}
+spec:
+  host: web.b.svc.cluster.local
+  exportTo: ["."]
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 3}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: b}
+spec:
+  hosts: [web.b.svc.cluster.local]
+  exportTo: ["."]
+  http: [{timeout: 5s, route: [{destination: {host: web.b.svc.cluster.local, subset: v1}}]}]
+---
+"#;
+
+fn snapshot() -> MeshSnapshot {
+    let file = parse_file("mesh.yaml", MESH).unwrap();
+    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+    let config = MeshConfig::assemble([&file]);
+    assert!(config.rejected.is_empty(), "{:?}", config.rejected);
+    MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()))
+}
+
+fn proxy(ns: &str) -> Proxy {
+    Proxy {
+        id: format!("sidecar~10.44.0.9~client.{ns}~{ns}.svc.cluster.local"),
+        node_type: NodeType::Sidecar,
+        ip: None,
+        identity: Identity {
+            workload: "client".into(),
+            namespace: ns.into(),
+            service_account: "client".into(),
+            trust_domain: "cluster.local".into(),
+        },
+    }
+}
+
+/// (cluster names, maxConnections of web's cluster, web's route timeout) as `ns` sees them.
+fn view(snap: &MeshSnapshot, ns: &str) -> (Vec<String>, Value, Value) {
+    let out = snap.generate(&proxy(ns));
+    let clusters: Vec<String> = out[CLUSTER]
+        .iter()
+        .map(|r| r.name.clone())
+        .filter(|n| n.starts_with("outbound|"))
+        .collect();
+    let web = any_to_json(
+        &out[CLUSTER]
+            .get("outbound|80||web.b.svc.cluster.local")
+            .unwrap()
+            .any,
+    );
+    let max = web["circuit_breakers"]["thresholds"][0]["max_connections"].clone();
+    let routes = any_to_json(&out[ROUTE].get("80").unwrap().any);
+    let vhost = routes["virtual_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "web.b.svc.cluster.local:80")
+        .unwrap()
+        .clone();
+    (
+        clusters,
+        max,
+        vhost["routes"][0]["route"]["timeout"].clone(),
+    )
+}
+
+#[test]
+fn export_to_decides_what_each_namespace_sees() {
+    let snap = snapshot();
+    // In b: its own rule (7, subset v1) and its own route (5 s, to v1).
+    let (clusters, max, timeout) = view(&snap, "b");
+    assert!(
+        clusters.contains(&"outbound|80|v1|web.b.svc.cluster.local".to_string()),
+        "{clusters:?}"
+    );
+    assert!(
+        !clusters.iter().any(|c| c.contains("api.a")),
+        "api is a's alone: {clusters:?}"
+    );
+    assert_eq!(max, 7);
+    assert_eq!(timeout, "5s");
+    // In a: a's own rule for web (3, no subsets), b's route is not exported here; api is.
+    let (clusters, max, timeout) = view(&snap, "a");
+    assert!(clusters.iter().any(|c| c.contains("api.a")), "{clusters:?}");
+    assert!(!clusters.iter().any(|c| c.contains("|v1|")), "{clusters:?}");
+    assert_eq!(max, 3);
+    assert_ne!(timeout, "5s");
+    // Elsewhere: no rule, no route, no api.
+    let (clusters, max, timeout) = view(&snap, "c");
+    assert!(
+        !clusters
+            .iter()
+            .any(|c| c.contains("api.a") || c.contains("|v1|")),
+        "{clusters:?}"
+    );
+    assert_ne!(max, 7);
+    assert_ne!(max, 3);
+    assert_ne!(timeout, "5s");
+}
+
+#[test]
+fn bad_export_to_is_reported() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: n}\nspec:\n  hosts: [x]\n  exportTo: [\"~\", \".\"]\n  http: [{route: [{destination: {host: x}}]}]\n";
+    let file = parse_file("x.yaml", yaml).unwrap();
+    assert_eq!(file.rejected.len(), 1);
+    assert!(
+        file.rejected[0].message.contains("`~`"),
+        "{:?}",
+        file.rejected
+    );
+    let yaml = yaml.replace("[\"~\", \".\"]", "[\"Not_A_Namespace\"]");
+    let file = parse_file("x.yaml", &yaml).unwrap();
+    assert!(
+        file.rejected[0].message.contains("Not_A_Namespace"),
+        "{:?}",
+        file.rejected
+    );
+}
