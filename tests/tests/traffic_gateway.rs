@@ -454,6 +454,84 @@ spec:
     .unwrap_or_else(|e| panic!("{e}\n{}", mesh.envoy_log("ingressgateway")));
     assert_eq!(body, "backend");
 
+    // credentialName: a `kind: Secret` among the config files (file mode's Secrets), in the
+    // gateway's namespace, served over SDS. The Secret's certificate is the one files serve.
+    let indent = |f: &str| {
+        std::fs::read_to_string(f)
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    mesh.write_config(
+        "credential.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Secret
+metadata: {{name: shop-cert, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{crt}  tls.key: |
+{key}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: creds, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 7443, name: https-creds, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, credentialName: shop-cert}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: creds, namespace: {NS}}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [creds]
+  http:
+  - route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
+"#,
+            crt = indent(&f1("cert.pem")),
+            key = indent(&f1("key.pem")),
+            api = fqdn("api"),
+        ),
+    )
+    .unwrap();
+    let mut last = String::new();
+    let served = wait_until(std::time::Duration::from_secs(15), || {
+        match curl_with(
+            &outside,
+            &[
+                "--cacert",
+                &ca1,
+                "--resolve",
+                &resolve("shop.example.com", 7443),
+                "https://shop.example.com:7443/creds",
+            ],
+        ) {
+            Ok(body) => {
+                last = body;
+                last.contains(r#""service":"api""#)
+            }
+            Err(e) => {
+                last = e;
+                false
+            }
+        }
+    });
+    assert!(served, "{last}\n{}", mesh.envoy_log("ingressgateway"));
+    let secrets = gw
+        .envoy_admin("/config_dump?resource=dynamic_active_secrets")
+        .unwrap()
+        .1;
+    assert!(secrets.contains("kubernetes://shop-cert"), "{secrets}");
+    assert!(
+        !secrets.contains("BEGIN PRIVATE KEY"),
+        "Envoy redacts the key: {secrets}"
+    );
+
     // What a gateway server cannot be is reported.
     mesh.write_config(
         "bad-gateway.yaml",
@@ -464,16 +542,18 @@ metadata: {{name: bad, namespace: {NS}}}
 spec:
   selector: {{istio: ingressgateway}}
   servers:
-  - port: {{number: 7443, name: https, protocol: HTTPS}}
+  - port: {{number: 7444, name: https, protocol: HTTPS}}
     hosts: ["*"]
-    tls: {{mode: SIMPLE, credentialName: shop-cert}}
-"#
+    tls: {{mode: SIMPLE, credentialName: shop-cert, serverCertificate: {cert1}, privateKey: {key1}}}
+"#,
+            cert1 = f1("cert.pem"),
+            key1 = f1("key.pem"),
         ),
     )
     .unwrap();
     assert!(wait_until(std::time::Duration::from_secs(10), || {
         mesh.admin_json("/debug/configz").unwrap()["rejected"]
             .to_string()
-            .contains("credentialName")
+            .contains("either credentialName or the certificate files")
     }));
 }
