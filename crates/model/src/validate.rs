@@ -289,25 +289,20 @@ fn policy_parts(
             }
         }
     }
-    if let Some(pool) = pool {
-        if pool.tcp.as_ref().is_some_and(|t| t.idle_timeout.is_some()) {
+    if let Some(pool) = pool
+        && let Some(h) = &pool.http
+    {
+        if h.use_client_protocol == Some(true) {
             return Err(format!(
-                "{at}.connectionPool.tcp.idleTimeout is not supported (use http.idleTimeout)"
+                "{at}.connectionPool.http.useClientProtocol is not supported (use h2UpgradePolicy)"
             ));
         }
-        if let Some(h) = &pool.http {
-            if h.use_client_protocol == Some(true) {
-                return Err(format!(
-                    "{at}.connectionPool.http.useClientProtocol is not supported (use h2UpgradePolicy)"
-                ));
-            }
-            if let Some(p) = &h.h2_upgrade_policy
-                && !matches!(p.as_str(), "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE")
-            {
-                return Err(format!(
-                    "{at}.connectionPool.http.h2UpgradePolicy `{p}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"
-                ));
-            }
+        if let Some(p) = &h.h2_upgrade_policy
+            && !matches!(p.as_str(), "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE")
+        {
+            return Err(format!(
+                "{at}.connectionPool.http.h2UpgradePolicy `{p}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"
+            ));
         }
     }
     if tls.is_some_and(|t| t.credential_name.is_some()) {

@@ -834,10 +834,6 @@ spec:
     fn unsupported_policy_fields_are_reported() {
         for (field, want) in [
             (
-                "connectionPool: {tcp: {idleTimeout: 1h}}",
-                "tcp.idleTimeout",
-            ),
-            (
                 "connectionPool: {http: {useClientProtocol: true}}",
                 "useClientProtocol",
             ),

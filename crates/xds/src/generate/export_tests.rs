@@ -165,3 +165,58 @@ fn bad_export_to_is_reported() {
         file.rejected
     );
 }
+
+#[test]
+fn tcp_idle_timeout_reaches_the_tcp_proxy_as_each_namespace_sees_the_rule() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: b}
+spec:
+  hosts: [db.b.svc.cluster.local]
+  addresses: [10.96.0.40]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.44.0.40}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: b}
+spec:
+  host: db.b.svc.cluster.local
+  trafficPolicy: {connectionPool: {tcp: {idleTimeout: 90s}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db-from-a, namespace: a}
+spec:
+  host: db.b.svc.cluster.local
+  exportTo: ["."]
+  trafficPolicy: {connectionPool: {tcp: {idleTimeout: 5m}}}
+---
+"#;
+    let file = parse_file("db.yaml", yaml).unwrap();
+    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+    let config = MeshConfig::assemble([&file]);
+    let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
+    let idle = |ns: &str| {
+        let out = snap.generate(&proxy(ns));
+        let l = any_to_json(
+            &out[crate::resource::LISTENER]
+                .get("0.0.0.0_5432")
+                .unwrap()
+                .any,
+        );
+        l["filter_chains"][0]["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "envoy.filters.network.tcp_proxy")
+            .unwrap()["typed_config"]["idle_timeout"]
+            .clone()
+    };
+    assert_eq!(idle("b"), "90s");
+    assert_eq!(idle("c"), "90s");
+    assert_eq!(idle("a"), "300s", "a's own rule");
+}

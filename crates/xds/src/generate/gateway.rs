@@ -5,7 +5,7 @@
 
 use super::common::*;
 use super::l4::L4Target;
-use super::listener::{RouteSource, hcm, hcm_filter, tcp_proxy_filter, weighted_tcp_proxy_filter};
+use super::listener::{RouteSource, hcm, hcm_filter, l4_proxy_filter};
 use super::{MeshSnapshot, route};
 use crate::resource::{Resource, SharedResource, any};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
@@ -40,11 +40,13 @@ fn server_allows(server: &Server, host: &str) -> bool {
 }
 
 /// A TCP proxy chain (TLS passthrough by SNI when `sni` is given).
-fn l4_chain(name: &str, sni: Vec<String>, target: &L4Target) -> FilterChain {
-    let proxy = match target {
-        L4Target::Cluster(c) => tcp_proxy_filter(c, c),
-        L4Target::Weighted(cs) => weighted_tcp_proxy_filter(name, cs),
-    };
+fn l4_chain(
+    name: &str,
+    sni: Vec<String>,
+    target: &L4Target,
+    idle_timeout: Option<std::time::Duration>,
+) -> FilterChain {
+    let proxy = l4_proxy_filter(name, target, idle_timeout);
     FilterChain {
         name: name.into(),
         filter_chain_match: Some(FilterChainMatch {
@@ -213,7 +215,8 @@ pub fn build(
     let authz = super::authz::gateway_policy(&snapshot.index, namespace, labels, &snapshot.opts);
     gateway_filters.extend(authz.http_filters);
     let l4_chain = |name: &str, sni: Vec<String>, target: &L4Target| {
-        let mut chain = l4_chain(name, sni, target);
+        let idle = super::l4::idle_timeout(&snapshot.index, namespace, target);
+        let mut chain = l4_chain(name, sni, target, idle);
         chain
             .filters
             .splice(0..0, authz.network_filters.iter().cloned());

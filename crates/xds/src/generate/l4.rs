@@ -22,6 +22,28 @@ pub struct L4Chain {
     pub vips: Vec<String>,
     pub sni: Vec<String>,
     pub target: L4Target,
+    /// DestinationRule `connectionPool.tcp.idleTimeout` of the destination.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+/// The DestinationRule `connectionPool.tcp.idleTimeout` where `target` sends (its first
+/// cluster: host, port and subset from the name), as proxies in `ns` see the rule.
+pub fn idle_timeout(index: &Index, ns: &str, target: &L4Target) -> Option<std::time::Duration> {
+    let cluster = match target {
+        L4Target::Cluster(c) => c.as_str(),
+        L4Target::Weighted(cs) => cs.first()?.0.as_str(),
+    };
+    let mut parts = cluster.splitn(4, '|');
+    let _direction = parts.next()?;
+    let port: u32 = parts.next()?.parse().ok()?;
+    let subset = parts.next()?;
+    let host = parts.next()?;
+    let rule = index.destination_rule_in(host, ns)?;
+    let subset = rule.subsets.iter().find(|s| s.name == subset);
+    super::cluster::EffectivePolicy::resolve(rule.traffic_policy.as_ref(), subset, port)
+        .connection_pool?
+        .tcp?
+        .idle_timeout
 }
 
 /// Where a tcp / tls route sends connections.
@@ -82,6 +104,7 @@ pub fn chains(index: &Index, namespace: &str, svc: &Service, port: &Port) -> Vec
                     name: format!("{}|tls|{i}", svc.hostname),
                     vips: Vec::new(),
                     sni,
+                    idle_timeout: idle_timeout(index, namespace, &t),
                     target: t,
                 });
             }
@@ -91,6 +114,7 @@ pub fn chains(index: &Index, namespace: &str, svc: &Service, port: &Port) -> Vec
                 name: outbound_name(port.number, "", &svc.hostname),
                 vips: Vec::new(),
                 sni: vec![svc.hostname.clone()],
+                idle_timeout: idle_timeout(index, namespace, &own),
                 target: own,
             });
         }
@@ -110,11 +134,13 @@ pub fn chains(index: &Index, namespace: &str, svc: &Service, port: &Port) -> Vec
             .and_then(|r| target(ctx, &r.route)),
         _ => None,
     };
+    let target = routed.unwrap_or(own);
     out.push(L4Chain {
         name: outbound_name(port.number, "", &svc.hostname),
         vips: svc.addresses.clone(),
         sni: Vec::new(),
-        target: routed.unwrap_or(own),
+        idle_timeout: idle_timeout(index, namespace, &target),
+        target,
     });
     out
 }

@@ -214,6 +214,26 @@ pub fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
     )
 }
 
+/// The TCP proxy for an L4 target, with the destination's idle timeout when it sets one.
+pub fn l4_proxy_filter(
+    name: &str,
+    target: &L4Target,
+    idle_timeout: Option<std::time::Duration>,
+) -> Filter {
+    let mut proxy = match target {
+        L4Target::Cluster(cluster) => tcp_proxy_filter(cluster, cluster),
+        L4Target::Weighted(clusters) => weighted_tcp_proxy_filter(name, clusters),
+    };
+    if let Some(idle) = idle_timeout
+        && let Some(filter::ConfigType::TypedConfig(any_cfg)) = &proxy.config_type
+        && let Ok(mut tcp) = <TcpProxy as prost::Message>::decode(any_cfg.value.as_slice())
+    {
+        tcp.idle_timeout = Some(duration(idle));
+        proxy.config_type = Some(filter::ConfigType::TypedConfig(any(&tcp)));
+    }
+    proxy
+}
+
 /// A TCP proxy splitting connections over weighted clusters (VirtualService tcp/tls routes).
 pub fn weighted_tcp_proxy_filter(stat_prefix: &str, clusters: &[(String, u32)]) -> Filter {
     network_filter(
@@ -299,10 +319,7 @@ pub fn outbound_port(
         } else {
             claimed.extend(server_names.iter().map(|n| (Vec::new(), n.clone())));
         }
-        let proxy = match &c.target {
-            L4Target::Cluster(cluster) => tcp_proxy_filter(cluster, cluster),
-            L4Target::Weighted(clusters) => weighted_tcp_proxy_filter(&c.name, clusters),
-        };
+        let proxy = l4_proxy_filter(&c.name, &c.target, c.idle_timeout);
         chains.push(FilterChain {
             name: c.name.clone(),
             filter_chain_match: Some(FilterChainMatch {
