@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// release `meshd`); `-` for none.
     #[arg(long, env = "MESHD_WEBHOOK_CONFIG_NAME")]
     pub webhook_config_name: Option<String>,
+    /// Kubernetes mode: serve Gateway `credentialName` from Secrets, which needs read access to
+    /// Secrets cluster-wide; `false` leaves Secrets alone (gateways then use certificate files).
+    #[arg(long, env = "MESHD_GATEWAY_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub gateway_credentials: bool,
     /// The Service in front of meshd.
     #[arg(long, env = "MESHD_SERVICE_NAME", default_value = "meshd")]
     pub service_name: String,
@@ -189,6 +193,7 @@ impl ServeArgs {
                 Some(name) => Some(name.to_string()),
                 None => Some(format!("meshd-sidecar-injector-{}", self.namespace)),
             },
+            gateway_credentials: self.gateway_credentials,
             ..Default::default()
         }
     }

@@ -33,12 +33,15 @@ pub const INJECTION_LABEL: &str = "istio-injection";
 pub struct IndexOptions {
     /// DNS suffix of Service hostnames (`<svc>.<ns>.svc.<domain_suffix>`).
     pub domain_suffix: String,
+    /// Watch Secrets for Gateway `credentialName` (needs cluster-wide read of Secrets).
+    pub gateway_credentials: bool,
 }
 
 impl Default for IndexOptions {
     fn default() -> Self {
         IndexOptions {
             domain_suffix: "cluster.local".into(),
+            gateway_credentials: true,
         }
     }
 }

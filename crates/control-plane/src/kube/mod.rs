@@ -57,6 +57,8 @@ pub struct KubeConfig {
     pub webhook_config: Option<String>,
     /// How often the leader re-checks the root ConfigMaps and the webhook's caBundle.
     pub resync: Duration,
+    /// Serve Gateway `credentialName` from Secrets (watches Secrets cluster-wide).
+    pub gateway_credentials: bool,
 }
 
 impl Default for KubeConfig {
@@ -75,6 +77,7 @@ impl Default for KubeConfig {
             kubeconfig: None,
             webhook_config: Some("meshd-sidecar-injector-meshd-system".into()),
             resync: Duration::from_secs(30),
+            gateway_credentials: true,
         }
     }
 }
@@ -199,6 +202,7 @@ impl Kube {
     ) -> anyhow::Result<()> {
         let opts = index::IndexOptions {
             domain_suffix: self.cfg.domain_suffix.clone(),
+            gateway_credentials: self.cfg.gateway_credentials,
         };
         let source = watch::KubeSource::start(
             self.client.clone(),

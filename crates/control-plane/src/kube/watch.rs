@@ -274,8 +274,10 @@ impl KubeSource {
         tasks.spawn(watch_typed(Api::<Service>::all(client.clone()), tx.clone()));
         expected.insert(kind_name::<Pod>());
         tasks.spawn(watch_typed(Api::<Pod>::all(client.clone()), tx.clone()));
-        expected.insert(kind_name::<Secret>());
-        tasks.spawn(watch_typed(Api::<Secret>::all(client.clone()), tx.clone()));
+        if opts.gateway_credentials {
+            expected.insert(kind_name::<Secret>());
+            tasks.spawn(watch_typed(Api::<Secret>::all(client.clone()), tx.clone()));
+        }
         expected.insert(kind_name::<Namespace>());
         tasks.spawn(watch_typed(
             Api::<Namespace>::all(client.clone()),
