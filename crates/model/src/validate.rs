@@ -480,9 +480,22 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                 }
             }
             for (i, e) in sc.egress.iter().enumerate() {
-                if e.port.is_some() || e.bind.is_some() {
+                if e.bind.is_some() {
                     return Err(format!(
-                        "spec.egress[{i}]: port and bind are not supported (egress hosts apply to every port)"
+                        "spec.egress[{i}].bind is not supported (egress listeners use the captured destination)"
+                    ));
+                }
+                if let Some(p) = &e.port
+                    && sc
+                        .egress
+                        .iter()
+                        .filter(|o| o.port.as_ref().is_some_and(|q| q.number == p.number))
+                        .count()
+                        > 1
+                {
+                    return Err(format!(
+                        "spec.egress[{i}].port {} is given by more than one egress listener",
+                        p.number
                     ));
                 }
                 for h in &e.hosts {

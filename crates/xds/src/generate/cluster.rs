@@ -857,7 +857,7 @@ spec:
                 config.rejected[0]
             );
         }
-        // exportTo is served (generate/export_tests.rs); only a malformed one is reported.
+        // exportTo is served (generate/visibility_tests.rs); only a malformed one is reported.
         let config = mesh(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: ns}\nspec:\n  host: x\n  exportTo: [.]\n",
         );

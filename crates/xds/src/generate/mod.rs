@@ -314,6 +314,15 @@ pub struct MeshSnapshot {
     inbound: Mutex<HashMap<String, (Layer, Layer)>>,
 }
 
+/// The port of an `outbound|PORT|subset|host` cluster name.
+fn cluster_port(name: &str) -> Option<u32> {
+    name.strip_prefix("outbound|")?
+        .split('|')
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
     let Some((ns, host)) = pattern.split_once('/') else {
         return false;
@@ -410,20 +419,45 @@ impl MeshSnapshot {
     ) -> Scope {
         let opts = &self.opts;
         let restricted = self.index.restricted();
+        // Sidecar egress: a listener with a port decides for that port; the port-less ones for
+        // every other port (Istio's rule).
+        let egress_allows = |svc: &Service, port: u32| match sidecar {
+            None => true,
+            Some(sc) if sc.egress.is_empty() => true,
+            Some(sc) => {
+                let on_port: Vec<_> = sc
+                    .egress
+                    .iter()
+                    .filter(|e| e.port.as_ref().is_some_and(|p| p.number == port))
+                    .collect();
+                let listeners = if on_port.is_empty() {
+                    sc.egress.iter().filter(|e| e.port.is_none()).collect()
+                } else {
+                    on_port
+                };
+                listeners.iter().any(|e| {
+                    e.hosts
+                        .iter()
+                        .any(|h| egress_host_matches(h, namespace, svc))
+                })
+            }
+        };
+        let mut port_hidden = false;
         let visible: Vec<&Service> = self
             .index
             .services()
             .filter(|svc| !restricted || svc.visible_in(namespace))
-            .filter(|svc| match sidecar {
-                None => true,
-                Some(sc) if sc.egress.is_empty() => true,
-                Some(sc) => sc.egress.iter().any(|e| {
-                    e.hosts
-                        .iter()
-                        .any(|h| egress_host_matches(h, namespace, svc))
-                }),
+            .filter(|svc| {
+                let shown = svc
+                    .ports
+                    .iter()
+                    .filter(|p| egress_allows(svc, p.number))
+                    .count();
+                port_hidden |= shown > 0 && shown < svc.ports.len();
+                shown > 0
             })
             .collect();
+        let port_visible = |svc: &Service, port: u32| egress_allows(svc, port);
         let allow_any = sidecar
             .and_then(|s| s.outbound_traffic_policy.as_ref())
             .map(|p| p.mode)
@@ -448,70 +482,73 @@ impl MeshSnapshot {
         } else {
             Vec::new()
         };
-        let (mut clusters, endpoints) =
-            if own_rule.is_empty() && visible.len() == self.index.services().count() {
-                // Unscoped: the mesh-wide layers themselves, shared with every other such scope.
-                (self.clusters.clone(), self.endpoints.clone())
-            } else {
-                let mut clusters = BTreeMap::new();
-                let mut endpoints = BTreeMap::new();
-                for svc in &visible {
-                    for name in self
-                        .clusters_by_host
-                        .get(&svc.hostname)
-                        .into_iter()
-                        .flatten()
-                    {
-                        clusters.insert(name.clone(), self.clusters[name].clone());
-                        if let Some(e) = self.endpoints.get(name) {
-                            endpoints.insert(name.clone(), e.clone());
-                        }
-                    }
-                }
-                for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE, cluster::ZIPKIN]
+        let (mut clusters, endpoints) = if own_rule.is_empty()
+            && !port_hidden
+            && visible.len() == self.index.services().count()
+        {
+            // Unscoped: the mesh-wide layers themselves, shared with every other such scope.
+            (self.clusters.clone(), self.endpoints.clone())
+        } else {
+            let mut clusters = BTreeMap::new();
+            let mut endpoints = BTreeMap::new();
+            for svc in &visible {
+                for name in self
+                    .clusters_by_host
+                    .get(&svc.hostname)
                     .into_iter()
-                    .filter(|n| self.clusters.contains_key(*n))
+                    .flatten()
+                    .filter(|n| cluster_port(n).is_none_or(|port| port_visible(svc, port)))
                 {
-                    clusters.insert(name.to_string(), self.clusters[name].clone());
-                }
-                for (svc, rule) in &own_rule {
-                    for name in self
-                        .clusters_by_host
-                        .get(&svc.hostname)
-                        .into_iter()
-                        .flatten()
-                    {
-                        clusters.remove(name);
-                        endpoints.remove(name);
+                    clusters.insert(name.clone(), self.clusters[name].clone());
+                    if let Some(e) = self.endpoints.get(name) {
+                        endpoints.insert(name.clone(), e.clone());
                     }
-                    let subsets: &[Subset] = rule.map(|r| r.subsets.as_slice()).unwrap_or(&[]);
-                    for port in &svc.ports {
-                        for subset in std::iter::once(None).chain(subsets.iter().map(Some)) {
-                            let out = cluster::outbound_with_rule(
-                                &self.index,
-                                *rule,
-                                svc,
-                                port,
-                                subset,
-                                opts,
-                            );
-                            let name = out.cluster.name.clone();
-                            if let Some(la) = out.load_assignment {
-                                endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
-                            }
-                            clusters.insert(name.clone(), Resource::encode(name, &out.cluster));
+                }
+            }
+            for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE, cluster::ZIPKIN]
+                .into_iter()
+                .filter(|n| self.clusters.contains_key(*n))
+            {
+                clusters.insert(name.to_string(), self.clusters[name].clone());
+            }
+            for (svc, rule) in &own_rule {
+                for name in self
+                    .clusters_by_host
+                    .get(&svc.hostname)
+                    .into_iter()
+                    .flatten()
+                {
+                    clusters.remove(name);
+                    endpoints.remove(name);
+                }
+                let subsets: &[Subset] = rule.map(|r| r.subsets.as_slice()).unwrap_or(&[]);
+                for port in svc.ports.iter().filter(|p| port_visible(svc, p.number)) {
+                    for subset in std::iter::once(None).chain(subsets.iter().map(Some)) {
+                        let out = cluster::outbound_with_rule(
+                            &self.index,
+                            *rule,
+                            svc,
+                            port,
+                            subset,
+                            opts,
+                        );
+                        let name = out.cluster.name.clone();
+                        if let Some(la) = out.load_assignment {
+                            endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
                         }
+                        clusters.insert(name.clone(), Resource::encode(name, &out.cluster));
                     }
                 }
-                (Arc::new(clusters), Arc::new(endpoints))
-            };
+            }
+            (Arc::new(clusters), Arc::new(endpoints))
+        };
         self.patches
             .patch_cluster_layer(&mut clusters, namespace, false);
         // Ports: HTTP services share a listener and a route table per port.
         let mut http_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
         let mut tcp_ports: BTreeMap<u32, Vec<l4::L4Chain>> = BTreeMap::new();
         for svc in &visible {
-            for port in &svc.ports {
+            for port in svc.ports.iter().filter(|p| port_visible(svc, p.number)) {
                 if port.protocol.is_http() {
                     http_ports.entry(port.number).or_default().push(svc);
                 } else {
@@ -822,4 +859,4 @@ fn catch_all_vhost(allow_any: bool) -> VirtualHost {
 }
 
 #[cfg(test)]
-mod export_tests;
+mod visibility_tests;

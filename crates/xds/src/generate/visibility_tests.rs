@@ -1,6 +1,6 @@
-//! `exportTo` on ServiceEntry, VirtualService and DestinationRule: what a proxy receives
-//! depends on its namespace, with Istio's choice of DestinationRule (own namespace, then the
-//! service's, then the root namespace, among those exported to it).
+//! What a sidecar sees: `exportTo` on ServiceEntry, VirtualService and DestinationRule (by its
+//! namespace, with Istio's choice of DestinationRule: own namespace, then the service's, then
+//! the root namespace, among those exported to it), and Sidecar egress listeners per port.
 
 use crate::generate::{GenOptions, MeshSnapshot};
 use crate::json::any_to_json;
@@ -219,4 +219,86 @@ spec:
     assert_eq!(idle("b"), "90s");
     assert_eq!(idle("c"), "90s");
     assert_eq!(idle("a"), "300s", "a's own rule");
+}
+
+#[test]
+fn sidecar_egress_listener_with_a_port_decides_that_port() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: multi, namespace: b}
+spec:
+  hosts: [multi.b.svc.cluster.local]
+  addresses: [10.96.0.50]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 9000, name: tcp, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.44.0.50}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: other, namespace: c}
+spec:
+  hosts: [other.c.svc.cluster.local]
+  addresses: [10.96.0.51]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.44.0.51}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: a}
+spec:
+  egress:
+  - port: {number: 9000, protocol: TCP, name: tcp}
+    hosts: ["c/*"]
+  - hosts: ["b/*"]
+---
+"#;
+    let file = parse_file("sc.yaml", yaml).unwrap();
+    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+    let config = MeshConfig::assemble([&file]);
+    let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
+    let out = snap.generate(&proxy("a"));
+    let clusters: Vec<&str> = out[CLUSTER]
+        .iter()
+        .map(|r| r.name.as_str())
+        .filter(|n| n.starts_with("outbound|"))
+        .collect();
+    // Port 9000 belongs to the listener naming c/*; every other port to b/*.
+    assert_eq!(
+        clusters,
+        [
+            "outbound|80||multi.b.svc.cluster.local",
+            "outbound|9000||other.c.svc.cluster.local"
+        ]
+    );
+    let l = any_to_json(
+        &out[crate::resource::LISTENER]
+            .get("0.0.0.0_9000")
+            .unwrap()
+            .any,
+    );
+    let chains: Vec<&str> = l["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .filter(|n| n.starts_with("outbound|"))
+        .collect();
+    assert_eq!(chains, ["outbound|9000||other.c.svc.cluster.local"]);
+    // Two listeners on one port: reported.
+    let dup = yaml.replace(
+        "  - hosts: [\"b/*\"]",
+        "  - port: {number: 9000, protocol: TCP, name: t2}\n    hosts: [\"b/*\"]",
+    );
+    let file = parse_file("sc.yaml", &dup).unwrap();
+    assert!(
+        file.rejected
+            .iter()
+            .any(|e| e.message.contains("more than one egress listener")),
+        "{:?}",
+        file.rejected
+    );
 }
