@@ -154,21 +154,14 @@ fn l4_route(at: &str, route: &[crate::networking::RouteDestination]) -> Check {
     Ok(())
 }
 
-/// The L4 match fields meshd implements (port, gateways); the others are reported.
-fn l4_match(
-    at: &str,
-    port_number: Option<u32>,
-    subnets: &[String],
-    source_labels: &crate::networking::Labels,
-    source_namespace: &Option<String>,
-) -> Check {
+/// The L4 match fields meshd implements (port, gateways, sourceLabels, sourceNamespace);
+/// destinationSubnets is reported.
+fn l4_match(at: &str, port_number: Option<u32>, subnets: &[String]) -> Check {
     if let Some(p) = port_number {
         port(p, &format!("{at}.port"))?;
     }
-    if !subnets.is_empty() || !source_labels.is_empty() || source_namespace.is_some() {
-        return Err(format!(
-            "{at}: destinationSubnets, sourceLabels and sourceNamespace are not supported"
-        ));
+    if !subnets.is_empty() {
+        return Err(format!("{at}.destinationSubnets is not supported"));
     }
     Ok(())
 }
@@ -417,13 +410,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                 let at = format!("spec.tcp[{i}]");
                 l4_route(&at, &r.route)?;
                 for (j, m) in r.matches.iter().enumerate() {
-                    l4_match(
-                        &format!("{at}.match[{j}]"),
-                        m.port,
-                        &m.destination_subnets,
-                        &m.source_labels,
-                        &m.source_namespace,
-                    )?;
+                    l4_match(&format!("{at}.match[{j}]"), m.port, &m.destination_subnets)?;
                 }
             }
             for (i, r) in vs.tls.iter().enumerate() {
@@ -439,13 +426,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                     if m.sni_hosts.is_empty() {
                         return Err(format!("{mat}.sniHosts must name at least one host"));
                     }
-                    l4_match(
-                        &mat,
-                        m.port,
-                        &m.destination_subnets,
-                        &m.source_labels,
-                        &m.source_namespace,
-                    )?;
+                    l4_match(&mat, m.port, &m.destination_subnets)?;
                 }
             }
         }

@@ -330,7 +330,14 @@ pub fn build(
                         let sni: Vec<String> = r
                             .matches
                             .iter()
-                            .filter(|m| port_ok(m.port) && ctx.gateway_listed(&m.gateways))
+                            .filter(|m| {
+                                port_ok(m.port)
+                                    && ctx.gateway_listed(&m.gateways)
+                                    && ctx.source_admits(
+                                        &m.source_labels,
+                                        m.source_namespace.as_deref(),
+                                    )
+                            })
                             .flat_map(|m| m.sni_hosts.iter().cloned())
                             .filter(|h| server_allows(server, h))
                             .collect();
@@ -344,9 +351,14 @@ pub fn build(
                     .iter()
                     .find(|r| {
                         r.matches.is_empty()
-                            || r.matches
-                                .iter()
-                                .any(|m| port_ok(m.port) && ctx.gateway_listed(&m.gateways))
+                            || r.matches.iter().any(|m| {
+                                port_ok(m.port)
+                                    && ctx.gateway_listed(&m.gateways)
+                                    && ctx.source_admits(
+                                        &m.source_labels,
+                                        m.source_namespace.as_deref(),
+                                    )
+                            })
                     })
                     .and_then(|r| super::l4::target(&ctx, &r.route))
                 {

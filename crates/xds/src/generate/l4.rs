@@ -69,7 +69,14 @@ pub fn target(ctx: &RouteCtx<'_>, route: &[RouteDestination]) -> Option<L4Target
 }
 
 /// The outbound chains for one non-HTTP port of a service.
-pub fn chains(index: &Index, namespace: &str, svc: &Service, port: &Port) -> Vec<L4Chain> {
+/// `labels`: the proxy's, when some route matches on `sourceLabels` (else `None`).
+pub fn chains(
+    index: &Index,
+    namespace: &str,
+    labels: Option<&meshd_model::networking::Labels>,
+    svc: &Service,
+    port: &Port,
+) -> Vec<L4Chain> {
     let own = L4Target::Cluster(outbound_name(port.number, "", &svc.hostname));
     let vs = index.mesh_virtual_services(&svc.hostname, namespace).next();
     let ctx = vs.map(|(ns, _)| RouteCtx {
@@ -77,7 +84,7 @@ pub fn chains(index: &Index, namespace: &str, svc: &Service, port: &Port) -> Vec
         listener_port: port.number,
         namespace: ns,
         gateway: None,
-        source: None,
+        source: Some((namespace, labels)),
     });
     let port_ok = |p: Option<u32>| p.is_none_or(|p| p == port.number);
     let mut out = Vec::new();
@@ -92,7 +99,11 @@ pub fn chains(index: &Index, namespace: &str, svc: &Service, port: &Port) -> Vec
                 let sni: Vec<String> = r
                     .matches
                     .iter()
-                    .filter(|m| port_ok(m.port) && ctx.gateway_listed(&m.gateways))
+                    .filter(|m| {
+                        port_ok(m.port)
+                            && ctx.gateway_listed(&m.gateways)
+                            && ctx.source_admits(&m.source_labels, m.source_namespace.as_deref())
+                    })
                     .flat_map(|m| m.sni_hosts.iter().cloned())
                     .filter(|h| !taken.contains(h))
                     .collect();
@@ -127,9 +138,11 @@ pub fn chains(index: &Index, namespace: &str, svc: &Service, port: &Port) -> Vec
             .iter()
             .find(|r| {
                 r.matches.is_empty()
-                    || r.matches
-                        .iter()
-                        .any(|m| port_ok(m.port) && ctx.gateway_listed(&m.gateways))
+                    || r.matches.iter().any(|m| {
+                        port_ok(m.port)
+                            && ctx.gateway_listed(&m.gateways)
+                            && ctx.source_admits(&m.source_labels, m.source_namespace.as_deref())
+                    })
             })
             .and_then(|r| target(ctx, &r.route)),
         _ => None,

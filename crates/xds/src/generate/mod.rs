@@ -117,6 +117,14 @@ impl Index {
             vs.http
                 .iter()
                 .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
+                || vs
+                    .tcp
+                    .iter()
+                    .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
+                || vs
+                    .tls
+                    .iter()
+                    .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
         });
         let mut index = Index {
             uses_source_labels,
@@ -555,6 +563,7 @@ impl MeshSnapshot {
                     tcp_ports.entry(port.number).or_default().extend(l4::chains(
                         &self.index,
                         namespace,
+                        labels,
                         svc,
                         port,
                     ));

@@ -46,15 +46,18 @@ pub struct RouteCtx<'a> {
 impl RouteCtx<'_> {
     /// Whether a match's `sourceNamespace` / `sourceLabels` admit the proxy.
     pub fn source_listed(&self, m: &HttpMatchRequest) -> bool {
-        let ns_ok = m
-            .source_namespace
-            .as_deref()
-            .is_none_or(|want| self.source.is_some_and(|(ns, _)| ns == want));
-        let labels_ok = m.source_labels.is_empty()
+        self.source_admits(&m.source_labels, m.source_namespace.as_deref())
+    }
+
+    /// Whether a match's `sourceLabels` / `sourceNamespace` admit the proxy (any match kind).
+    pub fn source_admits(&self, source_labels: &Labels, source_namespace: Option<&str>) -> bool {
+        let ns_ok =
+            source_namespace.is_none_or(|want| self.source.is_some_and(|(ns, _)| ns == want));
+        let labels_ok = source_labels.is_empty()
             || self
                 .source
                 .and_then(|(_, labels)| labels)
-                .is_some_and(|labels| selector_matches(&m.source_labels, labels));
+                .is_some_and(|labels| selector_matches(source_labels, labels));
         ns_ok && labels_ok
     }
 

@@ -302,3 +302,90 @@ spec:
         file.rejected
     );
 }
+
+#[test]
+fn tcp_routes_match_on_source_labels_and_namespace() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: b}
+spec:
+  hosts: [db.b.svc.cluster.local]
+  addresses: [10.96.0.60]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.44.0.60}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-replica, namespace: b}
+spec:
+  hosts: [db-replica.b.svc.cluster.local]
+  addresses: [10.96.0.61]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.44.0.61}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: a}
+spec: {address: 10.44.0.70, labels: {app: reports}, serviceAccount: client}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: c}
+spec: {address: 10.44.0.71, labels: {app: web}, serviceAccount: client}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: b}
+spec:
+  hosts: [db.b.svc.cluster.local]
+  tcp:
+  - match: [{sourceLabels: {app: reports}}]
+    route: [{destination: {host: db-replica.b.svc.cluster.local, port: {number: 5432}}}]
+  - route: [{destination: {host: db.b.svc.cluster.local, port: {number: 5432}}}]
+---
+"#;
+    let file = parse_file("db.yaml", yaml).unwrap();
+    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+    let config = MeshConfig::assemble([&file]);
+    let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
+    let target = |ns: &str| {
+        let out = snap.generate(&proxy(ns));
+        let l = any_to_json(
+            &out[crate::resource::LISTENER]
+                .get("0.0.0.0_5432")
+                .unwrap()
+                .any,
+        );
+        let chain = l["filter_chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "outbound|5432||db.b.svc.cluster.local")
+            .unwrap()
+            .clone();
+        chain["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "envoy.filters.network.tcp_proxy")
+            .unwrap()["typed_config"]["cluster"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        target("a"),
+        "outbound|5432||db-replica.b.svc.cluster.local",
+        "app=reports"
+    );
+    assert_eq!(
+        target("c"),
+        "outbound|5432||db.b.svc.cluster.local",
+        "app=web"
+    );
+}
