@@ -178,8 +178,8 @@ pub(crate) fn set_version<'a>(resources: impl Iterator<Item = &'a SharedResource
 
 /// Reads a stream's first request and binds its node to the proven identity; on failure the
 /// stream ends with the reason and `None` is returned.
-pub(crate) async fn open_stream<Req>(
-    requests: &mut tonic::Streaming<Req>,
+pub(crate) async fn open_stream<Req: prost::Message + Default>(
+    requests: &mut super::wire::Requests<Req>,
     identity: Identity,
     node: impl Fn(&Req) -> Option<&Node>,
     tx: &super::wire::Sender,

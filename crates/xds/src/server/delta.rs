@@ -14,7 +14,6 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use tonic::Streaming;
 use tracing::Instrument;
 
 /// What a proxy holds of one type.
@@ -215,7 +214,7 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
 pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     shared: Arc<Shared<A, S>>,
     identity: Identity,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    mut requests: wire::Requests<DeltaDiscoveryRequest>,
     tx: wire::Sender,
 ) {
     let Some((proxy, first)) = open_stream(
@@ -238,7 +237,7 @@ async fn session<A: Authenticator, S: SecretSource>(
     shared: Arc<Shared<A, S>>,
     proxy: Proxy,
     first: DeltaDiscoveryRequest,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    mut requests: wire::Requests<DeltaDiscoveryRequest>,
     tx: wire::Sender,
 ) {
     let conn = Conn::open(shared, proxy, "delta").await;

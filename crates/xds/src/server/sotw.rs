@@ -12,7 +12,6 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tonic::Streaming;
 use tracing::Instrument;
 
 #[derive(Default)]
@@ -114,7 +113,7 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
 pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     shared: Arc<Shared<A, S>>,
     identity: Identity,
-    mut requests: Streaming<DiscoveryRequest>,
+    mut requests: wire::Requests<DiscoveryRequest>,
     tx: wire::Sender,
 ) {
     let Some((proxy, first)) = open_stream(
@@ -137,7 +136,7 @@ async fn session<A: Authenticator, S: SecretSource>(
     shared: Arc<Shared<A, S>>,
     proxy: crate::proxy::Proxy,
     first: DiscoveryRequest,
-    mut requests: Streaming<DiscoveryRequest>,
+    mut requests: wire::Requests<DiscoveryRequest>,
     tx: wire::Sender,
 ) {
     let conn = Conn::open(shared, proxy, "sotw").await;

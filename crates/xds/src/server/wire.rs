@@ -1,20 +1,22 @@
-//! The ADS service on the wire. Requests are decoded by tonic as usual; responses are written as
-//! gRPC frames assembled from resources encoded once and shared by reference, so a push to
-//! thousands of proxies copies no resource bytes and no stream keeps a buffer the size of its
-//! largest response.
+//! The ADS service on the wire. Responses are gRPC messages assembled from resources encoded
+//! once and shared by reference; requests are decoded here too. Nothing a stream keeps between
+//! messages grows with the size of the mesh:
+//! - a response goes to h2 as DATA chunks of about `FRAME_TARGET` bytes (small resources copied
+//!   together, big ones by reference): h2 keeps a slab slot per queued chunk for the life of the
+//!   connection, so one chunk per resource cost every connection hundreds of KB at S=1000;
+//! - a request is decoded from a buffer that is released once it is empty (tonic's decoder keeps
+//!   one the size of the largest request, e.g. an EDS ACK naming every cluster).
 
 use super::{Authenticator, SecretSource, Shared, delta, sotw};
 use crate::resource::{SharedResource, length_delimited};
-use bytes::Bytes;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use std::collections::VecDeque;
+use bytes::{Buf, Bytes, BytesMut};
 use std::convert::Infallible;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tonic::body::Body;
-use tonic::codec::Streaming;
 use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
@@ -25,6 +27,8 @@ const SOTW_PATH: &str =
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 const MAX_REQUEST: usize = 16 << 20;
+/// Response chunks smaller than this are copied together into one DATA chunk of at most this.
+const FRAME_TARGET: usize = 16 << 10;
 
 /// What a stream task hands to the wire.
 pub(crate) enum Outgoing {
@@ -88,10 +92,35 @@ pub(crate) fn delta_response<'a>(
     Outgoing::Message(frame(head, resources.map(|r| r.delta_field())))
 }
 
+/// The next DATA chunk of a message: a chunk of at least `FRAME_TARGET` bytes as it is, else it
+/// and the small chunks after it copied together up to `FRAME_TARGET` bytes.
+fn next_chunk(pending: &mut std::vec::IntoIter<Bytes>) -> Option<Bytes> {
+    let first = pending.next()?;
+    let mut len = first.len();
+    let mut take = 0;
+    for next in pending.as_slice() {
+        if len + next.len() > FRAME_TARGET {
+            break;
+        }
+        len += next.len();
+        take += 1;
+    }
+    if take == 0 {
+        return Some(first);
+    }
+    let mut out = BytesMut::with_capacity(len);
+    out.extend_from_slice(&first);
+    for next in pending.by_ref().take(take) {
+        out.extend_from_slice(&next);
+    }
+    Some(out.freeze())
+}
+
 /// The response body: gRPC messages as they come, then the status as trailers.
 struct FrameBody {
     rx: mpsc::Receiver<Outgoing>,
-    pending: VecDeque<Bytes>,
+    /// The rest of the message being written (dropped with it: no queue outlives a message).
+    pending: std::vec::IntoIter<Bytes>,
     done: bool,
 }
 
@@ -104,7 +133,7 @@ impl http_body::Body for FrameBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        if let Some(chunk) = this.pending.pop_front() {
+        if let Some(chunk) = next_chunk(&mut this.pending) {
             return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
         }
         if this.done {
@@ -113,8 +142,8 @@ impl http_body::Body for FrameBody {
         let status = match this.rx.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(Outgoing::Message(chunks))) => {
-                this.pending.extend(chunks);
-                let first = this.pending.pop_front().unwrap_or_default();
+                this.pending = chunks.into_iter();
+                let first = next_chunk(&mut this.pending).unwrap_or_default();
                 return Poll::Ready(Some(Ok(http_body::Frame::data(first))));
             }
             Poll::Ready(Some(Outgoing::End(status))) => status,
@@ -125,6 +154,96 @@ impl http_body::Body for FrameBody {
         let mut trailers = http::HeaderMap::new();
         let _ = status.add_header(&mut trailers);
         Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+}
+
+/// A stream's requests, decoded from the request body's gRPC messages (uncompressed).
+pub(crate) struct Requests<T> {
+    body: Body,
+    /// Bytes of messages not yet complete; emptied and released after each message.
+    buf: BytesMut,
+    ended: bool,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T: prost::Message + Default> Requests<T> {
+    pub(crate) fn new(body: Body) -> Self {
+        Requests {
+            body,
+            buf: BytesMut::new(),
+            ended: false,
+            _message: PhantomData,
+        }
+    }
+
+    fn decode_one(&mut self) -> Result<Option<T>, Status> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        if self.buf[0] != 0 {
+            return Err(Status::unimplemented(
+                "compressed requests are not supported",
+            ));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_REQUEST {
+            return Err(Status::out_of_range(format!(
+                "request of {len} bytes exceeds the limit of {MAX_REQUEST}"
+            )));
+        }
+        if self.buf.len() < 5 + len {
+            self.buf.reserve(5 + len - self.buf.len());
+            return Ok(None);
+        }
+        let mut message = self.buf.split_to(5 + len);
+        message.advance(5);
+        let decoded = T::decode(message).map_err(|e| Status::internal(e.to_string()))?;
+        if self.buf.is_empty() {
+            // Release the allocation: a stream idles between requests with no buffer.
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(decoded))
+    }
+}
+
+impl<T: prost::Message + Default> futures::Stream for Requests<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.decode_one() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(status) => {
+                    this.ended = true;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            if this.ended {
+                if this.buf.is_empty() {
+                    return Poll::Ready(None);
+                }
+                this.buf = BytesMut::new();
+                return Poll::Ready(Some(Err(Status::internal(
+                    "request stream ended inside a message",
+                ))));
+            }
+            match std::task::ready!(http_body::Body::poll_frame(Pin::new(&mut this.body), cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) => {
+                    this.ended = true;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(status)));
+                }
+                None => this.ended = true,
+            }
+        }
     }
 }
 
@@ -188,27 +307,116 @@ impl<A: Authenticator, S: SecretSource> tonic::codegen::Service<http::Request<Bo
             let (tx, rx) = mpsc::channel(4);
             let body = req.into_body();
             if delta {
-                let requests = Streaming::new_request(
-                    tonic_prost::ProstDecoder::<DeltaDiscoveryRequest>::default(),
-                    body,
-                    None,
-                    Some(MAX_REQUEST),
-                );
-                tokio::spawn(delta::serve(shared, identity, requests, tx));
+                tokio::spawn(delta::serve(shared, identity, Requests::new(body), tx));
             } else {
-                let requests = Streaming::new_request(
-                    tonic_prost::ProstDecoder::<DiscoveryRequest>::default(),
-                    body,
-                    None,
-                    Some(MAX_REQUEST),
-                );
-                tokio::spawn(sotw::serve(shared, identity, requests, tx));
+                tokio::spawn(sotw::serve(shared, identity, Requests::new(body), tx));
             }
             Ok(grpc_response(Body::new(FrameBody {
                 rx,
-                pending: VecDeque::new(),
+                pending: Vec::new().into_iter(),
                 done: false,
             })))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use futures::StreamExt;
+    use prost::Message;
+
+    /// A request body delivering these DATA chunks.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+            Poll::Ready(
+                self.get_mut()
+                    .0
+                    .pop_front()
+                    .map(|b| Ok(http_body::Frame::data(b))),
+            )
+        }
+    }
+
+    fn grpc_message(m: &impl Message) -> Vec<u8> {
+        let body = m.encode_to_vec();
+        let mut out = vec![0u8];
+        out.extend((body.len() as u32).to_be_bytes());
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn small_chunks_are_coalesced_and_big_ones_pass_by_reference() {
+        let big = Bytes::from(vec![7u8; FRAME_TARGET + 1]);
+        let mut chunks = vec![Bytes::from_static(b"head")];
+        chunks.extend((0..100).map(|i| Bytes::from(vec![i as u8; 1000])));
+        chunks.push(big.clone());
+        chunks.push(Bytes::from_static(b"tail"));
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+        let mut pending = chunks.into_iter();
+        let mut out = Vec::new();
+        while let Some(c) = next_chunk(&mut pending) {
+            out.push(c);
+        }
+        assert!(
+            out.iter()
+                .all(|c| c.len() <= FRAME_TARGET || c.len() == big.len())
+        );
+        assert!(out.len() < 10, "{} chunks", out.len());
+        assert!(
+            out.iter().any(|c| c.as_ptr() == big.as_ptr()),
+            "big chunk copied"
+        );
+        assert_eq!(out.concat(), all);
+    }
+
+    #[test]
+    fn requests_split_across_and_sharing_frames_decode_in_order() {
+        let reqs: Vec<DiscoveryRequest> = (0..3)
+            .map(|i| DiscoveryRequest {
+                type_url: format!("t{i}"),
+                resource_names: (0..200).map(|n| format!("name-{n}")).collect(),
+                ..Default::default()
+            })
+            .collect();
+        let wire: Vec<u8> = reqs.iter().flat_map(grpc_message).collect();
+        // Frames of 777 bytes: messages split across frames, and frames holding two messages.
+        let frames = wire.chunks(777).map(Bytes::copy_from_slice).collect();
+        let body = Body::new(Chunks(frames));
+        let got: Vec<DiscoveryRequest> = futures::executor::block_on(
+            Requests::<DiscoveryRequest>::new(body)
+                .map(|r| r.expect("decodes"))
+                .collect(),
+        );
+        assert_eq!(got, reqs);
+    }
+
+    #[test]
+    fn truncated_or_compressed_requests_are_errors() {
+        let wire = grpc_message(&DiscoveryRequest::default());
+        let mut compressed = wire.clone();
+        compressed[0] = 1;
+        let mut truncated = grpc_message(&DiscoveryRequest {
+            type_url: "x".into(),
+            ..Default::default()
+        });
+        truncated.pop();
+        for bad in [compressed, truncated] {
+            let body = Body::new(Chunks([Bytes::from(bad)].into()));
+            let got: Vec<Result<DiscoveryRequest, Status>> =
+                futures::executor::block_on(Requests::new(body).collect());
+            assert_eq!(got.len(), 1);
+            assert!(got[0].is_err());
+        }
     }
 }
