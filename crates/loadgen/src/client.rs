@@ -215,13 +215,13 @@ pub async fn run_sotw(
         })
         .await?;
         last.insert(resp.type_url.clone(), (acked_version, resp.nonce.clone()));
-        if !reject {
-            let _ = acks.send(Ack {
-                proxy: spec.index,
-                type_index: type_index(&resp.type_url),
-                at: Instant::now(),
-            });
-        }
+        // A NACK answers the response too: the phases time answers, so they complete with
+        // `--nack-fraction` as well.
+        let _ = acks.send(Ack {
+            proxy: spec.index,
+            type_index: type_index(&resp.type_url),
+            at: Instant::now(),
+        });
         if let Some((dep, names)) = names
             && subscribed.get(dep).is_none_or(|cur| cur != &names)
         {
@@ -304,9 +304,6 @@ pub async fn run_delta(
             ..Default::default()
         })
         .await?;
-        if reject {
-            continue;
-        }
         let _ = acks.send(Ack {
             proxy: spec.index,
             type_index: type_index(&resp.type_url),

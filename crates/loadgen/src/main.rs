@@ -32,7 +32,9 @@ struct Args {
     /// Delta xDS instead of state of the world.
     #[arg(long)]
     delta: bool,
-    /// Fraction of responses each client NACKs.
+    /// Fraction of responses each client NACKs. A NACK counts as the proxy's answer in the
+    /// phase timings, and the client still follows a NACKed CDS/LDS with its EDS/RDS names, so
+    /// every phase completes (the point is the server's NACK path under load).
     #[arg(long, default_value_t = 0.0)]
     nack_fraction: f64,
     /// A Sidecar per namespace limiting egress to it.
@@ -194,11 +196,14 @@ impl Acks {
         }
     }
 
-    /// ACKs of `type_index` after `since`, collected until `quiet` passes without one.
+    /// ACKs of `type_index` after `since`, collected until `expected` proxies have ACKed when
+    /// that is known (every proxy sees the change), else until `quiet` passes without one; at
+    /// most `timeout`.
     async fn settle(
         &mut self,
         since: Instant,
         type_index: usize,
+        expected: Option<usize>,
         quiet: Duration,
         timeout: Duration,
     ) -> Vec<Duration> {
@@ -212,11 +217,15 @@ impl Acks {
                 .iter()
                 .filter_map(|p| p[type_index].filter(|at| *at >= since).map(|at| at - since))
                 .collect();
+            let done = match expected {
+                Some(n) => v.len() >= n,
+                None => !v.is_empty() && v.len() == last_count && last_change.elapsed() > quiet,
+            };
             if v.len() != last_count {
                 last_count = v.len();
                 last_change = Instant::now();
-            } else if (!v.is_empty() && last_change.elapsed() > quiet) || Instant::now() > deadline
-            {
+            }
+            if done || Instant::now() > deadline {
                 let mut v = v;
                 v.sort();
                 return v;
@@ -456,10 +465,14 @@ async fn main() -> anyhow::Result<()> {
     let changed = text.replacen("maxConnections: 100", "maxConnections: 101", 1);
     let t1 = Instant::now();
     std::fs::write(&services_path, &changed)?;
+    // Unscoped, every proxy holds the changed cluster and ACKs it; scoped (only its namespace's
+    // proxies) or NACKing some responses, the count is not known here: until the ACKs stop.
+    let everyone = (!args.sidecar_scoping && args.nack_fraction <= 0.0).then_some(args.proxies);
     let conv = acks
         .settle(
             t1,
             client::type_index(meshd_xds::resource::CLUSTER),
+            everyone,
             Duration::from_secs(2),
             timeout,
         )
@@ -483,6 +496,7 @@ async fn main() -> anyhow::Result<()> {
         .settle(
             t2,
             client::type_index(meshd_xds::resource::CLUSTER),
+            everyone,
             Duration::from_secs(2),
             timeout,
         )
