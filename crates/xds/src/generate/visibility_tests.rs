@@ -61,12 +61,35 @@ spec:
 ---
 "#;
 
-fn snapshot() -> MeshSnapshot {
-    let file = parse_file("mesh.yaml", MESH).unwrap();
+fn snapshot_of(yaml: &str) -> MeshSnapshot {
+    let file = parse_file("mesh.yaml", yaml).unwrap();
     assert!(file.rejected.is_empty(), "{:?}", file.rejected);
     let config = MeshConfig::assemble([&file]);
     assert!(config.rejected.is_empty(), "{:?}", config.rejected);
     MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()))
+}
+
+fn snapshot() -> MeshSnapshot {
+    snapshot_of(MESH)
+}
+
+/// The TCP proxy filter's config in `listener`'s chain `chain` (the first when `None`), as the
+/// sidecar in `ns` receives it.
+fn tcp_proxy(snap: &MeshSnapshot, ns: &str, listener: &str, chain: Option<&str>) -> Value {
+    let out = snap.generate(&proxy(ns));
+    let l = any_to_json(&out[crate::resource::LISTENER].get(listener).unwrap().any);
+    let chains = l["filter_chains"].as_array().unwrap();
+    let c = match chain {
+        Some(name) => chains.iter().find(|c| c["name"] == name).unwrap(),
+        None => &chains[0],
+    };
+    c["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "envoy.filters.network.tcp_proxy")
+        .unwrap()["typed_config"]
+        .clone()
 }
 
 fn proxy(ns: &str) -> Proxy {
@@ -196,26 +219,8 @@ spec:
   trafficPolicy: {connectionPool: {tcp: {idleTimeout: 5m}}}
 ---
 "#;
-    let file = parse_file("db.yaml", yaml).unwrap();
-    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-    let config = MeshConfig::assemble([&file]);
-    let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
-    let idle = |ns: &str| {
-        let out = snap.generate(&proxy(ns));
-        let l = any_to_json(
-            &out[crate::resource::LISTENER]
-                .get("0.0.0.0_5432")
-                .unwrap()
-                .any,
-        );
-        l["filter_chains"][0]["filters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["name"] == "envoy.filters.network.tcp_proxy")
-            .unwrap()["typed_config"]["idle_timeout"]
-            .clone()
-    };
+    let snap = snapshot_of(yaml);
+    let idle = |ns: &str| tcp_proxy(&snap, ns, "0.0.0.0_5432", None)["idle_timeout"].clone();
     assert_eq!(idle("b"), "90s");
     assert_eq!(idle("c"), "90s");
     assert_eq!(idle("a"), "300s", "a's own rule");
@@ -256,10 +261,7 @@ spec:
   - hosts: ["b/*"]
 ---
 "#;
-    let file = parse_file("sc.yaml", yaml).unwrap();
-    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-    let config = MeshConfig::assemble([&file]);
-    let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
+    let snap = snapshot_of(yaml);
     let out = snap.generate(&proxy("a"));
     let clusters: Vec<&str> = out[CLUSTER]
         .iter()
@@ -349,31 +351,10 @@ spec:
   - route: [{destination: {host: db.b.svc.cluster.local, port: {number: 5432}}}]
 ---
 "#;
-    let file = parse_file("db.yaml", yaml).unwrap();
-    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-    let config = MeshConfig::assemble([&file]);
-    let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
+    let snap = snapshot_of(yaml);
     let target = |ns: &str| {
-        let out = snap.generate(&proxy(ns));
-        let l = any_to_json(
-            &out[crate::resource::LISTENER]
-                .get("0.0.0.0_5432")
-                .unwrap()
-                .any,
-        );
-        let chain = l["filter_chains"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "outbound|5432||db.b.svc.cluster.local")
-            .unwrap()
-            .clone();
-        chain["filters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["name"] == "envoy.filters.network.tcp_proxy")
-            .unwrap()["typed_config"]["cluster"]
+        let chain = "outbound|5432||db.b.svc.cluster.local";
+        tcp_proxy(&snap, ns, "0.0.0.0_5432", Some(chain))["cluster"]
             .as_str()
             .unwrap()
             .to_string()
