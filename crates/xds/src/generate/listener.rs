@@ -204,59 +204,58 @@ pub fn hcm_filter(h: &HttpConnectionManager) -> Filter {
 }
 
 pub fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
+    tcp_proxy(
+        stat_prefix,
+        tcp_proxy::ClusterSpecifier::Cluster(cluster.into()),
+        None,
+    )
+}
+
+fn tcp_proxy(
+    stat_prefix: &str,
+    cluster_specifier: tcp_proxy::ClusterSpecifier,
+    idle_timeout: Option<std::time::Duration>,
+) -> Filter {
     network_filter(
         "envoy.filters.network.tcp_proxy",
         any(&TcpProxy {
             stat_prefix: stat_prefix.into(),
-            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+            cluster_specifier: Some(cluster_specifier),
+            idle_timeout: idle_timeout.map(duration),
             ..Default::default()
         }),
     )
 }
 
-/// The TCP proxy for an L4 target, with the destination's idle timeout when it sets one.
+/// The TCP proxy for an L4 target (one cluster, or weighted clusters from VirtualService
+/// tcp/tls routes), with the destination's idle timeout when it sets one.
 pub fn l4_proxy_filter(
     name: &str,
     target: &L4Target,
     idle_timeout: Option<std::time::Duration>,
 ) -> Filter {
-    let mut proxy = match target {
-        L4Target::Cluster(cluster) => tcp_proxy_filter(cluster, cluster),
-        L4Target::Weighted(clusters) => weighted_tcp_proxy_filter(name, clusters),
+    let (stat_prefix, cluster_specifier) = match target {
+        L4Target::Cluster(cluster) => (
+            cluster.as_str(),
+            tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()),
+        ),
+        L4Target::Weighted(clusters) => (
+            name,
+            tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+                clusters: clusters
+                    .iter()
+                    .map(
+                        |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                            name: name.clone(),
+                            weight: *weight,
+                            ..Default::default()
+                        },
+                    )
+                    .collect(),
+            }),
+        ),
     };
-    if let Some(idle) = idle_timeout
-        && let Some(filter::ConfigType::TypedConfig(any_cfg)) = &proxy.config_type
-        && let Ok(mut tcp) = <TcpProxy as prost::Message>::decode(any_cfg.value.as_slice())
-    {
-        tcp.idle_timeout = Some(duration(idle));
-        proxy.config_type = Some(filter::ConfigType::TypedConfig(any(&tcp)));
-    }
-    proxy
-}
-
-/// A TCP proxy splitting connections over weighted clusters (VirtualService tcp/tls routes).
-pub fn weighted_tcp_proxy_filter(stat_prefix: &str, clusters: &[(String, u32)]) -> Filter {
-    network_filter(
-        "envoy.filters.network.tcp_proxy",
-        any(&TcpProxy {
-            stat_prefix: stat_prefix.into(),
-            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::WeightedClusters(
-                tcp_proxy::WeightedCluster {
-                    clusters: clusters
-                        .iter()
-                        .map(
-                            |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
-                                name: name.clone(),
-                                weight: *weight,
-                                ..Default::default()
-                            },
-                        )
-                        .collect(),
-                },
-            )),
-            ..Default::default()
-        }),
-    )
+    tcp_proxy(stat_prefix, cluster_specifier, idle_timeout)
 }
 
 fn listener_filter(name: &str, typed: envoy_types::pb::google::protobuf::Any) -> ListenerFilter {
