@@ -325,17 +325,6 @@ async fn lease_elects_one_ca_writer_and_replicas_share_its_root() {
     }
 }
 
-fn service(ns: &str, name: &str, selector: Option<Value>, port: u16, target: Value) -> Value {
-    let mut spec = json!({
-        "ports": [{"name": "http", "port": port, "targetPort": target, "protocol": "TCP"}]
-    });
-    if let Some(s) = selector {
-        spec["selector"] = s;
-    }
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
-           "spec": spec})
-}
-
 fn find_service<'a>(registry: &'a Value, host: &str) -> Option<&'a Value> {
     registry["services"]
         .as_array()

@@ -87,12 +87,6 @@ async fn ca_bundles(client: &Client) -> Vec<Option<String>> {
         .collect()
 }
 
-fn service(ns: &str, name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
-           "spec": {"selector": {"app": name},
-                    "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
-}
-
 fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
     pod["spec"][list]
         .as_array()
@@ -337,7 +331,11 @@ async fn scenario(net: &PodNetwork) {
     .await;
     let mut cluster_ips = Vec::new();
     for name in ["frontend", "backend"] {
-        let svc = create(&client, service("shop", name)).await;
+        let svc = create(
+            &client,
+            service("shop", name, Some(json!({"app": name})), 80, json!(8080)),
+        )
+        .await;
         let ip: Ipv4Addr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
         cluster_ips.push((format!("{name}.shop.svc.cluster.local"), ip));
     }

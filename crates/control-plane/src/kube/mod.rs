@@ -61,6 +61,14 @@ pub struct KubeConfig {
     pub gateway_credentials: bool,
 }
 
+impl KubeConfig {
+    /// How often the leader checks the webhook's caBundle and followers re-read the CA Secret:
+    /// the resync, but at least every 5 s (both gate a root rotation's progress).
+    fn poll(&self) -> Duration {
+        self.resync.min(Duration::from_secs(5))
+    }
+}
+
 impl Default for KubeConfig {
     fn default() -> Self {
         KubeConfig {
@@ -168,7 +176,7 @@ impl Kube {
 
     /// How long a follower may take to load a CA change from the Secret and push it.
     pub fn follower_lag(&self) -> Duration {
-        self.cfg.resync.min(Duration::from_secs(5)) * 2
+        self.cfg.poll() * 2
     }
 
     /// Whether this replica leads now.
@@ -265,7 +273,7 @@ impl Kube {
                 name,
                 ca.clone(),
                 self.leader.clone(),
-                self.cfg.resync.min(Duration::from_secs(5)),
+                self.cfg.poll(),
             ));
         }
         if let Some((storage, rv)) = self.ca_state.take() {
@@ -281,7 +289,7 @@ impl Kube {
                 ca.clone(),
                 self.leader.clone(),
                 on_ca_change,
-                self.cfg.resync.min(Duration::from_secs(5)),
+                self.cfg.poll(),
             ));
             tasks.spawn(ca_secret::persist_ca_writes(
                 self.client.clone(),

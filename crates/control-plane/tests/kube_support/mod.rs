@@ -323,3 +323,15 @@ pub async fn root_configmap(client: &Client, ns: &str, secs: u64) -> String {
         .and_then(|d| d.get("root-cert.pem").cloned())
         .expect("root-cert.pem in the ConfigMap")
 }
+
+/// A Service with one port named `http`; without a selector the caller makes its Endpoints.
+pub fn service(ns: &str, name: &str, selector: Option<Value>, port: u16, target: Value) -> Value {
+    let mut spec = json!({
+        "ports": [{"name": "http", "port": port, "targetPort": target, "protocol": "TCP"}]
+    });
+    if let Some(s) = selector {
+        spec["selector"] = s;
+    }
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+           "spec": spec})
+}
