@@ -96,7 +96,7 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<ProxyQuery>) -
         let resources: Vec<Value> = t
             .sent
             .iter()
-            .map(|r| meshd_xds::json::any_to_json(&r.any))
+            .map(|r| meshd_xds::json::any_to_json(&r.any()))
             .collect();
         types.insert(
             type_url.clone(),

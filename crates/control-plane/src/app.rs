@@ -86,7 +86,9 @@ async fn snapshots(
         let config = configs.borrow_and_update().clone();
         version += 1;
         let started = Instant::now();
-        let snapshot = MeshSnapshot::build(version, config, generator.clone());
+        let previous = out.borrow().clone();
+        let snapshot = previous.rebuild(version, config, generator.clone());
+        drop(previous);
         tracing::info!(
             version,
             elapsed_ms = started.elapsed().as_millis() as u64,

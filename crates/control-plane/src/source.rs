@@ -28,6 +28,14 @@ pub struct FileSource {
     files: BTreeMap<PathBuf, FileConfig>,
     /// Files whose current content does not parse, with why.
     broken: BTreeMap<PathBuf, Vec<ConfigError>>,
+    /// A hash of each file's content when last parsed: an unchanged file is not parsed again
+    /// (one edited file among many costs one parse, not the whole directory's).
+    parsed: BTreeMap<PathBuf, u64>,
+}
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(text)
 }
 
 fn is_config_file(p: &Path) -> bool {
@@ -66,10 +74,15 @@ impl FileSource {
         paths.sort();
         self.files.retain(|p, _| paths.contains(p));
         self.broken.retain(|p, _| paths.contains(p));
+        self.parsed.retain(|p, _| paths.contains(p));
         for path in &paths {
             let Ok(text) = std::fs::read_to_string(path) else {
                 continue;
             };
+            let hash = text_hash(&text);
+            if self.parsed.insert(path.clone(), hash) == Some(hash) {
+                continue;
+            }
             let name = path.display().to_string();
             match parse_file(&name, &text) {
                 Ok(cfg) => {
@@ -134,6 +147,7 @@ impl FileSource {
                     Err(_) => break,
                 }
             }
+            let started = std::time::Instant::now();
             let mesh = self.reload();
             out.send_if_modified(|current| {
                 if **current == mesh {
@@ -142,6 +156,7 @@ impl FileSource {
                     tracing::info!(
                         objects = mesh.objects.len(),
                         rejected = mesh.rejected.len(),
+                        reload_ms = started.elapsed().as_millis() as u64,
                         "config changed"
                     );
                     *current = Arc::new(mesh);
@@ -172,6 +187,31 @@ mod tests {
         assert!(mesh.rejected[0].reason.contains("last good"));
         std::fs::remove_file(&path).unwrap();
         assert_eq!(src.reload().sidecars().count(), 0);
+    }
+
+    #[test]
+    fn reloads_see_edits_and_keep_unchanged_files_and_their_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.yaml");
+        let broken = dir.path().join("broken.yaml");
+        std::fs::write(&a, SIDECAR).unwrap();
+        std::fs::write(&b, SIDECAR.replace("namespace: a", "namespace: b")).unwrap();
+        std::fs::write(&broken, "kind: [unclosed\n").unwrap();
+        let mut src = FileSource::new(Some(dir.path().to_path_buf()));
+        let first = src.reload();
+        assert_eq!(first.sidecars().count(), 2);
+        assert_eq!(first.rejected.len(), 1);
+        std::fs::write(&b, SIDECAR.replace("namespace: a", "namespace: c")).unwrap();
+        let second = src.reload();
+        let namespaces: Vec<&str> = second.sidecars().map(|(o, _)| o.meta.namespace()).collect();
+        assert_eq!(namespaces, ["a", "c"]);
+        assert_eq!(
+            second.rejected.len(),
+            1,
+            "the unchanged broken file is still reported"
+        );
+        assert_eq!(src.reload(), second, "nothing changed");
     }
 
     #[test]

@@ -50,8 +50,14 @@ pub struct ProxySpec {
 pub struct DecodeCache {
     eds: Mutex<HashMap<u64, Arc<Vec<String>>>>,
     rds: Mutex<HashMap<u64, Arc<Vec<String>>>>,
+    /// Delta: the EDS/RDS names one CDS/LDS resource refers to, by (type, content version).
+    deps: Mutex<HashMap<(&'static str, String), Deps>>,
+    names: Mutex<std::collections::HashSet<Arc<str>>>,
     pub bytes_received: AtomicU64,
 }
+
+/// The names of the dependent type (EDS or RDS) one resource refers to.
+type Deps = Arc<[Arc<str>]>;
 
 fn key(parts: impl Iterator<Item = impl std::hash::Hash>) -> u64 {
     use std::hash::{DefaultHasher, Hasher};
@@ -67,7 +73,13 @@ impl DecodeCache {
         if let Some(v) = self.eds.lock().unwrap().get(&k) {
             return v.clone();
         }
-        let names: Vec<String> = resources
+        let v = Arc::new(self.decode_eds(resources));
+        self.eds.lock().unwrap().insert(k, v.clone());
+        v
+    }
+
+    fn decode_eds<'a>(&self, resources: impl Iterator<Item = &'a Any>) -> Vec<String> {
+        resources
             .filter_map(|a| Cluster::decode(a.value.as_slice()).ok())
             .filter(|c| {
                 c.cluster_discovery_type
@@ -76,16 +88,46 @@ impl DecodeCache {
                     ))
             })
             .map(|c| c.name)
-            .collect();
-        let v = Arc::new(names);
-        self.eds.lock().unwrap().insert(k, v.clone());
-        v
+            .collect()
+    }
+
+    fn intern(&self, name: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap();
+        if let Some(n) = names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        names.insert(n.clone());
+        n
+    }
+
+    /// What one CDS or LDS resource (at this content version) makes the proxy subscribe to.
+    fn deps(&self, type_url: &'static str, version: &str, any: &Any) -> Deps {
+        let k = (type_url, version.to_string());
+        if let Some(d) = self.deps.lock().unwrap().get(&k) {
+            return d.clone();
+        }
+        let one = std::iter::once(any);
+        let names = if type_url == CLUSTER {
+            self.decode_eds(one)
+        } else {
+            self.decode_rds(one)
+        };
+        let d: Deps = names.iter().map(|n| self.intern(n)).collect();
+        self.deps.lock().unwrap().insert(k, d.clone());
+        d
     }
 
     fn rds_names<'a>(&self, k: u64, resources: impl Iterator<Item = &'a Any>) -> Arc<Vec<String>> {
         if let Some(v) = self.rds.lock().unwrap().get(&k) {
             return v.clone();
         }
+        let v = Arc::new(self.decode_rds(resources));
+        self.rds.lock().unwrap().insert(k, v.clone());
+        v
+    }
+
+    fn decode_rds<'a>(&self, resources: impl Iterator<Item = &'a Any>) -> Vec<String> {
         let mut names = BTreeSet::new();
         for l in resources.filter_map(|a| Listener::decode(a.value.as_slice()).ok()) {
             for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
@@ -105,9 +147,7 @@ impl DecodeCache {
                 }
             }
         }
-        let v = Arc::new(names.into_iter().collect::<Vec<_>>());
-        self.rds.lock().unwrap().insert(k, v.clone());
-        v
+        names.into_iter().collect()
     }
 }
 
@@ -275,10 +315,11 @@ pub async fn run_delta(
         .delta_aggregated_resources(authorized(ReceiverStream::new(rx), &spec.credential))
         .await?
         .into_inner();
-    // What this proxy holds per wildcard type, to derive EDS/RDS subscriptions.
-    let mut held: HashMap<String, std::collections::BTreeMap<String, (String, Any)>> =
-        HashMap::new();
-    let mut subscribed: HashMap<&'static str, BTreeSet<String>> = HashMap::new();
+    // Per wildcard type, what each held resource refers to; per dependent type, how many held
+    // resources refer to each name. Updated by what each response changes, as Envoy does, so a
+    // one-cluster change costs the client one cluster, not the mesh.
+    let mut held: HashMap<&'static str, HashMap<Arc<str>, Deps>> = HashMap::new();
+    let mut refs: HashMap<&'static str, HashMap<Arc<str>, u32>> = HashMap::new();
     let mut seq = 0u64;
     while let Some(resp) = stream.next().await {
         let resp = resp?;
@@ -309,32 +350,52 @@ pub async fn run_delta(
             type_index: type_index(&resp.type_url),
             at: Instant::now(),
         });
-        let dep = match resp.type_url.as_str() {
-            CLUSTER => ENDPOINT,
-            LISTENER => ROUTE,
+        let (ty, dep) = match resp.type_url.as_str() {
+            CLUSTER => (CLUSTER, ENDPOINT),
+            LISTENER => (LISTENER, ROUTE),
             _ => continue,
         };
-        let map = held.entry(resp.type_url.clone()).or_default();
-        for r in &resp.removed_resources {
-            map.remove(r);
-        }
-        for r in &resp.resources {
-            if let Some(any) = &r.resource {
-                map.insert(r.name.clone(), (r.version.clone(), any.clone()));
+        let held = held.entry(ty).or_default();
+        let counts = refs.entry(dep).or_default();
+        let mut touched: HashMap<Arc<str>, bool> = HashMap::new();
+        let mut adjust = |names: &Deps, up: bool| {
+            for n in names.iter() {
+                let c = counts.entry(n.clone()).or_insert(0);
+                touched.entry(n.clone()).or_insert(*c > 0);
+                if up {
+                    *c += 1;
+                } else {
+                    *c = c.saturating_sub(1);
+                }
+            }
+        };
+        for name in &resp.removed_resources {
+            if let Some(old) = held.remove(name.as_str()) {
+                adjust(&old, false);
             }
         }
-        let k = key(map.iter().map(|(n, (v, _))| (n, v)));
-        let all = map.values().map(|(_, a)| a);
-        let want: BTreeSet<String> = if dep == ENDPOINT {
-            cache.eds_names(k, all).iter().cloned().collect()
-        } else {
-            cache.rds_names(k, all).iter().cloned().collect()
-        };
-        let have = subscribed.entry(dep).or_default();
-        let subscribe: Vec<String> = want.difference(have).cloned().collect();
-        let unsubscribe: Vec<String> = have.difference(&want).cloned().collect();
+        for r in &resp.resources {
+            let Some(any) = &r.resource else { continue };
+            let deps = cache.deps(ty, &r.version, any);
+            adjust(&deps, true);
+            if let Some(old) = held.insert(cache.intern(&r.name), deps) {
+                adjust(&old, false);
+            }
+        }
+        let mut subscribe = Vec::new();
+        let mut unsubscribe = Vec::new();
+        for (name, before) in touched {
+            let after = counts.get(&name).is_some_and(|c| *c > 0);
+            if !after {
+                counts.remove(&name);
+            }
+            match (before, after) {
+                (false, true) => subscribe.push(name.to_string()),
+                (true, false) => unsubscribe.push(name.to_string()),
+                _ => {}
+            }
+        }
         if !subscribe.is_empty() || !unsubscribe.is_empty() {
-            *have = want;
             tx.send(DeltaDiscoveryRequest {
                 type_url: dep.into(),
                 resource_names_subscribe: subscribe,

@@ -101,7 +101,10 @@ impl Server {
             .args(["--xds-port", &args.xds_port.to_string()])
             .args(["--admin-port", &args.admin_port.to_string()])
             .args(["--access-log", "false"])
-            .env("MESHD_LOG", "warn")
+            .env(
+                "MESHD_LOG",
+                std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -418,6 +421,7 @@ async fn main() -> anyhow::Result<()> {
     let all_types: Vec<usize> = (0..TYPES.len()).collect();
     let timeout = Duration::from_secs(args.phase_timeout);
 
+    eprintln!("meshd-load: phase: connect");
     let cpu0 = cpu_seconds(server.pid());
     let t0 = Instant::now();
     spawn_proxies(&args, &specs, cache.clone(), tx.clone());
@@ -463,6 +467,7 @@ async fn main() -> anyhow::Result<()> {
     let services_path = cfg.join("services.yaml");
     let text = std::fs::read_to_string(&services_path)?;
     let changed = text.replacen("maxConnections: 100", "maxConnections: 101", 1);
+    eprintln!("meshd-load: phase: one DestinationRule changed");
     let t1 = Instant::now();
     std::fs::write(&services_path, &changed)?;
     // Unscoped, every proxy holds the changed cluster and ACKs it; scoped (only its namespace's
@@ -486,6 +491,7 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     // A change every proxy sees: a new service.
+    eprintln!("meshd-load: phase: full push");
     let cpu2 = cpu_seconds(server.pid());
     let t2 = Instant::now();
     std::fs::write(
@@ -513,6 +519,7 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     if !args.no_restart {
+        eprintln!("meshd-load: phase: reconnect storm");
         server.kill();
         let t3 = Instant::now();
         let (s2, _) = Server::start(&args)?;

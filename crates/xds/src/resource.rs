@@ -38,17 +38,22 @@ pub struct Resource {
     pub name: String,
     /// Content hash: equal versions mean equal bytes, so unchanged resources are not resent.
     pub version: String,
-    pub any: Any,
-    /// The resource as field 2 of a DiscoveryResponse, encoded once: every SotW push of it to
-    /// any proxy writes these bytes by reference.
+    /// The resource as field 2 of a DiscoveryResponse (an `Any`), encoded once: every SotW push
+    /// of it to any proxy writes these bytes by reference. The only copy of the resource kept.
     sotw_field: Bytes,
-    /// The same as field 2 of a DeltaDiscoveryResponse (a `Resource` with name and version).
-    delta_field: OnceLock<Bytes>,
+    /// Where the `Any`'s value (the resource itself) starts in `sotw_field`.
+    value_at: usize,
+    type_url: &'static str,
+    /// The same resource as field 2 of a DeltaDiscoveryResponse is a `Resource` message whose
+    /// field 2 is the same `Any`: these bytes before `sotw_field` (key, length, version) and
+    /// after it (name) make it, with no copy of the resource.
+    delta_head: Bytes,
+    delta_tail: Bytes,
 }
 
 impl PartialEq for Resource {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.version == other.version && self.any == other.any
+        self.name == other.name && self.version == other.version && self.value() == other.value()
     }
 }
 
@@ -65,20 +70,45 @@ pub(crate) fn length_delimited(tag: u32, payload: &[u8]) -> Vec<u8> {
 
 pub type SharedResource = Arc<Resource>;
 
+/// The type URLs this server serves, as statics (a resource keeps a pointer, not a copy).
+fn static_type_url(url: &str) -> &'static str {
+    [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET]
+        .into_iter()
+        .find(|t| *t == url)
+        .unwrap_or_else(|| Box::leak(url.to_string().into_boxed_str()))
+}
+
 impl Resource {
     pub fn encode<M: Message + Name>(name: impl Into<String>, msg: &M) -> SharedResource {
+        let name = name.into();
         let value = msg.encode_to_vec();
         let version = content_hash(&[&value]);
-        let any = Any {
-            type_url: M::type_url(),
-            value,
-        };
+        let type_url = static_type_url(&M::type_url());
+        let mut any = length_delimited(1, type_url.as_bytes());
+        any.extend(length_delimited(2, &value));
+        let sotw_field = length_delimited(2, &any);
+        let value_at = sotw_field.len() - value.len();
+        let version_field = length_delimited(1, version.as_bytes());
+        let name_field = length_delimited(3, name.as_bytes());
+        let mut delta_head = Vec::with_capacity(version_field.len() + 10);
+        prost::encoding::encode_key(
+            2,
+            prost::encoding::WireType::LengthDelimited,
+            &mut delta_head,
+        );
+        prost::encoding::encode_varint(
+            (version_field.len() + sotw_field.len() + name_field.len()) as u64,
+            &mut delta_head,
+        );
+        delta_head.extend(version_field);
         Arc::new(Resource {
-            name: name.into(),
+            name,
             version,
-            sotw_field: Bytes::from(length_delimited(2, &any.encode_to_vec())),
-            delta_field: OnceLock::new(),
-            any,
+            sotw_field: Bytes::from(sotw_field),
+            value_at,
+            type_url,
+            delta_head: Bytes::from(delta_head),
+            delta_tail: Bytes::from(name_field),
         })
     }
 
@@ -86,26 +116,34 @@ impl Resource {
         self.sotw_field.clone()
     }
 
-    pub fn delta_field(&self) -> Bytes {
-        self.delta_field
-            .get_or_init(|| {
-                let r = envoy_types::pb::envoy::service::discovery::v3::Resource {
-                    name: self.name.clone(),
-                    version: self.version.clone(),
-                    resource: Some(self.any.clone()),
-                    ..Default::default()
-                };
-                Bytes::from(length_delimited(2, &r.encode_to_vec()))
-            })
-            .clone()
+    /// The chunks of field 2 of a DeltaDiscoveryResponse carrying this resource.
+    pub fn delta_field(&self) -> [Bytes; 3] {
+        [
+            self.delta_head.clone(),
+            self.sotw_field.clone(),
+            self.delta_tail.clone(),
+        ]
     }
 
     pub fn type_url(&self) -> &str {
-        &self.any.type_url
+        self.type_url
+    }
+
+    /// The encoded resource (the `Any`'s value), by reference.
+    pub fn value(&self) -> Bytes {
+        self.sotw_field.slice(self.value_at..)
+    }
+
+    /// The resource as an `Any` (a copy: for inspection, not for the push path).
+    pub fn any(&self) -> Any {
+        Any {
+            type_url: self.type_url.to_string(),
+            value: self.value().to_vec(),
+        }
     }
 
     pub fn size(&self) -> usize {
-        self.any.value.len()
+        self.sotw_field.len() - self.value_at
     }
 }
 
@@ -126,31 +164,154 @@ pub fn any<M: Message + Name>(msg: &M) -> Any {
     }
 }
 
+/// A set of resources shared by many proxies (a scope's clusters, say), with its version
+/// computed once however many proxies are sent it.
+#[derive(Debug, Default)]
+pub struct LayerMap {
+    map: BTreeMap<String, SharedResource>,
+    version: OnceLock<String>,
+    sotw_chunks: OnceLock<Vec<Bytes>>,
+}
+
+/// Resources smaller than this are written to the wire copied together into chunks of at most
+/// this size (h2 keeps a slot per queued chunk, so one chunk per small resource is costly).
+pub const CHUNK_TARGET: usize = 16 << 10;
+
+/// `fields` as chunks of about `CHUNK_TARGET` bytes: small ones copied together, big ones by
+/// reference.
+pub fn coalesce(fields: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut small = bytes::BytesMut::new();
+    for f in fields {
+        if f.len() >= CHUNK_TARGET {
+            if !small.is_empty() {
+                out.push(small.split().freeze());
+            }
+            out.push(f);
+            continue;
+        }
+        if small.len() + f.len() > CHUNK_TARGET {
+            out.push(small.split().freeze());
+        }
+        if small.capacity() == 0 {
+            small.reserve(CHUNK_TARGET);
+        }
+        small.extend_from_slice(&f);
+    }
+    if !small.is_empty() {
+        out.push(small.freeze());
+    }
+    out
+}
+
+pub type Layer = Arc<LayerMap>;
+
+impl LayerMap {
+    pub fn new(map: BTreeMap<String, SharedResource>) -> Layer {
+        Arc::new(LayerMap::from(map))
+    }
+
+    /// A hash of the names and versions in the layer.
+    pub fn version(&self) -> &str {
+        self.version.get_or_init(|| {
+            let parts: Vec<&[u8]> = self
+                .map
+                .values()
+                .flat_map(|r| [r.name.as_bytes(), r.version.as_bytes()])
+                .collect();
+            content_hash(&parts)
+        })
+    }
+
+    /// Every resource of the layer as SotW response fields, in chunks built once and written
+    /// by reference into the response of every proxy that gets the whole layer.
+    pub fn sotw_chunks(&self) -> &[Bytes] {
+        self.sotw_chunks
+            .get_or_init(|| coalesce(self.map.values().map(|r| r.sotw_field())))
+    }
+}
+
+impl Clone for LayerMap {
+    fn clone(&self) -> Self {
+        LayerMap::from(self.map.clone())
+    }
+}
+
+impl std::ops::Deref for LayerMap {
+    type Target = BTreeMap<String, SharedResource>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for LayerMap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.version = OnceLock::new();
+        self.sotw_chunks = OnceLock::new();
+        &mut self.map
+    }
+}
+
+impl From<BTreeMap<String, SharedResource>> for LayerMap {
+    fn from(map: BTreeMap<String, SharedResource>) -> Self {
+        LayerMap {
+            map,
+            version: OnceLock::new(),
+            sotw_chunks: OnceLock::new(),
+        }
+    }
+}
+
+/// `new`, with every resource `old` has at the same version replaced by `old`'s pointer, and
+/// `old` itself when nothing differs: a rebuilt mesh keeps the identity of what did not change,
+/// so streams tell unchanged layers by pointer and send only what changed.
+pub fn reuse_layer(old: Option<&Layer>, new: Layer) -> Layer {
+    let Some(old) = old else {
+        return new;
+    };
+    if Arc::ptr_eq(old, &new) {
+        return new;
+    }
+    let unchanged = |name: &String, r: &SharedResource| {
+        old.get(name)
+            .filter(|o| Arc::ptr_eq(o, r) || o.version == r.version)
+            .cloned()
+    };
+    if old.len() == new.len() && new.iter().all(|(n, r)| unchanged(n, r).is_some()) {
+        return old.clone();
+    }
+    let map = new
+        .iter()
+        .map(|(n, r)| (n.clone(), unchanged(n, r).unwrap_or_else(|| r.clone())))
+        .collect();
+    LayerMap::new(map)
+}
+
 /// One type's resources for one proxy: shared layers (a scope's set, encoded once and held by
 /// every proxy in that scope) plus, at most, a small layer of the proxy's own. Names are
 /// disjoint across layers. Cloning copies pointers, never resources.
 #[derive(Clone, Debug, Default)]
 pub struct ResourceSet {
-    layers: Vec<Arc<BTreeMap<String, SharedResource>>>,
+    layers: Vec<Layer>,
 }
 
 impl ResourceSet {
-    pub fn from_layers(layers: Vec<Arc<BTreeMap<String, SharedResource>>>) -> ResourceSet {
+    pub fn from_layers(layers: Vec<Layer>) -> ResourceSet {
         ResourceSet { layers }
     }
 
-    pub fn layer(layer: Arc<BTreeMap<String, SharedResource>>) -> ResourceSet {
+    pub fn layer(layer: Layer) -> ResourceSet {
         ResourceSet {
             layers: vec![layer],
         }
     }
 
-    pub fn into_layers(self) -> Vec<Arc<BTreeMap<String, SharedResource>>> {
+    pub fn into_layers(self) -> Vec<Layer> {
         self.layers
     }
 
     /// Adds a layer (names disjoint from the others').
-    pub fn push_layer(&mut self, layer: Arc<BTreeMap<String, SharedResource>>) {
+    pub fn push_layer(&mut self, layer: Layer) {
         self.layers.push(layer);
     }
 
@@ -174,6 +335,32 @@ impl ResourceSet {
         self.len() == 0
     }
 
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The version of what `sub` selects: from the layers' cached versions when it selects
+    /// everything, so a push to many proxies hashes each shared layer once.
+    pub fn version(&self, sub: &Subscription) -> String {
+        match sub {
+            Subscription::All if self.layers.len() == 1 => self.layers[0].version().to_string(),
+            Subscription::All => {
+                let parts: Vec<&[u8]> =
+                    self.layers.iter().map(|l| l.version().as_bytes()).collect();
+                content_hash(&parts)
+            }
+            Subscription::Names(_) => {
+                let mut selected: Vec<&SharedResource> = select(self, sub).collect();
+                selected.sort_by(|a, b| a.name.cmp(&b.name));
+                let parts: Vec<&[u8]> = selected
+                    .iter()
+                    .flat_map(|r| [r.name.as_bytes(), r.version.as_bytes()])
+                    .collect();
+                content_hash(&parts)
+            }
+        }
+    }
+
     /// Same layers by pointer: nothing in the set can differ.
     pub fn same_as(&self, other: &ResourceSet) -> bool {
         self.layers.len() == other.layers.len()
@@ -187,7 +374,7 @@ impl ResourceSet {
 
 impl FromIterator<(String, SharedResource)> for ResourceSet {
     fn from_iter<I: IntoIterator<Item = (String, SharedResource)>>(iter: I) -> Self {
-        ResourceSet::layer(Arc::new(iter.into_iter().collect()))
+        ResourceSet::layer(LayerMap::new(iter.into_iter().collect()))
     }
 }
 
@@ -208,6 +395,31 @@ impl Subscription {
             Subscription::All
         } else {
             Subscription::Names(Arc::new(names))
+        }
+    }
+
+    /// Whether a request naming `names` asks for exactly this subscription (no allocation: an
+    /// ACK repeats its names, often every cluster).
+    pub fn is_requested_by(&self, names: &[String], available: &ResourceSet) -> bool {
+        let distinct = || {
+            names
+                .iter()
+                .map(String::as_str)
+                .collect::<std::collections::HashSet<&str>>()
+                .len()
+        };
+        match self {
+            Subscription::All => {
+                !names.is_empty()
+                    && names.len() >= available.len()
+                    && names.iter().all(|n| available.contains(n))
+                    && distinct() == available.len()
+            }
+            Subscription::Names(set) => {
+                names.len() >= set.len()
+                    && names.iter().all(|n| set.contains(n))
+                    && distinct() == set.len()
+            }
         }
     }
 
@@ -235,5 +447,137 @@ pub fn select<'a>(
     match sub {
         Subscription::All => Box::new(set.iter()),
         Subscription::Names(names) => Box::new(names.iter().filter_map(|n| set.get(n))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryResponse, DiscoveryResponse,
+    };
+
+    fn cluster(name: &str, timeout_s: i64) -> SharedResource {
+        Resource::encode(
+            name,
+            &Cluster {
+                name: name.into(),
+                connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: timeout_s,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn layer(items: &[(&str, i64)]) -> Layer {
+        LayerMap::new(
+            items
+                .iter()
+                .map(|(n, t)| (n.to_string(), cluster(n, *t)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn encoded_fields_decode_as_the_discovery_messages() {
+        let r = cluster("a", 3);
+        let mut sotw = r.sotw_field().to_vec();
+        sotw.extend(length_delimited(4, CLUSTER.as_bytes()));
+        let got = DiscoveryResponse::decode(sotw.as_slice()).unwrap();
+        assert_eq!(got.resources, vec![r.any()]);
+        assert_eq!(got.resources[0].type_url, CLUSTER);
+        let c = Cluster::decode(r.value()).unwrap();
+        assert_eq!(c.name, "a");
+        assert_eq!(r.size(), r.value().len());
+
+        let delta: Vec<u8> = r.delta_field().iter().flat_map(|b| b.to_vec()).collect();
+        let got = DeltaDiscoveryResponse::decode(delta.as_slice()).unwrap();
+        assert_eq!(got.resources.len(), 1);
+        assert_eq!(got.resources[0].name, "a");
+        assert_eq!(got.resources[0].version, r.version);
+        assert_eq!(got.resources[0].resource, Some(r.any()));
+    }
+
+    #[test]
+    fn rebuilt_layers_keep_the_identity_of_what_did_not_change() {
+        let old = layer(&[("a", 1), ("b", 1)]);
+        let same = reuse_layer(Some(&old), layer(&[("a", 1), ("b", 1)]));
+        assert!(
+            Arc::ptr_eq(&old, &same),
+            "equal content keeps the old layer"
+        );
+
+        let changed = reuse_layer(Some(&old), layer(&[("a", 1), ("b", 2), ("c", 1)]));
+        assert!(!Arc::ptr_eq(&old, &changed));
+        assert!(
+            Arc::ptr_eq(&old["a"], &changed["a"]),
+            "unchanged resource kept"
+        );
+        assert!(!Arc::ptr_eq(&old["b"], &changed["b"]));
+        assert_ne!(old.version(), changed.version());
+
+        let shrunk = reuse_layer(Some(&old), layer(&[("a", 1)]));
+        assert!(!Arc::ptr_eq(&old, &shrunk), "a removal is a change");
+        assert!(Arc::ptr_eq(&old["a"], &shrunk["a"]));
+    }
+
+    #[test]
+    fn set_versions_follow_content_and_subscription() {
+        let a = ResourceSet::from_layers(vec![layer(&[("a", 1), ("b", 1)]), layer(&[("c", 1)])]);
+        let b = ResourceSet::from_layers(vec![layer(&[("a", 1), ("b", 1)]), layer(&[("c", 1)])]);
+        let c = ResourceSet::from_layers(vec![layer(&[("a", 1), ("b", 1)]), layer(&[("c", 2)])]);
+        assert_eq!(a.version(&Subscription::All), b.version(&Subscription::All));
+        assert_ne!(a.version(&Subscription::All), c.version(&Subscription::All));
+        let only_a = Subscription::Names(Arc::new(["a".to_string()].into()));
+        assert_eq!(
+            a.version(&only_a),
+            c.version(&only_a),
+            "c differs only outside"
+        );
+        let mut edited = (*a.layers()[1]).clone();
+        edited.insert("d".into(), cluster("d", 1));
+        assert_ne!(
+            edited.version(),
+            a.layers()[1].version(),
+            "edit resets version"
+        );
+    }
+
+    #[test]
+    fn layer_chunks_carry_every_resource_in_few_chunks() {
+        let items: Vec<(String, i64)> = (0..2000).map(|i| (format!("c{i:04}"), i)).collect();
+        let refs: Vec<(&str, i64)> = items.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let l = layer(&refs);
+        let chunks = l.sotw_chunks();
+        let total: usize = l.values().map(|r| r.sotw_field().len()).sum();
+        assert_eq!(chunks.iter().map(Bytes::len).sum::<usize>(), total);
+        assert!(chunks.iter().all(|c| c.len() <= CHUNK_TARGET));
+        assert!(
+            chunks.len() <= total / (CHUNK_TARGET / 2) + 1,
+            "{} chunks",
+            chunks.len()
+        );
+        let body: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+        let got = DiscoveryResponse::decode(body.as_slice()).unwrap();
+        assert_eq!(got.resources.len(), 2000);
+        assert_eq!(got.resources[1999], l["c1999"].any());
+    }
+
+    #[test]
+    fn a_request_matches_its_subscription_exactly() {
+        let set = ResourceSet::layer(layer(&[("a", 1), ("b", 1)]));
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(Subscription::All.is_requested_by(&names(&["b", "a"]), &set));
+        assert!(!Subscription::All.is_requested_by(&names(&["a"]), &set));
+        assert!(!Subscription::All.is_requested_by(&names(&["a", "a"]), &set));
+        assert!(!Subscription::All.is_requested_by(&names(&["a", "b", "x"]), &set));
+        let sub = Subscription::from_names(["a".to_string()].into(), &set);
+        assert!(sub.is_requested_by(&names(&["a"]), &set));
+        assert!(sub.is_requested_by(&names(&["a", "a"]), &set));
+        assert!(!sub.is_requested_by(&names(&["a", "b"]), &set));
+        assert!(!sub.is_requested_by(&names(&[]), &set));
     }
 }

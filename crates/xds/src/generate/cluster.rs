@@ -697,7 +697,7 @@ spec: {address: 10.44.0.9, labels: {app: x, version: v2}}
         let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
         snap.clusters
             .iter()
-            .map(|(n, r)| (n.clone(), Cluster::decode(r.any.value.as_slice()).unwrap()))
+            .map(|(n, r)| (n.clone(), Cluster::decode(r.value().as_ref()).unwrap()))
             .collect()
     }
 

@@ -17,6 +17,14 @@ use std::time::Duration;
 pub const WORKLOAD_SECRET: &str = "default";
 pub const ROOT_SECRET: &str = "ROOTCA";
 
+/// An empty map for a prost `map` field with more than one entry. prost encodes a map in its
+/// iteration order; maps sharing one hasher and filled in the same order iterate alike, so the
+/// resource encodes to the same bytes (and keeps its version) from one build to the next.
+pub fn stable_map<K, V>() -> std::collections::HashMap<K, V> {
+    static STATE: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    std::collections::HashMap::with_hasher(STATE.get_or_init(Default::default).clone())
+}
+
 pub fn ads() -> ConfigSource {
     ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,

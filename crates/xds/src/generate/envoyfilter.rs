@@ -258,7 +258,7 @@ impl Patches {
                 .iter()
                 .filter(|m| m.m.matches(name, port, subset, host))
             {
-                let b = bytes.get_or_insert_with(|| res.any.value.clone());
+                let b = bytes.get_or_insert_with(|| res.value().to_vec());
                 b.extend_from_slice(&m.bytes);
             }
             if let Some(b) = bytes
@@ -270,14 +270,15 @@ impl Patches {
         Some(out)
     }
 
-    /// [`Patches::patch_clusters`] in place, for a layer held as a map or shared behind an `Arc`.
-    pub fn patch_cluster_layer<L>(&self, layer: &mut L, namespace: &str, gateway: bool)
-    where
-        L: std::borrow::Borrow<BTreeMap<String, SharedResource>>
-            + From<BTreeMap<String, SharedResource>>,
-    {
-        if let Some(patched) = self.patch_clusters(layer.borrow(), namespace, gateway) {
-            *layer = L::from(patched);
+    /// [`Patches::patch_clusters`] in place, for a shared layer.
+    pub fn patch_cluster_layer(
+        &self,
+        layer: &mut crate::resource::Layer,
+        namespace: &str,
+        gateway: bool,
+    ) {
+        if let Some(patched) = self.patch_clusters(layer, namespace, gateway) {
+            *layer = crate::resource::LayerMap::new(patched);
         }
     }
 
@@ -459,7 +460,7 @@ spec:
         );
         let patched = p.patch_clusters(&layer, "shop", false).unwrap();
         let get = |m: &BTreeMap<String, SharedResource>, n: &str| {
-            Cluster::decode(m[n].any.value.as_slice()).unwrap()
+            Cluster::decode(m[n].value().as_ref()).unwrap()
         };
         let api = get(&patched, "outbound|8080||api.shop.svc.cluster.local");
         assert_eq!(api.per_connection_buffer_limit_bytes.unwrap().value, 32768);

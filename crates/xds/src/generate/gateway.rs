@@ -7,7 +7,7 @@ use super::common::*;
 use super::l4::L4Target;
 use super::listener::{RouteSource, hcm, hcm_filter, l4_proxy_filter};
 use super::{MeshSnapshot, route};
-use crate::resource::{Resource, SharedResource, any};
+use crate::resource::{Layer, LayerMap, Resource, SharedResource, any, reuse_layer};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
@@ -22,11 +22,22 @@ use meshd_model::registry::selector_matches;
 use std::collections::BTreeMap;
 
 pub struct GatewayResources {
-    pub listeners: std::sync::Arc<BTreeMap<String, SharedResource>>,
-    pub routes: std::sync::Arc<BTreeMap<String, SharedResource>>,
+    pub listeners: Layer,
+    pub routes: Layer,
     /// SDS secrets of the servers' `credentialName`s, from the Secrets of the gateway's own
     /// namespace (as Istio: a gateway reads credentials only there).
-    pub secrets: std::sync::Arc<BTreeMap<String, SharedResource>>,
+    pub secrets: Layer,
+}
+
+impl GatewayResources {
+    /// These resources, keeping `old`'s layers and resources where they did not change.
+    pub fn reusing(self, old: &GatewayResources) -> GatewayResources {
+        GatewayResources {
+            listeners: reuse_layer(Some(&old.listeners), self.listeners),
+            routes: reuse_layer(Some(&old.routes), self.routes),
+            secrets: reuse_layer(Some(&old.secrets), self.secrets),
+        }
+    }
 }
 
 fn server_allows(server: &Server, host: &str) -> bool {
@@ -408,9 +419,9 @@ pub fn build(
         listeners.insert(name.clone(), Resource::encode(name, &l));
     }
     GatewayResources {
-        listeners: std::sync::Arc::new(listeners),
-        routes: std::sync::Arc::new(routes),
-        secrets: std::sync::Arc::new(credential_secrets(snapshot, namespace, &gateways)),
+        listeners: LayerMap::new(listeners),
+        routes: LayerMap::new(routes),
+        secrets: LayerMap::new(credential_secrets(snapshot, namespace, &gateways)),
     }
 }
 

@@ -58,7 +58,15 @@ fn fault_filter() -> HttpFilter {
     }
 }
 
+/// Its JSON format is a protobuf `Struct`, a map prost encodes in hash order: built and encoded
+/// once, it is the same bytes in every listener of every build, so unchanged listeners keep
+/// their versions.
 fn stdout_access_log() -> AccessLog {
+    static LOG: std::sync::OnceLock<AccessLog> = std::sync::OnceLock::new();
+    LOG.get_or_init(build_stdout_access_log).clone()
+}
+
+fn build_stdout_access_log() -> AccessLog {
     use envoy_types::pb::envoy::config::core::v3::{
         SubstitutionFormatString, substitution_format_string,
     };

@@ -22,12 +22,15 @@ use meshd_model::registry::{Endpoint, Port, Protocol, Service, Workload, selecto
 use meshd_model::security::{MtlsMode, PeerAuthentication};
 use meshd_model::{ConfigObject, MeshConfig};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Resources for one proxy, by type URL then name.
 pub type ProxyResources = BTreeMap<&'static str, ResourceSet>;
 
-type Layer = Arc<BTreeMap<String, SharedResource>>;
+use crate::resource::{Layer, LayerMap, reuse_layer};
+
+/// A cache entry built once even when many proxies ask for it at the same moment.
+type Once<T> = Arc<OnceLock<T>>;
 
 #[derive(Clone, Debug)]
 pub struct GenOptions {
@@ -71,6 +74,8 @@ pub struct Index {
     /// Some mesh route matches on `sourceLabels`: outbound routes then depend on the proxy's
     /// labels, not only on its namespace and Sidecar.
     uses_source_labels: bool,
+    /// Workloads by (namespace, name): a proxy's is looked up on every push.
+    workloads: HashMap<(String, String), usize>,
     pub(crate) config: Arc<MeshConfig>,
 }
 
@@ -126,7 +131,15 @@ impl Index {
                     .iter()
                     .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
         });
+        let mut workloads = HashMap::new();
+        for (i, w) in config.workloads.iter().enumerate() {
+            // The first of a duplicated name wins, as in `MeshConfig::workload`.
+            workloads
+                .entry((w.namespace.clone(), w.name.clone()))
+                .or_insert(i);
+        }
         let mut index = Index {
+            workloads,
             uses_source_labels,
             domain_suffix: suffix,
             root_namespace: opts.root_namespace.clone(),
@@ -184,6 +197,13 @@ impl Index {
     }
 
     /// The DestinationRule proxies in `ns` get for `host` (`exportTo` applied).
+    pub fn workload(&self, name: &str, namespace: &str) -> Option<&Workload> {
+        let i = self
+            .workloads
+            .get(&(namespace.to_string(), name.to_string()))?;
+        self.config.workloads.get(*i)
+    }
+
     pub fn destination_rule_in(&self, host: &str, ns: &str) -> Option<&DestinationRule> {
         if !self.restricted {
             return self.destination_rule(host);
@@ -317,9 +337,71 @@ pub struct MeshSnapshot {
     clusters: Layer,
     endpoints: Layer,
     clusters_by_host: HashMap<String, Vec<String>>,
-    scopes: Mutex<HashMap<ScopeKey, Arc<Scope>>>,
-    gateways: Mutex<HashMap<String, Arc<gateway::GatewayResources>>>,
-    inbound: Mutex<HashMap<String, (Layer, Layer)>>,
+    scopes: Mutex<HashMap<ScopeKey, Once<Arc<Scope>>>>,
+    gateways: Mutex<HashMap<String, Once<Arc<gateway::GatewayResources>>>>,
+    inbound: Mutex<HashMap<String, Once<(Layer, Layer)>>>,
+    previous: Previous,
+}
+
+/// What the snapshot this one replaced had built: a layer rebuilt with the same content keeps
+/// the old one's identity (and a changed one the old pointers of its unchanged resources), so
+/// streams skip unchanged layers by pointer and Delta sends only what changed.
+#[derive(Default)]
+struct Previous {
+    config: Option<Arc<MeshConfig>>,
+    clusters: Option<Layer>,
+    endpoints: Option<Layer>,
+    scopes: HashMap<ScopeKey, Arc<Scope>>,
+    gateways: HashMap<String, Arc<gateway::GatewayResources>>,
+    inbound: HashMap<String, (Layer, Layer)>,
+}
+
+/// Whether two configs agree on everything a workload's inbound resources are built from.
+fn same_inbound_inputs(a: &MeshConfig, b: &MeshConfig) -> bool {
+    a.services == b.services
+        && a.workloads == b.workloads
+        && inbound_objects(a).eq(inbound_objects(b))
+}
+
+fn inbound_objects(c: &MeshConfig) -> impl Iterator<Item = &ConfigObject> {
+    use meshd_model::Kind;
+    c.objects.values().filter(|o| {
+        matches!(
+            o.kind(),
+            Kind::Sidecar
+                | Kind::PeerAuthentication
+                | Kind::AuthorizationPolicy
+                | Kind::EnvoyFilter
+        )
+    })
+}
+
+/// The entries of a build-once cache that were built.
+fn built<K: Clone + Eq + std::hash::Hash, V: Clone>(
+    cache: &Mutex<HashMap<K, Once<V>>>,
+) -> HashMap<K, V> {
+    cache
+        .lock()
+        .expect("snapshot cache")
+        .iter()
+        .filter_map(|(k, v)| v.get().map(|v| (k.clone(), v.clone())))
+        .collect()
+}
+
+/// The value for `key`, built by `build` on the first call; concurrent callers wait for it
+/// rather than build it again.
+fn get_or_build<K: Clone + Eq + std::hash::Hash, V: Clone>(
+    cache: &Mutex<HashMap<K, Once<V>>>,
+    key: K,
+    build: impl FnOnce(&K) -> V,
+) -> V {
+    let cell = cache
+        .lock()
+        .expect("snapshot cache")
+        .entry(key.clone())
+        .or_default()
+        .clone();
+    cell.get_or_init(|| build(&key)).clone()
 }
 
 /// The port of an `outbound|PORT|subset|host` cluster name.
@@ -351,8 +433,46 @@ fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
 
 impl MeshSnapshot {
     pub fn build(version: u64, config: Arc<MeshConfig>, opts: Arc<GenOptions>) -> MeshSnapshot {
+        Self::build_after(Previous::default(), version, config, opts)
+    }
+
+    /// The snapshot of `config` that replaces this one: what did not change keeps its identity.
+    pub fn rebuild(
+        &self,
+        version: u64,
+        config: Arc<MeshConfig>,
+        opts: Arc<GenOptions>,
+    ) -> MeshSnapshot {
+        let previous = Previous {
+            config: Some(self.index.config.clone()),
+            clusters: Some(self.clusters.clone()),
+            endpoints: Some(self.endpoints.clone()),
+            scopes: built(&self.scopes),
+            gateways: built(&self.gateways),
+            inbound: built(&self.inbound),
+        };
+        Self::build_after(previous, version, config, opts)
+    }
+
+    fn build_after(
+        previous: Previous,
+        version: u64,
+        config: Arc<MeshConfig>,
+        opts: Arc<GenOptions>,
+    ) -> MeshSnapshot {
         let index = Index::new(config, &opts);
         let patches = envoyfilter::Patches::build(&index.config, &opts.root_namespace);
+        // Inbound listeners and clusters depend on the workloads, the services selecting them,
+        // Sidecars, PeerAuthentication, AuthorizationPolicy and EnvoyFilters: when none of those
+        // changed (a DestinationRule or VirtualService edit), the previous ones stand as built.
+        let inbound: HashMap<String, Once<(Layer, Layer)>> = match &previous.config {
+            Some(old) if same_inbound_inputs(old, &index.config) => previous
+                .inbound
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::new(OnceLock::from(v.clone()))))
+                .collect(),
+            _ => HashMap::new(),
+        };
         let mut clusters = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
         let mut clusters_by_host: HashMap<String, Vec<String>> = HashMap::new();
@@ -386,12 +506,13 @@ impl MeshSnapshot {
             opts,
             index,
             patches,
-            clusters: Arc::new(clusters),
-            endpoints: Arc::new(endpoints),
+            clusters: reuse_layer(previous.clusters.as_ref(), LayerMap::new(clusters)),
+            endpoints: reuse_layer(previous.endpoints.as_ref(), LayerMap::new(endpoints)),
             clusters_by_host,
             scopes: Mutex::new(HashMap::new()),
             gateways: Mutex::new(HashMap::new()),
-            inbound: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(inbound),
+            previous,
         }
     }
 
@@ -406,17 +527,18 @@ impl MeshSnapshot {
             sidecar: sidecar.map(|(o, _)| o.key().to_string()),
             labels: self.index.uses_source_labels.then(|| labels.clone()),
         };
-        if let Some(s) = self.scopes.lock().expect("scope cache").get(&key) {
-            return s.clone();
-        }
-        let scope =
-            Arc::new(self.build_scope(namespace, key.labels.as_ref(), sidecar.map(|(_, s)| s)));
-        self.scopes
-            .lock()
-            .expect("scope cache")
-            .entry(key)
-            .or_insert(scope)
-            .clone()
+        get_or_build(&self.scopes, key, |key| {
+            let scope = self.build_scope(namespace, key.labels.as_ref(), sidecar.map(|(_, s)| s));
+            let Some(old) = self.previous.scopes.get(key) else {
+                return Arc::new(scope);
+            };
+            Arc::new(Scope {
+                clusters: reuse_layer(Some(&old.clusters), scope.clusters),
+                endpoints: reuse_layer(Some(&old.endpoints), scope.endpoints),
+                listeners: reuse_layer(Some(&old.listeners), scope.listeners),
+                routes: reuse_layer(Some(&old.routes), scope.routes),
+            })
+        })
     }
 
     fn build_scope(
@@ -548,7 +670,7 @@ impl MeshSnapshot {
                     }
                 }
             }
-            (Arc::new(clusters), Arc::new(endpoints))
+            (LayerMap::new(clusters), LayerMap::new(endpoints))
         };
         self.patches
             .patch_cluster_layer(&mut clusters, namespace, false);
@@ -588,8 +710,8 @@ impl MeshSnapshot {
         Scope {
             clusters,
             endpoints,
-            listeners: Arc::new(listeners),
-            routes: Arc::new(routes),
+            listeners: LayerMap::new(listeners),
+            routes: LayerMap::new(routes),
         }
     }
 
@@ -737,9 +859,19 @@ impl MeshSnapshot {
         let key = workload
             .map(|w| format!("{}|{:?}|{:?}", w.namespace, w.labels, w.ports))
             .unwrap_or_default();
-        if let Some(hit) = self.inbound.lock().expect("inbound cache").get(&key) {
-            return hit.clone();
-        }
+        get_or_build(&self.inbound, key, |key| {
+            let (clusters, listeners) = self.build_inbound(workload);
+            match self.previous.inbound.get(key) {
+                Some((c, l)) => (
+                    reuse_layer(Some(c), clusters),
+                    reuse_layer(Some(l), listeners),
+                ),
+                None => (clusters, listeners),
+            }
+        })
+    }
+
+    fn build_inbound(&self, workload: Option<&Workload>) -> (Layer, Layer) {
         let ports = workload.map(|w| self.inbound_ports(w)).unwrap_or_default();
         let clusters: BTreeMap<String, SharedResource> = ports
             .iter()
@@ -753,18 +885,13 @@ impl MeshSnapshot {
             [(vi.name.clone(), Resource::encode(vi.name.clone(), &vi))]
                 .into_iter()
                 .collect();
-        let layers = (Arc::new(clusters), Arc::new(listeners));
-        self.inbound
-            .lock()
-            .expect("inbound cache")
-            .insert(key, layers.clone());
-        layers
+        (LayerMap::new(clusters), LayerMap::new(listeners))
     }
 
     /// Everything one proxy should have, except secrets (those come from the CA).
     pub fn generate(&self, proxy: &Proxy) -> ProxyResources {
         let workload = self
-            .config()
+            .index
             .workload(&proxy.identity.workload, &proxy.identity.namespace);
         let empty = BTreeMap::new();
         let labels = workload.map(|w| &w.labels).unwrap_or(&empty);
@@ -786,26 +913,13 @@ impl MeshSnapshot {
             }
             NodeType::Router => {
                 let key = format!("{}|{labels:?}", proxy.identity.namespace);
-                let gw = {
-                    let cached = self
-                        .gateways
-                        .lock()
-                        .expect("gateway cache")
-                        .get(&key)
-                        .cloned();
-                    match cached {
-                        Some(g) => g,
-                        None => {
-                            let g =
-                                Arc::new(gateway::build(self, &proxy.identity.namespace, labels));
-                            self.gateways
-                                .lock()
-                                .expect("gateway cache")
-                                .insert(key, g.clone());
-                            g
-                        }
-                    }
-                };
+                let gw = get_or_build(&self.gateways, key, |key| {
+                    let g = gateway::build(self, &proxy.identity.namespace, labels);
+                    Arc::new(match self.previous.gateways.get(key) {
+                        Some(old) => g.reusing(old),
+                        None => g,
+                    })
+                });
                 let mut clusters = self.clusters.clone();
                 self.patches
                     .patch_cluster_layer(&mut clusters, &proxy.identity.namespace, true);

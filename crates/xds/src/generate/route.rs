@@ -514,6 +514,7 @@ pub fn http_routes(ctx: &RouteCtx<'_>, routes: &[HttpRoute]) -> Vec<Route> {
                 request_headers_to_remove: req_remove.clone(),
                 response_headers_to_add: resp_add.clone(),
                 response_headers_to_remove: resp_remove.clone(),
+                typed_per_filter_config: super::common::stable_map(),
                 ..Default::default()
             };
             if let Some(f) = fault(r) {

@@ -81,7 +81,7 @@ fn proxy(workload: &str, ns: &str) -> Proxy {
 
 fn resource(snap: &MeshSnapshot, p: &Proxy, type_url: &str, name: &str) -> Value {
     let out = snap.generate(p);
-    any_to_json(&out[type_url].get(name).expect(name).any)
+    any_to_json(&out[type_url].get(name).expect(name).any())
 }
 
 /// The inbound listener's chains as (name, transport protocol, HTTP filter names).

@@ -77,7 +77,7 @@ fn snapshot() -> MeshSnapshot {
 /// sidecar in `ns` receives it.
 fn tcp_proxy(snap: &MeshSnapshot, ns: &str, listener: &str, chain: Option<&str>) -> Value {
     let out = snap.generate(&proxy(ns));
-    let l = any_to_json(&out[crate::resource::LISTENER].get(listener).unwrap().any);
+    let l = any_to_json(&out[crate::resource::LISTENER].get(listener).unwrap().any());
     let chains = l["filter_chains"].as_array().unwrap();
     let c = match chain {
         Some(name) => chains.iter().find(|c| c["name"] == name).unwrap(),
@@ -118,10 +118,10 @@ fn view(snap: &MeshSnapshot, ns: &str) -> (Vec<String>, Value, Value) {
         &out[CLUSTER]
             .get("outbound|80||web.b.svc.cluster.local")
             .unwrap()
-            .any,
+            .any(),
     );
     let max = web["circuit_breakers"]["thresholds"][0]["max_connections"].clone();
-    let routes = any_to_json(&out[ROUTE].get("80").unwrap().any);
+    let routes = any_to_json(&out[ROUTE].get("80").unwrap().any());
     let vhost = routes["virtual_hosts"]
         .as_array()
         .unwrap()
@@ -280,7 +280,7 @@ spec:
         &out[crate::resource::LISTENER]
             .get("0.0.0.0_9000")
             .unwrap()
-            .any,
+            .any(),
     );
     let chains: Vec<&str> = l["filter_chains"]
         .as_array()
@@ -368,5 +368,152 @@ spec:
         target("c"),
         "outbound|5432||db.b.svc.cluster.local",
         "app=web"
+    );
+}
+
+#[test]
+fn a_rebuilt_snapshot_keeps_the_identity_of_what_did_not_change() {
+    use crate::resource::{ENDPOINT, LISTENER};
+    let before = snapshot();
+    let config = |yaml: &str| {
+        let file = parse_file("mesh.yaml", yaml).unwrap();
+        Arc::new(MeshConfig::assemble([&file]))
+    };
+    let opts = Arc::new(GenOptions::default());
+    for ns in ["a", "b", "c"] {
+        before.generate(&proxy(ns));
+    }
+    let same = before.rebuild(2, config(MESH), opts.clone());
+    let edited = MESH.replace("maxConnections: 7", "maxConnections: 8");
+    let changed = before.rebuild(2, config(&edited), opts);
+    for ns in ["a", "b", "c"] {
+        let old = before.generate(&proxy(ns));
+        let new = same.generate(&proxy(ns));
+        for (ty, set) in &old {
+            assert!(
+                set.same_as(&new[ty]),
+                "{ns} {ty}: an unchanged rebuild kept it"
+            );
+        }
+        // Only the namespace whose DestinationRule changed sees new clusters.
+        let new = changed.generate(&proxy(ns));
+        for ty in [ENDPOINT, LISTENER, ROUTE] {
+            assert!(old[ty].same_as(&new[ty]), "{ns} {ty}");
+        }
+        assert_eq!(old[CLUSTER].same_as(&new[CLUSTER]), ns != "b", "{ns} CDS");
+        if ns == "b" {
+            let differ: Vec<&str> = new[CLUSTER]
+                .iter()
+                .filter(|r| !Arc::ptr_eq(r, old[CLUSTER].get(&r.name).unwrap()))
+                .map(|r| r.name.as_str())
+                .collect();
+            assert_eq!(
+                differ,
+                [
+                    "outbound|80|v1|web.b.svc.cluster.local",
+                    "outbound|80||web.b.svc.cluster.local"
+                ]
+            );
+        }
+    }
+}
+
+/// Two builds of the same config encode every resource to the same bytes (prost encodes map
+/// fields in hash order, so a map built carelessly would make every rebuild look like a change).
+#[test]
+fn every_resource_encodes_identically_from_build_to_build() {
+    let text = include_str!("../../../../deploy/mesh/voicecore.yaml");
+    let file = parse_file("voicecore.yaml", text).unwrap();
+    let config = Arc::new(MeshConfig::assemble([&file]));
+    let proxies = workload_proxies(&config);
+    assert!(proxies.len() >= 8, "the VoiceCore workloads");
+    let opts = Arc::new(GenOptions {
+        zipkin_cluster: Some("zipkin".into()),
+        ..Default::default()
+    });
+    let one = MeshSnapshot::build(1, config.clone(), opts.clone());
+    let two = MeshSnapshot::build(1, config, opts);
+    for p in &proxies {
+        let (a, b) = (one.generate(p), two.generate(p));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (ty, set) in &a {
+            for r in set.iter() {
+                let other = b[ty].get(&r.name).expect("same names");
+                assert_eq!(r.version, other.version, "{} {ty} {}", p.id, r.name);
+            }
+        }
+    }
+}
+
+fn workload_proxies(config: &MeshConfig) -> Vec<Proxy> {
+    use crate::proxy::NodeId;
+    config
+        .workloads
+        .iter()
+        .map(|w| {
+            let node_type = if w
+                .labels
+                .get("istio")
+                .is_some_and(|v| v.ends_with("gateway"))
+            {
+                NodeType::Router
+            } else {
+                NodeType::Sidecar
+            };
+            Proxy {
+                id: NodeId::format(node_type, &w.address, &w.name, &w.namespace),
+                node_type,
+                ip: Some(w.address.clone()),
+                identity: Identity {
+                    workload: w.name.clone(),
+                    namespace: w.namespace.clone(),
+                    service_account: w.service_account.clone(),
+                    trust_domain: "cluster.local".into(),
+                },
+            }
+        })
+        .collect()
+}
+
+/// A rebuild keeps the inbound side as built when only outbound config changed, and rebuilds
+/// it when a policy that shapes it did.
+#[test]
+fn inbound_resources_follow_their_inputs_across_rebuilds() {
+    use crate::resource::LISTENER;
+    let voicecore = include_str!("../../../../deploy/mesh/voicecore.yaml");
+    let config = |extra: &str| {
+        let file = parse_file("voicecore.yaml", &format!("{voicecore}\n---\n{extra}")).unwrap();
+        assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+        Arc::new(MeshConfig::assemble([&file]))
+    };
+    let opts = Arc::new(GenOptions::default());
+    let base = MeshSnapshot::build(1, config(""), opts.clone());
+    let proxies: Vec<Proxy> = workload_proxies(&base.index.config)
+        .into_iter()
+        .filter(|p| p.node_type == NodeType::Sidecar)
+        .collect();
+    let inbound = |snap: &MeshSnapshot, p: &Proxy| {
+        snap.generate(p)[LISTENER]
+            .get("virtualInbound")
+            .unwrap()
+            .clone()
+    };
+    let before: Vec<_> = proxies.iter().map(|p| inbound(&base, p)).collect();
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: extra, namespace: voicecore-ai}\nspec: {host: billing-service, trafficPolicy: {connectionPool: {tcp: {maxConnections: 9}}}}\n";
+    let outbound_only = base.rebuild(2, config(rule), opts.clone());
+    for (p, old) in proxies.iter().zip(&before) {
+        assert!(Arc::ptr_eq(old, &inbound(&outbound_only, p)), "{}", p.id);
+    }
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all-get, namespace: voicecore-ai}\nspec: {action: DENY, rules: [{to: [{operation: {methods: [GET]}}]}]}\n";
+    let policy = outbound_only.rebuild(3, config(&format!("{rule}---\n{deny}")), opts);
+    let changed = proxies
+        .iter()
+        .zip(&before)
+        .filter(|(p, old)| old.version != inbound(&policy, p).version)
+        .count();
+    assert_eq!(
+        changed,
+        proxies.len(),
+        "a namespace-wide DENY reaches every inbound listener"
     );
 }

@@ -5,7 +5,6 @@ use super::status::{ProxyHandle, ProxyStatus, SentResources, SyncStatus, TypeSta
 use super::{Authenticator, Metrics, SecretSource, Shared};
 use crate::generate::ProxyResources;
 use crate::proxy::{Identity, NodeId, Proxy};
-use crate::resource::{SharedResource, content_hash};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -163,17 +162,6 @@ impl<A, S: SecretSource> Drop for Conn<A, S> {
             .fetch_sub(1, Ordering::Relaxed);
         tracing::info!(proxy = %self.proxy.id, "proxy disconnected");
     }
-}
-
-/// The version of a set of resources: a hash of their names and content versions.
-pub(crate) fn set_version<'a>(resources: impl Iterator<Item = &'a SharedResource>) -> String {
-    let mut sorted: Vec<&SharedResource> = resources.collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let parts: Vec<&[u8]> = sorted
-        .iter()
-        .flat_map(|r| [r.name.as_bytes(), r.version.as_bytes()])
-        .collect();
-    content_hash(&parts)
 }
 
 /// Reads a stream's first request and binds its node to the proven identity; on failure the

@@ -1,19 +1,19 @@
 //! Incremental (Delta) ADS: only resources whose version the proxy lacks are sent, and removals
 //! are named. A reconnecting proxy's `initial_resource_versions` spares it what it already has.
 
-use super::conn::{Conn, Wake, next_nonce, open_stream, set_version};
+use super::conn::{Conn, Wake, next_nonce, open_stream};
 use super::status::SentResources;
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
 use crate::proxy::{Identity, Proxy};
 use crate::resource::{
-    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
-    select,
+    CLUSTER, ENDPOINT, Layer, PUSH_ORDER, ResourceSet, SharedResource, Subscription,
+    is_wildcard_type,
 };
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 /// What a proxy holds of one type.
@@ -33,27 +33,16 @@ impl Default for Known {
 impl Known {
     fn version(&self, name: &str) -> Option<&str> {
         match self {
-            Known::Sent(s) if s.subscription.selects(name) => {
-                s.set.get(name).map(|r| r.version.as_str())
-            }
-            Known::Sent(_) => None,
+            Known::Sent(s) => s.get(name).map(|r| r.version.as_str()),
             Known::Claimed(m) => m.get(name).map(String::as_str),
         }
     }
 
-    fn names(&self) -> Vec<String> {
-        match self {
-            Known::Sent(s) => s.iter().map(|r| r.name.clone()).collect(),
-            Known::Claimed(m) => m.keys().cloned().collect(),
-        }
-    }
-
     fn forget(&mut self, name: &str) {
-        if let Known::Sent(_) = self {
-            let names = self.names();
-            let claimed = names
-                .into_iter()
-                .filter_map(|n| self.version(&n).map(|v| (n.clone(), v.to_string())))
+        if let Known::Sent(s) = self {
+            let claimed = s
+                .iter()
+                .map(|r| (r.name.clone(), r.version.clone()))
                 .collect();
             *self = Known::Claimed(claimed);
         }
@@ -61,6 +50,137 @@ impl Known {
             m.remove(name);
         }
     }
+
+    /// What to send so the proxy holds `now`: resources it lacks or has at another version,
+    /// and names it holds that `now` lacks.
+    fn diff(&self, now: &SentResources, diffs: &LayerDiffs) -> (Vec<SharedResource>, Vec<String>) {
+        match self {
+            Known::Sent(before)
+                if before.subscription == now.subscription
+                    && before.set.layers().len() == now.set.layers().len() =>
+            {
+                diff_layers(before, now, diffs)
+            }
+            _ => {
+                let updates = now
+                    .iter()
+                    .filter(|r| self.version(&r.name) != Some(&r.version))
+                    .cloned()
+                    .collect();
+                let held: Vec<&str> = match self {
+                    Known::Sent(s) => s.iter().map(|r| r.name.as_str()).collect(),
+                    Known::Claimed(m) => m.keys().map(String::as_str).collect(),
+                };
+                let removed = held
+                    .into_iter()
+                    .filter(|n| now.get(n).is_none())
+                    .map(str::to_string)
+                    .collect();
+                (updates, removed)
+            }
+        }
+    }
+}
+
+/// What changed from one shared layer to its successor: resources added or at a new version,
+/// and names gone. Computed once per pair of layers and shared by every proxy making that step.
+struct LayerDiff {
+    /// Held so the pointers keying this entry stay unique while it is cached.
+    _layers: (Layer, Layer),
+    changed: Vec<SharedResource>,
+    gone: Vec<String>,
+}
+
+/// Recently computed layer diffs, by the pair of layer pointers.
+#[derive(Default)]
+pub(crate) struct LayerDiffs {
+    map: Mutex<HashMap<(usize, usize), Arc<LayerDiff>>>,
+}
+
+impl LayerDiffs {
+    /// Enough for every scope's layers of a few mesh versions; older steps are recomputed.
+    const CAPACITY: usize = 1024;
+
+    fn get(&self, old: &Layer, new: &Layer) -> Arc<LayerDiff> {
+        let key = (Arc::as_ptr(old) as usize, Arc::as_ptr(new) as usize);
+        if let Some(d) = self.map.lock().expect("layer diffs").get(&key) {
+            return d.clone();
+        }
+        let diff = Arc::new(merge_diff(old, new));
+        let mut map = self.map.lock().expect("layer diffs");
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.entry(key).or_insert(diff).clone()
+    }
+}
+
+/// Both maps are sorted by name: one pass over them, pointers compared before versions.
+fn merge_diff(old: &Layer, new: &Layer) -> LayerDiff {
+    use std::cmp::Ordering;
+    let mut changed = Vec::new();
+    let mut gone = Vec::new();
+    let mut o = old.iter().peekable();
+    let mut n = new.iter().peekable();
+    loop {
+        let order = match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        match order {
+            Ordering::Less => gone.push(o.next().expect("peeked").0.clone()),
+            Ordering::Greater => changed.push(n.next().expect("peeked").1.clone()),
+            Ordering::Equal => {
+                let (_, a) = o.next().expect("peeked");
+                let (_, b) = n.next().expect("peeked");
+                if !Arc::ptr_eq(a, b) && a.version != b.version {
+                    changed.push(b.clone());
+                }
+            }
+        }
+    }
+    LayerDiff {
+        _layers: (old.clone(), new.clone()),
+        changed,
+        gone,
+    }
+}
+
+/// The difference between two selections of layered sets under the same subscription, layer by
+/// layer: a layer unchanged by pointer costs nothing, a changed one its (shared) layer diff.
+/// Cost per proxy follows what changed, not the size of the mesh.
+fn diff_layers(
+    before: &SentResources,
+    now: &SentResources,
+    diffs: &LayerDiffs,
+) -> (Vec<SharedResource>, Vec<String>) {
+    let sub = &now.subscription;
+    let mut updates = Vec::new();
+    let mut removed = Vec::new();
+    for (old, new) in before.set.layers().iter().zip(now.set.layers()) {
+        if Arc::ptr_eq(old, new) {
+            continue;
+        }
+        let diff = diffs.get(old, new);
+        // A name may move between layers: only one gone from all is removed, and only one
+        // whose version the proxy lacks is sent.
+        updates.extend(
+            diff.changed
+                .iter()
+                .filter(|r| sub.selects(&r.name))
+                .filter(|r| before.get(&r.name).is_none_or(|b| b.version != r.version))
+                .cloned(),
+        );
+        removed.extend(
+            diff.gone
+                .iter()
+                .filter(|n| sub.selects(n) && now.get(n).is_none())
+                .cloned(),
+        );
+    }
+    (updates, removed)
 }
 
 struct TypeState {
@@ -115,31 +235,31 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         } else {
             BTreeSet::new()
         };
-        if st.answered
-            && forced.is_empty()
-            && matches!(&st.known, Known::Sent(s) if s.set.same_as(&all) && s.subscription == effective)
-        {
-            return Ok(());
-        }
-        let updates: Vec<SharedResource> = select(&all, &effective)
-            .filter(|r| forced.contains(&r.name) || st.known.version(&r.name) != Some(&r.version))
-            .cloned()
-            .collect();
-        let removed: Vec<String> = st
-            .known
-            .names()
-            .into_iter()
-            .filter(|n| !(effective.selects(n) && all.contains(n)))
-            .collect();
         let sent = SentResources {
             set: all,
             subscription: effective,
         };
+        if st.answered
+            && forced.is_empty()
+            && matches!(&st.known, Known::Sent(s) if s.set.same_as(&sent.set) && s.subscription == sent.subscription)
+        {
+            return Ok(());
+        }
+        let (mut updates, removed) = st.known.diff(&sent, &self.conn.shared.layer_diffs);
+        if !forced.is_empty() {
+            let updated: BTreeSet<&str> = updates.iter().map(|r| r.name.as_str()).collect();
+            let extra: Vec<SharedResource> = forced
+                .iter()
+                .filter(|n| !updated.contains(n.as_str()))
+                .filter_map(|n| sent.get(n).cloned())
+                .collect();
+            updates.extend(extra);
+        }
         if updates.is_empty() && removed.is_empty() && st.answered {
             st.known = Known::Sent(sent);
             return Ok(());
         }
-        let version = set_version(sent.iter());
+        let version = sent.set.version(&sent.subscription);
         let nonce = next_nonce();
         st.known = Known::Sent(sent.clone());
         st.nonce = nonce.clone();
@@ -183,9 +303,17 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
             .iter()
             .chain(&req.resource_names_unsubscribe)
             .any(|n| n != "*");
-        if named_changes {
-            let empty = ResourceSet::default();
-            let available = self.conn.resources.get(type_url.as_str()).unwrap_or(&empty);
+        let empty = ResourceSet::default();
+        let available = self.conn.resources.get(type_url.as_str()).unwrap_or(&empty);
+        // Subscribing to names already held under `All` (a new cluster's endpoints, say)
+        // changes nothing: no copy of every name.
+        let within_all = st.subscription == Subscription::All
+            && req.resource_names_unsubscribe.is_empty()
+            && req
+                .resource_names_subscribe
+                .iter()
+                .all(|n| n == "*" || available.contains(n));
+        if named_changes && !within_all {
             let mut names = st.subscription.names(available);
             for name in req.resource_names_subscribe.iter().filter(|n| *n != "*") {
                 changed |= names.insert(name.clone());
@@ -270,5 +398,91 @@ async fn session<A: Authenticator, S: SecretSource>(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{LayerMap, Resource, reuse_layer};
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn layer(items: &[(&str, u32)]) -> crate::resource::Layer {
+        LayerMap::new(
+            items
+                .iter()
+                .map(|(n, v)| {
+                    let c = Cluster {
+                        name: n.to_string(),
+                        per_connection_buffer_limit_bytes: Some(
+                            envoy_types::pb::google::protobuf::UInt32Value { value: *v },
+                        ),
+                        ..Default::default()
+                    };
+                    (n.to_string(), Resource::encode(*n, &c))
+                })
+                .collect(),
+        )
+    }
+
+    fn sent(layers: Vec<crate::resource::Layer>, sub: Subscription) -> SentResources {
+        SentResources {
+            set: ResourceSet::from_layers(layers),
+            subscription: sub,
+        }
+    }
+
+    fn names(updates: &[SharedResource]) -> Vec<&str> {
+        updates.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn layer_diff_sends_changes_additions_and_removals_only() {
+        let shared = layer(&[("a", 1), ("b", 1), ("c", 1)]);
+        let own = layer(&[("in", 1)]);
+        let before = sent(vec![shared.clone(), own.clone()], Subscription::All);
+        let next = reuse_layer(Some(&shared), layer(&[("a", 1), ("b", 2), ("d", 1)]));
+        let now = sent(vec![next, own.clone()], Subscription::All);
+        let (updates, removed) = Known::Sent(before.clone()).diff(&now, &LayerDiffs::default());
+        assert_eq!(names(&updates), ["b", "d"]);
+        assert_eq!(removed, ["c"]);
+        // The general path agrees.
+        let claimed = Known::Claimed(
+            before
+                .iter()
+                .map(|r| (r.name.clone(), r.version.clone()))
+                .collect(),
+        );
+        let (u2, r2) = claimed.diff(&now, &LayerDiffs::default());
+        assert_eq!(names(&u2), names(&updates));
+        assert_eq!(r2, removed);
+        // Nothing changed: nothing to send.
+        let (u, r) = Known::Sent(now.clone()).diff(&now, &LayerDiffs::default());
+        assert!(u.is_empty() && r.is_empty());
+    }
+
+    #[test]
+    fn a_name_moving_between_layers_is_neither_removed_nor_resent() {
+        let before = sent(
+            vec![layer(&[("a", 1), ("m", 1)]), layer(&[])],
+            Subscription::All,
+        );
+        let now = sent(
+            vec![layer(&[("a", 1)]), layer(&[("m", 1)])],
+            Subscription::All,
+        );
+        let (updates, removed) = Known::Sent(before).diff(&now, &LayerDiffs::default());
+        assert!(updates.is_empty(), "{:?}", names(&updates));
+        assert!(removed.is_empty(), "{removed:?}");
+    }
+
+    #[test]
+    fn layer_diff_respects_the_subscription() {
+        let sub = Subscription::Names(Arc::new(["a".to_string(), "c".to_string()].into()));
+        let before = sent(vec![layer(&[("a", 1), ("b", 1), ("c", 1)])], sub.clone());
+        let now = sent(vec![layer(&[("a", 2), ("b", 2)])], sub);
+        let (updates, removed) = Known::Sent(before).diff(&now, &LayerDiffs::default());
+        assert_eq!(names(&updates), ["a"]);
+        assert_eq!(removed, ["c"]);
     }
 }

@@ -94,6 +94,7 @@ pub(crate) struct Shared<A, S> {
     limiter: Semaphore,
     drain: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    layer_diffs: delta::LayerDiffs,
 }
 
 impl<A: Authenticator, S: SecretSource> Shared<A, S> {
@@ -157,6 +158,7 @@ impl<A: Authenticator, S: SecretSource> AdsServer<A, S> {
                 limiter: Semaphore::new(opts.max_concurrent_generations.max(1)),
                 drain,
                 metrics,
+                layer_diffs: Default::default(),
             }),
         }
     }

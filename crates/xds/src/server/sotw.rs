@@ -1,13 +1,11 @@
 //! State-of-the-world ADS: each response carries the whole set of a type the proxy subscribes to.
 
-use super::conn::{Conn, Wake, next_nonce, open_stream, set_version};
+use super::conn::{Conn, Wake, next_nonce, open_stream};
 use super::status::SentResources;
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
 use crate::proxy::Identity;
-use crate::resource::{
-    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, Subscription, is_wildcard_type, select,
-};
+use crate::resource::{CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, Subscription, is_wildcard_type};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -20,6 +18,8 @@ struct TypeState {
     subscription: Option<Subscription>,
     nonce: String,
     sent_version: String,
+    /// What the last response carried (pointers): an unchanged set is told by pointer.
+    sent: Option<SentResources>,
 }
 
 struct Sotw<A, S: SecretSource> {
@@ -44,9 +44,16 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
             .cloned()
             .unwrap_or_default();
         let subscription = st.subscription.clone().unwrap_or(Subscription::All);
-        let version = set_version(select(&set, &subscription));
         let force = force || (type_url == ENDPOINT && self.eds_due);
+        let unchanged =
+            |sent: &SentResources| sent.set.same_as(&set) && sent.subscription == subscription;
+        if !force && st.sent.as_ref().is_some_and(unchanged) {
+            return Ok(());
+        }
+        let version = set.version(&subscription);
+        let sent = SentResources { set, subscription };
         if !force && version == st.sent_version {
+            st.sent = Some(sent);
             return Ok(());
         }
         match type_url {
@@ -57,17 +64,12 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         let nonce = next_nonce();
         st.nonce = nonce.clone();
         st.sent_version = version.clone();
-        let bytes = select(&set, &subscription).map(|r| r.size()).sum();
-        let count = select(&set, &subscription).count();
-        let response = wire::sotw_response(&version, type_url, &nonce, select(&set, &subscription));
+        st.sent = Some(sent.clone());
+        let (count, bytes) = sent.iter().fold((0, 0), |(c, b), r| (c + 1, b + r.size()));
+        let response = wire::sotw_response(&version, type_url, &nonce, &sent);
         tracing::debug!(type_url, version, count, "push");
-        self.conn.record_sent(
-            type_url,
-            &version,
-            &nonce,
-            SentResources { set, subscription },
-            bytes,
-        );
+        self.conn
+            .record_sent(type_url, &version, &nonce, sent, bytes);
         self.tx.send(response).await.map_err(|_| ())
     }
 
@@ -93,16 +95,20 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         }
         let wildcard = is_wildcard_type(&type_url)
             && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
-        let subscription = (!wildcard).then(|| {
-            let empty = ResourceSet::default();
-            let available = self.conn.resources.get(type_url.as_str()).unwrap_or(&empty);
-            Subscription::from_names(req.resource_names.iter().cloned().collect(), available)
-        });
+        let empty = ResourceSet::default();
+        let available = self.conn.resources.get(type_url.as_str()).unwrap_or(&empty);
         let st = self.types.get_mut(&type_url).expect("inserted above");
         let first = st.nonce.is_empty();
-        let changed = st.subscription != subscription;
-        st.subscription = subscription;
-        if first || changed {
+        let unchanged = match &st.subscription {
+            None => wildcard,
+            Some(sub) => !wildcard && sub.is_requested_by(&req.resource_names, available),
+        };
+        if !unchanged {
+            st.subscription = (!wildcard).then(|| {
+                Subscription::from_names(req.resource_names.iter().cloned().collect(), available)
+            });
+        }
+        if first || !unchanged {
             // A new subscription always gets an answer, even an unchanged or empty one.
             self.push(&type_url, true).await?;
         }

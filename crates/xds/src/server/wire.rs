@@ -7,8 +7,9 @@
 //! - a request is decoded from a buffer that is released once it is empty (tonic's decoder keeps
 //!   one the size of the largest request, e.g. an EDS ACK naming every cluster).
 
+use super::status::SentResources;
 use super::{Authenticator, SecretSource, Shared, delta, sotw};
-use crate::resource::{SharedResource, length_delimited};
+use crate::resource::{CHUNK_TARGET, SharedResource, Subscription, length_delimited};
 use bytes::{Buf, Bytes, BytesMut};
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -28,7 +29,7 @@ const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 const MAX_REQUEST: usize = 16 << 20;
 /// Response chunks smaller than this are copied together into one DATA chunk of at most this.
-const FRAME_TARGET: usize = 16 << 10;
+const FRAME_TARGET: usize = CHUNK_TARGET;
 
 /// What a stream task hands to the wire.
 pub(crate) enum Outgoing {
@@ -59,18 +60,28 @@ fn frame(head: Vec<u8>, fields: impl Iterator<Item = Bytes>) -> Vec<Bytes> {
     chunks
 }
 
-/// A DiscoveryResponse: version_info = 1, resources = 2, type_url = 4, nonce = 5.
-pub(crate) fn sotw_response<'a>(
+/// A DiscoveryResponse: version_info = 1, resources = 2, type_url = 4, nonce = 5. A whole
+/// shared layer goes as that layer's chunks, encoded once for every proxy.
+pub(crate) fn sotw_response(
     version: &str,
     type_url: &str,
     nonce: &str,
-    resources: impl Iterator<Item = &'a SharedResource>,
+    sent: &SentResources,
 ) -> Outgoing {
     let mut head = Vec::new();
     string_field(1, version, &mut head);
     string_field(4, type_url, &mut head);
     string_field(5, nonce, &mut head);
-    Outgoing::Message(frame(head, resources.map(|r| r.sotw_field())))
+    let fields: Vec<Bytes> = match &sent.subscription {
+        Subscription::All => sent
+            .set
+            .layers()
+            .iter()
+            .flat_map(|l| l.sotw_chunks().iter().cloned())
+            .collect(),
+        Subscription::Names(_) => sent.iter().map(|r| r.sotw_field()).collect(),
+    };
+    Outgoing::Message(frame(head, fields.into_iter()))
 }
 
 /// A DeltaDiscoveryResponse: system_version_info = 1, resources = 2, type_url = 4, nonce = 5,
@@ -89,7 +100,7 @@ pub(crate) fn delta_response<'a>(
     for name in removed {
         head.extend(length_delimited(6, name.as_bytes()));
     }
-    Outgoing::Message(frame(head, resources.map(|r| r.delta_field())))
+    Outgoing::Message(frame(head, resources.flat_map(|r| r.delta_field())))
 }
 
 /// The next DATA chunk of a message: a chunk of at least `FRAME_TARGET` bytes as it is, else it
