@@ -269,6 +269,18 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             .context("xDS/CA TLS server")
     });
     let stop = shutdown_rx.clone();
+    let trim_metrics = metrics.clone();
+    tasks.spawn(async move {
+        crate::memory::trim_after_bursts(
+            trim_metrics,
+            Duration::from_secs(1),
+            stop,
+            crate::memory::trim,
+        )
+        .await;
+        Ok(())
+    });
+    let stop = shutdown_rx.clone();
     let monitor = cert_monitor.clone();
     tasks.spawn(async move {
         monitor.run(Duration::from_secs(60), stop).await;

@@ -13,6 +13,7 @@ pub mod iptables;
 pub mod kube;
 pub mod kube_bootstrap;
 pub mod localmesh;
+pub mod memory;
 pub mod podnet;
 pub mod root_rotation;
 pub mod source;

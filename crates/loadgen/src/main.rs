@@ -428,7 +428,8 @@ async fn main() -> anyhow::Result<()> {
     let connect = acks.all_after(t0, &all_types, timeout).await?;
     let cpu1 = cpu_seconds(server.pid());
     let bytes = cache.bytes_received.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Steady state: meshd returns the storm's freed memory a second after pushes go quiet.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let loaded_rss = rss_kb(server.pid());
     rows.push((
         format!("connect {} proxies, all 5 types ACKed", args.proxies),

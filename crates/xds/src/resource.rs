@@ -171,6 +171,7 @@ pub struct LayerMap {
     map: BTreeMap<String, SharedResource>,
     version: OnceLock<String>,
     sotw_chunks: OnceLock<Vec<Bytes>>,
+    delta_chunks: OnceLock<Vec<Bytes>>,
 }
 
 /// Resources smaller than this are written to the wire copied together into chunks of at most
@@ -229,6 +230,12 @@ impl LayerMap {
         self.sotw_chunks
             .get_or_init(|| coalesce(self.map.values().map(|r| r.sotw_field())))
     }
+
+    /// The same for Delta responses (a proxy's first sync of the layer).
+    pub fn delta_chunks(&self) -> &[Bytes] {
+        self.delta_chunks
+            .get_or_init(|| coalesce(self.map.values().flat_map(|r| r.delta_field())))
+    }
 }
 
 impl Clone for LayerMap {
@@ -248,6 +255,7 @@ impl std::ops::DerefMut for LayerMap {
     fn deref_mut(&mut self) -> &mut Self::Target {
         self.version = OnceLock::new();
         self.sotw_chunks = OnceLock::new();
+        self.delta_chunks = OnceLock::new();
         &mut self.map
     }
 }
@@ -258,6 +266,7 @@ impl From<BTreeMap<String, SharedResource>> for LayerMap {
             map,
             version: OnceLock::new(),
             sotw_chunks: OnceLock::new(),
+            delta_chunks: OnceLock::new(),
         }
     }
 }

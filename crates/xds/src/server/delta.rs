@@ -211,7 +211,7 @@ struct Delta<A, S: SecretSource> {
     tx: wire::Sender,
     /// Clusters sent since their endpoints last were. Envoy warms every cluster it (re)creates
     /// until that cluster's endpoints arrive, unchanged or not; so their EDS follows, as in Istio.
-    eds_due: BTreeSet<String>,
+    eds_due: Vec<SharedResource>,
 }
 
 impl<A: Authenticator, S: SecretSource> Delta<A, S> {
@@ -233,7 +233,7 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         let forced = if type_url == ENDPOINT {
             std::mem::take(&mut self.eds_due)
         } else {
-            BTreeSet::new()
+            Vec::new()
         };
         let sent = SentResources {
             set: all,
@@ -245,13 +245,20 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         {
             return Ok(());
         }
-        let (mut updates, removed) = st.known.diff(&sent, &self.conn.shared.layer_diffs);
-        if !forced.is_empty() {
+        // A first sync of everything goes as the layers' shared chunks, not a copy per proxy.
+        let whole = sent.subscription == Subscription::All
+            && matches!(&st.known, Known::Claimed(m) if m.is_empty());
+        let (mut updates, removed) = if whole {
+            (sent.iter().cloned().collect(), Vec::new())
+        } else {
+            st.known.diff(&sent, &self.conn.shared.layer_diffs)
+        };
+        if !forced.is_empty() && !whole {
             let updated: BTreeSet<&str> = updates.iter().map(|r| r.name.as_str()).collect();
             let extra: Vec<SharedResource> = forced
                 .iter()
-                .filter(|n| !updated.contains(n.as_str()))
-                .filter_map(|n| sent.get(n).cloned())
+                .filter(|c| !updated.contains(c.name.as_str()))
+                .filter_map(|c| sent.get(&c.name).cloned())
                 .collect();
             updates.extend(extra);
         }
@@ -266,11 +273,16 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         st.sent_version = version.clone();
         st.answered = true;
         if type_url == CLUSTER {
-            self.eds_due.extend(updates.iter().map(|r| r.name.clone()));
+            self.eds_due.extend(updates.iter().cloned());
         }
         let bytes = updates.iter().map(|r| r.size()).sum();
         let count = updates.len();
-        let response = wire::delta_response(&version, type_url, &nonce, updates.iter(), &removed);
+        let parts = if whole {
+            wire::DeltaUpdates::Layers(sent.set.layers())
+        } else {
+            wire::DeltaUpdates::Resources(&updates)
+        };
+        let response = wire::delta_response(&version, type_url, &nonce, parts, &removed);
         tracing::debug!(type_url, version, updated = count, "delta push");
         self.conn
             .record_sent(type_url, &version, &nonce, sent, bytes);
@@ -373,7 +385,7 @@ async fn session<A: Authenticator, S: SecretSource>(
         conn,
         types: HashMap::new(),
         tx,
-        eds_due: BTreeSet::new(),
+        eds_due: Vec::new(),
     };
     if d.on_request(first).await.is_err() {
         return;

@@ -9,7 +9,7 @@
 
 use super::status::SentResources;
 use super::{Authenticator, SecretSource, Shared, delta, sotw};
-use crate::resource::{CHUNK_TARGET, SharedResource, Subscription, length_delimited};
+use crate::resource::{CHUNK_TARGET, Layer, SharedResource, Subscription, length_delimited};
 use bytes::{Buf, Bytes, BytesMut};
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -84,13 +84,20 @@ pub(crate) fn sotw_response(
     Outgoing::Message(frame(head, fields.into_iter()))
 }
 
+/// What a Delta response carries.
+pub(crate) enum DeltaUpdates<'a> {
+    /// Every resource of these layers (a first sync): each layer's chunks, encoded once.
+    Layers(&'a [Layer]),
+    Resources(&'a [SharedResource]),
+}
+
 /// A DeltaDiscoveryResponse: system_version_info = 1, resources = 2, type_url = 4, nonce = 5,
 /// removed_resources = 6.
-pub(crate) fn delta_response<'a>(
+pub(crate) fn delta_response(
     version: &str,
     type_url: &str,
     nonce: &str,
-    resources: impl Iterator<Item = &'a SharedResource>,
+    updates: DeltaUpdates<'_>,
     removed: &[String],
 ) -> Outgoing {
     let mut head = Vec::new();
@@ -100,7 +107,14 @@ pub(crate) fn delta_response<'a>(
     for name in removed {
         head.extend(length_delimited(6, name.as_bytes()));
     }
-    Outgoing::Message(frame(head, resources.flat_map(|r| r.delta_field())))
+    let fields: Vec<Bytes> = match updates {
+        DeltaUpdates::Layers(layers) => layers
+            .iter()
+            .flat_map(|l| l.delta_chunks().iter().cloned())
+            .collect(),
+        DeltaUpdates::Resources(rs) => rs.iter().flat_map(|r| r.delta_field()).collect(),
+    };
+    Outgoing::Message(frame(head, fields.into_iter()))
 }
 
 /// The next DATA chunk of a message: a chunk of at least `FRAME_TARGET` bytes as it is, else it
