@@ -573,6 +573,9 @@ spec:
         }
         assert_eq!(status_of(p, &target), 200);
     }
+    // Only billing's endpoints were resent (SotW EDS carries what changed): the other
+    // clusters keep theirs.
+    assert_eq!(status_of(&a, &url("crm-service", "/")), 200);
 
     // All of it without restarting Envoy or meshd.
     for p in clients {

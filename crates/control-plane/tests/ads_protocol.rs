@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meshd::testing::TestServer;
-use meshd_xds::resource::{CLUSTER, SECRET};
+use meshd_xds::resource::{CLUSTER, ENDPOINT, SECRET};
 use prost::Message;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -356,6 +356,101 @@ async fn delta_sends_only_what_changed_also_across_reconnects() {
     std::fs::write(dir.path().join("dr.yaml"), DR.replace("MAXCONN", "7")).unwrap();
     let push = d.recv().await;
     let names: Vec<&str> = push.resources.iter().map(|r| r.name.as_str()).collect();
+    assert!(!names.is_empty());
+    assert!(
+        names
+            .iter()
+            .all(|n| n.ends_with("|billing-service.voicecore-ai.svc.cluster.local")),
+        "{names:?}"
+    );
+}
+
+/// SotW sends every cluster on each CDS change (Envoy's rule for Cluster and Listener), but EDS
+/// after its first response carries only the endpoints of clusters that changed: Envoy keeps
+/// the rest and warms only the clusters it recreated.
+#[tokio::test]
+async fn sotw_eds_after_a_cluster_change_carries_only_that_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/mesh/voicecore.yaml"
+    ))
+    .unwrap();
+    let docs: Vec<&str> = mesh
+        .split("\n---\n")
+        .filter(|d| !(d.contains("kind: DestinationRule") && d.contains("name: billing-service\n")))
+        .collect();
+    std::fs::write(dir.path().join("mesh.yaml"), docs.join("\n---\n")).unwrap();
+    std::fs::write(dir.path().join("dr.yaml"), DR.replace("MAXCONN", "100")).unwrap();
+    let server = TestServer::start(Some(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    let cred = billing_credential(&server);
+    let mut s = sotw(&server, Some(&cred)).await.unwrap();
+    s.send(DiscoveryRequest {
+        node: node(BILLING),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await;
+    let cds = s.recv().await.unwrap();
+    let clusters: Vec<String> = cds
+        .resources
+        .iter()
+        .map(|a| {
+            envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(a.value.as_slice())
+                .unwrap()
+                .name
+        })
+        .filter(|n| n.starts_with("outbound|"))
+        .collect();
+    s.send(DiscoveryRequest {
+        type_url: CLUSTER.into(),
+        version_info: cds.version_info.clone(),
+        response_nonce: cds.nonce.clone(),
+        ..Default::default()
+    })
+    .await;
+    s.send(DiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names: clusters.clone(),
+        ..Default::default()
+    })
+    .await;
+    let eds = s.recv().await.unwrap();
+    assert_eq!(eds.type_url, ENDPOINT);
+    assert_eq!(
+        eds.resources.len(),
+        clusters.len(),
+        "the first EDS is whole"
+    );
+    s.send(DiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        version_info: eds.version_info.clone(),
+        response_nonce: eds.nonce.clone(),
+        resource_names: clusters.clone(),
+        ..Default::default()
+    })
+    .await;
+
+    std::fs::write(dir.path().join("dr.yaml"), DR.replace("MAXCONN", "7")).unwrap();
+    let cds2 = s.recv().await.unwrap();
+    assert_eq!(cds2.type_url, CLUSTER);
+    assert_eq!(cds2.resources.len(), cds.resources.len(), "CDS is whole");
+    assert_ne!(cds2.version_info, cds.version_info);
+    let eds2 = s.recv().await.unwrap();
+    assert_eq!(eds2.type_url, ENDPOINT);
+    let names: Vec<String> = eds2
+        .resources
+        .iter()
+        .map(|a| {
+            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+                a.value.as_slice(),
+            )
+            .unwrap()
+            .cluster_name
+        })
+        .collect();
     assert!(!names.is_empty());
     assert!(
         names

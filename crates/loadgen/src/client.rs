@@ -54,6 +54,8 @@ pub struct DecodeCache {
     deps: Mutex<HashMap<(&'static str, String), Deps>>,
     names: Mutex<std::collections::HashSet<Arc<str>>>,
     pub bytes_received: AtomicU64,
+    /// Streams that ended (each one reconnects).
+    pub stream_errors: AtomicU64,
 }
 
 /// The names of the dependent type (EDS or RDS) one resource refers to.

@@ -303,11 +303,19 @@ fn spawn_proxies(
                     }
                 };
                 backoff = Duration::from_millis(50);
-                let _ = if delta {
+                let ended = if delta {
                     client::run_delta(channel, spec.clone(), cache.clone(), tx.clone(), nack).await
                 } else {
                     client::run_sotw(channel, spec.clone(), cache.clone(), tx.clone(), nack).await
                 };
+                let n = cache.stream_errors.fetch_add(1, Ordering::Relaxed);
+                if n < 5 {
+                    let why = ended
+                        .err()
+                        .map(|e| format!("{e:#}"))
+                        .unwrap_or("ended".into());
+                    eprintln!("meshd-load: proxy {} stream ended: {why}", spec.node_id);
+                }
                 tokio::time::sleep(backoff).await;
             }
         });
@@ -519,6 +527,10 @@ async fn main() -> anyhow::Result<()> {
         ),
     ));
 
+    rows.push((
+        "client streams that ended early (each reconnected)".into(),
+        cache.stream_errors.load(Ordering::Relaxed).to_string(),
+    ));
     if !args.no_restart {
         eprintln!("meshd-load: phase: reconnect storm");
         server.kill();

@@ -3,6 +3,7 @@
 
 mod conn;
 mod delta;
+mod diff;
 mod sotw;
 pub mod status;
 pub mod wire;
@@ -94,7 +95,7 @@ pub(crate) struct Shared<A, S> {
     limiter: Semaphore,
     drain: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
-    layer_diffs: delta::LayerDiffs,
+    layer_diffs: diff::LayerDiffs,
 }
 
 impl<A: Authenticator, S: SecretSource> Shared<A, S> {

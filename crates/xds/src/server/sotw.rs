@@ -1,14 +1,18 @@
-//! State-of-the-world ADS: each response carries the whole set of a type the proxy subscribes to.
+//! State-of-the-world ADS: each response carries the whole set of a type the proxy gets, except
+//! EDS after the first response: that carries only the endpoints that changed or are due.
 
 use super::conn::{Conn, Wake, next_nonce, open_stream};
+use super::diff;
 use super::status::SentResources;
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
 use crate::proxy::Identity;
-use crate::resource::{CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, Subscription, is_wildcard_type};
+use crate::resource::{
+    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
+};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -26,13 +30,15 @@ struct Sotw<A, S: SecretSource> {
     conn: Conn<A, S>,
     types: HashMap<String, TypeState>,
     tx: wire::Sender,
-    /// Clusters were sent since the last EDS response. Envoy warms every cluster it (re)creates
-    /// until that cluster's endpoints arrive, unchanged or not; so EDS follows CDS, as in Istio.
-    eds_due: bool,
+    /// Clusters (re)created by CDS since the last EDS response. Envoy warms each until its
+    /// endpoints arrive, changed or not; so their EDS follows CDS, as in Istio.
+    eds_due: Vec<SharedResource>,
 }
 
 impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
     /// Sends the type's current set unless the proxy already has exactly this version.
+    /// `force`: a request asked for it (a new subscription gets an answer, even an unchanged
+    /// one).
     async fn push(&mut self, type_url: &str, force: bool) -> Result<(), ()> {
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
@@ -44,30 +50,81 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
             .cloned()
             .unwrap_or_default();
         let subscription = st.subscription.clone().unwrap_or(Subscription::All);
-        let force = force || (type_url == ENDPOINT && self.eds_due);
+        let due = if type_url == ENDPOINT {
+            std::mem::take(&mut self.eds_due)
+        } else {
+            Vec::new()
+        };
         let unchanged =
             |sent: &SentResources| sent.set.same_as(&set) && sent.subscription == subscription;
-        if !force && st.sent.as_ref().is_some_and(unchanged) {
+        if !force && due.is_empty() && st.sent.as_ref().is_some_and(unchanged) {
             return Ok(());
         }
         let version = set.version(&subscription);
         let sent = SentResources { set, subscription };
-        if !force && version == st.sent_version {
+        if !force && due.is_empty() && version == st.sent_version {
             st.sent = Some(sent);
             return Ok(());
         }
-        match type_url {
-            CLUSTER => self.eds_due = true,
-            ENDPOINT => self.eds_due = false,
-            _ => {}
+        let changes = st
+            .sent
+            .as_ref()
+            .and_then(|before| diff::changes(before, &sent, &self.conn.shared.layer_diffs));
+        if type_url == CLUSTER {
+            // A first CDS is followed by the proxy's own EDS request, answered in full.
+            if let Some((updated, _)) = &changes {
+                self.eds_due.extend(updated.iter().cloned());
+            }
+        }
+        // Listener and Cluster responses carry the whole set; others may carry only what
+        // changed, and Envoy keeps what a response leaves out (xDS groups them as in Delta;
+        // Istio's incremental EDS). So an endpoint or cluster change costs each proxy the
+        // changed endpoints, not every cluster's.
+        let partial = match changes {
+            Some((mut updated, _)) if type_url == ENDPOINT && !force => {
+                let named: BTreeSet<&str> = updated.iter().map(|r| r.name.as_str()).collect();
+                let warming: Vec<SharedResource> = due
+                    .iter()
+                    .filter(|c| !named.contains(c.name.as_str()))
+                    .filter_map(|c| sent.get(&c.name).cloned())
+                    .collect();
+                updated.extend(warming);
+                Some(updated)
+            }
+            _ => None,
+        };
+        if partial.as_ref().is_some_and(|p| p.is_empty()) {
+            st.sent_version = version;
+            st.sent = Some(sent);
+            return Ok(());
         }
         let nonce = next_nonce();
         st.nonce = nonce.clone();
         st.sent_version = version.clone();
         st.sent = Some(sent.clone());
-        let (count, bytes) = sent.iter().fold((0, 0), |(c, b), r| (c + 1, b + r.size()));
-        let response = wire::sotw_response(&version, type_url, &nonce, &sent);
-        tracing::debug!(type_url, version, count, "push");
+        let (response, count, bytes) = match &partial {
+            Some(rs) => (
+                wire::sotw_response(&version, type_url, &nonce, wire::SotwBody::Resources(rs)),
+                rs.len(),
+                rs.iter().map(|r| r.size()).sum(),
+            ),
+            None => {
+                let (count, bytes) = sent.iter().fold((0, 0), |(c, b), r| (c + 1, b + r.size()));
+                let body = wire::SotwBody::Whole(&sent);
+                (
+                    wire::sotw_response(&version, type_url, &nonce, body),
+                    count,
+                    bytes,
+                )
+            }
+        };
+        tracing::debug!(
+            type_url,
+            version,
+            count,
+            partial = partial.is_some(),
+            "push"
+        );
         self.conn
             .record_sent(type_url, &version, &nonce, sent, bytes);
         self.tx.send(response).await.map_err(|_| ())
@@ -150,7 +207,7 @@ async fn session<A: Authenticator, S: SecretSource>(
         conn,
         types: HashMap::new(),
         tx,
-        eds_due: false,
+        eds_due: Vec::new(),
     };
     if s.on_request(first).await.is_err() {
         return;

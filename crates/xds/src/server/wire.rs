@@ -60,26 +60,37 @@ fn frame(head: Vec<u8>, fields: impl Iterator<Item = Bytes>) -> Vec<Bytes> {
     chunks
 }
 
+/// What a SotW response carries.
+pub(crate) enum SotwBody<'a> {
+    /// Everything the proxy gets of the type.
+    Whole(&'a SentResources),
+    /// Only these (EDS, RDS and SDS after the first response).
+    Resources(&'a [SharedResource]),
+}
+
 /// A DiscoveryResponse: version_info = 1, resources = 2, type_url = 4, nonce = 5. A whole
 /// shared layer goes as that layer's chunks, encoded once for every proxy.
 pub(crate) fn sotw_response(
     version: &str,
     type_url: &str,
     nonce: &str,
-    sent: &SentResources,
+    body: SotwBody<'_>,
 ) -> Outgoing {
     let mut head = Vec::new();
     string_field(1, version, &mut head);
     string_field(4, type_url, &mut head);
     string_field(5, nonce, &mut head);
-    let fields: Vec<Bytes> = match &sent.subscription {
-        Subscription::All => sent
-            .set
-            .layers()
-            .iter()
-            .flat_map(|l| l.sotw_chunks().iter().cloned())
-            .collect(),
-        Subscription::Names(_) => sent.iter().map(|r| r.sotw_field()).collect(),
+    let fields: Vec<Bytes> = match body {
+        SotwBody::Whole(sent) => match &sent.subscription {
+            Subscription::All => sent
+                .set
+                .layers()
+                .iter()
+                .flat_map(|l| l.sotw_chunks().iter().cloned())
+                .collect(),
+            Subscription::Names(_) => sent.iter().map(|r| r.sotw_field()).collect(),
+        },
+        SotwBody::Resources(rs) => rs.iter().map(|r| r.sotw_field()).collect(),
     };
     Outgoing::Message(frame(head, fields.into_iter()))
 }
