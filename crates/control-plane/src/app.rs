@@ -98,6 +98,19 @@ async fn snapshots(
     }
 }
 
+/// A listener whose accept queue holds a reconnect storm: after a restart every proxy dials at
+/// once, and a full queue makes the kernel reset connections (tokio's default backlog is 1024;
+/// the kernel caps this at `net.core.somaxconn`).
+fn listen_for_proxies(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(65535)
+}
+
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.state_dir)
@@ -175,15 +188,13 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         serving: serving_cert.clone(),
     });
 
-    let xds_listener = TcpListener::bind((config.bind, config.xds_port))
-        .await
+    let xds_listener = listen_for_proxies(SocketAddr::new(config.bind, config.xds_port))
         .with_context(|| format!("binding xDS on {}:{}", config.bind, config.xds_port))?;
     let admin_listener = TcpListener::bind((config.bind, config.admin_port))
         .await
         .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
     let xds_addr = xds_listener.local_addr()?;
-    let xds_tls_listener = TcpListener::bind((config.bind, config.xds_tls_port))
-        .await
+    let xds_tls_listener = listen_for_proxies(SocketAddr::new(config.bind, config.xds_tls_port))
         .with_context(|| {
             format!(
                 "binding xDS/CA over TLS on {}:{}",

@@ -24,6 +24,20 @@ struct TypeState {
     sent_version: String,
     /// What the last response carried (pointers): an unchanged set is told by pointer.
     sent: Option<SentResources>,
+    /// The fingerprint of the names the last request listed.
+    requested: Option<u64>,
+}
+
+/// A keyed hash of a request's names, in order (per process keys: not forgeable by a client).
+fn names_fingerprint(names: &[String]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+    static KEYS: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    let mut h = KEYS.get_or_init(RandomState::new).build_hasher();
+    names.len().hash(&mut h);
+    for n in names {
+        n.hash(&mut h);
+    }
+    h.finish()
 }
 
 struct Sotw<A, S: SecretSource> {
@@ -156,10 +170,15 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         let available = self.conn.resources.get(type_url.as_str()).unwrap_or(&empty);
         let st = self.types.get_mut(&type_url).expect("inserted above");
         let first = st.nonce.is_empty();
+        // Envoy repeats every name in each ACK (all clusters, for EDS): the same list as last
+        // time is told by its fingerprint, not looked up name by name.
+        let fingerprint = names_fingerprint(&req.resource_names);
         let unchanged = match &st.subscription {
             None => wildcard,
+            Some(_) if !wildcard && st.requested == Some(fingerprint) => true,
             Some(sub) => !wildcard && sub.is_requested_by(&req.resource_names, available),
         };
+        st.requested = Some(fingerprint);
         if !unchanged {
             st.subscription = (!wildcard).then(|| {
                 Subscription::from_names(req.resource_names.iter().cloned().collect(), available)
