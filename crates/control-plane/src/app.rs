@@ -331,6 +331,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                 .context("webhook server")
         });
     }
+    // Parsing and the first build leave most of their peak freed: give it back before idling.
+    crate::memory::trim();
     // Config is loaded and the CA is up: from here on we are ready.
     ready.store(true, Ordering::SeqCst);
     tracing::info!(

@@ -132,14 +132,43 @@ fn line_of_key(doc: &Document<'_>, key: &str) -> usize {
         .unwrap_or(doc.first_line)
 }
 
+/// The document read into its spec type from the tree parsed once; on failure the text is read
+/// again, for the error's line.
 fn typed_spec<T: DeserializeOwned>(
     file: &str,
     doc: &Document<'_>,
+    value: serde_yaml::Value,
     wrap: fn(T) -> Spec,
 ) -> Result<Spec, ConfigError> {
-    serde_yaml::from_str::<Envelope<T>>(doc.text)
+    serde_yaml::from_value::<Envelope<T>>(value)
+        .or_else(|_| serde_yaml::from_str::<Envelope<T>>(doc.text))
         .map(|env| wrap(env.spec))
         .map_err(|e| yaml_error(file, doc, &e))
+}
+
+/// The header of a parsed document, read from the tree; from the text (for the error's line)
+/// when a field has the wrong type.
+fn header_of(
+    file: &str,
+    doc: &Document<'_>,
+    value: &serde_yaml::Value,
+) -> Result<Header, ConfigError> {
+    let text_field = |key: &str| match value.get(key) {
+        None | Some(serde_yaml::Value::Null) => Ok(None),
+        Some(serde_yaml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(()),
+    };
+    let fast = (|| {
+        Ok::<_, ()>(Header {
+            api_version: text_field("apiVersion")?,
+            kind: text_field("kind")?,
+            metadata: match value.get("metadata") {
+                None | Some(serde_yaml::Value::Null) => None,
+                Some(m) => Some(serde_yaml::from_value(m.clone()).map_err(|_| ())?),
+            },
+        })
+    })();
+    fast.or_else(|()| serde_yaml::from_str(doc.text).map_err(|e| yaml_error(file, doc, &e)))
 }
 
 /// An AuthorizationPolicy whose spec does not read in full (a field meshd does not know, a value
@@ -167,8 +196,12 @@ fn unreadable_policy(doc: &Document<'_>, mut error: ConfigError) -> sec::Authori
     }
 }
 
-fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, ConfigError> {
-    let header: Header = serde_yaml::from_str(doc.text).map_err(|e| yaml_error(file, doc, &e))?;
+fn parse_document(
+    file: &str,
+    doc: &Document<'_>,
+    value: serde_yaml::Value,
+) -> Result<ConfigObject, ConfigError> {
+    let header = header_of(file, doc, &value)?;
     let err_at = |key: &str, message: String| ConfigError {
         file: file.to_string(),
         line: line_of_key(doc, key),
@@ -203,22 +236,26 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, Config
         return Err(err_at("metadata:", format!("{kind} has no metadata.name")));
     }
     let spec = match kind {
-        Kind::ServiceEntry => typed_spec::<net::ServiceEntry>(file, doc, Spec::ServiceEntry),
-        Kind::WorkloadEntry => typed_spec::<net::WorkloadEntry>(file, doc, Spec::WorkloadEntry),
-        Kind::DestinationRule => {
-            typed_spec::<net::DestinationRule>(file, doc, Spec::DestinationRule)
+        Kind::ServiceEntry => typed_spec::<net::ServiceEntry>(file, doc, value, Spec::ServiceEntry),
+        Kind::WorkloadEntry => {
+            typed_spec::<net::WorkloadEntry>(file, doc, value, Spec::WorkloadEntry)
         }
-        Kind::VirtualService => typed_spec::<net::VirtualService>(file, doc, Spec::VirtualService),
-        Kind::Gateway => typed_spec::<net::Gateway>(file, doc, Spec::Gateway),
-        Kind::Sidecar => typed_spec::<net::Sidecar>(file, doc, Spec::Sidecar),
+        Kind::DestinationRule => {
+            typed_spec::<net::DestinationRule>(file, doc, value, Spec::DestinationRule)
+        }
+        Kind::VirtualService => {
+            typed_spec::<net::VirtualService>(file, doc, value, Spec::VirtualService)
+        }
+        Kind::Gateway => typed_spec::<net::Gateway>(file, doc, value, Spec::Gateway),
+        Kind::Sidecar => typed_spec::<net::Sidecar>(file, doc, value, Spec::Sidecar),
         Kind::PeerAuthentication => {
-            typed_spec::<sec::PeerAuthentication>(file, doc, Spec::PeerAuthentication)
+            typed_spec::<sec::PeerAuthentication>(file, doc, value, Spec::PeerAuthentication)
         }
         Kind::EnvoyFilter => {
-            typed_spec::<crate::envoyfilter::EnvoyFilter>(file, doc, Spec::EnvoyFilter)
+            typed_spec::<crate::envoyfilter::EnvoyFilter>(file, doc, value, Spec::EnvoyFilter)
         }
         Kind::AuthorizationPolicy => {
-            typed_spec::<sec::AuthorizationPolicy>(file, doc, Spec::AuthorizationPolicy)
+            typed_spec::<sec::AuthorizationPolicy>(file, doc, value, Spec::AuthorizationPolicy)
                 .or_else(|e| Ok(Spec::AuthorizationPolicy(unreadable_policy(doc, e))))
         }
     }?;
@@ -240,8 +277,9 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<ConfigObject, Config
 fn parse_secret(
     file: &str,
     doc: &Document<'_>,
+    value: &serde_yaml::Value,
 ) -> Option<Result<Option<crate::credential::Credential>, ConfigError>> {
-    let header: Header = serde_yaml::from_str(doc.text).ok()?;
+    let header = header_of(file, doc, value).ok()?;
     if header.kind.as_deref() != Some("Secret") {
         return None;
     }
@@ -261,9 +299,7 @@ fn parse_secret(
         if meta.name.is_empty() {
             return Err(err_at("metadata:", "Secret has no metadata.name".into()));
         }
-        let value: serde_yaml::Value =
-            serde_yaml::from_str(doc.text).map_err(|e| yaml_error(file, doc, &e))?;
-        let tls = crate::credential::from_secret_document(&value)
+        let tls = crate::credential::from_secret_document(value)
             .map_err(|m| err_at("data:", format!("Secret {}: {m}", meta.name)))?;
         Ok(tls.map(|tls| crate::credential::Credential {
             namespace: meta.namespace().to_string(),
@@ -281,20 +317,21 @@ fn parse_secret(
 /// otherwise the accepted objects and the per-document rejections.
 pub fn parse_file(file: &str, text: &str) -> Result<FileConfig, Vec<ConfigError>> {
     let docs = split_documents(text);
-    let syntax_errors: Vec<ConfigError> = docs
-        .iter()
-        .filter_map(|doc| {
-            serde_yaml::from_str::<serde_yaml::Value>(doc.text)
-                .err()
-                .map(|e| yaml_error(file, doc, &e))
-        })
-        .collect();
+    // Each document's YAML is parsed once; the header and the spec are read from that tree.
+    let mut values = Vec::with_capacity(docs.len());
+    let mut syntax_errors = Vec::new();
+    for doc in &docs {
+        match serde_yaml::from_str::<serde_yaml::Value>(doc.text) {
+            Ok(v) => values.push(v),
+            Err(e) => syntax_errors.push(yaml_error(file, doc, &e)),
+        }
+    }
     if !syntax_errors.is_empty() {
         return Err(syntax_errors);
     }
     let mut out = FileConfig::default();
-    for doc in &docs {
-        if let Some(secret) = parse_secret(file, doc) {
+    for (doc, value) in docs.iter().zip(values) {
+        if let Some(secret) = parse_secret(file, doc, &value) {
             match secret {
                 Ok(Some(c)) => out.credentials.push(c),
                 Ok(None) => {}
@@ -302,7 +339,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<FileConfig, Vec<ConfigError>
             }
             continue;
         }
-        match parse_document(file, doc) {
+        match parse_document(file, doc, value) {
             Ok(obj) => out.objects.push(obj),
             Err(e) => out.rejected.push(e),
         }
