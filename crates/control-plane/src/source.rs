@@ -1,7 +1,9 @@
 //! The file config source: a directory of Istio YAML, watched, debounced, merged into one
 //! `MeshConfig`. A file that stops parsing keeps its last good content in force.
 
-use meshd_model::{ConfigError, FileConfig, MeshConfig, Rejected, parse_file};
+use meshd_model::{
+    ConfigError, DocumentCache, FileConfig, MeshConfig, Rejected, parse_file, parse_file_cached,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub struct FileSource {
     /// A hash of each file's content when last parsed: an unchanged file is not parsed again
     /// (one edited file among many costs one parse, not the whole directory's).
     parsed: BTreeMap<PathBuf, u64>,
+    /// Each file's documents as last read: an edited file re-parses only its edited documents.
+    documents: BTreeMap<PathBuf, DocumentCache>,
 }
 
 fn text_hash(text: &str) -> u64 {
@@ -75,6 +79,7 @@ impl FileSource {
         self.files.retain(|p, _| paths.contains(p));
         self.broken.retain(|p, _| paths.contains(p));
         self.parsed.retain(|p, _| paths.contains(p));
+        self.documents.retain(|p, _| paths.contains(p));
         for path in &paths {
             let Ok(text) = std::fs::read_to_string(path) else {
                 continue;
@@ -84,7 +89,8 @@ impl FileSource {
                 continue;
             }
             let name = path.display().to_string();
-            match parse_file(&name, &text) {
+            let cache = self.documents.entry(path.clone()).or_default();
+            match parse_file_cached(&name, &text, cache) {
                 Ok(cfg) => {
                     for e in &cfg.rejected {
                         tracing::warn!("{e}");

@@ -12,7 +12,7 @@ pub mod security;
 mod validate;
 
 pub use mesh::{MeshConfig, Rejected};
-pub use parse::{FileConfig, parse_file};
+pub use parse::{DocumentCache, FileConfig, parse_file, parse_file_cached};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

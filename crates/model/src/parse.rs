@@ -9,6 +9,7 @@ use crate::security as sec;
 use crate::{ConfigError, ConfigObject, Kind, ObjectMeta, SourcePos, Spec, validate};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 
 /// What one file contributed: the objects accepted and the documents rejected.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -316,40 +317,157 @@ fn parse_secret(
 /// Parse one file. `Err` when the file is not YAML at all (keep its last good content);
 /// otherwise the accepted objects and the per-document rejections.
 pub fn parse_file(file: &str, text: &str) -> Result<FileConfig, Vec<ConfigError>> {
+    parse_file_cached(file, text, &mut DocumentCache::default())
+}
+
+/// What one file's documents read as last time, by their text: an edit re-parses only the
+/// documents it touched (one DestinationRule in a file of thousands costs one document).
+#[derive(Default)]
+pub struct DocumentCache {
+    docs: HashMap<String, (usize, Parsed)>,
+}
+
+#[derive(Clone)]
+enum Parsed {
+    Object(Box<ConfigObject>),
+    Credential(Option<crate::credential::Credential>),
+    Rejected(ConfigError),
+}
+
+impl Parsed {
+    /// The same document, found `from` lines further down than when it was read.
+    fn moved(mut self, from: usize, to: usize) -> Parsed {
+        let shift = |line: &mut usize| *line = (*line + to).saturating_sub(from);
+        match &mut self {
+            Parsed::Object(o) => {
+                shift(&mut o.source.line);
+                if let Spec::AuthorizationPolicy(p) = &mut o.spec
+                    && let Some(e) = &mut p.unreadable
+                {
+                    shift(&mut e.line);
+                }
+            }
+            Parsed::Credential(Some(c)) => shift(&mut c.source.line),
+            Parsed::Credential(None) => {}
+            Parsed::Rejected(e) => shift(&mut e.line),
+        }
+        self
+    }
+}
+
+fn parse_one(file: &str, doc: &Document<'_>, value: serde_yaml::Value) -> Parsed {
+    if let Some(secret) = parse_secret(file, doc, &value) {
+        return match secret {
+            Ok(c) => Parsed::Credential(c),
+            Err(e) => Parsed::Rejected(e),
+        };
+    }
+    match parse_document(file, doc, value) {
+        Ok(obj) => Parsed::Object(Box::new(obj)),
+        Err(e) => Parsed::Rejected(e),
+    }
+}
+
+/// [`parse_file`], reading again only documents whose text `cache` has not seen.
+pub fn parse_file_cached(
+    file: &str,
+    text: &str,
+    cache: &mut DocumentCache,
+) -> Result<FileConfig, Vec<ConfigError>> {
     let docs = split_documents(text);
-    // Each document's YAML is parsed once; the header and the spec are read from that tree.
+    // Each new document's YAML is parsed once; the header and the spec are read from that tree.
     let mut values = Vec::with_capacity(docs.len());
     let mut syntax_errors = Vec::new();
     for doc in &docs {
+        if cache.docs.contains_key(doc.text) {
+            values.push(None);
+            continue;
+        }
         match serde_yaml::from_str::<serde_yaml::Value>(doc.text) {
-            Ok(v) => values.push(v),
+            Ok(v) => values.push(Some(v)),
             Err(e) => syntax_errors.push(yaml_error(file, doc, &e)),
         }
     }
     if !syntax_errors.is_empty() {
         return Err(syntax_errors);
     }
+    let mut seen = HashMap::with_capacity(docs.len());
     let mut out = FileConfig::default();
     for (doc, value) in docs.iter().zip(values) {
-        if let Some(secret) = parse_secret(file, doc, &value) {
-            match secret {
-                Ok(Some(c)) => out.credentials.push(c),
-                Ok(None) => {}
-                Err(e) => out.rejected.push(e),
+        let parsed = match value {
+            Some(v) => parse_one(file, doc, v),
+            None => {
+                let (line, p) = cache.docs[doc.text].clone();
+                p.moved(line, doc.first_line)
             }
-            continue;
+        };
+        match parsed.clone() {
+            Parsed::Object(o) => out.objects.push(*o),
+            Parsed::Credential(Some(c)) => out.credentials.push(c),
+            Parsed::Credential(None) => {}
+            Parsed::Rejected(e) => out.rejected.push(e),
         }
-        match parse_document(file, doc, value) {
-            Ok(obj) => out.objects.push(obj),
-            Err(e) => out.rejected.push(e),
-        }
+        seen.insert(doc.text.to_string(), (doc.first_line, parsed));
     }
+    cache.docs = seen;
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cached re-parse reads exactly like a fresh parse: objects, credentials, rejections
+    /// and every line number, after edits that change, add, move and drop documents.
+    #[test]
+    fn a_cached_reparse_equals_a_fresh_parse() {
+        let se = |name: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: a}}\nspec:\n  hosts: [{name}.a.svc.cluster.local]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 10.0.0.1}}]\n"
+            )
+        };
+        let unknown = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad, namespace: a}\nspec:\n  hosts: [bad.a]\n  bogus: 1\n";
+        let unreadable = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  selector: {matchLabels: {app: x}}\n  rules: 7\n";
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: a}\nstringData: {password: x}\n";
+        let versions = [
+            [
+                se("one"),
+                unknown.into(),
+                unreadable.into(),
+                se("two"),
+                secret.into(),
+            ]
+            .join("---\n"),
+            // One edited, one added above the rest: every later line moves.
+            [
+                se("zero"),
+                se("one").replace("10.0.0.1", "10.0.0.9"),
+                unknown.into(),
+                unreadable.into(),
+                se("two"),
+                secret.into(),
+            ]
+            .join("---\n"),
+            // One dropped, order changed.
+            [se("two"), unreadable.into(), unknown.into(), se("zero")].join("---\n"),
+        ];
+        let mut cache = DocumentCache::default();
+        for text in &versions {
+            let cached = parse_file_cached("f.yaml", text, &mut cache).unwrap();
+            let fresh = parse_file("f.yaml", text).unwrap();
+            assert_eq!(cached.objects, fresh.objects);
+            assert_eq!(cached.rejected, fresh.rejected);
+            assert_eq!(cached.credentials, fresh.credentials);
+            assert!(!fresh.rejected.is_empty());
+        }
+        // A syntax error leaves the cache as it was, and the next good parse still agrees.
+        assert!(parse_file_cached("f.yaml", "kind: [unclosed\n", &mut cache).is_err());
+        let again = parse_file_cached("f.yaml", &versions[0], &mut cache).unwrap();
+        assert_eq!(
+            again.objects,
+            parse_file("f.yaml", &versions[0]).unwrap().objects
+        );
+    }
 
     #[test]
     fn secrets_become_credentials_and_gateways_may_name_them() {
