@@ -287,15 +287,15 @@ spec:
         maxConnections: MAXCONN
 "#;
 
-#[tokio::test]
-async fn delta_sends_only_what_changed_also_across_reconnects() {
+/// The shipped mesh minus billing's DestinationRule, which the test owns in `dr.yaml`
+/// (maxConnections 100 to start; rewrite it from `DR`).
+async fn server_owning_billing_rule() -> (tempfile::TempDir, TestServer) {
     let dir = tempfile::tempdir().unwrap();
     let mesh = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/mesh/voicecore.yaml"
     ))
     .unwrap();
-    // The shipped mesh minus billing's rule; the test owns that rule in its own file.
     let docs: Vec<&str> = mesh
         .split("\n---\n")
         .filter(|d| !(d.contains("kind: DestinationRule") && d.contains("name: billing-service\n")))
@@ -305,6 +305,12 @@ async fn delta_sends_only_what_changed_also_across_reconnects() {
     let server = TestServer::start(Some(dir.path().to_path_buf()))
         .await
         .unwrap();
+    (dir, server)
+}
+
+#[tokio::test]
+async fn delta_sends_only_what_changed_also_across_reconnects() {
+    let (dir, server) = server_owning_billing_rule().await;
     let cred = billing_credential(&server);
 
     let mut d = delta(&server, &cred).await;
@@ -370,21 +376,7 @@ async fn delta_sends_only_what_changed_also_across_reconnects() {
 /// the rest and warms only the clusters it recreated.
 #[tokio::test]
 async fn sotw_eds_after_a_cluster_change_carries_only_that_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let mesh = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/mesh/voicecore.yaml"
-    ))
-    .unwrap();
-    let docs: Vec<&str> = mesh
-        .split("\n---\n")
-        .filter(|d| !(d.contains("kind: DestinationRule") && d.contains("name: billing-service\n")))
-        .collect();
-    std::fs::write(dir.path().join("mesh.yaml"), docs.join("\n---\n")).unwrap();
-    std::fs::write(dir.path().join("dr.yaml"), DR.replace("MAXCONN", "100")).unwrap();
-    let server = TestServer::start(Some(dir.path().to_path_buf()))
-        .await
-        .unwrap();
+    let (dir, server) = server_owning_billing_rule().await;
     let cred = billing_credential(&server);
     let mut s = sotw(&server, Some(&cred)).await.unwrap();
     s.send(DiscoveryRequest {

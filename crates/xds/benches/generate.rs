@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use meshd_model::{MeshConfig, parse_file};
 use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use meshd_xds::{GenOptions, Identity, MeshSnapshot, NodeId, NodeType, Proxy};
+use meshd_xds::{GenOptions, MeshSnapshot, NodeType, Proxy};
 
 const VOICECORE: &str = include_str!("../../../deploy/mesh/voicecore.yaml");
 const NS: &str = "voicecore-ai";
@@ -59,28 +59,7 @@ fn proxies(config: &MeshConfig) -> Vec<Proxy> {
     config
         .workloads
         .iter()
-        .map(|w| {
-            let node_type = if w
-                .labels
-                .get("istio")
-                .is_some_and(|v| v.ends_with("gateway"))
-            {
-                NodeType::Router
-            } else {
-                NodeType::Sidecar
-            };
-            Proxy {
-                id: NodeId::format(node_type, &w.address, &w.name, &w.namespace),
-                node_type,
-                ip: Some(w.address.clone()),
-                identity: Identity {
-                    workload: w.name.clone(),
-                    namespace: w.namespace.clone(),
-                    service_account: w.service_account.clone(),
-                    trust_domain: "cluster.local".into(),
-                },
-            }
-        })
+        .map(|w| Proxy::for_workload(w, "cluster.local"))
         .collect()
 }
 

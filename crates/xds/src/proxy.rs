@@ -39,6 +39,33 @@ pub struct Proxy {
     pub identity: Identity,
 }
 
+impl Proxy {
+    /// The proxy a workload runs, as its Envoy would present itself: a gateway (label
+    /// `istio: …gateway`) in router mode, any other a sidecar.
+    pub fn for_workload(w: &meshd_model::registry::Workload, trust_domain: &str) -> Proxy {
+        let gateway = w
+            .labels
+            .get("istio")
+            .is_some_and(|v| v.ends_with("gateway"));
+        let node_type = if gateway {
+            NodeType::Router
+        } else {
+            NodeType::Sidecar
+        };
+        Proxy {
+            id: NodeId::format(node_type, &w.address, &w.name, &w.namespace),
+            node_type,
+            ip: Some(w.address.clone()),
+            identity: Identity {
+                workload: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                trust_domain: trust_domain.to_string(),
+            },
+        }
+    }
+}
+
 impl fmt::Display for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.id)

@@ -446,32 +446,10 @@ fn every_resource_encodes_identically_from_build_to_build() {
 }
 
 fn workload_proxies(config: &MeshConfig) -> Vec<Proxy> {
-    use crate::proxy::NodeId;
     config
         .workloads
         .iter()
-        .map(|w| {
-            let node_type = if w
-                .labels
-                .get("istio")
-                .is_some_and(|v| v.ends_with("gateway"))
-            {
-                NodeType::Router
-            } else {
-                NodeType::Sidecar
-            };
-            Proxy {
-                id: NodeId::format(node_type, &w.address, &w.name, &w.namespace),
-                node_type,
-                ip: Some(w.address.clone()),
-                identity: Identity {
-                    workload: w.name.clone(),
-                    namespace: w.namespace.clone(),
-                    service_account: w.service_account.clone(),
-                    trust_domain: "cluster.local".into(),
-                },
-            }
-        })
+        .map(|w| Proxy::for_workload(w, "cluster.local"))
         .collect()
 }
 

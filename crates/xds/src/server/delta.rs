@@ -12,7 +12,7 @@ use crate::resource::{
 };
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::StreamExt;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -147,14 +147,8 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         } else {
             st.known.diff(&sent, &self.conn.shared.layer_diffs)
         };
-        if !forced.is_empty() && !whole {
-            let updated: BTreeSet<&str> = updates.iter().map(|r| r.name.as_str()).collect();
-            let extra: Vec<SharedResource> = forced
-                .iter()
-                .filter(|c| !updated.contains(c.name.as_str()))
-                .filter_map(|c| sent.get(&c.name).cloned())
-                .collect();
-            updates.extend(extra);
+        if !whole {
+            diff::add_due(&mut updates, &forced, &sent);
         }
         if updates.is_empty() && removed.is_empty() && st.answered {
             st.known = Known::Sent(sent);

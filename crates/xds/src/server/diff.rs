@@ -112,3 +112,22 @@ pub(crate) fn changes(
     }
     Some((updates, removed))
 }
+
+/// Adds to `updates` what `now` holds of `due` (clusters Envoy recreated, warming until their
+/// endpoints arrive again) that `updates` does not carry yet.
+pub(crate) fn add_due(
+    updates: &mut Vec<SharedResource>,
+    due: &[SharedResource],
+    now: &SentResources,
+) {
+    if due.is_empty() {
+        return;
+    }
+    let named: std::collections::BTreeSet<&str> = updates.iter().map(|r| r.name.as_str()).collect();
+    let missing: Vec<SharedResource> = due
+        .iter()
+        .filter(|c| !named.contains(c.name.as_str()))
+        .filter_map(|c| now.get(&c.name).cloned())
+        .collect();
+    updates.extend(missing);
+}

@@ -12,7 +12,7 @@ use crate::resource::{
 };
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use futures::StreamExt;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -96,13 +96,7 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         // changed endpoints, not every cluster's.
         let partial = match changes {
             Some((mut updated, _)) if type_url == ENDPOINT && !force => {
-                let named: BTreeSet<&str> = updated.iter().map(|r| r.name.as_str()).collect();
-                let warming: Vec<SharedResource> = due
-                    .iter()
-                    .filter(|c| !named.contains(c.name.as_str()))
-                    .filter_map(|c| sent.get(&c.name).cloned())
-                    .collect();
-                updated.extend(warming);
+                diff::add_due(&mut updated, &due, &sent);
                 Some(updated)
             }
             _ => None,
