@@ -10,20 +10,38 @@ use std::sync::{Arc, Mutex};
 /// and names gone. Computed once per pair of layers and shared by every proxy making that step.
 struct LayerDiff {
     /// Held so the pointers keying this entry stay unique while it is cached.
-    _layers: (Layer, Layer),
+    layers: (Layer, Layer),
     changed: Vec<SharedResource>,
     gone: Vec<String>,
 }
 
 /// Recently computed layer diffs, by the pair of layer pointers.
-#[derive(Default)]
 pub(crate) struct LayerDiffs {
     map: Mutex<HashMap<(usize, usize), Arc<LayerDiff>>>,
+    /// Entries kept at most. When full, steps no proxy can take any more (only this cache still
+    /// holds their old layer) go first, so old layers are not kept alive by the cache; if that
+    /// frees nothing, all go (a step is cheap to recompute).
+    capacity: usize,
+}
+
+impl Default for LayerDiffs {
+    fn default() -> Self {
+        LayerDiffs::with_capacity(256)
+    }
 }
 
 impl LayerDiffs {
-    /// Enough for every scope's layers of a few mesh versions; older steps are recomputed.
-    const CAPACITY: usize = 1024;
+    fn with_capacity(capacity: usize) -> Self {
+        LayerDiffs {
+            map: Mutex::default(),
+            capacity,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().expect("layer diffs").len()
+    }
 
     fn get(&self, old: &Layer, new: &Layer) -> Arc<LayerDiff> {
         let key = (Arc::as_ptr(old) as usize, Arc::as_ptr(new) as usize);
@@ -32,8 +50,11 @@ impl LayerDiffs {
         }
         let diff = Arc::new(merge_diff(old, new));
         let mut map = self.map.lock().expect("layer diffs");
-        if map.len() >= Self::CAPACITY {
-            map.clear();
+        if map.len() >= self.capacity {
+            map.retain(|_, d| Arc::strong_count(&d.layers.0) > 1);
+            if map.len() >= self.capacity {
+                map.clear();
+            }
         }
         map.entry(key).or_insert(diff).clone()
     }
@@ -66,7 +87,7 @@ fn merge_diff(old: &Layer, new: &Layer) -> LayerDiff {
         }
     }
     LayerDiff {
-        _layers: (old.clone(), new.clone()),
+        layers: (old.clone(), new.clone()),
         changed,
         gone,
     }
@@ -130,4 +151,55 @@ pub(crate) fn add_due(
         .filter_map(|c| now.get(&c.name).cloned())
         .collect();
     updates.extend(missing);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{LayerMap, Resource};
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn layer(version: u32) -> Layer {
+        let c = Cluster {
+            name: "c".into(),
+            per_connection_buffer_limit_bytes: Some(
+                envoy_types::pb::google::protobuf::UInt32Value { value: version },
+            ),
+            ..Default::default()
+        };
+        LayerMap::new([("c".to_string(), Resource::encode("c", &c))].into())
+    }
+
+    #[test]
+    fn a_step_is_diffed_once_and_steps_nobody_can_take_are_dropped_first() {
+        let diffs = LayerDiffs::with_capacity(2);
+        let (a, b, c, d) = (layer(1), layer(2), layer(3), layer(4));
+        let first = diffs.get(&a, &b);
+        assert_eq!(first.changed.len(), 1);
+        assert!(Arc::ptr_eq(&first, &diffs.get(&a, &b)), "computed once");
+        diffs.get(&b, &c);
+        assert_eq!(diffs.len(), 2);
+        // Every proxy has moved past `a`: only the cache holds it now.
+        drop(first);
+        let a_weak = Arc::downgrade(&a);
+        drop(a);
+        diffs.get(&c, &d);
+        assert_eq!(
+            diffs.len(),
+            2,
+            "the step from `a` went, the step from `b` stayed"
+        );
+        assert!(
+            a_weak.upgrade().is_none(),
+            "the cache no longer keeps `a` alive"
+        );
+        assert!(
+            diffs
+                .map
+                .lock()
+                .unwrap()
+                .values()
+                .any(|e| Arc::ptr_eq(&e.layers.0, &b))
+        );
+    }
 }
