@@ -80,6 +80,20 @@ impl Sotw {
     }
 }
 
+/// A SotW stream as billing's sidecar that opened with wildcard CDS, and the first CDS response.
+async fn billing_with_clusters(server: &TestServer) -> (Sotw, DiscoveryResponse) {
+    let cred = billing_credential(server);
+    let mut s = sotw(server, Some(&cred)).await.unwrap();
+    s.send(DiscoveryRequest {
+        node: node(BILLING),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await;
+    let cds = s.recv().await.unwrap();
+    (s, cds)
+}
+
 fn billing_credential(server: &TestServer) -> String {
     server.credential("billing-service-v1", "voicecore-ai", "billing-service")
 }
@@ -102,15 +116,7 @@ async fn syncz_type(server: &TestServer, proxy: &str, type_url: &str) -> Value {
 #[tokio::test]
 async fn sotw_ack_advances_nack_keeps_and_stale_nonce_is_ignored() {
     let server = TestServer::start(None).await.unwrap();
-    let cred = billing_credential(&server);
-    let mut s = sotw(&server, Some(&cred)).await.unwrap();
-    s.send(DiscoveryRequest {
-        node: node(BILLING),
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await;
-    let first = s.recv().await.unwrap();
+    let (mut s, first) = billing_with_clusters(&server).await;
     assert!(!first.resources.is_empty());
     assert!(!first.version_info.is_empty());
     let st = syncz_type(&server, BILLING, CLUSTER).await;
@@ -377,15 +383,7 @@ async fn delta_sends_only_what_changed_also_across_reconnects() {
 #[tokio::test]
 async fn sotw_eds_after_a_cluster_change_carries_only_that_cluster() {
     let (dir, server) = server_owning_billing_rule().await;
-    let cred = billing_credential(&server);
-    let mut s = sotw(&server, Some(&cred)).await.unwrap();
-    s.send(DiscoveryRequest {
-        node: node(BILLING),
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await;
-    let cds = s.recv().await.unwrap();
+    let (mut s, cds) = billing_with_clusters(&server).await;
     let clusters: Vec<String> = cds
         .resources
         .iter()
