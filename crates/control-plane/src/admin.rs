@@ -227,7 +227,7 @@ async fn configz(State(s): State<AdminState>) -> Json<Value> {
     let snap = s.snapshots.borrow().clone();
     let config = snap.config();
     // EnvoyFilters the generator could not apply (their values do not decode) are rejected.
-    let not_applied = |o: &&meshd_model::ConfigObject| {
+    let not_applied = |o: &&std::sync::Arc<meshd_model::ConfigObject>| {
         snap.patches.problems.iter().any(|r| {
             r.kind == Some(o.kind())
                 && r.namespace.as_deref() == Some(o.meta.namespace())

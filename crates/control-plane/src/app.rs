@@ -281,9 +281,12 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     });
     let stop = shutdown_rx.clone();
     let trim_metrics = metrics.clone();
+    let trim_snapshots = snapshot_rx.clone();
     tasks.spawn(async move {
         crate::memory::trim_after_bursts(
-            trim_metrics,
+            move || {
+                trim_metrics.push_bytes.load(Ordering::Relaxed) + trim_snapshots.borrow().version
+            },
             Duration::from_secs(1),
             stop,
             crate::memory::trim,

@@ -1,32 +1,30 @@
 //! Returning freed heap to the OS after bursts of pushes.
 //!
 //! A connect storm or a full push allocates and frees hundreds of MB within seconds (responses
-//! queued per stream, decode buffers). glibc keeps freed pages in its per-thread arenas, so the
-//! process would stay at its peak for good; once pushes have gone quiet, it is asked to release
-//! them.
+//! queued per stream, decode buffers), and each config change frees the last snapshot and the
+//! config it was built from. glibc keeps freed pages in its per-thread arenas, so the process
+//! would stay at its peak for good; once pushes and rebuilds have gone quiet, it is asked to
+//! release them.
 
-use meshd_xds::server::Metrics;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Calls `trim` (in production, [`trim`]) once pushes have been quiet for `quiet` after having
-/// run. Ends at shutdown.
+/// Calls `trim` (in production, [`trim`]) once `activity` (a counter that moves with each push
+/// and each snapshot rebuild) has stood still for `quiet` after having moved. Ends at shutdown.
 pub async fn trim_after_bursts(
-    metrics: Arc<Metrics>,
+    activity: impl Fn() -> u64,
     quiet: Duration,
     mut stop: watch::Receiver<bool>,
     mut trim: impl FnMut() -> bool,
 ) {
-    let mut seen = metrics.push_bytes.load(Ordering::Relaxed);
+    let mut seen = activity();
     let mut dirty = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(quiet) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now = metrics.push_bytes.load(Ordering::Relaxed);
+        let now = activity();
         if now != seen {
             seen = now;
             dirty = true;
@@ -37,7 +35,7 @@ pub async fn trim_after_bursts(
             tracing::debug!(
                 released,
                 elapsed_us = started.elapsed().as_micros() as u64,
-                "heap trimmed after pushes"
+                "heap trimmed after pushes or rebuilds"
             );
         }
     }
@@ -60,15 +58,18 @@ pub fn trim() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[tokio::test(start_paused = true)]
     async fn trims_once_after_pushes_go_quiet_and_stops_on_shutdown() {
-        let metrics = Arc::new(Metrics::default());
+        let pushed = Arc::new(AtomicU64::new(0));
+        let activity = pushed.clone();
         let (stop_tx, stop) = watch::channel(false);
         let trims = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = trims.clone();
         let task = tokio::spawn(trim_after_bursts(
-            metrics.clone(),
+            move || activity.load(Ordering::SeqCst),
             Duration::from_secs(1),
             stop,
             move || {
@@ -79,7 +80,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(trims.load(Ordering::SeqCst), 0, "no pushes, no trim");
         for _ in 0..4 {
-            Metrics::inc(&metrics.push_bytes, 1 << 20);
+            pushed.fetch_add(1 << 20, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(900)).await;
         }
         assert_eq!(trims.load(Ordering::SeqCst), 0, "not while pushes go on");

@@ -7,6 +7,7 @@ use crate::security::{AuthorizationPolicy, PeerAuthentication};
 use crate::{ConfigError, ConfigObject, FileConfig, Kind, ObjectKey, Spec};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// An object (or a whole file) that is not in force, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -53,9 +54,9 @@ impl std::fmt::Display for Rejected {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct MeshConfig {
-    pub objects: BTreeMap<ObjectKey, ConfigObject>,
+    pub objects: BTreeMap<ObjectKey, Arc<ConfigObject>>,
     pub rejected: Vec<Rejected>,
     pub services: Vec<Service>,
     pub workloads: Vec<Workload>,
@@ -63,6 +64,29 @@ pub struct MeshConfig {
     /// serialized (key material).
     #[serde(skip)]
     pub credentials: BTreeMap<(String, String), crate::credential::TlsCredential>,
+}
+
+/// Objects shared with the config compared against (what a reload did not touch) are equal
+/// without a look inside.
+impl PartialEq for MeshConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let MeshConfig {
+            objects,
+            rejected,
+            services,
+            workloads,
+            credentials,
+        } = self;
+        objects.len() == other.objects.len()
+            && objects
+                .iter()
+                .zip(&other.objects)
+                .all(|((ka, a), (kb, b))| ka == kb && (Arc::ptr_eq(a, b) || a == b))
+            && *rejected == other.rejected
+            && *services == other.services
+            && *workloads == other.workloads
+            && *credentials == other.credentials
+    }
 }
 
 /// Expand a short or namespace-relative host the way Istio does for `host` fields.
@@ -225,7 +249,7 @@ impl MeshConfig {
     ) -> impl Iterator<Item = (&'a ConfigObject, &'a T)> + 'a {
         self.objects
             .values()
-            .filter_map(move |o| pick(&o.spec).map(|s| (o, s)))
+            .filter_map(move |o| pick(&o.spec).map(|s| (&**o, s)))
     }
 
     pub fn destination_rules(&self) -> impl Iterator<Item = (&ConfigObject, &DestinationRule)> {

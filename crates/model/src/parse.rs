@@ -10,11 +10,13 @@ use crate::{ConfigError, ConfigObject, Kind, ObjectMeta, SourcePos, Spec, valida
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What one file contributed: the objects accepted and the documents rejected.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FileConfig {
-    pub objects: Vec<ConfigObject>,
+    /// Shared: the document cache, the assembled config and the generator hold one copy.
+    pub objects: Vec<Arc<ConfigObject>>,
     pub rejected: Vec<ConfigError>,
     /// `kind: Secret` documents holding TLS credentials (Gateway `credentialName`).
     pub credentials: Vec<crate::credential::Credential>,
@@ -329,7 +331,7 @@ pub struct DocumentCache {
 
 #[derive(Clone)]
 enum Parsed {
-    Object(Box<ConfigObject>),
+    Object(Arc<ConfigObject>),
     Credential(Option<crate::credential::Credential>),
     Rejected(ConfigError),
 }
@@ -337,9 +339,13 @@ enum Parsed {
 impl Parsed {
     /// The same document, found `from` lines further down than when it was read.
     fn moved(mut self, from: usize, to: usize) -> Parsed {
+        if from == to {
+            return self;
+        }
         let shift = |line: &mut usize| *line = (*line + to).saturating_sub(from);
         match &mut self {
             Parsed::Object(o) => {
+                let o = Arc::make_mut(o);
                 shift(&mut o.source.line);
                 if let Spec::AuthorizationPolicy(p) = &mut o.spec
                     && let Some(e) = &mut p.unreadable
@@ -363,7 +369,7 @@ fn parse_one(file: &str, doc: &Document<'_>, value: serde_yaml::Value) -> Parsed
         };
     }
     match parse_document(file, doc, value) {
-        Ok(obj) => Parsed::Object(Box::new(obj)),
+        Ok(obj) => Parsed::Object(Arc::new(obj)),
         Err(e) => Parsed::Rejected(e),
     }
 }
@@ -391,23 +397,27 @@ pub fn parse_file_cached(
     if !syntax_errors.is_empty() {
         return Err(syntax_errors);
     }
-    let mut seen = HashMap::with_capacity(docs.len());
+    let mut seen: HashMap<String, (usize, Parsed)> = HashMap::with_capacity(docs.len());
     let mut out = FileConfig::default();
     for (doc, value) in docs.iter().zip(values) {
-        let parsed = match value {
-            Some(v) => parse_one(file, doc, v),
-            None => {
-                let (line, p) = cache.docs[doc.text].clone();
-                p.moved(line, doc.first_line)
-            }
+        let (text, parsed) = match value {
+            Some(v) => (doc.text.to_string(), parse_one(file, doc, v)),
+            None => match cache.docs.remove_entry(doc.text) {
+                Some((text, (line, p))) => (text, p.moved(line, doc.first_line)),
+                // The same text earlier in this file took the cache's entry.
+                None => {
+                    let (line, p) = seen[doc.text].clone();
+                    (doc.text.to_string(), p.moved(line, doc.first_line))
+                }
+            },
         };
         match parsed.clone() {
-            Parsed::Object(o) => out.objects.push(*o),
+            Parsed::Object(o) => out.objects.push(o),
             Parsed::Credential(Some(c)) => out.credentials.push(c),
             Parsed::Credential(None) => {}
             Parsed::Rejected(e) => out.rejected.push(e),
         }
-        seen.insert(doc.text.to_string(), (doc.first_line, parsed));
+        seen.entry(text).or_insert((doc.first_line, parsed));
     }
     cache.docs = seen;
     Ok(out)
@@ -467,6 +477,33 @@ mod tests {
             again.objects,
             parse_file("f.yaml", &versions[0]).unwrap().objects
         );
+    }
+
+    /// Documents an edit left alone come back as the same shared objects, not copies (the
+    /// assembled config and the generator hold them by reference), a repeated one included.
+    #[test]
+    fn a_cached_reparse_shares_the_objects_it_did_not_read_again() {
+        let se = |name: &str, address: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: a}}\nspec:\n  hosts: [{name}.a.svc.cluster.local]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: {address}}}]\n"
+            )
+        };
+        let mut cache = DocumentCache::default();
+        let first = [se("one", "10.0.0.1"), se("two", "10.0.0.2")].join("---\n");
+        let before = parse_file_cached("f.yaml", &first, &mut cache).unwrap();
+        let edited = [se("one", "10.0.0.1"), se("two", "10.0.0.3")].join("---\n");
+        let after = parse_file_cached("f.yaml", &edited, &mut cache).unwrap();
+        assert!(Arc::ptr_eq(&before.objects[0], &after.objects[0]));
+        assert!(!Arc::ptr_eq(&before.objects[1], &after.objects[1]));
+        let repeated = format!("{edited}---\n{}", se("one", "10.0.0.1"));
+        let again = parse_file_cached("f.yaml", &repeated, &mut cache).unwrap();
+        assert_eq!(
+            again.objects,
+            parse_file("f.yaml", &repeated).unwrap().objects
+        );
+        assert!(Arc::ptr_eq(&before.objects[0], &again.objects[0]));
+        assert!(Arc::ptr_eq(&after.objects[1], &again.objects[1]));
+        assert_ne!(again.objects[0].source.line, again.objects[2].source.line);
     }
 
     #[test]

@@ -80,8 +80,13 @@ fn static_type_url(url: &str) -> &'static str {
 
 impl Resource {
     pub fn encode<M: Message + Name>(name: impl Into<String>, msg: &M) -> SharedResource {
+        Self::from_value::<M>(name, msg.encode_to_vec())
+    }
+
+    /// A resource from its encoding as an `M`, assembled by the caller (a route table from its
+    /// virtual hosts encoded once each, say).
+    pub fn from_value<M: Name>(name: impl Into<String>, value: Vec<u8>) -> SharedResource {
         let name = name.into();
-        let value = msg.encode_to_vec();
         let version = content_hash(&[&value]);
         let type_url = static_type_url(&M::type_url());
         let mut any = length_delimited(1, type_url.as_bytes());

@@ -56,7 +56,7 @@ pub struct IstioObject {
     pub namespace: String,
     pub name: String,
     pub resource_version: Option<String>,
-    pub parsed: Result<ConfigObject, Rejected>,
+    pub parsed: Result<Arc<ConfigObject>, Rejected>,
 }
 
 /// Where a custom resource is said to come from in `file:line` messages.

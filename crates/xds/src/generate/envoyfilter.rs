@@ -284,6 +284,14 @@ impl Patches {
 
     /// Applies the HTTP_ROUTE merges for this proxy kind and namespace to a route configuration
     /// served on `port`.
+    /// Whether some route patch applies to route tables built for `namespace`.
+    pub fn patches_routes(&self, namespace: &str, gateway: bool) -> bool {
+        let none = Labels::new();
+        self.routes
+            .iter()
+            .any(|m| m.target.applies(namespace, &none, gateway))
+    }
+
     pub fn patch_routes(
         &self,
         rc: &mut RouteConfiguration,

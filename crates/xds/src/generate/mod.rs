@@ -15,12 +15,14 @@ use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
     CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, ResourceSet, SECRET, SharedResource,
 };
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset, VirtualService};
 use meshd_model::registry::{Endpoint, Port, Protocol, Service, Workload, selector_matches};
 use meshd_model::security::{MtlsMode, PeerAuthentication};
 use meshd_model::{ConfigObject, MeshConfig};
+use prost::Message;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -74,6 +76,9 @@ pub struct Index {
     /// Some mesh route matches on `sourceLabels`: outbound routes then depend on the proxy's
     /// labels, not only on its namespace and Sidecar.
     uses_source_labels: bool,
+    /// A sidecar's outbound routes for a host depend on the proxy's namespace: some `exportTo`
+    /// narrows what it sees, or some mesh route matches on `sourceNamespace`.
+    routes_see_namespace: bool,
     /// Workloads by (namespace, name): a proxy's is looked up on every push.
     workloads: HashMap<(String, String), usize>,
     pub(crate) config: Arc<MeshConfig>,
@@ -131,6 +136,20 @@ impl Index {
                     .iter()
                     .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
         });
+        let routes_see_namespace = restricted
+            || mesh_routes.values().flatten().any(|(_, vs)| {
+                vs.http
+                    .iter()
+                    .any(|r| r.matches.iter().any(|m| m.source_namespace.is_some()))
+                    || vs
+                        .tcp
+                        .iter()
+                        .any(|r| r.matches.iter().any(|m| m.source_namespace.is_some()))
+                    || vs
+                        .tls
+                        .iter()
+                        .any(|r| r.matches.iter().any(|m| m.source_namespace.is_some()))
+            });
         let mut workloads = HashMap::new();
         for (i, w) in config.workloads.iter().enumerate() {
             // The first of a duplicated name wins, as in `MeshConfig::workload`.
@@ -141,6 +160,7 @@ impl Index {
         let mut index = Index {
             workloads,
             uses_source_labels,
+            routes_see_namespace,
             domain_suffix: suffix,
             root_namespace: opts.root_namespace.clone(),
             services,
@@ -319,6 +339,20 @@ struct ScopeKey {
     labels: Option<BTreeMap<String, String>>,
 }
 
+/// What a sidecar's outbound virtual host for a service port is built from besides the snapshot:
+/// scopes agreeing on it share the encoded virtual host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct VhostKey {
+    host: String,
+    port: u32,
+    /// The proxy is in the service's namespace (short names are among the domains).
+    local: bool,
+    /// Only when routes depend on the proxy's namespace (`Index::routes_see_namespace`).
+    namespace: Option<String>,
+    /// Only when some route matches on `sourceLabels`.
+    labels: Option<BTreeMap<String, String>>,
+}
+
 /// Outbound resources for every proxy in one scope.
 struct Scope {
     clusters: Layer,
@@ -340,6 +374,9 @@ pub struct MeshSnapshot {
     scopes: Mutex<HashMap<ScopeKey, Once<Arc<Scope>>>>,
     gateways: Mutex<HashMap<String, Once<Arc<gateway::GatewayResources>>>>,
     inbound: Mutex<HashMap<String, Once<(Layer, Layer)>>>,
+    /// Outbound virtual hosts, encoded, shared by the scopes' route tables: without it every
+    /// namespace's scope rebuilt and re-encoded every service's routes.
+    vhosts: Mutex<HashMap<VhostKey, Bytes>>,
     previous: Previous,
 }
 
@@ -360,10 +397,13 @@ struct Previous {
 fn same_inbound_inputs(a: &MeshConfig, b: &MeshConfig) -> bool {
     a.services == b.services
         && a.workloads == b.workloads
-        && inbound_objects(a).eq(inbound_objects(b))
+        && inbound_objects(a).count() == inbound_objects(b).count()
+        && inbound_objects(a)
+            .zip(inbound_objects(b))
+            .all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
 }
 
-fn inbound_objects(c: &MeshConfig) -> impl Iterator<Item = &ConfigObject> {
+fn inbound_objects(c: &MeshConfig) -> impl Iterator<Item = &Arc<ConfigObject>> {
     use meshd_model::Kind;
     c.objects.values().filter(|o| {
         matches!(
@@ -512,6 +552,7 @@ impl MeshSnapshot {
             scopes: Mutex::new(HashMap::new()),
             gateways: Mutex::new(HashMap::new()),
             inbound: Mutex::new(inbound),
+            vhosts: Mutex::new(HashMap::new()),
             previous,
         }
     }
@@ -705,7 +746,7 @@ impl MeshSnapshot {
         let mut routes = BTreeMap::new();
         for (port, services) in &http_ports {
             let rc = self.outbound_routes(*port, namespace, labels, services, allow_any);
-            routes.insert(rc.name.clone(), Resource::encode(rc.name.clone(), &rc));
+            routes.insert(rc.name.clone(), rc);
         }
         Scope {
             clusters,
@@ -722,70 +763,138 @@ impl MeshSnapshot {
         labels: Option<&BTreeMap<String, String>>,
         services: &[&Service],
         allow_any: bool,
-    ) -> RouteConfiguration {
-        let mut vhosts = Vec::new();
+    ) -> SharedResource {
+        let mut vhosts: Vec<Bytes> = Vec::with_capacity(services.len() + 1);
         let mut seen_domains = BTreeSet::new();
         for svc in services {
-            let mut domains = vec![svc.hostname.clone(), format!("{}:{port}", svc.hostname)];
-            if svc.namespace == namespace
-                && let Some(short) = svc.hostname.strip_suffix(&format!(
-                    ".{}.svc.{}",
-                    svc.namespace, self.index.domain_suffix
-                ))
-            {
-                for d in [
-                    short.to_string(),
-                    format!("{short}.{}", svc.namespace),
-                    format!("{short}.{}.svc", svc.namespace),
-                ] {
-                    domains.push(format!("{d}:{port}"));
-                    domains.push(d);
-                }
-            }
-            for vip in &svc.addresses {
-                if !vip.contains('/') {
-                    domains.push(vip.clone());
-                    domains.push(format!("{vip}:{port}"));
-                }
-            }
+            let local = svc.namespace == namespace;
+            let mut domains = self.vhost_domains(svc, port, local);
+            let all = domains.len();
             domains.retain(|d| seen_domains.insert(d.clone()));
             if domains.is_empty() {
                 continue;
             }
-            let vs = self.index.mesh_virtual_services(&svc.hostname, namespace);
-            let routes = match vs.into_iter().next() {
-                Some((vs_ns, vs)) => {
-                    let ctx = route::RouteCtx {
-                        index: &self.index,
-                        listener_port: port,
-                        namespace: vs_ns,
-                        gateway: None,
-                        source: Some((namespace, labels)),
-                    };
-                    route::http_routes(&ctx, &vs.http)
-                }
-                None => vec![route::default_route(cluster::outbound_name(
-                    port,
-                    "",
-                    &svc.hostname,
-                ))],
+            let build = |domains| self.outbound_vhost(svc, port, namespace, labels, domains);
+            if domains.len() < all {
+                // A domain another service claimed first: this one is particular to the scope.
+                vhosts.push(build(domains).encode_to_vec().into());
+                continue;
+            }
+            let key = VhostKey {
+                host: svc.hostname.clone(),
+                port,
+                local,
+                namespace: self
+                    .index
+                    .routes_see_namespace
+                    .then(|| namespace.to_string()),
+                labels: labels.cloned(),
             };
-            vhosts.push(VirtualHost {
-                name: format!("{}:{port}", svc.hostname),
-                domains,
-                routes,
-                ..Default::default()
+            let memo = self.vhosts.lock().expect("vhost memo").get(&key).cloned();
+            let vhost = memo.unwrap_or_else(|| {
+                let encoded: Bytes = build(domains).encode_to_vec().into();
+                self.vhosts
+                    .lock()
+                    .expect("vhost memo")
+                    .insert(key, encoded.clone());
+                encoded
             });
+            vhosts.push(vhost);
         }
-        vhosts.push(catch_all_vhost(allow_any));
-        let mut rc = RouteConfiguration {
-            name: port.to_string(),
-            virtual_hosts: vhosts,
-            validate_clusters: common::boolv(false),
+        vhosts.push(catch_all_vhost(allow_any).encode_to_vec().into());
+        let name = port.to_string();
+        let validate_clusters = common::boolv(false);
+        if self.patches.patches_routes(namespace, false) {
+            let mut rc = RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: vhosts
+                    .iter()
+                    .map(|v| VirtualHost::decode(v.as_ref()).expect("a virtual host we encoded"))
+                    .collect(),
+                validate_clusters,
+                ..Default::default()
+            };
+            self.patches.patch_routes(&mut rc, port, namespace, false);
+            return Resource::encode(name, &rc);
+        }
+        // The table's encoding is its fields in number order: the name, the virtual hosts
+        // (field 2, each as encoded once), then validate_clusters.
+        let head = RouteConfiguration {
+            name: name.clone(),
             ..Default::default()
         };
-        self.patches.patch_routes(&mut rc, port, namespace, false);
-        rc
+        let tail = RouteConfiguration {
+            validate_clusters,
+            ..Default::default()
+        };
+        let mut value = head.encode_to_vec();
+        for v in &vhosts {
+            prost::encoding::bytes::encode(2, v, &mut value);
+        }
+        tail.encode(&mut value).expect("a Vec grows");
+        Resource::from_value::<RouteConfiguration>(name, value)
+    }
+
+    /// A service's names on `port` as a sidecar's route table matches them: its host, its
+    /// short names for proxies in its namespace, its addresses; each with and without the port.
+    fn vhost_domains(&self, svc: &Service, port: u32, local: bool) -> Vec<String> {
+        let mut domains = vec![svc.hostname.clone(), format!("{}:{port}", svc.hostname)];
+        if local
+            && let Some(short) = svc.hostname.strip_suffix(&format!(
+                ".{}.svc.{}",
+                svc.namespace, self.index.domain_suffix
+            ))
+        {
+            for d in [
+                short.to_string(),
+                format!("{short}.{}", svc.namespace),
+                format!("{short}.{}.svc", svc.namespace),
+            ] {
+                domains.push(format!("{d}:{port}"));
+                domains.push(d);
+            }
+        }
+        for vip in &svc.addresses {
+            if !vip.contains('/') {
+                domains.push(vip.clone());
+                domains.push(format!("{vip}:{port}"));
+            }
+        }
+        domains
+    }
+
+    fn outbound_vhost(
+        &self,
+        svc: &Service,
+        port: u32,
+        namespace: &str,
+        labels: Option<&BTreeMap<String, String>>,
+        domains: Vec<String>,
+    ) -> VirtualHost {
+        let vs = self.index.mesh_virtual_services(&svc.hostname, namespace);
+        let routes = match vs.into_iter().next() {
+            Some((vs_ns, vs)) => {
+                let ctx = route::RouteCtx {
+                    index: &self.index,
+                    listener_port: port,
+                    namespace: vs_ns,
+                    gateway: None,
+                    source: Some((namespace, labels)),
+                };
+                route::http_routes(&ctx, &vs.http)
+            }
+            None => vec![route::default_route(cluster::outbound_name(
+                port,
+                "",
+                &svc.hostname,
+            ))],
+        };
+        VirtualHost {
+            name: format!("{}:{port}", svc.hostname),
+            domains,
+            routes,
+            ..Default::default()
+        }
     }
 
     /// The ports a workload serves, where its app listens, and their mTLS modes: the ingress

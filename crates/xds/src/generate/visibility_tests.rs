@@ -495,3 +495,88 @@ fn inbound_resources_follow_their_inputs_across_rebuilds() {
         "a namespace-wide DENY reaches every inbound listener"
     );
 }
+
+/// Sidecars in different namespaces share a service's encoded virtual host unless it differs
+/// for them (short names in the service's own namespace, a `sourceNamespace` match); the route
+/// table assembled from shared virtual hosts encodes as prost would encode it whole.
+#[test]
+fn route_tables_share_virtual_hosts_only_where_namespaces_agree() {
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use prost::Message;
+    let services = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: b}
+spec:
+  hosts: [web.b.svc.cluster.local]
+  addresses: [10.96.0.30]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.44.0.30}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: a}
+spec:
+  hosts: [api.a.svc.cluster.local]
+  addresses: [10.96.0.31]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.44.0.31}]
+---
+"#;
+    let by_namespace = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: b}
+spec:
+  hosts: [web.b.svc.cluster.local]
+  http:
+  - match: [{sourceNamespace: a}]
+    timeout: 1s
+    route: [{destination: {host: web.b.svc.cluster.local}}]
+  - timeout: 5s
+    route: [{destination: {host: web.b.svc.cluster.local}}]
+---
+"#;
+    let route_table = |snap: &MeshSnapshot, ns: &str| {
+        let out = snap.generate(&proxy(ns));
+        let value = out[ROUTE].get("80").unwrap().value();
+        let whole = RouteConfiguration::decode(value.as_ref()).unwrap();
+        assert_eq!(whole.encode_to_vec(), value.as_ref(), "{ns}: canonical");
+        whole
+    };
+    let web = |rc: &RouteConfiguration| {
+        rc.virtual_hosts
+            .iter()
+            .find(|v| v.name == "web.b.svc.cluster.local:80")
+            .unwrap()
+            .clone()
+    };
+
+    let plain = snapshot_of(services);
+    let tables: Vec<RouteConfiguration> = ["a", "b", "c"].map(|ns| route_table(&plain, ns)).into();
+    assert_eq!(web(&tables[0]), web(&tables[2]), "a and c see web alike");
+    assert!(web(&tables[1]).domains.contains(&"web".to_string()));
+    assert!(!web(&tables[0]).domains.contains(&"web".to_string()));
+    assert_eq!(
+        plain.vhosts.lock().unwrap().len(),
+        4,
+        "each service once for its own namespace and once for the others"
+    );
+
+    let routed = snapshot_of(&format!("{services}{by_namespace}"));
+    let timeout = |ns: &str| {
+        let vh = web(&route_table(&routed, ns));
+        any_to_json(&crate::resource::any(&vh))["routes"][0]["route"]["timeout"].clone()
+    };
+    assert_eq!(timeout("a"), "1s", "sourceNamespace a");
+    assert_eq!(timeout("c"), "5s", "another namespace");
+    assert_eq!(
+        routed.vhosts.lock().unwrap().len(),
+        4,
+        "a sourceNamespace match gives a and c their own of both services (shared: 3)"
+    );
+}
