@@ -169,6 +169,80 @@ impl Spec {
     }
 }
 
+/// The spec types a [`Spec`] holds, each found in it by kind.
+pub trait SpecOf: Sized {
+    fn of(spec: &Spec) -> Option<&Self>;
+}
+
+macro_rules! spec_of {
+    ($($variant:ident => $ty:ty),* $(,)?) => {$(
+        impl SpecOf for $ty {
+            fn of(spec: &Spec) -> Option<&Self> {
+                match spec {
+                    Spec::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+spec_of! {
+    ServiceEntry => networking::ServiceEntry,
+    WorkloadEntry => networking::WorkloadEntry,
+    DestinationRule => networking::DestinationRule,
+    VirtualService => networking::VirtualService,
+    Gateway => networking::Gateway,
+    Sidecar => networking::Sidecar,
+    PeerAuthentication => security::PeerAuthentication,
+    AuthorizationPolicy => security::AuthorizationPolicy,
+    EnvoyFilter => envoyfilter::EnvoyFilter,
+}
+
+/// An accepted object's spec, held by reference to the shared object: indexes over the config
+/// keep these rather than copies.
+pub struct SpecRef<T> {
+    object: std::sync::Arc<ConfigObject>,
+    _spec: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: SpecOf> SpecRef<T> {
+    /// `None` when the object holds another kind.
+    pub fn new(object: &std::sync::Arc<ConfigObject>) -> Option<SpecRef<T>> {
+        T::of(&object.spec)?;
+        Some(SpecRef {
+            object: object.clone(),
+            _spec: std::marker::PhantomData,
+        })
+    }
+
+    pub fn object(&self) -> &ConfigObject {
+        &self.object
+    }
+}
+
+impl<T: SpecOf> std::ops::Deref for SpecRef<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        T::of(&self.object.spec).expect("the kind was checked in SpecRef::new")
+    }
+}
+
+impl<T> Clone for SpecRef<T> {
+    fn clone(&self) -> Self {
+        SpecRef {
+            object: self.object.clone(),
+            _spec: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: SpecOf + fmt::Debug> fmt::Debug for SpecRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// One accepted Istio object.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ConfigObject {

@@ -2,9 +2,9 @@
 //! service registry derived from them.
 
 use crate::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
-use crate::registry::{Service, Workload, services_from_entry};
+use crate::registry::{Service, Workload, services_from_entry, workloads_by_namespace};
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
-use crate::{ConfigError, ConfigObject, FileConfig, Kind, ObjectKey, Spec};
+use crate::{ConfigError, ConfigObject, FileConfig, Kind, ObjectKey, Spec, SpecOf, SpecRef};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -176,12 +176,13 @@ impl MeshConfig {
                 _ => None,
             })
             .collect();
+        let workloads = workloads_by_namespace(&self.workloads);
         self.services = self
             .objects
             .values()
             .filter_map(|o| match &o.spec {
                 Spec::ServiceEntry(se) => {
-                    Some(services_from_entry(o.meta.namespace(), se, &self.workloads))
+                    Some(services_from_entry(o.meta.namespace(), se, &workloads))
                 }
                 _ => None,
             })
@@ -250,6 +251,11 @@ impl MeshConfig {
         self.objects
             .values()
             .filter_map(move |o| pick(&o.spec).map(|s| (&**o, s)))
+    }
+
+    /// The accepted objects of one kind, each by reference to the shared object.
+    pub fn shared<'a, T: SpecOf + 'a>(&'a self) -> impl Iterator<Item = SpecRef<T>> + 'a {
+        self.objects.values().filter_map(SpecRef::new)
     }
 
     pub fn destination_rules(&self) -> impl Iterator<Item = (&ConfigObject, &DestinationRule)> {

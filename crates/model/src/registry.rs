@@ -3,7 +3,7 @@
 
 use crate::networking::{Labels, Location, Resolution, ServiceEntry, WorkloadEntry};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Protocol {
@@ -157,10 +157,22 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
 
 /// One ServiceEntry expands to a Service per host, with endpoints from its inline entries or
 /// from the WorkloadEntries its selector picks in the same namespace.
+/// Workloads grouped by namespace: a ServiceEntry's `workloadSelector` picks only among its
+/// own namespace's (a scan of every workload per entry was quadratic in the mesh's size).
+pub fn workloads_by_namespace(workloads: &[Workload]) -> HashMap<&str, Vec<&Workload>> {
+    let mut by_ns: HashMap<&str, Vec<&Workload>> = HashMap::new();
+    for w in workloads {
+        by_ns.entry(w.namespace.as_str()).or_default().push(w);
+    }
+    by_ns
+}
+
+/// The services of a ServiceEntry in `namespace`; `workloads` are that namespace's (see
+/// [`workloads_by_namespace`]).
 pub fn services_from_entry(
     namespace: &str,
     se: &ServiceEntry,
-    workloads: &[Workload],
+    workloads: &HashMap<&str, Vec<&Workload>>,
 ) -> Vec<Service> {
     let ports: Vec<Port> = se
         .ports
@@ -174,8 +186,10 @@ pub fn services_from_entry(
         .collect();
     let endpoints: Vec<Endpoint> = match &se.workload_selector {
         Some(sel) => workloads
-            .iter()
-            .filter(|w| w.namespace == namespace && selector_matches(&sel.labels, &w.labels))
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter(|w| selector_matches(&sel.labels, &w.labels))
             .map(|w| Endpoint {
                 address: w.address.clone(),
                 ports: w.ports.clone(),

@@ -383,9 +383,10 @@ impl KubeObjects {
             .collect();
         let kube_hosts: BTreeSet<String> = services.iter().map(|s| s.hostname.clone()).collect();
         // ServiceEntries again, now that their workloadSelector can pick Pods too.
+        let by_namespace = registry::workloads_by_namespace(&workloads);
         for o in mesh.objects.values() {
             if let Spec::ServiceEntry(se) = &o.spec {
-                for svc in registry::services_from_entry(o.meta.namespace(), se, &workloads) {
+                for svc in registry::services_from_entry(o.meta.namespace(), se, &by_namespace) {
                     if kube_hosts.contains(&svc.hostname) {
                         mesh.rejected.push(Rejected {
                             file: o.source.file.clone(),

@@ -21,7 +21,7 @@ use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset, VirtualService};
 use meshd_model::registry::{Endpoint, Port, Protocol, Service, Workload, selector_matches};
 use meshd_model::security::{MtlsMode, PeerAuthentication};
-use meshd_model::{ConfigObject, MeshConfig};
+use meshd_model::{ConfigObject, MeshConfig, SpecRef};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,7 +34,7 @@ use crate::resource::{Layer, LayerMap, reuse_layer};
 /// A cache entry built once even when many proxies ask for it at the same moment.
 type Once<T> = Arc<OnceLock<T>>;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GenOptions {
     pub trust_domain: String,
     pub domain_suffix: String,
@@ -64,13 +64,14 @@ impl Default for GenOptions {
 pub struct Index {
     pub domain_suffix: String,
     pub root_namespace: String,
-    services: BTreeMap<String, Service>,
-    destination_rules: BTreeMap<String, DestinationRule>,
+    /// Positions in `config.services`, by host (the last of a duplicated host).
+    services: BTreeMap<String, usize>,
+    destination_rules: BTreeMap<String, SpecRef<DestinationRule>>,
     /// Every DestinationRule of a host, with its namespace.
-    dr_candidates: BTreeMap<String, Vec<(String, DestinationRule)>>,
+    dr_candidates: BTreeMap<String, Vec<(String, SpecRef<DestinationRule>)>>,
     restricted: bool,
     /// VirtualServices for sidecars (bound to `mesh`), by qualified host.
-    mesh_routes: BTreeMap<String, Vec<(String, VirtualService)>>,
+    mesh_routes: BTreeMap<String, Vec<(String, SpecRef<VirtualService>)>>,
     peer_authn: Vec<(String, PeerAuthentication)>,
     sidecars: Vec<(ConfigObject, Sidecar)>,
     /// Some mesh route matches on `sourceLabels`: outbound routes then depend on the proxy's
@@ -90,15 +91,18 @@ impl Index {
         let services = config
             .services
             .iter()
-            .map(|s| (s.hostname.clone(), s.clone()))
+            .enumerate()
+            .map(|(i, s)| (s.hostname.clone(), i))
             .collect();
-        let mut dr_candidates: BTreeMap<String, Vec<(String, DestinationRule)>> = BTreeMap::new();
-        for (o, dr) in config.destination_rules() {
-            let host = qualify_host(&dr.host, o.meta.namespace(), &suffix);
+        let mut dr_candidates: BTreeMap<String, Vec<(String, SpecRef<DestinationRule>)>> =
+            BTreeMap::new();
+        for dr in config.shared::<DestinationRule>() {
+            let ns = dr.object().meta.namespace();
+            let host = qualify_host(&dr.host, ns, &suffix);
             dr_candidates
                 .entry(host)
                 .or_default()
-                .push((o.meta.namespace().to_string(), dr.clone()));
+                .push((ns.to_string(), dr));
         }
         let narrow = |e: &[String]| !e.is_empty() && !e.iter().any(|e| e == "*");
         let restricted = dr_candidates
@@ -109,18 +113,20 @@ impl Index {
                 .virtual_services()
                 .any(|(_, vs)| narrow(&vs.export_to))
             || config.services.iter().any(|s| narrow(&s.export_to));
-        let mut mesh_routes: BTreeMap<String, Vec<(String, VirtualService)>> = BTreeMap::new();
-        for (o, vs) in config.virtual_services() {
+        let mut mesh_routes: BTreeMap<String, Vec<(String, SpecRef<VirtualService>)>> =
+            BTreeMap::new();
+        for vs in config.shared::<VirtualService>() {
             let for_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
             if !for_mesh {
                 continue;
             }
+            let ns = vs.object().meta.namespace();
             for h in &vs.hosts {
-                let host = qualify_host(h, o.meta.namespace(), &suffix);
+                let host = qualify_host(h, ns, &suffix);
                 mesh_routes
                     .entry(host)
                     .or_default()
-                    .push((o.meta.namespace().to_string(), vs.clone()));
+                    .push((ns.to_string(), vs.clone()));
             }
         }
         let uses_source_labels = mesh_routes.values().flatten().any(|(_, vs)| {
@@ -194,16 +200,16 @@ impl Index {
     /// namespace with nothing of its own, which sees only what is exported everywhere): among
     /// the rules exported to `ns`, the one in `ns`, else in the service's namespace, else in the
     /// root namespace, else the first. Without any narrowed `exportTo`: the first rule.
-    fn pick_destination_rule(&self, host: &str, ns: &str) -> Option<&DestinationRule> {
+    fn pick_destination_rule(&self, host: &str, ns: &str) -> Option<&SpecRef<DestinationRule>> {
         let candidates = self.dr_candidates.get(host)?;
         if !self.restricted {
             return candidates.first().map(|(_, dr)| dr);
         }
-        let visible: Vec<&(String, DestinationRule)> = candidates
+        let visible: Vec<&(String, SpecRef<DestinationRule>)> = candidates
             .iter()
             .filter(|(dr_ns, dr)| meshd_model::registry::exported_to(&dr.export_to, dr_ns, ns))
             .collect();
-        let service_ns = self.services.get(host).map(|s| s.namespace.as_str());
+        let service_ns = self.service(host).map(|s| s.namespace.as_str());
         let in_ns = |want: Option<&str>| {
             visible
                 .iter()
@@ -228,7 +234,7 @@ impl Index {
         if !self.restricted {
             return self.destination_rule(host);
         }
-        self.pick_destination_rule(host, ns)
+        self.pick_destination_rule(host, ns).map(|d| &**d)
     }
 
     /// Whether some ServiceEntry, Service, VirtualService or DestinationRule narrows its
@@ -238,15 +244,15 @@ impl Index {
     }
 
     pub fn service(&self, host: &str) -> Option<&Service> {
-        self.services.get(host)
+        self.config.services.get(*self.services.get(host)?)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values()
+        self.services.values().map(|i| &self.config.services[*i])
     }
 
     pub fn destination_rule(&self, host: &str) -> Option<&DestinationRule> {
-        self.destination_rules.get(host)
+        self.destination_rules.get(host).map(|d| &**d)
     }
 
     /// The mesh VirtualServices for `host` that proxies in `ns` see (`exportTo`).
@@ -254,13 +260,14 @@ impl Index {
         &'a self,
         host: &str,
         ns: &'a str,
-    ) -> impl Iterator<Item = &'a (String, VirtualService)> + 'a {
+    ) -> impl Iterator<Item = (&'a str, &'a VirtualService)> + 'a {
         self.mesh_routes
             .get(host)
             .map(Vec::as_slice)
             .unwrap_or(&[])
             .iter()
             .filter(move |(vs_ns, vs)| meshd_model::registry::exported_to(&vs.export_to, vs_ns, ns))
+            .map(|(vs_ns, vs)| (vs_ns.as_str(), &**vs))
     }
 
     fn subsets(&self, host: &str) -> &[Subset] {
@@ -364,7 +371,7 @@ struct Scope {
 pub struct MeshSnapshot {
     pub version: u64,
     pub opts: Arc<GenOptions>,
-    pub index: Index,
+    pub index: Arc<Index>,
     /// The EnvoyFilter patches in force (and those rejected, in `patches.problems`).
     pub patches: envoyfilter::Patches,
     /// Every outbound cluster and its endpoints, encoded once.
@@ -386,6 +393,9 @@ pub struct MeshSnapshot {
 #[derive(Default)]
 struct Previous {
     config: Option<Arc<MeshConfig>>,
+    /// With the options it was built under.
+    index: Option<(Arc<Index>, Arc<GenOptions>)>,
+    clusters_by_host: HashMap<String, Vec<String>>,
     clusters: Option<Layer>,
     endpoints: Option<Layer>,
     scopes: HashMap<ScopeKey, Arc<Scope>>,
@@ -485,6 +495,8 @@ impl MeshSnapshot {
     ) -> MeshSnapshot {
         let previous = Previous {
             config: Some(self.index.config.clone()),
+            index: Some((self.index.clone(), self.opts.clone())),
+            clusters_by_host: self.clusters_by_host.clone(),
             clusters: Some(self.clusters.clone()),
             endpoints: Some(self.endpoints.clone()),
             scopes: built(&self.scopes),
@@ -500,13 +512,18 @@ impl MeshSnapshot {
         config: Arc<MeshConfig>,
         opts: Arc<GenOptions>,
     ) -> MeshSnapshot {
-        let index = Index::new(config, &opts);
+        let index = Arc::new(Index::new(config, &opts));
         let patches = envoyfilter::Patches::build(&index.config, &opts.root_namespace);
+        let same_opts = previous
+            .index
+            .as_ref()
+            .is_some_and(|(_, old)| Arc::ptr_eq(old, &opts) || **old == *opts);
         // Inbound listeners and clusters depend on the workloads, the services selecting them,
-        // Sidecars, PeerAuthentication, AuthorizationPolicy and EnvoyFilters: when none of those
-        // changed (a DestinationRule or VirtualService edit), the previous ones stand as built.
+        // Sidecars, PeerAuthentication, AuthorizationPolicy, EnvoyFilters and the options: when
+        // none of those changed (a DestinationRule or VirtualService edit), the previous ones
+        // stand as built.
         let inbound: HashMap<String, Once<(Layer, Layer)>> = match &previous.config {
-            Some(old) if same_inbound_inputs(old, &index.config) => previous
+            Some(old) if same_opts && same_inbound_inputs(old, &index.config) => previous
                 .inbound
                 .iter()
                 .map(|(k, v)| (k.clone(), Arc::new(OnceLock::from(v.clone()))))
@@ -516,7 +533,32 @@ impl MeshSnapshot {
         let mut clusters = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
         let mut clusters_by_host: HashMap<String, Vec<String>> = HashMap::new();
+        // A host's clusters and endpoints are built from its service, its DestinationRule, the
+        // PeerAuthentications (whether endpoints take mTLS) and the options: where none of those
+        // changed, the previous snapshot's stand.
+        let unchanged_host = |host: &str| -> Option<&Vec<String>> {
+            let (old, _) = previous.index.as_ref()?;
+            let same = same_opts
+                && old.peer_authn == index.peer_authn
+                && old.service(host) == index.service(host)
+                && old.destination_rule(host) == index.destination_rule(host);
+            same.then(|| previous.clusters_by_host.get(host))?
+        };
         for svc in index.services() {
+            if let Some(names) = unchanged_host(&svc.hostname)
+                && let (Some(old_clusters), Some(old_endpoints)) =
+                    (&previous.clusters, &previous.endpoints)
+                && names.iter().all(|n| old_clusters.contains_key(n))
+            {
+                for name in names {
+                    clusters.insert(name.clone(), old_clusters[name].clone());
+                    if let Some(e) = old_endpoints.get(name) {
+                        endpoints.insert(name.clone(), e.clone());
+                    }
+                }
+                clusters_by_host.insert(svc.hostname.clone(), names.clone());
+                continue;
+            }
             for port in &svc.ports {
                 let subsets =
                     std::iter::once(None).chain(index.subsets(&svc.hostname).iter().map(Some));
