@@ -45,6 +45,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/debug/registryz", get(registryz))
         .route("/debug/configz", get(configz))
+        .route("/debug/heap", get(heap))
         .with_state(state)
 }
 
@@ -214,6 +215,15 @@ fn ca_metrics(s: &AdminState, out: &mut String) {
     }
 }
 
+/// The allocator's own report: memory by size class, arena and state, for finding what holds
+/// the heap (the counterpart of istiod's /debug/pprof/heap).
+async fn heap() -> Response {
+    match crate::memory::heap_report() {
+        Ok(report) => (StatusCode::OK, report).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
 async fn registryz(State(s): State<AdminState>) -> Json<Value> {
     let snap = s.snapshots.borrow().clone();
     let config = snap.config();
@@ -348,6 +358,20 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "Seconds since start.",
         s.started.elapsed().as_secs_f64().to_string(),
     );
+    if let Some((allocated, resident)) = crate::memory::heap_stats() {
+        metric(
+            "meshd_heap_allocated_bytes",
+            "gauge",
+            "Heap bytes in use.",
+            allocated.to_string(),
+        );
+        metric(
+            "meshd_heap_resident_bytes",
+            "gauge",
+            "Bytes the allocator holds in memory (in use, its metadata, free pages not yet returned).",
+            resident.to_string(),
+        );
+    }
     let mut by_status: BTreeMap<&str, u64> = BTreeMap::new();
     for p in s.registry.snapshot() {
         for t in p.types.values() {

@@ -41,18 +41,45 @@ pub async fn trim_after_bursts(
     }
 }
 
-/// Returns free heap pages to the OS; whether any were released.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// jemalloc's settings, read by it at start (the `malloc_conf` symbol, as jemalloc documents):
+/// a background thread returns pages freed for over a second, so memory follows the load down
+/// without waiting for the next allocation; a setting jemalloc cannot read aborts at start.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+#[allow(non_upper_case_globals, unsafe_code)]
+pub static malloc_conf: &[u8; 59] = b"background_thread:true,dirty_decay_ms:1000,abort_conf:true\0";
+
+/// Returns every arena's free pages to the OS now; whether jemalloc did.
 #[allow(unsafe_code)]
 pub fn trim() -> bool {
-    // SAFETY: malloc_trim only returns free pages of glibc's arenas to the kernel; it takes
-    // the arenas' locks itself and may be called from any thread at any time.
-    unsafe { libc::malloc_trim(0) == 1 }
+    // SAFETY: `arena.<MALLCTL_ARENAS_ALL>.purge` takes and returns nothing: both pointers
+    // null, lengths zero, as jemalloc's mallctl documents for it.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        ) == 0
+    }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn trim() -> bool {
-    false
+/// Heap bytes the program holds and bytes of memory jemalloc has resident (heap, its metadata,
+/// pages not yet returned).
+pub fn heap_stats() -> Option<(u64, u64)> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some((
+        stats::allocated::read().ok()? as u64,
+        stats::resident::read().ok()? as u64,
+    ))
+}
+
+/// jemalloc's statistics report, as text.
+pub fn heap_report() -> std::io::Result<String> {
+    let mut out = Vec::new();
+    tikv_jemalloc_ctl::stats_print::stats_print(&mut out, Default::default())?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -94,9 +121,22 @@ mod tests {
     }
 
     #[test]
-    fn trimming_the_real_heap_is_harmless() {
+    fn jemalloc_runs_with_our_settings_and_reports_the_heap() {
+        assert!(
+            tikv_jemalloc_ctl::opt::background_thread::read().unwrap(),
+            "malloc_conf was read"
+        );
+        #[allow(unsafe_code)]
+        // SAFETY: `opt.dirty_decay_ms` is an ssize_t, read as isize.
+        let decay = unsafe { tikv_jemalloc_ctl::raw::read::<isize>(b"opt.dirty_decay_ms\0") };
+        assert_eq!(decay.unwrap(), 1000);
         let big: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 1 << 16]).collect();
+        let (allocated, resident) = heap_stats().unwrap();
+        assert!(allocated >= 64 << 16, "{allocated}");
+        assert!(resident >= allocated, "{resident} < {allocated}");
         drop(big);
-        trim();
+        assert!(trim(), "the purge was accepted");
+        let report = heap_report().unwrap();
+        assert!(report.contains("Allocated:"), "{report}");
     }
 }

@@ -84,6 +84,19 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// meshd's heap in use (its `meshd_heap_allocated_bytes` metric), in KB.
+fn heap_kb(admin_port: u16) -> Option<u64> {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{admin_port}/metrics")])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("meshd_heap_allocated_bytes "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|b| b / 1024)
+}
+
 struct Server {
     child: Child,
     args: Args,
@@ -413,6 +426,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut server, ready) = Server::start(&args)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kb(server.pid());
+    let idle_heap = heap_kb(args.admin_port);
     rows.push(("start-to-ready".into(), ms(ready)));
     rows.push((
         "idle RSS (mesh loaded, no proxies)".into(),
@@ -439,6 +453,7 @@ async fn main() -> anyhow::Result<()> {
     // Steady state: meshd returns the storm's freed memory a second after pushes go quiet.
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let loaded_rss = rss_kb(server.pid());
+    let loaded_heap = heap_kb(args.admin_port);
     rows.push((
         format!("connect {} proxies, all 5 types ACKed", args.proxies),
         format!(
@@ -459,6 +474,17 @@ async fn main() -> anyhow::Result<()> {
             (loaded_rss.saturating_sub(idle_rss)) as f64 / args.proxies.max(1) as f64
         ),
     ));
+    if let (Some(idle), Some(loaded)) = (idle_heap, loaded_heap) {
+        rows.push((
+            "heap in use: idle / with proxies / per proxy".into(),
+            format!(
+                "{:.1} MB / {:.1} MB / {:.1} KB",
+                idle as f64 / 1024.0,
+                loaded as f64 / 1024.0,
+                loaded.saturating_sub(idle) as f64 / args.proxies.max(1) as f64
+            ),
+        ));
+    }
     rows.push((
         "xDS config bytes per proxy (initial sync)".into(),
         format!(

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
@@ -183,30 +184,39 @@ pub struct LayerMap {
 /// this size (h2 keeps a slot per queued chunk, so one chunk per small resource is costly).
 pub const CHUNK_TARGET: usize = 16 << 10;
 
-/// `fields` as chunks of about `CHUNK_TARGET` bytes: small ones copied together, big ones by
-/// reference.
+/// `fields` as chunks of about `CHUNK_TARGET` bytes: runs of small ones copied together into a
+/// chunk of exactly their size, big ones and lone small ones by reference.
 pub fn coalesce(fields: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
+    fn flush(run: &mut Vec<Bytes>, run_len: &mut usize, out: &mut Vec<Bytes>) {
+        match run.len() {
+            0 => {}
+            1 => out.extend(run.pop()),
+            _ => {
+                let mut chunk = Vec::with_capacity(*run_len);
+                for f in run.drain(..) {
+                    chunk.extend_from_slice(&f);
+                }
+                out.push(Bytes::from(chunk));
+            }
+        }
+        *run_len = 0;
+    }
     let mut out = Vec::new();
-    let mut small = bytes::BytesMut::new();
+    let mut run = Vec::new();
+    let mut run_len = 0;
     for f in fields {
         if f.len() >= CHUNK_TARGET {
-            if !small.is_empty() {
-                out.push(small.split().freeze());
-            }
+            flush(&mut run, &mut run_len, &mut out);
             out.push(f);
             continue;
         }
-        if small.len() + f.len() > CHUNK_TARGET {
-            out.push(small.split().freeze());
+        if run_len + f.len() > CHUNK_TARGET {
+            flush(&mut run, &mut run_len, &mut out);
         }
-        if small.capacity() == 0 {
-            small.reserve(CHUNK_TARGET);
-        }
-        small.extend_from_slice(&f);
+        run_len += f.len();
+        run.push(f);
     }
-    if !small.is_empty() {
-        out.push(small.freeze());
-    }
+    flush(&mut run, &mut run_len, &mut out);
     out
 }
 
@@ -231,15 +241,32 @@ impl LayerMap {
 
     /// Every resource of the layer as SotW response fields, in chunks built once and written
     /// by reference into the response of every proxy that gets the whole layer.
-    pub fn sotw_chunks(&self) -> &[Bytes] {
-        self.sotw_chunks
-            .get_or_init(|| coalesce(self.map.values().map(|r| r.sotw_field())))
+    pub fn sotw_chunks(&self) -> Cow<'_, [Bytes]> {
+        let fields = || self.map.values().map(|r| r.sotw_field());
+        if self.small() {
+            return Cow::Owned(coalesce(fields()));
+        }
+        Cow::Borrowed(self.sotw_chunks.get_or_init(|| coalesce(fields())))
     }
 
     /// The same for Delta responses (a proxy's first sync of the layer).
-    pub fn delta_chunks(&self) -> &[Bytes] {
-        self.delta_chunks
-            .get_or_init(|| coalesce(self.map.values().flat_map(|r| r.delta_field())))
+    pub fn delta_chunks(&self) -> Cow<'_, [Bytes]> {
+        let fields = || self.map.values().flat_map(|r| r.delta_field());
+        if self.small() {
+            return Cow::Owned(coalesce(fields()));
+        }
+        Cow::Borrowed(self.delta_chunks.get_or_init(|| coalesce(fields())))
+    }
+
+    /// A layer of less than a chunk (a workload's inbound side, its certificates: one proxy's
+    /// own) is coalesced when sent rather than kept coalesced: a kept copy would double what
+    /// each proxy costs.
+    fn small(&self) -> bool {
+        let mut total = 0;
+        self.map.values().all(|r| {
+            total += r.size();
+            total < CHUNK_TARGET
+        })
     }
 }
 
@@ -578,6 +605,33 @@ mod tests {
         let got = DiscoveryResponse::decode(body.as_slice()).unwrap();
         assert_eq!(got.resources.len(), 2000);
         assert_eq!(got.resources[1999], l["c1999"].any());
+    }
+
+    /// A big shared layer keeps its chunks (built once for every proxy); a layer of less than
+    /// a chunk, one proxy's own, keeps nothing besides its resources; a lone small resource
+    /// goes by reference.
+    #[test]
+    fn only_layers_of_more_than_a_chunk_keep_their_chunks() {
+        let items: Vec<(String, i64)> = (0..2000).map(|i| (format!("c{i:04}"), i)).collect();
+        let refs: Vec<(&str, i64)> = items.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let big = layer(&refs);
+        let (Cow::Borrowed(first), Cow::Borrowed(again)) = (big.delta_chunks(), big.delta_chunks())
+        else {
+            panic!("a big layer's chunks are kept");
+        };
+        assert!(std::ptr::eq(first, again));
+        let small = layer(&[("a", 1), ("b", 2)]);
+        assert!(matches!(small.sotw_chunks(), Cow::Owned(_)));
+        assert!(matches!(small.delta_chunks(), Cow::Owned(_)));
+        let whole: Vec<u8> = small
+            .values()
+            .flat_map(|r| r.sotw_field().to_vec())
+            .collect();
+        assert_eq!(small.sotw_chunks().concat(), whole);
+        let lone = layer(&[("a", 1)]);
+        let chunks = lone.sotw_chunks();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].as_ptr(), lone["a"].sotw_field().as_ptr());
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub(crate) async fn open_stream<Req: prost::Message + Default>(
     match bind_proxy(node(&first), identity) {
         Ok(p) => Some((p, first)),
         Err(status) => {
-            let _ = tx.send(super::wire::Outgoing::End(status)).await;
+            let _ = tx.send(super::wire::Outgoing::End(Box::new(status))).await;
             None
         }
     }

@@ -245,12 +245,12 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     mut requests: wire::Requests<DeltaDiscoveryRequest>,
     tx: wire::Sender,
 ) {
-    let Some((proxy, first)) = open_stream(
+    let Some((proxy, first)) = Box::pin(open_stream(
         &mut requests,
         identity,
         |r: &DeltaDiscoveryRequest| r.node.as_ref(),
         &tx,
-    )
+    ))
     .await
     else {
         return;
@@ -268,20 +268,22 @@ async fn session<A: Authenticator, S: SecretSource>(
     mut requests: wire::Requests<DeltaDiscoveryRequest>,
     tx: wire::Sender,
 ) {
-    let conn = Conn::open(shared, proxy, "delta").await;
+    // The first sync and each push run boxed: the task keeps, between messages, only what a
+    // waiting stream needs (every proxy has one).
+    let conn = Box::pin(Conn::open(shared, proxy, "delta")).await;
     let mut d = Delta {
         conn,
         types: HashMap::new(),
         tx,
         eds_due: Vec::new(),
     };
-    if d.on_request(first).await.is_err() {
+    if Box::pin(d.on_request(first)).await.is_err() {
         return;
     }
     loop {
         tokio::select! {
             req = requests.next() => match req {
-                Some(Ok(req)) => if d.on_request(req).await.is_err() { return },
+                Some(Ok(req)) => if Box::pin(d.on_request(req)).await.is_err() { return },
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "stream error");
                     return;
@@ -291,10 +293,14 @@ async fn session<A: Authenticator, S: SecretSource>(
             wake = d.conn.wake() => match wake {
                 Wake::Drain => return,
                 Wake::Mesh | Wake::Secrets => {
-                    d.conn.refresh().await;
-                    for type_url in PUSH_ORDER {
-                        if d.push(type_url).await.is_err() { return }
-                    }
+                    let pushed = Box::pin(async {
+                        d.conn.refresh().await;
+                        for type_url in PUSH_ORDER {
+                            d.push(type_url).await?;
+                        }
+                        Ok::<(), ()>(())
+                    });
+                    if pushed.await.is_err() { return }
                 }
             },
         }

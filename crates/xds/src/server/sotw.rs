@@ -192,12 +192,12 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     mut requests: wire::Requests<DiscoveryRequest>,
     tx: wire::Sender,
 ) {
-    let Some((proxy, first)) = open_stream(
+    let Some((proxy, first)) = Box::pin(open_stream(
         &mut requests,
         identity,
         |r: &DiscoveryRequest| r.node.as_ref(),
         &tx,
-    )
+    ))
     .await
     else {
         return;
@@ -215,20 +215,22 @@ async fn session<A: Authenticator, S: SecretSource>(
     mut requests: wire::Requests<DiscoveryRequest>,
     tx: wire::Sender,
 ) {
-    let conn = Conn::open(shared, proxy, "sotw").await;
+    // The first sync and each push run boxed: the task keeps, between messages, only what a
+    // waiting stream needs (every proxy has one).
+    let conn = Box::pin(Conn::open(shared, proxy, "sotw")).await;
     let mut s = Sotw {
         conn,
         types: HashMap::new(),
         tx,
         eds_due: Vec::new(),
     };
-    if s.on_request(first).await.is_err() {
+    if Box::pin(s.on_request(first)).await.is_err() {
         return;
     }
     loop {
         tokio::select! {
             req = requests.next() => match req {
-                Some(Ok(req)) => if s.on_request(req).await.is_err() { return },
+                Some(Ok(req)) => if Box::pin(s.on_request(req)).await.is_err() { return },
                 Some(Err(e)) => {
                     tracing::debug!(proxy = %s.conn.proxy.id, error = %e, "stream error");
                     return;
@@ -238,8 +240,11 @@ async fn session<A: Authenticator, S: SecretSource>(
             wake = s.conn.wake() => match wake {
                 Wake::Drain => return,
                 Wake::Mesh | Wake::Secrets => {
-                    s.conn.refresh().await;
-                    if s.push_all().await.is_err() { return }
+                    let pushed = Box::pin(async {
+                        s.conn.refresh().await;
+                        s.push_all().await
+                    });
+                    if pushed.await.is_err() { return }
                 }
             },
         }

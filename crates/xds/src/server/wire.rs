@@ -35,8 +35,9 @@ const FRAME_TARGET: usize = CHUNK_TARGET;
 pub(crate) enum Outgoing {
     /// One gRPC message as a chain of shared chunks.
     Message(Vec<Bytes>),
-    /// End the stream with this status.
-    End(Status),
+    /// End the stream with this status (boxed: the channel's blocks hold slots of the largest
+    /// variant, and every stream has one).
+    End(Box<Status>),
 }
 
 pub(crate) type Sender = mpsc::Sender<Outgoing>;
@@ -86,7 +87,7 @@ pub(crate) fn sotw_response(
                 .set
                 .layers()
                 .iter()
-                .flat_map(|l| l.sotw_chunks().iter().cloned())
+                .flat_map(|l| l.sotw_chunks().into_owned())
                 .collect(),
             Subscription::Names(_) => sent.iter().map(|r| r.sotw_field()).collect(),
         },
@@ -121,7 +122,7 @@ pub(crate) fn delta_response(
     let fields: Vec<Bytes> = match updates {
         DeltaUpdates::Layers(layers) => layers
             .iter()
-            .flat_map(|l| l.delta_chunks().iter().cloned())
+            .flat_map(|l| l.delta_chunks().into_owned())
             .collect(),
         DeltaUpdates::Resources(rs) => rs.iter().flat_map(|r| r.delta_field()).collect(),
     };
@@ -182,7 +183,7 @@ impl http_body::Body for FrameBody {
                 let first = next_chunk(&mut this.pending).unwrap_or_default();
                 return Poll::Ready(Some(Ok(http_body::Frame::data(first))));
             }
-            Poll::Ready(Some(Outgoing::End(status))) => status,
+            Poll::Ready(Some(Outgoing::End(status))) => *status,
             // The stream task ended (drain, proxy gone): a clean end; Envoy reconnects.
             Poll::Ready(None) => Status::new(Code::Ok, ""),
         };
