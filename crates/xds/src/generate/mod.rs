@@ -18,7 +18,9 @@ use crate::resource::{
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use meshd_model::mesh::qualify_host;
-use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset, VirtualService};
+use meshd_model::networking::{
+    DestinationRule, Labels, OutboundMode, Sidecar, Subset, VirtualService,
+};
 use meshd_model::registry::{Endpoint, Port, Protocol, Service, Workload, selector_matches};
 use meshd_model::security::{MtlsMode, PeerAuthentication};
 use meshd_model::{ConfigObject, MeshConfig, SpecRef};
@@ -129,33 +131,26 @@ impl Index {
                     .push((ns.to_string(), vs.clone()));
             }
         }
-        let uses_source_labels = mesh_routes.values().flatten().any(|(_, vs)| {
-            vs.http
-                .iter()
-                .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
-                || vs
-                    .tcp
-                    .iter()
-                    .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
-                || vs
-                    .tls
-                    .iter()
-                    .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
-        });
-        let routes_see_namespace = restricted
-            || mesh_routes.values().flatten().any(|(_, vs)| {
-                vs.http
-                    .iter()
-                    .any(|r| r.matches.iter().any(|m| m.source_namespace.is_some()))
-                    || vs
-                        .tcp
+        // Whether some mesh route's match (HTTP, TCP or TLS) says `pred` of its source fields.
+        let some_match = |pred: fn(&Labels, Option<&String>) -> bool| {
+            mesh_routes.values().flatten().any(|(_, vs)| {
+                vs.http.iter().any(|r| {
+                    r.matches
                         .iter()
-                        .any(|r| r.matches.iter().any(|m| m.source_namespace.is_some()))
-                    || vs
-                        .tls
+                        .any(|m| pred(&m.source_labels, m.source_namespace.as_ref()))
+                }) || vs.tcp.iter().any(|r| {
+                    r.matches
                         .iter()
-                        .any(|r| r.matches.iter().any(|m| m.source_namespace.is_some()))
-            });
+                        .any(|m| pred(&m.source_labels, m.source_namespace.as_ref()))
+                }) || vs.tls.iter().any(|r| {
+                    r.matches
+                        .iter()
+                        .any(|m| pred(&m.source_labels, m.source_namespace.as_ref()))
+                })
+            })
+        };
+        let uses_source_labels = some_match(|labels, _| !labels.is_empty());
+        let routes_see_namespace = restricted || some_match(|_, ns| ns.is_some());
         let mut workloads = HashMap::new();
         for (i, w) in config.workloads.iter().enumerate() {
             // The first of a duplicated name wins, as in `MeshConfig::workload`.

@@ -503,30 +503,12 @@ fn inbound_resources_follow_their_inputs_across_rebuilds() {
 fn route_tables_share_virtual_hosts_only_where_namespaces_agree() {
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
     use prost::Message;
-    let services = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web, namespace: b}
-spec:
-  hosts: [web.b.svc.cluster.local]
-  addresses: [10.96.0.30]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.30}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: api, namespace: a}
-spec:
-  hosts: [api.a.svc.cluster.local]
-  addresses: [10.96.0.31]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.31}]
----
-"#;
+    let service = |name: &str, ns: &str, n: u8| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [{name}.{ns}.svc.cluster.local]\n  addresses: [10.96.0.{n}]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  endpoints: [{{address: 10.44.0.{n}}}]\n---\n"
+        )
+    };
+    let services = service("web", "b", 30) + &service("api", "a", 31);
     let by_namespace = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -556,7 +538,7 @@ spec:
             .clone()
     };
 
-    let plain = snapshot_of(services);
+    let plain = snapshot_of(&services);
     let tables: Vec<RouteConfiguration> = ["a", "b", "c"].map(|ns| route_table(&plain, ns)).into();
     assert_eq!(web(&tables[0]), web(&tables[2]), "a and c see web alike");
     assert!(web(&tables[1]).domains.contains(&"web".to_string()));
