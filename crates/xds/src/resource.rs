@@ -181,8 +181,14 @@ pub struct LayerMap {
 }
 
 /// Resources smaller than this are written to the wire copied together into chunks of at most
-/// this size (h2 keeps a slot per queued chunk, so one chunk per small resource is costly).
-pub const CHUNK_TARGET: usize = 16 << 10;
+/// this size. h2 queues one frame per chunk it is given and keeps the queue's slab at its
+/// largest size for the life of the connection, so the chunk size sets what a first sync leaves
+/// behind on every connection: 64 KB chunks make a 2 MB response 32 slots (16 KB ones, 128).
+pub const CHUNK_TARGET: usize = 64 << 10;
+
+/// Layers smaller than this are one proxy's own (its inbound side, its certificates): they are
+/// coalesced when sent rather than kept coalesced (a kept copy would double what they cost).
+const KEPT_CHUNKS_MIN: usize = 16 << 10;
 
 /// `fields` as chunks of about `CHUNK_TARGET` bytes: runs of small ones copied together into a
 /// chunk of exactly their size, big ones and lone small ones by reference.
@@ -258,14 +264,12 @@ impl LayerMap {
         Cow::Borrowed(self.delta_chunks.get_or_init(|| coalesce(fields())))
     }
 
-    /// A layer of less than a chunk (a workload's inbound side, its certificates: one proxy's
-    /// own) is coalesced when sent rather than kept coalesced: a kept copy would double what
-    /// each proxy costs.
+    /// Whether the layer is below `KEPT_CHUNKS_MIN`.
     fn small(&self) -> bool {
         let mut total = 0;
         self.map.values().all(|r| {
             total += r.size();
-            total < CHUNK_TARGET
+            total < KEPT_CHUNKS_MIN
         })
     }
 }
@@ -607,9 +611,9 @@ mod tests {
         assert_eq!(got.resources[1999], l["c1999"].any());
     }
 
-    /// A big shared layer keeps its chunks (built once for every proxy); a layer of less than
-    /// a chunk, one proxy's own, keeps nothing besides its resources; a lone small resource
-    /// goes by reference.
+    /// A big shared layer keeps its chunks (built once for every proxy); a small layer, one
+    /// proxy's own, keeps nothing besides its resources; a lone small resource goes by
+    /// reference.
     #[test]
     fn only_layers_of_more_than_a_chunk_keep_their_chunks() {
         let items: Vec<(String, i64)> = (0..2000).map(|i| (format!("c{i:04}"), i)).collect();
