@@ -1,10 +1,10 @@
-//! Returning freed heap to the OS after bursts of pushes.
+//! The allocator's settings and figures, and returning freed heap to the OS after bursts.
 //!
 //! A connect storm or a full push allocates and frees hundreds of MB within seconds (responses
 //! queued per stream, decode buffers), and each config change frees the last snapshot and the
-//! config it was built from. glibc keeps freed pages in its per-thread arenas, so the process
-//! would stay at its peak for good; once pushes and rebuilds have gone quiet, it is asked to
-//! release them.
+//! config it was built from. jemalloc's background thread returns pages a second after they are
+//! freed; once pushes and rebuilds have gone quiet, every arena is also purged at once, so RSS
+//! follows live state rather than the last peak.
 
 use std::time::Duration;
 use tokio::sync::watch;
