@@ -372,7 +372,7 @@ pub struct MeshSnapshot {
     /// Every outbound cluster and its endpoints, encoded once.
     clusters: Layer,
     endpoints: Layer,
-    clusters_by_host: HashMap<String, Vec<String>>,
+    clusters_by_host: Arc<HashMap<String, Vec<String>>>,
     scopes: Mutex<HashMap<ScopeKey, Once<Arc<Scope>>>>,
     gateways: Mutex<HashMap<String, Once<Arc<gateway::GatewayResources>>>>,
     inbound: Mutex<HashMap<String, Once<(Layer, Layer)>>>,
@@ -387,10 +387,9 @@ pub struct MeshSnapshot {
 /// streams skip unchanged layers by pointer and Delta sends only what changed.
 #[derive(Default)]
 struct Previous {
-    config: Option<Arc<MeshConfig>>,
-    /// With the options it was built under.
+    /// With the options it was built under (its config is `index.config`).
     index: Option<(Arc<Index>, Arc<GenOptions>)>,
-    clusters_by_host: HashMap<String, Vec<String>>,
+    clusters_by_host: Arc<HashMap<String, Vec<String>>>,
     clusters: Option<Layer>,
     endpoints: Option<Layer>,
     scopes: HashMap<ScopeKey, Arc<Scope>>,
@@ -489,7 +488,6 @@ impl MeshSnapshot {
         opts: Arc<GenOptions>,
     ) -> MeshSnapshot {
         let previous = Previous {
-            config: Some(self.index.config.clone()),
             index: Some((self.index.clone(), self.opts.clone())),
             clusters_by_host: self.clusters_by_host.clone(),
             clusters: Some(self.clusters.clone()),
@@ -517,12 +515,14 @@ impl MeshSnapshot {
         // Sidecars, PeerAuthentication, AuthorizationPolicy, EnvoyFilters and the options: when
         // none of those changed (a DestinationRule or VirtualService edit), the previous ones
         // stand as built.
-        let inbound: HashMap<String, Once<(Layer, Layer)>> = match &previous.config {
-            Some(old) if same_opts && same_inbound_inputs(old, &index.config) => previous
-                .inbound
-                .iter()
-                .map(|(k, v)| (k.clone(), Arc::new(OnceLock::from(v.clone()))))
-                .collect(),
+        let inbound: HashMap<String, Once<(Layer, Layer)>> = match &previous.index {
+            Some((old, _)) if same_opts && same_inbound_inputs(&old.config, &index.config) => {
+                previous
+                    .inbound
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Arc::new(OnceLock::from(v.clone()))))
+                    .collect()
+            }
             _ => HashMap::new(),
         };
         let mut clusters = BTreeMap::new();
@@ -585,7 +585,7 @@ impl MeshSnapshot {
             patches,
             clusters: reuse_layer(previous.clusters.as_ref(), LayerMap::new(clusters)),
             endpoints: reuse_layer(previous.endpoints.as_ref(), LayerMap::new(endpoints)),
-            clusters_by_host,
+            clusters_by_host: Arc::new(clusters_by_host),
             scopes: Mutex::new(HashMap::new()),
             gateways: Mutex::new(HashMap::new()),
             inbound: Mutex::new(inbound),
