@@ -1,28 +1,33 @@
 //! One simulated Envoy sidecar: ADS with wildcard CDS and LDS, then EDS and RDS for the names
 //! those carry, and SDS for its certificate; every response ACKed (or a fraction NACKed).
+//!
+//! Each proxy opens its own HTTP/2 connection and reads responses with [`scan::Scanner`], field
+//! by field: it keeps what it tracks (names, versions, nonces), not the configuration.
 
+use crate::scan::{self, Fields, Scanner, Take};
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
-};
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use foldhash::{HashMap, HashSet};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use prost::Message;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 pub const TYPES: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
 
@@ -44,55 +49,78 @@ pub struct ProxySpec {
     pub credential: String,
 }
 
-/// Names a CDS/LDS payload refers to, decoded once per distinct payload across all clients
-/// so the load tool does not compete with the server for CPU.
+/// What CDS/LDS payloads refer to, decoded once per distinct payload across all clients so the
+/// load tool does not compete with the server for CPU.
 #[derive(Default)]
 pub struct DecodeCache {
-    eds: Mutex<HashMap<u64, Arc<Vec<String>>>>,
-    rds: Mutex<HashMap<u64, Arc<Vec<String>>>>,
-    /// Delta: the EDS/RDS names one CDS/LDS resource refers to, by (type, content version).
-    deps: Mutex<HashMap<(&'static str, String), Deps>>,
-    names: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// SotW: the EDS/RDS names a whole CDS/LDS response refers to, by (type, version_info).
+    sotw: Mutex<HashMap<(&'static str, String), Names>>,
+    /// Delta: the EDS/RDS names one CDS (0) or LDS (1) resource refers to, by content version.
+    deps: [Mutex<HashMap<String, Deps>>; 2],
+    names: Mutex<HashSet<Arc<str>>>,
     pub bytes_received: AtomicU64,
     /// Streams that ended (each one reconnects).
     pub stream_errors: AtomicU64,
 }
 
+/// The names of the dependent type (EDS or RDS) a whole SotW response refers to.
+type Names = Arc<Vec<String>>;
+
 /// The names of the dependent type (EDS or RDS) one resource refers to.
 type Deps = Arc<[Arc<str>]>;
 
-fn key(parts: impl Iterator<Item = impl std::hash::Hash>) -> u64 {
-    use std::hash::{DefaultHasher, Hasher};
-    let mut h = DefaultHasher::new();
-    for p in parts {
-        p.hash(&mut h);
+/// The EDS cluster a Cluster resource names, if it is one.
+fn eds_name(value: &[u8]) -> Option<String> {
+    let c = Cluster::decode(value).ok()?;
+    (c.cluster_discovery_type
+        == Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )))
+    .then_some(c.name)
+}
+
+/// The route configurations a Listener resource's HTTP connection managers name.
+fn rds_names(value: &[u8], names: &mut BTreeSet<String>) {
+    let Ok(l) = Listener::decode(value) else {
+        return;
+    };
+    for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+        for f in &chain.filters {
+            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                continue;
+            };
+            if !any.type_url.ends_with("HttpConnectionManager") {
+                continue;
+            }
+            if let Ok(h) = HttpConnectionManager::decode(any.value.as_slice())
+                && let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = h.route_specifier
+            {
+                names.insert(rds.route_config_name);
+            }
+        }
     }
-    h.finish()
+}
+
+/// The value of a google.protobuf.Any (field 2).
+fn any_value(any: &[u8]) -> &[u8] {
+    scan::fields(any)
+        .find(|(n, _)| *n == 2)
+        .map_or(&[][..], |(_, v)| v)
+}
+
+/// The dependent names of one CDS or LDS resource, whose `Any` is `any`.
+fn dependents(type_url: &str, any: &[u8]) -> Vec<String> {
+    let value = any_value(any);
+    if type_url == CLUSTER {
+        eds_name(value).into_iter().collect()
+    } else {
+        let mut names = BTreeSet::new();
+        rds_names(value, &mut names);
+        names.into_iter().collect()
+    }
 }
 
 impl DecodeCache {
-    fn eds_names<'a>(&self, k: u64, resources: impl Iterator<Item = &'a Any>) -> Arc<Vec<String>> {
-        if let Some(v) = self.eds.lock().unwrap().get(&k) {
-            return v.clone();
-        }
-        let v = Arc::new(self.decode_eds(resources));
-        self.eds.lock().unwrap().insert(k, v.clone());
-        v
-    }
-
-    fn decode_eds<'a>(&self, resources: impl Iterator<Item = &'a Any>) -> Vec<String> {
-        resources
-            .filter_map(|a| Cluster::decode(a.value.as_slice()).ok())
-            .filter(|c| {
-                c.cluster_discovery_type
-                    == Some(cluster::ClusterDiscoveryType::Type(
-                        cluster::DiscoveryType::Eds as i32,
-                    ))
-            })
-            .map(|c| c.name)
-            .collect()
-    }
-
     fn intern(&self, name: &str) -> Arc<str> {
         let mut names = self.names.lock().unwrap();
         if let Some(n) = names.get(name) {
@@ -104,62 +132,29 @@ impl DecodeCache {
     }
 
     /// What one CDS or LDS resource (at this content version) makes the proxy subscribe to.
-    fn deps(&self, type_url: &'static str, version: &str, any: &Any) -> Deps {
-        let k = (type_url, version.to_string());
-        if let Some(d) = self.deps.lock().unwrap().get(&k) {
+    fn deps(&self, type_url: &'static str, version: &str, any: &[u8]) -> Deps {
+        let by_version = &self.deps[usize::from(type_url != CLUSTER)];
+        if let Some(d) = by_version.lock().unwrap().get(version) {
             return d.clone();
         }
-        let one = std::iter::once(any);
-        let names = if type_url == CLUSTER {
-            self.decode_eds(one)
-        } else {
-            self.decode_rds(one)
-        };
-        let d: Deps = names.iter().map(|n| self.intern(n)).collect();
-        self.deps.lock().unwrap().insert(k, d.clone());
+        let d: Deps = dependents(type_url, any)
+            .iter()
+            .map(|n| self.intern(n))
+            .collect();
+        by_version
+            .lock()
+            .unwrap()
+            .insert(version.to_string(), d.clone());
         d
     }
 
-    fn rds_names<'a>(&self, k: u64, resources: impl Iterator<Item = &'a Any>) -> Arc<Vec<String>> {
-        if let Some(v) = self.rds.lock().unwrap().get(&k) {
-            return v.clone();
-        }
-        let v = Arc::new(self.decode_rds(resources));
-        self.rds.lock().unwrap().insert(k, v.clone());
-        v
+    fn sotw_names(&self, type_url: &'static str, version: &str) -> Option<Arc<Vec<String>>> {
+        self.sotw
+            .lock()
+            .unwrap()
+            .get(&(type_url, version.to_string()))
+            .cloned()
     }
-
-    fn decode_rds<'a>(&self, resources: impl Iterator<Item = &'a Any>) -> Vec<String> {
-        let mut names = BTreeSet::new();
-        for l in resources.filter_map(|a| Listener::decode(a.value.as_slice()).ok()) {
-            for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
-                for f in &chain.filters {
-                    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                        continue;
-                    };
-                    if !any.type_url.ends_with("HttpConnectionManager") {
-                        continue;
-                    }
-                    if let Ok(h) = HttpConnectionManager::decode(any.value.as_slice())
-                        && let Some(http_connection_manager::RouteSpecifier::Rds(rds)) =
-                            h.route_specifier
-                    {
-                        names.insert(rds.route_config_name);
-                    }
-                }
-            }
-        }
-        names.into_iter().collect()
-    }
-}
-
-fn authorized<T>(msg: T, credential: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {credential}").parse().expect("ascii"),
-    );
-    req
 }
 
 fn nack(proxy: u32, seq: u64, fraction: f64) -> bool {
@@ -172,72 +167,293 @@ fn nack(proxy: u32, seq: u64, fraction: f64) -> bool {
     (h % 10_000) as f64 / 10_000.0 < fraction
 }
 
+/// The wildcard type whose resources name what the proxy asks for next, and that next type.
+fn dependent_type(type_url: &str) -> Option<(&'static str, &'static str)> {
+    match type_url {
+        CLUSTER => Some((CLUSTER, ENDPOINT)),
+        LISTENER => Some((LISTENER, ROUTE)),
+        _ => None,
+    }
+}
+
+fn utf8(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A gRPC message: the uncompressed flag, the length, the protobuf.
+fn grpc_frame(msg: &impl Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + msg.encoded_len());
+    out.put_u8(0);
+    out.put_u32(msg.encoded_len() as u32);
+    msg.encode(&mut out).expect("sized");
+    out.freeze()
+}
+
+const ADS: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService";
+
+/// An HTTP/2 connection of one sidecar to the xDS port.
+pub type Connection = hyper::client::conn::http2::SendRequest<RequestBody>;
+type RequestBody = StreamBody<
+    futures::stream::Map<ReceiverStream<Bytes>, fn(Bytes) -> Result<Frame<Bytes>, Infallible>>,
+>;
+
+/// Connects as a sidecar does: its own TCP connection and HTTP/2 session.
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Connection> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    // Windows bound what the server can have in flight to a client that is slow to read.
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(1 << 20)
+        .handshake(TokioIo::new(tcp))
+        .await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Opens the ADS stream: the requests go as they are sent on the returned channel, the
+/// response body is read by the caller.
+async fn open_stream(
+    mut conn: Connection,
+    method: &str,
+    credential: &str,
+) -> anyhow::Result<(mpsc::Sender<Bytes>, Incoming)> {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let data: fn(Bytes) -> Result<Frame<Bytes>, Infallible> = |b| Ok(Frame::data(b));
+    let body = StreamBody::new(futures::StreamExt::map(ReceiverStream::new(rx), data));
+    let request = hyper::Request::post(format!("http://meshd{ADS}/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {credential}"))
+        .body(body)?;
+    let response = conn.send_request(request).await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "ADS answered HTTP {}",
+        response.status()
+    );
+    if let Some(status) = response.headers().get("grpc-status") {
+        anyhow::bail!(
+            "ADS refused the stream: grpc-status {status:?} {:?}",
+            response.headers().get("grpc-message")
+        );
+    }
+    Ok((tx, response.into_body()))
+}
+
+/// A response body read message by message, each kept as its sink summarises it.
+struct Responses<F> {
+    body: Incoming,
+    scanner: Scanner,
+    sink: F,
+}
+
+impl<F: Fields + Pending> Responses<F> {
+    /// The next message; `None` when the stream ended cleanly.
+    async fn next(&mut self) -> anyhow::Result<Option<F::Message>> {
+        loop {
+            if let Some(message) = self.sink.take() {
+                return Ok(Some(message));
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            match frame?.into_data() {
+                Ok(data) => self.scanner.feed(data, &mut self.sink)?,
+                Err(frame) => {
+                    let status = frame
+                        .trailers_ref()
+                        .and_then(|t| t.get("grpc-status"))
+                        .and_then(|s| s.to_str().ok())
+                        .unwrap_or("0");
+                    anyhow::ensure!(status == "0", "ADS ended with grpc-status {status}");
+                }
+            }
+        }
+    }
+}
+
+/// A sink's finished messages.
+trait Pending {
+    type Message;
+    fn take(&mut self) -> Option<Self::Message>;
+}
+
+/// A SotW response as the client keeps it.
+#[derive(Default)]
+struct SotwResponse {
+    version: String,
+    type_url: String,
+    nonce: String,
+    /// CDS/LDS: what the response refers to.
+    names: Option<Arc<Vec<String>>>,
+}
+
+/// Reads DiscoveryResponses: version_info = 1, resources = 2, type_url = 4, nonce = 5.
+struct SotwFields {
+    cache: Arc<DecodeCache>,
+    current: SotwResponse,
+    /// CDS/LDS names decoded from this response when the cache did not have them.
+    decoded: Option<BTreeSet<String>>,
+    /// What is done with this response's resources, decided at the first.
+    resources: Option<Take>,
+    bytes: u64,
+    done: Vec<SotwResponse>,
+}
+
+impl SotwFields {
+    fn wildcard_type(&self) -> Option<&'static str> {
+        dependent_type(&self.current.type_url).map(|(t, _)| t)
+    }
+}
+
+impl Fields for SotwFields {
+    fn start(&mut self, _len: usize) {
+        self.current = SotwResponse::default();
+        self.decoded = None;
+        self.resources = None;
+    }
+
+    fn field(&mut self, number: u32, len: usize) -> Take {
+        match number {
+            1 | 4 | 5 => Take::Capture,
+            2 => {
+                self.bytes += len as u64;
+                if let Some(take) = self.resources {
+                    return take;
+                }
+                // The server writes version and type before the resources; were it not to, every
+                // resource would be decoded.
+                let take = match self.wildcard_type() {
+                    Some(t) => {
+                        self.current.names = self.cache.sotw_names(t, &self.current.version);
+                        if self.current.names.is_some() {
+                            Take::Skip
+                        } else {
+                            Take::Capture
+                        }
+                    }
+                    None if self.current.type_url.is_empty() => return Take::Capture,
+                    None => Take::Skip,
+                };
+                self.resources = Some(take);
+                take
+            }
+            _ => Take::Skip,
+        }
+    }
+
+    fn captured(&mut self, number: u32, bytes: Bytes) {
+        match number {
+            1 => self.current.version = utf8(&bytes),
+            4 => self.current.type_url = utf8(&bytes),
+            5 => self.current.nonce = utf8(&bytes),
+            2 => {
+                let type_url = match scan::fields(&bytes).find(|(n, _)| *n == 1) {
+                    Some((_, t)) => utf8(t),
+                    None => return,
+                };
+                if let Some((t, _)) = dependent_type(&type_url) {
+                    self.decoded
+                        .get_or_insert_default()
+                        .extend(dependents(t, &bytes));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn end(&mut self) -> anyhow::Result<()> {
+        let mut response = std::mem::take(&mut self.current);
+        if let Some((t, _)) = dependent_type(&response.type_url)
+            && response.names.is_none()
+        {
+            let names = Arc::new(
+                self.decoded
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            );
+            self.cache
+                .sotw
+                .lock()
+                .unwrap()
+                .insert((t, response.version.clone()), names.clone());
+            response.names = Some(names);
+        }
+        self.cache
+            .bytes_received
+            .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
+        self.done.push(response);
+        Ok(())
+    }
+}
+
+impl Pending for SotwFields {
+    type Message = SotwResponse;
+    fn take(&mut self) -> Option<SotwResponse> {
+        (!self.done.is_empty()).then(|| self.done.remove(0))
+    }
+}
+
 /// Runs one simulated proxy over SotW until the stream ends.
 pub async fn run_sotw(
-    channel: Channel,
+    conn: Connection,
     spec: ProxySpec,
     cache: Arc<DecodeCache>,
     acks: mpsc::UnboundedSender<Ack>,
     nack_fraction: f64,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
+    let (tx, body) = open_stream(conn, "StreamAggregatedResources", &spec.credential).await?;
     let node = Some(Node {
         id: spec.node_id.clone(),
         ..Default::default()
     });
-    tx.send(DiscoveryRequest {
-        node,
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await?;
-    tx.send(DiscoveryRequest {
-        type_url: LISTENER.into(),
-        ..Default::default()
-    })
-    .await?;
-    tx.send(DiscoveryRequest {
-        type_url: SECRET.into(),
-        resource_names: vec!["default".into(), "ROOTCA".into()],
-        ..Default::default()
-    })
-    .await?;
-    let mut stream = client
-        .stream_aggregated_resources(authorized(ReceiverStream::new(rx), &spec.credential))
-        .await?
-        .into_inner();
-    let mut subscribed: HashMap<&'static str, Arc<Vec<String>>> = HashMap::new();
-    let mut last: HashMap<String, (String, String)> = HashMap::new();
+    for request in [
+        DiscoveryRequest {
+            node,
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+        DiscoveryRequest {
+            type_url: LISTENER.into(),
+            ..Default::default()
+        },
+        DiscoveryRequest {
+            type_url: SECRET.into(),
+            resource_names: vec!["default".into(), "ROOTCA".into()],
+            ..Default::default()
+        },
+    ] {
+        tx.send(grpc_frame(&request)).await?;
+    }
+    let mut subscribed: HashMap<&'static str, Arc<Vec<String>>> = HashMap::default();
+    let mut last: HashMap<String, (String, String)> = HashMap::default();
     let mut seq = 0u64;
-    while let Some(resp) = stream.next().await {
-        let resp: DiscoveryResponse = resp?;
+    let mut responses = Responses {
+        body,
+        scanner: Scanner::default(),
+        sink: SotwFields {
+            cache: cache.clone(),
+            current: SotwResponse::default(),
+            decoded: None,
+            resources: None,
+            bytes: 0,
+            done: Vec::new(),
+        },
+    };
+    while let Some(resp) = responses.next().await? {
         seq += 1;
-        let bytes: usize = resp.resources.iter().map(|r| r.value.len()).sum();
-        cache
-            .bytes_received
-            .fetch_add(bytes as u64, Ordering::Relaxed);
         let reject = nack(spec.index, seq, nack_fraction);
-        let names = match resp.type_url.as_str() {
-            CLUSTER => Some((
-                ENDPOINT,
-                cache.eds_names(key([&resp.version_info].iter()), resp.resources.iter()),
-            )),
-            LISTENER => Some((
-                ROUTE,
-                cache.rds_names(key([&resp.version_info].iter()), resp.resources.iter()),
-            )),
-            _ => None,
-        };
         let acked_version = if reject {
             last.get(&resp.type_url)
                 .map(|l| l.0.clone())
                 .unwrap_or_default()
         } else {
-            resp.version_info.clone()
+            resp.version.clone()
         };
-        tx.send(DiscoveryRequest {
+        let request = DiscoveryRequest {
             type_url: resp.type_url.clone(),
             version_info: acked_version.clone(),
             response_nonce: resp.nonce.clone(),
@@ -254,8 +470,8 @@ pub async fn run_sotw(
                 ..Default::default()
             }),
             ..Default::default()
-        })
-        .await?;
+        };
+        tx.send(grpc_frame(&request)).await?;
         last.insert(resp.type_url.clone(), (acked_version, resp.nonce.clone()));
         // A NACK answers the response too: the phases time answers, so they complete with
         // `--nack-fraction` as well.
@@ -264,79 +480,162 @@ pub async fn run_sotw(
             type_index: type_index(&resp.type_url),
             at: Instant::now(),
         });
-        if let Some((dep, names)) = names
+        if let Some((_, dep)) = dependent_type(&resp.type_url)
+            && let Some(names) = resp.names
             && subscribed.get(dep).is_none_or(|cur| cur != &names)
         {
             subscribed.insert(dep, names.clone());
             let (version, nonce) = last.get(dep).cloned().unwrap_or_default();
-            tx.send(DiscoveryRequest {
+            let request = DiscoveryRequest {
                 type_url: dep.into(),
                 version_info: version,
                 response_nonce: nonce,
                 resource_names: names.as_ref().clone(),
                 ..Default::default()
-            })
-            .await?;
+            };
+            tx.send(grpc_frame(&request)).await?;
         }
     }
     Ok(())
 }
 
+/// A Delta response as the client keeps it.
+#[derive(Default)]
+struct DeltaResponse {
+    type_url: String,
+    nonce: String,
+    /// CDS/LDS: each resource's name and what it refers to.
+    updated: Vec<(Arc<str>, Deps)>,
+    removed: Vec<String>,
+}
+
+/// Reads DeltaDiscoveryResponses: resources = 2, type_url = 4, nonce = 5, removed = 6.
+struct DeltaFields {
+    cache: Arc<DecodeCache>,
+    current: DeltaResponse,
+    bytes: u64,
+    done: Vec<DeltaResponse>,
+}
+
+impl Fields for DeltaFields {
+    fn start(&mut self, _len: usize) {
+        self.current = DeltaResponse::default();
+    }
+
+    fn field(&mut self, number: u32, len: usize) -> Take {
+        match number {
+            4..=6 => Take::Capture,
+            2 => {
+                self.bytes += len as u64;
+                // Endpoints, routes and secrets are not looked into.
+                if self.current.type_url.is_empty()
+                    || dependent_type(&self.current.type_url).is_some()
+                {
+                    Take::Capture
+                } else {
+                    Take::Skip
+                }
+            }
+            _ => Take::Skip,
+        }
+    }
+
+    fn captured(&mut self, number: u32, bytes: Bytes) {
+        match number {
+            4 => self.current.type_url = utf8(&bytes),
+            5 => self.current.nonce = utf8(&bytes),
+            6 => self.current.removed.push(utf8(&bytes)),
+            2 => {
+                // Resource: version = 1, resource = 2 (Any), name = 3.
+                let Some((t, _)) = dependent_type(&self.current.type_url) else {
+                    return;
+                };
+                let (mut name, mut version, mut any) = (None, None, None);
+                for (n, v) in scan::fields(&bytes) {
+                    match n {
+                        1 => version = Some(v),
+                        2 => any = Some(v),
+                        3 => name = Some(v),
+                        _ => {}
+                    }
+                }
+                if let (Some(name), Some(any)) = (name, any) {
+                    let version = std::str::from_utf8(version.unwrap_or_default()).unwrap_or("");
+                    let deps = self.cache.deps(t, version, any);
+                    let name = self.cache.intern(std::str::from_utf8(name).unwrap_or(""));
+                    self.current.updated.push((name, deps));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn end(&mut self) -> anyhow::Result<()> {
+        self.cache
+            .bytes_received
+            .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
+        self.done.push(std::mem::take(&mut self.current));
+        Ok(())
+    }
+}
+
+impl Pending for DeltaFields {
+    type Message = DeltaResponse;
+    fn take(&mut self) -> Option<DeltaResponse> {
+        (!self.done.is_empty()).then(|| self.done.remove(0))
+    }
+}
+
 /// Runs one simulated proxy over Delta until the stream ends.
 pub async fn run_delta(
-    channel: Channel,
+    conn: Connection,
     spec: ProxySpec,
     cache: Arc<DecodeCache>,
     acks: mpsc::UnboundedSender<Ack>,
     nack_fraction: f64,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
-    tx.send(DeltaDiscoveryRequest {
-        node: Some(Node {
-            id: spec.node_id.clone(),
+    let (tx, body) = open_stream(conn, "DeltaAggregatedResources", &spec.credential).await?;
+    for request in [
+        DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: spec.node_id.clone(),
+                ..Default::default()
+            }),
+            type_url: CLUSTER.into(),
             ..Default::default()
-        }),
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await?;
-    tx.send(DeltaDiscoveryRequest {
-        type_url: LISTENER.into(),
-        ..Default::default()
-    })
-    .await?;
-    tx.send(DeltaDiscoveryRequest {
-        type_url: SECRET.into(),
-        resource_names_subscribe: vec!["default".into(), "ROOTCA".into()],
-        ..Default::default()
-    })
-    .await?;
-    let mut stream = client
-        .delta_aggregated_resources(authorized(ReceiverStream::new(rx), &spec.credential))
-        .await?
-        .into_inner();
+        },
+        DeltaDiscoveryRequest {
+            type_url: LISTENER.into(),
+            ..Default::default()
+        },
+        DeltaDiscoveryRequest {
+            type_url: SECRET.into(),
+            resource_names_subscribe: vec!["default".into(), "ROOTCA".into()],
+            ..Default::default()
+        },
+    ] {
+        tx.send(grpc_frame(&request)).await?;
+    }
     // Per wildcard type, what each held resource refers to; per dependent type, how many held
     // resources refer to each name. Updated by what each response changes, as Envoy does, so a
     // one-cluster change costs the client one cluster, not the mesh.
-    let mut held: HashMap<&'static str, HashMap<Arc<str>, Deps>> = HashMap::new();
-    let mut refs: HashMap<&'static str, HashMap<Arc<str>, u32>> = HashMap::new();
+    let mut held: HashMap<&'static str, HashMap<Arc<str>, Deps>> = HashMap::default();
+    let mut refs: HashMap<&'static str, HashMap<Arc<str>, u32>> = HashMap::default();
     let mut seq = 0u64;
-    while let Some(resp) = stream.next().await {
-        let resp = resp?;
+    let mut responses = Responses {
+        body,
+        scanner: Scanner::default(),
+        sink: DeltaFields {
+            cache: cache.clone(),
+            current: DeltaResponse::default(),
+            bytes: 0,
+            done: Vec::new(),
+        },
+    };
+    while let Some(resp) = responses.next().await? {
         seq += 1;
-        let bytes: usize = resp
-            .resources
-            .iter()
-            .filter_map(|r| r.resource.as_ref())
-            .map(|r| r.value.len())
-            .sum();
-        cache
-            .bytes_received
-            .fetch_add(bytes as u64, Ordering::Relaxed);
         let reject = nack(spec.index, seq, nack_fraction);
-        tx.send(DeltaDiscoveryRequest {
+        let request = DeltaDiscoveryRequest {
             type_url: resp.type_url.clone(),
             response_nonce: resp.nonce.clone(),
             error_detail: reject.then(|| RpcStatus {
@@ -345,21 +644,19 @@ pub async fn run_delta(
                 ..Default::default()
             }),
             ..Default::default()
-        })
-        .await?;
+        };
+        tx.send(grpc_frame(&request)).await?;
         let _ = acks.send(Ack {
             proxy: spec.index,
             type_index: type_index(&resp.type_url),
             at: Instant::now(),
         });
-        let (ty, dep) = match resp.type_url.as_str() {
-            CLUSTER => (CLUSTER, ENDPOINT),
-            LISTENER => (LISTENER, ROUTE),
-            _ => continue,
+        let Some((ty, dep)) = dependent_type(&resp.type_url) else {
+            continue;
         };
         let held = held.entry(ty).or_default();
         let counts = refs.entry(dep).or_default();
-        let mut touched: HashMap<Arc<str>, bool> = HashMap::new();
+        let mut touched: HashMap<Arc<str>, bool> = HashMap::default();
         let mut adjust = |names: &Deps, up: bool| {
             for n in names.iter() {
                 let c = counts.entry(n.clone()).or_insert(0);
@@ -371,16 +668,14 @@ pub async fn run_delta(
                 }
             }
         };
-        for name in &resp.removed_resources {
+        for name in &resp.removed {
             if let Some(old) = held.remove(name.as_str()) {
                 adjust(&old, false);
             }
         }
-        for r in &resp.resources {
-            let Some(any) = &r.resource else { continue };
-            let deps = cache.deps(ty, &r.version, any);
+        for (name, deps) in resp.updated {
             adjust(&deps, true);
-            if let Some(old) = held.insert(cache.intern(&r.name), deps) {
+            if let Some(old) = held.insert(name, deps) {
                 adjust(&old, false);
             }
         }
@@ -398,13 +693,13 @@ pub async fn run_delta(
             }
         }
         if !subscribe.is_empty() || !unsubscribe.is_empty() {
-            tx.send(DeltaDiscoveryRequest {
+            let request = DeltaDiscoveryRequest {
                 type_url: dep.into(),
                 resource_names_subscribe: subscribe,
                 resource_names_unsubscribe: unsubscribe,
                 ..Default::default()
-            })
-            .await?;
+            };
+            tx.send(grpc_frame(&request)).await?;
         }
     }
     Ok(())

@@ -3,7 +3,13 @@
 //! Run it inside its own network namespace (`scripts/bench-xds.sh` does) so ports never clash.
 
 mod client;
+
+/// jemalloc, as meshd: thousands of client tasks allocating on two threads contend on glibc's
+/// arena locks, and the load tool's CPU is taken from the server it measures.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod mesh;
+mod scan;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
@@ -291,23 +297,18 @@ fn spawn_proxies(
     cache: Arc<DecodeCache>,
     tx: mpsc::UnboundedSender<Ack>,
 ) {
-    let url = format!("http://127.0.0.1:{}", args.xds_port);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.xds_port));
     for spec in specs {
         let spec = spec.clone();
         let cache = cache.clone();
         let tx = tx.clone();
-        let url = url.clone();
         let delta = args.delta;
         let nack = args.nack_fraction;
         tokio::spawn(async move {
             // Like Envoy: reconnect with backoff whenever the stream ends.
             let mut backoff = Duration::from_millis(50);
             loop {
-                let channel = match tonic::transport::Endpoint::from_shared(url.clone())
-                    .expect("valid url")
-                    .connect()
-                    .await
-                {
+                let channel = match client::connect(addr).await {
                     Ok(c) => c,
                     Err(_) => {
                         tokio::time::sleep(backoff).await;
