@@ -656,7 +656,11 @@ pub async fn run_delta(
         };
         let held = held.entry(ty).or_default();
         let counts = refs.entry(dep).or_default();
-        let mut touched: HashMap<Arc<str>, bool> = HashMap::default();
+        let mut touched: HashMap<Arc<str>, bool> = HashMap::with_capacity_and_hasher(
+            resp.updated.len() + resp.removed.len(),
+            Default::default(),
+        );
+        held.reserve(resp.updated.len());
         let mut adjust = |names: &Deps, up: bool| {
             for n in names.iter() {
                 let c = counts.entry(n.clone()).or_insert(0);
