@@ -12,9 +12,10 @@ fi
 scripts/install-tools.sh
 # The end-to-end tests find target/<profile>/meshd next to their own executable (or MESHD_BIN).
 cargo build --bin meshd --bin meshd-load
-# Load-tool smoke (issue 7): 200 simulated sidecars, SotW and Delta, every change ACKed, plus one
-# stock Envoy on the synthetic mesh; in a private network namespace so no port can clash.
-for mode in "" "--delta"; do
+# Load-tool smoke (issue 7): 200 simulated sidecars, SotW, Delta and Delta over the TLS port,
+# every change ACKed, plus one stock Envoy on the synthetic mesh; in a private network namespace
+# so no port can clash.
+for mode in "" "--delta" "--delta --tls"; do
   unshare -n sh -c "ip link set lo up && target/debug/meshd-load --meshd target/debug/meshd \
     --services 50 --proxies 200 --namespaces 5 --work-dir /tmp/meshd-load-smoke $mode \
     --envoy \"\$(scripts/envoy-path.sh)\""

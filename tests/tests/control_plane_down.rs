@@ -126,7 +126,7 @@ fn sigkill_of_meshd_loses_no_request_and_proxies_resync_with_the_same_root() {
             ip(17),
             8007,
             SidecarOptions {
-                bootstrap_args: vec!["--delta".into()],
+                bootstrap_args: vec!["--delta=false".into()],
                 ..Default::default()
             },
         )

@@ -443,7 +443,7 @@ fn route_and_policy_changes_on_disk_reach_envoy_live() {
     // fails here instead of slipping through late.
     const PUSH: Duration = Duration::from_secs(5);
     let mesh = voicecore_mesh("wslive");
-    // One client on SotW ADS, one on Delta.
+    // One client on Delta ADS (the default), one on state of the world.
     let a = service_pod(&mesh, "call-service");
     let c = mesh
         .add_sidecar_pod_with(
@@ -451,7 +451,7 @@ fn route_and_policy_changes_on_disk_reach_envoy_live() {
             ip(14),
             8004,
             SidecarOptions {
-                bootstrap_args: vec!["--delta".into()],
+                bootstrap_args: vec!["--delta=false".into()],
                 ..Default::default()
             },
         )

@@ -260,8 +260,10 @@ struct BootstrapArgs {
     /// Key algorithm of the root CA, when this creates the state dir's CA (as `serve`'s).
     #[arg(long, env = "MESHD_ROOT_KEY_ALGORITHM", default_value = "ecdsa-p256", value_parser = root_key_algorithm_parser())]
     root_key_algorithm: RootKeyAlgorithm,
-    /// Use Delta xDS instead of state of the world.
-    #[arg(long)]
+    /// Delta xDS (incremental), as Istio's sidecars since 1.22; `--delta false` (or
+    /// `ISTIO_DELTA_XDS=false`, Istio's opt-out) for state of the world.
+    #[arg(long, env = "ISTIO_DELTA_XDS", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     delta: bool,
     #[command(flatten)]
     kube: crate::kube_bootstrap::KubeBootstrapArgs,
@@ -484,5 +486,30 @@ mod tests {
             msg.contains("rsa-2048") && msg.contains("rsa-4096"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn sidecars_bootstrap_delta_xds_unless_told_otherwise() {
+        let bootstrap = |extra: &[&str]| {
+            let argv = [
+                "meshd",
+                "bootstrap",
+                "--workload",
+                "w.ns",
+                "--out",
+                "b.json",
+            ]
+            .iter()
+            .chain(extra)
+            .copied();
+            match Cli::try_parse_from(argv).unwrap().command {
+                Some(Command::Bootstrap(a)) => a.delta,
+                _ => unreachable!("parsed a bootstrap command"),
+            }
+        };
+        assert!(bootstrap(&[]), "Delta by default, as Istio since 1.22");
+        assert!(bootstrap(&["--delta"]));
+        assert!(!bootstrap(&["--delta=false"]));
+        assert!(!bootstrap(&["--delta", "false"]));
     }
 }

@@ -197,17 +197,37 @@ type RequestBody = StreamBody<
     futures::stream::Map<ReceiverStream<Bytes>, fn(Bytes) -> Result<Frame<Bytes>, Infallible>>,
 >;
 
-/// Connects as a sidecar does: its own TCP connection and HTTP/2 session.
-pub async fn connect(addr: SocketAddr) -> anyhow::Result<Connection> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
+/// How a simulated sidecar reaches meshd: plaintext (15010's) or TLS verifying meshd's serving
+/// certificate against the mesh root (15012's, as sidecars in Kubernetes do).
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// Connects as a sidecar does: its own TCP connection (TLS on it if asked) and HTTP/2 session.
+pub async fn connect(target: &Target) -> anyhow::Result<Connection> {
+    let tcp = tokio::net::TcpStream::connect(target.addr).await?;
     tcp.set_nodelay(true)?;
     // Windows bound what the server can have in flight to a client that is slow to read.
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
         .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(1 << 20)
-        .handshake(TokioIo::new(tcp))
-        .await?;
-    tokio::spawn(conn);
+        .initial_connection_window_size(1 << 20);
+    let sender = match &target.tls {
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("a DNS name");
+            let stream = tls.connect(name, tcp).await?;
+            let (sender, conn) = builder.handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+        None => {
+            let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+    };
     Ok(sender)
 }
 

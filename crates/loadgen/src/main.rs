@@ -58,6 +58,12 @@ struct Args {
     xds_port: u16,
     #[arg(long, default_value_t = 25014)]
     admin_port: u16,
+    /// Connect to the TLS xDS port, verifying meshd's certificate against the mesh root, as
+    /// sidecars in Kubernetes do (rustls on both ends), instead of the plaintext port.
+    #[arg(long)]
+    tls: bool,
+    #[arg(long, default_value_t = 25012)]
+    xds_tls_port: u16,
     /// Also start one stock Envoy on the synthetic mesh and check its config_dump.
     #[arg(long)]
     envoy: Option<PathBuf>,
@@ -124,6 +130,7 @@ impl Server {
             .arg("--state-dir")
             .arg(args.work_dir.join("state"))
             .args(["--xds-port", &args.xds_port.to_string()])
+            .args(["--xds-tls-port", &args.xds_tls_port.to_string()])
             .args(["--admin-port", &args.admin_port.to_string()])
             .args(["--access-log", "false"])
             .env(
@@ -297,24 +304,52 @@ fn credentials(args: &Args, shape: &mesh::Shape) -> anyhow::Result<Vec<ProxySpec
         .collect())
 }
 
+/// Where the simulated sidecars connect: with `--tls`, the TLS port, trusting the mesh root.
+fn target(args: &Args) -> anyhow::Result<client::Target> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    if !args.tls {
+        return Ok(client::Target {
+            addr: ([127, 0, 0, 1], args.xds_port).into(),
+            tls: None,
+        });
+    }
+    let ca = CertificateAuthority::load_or_create(&CaConfig {
+        state_dir: args.work_dir.join("state"),
+        ..CaConfig::default()
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.root_cert_pem().as_bytes()) {
+        roots.add(cert.context("the mesh root certificate")?)?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(client::Target {
+        addr: ([127, 0, 0, 1], args.xds_tls_port).into(),
+        tls: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
+    })
+}
+
 fn spawn_proxies(
     args: &Args,
     specs: &[ProxySpec],
     cache: Arc<DecodeCache>,
     tx: mpsc::UnboundedSender<Ack>,
-) {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.xds_port));
+) -> anyhow::Result<()> {
+    let target = target(args)?;
     for spec in specs {
         let spec = spec.clone();
         let cache = cache.clone();
         let tx = tx.clone();
         let delta = args.delta;
         let nack = args.nack_fraction;
+        let target = target.clone();
         tokio::spawn(async move {
             // Like Envoy: reconnect with backoff whenever the stream ends.
             let mut backoff = Duration::from_millis(50);
             loop {
-                let channel = match client::connect(addr).await {
+                let channel = match client::connect(&target).await {
                     Ok(c) => c,
                     Err(_) => {
                         tokio::time::sleep(backoff).await;
@@ -340,6 +375,7 @@ fn spawn_proxies(
             }
         });
     }
+    Ok(())
 }
 
 fn raise_fd_limit() {
@@ -424,7 +460,12 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&args.work_dir);
     mesh::write(&args.work_dir.join("config"), &shape)?;
     let mut rows: Vec<(String, String)> = Vec::new();
-    let mode = if args.delta { "Delta" } else { "SotW" };
+    let mode = match (args.delta, args.tls) {
+        (false, false) => "SotW",
+        (true, false) => "Delta",
+        (false, true) => "SotW over TLS",
+        (true, true) => "Delta over TLS",
+    };
     println!(
         "meshd-load: S={} services, P={} proxies, {} namespaces, {mode}, sidecar scoping {}, NACK fraction {}",
         args.services, args.proxies, args.namespaces, args.sidecar_scoping, args.nack_fraction
@@ -453,7 +494,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("meshd-load: phase: connect");
     let cpu0 = cpu_seconds(server.pid());
     let t0 = Instant::now();
-    spawn_proxies(&args, &specs, cache.clone(), tx.clone());
+    spawn_proxies(&args, &specs, cache.clone(), tx.clone())?;
     let connect = acks.all_after(t0, &all_types, timeout).await?;
     let cpu1 = cpu_seconds(server.pid());
     let bytes = cache.bytes_received.load(Ordering::Relaxed);
