@@ -443,6 +443,17 @@ impl Subscription {
         }
     }
 
+    /// The subscription a request naming `names` (repeats allowed) asks for. `All` is told
+    /// without copying a name: a sidecar's first EDS request names every cluster, for each of
+    /// thousands of proxies connecting at once.
+    pub fn requested(names: &[String], available: &ResourceSet) -> Subscription {
+        if Subscription::All.is_requested_by(names, available) {
+            Subscription::All
+        } else {
+            Subscription::from_names(names.iter().cloned().collect(), available)
+        }
+    }
+
     /// Whether a request naming `names` asks for exactly this subscription (no allocation: an
     /// ACK repeats its names, often every cluster).
     pub fn is_requested_by(&self, names: &[String], available: &ResourceSet) -> bool {
@@ -651,5 +662,31 @@ mod tests {
         assert!(sub.is_requested_by(&names(&["a", "a"]), &set));
         assert!(!sub.is_requested_by(&names(&["a", "b"]), &set));
         assert!(!sub.is_requested_by(&names(&[]), &set));
+    }
+
+    #[test]
+    fn a_request_for_everything_available_is_all_and_anything_else_its_names() {
+        let set = ResourceSet::layer(layer(&[("a", 1), ("b", 1)]));
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for exact in [&["a", "b"][..], &["b", "a", "b"]] {
+            let sub = Subscription::requested(&names(exact), &set);
+            assert_eq!(
+                sub,
+                Subscription::from_names(names(exact).into_iter().collect(), &set)
+            );
+            assert_eq!(sub, Subscription::All, "{exact:?}");
+        }
+        for other in [&["a"][..], &["a", "b", "x"], &["x"]] {
+            let sub = Subscription::requested(&names(other), &set);
+            assert_eq!(
+                sub,
+                Subscription::from_names(names(other).into_iter().collect(), &set)
+            );
+            assert_ne!(sub, Subscription::All, "{other:?}");
+        }
+        assert_eq!(
+            Subscription::requested(&[], &set),
+            Subscription::Names(Default::default())
+        );
     }
 }

@@ -213,7 +213,15 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
                 .resource_names_subscribe
                 .iter()
                 .all(|n| n == "*" || available.contains(n));
-        if named_changes && !within_all {
+        // A first subscription (a sidecar's EDS request naming every cluster) is told `All`
+        // without copying its names.
+        let first_names = req.resource_names_unsubscribe.is_empty()
+            && !req.resource_names_subscribe.iter().any(|n| n == "*")
+            && matches!(&st.subscription, Subscription::Names(n) if n.is_empty());
+        if named_changes && first_names {
+            st.subscription = Subscription::requested(&req.resource_names_subscribe, available);
+            changed = true;
+        } else if named_changes && !within_all {
             let mut names = st.subscription.names(available);
             for name in req.resource_names_subscribe.iter().filter(|n| *n != "*") {
                 changed |= names.insert(name.clone());

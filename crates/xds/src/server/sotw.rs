@@ -174,9 +174,8 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         };
         st.requested = Some(fingerprint);
         if !unchanged {
-            st.subscription = (!wildcard).then(|| {
-                Subscription::from_names(req.resource_names.iter().cloned().collect(), available)
-            });
+            st.subscription =
+                (!wildcard).then(|| Subscription::requested(&req.resource_names, available));
         }
         if first || !unchanged {
             // A new subscription always gets an answer, even an unchanged or empty one.
