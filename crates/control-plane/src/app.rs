@@ -98,19 +98,6 @@ async fn snapshots(
     }
 }
 
-/// A listener whose accept queue holds a reconnect storm: after a restart every proxy dials at
-/// once, and a full queue makes the kernel reset connections (tokio's default backlog is 1024;
-/// the kernel caps this at `net.core.somaxconn`).
-fn listen_for_proxies(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(65535)
-}
-
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.state_dir)
@@ -188,19 +175,21 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         serving: serving_cert.clone(),
     });
 
-    let xds_listener = listen_for_proxies(SocketAddr::new(config.bind, config.xds_port))
-        .with_context(|| format!("binding xDS on {}:{}", config.bind, config.xds_port))?;
+    let xds_listener =
+        crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_port))
+            .with_context(|| format!("binding xDS on {}:{}", config.bind, config.xds_port))?;
     let admin_listener = TcpListener::bind((config.bind, config.admin_port))
         .await
         .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
     let xds_addr = xds_listener.local_addr()?;
-    let xds_tls_listener = listen_for_proxies(SocketAddr::new(config.bind, config.xds_tls_port))
-        .with_context(|| {
-            format!(
-                "binding xDS/CA over TLS on {}:{}",
-                config.bind, config.xds_tls_port
-            )
-        })?;
+    let xds_tls_listener =
+        crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_tls_port))
+            .with_context(|| {
+                format!(
+                    "binding xDS/CA over TLS on {}:{}",
+                    config.bind, config.xds_tls_port
+                )
+            })?;
     let xds_tls_addr = xds_tls_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let webhook = match &config.webhook {
@@ -251,22 +240,26 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         }
         Ok(())
     });
+    let xds_incoming =
+        crate::accept::accept_on_own_thread(xds_listener, "xds-accept", shutdown_rx.clone())?;
     let mut stop = shutdown_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ads_service.clone())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )
+            .serve_with_incoming_shutdown(xds_incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
             .await
             .context("xDS server")
     });
     let tls = serving_cert.server_config()?;
-    let incoming = crate::ca_service::tls_incoming(xds_tls_listener, tls, shutdown_rx.clone());
+    let tls_accepted = crate::accept::accept_on_own_thread(
+        xds_tls_listener,
+        "xds-tls-accept",
+        shutdown_rx.clone(),
+    )?;
+    let incoming = crate::ca_service::tls_incoming(tls_accepted, tls, shutdown_rx.clone());
     let mut stop = shutdown_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()

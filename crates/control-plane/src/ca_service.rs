@@ -5,6 +5,7 @@
 //! The gRPC service is written by hand on `tonic::server::Grpc` with tonic-prost's codec; the
 //! messages and the request checks live in `meshd_ca::istio_api`.
 
+use futures::{Stream, StreamExt};
 use meshd_ca::istio_api::{
     CREATE_CERTIFICATE_PATH, IstioCertificateRequest, IstioCertificateResponse, MAX_REQUEST_BYTES,
     RejectCode, SERVICE_NAME,
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::metadata::MetadataMap;
@@ -314,10 +314,10 @@ pub fn serving_names(bind: std::net::IpAddr, service: &str, namespace: &str) -> 
     names
 }
 
-/// Accepts TCP connections and completes TLS handshakes off the accept loop; the streams feed
+/// Completes TLS handshakes on accepted connections, each in a task of its own; the streams feed
 /// a tonic server (`serve_with_incoming`). Ends when `stop` turns true.
 pub fn tls_incoming(
-    listener: TcpListener,
+    accepted: impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
     tls: Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<
@@ -326,19 +326,22 @@ pub fn tls_incoming(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(accepted);
         loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TLS port: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+            let tcp = tokio::select! {
+                r = accepted.next() => match r {
+                    Some(Ok(tcp)) => tcp,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "TLS port: accepted connection unusable");
                         continue;
                     }
+                    None => return,
                 },
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
             };
-            let _ = tcp.set_nodelay(true);
+            let peer = tcp
+                .peer_addr()
+                .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! meshd: config sources, identity, admin API, CLI and process wiring around the `xds` and `ca`
 //! crates.
 
+pub mod accept;
 pub mod admin;
 pub mod analyze;
 pub mod app;
