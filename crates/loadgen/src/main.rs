@@ -505,9 +505,10 @@ async fn main() -> anyhow::Result<()> {
     rows.push((
         format!("connect {} proxies, all 5 types ACKed", args.proxies),
         format!(
-            "{} (p50 {}, CPU {:.2} s)",
+            "{} (p50 {}, p90 {}, CPU {:.2} s)",
             ms(*connect.last().unwrap_or(&Duration::ZERO)),
             ms(pct(&connect, 0.5)),
+            ms(pct(&connect, 0.9)),
             cpu1 - cpu0
         ),
     ));
@@ -618,9 +619,10 @@ async fn main() -> anyhow::Result<()> {
                 args.proxies
             ),
             format!(
-                "{} (p50 {})",
+                "{} (p50 {}, p90 {})",
                 ms(*storm.last().unwrap_or(&Duration::ZERO)),
-                ms(pct(&storm, 0.5))
+                ms(pct(&storm, 0.5)),
+                ms(pct(&storm, 0.9))
             ),
         ));
     }
