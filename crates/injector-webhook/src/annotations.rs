@@ -21,11 +21,77 @@ pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
 pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
 pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
+
+/// Istio's proxy variable choosing the xDS protocol (Delta unless `false`).
+pub const DELTA_XDS_ENV: &str = "ISTIO_DELTA_XDS";
 
 pub const NAMESPACE_LABEL: &str = "istio-injection";
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 pub const CANONICAL_NAME_LABEL: &str = "service.istio.io/canonical-name";
 pub const CANONICAL_REVISION_LABEL: &str = "service.istio.io/canonical-revision";
+
+/// What meshd takes from `proxy.istio.io/config` (a ProxyConfig, YAML or JSON, as Istio reads
+/// it): `proxyMetadata.ISTIO_DELTA_XDS`, the xDS protocol of the pod's sidecar. Other fields
+/// and variables are reported as ignored (meshd has no agent to give them to); a value that is
+/// not a ProxyConfig, or a flag that is not a boolean, is an error.
+pub fn delta_xds(
+    annotations: &BTreeMap<String, String>,
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<bool> {
+    let text = annotations.get(PROXY_CONFIG)?;
+    let config: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(format!("annotation {PROXY_CONFIG}: not YAML: {e}"));
+            return None;
+        }
+    };
+    let fields = match config {
+        serde_yaml::Value::Mapping(m) => m,
+        serde_yaml::Value::Null => return None,
+        _ => {
+            errors.push(format!(
+                "annotation {PROXY_CONFIG}: not a ProxyConfig mapping"
+            ));
+            return None;
+        }
+    };
+    let mut delta = None;
+    for (key, value) in fields {
+        let key = key.as_str().unwrap_or("?").to_string();
+        if key != "proxyMetadata" {
+            warnings.push(format!(
+                "annotation {PROXY_CONFIG}: field `{key}` is not supported by meshd; ignored"
+            ));
+            continue;
+        }
+        let serde_yaml::Value::Mapping(vars) = value else {
+            errors.push(format!(
+                "annotation {PROXY_CONFIG}: proxyMetadata is not a map of strings"
+            ));
+            continue;
+        };
+        for (name, value) in vars {
+            let name = name.as_str().unwrap_or("?");
+            if name != DELTA_XDS_ENV {
+                warnings.push(format!(
+                    "annotation {PROXY_CONFIG}: proxyMetadata.{name} is not used by meshd; ignored"
+                ));
+                continue;
+            }
+            match value.as_str().and_then(parse_bool) {
+                Some(b) => delta = Some(b),
+                None => errors.push(format!(
+                    "annotation {PROXY_CONFIG}: proxyMetadata.{DELTA_XDS_ENV}: `{}` is not a boolean",
+                    serde_yaml::to_string(&value).unwrap_or_default().trim()
+                )),
+            }
+        }
+    }
+    delta
+}
 
 /// Go's `strconv.ParseBool`, which Istio uses for its boolean annotations.
 pub fn parse_bool(v: &str) -> Option<bool> {

@@ -10,6 +10,8 @@
 //!   the projected service-account token with the `envoy.grpc_credentials.file_based_metadata`
 //!   call credential, which re-reads the token file on every new stream: the kubelet refreshes
 //!   the file, so a reconnect after the first token expired authenticates with the current one.
+//!   `proxy.istio.io/config`'s `proxyMetadata.ISTIO_DELTA_XDS`, when set, is passed to it: the
+//!   sidecar's xDS protocol (Delta unless `false`).
 //! * init container `meshd-init` (uid 0, NET_ADMIN + NET_RAW): `meshd init-iptables` with the
 //!   pod's `traffic.sidecar.istio.io/*` settings.
 //! * container `istio-proxy`: stock Envoy (uid 1337), resources per the seed or the
@@ -444,6 +446,7 @@ fn decide(
     // Settings from annotations: all validated, all problems reported together.
     let mut errors = Vec::new();
     let capture = ann::capture(&annotations, &mut errors);
+    let delta_xds = ann::delta_xds(&annotations, &mut errors, &mut warnings);
     let mut quantity = |key: &str, default: &str| match annotations.get(key) {
         None => default.to_string(),
         Some(v) if ann::is_quantity(v) => v.clone(),
@@ -505,7 +508,7 @@ fn decide(
     }
 
     let inits = vec![
-        bootstrap_container(cfg, &probers),
+        bootstrap_container(cfg, &probers, delta_xds),
         iptables_container(cfg, &capture),
     ];
     push_all(
@@ -634,13 +637,17 @@ fn field_env(name: &str, path: &str) -> Value {
     json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}})
 }
 
-fn bootstrap_container(cfg: &InjectConfig, probers: &AppProbers) -> Value {
+fn bootstrap_container(cfg: &InjectConfig, probers: &AppProbers, delta_xds: Option<bool>) -> Value {
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
         field_env("POD_IP", "status.podIP"),
         field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
     ];
+    if let Some(delta) = delta_xds {
+        // `meshd bootstrap` reads Istio's variable (its `--delta` flag's environment).
+        env.push(json!({"name": ann::DELTA_XDS_ENV, "value": delta.to_string()}));
+    }
     if !probers.is_empty() {
         env.push(json!({
             "name": APP_PROBERS_ENV,

@@ -474,6 +474,84 @@ fn annotations_override_resources_and_capture() {
 }
 
 #[test]
+fn proxy_config_annotation_chooses_the_xds_protocol_and_reports_what_it_ignores() {
+    let base = fixture("voicecore-billing-service.json");
+    let bootstrap_env = |annotation: Option<&str>| {
+        let mut pod = base.clone();
+        if let Some(v) = annotation {
+            pod["metadata"]["annotations"]["proxy.istio.io/config"] = json!(v);
+        }
+        let resp = inject(
+            &review(&pod, "voicecore-ai"),
+            &InjectConfig::default(),
+            &enabled,
+        );
+        assert!(resp.allowed, "refused: {:?}", resp.status);
+        let patch: json_patch::Patch =
+            serde_json::from_value(Value::Array(resp.patch_ops().unwrap())).unwrap();
+        let mut out = pod.clone();
+        json_patch::patch(&mut out, &patch).unwrap();
+        let init = container(&out, "initContainers", "meshd-bootstrap").clone();
+        let about_config: Vec<String> = resp
+            .warnings
+            .into_iter()
+            .filter(|w| w.contains("proxy.istio.io/config"))
+            .collect();
+        (env(&init, "ISTIO_DELTA_XDS").cloned(), about_config)
+    };
+    // No annotation: nothing set, the bootstrap's default (Delta) holds.
+    assert_eq!(bootstrap_env(None), (None, vec![]));
+    // Istio's opt-out, in YAML as istioctl writes it; Go's booleans are accepted.
+    let (var, warnings) = bootstrap_env(Some("proxyMetadata:\n  ISTIO_DELTA_XDS: \"F\"\n"));
+    assert_eq!(
+        var,
+        Some(json!({"name": "ISTIO_DELTA_XDS", "value": "false"}))
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // JSON too; what meshd does not use is reported, not silently dropped.
+    let (var, warnings) = bootstrap_env(Some(
+        r#"{"concurrency": 2, "proxyMetadata": {"ISTIO_DELTA_XDS": "true", "DNS_AGENT": ""}}"#,
+    ));
+    assert_eq!(
+        var,
+        Some(json!({"name": "ISTIO_DELTA_XDS", "value": "true"}))
+    );
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("field `concurrency`")));
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("proxyMetadata.DNS_AGENT"))
+    );
+
+    // Not a boolean, not YAML, not a mapping: refused with the reason.
+    for (bad, want) in [
+        (
+            "proxyMetadata: {ISTIO_DELTA_XDS: maybe}",
+            "ISTIO_DELTA_XDS: `maybe` is not a boolean",
+        ),
+        (
+            "proxyMetadata: [1, 2]",
+            "proxyMetadata is not a map of strings",
+        ),
+        ("{unclosed", "proxy.istio.io/config: not YAML"),
+        ("- a\n- b\n", "not a ProxyConfig mapping"),
+    ] {
+        let mut pod = base.clone();
+        pod["metadata"]["annotations"]["proxy.istio.io/config"] = json!(bad);
+        let resp = inject(
+            &review(&pod, "voicecore-ai"),
+            &InjectConfig::default(),
+            &enabled,
+        );
+        assert!(!resp.allowed, "{bad}");
+        let status = resp.status.unwrap();
+        assert_eq!(status.code, 400);
+        assert!(status.message.contains(want), "{bad}: {}", status.message);
+    }
+}
+
+#[test]
 fn bad_annotations_are_refused_with_every_reason() {
     let mut pod = fixture("bare.json");
     pod["metadata"]["annotations"] = json!({
