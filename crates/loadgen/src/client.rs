@@ -20,7 +20,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use prost::Message;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -262,24 +262,34 @@ async fn open_stream(
 }
 
 /// A response body read message by message, each kept as its sink summarises it.
-struct Responses<F> {
+struct Responses<F: Fields> {
     body: Incoming,
     scanner: Scanner,
     sink: F,
+    done: VecDeque<F::Message>,
 }
 
-impl<F: Fields + Pending> Responses<F> {
+impl<F: Fields> Responses<F> {
+    fn new(body: Incoming, sink: F) -> Self {
+        Responses {
+            body,
+            scanner: Scanner::default(),
+            sink,
+            done: VecDeque::new(),
+        }
+    }
+
     /// The next message; `None` when the stream ended cleanly.
     async fn next(&mut self) -> anyhow::Result<Option<F::Message>> {
         loop {
-            if let Some(message) = self.sink.take() {
+            if let Some(message) = self.done.pop_front() {
                 return Ok(Some(message));
             }
             let Some(frame) = self.body.frame().await else {
                 return Ok(None);
             };
             match frame?.into_data() {
-                Ok(data) => self.scanner.feed(data, &mut self.sink)?,
+                Ok(data) => self.scanner.feed(data, &mut self.sink, &mut self.done)?,
                 Err(frame) => {
                     let status = frame
                         .trailers_ref()
@@ -291,12 +301,6 @@ impl<F: Fields + Pending> Responses<F> {
             }
         }
     }
-}
-
-/// A sink's finished messages.
-trait Pending {
-    type Message;
-    fn take(&mut self) -> Option<Self::Message>;
 }
 
 /// A SotW response as the client keeps it.
@@ -318,7 +322,6 @@ struct SotwFields {
     /// What is done with this response's resources, decided at the first.
     resources: Option<Take>,
     bytes: u64,
-    done: Vec<SotwResponse>,
 }
 
 impl SotwFields {
@@ -328,6 +331,8 @@ impl SotwFields {
 }
 
 impl Fields for SotwFields {
+    type Message = SotwResponse;
+
     fn start(&mut self, _len: usize) {
         self.current = SotwResponse::default();
         self.decoded = None;
@@ -383,7 +388,7 @@ impl Fields for SotwFields {
         }
     }
 
-    fn end(&mut self) -> anyhow::Result<()> {
+    fn end(&mut self) -> anyhow::Result<SotwResponse> {
         let mut response = std::mem::take(&mut self.current);
         if let Some((t, _)) = dependent_type(&response.type_url)
             && response.names.is_none()
@@ -405,15 +410,7 @@ impl Fields for SotwFields {
         self.cache
             .bytes_received
             .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
-        self.done.push(response);
-        Ok(())
-    }
-}
-
-impl Pending for SotwFields {
-    type Message = SotwResponse;
-    fn take(&mut self) -> Option<SotwResponse> {
-        (!self.done.is_empty()).then(|| self.done.remove(0))
+        Ok(response)
     }
 }
 
@@ -451,18 +448,16 @@ pub async fn run_sotw(
     let mut subscribed: HashMap<&'static str, Arc<Vec<String>>> = HashMap::default();
     let mut last: HashMap<String, (String, String)> = HashMap::default();
     let mut seq = 0u64;
-    let mut responses = Responses {
+    let mut responses = Responses::new(
         body,
-        scanner: Scanner::default(),
-        sink: SotwFields {
+        SotwFields {
             cache: cache.clone(),
             current: SotwResponse::default(),
             decoded: None,
             resources: None,
             bytes: 0,
-            done: Vec::new(),
         },
-    };
+    );
     while let Some(resp) = responses.next().await? {
         seq += 1;
         let reject = nack(spec.index, seq, nack_fraction);
@@ -534,10 +529,11 @@ struct DeltaFields {
     cache: Arc<DecodeCache>,
     current: DeltaResponse,
     bytes: u64,
-    done: Vec<DeltaResponse>,
 }
 
 impl Fields for DeltaFields {
+    type Message = DeltaResponse;
+
     fn start(&mut self, _len: usize) {
         self.current = DeltaResponse::default();
     }
@@ -590,19 +586,11 @@ impl Fields for DeltaFields {
         }
     }
 
-    fn end(&mut self) -> anyhow::Result<()> {
+    fn end(&mut self) -> anyhow::Result<DeltaResponse> {
         self.cache
             .bytes_received
             .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
-        self.done.push(std::mem::take(&mut self.current));
-        Ok(())
-    }
-}
-
-impl Pending for DeltaFields {
-    type Message = DeltaResponse;
-    fn take(&mut self) -> Option<DeltaResponse> {
-        (!self.done.is_empty()).then(|| self.done.remove(0))
+        Ok(std::mem::take(&mut self.current))
     }
 }
 
@@ -642,16 +630,14 @@ pub async fn run_delta(
     let mut held: HashMap<&'static str, HashMap<Arc<str>, Deps>> = HashMap::default();
     let mut refs: HashMap<&'static str, HashMap<Arc<str>, u32>> = HashMap::default();
     let mut seq = 0u64;
-    let mut responses = Responses {
+    let mut responses = Responses::new(
         body,
-        scanner: Scanner::default(),
-        sink: DeltaFields {
+        DeltaFields {
             cache: cache.clone(),
             current: DeltaResponse::default(),
             bytes: 0,
-            done: Vec::new(),
         },
-    };
+    );
     while let Some(resp) = responses.next().await? {
         seq += 1;
         let reject = nack(spec.index, seq, nack_fraction);

@@ -281,11 +281,20 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn credentials(args: &Args, shape: &mesh::Shape) -> anyhow::Result<Vec<ProxySpec>> {
-    let ca = CertificateAuthority::load_or_create(&CaConfig {
+/// The mesh CA meshd will load from the same state dir: it signs the proxies' credentials and
+/// its root verifies meshd's TLS port.
+fn mesh_ca(args: &Args) -> anyhow::Result<CertificateAuthority> {
+    Ok(CertificateAuthority::load_or_create(&CaConfig {
         state_dir: args.work_dir.join("state"),
         ..CaConfig::default()
-    })?;
+    })?)
+}
+
+fn credentials(
+    args: &Args,
+    ca: &CertificateAuthority,
+    shape: &mesh::Shape,
+) -> anyhow::Result<Vec<ProxySpec>> {
     Ok((0..args.proxies)
         .map(|w| {
             let (name, ns, sa) = mesh::workload(w, shape);
@@ -305,7 +314,7 @@ fn credentials(args: &Args, shape: &mesh::Shape) -> anyhow::Result<Vec<ProxySpec
 }
 
 /// Where the simulated sidecars connect: with `--tls`, the TLS port, trusting the mesh root.
-fn target(args: &Args) -> anyhow::Result<client::Target> {
+fn target(args: &Args, ca: &CertificateAuthority) -> anyhow::Result<client::Target> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     if !args.tls {
@@ -314,10 +323,6 @@ fn target(args: &Args) -> anyhow::Result<client::Target> {
             tls: None,
         });
     }
-    let ca = CertificateAuthority::load_or_create(&CaConfig {
-        state_dir: args.work_dir.join("state"),
-        ..CaConfig::default()
-    })?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca.root_cert_pem().as_bytes()) {
         roots.add(cert.context("the mesh root certificate")?)?;
@@ -333,11 +338,12 @@ fn target(args: &Args) -> anyhow::Result<client::Target> {
 
 fn spawn_proxies(
     args: &Args,
+    ca: &CertificateAuthority,
     specs: &[ProxySpec],
     cache: Arc<DecodeCache>,
     tx: mpsc::UnboundedSender<Ack>,
 ) -> anyhow::Result<()> {
-    let target = target(args)?;
+    let target = target(args, ca)?;
     for spec in specs {
         let spec = spec.clone();
         let cache = cache.clone();
@@ -481,7 +487,8 @@ async fn main() -> anyhow::Result<()> {
         format!("{:.1} MB", idle_rss as f64 / 1024.0),
     ));
 
-    let specs = credentials(&args, &shape)?;
+    let ca = mesh_ca(&args)?;
+    let specs = credentials(&args, &ca, &shape)?;
     let cache = Arc::new(DecodeCache::default());
     let (tx, rx) = mpsc::unbounded_channel();
     let mut acks = Acks {
@@ -494,7 +501,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("meshd-load: phase: connect");
     let cpu0 = cpu_seconds(server.pid());
     let t0 = Instant::now();
-    spawn_proxies(&args, &specs, cache.clone(), tx.clone())?;
+    spawn_proxies(&args, &ca, &specs, cache.clone(), tx.clone())?;
     let connect = acks.all_after(t0, &all_types, timeout).await?;
     let cpu1 = cpu_seconds(server.pid());
     let bytes = cache.bytes_received.load(Ordering::Relaxed);

@@ -4,6 +4,7 @@
 //! a buffer the size of the largest message it read).
 
 use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
 
 /// What to do with a length-delimited field once its number and length are known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,13 +17,15 @@ pub enum Take {
 
 /// The receiver of one gRPC stream's messages, field by field.
 pub trait Fields {
+    /// What the sink makes of one whole message.
+    type Message;
     /// A message of `len` bytes begins.
     fn start(&mut self, len: usize);
     /// A length-delimited field: capture it or skip it.
     fn field(&mut self, number: u32, len: usize) -> Take;
     fn captured(&mut self, number: u32, bytes: Bytes);
     /// The message ended; errors end the stream.
-    fn end(&mut self) -> anyhow::Result<()>;
+    fn end(&mut self) -> anyhow::Result<Self::Message>;
 }
 
 #[derive(Debug)]
@@ -75,7 +78,13 @@ fn varint(buf: &[u8]) -> anyhow::Result<Option<(u64, usize)>> {
 }
 
 impl Scanner {
-    pub fn feed(&mut self, data: Bytes, sink: &mut impl Fields) -> anyhow::Result<()> {
+    /// Reads `data`; each message it completes goes to the back of `done`.
+    pub fn feed<F: Fields>(
+        &mut self,
+        data: Bytes,
+        sink: &mut F,
+        done: &mut VecDeque<F::Message>,
+    ) -> anyhow::Result<()> {
         self.buf.extend_from_slice(&data);
         loop {
             match self.state {
@@ -90,7 +99,7 @@ impl Scanner {
                     self.state = State::Key { remaining: len };
                 }
                 State::Key { remaining: 0 } => {
-                    sink.end()?;
+                    done.push_back(sink.end()?);
                     self.state = State::Prefix;
                 }
                 State::Key { remaining } => {
@@ -213,6 +222,7 @@ mod tests {
     }
 
     impl Fields for Record {
+        type Message = ();
         fn start(&mut self, len: usize) {
             self.starts.push(len);
         }
@@ -265,12 +275,14 @@ mod tests {
         for split in [1, 2, 3, 7, 64, twice.len()] {
             let mut scanner = Scanner::default();
             let mut record = Record::default();
+            let mut done = VecDeque::new();
             for chunk in twice.chunks(split) {
                 scanner
-                    .feed(Bytes::copy_from_slice(chunk), &mut record)
+                    .feed(Bytes::copy_from_slice(chunk), &mut record, &mut done)
                     .unwrap();
             }
             assert_eq!(record.ends, 2, "split {split}");
+            assert_eq!(done.len(), 2, "split {split}");
             assert_eq!(record.starts, vec![framed.len() - 5; 2]);
             assert_eq!(
                 record.skipped,
@@ -308,11 +320,12 @@ mod tests {
         let mut record = Record::default();
         // A message of 3 bytes whose one field claims 100.
         let bad = Bytes::from_static(&[0, 0, 0, 0, 3, 0x0a, 100, 0]);
-        assert!(scanner.feed(bad, &mut record).is_err());
+        let mut done = VecDeque::new();
+        assert!(scanner.feed(bad, &mut record, &mut done).is_err());
         let mut scanner = Scanner::default();
         assert!(
             scanner
-                .feed(Bytes::from_static(&[1, 0, 0, 0, 0]), &mut record)
+                .feed(Bytes::from_static(&[1, 0, 0, 0, 0]), &mut record, &mut done)
                 .is_err(),
             "compressed"
         );
