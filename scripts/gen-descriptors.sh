@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate crates/xds/descriptors/envoy.bin: a protobuf FileDescriptorSet for
+# Regenerate xds/descriptors/envoy.bin: a protobuf FileDescriptorSet for
 # every envoy/** .proto shipped by the `envoy-types` crate (plus their imports:
 # udpa/xds/validate/cel/googleapis and google/protobuf well-known types).
 #
@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="$ROOT/crates/xds/descriptors/envoy.bin"
+OUT="$ROOT/xds/descriptors/envoy.bin"
 VENV="${MESHD_GRPC_VENV:-$HOME/.cache/meshd/grpc-venv}"
 GRPCIO_TOOLS_VERSION="${GRPCIO_TOOLS_VERSION:-1.85.1}"
 

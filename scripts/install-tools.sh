@@ -67,5 +67,5 @@ else
 fi
 
 # A real kube-apiserver v1.20.2 (Debian's source package, built once and cached under
-# ~/.cache/meshd/) and Debian's etcd, for the Kubernetes-mode tests (crates/control-plane/tests/kube_*).
+# ~/.cache/meshd/) and Debian's etcd, for the Kubernetes-mode tests (control-plane/tests/kube_*).
 "$(dirname "$0")/kube-apiserver.sh" install

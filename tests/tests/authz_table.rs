@@ -1,4 +1,4 @@
-//! The AuthorizationPolicy translation table (`crates/xds/src/generate/authz_cases.rs`, whose
+//! The AuthorizationPolicy translation table (`xds/src/generate/authz_cases.rs`, whose
 //! unit test checks Istio YAML → Envoy RBAC config) driven through real Envoy: for every case
 //! with an end-to-end pair, the policy is applied to the server and one request it allows gets
 //! 200 while one it denies gets 403 `RBAC: access denied`.

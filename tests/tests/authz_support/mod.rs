@@ -1,11 +1,11 @@
 //! Shared by the `authz_*` and `mtls_*` end-to-end tests: the world of the translation table
-//! (`crates/xds/src/generate/authz_cases.rs`) in real pods: workload `server` (namespace
+//! (`xds/src/generate/authz_cases.rs`) in real pods: workload `server` (namespace
 //! `authz`, HTTP on 8080 and 8081, TCP on 8082) behind a stock Envoy sidecar, client A
 //! (`authz/client-a`) and client B (`outside/client-b`) behind theirs; optionally a second
 //! workload `other` in `authz`, and a plain pod without sidecar.
 #![allow(dead_code)] // each test binary uses a different part
 
-#[path = "../../../crates/xds/src/generate/authz_cases.rs"]
+#[path = "../../../xds/src/generate/authz_cases.rs"]
 pub mod cases;
 
 use std::net::Ipv4Addr;

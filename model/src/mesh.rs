@@ -476,11 +476,11 @@ mod voicecore {
         let files = [
             (
                 "voicecore.yaml",
-                include_str!("../../../deploy/mesh/voicecore.yaml"),
+                include_str!("../../deploy/mesh/voicecore.yaml"),
             ),
             (
                 "voicecore-authz.yaml",
-                include_str!("../../../deploy/mesh/voicecore-authz.yaml"),
+                include_str!("../../deploy/mesh/voicecore-authz.yaml"),
             ),
         ]
         .map(|(name, text)| parse_file(name, text).unwrap());

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kube-apiserver.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kube-apiserver.sh")
 }
 
 /// etcd + kube-apiserver on loopback, stopped on drop.
@@ -266,7 +266,7 @@ pub fn now_secs() -> u64 {
 /// The Istio CRDs exactly as the chart ships them (`deploy/helm/meshd/crds/`).
 pub fn istio_crds() -> Vec<Value> {
     let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/meshd/crds/istio-crds.yaml");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/meshd/crds/istio-crds.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     let crds: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())

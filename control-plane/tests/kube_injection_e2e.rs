@@ -738,7 +738,7 @@ async fn start_chart_gateway(
     root_pem: &str,
     ip: Ipv4Addr,
 ) -> PodRun {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/meshd");
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/meshd");
     let out = std::process::Command::new(helm())
         .args(["template", "meshd"])
         .arg(&chart)

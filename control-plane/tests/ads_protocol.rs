@@ -299,7 +299,7 @@ async fn server_owning_billing_rule() -> (tempfile::TempDir, TestServer) {
     let dir = tempfile::tempdir().unwrap();
     let mesh = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/mesh/voicecore.yaml"
+        "/../deploy/mesh/voicecore.yaml"
     ))
     .unwrap();
     let docs: Vec<&str> = mesh

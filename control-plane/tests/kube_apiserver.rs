@@ -517,7 +517,7 @@ async fn registry_serves_services_and_pods_from_the_api() {
 }
 
 fn run_helm(server: &ApiServer, args: &[&str]) -> String {
-    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/meshd");
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/meshd");
     let out = std::process::Command::new(helm())
         .args(args)
         .arg(&chart)
@@ -564,7 +564,7 @@ async fn helm_install_of_the_chart_and_the_voicecore_values() {
     // uses them in the same release.
     let voicecore_values = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/helm/meshd/values-voicecore.yaml"
+        "/../deploy/helm/meshd/values-voicecore.yaml"
     );
     run_helm(
         &server,

@@ -15,11 +15,11 @@ use tokio::sync::{mpsc, watch};
 pub const EMBEDDED_MESH: &[(&str, &str)] = &[
     (
         "embedded:voicecore.yaml",
-        include_str!("../../../deploy/mesh/voicecore.yaml"),
+        include_str!("../../deploy/mesh/voicecore.yaml"),
     ),
     (
         "embedded:voicecore-authz.yaml",
-        include_str!("../../../deploy/mesh/voicecore-authz.yaml"),
+        include_str!("../../deploy/mesh/voicecore-authz.yaml"),
     ),
 ];
 
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn embedded_mesh_is_every_file_in_deploy_mesh() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mesh");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mesh");
         let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -72,7 +72,7 @@ mod tests {
 
     #[test]
     fn the_shipped_mesh_is_clean_and_bad_files_are_located() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mesh");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mesh");
         assert!(analyze(&[root]).is_empty());
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.yaml");
