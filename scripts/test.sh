@@ -17,7 +17,7 @@ cargo build --bin meshd --bin meshd-load
 # so no port can clash.
 for mode in "" "--delta" "--delta --tls"; do
   unshare -n sh -c "ip link set lo up && target/debug/meshd-load --meshd target/debug/meshd \
-    --services 50 --proxies 200 --namespaces 5 --work-dir /tmp/meshd-load-smoke $mode \
+    --services 50 --proxies 200 --namespaces 5 --work-dir /tmp/meshd-load-smoke --strict $mode \
     --envoy \"\$(scripts/envoy-path.sh)\""
 done
 # The Helm chart: helm lint, helm template (default and VoiceCore values), kubernetes-validate --strict.
