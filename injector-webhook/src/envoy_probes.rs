@@ -192,3 +192,96 @@ pub fn apply(bootstrap: &mut Value, probers: &AppProbers) -> Result<(), String> 
     *filters = checks;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bootstrap() -> Value {
+        json!({"static_resources": {
+            "clusters": [{"name": "envoy_admin"}],
+            "listeners": [{"name": "health", "filter_chains": [{"filters": [{"typed_config": {
+                "route_config": {"virtual_hosts": [{"routes": [{"match": {"prefix": "/healthz/ready"}}]}]},
+                "http_filters": [router_filter()]
+            }}]}]}]
+        }})
+    }
+
+    fn prober(port: u16, kind: ProbeKind, service: Option<&str>) -> AppProber {
+        AppProber {
+            port,
+            kind,
+            service: service.map(str::to_string),
+            ..AppProber::default()
+        }
+    }
+
+    #[test]
+    fn tcp_and_grpc_probes_are_answered_from_health_checked_clusters() {
+        let mut b = bootstrap();
+        let probers = AppProbers::from([
+            (
+                "/app-health/app/livez".into(),
+                prober(7000, ProbeKind::Tcp, None),
+            ),
+            (
+                "/app-health/app/readyz".into(),
+                prober(9000, ProbeKind::Grpc, Some("shop.v1")),
+            ),
+            (
+                "/app-health/app/startupz".into(),
+                AppProber {
+                    port: 8080,
+                    path: "/started".into(),
+                    scheme: "HTTP".into(),
+                    ..AppProber::default()
+                },
+            ),
+        ]);
+        apply(&mut b, &probers).unwrap();
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        let tcp = clusters
+            .iter()
+            .find(|c| c["name"] == "app-health-tcp-7000")
+            .unwrap();
+        assert_eq!(tcp["health_checks"][0]["tcp_health_check"], json!({}));
+        assert_eq!(tcp["health_checks"][0]["no_traffic_interval"], "1s");
+        let grpc = clusters
+            .iter()
+            .find(|c| {
+                c["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("app-health-grpc-9000")
+            })
+            .unwrap();
+        assert_eq!(
+            grpc["health_checks"][0]["grpc_health_check"]["service_name"],
+            "shop.v1"
+        );
+        assert!(grpc["typed_extension_protocol_options"].is_object());
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let filters = hcm["http_filters"].as_array().unwrap();
+        assert_eq!(filters.len(), 3);
+        assert_eq!(filters[2]["name"], "envoy.filters.http.router");
+        let livez = &filters[0]["typed_config"];
+        assert_eq!(
+            livez["headers"][0]["string_match"]["exact"],
+            "/app-health/app/livez"
+        );
+        assert_eq!(livez["pass_through_mode"], false);
+        assert_eq!(
+            livez["cluster_min_healthy_percentages"]["app-health-tcp-7000"]["value"],
+            100.0
+        );
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        assert_eq!(routes[0]["match"]["path"], "/app-health/app/startupz");
+        assert_eq!(routes[0]["route"]["prefix_rewrite"], "/started");
+        assert_eq!(routes[1]["match"]["prefix"], "/healthz/ready");
+        let status = &b["static_resources"]["listeners"][1];
+        assert_eq!(status["address"]["socket_address"]["address"], "127.0.0.1");
+        assert_eq!(status["address"]["socket_address"]["port_value"], 15020);
+    }
+}
