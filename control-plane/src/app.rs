@@ -31,6 +31,8 @@ pub struct Config {
     pub root_key_algorithm: RootKeyAlgorithm,
     pub bind: IpAddr,
     pub xds_port: u16,
+    /// Serve plaintext xDS on `xds_port`. In Kubernetes mode its streams never get secrets.
+    pub xds_plaintext: bool,
     /// xDS and Istio's CA API over TLS (15012).
     pub xds_tls_port: u16,
     /// SANs of the TLS port's serving certificate (DNS names, IP addresses).
@@ -63,7 +65,8 @@ impl Config {
 }
 
 pub struct App {
-    pub xds_addr: SocketAddr,
+    /// The plaintext xDS port, when served (`Config::xds_plaintext`).
+    pub xds_addr: Option<SocketAddr>,
     /// The TLS port: ADS and `istio.v1.auth.IstioCertificateService`.
     pub xds_tls_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -163,6 +166,23 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     );
     let ads_service = ads.into_service();
     let ads_tls_service = ads_service.clone();
+    // Keys only over TLS: in Kubernetes mode the plaintext port's streams get no secrets.
+    let ads_plain_service = match &config.kubernetes {
+        None => ads_service,
+        Some(_) => AdsServer::new(
+            auth.clone(),
+            secrets.clone(),
+            snapshot_rx.clone(),
+            registry.clone(),
+            shutdown_rx.clone(),
+            metrics.clone(),
+            ServerOptions {
+                serve_secrets: false,
+                ..ServerOptions::default()
+            },
+        )
+        .into_service(),
+    };
     let ca_metrics = Arc::new(crate::ca_service::CaMetrics::default());
     let ca_service = crate::ca_service::CaService::new(ca.clone(), auth, ca_metrics.clone());
     let serving_cert =
@@ -175,13 +195,17 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         serving: serving_cert.clone(),
     });
 
-    let xds_listener =
-        crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_port))
-            .with_context(|| format!("binding xDS on {}:{}", config.bind, config.xds_port))?;
+    let xds_listener = match config.xds_plaintext {
+        true => Some(
+            crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_port))
+                .with_context(|| format!("binding xDS on {}:{}", config.bind, config.xds_port))?,
+        ),
+        false => None,
+    };
     let admin_listener = TcpListener::bind((config.bind, config.admin_port))
         .await
         .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
-    let xds_addr = xds_listener.local_addr()?;
+    let xds_addr = xds_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let xds_tls_listener =
         crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_tls_port))
             .with_context(|| {
@@ -221,6 +245,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
     let debounce = config.debounce;
+    let caller_check: Option<Arc<dyn admin::access::CallerCheck>> = match &kube {
+        Some(k) => Some(Arc::new(k.admin_auth())),
+        None => None,
+    };
     let mut stop = shutdown_rx.clone();
     let kube_ca = ca.clone();
     let kube_secrets = secrets.clone();
@@ -246,19 +274,21 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         }
         Ok(())
     });
-    let xds_incoming =
-        crate::accept::accept_on_own_thread(xds_listener, "xds-accept", shutdown_rx.clone())?;
-    let mut stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(ads_service.clone())
-            .serve_with_incoming_shutdown(xds_incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("xDS server")
-    });
+    if let Some(xds_listener) = xds_listener {
+        let xds_incoming =
+            crate::accept::accept_on_own_thread(xds_listener, "xds-accept", shutdown_rx.clone())?;
+        let mut stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(ads_plain_service)
+                .serve_with_incoming_shutdown(xds_incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("xDS server")
+        });
+    }
     let tls = serving_cert.server_config()?;
     let tls_accepted = crate::accept::accept_on_own_thread(
         xds_tls_listener,
@@ -309,10 +339,12 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         root_rotation: root_rotation.clone(),
         ca_metrics,
         cert_monitor,
+        caller_check,
     };
     let mut stop = shutdown_rx.clone();
     tasks.spawn(async move {
-        axum::serve(admin_listener, admin::router(state))
+        let admin = admin::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(admin_listener, admin)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
@@ -338,7 +370,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     // Config is loaded and the CA is up: from here on we are ready.
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
-        xds = %xds_addr,
+        xds = ?xds_addr,
         xds_tls = %xds_tls_addr,
         admin = %admin_addr,
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -155,7 +155,10 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
 impl<A, S: SecretSource> Drop for Conn<A, S> {
     fn drop(&mut self) {
         self.shared.registry.disconnect(&self.status);
-        self.shared.secrets.release(&self.proxy);
+        // A stream that was never given secrets must not evict another stream's.
+        if self.shared.serve_secrets {
+            self.shared.secrets.release(&self.proxy);
+        }
         self.shared
             .metrics
             .connected

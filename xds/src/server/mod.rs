@@ -77,12 +77,16 @@ impl Metrics {
 pub struct ServerOptions {
     /// Proxies generating config at once; bounds CPU and memory during a full push.
     pub max_concurrent_generations: usize,
+    /// Whether streams get SDS secrets (certificates, keys, gateway credentials). `false` for
+    /// a plaintext port a network observer could read: those streams get no `Secret` at all.
+    pub serve_secrets: bool,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             max_concurrent_generations: 16,
+            serve_secrets: true,
         }
     }
 }
@@ -96,6 +100,7 @@ pub(crate) struct Shared<A, S> {
     drain: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     layer_diffs: diff::LayerDiffs,
+    serve_secrets: bool,
 }
 
 impl<A: Authenticator, S: SecretSource> Shared<A, S> {
@@ -104,6 +109,12 @@ impl<A: Authenticator, S: SecretSource> Shared<A, S> {
         let _permit = self.limiter.acquire().await.expect("limiter never closes");
         let snapshot = self.mesh.borrow().clone();
         let mut res = snapshot.generate(proxy);
+        if !self.serve_secrets {
+            if res.remove(crate::resource::SECRET).is_some() {
+                tracing::debug!(proxy = %proxy.id, "secrets withheld: this port serves none");
+            }
+            return (snapshot.version, res);
+        }
         match self.secrets.secrets(proxy) {
             Ok(s) => {
                 let own: ResourceSet = s.into_iter().collect();
@@ -160,6 +171,7 @@ impl<A: Authenticator, S: SecretSource> AdsServer<A, S> {
                 drain,
                 metrics,
                 layer_diffs: Default::default(),
+                serve_secrets: opts.serve_secrets,
             }),
         }
     }
