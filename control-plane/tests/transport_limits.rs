@@ -140,28 +140,66 @@ async fn an_h2_reset_flood_on_one_unauthenticated_connection_gets_goaway() {
 }
 
 #[tokio::test]
-async fn silent_and_half_sent_connections_are_closed_on_every_port() {
-    let server = start(short_timeouts, true).await;
-    // xDS, plaintext: no preface at all.
+async fn silent_connections_to_the_xds_ports_are_closed() {
+    let server = start(short_timeouts, false).await;
     let silent = TcpStream::connect(server.app.xds_addr).await.unwrap();
     closed_by_server(silent, "xDS port, no preface").await;
-    // xDS, plaintext: the preface and SETTINGS, then no request.
     let mut preface_only = TcpStream::connect(server.app.xds_addr).await.unwrap();
     preface_only
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .unwrap();
     closed_by_server(preface_only, "xDS port, preface but no request").await;
-    // xDS over TLS: no ClientHello.
     let silent = TcpStream::connect(server.app.xds_tls_addr).await.unwrap();
     closed_by_server(silent, "xDS TLS port, no handshake").await;
-    // Admin: a request whose headers never end.
+    assert!(
+        answered(server.app.xds_addr).await.is_some(),
+        "still serving"
+    );
+}
+
+#[tokio::test]
+async fn a_half_sent_request_to_the_admin_port_is_closed() {
+    let server = start(short_timeouts, false).await;
     let mut half = TcpStream::connect(server.app.admin_addr).await.unwrap();
     half.write_all(b"GET /healthz/ready HTTP/1.1\r\nhost: meshd\r\n")
         .await
         .unwrap();
     closed_by_server(half, "admin port, half-sent headers").await;
-    // Webhook: TLS, then a request whose headers never end.
+    // A whole request, then a half-sent one on the kept-alive connection: the header-read
+    // timeout, not the (2 min) idle timeout, closes it.
+    let mut kept = TcpStream::connect(server.app.admin_addr).await.unwrap();
+    kept.write_all(b"GET /healthz/ready HTTP/1.1\r\nhost: meshd\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(GUARD, kept.read(&mut buf))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    kept.write_all(b"GET /healthz/ready HTTP/1.1\r\nhost: me")
+        .await
+        .unwrap();
+    closed_by_server(kept, "admin port, half-sent second request").await;
+    let health = reqwest::get(format!("{}/healthz/ready", server.admin_url()))
+        .await
+        .unwrap();
+    assert!(health.status().is_success(), "still serving");
+}
+
+#[tokio::test]
+async fn silent_and_half_sent_connections_to_the_webhook_are_closed() {
+    let server = start(short_timeouts, true).await;
     let webhook = server.app.webhook_addr.expect("webhook listening");
     let mut tls = tls_connect(&server, webhook, "meshd.meshd-system.svc").await;
     tls.write_all(b"POST /inject HTTP/1.1\r\nhost: meshd.meshd-system.svc\r\ncontent-type: appl")
@@ -169,15 +207,8 @@ async fn silent_and_half_sent_connections_are_closed_on_every_port() {
         .unwrap();
     tls.flush().await.unwrap();
     closed_by_server(tls, "webhook port, half-sent headers").await;
-    // A silent connection to the webhook (no ClientHello).
     let silent = TcpStream::connect(webhook).await.unwrap();
     closed_by_server(silent, "webhook port, no handshake").await;
-    // The ports still serve.
-    assert!(answered(server.app.xds_addr).await.is_some());
-    let health = reqwest::get(format!("{}/healthz/ready", server.admin_url()))
-        .await
-        .unwrap();
-    assert!(health.status().is_success());
 }
 
 async fn tls_connect(
