@@ -49,6 +49,8 @@ pub struct Config {
     pub webhook: Option<crate::webhook::WebhookConfig>,
     /// `--registry kubernetes`: the registry, identities and CA state come from the cluster.
     pub kubernetes: Option<crate::kube::KubeConfig>,
+    /// What every listener bounds (connections, streams, timeouts, message sizes).
+    pub limits: crate::transport::TransportLimits,
 }
 
 impl Config {
@@ -162,7 +164,11 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         registry.clone(),
         shutdown_rx.clone(),
         metrics.clone(),
-        ServerOptions::default(),
+        ServerOptions {
+            max_request_bytes: config.limits.xds_max_request_bytes,
+            max_subscribed_names: config.limits.xds_max_subscribed_names,
+            ..ServerOptions::default()
+        },
     );
     let ads_service = ads.into_service();
     let ads_tls_service = ads_service.clone();
@@ -274,37 +280,45 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         }
         Ok(())
     });
+    let limits = config.limits.clone();
+    let accept = |listener, name, cap| {
+        let refused = Arc::new(crate::accept::Refused::default());
+        crate::accept::accept_on_own_thread(listener, name, cap, refused, shutdown_rx.clone())
+    };
+    let auth_failures = Arc::new(crate::transport::AuthFailures::new(
+        limits.auth_failure_burst,
+        limits.auth_failures_per_minute,
+    ));
     if let Some(xds_listener) = xds_listener {
-        let xds_incoming =
-            crate::accept::accept_on_own_thread(xds_listener, "xds-accept", shutdown_rx.clone())?;
-        let mut stop = shutdown_rx.clone();
+        let xds_incoming = accept(xds_listener, "xds-accept", limits.xds_max_connections)?;
+        let xds_grpc = crate::transport::GrpcAuthLimit::new(
+            tonic::service::Routes::new(ads_plain_service).prepare(),
+            auth_failures.clone(),
+        );
+        let xds_opts = crate::transport::ConnOptions::xds("xds", &limits);
+        let stop = shutdown_rx.clone();
         tasks.spawn(async move {
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .add_service(ads_plain_service)
-                .serve_with_incoming_shutdown(xds_incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
+            crate::transport::serve(xds_incoming, None, xds_grpc, xds_opts, stop)
                 .await
                 .context("xDS server")
         });
     }
-    let tls = serving_cert.server_config()?;
-    let tls_accepted = crate::accept::accept_on_own_thread(
+    let tls = tokio_rustls::TlsAcceptor::from(serving_cert.server_config()?);
+    let tls_incoming = accept(
         xds_tls_listener,
         "xds-tls-accept",
-        shutdown_rx.clone(),
+        limits.xds_max_connections,
     )?;
-    let incoming = crate::ca_service::tls_incoming(tls_accepted, tls, shutdown_rx.clone());
-    let mut stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(ads_tls_service)
+    let tls_grpc = crate::transport::GrpcAuthLimit::new(
+        tonic::service::Routes::new(ads_tls_service)
             .add_service(ca_service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .prepare(),
+        auth_failures,
+    );
+    let tls_opts = crate::transport::ConnOptions::xds("xds-tls", &limits);
+    let stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        crate::transport::serve(tls_incoming, Some(tls), tls_grpc, tls_opts, stop)
             .await
             .context("xDS/CA TLS server")
     });
@@ -341,13 +355,11 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         cert_monitor,
         caller_check,
     };
-    let mut stop = shutdown_rx.clone();
+    let admin_incoming = accept(admin_listener, "admin-accept", limits.http_max_connections)?;
+    let admin_opts = crate::transport::ConnOptions::http("admin", &limits);
+    let stop = shutdown_rx.clone();
     tasks.spawn(async move {
-        let admin = admin::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+        crate::transport::serve(admin_incoming, None, admin::router(state), admin_opts, stop)
             .await
             .context("admin server")
     });
@@ -358,9 +370,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         .context("resuming the interrupted root rotation")?;
     tokio::spawn(root_rotation.clone().take_over_when_leading());
     if let Some((listener, tls, router)) = webhook {
+        let incoming = accept(listener, "webhook-accept", limits.http_max_connections)?;
         let stop = shutdown_rx.clone();
         tasks.spawn(async move {
-            crate::webhook::serve(listener, tls, router, stop)
+            crate::webhook::serve(incoming, tls, router, &limits, stop)
                 .await
                 .context("webhook server")
         });

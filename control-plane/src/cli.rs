@@ -165,6 +165,9 @@ pub struct ServeArgs {
     /// Kubernetes mode: the ConfigMap carrying the root certificate into injected namespaces.
     #[arg(long, env = "MESHD_ROOT_CERT_CONFIGMAP", default_value = crate::kube::ca_secret::DEFAULT_ROOT_CONFIGMAP)]
     pub root_cert_configmap: String,
+    /// Boxed: the limits are most of `serve`'s arguments, and `Command` holds them inline.
+    #[command(flatten)]
+    pub limits: Box<crate::transport::TransportLimits>,
 }
 
 impl ServeArgs {
@@ -204,6 +207,10 @@ impl ServeArgs {
                 None => Some(format!("meshd-sidecar-injector-{}", self.namespace)),
             },
             gateway_credentials: self.gateway_credentials,
+            token_review: crate::kube::token::ReviewLimits {
+                concurrency: self.limits.token_review_concurrency,
+                negative_ttl: self.limits.token_review_negative_ttl,
+            },
             ..Default::default()
         }
     }
@@ -247,6 +254,7 @@ impl ServeArgs {
                 self.injector_config.as_deref(),
             )?,
             kubernetes,
+            limits: (*self.limits).clone(),
         })
     }
 }

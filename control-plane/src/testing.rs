@@ -34,6 +34,7 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         generator: GenOptions::default(),
         webhook: None,
         kubernetes: None,
+        limits: crate::transport::TransportLimits::default(),
     }
 }
 

@@ -61,6 +61,8 @@ pub struct KubeConfig {
     pub resync: Duration,
     /// Serve Gateway `credentialName` from Secrets (watches Secrets cluster-wide).
     pub gateway_credentials: bool,
+    /// What reviewing unknown tokens may cost (`--token-review-*`).
+    pub token_review: token::ReviewLimits,
 }
 
 impl KubeConfig {
@@ -88,6 +90,7 @@ impl Default for KubeConfig {
             webhook_config: Some("meshd-sidecar-injector-meshd-system".into()),
             resync: Duration::from_secs(30),
             gateway_credentials: true,
+            token_review: token::ReviewLimits::default(),
         }
     }
 }
@@ -245,7 +248,8 @@ impl Kube {
                 &self.cfg.token_audience,
                 trust_domain,
             )
-            .with_credentials(ca),
+            .with_credentials(ca)
+            .with_limits(&self.cfg.token_review),
         ))
     }
 

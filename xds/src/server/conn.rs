@@ -178,7 +178,11 @@ pub(crate) async fn open_stream<Req: prost::Message + Default>(
     use futures::StreamExt;
     let first = match requests.next().await {
         Some(Ok(r)) => r,
-        _ => return None,
+        Some(Err(status)) => {
+            let _ = tx.send(super::wire::Outgoing::End(Box::new(status))).await;
+            return None;
+        }
+        None => return None,
     };
     match bind_proxy(node(&first), identity) {
         Ok(p) => Some((p, first)),
