@@ -110,7 +110,7 @@ async fn answered(addr: SocketAddr) -> Option<h2::client::SendRequest<bytes::Byt
 async fn an_h2_reset_flood_on_one_unauthenticated_connection_gets_goaway() {
     // Default limits: the cap tonic's defaults turned off is back (1024).
     let server = TestServer::start(None).await.unwrap();
-    let addr = server.app.xds_addr;
+    let addr = server.app.xds_addr.expect("file mode serves plaintext xDS");
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
@@ -142,9 +142,14 @@ async fn an_h2_reset_flood_on_one_unauthenticated_connection_gets_goaway() {
 #[tokio::test]
 async fn silent_connections_to_the_xds_ports_are_closed() {
     let server = start(short_timeouts, false).await;
-    let silent = TcpStream::connect(server.app.xds_addr).await.unwrap();
+    let silent = TcpStream::connect(server.app.xds_addr.expect("file mode serves plaintext xDS"))
+        .await
+        .unwrap();
     closed_by_server(silent, "xDS port, no preface").await;
-    let mut preface_only = TcpStream::connect(server.app.xds_addr).await.unwrap();
+    let mut preface_only =
+        TcpStream::connect(server.app.xds_addr.expect("file mode serves plaintext xDS"))
+            .await
+            .unwrap();
     preface_only
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
@@ -153,7 +158,9 @@ async fn silent_connections_to_the_xds_ports_are_closed() {
     let silent = TcpStream::connect(server.app.xds_tls_addr).await.unwrap();
     closed_by_server(silent, "xDS TLS port, no handshake").await;
     assert!(
-        answered(server.app.xds_addr).await.is_some(),
+        answered(server.app.xds_addr.expect("file mode serves plaintext xDS"))
+            .await
+            .is_some(),
         "still serving"
     );
 }
@@ -243,7 +250,7 @@ async fn tls_connect(
 #[tokio::test]
 async fn the_connection_cap_refuses_the_connection_over_it() {
     let server = start(|l| l.xds_max_connections = 2, false).await;
-    let addr = server.app.xds_addr;
+    let addr = server.app.xds_addr.expect("file mode serves plaintext xDS");
     let first = answered(addr).await.expect("first connection served");
     let second = answered(addr).await.expect("second connection served");
     let third = TcpStream::connect(addr).await.unwrap();
@@ -279,7 +286,7 @@ fn billing_credential(server: &TestServer) -> String {
 #[tokio::test]
 async fn an_ads_message_over_the_size_limit_is_refused_without_waiting_for_it() {
     let server = start(|_| {}, false).await;
-    let addr = server.app.xds_addr;
+    let addr = server.app.xds_addr.expect("file mode serves plaintext xDS");
     let mut client = h2_client(addr).await.ready().await.unwrap();
     let mut req = grpc_request(addr, SOTW_PATH);
     req.headers_mut().insert(
