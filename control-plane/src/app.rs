@@ -202,7 +202,13 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                 Some(k) => k.namespace_lookup(),
                 None => w.namespaces.clone(),
             };
-            let router = crate::webhook::router(w.inject.clone(), namespaces);
+            let mut inject = w.inject.clone();
+            if let Some(k) = &kube
+                && inject.native_sidecars.is_none()
+            {
+                inject.native_sidecars = crate::webhook::detect_native_sidecars(k.client()).await;
+            }
+            let router = crate::webhook::router(inject, namespaces);
             Some((listener, tls, router))
         }
         None => None,

@@ -51,6 +51,11 @@ enum Command {
     /// Print the stock Envoy binary meshd's demo and tests use, installing it if missing.
     #[command(hide = true)]
     EnvoyPath,
+    /// Inject sidecars into Kubernetes manifests offline, exactly as the webhook would.
+    KubeInject(crate::kube_inject::KubeInjectArgs),
+    /// Wait until the sidecar's Envoy is ready (the injected postStart hook).
+    #[command(hide = true)]
+    WaitProxy(crate::proxy_wait::WaitProxyArgs),
 }
 
 /// `meshd` alone is `meshd serve` with its defaults (and `MESHD_*` environment).
@@ -411,6 +416,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Workload(args) => {
             runtime()?.block_on(crate::workload_app::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KubeInject(args) => {
+            crate::kube_inject::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WaitProxy(args) => {
+            runtime()?.block_on(crate::proxy_wait::run(&args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -21,9 +21,11 @@
 //!
 //! # Probes
 //!
-//! The injector records each rewritten app probe in `MESHD_APP_PROBERS`; here each becomes an
-//! exact-path route on the health listener (15021) forwarding to `127.0.0.1:<port>` with the
-//! original path, so the kubelet's probes work under STRICT mTLS.
+//! The injector records each rewritten app probe in `MESHD_APP_PROBERS`;
+//! `meshd_injector::envoy_probes` turns each into config on the health listener (15021): a
+//! route to the app for `httpGet`, an answer from an actively health-checked cluster for
+//! `tcpSocket` and `grpc`, so the kubelet's probes work under STRICT mTLS. It also serves
+//! Istio's status port (loopback 15020) with `/quitquitquit`.
 
 use crate::bootstrap::{self, BootstrapSpec};
 use anyhow::{Context, anyhow};
@@ -86,39 +88,6 @@ fn ads_grpc_service(spec: &KubeBootstrapSpec) -> Value {
     })
 }
 
-fn probe_cluster_name(port: u16, scheme: &str) -> String {
-    if scheme == "HTTPS" {
-        format!("app-health-tls-{port}")
-    } else {
-        format!("app-health-{port}")
-    }
-}
-
-fn probe_cluster(port: u16, scheme: &str) -> Value {
-    let name = probe_cluster_name(port, scheme);
-    let mut c = json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": "127.0.0.1", "port_value": port}
-            }}}]}]
-        }
-    });
-    if scheme == "HTTPS" {
-        // The kubelet does not verify an HTTPS probe's certificate; neither do we.
-        c["transport_socket"] = json!({
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-            }
-        });
-    }
-    c
-}
-
 pub fn render(spec: &KubeBootstrapSpec) -> anyhow::Result<Value> {
     if spec.pod.is_empty() || spec.namespace.is_empty() {
         return Err(anyhow!("--workload must be POD.NAMESPACE"));
@@ -145,45 +114,7 @@ pub fn render(spec: &KubeBootstrapSpec) -> anyhow::Result<Value> {
         .context("bootstrap has no static clusters")?;
     // ADS goes through Google gRPC now; the Envoy-gRPC cluster is not needed.
     clusters.retain(|c| c["name"] != "xds-grpc");
-    let mut targets: Vec<(u16, &str)> = spec
-        .app_probers
-        .values()
-        .map(|p| (p.port, p.scheme.as_str()))
-        .collect();
-    targets.sort();
-    targets.dedup();
-    for (port, scheme) in &targets {
-        clusters.push(probe_cluster(*port, scheme));
-    }
-    if !spec.app_probers.is_empty() {
-        let listeners = b["static_resources"]["listeners"]
-            .as_array_mut()
-            .context("bootstrap has no static listeners")?;
-        let health = listeners
-            .iter_mut()
-            .find(|l| l["name"] == "health")
-            .context("bootstrap has no health listener")?;
-        let routes = health["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-            ["virtual_hosts"][0]["routes"]
-            .as_array_mut()
-            .context("health listener has no routes")?;
-        let mut app_routes: Vec<Value> = spec
-            .app_probers
-            .iter()
-            .map(|(key, p)| {
-                json!({
-                    "match": {"path": key},
-                    "route": {
-                        "cluster": probe_cluster_name(p.port, &p.scheme),
-                        "prefix_rewrite": p.path,
-                        "timeout": "30s"
-                    }
-                })
-            })
-            .collect();
-        app_routes.append(routes);
-        *routes = app_routes;
-    }
+    meshd_injector::envoy_probes::apply(&mut b, &spec.app_probers).map_err(|e| anyhow!(e))?;
     Ok(b)
 }
 
@@ -284,6 +215,7 @@ mod tests {
                         port: 8000,
                         path: "/health".into(),
                         scheme: "HTTP".into(),
+                        ..AppProber::default()
                     },
                 ),
                 (
@@ -292,6 +224,7 @@ mod tests {
                         port: 8000,
                         path: "/ready".into(),
                         scheme: "HTTP".into(),
+                        ..AppProber::default()
                     },
                 ),
             ]),

@@ -13,13 +13,10 @@ use tokio::sync::{mpsc, watch};
 /// The VoiceCore mesh (`deploy/mesh/*.yaml`), served when no config directory is given: each
 /// file with the name it is reported under.
 pub const EMBEDDED_MESH: &[(&str, &str)] = &[
-    (
-        "embedded:voicecore.yaml",
-        include_str!("../../deploy/mesh/voicecore.yaml"),
-    ),
+    ("embedded:voicecore.yaml", meshd_model::voicecore::MESH_YAML),
     (
         "embedded:voicecore-authz.yaml",
-        include_str!("../../deploy/mesh/voicecore-authz.yaml"),
+        meshd_model::voicecore::AUTHZ_YAML,
     ),
 ];
 

@@ -170,6 +170,27 @@ pub async fn serve(
     Ok(())
 }
 
+/// Whether the API server runs native sidecars (Kubernetes >= 1.29), from its version; `None`
+/// (the injector then injects the classic way) when the version cannot be read.
+pub async fn detect_native_sidecars(client: &kube::Client) -> Option<bool> {
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let native =
+                meshd_injector::config::native_sidecars_supported(&info.major, &info.minor);
+            tracing::info!(
+                version = %info.git_version,
+                native_sidecars = native,
+                "API server version read for injection"
+            );
+            Some(native)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "API server version unknown; injecting classic sidecars");
+            None
+        }
+    }
+}
+
 /// The injector settings: defaults for meshd's Service, overlaid with the `--injector-config`
 /// file (YAML or JSON; unknown keys are an error).
 pub fn load_inject_config(

@@ -440,7 +440,8 @@ async fn scenario(net: &PodNetwork) {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(inits, ["meshd-bootstrap", "meshd-init"], "{p}");
+        // Capture first, as Istio orders them.
+        assert_eq!(inits, ["meshd-init", "meshd-bootstrap"], "{p}");
         let proxy = container(p, "containers", "istio-proxy");
         assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
         assert_eq!(

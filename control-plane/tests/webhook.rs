@@ -105,19 +105,23 @@ async fn webhook_injects_over_https_and_refuses_hostile_bodies() {
     let r: meshd_injector::AdmissionResponse = serde_json::from_value(resp.clone()).unwrap();
     let ops = r.patch_ops().unwrap();
     assert!(
-        ops.iter().any(|op| op["path"] == "/spec/containers/-"
+        ops.iter().any(|op| op["op"] == "add"
+            && op["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/spec/containers/"))
             && op["value"]["name"] == "istio-proxy"
             && op["value"]["image"] == "envoyproxy/envoy:v1.40.0"),
         "{ops:?}"
     );
-    // The pod has no init containers yet: they come as one list, bootstrap first.
+    // The pod has no init containers yet: they come as one list, capture first (as Istio).
     let inits = ops
         .iter()
         .find(|op| op["path"] == "/spec/initContainers")
         .expect("init containers added");
-    assert_eq!(inits["value"][0]["name"], "meshd-bootstrap");
+    assert_eq!(inits["value"][0]["name"], "meshd-init");
+    assert_eq!(inits["value"][1]["name"], "meshd-bootstrap");
     assert!(
-        inits["value"][0]["args"]
+        inits["value"][1]["args"]
             .as_array()
             .unwrap()
             .contains(&json!("meshd.meshd-system.svc:15012"))

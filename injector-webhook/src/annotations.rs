@@ -22,6 +22,20 @@ pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
 pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
+pub const NATIVE_SIDECAR: &str = "sidecar.istio.io/nativeSidecar";
+pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
+pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
+pub const READINESS_INITIAL_DELAY: &str = "readiness.status.sidecar.istio.io/initialDelaySeconds";
+pub const READINESS_PERIOD: &str = "readiness.status.sidecar.istio.io/periodSeconds";
+pub const READINESS_FAILURE_THRESHOLD: &str = "readiness.status.sidecar.istio.io/failureThreshold";
+pub const READINESS_APPLICATION_PORTS: &str = "readiness.status.sidecar.istio.io/applicationPorts";
+pub const USER_VOLUME: &str = "sidecar.istio.io/userVolume";
+pub const USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
+pub const TEMPLATES: &str = "inject.istio.io/templates";
+/// Namespace or pod label choosing the control-plane revision.
+pub const REVISION_LABEL: &str = "istio.io/rev";
 
 /// Istio's proxy variable choosing the xDS protocol (Delta unless `false`).
 pub const DELTA_XDS_ENV: &str = "ISTIO_DELTA_XDS";
@@ -32,35 +46,67 @@ pub const CANONICAL_NAME_LABEL: &str = "service.istio.io/canonical-name";
 pub const CANONICAL_REVISION_LABEL: &str = "service.istio.io/canonical-revision";
 
 /// What meshd takes from `proxy.istio.io/config` (a ProxyConfig, YAML or JSON, as Istio reads
-/// it): `proxyMetadata.ISTIO_DELTA_XDS`, the xDS protocol of the pod's sidecar. Other fields
-/// and variables are reported as ignored (meshd has no agent to give them to); a value that is
-/// not a ProxyConfig, or a flag that is not a boolean, is an error.
-pub fn delta_xds(
+/// it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyConfigOverrides {
+    /// `proxyMetadata.ISTIO_DELTA_XDS`: the xDS protocol of the pod's sidecar.
+    pub delta_xds: Option<bool>,
+    /// `holdApplicationUntilProxyStarts`.
+    pub hold_application: Option<bool>,
+}
+
+/// Reads `proxy.istio.io/config`. Other fields and variables are reported as ignored (meshd has
+/// no agent to give them to); a value that is not a ProxyConfig, or a flag that is not a
+/// boolean, is an error.
+pub fn proxy_config(
     annotations: &BTreeMap<String, String>,
     errors: &mut Vec<String>,
     warnings: &mut Vec<String>,
-) -> Option<bool> {
-    let text = annotations.get(PROXY_CONFIG)?;
+) -> ProxyConfigOverrides {
+    let mut out = ProxyConfigOverrides::default();
+    let Some(text) = annotations.get(PROXY_CONFIG) else {
+        return out;
+    };
     let config: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             errors.push(format!("annotation {PROXY_CONFIG}: not YAML: {e}"));
-            return None;
+            return out;
         }
     };
     let fields = match config {
         serde_yaml::Value::Mapping(m) => m,
-        serde_yaml::Value::Null => return None,
+        serde_yaml::Value::Null => return out,
         _ => {
             errors.push(format!(
                 "annotation {PROXY_CONFIG}: not a ProxyConfig mapping"
             ));
-            return None;
+            return out;
         }
     };
-    let mut delta = None;
+    let yaml_bool = |value: &serde_yaml::Value| match value {
+        serde_yaml::Value::Bool(b) => Some(*b),
+        serde_yaml::Value::String(s) => parse_bool(s),
+        _ => None,
+    };
+    let shown = |value: &serde_yaml::Value| {
+        serde_yaml::to_string(value)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     for (key, value) in fields {
         let key = key.as_str().unwrap_or("?").to_string();
+        if key == "holdApplicationUntilProxyStarts" {
+            match yaml_bool(&value) {
+                Some(b) => out.hold_application = Some(b),
+                None => errors.push(format!(
+                    "annotation {PROXY_CONFIG}: holdApplicationUntilProxyStarts: `{}` is not a boolean",
+                    shown(&value)
+                )),
+            }
+            continue;
+        }
         if key != "proxyMetadata" {
             warnings.push(format!(
                 "annotation {PROXY_CONFIG}: field `{key}` is not supported by meshd; ignored"
@@ -82,15 +128,15 @@ pub fn delta_xds(
                 continue;
             }
             match value.as_str().and_then(parse_bool) {
-                Some(b) => delta = Some(b),
+                Some(b) => out.delta_xds = Some(b),
                 None => errors.push(format!(
                     "annotation {PROXY_CONFIG}: proxyMetadata.{DELTA_XDS_ENV}: `{}` is not a boolean",
-                    serde_yaml::to_string(&value).unwrap_or_default().trim()
+                    shown(&value)
                 )),
             }
         }
     }
-    delta
+    out
 }
 
 /// Go's `strconv.ParseBool`, which Istio uses for its boolean annotations.
@@ -100,6 +146,43 @@ pub fn parse_bool(v: &str) -> Option<bool> {
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
         _ => None,
     }
+}
+
+/// The value of a quantity [`is_quantity`] accepts, in base units (cores, bytes), for comparing
+/// a request with its limit.
+pub fn quantity_value(v: &str) -> Option<f64> {
+    if !is_quantity(v) {
+        return None;
+    }
+    let (sign, s) = match v.strip_prefix('-') {
+        Some(rest) => (-1.0, rest),
+        None => (1.0, v.strip_prefix('+').unwrap_or(v)),
+    };
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(num_end);
+    let n: f64 = num.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exp => 10f64.powi(exp[1..].parse::<i32>().ok()?.clamp(-400, 400)),
+    };
+    Some(sign * n * scale)
 }
 
 /// A Kubernetes resource quantity (`100m`, `1.5Gi`, `2`, `1e3`).

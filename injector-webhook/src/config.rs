@@ -29,6 +29,10 @@ pub mod ports {
     pub const OUTBOUND_CAPTURE: u16 = 15001;
     pub const INBOUND_CAPTURE: u16 = 15006;
     pub const HEALTH: u16 = 15021;
+    /// Istio's agent status port; here an Envoy listener on loopback serving `/quitquitquit`.
+    pub const STATUS: u16 = 15020;
+    /// Envoy's admin (loopback only).
+    pub const ADMIN: u16 = 15000;
     pub const PROMETHEUS: u16 = 15090;
     pub const PROXY_UID: u32 = 1337;
 }
@@ -83,8 +87,30 @@ pub struct InjectConfig {
     pub inject_unknown_namespaces: bool,
     /// Requests larger than this are refused before parsing.
     pub max_review_bytes: usize,
-    /// Recorded in the `sidecar.istio.io/status` annotation.
+    /// The control-plane revision this webhook serves (`istio.io/rev`); `default` also serves
+    /// `istio-injection=enabled`. Recorded in the `sidecar.istio.io/status` annotation.
     pub revision: String,
+    /// Whether the API server runs native sidecars (init containers with `restartPolicy:
+    /// Always`, Kubernetes >= 1.29): `meshd serve` detects it from the server's version;
+    /// `None` (unknown) injects the classic way. `sidecar.istio.io/nativeSidecar` overrides.
+    pub native_sidecars: Option<bool>,
+    /// The mesh default of ProxyConfig `holdApplicationUntilProxyStarts` (classic path only:
+    /// a native sidecar always starts first).
+    pub hold_application_until_proxy_starts: bool,
+}
+
+/// Kubernetes runs native sidecars by default from 1.29 (beta, feature gate on).
+pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
+    // GKE/EKS report minors like `29+`.
+    let digits = |s: &str| -> Option<u32> {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        s[..end].parse().ok()
+    };
+    match (digits(major), digits(minor)) {
+        (Some(1), Some(m)) => m >= 29,
+        (Some(newer), _) => newer > 1,
+        _ => false,
+    }
 }
 
 impl InjectConfig {
@@ -122,6 +148,8 @@ impl Default for InjectConfig {
             inject_unknown_namespaces: true,
             max_review_bytes: DEFAULT_MAX_REVIEW_BYTES,
             revision: "default".into(),
+            native_sidecars: None,
+            hold_application_until_proxy_starts: false,
         }
     }
 }

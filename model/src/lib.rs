@@ -10,6 +10,7 @@ pub mod parse;
 pub mod registry;
 pub mod security;
 mod validate;
+pub mod voicecore;
 
 pub use mesh::{MeshConfig, Rejected};
 pub use parse::{DocumentCache, FileConfig, parse_file, parse_file_cached};

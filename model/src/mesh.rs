@@ -473,17 +473,7 @@ mod voicecore {
     use crate::parse_file;
 
     fn shipped() -> MeshConfig {
-        let files = [
-            (
-                "voicecore.yaml",
-                include_str!("../../deploy/mesh/voicecore.yaml"),
-            ),
-            (
-                "voicecore-authz.yaml",
-                include_str!("../../deploy/mesh/voicecore-authz.yaml"),
-            ),
-        ]
-        .map(|(name, text)| parse_file(name, text).unwrap());
+        let files = crate::voicecore::FILES.map(|(name, text)| parse_file(name, text).unwrap());
         MeshConfig::assemble(&files)
     }
 

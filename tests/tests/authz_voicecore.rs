@@ -9,8 +9,8 @@ use authz_support::*;
 use meshd_e2e::*;
 use std::net::Ipv4Addr;
 
-const VOICECORE: &str = include_str!("../../deploy/mesh/voicecore.yaml");
-const AUTHZ: &str = include_str!("../../deploy/mesh/voicecore-authz.yaml");
+const VOICECORE: &str = meshd_model::voicecore::MESH_YAML;
+const AUTHZ: &str = meshd_model::voicecore::AUTHZ_YAML;
 
 fn host(name: &str) -> String {
     format!("{name}.voicecore-ai.svc.cluster.local")

@@ -11,7 +11,7 @@ use std::time::Duration;
 use meshd_e2e::*;
 use traffic_support::*;
 
-const VOICECORE: &str = include_str!("../../deploy/mesh/voicecore.yaml");
+const VOICECORE: &str = meshd_model::voicecore::MESH_YAML;
 const VC: &str = "voicecore-ai";
 
 /// The seed's table, row by row, with the retries and timeouts the shipped VirtualServices set.

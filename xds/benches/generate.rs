@@ -14,7 +14,7 @@ use meshd_model::{MeshConfig, parse_file};
 use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use meshd_xds::{GenOptions, MeshSnapshot, NodeType, Proxy};
 
-const VOICECORE: &str = include_str!("../../deploy/mesh/voicecore.yaml");
+const VOICECORE: &str = meshd_model::voicecore::MESH_YAML;
 const NS: &str = "voicecore-ai";
 
 /// Every service may call only billing-service (the scoping the e2e test proves).

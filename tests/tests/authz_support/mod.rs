@@ -5,8 +5,7 @@
 //! workload `other` in `authz`, and a plain pod without sidecar.
 #![allow(dead_code)] // each test binary uses a different part
 
-#[path = "../../../xds/src/generate/authz_cases.rs"]
-pub mod cases;
+pub use meshd_xds::generate::authz_cases as cases;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};

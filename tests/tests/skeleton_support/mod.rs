@@ -10,7 +10,7 @@ use std::time::Duration;
 use meshd_e2e::*;
 use serde_json::Value;
 
-pub const VOICECORE: &str = include_str!("../../../deploy/mesh/voicecore.yaml");
+pub const VOICECORE: &str = meshd_model::voicecore::MESH_YAML;
 pub const NS: &str = "voicecore-ai";
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -67,6 +67,10 @@ struct Args {
     /// Also start one stock Envoy on the synthetic mesh and check its config_dump.
     #[arg(long)]
     envoy: Option<PathBuf>,
+    /// Fail when any client stream ends before the reconnect storm (the CI smoke: nothing
+    /// may be lost); benchmarks at the edge of the machine report them instead.
+    #[arg(long)]
+    strict: bool,
     /// Skip the reconnect-storm phase.
     #[arg(long)]
     no_restart: bool,
@@ -234,6 +238,10 @@ impl Acks {
     /// ACKs of `type_index` after `since`, collected until `expected` proxies have ACKed when
     /// that is known (every proxy sees the change), else until `quiet` passes without one; at
     /// most `timeout`.
+    /// Waits for the proxies a change reaches to ACK `type_index` after `since`. With
+    /// `expected` (the change reaches every proxy), fewer than that many by the timeout is an
+    /// error; without it (the count is not known here), until the ACKs stop for `quiet`, and
+    /// none at all by the timeout is an error.
     async fn settle(
         &mut self,
         since: Instant,
@@ -241,13 +249,13 @@ impl Acks {
         expected: Option<usize>,
         quiet: Duration,
         timeout: Duration,
-    ) -> Vec<Duration> {
+    ) -> anyhow::Result<Vec<Duration>> {
         let deadline = since + timeout;
         let mut last_count = usize::MAX;
         let mut last_change = Instant::now();
         loop {
             self.drain();
-            let v: Vec<Duration> = self
+            let mut v: Vec<Duration> = self
                 .last
                 .iter()
                 .filter_map(|p| p[type_index].filter(|at| *at >= since).map(|at| at - since))
@@ -260,10 +268,18 @@ impl Acks {
                 last_count = v.len();
                 last_change = Instant::now();
             }
-            if done || Instant::now() > deadline {
-                let mut v = v;
+            if done {
                 v.sort();
-                return v;
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                match expected {
+                    Some(n) => bail!(
+                        "{} of {n} proxies did not ACK the change in {timeout:?}",
+                        n - v.len()
+                    ),
+                    None => bail!("no proxy ACKed the change in {timeout:?}"),
+                }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -572,7 +588,7 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(2),
             timeout,
         )
-        .await;
+        .await?;
     rows.push((
         format!(
             "one DestinationRule changed → {} proxies ACKed (incl. 100 ms debounce)",
@@ -597,7 +613,7 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(2),
             timeout,
         )
-        .await;
+        .await?;
     let cpu3 = cpu_seconds(server.pid());
     rows.push((
         format!("full push (new service) → {} proxies ACKed CDS", full.len()),
@@ -609,10 +625,14 @@ async fn main() -> anyhow::Result<()> {
         ),
     ));
 
+    let ended_early = cache.stream_errors.load(Ordering::Relaxed);
     rows.push((
         "client streams that ended early (each reconnected)".into(),
-        cache.stream_errors.load(Ordering::Relaxed).to_string(),
+        ended_early.to_string(),
     ));
+    if args.strict && ended_early > 0 {
+        bail!("{ended_early} client stream(s) ended before the reconnect storm (--strict)");
+    }
     if !args.no_restart {
         eprintln!("meshd-load: phase: reconnect storm");
         server.kill();

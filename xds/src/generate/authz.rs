@@ -754,8 +754,7 @@ fn perms(
 }
 
 #[cfg(test)]
-#[path = "authz_cases.rs"]
-mod cases;
+use super::authz_cases as cases;
 
 #[cfg(test)]
 #[path = "security_tests.rs"]

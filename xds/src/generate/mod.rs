@@ -3,6 +3,9 @@
 //! encoded once per snapshot and handed out by reference.
 
 pub mod authz;
+/// The AuthorizationPolicy translation table, shared with the end-to-end tests.
+#[cfg(any(test, feature = "test-tables"))]
+pub mod authz_cases;
 pub mod cluster;
 pub mod common;
 pub mod envoyfilter;

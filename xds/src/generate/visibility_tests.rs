@@ -422,7 +422,7 @@ fn a_rebuilt_snapshot_keeps_the_identity_of_what_did_not_change() {
 /// fields in hash order, so a map built carelessly would make every rebuild look like a change).
 #[test]
 fn every_resource_encodes_identically_from_build_to_build() {
-    let text = include_str!("../../../deploy/mesh/voicecore.yaml");
+    let text = meshd_model::voicecore::MESH_YAML;
     let file = parse_file("voicecore.yaml", text).unwrap();
     let config = Arc::new(MeshConfig::assemble([&file]));
     let proxies = workload_proxies(&config);
@@ -458,7 +458,7 @@ fn workload_proxies(config: &MeshConfig) -> Vec<Proxy> {
 #[test]
 fn inbound_resources_follow_their_inputs_across_rebuilds() {
     use crate::resource::LISTENER;
-    let voicecore = include_str!("../../../deploy/mesh/voicecore.yaml");
+    let voicecore = meshd_model::voicecore::MESH_YAML;
     let config = |extra: &str| {
         let file = parse_file("voicecore.yaml", &format!("{voicecore}\n---\n{extra}")).unwrap();
         assert!(file.rejected.is_empty(), "{:?}", file.rejected);
@@ -568,7 +568,7 @@ spec:
 /// PeerAuthentication (endpoints' mTLS), a workload's address, a DestinationRule, the options.
 #[test]
 fn a_rebuild_serves_what_a_fresh_build_serves() {
-    let voicecore = include_str!("../../../deploy/mesh/voicecore.yaml");
+    let voicecore = meshd_model::voicecore::MESH_YAML;
     let config = |text: &str| {
         let file = parse_file("voicecore.yaml", text).unwrap();
         assert!(file.rejected.is_empty(), "{:?}", file.rejected);

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The edit-loop tier: every test that needs no root, no network namespace, no Envoy, no
+# kube-apiserver and no network beyond loopback ports the tests bind themselves. Unit tests of
+# every crate plus the in-process integration tests (ADS protocol, CA API, webhook, a fake API
+# server). Runs as any user; under a minute once built.
+#
+#   scripts/test-fast.sh            # all of the tier
+#   scripts/test-fast.sh some_name  # a filter, passed to every test binary
+#
+# The full suite (root: network-namespace pods with stock Envoy, the real kube-apiserver, the
+# load-tool smokes, the chart) is scripts/test.sh, which runs this tier too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Pure crates: no I/O beyond temp dirs.
+cargo test -p meshd-model -p meshd-ca -p meshd-xds -p meshd-injector -p meshd-loadgen \
+  --lib --bins --tests -- "$@"
+
+# The control plane in-process on 127.0.0.1:0. Its podnet tests build network namespaces
+# (root) and run in scripts/test.sh.
+cargo test -p meshd --lib --bins \
+  --test ads_protocol --test ca_api --test webhook --test kube_fake_apiserver \
+  -- --skip podnet:: "$@"
