@@ -264,5 +264,5 @@ case "${1:-}" in
   node) build_node "${2:-$CACHE/node}" ;;
   load) [ $# -ge 3 ] || { log "usage: load SOCKET TAR..."; exit 2; }; shift; load "$@" ;;
   push) [ $# -ge 2 ] || { log "usage: push REGISTRY [OUT]"; exit 2; }; push "$2" "${3:-}" ;;
-  *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac
