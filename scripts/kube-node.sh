@@ -23,8 +23,8 @@
 # bridge (meshd-cni0, 10.88.0.1/16); nothing is forwarded between the bridge and any other
 # interface. Cluster DNS: Debian has no CoreDNS package, so dnsmasq on the bridge answers
 # `<svc>.<ns>.svc.cluster.local` with the Service's ClusterIP from a hosts file a small watcher
-# of the API keeps current, and NXDOMAIN for every other name (no upstream). No headless-Service
-# or pod records.
+# of the API (scripts/kube-node-dns.py) keeps current, and NXDOMAIN for every other name (no
+# upstream). No headless-Service or pod records.
 # MESHD_KUBE_NODE_CACHE overrides the cache.
 set -euo pipefail
 
@@ -401,55 +401,7 @@ EOF
   spawn dnsmasq dnsmasq --keep-in-foreground --no-resolv --no-hosts --user=root --group=root \
     --listen-address="$NODE_IP" --bind-interfaces --port=53 --local=/#/ \
     --addn-hosts="$DIR/dns/hosts" --pid-file="$DIR/dns/dnsmasq.pid" --log-facility=-
-  # (A file: a background command's stdin is /dev/null, not a here-document.)
-  cat > "$DIR/dns/sync.py" <<'PY'
-# Keeps DIR/dns/hosts equal to the Services' ClusterIPs (`<name>.<ns>.svc.cluster.local`) and
-# tells dnsmasq (SIGHUP) after each change: list, then watch from the list's resourceVersion;
-# relist when the watch ends or expires.
-import json, os, signal, ssl, sys, time, urllib.request
-d, server, token = sys.argv[1], sys.argv[2], sys.argv[3]
-ctx = ssl.create_default_context(cafile=f"{d}/pki/ca.crt")
-def get(path, timeout):
-    req = urllib.request.Request(f"https://{server}{path}", headers={"Authorization": f"Bearer {token}"})
-    return urllib.request.urlopen(req, context=ctx, timeout=timeout)
-def key(svc):
-    return f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
-def publish(services):
-    lines = []
-    for k, svc in sorted(services.items()):
-        ip = svc.get("spec", {}).get("clusterIP")
-        if ip and ip != "None":
-            ns, name = k.split("/")
-            lines.append(f"{ip} {name}.{ns}.svc.cluster.local\n")
-    tmp = f"{d}/dns/hosts.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(lines)
-    os.replace(tmp, f"{d}/dns/hosts")
-    try:
-        os.kill(int(open(f"{d}/dns/dnsmasq.pid").read().strip()), signal.SIGHUP)
-    except (OSError, ValueError):
-        pass
-while True:
-    try:
-        listing = json.load(get("/api/v1/services", 30))
-        services = {key(s): s for s in listing["items"]}
-        publish(services)
-        rv = listing["metadata"]["resourceVersion"]
-        with get(f"/api/v1/services?watch=1&resourceVersion={rv}&timeoutSeconds=300", 330) as w:
-            for line in w:
-                ev = json.loads(line)
-                if ev["type"] == "ERROR":
-                    break
-                if ev["type"] == "DELETED":
-                    services.pop(key(ev["object"]), None)
-                elif ev["type"] in ("ADDED", "MODIFIED"):
-                    services[key(ev["object"])] = ev["object"]
-                publish(services)
-    except Exception as e:
-        print(f"dns-sync: {e}", flush=True)
-        time.sleep(1)
-PY
-  spawn dns-sync python3 "$DIR/dns/sync.py" "$DIR" "$NODE_IP:$API_PORT" "$ADMIN_TOKEN"
+  spawn dns-sync python3 "$HERE/kube-node-dns.py" sync "$DIR" "$NODE_IP:$API_PORT" "$ADMIN_TOKEN"
 
   local kbin="$CACHE"
   spawn kube-controller-manager "$kbin/kube-controller-manager" \
@@ -497,17 +449,7 @@ sys.exit(0 if ready and ready[0]["status"] == "True" else 1)'
 }
 
 dns_answers() { # NAME: dnsmasq gives an A record for NAME
-  python3 - "$NODE_IP" "$1" <<'PY'
-import socket, struct, sys
-server, name = sys.argv[1], sys.argv[2]
-q = struct.pack(">HHHHHH", 0x4d53, 0x0100, 1, 0, 0, 0)
-q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(1)
-s.sendto(q, (server, 53))
-r = s.recv(512)
-sys.exit(0 if struct.unpack(">H", r[6:8])[0] > 0 else 1)
-PY
+  python3 "$HERE/kube-node-dns.py" query "$NODE_IP" "$1"
 }
 
 stop_pid() { # NAME: SIGTERM, then SIGKILL after 10 s

@@ -161,14 +161,17 @@ async fn pod_phase(client: &Client, ns: &str, name: &str, phase: &str, secs: u64
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
-        if let Ok(Some(p)) = api.get_opt(name).await {
-            if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase) {
-                return p;
-            }
+        if let Ok(Some(p)) = api.get_opt(name).await
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase)
+        {
+            return p;
         }
         if tokio::time::Instant::now() > deadline {
             let all: Vec<String> = pods(client, ns).await.iter().map(pod_summary).collect();
-            panic!("pod {ns}/{name} not {phase} after {secs} s:\n{}", all.join("\n"));
+            panic!(
+                "pod {ns}/{name} not {phase} after {secs} s:\n{}",
+                all.join("\n")
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
@@ -224,7 +227,8 @@ async fn deployments_ready(client: &Client, ns: &str, names: &[&str], secs: u64)
     }
 }
 
-/// A pod running Debian's busybox (the image the node script builds).
+/// A pod running Debian's busybox (the image the node script builds). Its `wget -T` crashes
+/// (busybox 1.35, static glibc): scripts bound their requests with `timeout` instead.
 fn busybox_pod(ns: &str, name: &str, sa: Option<&str>, script: &str) -> Value {
     let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -286,15 +290,14 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
     // The chart as a user installs it, with requests scaled to a 2-core test node (the seed's
     // 2 × 500m control plane alone would not fit beside 16 VoiceCore containers) and no
     // gateways (their Envoys are covered elsewhere; here they would only take CPU).
-    let values = repo().join("deploy/helm/meshd/values-voicecore.yaml");
+    // Control plane first, then the application, as with Istio: in one `helm install -f
+    // values-voicecore.yaml`, Helm creates the MutatingWebhookConfiguration after every
+    // built-in kind, so the VoiceCore Deployments' first pods are created before the webhook
+    // exists (and before meshd answers) and run without a sidecar.
     let chart = repo().join("deploy/helm/meshd");
-    node.helm(&[
-        "install",
-        "meshd",
-        chart.to_str().unwrap(),
-        "--create-namespace",
-        "-f",
-        values.to_str().unwrap(),
+    let chart = chart.to_str().unwrap();
+    let values = repo().join("deploy/helm/meshd/values-voicecore.yaml");
+    let small_node = [
         "--set",
         "controlPlane.resources.requests.cpu=50m,controlPlane.resources.requests.memory=128Mi",
         "--set",
@@ -303,7 +306,14 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
         "voicecore.replicas=1,voicecore.resources.requests.cpu=10m,voicecore.resources.requests.memory=32Mi",
         "--set",
         "ingressGateway.enabled=false,egressGateway.enabled=false",
-    ]);
+    ];
+    node.helm(
+        &[
+            &["install", "meshd", chart, "--create-namespace"][..],
+            &small_node,
+        ]
+        .concat(),
+    );
 
     // meshd: both replicas Running and Ready, one of them holding the leader Lease.
     deployments_ready(&client, MESHD_NS, &["meshd"], 300).await;
@@ -342,10 +352,19 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
     })
     .await;
     assert!(
-        meshd_pods.iter().any(|p| holder.starts_with(&format!("{p}_"))),
+        meshd_pods
+            .iter()
+            .any(|p| holder.starts_with(&format!("{p}_"))),
         "leader {holder} is not one of {meshd_pods:?}"
     );
 
+    node.helm(
+        &[
+            &["upgrade", "meshd", chart, "-f", values.to_str().unwrap()][..],
+            &small_node,
+        ]
+        .concat(),
+    );
     // The eight VoiceCore Deployments: injected by the webhook (classic path on 1.20: the
     // sidecar is a second container), both containers ready under STRICT mTLS (the kubelet's
     // probes go through the sidecar's health port).
@@ -414,9 +433,85 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
     pod_phase(&client, "default", "outsider", "Succeeded", 120).await;
     let outsider = log_of(&client, "default", "outsider", "app").await;
     // The name resolved and the connection was made (no "bad address", no "can't connect"):
-    // the sidecar closed it when no TLS came.
+    // the server's sidecar reset it when no TLS came.
     assert!(outsider.contains("exit=1"), "{outsider}");
-    assert!(outsider.contains("error getting response"), "{outsider}");
+    assert!(
+        outsider.contains("error getting response: Connection reset by peer"),
+        "{outsider}"
+    );
+
+    // A Job in the injected namespace completes: its app calls a service through the mesh,
+    // then stops its sidecar the Istio way (POST /quitquitquit on the loopback status port
+    // 15020, classic path on 1.20) so the pod can finish.
+    create(
+        &client,
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "report", "namespace": VOICECORE_NS},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "metadata": {"labels": {"app": "report"}},
+                    "spec": busybox_pod(
+                        VOICECORE_NS,
+                        "report",
+                        Some("analytics-service"),
+                        "until timeout 10 wget -q -O /tmp/body http://billing-service:8007/report; \
+                         do sleep 1; done; cat /tmp/body; echo; \
+                         timeout 10 wget -q -O - --post-data= http://127.0.0.1:15020/quitquitquit; \
+                         echo quit=$?; exit 0",
+                    )["spec"],
+                },
+            },
+        }),
+    )
+    .await;
+    let job = eventually(300, "the Job to complete", || {
+        let client = client.clone();
+        async move {
+            use k8s_openapi::api::batch::v1::Job;
+            let job = Api::<Job>::namespaced(client, VOICECORE_NS)
+                .get_opt("report")
+                .await
+                .ok()??;
+            let status = job.status.clone()?;
+            (status.succeeded.unwrap_or(0) + status.failed.unwrap_or(0) > 0).then_some(status)
+        }
+    })
+    .await;
+    let job_pods = pods(&client, VOICECORE_NS).await;
+    let job_pod = job_pods
+        .iter()
+        .find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("report-"))
+        })
+        .expect("the Job's pod");
+    let report = log_of(
+        &client,
+        VOICECORE_NS,
+        job_pod.metadata.name.as_deref().unwrap(),
+        "app",
+    )
+    .await;
+    eprintln!("the Job's log:\n{report}");
+    assert_eq!(job.succeeded, Some(1), "{}\n{report}", pod_summary(job_pod));
+    assert!(
+        report
+            .contains("\"caller\":\"spiffe://cluster.local/ns/voicecore-ai/sa/analytics-service\""),
+        "{report}"
+    );
+    // The sidecar exited by itself (0) once asked: nothing killed it.
+    let proxy_exit = job_pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "istio-proxy"))
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref())
+        .map(|t| t.exit_code);
+    assert_eq!(proxy_exit, Some(0), "{}", pod_summary(job_pod));
 
     // helm uninstall takes the webhook with it (meshd keeps it current while it runs).
     node.helm(&["uninstall", "meshd", "--wait", "--timeout", "5m"]);
