@@ -19,6 +19,7 @@
 #                                         (e.g. ghcr.io/meshd), as a release would publish them
 #
 # MESHD_BIN: the meshd binary to package (default target/release/meshd; stripped on the way).
+# MESHD_IMAGE_TAG: the meshd image's tag (default: the binary's version, the chart's appVersion).
 # SOURCE_DATE_EPOCH: the time stamped on every file and in the configs (default: the commit
 # time of HEAD, so a commit always gives the same digests). Debian packages are the versions
 # the machine's apt sources hold, downloaded once into ~/.cache/meshd/images/debs and named
@@ -171,7 +172,7 @@ build_all() {
   need_tools
   bin="${MESHD_BIN:-$ROOT/target/release/meshd}"
   [ -x "$bin" ] || { log "no meshd binary at $bin: cargo build --release --bin meshd (or set MESHD_BIN)"; exit 1; }
-  version=$("$bin" version | awk '{print $2}')
+  version="${MESHD_IMAGE_TAG:-$("$bin" version | awk '{print $2}')}"
   ep=$(epoch)
   mkdir -p "$out"
   build_node "$out"

@@ -321,8 +321,9 @@ authentication:
 authorization: {mode: Webhook}
 tlsCertFile: $DIR/pki/apiserver.crt
 tlsPrivateKeyFile: $DIR/pki/apiserver.key
-# The machine's disk is shared with other work: evict only when it is really full.
-evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2%}
+# The machine's disk is shared with other work (builds fill it): evict only when it is
+# really full, by size, not by a share of a large disk.
+evictionHard: {memory.available: 100Mi, nodefs.available: 256Mi, imagefs.available: 256Mi, nodefs.inodesFree: 1%}
 imageGCHighThresholdPercent: 100
 serializeImagePulls: false
 EOF
@@ -547,7 +548,7 @@ status_node() {
   api GET "/api/v1/nodes/$NODE" 2>/dev/null | python3 -c '
 import json, sys
 for c in json.load(sys.stdin)["status"].get("conditions", []):
-    print(f"node {c[\"type\"]}: {c[\"status\"]} ({c.get(\"reason\", \"\")})")' || echo "API server not answering"
+    print("node %s: %s (%s)" % (c["type"], c["status"], c.get("reason", "")))' || echo "API server not answering"
 }
 
 case "${1:-}" in

@@ -141,9 +141,10 @@ fn pod_summary(p: &Pod) -> String {
         })
         .unwrap_or_default();
     format!(
-        "{} phase={:?} [{}]",
+        "{} phase={:?} {:?} [{}]",
         p.metadata.name.clone().unwrap_or_default(),
         status.and_then(|s| s.phase.clone()),
+        status.and_then(|s| s.message.clone()),
         containers.join("; ")
     )
 }
@@ -161,10 +162,15 @@ async fn pod_phase(client: &Client, ns: &str, name: &str, phase: &str, secs: u64
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
-        if let Ok(Some(p)) = api.get_opt(name).await
-            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase)
-        {
-            return p;
+        if let Ok(Some(p)) = api.get_opt(name).await {
+            let now = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            if now == Some(phase) {
+                return p;
+            }
+            // A finished pod will not change its mind (e.g. refused by the kubelet).
+            if matches!(now, Some("Succeeded" | "Failed")) {
+                panic!("pod {ns}/{name} ended {}", pod_summary(&p));
+            }
         }
         if tokio::time::Instant::now() > deadline {
             let all: Vec<String> = pods(client, ns).await.iter().map(pod_summary).collect();
@@ -260,40 +266,15 @@ const VOICECORE: [&str; 8] = [
     "billing-service",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
-    let node = Node::start();
-    let client = node.client().await;
-
-    // The node itself: a pod from an image built here runs to completion; the cluster DNS
-    // resolves a Service name through the pod's search path and kube-proxy routes its
-    // ClusterIP (the API server's /healthz answers "ok").
-    create(
-        &client,
-        busybox_pod(
-            "default",
-            "hello",
-            None,
-            "wget -q -O - --no-check-certificate https://kubernetes.default/healthz; \
-             echo; echo hello from $(hostname)",
-        ),
-    )
-    .await;
-    pod_phase(&client, "default", "hello", "Succeeded", 180).await;
-    assert_eq!(
-        log_of(&client, "default", "hello", "app").await.trim(),
-        "ok\nhello from hello"
-    );
-
-    build_and_load_images(&node);
-
-    // The chart as a user installs it, with requests scaled to a 2-core test node (the seed's
-    // 2 × 500m control plane alone would not fit beside 16 VoiceCore containers) and no
-    // gateways (their Envoys are covered elsewhere; here they would only take CPU).
-    // Control plane first, then the application, as with Istio: in one `helm install -f
-    // values-voicecore.yaml`, Helm creates the MutatingWebhookConfiguration after every
-    // built-in kind, so the VoiceCore Deployments' first pods are created before the webhook
-    // exists (and before meshd answers) and run without a sidecar.
+/// The chart as a user installs it, with requests scaled to a 2-core test node (the seed's
+/// 2 × 500m control plane alone would not fit beside 16 VoiceCore containers) and no gateways
+/// (their Envoys are covered elsewhere; here they would only take CPU). Control plane first,
+/// then the application, as with Istio: in one `helm install -f values-voicecore.yaml`, Helm
+/// creates the MutatingWebhookConfiguration after every built-in kind, so the VoiceCore
+/// Deployments' first pods are created before the webhook exists (and before meshd answers)
+/// and run without a sidecar. Returns the two meshd pods.
+async fn install_meshd_then_voicecore(node: &Node, client: &Client) -> Vec<String> {
+    let client = client.clone();
     let chart = repo().join("deploy/helm/meshd");
     let chart = chart.to_str().unwrap();
     let values = repo().join("deploy/helm/meshd/values-voicecore.yaml");
@@ -339,6 +320,48 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
         }
     })
     .await;
+    node.helm(
+        &[
+            &["upgrade", "meshd", chart, "-f", values.to_str().unwrap()][..],
+            &small_node,
+        ]
+        .concat(),
+    );
+    // The eight VoiceCore Deployments: injected by the webhook (classic path on 1.20: the
+    // sidecar is a second container), both containers ready under STRICT mTLS (the kubelet's
+    // probes go through the sidecar's health port).
+    deployments_ready(&client, VOICECORE_NS, &VOICECORE, 600).await;
+    meshd_pods
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
+    let node = Node::start();
+    let client = node.client().await;
+
+    // The node itself: a pod from an image built here runs to completion; the cluster DNS
+    // resolves a Service name through the pod's search path and kube-proxy routes its
+    // ClusterIP (the API server's /healthz answers "ok").
+    create(
+        &client,
+        busybox_pod(
+            "default",
+            "hello",
+            None,
+            "wget -q -O - --no-check-certificate https://kubernetes.default/healthz; \
+             echo; echo hello from $(hostname)",
+        ),
+    )
+    .await;
+    pod_phase(&client, "default", "hello", "Succeeded", 180).await;
+    assert_eq!(
+        log_of(&client, "default", "hello", "app").await.trim(),
+        "ok\nhello from hello"
+    );
+
+    build_and_load_images(&node);
+
+    let meshd_pods = install_meshd_then_voicecore(&node, &client).await;
     let holder = eventually(60, "a leader", || {
         let client = client.clone();
         async move {
@@ -358,17 +381,6 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
         "leader {holder} is not one of {meshd_pods:?}"
     );
 
-    node.helm(
-        &[
-            &["upgrade", "meshd", chart, "-f", values.to_str().unwrap()][..],
-            &small_node,
-        ]
-        .concat(),
-    );
-    // The eight VoiceCore Deployments: injected by the webhook (classic path on 1.20: the
-    // sidecar is a second container), both containers ready under STRICT mTLS (the kubelet's
-    // probes go through the sidecar's health port).
-    deployments_ready(&client, VOICECORE_NS, &VOICECORE, 600).await;
     for p in pods(&client, VOICECORE_NS).await {
         let spec = p.spec.as_ref().unwrap();
         let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
@@ -533,5 +545,130 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
     })
     .await;
     assert!(webhooks.is_empty(), "{webhooks:?}");
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_upgrade_of_meshd_fails_no_request_between_two_services() {
+    let node = Node::start();
+    let client = node.client().await;
+    build_and_load_images(&node);
+    let meshd_pods = install_meshd_then_voicecore(&node, &client).await;
+    let chart = repo().join("deploy/helm/meshd");
+    let chart = chart.to_str().unwrap();
+    // `helm upgrade` to a new meshd image rolls the control plane while two services keep
+    // talking: a meshed client calls tenant-service five times a second through the rollout
+    // and not one request may fail. (The new image is the same content under a new tag, as
+    // a release bump looks to the kubelet.)
+    create(
+        &client,
+        busybox_pod(
+            VOICECORE_NS,
+            "prober",
+            Some("gateway"),
+            "while true; do \
+               if timeout 5 wget -q -O /dev/null http://tenant-service:8001/probe 2>/tmp/err; \
+               then echo ok; else echo \"FAIL $? $(cat /tmp/err)\"; fi; sleep 0.2; done",
+        ),
+    )
+    .await;
+    // (Its first requests may race its own sidecar's start: count from the first success.)
+    eventually(120, "the prober's first answers", || {
+        let client = client.clone();
+        async move {
+            let log = log_of(&client, VOICECORE_NS, "prober", "app").await;
+            (log.lines().filter(|l| *l == "ok").count() >= 5).then_some(())
+        }
+    })
+    .await;
+    let before = log_of(&client, VOICECORE_NS, "prober", "app").await;
+    let first_ok = before.lines().position(|l| l == "ok").unwrap();
+    let old_pods = meshd_pods;
+    run(Command::new("ctr")
+        .arg("--address")
+        .arg(node.containerd_socket())
+        .args([
+            "-n",
+            "k8s.io",
+            "images",
+            "tag",
+            "ghcr.io/meshd/meshd:0.1.0",
+            "ghcr.io/meshd/meshd:0.1.0-next",
+        ]));
+    node.helm(&[
+        "upgrade",
+        "meshd",
+        chart,
+        "--reuse-values",
+        "--set",
+        "image.tag=0.1.0-next",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    let new_pods = eventually(
+        180,
+        "two new meshd replicas Ready, the old ones gone",
+        || {
+            let client = client.clone();
+            let old_pods = old_pods.clone();
+            async move {
+                let all = pods(&client, MESHD_NS).await;
+                let meshd: Vec<&Pod> = all
+                    .iter()
+                    .filter(|p| {
+                        p.metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with("meshd-"))
+                    })
+                    .collect();
+                let new: Vec<String> = meshd
+                    .iter()
+                    .filter(|p| {
+                        p.spec.as_ref().unwrap().containers[0].image.as_deref()
+                            == Some("ghcr.io/meshd/meshd:0.1.0-next")
+                            && p.status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .is_some_and(|cs| {
+                                    cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                })
+                    })
+                    .filter_map(|p| p.metadata.name.clone())
+                    .collect();
+                let old_left = meshd
+                    .iter()
+                    .any(|p| old_pods.contains(p.metadata.name.as_ref().unwrap()));
+                (new.len() == 2 && meshd.len() == 2 && !old_left).then_some(new)
+            }
+        },
+    )
+    .await;
+    // A few more seconds of traffic on the new control plane, then the count.
+    let after_rollout = log_of(&client, VOICECORE_NS, "prober", "app")
+        .await
+        .lines()
+        .count();
+    let log = eventually(60, "the prober's answers after the rollout", || {
+        let client = client.clone();
+        async move {
+            let log = log_of(&client, VOICECORE_NS, "prober", "app").await;
+            (log.lines().count() >= after_rollout + 10).then_some(log)
+        }
+    })
+    .await;
+    let during: Vec<&str> = log.lines().skip(first_ok).collect();
+    let failed: Vec<&&str> = during.iter().filter(|l| l.starts_with("FAIL")).collect();
+    eprintln!(
+        "helm upgrade {old_pods:?} -> {new_pods:?}: {} requests to tenant-service, {} failed",
+        during.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed during the meshd rollout: {failed:?}"
+    );
+
     drop(node);
 }
