@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Validates the Helm chart deploy/helm/meshd offline:
 #   helm lint (default and VoiceCore values), helm template for both, and
-#   kubernetes-validate --strict against Kubernetes $K8S_VERSION on every rendered manifest.
+#   kubernetes-validate --strict against Kubernetes $K8S_VERSION on every rendered manifest;
+#   Pod Security "restricted" (scripts/pod-security-restricted.py, written from the Pod Security
+#   Standards) over every rendered pod template; the trust settings: no plaintext xDS port unless
+#   asked for, the NetworkPolicy, RBAC writes and Secret reads limited by name.
 # Renders with the optional monitoring.coreos.com/v1 API too (→ PrometheusRule). The fallbacks
 # for old servers (autoscaling/v2beta2, policy/v1beta1) cannot be rendered here: `helm template`
 # always advertises its built-in API set; `helm install` against a v1.20 API server takes them.
@@ -63,13 +66,22 @@ render default --include-crds
 render voicecore --include-crds -f "$CHART/values-voicecore.yaml"
 render monitoring --api-versions monitoring.coreos.com/v1
 render no-crds --skip-crds --set ingressGateway.enabled=false --set egressGateway.enabled=false
+render hardened --set networkPolicy.enabled=true \
+  --set-json 'networkPolicy.apiServer=[{"ipBlock":{"cidr":"172.18.0.0/24"}}]' \
+  --set-json 'networkPolicy.metrics=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]' \
+  --set xdsPlaintext.enabled=true --set gatewayCredentials.enabled=false \
+  --set-json 'admin.subjects=[{"kind":"Group","name":"mesh-ops","apiGroup":"rbac.authorization.k8s.io"}]'
+# A NetworkPolicy without the API server's peers would cut the webhook off: refused.
+if quiet "$HELM" template meshd "$CHART" --set networkPolicy.enabled=true >/dev/null 2>&1; then
+  log "networkPolicy.enabled without networkPolicy.apiServer rendered"; fail=1
+fi
 
 # Split into built-in kinds (validated with schemas) and custom resources (checked below).
 python3 - "$out" <<'PY' || fail=1
 import glob, os, sys, re
 out = sys.argv[1]
 builtin_groups = {"", "v1", "apps", "autoscaling", "policy", "rbac.authorization.k8s.io",
-                  "admissionregistration.k8s.io", "apiextensions.k8s.io"}
+                  "admissionregistration.k8s.io", "apiextensions.k8s.io", "networking.k8s.io"}
 istio = {"networking.istio.io", "security.istio.io"}
 known_custom = istio | {"monitoring.coreos.com"}
 bad = 0
@@ -106,6 +118,73 @@ for f in "$out"/*.builtin.yml; do
     fail=1
   fi
 done
+
+# Pod Security "restricted" over every pod template the chart renders (the checker proves it
+# can fail first).
+"$VENV/bin/python" scripts/pod-security-restricted.py --self-test || fail=1
+for name in default voicecore hardened; do
+  "$VENV/bin/python" scripts/pod-security-restricted.py "$out/$name.yaml" || fail=1
+done
+
+# Trust settings (issue 14): ports, NetworkPolicy, RBAC narrowed.
+"$VENV/bin/python" - "$out" <<'PY' || fail=1
+import os, sys, yaml
+out = sys.argv[1]
+def docs(name):
+    return [d for d in yaml.safe_load_all(open(os.path.join(out, name + ".yaml"))) if d]
+def find(ds, kind, name=None):
+    return [d for d in ds if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
+bad = []
+for name, plaintext, creds in [("default", False, True), ("hardened", True, False)]:
+    ds = docs(name)
+    svc = find(ds, "Service", "meshd")[0]
+    ports = {p["port"] for p in svc["spec"]["ports"]}
+    if (15010 in ports) != plaintext:
+        bad.append(f"{name}: Service port 15010 {'missing' if plaintext else 'exposed'}")
+    dep = find(ds, "Deployment", "meshd")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in dep["env"]}
+    if env.get("MESHD_XDS_PLAINTEXT") != str(plaintext).lower():
+        bad.append(f"{name}: MESHD_XDS_PLAINTEXT={env.get('MESHD_XDS_PLAINTEXT')}")
+    if (15010 in {p["containerPort"] for p in dep["ports"]}) != plaintext:
+        bad.append(f"{name}: container port 15010 does not follow xdsPlaintext")
+    cr = find(ds, "ClusterRole", "meshd-meshd-meshd-system")[0]
+    for rule in cr["rules"]:
+        res, verbs = set(rule.get("resources", [])), set(rule["verbs"])
+        if "configmaps" in res and verbs - {"create"} and not rule.get("resourceNames"):
+            bad.append(f"{name}: ClusterRole reads or changes every ConfigMap: {rule}")
+        if "secrets" in res and (not creds or verbs - {"get", "list", "watch"}):
+            bad.append(f"{name}: ClusterRole Secret rule {rule} (gatewayCredentials={creds})")
+    groups = {(g, r) for rule in cr["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    for need in [("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")]:
+        if need not in groups:
+            bad.append(f"{name}: ClusterRole lacks create on {need}")
+    role = find(ds, "Role", "meshd")[0]
+    for rule in role["rules"]:
+        if set(rule["verbs"]) - {"create"} and not rule.get("resourceNames"):
+            bad.append(f"{name}: Role rule without resourceNames: {rule}")
+    admin = find(ds, "ClusterRole", "meshd-admin")
+    if not admin or admin[0]["rules"] != [{"apiGroups": ["meshd.io"], "resources": ["debug"], "verbs": ["get", "create"]}]:
+        bad.append(f"{name}: admin ClusterRole {admin}")
+hardened = docs("hardened")
+np = find(hardened, "NetworkPolicy", "meshd")
+if not np:
+    bad.append("hardened: no NetworkPolicy")
+else:
+    by_port = {p["port"]: r["from"] for r in np[0]["spec"]["ingress"] for p in r["ports"]}
+    if by_port.get(15017) != [{"ipBlock": {"cidr": "172.18.0.0/24"}}]:
+        bad.append(f"hardened: 15017 open to {by_port.get(15017)}")
+    if not any(p.get("podSelector", {}).get("matchLabels") == {"security.istio.io/tlsMode": "istio"} for p in by_port.get(15012, [])):
+        bad.append(f"hardened: 15012 not limited to proxies: {by_port.get(15012)}")
+    if 15014 not in by_port or 15010 not in by_port:
+        bad.append(f"hardened: ports {sorted(by_port)}")
+if find(docs("default"), "NetworkPolicy"):
+    bad.append("default: NetworkPolicy rendered although networkPolicy.enabled is false")
+if not find(hardened, "RoleBinding", "meshd-admin"):
+    bad.append("hardened: admin.subjects not bound")
+for b in bad:
+    print("check-chart:", b)
+sys.exit(1 if bad else 0)
+PY
 
 # The optional API switches do what they say.
 grep -q '^kind: PrometheusRule' "$out/monitoring.yaml" || { log "PrometheusRule missing with monitoring.coreos.com/v1"; fail=1; }

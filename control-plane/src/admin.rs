@@ -1,4 +1,8 @@
 //! The admin API on 15014: readiness, Prometheus metrics and the `/debug/*` views ops rely on.
+//! Who may call which endpoint is [`access`]'s: off-host callers get only `/metrics`,
+//! `/healthz/*` and `/version` unless a Kubernetes token proves them administrators.
+
+pub mod access;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -29,9 +33,14 @@ pub struct AdminState {
     pub root_rotation: Arc<crate::root_rotation::RootRotator>,
     pub ca_metrics: Arc<crate::ca_service::CaMetrics>,
     pub cert_monitor: Arc<crate::ca_service::CertMonitor>,
+    /// Checks bearer tokens of off-host callers (Kubernetes mode); `None`: loopback only.
+    pub caller_check: Option<Arc<dyn access::CallerCheck>>,
 }
 
+/// The admin routes behind [`access::guard`]; serve it with `ConnectInfo<SocketAddr>`
+/// (`into_make_service_with_connect_info`), without which no caller counts as loopback.
 pub fn router(state: AdminState) -> Router {
+    let caller_check = state.caller_check.clone();
     Router::new()
         .route("/healthz/ready", get(ready))
         .route("/version", get(version))
@@ -47,6 +56,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/configz", get(configz))
         .route("/debug/heap", get(heap))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            caller_check,
+            access::guard,
+        ))
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {

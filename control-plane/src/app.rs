@@ -31,6 +31,8 @@ pub struct Config {
     pub root_key_algorithm: RootKeyAlgorithm,
     pub bind: IpAddr,
     pub xds_port: u16,
+    /// Serve plaintext xDS on `xds_port`. In Kubernetes mode its streams never get secrets.
+    pub xds_plaintext: bool,
     /// xDS and Istio's CA API over TLS (15012).
     pub xds_tls_port: u16,
     /// SANs of the TLS port's serving certificate (DNS names, IP addresses).
@@ -47,6 +49,8 @@ pub struct Config {
     pub webhook: Option<crate::webhook::WebhookConfig>,
     /// `--registry kubernetes`: the registry, identities and CA state come from the cluster.
     pub kubernetes: Option<crate::kube::KubeConfig>,
+    /// What every listener bounds (connections, streams, timeouts, message sizes).
+    pub limits: crate::transport::TransportLimits,
 }
 
 impl Config {
@@ -63,7 +67,8 @@ impl Config {
 }
 
 pub struct App {
-    pub xds_addr: SocketAddr,
+    /// The plaintext xDS port, when served (`Config::xds_plaintext`).
+    pub xds_addr: Option<SocketAddr>,
     /// The TLS port: ADS and `istio.v1.auth.IstioCertificateService`.
     pub xds_tls_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -159,10 +164,31 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         registry.clone(),
         shutdown_rx.clone(),
         metrics.clone(),
-        ServerOptions::default(),
+        ServerOptions {
+            max_request_bytes: config.limits.xds_max_request_bytes,
+            max_subscribed_names: config.limits.xds_max_subscribed_names,
+            ..ServerOptions::default()
+        },
     );
     let ads_service = ads.into_service();
     let ads_tls_service = ads_service.clone();
+    // Keys only over TLS: in Kubernetes mode the plaintext port's streams get no secrets.
+    let ads_plain_service = match &config.kubernetes {
+        None => ads_service,
+        Some(_) => AdsServer::new(
+            auth.clone(),
+            secrets.clone(),
+            snapshot_rx.clone(),
+            registry.clone(),
+            shutdown_rx.clone(),
+            metrics.clone(),
+            ServerOptions {
+                serve_secrets: false,
+                ..ServerOptions::default()
+            },
+        )
+        .into_service(),
+    };
     let ca_metrics = Arc::new(crate::ca_service::CaMetrics::default());
     let ca_service = crate::ca_service::CaService::new(ca.clone(), auth, ca_metrics.clone());
     let serving_cert =
@@ -175,13 +201,17 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         serving: serving_cert.clone(),
     });
 
-    let xds_listener =
-        crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_port))
-            .with_context(|| format!("binding xDS on {}:{}", config.bind, config.xds_port))?;
+    let xds_listener = match config.xds_plaintext {
+        true => Some(
+            crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_port))
+                .with_context(|| format!("binding xDS on {}:{}", config.bind, config.xds_port))?,
+        ),
+        false => None,
+    };
     let admin_listener = TcpListener::bind((config.bind, config.admin_port))
         .await
         .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
-    let xds_addr = xds_listener.local_addr()?;
+    let xds_addr = xds_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let xds_tls_listener =
         crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_tls_port))
             .with_context(|| {
@@ -221,6 +251,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
     let debounce = config.debounce;
+    let caller_check: Option<Arc<dyn admin::access::CallerCheck>> = match &kube {
+        Some(k) => Some(Arc::new(k.admin_auth())),
+        None => None,
+    };
     let mut stop = shutdown_rx.clone();
     let kube_ca = ca.clone();
     let kube_secrets = secrets.clone();
@@ -246,35 +280,45 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         }
         Ok(())
     });
-    let xds_incoming =
-        crate::accept::accept_on_own_thread(xds_listener, "xds-accept", shutdown_rx.clone())?;
-    let mut stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(ads_service.clone())
-            .serve_with_incoming_shutdown(xds_incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("xDS server")
-    });
-    let tls = serving_cert.server_config()?;
-    let tls_accepted = crate::accept::accept_on_own_thread(
+    let limits = config.limits.clone();
+    let accept = |listener, name, cap| {
+        let refused = Arc::new(crate::accept::Refused::default());
+        crate::accept::accept_on_own_thread(listener, name, cap, refused, shutdown_rx.clone())
+    };
+    let auth_failures = Arc::new(crate::transport::AuthFailures::new(
+        limits.auth_failure_burst,
+        limits.auth_failures_per_minute,
+    ));
+    if let Some(xds_listener) = xds_listener {
+        let xds_incoming = accept(xds_listener, "xds-accept", limits.xds_max_connections)?;
+        let xds_grpc = crate::transport::GrpcAuthLimit::new(
+            tonic::service::Routes::new(ads_plain_service).prepare(),
+            auth_failures.clone(),
+        );
+        let xds_opts = crate::transport::ConnOptions::xds("xds", &limits);
+        let stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            crate::transport::serve(xds_incoming, None, xds_grpc, xds_opts, stop)
+                .await
+                .context("xDS server")
+        });
+    }
+    let tls = tokio_rustls::TlsAcceptor::from(serving_cert.server_config()?);
+    let tls_incoming = accept(
         xds_tls_listener,
         "xds-tls-accept",
-        shutdown_rx.clone(),
+        limits.xds_max_connections,
     )?;
-    let incoming = crate::ca_service::tls_incoming(tls_accepted, tls, shutdown_rx.clone());
-    let mut stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(ads_tls_service)
+    let tls_grpc = crate::transport::GrpcAuthLimit::new(
+        tonic::service::Routes::new(ads_tls_service)
             .add_service(ca_service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .prepare(),
+        auth_failures,
+    );
+    let tls_opts = crate::transport::ConnOptions::xds("xds-tls", &limits);
+    let stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        crate::transport::serve(tls_incoming, Some(tls), tls_grpc, tls_opts, stop)
             .await
             .context("xDS/CA TLS server")
     });
@@ -309,13 +353,13 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         root_rotation: root_rotation.clone(),
         ca_metrics,
         cert_monitor,
+        caller_check,
     };
-    let mut stop = shutdown_rx.clone();
+    let admin_incoming = accept(admin_listener, "admin-accept", limits.http_max_connections)?;
+    let admin_opts = crate::transport::ConnOptions::http("admin", &limits);
+    let stop = shutdown_rx.clone();
     tasks.spawn(async move {
-        axum::serve(admin_listener, admin::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+        crate::transport::serve(admin_incoming, None, admin::router(state), admin_opts, stop)
             .await
             .context("admin server")
     });
@@ -326,9 +370,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         .context("resuming the interrupted root rotation")?;
     tokio::spawn(root_rotation.clone().take_over_when_leading());
     if let Some((listener, tls, router)) = webhook {
+        let incoming = accept(listener, "webhook-accept", limits.http_max_connections)?;
         let stop = shutdown_rx.clone();
         tasks.spawn(async move {
-            crate::webhook::serve(listener, tls, router, stop)
+            crate::webhook::serve(incoming, tls, router, &limits, stop)
                 .await
                 .context("webhook server")
         });
@@ -338,7 +383,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     // Config is loaded and the CA is up: from here on we are ready.
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
-        xds = %xds_addr,
+        xds = ?xds_addr,
         xds_tls = %xds_tls_addr,
         admin = %admin_addr,
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -107,6 +107,11 @@ pub struct ServeArgs {
     pub bind: Option<IpAddr>,
     #[arg(long, env = "MESHD_XDS_PORT", default_value_t = 15010)]
     pub xds_port: u16,
+    /// Serve plaintext xDS on `--xds-port` (default: true in file mode, for the local demo;
+    /// false in Kubernetes mode). In Kubernetes mode its streams never get SDS secrets (no
+    /// certificates, no keys): those are served over TLS (`--xds-tls-port`) only.
+    #[arg(long, env = "MESHD_XDS_PLAINTEXT", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub xds_plaintext: Option<bool>,
     #[arg(long, env = "MESHD_XDS_TLS_PORT", default_value_t = 15012)]
     pub xds_tls_port: u16,
     /// Extra names (DNS or IP) for the TLS port's certificate, e.g. a load balancer's.
@@ -160,6 +165,9 @@ pub struct ServeArgs {
     /// Kubernetes mode: the ConfigMap carrying the root certificate into injected namespaces.
     #[arg(long, env = "MESHD_ROOT_CERT_CONFIGMAP", default_value = crate::kube::ca_secret::DEFAULT_ROOT_CONFIGMAP)]
     pub root_cert_configmap: String,
+    /// Boxed: the limits are most of `serve`'s arguments, and `Command` holds them inline.
+    #[command(flatten)]
+    pub limits: Box<crate::transport::TransportLimits>,
 }
 
 impl ServeArgs {
@@ -199,6 +207,10 @@ impl ServeArgs {
                 None => Some(format!("meshd-sidecar-injector-{}", self.namespace)),
             },
             gateway_credentials: self.gateway_credentials,
+            token_review: crate::kube::token::ReviewLimits {
+                concurrency: self.limits.token_review_concurrency,
+                negative_ttl: self.limits.token_review_negative_ttl,
+            },
             ..Default::default()
         }
     }
@@ -220,6 +232,7 @@ impl ServeArgs {
             root_key_algorithm: self.root_key_algorithm,
             bind,
             xds_port: self.xds_port,
+            xds_plaintext: self.xds_plaintext.unwrap_or(kubernetes.is_none()),
             xds_tls_port: self.xds_tls_port,
             xds_tls_names: self.xds_tls_names(bind),
             admin_port: self.admin_port,
@@ -241,6 +254,7 @@ impl ServeArgs {
                 self.injector_config.as_deref(),
             )?,
             kubernetes,
+            limits: (*self.limits).clone(),
         })
     }
 }
@@ -274,17 +288,27 @@ struct BootstrapArgs {
     kube: crate::kube_bootstrap::KubeBootstrapArgs,
 }
 
+/// Where the admin API is and how to prove an off-host caller is an administrator.
 #[derive(Args)]
-struct AdminArgs {
+pub struct AdminArgs {
     #[arg(long, default_value = "http://127.0.0.1:15014")]
-    admin: String,
+    pub admin: String,
+    /// Bearer token for the admin API (Kubernetes mode: checked by TokenReview and a
+    /// SubjectAccessReview of `debug.meshd.io`). Default: the token of the kubeconfig's
+    /// current user, if it has one (`--kubeconfig`, `KUBECONFIG`, `~/.kube/config`); none on
+    /// loopback works without one.
+    #[arg(long, env = "MESHD_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The kubeconfig whose current user's token is sent when `--token` is not given.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct ProxyConfigArgs {
     proxy_id: String,
-    #[arg(long, default_value = "http://127.0.0.1:15014")]
-    admin: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
     output: String,
 }
@@ -298,8 +322,8 @@ enum CaCommand {
 
 #[derive(Args)]
 struct RotateRootArgs {
-    #[arg(long, default_value = "http://127.0.0.1:15014")]
-    admin: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Return once the rotation started instead of following it to the end.
     #[arg(long)]
     no_wait: bool,
@@ -382,18 +406,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::iptables::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::ProxyStatus(args) => {
-            runtime()?.block_on(crate::status_cli::proxy_status(&args.admin))
-        }
+        Command::ProxyStatus(args) => runtime()?.block_on(crate::status_cli::proxy_status(
+            &crate::status_cli::AdminClient::new(&args)?,
+        )),
         Command::ProxyConfig(args) => runtime()?.block_on(crate::status_cli::proxy_config(
-            &args.admin,
+            &crate::status_cli::AdminClient::new(&args.admin)?,
             &args.proxy_id,
             &args.output,
         )),
         Command::Analyze(args) => Ok(crate::analyze::run(&args.paths)),
         Command::Ca(CaCommand::RotateRoot(args)) => {
             runtime()?.block_on(crate::root_rotation::cli_rotate_root(
-                &args.admin,
+                &crate::status_cli::AdminClient::new(&args.admin)?,
                 args.no_wait,
                 args.timeout,
                 args.pause_after.as_deref(),
@@ -499,6 +523,20 @@ mod tests {
             msg.contains("rsa-2048") && msg.contains("rsa-4096"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn plaintext_xds_only_in_file_mode_unless_asked_for() {
+        let plaintext = |args: &[&str]| serve(args).unwrap().to_config().unwrap().xds_plaintext;
+        assert!(plaintext(&[]), "file mode keeps 15010 for the local demo");
+        assert!(!plaintext(&["--registry", "kubernetes"]));
+        assert!(plaintext(&["--registry", "kubernetes", "--xds-plaintext"]));
+        assert!(plaintext(&[
+            "--registry",
+            "kubernetes",
+            "--xds-plaintext=true"
+        ]));
+        assert!(!plaintext(&["--xds-plaintext=false"]));
     }
 
     #[test]

@@ -300,7 +300,9 @@ async fn run_async(
     let gw_pod_name = gw.workload.split('.').next().unwrap_or("");
     let gw_netns = format!("{}-{gw_pod_name}", mesh.network().prefix());
     let gw_target = SocketAddr::from((gw.address, gw.port));
-    let admin_target = SocketAddr::from((mesh.gateway(), localmesh::ADMIN_PORT));
+    // The node namespace's loopback: the admin API trusts only loopback callers with its
+    // `/debug/*` endpoints, and the forwarded connections are the machine's own operator's.
+    let admin_target = SocketAddr::from(([127, 0, 0, 1], localmesh::ADMIN_PORT));
     let forwarders = [
         tokio::spawn(localmesh::forward_into_netns(
             tokio::net::TcpListener::from_std(gateway_listener)?,
@@ -385,7 +387,7 @@ fn is_rbac_denial(status: Option<u16>, body: &str) -> bool {
 /// route answers.
 fn setup(mesh: &LocalMesh, plan: &DemoPlan) -> anyhow::Result<Vec<Check>> {
     println!(
-        "  control plane: meshd serve --bind {} (xDS :{}, admin :{}) in netns {}",
+        "  control plane: meshd serve on {} (xDS :{}, admin :{}) in netns {}",
         mesh.gateway(),
         localmesh::XDS_PORT,
         localmesh::ADMIN_PORT,
@@ -502,8 +504,9 @@ fn print_summary(
         out += &format!("  curl {gw}{:<20} -> {:<48} {result}\n", r.prefix, r.host);
     }
     out += &format!(
-        "\nControl plane admin API (127.0.0.1:{} -> {admin_target}):\n",
-        args.admin_port
+        "\nControl plane admin API (127.0.0.1:{} -> {admin_target} in netns {}):\n",
+        args.admin_port,
+        mesh.node().netns
     );
     for path in [
         "/healthz/ready",

@@ -23,6 +23,8 @@ pub mod source;
 pub mod status_cli;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transport;
+mod transport_limits;
 pub mod webhook;
 pub mod workload_app;
 

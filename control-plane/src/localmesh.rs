@@ -285,7 +285,14 @@ impl LocalMesh {
         format!("{}:{XDS_PORT}", self.gateway())
     }
 
+    /// The admin API over the node namespace's loopback: the only place from which its
+    /// `/debug/*` endpoints answer without a token (from a pod, use [`Self::admin_url_off_host`]).
     pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{ADMIN_PORT}")
+    }
+
+    /// The admin API at the bridge address, as pods (off-host callers) reach it.
+    pub fn admin_url_off_host(&self) -> String {
         format!("http://{}:{ADMIN_PORT}", self.gateway())
     }
 
@@ -331,7 +338,7 @@ impl LocalMesh {
         self.net.set_hosts(entries)
     }
 
-    /// GET a path of the control plane's admin API (from the node namespace).
+    /// GET a path of the control plane's admin API (from the node namespace's loopback).
     pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         self.node().get(&format!("{}{path}", self.admin_url()))
     }
@@ -365,7 +372,8 @@ impl LocalMesh {
         }
     }
 
-    /// Start `meshd serve --bind <gateway>` in the node namespace and wait until it is ready.
+    /// Start `meshd serve` in the node namespace (bound to all of its addresses: pods reach it
+    /// at the gateway, the harness at 127.0.0.1) and wait until it is ready.
     pub fn start_control_plane(&self) -> anyhow::Result<()> {
         self.restart_control_plane()
     }
@@ -378,7 +386,9 @@ impl LocalMesh {
         }
         let gw = self.gateway().to_string();
         let mut cmd = self.node().exec([self.opts.meshd_bin.as_os_str()]);
-        cmd.args(["serve", "--bind", &gw]);
+        // The node namespace holds only the bridge and loopback; the TLS port's certificate
+        // names the gateway address proxies dial.
+        cmd.args(["serve", "--bind", "0.0.0.0", "--xds-tls-san", &gw]);
         if let Some(dir) = &self.opts.config_dir {
             cmd.arg("--config-dir").arg(dir);
         }

@@ -325,29 +325,33 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// `meshd ca rotate-root`: starts a root rotation on the running server and, unless
-/// `no_wait`, follows it until it finishes.
+/// `no_wait`, follows it until it finishes. Off-host, `admin` must carry an administrator's
+/// token (the admin API refuses the POST otherwise).
 pub async fn cli_rotate_root(
-    admin: &str,
+    admin: &crate::status_cli::AdminClient,
     no_wait: bool,
     timeout: Duration,
     pause_after: Option<&str>,
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::{Context, bail};
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let base = admin.trim_end_matches('/');
-    let mut url = format!("{base}/debug/ca/rotate-root");
+    let mut path = "/debug/ca/rotate-root".to_string();
     if let Some(p) = pause_after {
-        url.push_str(&format!("?pause_after={p}"));
+        path.push_str(&format!("?pause_after={p}"));
     }
-    let resp = client
-        .post(&url)
+    let url = admin.url(&path);
+    let resp = admin
+        .request(reqwest::Method::POST, &path)
         .send()
         .await
         .with_context(|| format!("POST {url} (is `meshd serve` running?)"))?;
     let code = resp.status();
-    let body: serde_json::Value = resp.json().await.context("response is not JSON")?;
+    let text = resp.text().await.context("reading the response")?;
+    // Refusals by the admin API's access check are one line of text, not JSON.
+    let body: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(_) if !code.is_success() => bail!("the server refused ({code}): {}", text.trim()),
+        Err(e) => bail!("POST {url}: response is not JSON: {e}"),
+    };
     if !code.is_success() {
         bail!(
             "the server refused: {}",
@@ -366,16 +370,9 @@ pub async fn cli_rotate_root(
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    let status_url = format!("{base}/debug/ca/rotate-root");
     let mut last = String::new();
     loop {
-        let s: serde_json::Value = client
-            .get(&status_url)
-            .send()
-            .await
-            .with_context(|| format!("GET {status_url}"))?
-            .json()
-            .await?;
+        let s = admin.get_json("/debug/ca/rotate-root").await?;
         let state = s["state"].as_str().unwrap_or("?").to_string();
         let waiting = s["waiting_for"].as_array().map_or(0, Vec::len);
         let line = format!("{state} (waiting for {waiting} proxies)");

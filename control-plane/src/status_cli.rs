@@ -1,20 +1,114 @@
-//! `meshd proxy-status` and `meshd proxy-config`: read the admin API like istioctl does.
+//! `meshd proxy-status` and `meshd proxy-config`: read the admin API like istioctl does, and
+//! [`AdminClient`], the admin API client every such command (also `meshd ca`) shares: it sends
+//! a bearer token when it has one, so off-host callers pass the admin API's check.
 
 use anyhow::{Context, anyhow};
 use meshd_xds::resource::short_type;
+use secrecy::ExposeSecret;
 use serde_json::Value;
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-async fn get_json(url: &str) -> anyhow::Result<Value> {
-    let resp = reqwest::get(url)
-        .await
-        .with_context(|| format!("cannot reach the meshd admin API at {url}"))?;
-    let status = resp.status();
-    let body = resp.text().await?;
-    if !status.is_success() {
-        return Err(anyhow!("{url}: {status}: {}", body.trim()));
+/// The admin API of one server, and the token that proves the caller an administrator.
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// `--token`, else the kubeconfig user's token (`--kubeconfig`, else `KUBECONFIG` or
+    /// `~/.kube/config` when there is one), else none.
+    pub fn new(args: &crate::cli::AdminArgs) -> anyhow::Result<AdminClient> {
+        let token = match (&args.token, &args.kubeconfig) {
+            (Some(t), _) => Some(t.trim().to_string()).filter(|t| !t.is_empty()),
+            (None, Some(path)) => kubeconfig_token(Some(path))?,
+            (None, None) => kubeconfig_token(None).unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "no token from the default kubeconfig");
+                None
+            }),
+        };
+        Ok(AdminClient {
+            base: args.admin.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
     }
-    serde_json::from_str(&body).with_context(|| format!("{url}: not JSON"))
+
+    /// `base` with no token.
+    pub fn anonymous(base: &str) -> AdminClient {
+        AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request to `path`, with the bearer token when there is one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// GET `path` as JSON; a refusal or any other non-2xx status is an error with its reason.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let url = self.url(path);
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the meshd admin API at {url}"))?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        if !status.is_success() {
+            return Err(anyhow!("{url}: {status}: {}", body.trim()));
+        }
+        serde_json::from_str(&body).with_context(|| format!("{url}: not JSON"))
+    }
+}
+
+/// The bearer token of the current user of a kubeconfig (`path`, else `KUBECONFIG` or
+/// `~/.kube/config`): `token`, else the content of `tokenFile`.
+pub fn kubeconfig_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {
+    use ::kube::config::Kubeconfig;
+    let kc = match path {
+        Some(p) => Kubeconfig::read_from(p)
+            .map_err(|e| anyhow!("reading kubeconfig {}: {e}", p.display()))?,
+        None => Kubeconfig::read().map_err(|e| anyhow!("reading the kubeconfig: {e}"))?,
+    };
+    let user = kc
+        .current_context
+        .as_deref()
+        .and_then(|c| kc.contexts.iter().find(|n| n.name == c))
+        .and_then(|n| n.context.as_ref())
+        .and_then(|c| c.user.as_deref());
+    let Some(auth) = user
+        .and_then(|u| kc.auth_infos.iter().find(|a| a.name == u))
+        .and_then(|a| a.auth_info.as_ref())
+    else {
+        return Ok(None);
+    };
+    if let Some(t) = &auth.token {
+        return Ok(Some(t.expose_secret().trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    match &auth.token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the kubeconfig user's tokenFile {f}"))?;
+            Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()))
+        }
+        None => Ok(None),
+    }
 }
 
 const COLUMNS: [&str; 5] = ["CDS", "LDS", "EDS", "RDS", "SDS"];
@@ -64,19 +158,20 @@ fn render(rows: &[Vec<String>]) -> String {
     out
 }
 
-pub async fn proxy_status(admin: &str) -> anyhow::Result<ExitCode> {
-    let syncz = get_json(&format!("{}/debug/syncz", admin.trim_end_matches('/'))).await?;
+pub async fn proxy_status(admin: &AdminClient) -> anyhow::Result<ExitCode> {
+    let syncz = admin.get_json("/debug/syncz").await?;
     print!("{}", status_table(&syncz));
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn proxy_config(admin: &str, proxy: &str, output: &str) -> anyhow::Result<ExitCode> {
-    let url = format!(
-        "{}/debug/config_dump?proxy={}",
-        admin.trim_end_matches('/'),
-        proxy
-    );
-    let dump = get_json(&url).await?;
+pub async fn proxy_config(
+    admin: &AdminClient,
+    proxy: &str,
+    output: &str,
+) -> anyhow::Result<ExitCode> {
+    let dump = admin
+        .get_json(&format!("/debug/config_dump?proxy={proxy}"))
+        .await?;
     if output == "json" {
         println!("{}", serde_json::to_string_pretty(&dump)?);
         return Ok(ExitCode::SUCCESS);
@@ -112,5 +207,33 @@ mod tests {
         let t = status_table(&syncz);
         let line = t.lines().nth(1).unwrap();
         assert!(line.contains("SYNCED  NACKED  NOT SENT"), "{t}");
+    }
+
+    #[test]
+    fn token_from_the_kubeconfig_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let kubeconfig = |user: &str| {
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster: {{server: https://127.0.0.1:6443}}\ncontexts:\n- name: c\n  context: {{cluster: k, user: {user}}}\nusers:\n- name: inline\n  user: {{token: t0k}}\n- name: file\n  user: {{tokenFile: {}}}\n- name: cert\n  user: {{}}\n",
+                file.display()
+            )
+        };
+        let path = dir.path().join("config");
+        for (user, want) in [
+            ("inline", Some("t0k")),
+            ("file", Some("from-file")),
+            ("cert", None),
+            ("nobody", None),
+        ] {
+            std::fs::write(&path, kubeconfig(user)).unwrap();
+            assert_eq!(
+                kubeconfig_token(Some(&path)).unwrap().as_deref(),
+                want,
+                "{user}"
+            );
+        }
+        assert!(kubeconfig_token(Some(&dir.path().join("missing"))).is_err());
     }
 }

@@ -24,6 +24,7 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         root_key_algorithm: meshd_ca::RootKeyAlgorithm::default(),
         bind: [127, 0, 0, 1].into(),
         xds_port: 0,
+        xds_plaintext: true,
         xds_tls_port: 0,
         xds_tls_names: vec!["localhost".into(), "127.0.0.1".into()],
         admin_port: 0,
@@ -33,6 +34,7 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         generator: GenOptions::default(),
         webhook: None,
         kubernetes: None,
+        limits: crate::transport::TransportLimits::default(),
     }
 }
 
@@ -64,7 +66,11 @@ impl TestServer {
     }
 
     pub fn xds_url(&self) -> String {
-        format!("http://{}", self.app.xds_addr)
+        let addr = self
+            .app
+            .xds_addr
+            .expect("plaintext xDS is served (xds_plaintext)");
+        format!("http://{addr}")
     }
 
     pub fn admin_url(&self) -> String {

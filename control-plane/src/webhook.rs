@@ -14,14 +14,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use meshd_ca::CertificateAuthority;
 use meshd_injector::{InjectConfig, Labels};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Labels of a namespace, when known (Kubernetes mode's namespace watch); `None` when not.
@@ -121,53 +116,18 @@ pub fn router(inject_cfg: InjectConfig, namespaces: NamespaceLookup) -> Router {
         .with_state(state)
 }
 
-/// Accepts TLS connections until `stop` turns true.
+/// Serves the admitted connections over TLS until `stop` turns true, within the listener
+/// limits (handshake and header timeouts, streams per connection: `transport`).
 pub async fn serve(
-    listener: TcpListener,
+    incoming: impl futures::Stream<Item = crate::accept::Admitted> + Send + 'static,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
-    mut stop: watch::Receiver<bool>,
+    limits: &crate::transport::TransportLimits,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => Some(accepted),
-            _ = stop.wait_for(|s| *s) => None,
-        };
-        let (tcp, peer) = match accepted {
-            None => break,
-            Some(Ok(a)) => a,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "webhook accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        while conns.try_join_next().is_some() {}
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        conns.spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "webhook TLS handshake timed out");
-                        return;
-                    }
-                };
-            let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
-                tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
-            }
-        });
-    }
-    conns.abort_all();
-    Ok(())
+    let opts = crate::transport::ConnOptions::http("webhook", limits);
+    crate::transport::serve(incoming, Some(acceptor), router, opts, stop).await
 }
 
 /// Whether the API server runs native sidecars (Kubernetes >= 1.29), from its version; `None`

@@ -43,6 +43,8 @@ async fn start_meshd(server: &ApiServer) -> (App, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
     let mut cfg = meshd::testing::config(state.path(), None);
     cfg.kubernetes = Some(kube_config(server));
+    // As `meshd serve --registry kubernetes` without `--xds-plaintext`.
+    cfg.xds_plaintext = false;
     let app = app::build(cfg)
         .await
         .expect("meshd in Kubernetes mode starts");
@@ -59,11 +61,43 @@ type Open = (
     tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
 );
 
-/// Opens an ADS stream with `token` and waits for the first CDS response.
-async fn ads_with(app: &App, pod: &str, ns: &str, token: &str) -> Result<Open, tonic::Status> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", app.xds_addr))
+/// Every certificate in the CA Secret (the roots, during a rotation both): what a proxy's
+/// bootstrap trusts for the TLS port.
+async fn trusted_roots_pem(client: &Client) -> String {
+    let secret: Secret = Api::namespaced(client.clone(), MESHD_NS)
+        .get("meshd-ca")
         .await
         .unwrap();
+    secret
+        .data
+        .unwrap_or_default()
+        .into_values()
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .filter(|pem| pem.contains("BEGIN CERTIFICATE"))
+        .collect()
+}
+
+/// Opens an ADS stream with `token` over the TLS port (Kubernetes mode serves no plaintext xDS
+/// by default) and waits for the first CDS response.
+async fn ads_with(
+    kube: &Client,
+    app: &App,
+    pod: &str,
+    ns: &str,
+    token: &str,
+) -> Result<Open, tonic::Status> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(trusted_roots_pem(kube).await))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{}", app.xds_tls_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
     tx.send(DiscoveryRequest {
         node: Some(Node {
@@ -134,10 +168,10 @@ async fn token_review_of_projected_tokens_and_reconnect_after_expiry() {
 
     // Through meshd's xDS port.
     let (app, _state) = start_meshd(&server).await;
-    ads_with(&app, "billing-v1", "voicecore-ai", &token)
+    ads_with(&client, &app, "billing-v1", "voicecore-ai", &token)
         .await
         .expect("the projected token opens a stream");
-    let e = ads_with(&app, "billing-v2", "voicecore-ai", &token)
+    let e = ads_with(&client, &app, "billing-v2", "voicecore-ai", &token)
         .await
         .expect_err("a node naming another pod is refused");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
@@ -149,13 +183,13 @@ async fn token_review_of_projected_tokens_and_reconnect_after_expiry() {
     let key = server.signing_key();
     let now = now_secs();
     let first = retimed(&token, &key, now - 600, now - 55);
-    ads_with(&app, "billing-v1", "voicecore-ai", &first)
+    ads_with(&client, &app, "billing-v1", "voicecore-ai", &first)
         .await
         .expect("the first token is still accepted");
     let refused = eventually(20, "the first token to expire", || {
-        let (app, first) = (&app, first.clone());
+        let (client, app, first) = (&client, &app, first.clone());
         async move {
-            ads_with(app, "billing-v1", "voicecore-ai", &first)
+            ads_with(client, app, "billing-v1", "voicecore-ai", &first)
                 .await
                 .err()
         }
@@ -164,7 +198,7 @@ async fn token_review_of_projected_tokens_and_reconnect_after_expiry() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
     assert!(refused.message().contains("expired"), "{refused}");
     let rotated = retimed(&token, &key, now_secs(), now_secs() + 3600);
-    let _connected = ads_with(&app, "billing-v1", "voicecore-ai", &rotated)
+    let _connected = ads_with(&client, &app, "billing-v1", "voicecore-ai", &rotated)
         .await
         .expect("the rotated token authenticates the same pod, no restart");
     let syncz = get_json(format!("http://{}/debug/syncz", app.admin_addr)).await;
@@ -632,7 +666,8 @@ async fn helm_install_of_the_chart_and_the_voicecore_values() {
         .map(|p| p["port"].as_i64().unwrap())
         .collect();
     ports.sort();
-    assert_eq!(ports, [15010, 15012, 15014, 15017]);
+    // No plaintext xDS (15010) unless `xdsPlaintext.enabled`: keys only over TLS.
+    assert_eq!(ports, [15012, 15014, 15017]);
     let webhook = get_dynamic(
         &client,
         "admissionregistration.k8s.io/v1",
@@ -736,6 +771,10 @@ async fn helm_install_of_the_chart_and_the_voicecore_values() {
         Api::namespaced_with(client.clone(), "voicecore-ai", &ar);
     let drs = drs.list(&policies).await.unwrap();
     assert_eq!(drs.items.len(), 8, "one DestinationRule per service");
+
+    // The admin API's off-host callers, against the chart's ClusterRoles: `<release>-admin`
+    // may read and act, `<release>-debug-viewer` only read, anyone else nothing.
+    admin_api_callers_by_the_charts_roles(&client).await;
 
     // Back to the defaults, then uninstalled: the CRDs (and so users' Istio objects) stay.
     run_helm(&server, &["upgrade", "meshd", "--reset-values"]);
@@ -907,7 +946,7 @@ async fn root_rotation_is_driven_by_the_leader_and_followed_by_every_replica() {
 
     // A proxy of the follower gets the two-root bundle (AddRoot), then the new root alone,
     // as the follower reloads each phase the leader writes to the Secret.
-    let mut open = ads_with(follower, "web-1", "shop", &token)
+    let mut open = ads_with(&client, follower, "web-1", "shop", &token)
         .await
         .expect("the projected token opens a stream on the follower");
     open.0
@@ -959,4 +998,198 @@ async fn root_rotation_is_driven_by_the_leader_and_followed_by_every_replica() {
     drop(open);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// Subscribes `open` to its SDS `default` (certificate and key) and `ROOTCA`, and returns the
+/// first Secret response (a new subscription is always answered, even with nothing).
+async fn first_secrets(open: &mut Open) -> Vec<envoy_types::pb::google::protobuf::Any> {
+    let (tx, stream) = open;
+    tx.send(DiscoveryRequest {
+        type_url: meshd_xds::resource::SECRET.into(),
+        resource_names: vec!["default".into(), "ROOTCA".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("a response within 30 s")
+            .expect("stream open")
+            .expect("no error");
+        if r.type_url == meshd_xds::resource::SECRET {
+            return r.resources;
+        }
+    }
+}
+
+fn carries_private_key(resources: &[envoy_types::pb::google::protobuf::Any]) -> bool {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    use prost::Message as _;
+    resources.iter().any(|any| {
+        matches!(
+            Secret::decode(any.value.as_slice()).map(|s| s.r#type),
+            Ok(Some(secret::Type::TlsCertificate(c))) if c.private_key.is_some()
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_xds_is_off_by_default_and_never_serves_keys() {
+    let server = ApiServer::start();
+    let client = server.client().await;
+    create(&client, namespace(MESHD_NS, json!({}))).await;
+    create(&client, namespace("shop", json!({}))).await;
+    create(&client, service_account("shop", "web")).await;
+    let pod = create(
+        &client,
+        pod("shop", "web-1", "web", json!({"app": "web"}), 8080),
+    )
+    .await;
+    let pod_uid = uid(&pod);
+    let token = token_request(
+        &client,
+        "shop",
+        "web",
+        "istio-ca",
+        Some(("web-1", &pod_uid)),
+    )
+    .await;
+
+    // By default nothing listens on the plaintext port.
+    let (app, _state) = start_meshd(&server).await;
+    assert_eq!(app.xds_addr, None, "no plaintext xDS unless asked for");
+    // Over TLS the pod gets its certificate and key.
+    let mut tls = ads_with(&client, &app, "web-1", "shop", &token)
+        .await
+        .expect("the projected token opens a TLS stream");
+    let secrets = first_secrets(&mut tls).await;
+    assert!(carries_private_key(&secrets), "{secrets:?}");
+    drop(tls);
+    app.shutdown().await.unwrap();
+
+    // Asked for, the plaintext port serves config but never a secret.
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = meshd::testing::config(state.path(), None);
+    cfg.kubernetes = Some(kube_config(&server));
+    cfg.xds_plaintext = true;
+    let app = app::build(cfg).await.expect("meshd starts");
+    let addr = app.xds_addr.expect("--xds-plaintext binds the port");
+    let mut ads = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: "sidecar~10.44.0.17~web-1.shop~shop.svc.cluster.local".into(),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let stream = ads
+        .stream_aggregated_resources(req)
+        .await
+        .expect("the plaintext port authenticates the pod")
+        .into_inner();
+    let mut plain: Open = (tx, stream);
+    let secrets = first_secrets(&mut plain).await;
+    assert!(
+        secrets.is_empty(),
+        "no secret over plaintext in Kubernetes mode: {secrets:?}"
+    );
+    drop(plain);
+    app.shutdown().await.unwrap();
+}
+
+/// TokenReview + SubjectAccessReview of admin API callers, with the chart's ClusterRoles bound
+/// as an operator would (RoleBindings in meshd's namespace), decided for an off-host peer.
+async fn admin_api_callers_by_the_charts_roles(client: &Client) {
+    use axum::http::{HeaderMap, Method, StatusCode};
+    use meshd::admin::access::{AuthOutcome, CallerCheck, Decision, check};
+    use meshd::kube::admin_auth::AdminAuth;
+    for (sa, role) in [
+        ("ops", Some("meshd-admin")),
+        ("viewer", Some("meshd-debug-viewer")),
+        ("nobody", None),
+    ] {
+        create(client, service_account(MESHD_NS, sa)).await;
+        if let Some(role) = role {
+            create(
+                client,
+                json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "RoleBinding",
+                    "metadata": {"name": format!("{sa}-{role}"), "namespace": MESHD_NS},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                    "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": MESHD_NS}],
+                }),
+            )
+            .await;
+        }
+    }
+    // Tokens as `kubectl create token` makes them (the API server's own audience).
+    let audience = "https://kubernetes.default.svc";
+    let token = |sa: &'static str| token_request(client, MESHD_NS, sa, audience, None);
+    let (ops, viewer, nobody) = (
+        token("ops").await,
+        token("viewer").await,
+        token("nobody").await,
+    );
+    let auth = AdminAuth::new(client.clone(), MESHD_NS);
+    let off_host = Some(std::net::IpAddr::from([10, 44, 0, 9]));
+    let decide = |token: String, method: Method, path: &'static str| {
+        let auth = &auth;
+        async move {
+            let mut headers = HeaderMap::new();
+            headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            check(
+                Some(auth as &dyn CallerCheck),
+                off_host,
+                &method,
+                path,
+                &headers,
+            )
+            .await
+        }
+    };
+    let status = |d: Decision| match d {
+        Decision::Allow => StatusCode::OK,
+        Decision::Deny { status, .. } => status,
+    };
+    let rotate = "/debug/ca/rotate-root";
+    let table = [
+        (&ops, Method::POST, rotate, StatusCode::OK),
+        (&ops, Method::GET, "/debug/syncz", StatusCode::OK),
+        (&viewer, Method::GET, "/debug/syncz", StatusCode::OK),
+        (&viewer, Method::POST, rotate, StatusCode::FORBIDDEN),
+        (&nobody, Method::GET, "/debug/syncz", StatusCode::FORBIDDEN),
+        (&nobody, Method::POST, rotate, StatusCode::FORBIDDEN),
+    ];
+    for (token, method, path, want) in table {
+        let got = decide(token.clone(), method.clone(), path).await;
+        assert_eq!(status(got.clone()), want, "{method} {path}: {got:?}");
+    }
+    let Decision::Deny { reason, .. } = decide(viewer.clone(), Method::POST, rotate).await else {
+        unreachable!("checked above");
+    };
+    assert!(
+        reason.contains("system:serviceaccount:meshd-system:viewer")
+            && reason.contains("create debug.meshd.io `ca/rotate-root`"),
+        "{reason}"
+    );
+    // A token the API server does not know: not authenticated.
+    assert_eq!(
+        status(decide("not-a-token".into(), Method::GET, "/debug/syncz").await),
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(matches!(
+        auth.authorize("not-a-token", "get", "syncz").await,
+        AuthOutcome::Unauthenticated(_)
+    ));
 }

@@ -247,8 +247,14 @@ impl Mesh {
         self.local.xds_address()
     }
 
+    /// The admin API over the node namespace's loopback (trusted: `/debug/*` answers).
     pub fn admin_url(&self) -> String {
         self.local.admin_url()
+    }
+
+    /// The admin API at the gateway address, as an off-host caller (a pod) reaches it.
+    pub fn admin_url_off_host(&self) -> String {
+        self.local.admin_url_off_host()
     }
 
     pub fn state_dir(&self) -> &Path {

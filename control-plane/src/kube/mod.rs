@@ -5,6 +5,7 @@
 //! - [`watch`]: kube-rs watchers feeding the index, publishing with `send_if_modified`.
 //! - [`token`]: TokenReview authentication of the pod's projected token
 //!   ([`token::TOKEN_PATH`], audience `--token-audience`).
+//! - [`admin_auth`]: TokenReview + SubjectAccessReview of off-host admin API callers.
 //! - [`leader`]: Lease-based leader election.
 //! - [`ca_secret`]: the CA's state in a Secret (created once, by the leader) and the
 //!   `istio-ca-root-cert` ConfigMaps.
@@ -13,9 +14,10 @@
 //! service account. RBAC meshd needs (cluster-wide unless said): list/watch `services`, `pods`,
 //! `namespaces`, `endpoints` (servers without EndpointSlice v1), `endpointslices`
 //! (discovery.k8s.io), and the Istio kinds (networking.istio.io, security.istio.io); create
-//! `tokenreviews`; get/create/update `configmaps`; in its own namespace get/create/update
+//! `tokenreviews` and `subjectaccessreviews` ([`admin_auth`]); get/create/update `configmaps`; in its own namespace get/create/update
 //! `secrets` and `leases` (coordination.k8s.io).
 
+pub mod admin_auth;
 pub mod ca_secret;
 pub mod index;
 pub mod leader;
@@ -59,6 +61,8 @@ pub struct KubeConfig {
     pub resync: Duration,
     /// Serve Gateway `credentialName` from Secrets (watches Secrets cluster-wide).
     pub gateway_credentials: bool,
+    /// What reviewing unknown tokens may cost (`--token-review-*`).
+    pub token_review: token::ReviewLimits,
 }
 
 impl KubeConfig {
@@ -86,6 +90,7 @@ impl Default for KubeConfig {
             webhook_config: Some("meshd-sidecar-injector-meshd-system".into()),
             resync: Duration::from_secs(30),
             gateway_credentials: true,
+            token_review: token::ReviewLimits::default(),
         }
     }
 }
@@ -243,8 +248,14 @@ impl Kube {
                 &self.cfg.token_audience,
                 trust_domain,
             )
-            .with_credentials(ca),
+            .with_credentials(ca)
+            .with_limits(&self.cfg.token_review),
         ))
+    }
+
+    /// TokenReview + SubjectAccessReview of the admin API's off-host callers.
+    pub fn admin_auth(&self) -> admin_auth::AdminAuth {
+        admin_auth::AdminAuth::new(self.client.clone(), &self.cfg.namespace)
     }
 
     /// Publishes the root certificate and saves CA writes while the server runs; on `stop`,

@@ -23,7 +23,10 @@
 //! An established stream stays up when its token expires (Istio's behaviour too): identity is
 //! proven when a stream opens, and every reconnect is a new review. Reviews are cached briefly
 //! ([`TokenReviewAuth::cache_ttl`], never past the token's own `exp`) so a reconnect storm does
-//! not become a TokenReview storm. meshd's own bearer credentials (`meshd1.…`, `meshd
+//! not become a TokenReview storm. What an unknown token costs is bounded too: at most
+//! [`ReviewLimits::concurrency`] reviews are in flight (more wait their turn), and a token the
+//! API server refused is refused again without a review for [`ReviewLimits::negative_ttl`].
+//! meshd's own bearer credentials (`meshd1.…`, `meshd
 //! bootstrap`) keep working beside tokens when a CA is given.
 //!
 //! RBAC: meshd's service account needs `create` on `tokenreviews.authentication.k8s.io`
@@ -59,6 +62,33 @@ struct Cached {
     until: Instant,
 }
 
+/// Tokens remembered at most, each way: past it, expired entries are dropped, and if none has
+/// expired a new one is not remembered (a flood of distinct tokens is bounded by the semaphore).
+const MAX_CACHED: usize = 4096;
+
+/// What reviewing unknown tokens may cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReviewLimits {
+    /// TokenReviews in flight at once.
+    pub concurrency: usize,
+    /// How long a refused token is refused without asking again.
+    pub negative_ttl: Duration,
+}
+
+impl Default for ReviewLimits {
+    fn default() -> Self {
+        ReviewLimits {
+            concurrency: 16,
+            negative_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Refused {
+    reason: String,
+    until: Instant,
+}
+
 /// Authenticates xDS streams by TokenReview of their bearer token.
 pub struct TokenReviewAuth {
     client: Client,
@@ -67,6 +97,12 @@ pub struct TokenReviewAuth {
     /// How long a successful review is reused (never past the token's `exp`).
     pub cache_ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Tokens the API server refused lately (the negative cache).
+    refused: Mutex<HashMap<[u8; 32], Refused>>,
+    negative_ttl: Duration,
+    reviews: tokio::sync::Semaphore,
+    /// Reviews waiting for a turn (tests watch it).
+    waiting: std::sync::atomic::AtomicUsize,
     credentials: Option<CredentialAuth>,
 }
 
@@ -78,8 +114,54 @@ impl TokenReviewAuth {
             trust_domain: trust_domain.to_string(),
             cache_ttl: Duration::from_secs(30),
             cache: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            negative_ttl: ReviewLimits::default().negative_ttl,
+            reviews: tokio::sync::Semaphore::new(ReviewLimits::default().concurrency),
+            waiting: Default::default(),
             credentials: None,
         }
+    }
+
+    pub fn with_limits(mut self, limits: &ReviewLimits) -> TokenReviewAuth {
+        self.negative_ttl = limits.negative_ttl;
+        self.reviews = tokio::sync::Semaphore::new(limits.concurrency.max(1));
+        self
+    }
+
+    /// Reviews waiting for one of the concurrency limit's turns.
+    pub fn reviews_waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Why the API server refused this token lately, if it did.
+    fn refused_lately(&self, key: &[u8; 32], now: Instant) -> Option<String> {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        match refused.get(key) {
+            Some(r) if r.until > now => Some(r.reason.clone()),
+            Some(_) => {
+                refused.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember_refusal(&self, key: [u8; 32], reason: &str) {
+        let now = Instant::now();
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() >= MAX_CACHED {
+            refused.retain(|_, r| r.until > now);
+            if refused.len() >= MAX_CACHED {
+                return;
+            }
+        }
+        refused.insert(
+            key,
+            Refused {
+                reason: reason.to_string(),
+                until: now + self.negative_ttl,
+            },
+        );
     }
 
     /// Also accept meshd's own bearer credentials (gateways and VMs bootstrapped by `meshd
@@ -102,6 +184,28 @@ impl TokenReviewAuth {
                 cache.remove(&key);
             }
         }
+        if let Some(reason) = self.refused_lately(&key, now) {
+            return Err(reason);
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let permit = self.reviews.acquire().await;
+        self.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let _permit = permit.map_err(|_| "TokenReview is shutting down".to_string())?;
+        // Others waiting with the same token: the first answer is theirs too.
+        if let Some(reason) = self.refused_lately(&key, Instant::now()) {
+            return Err(reason);
+        }
+        if let Some(c) = self
+            .cache
+            .lock()
+            .expect("token cache")
+            .get(&key)
+            .filter(|c| c.until > Instant::now())
+        {
+            return Ok(c.identity.clone());
+        }
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
@@ -114,7 +218,8 @@ impl TokenReviewAuth {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|e| format!("TokenReview failed: {e}"))?;
-        let identity = identity_from_review(&answer, &self.audience, &self.trust_domain)?;
+        let identity = identity_from_review(&answer, &self.audience, &self.trust_domain)
+            .inspect_err(|reason| self.remember_refusal(key, reason))?;
         let mut until = now + self.cache_ttl;
         if let Some(left) = token_expiry(token).map(|exp| {
             exp.duration_since(SystemTime::now())

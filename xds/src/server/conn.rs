@@ -155,7 +155,10 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
 impl<A, S: SecretSource> Drop for Conn<A, S> {
     fn drop(&mut self) {
         self.shared.registry.disconnect(&self.status);
-        self.shared.secrets.release(&self.proxy);
+        // A stream that was never given secrets must not evict another stream's.
+        if self.shared.serve_secrets {
+            self.shared.secrets.release(&self.proxy);
+        }
         self.shared
             .metrics
             .connected
@@ -175,7 +178,11 @@ pub(crate) async fn open_stream<Req: prost::Message + Default>(
     use futures::StreamExt;
     let first = match requests.next().await {
         Some(Ok(r)) => r,
-        _ => return None,
+        Some(Err(status)) => {
+            let _ = tx.send(super::wire::Outgoing::End(Box::new(status))).await;
+            return None;
+        }
+        None => return None,
     };
     match bind_proxy(node(&first), identity) {
         Ok(p) => Some((p, first)),

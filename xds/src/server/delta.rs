@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tonic::Status;
 use tracing::Instrument;
 
 /// What a proxy holds of one type.
@@ -177,7 +178,31 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         self.tx.send(response).await.map_err(|_| ())
     }
 
+    /// Ends the stream: it asked to hold more names of a type than any proxy needs.
+    async fn too_many_names(&self, type_url: &str, count: usize) -> Result<(), ()> {
+        let limit = self.conn.shared.max_subscribed_names;
+        let status = Status::resource_exhausted(format!(
+            "{type_url}: {count} subscribed resource names, over the limit of {limit} per type"
+        ));
+        let _ = self.tx.send(wire::Outgoing::End(Box::new(status))).await;
+        Err(())
+    }
+
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), ()> {
+        // A type meshd does not serve gets no answer and no state (Istio: no generator, no
+        // push), so made-up type URLs cannot grow a stream.
+        if !PUSH_ORDER.contains(&req.type_url.as_str()) {
+            tracing::debug!(type_url = %req.type_url, "request for a type not served: ignored");
+            return Ok(());
+        }
+        let limit = self.conn.shared.max_subscribed_names;
+        let claimed = req
+            .resource_names_subscribe
+            .len()
+            .max(req.initial_resource_versions.len());
+        if claimed > limit {
+            return self.too_many_names(&req.type_url, claimed).await;
+        }
         let type_url = req.type_url.clone();
         let first = !self.types.contains_key(&type_url);
         let st = self.types.entry(type_url.clone()).or_default();
@@ -229,6 +254,10 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
             for name in req.resource_names_unsubscribe.iter().filter(|n| *n != "*") {
                 changed |= names.remove(name);
                 st.known.forget(name);
+            }
+            if names.len() > limit {
+                let count = names.len();
+                return self.too_many_names(&type_url, count).await;
             }
             st.subscription = Subscription::from_names(names, available);
         }
@@ -294,6 +323,8 @@ async fn session<A: Authenticator, S: SecretSource>(
                 Some(Ok(req)) => if Box::pin(d.on_request(req)).await.is_err() { return },
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "stream error");
+                    // The proxy learns why (an oversized or malformed request, say).
+                    let _ = d.tx.send(wire::Outgoing::End(Box::new(e))).await;
                     return;
                 }
                 None => return,

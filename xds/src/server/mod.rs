@@ -4,6 +4,8 @@
 mod conn;
 mod delta;
 mod diff;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod sotw;
 pub mod status;
 pub mod wire;
@@ -77,12 +79,34 @@ impl Metrics {
 pub struct ServerOptions {
     /// Proxies generating config at once; bounds CPU and memory during a full push.
     pub max_concurrent_generations: usize,
+    /// Whether streams get SDS secrets (certificates, keys, gateway credentials). `false` for
+    /// a plaintext port a network observer could read: those streams get no `Secret` at all.
+    pub serve_secrets: bool,
+    /// The largest request message a stream accepts (its gRPC length prefix); a bigger one
+    /// ends the stream with RESOURCE_EXHAUSTED before any of it is buffered.
+    pub max_request_bytes: usize,
+    /// Resource names one Delta stream may hold subscribed per type: names accumulate over
+    /// requests, so without a cap a stream could grow its state without end.
+    pub max_subscribed_names: usize,
 }
+
+/// Istio's `ISTIO_GPRC_MAXRECVMSGSIZE` (4 MiB). The largest legitimate ADS request is an EDS
+/// request or ACK naming every cluster: 10 000 clusters of ~70-byte names
+/// (`outbound|8080||name.namespace.svc.cluster.local`) plus framing are ~0.8 MB, so 4 MiB
+/// leaves room for ~50 000 clusters.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// Well above any mesh's cluster count (an EDS subscription names each cluster once), well
+/// below what would let one stream hold megabytes of names it made up.
+pub const DEFAULT_MAX_SUBSCRIBED_NAMES: usize = 100_000;
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             max_concurrent_generations: 16,
+            serve_secrets: true,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_subscribed_names: DEFAULT_MAX_SUBSCRIBED_NAMES,
         }
     }
 }
@@ -96,6 +120,9 @@ pub(crate) struct Shared<A, S> {
     drain: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     layer_diffs: diff::LayerDiffs,
+    serve_secrets: bool,
+    max_request_bytes: usize,
+    max_subscribed_names: usize,
 }
 
 impl<A: Authenticator, S: SecretSource> Shared<A, S> {
@@ -104,6 +131,12 @@ impl<A: Authenticator, S: SecretSource> Shared<A, S> {
         let _permit = self.limiter.acquire().await.expect("limiter never closes");
         let snapshot = self.mesh.borrow().clone();
         let mut res = snapshot.generate(proxy);
+        if !self.serve_secrets {
+            if res.remove(crate::resource::SECRET).is_some() {
+                tracing::debug!(proxy = %proxy.id, "secrets withheld: this port serves none");
+            }
+            return (snapshot.version, res);
+        }
         match self.secrets.secrets(proxy) {
             Ok(s) => {
                 let own: ResourceSet = s.into_iter().collect();
@@ -160,6 +193,9 @@ impl<A: Authenticator, S: SecretSource> AdsServer<A, S> {
                 drain,
                 metrics,
                 layer_diffs: Default::default(),
+                serve_secrets: opts.serve_secrets,
+                max_request_bytes: opts.max_request_bytes,
+                max_subscribed_names: opts.max_subscribed_names.max(1),
             }),
         }
     }

@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tonic::Status;
 use tracing::Instrument;
 
 #[derive(Default)]
@@ -146,6 +147,22 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
     }
 
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), ()> {
+        // A type meshd does not serve gets no answer and no state (Istio: no generator, no
+        // push), so made-up type URLs cannot grow a stream.
+        if !PUSH_ORDER.contains(&req.type_url.as_str()) {
+            tracing::debug!(type_url = %req.type_url, "request for a type not served: ignored");
+            return Ok(());
+        }
+        let limit = self.conn.shared.max_subscribed_names;
+        if req.resource_names.len() > limit {
+            let status = Status::resource_exhausted(format!(
+                "{} names {} resources, over the limit of {limit} per type",
+                req.type_url,
+                req.resource_names.len()
+            ));
+            let _ = self.tx.send(wire::Outgoing::End(Box::new(status))).await;
+            return Err(());
+        }
         let type_url = req.type_url.clone();
         let st = self.types.entry(type_url.clone()).or_default();
         if !req.response_nonce.is_empty() {
@@ -232,6 +249,8 @@ async fn session<A: Authenticator, S: SecretSource>(
                 Some(Ok(req)) => if Box::pin(s.on_request(req)).await.is_err() { return },
                 Some(Err(e)) => {
                     tracing::debug!(proxy = %s.conn.proxy.id, error = %e, "stream error");
+                    // The proxy learns why (an oversized or malformed request, say).
+                    let _ = s.tx.send(wire::Outgoing::End(Box::new(e))).await;
                     return;
                 }
                 None => return,

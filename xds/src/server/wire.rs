@@ -5,7 +5,8 @@
 //!   together, big ones by reference): h2 keeps a slab slot per queued chunk for the life of the
 //!   connection, so one chunk per resource cost every connection hundreds of KB at S=1000;
 //! - a request is decoded from a buffer that is released once it is empty (tonic's decoder keeps
-//!   one the size of the largest request, e.g. an EDS ACK naming every cluster).
+//!   one the size of the largest request, e.g. an EDS ACK naming every cluster), and that grows
+//!   only with bytes received: a length prefix is a claim, not a reservation.
 
 use super::status::SentResources;
 use super::{Authenticator, SecretSource, Shared, delta, sotw};
@@ -27,7 +28,6 @@ const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-const MAX_REQUEST: usize = 16 << 20;
 /// Response chunks smaller than this are copied together into one DATA chunk of at most this.
 const FRAME_TARGET: usize = CHUNK_TARGET;
 
@@ -200,15 +200,18 @@ pub(crate) struct Requests<T> {
     /// Bytes of messages not yet complete; emptied and released after each message.
     buf: BytesMut,
     ended: bool,
+    /// The largest message accepted.
+    max: usize,
     _message: PhantomData<fn() -> T>,
 }
 
 impl<T: prost::Message + Default> Requests<T> {
-    pub(crate) fn new(body: Body) -> Self {
+    pub(crate) fn new(body: Body, max: usize) -> Self {
         Requests {
             body,
             buf: BytesMut::new(),
             ended: false,
+            max,
             _message: PhantomData,
         }
     }
@@ -223,18 +226,20 @@ impl<T: prost::Message + Default> Requests<T> {
             ));
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if len > MAX_REQUEST {
-            return Err(Status::out_of_range(format!(
-                "request of {len} bytes exceeds the limit of {MAX_REQUEST}"
+        if len > self.max {
+            return Err(Status::resource_exhausted(format!(
+                "request message of {len} bytes exceeds the limit of {} bytes",
+                self.max
             )));
         }
         if self.buf.len() < 5 + len {
-            self.buf.reserve(5 + len - self.buf.len());
+            // No reserve(len): a peer declaring 4 MiB and sending 5 bytes must not cost 4 MiB.
             return Ok(None);
         }
         let mut message = self.buf.split_to(5 + len);
         message.advance(5);
-        let decoded = T::decode(message).map_err(|e| Status::internal(e.to_string()))?;
+        let decoded = T::decode(message)
+            .map_err(|e| Status::invalid_argument(format!("malformed request message: {e}")))?;
         if self.buf.is_empty() {
             // Release the allocation: a stream idles between requests with no buffer.
             self.buf = BytesMut::new();
@@ -342,11 +347,11 @@ impl<A: Authenticator, S: SecretSource> tonic::codegen::Service<http::Request<Bo
                 Err(status) => return Ok(status.into_http()),
             };
             let (tx, rx) = mpsc::channel(4);
-            let body = req.into_body();
+            let (body, max) = (req.into_body(), shared.max_request_bytes);
             if delta {
-                tokio::spawn(delta::serve(shared, identity, Requests::new(body), tx));
+                tokio::spawn(delta::serve(shared, identity, Requests::new(body, max), tx));
             } else {
-                tokio::spawn(sotw::serve(shared, identity, Requests::new(body), tx));
+                tokio::spawn(sotw::serve(shared, identity, Requests::new(body, max), tx));
             }
             Ok(grpc_response(Body::new(FrameBody {
                 rx,
@@ -431,11 +436,30 @@ mod tests {
         let frames = wire.chunks(777).map(Bytes::copy_from_slice).collect();
         let body = Body::new(Chunks(frames));
         let got: Vec<DiscoveryRequest> = futures::executor::block_on(
-            Requests::<DiscoveryRequest>::new(body)
+            Requests::<DiscoveryRequest>::new(body, 1 << 20)
                 .map(|r| r.expect("decodes"))
                 .collect(),
         );
         assert_eq!(got, reqs);
+    }
+
+    #[test]
+    fn a_declared_length_is_not_reserved_and_one_over_the_limit_is_refused() {
+        let mut requests = Requests::<DiscoveryRequest>::new(Body::empty(), 4 << 20);
+        // Declares 3 MiB, sends 10 bytes: waits for more without reserving 3 MiB.
+        requests.buf.extend_from_slice(&[0, 0, 0x30, 0, 0]);
+        requests.buf.extend_from_slice(&[0u8; 10]);
+        assert!(matches!(requests.decode_one(), Ok(None)));
+        assert!(
+            requests.buf.capacity() < 1 << 20,
+            "{} bytes reserved for 15 received",
+            requests.buf.capacity()
+        );
+        // Declares one byte over the limit: refused from its prefix alone.
+        let mut requests = Requests::<DiscoveryRequest>::new(Body::empty(), 4 << 20);
+        requests.buf.extend_from_slice(&[0, 0, 0x40, 0, 1]);
+        let err = requests.decode_one().unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     }
 
     #[test]
@@ -451,7 +475,7 @@ mod tests {
         for bad in [compressed, truncated] {
             let body = Body::new(Chunks([Bytes::from(bad)].into()));
             let got: Vec<Result<DiscoveryRequest, Status>> =
-                futures::executor::block_on(Requests::new(body).collect());
+                futures::executor::block_on(Requests::new(body, 1 << 20).collect());
             assert_eq!(got.len(), 1);
             assert!(got[0].is_err());
         }

@@ -1,0 +1,410 @@
+//! Transport limits of every listener — xDS (15010), xDS and CA over TLS (15012), admin (15014),
+//! webhook (15017) — and the one connection loop that enforces them.
+//!
+//! tonic's and axum's own servers leave the dangerous defaults in place: tonic turns off h2's
+//! cap on locally generated resets and advertises no MAX_CONCURRENT_STREAMS, neither bounds how
+//! long a connection may sit without sending its preface or its request headers, neither caps
+//! open connections. So every port is served here, on hyper-util's server, with the limits of
+//! [`TransportLimits`]. Requests carry the peer's address (`axum::extract::ConnectInfo` and
+//! tonic's `TcpConnectInfo`), which the gRPC ports use to rate-limit failed authentications per
+//! remote IP ([`AuthFailures`]).
+
+use crate::accept::Admitted;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::codegen::{BoxFuture, Service, http};
+
+pub use crate::transport_limits::{AuthFailures, TransportLimits};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How one listener serves its connections.
+#[derive(Clone, Debug)]
+pub struct ConnOptions {
+    /// Which listener, for logs.
+    pub name: &'static str,
+    /// gRPC only (the xDS ports); otherwise HTTP/1.1 and HTTP/2.
+    pub http2_only: bool,
+    /// Close (GOAWAY, then `grace`) after about this long; each connection draws its own age
+    /// within ±10% so a fleet connected at once does not reconnect at once.
+    pub max_age: Option<Duration>,
+    pub max_age_grace: Duration,
+    /// Before the first request (TLS handshake, HTTP/2 preface, first headers).
+    pub handshake_timeout: Duration,
+    /// With no request in flight.
+    pub idle_timeout: Duration,
+    pub builder: auto::Builder<TokioExecutor>,
+}
+
+impl ConnOptions {
+    /// An xDS port: HTTP/2 only, with keepalive pings and a jittered maximum age.
+    pub fn xds(name: &'static str, limits: &TransportLimits) -> ConnOptions {
+        let mut builder = builder(limits);
+        builder
+            .http2()
+            .keep_alive_interval(limits.keepalive_interval)
+            .keep_alive_timeout(limits.keepalive_timeout);
+        ConnOptions {
+            name,
+            http2_only: true,
+            max_age: Some(limits.xds_max_connection_age),
+            max_age_grace: limits.xds_max_connection_age_grace,
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.xds_idle_timeout,
+            builder: builder.http2_only(),
+        }
+    }
+
+    /// The admin or webhook port: HTTP/1.1 and HTTP/2, no maximum age.
+    pub fn http(name: &'static str, limits: &TransportLimits) -> ConnOptions {
+        ConnOptions {
+            name,
+            http2_only: false,
+            max_age: None,
+            max_age_grace: Duration::ZERO,
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.http_idle_timeout,
+            builder: builder(limits),
+        }
+    }
+}
+
+fn builder(limits: &TransportLimits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_local_error_reset_streams(limits.max_local_error_reset_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+        .max_header_list_size(limits.max_header_list_size);
+    b
+}
+
+/// What a connection is doing: requests ever started, requests still open.
+#[derive(Clone, Copy, Default)]
+struct Activity {
+    started: u64,
+    open: u64,
+}
+
+/// Held by a request until its response body is done (or dropped).
+struct Open(Arc<watch::Sender<Activity>>);
+
+impl Open {
+    fn start(activity: &Arc<watch::Sender<Activity>>) -> Open {
+        activity.send_modify(|a| {
+            a.started += 1;
+            a.open += 1;
+        });
+        Open(activity.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.send_modify(|a| a.open = a.open.saturating_sub(1));
+    }
+}
+
+/// A response body that keeps its request counted as open while it streams.
+struct Tracked<B> {
+    body: B,
+    _open: Open,
+}
+
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Resolves once the connection should close for lack of use: `false` when no request ever
+/// came (the handshake or preface never completed: drop it), `true` when it went idle.
+async fn unused(
+    mut activity: watch::Receiver<Activity>,
+    handshake: Duration,
+    idle: Duration,
+) -> bool {
+    loop {
+        let now = *activity.borrow_and_update();
+        if now.open > 0 {
+            if activity.changed().await.is_err() {
+                return true;
+            }
+            continue;
+        }
+        let wait = if now.started == 0 { handshake } else { idle };
+        match tokio::time::timeout(wait, activity.changed()).await {
+            Err(_) => return now.started > 0,
+            Ok(Err(_)) => return true,
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// `base` ±10%, drawn per connection (gRPC's MAX_CONNECTION_AGE jitter).
+fn jittered(base: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    // In [0.9, 1.1).
+    let factor = 0.9 + (r % 10_000) as f64 / 50_000.0;
+    base.mul_f64(factor)
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves the admitted connections until `stop` turns true, then lets open connections finish
+/// (GOAWAY / `Connection: close`) and returns when they have. `tls`: handshake each connection
+/// first, within the handshake timeout.
+pub async fn serve<S, B>(
+    incoming: impl Stream<Item = Admitted> + Send + 'static,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+    opts: ConnOptions,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()>
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut incoming = std::pin::pin!(incoming);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let admitted = tokio::select! {
+            next = incoming.next() => match next {
+                Some(a) => a,
+                None => break,
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        while conns.try_join_next().is_some() {}
+        conns.spawn(connection(
+            admitted,
+            tls.clone(),
+            service.clone(),
+            opts.clone(),
+            stop.clone(),
+        ));
+    }
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn connection<S, B>(
+    admitted: Admitted,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+    opts: ConnOptions,
+    stop: watch::Receiver<bool>,
+) where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Admitted { tcp, peer, slot } = admitted;
+    let name = opts.name;
+    match tls {
+        None => drive(TokioIo::new(tcp), peer, service, opts, stop).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => drive(TokioIo::new(tls), peer, service, opts, stop).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
+            }
+        }
+    }
+    // The connection's place under the listener's cap is free once it is closed.
+    drop(slot);
+}
+
+async fn drive<I, S, B>(
+    io: I,
+    peer: SocketAddr,
+    service: S,
+    opts: ConnOptions,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let activity = Arc::new(watch::Sender::new(Activity::default()));
+    let unused = unused(
+        activity.subscribe(),
+        opts.handshake_timeout,
+        opts.idle_timeout,
+    );
+    let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        let open = Open::start(&activity);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(peer),
+            });
+        let mut inner = service.clone();
+        async move {
+            futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+            let resp = inner.call(req).await?;
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open }))
+        }
+    });
+    let conn = opts.builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::pin!(unused);
+    let age = opts.max_age.map(|a| Instant::now() + jittered(a));
+    let mut draining = false;
+    let mut cut_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(listener = opts.name, %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = sleep_until_opt(cut_at) => {
+                tracing::debug!(listener = opts.name, %peer, "connection closed: past its grace period");
+                return;
+            }
+            _ = sleep_until_opt(age), if !draining => {
+                tracing::debug!(listener = opts.name, %peer, "connection reached its maximum age: GOAWAY");
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+                cut_at = Some(Instant::now() + opts.max_age_grace);
+            }
+            used = &mut unused, if !draining => {
+                if !used {
+                    tracing::debug!(listener = opts.name, %peer, "connection closed: no request within the handshake timeout");
+                    return;
+                }
+                tracing::debug!(listener = opts.name, %peer, "connection closed: idle");
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+                cut_at = Some(Instant::now() + opts.max_age_grace.max(Duration::from_secs(1)));
+            }
+            _ = stop.wait_for(|s| *s), if !draining => {
+                // Streams end on the server's drain signal; the app's drain deadline cuts
+                // what does not.
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+/// Wraps a gRPC service: a remote IP that failed authentication too often lately is refused
+/// with RESOURCE_EXHAUSTED before the service (and its TokenReview) sees the request; each
+/// UNAUTHENTICATED answer counts against the caller's IP.
+#[derive(Clone)]
+pub struct GrpcAuthLimit<S> {
+    inner: S,
+    failures: Arc<AuthFailures>,
+}
+
+impl<S> GrpcAuthLimit<S> {
+    pub fn new(inner: S, failures: Arc<AuthFailures>) -> Self {
+        GrpcAuthLimit { inner, failures }
+    }
+}
+
+fn peer_ip<B>(req: &http::Request<B>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+impl<S, B> Service<http::Request<B>> for GrpcAuthLimit<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let ip = peer_ip(&req);
+        if let Some(ip) = ip
+            && !self.failures.allow(ip)
+        {
+            let status = tonic::Status::resource_exhausted(format!(
+                "too many failed authentications from {ip}; retry later"
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let failures = self.failures.clone();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let resp = call.await?;
+            let unauthenticated = resp
+                .headers()
+                .get(tonic::Status::GRPC_STATUS)
+                .is_some_and(|s| s.as_bytes() == b"16");
+            if unauthenticated && let Some(ip) = ip {
+                failures.failed(ip);
+            }
+            Ok(resp)
+        })
+    }
+}
