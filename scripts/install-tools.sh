@@ -69,3 +69,9 @@ fi
 # A real kube-apiserver v1.20.2 (Debian's source package, built once and cached under
 # ~/.cache/meshd/) and Debian's etcd, for the Kubernetes-mode tests (control-plane/tests/kube_*).
 "$(dirname "$0")/kube-apiserver.sh" install
+# A real single-node cluster for control-plane/tests/kube_cluster.rs (scripts/kube-node.sh):
+# kubelet, kube-scheduler, kube-controller-manager and kube-proxy built from the same Debian
+# source package (once, ~25 min on 2 busy cores, cached under ~/.cache/meshd/kube-node-v1.20.2/),
+# containerd, runc, the CNI plugins, dnsmasq and conntrack from Debian, and the node's pause and
+# busybox images (scripts/images.sh node).
+"$(dirname "$0")/kube-node.sh" install

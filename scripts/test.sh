@@ -27,4 +27,6 @@ scripts/check-chart.sh
 # here, so they are skipped; the HPACK quickcheck round-trips and every other unit test run.
 CARGO_TARGET_DIR="${MESHD_CACHE:-$HOME/.cache/meshd}/h2-target" \
   cargo test --manifest-path vendor/h2/Cargo.toml --lib -- --skip hpack::test::fixture
+# (Includes control-plane/tests/kube_cluster.rs: a real single-node cluster from
+# scripts/kube-node.sh, the images from scripts/images.sh and the chart on it; ~6 min.)
 cargo test --workspace "$@"
