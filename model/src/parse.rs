@@ -625,6 +625,37 @@ spec: {}
         assert_eq!(kind.to_string().split(':').next(), Some("mesh.yaml"));
     }
 
+    /// A value past what its field can hold (here a duration of 3 * 10^12 years, which once
+    /// panicked) rejects its document with the field and the line; the file's other documents
+    /// stay.
+    #[test]
+    fn an_out_of_range_duration_rejects_its_document_only() {
+        let text = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bomb, namespace: a}
+spec:
+  hosts: [b]
+  http:
+  - route: [{destination: {host: b}}]
+    timeout: 99999999999999999999s
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: s, namespace: a}
+spec: {}
+";
+        let cfg = parse_file("bomb.yaml", text).unwrap();
+        assert_eq!(cfg.objects.len(), 1);
+        assert_eq!(cfg.objects[0].meta.name, "s");
+        let [e] = &cfg.rejected[..] else {
+            panic!("{:?}", cfg.rejected)
+        };
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("spec.http[0].timeout"), "{e}");
+        assert!(e.message.contains("out of range"), "{e}");
+    }
+
     #[test]
     fn syntax_error_fails_the_file() {
         let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: x\n";
