@@ -5,9 +5,10 @@ use crate::admin::{self, AdminState};
 use crate::identity::{CaSecrets, CredentialAuth};
 use crate::kube::ProxyAuth;
 use crate::source::FileSource;
+use crate::supervise::{Backoff, Supervisor, TaskHealth};
 use anyhow::Context;
 use meshd_ca::{CaConfig, CertificateAuthority, RootKeyAlgorithm};
-use meshd_model::MeshConfig;
+use meshd_model::{MeshConfig, Rejected};
 use meshd_xds::server::{AdsServer, Metrics, Registry, ServerOptions};
 use meshd_xds::{GenOptions, MeshSnapshot};
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -71,30 +71,96 @@ pub struct App {
     pub webhook_addr: Option<SocketAddr>,
     pub started: Instant,
     shutdown: watch::Sender<bool>,
-    tasks: JoinSet<anyhow::Result<()>>,
+    tasks: Supervisor,
+    /// Which supervised tasks run (readiness, `/metrics`).
+    pub health: Arc<TaskHealth>,
     drain_deadline: Duration,
 }
 
-/// Builds each snapshot from the accepted config; versions only move when the config does.
+/// The snapshot builder's name among the supervised tasks; a config whose generation panics is
+/// reported under it.
+pub const SNAPSHOT_TASK: &str = "snapshot-builder";
+
+/// `previous.rebuild(..)` (or a first build), with a panic in the generator caught: the config
+/// that caused it is reported and not served, the caller keeps what it serves.
+fn build_snapshot(
+    previous: Option<&MeshSnapshot>,
+    version: u64,
+    config: Arc<MeshConfig>,
+    generator: Arc<GenOptions>,
+) -> Result<MeshSnapshot, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match previous {
+        Some(p) => p.rebuild(version, config, generator),
+        None => MeshSnapshot::build(version, config, generator),
+    }))
+    .map_err(|panic| crate::supervise::panic_text(&*panic))
+}
+
+/// The first snapshot; when generating the config panics, an empty one that reports why, so the
+/// server still starts (the CA and the admin API serve, proxies get no routes until a fix).
+fn first_snapshot(
+    config: Arc<MeshConfig>,
+    generator: Arc<GenOptions>,
+    health: &TaskHealth,
+) -> MeshSnapshot {
+    match build_snapshot(None, 1, config.clone(), generator.clone()) {
+        Ok(snapshot) => snapshot,
+        Err(panic) => {
+            let reason = format!("generating the mesh config panicked (a meshd bug): {panic}");
+            tracing::error!("{reason}; serving no mesh config until it changes");
+            health.report_error(SNAPSHOT_TASK, reason.clone());
+            let mut rejected = config.rejected.clone();
+            rejected.push(Rejected {
+                file: "meshd".into(),
+                line: 0,
+                kind: None,
+                namespace: None,
+                name: None,
+                reason,
+            });
+            let empty = MeshConfig {
+                rejected,
+                ..Default::default()
+            };
+            MeshSnapshot::build(1, Arc::new(empty), generator)
+        }
+    }
+}
+
+/// Builds each snapshot from the accepted config; versions only move when the config does. A
+/// config whose generation panics is reported and skipped: the last good snapshot keeps serving.
 async fn snapshots(
     mut configs: watch::Receiver<Arc<MeshConfig>>,
     out: watch::Sender<Arc<MeshSnapshot>>,
     generator: Arc<GenOptions>,
+    health: Arc<TaskHealth>,
 ) {
     let mut version = out.borrow().version;
     while configs.changed().await.is_ok() {
         let config = configs.borrow_and_update().clone();
-        version += 1;
         let started = Instant::now();
         let previous = out.borrow().clone();
-        let snapshot = previous.rebuild(version, config, generator.clone());
+        let built = build_snapshot(Some(&previous), version + 1, config, generator.clone());
         drop(previous);
-        tracing::info!(
-            version,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "mesh snapshot built"
-        );
-        out.send_replace(Arc::new(snapshot));
+        match built {
+            Ok(snapshot) => {
+                version += 1;
+                tracing::info!(
+                    version,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "mesh snapshot built"
+                );
+                health.clear_error(SNAPSHOT_TASK);
+                out.send_replace(Arc::new(snapshot));
+            }
+            Err(panic) => {
+                let reason = format!(
+                    "generating the mesh config panicked (a meshd bug): {panic}; the last good config (version {version}) keeps serving"
+                );
+                tracing::error!("{reason}");
+                health.report_error(SNAPSHOT_TASK, reason);
+            }
+        }
     }
 }
 
@@ -131,9 +197,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     }
     let generator = Arc::new(config.generator.clone());
     let config_rx = config_tx.subscribe();
-    let (snapshot_tx, snapshot_rx) =
-        watch::channel(Arc::new(MeshSnapshot::build(1, initial, generator.clone())));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Supervisor::new(Backoff::default(), shutdown_rx.clone());
+    let health = tasks.health();
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first_snapshot(
+        initial,
+        generator.clone(),
+        &health,
+    )));
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     let secrets = Arc::new(CaSecrets::new(ca.clone()));
@@ -213,45 +284,99 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     };
 
     let ready = Arc::new(AtomicBool::new(false));
-    let mut tasks = JoinSet::new();
     let debounce = config.debounce;
-    let mut stop = shutdown_rx.clone();
     let kube_ca = ca.clone();
     let kube_secrets = secrets.clone();
-    tasks.spawn(async move {
-        match kube {
-            Some(k) => {
+    let config_dir = config.config_dir.clone();
+    let kube_mode = config.kubernetes.is_some();
+    // The first start uses what `build` set up (the loaded files, the connected cluster); a
+    // restart reads the directory again. The cluster connection cannot be made again here:
+    // losing it ends the process, as before.
+    let mut first_source = Some((source, kube));
+    let stop_rx = shutdown_rx.clone();
+    tasks.spawn("config-source", move || {
+        let mut stop = stop_rx.clone();
+        let config_tx = config_tx.clone();
+        let kube_ca = kube_ca.clone();
+        let kube_secrets = kube_secrets.clone();
+        let (source, kube, restarted) = match first_source.take() {
+            Some((source, kube)) => (source, kube, false),
+            None if !kube_mode => (FileSource::new(config_dir.clone()), None, true),
+            None => return None,
+        };
+        Some(async move {
+            if let Some(k) = kube {
                 let on_change: Arc<dyn Fn() + Send + Sync> =
                     Arc::new(move || kube_secrets.bundle_changed());
-                return k.run(kube_ca, on_change, stop).await;
+                k.run(kube_ca, on_change, stop.clone()).await?;
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                anyhow::bail!("the Kubernetes source ended");
             }
-            None => tokio::select! {
-                _ = source.watch(debounce, config_tx) => {}
-                _ = stop.wait_for(|s| *s) => {}
-            },
-        }
-        Ok(())
+            let mut source = source;
+            if restarted {
+                let mesh = source.reload();
+                config_tx.send_if_modified(|current| {
+                    let changed = **current != mesh;
+                    if changed {
+                        *current = Arc::new(mesh);
+                    }
+                    changed
+                });
+            }
+            tokio::select! {
+                _ = source.watch(debounce, config_tx) => anyhow::bail!("the config dir watch ended"),
+                _ = stop.wait_for(|s| *s) => Ok(()),
+            }
+        })
     });
-    let mut stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            _ = snapshots(config_rx, snapshot_tx, generator) => {}
-            _ = stop.wait_for(|s| *s) => {}
-        }
-        Ok(())
+    let stop_rx = shutdown_rx.clone();
+    let snapshot_health = health.clone();
+    tasks.spawn(SNAPSHOT_TASK, move || {
+        let mut stop = stop_rx.clone();
+        let run = snapshots(
+            config_rx.clone(),
+            snapshot_tx.clone(),
+            generator.clone(),
+            snapshot_health.clone(),
+        );
+        Some(async move {
+            tokio::select! {
+                _ = run => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            Ok(())
+        })
     });
     let xds_incoming =
         crate::accept::accept_on_own_thread(xds_listener, "xds-accept", shutdown_rx.clone())?;
-    let mut stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(ads_service.clone())
-            .serve_with_incoming_shutdown(xds_incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("xDS server")
+    // A restarted server binds its address again (the panicked one's listener is gone).
+    let mut first_incoming = Some(xds_incoming);
+    let stop_rx = shutdown_rx.clone();
+    tasks.spawn("xds-server", move || {
+        let incoming = first_incoming.take();
+        let ads_service = ads_service.clone();
+        let stop_accept = stop_rx.clone();
+        let mut stop = stop_rx.clone();
+        Some(async move {
+            let incoming = match incoming {
+                Some(i) => i,
+                None => crate::accept::accept_on_own_thread(
+                    crate::accept::listen_for_proxies(xds_addr)?,
+                    "xds-accept",
+                    stop_accept,
+                )?,
+            };
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(ads_service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("xDS server")
+        })
     });
     let tls = serving_cert.server_config()?;
     let tls_accepted = crate::accept::accept_on_own_thread(
@@ -259,42 +384,74 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         "xds-tls-accept",
         shutdown_rx.clone(),
     )?;
-    let incoming = crate::ca_service::tls_incoming(tls_accepted, tls, shutdown_rx.clone());
-    let mut stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(ads_tls_service)
-            .add_service(ca_service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("xDS/CA TLS server")
+    let mut first_tls = Some((tls_accepted, tls));
+    let stop_rx = shutdown_rx.clone();
+    tasks.spawn("xds-tls-server", move || {
+        let first = first_tls.take();
+        let ads_tls_service = ads_tls_service.clone();
+        let ca_service = ca_service.clone();
+        let serving_cert = serving_cert.clone();
+        let stop_accept = stop_rx.clone();
+        let mut stop = stop_rx.clone();
+        Some(async move {
+            let (tls_accepted, tls) = match first {
+                Some(f) => f,
+                None => (
+                    crate::accept::accept_on_own_thread(
+                        crate::accept::listen_for_proxies(xds_tls_addr)?,
+                        "xds-tls-accept",
+                        stop_accept.clone(),
+                    )?,
+                    serving_cert.server_config()?,
+                ),
+            };
+            let incoming = crate::ca_service::tls_incoming(tls_accepted, tls, stop_accept);
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(ads_tls_service)
+                .add_service(ca_service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("xDS/CA TLS server")
+        })
     });
-    let stop = shutdown_rx.clone();
+    let stop_rx = shutdown_rx.clone();
     let trim_metrics = metrics.clone();
     let trim_snapshots = snapshot_rx.clone();
-    tasks.spawn(async move {
-        crate::memory::trim_after_bursts(
-            move || {
-                trim_metrics.push_bytes.load(Ordering::Relaxed) + trim_snapshots.borrow().version
-            },
-            Duration::from_secs(1),
-            stop,
-            crate::memory::trim,
-        )
-        .await;
-        Ok(())
+    tasks.spawn("memory-trim", move || {
+        let stop = stop_rx.clone();
+        let trim_metrics = trim_metrics.clone();
+        let trim_snapshots = trim_snapshots.clone();
+        Some(async move {
+            crate::memory::trim_after_bursts(
+                move || {
+                    trim_metrics.push_bytes.load(Ordering::Relaxed)
+                        + trim_snapshots.borrow().version
+                },
+                Duration::from_secs(1),
+                stop,
+                crate::memory::trim,
+            )
+            .await;
+            Ok(())
+        })
     });
-    let stop = shutdown_rx.clone();
+    let stop_rx = shutdown_rx.clone();
     let monitor = cert_monitor.clone();
-    tasks.spawn(async move {
-        monitor.run(Duration::from_secs(60), stop).await;
-        Ok(())
+    tasks.spawn("cert-monitor", move || {
+        let run = monitor
+            .clone()
+            .run(Duration::from_secs(60), stop_rx.clone());
+        Some(async move {
+            run.await;
+            Ok(())
+        })
     });
     let state = AdminState {
         ready: ready.clone(),
+        tasks: health.clone(),
         registry,
         metrics,
         ca,
@@ -304,27 +461,53 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         ca_metrics,
         cert_monitor,
     };
-    let mut stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        axum::serve(admin_listener, admin::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("admin server")
+    let mut first_admin = Some(admin_listener);
+    let stop_rx = shutdown_rx.clone();
+    tasks.spawn("admin-server", move || {
+        let listener = first_admin.take();
+        let router = admin::router(state.clone());
+        let mut stop = stop_rx.clone();
+        Some(async move {
+            let listener = match listener {
+                Some(l) => l,
+                None => TcpListener::bind(admin_addr).await?,
+            };
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("admin server")
+        })
     });
     // A root rotation cut short by the last shutdown carries on (in Kubernetes mode, on the
     // leader, or on whichever replica leads next).
     root_rotation
         .resume()
         .context("resuming the interrupted root rotation")?;
-    tokio::spawn(root_rotation.clone().take_over_when_leading());
+    tasks.spawn("root-rotation", move || {
+        let run = root_rotation.clone().take_over_when_leading();
+        Some(async move {
+            run.await;
+            Ok(())
+        })
+    });
     if let Some((listener, tls, router)) = webhook {
-        let stop = shutdown_rx.clone();
-        tasks.spawn(async move {
-            crate::webhook::serve(listener, tls, router, stop)
-                .await
-                .context("webhook server")
+        let mut first_listener = Some(listener);
+        let webhook_bound = webhook_addr.unwrap_or(admin_addr);
+        let stop_rx = shutdown_rx.clone();
+        tasks.spawn("webhook-server", move || {
+            let listener = first_listener.take();
+            let (tls, router, stop) = (tls.clone(), router.clone(), stop_rx.clone());
+            Some(async move {
+                let listener = match listener {
+                    Some(l) => l,
+                    None => TcpListener::bind(webhook_bound).await?,
+                };
+                crate::webhook::serve(listener, tls, router, stop)
+                    .await
+                    .context("webhook server")
+            })
         });
     }
     // Parsing and the first build leave most of their peak freed: give it back before idling.
@@ -346,44 +529,28 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         started,
         shutdown,
         tasks,
+        health,
         drain_deadline: config.drain_deadline,
     })
 }
 
 impl App {
     /// Closes streams and listeners; tasks get until the drain deadline to finish.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        let deadline = tokio::time::sleep(self.drain_deadline);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                next = self.tasks.join_next() => match next {
-                    None => return Ok(()),
-                    Some(Ok(Err(e))) => tracing::warn!(error = %e, "task ended with error"),
-                    Some(_) => {}
-                },
-                _ = &mut deadline => {
-                    tracing::warn!("drain deadline passed; cutting remaining streams");
-                    self.tasks.abort_all();
-                    return Ok(());
-                }
-            }
-        }
+        self.tasks.join(self.drain_deadline).await;
+        Ok(())
     }
 
-    /// Runs until SIGINT/SIGTERM (or a task fails), then shuts down gracefully.
+    /// Runs until SIGINT/SIGTERM (or a task that cannot be restarted ends), then shuts down
+    /// gracefully. A task that panics or fails is restarted by the supervisor, not fatal.
     pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            Some(res) = self.tasks.join_next() => {
-                match res {
-                    Ok(Ok(())) => tracing::warn!("a task ended early; shutting down"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "a task failed; shutting down"),
-                    Err(e) => tracing::error!(error = %e, "a task panicked; shutting down"),
-                }
+            gave_up = self.tasks.gave_up() => {
+                tracing::error!(task = gave_up.task, "a task cannot be restarted; shutting down");
             }
         }
         self.shutdown().await

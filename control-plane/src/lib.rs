@@ -19,6 +19,7 @@ pub mod podnet;
 pub mod root_rotation;
 pub mod source;
 pub mod status_cli;
+pub mod supervise;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod webhook;
