@@ -4,13 +4,14 @@
 use crate::admin::{self, AdminState};
 use crate::identity::{CaSecrets, CredentialAuth};
 use crate::kube::ProxyAuth;
+use crate::snapshots::{SNAPSHOT_TASK, first_snapshot, snapshots};
 use crate::source::FileSource;
 use crate::supervise::{Backoff, Supervisor, TaskHealth};
 use anyhow::Context;
 use meshd_ca::{CaConfig, CertificateAuthority, RootKeyAlgorithm};
-use meshd_model::{MeshConfig, Rejected};
+use meshd_model::MeshConfig;
+use meshd_xds::GenOptions;
 use meshd_xds::server::{AdsServer, Metrics, Registry, ServerOptions};
-use meshd_xds::{GenOptions, MeshSnapshot};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,93 +76,6 @@ pub struct App {
     /// Which supervised tasks run (readiness, `/metrics`).
     pub health: Arc<TaskHealth>,
     drain_deadline: Duration,
-}
-
-/// The snapshot builder's name among the supervised tasks; a config whose generation panics is
-/// reported under it.
-pub const SNAPSHOT_TASK: &str = "snapshot-builder";
-
-/// `previous.rebuild(..)` (or a first build), with a panic in the generator caught: the config
-/// that caused it is reported and not served, the caller keeps what it serves.
-fn build_snapshot(
-    previous: Option<&MeshSnapshot>,
-    version: u64,
-    config: Arc<MeshConfig>,
-    generator: Arc<GenOptions>,
-) -> Result<MeshSnapshot, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match previous {
-        Some(p) => p.rebuild(version, config, generator),
-        None => MeshSnapshot::build(version, config, generator),
-    }))
-    .map_err(|panic| crate::supervise::panic_text(&*panic))
-}
-
-/// The first snapshot; when generating the config panics, an empty one that reports why, so the
-/// server still starts (the CA and the admin API serve, proxies get no routes until a fix).
-fn first_snapshot(
-    config: Arc<MeshConfig>,
-    generator: Arc<GenOptions>,
-    health: &TaskHealth,
-) -> MeshSnapshot {
-    match build_snapshot(None, 1, config.clone(), generator.clone()) {
-        Ok(snapshot) => snapshot,
-        Err(panic) => {
-            let reason = format!("generating the mesh config panicked (a meshd bug): {panic}");
-            tracing::error!("{reason}; serving no mesh config until it changes");
-            health.report_error(SNAPSHOT_TASK, reason.clone());
-            let mut rejected = config.rejected.clone();
-            rejected.push(Rejected {
-                file: "meshd".into(),
-                line: 0,
-                kind: None,
-                namespace: None,
-                name: None,
-                reason,
-            });
-            let empty = MeshConfig {
-                rejected,
-                ..Default::default()
-            };
-            MeshSnapshot::build(1, Arc::new(empty), generator)
-        }
-    }
-}
-
-/// Builds each snapshot from the accepted config; versions only move when the config does. A
-/// config whose generation panics is reported and skipped: the last good snapshot keeps serving.
-async fn snapshots(
-    mut configs: watch::Receiver<Arc<MeshConfig>>,
-    out: watch::Sender<Arc<MeshSnapshot>>,
-    generator: Arc<GenOptions>,
-    health: Arc<TaskHealth>,
-) {
-    let mut version = out.borrow().version;
-    while configs.changed().await.is_ok() {
-        let config = configs.borrow_and_update().clone();
-        let started = Instant::now();
-        let previous = out.borrow().clone();
-        let built = build_snapshot(Some(&previous), version + 1, config, generator.clone());
-        drop(previous);
-        match built {
-            Ok(snapshot) => {
-                version += 1;
-                tracing::info!(
-                    version,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "mesh snapshot built"
-                );
-                health.clear_error(SNAPSHOT_TASK);
-                out.send_replace(Arc::new(snapshot));
-            }
-            Err(panic) => {
-                let reason = format!(
-                    "generating the mesh config panicked (a meshd bug): {panic}; the last good config (version {version}) keeps serving"
-                );
-                tracing::error!("{reason}");
-                health.report_error(SNAPSHOT_TASK, reason);
-            }
-        }
-    }
 }
 
 pub async fn build(config: Config) -> anyhow::Result<App> {

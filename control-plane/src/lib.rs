@@ -17,6 +17,7 @@ pub mod localmesh;
 pub mod memory;
 pub mod podnet;
 pub mod root_rotation;
+pub mod snapshots;
 pub mod source;
 pub mod status_cli;
 pub mod supervise;
