@@ -30,7 +30,17 @@ export CARGO_TARGET_DIR="${MESHD_FUZZ_TARGET_DIR:-$CACHE/fuzz-target}"
 
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-  mapfile -t targets < <(cargo fuzz list)
+  # A failing `cargo fuzz list` (a broken fuzz/Cargo.toml) or an empty one must fail the run,
+  # not pass it with nothing fuzzed.
+  if ! listed="$(cargo fuzz list)"; then
+    log "cargo fuzz list failed"
+    exit 1
+  fi
+  mapfile -t targets < <(printf '%s\n' "$listed" | sed '/^[[:space:]]*$/d')
+  if [ "${#targets[@]}" -eq 0 ]; then
+    log "no fuzz targets found under fuzz/"
+    exit 1
+  fi
 fi
 
 for t in "${targets[@]}"; do

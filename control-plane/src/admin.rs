@@ -25,6 +25,8 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct AdminState {
     pub ready: Arc<AtomicBool>,
+    /// The supervised tasks: not ready while one is down.
+    pub tasks: Arc<crate::supervise::TaskHealth>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub ca: Arc<CertificateAuthority>,
@@ -63,7 +65,15 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
+    let down = s.tasks.down();
+    if !down.is_empty() {
+        let down = down.join(", ");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {down} restarting\n"),
+        )
+            .into_response()
+    } else if s.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -292,6 +302,8 @@ async fn configz(State(s): State<AdminState>) -> Json<Value> {
         "version": snap.version,
         "accepted": accepted,
         "rejected": rejected,
+        // A config the server could not build (the last good one serves), by task.
+        "errors": s.tasks.errors(),
     }))
 }
 
@@ -424,5 +436,6 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         }
     }
     ca_metrics(&s, &mut out);
+    s.tasks.write_metrics(&mut out);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -4,12 +4,14 @@
 use crate::admin::{self, AdminState};
 use crate::identity::{CaSecrets, CredentialAuth};
 use crate::kube::ProxyAuth;
+use crate::snapshots::{SNAPSHOT_TASK, first_snapshot, snapshots};
 use crate::source::FileSource;
+use crate::supervise::{Backoff, Supervisor, TaskHealth};
 use anyhow::Context;
 use meshd_ca::{CaConfig, CertificateAuthority, RootKeyAlgorithm};
 use meshd_model::MeshConfig;
+use meshd_xds::GenOptions;
 use meshd_xds::server::{AdsServer, Metrics, Registry, ServerOptions};
-use meshd_xds::{GenOptions, MeshSnapshot};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -76,31 +77,10 @@ pub struct App {
     pub webhook_addr: Option<SocketAddr>,
     pub started: Instant,
     shutdown: watch::Sender<bool>,
-    tasks: JoinSet<anyhow::Result<()>>,
+    tasks: Supervisor,
+    /// Which supervised tasks run (readiness, `/metrics`).
+    pub health: Arc<TaskHealth>,
     drain_deadline: Duration,
-}
-
-/// Builds each snapshot from the accepted config; versions only move when the config does.
-async fn snapshots(
-    mut configs: watch::Receiver<Arc<MeshConfig>>,
-    out: watch::Sender<Arc<MeshSnapshot>>,
-    generator: Arc<GenOptions>,
-) {
-    let mut version = out.borrow().version;
-    while configs.changed().await.is_ok() {
-        let config = configs.borrow_and_update().clone();
-        version += 1;
-        let started = Instant::now();
-        let previous = out.borrow().clone();
-        let snapshot = previous.rebuild(version, config, generator.clone());
-        drop(previous);
-        tracing::info!(
-            version,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "mesh snapshot built"
-        );
-        out.send_replace(Arc::new(snapshot));
-    }
 }
 
 pub async fn build(config: Config) -> anyhow::Result<App> {
@@ -136,9 +116,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     }
     let generator = Arc::new(config.generator.clone());
     let config_rx = config_tx.subscribe();
-    let (snapshot_tx, snapshot_rx) =
-        watch::channel(Arc::new(MeshSnapshot::build(1, initial, generator.clone())));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Supervisor::new(Backoff::default(), shutdown_rx.clone());
+    let health = tasks.health();
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first_snapshot(
+        initial,
+        generator.clone(),
+        &health,
+    )));
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     let secrets = Arc::new(CaSecrets::new(ca.clone()));
@@ -249,102 +234,180 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     };
 
     let ready = Arc::new(AtomicBool::new(false));
-    let mut tasks = JoinSet::new();
     let debounce = config.debounce;
     let caller_check: Option<Arc<dyn admin::access::CallerCheck>> = match &kube {
         Some(k) => Some(Arc::new(k.admin_auth())),
         None => None,
     };
-    let mut stop = shutdown_rx.clone();
     let kube_ca = ca.clone();
     let kube_secrets = secrets.clone();
-    tasks.spawn(async move {
-        match kube {
-            Some(k) => {
+    let config_dir = config.config_dir.clone();
+    let kube_mode = config.kubernetes.is_some();
+    // The first start uses what `build` set up (the loaded files, the connected cluster); a
+    // restart reads the directory again. The cluster connection cannot be made again here:
+    // losing it ends the process, as before.
+    let mut first_source = Some((source, kube));
+    let stop_rx = shutdown_rx.clone();
+    tasks.spawn("config-source", move || {
+        let mut stop = stop_rx.clone();
+        let config_tx = config_tx.clone();
+        let kube_ca = kube_ca.clone();
+        let kube_secrets = kube_secrets.clone();
+        let (source, kube, restarted) = match first_source.take() {
+            Some((source, kube)) => (source, kube, false),
+            None if !kube_mode => (FileSource::new(config_dir.clone()), None, true),
+            None => return None,
+        };
+        Some(async move {
+            if let Some(k) = kube {
                 let on_change: Arc<dyn Fn() + Send + Sync> =
                     Arc::new(move || kube_secrets.bundle_changed());
-                return k.run(kube_ca, on_change, stop).await;
+                k.run(kube_ca, on_change, stop.clone()).await?;
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                anyhow::bail!("the Kubernetes source ended");
             }
-            None => tokio::select! {
-                _ = source.watch(debounce, config_tx) => {}
-                _ = stop.wait_for(|s| *s) => {}
-            },
-        }
-        Ok(())
+            let mut source = source;
+            if restarted {
+                let mesh = source.reload();
+                config_tx.send_if_modified(|current| {
+                    let changed = **current != mesh;
+                    if changed {
+                        *current = Arc::new(mesh);
+                    }
+                    changed
+                });
+            }
+            tokio::select! {
+                _ = source.watch(debounce, config_tx) => anyhow::bail!("the config dir watch ended"),
+                _ = stop.wait_for(|s| *s) => Ok(()),
+            }
+        })
     });
-    let mut stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            _ = snapshots(config_rx, snapshot_tx, generator) => {}
-            _ = stop.wait_for(|s| *s) => {}
-        }
-        Ok(())
+    let stop_rx = shutdown_rx.clone();
+    let snapshot_health = health.clone();
+    tasks.spawn(SNAPSHOT_TASK, move || {
+        let mut stop = stop_rx.clone();
+        let run = snapshots(
+            config_rx.clone(),
+            snapshot_tx.clone(),
+            generator.clone(),
+            snapshot_health.clone(),
+        );
+        Some(async move {
+            tokio::select! {
+                _ = run => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            Ok(())
+        })
     });
     let limits = config.limits.clone();
-    let accept = |listener, name, cap| {
-        let refused = Arc::new(crate::accept::Refused::default());
-        crate::accept::accept_on_own_thread(listener, name, cap, refused, shutdown_rx.clone())
-    };
     let auth_failures = Arc::new(crate::transport::AuthFailures::new(
         limits.auth_failure_burst,
         limits.auth_failures_per_minute,
     ));
-    if let Some(xds_listener) = xds_listener {
-        let xds_incoming = accept(xds_listener, "xds-accept", limits.xds_max_connections)?;
-        let xds_grpc = crate::transport::GrpcAuthLimit::new(
-            tonic::service::Routes::new(ads_plain_service).prepare(),
-            auth_failures.clone(),
-        );
-        let xds_opts = crate::transport::ConnOptions::xds("xds", &limits);
+    // A server's connections, accepted on a thread of their own under its connection cap. A
+    // restarted server binds its address again (the panicked one's listener is gone).
+    let incoming = {
         let stop = shutdown_rx.clone();
-        tasks.spawn(async move {
-            crate::transport::serve(xds_incoming, None, xds_grpc, xds_opts, stop)
-                .await
-                .context("xDS server")
+        move |listener: Option<TcpListener>, addr: SocketAddr, name: &'static str, cap: usize| {
+            let listener = match listener {
+                Some(l) => l,
+                None => crate::accept::listen_for_proxies(addr)?,
+            };
+            let refused = Arc::new(crate::accept::Refused::default());
+            crate::accept::accept_on_own_thread(listener, name, cap, refused, stop.clone())
+        }
+    };
+    if let (Some(listener), Some(addr)) = (xds_listener, xds_addr) {
+        let mut first = Some(listener);
+        let (incoming, auth_failures, limits) =
+            (incoming.clone(), auth_failures.clone(), limits.clone());
+        let stop_rx = shutdown_rx.clone();
+        tasks.spawn("xds-server", move || {
+            let listener = first.take();
+            let grpc = crate::transport::GrpcAuthLimit::new(
+                tonic::service::Routes::new(ads_plain_service.clone()).prepare(),
+                auth_failures.clone(),
+            );
+            let opts = crate::transport::ConnOptions::xds("xds", &limits);
+            let cap = limits.xds_max_connections;
+            let (incoming, stop) = (incoming.clone(), stop_rx.clone());
+            Some(async move {
+                let incoming = incoming(listener, addr, "xds-accept", cap)?;
+                crate::transport::serve(incoming, None, grpc, opts, stop)
+                    .await
+                    .context("xDS server")
+            })
         });
     }
     let tls = tokio_rustls::TlsAcceptor::from(serving_cert.server_config()?);
-    let tls_incoming = accept(
-        xds_tls_listener,
-        "xds-tls-accept",
-        limits.xds_max_connections,
-    )?;
-    let tls_grpc = crate::transport::GrpcAuthLimit::new(
-        tonic::service::Routes::new(ads_tls_service)
-            .add_service(ca_service)
-            .prepare(),
-        auth_failures,
-    );
-    let tls_opts = crate::transport::ConnOptions::xds("xds-tls", &limits);
-    let stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        crate::transport::serve(tls_incoming, Some(tls), tls_grpc, tls_opts, stop)
-            .await
-            .context("xDS/CA TLS server")
+    let mut first_tls = Some((xds_tls_listener, tls));
+    let stop_rx = shutdown_rx.clone();
+    let (tls_incoming, tls_limits) = (incoming.clone(), limits.clone());
+    tasks.spawn("xds-tls-server", move || {
+        let first = first_tls.take();
+        let grpc = crate::transport::GrpcAuthLimit::new(
+            tonic::service::Routes::new(ads_tls_service.clone())
+                .add_service(ca_service.clone())
+                .prepare(),
+            auth_failures.clone(),
+        );
+        let opts = crate::transport::ConnOptions::xds("xds-tls", &tls_limits);
+        let cap = tls_limits.xds_max_connections;
+        let (incoming, stop, serving_cert) =
+            (tls_incoming.clone(), stop_rx.clone(), serving_cert.clone());
+        Some(async move {
+            let (listener, tls) = match first {
+                Some((l, tls)) => (Some(l), tls),
+                None => (
+                    None,
+                    tokio_rustls::TlsAcceptor::from(serving_cert.server_config()?),
+                ),
+            };
+            let incoming = incoming(listener, xds_tls_addr, "xds-tls-accept", cap)?;
+            crate::transport::serve(incoming, Some(tls), grpc, opts, stop)
+                .await
+                .context("xDS/CA TLS server")
+        })
     });
-    let stop = shutdown_rx.clone();
+    let stop_rx = shutdown_rx.clone();
     let trim_metrics = metrics.clone();
     let trim_snapshots = snapshot_rx.clone();
-    tasks.spawn(async move {
-        crate::memory::trim_after_bursts(
-            move || {
-                trim_metrics.push_bytes.load(Ordering::Relaxed) + trim_snapshots.borrow().version
-            },
-            Duration::from_secs(1),
-            stop,
-            crate::memory::trim,
-        )
-        .await;
-        Ok(())
+    tasks.spawn("memory-trim", move || {
+        let stop = stop_rx.clone();
+        let trim_metrics = trim_metrics.clone();
+        let trim_snapshots = trim_snapshots.clone();
+        Some(async move {
+            crate::memory::trim_after_bursts(
+                move || {
+                    trim_metrics.push_bytes.load(Ordering::Relaxed)
+                        + trim_snapshots.borrow().version
+                },
+                Duration::from_secs(1),
+                stop,
+                crate::memory::trim,
+            )
+            .await;
+            Ok(())
+        })
     });
-    let stop = shutdown_rx.clone();
+    let stop_rx = shutdown_rx.clone();
     let monitor = cert_monitor.clone();
-    tasks.spawn(async move {
-        monitor.run(Duration::from_secs(60), stop).await;
-        Ok(())
+    tasks.spawn("cert-monitor", move || {
+        let run = monitor
+            .clone()
+            .run(Duration::from_secs(60), stop_rx.clone());
+        Some(async move {
+            run.await;
+            Ok(())
+        })
     });
     let state = AdminState {
         ready: ready.clone(),
+        tasks: health.clone(),
         registry,
         metrics,
         ca,
@@ -355,27 +418,49 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         cert_monitor,
         caller_check,
     };
-    let admin_incoming = accept(admin_listener, "admin-accept", limits.http_max_connections)?;
-    let admin_opts = crate::transport::ConnOptions::http("admin", &limits);
-    let stop = shutdown_rx.clone();
-    tasks.spawn(async move {
-        crate::transport::serve(admin_incoming, None, admin::router(state), admin_opts, stop)
-            .await
-            .context("admin server")
+    let mut first_admin = Some(admin_listener);
+    let stop_rx = shutdown_rx.clone();
+    let (admin_incoming, admin_limits) = (incoming.clone(), limits.clone());
+    tasks.spawn("admin-server", move || {
+        let listener = first_admin.take();
+        let router = admin::router(state.clone());
+        let opts = crate::transport::ConnOptions::http("admin", &admin_limits);
+        let cap = admin_limits.http_max_connections;
+        let (incoming, stop) = (admin_incoming.clone(), stop_rx.clone());
+        Some(async move {
+            let incoming = incoming(listener, admin_addr, "admin-accept", cap)?;
+            crate::transport::serve(incoming, None, router, opts, stop)
+                .await
+                .context("admin server")
+        })
     });
     // A root rotation cut short by the last shutdown carries on (in Kubernetes mode, on the
     // leader, or on whichever replica leads next).
     root_rotation
         .resume()
         .context("resuming the interrupted root rotation")?;
-    tokio::spawn(root_rotation.clone().take_over_when_leading());
+    tasks.spawn("root-rotation", move || {
+        let run = root_rotation.clone().take_over_when_leading();
+        Some(async move {
+            run.await;
+            Ok(())
+        })
+    });
     if let Some((listener, tls, router)) = webhook {
-        let incoming = accept(listener, "webhook-accept", limits.http_max_connections)?;
-        let stop = shutdown_rx.clone();
-        tasks.spawn(async move {
-            crate::webhook::serve(incoming, tls, router, &limits, stop)
-                .await
-                .context("webhook server")
+        let mut first_listener = Some(listener);
+        let webhook_bound = webhook_addr.unwrap_or(admin_addr);
+        let stop_rx = shutdown_rx.clone();
+        tasks.spawn("webhook-server", move || {
+            let listener = first_listener.take();
+            let (tls, router, stop) = (tls.clone(), router.clone(), stop_rx.clone());
+            let (incoming, limits) = (incoming.clone(), limits.clone());
+            let cap = limits.http_max_connections;
+            Some(async move {
+                let incoming = incoming(listener, webhook_bound, "webhook-accept", cap)?;
+                crate::webhook::serve(incoming, tls, router, &limits, stop)
+                    .await
+                    .context("webhook server")
+            })
         });
     }
     // Parsing and the first build leave most of their peak freed: give it back before idling.
@@ -397,44 +482,28 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         started,
         shutdown,
         tasks,
+        health,
         drain_deadline: config.drain_deadline,
     })
 }
 
 impl App {
     /// Closes streams and listeners; tasks get until the drain deadline to finish.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        let deadline = tokio::time::sleep(self.drain_deadline);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                next = self.tasks.join_next() => match next {
-                    None => return Ok(()),
-                    Some(Ok(Err(e))) => tracing::warn!(error = %e, "task ended with error"),
-                    Some(_) => {}
-                },
-                _ = &mut deadline => {
-                    tracing::warn!("drain deadline passed; cutting remaining streams");
-                    self.tasks.abort_all();
-                    return Ok(());
-                }
-            }
-        }
+        self.tasks.join(self.drain_deadline).await;
+        Ok(())
     }
 
-    /// Runs until SIGINT/SIGTERM (or a task fails), then shuts down gracefully.
+    /// Runs until SIGINT/SIGTERM (or a task that cannot be restarted ends), then shuts down
+    /// gracefully. A task that panics or fails is restarted by the supervisor, not fatal.
     pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            Some(res) = self.tasks.join_next() => {
-                match res {
-                    Ok(Ok(())) => tracing::warn!("a task ended early; shutting down"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "a task failed; shutting down"),
-                    Err(e) => tracing::error!(error = %e, "a task panicked; shutting down"),
-                }
+            gave_up = self.tasks.gave_up() => {
+                tracing::error!(task = gave_up.task, "a task cannot be restarted; shutting down");
             }
         }
         self.shutdown().await

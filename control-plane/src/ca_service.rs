@@ -5,7 +5,6 @@
 //! The gRPC service is written by hand on `tonic::server::Grpc` with tonic-prost's codec; the
 //! messages and the request checks live in `meshd_ca::istio_api`.
 
-use futures::{Stream, StreamExt};
 use meshd_ca::istio_api::{
     CREATE_CERTIFICATE_PATH, IstioCertificateRequest, IstioCertificateResponse, MAX_REQUEST_BYTES,
     RejectCode, SERVICE_NAME,
@@ -23,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
@@ -312,50 +311,6 @@ pub fn serving_names(bind: std::net::IpAddr, service: &str, namespace: &str) -> 
         names.push(bind.to_string());
     }
     names
-}
-
-/// Completes TLS handshakes on accepted connections, each in a task of its own; the streams feed
-/// a tonic server (`serve_with_incoming`). Ends when `stop` turns true.
-pub fn tls_incoming(
-    accepted: impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
-    tls: Arc<rustls::ServerConfig>,
-    mut stop: watch::Receiver<bool>,
-) -> tokio_stream::wrappers::ReceiverStream<
-    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-> {
-    let (tx, rx) = mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(async move {
-        let mut accepted = std::pin::pin!(accepted);
-        loop {
-            let tcp = tokio::select! {
-                r = accepted.next() => match r {
-                    Some(Ok(tcp)) => tcp,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "TLS port: accepted connection unusable");
-                        continue;
-                    }
-                    None => return,
-                },
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-            };
-            let peer = tcp
-                .peer_addr()
-                .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,8 +19,10 @@ pub mod memory;
 pub mod podnet;
 pub mod proxy_wait;
 pub mod root_rotation;
+pub mod snapshots;
 pub mod source;
 pub mod status_cli;
+pub mod supervise;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;

@@ -87,7 +87,23 @@ impl FileSource {
             }
             let name = path.display().to_string();
             let cache = self.documents.entry(path.clone()).or_default();
-            match parse_file_cached(&name, &text, cache) {
+            // A panic reading one file (a meshd bug) is that file's error, not the source's end.
+            let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                parse_file_cached(&name, &text, cache)
+            }))
+            .unwrap_or_else(|panic| {
+                *cache = DocumentCache::default();
+                Err(vec![ConfigError {
+                    file: name.clone(),
+                    line: 1,
+                    message: format!(
+                        "reading this file panicked (a meshd bug): {}",
+                        crate::supervise::panic_text(&*panic)
+                    ),
+                    object: None,
+                }])
+            });
+            match parsed {
                 Ok(cfg) => {
                     for e in &cfg.rejected {
                         tracing::warn!("{e}");

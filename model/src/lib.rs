@@ -38,6 +38,9 @@ pub struct ConfigError {
     pub file: String,
     pub line: usize,
     pub message: String,
+    /// The object the document describes, once its kind and name were read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectKey>,
 }
 
 impl fmt::Display for ConfigError {

@@ -36,9 +36,9 @@ impl Rejected {
         Rejected {
             file: e.file.clone(),
             line: e.line,
-            kind: None,
-            namespace: None,
-            name: None,
+            kind: e.object.as_ref().map(|o| o.kind),
+            namespace: e.object.as_ref().map(|o| o.namespace.clone()),
+            name: e.object.as_ref().map(|o| o.name.clone()),
             reason: e.message.clone(),
         }
     }

@@ -100,6 +100,7 @@ fn yaml_error(file: &str, doc: &Document<'_>, err: &serde_yaml::Error) -> Config
         file: file.to_string(),
         line,
         message: strip_location(&err.to_string()),
+        object: None,
     }
 }
 
@@ -209,6 +210,7 @@ fn parse_document(
         file: file.to_string(),
         line: line_of_key(doc, key),
         message,
+        object: None,
     };
     let kind_name = header
         .kind
@@ -238,6 +240,15 @@ fn parse_document(
     if meta.name.is_empty() {
         return Err(err_at("metadata:", format!("{kind} has no metadata.name")));
     }
+    let key = crate::ObjectKey {
+        kind,
+        namespace: meta.namespace().to_string(),
+        name: meta.name.clone(),
+    };
+    let name_object = |mut e: ConfigError| {
+        e.object = Some(key.clone());
+        e
+    };
     let spec = match kind {
         Kind::ServiceEntry => typed_spec::<net::ServiceEntry>(file, doc, value, Spec::ServiceEntry),
         Kind::WorkloadEntry => {
@@ -261,7 +272,8 @@ fn parse_document(
             typed_spec::<sec::AuthorizationPolicy>(file, doc, value, Spec::AuthorizationPolicy)
                 .or_else(|e| Ok(Spec::AuthorizationPolicy(unreadable_policy(doc, e))))
         }
-    }?;
+    }
+    .map_err(name_object)?;
     let object = ConfigObject {
         api_version,
         meta,
@@ -271,7 +283,7 @@ fn parse_document(
         },
         spec,
     };
-    validate::object(&object).map_err(|message| err_at("spec:", message))?;
+    validate::object(&object).map_err(|message| name_object(err_at("spec:", message)))?;
     Ok(object)
 }
 
@@ -290,6 +302,7 @@ fn parse_secret(
         file: file.to_string(),
         line: line_of_key(doc, key),
         message,
+        object: None,
     };
     Some((|| {
         if header.api_version.as_deref() != Some("v1") {
@@ -623,6 +636,39 @@ spec: {}
         assert_eq!(kind.line, 27, "{kind}");
         assert!(kind.message.contains("Frobnicator"), "{kind}");
         assert_eq!(kind.to_string().split(':').next(), Some("mesh.yaml"));
+    }
+
+    /// A value past what its field can hold (here a duration of 3 * 10^12 years, which once
+    /// panicked) rejects its document with the field and the line; the file's other documents
+    /// stay.
+    #[test]
+    fn an_out_of_range_duration_rejects_its_document_only() {
+        let text = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bomb, namespace: a}
+spec:
+  hosts: [b]
+  http:
+  - route: [{destination: {host: b}}]
+    timeout: 99999999999999999999s
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: s, namespace: a}
+spec: {}
+";
+        let cfg = parse_file("bomb.yaml", text).unwrap();
+        assert_eq!(cfg.objects.len(), 1);
+        assert_eq!(cfg.objects[0].meta.name, "s");
+        let [e] = &cfg.rejected[..] else {
+            panic!("{:?}", cfg.rejected)
+        };
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("spec.http[0].timeout"), "{e}");
+        assert!(e.message.contains("out of range"), "{e}");
+        let object = e.object.as_ref().expect("the object is named");
+        assert_eq!(object.to_string(), "VirtualService a/bomb");
     }
 
     #[test]

@@ -1,16 +1,45 @@
 //! Checks one object on its own; cross-object checks live in `mesh`.
 
 use crate::networking::{HttpRoute, StringMatch, StringMatchKind};
-use crate::security::{AuthorizationPolicy, AuthzAction, ConditionKey};
 use crate::{ConfigObject, Spec};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+
+mod authz;
+
+pub(crate) use authz::authorization_policy;
 
 type Check = Result<(), String>;
 
 fn port(n: u32, what: &str) -> Check {
     if n == 0 || n > 65535 {
         return Err(format!("{what}: port {n} is out of range 1-65535"));
+    }
+    Ok(())
+}
+
+/// Envoy's bound on a ring hash's `minimum_ring_size`; a larger one is refused by every proxy.
+const MAX_RING_SIZE: u64 = 8_388_608;
+
+/// An HTTP status a route may answer with (Envoy refuses others, and the proxy with them).
+fn http_status(n: u32, what: &str) -> Check {
+    if !(200..=599).contains(&n) {
+        return Err(format!("{what}: HTTP status {n} is out of range 200-599"));
+    }
+    Ok(())
+}
+
+/// Destination weights, added without overflow (u32 weights once wrapped round to 100).
+fn weights_total(weights: impl Iterator<Item = Option<u32>>) -> u64 {
+    weights.map(|w| u64::from(w.unwrap_or(0))).sum()
+}
+
+fn destination(d: &crate::networking::Destination, what: &str) -> Check {
+    if d.host.is_empty() {
+        return Err(format!("{what}.host is empty"));
+    }
+    if let Some(p) = &d.port {
+        port(p.number, &format!("{what}.port.number"))?;
     }
     Ok(())
 }
@@ -80,7 +109,7 @@ fn http_route(i: usize, r: &HttpRoute) -> Check {
         }
     }
     if r.route.len() > 1 {
-        let total: u32 = r.route.iter().map(|d| d.weight.unwrap_or(0)).sum();
+        let total = weights_total(r.route.iter().map(|d| d.weight));
         if total != 100 {
             return Err(format!(
                 "{at}.route: weights add up to {total}; with several destinations they must add up to 100"
@@ -88,9 +117,25 @@ fn http_route(i: usize, r: &HttpRoute) -> Check {
         }
     }
     for (j, d) in r.route.iter().enumerate() {
-        if d.destination.host.is_empty() {
-            return Err(format!("{at}.route[{j}].destination.host is empty"));
+        destination(&d.destination, &format!("{at}.route[{j}].destination"))?;
+    }
+    if let Some(m) = &r.mirror {
+        destination(m, &format!("{at}.mirror"))?;
+    }
+    if let Some(redirect) = &r.redirect {
+        if let Some(p) = redirect.port {
+            port(p, &format!("{at}.redirect.port"))?;
         }
+        if let Some(code) = redirect.redirect_code
+            && !matches!(code, 301 | 302 | 303 | 307 | 308)
+        {
+            return Err(format!(
+                "{at}.redirect.redirectCode: {code} is not 301, 302, 303, 307 or 308"
+            ));
+        }
+    }
+    if let Some(d) = &r.direct_response {
+        http_status(d.status, &format!("{at}.directResponse.status"))?;
     }
     if let Some(retry) = &r.retries
         && let Some(on) = &retry.retry_on
@@ -126,6 +171,9 @@ fn http_route(i: usize, r: &HttpRoute) -> Check {
         if let Some(p) = f.abort.as_ref().and_then(|d| d.percentage.as_ref()) {
             percent(p.value, &format!("{at}.fault.abort.percentage"))?;
         }
+        if let Some(status) = f.abort.as_ref().and_then(|a| a.http_status) {
+            http_status(status, &format!("{at}.fault.abort.httpStatus"))?;
+        }
     }
     if let Some(p) = &r.mirror_percentage {
         percent(p.value, &format!("{at}.mirrorPercentage"))?;
@@ -139,12 +187,10 @@ fn l4_route(at: &str, route: &[crate::networking::RouteDestination]) -> Check {
         return Err(format!("{at}.route must name at least one destination"));
     }
     for (j, d) in route.iter().enumerate() {
-        if d.destination.host.is_empty() {
-            return Err(format!("{at}.route[{j}].destination.host is empty"));
-        }
+        destination(&d.destination, &format!("{at}.route[{j}].destination"))?;
     }
     if route.len() > 1 {
-        let total: u32 = route.iter().map(|d| d.weight.unwrap_or(0)).sum();
+        let total = weights_total(route.iter().map(|d| d.weight));
         if total != 100 {
             return Err(format!(
                 "{at}.route: weights add up to {total}; with several destinations they must add up to 100"
@@ -260,8 +306,23 @@ fn policy_parts(
     at: &str,
     lb: Option<&crate::networking::LoadBalancerSettings>,
     pool: Option<&crate::networking::ConnectionPoolSettings>,
+    outlier: Option<&crate::networking::OutlierDetection>,
     tls: Option<&crate::networking::ClientTlsSettings>,
 ) -> Check {
+    if let Some(od) = outlier {
+        if let Some(p) = od.max_ejection_percent {
+            percent(
+                f64::from(p),
+                &format!("{at}.outlierDetection.maxEjectionPercent"),
+            )?;
+        }
+        if let Some(p) = od.min_health_percent {
+            percent(
+                f64::from(p),
+                &format!("{at}.outlierDetection.minHealthPercent"),
+            )?;
+        }
+    }
     if let Some(lb) = lb {
         if lb.simple.is_some() && lb.consistent_hash.is_some() {
             return Err(format!(
@@ -278,6 +339,13 @@ fn policy_parts(
             if keys.iter().filter(|k| **k).count() != 1 {
                 return Err(format!(
                     "{at}.loadBalancer.consistentHash: set exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"
+                ));
+            }
+            if let Some(size) = ch.minimum_ring_size
+                && size > MAX_RING_SIZE
+            {
+                return Err(format!(
+                    "{at}.loadBalancer.consistentHash.minimumRingSize: {size} is over {MAX_RING_SIZE}"
                 ));
             }
         }
@@ -311,17 +379,20 @@ fn traffic_policy(at: &str, tp: &crate::networking::TrafficPolicy) -> Check {
         at,
         tp.load_balancer.as_ref(),
         tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
         tp.tls.as_ref(),
     )?;
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
         let at = format!("{at}.portLevelSettings[{i}]");
-        if pl.port.is_none() {
+        let Some(p) = &pl.port else {
             return Err(format!("{at}.port is required"));
-        }
+        };
+        port(p.number, &format!("{at}.port.number"))?;
         policy_parts(
             &at,
             pl.load_balancer.as_ref(),
             pl.connection_pool.as_ref(),
+            pl.outlier_detection.as_ref(),
             pl.tls.as_ref(),
         )?;
     }
@@ -341,6 +412,9 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
             let mut names = BTreeSet::new();
             for p in &se.ports {
                 port(p.number, "spec.ports")?;
+                if let Some(target) = p.target_port {
+                    port(target, &format!("spec.ports[{}].targetPort", p.name))?;
+                }
                 if !names.insert(&p.name) {
                     return Err(format!("spec.ports: duplicate port name `{}`", p.name));
                 }
@@ -348,9 +422,12 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
             if se.workload_selector.is_some() && !se.endpoints.is_empty() {
                 return Err("spec: workloadSelector and endpoints are mutually exclusive".into());
             }
-            for e in &se.endpoints {
+            for (i, e) in se.endpoints.iter().enumerate() {
                 if e.address.is_empty() {
                     return Err("spec.endpoints: address is required".into());
+                }
+                for (name, p) in &e.ports {
+                    port(*p, &format!("spec.endpoints[{i}].ports.{name}"))?;
                 }
             }
         }
@@ -386,16 +463,6 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                 if let Some(tp) = &s.traffic_policy {
                     traffic_policy(&format!("spec.subsets[{i}].trafficPolicy"), tp)?;
                 }
-            }
-            let od = dr
-                .traffic_policy
-                .as_ref()
-                .and_then(|t| t.outlier_detection.as_ref());
-            if let Some(p) = od.and_then(|o| o.max_ejection_percent) {
-                percent(
-                    p as f64,
-                    "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
-                )?;
             }
         }
         Spec::VirtualService(vs) => {
@@ -445,6 +512,9 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
         Spec::Sidecar(sc) => {
             for (i, l) in sc.ingress.iter().enumerate() {
                 port(l.port.number, &format!("spec.ingress[{i}].port"))?;
+                if let Some(target) = l.port.target_port {
+                    port(target, &format!("spec.ingress[{i}].port.targetPort"))?;
+                }
                 if let Some(e) = &l.default_endpoint {
                     let ok = e.rsplit_once(':').is_some_and(|(host, p)| {
                         matches!(host, "127.0.0.1" | "0.0.0.0" | "[::1]" | "[::]")
@@ -461,6 +531,9 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                 }
             }
             for (i, e) in sc.egress.iter().enumerate() {
+                if let Some(p) = &e.port {
+                    port(p.number, &format!("spec.egress[{i}].port"))?;
+                }
                 if e.bind.is_some() {
                     return Err(format!(
                         "spec.egress[{i}].bind is not supported (egress listeners use the captured destination)"
@@ -506,171 +579,5 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
     Ok(())
 }
 
-// ---------- AuthorizationPolicy ----------
-
-const NO_JWT: &str = "needs a RequestAuthentication (JWT), which meshd does not support";
-
-/// Istio's wildcard rule for string values: `*` alone, or once at the start or the end.
-fn wildcard_value(v: &str, what: &str) -> Check {
-    if v.is_empty() {
-        return Err(format!("{what}: empty value"));
-    }
-    let inner = v
-        .strip_prefix('*')
-        .or_else(|| v.strip_suffix('*'))
-        .unwrap_or(v);
-    if inner.contains('*') {
-        return Err(format!(
-            "{what}: `{v}`: `*` is allowed only alone, as a prefix or as a suffix"
-        ));
-    }
-    Ok(())
-}
-
-fn port_value(v: &str, what: &str) -> Check {
-    match v.parse::<u32>() {
-        Ok(n) if (1..=65535).contains(&n) => Ok(()),
-        _ => Err(format!("{what}: `{v}` is not a port number 1-65535")),
-    }
-}
-
-fn path_value(v: &str, what: &str) -> Check {
-    if v.contains('{') {
-        return Err(format!(
-            "{what}: `{v}`: path templates ({{*}}, {{**}}) are not supported"
-        ));
-    }
-    wildcard_value(v, what)
-}
-
-fn each(values: &[String], what: &str, check: fn(&str, &str) -> Check, out: &mut Vec<String>) {
-    for v in values {
-        if let Err(e) = check(v, what) {
-            out.push(e);
-        }
-    }
-}
-
-fn cidr_value(v: &str, what: &str) -> Check {
-    address_or_cidr(v, what)
-}
-
-fn any_value(v: &str, what: &str) -> Check {
-    if v.is_empty() {
-        Err(format!("{what}: empty value"))
-    } else {
-        Ok(())
-    }
-}
-
-/// Every reason an AuthorizationPolicy cannot be enforced as written (see
-/// `AuthorizationPolicy::problems`).
-pub(crate) fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(e) = &ap.unreadable {
-        out.push(format!("spec cannot be read in full: {}", e.message));
-    }
-    match ap.action {
-        AuthzAction::Custom => out.push(
-            "spec.action: CUSTOM (external authorization through a provider) is not supported"
-                .into(),
-        ),
-        _ if ap.provider.is_some() => {
-            out.push("spec.provider: only valid with action CUSTOM".into())
-        }
-        _ => {}
-    }
-    if !ap.target_refs.is_empty() {
-        out.push(
-            "spec.targetRefs: not supported (meshd attaches policies to sidecars by selector)"
-                .into(),
-        );
-    }
-    for (i, rule) in ap.rules.iter().enumerate() {
-        let at = format!("spec.rules[{i}]");
-        for (j, from) in rule.from.iter().enumerate() {
-            let s = &from.source;
-            let at = format!("{at}.from[{j}].source");
-            if s.is_empty() {
-                out.push(format!("{at}: must set at least one field"));
-            }
-            if !s.request_principals.is_empty() {
-                out.push(format!("{at}.requestPrincipals: {NO_JWT}"));
-            }
-            if !s.not_request_principals.is_empty() {
-                out.push(format!("{at}.notRequestPrincipals: {NO_JWT}"));
-            }
-            for (name, values, check) in [
-                (
-                    "principals",
-                    &s.principals,
-                    wildcard_value as fn(&str, &str) -> Check,
-                ),
-                ("notPrincipals", &s.not_principals, wildcard_value),
-                ("namespaces", &s.namespaces, wildcard_value),
-                ("notNamespaces", &s.not_namespaces, wildcard_value),
-                ("ipBlocks", &s.ip_blocks, cidr_value),
-                ("notIpBlocks", &s.not_ip_blocks, cidr_value),
-                ("remoteIpBlocks", &s.remote_ip_blocks, cidr_value),
-                ("notRemoteIpBlocks", &s.not_remote_ip_blocks, cidr_value),
-            ] {
-                each(values, &format!("{at}.{name}"), check, &mut out);
-            }
-        }
-        for (j, to) in rule.to.iter().enumerate() {
-            let o = &to.operation;
-            let at = format!("{at}.to[{j}].operation");
-            if o.is_empty() {
-                out.push(format!("{at}: must set at least one field"));
-            }
-            for (name, values, check) in [
-                ("hosts", &o.hosts, wildcard_value as fn(&str, &str) -> Check),
-                ("notHosts", &o.not_hosts, wildcard_value),
-                ("ports", &o.ports, port_value),
-                ("notPorts", &o.not_ports, port_value),
-                ("methods", &o.methods, any_value),
-                ("notMethods", &o.not_methods, any_value),
-                ("paths", &o.paths, path_value),
-                ("notPaths", &o.not_paths, path_value),
-            ] {
-                each(values, &format!("{at}.{name}"), check, &mut out);
-            }
-        }
-        for (j, cond) in rule.when.iter().enumerate() {
-            let at = format!("{at}.when[{j}]");
-            if cond.values.is_empty() && cond.not_values.is_empty() {
-                out.push(format!("{at}: set values or notValues"));
-            }
-            let check: fn(&str, &str) -> Check = match cond.parsed_key() {
-                ConditionKey::RequestHeader(_)
-                | ConditionKey::SourceNamespace
-                | ConditionKey::SourcePrincipal
-                | ConditionKey::ConnectionSni => wildcard_value,
-                ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp => {
-                    cidr_value
-                }
-                ConditionKey::DestinationPort => port_value,
-                ConditionKey::RequestAuth(k) => {
-                    out.push(format!("{at}.key: `{k}` {NO_JWT}"));
-                    continue;
-                }
-                ConditionKey::EnvoyFilter(k) => {
-                    out.push(format!("{at}.key: `{k}` is not supported"));
-                    continue;
-                }
-                ConditionKey::Unknown(k) => {
-                    out.push(format!("{at}.key: unknown attribute `{k}`"));
-                    continue;
-                }
-            };
-            each(&cond.values, &format!("{at}.values"), check, &mut out);
-            each(
-                &cond.not_values,
-                &format!("{at}.notValues"),
-                check,
-                &mut out,
-            );
-        }
-    }
-    out
-}
+#[cfg(test)]
+mod tests;

@@ -66,8 +66,36 @@ pub fn source_name(kind: Kind, namespace: &str, name: &str) -> String {
 
 impl IstioObject {
     /// Parses a custom resource (the API server's JSON) exactly as `meshd analyze` and file
-    /// mode parse a YAML document.
+    /// mode parse a YAML document. A panic while reading it (a meshd bug) rejects this object
+    /// only: the watch, and every other object, carry on.
     pub fn parse(kind: Kind, value: &serde_json::Value) -> IstioObject {
+        std::panic::catch_unwind(|| Self::parse_unguarded(kind, value)).unwrap_or_else(|panic| {
+            let meta = &value["metadata"];
+            let namespace = meta["namespace"].as_str().unwrap_or("default").to_string();
+            let name = meta["name"].as_str().unwrap_or_default().to_string();
+            let reason = format!(
+                "reading this object panicked (a meshd bug): {}",
+                crate::supervise::panic_text(&*panic)
+            );
+            tracing::error!(%kind, %namespace, %name, "{reason}");
+            IstioObject {
+                kind,
+                parsed: Err(Rejected {
+                    file: source_name(kind, &namespace, &name),
+                    line: 1,
+                    kind: Some(kind),
+                    namespace: Some(namespace.clone()),
+                    name: Some(name.clone()),
+                    reason,
+                }),
+                namespace,
+                name,
+                resource_version: meta["resourceVersion"].as_str().map(str::to_string),
+            }
+        })
+    }
+
+    fn parse_unguarded(kind: Kind, value: &serde_json::Value) -> IstioObject {
         let meta = &value["metadata"];
         let namespace = meta["namespace"].as_str().unwrap_or("default").to_string();
         let name = meta["name"].as_str().unwrap_or_default().to_string();
@@ -443,22 +471,23 @@ impl KubeObjects {
             .collect();
         let ports: Vec<Port> = service_ports
             .iter()
-            .map(|p| {
+            .filter_map(|p| {
                 let port_name = p.name.clone().unwrap_or_default();
-                Port {
+                let number = port_number(p.port)?;
+                Some(Port {
                     protocol: Protocol::detect(
                         p.app_protocol.as_deref().map(app_protocol),
                         &port_name,
                     ),
                     name: port_name,
-                    number: p.port as u32,
+                    number,
                     target_port: match &p.target_port {
-                        None => Some(p.port as u32),
-                        Some(IntOrString::Int(n)) => Some(*n as u32),
+                        None => Some(number),
+                        Some(IntOrString::Int(n)) => Some(port_number(*n)?),
                         // Named: resolved per endpoint (each Pod may number it differently).
                         Some(IntOrString::String(_)) => None,
                     },
-                }
+                })
             })
             .collect();
         let selector: Option<Labels> = spec
@@ -523,7 +552,9 @@ impl KubeObjects {
                     .iter()
                     .flatten()
                     .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-                    .filter_map(|p| Some((p.name.clone().unwrap_or_default(), p.port? as u32)))
+                    .filter_map(|p| {
+                        Some((p.name.clone().unwrap_or_default(), port_number(p.port?)?))
+                    })
                     .collect();
                 for ep in &slice.endpoints {
                     // `ready` unset means ready (the API's rule).
@@ -544,7 +575,9 @@ impl KubeObjects {
                     .iter()
                     .flatten()
                     .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-                    .map(|p| (p.name.clone().unwrap_or_default(), p.port as u32))
+                    .filter_map(|p| {
+                        Some((p.name.clone().unwrap_or_default(), port_number(p.port)?))
+                    })
                     .collect();
                 // `notReadyAddresses` are not served.
                 for a in subset.addresses.iter().flatten() {
@@ -566,8 +599,8 @@ impl KubeObjects {
                     .iter()
                     .filter_map(|sp| {
                         let number = match &sp.target_port {
-                            None => sp.port as u32,
-                            Some(IntOrString::Int(n)) => *n as u32,
+                            None => port_number(sp.port)?,
+                            Some(IntOrString::Int(n)) => port_number(*n)?,
                             Some(IntOrString::String(named)) => container_port(pod, named)?,
                         };
                         Some((sp.name.clone().unwrap_or_default(), number))
@@ -596,6 +629,12 @@ impl KubeObjects {
             export_to,
         })
     }
+}
+
+/// A Kubernetes port number (an `i32` in the API) when it is one, 1-65535: a negative number
+/// cast `as u32` became a port past 4 billion that every proxy would refuse.
+fn port_number(n: i32) -> Option<u32> {
+    u16::try_from(n).ok().filter(|p| *p > 0).map(u32::from)
 }
 
 /// Kubernetes' standard `appProtocol` values, in Istio's protocol names.
@@ -712,7 +751,7 @@ fn container_port(pod: &Pod, name: &str) -> Option<u32> {
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
         .find(|p| p.name.as_deref() == Some(name))
-        .map(|p| p.container_port as u32)
+        .and_then(|p| port_number(p.container_port))
 }
 
 /// A Pod that can run a sidecar: it has an address and has not terminated.
@@ -726,7 +765,7 @@ fn workload(pod: &Pod) -> Option<Workload> {
         .iter()
         .flat_map(|s| s.containers.iter())
         .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| Some((p.name.clone()?, p.container_port as u32)))
+        .filter_map(|p| Some((p.name.clone()?, port_number(p.container_port)?)))
         .collect();
     Some(Workload {
         name: pod.metadata.name.clone()?,
@@ -754,6 +793,52 @@ mod tests {
     fn service<'a>(mesh: &'a MeshConfig, host: &str) -> &'a registry::Service {
         mesh.service(host)
             .unwrap_or_else(|| panic!("no service {host}: {:?}", mesh.services))
+    }
+
+    /// The duration bomb (which once panicked the watch and crash-looped every replica) as a
+    /// custom resource: rejected with its namespace, name and field; every other object of the
+    /// cluster still serves.
+    #[test]
+    fn a_duration_bomb_resource_is_rejected_and_the_rest_serves() {
+        let bomb = "\
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bomb, namespace: attacker}
+spec:
+  hosts: [billing-service.voicecore-ai.svc.cluster.local]
+  http:
+  - route: [{destination: {host: billing-service.voicecore-ai.svc.cluster.local}}]
+    timeout: 99999999999999999999s
+";
+        let clean = mesh_of(CLUSTER);
+        let mesh = mesh_of(&format!("{CLUSTER}{bomb}"));
+        assert_eq!(mesh.services, clean.services);
+        assert_eq!(mesh.workloads, clean.workloads);
+        assert_eq!(mesh.objects, clean.objects);
+        let bomb: Vec<&Rejected> = mesh
+            .rejected
+            .iter()
+            .filter(|r| r.name.as_deref() == Some("bomb"))
+            .collect();
+        let [r] = bomb[..] else {
+            panic!("{:?}", mesh.rejected)
+        };
+        assert_eq!(r.namespace.as_deref(), Some("attacker"));
+        assert_eq!(r.kind, Some(Kind::VirtualService));
+        assert!(r.reason.contains("spec.http[0].timeout"), "{r}");
+        assert!(r.reason.contains("out of range"), "{r}");
+    }
+
+    /// Port numbers are `i32` in the Kubernetes API: one outside 1-65535 is dropped, not
+    /// wrapped into a port past 4 billion.
+    #[test]
+    fn out_of_range_kubernetes_ports_are_dropped() {
+        assert_eq!(port_number(8080), Some(8080));
+        assert_eq!(port_number(65535), Some(65535));
+        for bad in [0, -1, 65536, i32::MIN, i32::MAX] {
+            assert_eq!(port_number(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -370,7 +370,19 @@ async fn run_index(
             synced_out.send_replace(synced.clone());
             continue;
         }
-        let mesh = objs.mesh(&opts);
+        // A panic deriving the config (a meshd bug) must not end the index: the last good
+        // config keeps serving, and the next change tries again.
+        let mesh = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| objs.mesh(&opts)))
+        {
+            Ok(mesh) => mesh,
+            Err(panic) => {
+                tracing::error!(
+                    panic = %crate::supervise::panic_text(&*panic),
+                    "deriving the mesh config from the cluster panicked; the last good config keeps serving"
+                );
+                continue;
+            }
+        };
         let namespaces = objs.injection_namespaces();
         out.injection_namespaces.send_if_modified(|current| {
             if *current == namespaces {

@@ -229,12 +229,18 @@ fn keepalive(
         envoy_types::pb::envoy::config::cluster::v3::UpstreamConnectionOptions {
             tcp_keepalive: Some(EnvoyKeepalive {
                 keepalive_probes: ka.probes.and_then(u32v),
-                keepalive_time: ka.time.map(|d| d.as_secs() as u32).and_then(u32v),
-                keepalive_interval: ka.interval.map(|d| d.as_secs() as u32).and_then(u32v),
+                keepalive_time: ka.time.map(saturating_secs).and_then(u32v),
+                keepalive_interval: ka.interval.map(saturating_secs).and_then(u32v),
             }),
             ..Default::default()
         },
     )
+}
+
+/// Whole seconds as Envoy's 32-bit fields hold them: a longer duration is the longest one, not
+/// its low bits (`as u32` turned 2^32 s into 0, keepalive off).
+fn saturating_secs(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
 pub fn sni(port: u32, subset: &str, host: &str) -> String {
@@ -685,6 +691,21 @@ metadata: {name: x-v2, namespace: ns}
 spec: {address: 10.44.0.9, labels: {app: x, version: v2}}
 ---
 "#;
+
+    /// Durations past what Envoy's fields hold become the largest value, never wrap: a
+    /// keepalive of 2^32 s was 0 (off), and an i64 overflow a negative Duration Envoy refuses.
+    #[test]
+    fn long_durations_saturate_instead_of_wrapping() {
+        let huge = std::time::Duration::from_secs(1 << 32);
+        assert_eq!(saturating_secs(huge), u32::MAX);
+        assert_eq!(saturating_secs(std::time::Duration::from_secs(7)), 7);
+        let max = meshd_model::duration::MAX_SECONDS as i64;
+        assert_eq!(
+            duration(std::time::Duration::from_secs(u64::MAX)).seconds,
+            max
+        );
+        assert_eq!(duration(std::time::Duration::new(max as u64, 5)).nanos, 5);
+    }
 
     fn mesh(yaml: &str) -> MeshConfig {
         let file = parse_file("t.yaml", &format!("{SE}{yaml}")).unwrap();

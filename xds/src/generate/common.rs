@@ -45,9 +45,14 @@ pub fn socket_address(ip: &str, port: u32) -> Address {
     }
 }
 
+/// As `google.protobuf.Duration`, clamped to its range (the model's parser already bounds
+/// durations; this keeps a value built elsewhere from wrapping negative).
 pub fn duration(d: Duration) -> PbDuration {
+    const MAX_SECONDS: i64 = meshd_model::duration::MAX_SECONDS as i64;
+    let seconds = i64::try_from(d.as_secs()).map_or(MAX_SECONDS, |s| s.min(MAX_SECONDS));
     PbDuration {
-        seconds: d.as_secs() as i64,
+        seconds,
+        // Below 10^9.
         nanos: d.subsec_nanos() as i32,
     }
 }

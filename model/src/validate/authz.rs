@@ -1,0 +1,172 @@
+//! Why an AuthorizationPolicy cannot be enforced as written; such a policy stays in force as a
+//! deny-all (see `MeshConfig`), so these are reasons, never a rejection.
+
+use super::{Check, address_or_cidr};
+use crate::security::{AuthorizationPolicy, AuthzAction, ConditionKey};
+
+const NO_JWT: &str = "needs a RequestAuthentication (JWT), which meshd does not support";
+
+/// Istio's wildcard rule for string values: `*` alone, or once at the start or the end.
+fn wildcard_value(v: &str, what: &str) -> Check {
+    if v.is_empty() {
+        return Err(format!("{what}: empty value"));
+    }
+    let inner = v
+        .strip_prefix('*')
+        .or_else(|| v.strip_suffix('*'))
+        .unwrap_or(v);
+    if inner.contains('*') {
+        return Err(format!(
+            "{what}: `{v}`: `*` is allowed only alone, as a prefix or as a suffix"
+        ));
+    }
+    Ok(())
+}
+
+fn port_value(v: &str, what: &str) -> Check {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(()),
+        _ => Err(format!("{what}: `{v}` is not a port number 1-65535")),
+    }
+}
+
+fn path_value(v: &str, what: &str) -> Check {
+    if v.contains('{') {
+        return Err(format!(
+            "{what}: `{v}`: path templates ({{*}}, {{**}}) are not supported"
+        ));
+    }
+    wildcard_value(v, what)
+}
+
+fn each(values: &[String], what: &str, check: fn(&str, &str) -> Check, out: &mut Vec<String>) {
+    for v in values {
+        if let Err(e) = check(v, what) {
+            out.push(e);
+        }
+    }
+}
+
+fn cidr_value(v: &str, what: &str) -> Check {
+    address_or_cidr(v, what)
+}
+
+fn any_value(v: &str, what: &str) -> Check {
+    if v.is_empty() {
+        Err(format!("{what}: empty value"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Every reason an AuthorizationPolicy cannot be enforced as written (see
+/// `AuthorizationPolicy::problems`).
+pub(crate) fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(e) = &ap.unreadable {
+        out.push(format!("spec cannot be read in full: {}", e.message));
+    }
+    match ap.action {
+        AuthzAction::Custom => out.push(
+            "spec.action: CUSTOM (external authorization through a provider) is not supported"
+                .into(),
+        ),
+        _ if ap.provider.is_some() => {
+            out.push("spec.provider: only valid with action CUSTOM".into())
+        }
+        _ => {}
+    }
+    if !ap.target_refs.is_empty() {
+        out.push(
+            "spec.targetRefs: not supported (meshd attaches policies to sidecars by selector)"
+                .into(),
+        );
+    }
+    for (i, rule) in ap.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        for (j, from) in rule.from.iter().enumerate() {
+            let s = &from.source;
+            let at = format!("{at}.from[{j}].source");
+            if s.is_empty() {
+                out.push(format!("{at}: must set at least one field"));
+            }
+            if !s.request_principals.is_empty() {
+                out.push(format!("{at}.requestPrincipals: {NO_JWT}"));
+            }
+            if !s.not_request_principals.is_empty() {
+                out.push(format!("{at}.notRequestPrincipals: {NO_JWT}"));
+            }
+            for (name, values, check) in [
+                (
+                    "principals",
+                    &s.principals,
+                    wildcard_value as fn(&str, &str) -> Check,
+                ),
+                ("notPrincipals", &s.not_principals, wildcard_value),
+                ("namespaces", &s.namespaces, wildcard_value),
+                ("notNamespaces", &s.not_namespaces, wildcard_value),
+                ("ipBlocks", &s.ip_blocks, cidr_value),
+                ("notIpBlocks", &s.not_ip_blocks, cidr_value),
+                ("remoteIpBlocks", &s.remote_ip_blocks, cidr_value),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks, cidr_value),
+            ] {
+                each(values, &format!("{at}.{name}"), check, &mut out);
+            }
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            let o = &to.operation;
+            let at = format!("{at}.to[{j}].operation");
+            if o.is_empty() {
+                out.push(format!("{at}: must set at least one field"));
+            }
+            for (name, values, check) in [
+                ("hosts", &o.hosts, wildcard_value as fn(&str, &str) -> Check),
+                ("notHosts", &o.not_hosts, wildcard_value),
+                ("ports", &o.ports, port_value),
+                ("notPorts", &o.not_ports, port_value),
+                ("methods", &o.methods, any_value),
+                ("notMethods", &o.not_methods, any_value),
+                ("paths", &o.paths, path_value),
+                ("notPaths", &o.not_paths, path_value),
+            ] {
+                each(values, &format!("{at}.{name}"), check, &mut out);
+            }
+        }
+        for (j, cond) in rule.when.iter().enumerate() {
+            let at = format!("{at}.when[{j}]");
+            if cond.values.is_empty() && cond.not_values.is_empty() {
+                out.push(format!("{at}: set values or notValues"));
+            }
+            let check: fn(&str, &str) -> Check = match cond.parsed_key() {
+                ConditionKey::RequestHeader(_)
+                | ConditionKey::SourceNamespace
+                | ConditionKey::SourcePrincipal
+                | ConditionKey::ConnectionSni => wildcard_value,
+                ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp => {
+                    cidr_value
+                }
+                ConditionKey::DestinationPort => port_value,
+                ConditionKey::RequestAuth(k) => {
+                    out.push(format!("{at}.key: `{k}` {NO_JWT}"));
+                    continue;
+                }
+                ConditionKey::EnvoyFilter(k) => {
+                    out.push(format!("{at}.key: `{k}` is not supported"));
+                    continue;
+                }
+                ConditionKey::Unknown(k) => {
+                    out.push(format!("{at}.key: unknown attribute `{k}`"));
+                    continue;
+                }
+            };
+            each(&cond.values, &format!("{at}.values"), check, &mut out);
+            each(
+                &cond.not_values,
+                &format!("{at}.notValues"),
+                check,
+                &mut out,
+            );
+        }
+    }
+    out
+}
