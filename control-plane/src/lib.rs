@@ -32,6 +32,8 @@ pub mod workload_app;
 
 /// jemalloc rather than glibc's malloc: thousands of long-lived streams allocating and freeing
 /// response buffers on two threads fragment glibc's arenas, and jemalloc both costs less CPU
-/// here and returns freed pages on its own (see `memory`).
+/// here and returns freed pages on its own (see `memory`). Not under cargo-fuzz (`--cfg
+/// fuzzing`): AddressSanitizer sees heap errors only through the system allocator.
+#[cfg(not(fuzzing))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
