@@ -38,7 +38,9 @@ pub trait SecretSource: Send + Sync + 'static {
     fn next_refresh(&self, proxy: &Proxy) -> Option<Instant>;
     /// Changes whenever every proxy's secrets change (e.g. a new trust bundle).
     fn changes(&self) -> watch::Receiver<u64>;
-    /// Forget a proxy that disconnected.
+    /// A stream for `proxy` opened (before its first `secrets`); paired with `release`.
+    fn acquire(&self, _proxy: &Proxy) {}
+    /// A stream for `proxy` ended.
     fn release(&self, _proxy: &Proxy) {}
 }
 
@@ -51,6 +53,9 @@ impl<T: SecretSource> SecretSource for Arc<T> {
     }
     fn changes(&self) -> watch::Receiver<u64> {
         (**self).changes()
+    }
+    fn acquire(&self, proxy: &Proxy) {
+        (**self).acquire(proxy)
     }
     fn release(&self, proxy: &Proxy) {
         (**self).release(proxy)
@@ -77,12 +82,16 @@ impl Metrics {
 pub struct ServerOptions {
     /// Proxies generating config at once; bounds CPU and memory during a full push.
     pub max_concurrent_generations: usize,
+    /// How long a stream whose workload the registry does not show yet (or at another address)
+    /// waits for the registry to catch up before it is refused.
+    pub bind_wait: std::time::Duration,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             max_concurrent_generations: 16,
+            bind_wait: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -96,6 +105,7 @@ pub(crate) struct Shared<A, S> {
     drain: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     layer_diffs: diff::LayerDiffs,
+    bind_wait: std::time::Duration,
 }
 
 impl<A: Authenticator, S: SecretSource> Shared<A, S> {
@@ -160,6 +170,7 @@ impl<A: Authenticator, S: SecretSource> AdsServer<A, S> {
                 drain,
                 metrics,
                 layer_diffs: Default::default(),
+                bind_wait: opts.bind_wait,
             }),
         }
     }
