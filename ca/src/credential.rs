@@ -4,6 +4,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{CREDENTIAL_KEY_FILE, CaError, CaStorage, SpiffeId};
 
@@ -18,9 +19,37 @@ pub struct WorkloadClaims {
     pub service_account: String,
     /// Seconds since the Unix epoch.
     pub issued_at: u64,
+    /// Seconds since the Unix epoch; the credential is refused from then on. Absent (0) in
+    /// credentials of meshd versions that issued them without one: those are refused.
+    #[serde(default)]
+    pub expires_at: u64,
+}
+
+/// Longest credential accepted: claims of a few names are a few hundred bytes.
+pub const MAX_CREDENTIAL_LEN: usize = 4096;
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl WorkloadClaims {
+    /// Claims for a workload, issued now and valid for `ttl`.
+    pub fn new(
+        workload: &str,
+        namespace: &str,
+        service_account: &str,
+        ttl: Duration,
+    ) -> WorkloadClaims {
+        let now = unix_secs(SystemTime::now());
+        WorkloadClaims {
+            workload: workload.to_string(),
+            namespace: namespace.to_string(),
+            service_account: service_account.to_string(),
+            issued_at: now,
+            expires_at: now.saturating_add(ttl.as_secs()),
+        }
+    }
+
     pub fn spiffe_id(&self, trust_domain: &str) -> SpiffeId {
         SpiffeId::new(trust_domain, &self.namespace, &self.service_account)
     }
@@ -61,10 +90,18 @@ pub(crate) fn issue(key: &hmac::Key, claims: &WorkloadClaims) -> String {
     token
 }
 
-pub(crate) fn verify(key: &hmac::Key, token: &str) -> Result<WorkloadClaims, CaError> {
+/// Checks `token`'s MAC (constant time), then that it has not expired at `now`.
+pub(crate) fn verify(
+    key: &hmac::Key,
+    token: &str,
+    now: SystemTime,
+) -> Result<WorkloadClaims, CaError> {
     let malformed = |reason: &str| CaError::CredentialMalformed {
         reason: reason.to_string(),
     };
+    if token.len() > MAX_CREDENTIAL_LEN {
+        return Err(malformed("longer than any credential meshd issues"));
+    }
     let mut parts = token.split('.');
     let (Some(prefix), Some(body), Some(mac), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -86,7 +123,20 @@ pub(crate) fn verify(key: &hmac::Key, token: &str) -> Result<WorkloadClaims, CaE
     let json = URL_SAFE_NO_PAD
         .decode(body)
         .map_err(|_| malformed("claims are not base64url"))?;
-    serde_json::from_slice(&json).map_err(|e| CaError::CredentialMalformed {
-        reason: format!("claims are not valid JSON: {e}"),
-    })
+    let claims: WorkloadClaims =
+        serde_json::from_slice(&json).map_err(|e| CaError::CredentialMalformed {
+            reason: format!("claims are not valid JSON: {e}"),
+        })?;
+    if claims.expires_at == 0 {
+        return Err(CaError::CredentialNoExpiry {
+            workload: format!("{}.{}", claims.workload, claims.namespace),
+        });
+    }
+    if unix_secs(now) >= claims.expires_at {
+        return Err(CaError::CredentialExpired {
+            workload: format!("{}.{}", claims.workload, claims.namespace),
+            expired_at: claims.expires_at,
+        });
+    }
+    Ok(claims)
 }

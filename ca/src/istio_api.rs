@@ -101,6 +101,18 @@ impl CertificateAuthority {
         caller: &SpiffeId,
         req: &IstioCertificateRequest,
     ) -> Result<IstioCertificateResponse, CsrRejected> {
+        self.create_certificate_for(caller, "", req)
+    }
+
+    /// As [`create_certificate`](Self::create_certificate), for `holder` (the caller's
+    /// workload, `NAME.NAMESPACE`): the certificate is recorded so a root rotation waits for
+    /// the caller to renew before dropping what it holds.
+    pub fn create_certificate_for(
+        &self,
+        caller: &SpiffeId,
+        holder: &str,
+        req: &IstioCertificateRequest,
+    ) -> Result<IstioCertificateResponse, CsrRejected> {
         if let Some(meta) = &req.metadata
             && let Some(v) = meta.fields.get(IMPERSONATED_IDENTITY)
         {
@@ -136,8 +148,8 @@ impl CertificateAuthority {
                 "csr is empty: want a PEM-encoded PKCS#10 CERTIFICATE REQUEST",
             ));
         }
-        let mut cert_chain = self.sign_csr(&req.csr, caller, ttl)?;
-        cert_chain.push(self.root_cert_pem());
+        let (mut cert_chain, bundle) = self.sign_csr_for_holder(&req.csr, caller, holder, ttl)?;
+        cert_chain.push(bundle);
         Ok(IstioCertificateResponse { cert_chain })
     }
 }

@@ -21,10 +21,10 @@
 mod credential;
 pub mod istio_api;
 mod keys;
+mod ledger;
 mod spiffe;
 mod storage;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +37,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-pub use credential::WorkloadClaims;
+pub use credential::{MAX_CREDENTIAL_LEN, WorkloadClaims};
+pub use ledger::{CsrHolding, MAX_CSR_HOLDERS, PhaseNeed};
 pub use spiffe::SpiffeId;
 pub use storage::{CaStorage, FileStorage};
 
@@ -120,6 +121,14 @@ pub enum CaError {
     CredentialMalformed { reason: String },
     #[error("credential signature does not verify (tampered, or issued by another CA)")]
     CredentialBadSignature,
+    #[error(
+        "the credential of {workload} expired at {expired_at} (Unix seconds); write a new bootstrap with `meshd bootstrap`"
+    )]
+    CredentialExpired { workload: String, expired_at: u64 },
+    #[error(
+        "the credential of {workload} carries no expiry (issued by an older meshd); write a new bootstrap with `meshd bootstrap`"
+    )]
+    CredentialNoExpiry { workload: String },
     #[error("root rotation is not possible: {reason}")]
     RotationUnsupported { reason: String },
     #[error("root rotation: {reason}")]
@@ -338,17 +347,50 @@ struct RegEntry {
     not_after: SystemTime,
 }
 
+/// Most leaf certificates the CA keeps a record of (`/debug/certs`, `/metrics`): past it the
+/// oldest records go first, counted in [`IssuedSummary::untracked`].
+pub const MAX_TRACKED_LEAVES: usize = 50_000;
+
+/// Leaves still valid, in issuance order, bounded.
 #[derive(Default)]
 struct Registry {
-    certs: HashMap<String, RegEntry>,
+    certs: std::collections::VecDeque<(String, RegEntry)>,
     next_prune: Option<SystemTime>,
+    /// Records dropped by the cap while their certificate was still valid.
+    untracked: u64,
 }
 
 impl Registry {
     fn prune(&mut self, now: SystemTime) {
-        self.certs.retain(|_, e| e.not_after > now);
+        self.certs.retain(|(_, e)| e.not_after > now);
         self.next_prune = Some(now + Duration::from_secs(60));
     }
+
+    fn insert(&mut self, serial: String, entry: RegEntry, cap: usize) {
+        self.certs.push_back((serial, entry));
+        while self.certs.len() > cap.max(1) {
+            self.certs.pop_front();
+            self.untracked += 1;
+        }
+    }
+}
+
+/// Certificates of one kind still valid, for bounded metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindSummary {
+    /// `root` | `intermediate` | `workload` | `server`.
+    pub kind: &'static str,
+    pub count: u64,
+    /// The earliest NotAfter among them.
+    pub earliest_expiry: Option<SystemTime>,
+}
+
+/// What [`CertificateAuthority::issued_summary`] reports.
+#[derive(Clone, Debug)]
+pub struct IssuedSummary {
+    pub kinds: Vec<KindSummary>,
+    /// Valid leaves whose record the cap ([`MAX_TRACKED_LEAVES`]) dropped.
+    pub untracked: u64,
 }
 
 struct Signer {
@@ -382,6 +424,9 @@ pub struct CertificateAuthority {
     /// Serialises root-rotation steps (each writes several files).
     rotation_lock: Mutex<()>,
     registry: Mutex<Registry>,
+    registry_cap: std::sync::atomic::AtomicUsize,
+    /// CreateCertificate callers and what they hold, for root rotation.
+    csr_ledger: Mutex<ledger::CsrLedger>,
     /// Certificates signed, by [`Kind`] (workload, server).
     issued_total: [std::sync::atomic::AtomicU64; 2],
     cred_key: ring::hmac::Key,
@@ -913,6 +958,8 @@ impl CertificateAuthority {
             storage,
             rotation_lock: Mutex::new(()),
             registry: Mutex::new(Registry::default()),
+            registry_cap: std::sync::atomic::AtomicUsize::new(MAX_TRACKED_LEAVES),
+            csr_ledger: Mutex::new(ledger::CsrLedger::default()),
             issued_total: Default::default(),
             cred_key,
             rng,
@@ -1015,7 +1062,7 @@ impl CertificateAuthority {
             if reg.next_prune.is_none_or(|t| now >= t) {
                 reg.prune(now);
             }
-            reg.certs.insert(
+            reg.insert(
                 serial_hex.clone(),
                 RegEntry {
                     spiffe_id: registry_id,
@@ -1023,6 +1070,7 @@ impl CertificateAuthority {
                     not_before,
                     not_after,
                 },
+                self.registry_cap.load(std::sync::atomic::Ordering::Relaxed),
             );
         }
         Ok((cert, serial_hex, not_before, not_after))
@@ -1102,6 +1150,17 @@ impl CertificateAuthority {
         id: &SpiffeId,
         ttl: Option<Duration>,
     ) -> Result<Vec<String>, CaError> {
+        self.sign_csr_recorded(csr_pem, id, ttl)
+            .map(|(chain, _)| chain)
+    }
+
+    /// As [`sign_csr`](Self::sign_csr), also returning what was signed (for the ledger).
+    fn sign_csr_recorded(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<(Vec<String>, CsrHolding), CaError> {
         use x509_parser::certification_request::X509CertificationRequest;
         use x509_parser::public_key::PublicKey;
 
@@ -1169,13 +1228,13 @@ impl CertificateAuthority {
             source: e,
         })?);
         let state = self.state();
-        let (cert, _, _, _) = self.sign_leaf(
+        let (cert, serial, _, not_after) = self.sign_leaf(
             &state,
             &public,
             Leaf {
                 sans: vec![san],
                 kind: Kind::Workload,
-                registry_id: uri,
+                registry_id: uri.clone(),
                 ttl,
                 rsa,
             },
@@ -1183,7 +1242,69 @@ impl CertificateAuthority {
         let mut chain = Vec::with_capacity(1 + state.signer.chain_tail.len());
         chain.push(pem_encode("CERTIFICATE", cert.der()));
         chain.extend(state.signer.chain_tail.iter().cloned());
-        Ok(chain)
+        let holding = CsrHolding {
+            spiffe_id: uri,
+            holder: String::new(),
+            serial,
+            not_after,
+            signer_serial: state.signer.serial_hex.clone(),
+            trusted_roots: state
+                .ca_infos
+                .iter()
+                .filter(|i| i.kind == "root")
+                .map(|i| i.serial.clone())
+                .collect(),
+        };
+        Ok((chain, holding))
+    }
+
+    /// Signs a CSR for `id` on behalf of `holder` (the caller's workload) and records it in
+    /// the ledger a root rotation consults ([`csr_holders_behind`](Self::csr_holders_behind)).
+    /// Returns the chain and the trust bundle served with it.
+    pub(crate) fn sign_csr_for_holder(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        holder: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(Vec<String>, String), CaError> {
+        // The bundle read before signing: the roots recorded are ones the caller really got.
+        let bundle = self.root_cert_pem();
+        let (chain, mut holding) = self.sign_csr_recorded(csr_pem, id, ttl)?;
+        holding.holder = holder.to_string();
+        let cap = MAX_CSR_HOLDERS.min(self.registry_cap.load(std::sync::atomic::Ordering::Relaxed));
+        self.csr_ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(holding, cap, SystemTime::now());
+        Ok((chain, bundle))
+    }
+
+    /// CreateCertificate callers whose certificate, still valid, does not yet meet what the
+    /// current root rotation phase needs before it moves on (empty outside a rotation):
+    /// leaving add-root, the new root in their bundle; leaving switch-signer, a certificate
+    /// from the new signer. Each renewal brings a caller up to date; an expiry releases it.
+    pub fn csr_holders_behind(&self) -> Vec<String> {
+        let state = self.state();
+        let Some(marker) = &state.rotation else {
+            return Vec::new();
+        };
+        let new_root = public_rotation(marker).new_root_serial;
+        let need = match marker.phase {
+            RotationPhase::AddRoot => PhaseNeed::Trusts(&new_root),
+            RotationPhase::SwitchSigner => PhaseNeed::SignedBy(&state.signer.serial_hex),
+            RotationPhase::DropOld => return Vec::new(),
+        };
+        self.csr_ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .behind(need, SystemTime::now())
+    }
+
+    /// How many CreateCertificate callers are tracked, and how many the cap made forget.
+    pub fn csr_holders(&self) -> (usize, u64) {
+        let l = self.csr_ledger.lock().unwrap_or_else(|p| p.into_inner());
+        (l.len(), l.untracked)
     }
 
     /// How long before `cert`'s NotAfter it is due for rotation: min(rotation_window,
@@ -1398,14 +1519,66 @@ impl CertificateAuthority {
         out
     }
 
+    /// Counts and earliest expiry by kind of the CA certificates and the tracked leaves
+    /// still valid: what `/metrics` reports, with no per-certificate series.
+    pub fn issued_summary(&self) -> IssuedSummary {
+        let now = SystemTime::now();
+        let mut kinds: Vec<KindSummary> = ["root", "intermediate", "workload", "server"]
+            .into_iter()
+            .map(|kind| KindSummary {
+                kind,
+                count: 0,
+                earliest_expiry: None,
+            })
+            .collect();
+        let mut add = |kind: &str, not_after: SystemTime| {
+            if let Some(k) = kinds.iter_mut().find(|k| k.kind == kind) {
+                k.count += 1;
+                k.earliest_expiry = Some(k.earliest_expiry.map_or(not_after, |t| t.min(not_after)));
+            }
+        };
+        for info in &self.state().ca_infos {
+            if let Ok(t) = time::OffsetDateTime::parse(
+                &info.not_after,
+                &time::format_description::well_known::Rfc3339,
+            ) {
+                add(&info.kind, t.into());
+            }
+        }
+        let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        reg.prune(now);
+        for (_, e) in &reg.certs {
+            add(e.kind.as_str(), e.not_after);
+        }
+        IssuedSummary {
+            kinds,
+            untracked: reg.untracked,
+        }
+    }
+
+    /// Lowers (or raises) how many leaf records are kept ([`MAX_TRACKED_LEAVES`] by default).
+    pub fn set_tracking_cap(&self, cap: usize) {
+        self.registry_cap
+            .store(cap, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A signed credential for `claims` (`meshd1.<claims>.<mac>`).
     pub fn issue_credential(&self, claims: &WorkloadClaims) -> String {
         credential::issue(&self.cred_key, claims)
     }
 
-    /// Checks a credential's MAC (constant time) and returns its claims.
+    /// Checks a credential's MAC (constant time) and expiry, and returns its claims.
     pub fn verify_credential(&self, token: &str) -> Result<WorkloadClaims, CaError> {
-        credential::verify(&self.cred_key, token)
+        self.verify_credential_at(token, SystemTime::now())
+    }
+
+    /// As [`verify_credential`](Self::verify_credential), as of `now`.
+    pub fn verify_credential_at(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<WorkloadClaims, CaError> {
+        credential::verify(&self.cred_key, token, now)
     }
 
     /// A TLS server certificate (fresh P-256 key) for meshd's own listeners. Names that

@@ -640,6 +640,7 @@ fn root_persisted_and_reused() {
         namespace: "n".into(),
         service_account: "s".into(),
         issued_at: 1,
+        expires_at: u64::MAX,
     });
     drop(ca1);
     let ca2 = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
@@ -801,6 +802,7 @@ fn credential_round_trip_and_tamper() {
         namespace: "voice".into(),
         service_account: "media-relay".into(),
         issued_at: 1_700_000_000,
+        expires_at: u64::MAX,
     };
     let token = ca.issue_credential(&claims);
     assert!(token.starts_with("meshd1."));
@@ -856,6 +858,41 @@ fn credential_round_trip_and_tamper() {
         ca2.verify_credential(&token),
         Err(CaError::CredentialBadSignature)
     ));
+    // longer than any credential: refused before decoding
+    let huge = format!("meshd1.{}.{}", "A".repeat(MAX_CREDENTIAL_LEN), parts[2]);
+    assert!(matches!(
+        ca.verify_credential(&huge),
+        Err(CaError::CredentialMalformed { .. })
+    ));
+}
+
+#[test]
+fn credentials_expire_and_need_an_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let claims = WorkloadClaims::new("w", "n", "s", Duration::from_secs(3600));
+    assert_eq!(claims.expires_at, claims.issued_at + 3600);
+    let token = ca.issue_credential(&claims);
+    assert_eq!(ca.verify_credential(&token).unwrap(), claims);
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+    assert!(
+        ca.verify_credential_at(&token, at(claims.expires_at - 1))
+            .is_ok()
+    );
+    let err = ca
+        .verify_credential_at(&token, at(claims.expires_at))
+        .unwrap_err();
+    assert!(matches!(err, CaError::CredentialExpired { .. }), "{err}");
+    assert!(err.to_string().contains("w.n"), "{err}");
+    // a credential of an older meshd, without `expires_at`, never expired: refused
+    let legacy = WorkloadClaims {
+        expires_at: 0,
+        ..claims
+    };
+    let err = ca
+        .verify_credential(&ca.issue_credential(&legacy))
+        .unwrap_err();
+    assert!(matches!(err, CaError::CredentialNoExpiry { .. }), "{err}");
 }
 
 fn csr_with_sans(sans: Vec<SanType>) -> (String, KeyPair) {
@@ -1115,7 +1152,7 @@ fn issued_registry_lists_valid_certs_without_keys() {
     // expired entries are pruned
     {
         let mut reg = ca.registry.lock().unwrap();
-        for e in reg.certs.values_mut() {
+        for (_, e) in reg.certs.iter_mut() {
             e.not_after = SystemTime::now() - Duration::from_secs(1);
         }
     }
@@ -1306,6 +1343,7 @@ fn root_rotation_phases_persist_and_verify() {
         namespace: "n".into(),
         service_account: "s".into(),
         issued_at: 1,
+        expires_at: u64::MAX,
     };
     let token = ca.issue_credential(&claims);
     assert_eq!(reloaded.verify_credential(&token).unwrap(), claims);
@@ -1964,4 +2002,80 @@ fn root_rotation_to_and_from_rsa() {
         &c.cert_chain_pem,
         "sslclient",
     );
+}
+
+#[test]
+fn leaf_records_are_bounded_and_summarised_without_per_certificate_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    ca.set_tracking_cap(8);
+    let id = SpiffeId::new("cluster.local", "n", "s");
+    let mut last = None;
+    for _ in 0..20 {
+        last = Some(ca.issue_workload(&id).unwrap());
+    }
+    let leaves: Vec<CertInfo> = ca
+        .issued()
+        .into_iter()
+        .filter(|c| c.kind == "workload")
+        .collect();
+    assert_eq!(leaves.len(), 8, "at most the cap");
+    assert!(
+        leaves
+            .iter()
+            .any(|c| c.serial == last.as_ref().unwrap().serial_hex),
+        "the newest records are kept"
+    );
+    let summary = ca.issued_summary();
+    assert_eq!(summary.untracked, 12);
+    let kind = |k: &str| summary.kinds.iter().find(|s| s.kind == k).unwrap().clone();
+    assert_eq!(kind("workload").count, 8);
+    assert_eq!(kind("root").count, 1);
+    assert_eq!(kind("server").count, 0);
+    assert!(kind("workload").earliest_expiry.unwrap() <= last.unwrap().not_after);
+}
+
+#[test]
+fn root_rotation_waits_for_create_certificate_callers_to_renew() {
+    use crate::istio_api::IstioCertificateRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let caller = SpiffeId::new("cluster.local", "n", "s");
+    let (csr, _) = csr_with_sans(vec![]);
+    let req = IstioCertificateRequest {
+        csr,
+        validity_duration: 3600,
+        metadata: None,
+    };
+    let renew = || ca.create_certificate_for(&caller, "w.n", &req).unwrap();
+    renew();
+    assert!(
+        ca.csr_holders_behind().is_empty(),
+        "no rotation, nothing to wait for"
+    );
+    ca.begin_root_rotation().unwrap();
+    let behind = ca.csr_holders_behind();
+    assert_eq!(behind.len(), 1, "its bundle lacks the new root: {behind:?}");
+    assert!(
+        behind[0].starts_with("csr:w.n spiffe://cluster.local/ns/n/sa/s"),
+        "{behind:?}"
+    );
+    let resp = renew();
+    assert_eq!(
+        resp.cert_chain.last().unwrap(),
+        &ca.root_cert_pem(),
+        "both roots"
+    );
+    assert!(ca.csr_holders_behind().is_empty());
+    ca.advance_root_rotation().unwrap(); // switch-signer
+    assert_eq!(
+        ca.csr_holders_behind().len(),
+        1,
+        "its certificate is from the old root"
+    );
+    renew();
+    assert!(ca.csr_holders_behind().is_empty());
+    ca.advance_root_rotation().unwrap(); // drop-old
+    assert!(ca.csr_holders_behind().is_empty());
+    assert_eq!(ca.csr_holders(), (1, 0));
 }

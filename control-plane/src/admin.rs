@@ -416,25 +416,37 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     for (status, n) in by_status {
         let _ = writeln!(out, "meshd_xds_proxy_types{{status=\"{status}\"}} {n}");
     }
+    // Bounded by kind, never one series per certificate: a mesh issues one per proxy.
+    let summary = s.ca.issued_summary();
     let _ = writeln!(
         out,
-        "# HELP meshd_cert_expiry_timestamp_seconds When each CA and workload certificate expires.\n# TYPE meshd_cert_expiry_timestamp_seconds gauge"
+        "# HELP meshd_certs_valid Certificates still valid that the CA knows of, by kind (root, intermediate, workload, server).\n# TYPE meshd_certs_valid gauge"
     );
-    for c in s.ca.issued() {
-        if let Ok(t) = time::OffsetDateTime::parse(
-            &c.not_after,
-            &time::format_description::well_known::Rfc3339,
-        ) {
+    for k in &summary.kinds {
+        let _ = writeln!(out, "meshd_certs_valid{{kind=\"{}\"}} {}", k.kind, k.count);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshd_cert_earliest_expiry_timestamp_seconds The earliest expiry among the valid certificates of each kind.\n# TYPE meshd_cert_earliest_expiry_timestamp_seconds gauge"
+    );
+    for k in &summary.kinds {
+        if let Some(t) = k.earliest_expiry {
+            let secs = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             let _ = writeln!(
                 out,
-                "meshd_cert_expiry_timestamp_seconds{{kind=\"{}\",spiffe_id=\"{}\",serial=\"{}\"}} {}",
-                c.kind,
-                c.spiffe_id,
-                c.serial,
-                t.unix_timestamp()
+                "meshd_cert_earliest_expiry_timestamp_seconds{{kind=\"{}\"}} {secs}",
+                k.kind
             );
         }
     }
+    let (holders, forgotten) = s.ca.csr_holders();
+    let _ = writeln!(
+        out,
+        "# HELP meshd_certs_untracked_total Valid certificates whose record the CA dropped at its cap (leaves for /debug/certs; CreateCertificate callers for root rotation).\n# TYPE meshd_certs_untracked_total counter\nmeshd_certs_untracked_total{{record=\"leaf\"}} {}\nmeshd_certs_untracked_total{{record=\"csr_caller\"}} {forgotten}\n# HELP meshd_csr_callers Callers of CreateCertificate holding a valid certificate, tracked for root rotation.\n# TYPE meshd_csr_callers gauge\nmeshd_csr_callers {holders}",
+        summary.untracked
+    );
     ca_metrics(&s, &mut out);
     s.tasks.write_metrics(&mut out);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()

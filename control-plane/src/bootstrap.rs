@@ -6,6 +6,8 @@ use meshd_ca::WorkloadClaims;
 use meshd_model::MeshConfig;
 use meshd_xds::{NodeId, NodeType};
 use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct BootstrapSpec {
@@ -24,6 +26,7 @@ pub struct BootstrapSpec {
 pub fn resolve(
     mesh: &MeshConfig,
     workload: &str,
+    credential_ttl: Duration,
 ) -> anyhow::Result<(WorkloadClaims, String, NodeType)> {
     let (name, namespace) = workload
         .rsplit_once('.')
@@ -38,25 +41,32 @@ pub fn resolve(
                 .join(", ")
         )
     })?;
-    let is_gateway = w
-        .labels
-        .get("istio")
-        .is_some_and(|v| v.ends_with("gateway"));
-    let claims = WorkloadClaims {
-        workload: name.to_string(),
-        namespace: namespace.to_string(),
-        service_account: w.service_account.clone(),
-        issued_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    };
-    let node_type = if is_gateway {
-        NodeType::Router
-    } else {
-        NodeType::Sidecar
-    };
+    if credential_ttl.is_zero() {
+        return Err(anyhow!("--credential-ttl must be positive"));
+    }
+    let claims = WorkloadClaims::new(name, namespace, &w.service_account, credential_ttl);
+    let node_type = NodeType::of_workload(w);
     Ok((claims, w.address.clone(), node_type))
+}
+
+/// Writes `bytes` to `path` readable by its owner only (0600), as every file carrying a
+/// credential must be: created with that mode (no window at a wider one), an existing file
+/// narrowed first.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to its owner", path.display()))?;
+    f.set_len(0)
+        .and_then(|()| f.write_all(bytes))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn static_cluster(name: &str, host: &str, port: u16, http2: bool) -> Value {
@@ -171,13 +181,18 @@ mod tests {
     #[test]
     fn resolves_workloads_from_the_mesh() {
         let mesh = crate::source::FileSource::new(None).reload();
-        let (claims, ip, ty) = resolve(&mesh, "billing-service-v1.voicecore-ai").unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        let (claims, ip, ty) = resolve(&mesh, "billing-service-v1.voicecore-ai", day).unwrap();
         assert_eq!(claims.service_account, "billing-service");
+        assert_eq!(claims.expires_at, claims.issued_at + 24 * 3600);
         assert_eq!(ip, "10.44.0.17");
         assert_eq!(ty, NodeType::Sidecar);
-        let (_, _, ty) = resolve(&mesh, "ingressgateway.istio-system").unwrap();
+        let (_, _, ty) = resolve(&mesh, "ingressgateway.istio-system", day).unwrap();
         assert_eq!(ty, NodeType::Router);
-        let err = resolve(&mesh, "nope.voicecore-ai").unwrap_err().to_string();
+        assert!(resolve(&mesh, "ingressgateway.istio-system", Duration::ZERO).is_err());
+        let err = resolve(&mesh, "nope.voicecore-ai", day)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no WorkloadEntry"), "{err}");
     }
 
@@ -205,6 +220,26 @@ mod tests {
         assert_eq!(
             b["admin"]["address"]["socket_address"]["address"],
             "127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn bootstrap_files_are_written_for_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("envoy.json");
+        // an earlier, world-readable file is narrowed too
+        std::fs::write(&path, "old content that is longer").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"{}").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+        let fresh = dir.path().join("new.json");
+        write_private(&fresh, b"x").unwrap();
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o600
         );
     }
 }

@@ -100,7 +100,8 @@ impl<A: Authenticator> Inner<A> {
             identity.namespace.clone(),
             identity.service_account.clone(),
         );
-        match self.ca.create_certificate(&caller, req) {
+        let holder = format!("{}.{}", identity.workload, identity.namespace);
+        match self.ca.create_certificate_for(&caller, &holder, req) {
             Ok(resp) => {
                 self.metrics.csr_signed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(caller = %caller, ttl_s = req.validity_duration, "CreateCertificate: signed");
@@ -373,17 +374,10 @@ impl CertMonitor {
                 });
             }
         }
-        let connected: std::collections::HashSet<String> = self
-            .registry
-            .snapshot()
-            .into_iter()
-            .map(|p| p.proxy_id)
-            .collect();
         let leaves = self
             .secrets
             .served()
             .into_iter()
-            .filter(|(proxy, _)| connected.contains(proxy))
             .map(|(_, c)| ("workload", c))
             .chain(std::iter::once(("server", self.serving.current())));
         for (kind, c) in leaves {

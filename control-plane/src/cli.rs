@@ -284,6 +284,10 @@ struct BootstrapArgs {
     #[arg(long, env = "ISTIO_DELTA_XDS", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     delta: bool,
+    /// How long the credential in the bootstrap is accepted (file mode). Open streams stay up
+    /// past it; a reconnect after it needs a new bootstrap.
+    #[arg(long, env = "MESHD_CREDENTIAL_TTL", default_value = "168h", value_parser = parse_duration)]
+    credential_ttl: Duration,
     #[command(flatten)]
     kube: crate::kube_bootstrap::KubeBootstrapArgs,
 }
@@ -465,7 +469,7 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
         );
     }
     let mesh = FileSource::new(args.config_dir.clone()).reload();
-    let (claims, ip, node_type) = bootstrap::resolve(&mesh, &args.workload)?;
+    let (claims, ip, node_type) = bootstrap::resolve(&mesh, &args.workload, args.credential_ttl)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let ca = CertificateAuthority::load_or_create(&CaConfig {
@@ -486,8 +490,7 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
         delta: args.delta,
     };
     let text = serde_json::to_string_pretty(&bootstrap::render(&spec)?)?;
-    std::fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;
-    Ok(())
+    bootstrap::write_private(&args.out, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use dashmap::DashMap;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
 };
-use meshd_ca::{CertificateAuthority, IssuedCert, WorkloadClaims};
+use meshd_ca::{CertificateAuthority, IssuedCert, SpiffeId, WorkloadClaims};
 use meshd_xds::generate::common::{ROOT_SECRET, WORKLOAD_SECRET, inline_bytes};
 use meshd_xds::server::{Authenticator, SecretSource};
 use meshd_xds::{Identity, Proxy, Resource, SharedResource};
@@ -55,10 +55,27 @@ struct Issued {
     refresh_at: SystemTime,
 }
 
-/// Issues one certificate per connected proxy, for its proven identity only.
+/// What an identity holds: its certificate and how many streams it has open.
+struct Held {
+    issued: Option<Issued>,
+    streams: usize,
+    /// When its last stream ended (`None` while one is open).
+    idle_since: Option<Instant>,
+}
+
+/// How long an identity's certificate outlives its last stream. A proxy that reconnects (a
+/// network blip, the server's max connection age, a rolling restart of a replica behind the
+/// same address) gets the certificate it holds back instead of a fresh key and signature each
+/// time; an identity gone for good stops costing memory after this.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(300);
+
+/// Issues one certificate per authenticated identity (SPIFFE ID and workload), served only to
+/// streams proving that same identity; never keyed by what a node calls itself.
 pub struct CaSecrets {
     ca: Arc<CertificateAuthority>,
-    issued: DashMap<String, Issued>,
+    held: DashMap<Identity, Held>,
+    grace: Duration,
+    next_sweep: Mutex<Instant>,
     /// The `ROOTCA` secret for the bundle it was built from.
     root: Mutex<Option<(String, SharedResource)>>,
     bundle: watch::Sender<u64>,
@@ -67,9 +84,16 @@ pub struct CaSecrets {
 impl CaSecrets {
     /// Rotation follows the CA's `rotation_window` (see `CertificateAuthority::rotation_window_for`).
     pub fn new(ca: Arc<CertificateAuthority>) -> CaSecrets {
+        Self::with_grace(ca, RECONNECT_GRACE)
+    }
+
+    /// As `new`, keeping an idle identity's certificate for `grace` after its last stream.
+    pub fn with_grace(ca: Arc<CertificateAuthority>, grace: Duration) -> CaSecrets {
         CaSecrets {
             ca,
-            issued: DashMap::new(),
+            held: DashMap::new(),
+            grace,
+            next_sweep: Mutex::new(Instant::now()),
             root: Mutex::new(None),
             bundle: watch::Sender::new(0),
         }
@@ -108,20 +132,26 @@ impl CaSecrets {
         r
     }
 
-    /// The certificate each proxy was last given, by proxy id.
-    pub fn served(&self) -> Vec<(String, IssuedCert)> {
-        self.issued
+    /// The certificate each identity with an open stream holds.
+    pub fn served(&self) -> Vec<(Identity, IssuedCert)> {
+        self.held
             .iter()
-            .map(|e| (e.key().clone(), e.value().cert.clone()))
+            .filter(|e| e.streams > 0)
+            .filter_map(|e| Some((e.key().clone(), e.issued.as_ref()?.cert.clone())))
             .collect()
     }
 
-    /// The version of the `default` secret last built for `proxy_id`, and the serial of the CA
-    /// certificate that signed it.
-    pub fn workload_secret(&self, proxy_id: &str) -> Option<(String, String)> {
-        self.issued
-            .get(proxy_id)
-            .map(|i| (i.resource.version.clone(), i.cert.signer_serial.clone()))
+    /// Identities whose certificate is kept (open streams, or inside the reconnect grace).
+    pub fn held_identities(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The version of the `default` secret last built for `identity`, and the serial of the
+    /// CA certificate that signed it.
+    pub fn workload_secret(&self, identity: &Identity) -> Option<(String, String)> {
+        let h = self.held.get(identity)?;
+        let i = h.issued.as_ref()?;
+        Some((i.resource.version.clone(), i.cert.signer_serial.clone()))
     }
 
     /// When to re-issue `cert`: once its remaining life drops below the CA's rotation window
@@ -147,19 +177,19 @@ impl CaSecrets {
 
     fn certificate(&self, proxy: &Proxy) -> Result<(IssuedCert, SharedResource), String> {
         let now = SystemTime::now();
-        if let Some(i) = self.issued.get(&proxy.id)
+        let identity = &proxy.identity;
+        if let Some(h) = self.held.get(identity)
+            && let Some(i) = &h.issued
             && i.refresh_at > now
             && i.cert.signer_serial == self.ca.signer_serial()
         {
             return Ok((i.cert.clone(), i.resource.clone()));
         }
-        let claims = WorkloadClaims {
-            workload: proxy.identity.workload.clone(),
-            namespace: proxy.identity.namespace.clone(),
-            service_account: proxy.identity.service_account.clone(),
-            issued_at: 0,
-        };
-        let id = claims.spiffe_id(self.ca.trust_domain());
+        let id = SpiffeId::new(
+            self.ca.trust_domain(),
+            &identity.namespace,
+            &identity.service_account,
+        );
         let cert = self.ca.issue_workload(&id).map_err(|e| e.to_string())?;
         tracing::info!(proxy = %proxy.id, spiffe_id = %id, serial = %cert.serial_hex, "issued workload certificate");
         let refresh_at = self.refresh_time(&cert);
@@ -172,15 +202,42 @@ impl CaSecrets {
             })),
         };
         let resource = Resource::encode(WORKLOAD_SECRET, &workload);
-        self.issued.insert(
-            proxy.id.clone(),
-            Issued {
-                cert: cert.clone(),
-                resource: resource.clone(),
-                refresh_at,
-            },
-        );
+        let issued = Issued {
+            cert: cert.clone(),
+            resource: resource.clone(),
+            refresh_at,
+        };
+        // Replaces what the identity held: one certificate per identity, whatever its streams.
+        self.held
+            .entry(identity.clone())
+            .or_insert_with(|| Held {
+                issued: None,
+                streams: 0,
+                idle_since: Some(Instant::now()),
+            })
+            .issued = Some(issued);
         Ok((cert, resource))
+    }
+
+    /// Drops identities idle for longer than the grace, and expired certificates; at most a
+    /// few times per grace period, so a reconnect storm does not scan the map per stream.
+    fn sweep(&self) {
+        let now = Instant::now();
+        {
+            let mut next = self.next_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            if now < *next {
+                return;
+            }
+            *next = now + self.grace / 4;
+        }
+        let wall = SystemTime::now();
+        let grace = self.grace;
+        self.held.retain(|_, h| {
+            if h.issued.as_ref().is_some_and(|i| i.cert.not_after <= wall) {
+                h.issued = None;
+            }
+            h.streams > 0 || h.idle_since.is_some_and(|t| now.duration_since(t) < grace)
+        });
     }
 }
 
@@ -196,7 +253,7 @@ impl SecretSource for CaSecrets {
     }
 
     fn next_refresh(&self, proxy: &Proxy) -> Option<Instant> {
-        let at = self.issued.get(&proxy.id)?.refresh_at;
+        let at = self.held.get(&proxy.identity)?.issued.as_ref()?.refresh_at;
         let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
         Some(Instant::now() + wait)
     }
@@ -205,11 +262,27 @@ impl SecretSource for CaSecrets {
         self.bundle.subscribe()
     }
 
-    /// Certificates outlive streams, so a reconnecting proxy (a control-plane restart, a
-    /// reconnect storm) gets its certificate back instead of a fresh issuance; expired ones go.
-    fn release(&self, _proxy: &Proxy) {
-        let now = SystemTime::now();
-        self.issued.retain(|_, i| i.cert.not_after > now);
+    fn acquire(&self, proxy: &Proxy) {
+        let mut h = self
+            .held
+            .entry(proxy.identity.clone())
+            .or_insert_with(|| Held {
+                issued: None,
+                streams: 0,
+                idle_since: None,
+            });
+        h.streams += 1;
+        h.idle_since = None;
+    }
+
+    fn release(&self, proxy: &Proxy) {
+        if let Some(mut h) = self.held.get_mut(&proxy.identity) {
+            h.streams = h.streams.saturating_sub(1);
+            if h.streams == 0 {
+                h.idle_since = Some(Instant::now());
+            }
+        }
+        self.sweep();
     }
 }
 
@@ -234,6 +307,15 @@ mod tests {
     }
 
     fn secrets(dir: &std::path::Path, ttl: u64, window: u64) -> CaSecrets {
+        secrets_with_grace(dir, ttl, window, RECONNECT_GRACE)
+    }
+
+    fn secrets_with_grace(
+        dir: &std::path::Path,
+        ttl: u64,
+        window: u64,
+        grace: Duration,
+    ) -> CaSecrets {
         let ca = CertificateAuthority::load_or_create(&CaConfig {
             state_dir: dir.to_path_buf(),
             workload_cert_ttl: Duration::from_secs(ttl),
@@ -241,7 +323,7 @@ mod tests {
             ..CaConfig::default()
         })
         .unwrap();
-        CaSecrets::new(Arc::new(ca))
+        CaSecrets::with_grace(Arc::new(ca), grace)
     }
 
     #[test]
@@ -253,7 +335,14 @@ mod tests {
             let (first, _) = s.certificate(&p).unwrap();
             // cached until the refresh time
             assert_eq!(s.certificate(&p).unwrap().0.serial_hex, first.serial_hex);
-            let at = s.issued.get(&p.id).unwrap().refresh_at;
+            let at = s
+                .held
+                .get(&p.identity)
+                .unwrap()
+                .issued
+                .as_ref()
+                .unwrap()
+                .refresh_at;
             let before_expiry = first.not_after.duration_since(at).unwrap();
             let want = Duration::from_secs(want);
             assert!(
@@ -271,7 +360,13 @@ mod tests {
         let s = secrets(dir.path(), 30, 10);
         let p = proxy("a");
         let (first, _) = s.certificate(&p).unwrap();
-        s.issued.get_mut(&p.id).unwrap().refresh_at = SystemTime::now();
+        s.held
+            .get_mut(&p.identity)
+            .unwrap()
+            .issued
+            .as_mut()
+            .unwrap()
+            .refresh_at = SystemTime::now();
         let (second, _) = s.certificate(&p).unwrap();
         assert_ne!(first.serial_hex, second.serial_hex);
         // a new signer (root rotation) re-issues at once
@@ -283,9 +378,97 @@ mod tests {
         assert_ne!(third.serial_hex, second.serial_hex);
         assert_eq!(third.signer_serial, s.ca.signer_serial());
         assert_eq!(
-            s.workload_secret(&p.id),
+            s.workload_secret(&p.identity),
             Some((res.version.clone(), third.signer_serial.clone()))
         );
         assert_ne!(s.root_resource().version, root_before.version);
+    }
+
+    fn workload_certs_issued(s: &CaSecrets) -> u64 {
+        s.ca.issued_totals()[0].1
+    }
+
+    #[test]
+    fn a_certificate_goes_only_to_the_identity_it_was_issued_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secrets(dir.path(), 3600, 60);
+        let billing = proxy("billing");
+        // Another identity presenting billing's node id (what the audit did on main).
+        let mut intruder = proxy("low-priv");
+        intruder.id = billing.id.clone();
+        s.acquire(&billing);
+        s.acquire(&intruder);
+        let (theirs, _) = s.certificate(&billing).unwrap();
+        let (mine, _) = s.certificate(&intruder).unwrap();
+        assert_ne!(mine.serial_hex, theirs.serial_hex);
+        assert_ne!(mine.key_pem, theirs.key_pem);
+        assert_eq!(
+            mine.spiffe_id.unwrap().to_string(),
+            "spiffe://cluster.local/ns/ns/sa/low-priv"
+        );
+        // billing still gets its own, unchanged
+        assert_eq!(
+            s.certificate(&billing).unwrap().0.serial_hex,
+            theirs.serial_hex
+        );
+    }
+
+    #[test]
+    fn ten_thousand_node_ids_of_one_identity_hold_one_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secrets_with_grace(dir.path(), 3600, 60, Duration::ZERO);
+        let base = proxy("billing");
+        let mut first = None;
+        for i in 0..10_000 {
+            let mut p = base.clone();
+            p.id = format!("sidecar~10.0.0.1~billing.ns~ns.svc.flood{i}.local");
+            s.acquire(&p);
+            let (cert, _) = s.certificate(&p).unwrap();
+            let serial = first.get_or_insert(cert.serial_hex.clone());
+            assert_eq!(
+                &cert.serial_hex, serial,
+                "node id {i} got a new certificate"
+            );
+            assert_eq!(s.held_identities(), 1, "node id {i}");
+        }
+        assert_eq!(workload_certs_issued(&s), 1);
+        for i in 0..10_000 {
+            let mut p = base.clone();
+            p.id = format!("sidecar~10.0.0.1~billing.ns~ns.svc.flood{i}.local");
+            s.release(&p);
+        }
+        // the last stream ended and the grace (zero here) passed: nothing is kept
+        assert_eq!(s.held_identities(), 0);
+        assert!(s.workload_secret(&base.identity).is_none());
+    }
+
+    #[test]
+    fn a_reconnect_inside_the_grace_keeps_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secrets(dir.path(), 3600, 60);
+        let p = proxy("a");
+        s.acquire(&p);
+        let (first, _) = s.certificate(&p).unwrap();
+        s.release(&p);
+        assert_eq!(s.held_identities(), 1, "kept for the grace");
+        assert!(s.served().is_empty(), "but not served: no stream is open");
+        s.acquire(&p);
+        assert_eq!(s.certificate(&p).unwrap().0.serial_hex, first.serial_hex);
+        assert_eq!(workload_certs_issued(&s), 1);
+        assert_eq!(s.served().len(), 1);
+    }
+
+    #[test]
+    fn an_identity_stays_while_any_of_its_streams_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secrets_with_grace(dir.path(), 3600, 60, Duration::ZERO);
+        let p = proxy("a");
+        s.acquire(&p);
+        s.acquire(&p);
+        let (first, _) = s.certificate(&p).unwrap();
+        s.release(&p);
+        assert_eq!(s.certificate(&p).unwrap().0.serial_hex, first.serial_hex);
+        s.release(&p);
+        assert_eq!(s.held_identities(), 0);
     }
 }

@@ -186,8 +186,7 @@ pub fn write(
         app_probers,
     };
     let text = serde_json::to_string_pretty(&render(&spec)?)?;
-    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
+    bootstrap::write_private(out, text.as_bytes())
 }
 
 #[cfg(test)]

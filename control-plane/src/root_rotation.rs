@@ -9,6 +9,16 @@
 //!
 //! Each phase is persisted by the CA before it takes effect, and the server resumes an
 //! interrupted rotation at startup ([`RootRotator::resume`]).
+//!
+//! Certificates signed through CreateCertificate (15012) count too, though nothing can push to
+//! their holders: the CA records each caller's latest certificate and the roots it got with it
+//! (bounded), and a phase is synced only once every caller holding a valid certificate has
+//! renewed into it — leaving add-root, its bundle must hold the new root; leaving
+//! switch-signer, its certificate must come from the new root — or that certificate has
+//! expired. Such callers show in `waiting_for` as `csr:<workload> <spiffe-id> (serial …)`.
+//! Callers renew on their own schedule (Istio's agent at half the certificate's life), so a
+//! mesh with CreateCertificate callers takes up to a renewal period per phase; drop-old never
+//! invalidates a certificate the CA handed out unaccounted.
 
 use crate::identity::CaSecrets;
 use meshd_ca::{CaError, RootRotation, RotationPhase};
@@ -284,7 +294,7 @@ impl RootRotator {
     }
 
     /// Proxies subscribed to secrets that have not ACKed the current bundle and a certificate
-    /// from the current signer.
+    /// from the current signer, then CreateCertificate callers not renewed into this phase.
     fn unsynced(&self) -> Vec<String> {
         let root_version = self.secrets.root_resource().version.clone();
         let signer = self.secrets.ca().signer_serial();
@@ -299,13 +309,14 @@ impl RootRotator {
                 .is_none_or(|r| r.version == root_version);
             let leaf_ok = t.sent.get(WORKLOAD_SECRET).is_none_or(|r| {
                 self.secrets
-                    .workload_secret(&p.proxy_id)
+                    .workload_secret(&p.proven)
                     .is_some_and(|(v, s)| v == r.version && s == signer)
             });
             if !(t.status == SyncStatus::Synced && root_ok && leaf_ok) {
                 waiting.push(p.proxy_id.clone());
             }
         }
+        waiting.extend(self.secrets.ca().csr_holders_behind());
         waiting
     }
 }

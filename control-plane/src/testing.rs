@@ -50,19 +50,23 @@ impl TestServer {
         })
     }
 
-    /// A credential as `meshd bootstrap` would write it for this workload.
-    pub fn credential(&self, workload: &str, namespace: &str, service_account: &str) -> String {
-        let ca = CertificateAuthority::load_or_create(&CaConfig {
+    /// The server's CA, loaded from its state dir (to issue credentials as `meshd bootstrap`).
+    pub fn ca(&self) -> CertificateAuthority {
+        CertificateAuthority::load_or_create(&CaConfig {
             state_dir: self.state_dir.path().to_path_buf(),
             ..CaConfig::default()
         })
-        .expect("the server created its CA");
-        ca.issue_credential(&WorkloadClaims {
-            workload: workload.into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
-            issued_at: 0,
-        })
+        .expect("the server created its CA")
+    }
+
+    /// A credential as `meshd bootstrap` would write it for this workload (valid for an hour).
+    pub fn credential(&self, workload: &str, namespace: &str, service_account: &str) -> String {
+        self.ca().issue_credential(&WorkloadClaims::new(
+            workload,
+            namespace,
+            service_account,
+            Duration::from_secs(3600),
+        ))
     }
 
     pub fn xds_url(&self) -> String {

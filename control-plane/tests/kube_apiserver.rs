@@ -86,6 +86,18 @@ async fn ads_with(
     ns: &str,
     token: &str,
 ) -> Result<Open, tonic::Status> {
+    ads_at(kube, app, pod, ns, "10.44.0.17", token).await
+}
+
+/// As `ads_with`, the node id carrying `ip`.
+async fn ads_at(
+    kube: &Client,
+    app: &App,
+    pod: &str,
+    ns: &str,
+    ip: &str,
+    token: &str,
+) -> Result<Open, tonic::Status> {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(trusted_roots_pem(kube).await))
@@ -101,7 +113,7 @@ async fn ads_with(
     let (tx, rx) = mpsc::channel(4);
     tx.send(DiscoveryRequest {
         node: Some(Node {
-            id: format!("sidecar~10.44.0.17~{pod}.{ns}~{ns}.svc.cluster.local"),
+            id: format!("sidecar~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
             ..Default::default()
         }),
         type_url: CLUSTER.into(),
@@ -145,6 +157,8 @@ async fn token_review_of_projected_tokens_and_reconnect_after_expiry() {
     .await;
     let pod_uid = uid(&pod);
     let bound = Some(("billing-v1", pod_uid.as_str()));
+    // The xDS server binds a stream to the pod's IP as the pod watch reports it.
+    pod_running(&client, "voicecore-ai", "billing-v1", "10.44.0.17", true).await;
 
     // A real projected token (TokenRequest, audience istio-ca, bound to the pod).
     let token = token_request(&client, "voicecore-ai", "billing", "istio-ca", bound).await;
@@ -175,6 +189,19 @@ async fn token_review_of_projected_tokens_and_reconnect_after_expiry() {
         .await
         .expect_err("a node naming another pod is refused");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // The pod's own token, with a node id carrying another IP than the pod's: refused.
+    let e = ads_at(
+        &client,
+        &app,
+        "billing-v1",
+        "voicecore-ai",
+        "10.44.0.99",
+        &token,
+    )
+    .await
+    .expect_err("a node id with another IP than the pod's is refused");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("10.44.0.99"), "{e}");
 
     // Token rotation: the kubelet rewrites the token file before expiry; a proxy that
     // reconnects after its first token expired presents the current file content. The API
@@ -894,6 +921,7 @@ async fn root_rotation_is_driven_by_the_leader_and_followed_by_every_replica() {
         pod("shop", "web-1", "web", json!({"app": "web"}), 8080),
     )
     .await;
+    pod_running(&client, "shop", "web-1", "10.44.0.17", true).await;
     let pod_uid = uid(&pod);
     let token = token_request(
         &client,

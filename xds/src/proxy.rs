@@ -1,5 +1,6 @@
 //! Who is on the other end of a stream: the authenticated identity and what its Envoy node says.
 
+use meshd_model::registry::Workload;
 use serde::Serialize;
 use std::fmt;
 
@@ -39,19 +40,33 @@ pub struct Proxy {
     pub identity: Identity,
 }
 
-impl Proxy {
-    /// The proxy a workload runs, as its Envoy would present itself: a gateway (label
-    /// `istio: …gateway`) in router mode, any other a sidecar.
-    pub fn for_workload(w: &meshd_model::registry::Workload, trust_domain: &str) -> Proxy {
+impl NodeType {
+    /// What a workload's Envoy runs as: a gateway (label `istio: …gateway`) in router mode,
+    /// any other a sidecar.
+    pub fn of_workload(w: &Workload) -> NodeType {
         let gateway = w
             .labels
             .get("istio")
             .is_some_and(|v| v.ends_with("gateway"));
-        let node_type = if gateway {
+        if gateway {
             NodeType::Router
         } else {
             NodeType::Sidecar
-        };
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeType::Sidecar => "sidecar",
+            NodeType::Router => "router",
+        }
+    }
+}
+
+impl Proxy {
+    /// The proxy a workload runs, as its Envoy would present itself.
+    pub fn for_workload(w: &Workload, trust_domain: &str) -> Proxy {
+        let node_type = NodeType::of_workload(w);
         Proxy {
             id: NodeId::format(node_type, &w.address, &w.name, &w.namespace),
             node_type,
@@ -80,23 +95,55 @@ pub struct NodeId {
     pub namespace: String,
 }
 
+/// Longest node id accepted; Istio's are well under 300 bytes.
+pub const MAX_NODE_ID_LEN: usize = 1024;
+
 impl NodeId {
     /// Istio's node id layout: `TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN`.
     pub fn parse(id: &str) -> Result<NodeId, String> {
-        let parts: Vec<&str> = id.split('~').collect();
-        let [ty, ip, pod, _domain] = parts.as_slice() else {
+        if id.len() > MAX_NODE_ID_LEN {
+            return Err(format!(
+                "node id is {} bytes, longer than the {MAX_NODE_ID_LEN} accepted",
+                id.len()
+            ));
+        }
+        let mut parts = id.split('~');
+        let (Some(ty), Some(ip), Some(pod), Some(domain), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(format!(
                 "node id `{id}` is not TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN"
             ));
         };
-        let node_type = match *ty {
+        let node_type = match ty {
             "sidecar" => NodeType::Sidecar,
             "router" => NodeType::Router,
             other => return Err(format!("node id `{id}`: unknown proxy type `{other}`")),
         };
         let (workload, namespace) = pod
             .rsplit_once('.')
+            .filter(|(w, n)| !w.is_empty() && !n.is_empty())
             .ok_or_else(|| format!("node id `{id}`: `{pod}` is not NAME.NAMESPACE"))?;
+        // The suffix names the namespace again; anything else would let one workload present
+        // unboundedly many distinct ids.
+        let suffix_ok = domain
+            .strip_prefix(namespace)
+            .and_then(|d| d.strip_prefix(".svc."))
+            .is_some_and(|d| {
+                !d.is_empty()
+                    && d.split('.').all(|l| {
+                        !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    })
+            });
+        if !suffix_ok {
+            return Err(format!(
+                "node id `{id}`: `{domain}` is not `{namespace}.svc.DOMAIN`"
+            ));
+        }
         Ok(NodeId {
             node_type,
             ip: ip.to_string(),
@@ -106,12 +153,132 @@ impl NodeId {
     }
 
     pub fn format(node_type: NodeType, ip: &str, workload: &str, namespace: &str) -> String {
-        let ty = match node_type {
-            NodeType::Sidecar => "sidecar",
-            NodeType::Router => "router",
-        };
-        format!("{ty}~{ip}~{workload}.{namespace}~{namespace}.svc.cluster.local")
+        format!(
+            "{}~{ip}~{workload}.{namespace}~{namespace}.svc.cluster.local",
+            node_type.as_str()
+        )
     }
+}
+
+/// Why a node may not speak for the identity its stream proved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("node `{node}` claims {claimed} but the credential is for {proven}")]
+    OtherWorkload {
+        node: String,
+        claimed: String,
+        proven: String,
+    },
+    #[error(
+        "node `{node}`: workload {workload} is not in the registry (no WorkloadEntry or running Pod of that name)"
+    )]
+    UnknownWorkload { node: String, workload: String },
+    #[error(
+        "node `{node}`: the credential is for service account `{proven}` but workload {workload} now runs as `{current}` (a stale credential: issue a new one)"
+    )]
+    ServiceAccountChanged {
+        node: String,
+        workload: String,
+        proven: String,
+        current: String,
+    },
+    #[error("node `{node}`: IP `{claimed}` is not the address of workload {workload}")]
+    OtherAddress {
+        node: String,
+        workload: String,
+        claimed: String,
+    },
+    #[error(
+        "node `{node}`: workload {workload} runs a {expected} (router only for a workload labelled `istio: …gateway`), not a {claimed}"
+    )]
+    OtherType {
+        node: String,
+        workload: String,
+        expected: &'static str,
+        claimed: &'static str,
+    },
+}
+
+impl BindError {
+    /// Whether a registry that has not caught up yet (a Pod just scheduled, a WorkloadEntry
+    /// just written) could explain the refusal, so waiting for the next snapshot may help.
+    pub fn registry_may_catch_up(&self) -> bool {
+        matches!(
+            self,
+            BindError::UnknownWorkload { .. } | BindError::OtherAddress { .. }
+        )
+    }
+}
+
+fn same_address(node_ip: &str, workload_address: &str) -> bool {
+    match (
+        node_ip.parse::<std::net::IpAddr>(),
+        workload_address.parse::<std::net::IpAddr>(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        // A WorkloadEntry may carry a DNS name; its bootstrap then names the same string.
+        _ => !node_ip.is_empty() && node_ip == workload_address,
+    }
+}
+
+/// Whether the Envoy node `node_id` may speak for `identity` (proven by the stream's
+/// credential), given `registered`: the registry's workload of that identity's name and
+/// namespace (a WorkloadEntry in file mode, the Pod in Kubernetes mode), if any. The node must
+/// name that workload, carry its address, and run as what it is (router only for a gateway);
+/// the workload must still run under the service account the credential proves.
+pub fn bind(
+    identity: &Identity,
+    node_id: &str,
+    registered: Option<&Workload>,
+) -> Result<Proxy, BindError> {
+    let node = NodeId::parse(node_id).map_err(BindError::Malformed)?;
+    let workload = format!("{}.{}", identity.workload, identity.namespace);
+    if node.workload != identity.workload || node.namespace != identity.namespace {
+        return Err(BindError::OtherWorkload {
+            node: node_id.to_string(),
+            claimed: format!("{}.{}", node.workload, node.namespace),
+            proven: workload,
+        });
+    }
+    let Some(w) = registered.filter(|w| w.name == node.workload && w.namespace == node.namespace)
+    else {
+        return Err(BindError::UnknownWorkload {
+            node: node_id.to_string(),
+            workload,
+        });
+    };
+    if w.service_account != identity.service_account {
+        return Err(BindError::ServiceAccountChanged {
+            node: node_id.to_string(),
+            workload,
+            proven: identity.service_account.clone(),
+            current: w.service_account.clone(),
+        });
+    }
+    if !same_address(&node.ip, &w.address) {
+        return Err(BindError::OtherAddress {
+            node: node_id.to_string(),
+            workload,
+            claimed: node.ip,
+        });
+    }
+    let expected = NodeType::of_workload(w);
+    if node.node_type != expected {
+        return Err(BindError::OtherType {
+            node: node_id.to_string(),
+            workload,
+            expected: expected.as_str(),
+            claimed: node.node_type.as_str(),
+        });
+    }
+    Ok(Proxy {
+        id: node_id.to_string(),
+        node_type: node.node_type,
+        ip: Some(node.ip),
+        identity: identity.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -132,5 +299,165 @@ mod tests {
         assert_eq!(n.node_type, NodeType::Sidecar);
         assert!(NodeId::parse("garbage").is_err());
         assert!(NodeId::parse("proxy~1~a.b~c").is_err());
+    }
+
+    #[test]
+    fn node_ids_name_their_namespace_in_the_suffix_and_stay_short() {
+        for bad in [
+            "sidecar~10.0.0.1~a.ns~other.svc.cluster.local",
+            "sidecar~10.0.0.1~a.ns~ns.svc.",
+            "sidecar~10.0.0.1~a.ns~ns.svc.cluster..local",
+            "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local~extra",
+            "sidecar~10.0.0.1~.ns~ns.svc.cluster.local",
+            "sidecar~10.0.0.1~a.~.svc.cluster.local",
+            "sidecar~10.0.0.1~a.ns~ns.svc.x y",
+        ] {
+            assert!(NodeId::parse(bad).is_err(), "{bad}");
+        }
+        let long = format!(
+            "sidecar~10.0.0.1~{}.ns~ns.svc.cluster.local",
+            "a".repeat(MAX_NODE_ID_LEN)
+        );
+        assert!(NodeId::parse(&long).unwrap_err().contains("longer"));
+        // a workload name may itself hold dots (Pod names are DNS subdomains)
+        let n = NodeId::parse("sidecar~10.0.0.1~web.v1.ns~ns.svc.example.org").unwrap();
+        assert_eq!(
+            (n.workload.as_str(), n.namespace.as_str()),
+            ("web.v1", "ns")
+        );
+    }
+
+    fn identity(workload: &str, sa: &str) -> Identity {
+        Identity {
+            workload: workload.into(),
+            namespace: "ns".into(),
+            service_account: sa.into(),
+            trust_domain: "cluster.local".into(),
+        }
+    }
+
+    fn workload(name: &str, address: &str, sa: &str, gateway: bool) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "ns".into(),
+            address: address.into(),
+            labels: if gateway {
+                [("istio".to_string(), "ingressgateway".to_string())].into()
+            } else {
+                [("app".to_string(), name.to_string())].into()
+            },
+            service_account: sa.into(),
+            ports: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_node_binds_only_to_the_registered_workload_of_its_identity() {
+        let billing = workload("billing", "10.0.0.1", "billing", false);
+        let gw = workload("gw", "10.0.0.9", "gw", true);
+        let v6 = workload("billing", "fd00::1", "billing", false);
+        type Want = Result<(), fn(&BindError) -> bool>;
+        let cases: Vec<(&str, Identity, &str, Option<&Workload>, Want)> = vec![
+            (
+                "its own workload",
+                identity("billing", "billing"),
+                "sidecar~10.0.0.1~billing.ns~ns.svc.cluster.local",
+                Some(&billing),
+                Ok(()),
+            ),
+            (
+                "an IPv6 address written another way",
+                identity("billing", "billing"),
+                "sidecar~fd00:0::1~billing.ns~ns.svc.cluster.local",
+                Some(&v6),
+                Ok(()),
+            ),
+            (
+                "a gateway as a router",
+                identity("gw", "gw"),
+                "router~10.0.0.9~gw.ns~ns.svc.cluster.local",
+                Some(&gw),
+                Ok(()),
+            ),
+            (
+                "another workload's node id",
+                identity("low-priv", "low-priv"),
+                "sidecar~10.0.0.1~billing.ns~ns.svc.cluster.local",
+                Some(&billing),
+                Err(|e| matches!(e, BindError::OtherWorkload { .. })),
+            ),
+            (
+                "a workload gone from the registry",
+                identity("billing", "billing"),
+                "sidecar~10.0.0.1~billing.ns~ns.svc.cluster.local",
+                None,
+                Err(|e| {
+                    matches!(e, BindError::UnknownWorkload { .. }) && e.registry_may_catch_up()
+                }),
+            ),
+            (
+                "a registry view of another workload",
+                identity("billing", "billing"),
+                "sidecar~10.0.0.9~billing.ns~ns.svc.cluster.local",
+                Some(&gw),
+                Err(|e| matches!(e, BindError::UnknownWorkload { .. })),
+            ),
+            (
+                "a stale credential: the workload now runs as another account",
+                identity("billing", "low-priv"),
+                "sidecar~10.0.0.1~billing.ns~ns.svc.cluster.local",
+                Some(&billing),
+                Err(|e| {
+                    matches!(e, BindError::ServiceAccountChanged { .. })
+                        && !e.registry_may_catch_up()
+                }),
+            ),
+            (
+                "an IP that is not the workload's",
+                identity("billing", "billing"),
+                "sidecar~10.0.0.2~billing.ns~ns.svc.cluster.local",
+                Some(&billing),
+                Err(|e| matches!(e, BindError::OtherAddress { .. })),
+            ),
+            (
+                "an empty IP",
+                identity("billing", "billing"),
+                "sidecar~~billing.ns~ns.svc.cluster.local",
+                Some(&billing),
+                Err(|e| matches!(e, BindError::OtherAddress { .. })),
+            ),
+            (
+                "a sidecar claiming router",
+                identity("billing", "billing"),
+                "router~10.0.0.1~billing.ns~ns.svc.cluster.local",
+                Some(&billing),
+                Err(|e| matches!(e, BindError::OtherType { .. }) && !e.registry_may_catch_up()),
+            ),
+            (
+                "a gateway claiming sidecar",
+                identity("gw", "gw"),
+                "sidecar~10.0.0.9~gw.ns~ns.svc.cluster.local",
+                Some(&gw),
+                Err(|e| matches!(e, BindError::OtherType { .. })),
+            ),
+            (
+                "a malformed node id",
+                identity("billing", "billing"),
+                "billing",
+                Some(&billing),
+                Err(|e| matches!(e, BindError::Malformed(_))),
+            ),
+        ];
+        for (what, id, node, registered, want) in cases {
+            let got = bind(&id, node, registered);
+            match (want, got) {
+                (Ok(()), Ok(p)) => {
+                    assert_eq!(p.id, node, "{what}");
+                    assert_eq!(p.identity, id, "{what}");
+                }
+                (Err(pred), Err(e)) => assert!(pred(&e), "{what}: {e:?}"),
+                (want, got) => panic!("{what}: want {:?}, got {got:?}", want.is_ok()),
+            }
+        }
     }
 }

@@ -18,7 +18,10 @@
 //! pod (`authentication.kubernetes.io/pod-name` in the user's extra, which the API server sets
 //! for pod-bound projected tokens only; it also checks the pod still exists). The identity is
 //! `{namespace, service_account, workload: pod name}` → `spiffe://<td>/ns/<ns>/sa/<sa>`; the xDS
-//! server then requires the node id to name that same pod.
+//! server then binds the stream to that pod as the registry (the pod watch) knows it: the node
+//! id must name the pod, carry the pod's IP, claim router mode only for a gateway pod (label
+//! `istio: …gateway`), and the pod must run as the token's service account
+//! (`meshd_xds::proxy::bind`). A pod the watch has not shown yet gets a few seconds to appear.
 //!
 //! An established stream stays up when its token expires (Istio's behaviour too): identity is
 //! proven when a stream opens, and every reconnect is a new review. Reviews are cached briefly

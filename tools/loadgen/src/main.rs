@@ -314,15 +314,15 @@ fn credentials(
     Ok((0..args.proxies)
         .map(|w| {
             let (name, ns, sa) = mesh::workload(w, shape);
-            let credential = ca.issue_credential(&WorkloadClaims {
-                workload: name.clone(),
-                namespace: ns.clone(),
-                service_account: sa,
-                issued_at: 0,
-            });
+            let credential = ca.issue_credential(&WorkloadClaims::new(
+                &name,
+                &ns,
+                &sa,
+                std::time::Duration::from_secs(7 * 24 * 3600),
+            ));
             ProxySpec {
                 index: w as u32,
-                node_id: NodeId::format(NodeType::Sidecar, "10.0.0.1", &name, &ns),
+                node_id: NodeId::format(NodeType::Sidecar, &mesh::workload_ip(w), &name, &ns),
                 credential,
             }
         })

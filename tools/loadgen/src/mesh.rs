@@ -29,6 +29,11 @@ pub fn workload(w: usize, shape: &Shape) -> (String, String, String) {
     )
 }
 
+/// The address of workload `w`'s WorkloadEntry (its proxy's node id carries it).
+pub fn workload_ip(w: usize) -> String {
+    format!("10.{}.{}.{}", 100 + w / 62500, (w / 250) % 250, w % 250 + 1)
+}
+
 pub fn service_yaml(i: usize, shape: &Shape, extra_port: bool) -> String {
     let ns = namespace(i, shape);
     let name = service_name(i);
@@ -68,7 +73,7 @@ pub fn write(dir: &Path, shape: &Shape) -> anyhow::Result<()> {
     for w in 0..shape.workloads {
         let (name, ns, sa) = workload(w, shape);
         let svc = service_name(w % shape.services);
-        let ip = format!("10.{}.{}.{}", 100 + w / 62500, (w / 250) % 250, w % 250 + 1);
+        let ip = workload_ip(w);
         let _ = write!(
             workloads,
             "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  address: {ip}\n  labels: {{app: {svc}, version: v1}}\n  serviceAccount: {sa}\n---\n"

@@ -4,7 +4,7 @@
 use super::status::{ProxyHandle, ProxyStatus, SentResources, SyncStatus, TypeStatus};
 use super::{Authenticator, Metrics, SecretSource, Shared};
 use crate::generate::ProxyResources;
-use crate::proxy::{Identity, NodeId, Proxy};
+use crate::proxy::{BindError, Identity, Proxy};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,22 +19,49 @@ pub(crate) fn next_nonce() -> String {
     format!("{:x}", NONCE.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A node may only speak for the identity its credential proved.
-pub(crate) fn bind_proxy(node: Option<&Node>, identity: Identity) -> Result<Proxy, Status> {
-    let node = node.ok_or_else(|| Status::invalid_argument("first request carries no node"))?;
-    let parsed = NodeId::parse(&node.id).map_err(Status::invalid_argument)?;
-    if parsed.workload != identity.workload || parsed.namespace != identity.namespace {
-        return Err(Status::permission_denied(format!(
-            "node `{}` claims {}.{} but the credential is for {}.{}",
-            node.id, parsed.workload, parsed.namespace, identity.workload, identity.namespace
-        )));
+/// Whether `proxy` may still speak for its identity, by the registry of `snapshot`.
+fn check_binding(
+    snapshot: &crate::MeshSnapshot,
+    identity: &Identity,
+    node_id: &str,
+) -> Result<Proxy, BindError> {
+    let registered = snapshot
+        .index
+        .workload(&identity.workload, &identity.namespace);
+    crate::proxy::bind(identity, node_id, registered)
+}
+
+fn refusal(e: &BindError) -> Status {
+    match e {
+        BindError::Malformed(m) => Status::invalid_argument(m.clone()),
+        other => Status::permission_denied(other.to_string()),
     }
-    Ok(Proxy {
-        id: node.id.clone(),
-        node_type: parsed.node_type,
-        ip: Some(parsed.ip),
-        identity,
-    })
+}
+
+/// A node may only speak for the identity its credential proved, as the registry knows that
+/// identity now. A workload the registry has not caught up with yet (a Pod just started, a
+/// WorkloadEntry just written) gets until `bind_wait` for the next snapshots to show it.
+pub(crate) async fn bind_proxy<A, S>(
+    shared: &Shared<A, S>,
+    node: Option<&Node>,
+    identity: Identity,
+) -> Result<Proxy, Status> {
+    let node = node.ok_or_else(|| Status::invalid_argument("first request carries no node"))?;
+    let deadline = tokio::time::Instant::now() + shared.bind_wait;
+    let mut mesh = shared.mesh.clone();
+    loop {
+        let checked = check_binding(&mesh.borrow_and_update(), &identity, &node.id);
+        match checked {
+            Ok(p) => return Ok(p),
+            Err(e) if e.registry_may_catch_up() => {
+                match tokio::time::timeout_at(deadline, mesh.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Err(refusal(&e)),
+                }
+            }
+            Err(e) => return Err(refusal(&e)),
+        }
+    }
 }
 
 pub(crate) enum Wake {
@@ -60,11 +87,13 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         let status = shared.registry.connect(ProxyStatus {
             proxy_id: proxy.id.clone(),
             identity: proxy.identity.spiffe_id(),
+            proven: proxy.identity.clone(),
             connected_at: SystemTime::now(),
             protocol,
             types: BTreeMap::new(),
         });
         shared.metrics.connected.fetch_add(1, Ordering::Relaxed);
+        shared.secrets.acquire(&proxy);
         let mut mesh = shared.mesh.clone();
         mesh.mark_unchanged();
         let mut secrets = shared.secrets.changes();
@@ -84,10 +113,23 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         }
     }
 
-    pub async fn refresh(&mut self) {
+    /// Recomputes the proxy's resources; refuses (the stream must end) once the registry no
+    /// longer backs its identity: its WorkloadEntry or Pod gone, its service account or address
+    /// changed. That is how a credential is revoked while its stream is up.
+    pub async fn refresh(&mut self) -> Result<(), Box<Status>> {
+        let bound = check_binding(
+            &self.shared.mesh.borrow(),
+            &self.proxy.identity,
+            &self.proxy.id,
+        );
+        if let Err(e) = bound {
+            tracing::warn!(proxy = %self.proxy.id, error = %e, "identity no longer bound; ending the stream");
+            return Err(Box::new(refusal(&e)));
+        }
         let (v, r) = self.shared.compute(&self.proxy).await;
         self.mesh_version = v;
         self.resources = r;
+        Ok(())
     }
 
     /// Waits for a config change, a secret change or rotation deadline, or drain.
@@ -169,7 +211,8 @@ impl<A, S: SecretSource> Drop for Conn<A, S> {
 
 /// Reads a stream's first request and binds its node to the proven identity; on failure the
 /// stream ends with the reason and `None` is returned.
-pub(crate) async fn open_stream<Req: prost::Message + Default>(
+pub(crate) async fn open_stream<A, S, Req: prost::Message + Default>(
+    shared: &Shared<A, S>,
     requests: &mut super::wire::Requests<Req>,
     identity: Identity,
     node: impl Fn(&Req) -> Option<&Node>,
@@ -184,9 +227,11 @@ pub(crate) async fn open_stream<Req: prost::Message + Default>(
         }
         None => return None,
     };
-    match bind_proxy(node(&first), identity) {
+    match bind_proxy(shared, node(&first), identity).await {
         Ok(p) => Some((p, first)),
         Err(status) => {
+            Metrics::inc(&shared.metrics.streams_rejected, 1);
+            tracing::warn!(error = %status.message(), "xDS stream refused: node not bound to its credential");
             let _ = tx.send(super::wire::Outgoing::End(Box::new(status))).await;
             None
         }

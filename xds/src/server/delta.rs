@@ -283,6 +283,7 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     tx: wire::Sender,
 ) {
     let Some((proxy, first)) = Box::pin(open_stream(
+        &shared,
         &mut requests,
         identity,
         |r: &DeltaDiscoveryRequest| r.node.as_ref(),
@@ -332,8 +333,11 @@ async fn session<A: Authenticator, S: SecretSource>(
             wake = d.conn.wake() => match wake {
                 Wake::Drain => return,
                 Wake::Mesh | Wake::Secrets => {
+                    if let Err(status) = Box::pin(d.conn.refresh()).await {
+                        let _ = d.tx.send(wire::Outgoing::End(status)).await;
+                        return;
+                    }
                     let pushed = Box::pin(async {
-                        d.conn.refresh().await;
                         for type_url in PUSH_ORDER {
                             d.push(type_url).await?;
                         }

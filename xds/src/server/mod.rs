@@ -40,7 +40,9 @@ pub trait SecretSource: Send + Sync + 'static {
     fn next_refresh(&self, proxy: &Proxy) -> Option<Instant>;
     /// Changes whenever every proxy's secrets change (e.g. a new trust bundle).
     fn changes(&self) -> watch::Receiver<u64>;
-    /// Forget a proxy that disconnected.
+    /// A stream for `proxy` opened (before its first `secrets`); paired with `release`.
+    fn acquire(&self, _proxy: &Proxy) {}
+    /// A stream for `proxy` ended.
     fn release(&self, _proxy: &Proxy) {}
 }
 
@@ -53,6 +55,9 @@ impl<T: SecretSource> SecretSource for Arc<T> {
     }
     fn changes(&self) -> watch::Receiver<u64> {
         (**self).changes()
+    }
+    fn acquire(&self, proxy: &Proxy) {
+        (**self).acquire(proxy)
     }
     fn release(&self, proxy: &Proxy) {
         (**self).release(proxy)
@@ -88,6 +93,9 @@ pub struct ServerOptions {
     /// Resource names one Delta stream may hold subscribed per type: names accumulate over
     /// requests, so without a cap a stream could grow its state without end.
     pub max_subscribed_names: usize,
+    /// How long a stream whose workload the registry does not show yet (or at another address)
+    /// waits for the registry to catch up before it is refused.
+    pub bind_wait: std::time::Duration,
 }
 
 /// Istio's `ISTIO_GPRC_MAXRECVMSGSIZE` (4 MiB). The largest legitimate ADS request is an EDS
@@ -107,6 +115,7 @@ impl Default for ServerOptions {
             serve_secrets: true,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_subscribed_names: DEFAULT_MAX_SUBSCRIBED_NAMES,
+            bind_wait: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -123,6 +132,7 @@ pub(crate) struct Shared<A, S> {
     serve_secrets: bool,
     max_request_bytes: usize,
     max_subscribed_names: usize,
+    bind_wait: std::time::Duration,
 }
 
 impl<A: Authenticator, S: SecretSource> Shared<A, S> {
@@ -196,6 +206,7 @@ impl<A: Authenticator, S: SecretSource> AdsServer<A, S> {
                 serve_secrets: opts.serve_secrets,
                 max_request_bytes: opts.max_request_bytes,
                 max_subscribed_names: opts.max_subscribed_names.max(1),
+                bind_wait: opts.bind_wait,
             }),
         }
     }

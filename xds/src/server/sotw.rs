@@ -209,6 +209,7 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     tx: wire::Sender,
 ) {
     let Some((proxy, first)) = Box::pin(open_stream(
+        &shared,
         &mut requests,
         identity,
         |r: &DiscoveryRequest| r.node.as_ref(),
@@ -258,10 +259,11 @@ async fn session<A: Authenticator, S: SecretSource>(
             wake = s.conn.wake() => match wake {
                 Wake::Drain => return,
                 Wake::Mesh | Wake::Secrets => {
-                    let pushed = Box::pin(async {
-                        s.conn.refresh().await;
-                        s.push_all().await
-                    });
+                    if let Err(status) = Box::pin(s.conn.refresh()).await {
+                        let _ = s.tx.send(wire::Outgoing::End(status)).await;
+                        return;
+                    }
+                    let pushed = Box::pin(s.push_all());
                     if pushed.await.is_err() { return }
                 }
             },

@@ -75,6 +75,9 @@ impl SentResources {
 pub struct ProxyStatus {
     pub proxy_id: String,
     pub identity: String,
+    /// The identity the stream's credential proved (its certificate's key).
+    #[serde(skip)]
+    pub proven: crate::proxy::Identity,
     #[serde(with = "rfc3339")]
     pub connected_at: SystemTime,
     pub protocol: &'static str,
