@@ -62,7 +62,21 @@ const MESHD_CREDENTIAL_PREFIX: &str = "meshd1.";
 
 struct Cached {
     identity: Identity,
+    /// Until when the review is reused without asking again.
     until: Instant,
+    /// The token's own `exp`: while the API server cannot be reached (connection error, 5xx),
+    /// a token it accepted before keeps authenticating until then, never past it.
+    expires: Option<SystemTime>,
+}
+
+/// Whether a failed TokenReview call means "the API server could not answer" (connection
+/// error, timeout, 5xx) rather than a definite answer about the token or the request.
+fn is_outage(e: &::kube::Error) -> bool {
+    match e {
+        ::kube::Error::Api(s) => s.code >= 500,
+        ::kube::Error::HyperError(_) | ::kube::Error::Service(_) => true,
+        _ => false,
+    }
 }
 
 /// Tokens remembered at most, each way: past it, expired entries are dropped, and if none has
@@ -174,6 +188,24 @@ impl TokenReviewAuth {
         self
     }
 
+    /// The identity the API server vouched for when it last reviewed this token, if the
+    /// token has not expired since (the outage fallback: only the `exp` of a token TokenReview
+    /// accepted is read, nothing else in it is trusted).
+    fn reviewed_before(&self, key: &[u8; 32]) -> Option<Identity> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let c = cache.get(key)?;
+        let identity = c.identity.clone();
+        c.expires
+            .is_some_and(|exp| exp > SystemTime::now())
+            .then(|| {
+                tracing::warn!(
+                    proxy = %identity.workload,
+                    "API server unreachable: accepting a token it reviewed before, until its expiry"
+                );
+                identity
+            })
+    }
+
     /// Reviews `token` (or answers from the cache).
     pub async fn review(&self, token: &str) -> Result<Identity, String> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -184,7 +216,10 @@ impl TokenReviewAuth {
                 if c.until > now {
                     return Ok(c.identity.clone());
                 }
-                cache.remove(&key);
+                // Kept (for an outage) until the token itself expires.
+                if c.expires.is_none_or(|exp| exp <= SystemTime::now()) {
+                    cache.remove(&key);
+                }
             }
         }
         if let Some(reason) = self.refused_lately(&key, now) {
@@ -217,14 +252,20 @@ impl TokenReviewAuth {
             ..Default::default()
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| format!("TokenReview failed: {e}"))?;
+        let answer = match api.create(&PostParams::default(), &review).await {
+            Ok(answer) => answer,
+            Err(e) if is_outage(&e) => {
+                return self.reviewed_before(&key).ok_or_else(|| {
+                    format!("TokenReview failed (API server unreachable, token not reviewed before): {e}")
+                });
+            }
+            Err(e) => return Err(format!("TokenReview failed: {e}")),
+        };
         let identity = identity_from_review(&answer, &self.audience, &self.trust_domain)
             .inspect_err(|reason| self.remember_refusal(key, reason))?;
         let mut until = now + self.cache_ttl;
-        if let Some(left) = token_expiry(token).map(|exp| {
+        let expires = token_expiry(token);
+        if let Some(left) = expires.map(|exp| {
             exp.duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
         }) {
@@ -232,16 +273,20 @@ impl TokenReviewAuth {
         }
         let mut cache = self.cache.lock().expect("token cache");
         // Keep the cache small: drop what has expired whenever it grows.
-        if cache.len() > 4096 {
-            cache.retain(|_, c| c.until > now);
+        if cache.len() > MAX_CACHED {
+            let wall = SystemTime::now();
+            cache.retain(|_, c| c.until > now || c.expires.is_some_and(|exp| exp > wall));
         }
-        cache.insert(
-            key,
-            Cached {
-                identity: identity.clone(),
-                until,
-            },
-        );
+        if cache.len() <= MAX_CACHED {
+            cache.insert(
+                key,
+                Cached {
+                    identity: identity.clone(),
+                    until,
+                    expires,
+                },
+            );
+        }
         Ok(identity)
     }
 }

@@ -1,0 +1,222 @@
+//! Faults a real cluster throws, against a real kube-apiserver v1.20.2 (+ etcd): the API server
+//! is killed (its process, not paused) and started again on the same etcd data. meshd must keep
+//! authenticating proxies it knows and pick changes up again promptly once the server returns.
+//! Durations are printed as measurements; the only bounds asserted are generous liveness ones.
+
+mod kube_support;
+
+use kube_support::*;
+use meshd::app;
+use meshd::kube::KubeConfig;
+use meshd::kube::token::TokenReviewAuth;
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MESHD_NS: &str = "meshd-system";
+
+/// Kills the API server process (etcd keeps running) and waits until it has exited.
+fn kill_apiserver(server: &ApiServer) {
+    let pid = std::fs::read_to_string(server.dir.path().join("apiserver.pid")).unwrap();
+    let pid = pid.trim().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    while proc.exists()
+        && !std::fs::read_to_string(proc.join("stat")).is_ok_and(|s| s.contains(") Z"))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts etcd + the API server again on the same data directory, port and keys.
+fn restart_apiserver(server: &ApiServer) {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kube-apiserver.sh");
+    let _ = Command::new(&script)
+        .arg("stop")
+        .arg(server.dir.path())
+        .status();
+    let out = Command::new(&script)
+        .arg("start")
+        .arg(server.dir.path())
+        .arg(server.port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restarting kube-apiserver: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn uid(obj: &Value) -> String {
+    obj["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_reviewed_before_an_outage_keep_authenticating_until_their_expiry() {
+    let server = ApiServer::start();
+    let client = server.client().await;
+    create(&client, namespace("voicecore-ai", json!({}))).await;
+    create(&client, service_account("voicecore-ai", "billing")).await;
+    let pod = create(
+        &client,
+        pod(
+            "voicecore-ai",
+            "billing-v1",
+            "billing",
+            json!({"app": "billing"}),
+            8080,
+        ),
+    )
+    .await;
+    let pod_uid = uid(&pod);
+    let bound = Some(("billing-v1", pod_uid.as_str()));
+    let reviewed = token_request(&client, "voicecore-ai", "billing", "istio-ca", bound).await;
+    let refused = token_request(&client, "voicecore-ai", "billing", "other", bound).await;
+    let key = server.signing_key();
+    // Valid, but never shown to meshd (another `iat`: TokenRequests of the same second are
+    // byte-identical).
+    let unreviewed = retimed(&reviewed, &key, now_secs() - 7, now_secs() + 600);
+    // A token the server accepts once and which expires during the outage.
+    let short = retimed(&reviewed, &key, now_secs() - 5, now_secs() + 3);
+
+    let mut auth = TokenReviewAuth::new(client.clone(), "istio-ca", "cluster.local");
+    // Every call below asks the API server (no fresh-cache answers hide the outage).
+    auth.cache_ttl = Duration::ZERO;
+    let id = auth.review(&reviewed).await.expect("reviewed before");
+    assert_eq!(id.workload, "billing-v1");
+    auth.review(&short)
+        .await
+        .expect("short-lived token accepted");
+    assert!(auth.review(&refused).await.is_err(), "wrong audience");
+
+    kill_apiserver(&server);
+    // Past the short token's own expiry (it is what bounds the fallback).
+    while now_secs() <= token_exp(&short) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let id = auth
+        .review(&reviewed)
+        .await
+        .expect("a token TokenReview accepted before keeps authenticating during the outage");
+    assert_eq!(
+        id.spiffe_id(),
+        "spiffe://cluster.local/ns/voicecore-ai/sa/billing"
+    );
+    let e = auth.review(&unreviewed).await.unwrap_err();
+    assert!(e.contains("TokenReview failed"), "never reviewed: {e}");
+    let e = auth.review(&refused).await.unwrap_err();
+    assert!(!e.is_empty(), "a refused token stays refused");
+    let e = auth.review(&short).await.unwrap_err();
+    assert!(e.contains("TokenReview failed"), "expired meanwhile: {e}");
+
+    restart_apiserver(&server);
+    let id = eventually(30, "TokenReview answering again", || {
+        let auth = &auth;
+        let unreviewed = unreviewed.clone();
+        async move { auth.review(&unreviewed).await.ok() }
+    })
+    .await;
+    assert_eq!(id.workload, "billing-v1");
+}
+
+fn token_exp(token: &str) -> u64 {
+    meshd::kube::token::token_expiry(token)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn has_service(registry: &Value, host: &str) -> bool {
+    registry["services"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|s| s["hostname"] == host))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_flow_again_soon_after_the_api_server_returns() {
+    let server = ApiServer::start();
+    let client = server.client().await;
+    create(&client, namespace(MESHD_NS, json!({}))).await;
+    create(&client, namespace("shop", json!({}))).await;
+    for crd in istio_crds() {
+        create(&client, crd).await;
+    }
+    create(
+        &client,
+        service("shop", "web", Some(json!({"app": "web"})), 80, json!(8080)),
+    )
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = meshd::testing::config(state.path(), None);
+    cfg.kubernetes = Some(KubeConfig {
+        namespace: MESHD_NS.into(),
+        kubeconfig: Some(server.kubeconfig.clone()),
+        lease_duration: Duration::from_secs(3),
+        lease_renew: Duration::from_millis(500),
+        sync_timeout: Duration::from_secs(30),
+        ca_timeout: Duration::from_secs(30),
+        ..KubeConfig::default()
+    });
+    cfg.xds_plaintext = false;
+    let app = app::build(cfg).await.expect("meshd starts");
+    let registryz = format!("http://{}/debug/registryz", app.admin_addr);
+    let ready = format!("http://{}/healthz/ready", app.admin_addr);
+    let get = |url: String| async move {
+        reqwest::get(&url)
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    assert!(has_service(
+        &get(registryz.clone()).await,
+        "web.shop.svc.cluster.local"
+    ));
+
+    kill_apiserver(&server);
+    // A long outage: kube-runtime's default backoff would have grown to its 30 s maximum.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let status = reqwest::get(&ready).await.unwrap().status();
+    assert!(
+        status.is_success(),
+        "still ready during the outage: {status}"
+    );
+    restart_apiserver(&server);
+
+    let back = Instant::now();
+    create(
+        &client,
+        service(
+            "shop",
+            "cart",
+            Some(json!({"app": "cart"})),
+            80,
+            json!(8080),
+        ),
+    )
+    .await;
+    eventually(
+        30,
+        "a Service created after the outage in the registry",
+        || {
+            let url = registryz.clone();
+            async move { has_service(&get(url).await, "cart.shop.svc.cluster.local").then_some(()) }
+        },
+    )
+    .await;
+    println!(
+        "measurement: a new Service reached meshd {:.1} s after the API server returned",
+        back.elapsed().as_secs_f64()
+    );
+}
