@@ -36,6 +36,9 @@ pub use meshd::podnet::{
     self, Child, HttpResponse, Pod, PodNetwork, envoy_binary, in_netns, wait_until,
 };
 
+mod evidence;
+pub use evidence::*;
+
 /// `10.44.0.<host>`: a pod address in the default subnet.
 pub fn ip(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 44, 0, host)

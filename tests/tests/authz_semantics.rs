@@ -89,21 +89,13 @@ fn policy_semantics_through_envoy() {
         true,
     );
     check("dry-run DENY: B", allowed(), || outcome(&w.probe(&b)));
-    let shadow_denied = || {
-        let stats = w.server.envoy_stats().unwrap_or_default();
-        let lines: Vec<String> = stats
-            .lines()
-            .filter(|l| l.contains("rbac.") && l.contains("dry_run"))
-            .map(String::from)
-            .collect();
-        lines
-    };
-    let counted = wait_until(Duration::from_secs(10), || {
-        shadow_denied()
-            .iter()
-            .any(|l| l.contains("rbac.istio_dry_run_deny.shadow_denied: ") && !l.ends_with(": 0"))
-    });
-    assert!(counted, "no shadow denial counted: {:?}", shadow_denied());
+    wait_envoy_stat(
+        &w.server,
+        &format!("http.inbound_0.0.0.0_{MAIN}.rbac.istio_dry_run_deny.shadow_denied"),
+        Duration::from_secs(10),
+        |n| n > 0,
+    )
+    .unwrap();
 
     // DENY wins over ALLOW: both match B; A is allowed except where the DENY path matches.
     let both = [
@@ -238,9 +230,11 @@ fn policy_semantics_through_envoy() {
     );
 
     // TCP ports: the network RBAC filter. Allowed callers get through the TCP proxy; a denied
-    // connection is closed (no HTTP answer at all).
+    // connection is closed (no HTTP answer at all), and the server's network RBAC filter
+    // counted the denial.
     let tcp_url = format!("http://{SERVER}:{TCP}/");
     let tcp = |c: Client| outcome(&w.client(c).request("GET", &tcp_url, &[], None));
+    let tcp_denials = || envoy_stat(&w.server, "tcp.allow.rbac.denied").unwrap();
     w.apply(
         "p.yaml",
         &server_policy(
@@ -251,8 +245,15 @@ fn policy_semantics_through_envoy() {
         true,
     );
     check("TCP allow A: A", allowed(), || tcp(Client::A));
+    let denials = tcp_denials();
     let b_tcp = tcp(Client::B);
-    assert!(b_tcp.starts_with("error"), "TCP allow A: B got {b_tcp}");
+    assert!(closed_unanswered(&b_tcp), "TCP allow A: B got {b_tcp}");
+    wait_for(
+        Duration::from_secs(10),
+        "the server to count B's denial",
+        || tcp_denials() > denials,
+    )
+    .unwrap();
     // An ALLOW rule with HTTP-only fields cannot match a TCP connection: dropped, so denied.
     w.apply(
         "p.yaml",
@@ -263,6 +264,13 @@ fn policy_semantics_through_envoy() {
     check("methods on TCP: A over HTTP port", allowed(), || {
         outcome(&w.probe(&a))
     });
+    let denials = tcp_denials();
     let a_tcp = tcp(Client::A);
-    assert!(a_tcp.starts_with("error"), "methods on TCP: A got {a_tcp}");
+    assert!(closed_unanswered(&a_tcp), "methods on TCP: A got {a_tcp}");
+    wait_for(
+        Duration::from_secs(10),
+        "the server to count A's denial",
+        || tcp_denials() > denials,
+    )
+    .unwrap();
 }

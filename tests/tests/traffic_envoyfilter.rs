@@ -1,6 +1,7 @@
 //! EnvoyFilter (seed 1.7, rate limits) in stock Envoy: Istio's local rate limit recipe on a
-//! sidecar's inbound side answers 429 beyond the bucket; CLUSTER and HTTP_ROUTE merges reach
-//! Envoy; unsupported shapes and values that are not Envoy's proto JSON are reported.
+//! sidecar's inbound side answers 429 once the bucket is empty and 200 again once it refilled;
+//! CLUSTER and HTTP_ROUTE merges reach Envoy; unsupported shapes and values that are not
+//! Envoy's proto JSON are reported.
 
 mod traffic_support;
 
@@ -10,6 +11,44 @@ use meshd_e2e::*;
 use traffic_support::*;
 
 const PORT: u16 = 8080;
+
+/// What `api`'s rate limit has let through (200) and refused (429) so far, as seen by the client.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    limited: u64,
+}
+
+impl Tally {
+    /// Counts one answer; anything but 200 or a 429 from the limiter fails the test.
+    fn count(&mut self, a: &Answer) -> u16 {
+        match a.status {
+            200 => self.ok += 1,
+            429 => {
+                assert_eq!(
+                    a.headers.get("x-local-rate-limit").map(String::as_str),
+                    Some("true"),
+                    "a 429 not from the local rate limit: {a:?}"
+                );
+                self.limited += 1;
+            }
+            _ => panic!("neither let through nor limited: {a:?}"),
+        }
+        a.status
+    }
+
+    /// Sequential requests until the limiter answers 429 (the bucket ran dry); how many got 200
+    /// before it. Requests, not time, bound the wait: 3 tokens per 5 s cannot keep up with
+    /// back-to-back requests for long.
+    fn until_limited(&mut self, client: &SidecarPod, url: &str) -> u64 {
+        for let_through in 0..50 {
+            if self.count(&get(client, url)) == 429 {
+                return let_through;
+            }
+        }
+        panic!("50 back-to-back requests and no 429: {self:?}");
+    }
+}
 
 #[test]
 fn local_rate_limit_and_merge_patches() {
@@ -39,7 +78,7 @@ spec:
           type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
           value:
             stat_prefix: http_local_rate_limiter
-            token_bucket: {{max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}}
+            token_bucket: {{max_tokens: 3, tokens_per_fill: 3, fill_interval: 5s}}
             filter_enabled:
               runtime_key: local_rate_limit_enabled
               default_value: {{numerator: 100, denominator: HUNDRED}}
@@ -101,29 +140,24 @@ spec:
     mesh.add_sidecar_pod(&format!("web.{NS}"), ip(21), PORT)
         .unwrap();
 
-    // The bucket holds 3 requests a minute: the rest get 429 from api's sidecar.
-    let answers = burst(&client, &format!("http://{api}:{PORT}/?key=rl"), &[], 8, 1);
-    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
-    assert_eq!(statuses, vec![200, 200, 200, 429, 429, 429, 429, 429]);
-    assert_eq!(
-        answers[3]
-            .headers
-            .get("x-local-rate-limit")
-            .map(String::as_str),
-        Some("true")
-    );
+    // The bucket starts full with 3 tokens: at least three requests pass, then api's sidecar
+    // answers 429. Once it has refilled, requests pass again. Limited requests never reach the
+    // app, and api's Envoy counted each of them.
+    let rl_url = format!("http://{api}:{PORT}/?key=rl");
+    let rate_limited = "http_local_rate_limiter.http_local_rate_limit.rate_limited";
+    let mut tally = Tally::default();
+    let first = tally.until_limited(&client, &rl_url);
+    assert!(first >= 3, "a full bucket of 3 let {first} through");
+    wait_for(Duration::from_secs(30), "the bucket to refill", || {
+        tally.count(&get(&client, &rl_url)) == 200
+    })
+    .unwrap();
     assert_eq!(
         app_count(&api_pod, "rl"),
-        3,
-        "limited requests never reach the app"
+        tally.ok,
+        "limited requests never reach the app: {tally:?}"
     );
-    assert_eq!(
-        stat(
-            &api_pod,
-            "http_local_rate_limiter.http_local_rate_limit.rate_limited"
-        ),
-        5
-    );
+    assert_eq!(stat(&api_pod, rate_limited), tally.limited, "{tally:?}");
     // Only the selected workload is limited: web (no EnvoyFilter) answers every request.
     let web = burst(
         &client,
@@ -212,7 +246,9 @@ spec:
         "{text}"
     );
     // Still limited, still merged.
-    assert_eq!(get(&client, &format!("http://{api}:{PORT}/")).status, 429);
+    tally.until_limited(&client, &rl_url);
+    assert_eq!(app_count(&api_pod, "rl"), tally.ok, "{tally:?}");
+    assert_eq!(stat(&api_pod, rate_limited), tally.limited, "{tally:?}");
     let a = get(&client, &format!("http://{}:{PORT}/", fqdn("web")));
     assert_eq!(a.json()["headers"]["x-patched-by"], "envoyfilter");
 }

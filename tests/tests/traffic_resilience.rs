@@ -114,6 +114,9 @@ spec:
         host = fqdn("backend")
     );
     let (_mesh, client, backend) = client_and_backend("retry", &vs);
+    let cluster = format!("cluster.outbound|{PORT}||{}", fqdn("backend"));
+    let per_try_timeouts = format!("{cluster}.upstream_rq_per_try_timeout");
+    let route_timeouts = format!("{cluster}.upstream_rq_timeout");
 
     // Fails the first two attempts with 503: the caller sees 200, the app saw 3 attempts.
     let a = get(&client, &url("/retry?fail_first=2&key=r1"));
@@ -126,27 +129,38 @@ spec:
     assert_eq!(app_count(&backend, "o1"), 1);
 
     // perTryTimeout: each attempt of a 2 s request is cut at 500 ms; 1 + 3 attempts, then 504.
-    let a = get(&client, &url("/retry?delay_ms=2000&key=p1"));
-    assert_eq!(a.status, 504, "{a:?}");
-    assert!(
-        a.elapsed >= Duration::from_millis(1900) && a.elapsed < Duration::from_millis(4000),
-        "{:?}",
-        a.elapsed
+    // Envoy counts every attempt its per-try timer cut (and none cut by the route timeout); the
+    // lower bound shows the four timers ran one after the other.
+    let (per_try_before, route_before) = (
+        stat(&client, &per_try_timeouts),
+        stat(&client, &route_timeouts),
     );
+    let a = get(&client, &url("/retry?delay_ms=2000&key=p1"));
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (504, "upstream request timeout"),
+        "{a:?}"
+    );
+    assert!(a.elapsed >= Duration::from_millis(1900), "{:?}", a.elapsed);
+    assert_eq!(stat(&client, &per_try_timeouts) - per_try_before, 4);
+    assert_eq!(stat(&client, &route_timeouts), route_before);
     assert!(
         wait_until(Duration::from_secs(3), || app_count(&backend, "p1") == 4),
         "attempts seen: {}",
         app_count(&backend, "p1")
     );
 
-    // Route timeout 1 s on a 3 s upstream: 504 near 1 s.
+    // Route timeout 1 s on a 3 s upstream: 504 from the route's timer, not before 1 s.
+    let per_try_before = stat(&client, &per_try_timeouts);
     let a = get(&client, &url("/slow?delay_ms=3000"));
-    assert_eq!(a.status, 504, "{a:?}");
-    assert!(
-        a.elapsed >= Duration::from_millis(950) && a.elapsed < Duration::from_millis(2000),
-        "{:?}",
-        a.elapsed
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (504, "upstream request timeout"),
+        "{a:?}"
     );
+    assert!(a.elapsed >= Duration::from_millis(950), "{:?}", a.elapsed);
+    assert_eq!(stat(&client, &route_timeouts) - route_before, 1);
+    assert_eq!(stat(&client, &per_try_timeouts), per_try_before);
 }
 
 #[test]

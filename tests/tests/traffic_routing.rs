@@ -181,21 +181,29 @@ spec:
         .add_sidecar_pod(&format!("shadow.{NS}"), ip(30), PORT)
         .unwrap();
 
-    // Abort: the status, and the upstream never saw the request.
+    // Abort: the status, from the client's own fault filter, and the upstream never saw it.
+    let aborts = format!("http.outbound_0.0.0.0_{PORT}.fault.aborts_injected");
+    let aborts_before = stat(&client, &aborts);
     let a = get(&client, &url("api", "/abort?key=ab"));
     assert_eq!(a.status, 418, "{a:?}");
+    assert_eq!(stat(&client, &aborts) - aborts_before, 1);
     assert_eq!(app_count(&api, "ab"), 0);
 
-    // Delay: the answer comes after at least the delay.
+    // Delay: the answer comes after at least the delay, and the client's fault filter counts
+    // the one delay it injected; a request on another path of the same route config gets none.
+    let delays = format!("http.outbound_0.0.0.0_{PORT}.fault.delays_injected");
+    let delays_before = stat(&client, &delays);
     let a = get(&client, &url("api", "/delay?key=dl"));
     assert_eq!(a.status, 200, "{a:?}");
     assert!(a.elapsed >= Duration::from_millis(700), "{:?}", a.elapsed);
     assert_eq!(app_count(&api, "dl"), 1);
-    let fast = get(&client, &url("api", "/plain"));
-    assert!(
-        fast.elapsed < Duration::from_millis(700),
-        "{:?}",
-        fast.elapsed
+    assert_eq!(stat(&client, &delays) - delays_before, 1);
+    let plain = get(&client, &url("api", "/plain"));
+    assert_eq!(plain.status, 200, "{plain:?}");
+    assert_eq!(
+        stat(&client, &delays) - delays_before,
+        1,
+        "/plain was delayed"
     );
 
     // Rewrite: prefix and authority.

@@ -242,13 +242,21 @@ impl World {
     }
 }
 
-/// One outcome as `200`, `403 RBAC: access denied`, or the error.
+/// One outcome as `200`, `403 RBAC: access denied`, or why there was no answer
+/// (`no answer: Closed`, ... see [`NoAnswer`]).
 pub fn outcome(r: &anyhow::Result<HttpResponse>) -> String {
     match r {
         Ok(r) if r.status == 403 => format!("403 {}", r.body.trim()),
         Ok(r) => r.status.to_string(),
-        Err(e) => format!("error: {e:#}"),
+        Err(e) => format!("no answer: {:?}", no_answer(e.as_ref())),
     }
+}
+
+/// Whether an [`outcome`] is a connection that was accepted and then closed or reset without an
+/// answer: how a TCP connection denied by the network RBAC filter ends for the caller.
+pub fn closed_unanswered(outcome: &str) -> bool {
+    outcome == format!("no answer: {:?}", NoAnswer::Closed)
+        || outcome == format!("no answer: {:?}", NoAnswer::Reset)
 }
 
 /// Poll `f` until it answers `want` three times in a row (a connection opened under the previous

@@ -78,6 +78,8 @@ pub struct Answer {
     pub headers: BTreeMap<String, String>,
     pub body: String,
     pub elapsed: Duration,
+    /// Why there was no HTTP answer (status 0), from the client's error.
+    pub no_answer: Option<NoAnswer>,
 }
 
 impl Answer {
@@ -134,6 +136,7 @@ async fn one(
                 headers,
                 body,
                 elapsed: started.elapsed(),
+                no_answer: None,
             }
         }
         Err(e) => Answer {
@@ -141,6 +144,7 @@ async fn one(
             headers: BTreeMap::new(),
             body: format!("{e:#}"),
             elapsed: started.elapsed(),
+            no_answer: Some(no_answer(&e)),
         },
     }
 }
@@ -291,9 +295,14 @@ pub fn wait_cluster(pod: &SidecarPod, name: &str, timeout: Duration) -> bool {
     })
 }
 
-/// A counter from Envoy's stats, 0 when absent.
+/// A counter from Envoy's stats; panics naming it when Envoy does not have it.
 pub fn stat(pod: &SidecarPod, name: &str) -> u64 {
-    pod.envoy_stat(name).ok().flatten().unwrap_or(0)
+    envoy_stat(pod, name).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Waits until Envoy's stat `name` exists and `ok` holds for it; panics naming it otherwise.
+pub fn wait_stat(pod: &SidecarPod, name: &str, ok: impl FnMut(u64) -> bool) -> u64 {
+    wait_envoy_stat(pod, name, Duration::from_secs(10), ok).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Sidecar options for a gateway pod: Envoy in router mode, no capture, no app.
