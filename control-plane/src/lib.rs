@@ -21,6 +21,7 @@ pub mod proxy_wait;
 pub mod root_rotation;
 pub mod source;
 pub mod status_cli;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod webhook;
