@@ -23,6 +23,7 @@ pub mod snapshots;
 pub mod source;
 pub mod status_cli;
 pub mod supervise;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;
