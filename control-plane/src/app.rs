@@ -182,7 +182,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let cert_monitor = Arc::new(crate::ca_service::CertMonitor {
         ca: ca.clone(),
         secrets: secrets.clone(),
-        registry: registry.clone(),
         serving: serving_cert.clone(),
     });
 

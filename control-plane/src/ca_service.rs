@@ -339,7 +339,6 @@ pub struct Expiring {
 pub struct CertMonitor {
     pub ca: Arc<CertificateAuthority>,
     pub secrets: Arc<crate::identity::CaSecrets>,
-    pub registry: Arc<meshd_xds::server::Registry>,
     pub serving: Arc<ServingCert>,
 }
 
