@@ -81,13 +81,23 @@ pub(crate) fn load_or_create_key(
     Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
 }
 
-pub(crate) fn issue(key: &hmac::Key, claims: &WorkloadClaims) -> String {
+pub(crate) fn issue(key: &hmac::Key, claims: &WorkloadClaims) -> Result<String, CaError> {
     let json = serde_json::to_vec(claims).expect("WorkloadClaims always serializes");
+    // Unpadded base64url of n bytes is ceil(4n/3) characters; the MAC is 32 bytes.
+    let len = PREFIX.len() + 2 + (4 * json.len()).div_ceil(3) + 43;
+    if len > MAX_CREDENTIAL_LEN {
+        return Err(CaError::CredentialTooLong {
+            workload: format!("{}.{}", claims.workload, claims.namespace),
+            len,
+            max: MAX_CREDENTIAL_LEN,
+        });
+    }
     let mut token = format!("{PREFIX}.{}", URL_SAFE_NO_PAD.encode(json));
     let tag = hmac::sign(key, token.as_bytes());
     token.push('.');
     token.push_str(&URL_SAFE_NO_PAD.encode(tag.as_ref()));
-    token
+    debug_assert_eq!(token.len(), len);
+    Ok(token)
 }
 
 /// Checks `token`'s MAC (constant time), then that it has not expired at `now`.

@@ -129,6 +129,14 @@ pub enum CaError {
         "the credential of {workload} carries no expiry (issued by an older meshd); write a new bootstrap with `meshd bootstrap`"
     )]
     CredentialNoExpiry { workload: String },
+    #[error(
+        "no credential for {workload}: its names make a credential of {len} bytes, over the {max}-byte limit every verifier enforces"
+    )]
+    CredentialTooLong {
+        workload: String,
+        len: usize,
+        max: usize,
+    },
     #[error("root rotation is not possible: {reason}")]
     RotationUnsupported { reason: String },
     #[error("root rotation: {reason}")]
@@ -1562,8 +1570,10 @@ impl CertificateAuthority {
             .store(cap, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// A signed credential for `claims` (`meshd1.<claims>.<mac>`).
-    pub fn issue_credential(&self, claims: &WorkloadClaims) -> String {
+    /// A signed credential for `claims` (`meshd1.<claims>.<mac>`). Refused when it would be
+    /// longer than [`MAX_CREDENTIAL_LEN`]: a credential no verifier accepts is
+    /// never handed out.
+    pub fn issue_credential(&self, claims: &WorkloadClaims) -> Result<String, CaError> {
         credential::issue(&self.cred_key, claims)
     }
 

@@ -635,13 +635,15 @@ fn root_persisted_and_reused() {
     let root1 = ca1.root_cert_pem();
     let key1 = std::fs::read(dir.path().join(ROOT_KEY_FILE)).unwrap();
     let serial1 = ca1.issued()[0].serial.clone();
-    let token = ca1.issue_credential(&WorkloadClaims {
-        workload: "w".into(),
-        namespace: "n".into(),
-        service_account: "s".into(),
-        issued_at: 1,
-        expires_at: u64::MAX,
-    });
+    let token = ca1
+        .issue_credential(&WorkloadClaims {
+            workload: "w".into(),
+            namespace: "n".into(),
+            service_account: "s".into(),
+            issued_at: 1,
+            expires_at: u64::MAX,
+        })
+        .unwrap();
     drop(ca1);
     let ca2 = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
     assert_eq!(ca2.root_cert_pem(), root1);
@@ -804,7 +806,7 @@ fn credential_round_trip_and_tamper() {
         issued_at: 1_700_000_000,
         expires_at: u64::MAX,
     };
-    let token = ca.issue_credential(&claims);
+    let token = ca.issue_credential(&claims).unwrap();
     assert!(token.starts_with("meshd1."));
     assert_eq!(token.split('.').count(), 3);
     assert_eq!(ca.verify_credential(&token).unwrap(), claims);
@@ -872,7 +874,7 @@ fn credentials_expire_and_need_an_expiry() {
     let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
     let claims = WorkloadClaims::new("w", "n", "s", Duration::from_secs(3600));
     assert_eq!(claims.expires_at, claims.issued_at + 3600);
-    let token = ca.issue_credential(&claims);
+    let token = ca.issue_credential(&claims).unwrap();
     assert_eq!(ca.verify_credential(&token).unwrap(), claims);
     let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
     assert!(
@@ -890,7 +892,7 @@ fn credentials_expire_and_need_an_expiry() {
         ..claims
     };
     let err = ca
-        .verify_credential(&ca.issue_credential(&legacy))
+        .verify_credential(&ca.issue_credential(&legacy).unwrap())
         .unwrap_err();
     assert!(matches!(err, CaError::CredentialNoExpiry { .. }), "{err}");
 }
@@ -1345,7 +1347,7 @@ fn root_rotation_phases_persist_and_verify() {
         issued_at: 1,
         expires_at: u64::MAX,
     };
-    let token = ca.issue_credential(&claims);
+    let token = ca.issue_credential(&claims).unwrap();
     assert_eq!(reloaded.verify_credential(&token).unwrap(), claims);
 }
 
@@ -2078,4 +2080,36 @@ fn root_rotation_waits_for_create_certificate_callers_to_renew() {
     ca.advance_root_rotation().unwrap(); // drop-old
     assert!(ca.csr_holders_behind().is_empty());
     assert_eq!(ca.csr_holders(), (1, 0));
+}
+
+/// Found by the `credential_verify` fuzz target: claims with long names were signed into a
+/// credential longer than any verifier accepts. Issuance now refuses exactly what
+/// verification would, and everything it issues verifies.
+#[test]
+fn credentials_are_issued_only_when_they_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(&cfg(dir.path())).unwrap();
+    let ttl = Duration::from_secs(3600);
+    let mut refused = 0;
+    for len in (0..MAX_CREDENTIAL_LEN).step_by(7) {
+        let claims = WorkloadClaims::new("w", "n", &"s".repeat(len), ttl);
+        match ca.issue_credential(&claims) {
+            Ok(token) => {
+                assert!(token.len() <= MAX_CREDENTIAL_LEN);
+                assert_eq!(ca.verify_credential(&token).unwrap(), claims);
+            }
+            Err(err) => {
+                assert!(matches!(err, CaError::CredentialTooLong { .. }), "{err}");
+                assert!(err.to_string().contains("w.n"), "{err}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "long names must hit the limit");
+    // the fuzzer's input: control characters escape to six bytes each in JSON
+    let nul = WorkloadClaims::new("", "", &"\0".repeat(600), ttl);
+    assert!(matches!(
+        ca.issue_credential(&nul),
+        Err(CaError::CredentialTooLong { .. })
+    ));
 }

@@ -486,7 +486,7 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
         node_type,
         xds_address: args.xds_address.clone(),
         admin_port: args.admin_port,
-        credential: ca.issue_credential(&claims),
+        credential: ca.issue_credential(&claims)?,
         delta: args.delta,
     };
     let text = serde_json::to_string_pretty(&bootstrap::render(&spec)?)?;

@@ -61,12 +61,14 @@ impl TestServer {
 
     /// A credential as `meshd bootstrap` would write it for this workload (valid for an hour).
     pub fn credential(&self, workload: &str, namespace: &str, service_account: &str) -> String {
-        self.ca().issue_credential(&WorkloadClaims::new(
-            workload,
-            namespace,
-            service_account,
-            Duration::from_secs(3600),
-        ))
+        self.ca()
+            .issue_credential(&WorkloadClaims::new(
+                workload,
+                namespace,
+                service_account,
+                Duration::from_secs(3600),
+            ))
+            .expect("test workload names make a credential within the limit")
     }
 
     pub fn xds_url(&self) -> String {

@@ -223,13 +223,16 @@ async fn a_credential_past_its_expiry_is_refused() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let expired = server.ca().issue_credential(&WorkloadClaims {
-        workload: WORKLOAD.into(),
-        namespace: NS.into(),
-        service_account: "billing-service".into(),
-        issued_at: now - 7200,
-        expires_at: now - 1,
-    });
+    let expired = server
+        .ca()
+        .issue_credential(&WorkloadClaims {
+            workload: WORKLOAD.into(),
+            namespace: NS.into(),
+            service_account: "billing-service".into(),
+            issued_at: now - 7200,
+            expires_at: now - 1,
+        })
+        .unwrap();
     let mut client = channel(&server).await;
     let (_tx, answer) = sotw_secret(&mut client, &expired, BILLING).await;
     let status = answer.expect_err("refused");

@@ -311,7 +311,7 @@ fn credentials(
     ca: &CertificateAuthority,
     shape: &mesh::Shape,
 ) -> anyhow::Result<Vec<ProxySpec>> {
-    Ok((0..args.proxies)
+    (0..args.proxies)
         .map(|w| {
             let (name, ns, sa) = mesh::workload(w, shape);
             let credential = ca.issue_credential(&WorkloadClaims::new(
@@ -319,14 +319,14 @@ fn credentials(
                 &ns,
                 &sa,
                 std::time::Duration::from_secs(7 * 24 * 3600),
-            ));
-            ProxySpec {
+            ))?;
+            Ok(ProxySpec {
                 index: w as u32,
                 node_id: NodeId::format(NodeType::Sidecar, &mesh::workload_ip(w), &name, &ns),
                 credential,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Where the simulated sidecars connect: with `--tls`, the TLS port, trusting the mesh root.
