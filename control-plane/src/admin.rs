@@ -204,9 +204,11 @@ fn ca_metrics(s: &AdminState, out: &mut String) {
         out,
         "# HELP meshd_csr_rejected_total CreateCertificate requests refused, by reason.\n# TYPE meshd_csr_rejected_total counter"
     );
-    let rejected = s.ca_metrics.rejected_by_reason();
+    let mut rejected = s.ca_metrics.rejected_by_reason();
+    // Known reasons appear at zero; a reason missing from this list still appears once counted.
     for reason in [
         "unauthenticated",
+        "unregistered",
         "malformed",
         "bad_signature",
         "weak_key",
@@ -217,7 +219,10 @@ fn ca_metrics(s: &AdminState, out: &mut String) {
         "identity",
         "signer_unavailable",
     ] {
-        let n = rejected.get(reason).copied().unwrap_or(0);
+        let n = rejected.remove(reason).unwrap_or(0);
+        let _ = writeln!(out, "meshd_csr_rejected_total{{reason=\"{reason}\"}} {n}");
+    }
+    for (reason, n) in rejected {
         let _ = writeln!(out, "meshd_csr_rejected_total{{reason=\"{reason}\"}} {n}");
     }
     let expiring = s.cert_monitor.expiring(std::time::SystemTime::now());

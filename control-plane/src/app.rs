@@ -175,7 +175,13 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         .into_service(),
     };
     let ca_metrics = Arc::new(crate::ca_service::CaMetrics::default());
-    let ca_service = crate::ca_service::CaService::new(ca.clone(), auth, ca_metrics.clone());
+    let ca_service = crate::ca_service::CaService::new(
+        ca.clone(),
+        auth,
+        ca_metrics.clone(),
+        snapshot_rx.clone(),
+        ServerOptions::default().bind_wait,
+    );
     let serving_cert =
         crate::ca_service::ServingCert::new(ca.clone(), config.xds_tls_names.clone())
             .context("issuing the TLS port's serving certificate")?;

@@ -4,7 +4,7 @@
 use super::status::{ProxyHandle, ProxyStatus, SentResources, SyncStatus, TypeStatus};
 use super::{Authenticator, Metrics, SecretSource, Shared};
 use crate::generate::ProxyResources;
-use crate::proxy::{BindError, Identity, Proxy};
+use crate::proxy::{BindError, Identity, Proxy, RegistrationError};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +29,38 @@ fn check_binding(
         .index
         .workload(&identity.workload, &identity.namespace);
     crate::proxy::bind(identity, node_id, registered)
+}
+
+/// Waits up to `wait` for the registry to show `identity`'s workload running under the service
+/// account it proves: what a caller without an xDS node (CreateCertificate) must pass. A Pod
+/// just started may not be in the snapshot yet.
+pub async fn wait_registered(
+    mut mesh: watch::Receiver<Arc<crate::MeshSnapshot>>,
+    identity: &Identity,
+    wait: std::time::Duration,
+) -> Result<(), RegistrationError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let checked = {
+            let snapshot = mesh.borrow_and_update();
+            crate::proxy::registered_as(
+                identity,
+                snapshot
+                    .index
+                    .workload(&identity.workload, &identity.namespace),
+            )
+            .map(|_| ())
+        };
+        match checked {
+            Err(e) if e.registry_may_catch_up() => {
+                match tokio::time::timeout_at(deadline, mesh.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Err(e),
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 fn refusal(e: &BindError) -> Status {

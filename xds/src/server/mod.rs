@@ -10,6 +10,7 @@ mod sotw;
 pub mod status;
 pub mod wire;
 
+pub use conn::wait_registered;
 pub use status::{ProxyStatus, Registry, SyncStatus, TypeStatus};
 
 use crate::generate::{MeshSnapshot, ProxyResources};
