@@ -37,6 +37,10 @@ pub struct AdminState {
     pub cert_monitor: Arc<crate::ca_service::CertMonitor>,
     /// Checks bearer tokens of off-host callers (Kubernetes mode); `None`: loopback only.
     pub caller_check: Option<Arc<dyn access::CallerCheck>>,
+    /// Connections each listener closed for being over its cap.
+    pub refused_connections: Arc<crate::accept::RefusedByListener>,
+    /// Failed authentications per address, and requests refused for them.
+    pub auth_failures: Arc<crate::transport::AuthFailures>,
 }
 
 /// The admin routes behind [`access::guard`]; serve it with `ConnectInfo<SocketAddr>`
@@ -454,5 +458,27 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     );
     ca_metrics(&s, &mut out);
     s.tasks.write_metrics(&mut out);
+    limit_metrics(&s, &mut out);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// What the listeners' limits turned away.
+fn limit_metrics(s: &AdminState, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP meshd_connections_refused_total Connections a listener closed at once for being over its connection cap.\n# TYPE meshd_connections_refused_total counter"
+    );
+    for (listener, n) in s.refused_connections.counts() {
+        let listener = listener.trim_end_matches("-accept");
+        let _ = writeln!(
+            out,
+            "meshd_connections_refused_total{{listener=\"{listener}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshd_auth_throttled_total gRPC requests refused (RESOURCE_EXHAUSTED) for coming from an address with too many failed authentications.\n# TYPE meshd_auth_throttled_total counter\nmeshd_auth_throttled_total {}\n# HELP meshd_auth_failing_peers Addresses with recent failed authentications being tracked.\n# TYPE meshd_auth_failing_peers gauge\nmeshd_auth_failing_peers {}",
+        s.auth_failures.throttled(),
+        s.auth_failures.tracked()
+    );
 }

@@ -313,17 +313,24 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         limits.auth_failure_burst,
         limits.auth_failures_per_minute,
     ));
+    let refused = Arc::new(crate::accept::RefusedByListener::default());
     // A server's connections, accepted on a thread of their own under its connection cap. A
     // restarted server binds its address again (the panicked one's listener is gone).
     let incoming = {
         let stop = shutdown_rx.clone();
+        let refused = refused.clone();
         move |listener: Option<TcpListener>, addr: SocketAddr, name: &'static str, cap: usize| {
             let listener = match listener {
                 Some(l) => l,
                 None => crate::accept::listen_for_proxies(addr)?,
             };
-            let refused = Arc::new(crate::accept::Refused::default());
-            crate::accept::accept_on_own_thread(listener, name, cap, refused, stop.clone())
+            crate::accept::accept_on_own_thread(
+                listener,
+                name,
+                cap,
+                refused.listener(name),
+                stop.clone(),
+            )
         }
     };
     if let (Some(listener), Some(addr)) = (xds_listener, xds_addr) {
@@ -351,14 +358,15 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let tls = tokio_rustls::TlsAcceptor::from(serving_cert.server_config()?);
     let mut first_tls = Some((xds_tls_listener, tls));
     let stop_rx = shutdown_rx.clone();
-    let (tls_incoming, tls_limits) = (incoming.clone(), limits.clone());
+    let (tls_incoming, tls_limits, tls_auth_failures) =
+        (incoming.clone(), limits.clone(), auth_failures.clone());
     tasks.spawn("xds-tls-server", move || {
         let first = first_tls.take();
         let grpc = crate::transport::GrpcAuthLimit::new(
             tonic::service::Routes::new(ads_tls_service.clone())
                 .add_service(ca_service.clone())
                 .prepare(),
-            auth_failures.clone(),
+            tls_auth_failures.clone(),
         );
         let opts = crate::transport::ConnOptions::xds("xds-tls", &tls_limits);
         let cap = tls_limits.xds_max_connections;
@@ -422,6 +430,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         ca_metrics,
         cert_monitor,
         caller_check,
+        refused_connections: refused,
+        auth_failures,
     };
     let mut first_admin = Some(admin_listener);
     let stop_rx = shutdown_rx.clone();
