@@ -49,6 +49,7 @@ pub fn router(state: AdminState) -> Router {
     let caller_check = state.caller_check.clone();
     Router::new()
         .route("/healthz/ready", get(ready))
+        .route("/healthz/live", get(|| async { "alive\n" }))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .route("/debug/syncz", get(syncz))

@@ -87,12 +87,30 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
-    let mut kube = match &config.kubernetes {
-        Some(k) => Some(crate::kube::Kube::connect(k).await?),
-        None => None,
+    // Bound first: probes get an answer while Kubernetes mode waits for its API server.
+    let admin_listener = TcpListener::bind((config.bind, config.admin_port))
+        .await
+        .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
+    let config_tx = watch::Sender::new(Arc::new(MeshConfig::default()));
+    let (kube, kube_ca) = match &config.kubernetes {
+        Some(k) => {
+            let (status_tx, status) = watch::channel(String::from("starting"));
+            let ca_config = config.ca_config();
+            let started = crate::startup::kube(
+                k,
+                &ca_config,
+                config.debounce,
+                config_tx.clone(),
+                &status_tx,
+            );
+            let (kube, ca) =
+                crate::startup::answering_probes(&admin_listener, status, started).await?;
+            (Some(kube), Some(ca))
+        }
+        None => (None, None),
     };
-    let ca = Arc::new(match kube.as_mut() {
-        Some(k) => k.load_ca(&config.ca_config()).await?,
+    let ca = Arc::new(match kube_ca {
+        Some(ca) => ca,
         None => {
             // Off the async workers: a new RSA 4096 root takes seconds to generate.
             let ca_cfg = config.ca_config();
@@ -103,12 +121,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         }
     });
     let mut source = FileSource::new(config.config_dir.clone());
-    let config_tx = watch::Sender::new(Arc::new(MeshConfig::default()));
-    match kube.as_mut() {
-        Some(k) => k.watch(config.debounce, config_tx.clone()).await?,
-        None => {
-            config_tx.send_replace(Arc::new(source.reload()));
-        }
+    if kube.is_none() {
+        config_tx.send_replace(Arc::new(source.reload()));
     }
     let initial = config_tx.borrow().clone();
     for r in &initial.rejected {
@@ -198,9 +212,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         ),
         false => None,
     };
-    let admin_listener = TcpListener::bind((config.bind, config.admin_port))
-        .await
-        .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
     let xds_addr = xds_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let xds_tls_listener =
         crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_tls_port))

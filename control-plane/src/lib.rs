@@ -21,6 +21,7 @@ pub mod proxy_wait;
 pub mod root_rotation;
 pub mod snapshots;
 pub mod source;
+pub mod startup;
 pub mod status_cli;
 pub mod supervise;
 pub mod telemetry;
