@@ -8,9 +8,8 @@
 //! target namespaces, so nothing is routed into the machine's own namespace). Ctrl-C or SIGTERM
 //! stops every child and removes every namespace.
 
-use crate::localmesh::{self, LocalMesh, LocalMeshOptions, SidecarOptions};
+use crate::mesh::{self as localmesh, LocalMesh, LocalMeshOptions, SidecarOptions};
 use crate::podnet;
-use crate::source::FileSource;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use meshd_model::MeshConfig;
@@ -224,9 +223,18 @@ fn bind_loopback(port: u16, flag: &str, what: &str) -> anyhow::Result<std::net::
     Ok(l)
 }
 
+/// The VoiceCore mesh `meshd serve` runs when given no config directory (the same files its
+/// file source embeds), parsed here so the harness does not link the server.
+fn embedded_mesh() -> MeshConfig {
+    let files = meshd_model::voicecore::FILES.map(|(name, text)| {
+        meshd_model::parse_file(name, text).expect("the embedded mesh is valid YAML (tested)")
+    });
+    MeshConfig::assemble(&files)
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     preflight()?;
-    let mesh_config = FileSource::new(None).reload();
+    let mesh_config = embedded_mesh();
     let plan = DemoPlan::from_mesh(&mesh_config)?;
     if plan.gateways.is_empty() {
         bail!("the embedded mesh has no gateway workload");
@@ -671,7 +679,7 @@ mod tests {
 
     #[test]
     fn plan_of_the_embedded_mesh() {
-        let mesh = FileSource::new(None).reload();
+        let mesh = embedded_mesh();
         let plan = DemoPlan::from_mesh(&mesh).unwrap();
         assert_eq!(plan.services.len(), 8, "{plan:?}");
         for (i, s) in plan.services.iter().enumerate() {
