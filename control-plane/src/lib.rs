@@ -8,15 +8,12 @@ pub mod app;
 pub mod bootstrap;
 pub mod ca_service;
 pub mod cli;
-pub mod demo;
 pub mod identity;
 pub mod iptables;
 pub mod kube;
 pub mod kube_bootstrap;
 pub mod kube_inject;
-pub mod localmesh;
 pub mod memory;
-pub mod podnet;
 pub mod proxy_wait;
 pub mod root_rotation;
 pub mod snapshots;
@@ -30,7 +27,6 @@ pub mod testing;
 pub mod transport;
 mod transport_limits;
 pub mod webhook;
-pub mod workload_app;
 
 /// jemalloc rather than glibc's malloc: thousands of long-lived streams allocating and freeing
 /// response buffers on two threads fragment glibc's arenas, and jemalloc both costs less CPU
