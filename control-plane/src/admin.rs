@@ -460,6 +460,8 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     ca_metrics(&s, &mut out);
     s.tasks.write_metrics(&mut out);
     limit_metrics(&s, &mut out);
+    crate::istio_names::encode_into(&s, &mut out);
+    out.push('\n');
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 

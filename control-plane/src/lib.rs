@@ -10,6 +10,7 @@ pub mod ca_service;
 pub mod cli;
 pub mod identity;
 pub mod iptables;
+pub mod istio_names;
 pub mod kube;
 pub mod kube_bootstrap;
 pub mod kube_inject;

@@ -240,6 +240,12 @@ async fn create_certificate_over_tls() {
         "meshd_csr_rejected_total{reason=\"bad_signature\"} 1",
         "meshd_csr_rejected_total{reason=\"unregistered\"} 2",
         "meshd_certs_expiring_soon{kind=\"root\"} 0",
+        // The same under Istio's names: 2 signed + 8 refused.
+        "citadel_server_csr_count 10",
+        "citadel_server_authentication_failure_count 4",
+        "citadel_server_csr_parsing_err_count 3",
+        "citadel_server_csr_sign_err_count 1",
+        "citadel_server_id_extraction_err_count 0",
         "meshd_certs_expiring_soon{kind=\"server\"} 0",
     ] {
         assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
@@ -251,6 +257,24 @@ async fn create_certificate_over_tls() {
         .parse()
         .unwrap();
     assert!(issued >= 2, "{metrics}");
+    let istio_issued: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("citadel_server_success_cert_issuance_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(istio_issued, issued);
+    let root_expiry: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("citadel_server_root_cert_expiry_timestamp "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(root_expiry > now + 365 * 24 * 3600, "{root_expiry}");
     assert!(
         metrics.contains("meshd_certs_issued_total{kind=\"server\"} 1"),
         "{metrics}"

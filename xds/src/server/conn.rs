@@ -125,6 +125,7 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
             types: BTreeMap::new(),
         });
         shared.metrics.connected.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.pilot.xds.inc();
         shared.secrets.acquire(&proxy);
         let mut mesh = shared.mesh.clone();
         mesh.mark_unchanged();
@@ -164,6 +165,12 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         Ok(())
     }
 
+    /// A push caused by a new snapshot is done: the time since that snapshot's build began.
+    pub fn converged(&self) {
+        let built_at = self.mesh.borrow().built_at;
+        self.shared.metrics.pilot.converged(built_at.elapsed());
+    }
+
     /// Waits for a config change, a secret change or rotation deadline, or drain.
     pub async fn wake(&mut self) -> Wake {
         if *self.drain.borrow() {
@@ -198,6 +205,7 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         bytes: usize,
     ) {
         Metrics::inc(&self.shared.metrics.pushes, 1);
+        self.shared.metrics.pilot.pushed(type_url);
         Metrics::inc(&self.shared.metrics.push_bytes, bytes as u64);
         self.update_type(type_url, |t| {
             t.sent_version = version.to_string();
@@ -218,6 +226,7 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
 
     pub fn record_nack(&self, type_url: &str, message: &str) {
         Metrics::inc(&self.shared.metrics.nacks, 1);
+        self.shared.metrics.pilot.rejected(type_url);
         tracing::warn!(proxy = %self.proxy.id, type_url, error = message, "proxy rejected config (NACK); it keeps its last good config");
         self.update_type(type_url, |t| {
             t.status = SyncStatus::Nacked;
@@ -237,6 +246,7 @@ impl<A, S: SecretSource> Drop for Conn<A, S> {
             .metrics
             .connected
             .fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.pilot.xds.dec();
         tracing::info!(proxy = %self.proxy.id, "proxy disconnected");
     }
 }

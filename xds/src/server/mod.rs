@@ -6,6 +6,7 @@ mod delta;
 mod diff;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod istio_metrics;
 mod sotw;
 pub mod status;
 pub mod wire;
@@ -74,6 +75,8 @@ pub struct Metrics {
     pub push_bytes: AtomicU64,
     pub nacks: AtomicU64,
     pub acks: AtomicU64,
+    /// The same events under Istio's names (`pilot_*`), for `/metrics`.
+    pub pilot: istio_metrics::PilotMetrics,
 }
 
 impl Metrics {
