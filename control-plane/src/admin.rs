@@ -37,6 +37,8 @@ pub struct AdminState {
     pub cert_monitor: Arc<crate::ca_service::CertMonitor>,
     /// Checks bearer tokens of off-host callers (Kubernetes mode); `None`: loopback only.
     pub caller_check: Option<Arc<dyn access::CallerCheck>>,
+    /// The injection webhook's outcomes (zero when it is not served).
+    pub injection_metrics: Arc<crate::webhook::InjectionMetrics>,
     /// Connections each listener closed for being over its cap.
     pub refused_connections: Arc<crate::accept::RefusedByListener>,
     /// Failed authentications per address, and requests refused for them.

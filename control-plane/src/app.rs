@@ -223,6 +223,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             })?;
     let xds_tls_addr = xds_tls_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let injection_metrics = Arc::new(crate::webhook::InjectionMetrics::default());
     let webhook = match &config.webhook {
         Some(w) => {
             let listener = TcpListener::bind((config.bind, w.port))
@@ -239,7 +240,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             {
                 inject.native_sidecars = crate::webhook::detect_native_sidecars(k.client()).await;
             }
-            let router = crate::webhook::router(inject, namespaces);
+            let router = crate::webhook::router(inject, namespaces, injection_metrics.clone());
             Some((listener, tls, router))
         }
         None => None,
@@ -442,6 +443,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         cert_monitor,
         caller_check,
         refused_connections: refused,
+        injection_metrics,
         auth_failures,
     };
     let mut first_admin = Some(admin_listener);

@@ -1,7 +1,7 @@
 //! Istio's control-plane metric names on `/metrics`, next to meshd's own `meshd_*` series, so
 //! the dashboards and alerts written for istiod read meshd unchanged: the ADS server's
-//! `pilot_*` (kept live by `meshd_xds`) and the CA's `citadel_server_*` (read from the CA's
-//! counters at scrape time). Encoded with prometheus-client; no label carries a proxy or a
+//! `pilot_*` (kept live by `meshd_xds`), the CA's `citadel_server_*` (read from the CA's
+//! counters at scrape time) and the injector's `sidecar_injection_*_total`. Encoded with prometheus-client; no label carries a proxy or a
 //! certificate, so the series count is fixed.
 
 use crate::admin::AdminState;
@@ -92,6 +92,7 @@ pub fn encode_into(s: &AdminState, out: &mut String) {
     let mut registry = Registry::default();
     s.metrics.pilot.register(&mut registry);
     citadel(s, &mut registry);
+    s.injection_metrics.register(&mut registry);
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &registry).is_ok() {
         out.push_str(text.trim_end().trim_end_matches("# EOF"));
