@@ -1,6 +1,9 @@
 //! Unit tests of the Kubernetes registry index (index.rs): cluster objects in, MeshConfig out.
 
+use super::services::port_number;
 use super::*;
+use meshd_model::networking::{Labels, Location, Resolution};
+use meshd_model::registry::Protocol;
 
 const CLUSTER: &str = include_str!("testdata/cluster.yaml");
 const ENDPOINTS_V1: &str = include_str!("testdata/endpoints-v1.yaml");
