@@ -4,17 +4,10 @@
 use super::common::*;
 use super::{GenOptions, Index};
 use crate::resource::any;
-use envoy_types::pb::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, circuit_breakers, cluster,
-};
-use envoy_types::pb::envoy::config::core::v3::{
-    Metadata, RoutingPriority, TcpKeepalive as EnvoyKeepalive, TransportSocket,
-};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{Metadata, TransportSocket};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
-};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    HttpProtocolOptions, http_protocol_options,
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use meshd_model::networking::{
@@ -25,6 +18,10 @@ use meshd_model::registry::{Endpoint, Port, Service, selector_matches};
 use meshd_model::security::MtlsMode;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+#[path = "cluster_policy.rs"]
+mod policy;
+use policy::{circuit_breakers, keepalive, lb_policy, outlier, protocol_options, speaks_h2};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
@@ -92,155 +89,6 @@ impl EffectivePolicy {
         }
         p
     }
-}
-
-fn lb_policy(lb: Option<&LoadBalancerSettings>) -> cluster::LbPolicy {
-    match lb.and_then(|l| l.simple) {
-        Some(SimpleLb::RoundRobin) => cluster::LbPolicy::RoundRobin,
-        Some(SimpleLb::Random) => cluster::LbPolicy::Random,
-        Some(SimpleLb::Passthrough) => cluster::LbPolicy::ClusterProvided,
-        _ if lb.is_some_and(|l| l.consistent_hash.is_some()) => cluster::LbPolicy::RingHash,
-        // Istio's default since 1.14.
-        _ => cluster::LbPolicy::LeastRequest,
-    }
-}
-
-fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
-    let tcp = pool.and_then(|p| p.tcp.as_ref());
-    let http = pool.and_then(|p| p.http.as_ref());
-    // Istio lifts Envoy's small defaults (1024) to "unlimited" unless the rule says otherwise.
-    let unlimited = u32::MAX;
-    CircuitBreakers {
-        thresholds: vec![circuit_breakers::Thresholds {
-            priority: RoutingPriority::Default as i32,
-            max_connections: u32v(tcp.and_then(|t| t.max_connections).unwrap_or(unlimited)),
-            max_pending_requests: u32v(
-                http.and_then(|h| h.http1_max_pending_requests)
-                    .unwrap_or(unlimited),
-            ),
-            max_requests: u32v(http.and_then(|h| h.http2_max_requests).unwrap_or(unlimited)),
-            max_retries: u32v(http.and_then(|h| h.max_retries).unwrap_or(unlimited)),
-            track_remaining: true,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn outlier(od: &OutlierDetection) -> EnvoyOutlier {
-    let consecutive_5xx = od.consecutive_5xx_errors.or(od.consecutive_errors);
-    EnvoyOutlier {
-        consecutive_5xx: consecutive_5xx.and_then(u32v),
-        enforcing_consecutive_5xx: u32v(if consecutive_5xx.unwrap_or(0) > 0 {
-            100
-        } else {
-            0
-        }),
-        consecutive_gateway_failure: od.consecutive_gateway_errors.and_then(u32v),
-        enforcing_consecutive_gateway_failure: u32v(
-            if od.consecutive_gateway_errors.unwrap_or(0) > 0 {
-                100
-            } else {
-                0
-            },
-        ),
-        consecutive_local_origin_failure: od.consecutive_local_origin_failures.and_then(u32v),
-        enforcing_consecutive_local_origin_failure: od
-            .consecutive_local_origin_failures
-            .map(|_| 100)
-            .and_then(u32v),
-        split_external_local_origin_errors: od.split_external_local_origin_errors.unwrap_or(false),
-        interval: od.interval.map(duration),
-        base_ejection_time: od.base_ejection_time.map(duration),
-        max_ejection_percent: od.max_ejection_percent.and_then(u32v),
-        enforcing_success_rate: u32v(0),
-        ..Default::default()
-    }
-}
-
-/// Whether the sidecar speaks HTTP/2 to this destination port: HTTP2/gRPC ports, or
-/// `h2UpgradePolicy: UPGRADE`.
-fn speaks_h2(pool: Option<&ConnectionPoolSettings>, port: &Port) -> bool {
-    matches!(
-        port.protocol,
-        meshd_model::registry::Protocol::Http2 | meshd_model::registry::Protocol::Grpc
-    ) || pool
-        .and_then(|p| p.http.as_ref())
-        .and_then(|h| h.h2_upgrade_policy.as_deref())
-        == Some("UPGRADE")
-}
-
-fn protocol_options(
-    pool: Option<&ConnectionPoolSettings>,
-    port: &Port,
-) -> Option<(String, envoy_types::pb::google::protobuf::Any)> {
-    use envoy_types::pb::envoy::config::core::v3::{
-        Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttp,
-    };
-    let http = pool.and_then(|p| p.http.as_ref());
-    let tcp = pool.and_then(|p| p.tcp.as_ref());
-    if !port.protocol.is_http() {
-        return None;
-    }
-    let protocol_config = if speaks_h2(pool, port) {
-        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-            Http2ProtocolOptions {
-                max_concurrent_streams: http.and_then(|h| h.max_concurrent_streams).and_then(u32v),
-                ..Default::default()
-            },
-        )
-    } else {
-        http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
-            Http1ProtocolOptions::default(),
-        )
-    };
-    let opts = HttpProtocolOptions {
-        common_http_protocol_options: Some(CommonHttp {
-            idle_timeout: http.and_then(|h| h.idle_timeout).map(duration),
-            max_requests_per_connection: http
-                .and_then(|h| h.max_requests_per_connection)
-                .filter(|n| *n > 0)
-                .and_then(u32v),
-            max_connection_duration: tcp.and_then(|t| t.max_connection_duration).map(duration),
-            ..Default::default()
-        }),
-        upstream_protocol_options: Some(
-            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(protocol_config),
-                },
-            ),
-        ),
-        ..Default::default()
-    };
-    Some((
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-        any(&opts),
-    ))
-}
-
-fn keepalive(
-    pool: Option<&ConnectionPoolSettings>,
-) -> Option<envoy_types::pb::envoy::config::cluster::v3::UpstreamConnectionOptions> {
-    let ka = pool
-        .and_then(|p| p.tcp.as_ref())
-        .and_then(|t| t.tcp_keepalive.as_ref())?;
-    Some(
-        envoy_types::pb::envoy::config::cluster::v3::UpstreamConnectionOptions {
-            tcp_keepalive: Some(EnvoyKeepalive {
-                keepalive_probes: ka.probes.and_then(u32v),
-                keepalive_time: ka.time.map(saturating_secs).and_then(u32v),
-                keepalive_interval: ka.interval.map(saturating_secs).and_then(u32v),
-            }),
-            ..Default::default()
-        },
-    )
-}
-
-/// Whole seconds as Envoy's 32-bit fields hold them: a longer duration is the longest one, not
-/// its low bits (`as u32` turned 2^32 s into 0, keepalive off).
-fn saturating_secs(d: std::time::Duration) -> u32 {
-    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
 pub fn sni(port: u32, subset: &str, host: &str) -> String {

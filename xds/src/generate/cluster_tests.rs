@@ -1,8 +1,10 @@
 //! Unit tests of the cluster builder (cluster.rs): DestinationRule fields, load balancing,
 //! unsupported fields reported, long durations.
 
+use super::policy::saturating_secs;
 use super::*;
 use crate::generate::{GenOptions, MeshSnapshot};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use meshd_model::{MeshConfig, parse_file};
 use prost::Message;
 use std::sync::Arc;
