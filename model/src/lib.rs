@@ -13,13 +13,14 @@ mod validate;
 pub mod voicecore;
 
 pub use mesh::{MeshConfig, Rejected};
-pub use parse::{DocumentCache, FileConfig, parse_file, parse_file_cached};
+pub use parse::{DocumentCache, FileConfig, cluster_object, parse_file, parse_file_cached};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Where an object came from, for `file:line` messages.
+/// Where an object came from, for `file:line` messages. Line 0: not from a file (an object
+/// from the API server), shown without a line.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct SourcePos {
     pub file: String,
@@ -28,7 +29,10 @@ pub struct SourcePos {
 
 impl fmt::Display for SourcePos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)
+        match self.line {
+            0 => f.write_str(&self.file),
+            line => write!(f, "{}:{line}", self.file),
+        }
     }
 }
 
@@ -45,7 +49,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        let at = SourcePos {
+            file: self.file.clone(),
+            line: self.line,
+        };
+        write!(f, "{at}: {}", self.message)
     }
 }
 

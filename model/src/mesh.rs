@@ -44,11 +44,23 @@ impl Rejected {
     }
 }
 
+/// `file:line: Kind ns/name: reason`; an object from the API server (line 0) is named by its
+/// kind, namespace and name alone: `Kind ns/name: spec.field.path: reason`.
 impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.line)?;
-        if let (Some(k), Some(ns), Some(n)) = (&self.kind, &self.namespace, &self.name) {
-            write!(f, "{k} {ns}/{n}: ")?;
+        let named = match (&self.kind, &self.namespace, &self.name) {
+            (Some(k), Some(ns), Some(n)) => Some(format!("{k} {ns}/{n}")),
+            _ => None,
+        };
+        match (self.line, named) {
+            (0, Some(named)) => write!(f, "{named}: ")?,
+            (0, None) => write!(f, "{}: ", self.file)?,
+            (line, named) => {
+                write!(f, "{}:{line}: ", self.file)?;
+                if let Some(named) = named {
+                    write!(f, "{named}: ")?;
+                }
+            }
         }
         f.write_str(&self.reason)
     }

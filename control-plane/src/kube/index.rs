@@ -11,15 +11,16 @@
 //!   controller has reconciled yet — its selected ready Pods; every endpoint is joined with its
 //!   Pod (by `targetRef`, else by IP) for labels and service account;
 //! - a Pod with an IP that has not terminated becomes a `Workload`;
-//! - an Istio custom resource goes through `meshd_model`'s parser and validator, exactly as a
-//!   file would: an invalid one lands in `MeshConfig::rejected` with its reason, the rest serves.
+//! - an Istio custom resource's JSON goes through `meshd_model`'s reader and validator, the same
+//!   as a file's document: an invalid one lands in `MeshConfig::rejected` with its reason and
+//!   field path, the rest serves.
 
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Secret, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshd_model::networking::{Labels, Location, Resolution};
 use meshd_model::registry::{self, Endpoint, Port, Protocol, Workload, selector_matches};
-use meshd_model::{ConfigObject, FileConfig, Kind, MeshConfig, Rejected, Spec, parse_file};
+use meshd_model::{ConfigObject, FileConfig, Kind, MeshConfig, Rejected, Spec};
 use serde::Deserialize as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -65,8 +66,9 @@ pub fn source_name(kind: Kind, namespace: &str, name: &str) -> String {
 }
 
 impl IstioObject {
-    /// Parses a custom resource (the API server's JSON) exactly as `meshd analyze` and file
-    /// mode parse a YAML document. A panic while reading it (a meshd bug) rejects this object
+    /// Reads a custom resource (the API server's JSON) into the model directly, with the same
+    /// reading as `meshd analyze` and file mode give a YAML document; a rejection names the
+    /// object and the field's path. A panic while reading it (a meshd bug) rejects this object
     /// only: the watch, and every other object, carry on.
     pub fn parse(kind: Kind, value: &serde_json::Value) -> IstioObject {
         std::panic::catch_unwind(|| Self::parse_unguarded(kind, value)).unwrap_or_else(|panic| {
@@ -82,7 +84,7 @@ impl IstioObject {
                 kind,
                 parsed: Err(Rejected {
                     file: source_name(kind, &namespace, &name),
-                    line: 1,
+                    line: 0,
                     kind: Some(kind),
                     namespace: Some(namespace.clone()),
                     name: Some(name.clone()),
@@ -109,6 +111,14 @@ impl IstioObject {
             name: Some(name.clone()),
             reason,
         };
+        // An object whose header does not read (no name, another kind) is still named by what
+        // the watch says it is.
+        let named = |mut r: Rejected| {
+            r.kind.get_or_insert(kind);
+            r.namespace.get_or_insert_with(|| namespace.clone());
+            r.name.get_or_insert_with(|| name.clone());
+            r
+        };
         // Only what a user wrote: server-managed metadata (managedFields, uid…) stays out, so a
         // status-only update does not look like a config change.
         let mut doc = serde_json::Map::new();
@@ -128,31 +138,14 @@ impl IstioObject {
             a.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
         doc.insert("metadata".into(), serde_json::Value::Object(m));
-        let parsed = match serde_yaml::to_string(&doc) {
-            Err(e) => Err(reject(1, format!("cannot render the object: {e}"))),
-            Ok(text) => match parse_file(&file, &text) {
-                Err(errors) => Err(reject(
-                    errors.first().map_or(1, |e| e.line),
-                    errors
-                        .iter()
-                        .map(|e| e.message.clone())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )),
-                Ok(FileConfig {
-                    mut objects,
-                    rejected,
-                    ..
-                }) => match (objects.pop(), rejected.first()) {
-                    (_, Some(e)) => Err(reject(e.line, e.message.clone())),
-                    (Some(o), None) if o.kind() == kind => Ok(o),
-                    (Some(o), None) => Err(reject(
-                        1,
-                        format!("watched as {kind} but the object says kind {}", o.kind()),
-                    )),
-                    (None, None) => Err(reject(1, "empty object".into())),
-                },
-            },
+        let doc = serde_json::Value::Object(doc);
+        let parsed = match meshd_model::cluster_object(&file, &doc) {
+            Err(e) => Err(named(Rejected::from_error(&e))),
+            Ok(o) if o.kind() == kind => Ok(Arc::new(o)),
+            Ok(o) => Err(reject(
+                0,
+                format!("watched as {kind} but the object says kind {}", o.kind()),
+            )),
         };
         IstioObject {
             kind,
@@ -365,7 +358,7 @@ impl KubeObjects {
                 Ok(None) => {}
                 Err(reason) => mesh.rejected.push(Rejected {
                     file: format!("kubernetes://{ns}/secrets/{name}"),
-                    line: 1,
+                    line: 0,
                     kind: None,
                     namespace: Some(ns.clone()),
                     name: Some(name.clone()),
@@ -1070,6 +1063,46 @@ spec:
             objs.injection_namespaces().into_iter().collect::<Vec<_>>(),
             ["voicecore-ai"]
         );
+    }
+
+    /// The API server's JSON spells every map key as a string: an integer-keyed map
+    /// (PeerAuthentication `portLevelMtls`) is read from it directly, not rejected whole (which
+    /// once silently dropped the workload's STRICT mode). A bad field is reported by the
+    /// object's name and the field's path, with no line of any internal rendering.
+    #[test]
+    fn integer_keyed_maps_from_the_api_server_are_read() {
+        let pa = |port_level: serde_json::Value| {
+            serde_json::json!({
+                "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                "metadata": {"name": "p", "namespace": "shop"},
+                "spec": {"selector": {"matchLabels": {"app": "x"}}, "mtls": {"mode": "STRICT"},
+                         "portLevelMtls": port_level}
+            })
+        };
+        let ok = IstioObject::parse(
+            Kind::PeerAuthentication,
+            &pa(serde_json::json!({"8080": {"mode": "DISABLE"}})),
+        );
+        let o = ok.parsed.expect("accepted");
+        let Spec::PeerAuthentication(spec) = &o.spec else {
+            panic!("{o:?}")
+        };
+        use meshd_model::security::MtlsMode;
+        assert_eq!(spec.mtls.as_ref().unwrap().mode, MtlsMode::Strict);
+        assert_eq!(spec.port_level_mtls[&8080].mode, MtlsMode::Disable);
+
+        let bad = IstioObject::parse(
+            Kind::PeerAuthentication,
+            &pa(serde_json::json!({"8080": {"mode": "SOMETIMES"}})),
+        );
+        let r = bad.parsed.unwrap_err();
+        assert_eq!(r.line, 0);
+        let shown = r.to_string();
+        assert!(
+            shown.starts_with("PeerAuthentication shop/p: spec.portLevelMtls.8080.mode: "),
+            "{shown}"
+        );
+        assert!(shown.contains("SOMETIMES"), "{shown}");
     }
 
     #[test]
