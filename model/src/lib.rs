@@ -5,6 +5,7 @@ pub mod credential;
 pub mod duration;
 pub mod envoyfilter;
 pub mod mesh;
+mod mesh_warnings;
 pub mod networking;
 pub mod parse;
 pub mod registry;
@@ -45,6 +46,11 @@ pub struct ConfigError {
     /// The object the document describes, once its kind and name were read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object: Option<ObjectKey>,
+    /// A rejected DestinationRule's `host`, read even when the rest of it does not read: a
+    /// route to its subsets then says the rule was rejected, and why. (Boxed: errors travel in
+    /// `Result`s and stay small.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<Box<String>>,
 }
 
 impl fmt::Display for ConfigError {

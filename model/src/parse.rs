@@ -85,6 +85,7 @@ fn parse_one(file: &str, doc: &Document<'_>) -> Parsed {
                 line: doc.first_line + e.line - 1,
                 message: e.message,
                 object: None,
+                host: None,
             });
         }
     };

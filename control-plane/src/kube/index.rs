@@ -20,7 +20,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshd_model::networking::{Labels, Location, Resolution};
 use meshd_model::registry::{self, Endpoint, Port, Protocol, Workload, selector_matches};
-use meshd_model::{ConfigObject, FileConfig, Kind, MeshConfig, Rejected, Spec};
+use meshd_model::{
+    ConfigError, ConfigObject, FileConfig, Kind, MeshConfig, ObjectKey, Rejected, Spec,
+};
 use serde::Deserialize as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -58,6 +60,8 @@ pub struct IstioObject {
     pub name: String,
     pub resource_version: Option<String>,
     pub parsed: Result<Arc<ConfigObject>, Rejected>,
+    /// A rejected DestinationRule's host (what routes to its subsets name).
+    pub rejected_host: Option<Box<String>>,
 }
 
 /// Where a custom resource is said to come from in `file:line` messages.
@@ -93,6 +97,7 @@ impl IstioObject {
                 namespace,
                 name,
                 resource_version: meta["resourceVersion"].as_str().map(str::to_string),
+                rejected_host: None,
             }
         })
     }
@@ -139,8 +144,12 @@ impl IstioObject {
         }
         doc.insert("metadata".into(), serde_json::Value::Object(m));
         let doc = serde_json::Value::Object(doc);
+        let mut rejected_host = None;
         let parsed = match meshd_model::cluster_object(&file, &doc) {
-            Err(e) => Err(named(Rejected::from_error(&e))),
+            Err(e) => {
+                rejected_host = e.host.clone();
+                Err(named(Rejected::from_error(&e)))
+            }
             Ok(o) if o.kind() == kind => Ok(Arc::new(o)),
             Ok(o) => Err(reject(
                 0,
@@ -153,6 +162,7 @@ impl IstioObject {
             name,
             resource_version,
             parsed,
+            rejected_host,
         }
     }
 }
@@ -336,13 +346,29 @@ impl KubeObjects {
 
     /// The mesh config these objects describe.
     pub fn mesh(&self, opts: &IndexOptions) -> MeshConfig {
+        // Rejections go in too, so a route to a rejected DestinationRule's subsets says why.
         let files: Vec<FileConfig> = self
             .istio
             .values()
-            .filter_map(|o| o.parsed.as_ref().ok())
-            .map(|o| FileConfig {
-                objects: vec![o.clone()],
-                ..Default::default()
+            .map(|o| match &o.parsed {
+                Ok(obj) => FileConfig {
+                    objects: vec![obj.clone()],
+                    ..Default::default()
+                },
+                Err(r) => FileConfig {
+                    rejected: vec![ConfigError {
+                        file: r.file.clone(),
+                        line: r.line,
+                        message: r.reason.clone(),
+                        object: Some(ObjectKey {
+                            kind: o.kind,
+                            namespace: o.namespace.clone(),
+                            name: o.name.clone(),
+                        }),
+                        host: o.rejected_host.clone(),
+                    }],
+                    ..Default::default()
+                },
             })
             .collect();
         // Cross-object checks (routes to undefined subsets…) are the same as in file mode.
@@ -366,11 +392,6 @@ impl KubeObjects {
                 }),
             }
         }
-        mesh.rejected.extend(
-            self.istio
-                .values()
-                .filter_map(|o| o.parsed.as_ref().err().cloned()),
-        );
         mesh.rejected.sort_by(|a, b| {
             (&a.kind, &a.namespace, &a.name, &a.reason).cmp(&(
                 &b.kind,
@@ -1103,6 +1124,42 @@ spec:
             "{shown}"
         );
         assert!(shown.contains("SOMETIMES"), "{shown}");
+    }
+
+    /// From the cluster too, a route to a rejected DestinationRule's subsets names the rule.
+    #[test]
+    fn a_route_to_a_rejected_rules_subsets_names_it() {
+        let mut objs = KubeObjects::default();
+        objs.apply_istio(IstioObject::parse(
+            Kind::DestinationRule,
+            &serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "cart", "namespace": "shop"},
+                "spec": {"host": "cart", "trafficPolicy": {"loadBalancer": {"simple": "SOMETIMES"}},
+                         "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}
+            }),
+        ));
+        objs.apply_istio(IstioObject::parse(
+            Kind::VirtualService,
+            &serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "cart", "namespace": "shop"},
+                "spec": {"hosts": ["cart"],
+                         "http": [{"route": [{"destination": {"host": "cart", "subset": "v1"}}]}]}
+            }),
+        ));
+        let mesh = objs.mesh(&IndexOptions::default());
+        let shown: Vec<String> = mesh.rejected.iter().map(|r| r.to_string()).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0]
+                .starts_with("DestinationRule shop/cart: spec.trafficPolicy.loadBalancer.simple: "),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].starts_with("VirtualService shop/cart: route to subset `v1` of cart.shop.svc.cluster.local: DestinationRule shop/cart was rejected: "),
+            "{shown:?}"
+        );
     }
 
     #[test]

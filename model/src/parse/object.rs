@@ -57,6 +57,7 @@ impl Origin<'_> {
             line,
             message,
             object: None,
+            host: None,
         }
     }
 
@@ -210,8 +211,15 @@ pub(crate) fn read_object(origin: &Origin<'_>, value: &Value) -> Result<ConfigOb
         namespace: meta.namespace().to_string(),
         name: meta.name.clone(),
     };
+    let host = match kind {
+        Kind::DestinationRule => value["spec"]["host"]
+            .as_str()
+            .map(|h| Box::new(h.to_string())),
+        _ => None,
+    };
     let name_object = |mut e: ConfigError| {
         e.object = Some(key.clone());
+        e.host = host.clone();
         e
     };
     let spec = match kind {

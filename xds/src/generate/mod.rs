@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod l4;
 pub mod listener;
 pub mod route;
+pub mod slow_start;
 
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
