@@ -14,7 +14,9 @@ mod validate;
 pub mod voicecore;
 
 pub use mesh::{MeshConfig, Rejected};
-pub use parse::{DocumentCache, FileConfig, cluster_object, parse_file, parse_file_cached};
+pub use parse::{
+    DocumentCache, FileConfig, cluster_object, document_json, parse_file, parse_file_cached,
+};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

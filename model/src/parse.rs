@@ -101,6 +101,12 @@ fn parse_one(file: &str, doc: &Document<'_>) -> Parsed {
     }
 }
 
+/// One YAML document as the JSON value Kubernetes decodes from it, read exactly as file mode
+/// reads a document: what `kubectl apply` sends the API server.
+pub fn document_json(text: &str) -> Result<serde_json::Value, String> {
+    yaml::to_json(text).map_err(|e| format!("line {}: {}", e.line, e.message))
+}
+
 /// Parse one file. `Err` when none of its documents is YAML (keep its last good content);
 /// otherwise the accepted objects and the per-document rejections.
 pub fn parse_file(file: &str, text: &str) -> Result<FileConfig, Vec<ConfigError>> {
