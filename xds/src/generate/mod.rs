@@ -369,6 +369,8 @@ struct Scope {
 
 pub struct MeshSnapshot {
     pub version: u64,
+    /// When its build began: a proxy's convergence time is measured from here.
+    pub built_at: std::time::Instant,
     pub opts: Arc<GenOptions>,
     pub index: Arc<Index>,
     /// The EnvoyFilter patches in force (and those rejected, in `patches.problems`).
@@ -509,6 +511,7 @@ impl MeshSnapshot {
         config: Arc<MeshConfig>,
         opts: Arc<GenOptions>,
     ) -> MeshSnapshot {
+        let built_at = std::time::Instant::now();
         let index = Arc::new(Index::new(config, &opts));
         let patches = envoyfilter::Patches::build(&index.config, &opts.root_namespace);
         let same_opts = previous
@@ -584,6 +587,7 @@ impl MeshSnapshot {
         }
         MeshSnapshot {
             version,
+            built_at,
             opts,
             index,
             patches,
