@@ -11,13 +11,16 @@
 //!   controller has reconciled yet — its selected ready Pods; every endpoint is joined with its
 //!   Pod (by `targetRef`, else by IP) for labels and service account;
 //! - a Pod with an IP that has not terminated becomes a `Workload`;
-//! - an Istio custom resource goes through `meshd_model`'s parser and validator, exactly as a
-//!   file would: an invalid one lands in `MeshConfig::rejected` with its reason, the rest serves.
+//! - an Istio custom resource's JSON goes through `meshd_model`'s reader and validator, the same
+//!   as a file's document: an invalid one lands in `MeshConfig::rejected` with its reason and
+//!   field path, the rest serves.
 
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meshd_model::registry::{self, Workload};
-use meshd_model::{ConfigObject, FileConfig, Kind, MeshConfig, Rejected, Spec, parse_file};
+use meshd_model::{
+    ConfigError, ConfigObject, FileConfig, Kind, MeshConfig, ObjectKey, Rejected, Spec,
+};
 use serde::Deserialize as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -55,6 +58,8 @@ pub struct IstioObject {
     pub name: String,
     pub resource_version: Option<String>,
     pub parsed: Result<Arc<ConfigObject>, Rejected>,
+    /// A rejected DestinationRule's host (what routes to its subsets name).
+    pub rejected_host: Option<Box<String>>,
 }
 
 /// Where a custom resource is said to come from in `file:line` messages.
@@ -63,8 +68,9 @@ pub fn source_name(kind: Kind, namespace: &str, name: &str) -> String {
 }
 
 impl IstioObject {
-    /// Parses a custom resource (the API server's JSON) exactly as `meshd analyze` and file
-    /// mode parse a YAML document. A panic while reading it (a meshd bug) rejects this object
+    /// Reads a custom resource (the API server's JSON) into the model directly, with the same
+    /// reading as `meshd analyze` and file mode give a YAML document; a rejection names the
+    /// object and the field's path. A panic while reading it (a meshd bug) rejects this object
     /// only: the watch, and every other object, carry on.
     pub fn parse(kind: Kind, value: &serde_json::Value) -> IstioObject {
         std::panic::catch_unwind(|| Self::parse_unguarded(kind, value)).unwrap_or_else(|panic| {
@@ -80,7 +86,7 @@ impl IstioObject {
                 kind,
                 parsed: Err(Rejected {
                     file: source_name(kind, &namespace, &name),
-                    line: 1,
+                    line: 0,
                     kind: Some(kind),
                     namespace: Some(namespace.clone()),
                     name: Some(name.clone()),
@@ -89,6 +95,7 @@ impl IstioObject {
                 namespace,
                 name,
                 resource_version: meta["resourceVersion"].as_str().map(str::to_string),
+                rejected_host: None,
             }
         })
     }
@@ -106,6 +113,14 @@ impl IstioObject {
             namespace: Some(namespace.clone()),
             name: Some(name.clone()),
             reason,
+        };
+        // An object whose header does not read (no name, another kind) is still named by what
+        // the watch says it is.
+        let named = |mut r: Rejected| {
+            r.kind.get_or_insert(kind);
+            r.namespace.get_or_insert_with(|| namespace.clone());
+            r.name.get_or_insert_with(|| name.clone());
+            r
         };
         // Only what a user wrote: server-managed metadata (managedFields, uid…) stays out, so a
         // status-only update does not look like a config change.
@@ -126,31 +141,18 @@ impl IstioObject {
             a.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
         doc.insert("metadata".into(), serde_json::Value::Object(m));
-        let parsed = match serde_yaml::to_string(&doc) {
-            Err(e) => Err(reject(1, format!("cannot render the object: {e}"))),
-            Ok(text) => match parse_file(&file, &text) {
-                Err(errors) => Err(reject(
-                    errors.first().map_or(1, |e| e.line),
-                    errors
-                        .iter()
-                        .map(|e| e.message.clone())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )),
-                Ok(FileConfig {
-                    mut objects,
-                    rejected,
-                    ..
-                }) => match (objects.pop(), rejected.first()) {
-                    (_, Some(e)) => Err(reject(e.line, e.message.clone())),
-                    (Some(o), None) if o.kind() == kind => Ok(o),
-                    (Some(o), None) => Err(reject(
-                        1,
-                        format!("watched as {kind} but the object says kind {}", o.kind()),
-                    )),
-                    (None, None) => Err(reject(1, "empty object".into())),
-                },
-            },
+        let doc = serde_json::Value::Object(doc);
+        let mut rejected_host = None;
+        let parsed = match meshd_model::cluster_object(&file, &doc) {
+            Err(e) => {
+                rejected_host = e.host.clone();
+                Err(named(Rejected::from_error(&e)))
+            }
+            Ok(o) if o.kind() == kind => Ok(Arc::new(o)),
+            Ok(o) => Err(reject(
+                0,
+                format!("watched as {kind} but the object says kind {}", o.kind()),
+            )),
         };
         IstioObject {
             kind,
@@ -158,6 +160,7 @@ impl IstioObject {
             name,
             resource_version,
             parsed,
+            rejected_host,
         }
     }
 }
@@ -341,13 +344,29 @@ impl KubeObjects {
 
     /// The mesh config these objects describe.
     pub fn mesh(&self, opts: &IndexOptions) -> MeshConfig {
+        // Rejections go in too, so a route to a rejected DestinationRule's subsets says why.
         let files: Vec<FileConfig> = self
             .istio
             .values()
-            .filter_map(|o| o.parsed.as_ref().ok())
-            .map(|o| FileConfig {
-                objects: vec![o.clone()],
-                ..Default::default()
+            .map(|o| match &o.parsed {
+                Ok(obj) => FileConfig {
+                    objects: vec![obj.clone()],
+                    ..Default::default()
+                },
+                Err(r) => FileConfig {
+                    rejected: vec![ConfigError {
+                        file: r.file.clone(),
+                        line: r.line,
+                        message: r.reason.clone(),
+                        object: Some(ObjectKey {
+                            kind: o.kind,
+                            namespace: o.namespace.clone(),
+                            name: o.name.clone(),
+                        }),
+                        host: o.rejected_host.clone(),
+                    }],
+                    ..Default::default()
+                },
             })
             .collect();
         // Cross-object checks (routes to undefined subsets…) are the same as in file mode.
@@ -363,7 +382,7 @@ impl KubeObjects {
                 Ok(None) => {}
                 Err(reason) => mesh.rejected.push(Rejected {
                     file: format!("kubernetes://{ns}/secrets/{name}"),
-                    line: 1,
+                    line: 0,
                     kind: None,
                     namespace: Some(ns.clone()),
                     name: Some(name.clone()),
@@ -371,11 +390,6 @@ impl KubeObjects {
                 }),
             }
         }
-        mesh.rejected.extend(
-            self.istio
-                .values()
-                .filter_map(|o| o.parsed.as_ref().err().cloned()),
-        );
         mesh.rejected.sort_by(|a, b| {
             (&a.kind, &a.namespace, &a.name, &a.reason).cmp(&(
                 &b.kind,

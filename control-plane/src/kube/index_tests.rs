@@ -296,6 +296,81 @@ fn injection_namespaces_by_label() {
     );
 }
 
+/// The API server's JSON spells every map key as a string: an integer-keyed map
+/// (PeerAuthentication `portLevelMtls`) is read from it directly, not rejected whole (which
+/// once silently dropped the workload's STRICT mode). A bad field is reported by the
+/// object's name and the field's path, with no line of any internal rendering.
+#[test]
+fn integer_keyed_maps_from_the_api_server_are_read() {
+    let pa = |port_level: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "x"}}, "mtls": {"mode": "STRICT"},
+                     "portLevelMtls": port_level}
+        })
+    };
+    let ok = IstioObject::parse(
+        Kind::PeerAuthentication,
+        &pa(serde_json::json!({"8080": {"mode": "DISABLE"}})),
+    );
+    let o = ok.parsed.expect("accepted");
+    let Spec::PeerAuthentication(spec) = &o.spec else {
+        panic!("{o:?}")
+    };
+    use meshd_model::security::MtlsMode;
+    assert_eq!(spec.mtls.as_ref().unwrap().mode, MtlsMode::Strict);
+    assert_eq!(spec.port_level_mtls[&8080].mode, MtlsMode::Disable);
+
+    let bad = IstioObject::parse(
+        Kind::PeerAuthentication,
+        &pa(serde_json::json!({"8080": {"mode": "SOMETIMES"}})),
+    );
+    let r = bad.parsed.unwrap_err();
+    assert_eq!(r.line, 0);
+    let shown = r.to_string();
+    assert!(
+        shown.starts_with("PeerAuthentication shop/p: spec.portLevelMtls.8080.mode: "),
+        "{shown}"
+    );
+    assert!(shown.contains("SOMETIMES"), "{shown}");
+}
+
+/// From the cluster too, a route to a rejected DestinationRule's subsets names the rule.
+#[test]
+fn a_route_to_a_rejected_rules_subsets_names_it() {
+    let mut objs = KubeObjects::default();
+    objs.apply_istio(IstioObject::parse(
+        Kind::DestinationRule,
+        &serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "cart", "namespace": "shop"},
+            "spec": {"host": "cart", "trafficPolicy": {"loadBalancer": {"simple": "SOMETIMES"}},
+                     "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}
+        }),
+    ));
+    objs.apply_istio(IstioObject::parse(
+        Kind::VirtualService,
+        &serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "cart", "namespace": "shop"},
+            "spec": {"hosts": ["cart"],
+                     "http": [{"route": [{"destination": {"host": "cart", "subset": "v1"}}]}]}
+        }),
+    ));
+    let mesh = objs.mesh(&IndexOptions::default());
+    let shown: Vec<String> = mesh.rejected.iter().map(|r| r.to_string()).collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(
+        shown[0].starts_with("DestinationRule shop/cart: spec.trafficPolicy.loadBalancer.simple: "),
+        "{shown:?}"
+    );
+    assert!(
+        shown[1].starts_with("VirtualService shop/cart: route to subset `v1` of cart.shop.svc.cluster.local: DestinationRule shop/cart was rejected: "),
+        "{shown:?}"
+    );
+}
+
 #[test]
 fn server_fields_do_not_change_the_parsed_object() {
     let v: serde_json::Value = serde_json::json!({

@@ -509,6 +509,10 @@ impl RuleCtx<'_> {
             self.id_principal(v)
         }));
         and.extend(ids(&s.namespaces, &s.not_namespaces, id_namespace));
+        // `namespace/name` (checked by validation) is the principal `cluster.local/ns/…/sa/…`.
+        and.extend(ids(&s.service_accounts, &s.not_service_accounts, |v| {
+            self.id_principal(&Source::service_account_principal(v).unwrap_or_default())
+        }));
         and.extend(ids(&s.ip_blocks, &s.not_ip_blocks, |v| {
             id(principal::Identifier::DirectRemoteIp(cidr(v)))
         }));

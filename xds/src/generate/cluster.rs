@@ -274,6 +274,7 @@ pub fn outbound_with_rule(
             },
         ));
     }
+    super::slow_start::apply(&mut c, policy.load_balancer.as_ref());
     let tls = client_tls(svc, &policy, port, subset_name, opts);
     let auto_mtls = matches!(tls, ClientTls::Auto(_));
     match tls {

@@ -15,6 +15,7 @@ pub mod l4;
 pub mod listener;
 pub mod route;
 mod scope;
+pub mod slow_start;
 
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
