@@ -1074,6 +1074,8 @@ async fn plaintext_xds_is_off_by_default_and_never_serves_keys() {
         pod("shop", "web-1", "web", json!({"app": "web"}), 8080),
     )
     .await;
+    // Running at the address its node id names: a stream binds only to a running Pod.
+    pod_running(&client, "shop", "web-1", "10.44.0.17", true).await;
     let pod_uid = uid(&pod);
     let token = token_request(
         &client,
