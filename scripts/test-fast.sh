@@ -12,6 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# ARCHITECTURE.md names only paths, functions and types that exist.
+scripts/check-architecture.sh
+
 # Pure crates: no I/O beyond temp dirs.
 cargo test -p meshd-model -p meshd-ca -p meshd-xds -p meshd-injector -p meshd-loadgen \
   --lib --bins --tests -- "$@"
