@@ -156,6 +156,11 @@ pub struct ServeArgs {
     /// JSON access logs on each proxy's stdout.
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
+    /// Istio's request metrics on `/metrics`: each proxy streams its access log to meshd over
+    /// its xDS connection. File mode only for now (a Kubernetes-mode bootstrap has no
+    /// Envoy-gRPC cluster to meshd that could carry its rotating token).
+    #[arg(long, env = "MESHD_REQUEST_TELEMETRY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub request_telemetry: bool,
     /// Kubernetes mode: the audience proxies' projected service-account tokens must carry.
     #[arg(long, env = "MESHD_TOKEN_AUDIENCE", default_value = crate::kube::token::DEFAULT_AUDIENCE)]
     pub token_audience: String,
@@ -242,6 +247,7 @@ impl ServeArgs {
             generator: GenOptions {
                 trust_domain: self.trust_domain.clone(),
                 access_log: self.access_log,
+                request_telemetry: self.request_telemetry && kubernetes.is_none(),
                 zipkin_cluster: self.zipkin_address.clone(),
                 ..GenOptions::default()
             },

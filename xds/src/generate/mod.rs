@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod l4;
 pub mod listener;
 pub mod route;
+pub mod telemetry;
 
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
@@ -50,6 +51,9 @@ pub struct GenOptions {
     pub zipkin_cluster: Option<String>,
     pub trace_sampling: f64,
     pub access_log: bool,
+    /// Stream every proxy's access log to meshd over gRPC (the `xds-grpc` cluster of
+    /// `meshd bootstrap`) for Istio's request metrics; see [`telemetry`].
+    pub request_telemetry: bool,
 }
 
 impl Default for GenOptions {
@@ -61,6 +65,7 @@ impl Default for GenOptions {
             zipkin_cluster: None,
             trace_sampling: 100.0,
             access_log: true,
+            request_telemetry: true,
         }
     }
 }
