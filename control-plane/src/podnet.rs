@@ -598,6 +598,19 @@ impl PodNetwork {
         pn.write_etc(&node_ns)?;
         ip(&["-n", &node_ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &node_ns, "link", "add", BRIDGE, "type", "bridge"])?;
+        // A bridge left to itself takes the lowest MAC among its ports, so the gateway's MAC
+        // changed whenever a pod joined with a lower one; pods still sending to the old MAC lost
+        // the SYNs of new connections to the gateway (Envoy's 1 s connect timeout to meshd hit,
+        // its first access-log streams lost). Set by hand, the bridge keeps it.
+        ip(&[
+            "-n",
+            &node_ns,
+            "link",
+            "set",
+            BRIDGE,
+            "address",
+            &bridge_mac(gateway),
+        ])?;
         ip(&[
             "-n",
             &node_ns,
@@ -954,6 +967,12 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The bridge's MAC: locally administered, the gateway's address in its last four bytes.
+fn bridge_mac(gateway: Ipv4Addr) -> String {
+    let [a, b, c, d] = gateway.octets();
+    format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -990,6 +1009,29 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.read_to_string(&mut out).unwrap();
         out
+    }
+
+    /// The gateway's MAC stays what it was as pods join (each pod's veth has a random MAC; a
+    /// bridge left alone takes the lowest of its ports').
+    #[test]
+    fn the_gateway_keeps_its_mac_as_pods_join() {
+        let net = PodNetwork::create(&prefix("m"), (a("10.44.0.0"), 24)).unwrap();
+        let mac = || {
+            let out = net
+                .node()
+                .run(["ip", "-br", "link", "show", BRIDGE])
+                .unwrap();
+            out.split_whitespace()
+                .nth(2)
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(mac(), "02:00:0a:2c:00:01");
+        for i in 2..12u8 {
+            net.add_pod(&format!("p{i}"), Ipv4Addr::new(10, 44, 0, i))
+                .unwrap();
+            assert_eq!(mac(), "02:00:0a:2c:00:01", "after pod {i} joined");
+        }
     }
 
     #[test]
