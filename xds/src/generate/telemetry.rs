@@ -14,7 +14,9 @@
 use super::GenOptions;
 use crate::resource::any;
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
-use envoy_types::pb::envoy::config::core::v3::{ApiVersion, GrpcService, grpc_service};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiVersion, BackoffStrategy, GrpcService, RetryPolicy, grpc_service,
+};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
 use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
     CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
@@ -36,6 +38,9 @@ pub const TELEMETRY_CLUSTER: &str = "xds-grpc";
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// A buffer this full is sent before the interval ends (Envoy's default, 16 KiB).
 pub const BUFFER_BYTES: u32 = 16 << 10;
+
+/// Attempts to open a stream again after a connection failure.
+pub const STREAM_RETRIES: u32 = 3;
 
 /// Request headers logged with each entry: the gRPC protocol label needs the content type.
 const REQUEST_HEADERS: [&str; 1] = ["content-type"];
@@ -73,6 +78,22 @@ fn common(side: Side) -> CommonGrpcAccessLogConfig {
         transport_api_version: ApiVersion::V3 as i32,
         buffer_flush_interval: Some(super::common::duration(FLUSH_INTERVAL)),
         buffer_size_bytes: super::common::u32v(BUFFER_BYTES),
+        grpc_stream_retry_policy: Some(stream_retry()),
+        ..Default::default()
+    }
+}
+
+/// A stream whose connection to meshd failed (meshd restarting, a lost SYN against the 1 s
+/// connect timeout of the bootstrap's cluster) is opened again instead of losing the entries
+/// it carried; a refusal (UNAUTHENTICATED) is final, never retried into the auth-failure budget.
+fn stream_retry() -> RetryPolicy {
+    RetryPolicy {
+        retry_back_off: Some(BackoffStrategy {
+            base_interval: Some(super::common::duration(Duration::from_millis(500))),
+            max_interval: Some(super::common::duration(Duration::from_secs(5))),
+        }),
+        num_retries: super::common::u32v(STREAM_RETRIES),
+        retry_on: "connect-failure,refused-stream,unavailable".into(),
         ..Default::default()
     }
 }

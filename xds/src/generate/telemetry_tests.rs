@@ -110,6 +110,13 @@ fn assert_streams_to_meshd(common: &Value, log_name: &str) {
     assert_eq!(common["transport_api_version"], "V3");
     assert_eq!(common["buffer_flush_interval"], "1s");
     assert_eq!(common["buffer_size_bytes"], 16384);
+    let retry = &common["grpc_stream_retry_policy"];
+    assert_eq!(retry["num_retries"], 3);
+    assert_eq!(
+        retry["retry_on"],
+        "connect-failure,refused-stream,unavailable"
+    );
+    assert_eq!(retry["retry_back_off"]["base_interval"], "0.500s");
 }
 
 #[test]
