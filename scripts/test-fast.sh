@@ -16,8 +16,10 @@ cd "$(dirname "$0")/.."
 cargo test -p meshd-model -p meshd-ca -p meshd-xds -p meshd-injector -p meshd-loadgen \
   --lib --bins --tests -- "$@"
 
-# The control plane in-process on 127.0.0.1:0. Its podnet tests build network namespaces
-# (root) and run in scripts/test.sh.
+# The control plane in-process on 127.0.0.1:0.
 cargo test -p meshd --lib --bins \
-  --test ads_protocol --test ca_api --test webhook --test kube_fake_apiserver \
-  -- --skip podnet:: "$@"
+  --test ads_protocol --test ca_api --test webhook --test kube_fake_apiserver -- "$@"
+
+# The local-mesh harness less its podnet tests, which build network namespaces (root) and run in
+# scripts/test.sh.
+cargo test -p meshd-localmesh --lib -- --skip podnet:: "$@"

@@ -33,6 +33,33 @@ pub struct Admitted {
 #[derive(Default, Debug)]
 pub struct Refused(pub AtomicU64);
 
+/// Each listener's [`Refused`] count by name, kept across restarts of its server, for
+/// `/metrics`.
+#[derive(Default, Debug)]
+pub struct RefusedByListener(
+    std::sync::Mutex<std::collections::BTreeMap<&'static str, Arc<Refused>>>,
+);
+
+impl RefusedByListener {
+    pub fn listener(&self, name: &'static str) -> Arc<Refused> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name)
+            .or_default()
+            .clone()
+    }
+
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, r)| (*name, r.0.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 /// A listener whose accept queue holds a reconnect storm (tokio's default backlog is 1024; the
 /// kernel caps this at `net.core.somaxconn`).
 pub fn listen_for_proxies(addr: SocketAddr) -> std::io::Result<TcpListener> {

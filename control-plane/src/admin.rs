@@ -39,6 +39,12 @@ pub struct AdminState {
     pub mesh_metrics: Arc<crate::telemetry::MeshMetrics>,
     /// Checks bearer tokens of off-host callers (Kubernetes mode); `None`: loopback only.
     pub caller_check: Option<Arc<dyn access::CallerCheck>>,
+    /// The injection webhook's outcomes (zero when it is not served).
+    pub injection_metrics: Arc<crate::webhook::InjectionMetrics>,
+    /// Connections each listener closed for being over its cap.
+    pub refused_connections: Arc<crate::accept::RefusedByListener>,
+    /// Failed authentications per address, and requests refused for them.
+    pub auth_failures: Arc<crate::transport::AuthFailures>,
 }
 
 /// The admin routes behind [`access::guard`]; serve it with `ConnectInfo<SocketAddr>`
@@ -47,6 +53,7 @@ pub fn router(state: AdminState) -> Router {
     let caller_check = state.caller_check.clone();
     Router::new()
         .route("/healthz/ready", get(ready))
+        .route("/healthz/live", get(|| async { "alive\n" }))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .route("/debug/syncz", get(syncz))
@@ -206,9 +213,11 @@ fn ca_metrics(s: &AdminState, out: &mut String) {
         out,
         "# HELP meshd_csr_rejected_total CreateCertificate requests refused, by reason.\n# TYPE meshd_csr_rejected_total counter"
     );
-    let rejected = s.ca_metrics.rejected_by_reason();
+    let mut rejected = s.ca_metrics.rejected_by_reason();
+    // Known reasons appear at zero; a reason missing from this list still appears once counted.
     for reason in [
         "unauthenticated",
+        "unregistered",
         "malformed",
         "bad_signature",
         "weak_key",
@@ -219,7 +228,10 @@ fn ca_metrics(s: &AdminState, out: &mut String) {
         "identity",
         "signer_unavailable",
     ] {
-        let n = rejected.get(reason).copied().unwrap_or(0);
+        let n = rejected.remove(reason).unwrap_or(0);
+        let _ = writeln!(out, "meshd_csr_rejected_total{{reason=\"{reason}\"}} {n}");
+    }
+    for (reason, n) in rejected {
         let _ = writeln!(out, "meshd_csr_rejected_total{{reason=\"{reason}\"}} {n}");
     }
     let expiring = s.cert_monitor.expiring(std::time::SystemTime::now());
@@ -451,7 +463,31 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     );
     ca_metrics(&s, &mut out);
     s.tasks.write_metrics(&mut out);
+    limit_metrics(&s, &mut out);
+    crate::istio_names::encode_into(&s, &mut out);
+    out.push('\n');
     s.mesh_metrics.encode_into(&mut out);
     out.push('\n');
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// What the listeners' limits turned away.
+fn limit_metrics(s: &AdminState, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP meshd_connections_refused_total Connections a listener closed at once for being over its connection cap.\n# TYPE meshd_connections_refused_total counter"
+    );
+    for (listener, n) in s.refused_connections.counts() {
+        let listener = listener.trim_end_matches("-accept");
+        let _ = writeln!(
+            out,
+            "meshd_connections_refused_total{{listener=\"{listener}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshd_auth_throttled_total gRPC requests refused (RESOURCE_EXHAUSTED) for coming from an address with too many failed authentications.\n# TYPE meshd_auth_throttled_total counter\nmeshd_auth_throttled_total {}\n# HELP meshd_auth_failing_peers Addresses with recent failed authentications being tracked.\n# TYPE meshd_auth_failing_peers gauge\nmeshd_auth_failing_peers {}",
+        s.auth_failures.throttled(),
+        s.auth_failures.tracked()
+    );
 }

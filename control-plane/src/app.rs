@@ -87,12 +87,30 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
-    let mut kube = match &config.kubernetes {
-        Some(k) => Some(crate::kube::Kube::connect(k).await?),
-        None => None,
+    // Bound first: probes get an answer while Kubernetes mode waits for its API server.
+    let admin_listener = TcpListener::bind((config.bind, config.admin_port))
+        .await
+        .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
+    let config_tx = watch::Sender::new(Arc::new(MeshConfig::default()));
+    let (kube, kube_ca) = match &config.kubernetes {
+        Some(k) => {
+            let (status_tx, status) = watch::channel(String::from("starting"));
+            let ca_config = config.ca_config();
+            let started = crate::startup::kube(
+                k,
+                &ca_config,
+                config.debounce,
+                config_tx.clone(),
+                &status_tx,
+            );
+            let (kube, ca) =
+                crate::startup::answering_probes(&admin_listener, status, started).await?;
+            (Some(kube), Some(ca))
+        }
+        None => (None, None),
     };
-    let ca = Arc::new(match kube.as_mut() {
-        Some(k) => k.load_ca(&config.ca_config()).await?,
+    let ca = Arc::new(match kube_ca {
+        Some(ca) => ca,
         None => {
             // Off the async workers: a new RSA 4096 root takes seconds to generate.
             let ca_cfg = config.ca_config();
@@ -103,12 +121,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         }
     });
     let mut source = FileSource::new(config.config_dir.clone());
-    let config_tx = watch::Sender::new(Arc::new(MeshConfig::default()));
-    match kube.as_mut() {
-        Some(k) => k.watch(config.debounce, config_tx.clone()).await?,
-        None => {
-            config_tx.send_replace(Arc::new(source.reload()));
-        }
+    if kube.is_none() {
+        config_tx.send_replace(Arc::new(source.reload()));
     }
     let initial = config_tx.borrow().clone();
     for r in &initial.rejected {
@@ -188,7 +202,13 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     .into_service(config.limits.xds_max_request_bytes);
     let access_logs_tls = access_logs.clone();
     let ca_metrics = Arc::new(crate::ca_service::CaMetrics::default());
-    let ca_service = crate::ca_service::CaService::new(ca.clone(), auth, ca_metrics.clone());
+    let ca_service = crate::ca_service::CaService::new(
+        ca.clone(),
+        auth,
+        ca_metrics.clone(),
+        snapshot_rx.clone(),
+        ServerOptions::default().bind_wait,
+    );
     let serving_cert =
         crate::ca_service::ServingCert::new(ca.clone(), config.xds_tls_names.clone())
             .context("issuing the TLS port's serving certificate")?;
@@ -205,9 +225,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         ),
         false => None,
     };
-    let admin_listener = TcpListener::bind((config.bind, config.admin_port))
-        .await
-        .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
     let xds_addr = xds_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let xds_tls_listener =
         crate::accept::listen_for_proxies(SocketAddr::new(config.bind, config.xds_tls_port))
@@ -219,6 +236,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             })?;
     let xds_tls_addr = xds_tls_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let injection_metrics = Arc::new(crate::webhook::InjectionMetrics::default());
     let webhook = match &config.webhook {
         Some(w) => {
             let listener = TcpListener::bind((config.bind, w.port))
@@ -235,7 +253,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             {
                 inject.native_sidecars = crate::webhook::detect_native_sidecars(k.client()).await;
             }
-            let router = crate::webhook::router(inject, namespaces);
+            let router = crate::webhook::router(inject, namespaces, injection_metrics.clone());
             Some((listener, tls, router))
         }
         None => None,
@@ -320,17 +338,24 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         limits.auth_failure_burst,
         limits.auth_failures_per_minute,
     ));
+    let refused = Arc::new(crate::accept::RefusedByListener::default());
     // A server's connections, accepted on a thread of their own under its connection cap. A
     // restarted server binds its address again (the panicked one's listener is gone).
     let incoming = {
         let stop = shutdown_rx.clone();
+        let refused = refused.clone();
         move |listener: Option<TcpListener>, addr: SocketAddr, name: &'static str, cap: usize| {
             let listener = match listener {
                 Some(l) => l,
                 None => crate::accept::listen_for_proxies(addr)?,
             };
-            let refused = Arc::new(crate::accept::Refused::default());
-            crate::accept::accept_on_own_thread(listener, name, cap, refused, stop.clone())
+            crate::accept::accept_on_own_thread(
+                listener,
+                name,
+                cap,
+                refused.listener(name),
+                stop.clone(),
+            )
         }
     };
     if let (Some(listener), Some(addr)) = (xds_listener, xds_addr) {
@@ -360,7 +385,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let tls = tokio_rustls::TlsAcceptor::from(serving_cert.server_config()?);
     let mut first_tls = Some((xds_tls_listener, tls));
     let stop_rx = shutdown_rx.clone();
-    let (tls_incoming, tls_limits) = (incoming.clone(), limits.clone());
+    let (tls_incoming, tls_limits, tls_auth_failures) =
+        (incoming.clone(), limits.clone(), auth_failures.clone());
     tasks.spawn("xds-tls-server", move || {
         let first = first_tls.take();
         let grpc = crate::transport::GrpcAuthLimit::new(
@@ -368,7 +394,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                 .add_service(access_logs_tls.clone())
                 .add_service(ca_service.clone())
                 .prepare(),
-            auth_failures.clone(),
+            tls_auth_failures.clone(),
         );
         let opts = crate::transport::ConnOptions::xds("xds-tls", &tls_limits);
         let cap = tls_limits.xds_max_connections;
@@ -446,6 +472,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         cert_monitor,
         mesh_metrics,
         caller_check,
+        refused_connections: refused,
+        injection_metrics,
+        auth_failures,
     };
     let mut first_admin = Some(admin_listener);
     let stop_rx = shutdown_rx.clone();

@@ -10,7 +10,8 @@ use meshd_ca::istio_api::{
     RejectCode, SERVICE_NAME,
 };
 use meshd_ca::{CertificateAuthority, IssuedCert, SpiffeId};
-use meshd_xds::server::Authenticator;
+use meshd_xds::MeshSnapshot;
+use meshd_xds::server::{Authenticator, wait_registered};
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -59,6 +60,8 @@ struct Inner<A> {
     ca: Arc<CertificateAuthority>,
     auth: A,
     metrics: Arc<CaMetrics>,
+    mesh: watch::Receiver<Arc<MeshSnapshot>>,
+    bind_wait: Duration,
 }
 
 /// `istio.v1.auth.IstioCertificateService` as a tonic service. The caller proves who it is the
@@ -77,9 +80,23 @@ impl<A> Clone for CaService<A> {
 }
 
 impl<A: Authenticator> CaService<A> {
-    pub fn new(ca: Arc<CertificateAuthority>, auth: A, metrics: Arc<CaMetrics>) -> Self {
+    /// `mesh` is the registry the caller's identity is checked against, waiting up to
+    /// `bind_wait` for it to catch up with a workload just started (as an xDS stream does).
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        auth: A,
+        metrics: Arc<CaMetrics>,
+        mesh: watch::Receiver<Arc<MeshSnapshot>>,
+        bind_wait: Duration,
+    ) -> Self {
         CaService {
-            inner: Arc::new(Inner { ca, auth, metrics }),
+            inner: Arc::new(Inner {
+                ca,
+                auth,
+                metrics,
+                mesh,
+                bind_wait,
+            }),
         }
     }
 }
@@ -101,6 +118,15 @@ impl<A: Authenticator> Inner<A> {
             identity.service_account.clone(),
         );
         let holder = format!("{}.{}", identity.workload, identity.namespace);
+        // A credential outlives its workload: it buys a certificate only while the workload
+        // runs under the service account it proves.
+        wait_registered(self.mesh.clone(), &identity, self.bind_wait)
+            .await
+            .map_err(|e| {
+                self.metrics.rejected("unregistered");
+                tracing::warn!(caller = %caller, error = %e, "CreateCertificate: refused");
+                Status::permission_denied(e.to_string())
+            })?;
         match self.ca.create_certificate_for(&caller, &holder, req) {
             Ok(resp) => {
                 self.metrics.csr_signed.fetch_add(1, Ordering::Relaxed);

@@ -29,7 +29,8 @@ enum Command {
     /// The control plane: xDS, CA, admin API.
     Serve(ServeArgs),
     /// The VoiceCore mesh on this machine: eight services behind stock Envoy sidecars and an ingress gateway.
-    Demo(crate::demo::DemoArgs),
+    #[cfg(feature = "demo")]
+    Demo(meshd_localmesh::demo::DemoArgs),
     /// Write the Envoy bootstrap for one workload.
     Bootstrap(BootstrapArgs),
     /// Install the traffic-capture rules in this network namespace (istio-iptables' flags).
@@ -46,9 +47,11 @@ enum Command {
     #[command(subcommand)]
     Ca(CaCommand),
     /// A tiny HTTP workload (the demo's and the tests' app).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
-    Workload(crate::workload_app::WorkloadArgs),
+    Workload(meshd_localmesh::workload_app::WorkloadArgs),
     /// Print the stock Envoy binary meshd's demo and tests use, installing it if missing.
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     EnvoyPath,
     /// Inject sidecars into Kubernetes manifests offline, exactly as the webhook would.
@@ -407,7 +410,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo(args) => crate::demo::run(args),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => meshd_localmesh::demo::run(args),
         Command::Bootstrap(args) => {
             write_bootstrap(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -444,12 +448,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "demo")]
         Command::EnvoyPath => {
-            println!("{}", crate::podnet::ensure_envoy()?.display());
+            println!("{}", meshd_localmesh::podnet::ensure_envoy()?.display());
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "demo")]
         Command::Workload(args) => {
-            runtime()?.block_on(crate::workload_app::run(args))?;
+            runtime()?.block_on(meshd_localmesh::workload_app::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::KubeInject(args) => {

@@ -8,19 +8,18 @@ pub mod app;
 pub mod bootstrap;
 pub mod ca_service;
 pub mod cli;
-pub mod demo;
 pub mod identity;
 pub mod iptables;
+pub mod istio_names;
 pub mod kube;
 pub mod kube_bootstrap;
 pub mod kube_inject;
-pub mod localmesh;
 pub mod memory;
-pub mod podnet;
 pub mod proxy_wait;
 pub mod root_rotation;
 pub mod snapshots;
 pub mod source;
+pub mod startup;
 pub mod status_cli;
 pub mod supervise;
 pub mod telemetry;
@@ -29,7 +28,6 @@ pub mod testing;
 pub mod transport;
 mod transport_limits;
 pub mod webhook;
-pub mod workload_app;
 
 /// jemalloc rather than glibc's malloc: thousands of long-lived streams allocating and freeing
 /// response buffers on two threads fragment glibc's arenas, and jemalloc both costs less CPU

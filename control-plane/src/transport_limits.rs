@@ -136,6 +136,7 @@ pub struct AuthFailures {
     burst: f64,
     per_second: f64,
     peers: Mutex<HashMap<IpAddr, Bucket>>,
+    throttled: std::sync::atomic::AtomicU64,
 }
 
 impl AuthFailures {
@@ -144,7 +145,13 @@ impl AuthFailures {
             burst: f64::from(burst),
             per_second: f64::from(per_minute) / 60.0,
             peers: Mutex::new(HashMap::new()),
+            throttled: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Requests refused so far for coming from an address over its budget.
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn refill(&self, b: &mut Bucket, now: Instant) {
@@ -167,6 +174,10 @@ impl AuthFailures {
         let ok = b.tokens >= 1.0;
         if b.tokens >= self.burst {
             peers.remove(&ip);
+        }
+        if !ok {
+            self.throttled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         ok
     }

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meshd_ca::CertificateAuthority;
 use meshd_injector::{InjectConfig, Labels};
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -81,11 +82,62 @@ pub fn tls_config(
 struct WebhookState {
     inject: InjectConfig,
     namespaces: NamespaceLookup,
+    metrics: Arc<InjectionMetrics>,
+}
+
+/// Istio's injector metrics (`sidecar_injection_*_total`), for `/metrics`.
+#[derive(Debug, Default)]
+pub struct InjectionMetrics {
+    pub requests: Counter,
+    pub success: Counter,
+    pub skip: Counter,
+    pub failure: Counter,
+}
+
+impl InjectionMetrics {
+    fn record(&self, response: &meshd_injector::AdmissionResponse) {
+        self.requests.inc();
+        if !response.allowed {
+            self.failure.inc();
+        } else if response.outcome().starts_with("injected") {
+            self.success.inc();
+        } else {
+            self.skip.inc();
+        }
+    }
+
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        for (name, help, counter) in [
+            (
+                "sidecar_injection_requests",
+                "Total number of sidecar injection requests",
+                &self.requests,
+            ),
+            (
+                "sidecar_injection_success",
+                "Total number of successful sidecar injection requests",
+                &self.success,
+            ),
+            (
+                "sidecar_injection_skip",
+                "Total number of skipped sidecar injection requests",
+                &self.skip,
+            ),
+            (
+                "sidecar_injection_failure",
+                "Total number of failed sidecar injection requests",
+                &self.failure,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+    }
 }
 
 async fn inject(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
     let reply = meshd_injector::handle(&body, &state.inject, &*state.namespaces);
     let r = &reply.response;
+    state.metrics.record(r);
     if r.allowed {
         tracing::info!(uid = %r.uid, outcome = r.outcome(), "admission review");
     } else {
@@ -101,13 +153,18 @@ async fn inject(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
         .into_response()
 }
 
-pub fn router(inject_cfg: InjectConfig, namespaces: NamespaceLookup) -> Router {
+pub fn router(
+    inject_cfg: InjectConfig,
+    namespaces: NamespaceLookup,
+    metrics: Arc<InjectionMetrics>,
+) -> Router {
     // Bodies up to one byte over the limit reach the injector, which answers 413 as an
     // AdmissionReview; larger ones get axum's own 413.
     let limit = inject_cfg.max_review_bytes.saturating_add(1);
     let state = Arc::new(WebhookState {
         inject: inject_cfg,
         namespaces,
+        metrics,
     });
     Router::new()
         .route("/inject", post(inject))

@@ -173,6 +173,35 @@ async fn sotw_ack_advances_nack_keeps_and_stale_nonce_is_ignored() {
     assert_eq!(st["status"], "NACKED", "{st}");
     assert_eq!(st["acked_version"], first.version_info.as_str());
     assert!(st["error"].as_str().unwrap().contains("cluster X"));
+    // Under Istio's names too: one stream, one CDS push, one CDS rejected.
+    let metrics = metrics_text(&server).await;
+    for line in [
+        "pilot_xds 1",
+        "pilot_xds_pushes{type=\"cds\"} 1",
+        "pilot_total_xds_rejects{type=\"cds\"} 1",
+        "pilot_xds_cds_reject 1",
+        "pilot_xds_eds_reject 0",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
+}
+
+async fn metrics_text(server: &TestServer) -> String {
+    reqwest::get(format!("{}/metrics", server.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `pilot_proxy_convergence_time_count`, the pushes a new snapshot caused so far.
+fn convergence_count(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pilot_proxy_convergence_time_count "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pilot_proxy_convergence_time_count in\n{metrics}"))
 }
 
 #[tokio::test]
@@ -375,6 +404,15 @@ async fn delta_sends_only_what_changed_also_across_reconnects() {
             .all(|n| n.ends_with("|billing-service.voicecore-ai.svc.cluster.local")),
         "{names:?}"
     );
+    // The push the change caused counts in Istio's convergence histogram; the first pushes
+    // of a stream (no change behind them) do not. CDS went out three times: the first
+    // stream, the reconnect's resync, the change.
+    let metrics = metrics_text(&server).await;
+    assert!(convergence_count(&metrics) >= 1, "{metrics}");
+    assert!(
+        metrics.contains("pilot_xds_pushes{type=\"cds\"} 3"),
+        "{metrics}"
+    );
 }
 
 /// SotW sends every cluster on each CDS change (Envoy's rule for Cluster and Listener), but EDS
@@ -448,4 +486,14 @@ async fn sotw_eds_after_a_cluster_change_carries_only_that_cluster() {
             .all(|n| n.ends_with("|billing-service.voicecore-ai.svc.cluster.local")),
         "{names:?}"
     );
+    // Under Istio's names: CDS and EDS pushed twice each (first, after the change), and the
+    // change's push counted in the convergence histogram.
+    let metrics = metrics_text(&server).await;
+    assert!(convergence_count(&metrics) >= 1, "{metrics}");
+    for line in [
+        "pilot_xds_pushes{type=\"cds\"} 2",
+        "pilot_xds_pushes{type=\"eds\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
 }

@@ -1,5 +1,6 @@
 //! The TLS port as a Rust gRPC client sees it: Istio's CreateCertificate (identity from the
-//! credential only, TTL limit, bad CSRs → InvalidArgument) and ADS, both over TLS with a
+//! credential only, and only while the registry runs that workload under that service account;
+//! TTL limit, bad CSRs → InvalidArgument) and ADS, both over TLS with a
 //! serving certificate from the mesh CA; the CA counters in /metrics.
 
 use base64::Engine;
@@ -201,6 +202,28 @@ async fn create_certificate_over_tls() {
         "signature does not verify",
     );
 
+    // A valid credential buys a certificate only for a workload the registry runs under the
+    // service account it proves: not for one gone (or never there), not after the workload
+    // moved to another service account.
+    let refused = |e: tonic::Status, want: &str| {
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        assert!(e.message().contains(want), "{want:?} not in {e}");
+    };
+    let ghost = server.credential("ghost-v1", "voicecore-ai", "billing-service");
+    refused(
+        create_certificate(&channel, Some(&ghost), request(&ask, 0))
+            .await
+            .unwrap_err(),
+        "ghost-v1.voicecore-ai is not in the registry",
+    );
+    let renamed = server.credential("billing-service-v1", "voicecore-ai", "old-account");
+    refused(
+        create_certificate(&channel, Some(&renamed), request(&ask, 0))
+            .await
+            .unwrap_err(),
+        "now runs as service account `billing-service`; the credential proves `old-account`",
+    );
+
     // The counters.
     let metrics = reqwest::get(format!("{}/metrics", server.admin_url()))
         .await
@@ -215,7 +238,14 @@ async fn create_certificate_over_tls() {
         "meshd_csr_rejected_total{reason=\"weak_key\"} 1",
         "meshd_csr_rejected_total{reason=\"malformed\"} 1",
         "meshd_csr_rejected_total{reason=\"bad_signature\"} 1",
+        "meshd_csr_rejected_total{reason=\"unregistered\"} 2",
         "meshd_certs_expiring_soon{kind=\"root\"} 0",
+        // The same under Istio's names: 2 signed + 8 refused.
+        "citadel_server_csr_count 10",
+        "citadel_server_authentication_failure_count 4",
+        "citadel_server_csr_parsing_err_count 3",
+        "citadel_server_csr_sign_err_count 1",
+        "citadel_server_id_extraction_err_count 0",
         "meshd_certs_expiring_soon{kind=\"server\"} 0",
     ] {
         assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
@@ -227,6 +257,24 @@ async fn create_certificate_over_tls() {
         .parse()
         .unwrap();
     assert!(issued >= 2, "{metrics}");
+    let istio_issued: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("citadel_server_success_cert_issuance_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(istio_issued, issued);
+    let root_expiry: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("citadel_server_root_cert_expiry_timestamp "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(root_expiry > now + 365 * 24 * 3600, "{root_expiry}");
     assert!(
         metrics.contains("meshd_certs_issued_total{kind=\"server\"} 1"),
         "{metrics}"

@@ -2,7 +2,8 @@
 //! controller-manager, scheduler, kubelet on containerd and runc, kube-proxy, cluster DNS):
 //! meshd's images built by `scripts/images.sh` and loaded into the node's containerd, the Helm
 //! chart installed with the VoiceCore values, the Deployments injected and meshed with mTLS,
-//! and `helm uninstall` leaving no webhook behind.
+//! `helm upgrade` and a killed leader with no failed request between two services, and
+//! `helm uninstall` leaving no webhook behind.
 //!
 //! Needs root and `scripts/kube-node.sh install` (scripts/install-tools.sh runs it). One node
 //! runs per machine: the script's lock serializes concurrent runs.
@@ -548,8 +549,18 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
     drop(node);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn helm_upgrade_of_meshd_fails_no_request_between_two_services() {
+/// The leader Lease's holder identity (`<pod>_<random>`), once one holds it.
+async fn lease_holder(client: &Client) -> Option<String> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let lease = Api::<Lease>::namespaced(client.clone(), MESHD_NS)
+        .get_opt("meshd-leader")
+        .await
+        .ok()??;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_upgrade_and_a_killed_leader_fail_no_request_between_two_services() {
     let node = Node::start();
     let client = node.client().await;
     build_and_load_images(&node);
@@ -668,6 +679,61 @@ async fn helm_upgrade_of_meshd_fails_no_request_between_two_services() {
     assert!(
         failed.is_empty(),
         "requests failed during the meshd rollout: {failed:?}"
+    );
+
+    // Leader failover: the leader's pod is killed outright (no grace period); another replica
+    // takes the Lease, and the two services keep talking through it.
+    let holder = eventually(60, "a leader among the new replicas", || {
+        let client = client.clone();
+        async move { lease_holder(&client).await }
+    })
+    .await;
+    let leader = new_pods
+        .iter()
+        .find(|p| holder.starts_with(&format!("{p}_")))
+        .unwrap_or_else(|| panic!("leader {holder} is not one of {new_pods:?}"))
+        .clone();
+    let lines_before_kill = log.lines().count();
+    Api::<Pod>::namespaced(client.clone(), MESHD_NS)
+        .delete(
+            &leader,
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let killed = std::time::Instant::now();
+    let successor = eventually(120, "another replica holding the Lease", || {
+        let (client, leader) = (client.clone(), leader.clone());
+        async move {
+            lease_holder(&client)
+                .await
+                .filter(|h| !h.starts_with(&format!("{leader}_")))
+        }
+    })
+    .await;
+    eprintln!(
+        "measurement: leader {leader} killed; {successor} holds the Lease {:.1} s later",
+        killed.elapsed().as_secs_f64()
+    );
+    let log = eventually(60, "the prober's answers after the failover", || {
+        let client = client.clone();
+        async move {
+            let log = log_of(&client, VOICECORE_NS, "prober", "app").await;
+            (log.lines().count() >= lines_before_kill + 25).then_some(log)
+        }
+    })
+    .await;
+    let failed: Vec<&str> = log
+        .lines()
+        .skip(lines_before_kill)
+        .filter(|l| l.starts_with("FAIL"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed during the leader failover: {failed:?}"
     );
 
     drop(node);

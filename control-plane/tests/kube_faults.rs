@@ -220,3 +220,87 @@ async fn changes_flow_again_soon_after_the_api_server_returns() {
         back.elapsed().as_secs_f64()
     );
 }
+
+/// meshd started while the API server is down does not exit: it answers its probes (alive, not
+/// ready, and why) and keeps trying, and it becomes ready once the API server returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn meshd_started_during_an_outage_waits_for_the_api_server_then_serves() {
+    let server = ApiServer::start();
+    let client = server.client().await;
+    create(&client, namespace(MESHD_NS, json!({}))).await;
+    for crd in istio_crds() {
+        create(&client, crd).await;
+    }
+    kill_apiserver(&server);
+
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = meshd::testing::config(state.path(), None);
+    // The admin port must be known before `build` returns: it answers while starting.
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cfg.admin_port = admin_port;
+    cfg.kubernetes = Some(KubeConfig {
+        namespace: MESHD_NS.into(),
+        kubeconfig: Some(server.kubeconfig.clone()),
+        lease_duration: Duration::from_secs(3),
+        lease_renew: Duration::from_millis(500),
+        sync_timeout: Duration::from_secs(30),
+        ca_timeout: Duration::from_secs(10),
+        ..KubeConfig::default()
+    });
+    cfg.xds_plaintext = false;
+    let starting = tokio::spawn(app::build(cfg));
+    let probe = |path: &'static str| async move {
+        let resp = reqwest::get(format!("http://127.0.0.1:{admin_port}{path}"))
+            .await
+            .ok()?;
+        Some((
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        ))
+    };
+    eventually(30, "meshd answering its liveness probe", || async {
+        probe("/healthz/live")
+            .await
+            .filter(|(code, _)| *code == 200)
+    })
+    .await;
+    // Not ready, and the probe says why; seen after at least one failed attempt.
+    let (code, why) = eventually(
+        30,
+        "a readiness answer naming the failed attempt",
+        || async {
+            probe("/healthz/ready")
+                .await
+                .filter(|(_, body)| body.contains("failed (attempt"))
+        },
+    )
+    .await;
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("Kubernetes API server"), "{why}");
+    assert!(
+        !starting.is_finished(),
+        "meshd gave up while the API server was down"
+    );
+
+    restart_apiserver(&server);
+    let back = Instant::now();
+    let app = tokio::time::timeout(Duration::from_secs(120), starting)
+        .await
+        .expect("meshd ready within two minutes of the API server's return")
+        .unwrap()
+        .expect("meshd starts once the API server is back");
+    println!(
+        "measurement: meshd started {:.1} s after the API server returned",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(app.admin_addr.port(), admin_port);
+    let (code, body) = probe("/healthz/ready")
+        .await
+        .expect("the admin API answers");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(probe("/healthz/live").await.map(|(c, _)| c), Some(200));
+}

@@ -277,6 +277,16 @@ async fn the_connection_cap_refuses_the_connection_over_it() {
     .await;
     assert!(freed.is_ok(), "a closed connection's place was never freed");
     drop(second);
+    let metrics = reqwest::get(format!("{}/metrics", server.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meshd_connections_refused_total{listener=\"xds\"} 1"),
+        "{metrics}"
+    );
 }
 
 fn billing_credential(server: &TestServer) -> String {
@@ -444,4 +454,13 @@ async fn failed_authentications_from_one_address_are_refused_before_the_check() 
         .stream_aggregated_resources(ok)
         .await;
     assert_eq!(got.err().map(|s| s.code()), Some(ResourceExhausted));
+    let metrics = reqwest::get(format!("{}/metrics", server.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in ["meshd_auth_throttled_total 3", "meshd_auth_failing_peers 1"] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
 }

@@ -176,6 +176,35 @@ async fn webhook_injects_over_https_and_refuses_hostile_bodies() {
     );
     let (status, _) = post(addr, &root, "meshd.meshd-system.svc", &body).await;
     assert_eq!(status, 200);
+    // A pod that opts out is skipped.
+    let mut opted_out = gateway_review();
+    opted_out["request"]["object"]["metadata"]["annotations"] =
+        json!({"sidecar.istio.io/inject": "false"});
+    let (status, review) = post(
+        addr,
+        &root,
+        "meshd.meshd-system.svc",
+        &serde_json::to_vec(&opted_out).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(review["response"]["patch"].is_null(), "{review}");
+
+    // Istio's injector metrics count each outcome.
+    let metrics = reqwest::get(format!("http://{}/metrics", app.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sidecar_injection_requests_total 7",
+        "sidecar_injection_success_total 3",
+        "sidecar_injection_skip_total 1",
+        "sidecar_injection_failure_total 3",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
     app.shutdown().await.unwrap();
 }
 

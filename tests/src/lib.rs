@@ -2,7 +2,7 @@
 //! (network namespaces) each running a workload behind a stock Envoy sidecar with Istio's
 //! capture rules — all on this machine, all removed when the [`Mesh`] is dropped.
 //!
-//! A thin layer over [`meshd::localmesh`] (the one shared harness, also behind `meshd demo`):
+//! A thin layer over [`meshd_localmesh::mesh`] (the one shared harness, also behind `meshd demo`):
 //! it adds a temporary directory with a watched config dir and CA state, finds the `meshd`
 //! binary, and names namespaces uniquely per test.
 //!
@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-pub use meshd::localmesh::{
+pub use meshd_localmesh::mesh::{
     ADMIN_PORT, DEFAULT_SUBNET, ENVOY_ADMIN_PORT, LocalMesh, LocalMeshOptions, PROXY_UID,
     SidecarOptions, SidecarPod, XDS_PORT, envoy_admin_get, forward_into_netns, tail,
 };
-pub use meshd::podnet::{
+pub use meshd_localmesh::podnet::{
     self, Child, HttpResponse, Pod, PodNetwork, envoy_binary, in_netns, wait_until,
 };
 

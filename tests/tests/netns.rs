@@ -27,7 +27,7 @@ fn serve_workload(pod: &Pod, name: &'static str, port: u16) -> tokio::sync::ones
             .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(l).unwrap();
-            let _ = meshd::workload_app::serve_on(l, name, async {
+            let _ = meshd_localmesh::workload_app::serve_on(l, name, async {
                 let _ = rx.await;
             })
             .await;
@@ -214,16 +214,16 @@ fn fake_meshd(argv: &[String]) -> anyhow::Result<()> {
     match argv.first().map(String::as_str) {
         Some("serve") => {
             let bind = flag(argv, "--bind").unwrap_or("127.0.0.1");
-            rt.block_on(meshd::workload_app::run(
-                meshd::workload_app::WorkloadArgs {
+            rt.block_on(meshd_localmesh::workload_app::run(
+                meshd_localmesh::workload_app::WorkloadArgs {
                     name: "fake-meshd".into(),
                     port: ADMIN_PORT,
                     bind: bind.into(),
                 },
             ))
         }
-        Some("workload") => rt.block_on(meshd::workload_app::run(
-            meshd::workload_app::WorkloadArgs {
+        Some("workload") => rt.block_on(meshd_localmesh::workload_app::run(
+            meshd_localmesh::workload_app::WorkloadArgs {
                 name: flag(argv, "--name").unwrap_or("app").into(),
                 port: flag(argv, "--port").unwrap_or("8080").parse()?,
                 bind: "127.0.0.1".into(),

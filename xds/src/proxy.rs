@@ -223,6 +223,56 @@ fn same_address(node_ip: &str, workload_address: &str) -> bool {
     }
 }
 
+/// Why a proven identity does not name a workload the registry runs now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegistrationError {
+    #[error(
+        "workload {workload} is not in the registry (no WorkloadEntry or running Pod of that name)"
+    )]
+    Unknown { workload: String },
+    #[error(
+        "workload {workload} now runs as service account `{current}`; the credential proves `{proven}`"
+    )]
+    ServiceAccountChanged {
+        workload: String,
+        proven: String,
+        current: String,
+    },
+}
+
+impl RegistrationError {
+    /// Whether a registry that has not caught up yet could explain the refusal.
+    pub fn registry_may_catch_up(&self) -> bool {
+        matches!(self, RegistrationError::Unknown { .. })
+    }
+}
+
+/// The registry's workload that `identity` (proven by a credential or a service-account token)
+/// names, given `registered`: the registry's workload of that name and namespace, if any. A
+/// credential outlives changes to its workload; it speaks only for what still runs under the
+/// service account it proves.
+pub fn registered_as<'w>(
+    identity: &Identity,
+    registered: Option<&'w Workload>,
+) -> Result<&'w Workload, RegistrationError> {
+    let workload = || format!("{}.{}", identity.workload, identity.namespace);
+    let Some(w) =
+        registered.filter(|w| w.name == identity.workload && w.namespace == identity.namespace)
+    else {
+        return Err(RegistrationError::Unknown {
+            workload: workload(),
+        });
+    };
+    if w.service_account != identity.service_account {
+        return Err(RegistrationError::ServiceAccountChanged {
+            workload: workload(),
+            proven: identity.service_account.clone(),
+            current: w.service_account.clone(),
+        });
+    }
+    Ok(w)
+}
+
 /// Whether the Envoy node `node_id` may speak for `identity` (proven by the stream's
 /// credential), given `registered`: the registry's workload of that identity's name and
 /// namespace (a WorkloadEntry in file mode, the Pod in Kubernetes mode), if any. The node must
@@ -242,21 +292,22 @@ pub fn bind(
             proven: workload,
         });
     }
-    let Some(w) = registered.filter(|w| w.name == node.workload && w.namespace == node.namespace)
-    else {
-        return Err(BindError::UnknownWorkload {
+    let w = registered_as(identity, registered).map_err(|e| match e {
+        RegistrationError::Unknown { workload } => BindError::UnknownWorkload {
             node: node_id.to_string(),
             workload,
-        });
-    };
-    if w.service_account != identity.service_account {
-        return Err(BindError::ServiceAccountChanged {
+        },
+        RegistrationError::ServiceAccountChanged {
+            workload,
+            proven,
+            current,
+        } => BindError::ServiceAccountChanged {
             node: node_id.to_string(),
             workload,
-            proven: identity.service_account.clone(),
-            current: w.service_account.clone(),
-        });
-    }
+            proven,
+            current,
+        },
+    })?;
     if !same_address(&node.ip, &w.address) {
         return Err(BindError::OtherAddress {
             node: node_id.to_string(),

@@ -373,6 +373,8 @@ struct Scope {
 
 pub struct MeshSnapshot {
     pub version: u64,
+    /// When its build began: a proxy's convergence time is measured from here.
+    pub built_at: std::time::Instant,
     pub opts: Arc<GenOptions>,
     pub index: Arc<Index>,
     /// The EnvoyFilter patches in force (and those rejected, in `patches.problems`).
@@ -513,6 +515,7 @@ impl MeshSnapshot {
         config: Arc<MeshConfig>,
         opts: Arc<GenOptions>,
     ) -> MeshSnapshot {
+        let built_at = std::time::Instant::now();
         let index = Arc::new(Index::new(config, &opts));
         let patches = envoyfilter::Patches::build(&index.config, &opts.root_namespace);
         let same_opts = previous
@@ -588,6 +591,7 @@ impl MeshSnapshot {
         }
         MeshSnapshot {
             version,
+            built_at,
             opts,
             index,
             patches,

@@ -4,7 +4,7 @@
 use super::status::{ProxyHandle, ProxyStatus, SentResources, SyncStatus, TypeStatus};
 use super::{Authenticator, Metrics, SecretSource, Shared};
 use crate::generate::ProxyResources;
-use crate::proxy::{BindError, Identity, Proxy};
+use crate::proxy::{BindError, Identity, Proxy, RegistrationError};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +29,38 @@ fn check_binding(
         .index
         .workload(&identity.workload, &identity.namespace);
     crate::proxy::bind(identity, node_id, registered)
+}
+
+/// Waits up to `wait` for the registry to show `identity`'s workload running under the service
+/// account it proves: what a caller without an xDS node (CreateCertificate) must pass. A Pod
+/// just started may not be in the snapshot yet.
+pub async fn wait_registered(
+    mut mesh: watch::Receiver<Arc<crate::MeshSnapshot>>,
+    identity: &Identity,
+    wait: std::time::Duration,
+) -> Result<(), RegistrationError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let checked = {
+            let snapshot = mesh.borrow_and_update();
+            crate::proxy::registered_as(
+                identity,
+                snapshot
+                    .index
+                    .workload(&identity.workload, &identity.namespace),
+            )
+            .map(|_| ())
+        };
+        match checked {
+            Err(e) if e.registry_may_catch_up() => {
+                match tokio::time::timeout_at(deadline, mesh.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Err(e),
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 fn refusal(e: &BindError) -> Status {
@@ -93,6 +125,7 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
             types: BTreeMap::new(),
         });
         shared.metrics.connected.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.pilot.xds.inc();
         shared.secrets.acquire(&proxy);
         let mut mesh = shared.mesh.clone();
         mesh.mark_unchanged();
@@ -132,6 +165,12 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         Ok(())
     }
 
+    /// A push caused by a new snapshot is done: the time since that snapshot's build began.
+    pub fn converged(&self) {
+        let built_at = self.mesh.borrow().built_at;
+        self.shared.metrics.pilot.converged(built_at.elapsed());
+    }
+
     /// Waits for a config change, a secret change or rotation deadline, or drain.
     pub async fn wake(&mut self) -> Wake {
         if *self.drain.borrow() {
@@ -166,6 +205,7 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         bytes: usize,
     ) {
         Metrics::inc(&self.shared.metrics.pushes, 1);
+        self.shared.metrics.pilot.pushed(type_url);
         Metrics::inc(&self.shared.metrics.push_bytes, bytes as u64);
         self.update_type(type_url, |t| {
             t.sent_version = version.to_string();
@@ -186,6 +226,7 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
 
     pub fn record_nack(&self, type_url: &str, message: &str) {
         Metrics::inc(&self.shared.metrics.nacks, 1);
+        self.shared.metrics.pilot.rejected(type_url);
         tracing::warn!(proxy = %self.proxy.id, type_url, error = message, "proxy rejected config (NACK); it keeps its last good config");
         self.update_type(type_url, |t| {
             t.status = SyncStatus::Nacked;
@@ -205,6 +246,7 @@ impl<A, S: SecretSource> Drop for Conn<A, S> {
             .metrics
             .connected
             .fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.pilot.xds.dec();
         tracing::info!(proxy = %self.proxy.id, "proxy disconnected");
     }
 }

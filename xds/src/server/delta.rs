@@ -332,7 +332,7 @@ async fn session<A: Authenticator, S: SecretSource>(
             },
             wake = d.conn.wake() => match wake {
                 Wake::Drain => return,
-                Wake::Mesh | Wake::Secrets => {
+                wake @ (Wake::Mesh | Wake::Secrets) => {
                     if let Err(status) = Box::pin(d.conn.refresh()).await {
                         let _ = d.tx.send(wire::Outgoing::End(status)).await;
                         return;
@@ -344,6 +344,7 @@ async fn session<A: Authenticator, S: SecretSource>(
                         Ok::<(), ()>(())
                     });
                     if pushed.await.is_err() { return }
+                    if matches!(wake, Wake::Mesh) { d.conn.converged() }
                 }
             },
         }

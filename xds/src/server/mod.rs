@@ -6,10 +6,12 @@ mod delta;
 mod diff;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod istio_metrics;
 mod sotw;
 pub mod status;
 pub mod wire;
 
+pub use conn::wait_registered;
 pub use status::{ProxyStatus, Registry, SyncStatus, TypeStatus};
 
 use crate::generate::{MeshSnapshot, ProxyResources};
@@ -73,6 +75,8 @@ pub struct Metrics {
     pub push_bytes: AtomicU64,
     pub nacks: AtomicU64,
     pub acks: AtomicU64,
+    /// The same events under Istio's names (`pilot_*`), for `/metrics`.
+    pub pilot: istio_metrics::PilotMetrics,
 }
 
 impl Metrics {

@@ -258,13 +258,14 @@ async fn session<A: Authenticator, S: SecretSource>(
             },
             wake = s.conn.wake() => match wake {
                 Wake::Drain => return,
-                Wake::Mesh | Wake::Secrets => {
+                wake @ (Wake::Mesh | Wake::Secrets) => {
                     if let Err(status) = Box::pin(s.conn.refresh()).await {
                         let _ = s.tx.send(wire::Outgoing::End(status)).await;
                         return;
                     }
                     let pushed = Box::pin(s.push_all());
                     if pushed.await.is_err() { return }
+                    if matches!(wake, Wake::Mesh) { s.conn.converged() }
                 }
             },
         }

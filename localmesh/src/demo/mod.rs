@@ -8,13 +8,11 @@
 //! target namespaces, so nothing is routed into the machine's own namespace). Ctrl-C or SIGTERM
 //! stops every child and removes every namespace.
 
-use crate::localmesh::{self, LocalMesh, LocalMeshOptions, SidecarOptions};
+use crate::mesh::{self as localmesh, LocalMesh, LocalMeshOptions, SidecarOptions};
 use crate::podnet;
-use crate::source::FileSource;
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use clap::Args;
 use meshd_model::MeshConfig;
-use meshd_model::registry::selector_matches;
 use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
@@ -23,6 +21,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
+
+mod plan;
+
+pub use plan::{DemoPlan, GatewayPod, GatewayRoute, ServicePod};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -41,140 +43,6 @@ pub struct DemoArgs {
     /// How long to wait for the control plane and each Envoy to become ready.
     #[arg(long, default_value = "60s", value_parser = |s: &str| meshd_model::duration::parse(s))]
     pub ready_timeout: Duration,
-}
-
-/// A service workload of the demo: one sidecar pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServicePod {
-    /// `name.namespace` of the WorkloadEntry.
-    pub workload: String,
-    pub address: Ipv4Addr,
-    /// The service's short name, which the app answers with.
-    pub service: String,
-    /// The service's host (FQDN).
-    pub host: String,
-    /// The port the app listens on (the service's port on this endpoint).
-    pub port: u16,
-}
-
-/// A gateway workload of the demo: one Envoy pod in router mode.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GatewayPod {
-    pub workload: String,
-    pub address: Ipv4Addr,
-    /// The port its Gateway servers listen on.
-    pub port: u16,
-}
-
-/// A path the ingress gateway routes, and where to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GatewayRoute {
-    pub prefix: String,
-    pub host: String,
-}
-
-/// What the demo starts, read from the mesh config.
-#[derive(Clone, Debug, Default)]
-pub struct DemoPlan {
-    pub services: Vec<ServicePod>,
-    pub gateways: Vec<GatewayPod>,
-    /// Service names (FQDN, `name.namespace`, `name`) → VIP, for every pod's /etc/hosts.
-    pub hosts: Vec<(String, Ipv4Addr)>,
-    pub routes: Vec<GatewayRoute>,
-}
-
-fn is_gateway(labels: &meshd_model::networking::Labels) -> bool {
-    labels.get("istio").is_some_and(|v| v.ends_with("gateway"))
-}
-
-impl DemoPlan {
-    /// One pod per WorkloadEntry: gateways (label `istio: ...gateway`) listen on the first
-    /// port of a Gateway selecting them; every other workload runs its service's app on the
-    /// service's port.
-    pub fn from_mesh(mesh: &MeshConfig) -> anyhow::Result<DemoPlan> {
-        let mut plan = DemoPlan::default();
-        for w in &mesh.workloads {
-            let address: Ipv4Addr = w.address.parse().map_err(|_| {
-                anyhow!(
-                    "WorkloadEntry {}: address {:?} is not IPv4",
-                    w.id(),
-                    w.address
-                )
-            })?;
-            if is_gateway(&w.labels) {
-                let port = mesh
-                    .gateways()
-                    .filter(|(_, g)| {
-                        !g.selector.is_empty() && selector_matches(&g.selector, &w.labels)
-                    })
-                    .flat_map(|(_, g)| g.servers.iter())
-                    .map(|s| s.port.target_port.unwrap_or(s.port.number))
-                    .next()
-                    .with_context(|| format!("no Gateway selects gateway workload {}", w.id()))?;
-                plan.gateways.push(GatewayPod {
-                    workload: w.id(),
-                    address,
-                    port: u16::try_from(port).context("gateway port")?,
-                });
-                continue;
-            }
-            let found = mesh.services.iter().find_map(|s| {
-                let e = s.endpoints.iter().find(|e| {
-                    e.workload.as_deref() == Some(w.name.as_str()) && e.namespace == w.namespace
-                })?;
-                let port = s.ports.first()?;
-                Some((s, e.port_for(port)))
-            });
-            let Some((svc, port)) = found else {
-                tracing::warn!(workload = %w.id(), "no service selects this workload; no pod for it");
-                continue;
-            };
-            plan.services.push(ServicePod {
-                workload: w.id(),
-                address,
-                service: svc.hostname.split('.').next().unwrap_or("").to_string(),
-                host: svc.hostname.clone(),
-                port: u16::try_from(port).context("service port")?,
-            });
-        }
-        plan.services.sort_by_key(|s| s.address);
-        plan.gateways.sort_by_key(|g| g.address);
-        for s in &mesh.services {
-            let Some(vip) = s.addresses.iter().find_map(|a| a.parse::<Ipv4Addr>().ok()) else {
-                continue;
-            };
-            plan.hosts.push((s.hostname.clone(), vip));
-            let suffix = format!(".{}.svc.cluster.local", s.namespace);
-            if let Some(short) = s.hostname.strip_suffix(&suffix) {
-                plan.hosts.push((format!("{short}.{}", s.namespace), vip));
-                plan.hosts.push((short.to_string(), vip));
-            }
-        }
-        for (_, vs) in mesh.virtual_services() {
-            if vs.gateways.is_empty() || vs.gateways.iter().all(|g| g == "mesh") {
-                continue;
-            }
-            for r in &vs.http {
-                let Some(dest) = r.route.first() else {
-                    continue;
-                };
-                for m in &r.matches {
-                    if let Some(prefix) = m.uri.as_ref().and_then(|u| u.prefix.clone()) {
-                        plan.routes.push(GatewayRoute {
-                            prefix,
-                            host: dest.destination.host.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(plan)
-    }
-
-    /// How many proxies the demo runs.
-    pub fn proxies(&self) -> usize {
-        self.services.len() + self.gateways.len()
-    }
 }
 
 fn on_path(name: &str) -> bool {
@@ -224,9 +92,18 @@ fn bind_loopback(port: u16, flag: &str, what: &str) -> anyhow::Result<std::net::
     Ok(l)
 }
 
+/// The VoiceCore mesh `meshd serve` runs when given no config directory (the same files its
+/// file source embeds), parsed here so the harness does not link the server.
+fn embedded_mesh() -> MeshConfig {
+    let files = meshd_model::voicecore::FILES.map(|(name, text)| {
+        meshd_model::parse_file(name, text).expect("the embedded mesh is valid YAML (tested)")
+    });
+    MeshConfig::assemble(&files)
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     preflight()?;
-    let mesh_config = FileSource::new(None).reload();
+    let mesh_config = embedded_mesh();
     let plan = DemoPlan::from_mesh(&mesh_config)?;
     if plan.gateways.is_empty() {
         bail!("the embedded mesh has no gateway workload");
@@ -666,76 +543,4 @@ async fn fetch_syncz(client: &reqwest::Client, url: &str) -> anyhow::Result<serd
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plan_of_the_embedded_mesh() {
-        let mesh = FileSource::new(None).reload();
-        let plan = DemoPlan::from_mesh(&mesh).unwrap();
-        assert_eq!(plan.services.len(), 8, "{plan:?}");
-        for (i, s) in plan.services.iter().enumerate() {
-            assert_eq!(s.address, Ipv4Addr::new(10, 44, 0, 10 + i as u8), "{s:?}");
-            assert_eq!(s.port, 8000 + i as u16, "{s:?}");
-            assert_eq!(s.workload, format!("{}-v1.voicecore-ai", s.service));
-            assert_eq!(
-                s.host,
-                format!("{}.voicecore-ai.svc.cluster.local", s.service)
-            );
-        }
-        assert!(plan.services.iter().any(|s| s.service == "billing-service"));
-        assert_eq!(
-            plan.gateways,
-            vec![GatewayPod {
-                workload: "ingressgateway.istio-system".into(),
-                address: Ipv4Addr::new(10, 44, 0, 2),
-                port: 8080,
-            }]
-        );
-        assert_eq!(plan.proxies(), 9);
-        assert_eq!(plan.hosts.len(), 24);
-        for name in [
-            "billing-service.voicecore-ai.svc.cluster.local",
-            "billing-service.voicecore-ai",
-            "billing-service",
-        ] {
-            assert!(
-                plan.hosts
-                    .iter()
-                    .any(|(n, ip)| n == name && ip.octets()[..3] == [10, 96, 0]),
-                "{name}: {:?}",
-                plan.hosts
-            );
-        }
-        assert_eq!(plan.routes.len(), 8);
-        for s in &plan.services {
-            assert!(
-                plan.routes
-                    .iter()
-                    .any(|r| r.prefix == format!("/{}/", s.service) && r.host == s.host),
-                "{s:?}: {:?}",
-                plan.routes
-            );
-        }
-    }
-
-    #[test]
-    fn sync_summary_counts_fully_synced_proxies() {
-        let v = serde_json::json!([
-            {"proxy_id": "a", "types": {"c": {"status": "SYNCED"}, "l": {"status": "SYNCED"}}},
-            {"proxy_id": "b", "types": {"c": {"status": "SYNCED"}, "l": {"status": "STALE"}}},
-            {"proxy_id": "c", "types": {"c": {"status": "NACKED"}}},
-            {"proxy_id": "d", "types": {}},
-        ]);
-        let s = SyncSummary::from_syncz(&v);
-        assert_eq!(
-            s,
-            SyncSummary {
-                connected: 4,
-                synced: 1,
-                nacked: 1
-            }
-        );
-        assert_eq!(s.line(9), "4/9 proxies connected, 1 synced, 1 NACKED");
-    }
-}
+mod tests;
