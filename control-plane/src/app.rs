@@ -52,6 +52,8 @@ pub struct Config {
     pub kubernetes: Option<crate::kube::KubeConfig>,
     /// What every listener bounds (connections, streams, timeouts, message sizes).
     pub limits: crate::transport::TransportLimits,
+    /// How many request-metric series `/metrics` keeps (`--telemetry-max-series*`).
+    pub telemetry_limits: crate::telemetry::SeriesLimits,
 }
 
 impl Config {
@@ -189,9 +191,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         )
         .into_service(),
     };
-    let mesh_metrics = Arc::new(crate::telemetry::MeshMetrics::new(
-        crate::telemetry::DEFAULT_MAX_SERIES,
-    ));
+    let mesh_metrics = Arc::new(crate::telemetry::MeshMetrics::new(config.telemetry_limits));
     // Both xDS ports: a proxy's access logs go where its ADS stream goes, with its credential.
     let access_logs = crate::telemetry::AccessLogIngest::new(
         auth.clone(),

@@ -164,6 +164,14 @@ pub struct ServeArgs {
     /// Envoy-gRPC cluster to meshd that could carry its rotating token).
     #[arg(long, env = "MESHD_REQUEST_TELEMETRY", default_value_t = true, action = clap::ArgAction::Set)]
     pub request_telemetry: bool,
+    /// Request-metric series (label sets) `/metrics` keeps in all; an entry that would add one
+    /// more is dropped and counted in `meshd_telemetry_series_dropped_total{limit="total"}`.
+    #[arg(long, env = "MESHD_TELEMETRY_MAX_SERIES", default_value_t = crate::telemetry::metrics::DEFAULT_MAX_SERIES)]
+    pub telemetry_max_series: usize,
+    /// Request-metric series one workload's proxies may add (`limit="reporter"` when over), so
+    /// one proxy cannot take the others' budget.
+    #[arg(long, env = "MESHD_TELEMETRY_MAX_SERIES_PER_PROXY", default_value_t = crate::telemetry::metrics::DEFAULT_MAX_SERIES_PER_REPORTER)]
+    pub telemetry_max_series_per_proxy: usize,
     /// Kubernetes mode: the audience proxies' projected service-account tokens must carry.
     #[arg(long, env = "MESHD_TOKEN_AUDIENCE", default_value = crate::kube::token::DEFAULT_AUDIENCE)]
     pub token_audience: String,
@@ -264,6 +272,10 @@ impl ServeArgs {
             )?,
             kubernetes,
             limits: (*self.limits).clone(),
+            telemetry_limits: crate::telemetry::SeriesLimits {
+                total: self.telemetry_max_series,
+                per_reporter: self.telemetry_max_series_per_proxy,
+            },
         })
     }
 }

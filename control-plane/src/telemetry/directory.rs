@@ -72,6 +72,8 @@ pub struct Directory {
     /// Every service host, and the host behind each service address (VIP).
     hosts: HashSet<String>,
     by_vip: HashMap<IpAddr, String>,
+    /// The SPIFFE ids of the registry's workloads.
+    principals: HashSet<String>,
 }
 
 impl Directory {
@@ -83,7 +85,9 @@ impl Directory {
                 continue;
             }
             let i = d.peers.len();
-            d.peers.push(Peer::of(w, trust_domain));
+            let peer = Peer::of(w, trust_domain);
+            d.principals.insert(peer.principal.clone());
+            d.peers.push(peer);
             d.by_name.insert(key, i);
             if let Ok(ip) = w.address.parse::<IpAddr>() {
                 d.by_address.entry(ip).or_default().push(i);
@@ -171,6 +175,11 @@ impl Directory {
         candidates
             .iter()
             .find_map(|c| self.hosts.get(c.as_str()).map(String::as_str))
+    }
+
+    /// Whether `principal` is the identity of a workload in the registry.
+    pub fn knows_principal(&self, principal: &str) -> bool {
+        self.principals.contains(principal)
     }
 
     /// Every workload this directory knows, as (name, namespace).

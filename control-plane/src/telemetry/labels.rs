@@ -260,7 +260,9 @@ pub fn labels(
                 Some(_) => "mutual_tls".into(),
                 None => "none".into(),
             };
-            if let Some(p) = verified {
+            // An identity the registry has none of would be a label value of the reporter's
+            // choosing (one series each): the policy stays, the identity is `unknown`.
+            if let Some(p) = verified.filter(|p| directory.knows_principal(p)) {
                 if let Some(ns) = spiffe_namespace(p) {
                     l.source_workload_namespace = ns.to_string();
                 }
@@ -298,10 +300,12 @@ pub fn http_labels(
     let default = AccessLogCommon::default();
     let common = entry.common_properties.as_ref().unwrap_or(&default);
     let response = entry.response.as_ref();
+    // Envoy's 0 for no response; anything outside HTTP's codes is not one.
     let code = response
         .and_then(|r| r.response_code)
-        .map(|c| c.value.to_string())
-        .unwrap_or_else(|| "0".into());
+        .map(|c| c.value)
+        .filter(|c| (100..=599).contains(c))
+        .map_or_else(|| "0".into(), |c| c.to_string());
     let grpc = entry
         .request
         .as_ref()

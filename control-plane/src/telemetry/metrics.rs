@@ -1,25 +1,74 @@
 //! Istio's standard request and TCP metrics, kept with `prometheus-client`: one series per
 //! label set of [`super::labels`], recorded from Envoy's gRPC access-log entries.
 //!
-//! Cardinality: at most `max_series` distinct label sets are kept (default
-//! [`DEFAULT_MAX_SERIES`]); entries that would add one more are counted in
-//! `meshd_telemetry_series_dropped_total` and not recorded. Series naming a workload that has
-//! left the registry (as reporter or as peer) are removed by [`MeshMetrics::retain_workloads`].
+//! Cardinality, per [`SeriesLimits`]: at most `total` distinct label sets are kept, and at most
+//! `per_reporter` of them reported by any one workload, so one proxy (misbehaving, or sending
+//! what it likes) cannot take the budget of the others. An entry that would add a label set over
+//! either limit is not recorded and is counted in `meshd_telemetry_series_dropped_total{limit}`.
+//! Series naming a workload that has left the registry (as reporter or as peer) are removed by
+//! [`MeshMetrics::retain_workloads`].
 
 use super::directory::Directory;
 use super::labels::{Direction, Labels, Reporter, Request, UNKNOWN, http_labels, labels};
 use envoy_types::pb::envoy::data::accesslog::v3::{
     AccessLogType, HttpAccessLogEntry, TcpAccessLogEntry,
 };
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-/// Distinct label sets kept by default: one per (reporter, peer, code, flags) combination.
+/// How many distinct label sets are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeriesLimits {
+    /// In all: a series is one (reporter, peer, service, code, flags) combination, about 1 KiB
+    /// of labels and buckets per family, so 10 000 stay within tens of MB.
+    pub total: usize,
+    /// Reported by one workload: a sidecar calling 20 services with 5 outcomes each needs 100
+    /// per direction; a gateway more.
+    pub per_reporter: usize,
+}
+
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
+pub const DEFAULT_MAX_SERIES_PER_REPORTER: usize = 1_000;
+
+impl Default for SeriesLimits {
+    fn default() -> Self {
+        SeriesLimits {
+            total: DEFAULT_MAX_SERIES,
+            per_reporter: DEFAULT_MAX_SERIES_PER_REPORTER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    limit: &'static str,
+}
+
+/// The label sets kept, and how many each reporting workload holds.
+#[derive(Default)]
+struct Kept {
+    all: HashSet<Labels>,
+    by_reporter: HashMap<(String, String), usize>,
+}
+
+/// The reporting workload of a label set.
+fn reporter_of(l: &Labels) -> (String, String) {
+    match l.reporter.as_str() {
+        "source" => (
+            l.source_workload.clone(),
+            l.source_workload_namespace.clone(),
+        ),
+        _ => (
+            l.destination_workload.clone(),
+            l.destination_workload_namespace.clone(),
+        ),
+    }
+}
 
 /// Istio's `istio_request_duration_milliseconds` buckets.
 const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -48,13 +97,13 @@ pub struct MeshMetrics {
     tcp_received: Family<Labels, Counter>,
     tcp_opened: Family<Labels, Counter>,
     tcp_closed: Family<Labels, Counter>,
-    dropped: Counter,
-    series: Mutex<HashSet<Labels>>,
-    max_series: usize,
+    dropped: Family<DropLabels, Counter>,
+    series: Mutex<Kept>,
+    limits: SeriesLimits,
 }
 
 impl MeshMetrics {
-    pub fn new(max_series: usize) -> MeshMetrics {
+    pub fn new(limits: SeriesLimits) -> MeshMetrics {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
@@ -64,7 +113,7 @@ impl MeshMetrics {
         let tcp_received = Family::<Labels, Counter>::default();
         let tcp_opened = Family::<Labels, Counter>::default();
         let tcp_closed = Family::<Labels, Counter>::default();
-        let dropped = Counter::default();
+        let dropped = Family::<DropLabels, Counter>::default();
         registry.register("istio_requests", "Requests", requests.clone());
         registry.register(
             "istio_request_duration_milliseconds",
@@ -99,7 +148,7 @@ impl MeshMetrics {
         );
         registry.register(
             "meshd_telemetry_series_dropped",
-            "Access-log entries not recorded because the series cap was reached",
+            "Access-log entries not recorded because a new series would exceed a limit (total, reporter)",
             dropped.clone(),
         );
         MeshMetrics {
@@ -113,8 +162,8 @@ impl MeshMetrics {
             tcp_opened,
             tcp_closed,
             dropped,
-            series: Mutex::new(HashSet::new()),
-            max_series,
+            series: Mutex::new(Kept::default()),
+            limits,
         }
     }
 
@@ -122,13 +171,23 @@ impl MeshMetrics {
     /// drop. The set stays locked while recording, so a concurrent prune cannot leave a series
     /// recorded but no longer counted against the cap.
     fn with_series(&self, labels: &Labels, record: impl FnOnce()) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if !series.contains(labels) {
-            if series.len() >= self.max_series {
-                self.dropped.inc();
+        let mut kept = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if !kept.all.contains(labels) {
+            let reporter = reporter_of(labels);
+            let held = kept.by_reporter.get(&reporter).copied().unwrap_or(0);
+            let over = if kept.all.len() >= self.limits.total {
+                Some("total")
+            } else if held >= self.limits.per_reporter {
+                Some("reporter")
+            } else {
+                None
+            };
+            if let Some(limit) = over {
+                self.dropped.get_or_create(&DropLabels { limit }).inc();
                 return;
             }
-            series.insert(labels.clone());
+            kept.all.insert(labels.clone());
+            kept.by_reporter.insert(reporter, held + 1);
         }
         record();
     }
@@ -212,8 +271,9 @@ impl MeshMetrics {
     /// from the registry. `unknown` peers are no workload and never remove a series.
     pub fn retain_workloads(&self, live: impl Fn(&str, &str) -> bool) {
         let named_live = |w: &str, ns: &str| w == UNKNOWN || live(w, ns);
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series.retain(|l| {
+        let mut kept = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let Kept { all, by_reporter } = &mut *kept;
+        all.retain(|l| {
             if named_live(&l.source_workload, &l.source_workload_namespace)
                 && named_live(&l.destination_workload, &l.destination_workload_namespace)
             {
@@ -227,12 +287,23 @@ impl MeshMetrics {
             self.tcp_received.remove(l);
             self.tcp_opened.remove(l);
             self.tcp_closed.remove(l);
+            let reporter = reporter_of(l);
+            if let Some(n) = by_reporter.get_mut(&reporter) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by_reporter.remove(&reporter);
+                }
+            }
             false
         });
     }
 
     pub fn series_count(&self) -> usize {
-        self.series.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .all
+            .len()
     }
 
     /// Appends the families in Prometheus text format (without OpenMetrics' `# EOF`, since

@@ -1,4 +1,5 @@
 use super::*;
+use crate::telemetry::SeriesLimits;
 use crate::telemetry::directory::Directory;
 use crate::telemetry::labels::{Direction, Reporter, http_labels};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
@@ -315,7 +316,7 @@ fn value(out: &str, prefix: &str, code: &str) -> String {
 
 #[test]
 fn counts_and_duration_histogram_render_with_istio_names() {
-    let m = MeshMetrics::new(DEFAULT_MAX_SERIES);
+    let m = MeshMetrics::new(SeriesLimits::default());
     let d = directory();
     let r = reporter("web-v1", "web");
     let cluster = "outbound|8080||api.shop.svc.cluster.local";
@@ -373,7 +374,10 @@ fn counts_and_duration_histogram_render_with_istio_names() {
 
 #[test]
 fn the_series_cap_drops_and_counts_new_label_sets_only() {
-    let m = MeshMetrics::new(2);
+    let m = MeshMetrics::new(SeriesLimits {
+        total: 2,
+        per_reporter: 10,
+    });
     let d = directory();
     let r = reporter("web-v1", "web");
     let cluster = "outbound|8080||api.shop.svc.cluster.local";
@@ -385,7 +389,7 @@ fn the_series_cap_drops_and_counts_new_label_sets_only() {
     let mut out = String::new();
     m.encode_into(&mut out);
     assert!(
-        out.contains("meshd_telemetry_series_dropped_total 1"),
+        out.contains("meshd_telemetry_series_dropped_total{limit=\"total\"} 1"),
         "{out}"
     );
     assert!(!out.contains("response_code=\"404\""), "{out}");
@@ -393,8 +397,75 @@ fn the_series_cap_drops_and_counts_new_label_sets_only() {
 }
 
 #[test]
+fn one_reporter_cannot_take_the_budget_of_the_others() {
+    let m = MeshMetrics::new(SeriesLimits {
+        total: 100,
+        per_reporter: 3,
+    });
+    let d = directory();
+    let web = reporter("web-v1", "web");
+    let cluster = "outbound|8080||api.shop.svc.cluster.local";
+    // web makes up label sets: every code it likes.
+    for code in 200..260 {
+        m.record_http(&web, Direction::Outbound, &http(code, cluster, 1), &d);
+    }
+    assert_eq!(m.series_count(), 3);
+    // api's own series are still recorded.
+    let api = reporter("api-v1", "api");
+    m.record_http(
+        &api,
+        Direction::Inbound,
+        &inbound("10.44.0.10", Some(WEB), ""),
+        &d,
+    );
+    assert_eq!(m.series_count(), 4);
+    let mut out = String::new();
+    m.encode_into(&mut out);
+    assert!(
+        out.contains("meshd_telemetry_series_dropped_total{limit=\"reporter\"} 57"),
+        "{out}"
+    );
+    // Pruning gives the budget back (api's series from web goes too).
+    m.retain_workloads(|w, _| w != "web-v1");
+    assert_eq!(m.series_count(), 0);
+    for code in 200..203 {
+        m.record_http(&web, Direction::Outbound, &http(code, cluster, 1), &d);
+    }
+    assert_eq!(m.series_count(), 3);
+}
+
+#[test]
+fn label_values_a_proxy_could_make_up_are_bounded() {
+    let api = reporter("api-v1", "api");
+    // An identity the registry has none of.
+    let l = http_labels(
+        &api,
+        Direction::Inbound,
+        &inbound(
+            "10.44.0.10",
+            Some("spiffe://cluster.local/ns/x/sa/random-1234"),
+            "",
+        ),
+        &directory(),
+    );
+    assert_eq!(l.source_principal, "unknown");
+    assert_eq!(l.source_workload_namespace, "unknown");
+    assert_eq!(l.connection_security_policy, "mutual_tls");
+    // Codes that are no HTTP status.
+    for code in [0, 99, 600, 4_000_000] {
+        let l = http_labels(
+            &api,
+            Direction::Outbound,
+            &http(code, "outbound|8080||api.shop.svc.cluster.local", 1),
+            &directory(),
+        );
+        assert_eq!(l.response_code, "0", "{code}");
+    }
+}
+
+#[test]
 fn series_naming_a_workload_gone_from_the_registry_are_removed() {
-    let m = MeshMetrics::new(DEFAULT_MAX_SERIES);
+    let m = MeshMetrics::new(SeriesLimits::default());
     let d = directory();
     let api = reporter("api-v1", "api");
     // Reported by api, from web; reported by api, from batch (source unknown: its address is
@@ -430,7 +501,7 @@ fn series_naming_a_workload_gone_from_the_registry_are_removed() {
 
 #[test]
 fn label_names_are_istios() {
-    let m = MeshMetrics::new(DEFAULT_MAX_SERIES);
+    let m = MeshMetrics::new(SeriesLimits::default());
     m.record_http(
         &reporter("web-v1", "web"),
         Direction::Outbound,

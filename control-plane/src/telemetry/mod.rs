@@ -16,7 +16,7 @@ pub mod metrics;
 
 pub use ingest::AccessLogIngest;
 pub use meshd_xds::generate::telemetry::{INBOUND_LOG, OUTBOUND_LOG};
-pub use metrics::{DEFAULT_MAX_SERIES, MeshMetrics};
+pub use metrics::{MeshMetrics, SeriesLimits};
 
 use meshd_model::MeshConfig;
 use std::collections::HashSet;
