@@ -160,10 +160,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
     /// Istio's request metrics on `/metrics`: each proxy streams its access log to meshd over
-    /// its xDS connection. File mode only for now (a Kubernetes-mode bootstrap has no
-    /// Envoy-gRPC cluster to meshd that could carry its rotating token).
-    #[arg(long, env = "MESHD_REQUEST_TELEMETRY", default_value_t = true, action = clap::ArgAction::Set)]
-    pub request_telemetry: bool,
+    /// the bootstrap's `xds-grpc` cluster. Default: on in file mode; off in Kubernetes mode,
+    /// where pods injected before this version have no such cluster and would reject every
+    /// listener naming it: turn it on once every injected pod runs a current bootstrap.
+    #[arg(long, env = "MESHD_REQUEST_TELEMETRY", action = clap::ArgAction::Set)]
+    pub request_telemetry: Option<bool>,
     /// Request-metric series (label sets) `/metrics` keeps in all; an entry that would add one
     /// more is dropped and counted in `meshd_telemetry_series_dropped_total{limit="total"}`.
     #[arg(long, env = "MESHD_TELEMETRY_MAX_SERIES", default_value_t = crate::telemetry::metrics::DEFAULT_MAX_SERIES)]
@@ -258,7 +259,7 @@ impl ServeArgs {
             generator: GenOptions {
                 trust_domain: self.trust_domain.clone(),
                 access_log: self.access_log,
-                request_telemetry: self.request_telemetry && kubernetes.is_none(),
+                request_telemetry: self.request_telemetry.unwrap_or(kubernetes.is_none()),
                 zipkin_cluster: self.zipkin_address.clone(),
                 ..GenOptions::default()
             },

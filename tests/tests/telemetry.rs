@@ -301,3 +301,141 @@ spec:
         format!("spiffe://cluster.local/ns/{NS}/sa/db")
     );
 }
+
+/// The Kubernetes-mode bootstrap (`meshd bootstrap --registry kubernetes`, as the injected init
+/// container writes it) against stock Envoy: ADS over TLS with the token file, and the
+/// access-log streams over its `xds-grpc` cluster (TLS checked against the ROOTCA Envoy gets
+/// over ADS, the token injected from the SDS-watched token file). The token file holds the
+/// pod's meshd credential here: file-mode meshd accepts it as Kubernetes mode accepts a
+/// projected token.
+#[test]
+fn kubernetes_bootstraps_stream_access_logs_over_tls_with_the_token_file() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let api = fqdn("api");
+    let yaml = [
+        service("client", vip(10), PORT),
+        workload("client", "client", ip(10), &[]),
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+    ]
+    .concat();
+    let mesh = mesh("telekube", &yaml, &[(api.clone(), vip(20))]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let pod = mesh
+        .add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+
+    // The credential of the file-mode bootstrap, as a projected token directory would hold it
+    // (the kubelet's layout: `..data` → a timestamped directory).
+    let file_mode: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pod.bootstrap).unwrap()).unwrap();
+    let bearer = file_mode["dynamic_resources"]["ads_config"]["grpc_services"][0]
+        ["initial_metadata"][0]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let credential = bearer.strip_prefix("Bearer ").unwrap();
+    let tokens = pod.dir.join("tokens");
+    std::fs::create_dir_all(tokens.join("v1")).unwrap();
+    std::fs::write(tokens.join("v1/istio-token"), credential).unwrap();
+    std::os::unix::fs::symlink("v1", tokens.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/istio-token", tokens.join("istio-token")).unwrap();
+    let root = pod.dir.join("root-cert.pem");
+    std::fs::copy(mesh.state_dir().join("root-cert.pem"), &root).unwrap();
+    for p in [
+        tokens.clone(),
+        tokens.join("v1"),
+        tokens.join("v1/istio-token"),
+        root.clone(),
+    ] {
+        chown(&p, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+    }
+    let out = std::process::Command::new(mesh.meshd_bin())
+        .args([
+            "bootstrap",
+            "--registry",
+            "kubernetes",
+            "--workload",
+            &format!("api.{NS}"),
+            "--pod-ip",
+            &ip(20).to_string(),
+            "--service-account",
+            "api",
+            "--xds-address",
+            &format!("{}:15012", mesh.gateway()),
+            "--token-file",
+            &tokens.join("istio-token").to_string_lossy(),
+            "--root-cert",
+            &root.to_string_lossy(),
+            "--out",
+        ])
+        .arg(&pod.bootstrap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    chown(&pod.bootstrap, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+    // The SDS files beside it name the token and the root; readable by the proxy, no secret.
+    for name in ["meshd-token-sds.json", "meshd-root-sds.json"] {
+        let mode = std::fs::metadata(pod.dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o004, 0o004, "{name}: {mode:o}");
+    }
+    let kube: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pod.bootstrap).unwrap()).unwrap();
+    assert!(
+        kube["dynamic_resources"]["ads_config"]["grpc_services"][0]
+            .get("google_grpc")
+            .is_some(),
+        "a Kubernetes-mode bootstrap: {kube:#}"
+    );
+    assert!(
+        !kube.to_string().contains(credential),
+        "no token in the bootstrap"
+    );
+    mesh.restart_envoy("api")
+        .expect("Envoy ready on the Kubernetes-mode bootstrap");
+
+    const N: usize = 12;
+    assert!(
+        wait_until(Duration::from_secs(30), || get(
+            &client,
+            &format!("http://{api}:{PORT}/warmup")
+        )
+        .status
+            == 200),
+        "the client reaches api"
+    );
+    for a in burst(&client, &format!("http://{api}:{PORT}/kube"), &[], N, 4) {
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    // Reported by api's sidecar, over TLS to 15012 with the token file's credential.
+    let from_api = vec![
+        ("reporter", "destination"),
+        ("destination_workload", "api"),
+        ("source_workload", "client"),
+        ("response_code", "200"),
+    ];
+    wait_for_counts(
+        &mesh,
+        "api's access logs over the Kubernetes-mode cluster",
+        &[("istio_requests_total", from_api.clone(), (N + 1) as f64)],
+    );
+    let stats = pod.envoy_stats().unwrap();
+    let injected = stats
+        .lines()
+        .find(|l| l.starts_with("cluster.xds-grpc.credential_injector.injected:"))
+        .unwrap_or_else(|| panic!("no credential_injector stats:\n{stats}"));
+    assert_ne!(injected.rsplit(' ').next(), Some("0"), "{injected}");
+    assert!(
+        stats.contains("cluster.xds-grpc.ssl.handshake:"),
+        "the access-log streams went over TLS"
+    );
+}
