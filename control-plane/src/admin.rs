@@ -35,6 +35,8 @@ pub struct AdminState {
     pub root_rotation: Arc<crate::root_rotation::RootRotator>,
     pub ca_metrics: Arc<crate::ca_service::CaMetrics>,
     pub cert_monitor: Arc<crate::ca_service::CertMonitor>,
+    /// Istio's request metrics from the proxies' access-log streams.
+    pub mesh_metrics: Arc<crate::telemetry::MeshMetrics>,
     /// Checks bearer tokens of off-host callers (Kubernetes mode); `None`: loopback only.
     pub caller_check: Option<Arc<dyn access::CallerCheck>>,
     /// The injection webhook's outcomes (zero when it is not served).
@@ -470,6 +472,8 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     s.tasks.write_metrics(&mut out);
     limit_metrics(&s, &mut out);
     crate::istio_names::encode_into(&s, &mut out);
+    out.push('\n');
+    s.mesh_metrics.encode_into(&mut out);
     out.push('\n');
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -52,6 +52,8 @@ pub struct Config {
     pub kubernetes: Option<crate::kube::KubeConfig>,
     /// What every listener bounds (connections, streams, timeouts, message sizes).
     pub limits: crate::transport::TransportLimits,
+    /// How many request-metric series `/metrics` keeps (`--telemetry-max-series*`).
+    pub telemetry_limits: crate::telemetry::SeriesLimits,
 }
 
 impl Config {
@@ -130,6 +132,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     }
     let generator = Arc::new(config.generator.clone());
     let config_rx = config_tx.subscribe();
+    let telemetry_mesh = config_tx.subscribe();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Supervisor::new(Backoff::default(), shutdown_rx.clone());
     let health = tasks.health();
@@ -188,6 +191,16 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         )
         .into_service(),
     };
+    let mesh_metrics = Arc::new(crate::telemetry::MeshMetrics::new(config.telemetry_limits));
+    // Both xDS ports: a proxy's access logs go where its ADS stream goes, with its credential.
+    let access_logs = crate::telemetry::AccessLogIngest::new(
+        auth.clone(),
+        mesh_metrics.clone(),
+        telemetry_mesh.clone(),
+        &config.trust_domain,
+    )
+    .into_service(config.limits.xds_max_request_bytes);
+    let access_logs_tls = access_logs.clone();
     let ca_metrics = Arc::new(crate::ca_service::CaMetrics::default());
     let ca_service = crate::ca_service::CaService::new(
         ca.clone(),
@@ -353,7 +366,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         tasks.spawn("xds-server", move || {
             let listener = first.take();
             let grpc = crate::transport::GrpcAuthLimit::new(
-                tonic::service::Routes::new(ads_plain_service.clone()).prepare(),
+                tonic::service::Routes::new(ads_plain_service.clone())
+                    .add_service(access_logs.clone())
+                    .prepare(),
                 auth_failures.clone(),
             );
             let opts = crate::transport::ConnOptions::xds("xds", &limits);
@@ -376,6 +391,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         let first = first_tls.take();
         let grpc = crate::transport::GrpcAuthLimit::new(
             tonic::service::Routes::new(ads_tls_service.clone())
+                .add_service(access_logs_tls.clone())
                 .add_service(ca_service.clone())
                 .prepare(),
             tls_auth_failures.clone(),
@@ -430,6 +446,19 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             Ok(())
         })
     });
+    let stop_rx = shutdown_rx.clone();
+    let pruned = mesh_metrics.clone();
+    tasks.spawn("telemetry-prune", move || {
+        let run = crate::telemetry::drop_gone_workloads(
+            pruned.clone(),
+            telemetry_mesh.clone(),
+            stop_rx.clone(),
+        );
+        Some(async move {
+            run.await;
+            Ok(())
+        })
+    });
     let state = AdminState {
         ready: ready.clone(),
         tasks: health.clone(),
@@ -441,6 +470,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         root_rotation: root_rotation.clone(),
         ca_metrics,
         cert_monitor,
+        mesh_metrics,
         caller_check,
         refused_connections: refused,
         injection_metrics,

@@ -4,6 +4,7 @@
 use anyhow::{Context, anyhow};
 use meshd_ca::WorkloadClaims;
 use meshd_model::MeshConfig;
+use meshd_xds::generate::telemetry::TELEMETRY_CLUSTER;
 use meshd_xds::{NodeId, NodeType};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -94,6 +95,30 @@ fn static_cluster(name: &str, host: &str, port: u16, http2: bool) -> Value {
     c
 }
 
+/// Sets `authorization: Bearer <credential>` on every request the cluster carries. The
+/// access-log streams meshd's listeners open to this cluster then prove the proxy's identity as
+/// its ADS stream does: the listeners are shared by many proxies and cannot carry one's
+/// credential, and Envoy's gRPC client sends only static metadata of its own.
+fn authorize_every_request(cluster: &mut Value, credential: &str) {
+    cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        ["http_filters"] = json!([
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": [{"append": {
+                    "header": {"key": "authorization", "value": format!("Bearer {credential}")},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+                }}]}
+            }
+        },
+        {
+            "name": "envoy.filters.http.upstream_codec",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}
+        }
+    ]);
+}
+
 /// A listener proxying a path to Envoy's own admin endpoint (readiness, Prometheus stats), so
 /// those work with no agent beside Envoy.
 fn admin_proxy_listener(name: &str, port: u16, path: &str, rewrite: &str) -> Value {
@@ -129,8 +154,12 @@ pub fn render(spec: &BootstrapSpec) -> anyhow::Result<Value> {
         .ok_or_else(|| anyhow!("--xds-address `{}` is not HOST:PORT", spec.xds_address))?;
     let port: u16 = port.parse().context("--xds-address port")?;
     let node_id = NodeId::format(spec.node_type, &spec.ip, &spec.workload, &spec.namespace);
+    let mut xds = static_cluster(TELEMETRY_CLUSTER, host, port, true);
+    if !spec.credential.is_empty() {
+        authorize_every_request(&mut xds, &spec.credential);
+    }
     let clusters = vec![
-        static_cluster("xds-grpc", host, port, true),
+        xds,
         static_cluster("envoy_admin", "127.0.0.1", spec.admin_port, false),
     ];
     let listeners = vec![
@@ -220,6 +249,29 @@ mod tests {
         assert_eq!(
             b["admin"]["address"]["socket_address"]["address"],
             "127.0.0.1"
+        );
+        // The access-log streams to the same cluster carry the same credential.
+        let xds = &b["static_resources"]["clusters"][0];
+        assert_eq!(xds["name"], "xds-grpc");
+        let filters = &xds["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            ["http_filters"];
+        assert_eq!(filters[0]["name"], "envoy.filters.http.header_mutation");
+        let set = &filters[0]["typed_config"]["mutations"]["request_mutations"][0]["append"];
+        assert_eq!(set["header"]["key"], "authorization");
+        assert_eq!(set["header"]["value"], "Bearer meshd1.x.y");
+        assert_eq!(set["append_action"], "OVERWRITE_IF_EXISTS_OR_ADD");
+        assert_eq!(filters[1]["name"], "envoy.filters.http.upstream_codec");
+        // A bootstrap without a credential (Kubernetes mode) has no header to set.
+        let none = render(&BootstrapSpec {
+            credential: String::new(),
+            ..spec
+        })
+        .unwrap();
+        assert!(
+            none["static_resources"]["clusters"][0]["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                .get("http_filters")
+                .is_none()
         );
     }
 

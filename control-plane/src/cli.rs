@@ -159,6 +159,20 @@ pub struct ServeArgs {
     /// JSON access logs on each proxy's stdout.
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
+    /// Istio's request metrics on `/metrics`: each proxy streams its access log to meshd over
+    /// the bootstrap's `xds-grpc` cluster. Default: on in file mode; off in Kubernetes mode,
+    /// where pods injected before this version have no such cluster and would reject every
+    /// listener naming it: turn it on once every injected pod runs a current bootstrap.
+    #[arg(long, env = "MESHD_REQUEST_TELEMETRY", action = clap::ArgAction::Set)]
+    pub request_telemetry: Option<bool>,
+    /// Request-metric series (label sets) `/metrics` keeps in all; an entry that would add one
+    /// more is dropped and counted in `meshd_telemetry_series_dropped_total{limit="total"}`.
+    #[arg(long, env = "MESHD_TELEMETRY_MAX_SERIES", default_value_t = crate::telemetry::metrics::DEFAULT_MAX_SERIES)]
+    pub telemetry_max_series: usize,
+    /// Request-metric series one workload's proxies may add (`limit="reporter"` when over), so
+    /// one proxy cannot take the others' budget.
+    #[arg(long, env = "MESHD_TELEMETRY_MAX_SERIES_PER_PROXY", default_value_t = crate::telemetry::metrics::DEFAULT_MAX_SERIES_PER_REPORTER)]
+    pub telemetry_max_series_per_proxy: usize,
     /// Kubernetes mode: the audience proxies' projected service-account tokens must carry.
     #[arg(long, env = "MESHD_TOKEN_AUDIENCE", default_value = crate::kube::token::DEFAULT_AUDIENCE)]
     pub token_audience: String,
@@ -245,6 +259,7 @@ impl ServeArgs {
             generator: GenOptions {
                 trust_domain: self.trust_domain.clone(),
                 access_log: self.access_log,
+                request_telemetry: self.request_telemetry.unwrap_or(kubernetes.is_none()),
                 zipkin_cluster: self.zipkin_address.clone(),
                 ..GenOptions::default()
             },
@@ -258,6 +273,10 @@ impl ServeArgs {
             )?,
             kubernetes,
             limits: (*self.limits).clone(),
+            telemetry_limits: crate::telemetry::SeriesLimits {
+                total: self.telemetry_max_series,
+                per_reporter: self.telemetry_max_series_per_proxy,
+            },
         })
     }
 }

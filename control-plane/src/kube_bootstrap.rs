@@ -19,6 +19,19 @@
 //! certificate must carry the host of `--xds-address` (`meshd.<ns>.svc`) or
 //! `--xds-server-name`.
 //!
+//! # Request telemetry
+//!
+//! The listeners meshd sends stream their access logs to the cluster `xds-grpc` (Envoy gRPC,
+//! which only sends static metadata), so this bootstrap defines it: TLS to the same address as
+//! ADS, meshd's certificate checked against the root certificate file and the server name, and
+//! an upstream `envoy.filters.http.credential_injector` that sets `authorization: Bearer
+//! <token>`. Both the token and the root come through SDS files written next to the bootstrap
+//! ([`SdsFiles`]) that name the mounted files and watch their directories, so the kubelet's
+//! swap of `..data` (a new token, a rotated root in the ConfigMap) reaches the next stream.
+//! Checked against Envoy 1.40: after such a swap the next stream carries the new token; a
+//! static secret keeps the first one forever; and a static cluster whose secret comes over ADS
+//! crashes Envoy at startup (the ADS mux does not exist yet), hence files.
+//!
 //! # Probes
 //!
 //! The injector records each rewritten app probe in `MESHD_APP_PROBERS`;
@@ -31,6 +44,7 @@ use crate::bootstrap::{self, BootstrapSpec};
 use anyhow::{Context, anyhow};
 use meshd_injector::AppProbers;
 use meshd_xds::NodeType;
+use meshd_xds::generate::telemetry::TELEMETRY_CLUSTER;
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
@@ -45,6 +59,8 @@ pub struct KubeBootstrapSpec {
     /// Name to verify the server certificate against, when not the host of `xds_address`.
     pub xds_server_name: Option<String>,
     pub token_file: String,
+    /// Where the SDS files naming `token_file` and `root_cert_file` are ([`SdsFiles`]).
+    pub sds: SdsFiles,
     pub root_cert_file: String,
     pub admin_port: u16,
     pub delta: bool,
@@ -112,10 +128,160 @@ pub fn render(spec: &KubeBootstrapSpec) -> anyhow::Result<Value> {
     let clusters = b["static_resources"]["clusters"]
         .as_array_mut()
         .context("bootstrap has no static clusters")?;
-    // ADS goes through Google gRPC now; the Envoy-gRPC cluster is not needed.
-    clusters.retain(|c| c["name"] != "xds-grpc");
+    // ADS goes through Google gRPC; the Envoy-gRPC cluster carries the access-log streams.
+    clusters.retain(|c| c["name"] != TELEMETRY_CLUSTER);
+    clusters.push(telemetry_cluster(spec)?);
     meshd_injector::envoy_probes::apply(&mut b, &spec.app_probers).map_err(|e| anyhow!(e))?;
     Ok(b)
+}
+
+const TOKEN_SECRET: &str = "meshd-token";
+const ROOT_SECRET: &str = "meshd-root";
+
+/// The SDS files `meshd bootstrap` writes beside the bootstrap. They hold no secret, only the
+/// paths of the mounted token and root certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SdsFiles {
+    pub token: String,
+    pub root: String,
+}
+
+impl SdsFiles {
+    /// Beside `out` (absolute: Envoy's working directory is not the init container's).
+    pub fn beside(out: &std::path::Path) -> anyhow::Result<SdsFiles> {
+        let at = |name: &str| -> anyhow::Result<String> {
+            Ok(std::path::absolute(out.with_file_name(name))
+                .with_context(|| format!("the path of {name}"))?
+                .to_string_lossy()
+                .into_owned())
+        };
+        Ok(SdsFiles {
+            token: at("meshd-token-sds.json")?,
+            root: at("meshd-root-sds.json")?,
+        })
+    }
+
+    pub fn write(&self, spec: &KubeBootstrapSpec) -> anyhow::Result<()> {
+        for (path, content) in [
+            (&self.token, token_sds(&spec.token_file)),
+            (&self.root, root_sds(&spec.root_cert_file)),
+        ] {
+            std::fs::write(path, serde_json::to_string_pretty(&content)?)
+                .with_context(|| format!("writing {path}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn sds_file(secret: Value) -> Value {
+    let mut secret = secret;
+    secret["@type"] = json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret");
+    json!({"resources": [secret]})
+}
+
+/// The token file as a generic secret.
+pub fn token_sds(token_file: &str) -> Value {
+    sds_file(json!({"name": TOKEN_SECRET, "generic_secret": {"secret": {"filename": token_file}}}))
+}
+
+/// The root certificate file as a validation context.
+pub fn root_sds(root_cert_file: &str) -> Value {
+    sds_file(json!({
+        "name": ROOT_SECRET,
+        "validation_context": {"trusted_ca": {"filename": root_cert_file}}
+    }))
+}
+
+/// SDS from `file`, read again whenever something moves into the watched file's directory.
+fn watched(file: &str, watched_file: &str) -> anyhow::Result<Value> {
+    let dir = std::path::Path::new(watched_file)
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| anyhow!("`{watched_file}` has no directory"))?;
+    Ok(json!({"path_config_source": {"path": file, "watched_directory": {"path": dir}}}))
+}
+
+/// `xds-grpc` for the access-log streams: see the module's "Request telemetry".
+fn telemetry_cluster(spec: &KubeBootstrapSpec) -> anyhow::Result<Value> {
+    let (host, port) = spec
+        .xds_address
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("--xds-address `{}` is not HOST:PORT", spec.xds_address))?;
+    let port: u16 = port.parse().context("--xds-address port")?;
+    let server_name = spec.xds_server_name.as_deref().unwrap_or(host);
+    let is_ip = server_name.parse::<std::net::IpAddr>().is_ok();
+    let san_type = if is_ip { "IP_ADDRESS" } else { "DNS" };
+    let token_sds = watched(&spec.sds.token, &spec.token_file)?;
+    let root_sds = watched(&spec.sds.root, &spec.root_cert_file)?;
+    let mut cluster = json!({
+        "name": TELEMETRY_CLUSTER,
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": TELEMETRY_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": host, "port_value": port}
+            }}}]}]
+        },
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "combined_validation_context": {
+                        "default_validation_context": {"match_typed_subject_alt_names": [{
+                            "san_type": san_type,
+                            "matcher": {"exact": server_name}
+                        }]},
+                        "validation_context_sds_secret_config": {
+                            "name": ROOT_SECRET,
+                            "sds_config": root_sds
+                        }
+                    }
+                }
+            }
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {
+                    "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                }},
+                "http_filters": [
+                    {
+                        "name": "envoy.filters.http.credential_injector",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+                            "overwrite": true,
+                            "credential": {
+                                "name": "envoy.http.injected_credentials.generic",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                                    "credential": {
+                                        "name": TOKEN_SECRET,
+                                        "sds_config": token_sds
+                                    },
+                                    "header_value_prefix": "Bearer "
+                                }
+                            }
+                        }
+                    },
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}
+                    }
+                ]
+            }
+        }
+    });
+    // SNI names a host, never an address (meshd's TLS stack refuses an IP there).
+    if !is_ip {
+        cluster["transport_socket"]["typed_config"]["sni"] = json!(server_name);
+    }
+    Ok(cluster)
 }
 
 /// `meshd bootstrap` flags for Kubernetes mode (flattened into the bootstrap command).
@@ -180,12 +346,15 @@ pub fn write(
         xds_address: xds_address.to_string(),
         xds_server_name: args.xds_server_name.clone(),
         token_file: args.token_file.clone(),
+        sds: SdsFiles::beside(out)?,
         root_cert_file: args.root_cert.clone(),
         admin_port,
         delta,
         app_probers,
     };
     let text = serde_json::to_string_pretty(&render(&spec)?)?;
+    // Written first: Envoy reads them when the bootstrap names them.
+    spec.sds.write(&spec)?;
     bootstrap::write_private(out, text.as_bytes())
 }
 
@@ -204,6 +373,10 @@ mod tests {
             xds_address: "meshd.meshd-system.svc:15012".into(),
             xds_server_name: None,
             token_file: "/var/run/secrets/tokens/istio-token".into(),
+            sds: SdsFiles {
+                token: "/etc/istio/proxy/meshd-token-sds.json".into(),
+                root: "/etc/istio/proxy/meshd-root-sds.json".into(),
+            },
             root_cert_file: "/var/run/secrets/istio/root-cert.pem".into(),
             admin_port: 15000,
             delta: false,
@@ -253,8 +426,81 @@ mod tests {
         // No token and no meshd credential anywhere in the file.
         assert!(!b.to_string().contains("initial_metadata"));
         let clusters = b["static_resources"]["clusters"].as_array().unwrap();
-        assert!(clusters.iter().all(|c| c["name"] != "xds-grpc"));
         assert!(clusters.iter().any(|c| c["name"] == "app-health-8000"));
+    }
+
+    fn root_sds_content() -> Value {
+        root_sds("/var/run/secrets/istio/root-cert.pem")
+    }
+
+    #[test]
+    fn access_log_streams_go_over_tls_with_token_and_root_files_reread_on_rotation() {
+        let b = render(&spec()).unwrap();
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        let xds: Vec<&Value> = clusters
+            .iter()
+            .filter(|c| c["name"] == "xds-grpc")
+            .collect();
+        assert_eq!(xds.len(), 1, "one xds-grpc cluster: {clusters:#?}");
+        let xds = xds[0];
+        assert_eq!(xds["type"], "STRICT_DNS");
+        let addr = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
+        assert_eq!(addr["address"], "meshd.meshd-system.svc");
+        assert_eq!(addr["port_value"], 15012);
+        let tls = &xds["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"], "meshd.meshd-system.svc");
+        let v = &tls["common_tls_context"]["combined_validation_context"];
+        let root = &v["validation_context_sds_secret_config"];
+        let root_sds = &root["sds_config"]["path_config_source"];
+        assert_eq!(root_sds["path"], "/etc/istio/proxy/meshd-root-sds.json");
+        assert_eq!(
+            root_sds["watched_directory"]["path"],
+            "/var/run/secrets/istio"
+        );
+        let file = root_sds_content();
+        assert_eq!(file["resources"][0]["name"], root["name"]);
+        assert_eq!(
+            file["resources"][0]["validation_context"]["trusted_ca"]["filename"],
+            "/var/run/secrets/istio/root-cert.pem"
+        );
+        let san = &v["default_validation_context"]["match_typed_subject_alt_names"][0];
+        assert_eq!(san["san_type"], "DNS");
+        assert_eq!(san["matcher"]["exact"], "meshd.meshd-system.svc");
+        let filters = &xds["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            ["http_filters"];
+        let generic = &filters[0]["typed_config"]["credential"]["typed_config"];
+        assert_eq!(generic["header_value_prefix"], "Bearer ");
+        let sds = &generic["credential"]["sds_config"]["path_config_source"];
+        assert_eq!(sds["path"], "/etc/istio/proxy/meshd-token-sds.json");
+        assert_eq!(sds["watched_directory"]["path"], "/var/run/secrets/tokens");
+        assert_eq!(filters[1]["name"], "envoy.filters.http.upstream_codec");
+        // The SDS file names the token; it holds none.
+        let file = token_sds("/var/run/secrets/tokens/istio-token");
+        assert_eq!(
+            file["resources"][0]["generic_secret"]["secret"]["filename"],
+            "/var/run/secrets/tokens/istio-token"
+        );
+        assert_eq!(file["resources"][0]["name"], generic["credential"]["name"]);
+        // An IP address is checked as one.
+        let ip = render(&KubeBootstrapSpec {
+            xds_address: "10.96.0.10:15012".into(),
+            ..spec()
+        })
+        .unwrap();
+        let xds = ip["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "xds-grpc")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            xds["transport_socket"]["typed_config"]["common_tls_context"]["combined_validation_context"]
+                ["default_validation_context"]["match_typed_subject_alt_names"][0]["san_type"],
+            "IP_ADDRESS"
+        );
+        assert!(xds["transport_socket"]["typed_config"].get("sni").is_none());
     }
 
     #[test]

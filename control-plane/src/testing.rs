@@ -35,6 +35,7 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         webhook: None,
         kubernetes: None,
         limits: crate::transport::TransportLimits::default(),
+        telemetry_limits: crate::telemetry::SeriesLimits::default(),
     }
 }
 

@@ -1,32 +1,74 @@
-//! Istio's standard request and TCP metrics, kept with `prometheus-client` and attributed from
-//! Envoy's gRPC access-log entries plus the reporting proxy's authenticated identity.
+//! Istio's standard request and TCP metrics, kept with `prometheus-client`: one series per
+//! label set of [`super::labels`], recorded from Envoy's gRPC access-log entries.
 //!
-//! Trust: the reporter's own labels (workload, namespace, principal, app, version) come from its
-//! authenticated stream and the registry, never from the entry. The other side comes from
-//! meshd's own generated names (`outbound|PORT|SUBSET|HOST` → destination service) or, on the
-//! inbound side, from the peer certificate's URI SAN, which Envoy verified during the mTLS
-//! handshake against the mesh CA; without a verified peer certificate the source is `unknown`.
-//!
-//! Cardinality: at most `max_series` distinct label sets are kept (default
-//! [`DEFAULT_MAX_SERIES`]); entries that would add one more are counted in
-//! `meshd_telemetry_series_dropped_total` and not recorded. Series whose reporting workload has
-//! left the registry are removed by [`MeshMetrics::retain_reporters`].
+//! Cardinality, per [`SeriesLimits`]: at most `total` distinct label sets are kept, and at most
+//! `per_reporter` of them reported by any one workload, so one proxy (misbehaving, or sending
+//! what it likes) cannot take the budget of the others. An entry that would add a label set over
+//! either limit is not recorded and is counted in `meshd_telemetry_series_dropped_total{limit}`.
+//! Series naming a workload that has left the registry (as reporter or as peer) are removed by
+//! [`MeshMetrics::retain_workloads`].
 
+use super::directory::Directory;
+use super::labels::{Direction, Labels, Reporter, Request, UNKNOWN, http_labels, labels};
 use envoy_types::pb::envoy::data::accesslog::v3::{
-    AccessLogCommon, AccessLogType, HttpAccessLogEntry, ResponseFlags, TcpAccessLogEntry,
-    tls_properties::certificate_properties::subject_alt_name::San,
+    AccessLogType, HttpAccessLogEntry, TcpAccessLogEntry,
 };
-use meshd_xds::proxy::Identity;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-/// Distinct label sets kept by default: one per (reporter, peer, code, flags) combination.
+/// How many distinct label sets are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeriesLimits {
+    /// In all: a series is one (reporter, peer, service, code, flags) combination, about 1 KiB
+    /// of labels and buckets per family, so 10 000 stay within tens of MB.
+    pub total: usize,
+    /// Reported by one workload: a sidecar calling 20 services with 5 outcomes each needs 100
+    /// per direction; a gateway more.
+    pub per_reporter: usize,
+}
+
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
+pub const DEFAULT_MAX_SERIES_PER_REPORTER: usize = 1_000;
+
+impl Default for SeriesLimits {
+    fn default() -> Self {
+        SeriesLimits {
+            total: DEFAULT_MAX_SERIES,
+            per_reporter: DEFAULT_MAX_SERIES_PER_REPORTER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    limit: &'static str,
+}
+
+/// The label sets kept, and how many each reporting workload holds.
+#[derive(Default)]
+struct Kept {
+    all: HashSet<Labels>,
+    by_reporter: HashMap<(String, String), usize>,
+}
+
+/// The reporting workload of a label set.
+fn reporter_of(l: &Labels) -> (String, String) {
+    match l.reporter.as_str() {
+        "source" => (
+            l.source_workload.clone(),
+            l.source_workload_namespace.clone(),
+        ),
+        _ => (
+            l.destination_workload.clone(),
+            l.destination_workload_namespace.clone(),
+        ),
+    }
+}
 
 /// Istio's `istio_request_duration_milliseconds` buckets.
 const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -35,56 +77,6 @@ const DURATION_BUCKETS_MS: [f64; 19] = [
 ];
 /// Istio's request/response size buckets: powers of ten from 1 byte to 100 MB.
 const SIZE_BUCKETS: [f64; 9] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
-
-const UNKNOWN: &str = "unknown";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Labels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub request_protocol: String,
-    pub response_code: String,
-    pub response_flags: String,
-    pub connection_security_policy: String,
-}
-
-/// The proxy that sent the entries, as proven by its stream and known to the registry.
-#[derive(Clone, Debug)]
-pub struct Reporter {
-    pub identity: Identity,
-    pub app: String,
-    pub version: String,
-}
-
-/// Which side of the connection the reporting sidecar is on; set by the listener meshd
-/// generated (the log name), so a proxy can only mislabel its own traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub fn from_log_name(name: &str) -> Option<Direction> {
-        match name {
-            crate::telemetry::INBOUND_LOG => Some(Direction::Inbound),
-            crate::telemetry::OUTBOUND_LOG => Some(Direction::Outbound),
-            _ => None,
-        }
-    }
-}
 
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
@@ -105,13 +97,13 @@ pub struct MeshMetrics {
     tcp_received: Family<Labels, Counter>,
     tcp_opened: Family<Labels, Counter>,
     tcp_closed: Family<Labels, Counter>,
-    dropped: Counter,
-    series: Mutex<HashSet<Labels>>,
-    max_series: usize,
+    dropped: Family<DropLabels, Counter>,
+    series: Mutex<Kept>,
+    limits: SeriesLimits,
 }
 
 impl MeshMetrics {
-    pub fn new(max_series: usize) -> MeshMetrics {
+    pub fn new(limits: SeriesLimits) -> MeshMetrics {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
@@ -121,7 +113,7 @@ impl MeshMetrics {
         let tcp_received = Family::<Labels, Counter>::default();
         let tcp_opened = Family::<Labels, Counter>::default();
         let tcp_closed = Family::<Labels, Counter>::default();
-        let dropped = Counter::default();
+        let dropped = Family::<DropLabels, Counter>::default();
         registry.register("istio_requests", "Requests", requests.clone());
         registry.register(
             "istio_request_duration_milliseconds",
@@ -156,7 +148,7 @@ impl MeshMetrics {
         );
         registry.register(
             "meshd_telemetry_series_dropped",
-            "Access-log entries not recorded because the series cap was reached",
+            "Access-log entries not recorded because a new series would exceed a limit (total, reporter)",
             dropped.clone(),
         );
         MeshMetrics {
@@ -170,30 +162,44 @@ impl MeshMetrics {
             tcp_opened,
             tcp_closed,
             dropped,
-            series: Mutex::new(HashSet::new()),
-            max_series,
+            series: Mutex::new(Kept::default()),
+            limits,
         }
     }
 
-    /// Admits a label set under the cap; `false` means the entry is dropped (and counted).
-    fn admit(&self, labels: &Labels) -> bool {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if series.contains(labels) {
-            return true;
+    /// Runs `record` for `labels` when the set is kept or fits under the cap, else counts a
+    /// drop. The set stays locked while recording, so a concurrent prune cannot leave a series
+    /// recorded but no longer counted against the cap.
+    fn with_series(&self, labels: &Labels, record: impl FnOnce()) {
+        let mut kept = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if !kept.all.contains(labels) {
+            let reporter = reporter_of(labels);
+            let held = kept.by_reporter.get(&reporter).copied().unwrap_or(0);
+            let over = if kept.all.len() >= self.limits.total {
+                Some("total")
+            } else if held >= self.limits.per_reporter {
+                Some("reporter")
+            } else {
+                None
+            };
+            if let Some(limit) = over {
+                self.dropped.get_or_create(&DropLabels { limit }).inc();
+                return;
+            }
+            kept.all.insert(labels.clone());
+            kept.by_reporter.insert(reporter, held + 1);
         }
-        if series.len() >= self.max_series {
-            self.dropped.inc();
-            return false;
-        }
-        series.insert(labels.clone());
-        true
+        record();
     }
 
-    pub fn record_http(&self, reporter: &Reporter, dir: Direction, entry: &HttpAccessLogEntry) {
-        let labels = http_labels(reporter, dir, entry);
-        if !self.admit(&labels) {
-            return;
-        }
+    pub fn record_http(
+        &self,
+        reporter: &Reporter,
+        dir: Direction,
+        entry: &HttpAccessLogEntry,
+        directory: &Directory,
+    ) {
+        let labels = http_labels(reporter, dir, entry, directory);
         let common = entry.common_properties.as_ref();
         let duration_ms = common
             .and_then(|c| c.duration.or(c.time_to_last_downstream_tx_byte))
@@ -212,20 +218,30 @@ impl MeshMetrics {
                     .saturating_add(r.response_body_bytes)
             })
             .unwrap_or(0);
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(duration_ms);
-        self.request_bytes
-            .get_or_create(&labels)
-            .observe(req as f64);
-        self.response_bytes
-            .get_or_create(&labels)
-            .observe(resp as f64);
+        self.with_series(&labels, || {
+            self.requests.get_or_create(&labels).inc();
+            self.duration.get_or_create(&labels).observe(duration_ms);
+            self.request_bytes
+                .get_or_create(&labels)
+                .observe(req as f64);
+            self.response_bytes
+                .get_or_create(&labels)
+                .observe(resp as f64);
+        });
     }
 
     /// A TCP entry is one finished connection: meshd configures no periodic or start-of-
-    /// connection TCP logs, so any other kind is ignored rather than counted twice.
-    pub fn record_tcp(&self, reporter: &Reporter, dir: Direction, entry: &TcpAccessLogEntry) {
-        let common = entry.common_properties.clone().unwrap_or_default();
+    /// connection TCP logs, so any other kind is ignored rather than counted twice; the
+    /// connection counts as opened and closed when it ends.
+    pub fn record_tcp(
+        &self,
+        reporter: &Reporter,
+        dir: Direction,
+        entry: &TcpAccessLogEntry,
+        directory: &Directory,
+    ) {
+        let default = Default::default();
+        let common = entry.common_properties.as_ref().unwrap_or(&default);
         let end = [
             AccessLogType::NotSet as i32,
             AccessLogType::TcpConnectionEnd as i32,
@@ -233,28 +249,34 @@ impl MeshMetrics {
         if !end.contains(&common.access_log_type) {
             return;
         }
-        let labels = peer_labels(reporter, dir, &common, "tcp", String::new());
-        if !self.admit(&labels) {
-            return;
-        }
+        let req = Request {
+            protocol: "tcp",
+            response_code: String::new(),
+            grpc_status: String::new(),
+            authority: "",
+        };
+        let labels = labels(reporter, dir, common, req, directory);
         let conn = entry.connection_properties.unwrap_or_default();
-        self.tcp_sent.get_or_create(&labels).inc_by(conn.sent_bytes);
-        self.tcp_received
-            .get_or_create(&labels)
-            .inc_by(conn.received_bytes);
-        self.tcp_opened.get_or_create(&labels).inc();
-        self.tcp_closed.get_or_create(&labels).inc();
+        self.with_series(&labels, || {
+            self.tcp_sent.get_or_create(&labels).inc_by(conn.sent_bytes);
+            self.tcp_received
+                .get_or_create(&labels)
+                .inc_by(conn.received_bytes);
+            self.tcp_opened.get_or_create(&labels).inc();
+            self.tcp_closed.get_or_create(&labels).inc();
+        });
     }
 
-    /// Removes every series reported by a workload `live` rejects (gone from the registry).
-    pub fn retain_reporters(&self, live: impl Fn(&str, &str) -> bool) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series.retain(|l| {
-            let (workload, namespace) = match l.reporter.as_str() {
-                "source" => (&l.source_workload, &l.source_workload_namespace),
-                _ => (&l.destination_workload, &l.destination_workload_namespace),
-            };
-            if live(workload, namespace) {
+    /// Removes every series naming a workload (reporter or peer) that `live` rejects: gone
+    /// from the registry. `unknown` peers are no workload and never remove a series.
+    pub fn retain_workloads(&self, live: impl Fn(&str, &str) -> bool) {
+        let named_live = |w: &str, ns: &str| w == UNKNOWN || live(w, ns);
+        let mut kept = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let Kept { all, by_reporter } = &mut *kept;
+        all.retain(|l| {
+            if named_live(&l.source_workload, &l.source_workload_namespace)
+                && named_live(&l.destination_workload, &l.destination_workload_namespace)
+            {
                 return true;
             }
             self.requests.remove(l);
@@ -265,12 +287,23 @@ impl MeshMetrics {
             self.tcp_received.remove(l);
             self.tcp_opened.remove(l);
             self.tcp_closed.remove(l);
+            let reporter = reporter_of(l);
+            if let Some(n) = by_reporter.get_mut(&reporter) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by_reporter.remove(&reporter);
+                }
+            }
             false
         });
     }
 
     pub fn series_count(&self) -> usize {
-        self.series.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .all
+            .len()
     }
 
     /// Appends the families in Prometheus text format (without OpenMetrics' `# EOF`, since
@@ -281,171 +314,6 @@ impl MeshMetrics {
             return;
         }
         out.push_str(text.trim_end().trim_end_matches("# EOF"));
-    }
-}
-
-fn principal(id: &Identity) -> String {
-    id.spiffe_id()
-}
-
-/// `ns` of a SPIFFE id `spiffe://TD/ns/NS/sa/SA`.
-fn spiffe_namespace(uri: &str) -> Option<&str> {
-    let rest = uri.strip_prefix("spiffe://")?;
-    let mut parts = rest.split('/').skip(1);
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("ns"), Some(ns), Some("sa"), Some(_)) if !ns.is_empty() => Some(ns),
-        _ => None,
-    }
-}
-
-/// The URI SAN of the peer certificate Envoy verified, if the connection was mTLS.
-fn verified_peer(common: &AccessLogCommon) -> Option<String> {
-    let peer = common
-        .tls_properties
-        .as_ref()?
-        .peer_certificate_properties
-        .as_ref()?;
-    peer.subject_alt_name.iter().find_map(|s| match &s.san {
-        Some(San::Uri(u)) if u.starts_with("spiffe://") => Some(u.clone()),
-        _ => None,
-    })
-}
-
-/// `outbound|PORT|SUBSET|HOST` → HOST (the service's FQDN), for clusters meshd generated.
-fn outbound_host(cluster: &str) -> Option<&str> {
-    let mut parts = cluster.splitn(4, '|');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("outbound"), Some(_), Some(_), Some(host)) if !host.is_empty() => Some(host),
-        _ => None,
-    }
-}
-
-fn unknown() -> String {
-    UNKNOWN.to_string()
-}
-
-fn peer_labels(
-    reporter: &Reporter,
-    dir: Direction,
-    common: &AccessLogCommon,
-    protocol: &str,
-    response_code: String,
-) -> Labels {
-    let me = &reporter.identity;
-    let flags = response_flags(common.response_flags.as_ref());
-    let peer = verified_peer(common);
-    let mut l = Labels {
-        reporter: String::new(),
-        source_workload: unknown(),
-        source_workload_namespace: unknown(),
-        source_principal: unknown(),
-        source_app: unknown(),
-        source_version: unknown(),
-        destination_service: unknown(),
-        destination_service_name: unknown(),
-        destination_service_namespace: unknown(),
-        destination_workload: unknown(),
-        destination_workload_namespace: unknown(),
-        destination_principal: unknown(),
-        destination_app: unknown(),
-        destination_version: unknown(),
-        request_protocol: protocol.to_string(),
-        response_code,
-        response_flags: flags,
-        connection_security_policy: unknown(),
-    };
-    match dir {
-        Direction::Outbound => {
-            l.reporter = "source".into();
-            l.source_workload = me.workload.clone();
-            l.source_workload_namespace = me.namespace.clone();
-            l.source_principal = principal(me);
-            l.source_app = reporter.app.clone();
-            l.source_version = reporter.version.clone();
-            if let Some(host) = outbound_host(&common.upstream_cluster) {
-                set_destination_service(&mut l, host);
-            }
-        }
-        Direction::Inbound => {
-            l.reporter = "destination".into();
-            l.destination_workload = me.workload.clone();
-            l.destination_workload_namespace = me.namespace.clone();
-            l.destination_principal = principal(me);
-            l.destination_app = reporter.app.clone();
-            l.destination_version = reporter.version.clone();
-            l.connection_security_policy = match &peer {
-                Some(_) => "mutual_tls".into(),
-                None => "none".into(),
-            };
-            if let Some(p) = peer {
-                if let Some(ns) = spiffe_namespace(&p) {
-                    l.source_workload_namespace = ns.to_string();
-                }
-                l.source_principal = p;
-            }
-            // The service the caller asked for: the authority's host when it is a mesh name,
-            // else the reporter's app (Istio falls back to the workload's canonical name).
-            let app = if reporter.app == UNKNOWN {
-                me.workload.clone()
-            } else {
-                reporter.app.clone()
-            };
-            set_destination_service(&mut l, &format!("{app}.{}.svc.cluster.local", me.namespace));
-        }
-    }
-    l
-}
-
-fn set_destination_service(l: &mut Labels, host: &str) {
-    l.destination_service = host.to_string();
-    let mut parts = host.split('.');
-    l.destination_service_name = parts.next().unwrap_or(UNKNOWN).to_string();
-    l.destination_service_namespace = parts.next().unwrap_or(UNKNOWN).to_string();
-}
-
-pub fn http_labels(reporter: &Reporter, dir: Direction, entry: &HttpAccessLogEntry) -> Labels {
-    let common = entry.common_properties.clone().unwrap_or_default();
-    let code = entry
-        .response
-        .as_ref()
-        .and_then(|r| r.response_code)
-        .map(|c| c.value.to_string())
-        .unwrap_or_else(|| "0".into());
-    // HTTP/2 and HTTP/3 are "grpc" in Istio only by content type; meshd reports "http".
-    peer_labels(reporter, dir, &common, "http", code)
-}
-
-/// Envoy's short response-flag codes, `-` when none is set.
-fn response_flags(flags: Option<&ResponseFlags>) -> String {
-    let Some(f) = flags else { return "-".into() };
-    let table = [
-        (f.no_healthy_upstream, "UH"),
-        (f.upstream_connection_failure, "UF"),
-        (f.upstream_overflow, "UO"),
-        (f.no_route_found, "NR"),
-        (f.upstream_retry_limit_exceeded, "URX"),
-        (f.upstream_request_timeout, "UT"),
-        (f.local_reset, "LR"),
-        (f.upstream_remote_reset, "UR"),
-        (f.upstream_connection_termination, "UC"),
-        (f.downstream_connection_termination, "DC"),
-        (f.delay_injected, "DI"),
-        (f.fault_injected, "FI"),
-        (f.rate_limited, "RL"),
-        (f.unauthorized_details.is_some(), "UAEX"),
-        (f.downstream_protocol_error, "DPE"),
-        (f.no_cluster_found, "NC"),
-        (f.stream_idle_timeout, "SI"),
-    ];
-    let set: Vec<&str> = table
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, c)| *c)
-        .collect();
-    if set.is_empty() {
-        "-".into()
-    } else {
-        set.join(",")
     }
 }
 

@@ -74,6 +74,19 @@ impl PodNetwork {
         pn.write_etc(&node_ns)?;
         ip(&["-n", &node_ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &node_ns, "link", "add", BRIDGE, "type", "bridge"])?;
+        // A bridge left to itself takes the lowest MAC among its ports, so the gateway's MAC
+        // changed whenever a pod joined with a lower one; pods still sending to the old MAC lost
+        // the SYNs of new connections to the gateway (Envoy's 1 s connect timeout to meshd hit,
+        // its first access-log streams lost). Set by hand, the bridge keeps it.
+        ip(&[
+            "-n",
+            &node_ns,
+            "link",
+            "set",
+            BRIDGE,
+            "address",
+            &bridge_mac(gateway),
+        ])?;
         ip(&[
             "-n",
             &node_ns,
@@ -253,4 +266,10 @@ impl Drop for PodNetwork {
             let _ = fs::remove_dir_all(&self.log_dir);
         }
     }
+}
+
+/// The bridge's MAC: locally administered, the gateway's address in its last four bytes.
+pub(super) fn bridge_mac(gateway: Ipv4Addr) -> String {
+    let [a, b, c, d] = gateway.octets();
+    format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }

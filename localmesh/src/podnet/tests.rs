@@ -36,6 +36,29 @@ fn read_all(mut s: TcpStream) -> String {
     out
 }
 
+/// The gateway's MAC stays what it was as pods join (each pod's veth has a random MAC; a bridge
+/// left alone takes the lowest of its ports').
+#[test]
+fn the_gateway_keeps_its_mac_as_pods_join() {
+    let net = PodNetwork::create(&prefix("m"), (a("10.44.0.0"), 24)).unwrap();
+    let mac = || {
+        let out = net
+            .node()
+            .run(["ip", "-br", "link", "show", BRIDGE])
+            .unwrap();
+        out.split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(mac(), "02:00:0a:2c:00:01");
+    for i in 2..12u8 {
+        net.add_pod(&format!("p{i}"), Ipv4Addr::new(10, 44, 0, i))
+            .unwrap();
+        assert_eq!(mac(), "02:00:0a:2c:00:01", "after pod {i} joined");
+    }
+}
+
 #[test]
 fn two_pods_talk_and_everything_is_removed() {
     let p = prefix("t");

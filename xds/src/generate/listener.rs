@@ -6,6 +6,7 @@ use super::cluster::{BLACKHOLE, PASSTHROUGH, inbound_name};
 use super::common::*;
 use super::l4::{L4Chain, L4Target};
 use super::route::{CORS_FILTER, FAULT_FILTER};
+use super::telemetry::{self, Side};
 use crate::resource::any;
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
@@ -191,11 +192,15 @@ pub fn hcm(
         }),
         use_remote_address: boolv(false),
         tracing: tracing(opts),
-        access_log: if opts.access_log {
-            vec![stdout_access_log()]
-        } else {
-            Vec::new()
-        },
+        access_log: telemetry::http_access_logs(
+            if inbound {
+                Side::Inbound
+            } else {
+                Side::Outbound
+            },
+            opts,
+            stdout_access_log,
+        ),
         ..Default::default()
     }
 }
@@ -326,7 +331,11 @@ pub fn outbound_port(
         } else {
             claimed.extend(server_names.iter().map(|n| (Vec::new(), n.clone())));
         }
-        let proxy = l4_proxy_filter(&c.name, &c.target, c.idle_timeout);
+        let proxy = telemetry::with_tcp_log(
+            l4_proxy_filter(&c.name, &c.target, c.idle_timeout),
+            Side::Outbound,
+            opts,
+        );
         chains.push(FilterChain {
             name: c.name.clone(),
             filter_chain_match: Some(FilterChainMatch {
@@ -456,7 +465,11 @@ pub fn virtual_inbound(ports: &[InboundPort], opts: &GenOptions) -> Listener {
                 vec![hcm_filter(&h)]
             } else {
                 let mut filters = p.network_filters.clone();
-                filters.push(tcp_proxy_filter(&cluster, &cluster));
+                filters.push(telemetry::with_tcp_log(
+                    tcp_proxy_filter(&cluster, &cluster),
+                    Side::Inbound,
+                    opts,
+                ));
                 filters
             }
         };

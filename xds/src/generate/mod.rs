@@ -16,6 +16,7 @@ pub mod listener;
 pub mod route;
 mod scope;
 pub mod slow_start;
+pub mod telemetry;
 
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
@@ -49,6 +50,9 @@ pub struct GenOptions {
     pub zipkin_cluster: Option<String>,
     pub trace_sampling: f64,
     pub access_log: bool,
+    /// Stream every proxy's access log to meshd over gRPC (the `xds-grpc` cluster of
+    /// `meshd bootstrap`) for Istio's request metrics; see [`telemetry`].
+    pub request_telemetry: bool,
 }
 
 impl Default for GenOptions {
@@ -60,6 +64,7 @@ impl Default for GenOptions {
             zipkin_cluster: None,
             trace_sampling: 100.0,
             access_log: true,
+            request_telemetry: true,
         }
     }
 }

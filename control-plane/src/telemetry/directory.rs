@@ -1,0 +1,203 @@
+//! The registry as request attribution needs it: which workload is at an address, which
+//! services a workload serves, and each workload's Istio labels. Built once per mesh config.
+//!
+//! An address names a workload only when exactly one workload has it; a service is a
+//! workload's when the registry lists the workload among the service's endpoints.
+
+use meshd_model::MeshConfig;
+use meshd_model::registry::Workload;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+/// Istio's default cluster id, for `source_cluster` / `destination_cluster` (one cluster).
+pub const CLUSTER_ID: &str = "Kubernetes";
+
+/// One workload's labels as Istio's metrics spell them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub workload: String,
+    pub namespace: String,
+    pub principal: String,
+    pub app: String,
+    pub version: String,
+    pub canonical_service: String,
+    pub canonical_revision: String,
+}
+
+impl Peer {
+    pub fn of(w: &Workload, trust_domain: &str) -> Peer {
+        let label = |keys: &[&str]| keys.iter().find_map(|k| w.labels.get(*k).cloned());
+        Peer {
+            workload: w.name.clone(),
+            namespace: w.namespace.clone(),
+            principal: format!(
+                "spiffe://{trust_domain}/ns/{}/sa/{}",
+                w.namespace, w.service_account
+            ),
+            app: label(&["app"]).unwrap_or_else(|| "unknown".into()),
+            version: label(&["version"]).unwrap_or_else(|| "unknown".into()),
+            // Istio's canonical service and revision: its own labels, then the Kubernetes
+            // recommended ones, then app/version, then the workload name and `latest`.
+            canonical_service: label(&[
+                "service.istio.io/canonical-name",
+                "app.kubernetes.io/name",
+                "app",
+            ])
+            .unwrap_or_else(|| w.name.clone()),
+            canonical_revision: label(&[
+                "service.istio.io/canonical-revision",
+                "app.kubernetes.io/version",
+                "version",
+            ])
+            .unwrap_or_else(|| "latest".into()),
+        }
+    }
+}
+
+/// A service a workload is an endpoint of, with the ports it serves it on.
+#[derive(Clone, Debug)]
+struct Served {
+    host: String,
+    /// The workload's ports for this service (target ports).
+    ports: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    peers: Vec<Peer>,
+    by_name: HashMap<(String, String), usize>,
+    /// Workloads by address; more than one means the address names none.
+    by_address: HashMap<IpAddr, Vec<usize>>,
+    served: HashMap<usize, Vec<Served>>,
+    /// Every service host, and the host behind each service address (VIP).
+    hosts: HashSet<String>,
+    by_vip: HashMap<IpAddr, String>,
+    /// The SPIFFE ids of the registry's workloads.
+    principals: HashSet<String>,
+}
+
+impl Directory {
+    pub fn build(mesh: &MeshConfig, trust_domain: &str) -> Directory {
+        let mut d = Directory::default();
+        for w in &mesh.workloads {
+            let key = (w.namespace.clone(), w.name.clone());
+            if d.by_name.contains_key(&key) {
+                continue;
+            }
+            let i = d.peers.len();
+            let peer = Peer::of(w, trust_domain);
+            d.principals.insert(peer.principal.clone());
+            d.peers.push(peer);
+            d.by_name.insert(key, i);
+            if let Ok(ip) = w.address.parse::<IpAddr>() {
+                d.by_address.entry(ip).or_default().push(i);
+            }
+        }
+        for s in &mesh.services {
+            d.hosts.insert(s.hostname.clone());
+            for a in &s.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    d.by_vip.entry(ip).or_insert_with(|| s.hostname.clone());
+                }
+            }
+            for e in &s.endpoints {
+                let Some(name) = &e.workload else { continue };
+                let Some(&i) = d.by_name.get(&(e.namespace.clone(), name.clone())) else {
+                    continue;
+                };
+                let served = d.served.entry(i).or_default();
+                if served.iter().any(|x| x.host == s.hostname) {
+                    continue;
+                }
+                served.push(Served {
+                    host: s.hostname.clone(),
+                    ports: s.ports.iter().map(|p| e.port_for(p)).collect(),
+                });
+            }
+        }
+        d
+    }
+
+    pub fn workload(&self, name: &str, namespace: &str) -> Option<&Peer> {
+        self.by_name
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|&i| &self.peers[i])
+    }
+
+    /// The one workload at `ip`, if exactly one is.
+    pub fn at(&self, ip: IpAddr) -> Option<&Peer> {
+        match self.by_address.get(&ip).map(Vec::as_slice) {
+            Some([i]) => Some(&self.peers[*i]),
+            _ => None,
+        }
+    }
+
+    /// The service `peer` answered as: the one the request's authority names among those it
+    /// serves, else the first it serves on `port`, else the first it serves at all.
+    pub fn service_of(&self, peer: &Peer, port: Option<u32>, authority: &str) -> Option<&str> {
+        let i = *self
+            .by_name
+            .get(&(peer.namespace.clone(), peer.workload.clone()))?;
+        let served = self.served.get(&i)?;
+        let host = authority_host(authority);
+        let named = (!host.is_empty())
+            .then(|| {
+                served.iter().find(|s| {
+                    s.host == host
+                        || s.host
+                            .strip_prefix(host)
+                            .is_some_and(|rest| rest.starts_with('.'))
+                })
+            })
+            .flatten();
+        let on_port = || port.and_then(|p| served.iter().find(|s| s.ports.contains(&p)));
+        named
+            .or_else(on_port)
+            .or_else(|| served.first())
+            .map(|s| s.host.as_str())
+    }
+
+    /// The registry's service a caller in `namespace` named by `authority`: its host, a short
+    /// name (`api`, `api.shop`) in Kubernetes' search order, or its address (VIP).
+    pub fn service_named(&self, authority: &str, namespace: &str) -> Option<&str> {
+        let host = authority_host(authority);
+        if host.is_empty() {
+            return None;
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return self.by_vip.get(&ip).map(String::as_str);
+        }
+        let candidates = [
+            host.to_string(),
+            format!("{host}.{namespace}.svc.cluster.local"),
+            format!("{host}.svc.cluster.local"),
+        ];
+        candidates
+            .iter()
+            .find_map(|c| self.hosts.get(c.as_str()).map(String::as_str))
+    }
+
+    /// Whether `principal` is the identity of a workload in the registry.
+    pub fn knows_principal(&self, principal: &str) -> bool {
+        self.principals.contains(principal)
+    }
+
+    /// Every workload this directory knows, as (name, namespace).
+    pub fn live(&self) -> HashSet<(String, String)> {
+        self.peers
+            .iter()
+            .map(|p| (p.workload.clone(), p.namespace.clone()))
+            .collect()
+    }
+}
+
+/// `host[:port]` or `[v6]:port` → host.
+fn authority_host(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
