@@ -134,6 +134,11 @@ pub struct ServeArgs {
     /// release `meshd`); `-` for none.
     #[arg(long, env = "MESHD_WEBHOOK_CONFIG_NAME")]
     pub webhook_config_name: Option<String>,
+    /// Kubernetes mode: the ValidatingWebhookConfiguration (Istio config validation, served at
+    /// `/validate` on the webhook port) whose caBundle meshd keeps current (default
+    /// `meshd-validator-<namespace>`); `-` for none.
+    #[arg(long, env = "MESHD_VALIDATING_WEBHOOK_CONFIG_NAME")]
+    pub validating_webhook_config_name: Option<String>,
     /// Kubernetes mode: serve Gateway `credentialName` from Secrets, which needs read access to
     /// Secrets cluster-wide; `false` leaves Secrets alone (gateways then use certificate files).
     #[arg(long, env = "MESHD_GATEWAY_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -222,6 +227,11 @@ impl ServeArgs {
                 Some("-") => None,
                 Some(name) => Some(name.to_string()),
                 None => Some(format!("meshd-sidecar-injector-{}", self.namespace)),
+            },
+            validating_webhook_config: match self.validating_webhook_config_name.as_deref() {
+                Some("-") => None,
+                Some(name) => Some(name.to_string()),
+                None => Some(format!("meshd-validator-{}", self.namespace)),
             },
             gateway_credentials: self.gateway_credentials,
             token_review: crate::kube::token::ReviewLimits {

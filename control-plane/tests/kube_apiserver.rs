@@ -707,6 +707,29 @@ async fn helm_install_of_the_chart_and_the_voicecore_values() {
     .expect("the webhook configuration, under the name meshd keeps current");
     assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail");
     assert_eq!(webhook["webhooks"][0]["sideEffects"], "None");
+    // Istio config validation: only Istio's API groups, and a meshd outage does not block
+    // writing them (the watches check every object again).
+    let validator = get_dynamic(
+        &client,
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        None,
+        "meshd-validator-meshd-system",
+    )
+    .await
+    .expect("the validating webhook configuration, under the name meshd keeps current");
+    let v = &validator["webhooks"][0];
+    assert_eq!(v["failurePolicy"], "Ignore");
+    assert_eq!(v["clientConfig"]["service"]["path"], "/validate");
+    assert_eq!(
+        v["rules"][0]["apiGroups"],
+        json!([
+            "networking.istio.io",
+            "security.istio.io",
+            "telemetry.istio.io"
+        ])
+    );
     for crd in [
         "virtualservices.networking.istio.io",
         "authorizationpolicies.security.istio.io",

@@ -1,11 +1,12 @@
 //! Istio config validation through a real kube-apiserver v1.20.2: meshd's `/validate` webhook
-//! registered as a ValidatingWebhookConfiguration, so `kubectl apply` of an object meshd would
+//! registered as a ValidatingWebhookConfiguration (its caBundle set by meshd), so `kubectl apply` of an object meshd would
 //! reject fails at the API server with meshd's message naming the field, and valid objects
 //! (also those with fields meshd accepts but does not apply yet) are stored.
 
 mod kube_support;
 
-use base64::Engine as _;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube_support::*;
@@ -13,6 +14,7 @@ use meshd_injector::InjectConfig;
 use serde_json::{Value, json};
 
 const MESHD_NS: &str = "meshd-system";
+const VALIDATOR: &str = "meshd-validator-meshd-system";
 
 /// Creates an Istio object through the API server (the webhook sees it first).
 async fn try_create(client: &Client, obj: Value) -> Result<(), kube::Error> {
@@ -51,6 +53,19 @@ async fn the_api_server_refuses_what_meshd_would_reject_with_meshds_message() {
 
     let state = tempfile::tempdir().unwrap();
     let mut cfg = meshd::testing::config(state.path(), None);
+    cfg.kubernetes = Some(meshd::kube::KubeConfig {
+        namespace: MESHD_NS.into(),
+        kubeconfig: Some(server.kubeconfig.clone()),
+        lease_duration: std::time::Duration::from_secs(3),
+        lease_renew: std::time::Duration::from_millis(500),
+        sync_timeout: std::time::Duration::from_secs(30),
+        ca_timeout: std::time::Duration::from_secs(30),
+        webhook_config: None,
+        validating_webhook_config: Some(VALIDATOR.into()),
+        resync: std::time::Duration::from_secs(1),
+        ..Default::default()
+    });
+    cfg.xds_plaintext = false;
     cfg.webhook = Some(meshd::webhook::WebhookConfig::new(
         0,
         "meshd",
@@ -59,23 +74,20 @@ async fn the_api_server_refuses_what_meshd_would_reject_with_meshds_message() {
     ));
     let app = meshd::app::build(cfg).await.expect("meshd starts");
     let port = app.webhook_addr.expect("webhook listening").port();
-    let root = std::fs::read_to_string(state.path().join("root-cert.pem")).unwrap();
+    // As the chart installs it: no caBundle; meshd (the leader) sets the mesh root.
     create(
         &client,
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": "meshd-validator"},
+            "metadata": {"name": VALIDATOR},
             "webhooks": [{
                 "name": "validation.meshd.io",
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "None",
                 "failurePolicy": "Fail",
                 "timeoutSeconds": 10,
-                "clientConfig": {
-                    "url": format!("https://localhost:{port}/validate"),
-                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&root),
-                },
+                "clientConfig": {"url": format!("https://localhost:{port}/validate")},
                 "rules": [{
                     "operations": ["CREATE", "UPDATE"],
                     "apiGroups": ["networking.istio.io", "security.istio.io"],
@@ -85,6 +97,25 @@ async fn the_api_server_refuses_what_meshd_would_reject_with_meshds_message() {
             }],
         }),
     )
+    .await;
+
+    let secret: Secret = Api::namespaced(client.clone(), MESHD_NS)
+        .get("meshd-ca")
+        .await
+        .unwrap();
+    let root = String::from_utf8(secret.data.unwrap()["root-cert.pem"].0.clone()).unwrap();
+    eventually(30, "meshd to set the validator's caBundle", || {
+        let client = client.clone();
+        let root = root.clone();
+        async move {
+            let config = Api::<ValidatingWebhookConfiguration>::all(client)
+                .get(VALIDATOR)
+                .await
+                .ok()?;
+            let bundle = config.webhooks?.first()?.client_config.ca_bundle.clone()?;
+            (bundle.0 == root.as_bytes()).then_some(())
+        }
+    })
     .await;
 
     // The API server starts calling a new webhook configuration after a moment: wait for the

@@ -57,6 +57,9 @@ pub struct KubeConfig {
     /// The MutatingWebhookConfiguration whose caBundle meshd keeps current (the chart's
     /// `<release>-sidecar-injector-<namespace>`); `None`: none.
     pub webhook_config: Option<String>,
+    /// The ValidatingWebhookConfiguration (Istio config validation) whose caBundle meshd keeps
+    /// current (the chart's `<release>-validator-<namespace>`); `None`: none.
+    pub validating_webhook_config: Option<String>,
     /// How often the leader re-checks the root ConfigMaps and the webhook's caBundle.
     pub resync: Duration,
     /// Serve Gateway `credentialName` from Secrets (watches Secrets cluster-wide).
@@ -88,6 +91,7 @@ impl Default for KubeConfig {
             ca_timeout: Duration::from_secs(120),
             kubeconfig: None,
             webhook_config: Some("meshd-sidecar-injector-meshd-system".into()),
+            validating_webhook_config: Some("meshd-validator-meshd-system".into()),
             resync: Duration::from_secs(30),
             gateway_credentials: true,
             token_review: token::ReviewLimits::default(),
@@ -279,7 +283,20 @@ impl Kube {
             self.cfg.resync,
         ));
         if let Some(name) = self.cfg.webhook_config.clone() {
-            tasks.spawn(webhook_config::keep_ca_bundle(
+            tasks.spawn(webhook_config::keep_ca_bundle::<
+                k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+            >(
+                self.client.clone(),
+                name,
+                ca.clone(),
+                self.leader.clone(),
+                self.cfg.poll(),
+            ));
+        }
+        if let Some(name) = self.cfg.validating_webhook_config.clone() {
+            tasks.spawn(webhook_config::keep_ca_bundle::<
+                k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+            >(
                 self.client.clone(),
                 name,
                 ca.clone(),
