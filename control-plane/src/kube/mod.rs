@@ -19,6 +19,7 @@
 
 pub mod admin_auth;
 pub mod ca_secret;
+pub mod events;
 pub mod index;
 pub mod leader;
 pub mod token;
@@ -148,6 +149,8 @@ pub struct Kube {
     namespaces: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
     namespaces_tx: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
     namespace_labels: tokio::sync::watch::Sender<NamespaceLabels>,
+    /// The config the watches build, once they run: its rejections become Events.
+    config: Option<tokio::sync::watch::Receiver<Arc<meshd_model::MeshConfig>>>,
 }
 
 type NamespaceLabels =
@@ -176,6 +179,7 @@ impl Kube {
             namespaces,
             namespaces_tx,
             namespace_labels: tokio::sync::watch::Sender::new(Default::default()),
+            config: None,
         })
     }
 
@@ -221,6 +225,7 @@ impl Kube {
             domain_suffix: self.cfg.domain_suffix.clone(),
             gateway_credentials: self.cfg.gateway_credentials,
         };
+        self.config = Some(out.subscribe());
         let source = watch::KubeSource::start(
             self.client.clone(),
             opts,
@@ -282,6 +287,13 @@ impl Kube {
             self.leader.clone(),
             self.cfg.resync,
         ));
+        if let Some(config) = self.config.take() {
+            tasks.spawn(events::publish_rejections(
+                self.client.clone(),
+                config,
+                self.leader.clone(),
+            ));
+        }
         if let Some(name) = self.cfg.webhook_config.clone() {
             tasks.spawn(webhook_config::keep_ca_bundle::<
                 k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
