@@ -150,8 +150,10 @@ mod tests {
 
     #[test]
     fn each_rejection_is_reported_once_while_it_lasts() {
-        let mut mesh = MeshConfig::default();
-        mesh.rejected = vec![rejected("a", "bad timeout"), rejected("b", "bad host")];
+        let mut mesh = MeshConfig {
+            rejected: vec![rejected("a", "bad timeout"), rejected("b", "bad host")],
+            ..MeshConfig::default()
+        };
         let (now, new) = to_report(&mesh, &BTreeSet::new());
         assert_eq!(new.len(), 2);
         let (now, new) = to_report(&mesh, &now);
