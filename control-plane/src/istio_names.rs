@@ -81,6 +81,11 @@ fn citadel(s: &AdminState, registry: &mut Registry) {
     let gauge = Gauge::<i64>::default();
     gauge.set(root_expiry);
     registry.register(
+        "meshd_csr_sign_duration_seconds",
+        "Time to check and sign one CreateCertificate CSR, for the CSRs signed",
+        s.ca_metrics.sign_seconds.clone(),
+    );
+    registry.register(
         "citadel_server_root_cert_expiry_timestamp",
         "The unix timestamp, in seconds, when Citadel root cert will expire",
         gauge,

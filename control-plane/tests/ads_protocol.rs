@@ -493,6 +493,8 @@ async fn sotw_eds_after_a_cluster_change_carries_only_that_cluster() {
     for line in [
         "pilot_xds_pushes{type=\"cds\"} 2",
         "pilot_xds_pushes{type=\"eds\"} 2",
+        "pilot_xds_push_time_count{type=\"cds\"} 2",
+        "pilot_xds_push_time_count{type=\"eds\"} 2",
     ] {
         assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
     }

@@ -246,6 +246,7 @@ async fn create_certificate_over_tls() {
         "citadel_server_csr_parsing_err_count 3",
         "citadel_server_csr_sign_err_count 1",
         "citadel_server_id_extraction_err_count 0",
+        "meshd_csr_sign_duration_seconds_count 2",
         "meshd_certs_expiring_soon{kind=\"server\"} 0",
     ] {
         assert!(metrics.contains(line), "{line:?} not in\n{metrics}");

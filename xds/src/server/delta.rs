@@ -111,6 +111,7 @@ struct Delta<A, S: SecretSource> {
 
 impl<A: Authenticator, S: SecretSource> Delta<A, S> {
     async fn push(&mut self, type_url: &str) -> Result<(), ()> {
+        let started = std::time::Instant::now();
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
         };
@@ -175,7 +176,13 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         tracing::debug!(type_url, version, updated = count, "delta push");
         self.conn
             .record_sent(type_url, &version, &nonce, sent, bytes);
-        self.tx.send(response).await.map_err(|_| ())
+        self.tx.send(response).await.map_err(|_| ())?;
+        self.conn
+            .shared
+            .metrics
+            .pilot
+            .push_took(type_url, started.elapsed());
+        Ok(())
     }
 
     /// Ends the stream: it asked to hold more names of a type than any proxy needs.

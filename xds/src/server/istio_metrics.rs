@@ -70,6 +70,12 @@ impl XdsType {
 
 /// Istio's `pilot_proxy_convergence_time` buckets (seconds).
 const CONVERGENCE_BUCKETS: [f64; 8] = [0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+/// Istio's `pilot_xds_push_time` buckets (seconds).
+const PUSH_TIME_BUCKETS: [f64; 8] = [0.01, 0.1, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+
+fn push_time_histogram() -> Histogram {
+    Histogram::new(PUSH_TIME_BUCKETS)
+}
 
 #[derive(Debug)]
 pub struct PilotMetrics {
@@ -79,6 +85,8 @@ pub struct PilotMetrics {
     pub rejects: Family<XdsType, BareCounter>,
     /// From a snapshot's build to the end of the push it caused, per proxy.
     pub convergence: Histogram,
+    /// One response's diff, encoding and hand-over to its stream, by type.
+    pub push_time: Family<XdsType, Histogram, fn() -> Histogram>,
 }
 
 impl Default for PilotMetrics {
@@ -88,6 +96,7 @@ impl Default for PilotMetrics {
             pushes: Family::default(),
             rejects: Family::default(),
             convergence: Histogram::new(CONVERGENCE_BUCKETS),
+            push_time: Family::new_with_constructor(push_time_histogram),
         }
     }
 }
@@ -99,6 +108,12 @@ impl PilotMetrics {
 
     pub fn rejected(&self, type_url: &str) {
         self.rejects.get_or_create(&XdsType::of(type_url)).inc();
+    }
+
+    pub fn push_took(&self, type_url: &str, took: Duration) {
+        self.push_time
+            .get_or_create(&XdsType::of(type_url))
+            .observe(took.as_secs_f64());
     }
 
     pub fn converged(&self, after: Duration) {
@@ -137,6 +152,11 @@ impl PilotMetrics {
             );
         }
         registry.register(
+            "pilot_xds_push_time",
+            "Total time in seconds Pilot takes to push lds, rds, cds and eds",
+            self.push_time.clone(),
+        );
+        registry.register(
             "pilot_proxy_convergence_time",
             "Delay in seconds between config change and a proxy receiving all required configuration",
             self.convergence.clone(),
@@ -164,6 +184,7 @@ mod tests {
         m.rejected(crate::resource::ENDPOINT);
         m.xds.set(3);
         m.converged(Duration::from_millis(250));
+        m.push_took(crate::resource::LISTENER, Duration::from_millis(5));
         let out = text(&m);
         for line in [
             "# TYPE pilot_xds_pushes counter",
@@ -174,6 +195,7 @@ mod tests {
             "pilot_xds 3",
             "pilot_proxy_convergence_time_bucket{le=\"0.5\"} 1",
             "pilot_proxy_convergence_time_count 1",
+            "pilot_xds_push_time_bucket{le=\"0.01\",type=\"lds\"} 1",
         ] {
             assert!(out.contains(line), "{line:?} not in\n{out}");
         }

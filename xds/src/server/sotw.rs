@@ -55,6 +55,7 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
     /// `force`: a request asked for it (a new subscription gets an answer, even an unchanged
     /// one).
     async fn push(&mut self, type_url: &str, force: bool) -> Result<(), ()> {
+        let started = std::time::Instant::now();
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
         };
@@ -136,7 +137,13 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         );
         self.conn
             .record_sent(type_url, &version, &nonce, sent, bytes);
-        self.tx.send(response).await.map_err(|_| ())
+        self.tx.send(response).await.map_err(|_| ())?;
+        self.conn
+            .shared
+            .metrics
+            .pilot
+            .push_took(type_url, started.elapsed());
+        Ok(())
     }
 
     async fn push_all(&mut self) -> Result<(), ()> {
