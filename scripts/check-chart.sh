@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validates the Helm chart deploy/helm/meshd offline:
-#   helm lint (default and VoiceCore values), helm template for both, and
+#   helm lint (default and VoiceCore values), helm template for both, promtool on the
+#   alerting rules, and
 #   kubernetes-validate --strict against Kubernetes $K8S_VERSION on every rendered manifest;
 #   Pod Security "restricted" (scripts/pod-security-restricted.py, written from the Pod Security
 #   Standards) over every rendered pod template; the trust settings: no plaintext xDS port unless
@@ -71,6 +72,22 @@ render hardened --set networkPolicy.enabled=true \
   --set-json 'networkPolicy.metrics=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]' \
   --set xdsPlaintext.enabled=true --set gatewayCredentials.enabled=false \
   --set-json 'admin.subjects=[{"kind":"Group","name":"mesh-ops","apiGroup":"rbac.authorization.k8s.io"}]'
+# The alerting rules are PromQL Prometheus itself must accept (Debian's promtool).
+if command -v promtool >/dev/null; then
+  python3 - "$out/monitoring.yaml" "$out/alerts.rules" <<'PY' || fail=1
+import re, sys
+docs = re.split(r"(?m)^---\s*$", open(sys.argv[1]).read())
+rule = [d for d in docs if re.search(r"(?m)^kind:\s*PrometheusRule", d)]
+if not rule:
+    sys.exit("check-chart: no PrometheusRule rendered with monitoring.coreos.com/v1")
+spec = rule[0].split("\nspec:\n", 1)[1]
+# The spec's `groups:` is the rule file's top level, two spaces in.
+open(sys.argv[2], "w").write("\n".join(l[2:] for l in spec.splitlines()) + "\n")
+PY
+  promtool check rules "$out/alerts.rules" || { log "promtool rejects the PrometheusRule"; fail=1; }
+else
+  log "promtool missing (scripts/install-tools.sh installs prometheus)"; fail=1
+fi
 # A NetworkPolicy without the API server's peers would cut the webhook off: refused.
 if quiet "$HELM" template meshd "$CHART" --set networkPolicy.enabled=true >/dev/null 2>&1; then
   log "networkPolicy.enabled without networkPolicy.apiServer rendered"; fail=1
