@@ -43,9 +43,19 @@ pub fn review(body: &[u8]) -> (u16, Value) {
     if request["operation"].as_str() == Some("DELETE") {
         return allowed(vec![]);
     }
-    let Some(kind) = request["kind"]["kind"].as_str().and_then(Kind::from_name) else {
-        // Not a kind meshd reads (the webhook's rules should not send it): not meshd's call.
-        return allowed(vec![]);
+    let kind_name = request["kind"]["kind"].as_str().unwrap_or_default();
+    let Some(kind) = Kind::from_name(kind_name) else {
+        // An Istio kind meshd does not implement (RequestAuthentication, Telemetry…) may serve
+        // an istiod beside meshd: stored, with a warning that meshd's workloads ignore it.
+        let group = request["kind"]["group"].as_str().unwrap_or_default();
+        let warnings = if group.ends_with(".istio.io") {
+            vec![format!(
+                "{kind_name} ({group}) is not implemented by meshd: workloads meshd serves are not affected by it"
+            )]
+        } else {
+            vec![]
+        };
+        return allowed(warnings);
     };
     let object = &request["object"];
     if !object.is_object() {
@@ -157,6 +167,11 @@ mod tests {
         assert_eq!((code, &answer["response"]["allowed"]), (200, &json!(true)));
         let (code, answer) = review(&review_of("Pod", "CREATE", json!({})));
         assert_eq!((code, &answer["response"]["allowed"]), (200, &json!(true)));
+        // An Istio kind meshd does not implement: stored (an istiod may use it), with a warning.
+        let (code, answer) = review(&review_of("RequestAuthentication", "CREATE", json!({})));
+        assert_eq!((code, &answer["response"]["allowed"]), (200, &json!(true)));
+        let warning = answer["response"]["warnings"][0].as_str().unwrap();
+        assert!(warning.contains("RequestAuthentication"), "{warning}");
         for body in [&b"{["[..], b"{}", b"[]", b"null"] {
             let (code, answer) = review(body);
             assert_eq!(code, 400, "{answer}");
