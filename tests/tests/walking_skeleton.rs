@@ -593,13 +593,15 @@ fn bad_input_is_rejected_per_document_and_the_rest_keeps_serving() {
         .unwrap()
         .len();
 
-    // Malformed YAML: `key: value: value` on line 13 (second document).
+    // Malformed YAML: `key: value: value` on line 14 (second document). Only that document
+    // is rejected; the first one is accepted.
     let malformed = "\
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
   name: fine-on-its-own
   namespace: voicecore-ai
+spec: {host: nonexistent.voicecore-ai.svc.cluster.local}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -662,7 +664,7 @@ spec:
             .unwrap_or_else(|| panic!("{file} not rejected: {configz:#}"))
     };
     for (file, line, reason) in [
-        ("malformed.yaml", 13, "mapping values are not allowed"),
+        ("malformed.yaml", 14, "mapping values are not allowed"),
         ("unknown-kind.yaml", 12, "Frobnicator"),
         ("unsupported.yaml", 9, "tunnel"),
     ] {
@@ -681,11 +683,16 @@ spec:
     }
     // The good documents of those files, and all of VoiceCore, are accepted.
     let accepted = configz["accepted"].as_array().unwrap();
-    assert_eq!(accepted.len(), accepted_before + 1, "{configz:#}");
-    assert!(
-        accepted.iter().any(|o| o["name"] == "ai-extra"),
-        "the good document next to the unknown kind was lost"
-    );
+    assert_eq!(accepted.len(), accepted_before + 2, "{configz:#}");
+    for (name, next_to) in [
+        ("ai-extra", "the unknown kind"),
+        ("fine-on-its-own", "the syntax error"),
+    ] {
+        assert!(
+            accepted.iter().any(|o| o["name"] == name),
+            "the good document next to {next_to} was lost"
+        );
+    }
 
     // The good config keeps serving, through a push triggered by the change, and the process
     // keeps running.
@@ -694,14 +701,14 @@ spec:
     assert!(mesh.control_plane_ready());
     let log = mesh.control_plane_log();
     assert!(
-        log.contains("malformed.yaml:13"),
+        log.contains("malformed.yaml:14"),
         "the rejection is logged with file:line: {}",
         tail(&log, 40)
     );
 
     // Rejected files are reported once per change: a later change elsewhere in the dir (taken
     // in: its object is accepted) does not report the unchanged broken file again.
-    let count = |log: &str| log.matches("malformed.yaml:13").count();
+    let count = |log: &str| log.matches("malformed.yaml:14").count();
     let before = count(&mesh.control_plane_log());
     mesh.write_config(
         "later.yaml",
@@ -724,7 +731,8 @@ spec: {host: nonexistent.voicecore-ai.svc.cluster.local}
         "meshd reported the unchanged malformed.yaml again on a later change"
     );
 
-    // A good file that stops parsing keeps its last good content: break VoiceCore itself.
+    // A syntax error added to VoiceCore's own file rejects that document only: the file's
+    // other documents stay in force.
     // (A third pod is bootstrapped first: `meshd bootstrap` reads the config dir on its own.)
     let crm = service_pod(&mesh, "crm-service");
     mesh.write_config(
@@ -745,18 +753,18 @@ spec: {host: nonexistent.voicecore-ai.svc.cluster.local}
         .iter()
         .find(|r| r["file"] == voicecore_path.as_str())
         .unwrap();
-    // The unclosed flow sequence opens on line 781 and runs into the end of the file (782).
-    assert_eq!(broken["line"], 782, "{broken:#}");
+    // The unclosed flow sequence opens on line 781.
+    assert_eq!(broken["line"], 781, "{broken:#}");
     assert!(
         broken["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("last good content") && !r.contains(" at line ")),
+            .is_some_and(|r| r.contains("unclosed bracket") && !r.contains(" at line ")),
         "{broken:#}"
     );
     assert_eq!(
         configz["accepted"].as_array().unwrap().len(),
-        accepted_before + 2,
-        "the broken file's last good content stays in force"
+        accepted_before + 3,
+        "the broken file's other documents stay in force"
     );
     assert_eq!(status_of(&a, &target), 200);
 
