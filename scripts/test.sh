@@ -30,4 +30,5 @@ CARGO_TARGET_DIR="${MESHD_CACHE:-$HOME/.cache/meshd}/h2-target" \
   cargo test --manifest-path vendor/h2/Cargo.toml --lib -- --skip hpack::test::fixture
 # (Includes control-plane/tests/kube_cluster.rs: a real single-node cluster from
 # scripts/kube-node.sh, the images from scripts/images.sh and the chart on it; ~6 min.)
-cargo test --workspace "$@"
+# --no-fail-fast: one failing test binary must not hide the verdict of the others.
+cargo test --workspace --no-fail-fast "$@"
