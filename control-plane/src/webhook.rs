@@ -153,6 +153,24 @@ async fn inject(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
         .into_response()
 }
 
+/// Istio config validation: the same reading as the watches (`validate_webhook`).
+async fn validate(body: Bytes) -> Response {
+    let (code, answer) = crate::validate_webhook::review(&body);
+    if answer["response"]["allowed"] == false {
+        let message = answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or("");
+        tracing::info!(message, "config validation refused an object");
+    }
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
+}
+
 pub fn router(
     inject_cfg: InjectConfig,
     namespaces: NamespaceLookup,
@@ -168,6 +186,7 @@ pub fn router(
     });
     Router::new()
         .route("/inject", post(inject))
+        .route("/validate", post(validate))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

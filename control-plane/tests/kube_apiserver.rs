@@ -707,6 +707,29 @@ async fn helm_install_of_the_chart_and_the_voicecore_values() {
     .expect("the webhook configuration, under the name meshd keeps current");
     assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail");
     assert_eq!(webhook["webhooks"][0]["sideEffects"], "None");
+    // Istio config validation: only Istio's API groups, and a meshd outage does not block
+    // writing them (the watches check every object again).
+    let validator = get_dynamic(
+        &client,
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        None,
+        "meshd-validator-meshd-system",
+    )
+    .await
+    .expect("the validating webhook configuration, under the name meshd keeps current");
+    let v = &validator["webhooks"][0];
+    assert_eq!(v["failurePolicy"], "Ignore");
+    assert_eq!(v["clientConfig"]["service"]["path"], "/validate");
+    assert_eq!(
+        v["rules"][0]["apiGroups"],
+        json!([
+            "networking.istio.io",
+            "security.istio.io",
+            "telemetry.istio.io"
+        ])
+    );
     for crd in [
         "virtualservices.networking.istio.io",
         "authorizationpolicies.security.istio.io",
@@ -1074,6 +1097,8 @@ async fn plaintext_xds_is_off_by_default_and_never_serves_keys() {
         pod("shop", "web-1", "web", json!({"app": "web"}), 8080),
     )
     .await;
+    // Running at the address its node id names: a stream binds only to a running Pod.
+    pod_running(&client, "shop", "web-1", "10.44.0.17", true).await;
     let pod_uid = uid(&pod);
     let token = token_request(
         &client,

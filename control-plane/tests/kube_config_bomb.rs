@@ -1,10 +1,13 @@
 //! The duration bomb as a Kubernetes custom resource, against a real kube-apiserver v1.20.2:
 //! the CRDs accept any value, so the object reaches meshd's watch. On main it panicked the
 //! watch, the process exited and every replica crash-looped; now it is rejected with its
-//! namespace, name and field, and meshd stays up, ready, and watching.
+//! namespace, name and field (in `/debug/configz` and as a Warning Event on the object), and
+//! meshd stays up, ready, and watching.
 
 mod kube_support;
 
+use k8s_openapi::api::core::v1::Event;
+use kube::api::Api;
 use kube_support::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -71,6 +74,29 @@ async fn a_duration_bomb_resource_is_reported_and_meshd_stays_ready() {
     assert!(reason.contains("spec.http[0].timeout"), "{reason}");
     assert!(reason.contains("out of range"), "{reason}");
     assert!(named(&cfg["accepted"], "before").is_some(), "{cfg:#}");
+    // And where `kubectl get events` looks: a Warning Event on the object, naming the field.
+    let event = eventually(30, "a Rejected Event on the bomb", || {
+        let client = client.clone();
+        async move {
+            let events: Api<Event> = Api::namespaced(client, "shop");
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.involved_object.name.as_deref() == Some("bomb"))
+        }
+    })
+    .await;
+    assert_eq!(event.reason.as_deref(), Some("Rejected"));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        event.involved_object.kind.as_deref(),
+        Some("VirtualService")
+    );
+    let message = event.message.unwrap_or_default();
+    assert!(message.contains("spec.http[0].timeout"), "{message}");
     assert_eq!(
         get(format!("{admin}/healthz/ready")).await,
         (200, "ready\n".to_string())

@@ -83,16 +83,16 @@ pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Option<TlsCr
 
 /// A `kind: Secret` document of a config file: `data` (base64) and `stringData` (text, wins),
 /// as the API server merges them.
-pub fn from_secret_document(value: &serde_yaml::Value) -> Result<Option<TlsCredential>, String> {
+pub fn from_secret_document(value: &serde_json::Value) -> Result<Option<TlsCredential>, String> {
     let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let as_map = |field: &str| -> Result<Vec<(String, String)>, String> {
         match value.get(field) {
-            None | Some(serde_yaml::Value::Null) => Ok(Vec::new()),
-            Some(serde_yaml::Value::Mapping(m)) => m
+            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            Some(serde_json::Value::Object(m)) => m
                 .iter()
-                .map(|(k, v)| match (k.as_str(), v.as_str()) {
-                    (Some(k), Some(v)) => Ok((k.to_string(), v.to_string())),
-                    _ => Err(format!("{field} must map names to strings")),
+                .map(|(k, v)| match v.as_str() {
+                    Some(v) => Ok((k.clone(), v.to_string())),
+                    None => Err(format!("{field} must map names to strings")),
                 })
                 .collect(),
             Some(_) => Err(format!("{field} must be a map")),
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn documents_with_data_and_string_data() {
         let b64 = base64::engine::general_purpose::STANDARD.encode(CERT);
-        let doc: serde_yaml::Value = serde_yaml::from_str(&format!(
+        let doc = crate::parse::yaml::to_json(&format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: c}}\ntype: kubernetes.io/tls\n\
              data:\n  tls.crt: {b64}\nstringData:\n  tls.key: |\n    -----BEGIN PRIVATE KEY-----\n    MIIE\n    -----END PRIVATE KEY-----\n"
         ))
@@ -191,8 +191,7 @@ mod tests {
         let t = from_secret_document(&doc).unwrap().unwrap();
         assert_eq!(t.cert_chain.as_deref(), Some(CERT));
         assert!(t.private_key.unwrap().contains("MIIE"));
-        let bad: serde_yaml::Value =
-            serde_yaml::from_str("kind: Secret\ndata:\n  tls.crt: '%%%'\n").unwrap();
+        let bad = crate::parse::yaml::to_json("kind: Secret\ndata:\n  tls.crt: '%%%'\n").unwrap();
         let e = from_secret_document(&bad).unwrap_err();
         assert!(e.contains("data.tls.crt is not base64"), "{e}");
     }

@@ -5,6 +5,7 @@ pub mod credential;
 pub mod duration;
 pub mod envoyfilter;
 pub mod mesh;
+mod mesh_warnings;
 pub mod networking;
 pub mod parse;
 pub mod registry;
@@ -13,13 +14,16 @@ mod validate;
 pub mod voicecore;
 
 pub use mesh::{MeshConfig, Rejected};
-pub use parse::{DocumentCache, FileConfig, parse_file, parse_file_cached};
+pub use parse::{
+    DocumentCache, FileConfig, cluster_object, document_json, parse_file, parse_file_cached,
+};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Where an object came from, for `file:line` messages.
+/// Where an object came from, for `file:line` messages. Line 0: not from a file (an object
+/// from the API server), shown without a line.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct SourcePos {
     pub file: String,
@@ -28,7 +32,10 @@ pub struct SourcePos {
 
 impl fmt::Display for SourcePos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)
+        match self.line {
+            0 => f.write_str(&self.file),
+            line => write!(f, "{}:{line}", self.file),
+        }
     }
 }
 
@@ -41,11 +48,20 @@ pub struct ConfigError {
     /// The object the document describes, once its kind and name were read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object: Option<ObjectKey>,
+    /// A rejected DestinationRule's `host`, read even when the rest of it does not read: a
+    /// route to its subsets then says the rule was rejected, and why. (Boxed: errors travel in
+    /// `Result`s and stay small.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<Box<String>>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        let at = SourcePos {
+            file: self.file.clone(),
+            line: self.line,
+        };
+        write!(f, "{at}: {}", self.message)
     }
 }
 

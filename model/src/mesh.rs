@@ -44,11 +44,23 @@ impl Rejected {
     }
 }
 
+/// `file:line: Kind ns/name: reason`; an object from the API server (line 0) is named by its
+/// kind, namespace and name alone: `Kind ns/name: spec.field.path: reason`.
 impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.line)?;
-        if let (Some(k), Some(ns), Some(n)) = (&self.kind, &self.namespace, &self.name) {
-            write!(f, "{k} {ns}/{n}: ")?;
+        let named = match (&self.kind, &self.namespace, &self.name) {
+            (Some(k), Some(ns), Some(n)) => Some(format!("{k} {ns}/{n}")),
+            _ => None,
+        };
+        match (self.line, named) {
+            (0, Some(named)) => write!(f, "{named}: ")?,
+            (0, None) => write!(f, "{}: ", self.file)?,
+            (line, named) => {
+                write!(f, "{}:{line}: ", self.file)?;
+                if let Some(named) = named {
+                    write!(f, "{named}: ")?;
+                }
+            }
         }
         f.write_str(&self.reason)
     }
@@ -58,6 +70,8 @@ impl std::fmt::Display for Rejected {
 pub struct MeshConfig {
     pub objects: BTreeMap<ObjectKey, Arc<ConfigObject>>,
     pub rejected: Vec<Rejected>,
+    /// Accepted objects with a valid field meshd does not act on yet: in force, and said so.
+    pub warnings: Vec<Rejected>,
     pub services: Vec<Service>,
     pub workloads: Vec<Workload>,
     /// TLS credentials for Gateway `credentialName`, by (namespace, Secret name). Never
@@ -73,6 +87,7 @@ impl PartialEq for MeshConfig {
         let MeshConfig {
             objects,
             rejected,
+            warnings,
             services,
             workloads,
             credentials,
@@ -83,6 +98,7 @@ impl PartialEq for MeshConfig {
                 .zip(&other.objects)
                 .all(|((ka, a), (kb, b))| ka == kb && (Arc::ptr_eq(a, b) || a == b))
             && *rejected == other.rejected
+            && *warnings == other.warnings
             && *services == other.services
             && *workloads == other.workloads
             && *credentials == other.credentials
@@ -102,9 +118,20 @@ impl MeshConfig {
     /// Merge per-file configs (in file order) into one mesh config.
     pub fn assemble<'a>(files: impl IntoIterator<Item = &'a FileConfig>) -> MeshConfig {
         let mut mesh = MeshConfig::default();
+        // Rejected DestinationRules by the host they were for: routes to their subsets say so.
+        let mut rejected_rules: BTreeMap<String, Rejected> = BTreeMap::new();
         for file in files {
             mesh.rejected
                 .extend(file.rejected.iter().map(Rejected::from_error));
+            for e in &file.rejected {
+                if let (Some(host), Some(key)) = (&e.host, &e.object)
+                    && key.kind == Kind::DestinationRule
+                {
+                    rejected_rules
+                        .entry(qualify_host(host, &key.namespace, "cluster.local"))
+                        .or_insert_with(|| Rejected::from_error(e));
+                }
+            }
             for c in &file.credentials {
                 let key = (c.namespace.clone(), c.name.clone());
                 match mesh.credentials.entry(key) {
@@ -134,8 +161,9 @@ impl MeshConfig {
             }
         }
         mesh.derive_registry();
-        mesh.check_references();
+        mesh.check_references(&rejected_rules);
         mesh.check_authorization_policies();
+        mesh.warnings = crate::mesh_warnings::warnings(&mesh);
         mesh
     }
 
@@ -192,7 +220,7 @@ impl MeshConfig {
 
     /// Rejects objects that point at what does not exist (e.g. a route to an undefined subset):
     /// the rest of the mesh keeps serving.
-    fn check_references(&mut self) {
+    fn check_references(&mut self, rejected_rules: &BTreeMap<String, Rejected>) {
         let mut subsets: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for o in self.objects.values() {
             if let Spec::DestinationRule(dr) = &o.spec {
@@ -227,12 +255,19 @@ impl MeshConfig {
                 let host = qualify_host(&d.host, o.meta.namespace(), "cluster.local");
                 let known = subsets.get(&host).is_some_and(|s| s.contains(subset));
                 if !known {
-                    bad.push((
-                        key.clone(),
-                        format!(
+                    let reason = match rejected_rules.get(&host) {
+                        Some(r) => format!(
+                            "route to subset `{subset}` of {host}: {} {}/{} was rejected: {}",
+                            Kind::DestinationRule,
+                            r.namespace.as_deref().unwrap_or_default(),
+                            r.name.as_deref().unwrap_or_default(),
+                            r.reason
+                        ),
+                        None => format!(
                             "route to subset `{subset}` of {host}, which no DestinationRule defines"
                         ),
-                    ));
+                    };
+                    bad.push((key.clone(), reason));
                     break;
                 }
             }

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod lb;
+pub use lb::{LocalityDistribute, LocalityFailover, LocalityLbSetting, WarmupConfiguration};
+
 pub type Labels = BTreeMap<String, String>;
 
 // ---------- ServiceEntry ----------
@@ -132,6 +135,11 @@ pub struct Subset {
 pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
     pub consistent_hash: Option<ConsistentHashLb>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// Istio's older spelling of `warmup.duration`.
+    #[serde(default, with = "duration::option")]
+    pub warmup_duration_secs: Option<Duration>,
+    pub warmup: Option<WarmupConfiguration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]

@@ -1,14 +1,19 @@
-//! Multi-document Istio YAML → typed objects, each error located as `file:line`.
+//! Multi-document Istio YAML files → typed objects, each error located as `file:line`.
 //!
-//! A YAML syntax error anywhere makes the whole file unparseable (the caller keeps the file's last
-//! good content); a document that parses but is not a valid object (unknown kind, unsupported
-//! field, bad value) is rejected on its own and the file's other documents are kept.
+//! Each document is read on its own (`object`, the same reading as an object from the API
+//! server): one that is not YAML, or not a valid object (unknown kind, unsupported field, bad
+//! value), is rejected alone and the file's other documents are kept. Only a file none of whose
+//! documents is YAML (a half-written save, a file that is not YAML at all) fails whole, and the
+//! caller keeps its last good content.
 
-use crate::networking as net;
-use crate::security as sec;
-use crate::{ConfigError, ConfigObject, Kind, ObjectMeta, SourcePos, Spec, validate};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+mod object;
+pub(crate) mod path;
+pub(crate) mod yaml;
+
+pub use object::cluster_object;
+
+use crate::{ConfigError, ConfigObject, Spec};
+use object::Origin;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -66,270 +71,43 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
     docs
 }
 
-/// serde_yaml puts " at line L column C" (document-relative) after the problem and after its
-/// context; we report our own file-relative position instead, so every such mark goes.
-fn strip_location(message: &str) -> String {
-    const MARK: &str = " at line ";
-    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let mut out = String::new();
-    let mut rest = message;
-    while let Some(i) = rest.find(MARK) {
-        let after = &rest[i + MARK.len()..];
-        let n = digits(after);
-        if n == 0 {
-            out.push_str(&rest[..i + MARK.len()]);
-            rest = after;
-            continue;
-        }
-        out.push_str(&rest[..i]);
-        rest = &after[n..];
-        if let Some(col) = rest.strip_prefix(" column ") {
-            rest = &col[digits(col)..];
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn yaml_error(file: &str, doc: &Document<'_>, err: &serde_yaml::Error) -> ConfigError {
-    let line = err
-        .location()
-        .map(|l| doc.first_line + l.line().saturating_sub(1))
-        .unwrap_or(doc.first_line);
-    ConfigError {
-        file: file.to_string(),
-        line,
-        message: strip_location(&err.to_string()),
-        object: None,
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Header {
-    api_version: Option<String>,
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Option<ObjectMeta>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Envelope<T> {
-    #[allow(dead_code)]
-    api_version: String,
-    #[allow(dead_code)]
-    kind: String,
-    #[allow(dead_code)]
-    metadata: serde_yaml::Value,
-    spec: T,
-    #[allow(dead_code)]
-    #[serde(default)]
-    status: Option<serde_yaml::Value>,
-}
-
-fn line_of_key(doc: &Document<'_>, key: &str) -> usize {
-    doc.text
-        .lines()
-        .position(|l| l.starts_with(key))
-        .map(|i| doc.first_line + i)
-        .unwrap_or(doc.first_line)
-}
-
-/// The document read into its spec type from the tree parsed once; on failure the text is read
-/// again, for the error's line.
-fn typed_spec<T: DeserializeOwned>(
-    file: &str,
-    doc: &Document<'_>,
-    value: serde_yaml::Value,
-    wrap: fn(T) -> Spec,
-) -> Result<Spec, ConfigError> {
-    serde_yaml::from_value::<Envelope<T>>(value)
-        .or_else(|_| serde_yaml::from_str::<Envelope<T>>(doc.text))
-        .map(|env| wrap(env.spec))
-        .map_err(|e| yaml_error(file, doc, &e))
-}
-
-/// The header of a parsed document, read from the tree; from the text (for the error's line)
-/// when a field has the wrong type.
-fn header_of(
-    file: &str,
-    doc: &Document<'_>,
-    value: &serde_yaml::Value,
-) -> Result<Header, ConfigError> {
-    let text_field = |key: &str| match value.get(key) {
-        None | Some(serde_yaml::Value::Null) => Ok(None),
-        Some(serde_yaml::Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(()),
+fn parse_one(file: &str, doc: &Document<'_>) -> Parsed {
+    let origin = Origin::File {
+        file,
+        text: doc.text,
+        first_line: doc.first_line,
     };
-    let fast = (|| {
-        Ok::<_, ()>(Header {
-            api_version: text_field("apiVersion")?,
-            kind: text_field("kind")?,
-            metadata: match value.get("metadata") {
-                None | Some(serde_yaml::Value::Null) => None,
-                Some(m) => Some(serde_yaml::from_value(m.clone()).map_err(|_| ())?),
-            },
-        })
-    })();
-    fast.or_else(|()| serde_yaml::from_str(doc.text).map_err(|e| yaml_error(file, doc, &e)))
-}
-
-/// An AuthorizationPolicy whose spec does not read in full (a field meshd does not know, a value
-/// of the wrong type) is not dropped, which would lift the restriction it was written to impose:
-/// it is kept with only its selector and the error, and fails closed (`MeshConfig` reports it).
-/// When even the selector does not read, the policy covers its whole namespace.
-fn unreadable_policy(doc: &Document<'_>, mut error: ConfigError) -> sec::AuthorizationPolicy {
-    let value: serde_yaml::Value = serde_yaml::from_str(doc.text).unwrap_or_default();
-    let selector = value
-        .get("spec")
-        .and_then(|s| s.get("selector"))
-        .map(|s| serde_yaml::from_value::<sec::WorkloadSelector>(s.clone()));
-    let selector = match selector {
-        None => None,
-        Some(Ok(s)) => Some(s),
-        Some(Err(_)) => {
-            error.message.push_str(" (the selector does not read either: the policy covers every workload in its namespace)");
-            None
-        }
-    };
-    sec::AuthorizationPolicy {
-        selector,
-        unreadable: Some(error),
-        ..Default::default()
-    }
-}
-
-fn parse_document(
-    file: &str,
-    doc: &Document<'_>,
-    value: serde_yaml::Value,
-) -> Result<ConfigObject, ConfigError> {
-    let header = header_of(file, doc, &value)?;
-    let err_at = |key: &str, message: String| ConfigError {
-        file: file.to_string(),
-        line: line_of_key(doc, key),
-        message,
-        object: None,
-    };
-    let kind_name = header
-        .kind
-        .ok_or_else(|| err_at("", "document has no `kind`".into()))?;
-    let kind = Kind::from_name(&kind_name).ok_or_else(|| {
-        err_at(
-            "kind:",
-            format!(
-                "unsupported kind `{kind_name}` (meshd reads {})",
-                Kind::ALL.map(|k| k.name()).join(", ")
-            ),
-        )
-    })?;
-    let api_version = header
-        .api_version
-        .ok_or_else(|| err_at("kind:", format!("{kind} has no `apiVersion`")))?;
-    if !kind.accepts_api_version(&api_version) {
-        return Err(err_at(
-            "apiVersion:",
-            format!(
-                "unsupported apiVersion `{api_version}` for {kind} (expected {}/v1)",
-                kind.group()
-            ),
-        ));
-    }
-    let meta = header.metadata.unwrap_or_default();
-    if meta.name.is_empty() {
-        return Err(err_at("metadata:", format!("{kind} has no metadata.name")));
-    }
-    let key = crate::ObjectKey {
-        kind,
-        namespace: meta.namespace().to_string(),
-        name: meta.name.clone(),
-    };
-    let name_object = |mut e: ConfigError| {
-        e.object = Some(key.clone());
-        e
-    };
-    let spec = match kind {
-        Kind::ServiceEntry => typed_spec::<net::ServiceEntry>(file, doc, value, Spec::ServiceEntry),
-        Kind::WorkloadEntry => {
-            typed_spec::<net::WorkloadEntry>(file, doc, value, Spec::WorkloadEntry)
-        }
-        Kind::DestinationRule => {
-            typed_spec::<net::DestinationRule>(file, doc, value, Spec::DestinationRule)
-        }
-        Kind::VirtualService => {
-            typed_spec::<net::VirtualService>(file, doc, value, Spec::VirtualService)
-        }
-        Kind::Gateway => typed_spec::<net::Gateway>(file, doc, value, Spec::Gateway),
-        Kind::Sidecar => typed_spec::<net::Sidecar>(file, doc, value, Spec::Sidecar),
-        Kind::PeerAuthentication => {
-            typed_spec::<sec::PeerAuthentication>(file, doc, value, Spec::PeerAuthentication)
-        }
-        Kind::EnvoyFilter => {
-            typed_spec::<crate::envoyfilter::EnvoyFilter>(file, doc, value, Spec::EnvoyFilter)
-        }
-        Kind::AuthorizationPolicy => {
-            typed_spec::<sec::AuthorizationPolicy>(file, doc, value, Spec::AuthorizationPolicy)
-                .or_else(|e| Ok(Spec::AuthorizationPolicy(unreadable_policy(doc, e))))
-        }
-    }
-    .map_err(name_object)?;
-    let object = ConfigObject {
-        api_version,
-        meta,
-        source: SourcePos {
-            file: file.to_string(),
-            line: doc.first_line,
-        },
-        spec,
-    };
-    validate::object(&object).map_err(|message| name_object(err_at("spec:", message)))?;
-    Ok(object)
-}
-
-/// A `kind: Secret` document (`apiVersion: v1`): its TLS credential, `Ok(None)` when it holds
-/// none; `None` when the document is not a Secret.
-fn parse_secret(
-    file: &str,
-    doc: &Document<'_>,
-    value: &serde_yaml::Value,
-) -> Option<Result<Option<crate::credential::Credential>, ConfigError>> {
-    let header = header_of(file, doc, value).ok()?;
-    if header.kind.as_deref() != Some("Secret") {
-        return None;
-    }
-    let err_at = |key: &str, message: String| ConfigError {
-        file: file.to_string(),
-        line: line_of_key(doc, key),
-        message,
-        object: None,
-    };
-    Some((|| {
-        if header.api_version.as_deref() != Some("v1") {
-            return Err(err_at(
-                "apiVersion:",
-                "a Secret is apiVersion v1".to_string(),
-            ));
-        }
-        let meta = header.metadata.unwrap_or_default();
-        if meta.name.is_empty() {
-            return Err(err_at("metadata:", "Secret has no metadata.name".into()));
-        }
-        let tls = crate::credential::from_secret_document(value)
-            .map_err(|m| err_at("data:", format!("Secret {}: {m}", meta.name)))?;
-        Ok(tls.map(|tls| crate::credential::Credential {
-            namespace: meta.namespace().to_string(),
-            name: meta.name.clone(),
-            source: SourcePos {
+    let value = match yaml::to_json(doc.text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Parsed::Unreadable(ConfigError {
                 file: file.to_string(),
-                line: doc.first_line,
-            },
-            tls,
-        }))
-    })())
+                line: doc.first_line + e.line - 1,
+                message: e.message,
+                object: None,
+                host: None,
+            });
+        }
+    };
+    if let Some(secret) = object::read_secret(&origin, &value) {
+        return match secret {
+            Ok(c) => Parsed::Credential(c),
+            Err(e) => Parsed::Rejected(e),
+        };
+    }
+    match object::read_object(&origin, &value) {
+        Ok(obj) => Parsed::Object(Arc::new(obj)),
+        Err(e) => Parsed::Rejected(e),
+    }
 }
 
-/// Parse one file. `Err` when the file is not YAML at all (keep its last good content);
+/// One YAML document as the JSON value Kubernetes decodes from it, read exactly as file mode
+/// reads a document: what `kubectl apply` sends the API server.
+pub fn document_json(text: &str) -> Result<serde_json::Value, String> {
+    yaml::to_json(text).map_err(|e| format!("line {}: {}", e.line, e.message))
+}
+
+/// Parse one file. `Err` when none of its documents is YAML (keep its last good content);
 /// otherwise the accepted objects and the per-document rejections.
 pub fn parse_file(file: &str, text: &str) -> Result<FileConfig, Vec<ConfigError>> {
     parse_file_cached(file, text, &mut DocumentCache::default())
@@ -347,6 +125,8 @@ enum Parsed {
     Object(Arc<ConfigObject>),
     Credential(Option<crate::credential::Credential>),
     Rejected(ConfigError),
+    /// Not YAML.
+    Unreadable(ConfigError),
 }
 
 impl Parsed {
@@ -368,22 +148,9 @@ impl Parsed {
             }
             Parsed::Credential(Some(c)) => shift(&mut c.source.line),
             Parsed::Credential(None) => {}
-            Parsed::Rejected(e) => shift(&mut e.line),
+            Parsed::Rejected(e) | Parsed::Unreadable(e) => shift(&mut e.line),
         }
         self
-    }
-}
-
-fn parse_one(file: &str, doc: &Document<'_>, value: serde_yaml::Value) -> Parsed {
-    if let Some(secret) = parse_secret(file, doc, &value) {
-        return match secret {
-            Ok(c) => Parsed::Credential(c),
-            Err(e) => Parsed::Rejected(e),
-        };
-    }
-    match parse_document(file, doc, value) {
-        Ok(obj) => Parsed::Object(Arc::new(obj)),
-        Err(e) => Parsed::Rejected(e),
     }
 }
 
@@ -394,34 +161,16 @@ pub fn parse_file_cached(
     cache: &mut DocumentCache,
 ) -> Result<FileConfig, Vec<ConfigError>> {
     let docs = split_documents(text);
-    // Each new document's YAML is parsed once; the header and the spec are read from that tree.
-    let mut values = Vec::with_capacity(docs.len());
-    let mut syntax_errors = Vec::new();
-    for doc in &docs {
-        if cache.docs.contains_key(doc.text) {
-            values.push(None);
-            continue;
-        }
-        match serde_yaml::from_str::<serde_yaml::Value>(doc.text) {
-            Ok(v) => values.push(Some(v)),
-            Err(e) => syntax_errors.push(yaml_error(file, doc, &e)),
-        }
-    }
-    if !syntax_errors.is_empty() {
-        return Err(syntax_errors);
-    }
     let mut seen: HashMap<String, (usize, Parsed)> = HashMap::with_capacity(docs.len());
     let mut out = FileConfig::default();
-    for (doc, value) in docs.iter().zip(values) {
-        let (text, parsed) = match value {
-            Some(v) => (doc.text.to_string(), parse_one(file, doc, v)),
-            None => match cache.docs.remove_entry(doc.text) {
-                Some((text, (line, p))) => (text, p.moved(line, doc.first_line)),
+    let mut syntax_errors = Vec::new();
+    for doc in &docs {
+        let (text, parsed) = match cache.docs.remove_entry(doc.text) {
+            Some((text, (line, p))) => (text, p.moved(line, doc.first_line)),
+            None => match seen.get(doc.text) {
                 // The same text earlier in this file took the cache's entry.
-                None => {
-                    let (line, p) = seen[doc.text].clone();
-                    (doc.text.to_string(), p.moved(line, doc.first_line))
-                }
+                Some((line, p)) => (doc.text.to_string(), p.clone().moved(*line, doc.first_line)),
+                None => (doc.text.to_string(), parse_one(file, doc)),
             },
         };
         match parsed.clone() {
@@ -429,8 +178,17 @@ pub fn parse_file_cached(
             Parsed::Credential(Some(c)) => out.credentials.push(c),
             Parsed::Credential(None) => {}
             Parsed::Rejected(e) => out.rejected.push(e),
+            Parsed::Unreadable(e) => {
+                syntax_errors.push(e.clone());
+                out.rejected.push(e);
+            }
         }
         seen.entry(text).or_insert((doc.first_line, parsed));
+    }
+    if !docs.is_empty() && syntax_errors.len() == docs.len() {
+        // Nothing of the file reads: keep the cache as it was for the next good save.
+        cache.docs.extend(seen);
+        return Err(syntax_errors);
     }
     cache.docs = seen;
     Ok(out)
@@ -672,29 +430,56 @@ spec: {}
     }
 
     #[test]
-    fn syntax_error_fails_the_file() {
+    fn a_file_that_is_not_yaml_fails_whole() {
         let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: x\n";
         let errs = parse_file("bad.yaml", text).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].file, "bad.yaml");
         assert!(errs[0].line >= 3, "{}", errs[0]);
-        // Only our file-relative position, not serde_yaml's document-relative ones.
-        assert!(!errs[0].message.contains(" at line "), "{}", errs[0]);
+        // Only our file-relative position, not the parser's document-relative one.
+        assert!(!errs[0].message.contains("line "), "{}", errs[0]);
     }
 
+    /// A document that is not YAML (an unclosed flow sequence) is rejected with its own line;
+    /// the file's other documents, before and after it, are kept. An IPv6 address in a flow
+    /// sequence, which once stopped the parser, reads as Kubernetes reads it.
     #[test]
-    fn every_yaml_location_mark_is_stripped() {
-        assert_eq!(
-            strip_location(
-                "did not find expected ',' or ']' at line 2 column 1, while parsing a flow sequence at line 1 column 7"
-            ),
-            "did not find expected ',' or ']', while parsing a flow sequence"
-        );
-        assert_eq!(
-            strip_location("unknown field `x` at line 9"),
-            "unknown field `x`"
-        );
-        assert_eq!(strip_location("see at line foo"), "see at line foo");
+    fn a_syntax_error_rejects_its_document_only() {
+        let text = "\
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: before, namespace: a}
+spec: {}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: broken, namespace: a}
+spec:
+  hosts: [x.example.com]
+  addresses: [1.2.3.4, 2001:db8::1
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: six, namespace: a}
+spec:
+  hosts: [six.example.com]
+  addresses: [1.2.3.4, 2001:db8::1, ::1]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+";
+        let cfg = parse_file("mixed.yaml", text).unwrap();
+        let names: Vec<&str> = cfg.objects.iter().map(|o| o.meta.name.as_str()).collect();
+        assert_eq!(names, ["before", "six"], "{:?}", cfg.rejected);
+        let [e] = &cfg.rejected[..] else {
+            panic!("{:?}", cfg.rejected)
+        };
+        assert_eq!(e.file, "mixed.yaml");
+        assert!((11..=12).contains(&e.line), "{e}");
+        let Spec::ServiceEntry(se) = &cfg.objects[1].spec else {
+            panic!()
+        };
+        assert_eq!(se.addresses, ["1.2.3.4", "2001:db8::1", "::1"]);
     }
 
     #[test]

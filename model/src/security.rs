@@ -20,7 +20,112 @@ pub struct PeerAuthentication {
     pub selector: Option<WorkloadSelector>,
     pub mtls: Option<MutualTls>,
     #[serde(default)]
-    pub port_level_mtls: BTreeMap<u32, MutualTls>,
+    pub port_level_mtls: PortMap<MutualTls>,
+}
+
+/// A map keyed by port number (`portLevelMtls: {8080: ...}`), read from a YAML integer key or
+/// the API server's string key alike. Remembers whether it was written at all: Istio refuses an
+/// empty one, and an absent one is no error.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortMap<T> {
+    ports: BTreeMap<u32, T>,
+    written: bool,
+}
+
+impl<T> Default for PortMap<T> {
+    fn default() -> Self {
+        PortMap {
+            ports: BTreeMap::new(),
+            written: false,
+        }
+    }
+}
+
+impl<T> PortMap<T> {
+    /// Whether the field was in the object (possibly as `{}`).
+    pub fn written(&self) -> bool {
+        self.written
+    }
+}
+
+impl<T> std::ops::Deref for PortMap<T> {
+    type Target = BTreeMap<u32, T>;
+    fn deref(&self) -> &BTreeMap<u32, T> {
+        &self.ports
+    }
+}
+
+impl<T> FromIterator<(u32, T)> for PortMap<T> {
+    fn from_iter<I: IntoIterator<Item = (u32, T)>>(iter: I) -> Self {
+        PortMap {
+            ports: iter.into_iter().collect(),
+            written: true,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for PortMap<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Ports<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Ports<T> {
+            type Value = PortMap<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map from port numbers")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut ports = BTreeMap::new();
+                while let Some(PortKey(port)) = map.next_key()? {
+                    ports.insert(port, map.next_value()?);
+                }
+                Ok(PortMap {
+                    ports,
+                    written: true,
+                })
+            }
+        }
+        d.deserialize_map(Ports(std::marker::PhantomData))
+    }
+}
+
+/// A port number as a map key: `8080` in YAML, `"8080"` in JSON (the API server's spelling).
+struct PortKey(u32);
+
+impl<'de> Deserialize<'de> for PortKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = PortKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<PortKey, E> {
+                u32::try_from(n)
+                    .map(PortKey)
+                    .map_err(|_| E::custom(format!("port {n} is out of range 1-65535")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<PortKey, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom(format!("port {n} is out of range 1-65535")))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PortKey, E> {
+                match s.parse::<u64>() {
+                    Ok(n) if s.bytes().all(|b| b.is_ascii_digit()) => self.visit_u64(n),
+                    _ => Err(E::custom(format!("`{s}` is not a port number"))),
+                }
+            }
+        }
+        d.deserialize_any(Key)
+    }
+}
+
+impl<T: Serialize> Serialize for PortMap<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.ports.serialize(s)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -109,6 +214,12 @@ pub struct Source {
     pub namespaces: Vec<String>,
     #[serde(default)]
     pub not_namespaces: Vec<String>,
+    /// Kubernetes service accounts as `namespace/name` (Istio 1.25+): the peer certificate's
+    /// identity in the mesh's trust domain, without writing SPIFFE IDs.
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
+    #[serde(default)]
+    pub not_service_accounts: Vec<String>,
     #[serde(default)]
     pub ip_blocks: Vec<String>,
     #[serde(default)]
@@ -241,5 +352,15 @@ impl Operation {
 impl Source {
     pub fn is_empty(&self) -> bool {
         *self == Source::default()
+    }
+
+    /// The principal (SPIFFE ID without `spiffe://`, trust domain `cluster.local` standing for
+    /// the mesh's own, as in `principals`) a `serviceAccounts` entry `namespace/name` names.
+    /// `None` when the entry is not of that form (reported by validation).
+    pub fn service_account_principal(entry: &str) -> Option<String> {
+        let (namespace, name) = entry.split_once('/')?;
+        let part_ok = |s: &str| !s.is_empty() && !s.contains('/') && !s.contains('*');
+        (part_ok(namespace) && part_ok(name))
+            .then(|| format!("cluster.local/ns/{namespace}/sa/{name}"))
     }
 }

@@ -6,6 +6,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 mod authz;
+mod entries;
+mod lb;
+mod selector;
 
 pub(crate) use authz::authorization_policy;
 
@@ -324,6 +327,7 @@ fn policy_parts(
         }
     }
     if let Some(lb) = lb {
+        lb::settings(&format!("{at}.loadBalancer"), lb)?;
         if lb.simple.is_some() && lb.consistent_hash.is_some() {
             return Err(format!(
                 "{at}.loadBalancer: simple and consistentHash are mutually exclusive"
@@ -402,42 +406,14 @@ fn traffic_policy(at: &str, tp: &crate::networking::TrafficPolicy) -> Check {
 pub(crate) fn object(obj: &ConfigObject) -> Check {
     match &obj.spec {
         Spec::ServiceEntry(se) => {
-            if se.hosts.is_empty() {
-                return Err("spec.hosts must name at least one host".into());
-            }
-            export_to(&se.export_to)?;
-            for a in &se.addresses {
-                address_or_cidr(a, "spec.addresses")?;
-            }
-            let mut names = BTreeSet::new();
-            for p in &se.ports {
-                port(p.number, "spec.ports")?;
-                if let Some(target) = p.target_port {
-                    port(target, &format!("spec.ports[{}].targetPort", p.name))?;
-                }
-                if !names.insert(&p.name) {
-                    return Err(format!("spec.ports: duplicate port name `{}`", p.name));
-                }
-            }
-            if se.workload_selector.is_some() && !se.endpoints.is_empty() {
-                return Err("spec: workloadSelector and endpoints are mutually exclusive".into());
-            }
-            for (i, e) in se.endpoints.iter().enumerate() {
-                if e.address.is_empty() {
-                    return Err("spec.endpoints: address is required".into());
-                }
-                for (name, p) in &e.ports {
-                    port(*p, &format!("spec.endpoints[{i}].ports.{name}"))?;
-                }
+            entries::service_entry(se)?;
+            if let Some(sel) = &se.workload_selector {
+                selector::labels(&sel.labels, "spec.workloadSelector.labels")?;
             }
         }
         Spec::WorkloadEntry(we) => {
-            if we.address.is_empty() {
-                return Err("spec.address is required".into());
-            }
-            for (name, p) in &we.ports {
-                port(*p, &format!("spec.ports.{name}"))?;
-            }
+            entries::workload(we, "")?;
+            entries::workload_supported(we, "")?;
         }
         Spec::DestinationRule(dr) => {
             if dr.host.is_empty() {
@@ -510,6 +486,9 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
             }
         }
         Spec::Sidecar(sc) => {
+            if let Some(sel) = &sc.workload_selector {
+                selector::labels(&sel.labels, "spec.workloadSelector.labels")?;
+            }
             for (i, l) in sc.ingress.iter().enumerate() {
                 port(l.port.number, &format!("spec.ingress[{i}].port"))?;
                 if let Some(target) = l.port.target_port {
@@ -561,11 +540,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                 }
             }
         }
-        Spec::PeerAuthentication(pa) => {
-            if !pa.port_level_mtls.is_empty() && pa.selector.is_none() {
-                return Err("spec.portLevelMtls requires a workload selector".into());
-            }
-        }
+        Spec::PeerAuthentication(pa) => selector::peer_authentication(pa)?,
         // Never rejected here: a policy that cannot be enforced as written stays in force as a
         // deny-all (see `authorization_policy` below and `MeshConfig`).
         Spec::AuthorizationPolicy(_) => {}
@@ -579,5 +554,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
     Ok(())
 }
 
+#[cfg(test)]
+mod parity_tests;
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,7 @@
 
 pub mod admin_auth;
 pub mod ca_secret;
+pub mod events;
 pub mod index;
 pub mod leader;
 pub mod token;
@@ -57,6 +58,9 @@ pub struct KubeConfig {
     /// The MutatingWebhookConfiguration whose caBundle meshd keeps current (the chart's
     /// `<release>-sidecar-injector-<namespace>`); `None`: none.
     pub webhook_config: Option<String>,
+    /// The ValidatingWebhookConfiguration (Istio config validation) whose caBundle meshd keeps
+    /// current (the chart's `<release>-validator-<namespace>`); `None`: none.
+    pub validating_webhook_config: Option<String>,
     /// How often the leader re-checks the root ConfigMaps and the webhook's caBundle.
     pub resync: Duration,
     /// Serve Gateway `credentialName` from Secrets (watches Secrets cluster-wide).
@@ -88,6 +92,7 @@ impl Default for KubeConfig {
             ca_timeout: Duration::from_secs(120),
             kubeconfig: None,
             webhook_config: Some("meshd-sidecar-injector-meshd-system".into()),
+            validating_webhook_config: Some("meshd-validator-meshd-system".into()),
             resync: Duration::from_secs(30),
             gateway_credentials: true,
             token_review: token::ReviewLimits::default(),
@@ -144,6 +149,8 @@ pub struct Kube {
     namespaces: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
     namespaces_tx: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
     namespace_labels: tokio::sync::watch::Sender<NamespaceLabels>,
+    /// The config the watches build, once they run: its rejections become Events.
+    config: Option<tokio::sync::watch::Receiver<Arc<meshd_model::MeshConfig>>>,
 }
 
 type NamespaceLabels =
@@ -172,6 +179,7 @@ impl Kube {
             namespaces,
             namespaces_tx,
             namespace_labels: tokio::sync::watch::Sender::new(Default::default()),
+            config: None,
         })
     }
 
@@ -217,6 +225,7 @@ impl Kube {
             domain_suffix: self.cfg.domain_suffix.clone(),
             gateway_credentials: self.cfg.gateway_credentials,
         };
+        self.config = Some(out.subscribe());
         let source = watch::KubeSource::start(
             self.client.clone(),
             opts,
@@ -278,8 +287,28 @@ impl Kube {
             self.leader.clone(),
             self.cfg.resync,
         ));
+        if let Some(config) = self.config.take() {
+            tasks.spawn(events::publish_rejections(
+                self.client.clone(),
+                config,
+                self.leader.clone(),
+            ));
+        }
         if let Some(name) = self.cfg.webhook_config.clone() {
-            tasks.spawn(webhook_config::keep_ca_bundle(
+            tasks.spawn(webhook_config::keep_ca_bundle::<
+                k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+            >(
+                self.client.clone(),
+                name,
+                ca.clone(),
+                self.leader.clone(),
+                self.cfg.poll(),
+            ));
+        }
+        if let Some(name) = self.cfg.validating_webhook_config.clone() {
+            tasks.spawn(webhook_config::keep_ca_bundle::<
+                k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+            >(
                 self.client.clone(),
                 name,
                 ca.clone(),

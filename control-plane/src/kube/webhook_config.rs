@@ -1,5 +1,6 @@
-//! Keeps the `caBundle` of meshd's MutatingWebhookConfiguration equal to the mesh's trust
-//! bundle, so the API server trusts the webhook's serving certificate: set on start, restored
+//! Keeps the `caBundle` of meshd's webhook configurations (the injector's
+//! MutatingWebhookConfiguration, the config validator's ValidatingWebhookConfiguration) equal
+//! to the mesh's trust bundle, so the API server trusts the webhook's serving certificate: set on start, restored
 //! when an install or upgrade empties it, and followed through root rotations (both roots while
 //! one is underway).
 //!
@@ -7,7 +8,9 @@
 //! its index, so a configuration reordered meanwhile fails the patch instead of being mangled.
 
 use base64::Engine as _;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use meshd_ca::CertificateAuthority;
@@ -54,8 +57,21 @@ enum Synced {
     Missing,
 }
 
-async fn sync_once(
-    api: &Api<MutatingWebhookConfiguration>,
+/// A webhook configuration kind whose caBundle meshd keeps.
+pub trait WebhookConfiguration:
+    kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+{
+}
+
+impl WebhookConfiguration for MutatingWebhookConfiguration {}
+impl WebhookConfiguration for ValidatingWebhookConfiguration {}
+
+async fn sync_once<K: WebhookConfiguration>(
+    api: &Api<K>,
     name: &str,
     bundle: &str,
 ) -> Result<Synced, kube::Error> {
@@ -74,15 +90,16 @@ async fn sync_once(
 }
 
 /// While this replica leads: every `resync` (and at once when leadership comes), makes the
-/// caBundle of the MutatingWebhookConfiguration `name` the CA's trust bundle.
-pub async fn keep_ca_bundle(
+/// caBundle of the webhook configuration `name` (of kind `K`) the CA's trust bundle.
+pub async fn keep_ca_bundle<K: WebhookConfiguration>(
     client: Client,
     name: String,
     ca: Arc<CertificateAuthority>,
     mut leader: watch::Receiver<bool>,
     resync: Duration,
 ) {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let api: Api<K> = Api::all(client);
+    let kind = K::kind(&());
     let mut last: Option<Synced> = None;
     loop {
         if *leader.borrow_and_update() {
@@ -94,7 +111,7 @@ pub async fn keep_ca_bundle(
                 }
                 Ok(state) => {
                     if state == Synced::Missing && last != Some(Synced::Missing) {
-                        tracing::info!(webhook_config = %name, "no MutatingWebhookConfiguration of that name yet; its caBundle is set once it exists");
+                        tracing::info!(webhook_config = %name, %kind, "no webhook configuration of that name yet; its caBundle is set once it exists");
                     }
                     last = Some(state);
                 }

@@ -47,6 +47,25 @@ fn each(values: &[String], what: &str, check: fn(&str, &str) -> Check, out: &mut
     }
 }
 
+/// A `serviceAccounts` entry: `namespace/name`, exactly, no wildcard.
+fn service_account_value(v: &str, what: &str) -> Check {
+    if v.len() > MAX_SERVICE_ACCOUNT_LEN {
+        return Err(format!(
+            "{what}: {} characters, at most {MAX_SERVICE_ACCOUNT_LEN} allowed",
+            v.len()
+        ));
+    }
+    match crate::security::Source::service_account_principal(v) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{what}: `{v}` is not namespace/serviceaccount (one `/`, no wildcard)"
+        )),
+    }
+}
+
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+const MAX_SERVICE_ACCOUNT_LEN: usize = 320;
+
 fn cidr_value(v: &str, what: &str) -> Check {
     address_or_cidr(v, what)
 }
@@ -76,6 +95,11 @@ pub(crate) fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
         }
         _ => {}
     }
+    if let Some(sel) = &ap.selector
+        && let Err(e) = super::selector::labels(&sel.labels, "spec.selector.matchLabels")
+    {
+        out.push(e);
+    }
     if !ap.target_refs.is_empty() {
         out.push(
             "spec.targetRefs: not supported (meshd attaches policies to sidecars by selector)"
@@ -93,6 +117,27 @@ pub(crate) fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
             if !s.request_principals.is_empty() {
                 out.push(format!("{at}.requestPrincipals: {NO_JWT}"));
             }
+            let by_account = !(s.service_accounts.is_empty() && s.not_service_accounts.is_empty());
+            let by_identity = !(s.principals.is_empty()
+                && s.not_principals.is_empty()
+                && s.namespaces.is_empty()
+                && s.not_namespaces.is_empty());
+            if by_account && by_identity {
+                out.push(format!(
+                    "{at}: serviceAccounts cannot be set together with principals or namespaces (or their not-forms)"
+                ));
+            }
+            for (name, list) in [
+                ("serviceAccounts", &s.service_accounts),
+                ("notServiceAccounts", &s.not_service_accounts),
+            ] {
+                if list.len() > MAX_SERVICE_ACCOUNTS {
+                    out.push(format!(
+                        "{at}.{name}: {} entries, at most {MAX_SERVICE_ACCOUNTS} allowed",
+                        list.len()
+                    ));
+                }
+            }
             if !s.not_request_principals.is_empty() {
                 out.push(format!("{at}.notRequestPrincipals: {NO_JWT}"));
             }
@@ -105,6 +150,16 @@ pub(crate) fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
                 ("notPrincipals", &s.not_principals, wildcard_value),
                 ("namespaces", &s.namespaces, wildcard_value),
                 ("notNamespaces", &s.not_namespaces, wildcard_value),
+                (
+                    "serviceAccounts",
+                    &s.service_accounts,
+                    service_account_value,
+                ),
+                (
+                    "notServiceAccounts",
+                    &s.not_service_accounts,
+                    service_account_value,
+                ),
                 ("ipBlocks", &s.ip_blocks, cidr_value),
                 ("notIpBlocks", &s.not_ip_blocks, cidr_value),
                 ("remoteIpBlocks", &s.remote_ip_blocks, cidr_value),

@@ -127,11 +127,11 @@ fn hostile_scalars_are_rejected_with_their_field() {
         (
             "ServiceEntry",
             "  hosts: [b]\n  ports: [{number: 80, name: http, targetPort: 65536}]\n".into(),
-            "spec.ports[http].targetPort",
+            "spec.ports[0].targetPort",
         ),
         (
             "ServiceEntry",
-            "  hosts: [b]\n  ports: [{number: 80, name: http}]\n  endpoints: [{address: 10.0.0.1, ports: {http: 0}}]\n".into(),
+            "  hosts: [b]\n  ports: [{number: 80, name: http}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.1, ports: {http: 0}}]\n".into(),
             "spec.endpoints[0].ports.http",
         ),
         (

@@ -128,6 +128,20 @@ pub const CASES: &[Case] = &[
         e2e: Some((a(), b())),
     },
     Case {
+        name: "service-accounts",
+        spec: "rules: [{from: [{source: {serviceAccounts: [authz/client-a]}}]}]",
+        envoy: r#"{"permissions": [{"any": true}], "principals": [{"authenticated": {"principal_name": {"exact": "spiffe://cluster.local/ns/authz/sa/client-a"}}}]}"#,
+        e2e: Some((a(), b())),
+    },
+    Case {
+        name: "not-service-accounts",
+        spec: "rules: [{from: [{source: {notServiceAccounts: [outside/client-b, authz/x]}}]}]",
+        envoy: r#"{"permissions": [{"any": true}], "principals": [{"not_id": {"or_ids": {"ids": [
+            {"authenticated": {"principal_name": {"exact": "spiffe://cluster.local/ns/outside/sa/client-b"}}},
+            {"authenticated": {"principal_name": {"exact": "spiffe://cluster.local/ns/authz/sa/x"}}}]}}}]}"#,
+        e2e: Some((a(), b())),
+    },
+    Case {
         name: "namespaces",
         spec: "rules: [{from: [{source: {namespaces: [authz]}}]}]",
         envoy: r#"{"permissions": [{"any": true}], "principals": [{"authenticated": {"principal_name": {"safe_regex": {"regex": ".*/ns/authz/.*"}}}}]}"#,

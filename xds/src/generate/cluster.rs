@@ -4,17 +4,10 @@
 use super::common::*;
 use super::{GenOptions, Index};
 use crate::resource::any;
-use envoy_types::pb::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, circuit_breakers, cluster,
-};
-use envoy_types::pb::envoy::config::core::v3::{
-    Metadata, RoutingPriority, TcpKeepalive as EnvoyKeepalive, TransportSocket,
-};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{Metadata, TransportSocket};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
-};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    HttpProtocolOptions, http_protocol_options,
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use meshd_model::networking::{
@@ -25,6 +18,10 @@ use meshd_model::registry::{Endpoint, Port, Service, selector_matches};
 use meshd_model::security::MtlsMode;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+#[path = "cluster_policy.rs"]
+mod policy;
+use policy::{circuit_breakers, keepalive, lb_policy, outlier, protocol_options, speaks_h2};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
@@ -92,155 +89,6 @@ impl EffectivePolicy {
         }
         p
     }
-}
-
-fn lb_policy(lb: Option<&LoadBalancerSettings>) -> cluster::LbPolicy {
-    match lb.and_then(|l| l.simple) {
-        Some(SimpleLb::RoundRobin) => cluster::LbPolicy::RoundRobin,
-        Some(SimpleLb::Random) => cluster::LbPolicy::Random,
-        Some(SimpleLb::Passthrough) => cluster::LbPolicy::ClusterProvided,
-        _ if lb.is_some_and(|l| l.consistent_hash.is_some()) => cluster::LbPolicy::RingHash,
-        // Istio's default since 1.14.
-        _ => cluster::LbPolicy::LeastRequest,
-    }
-}
-
-fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
-    let tcp = pool.and_then(|p| p.tcp.as_ref());
-    let http = pool.and_then(|p| p.http.as_ref());
-    // Istio lifts Envoy's small defaults (1024) to "unlimited" unless the rule says otherwise.
-    let unlimited = u32::MAX;
-    CircuitBreakers {
-        thresholds: vec![circuit_breakers::Thresholds {
-            priority: RoutingPriority::Default as i32,
-            max_connections: u32v(tcp.and_then(|t| t.max_connections).unwrap_or(unlimited)),
-            max_pending_requests: u32v(
-                http.and_then(|h| h.http1_max_pending_requests)
-                    .unwrap_or(unlimited),
-            ),
-            max_requests: u32v(http.and_then(|h| h.http2_max_requests).unwrap_or(unlimited)),
-            max_retries: u32v(http.and_then(|h| h.max_retries).unwrap_or(unlimited)),
-            track_remaining: true,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn outlier(od: &OutlierDetection) -> EnvoyOutlier {
-    let consecutive_5xx = od.consecutive_5xx_errors.or(od.consecutive_errors);
-    EnvoyOutlier {
-        consecutive_5xx: consecutive_5xx.and_then(u32v),
-        enforcing_consecutive_5xx: u32v(if consecutive_5xx.unwrap_or(0) > 0 {
-            100
-        } else {
-            0
-        }),
-        consecutive_gateway_failure: od.consecutive_gateway_errors.and_then(u32v),
-        enforcing_consecutive_gateway_failure: u32v(
-            if od.consecutive_gateway_errors.unwrap_or(0) > 0 {
-                100
-            } else {
-                0
-            },
-        ),
-        consecutive_local_origin_failure: od.consecutive_local_origin_failures.and_then(u32v),
-        enforcing_consecutive_local_origin_failure: od
-            .consecutive_local_origin_failures
-            .map(|_| 100)
-            .and_then(u32v),
-        split_external_local_origin_errors: od.split_external_local_origin_errors.unwrap_or(false),
-        interval: od.interval.map(duration),
-        base_ejection_time: od.base_ejection_time.map(duration),
-        max_ejection_percent: od.max_ejection_percent.and_then(u32v),
-        enforcing_success_rate: u32v(0),
-        ..Default::default()
-    }
-}
-
-/// Whether the sidecar speaks HTTP/2 to this destination port: HTTP2/gRPC ports, or
-/// `h2UpgradePolicy: UPGRADE`.
-fn speaks_h2(pool: Option<&ConnectionPoolSettings>, port: &Port) -> bool {
-    matches!(
-        port.protocol,
-        meshd_model::registry::Protocol::Http2 | meshd_model::registry::Protocol::Grpc
-    ) || pool
-        .and_then(|p| p.http.as_ref())
-        .and_then(|h| h.h2_upgrade_policy.as_deref())
-        == Some("UPGRADE")
-}
-
-fn protocol_options(
-    pool: Option<&ConnectionPoolSettings>,
-    port: &Port,
-) -> Option<(String, envoy_types::pb::google::protobuf::Any)> {
-    use envoy_types::pb::envoy::config::core::v3::{
-        Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttp,
-    };
-    let http = pool.and_then(|p| p.http.as_ref());
-    let tcp = pool.and_then(|p| p.tcp.as_ref());
-    if !port.protocol.is_http() {
-        return None;
-    }
-    let protocol_config = if speaks_h2(pool, port) {
-        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-            Http2ProtocolOptions {
-                max_concurrent_streams: http.and_then(|h| h.max_concurrent_streams).and_then(u32v),
-                ..Default::default()
-            },
-        )
-    } else {
-        http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
-            Http1ProtocolOptions::default(),
-        )
-    };
-    let opts = HttpProtocolOptions {
-        common_http_protocol_options: Some(CommonHttp {
-            idle_timeout: http.and_then(|h| h.idle_timeout).map(duration),
-            max_requests_per_connection: http
-                .and_then(|h| h.max_requests_per_connection)
-                .filter(|n| *n > 0)
-                .and_then(u32v),
-            max_connection_duration: tcp.and_then(|t| t.max_connection_duration).map(duration),
-            ..Default::default()
-        }),
-        upstream_protocol_options: Some(
-            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(protocol_config),
-                },
-            ),
-        ),
-        ..Default::default()
-    };
-    Some((
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-        any(&opts),
-    ))
-}
-
-fn keepalive(
-    pool: Option<&ConnectionPoolSettings>,
-) -> Option<envoy_types::pb::envoy::config::cluster::v3::UpstreamConnectionOptions> {
-    let ka = pool
-        .and_then(|p| p.tcp.as_ref())
-        .and_then(|t| t.tcp_keepalive.as_ref())?;
-    Some(
-        envoy_types::pb::envoy::config::cluster::v3::UpstreamConnectionOptions {
-            tcp_keepalive: Some(EnvoyKeepalive {
-                keepalive_probes: ka.probes.and_then(u32v),
-                keepalive_time: ka.time.map(saturating_secs).and_then(u32v),
-                keepalive_interval: ka.interval.map(saturating_secs).and_then(u32v),
-            }),
-            ..Default::default()
-        },
-    )
-}
-
-/// Whole seconds as Envoy's 32-bit fields hold them: a longer duration is the longest one, not
-/// its low bits (`as u32` turned 2^32 s into 0, keepalive off).
-fn saturating_secs(d: std::time::Duration) -> u32 {
-    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
 pub fn sni(port: u32, subset: &str, host: &str) -> String {
@@ -426,6 +274,7 @@ pub fn outbound_with_rule(
             },
         ));
     }
+    super::slow_start::apply(&mut c, policy.load_balancer.as_ref());
     let tls = client_tls(svc, &policy, port, subset_name, opts);
     let auto_mtls = matches!(tls, ClientTls::Auto(_));
     match tls {
@@ -665,227 +514,5 @@ pub fn endpoint_accepts_mtls(mode: MtlsMode) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::generate::{GenOptions, MeshSnapshot};
-    use meshd_model::{MeshConfig, parse_file};
-    use prost::Message;
-    use std::sync::Arc;
-
-    const SE: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: x, namespace: ns}
-spec:
-  hosts: [x.ns.svc.cluster.local]
-  addresses: [10.96.0.9]
-  ports:
-  - {number: 8080, name: http, protocol: HTTP}
-  - {number: 9090, name: http-admin, protocol: HTTP}
-  resolution: STATIC
-  workloadSelector: {labels: {app: x}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: x-v2, namespace: ns}
-spec: {address: 10.44.0.9, labels: {app: x, version: v2}}
----
-"#;
-
-    /// Durations past what Envoy's fields hold become the largest value, never wrap: a
-    /// keepalive of 2^32 s was 0 (off), and an i64 overflow a negative Duration Envoy refuses.
-    #[test]
-    fn long_durations_saturate_instead_of_wrapping() {
-        let huge = std::time::Duration::from_secs(1 << 32);
-        assert_eq!(saturating_secs(huge), u32::MAX);
-        assert_eq!(saturating_secs(std::time::Duration::from_secs(7)), 7);
-        let max = meshd_model::duration::MAX_SECONDS as i64;
-        assert_eq!(
-            duration(std::time::Duration::from_secs(u64::MAX)).seconds,
-            max
-        );
-        assert_eq!(duration(std::time::Duration::new(max as u64, 5)).nanos, 5);
-    }
-
-    fn mesh(yaml: &str) -> MeshConfig {
-        let file = parse_file("t.yaml", &format!("{SE}{yaml}")).unwrap();
-        MeshConfig::assemble([&file])
-    }
-
-    fn clusters(yaml: &str) -> BTreeMap<String, Cluster> {
-        let config = mesh(yaml);
-        assert!(config.rejected.is_empty(), "{:?}", config.rejected);
-        let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
-        snap.clusters
-            .iter()
-            .map(|(n, r)| (n.clone(), Cluster::decode(r.value().as_ref()).unwrap()))
-            .collect()
-    }
-
-    #[test]
-    fn destination_rule_fields_reach_the_cluster() {
-        let c = clusters(
-            r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: x, namespace: ns}
-spec:
-  host: x
-  trafficPolicy:
-    loadBalancer: {simple: RANDOM}
-    connectionPool:
-      tcp:
-        maxConnections: 7
-        connectTimeout: 3s
-        maxConnectionDuration: 1h
-        tcpKeepalive: {probes: 3, time: 60s, interval: 10s}
-      http:
-        http1MaxPendingRequests: 8
-        http2MaxRequests: 9
-        maxRequestsPerConnection: 10
-        maxRetries: 4
-        idleTimeout: 30s
-    outlierDetection:
-      consecutive5xxErrors: 6
-      consecutiveGatewayErrors: 2
-      consecutiveLocalOriginFailures: 3
-      splitExternalLocalOriginErrors: true
-      interval: 5s
-      baseEjectionTime: 45s
-      maxEjectionPercent: 20
-      minHealthPercent: 40
-    portLevelSettings:
-    - port: {number: 9090}
-      loadBalancer: {simple: ROUND_ROBIN}
-  subsets:
-  - name: v2
-    labels: {version: v2}
-    trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}
-"#,
-        );
-        let main = &c["outbound|8080||x.ns.svc.cluster.local"];
-        assert_eq!(main.lb_policy, cluster::LbPolicy::Random as i32);
-        assert_eq!(main.connect_timeout.unwrap().seconds, 3);
-        let t = &main.circuit_breakers.as_ref().unwrap().thresholds[0];
-        assert_eq!(t.max_connections.unwrap().value, 7);
-        assert_eq!(t.max_pending_requests.unwrap().value, 8);
-        assert_eq!(t.max_requests.unwrap().value, 9);
-        assert_eq!(t.max_retries.unwrap().value, 4);
-        let ka = main
-            .upstream_connection_options
-            .as_ref()
-            .unwrap()
-            .tcp_keepalive
-            .as_ref()
-            .unwrap();
-        assert_eq!(ka.keepalive_probes.unwrap().value, 3);
-        assert_eq!(ka.keepalive_time.unwrap().value, 60);
-        assert_eq!(ka.keepalive_interval.unwrap().value, 10);
-        let opts = HttpProtocolOptions::decode(
-            main.typed_extension_protocol_options
-                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-                .value
-                .as_slice(),
-        )
-        .unwrap();
-        let common = opts.common_http_protocol_options.unwrap();
-        assert_eq!(common.idle_timeout.unwrap().seconds, 30);
-        assert_eq!(common.max_requests_per_connection.unwrap().value, 10);
-        assert_eq!(common.max_connection_duration.unwrap().seconds, 3600);
-        let od = main.outlier_detection.as_ref().unwrap();
-        assert_eq!(od.consecutive_5xx.unwrap().value, 6);
-        assert_eq!(od.consecutive_gateway_failure.unwrap().value, 2);
-        assert_eq!(od.enforcing_consecutive_gateway_failure.unwrap().value, 100);
-        assert_eq!(od.consecutive_local_origin_failure.unwrap().value, 3);
-        assert!(od.split_external_local_origin_errors);
-        assert_eq!(od.interval.unwrap().seconds, 5);
-        assert_eq!(od.base_ejection_time.unwrap().seconds, 45);
-        assert_eq!(od.max_ejection_percent.unwrap().value, 20);
-        let panic = main.common_lb_config.as_ref().unwrap();
-        assert_eq!(panic.healthy_panic_threshold.as_ref().unwrap().value, 40.0);
-
-        // Port-level settings override for their port only.
-        let admin = &c["outbound|9090||x.ns.svc.cluster.local"];
-        assert_eq!(admin.lb_policy, cluster::LbPolicy::RoundRobin as i32);
-        let t = &admin.circuit_breakers.as_ref().unwrap().thresholds[0];
-        assert_eq!(t.max_connections.unwrap().value, 7);
-
-        // A subset's connectionPool replaces the rule's (Istio's merge), the rest is inherited.
-        let v2 = &c["outbound|8080|v2|x.ns.svc.cluster.local"];
-        let t = &v2.circuit_breakers.as_ref().unwrap().thresholds[0];
-        assert_eq!(t.max_connections.unwrap().value, 1);
-        assert_eq!(t.max_pending_requests.unwrap().value, u32::MAX);
-        assert_eq!(v2.lb_policy, cluster::LbPolicy::Random as i32);
-    }
-
-    #[test]
-    fn consistent_hash_is_ring_hash_and_passthrough_is_original_dst() {
-        let c = clusters(
-            r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: x, namespace: ns}
-spec:
-  host: x.ns.svc.cluster.local
-  trafficPolicy:
-    loadBalancer: {consistentHash: {httpHeaderName: x-user, minimumRingSize: 2048}}
-    portLevelSettings:
-    - port: {number: 9090}
-      loadBalancer: {simple: PASSTHROUGH}
-"#,
-        );
-        let main = &c["outbound|8080||x.ns.svc.cluster.local"];
-        assert_eq!(main.lb_policy, cluster::LbPolicy::RingHash as i32);
-        match &main.lb_config {
-            Some(cluster::LbConfig::RingHashLbConfig(r)) => {
-                assert_eq!(r.minimum_ring_size.unwrap().value, 2048)
-            }
-            other => panic!("{other:?}"),
-        }
-        let admin = &c["outbound|9090||x.ns.svc.cluster.local"];
-        assert_eq!(
-            admin.cluster_discovery_type,
-            Some(cluster::ClusterDiscoveryType::Type(
-                cluster::DiscoveryType::OriginalDst as i32
-            ))
-        );
-    }
-
-    #[test]
-    fn unsupported_policy_fields_are_reported() {
-        for (field, want) in [
-            (
-                "connectionPool: {http: {useClientProtocol: true}}",
-                "useClientProtocol",
-            ),
-            (
-                "connectionPool: {http: {h2UpgradePolicy: SOMETIMES}}",
-                "SOMETIMES",
-            ),
-            ("tls: {mode: SIMPLE, credentialName: c}", "credentialName"),
-            (
-                "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",
-                "mutually exclusive",
-            ),
-        ] {
-            let config = mesh(&format!(
-                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: x, namespace: ns}}\nspec:\n  host: x\n  trafficPolicy: {{{field}}}\n"
-            ));
-            assert_eq!(config.rejected.len(), 1, "{field}");
-            assert!(
-                config.rejected[0].reason.contains(want),
-                "{field}: {}",
-                config.rejected[0]
-            );
-        }
-        // exportTo is served (generate/visibility_tests.rs); only a malformed one is reported.
-        let config = mesh(
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: ns}\nspec:\n  host: x\n  exportTo: [.]\n",
-        );
-        assert!(config.rejected.is_empty(), "{:?}", config.rejected);
-        let config = mesh(
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: ns}\nspec:\n  host: x\n  exportTo: [\"a/b\"]\n",
-        );
-        assert!(config.rejected[0].reason.contains("exportTo"));
-    }
-}
+#[path = "cluster_tests.rs"]
+mod tests;

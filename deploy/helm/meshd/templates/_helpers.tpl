@@ -25,6 +25,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
 {{ .Release.Name }}-sidecar-injector-{{ .Release.Namespace }}
 {{- end -}}
 
+{{- define "meshd.validatorName" -}}
+{{ .Release.Name }}-validator-{{ .Release.Namespace }}
+{{- end -}}
+
 {{- define "meshd.xdsAddress" -}}
 {{ .Values.serviceName }}.{{ .Release.Namespace }}.svc:{{ .Values.ports.xdsTLS }}
 {{- end -}}

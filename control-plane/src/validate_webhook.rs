@@ -1,0 +1,168 @@
+//! Istio's config validation as an admission webhook (`POST /validate` on the webhook port, as
+//! istiod serves it): an Istio object under review is read by the same code the Kubernetes
+//! watches use, so `kubectl apply` of an object meshd would reject fails with meshd's message
+//! naming the field, and `meshd analyze`, the watches and the webhook never disagree. Valid
+//! fields meshd does not act on yet come back as admission warnings.
+//!
+//! Only each object on its own is judged here, as Istio's webhook does: what depends on other
+//! objects (a route to a subset no DestinationRule defines) is reported by the watches and
+//! `meshd analyze`, because the other object may simply not be written yet.
+
+use crate::kube::index::IstioObject;
+use meshd_model::{FileConfig, Kind, MeshConfig};
+use serde_json::{Value, json};
+
+/// The AdmissionReview answering `body`, and its HTTP status.
+pub fn review(body: &[u8]) -> (u16, Value) {
+    let refused = |uid: &str, code: u16, message: String| {
+        (
+            code,
+            answer(json!({
+                "uid": uid,
+                "allowed": false,
+                "status": {"code": code, "message": message},
+            })),
+        )
+    };
+    let review: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return refused("", 400, format!("request body is not JSON: {e}")),
+    };
+    let Some(request) = review.get("request").filter(|r| r.is_object()) else {
+        return refused("", 400, "AdmissionReview has no request".into());
+    };
+    let uid = request["uid"].as_str().unwrap_or_default();
+    let allowed = |warnings: Vec<String>| {
+        let mut response = json!({"uid": uid, "allowed": true});
+        if !warnings.is_empty() {
+            response["warnings"] = json!(warnings);
+        }
+        (200, answer(response))
+    };
+    // A deletion removes config; nothing to judge.
+    if request["operation"].as_str() == Some("DELETE") {
+        return allowed(vec![]);
+    }
+    let Some(kind) = request["kind"]["kind"].as_str().and_then(Kind::from_name) else {
+        // Not a kind meshd reads (the webhook's rules should not send it): not meshd's call.
+        return allowed(vec![]);
+    };
+    let object = &request["object"];
+    if !object.is_object() {
+        return refused(uid, 400, "AdmissionReview request has no object".into());
+    }
+    let read = IstioObject::parse(kind, object);
+    match read.parsed {
+        // A verdict, not a failed call: the API server reads refusals from a 200 answer.
+        Err(rejected) => {
+            let (_, answer) = refused(uid, 400, rejected.to_string());
+            (200, answer)
+        }
+        Ok(obj) => {
+            let file = FileConfig {
+                objects: vec![obj],
+                ..FileConfig::default()
+            };
+            let warnings = MeshConfig::assemble([&file])
+                .warnings
+                .iter()
+                .map(|w| w.reason.clone())
+                .collect();
+            allowed(warnings)
+        }
+    }
+}
+
+fn answer(response: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": response,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review_of(kind: &str, operation: &str, object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "networking.istio.io", "version": "v1", "kind": kind},
+                "operation": operation,
+                "namespace": "shop",
+                "object": object,
+            }
+        }))
+        .unwrap()
+    }
+
+    fn destination_rule(lb: Value) -> Value {
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "cart", "namespace": "shop"},
+            "spec": {"host": "cart", "trafficPolicy": {"loadBalancer": lb}},
+        })
+    }
+
+    #[test]
+    fn an_invalid_object_is_refused_with_the_field_that_is_wrong() {
+        let vs = json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"hosts": ["web"], "http": [{
+                "route": [{"destination": {"host": "web"}}],
+                "timeout": "99999999999999999999s",
+            }]},
+        });
+        let (code, answer) = review(&review_of("VirtualService", "CREATE", vs));
+        assert_eq!(code, 200, "a verdict the API server reads");
+        let r = &answer["response"];
+        assert_eq!(r["uid"], "u-1");
+        assert_eq!(r["allowed"], false);
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(message.contains("shop/web"), "{message}");
+        assert!(message.contains("spec.http[0].timeout"), "{message}");
+    }
+
+    #[test]
+    fn a_valid_object_is_allowed_and_unapplied_fields_are_warnings() {
+        let plain = destination_rule(json!({"simple": "ROUND_ROBIN"}));
+        let (code, answer) = review(&review_of("DestinationRule", "CREATE", plain));
+        assert_eq!(code, 200);
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("warnings").is_none(), "{answer}");
+
+        let locality = destination_rule(json!({"localityLbSetting": {"enabled": true}}));
+        let (code, answer) = review(&review_of("DestinationRule", "UPDATE", locality));
+        assert_eq!(code, 200);
+        assert_eq!(answer["response"]["allowed"], true);
+        let warnings = answer["response"]["warnings"].as_array().unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("localityLbSetting")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn deletions_other_kinds_and_hostile_bodies() {
+        let (code, answer) = review(&review_of("VirtualService", "DELETE", Value::Null));
+        assert_eq!((code, &answer["response"]["allowed"]), (200, &json!(true)));
+        let (code, answer) = review(&review_of("Pod", "CREATE", json!({})));
+        assert_eq!((code, &answer["response"]["allowed"]), (200, &json!(true)));
+        for body in [&b"{["[..], b"{}", b"[]", b"null"] {
+            let (code, answer) = review(body);
+            assert_eq!(code, 400, "{answer}");
+            assert_eq!(answer["response"]["allowed"], false);
+        }
+        let (code, _) = review(&review_of("VirtualService", "CREATE", json!("text")));
+        assert_eq!(code, 400);
+    }
+}

@@ -1,0 +1,154 @@
+//! Valid fields meshd accepts but does not act on yet: the object stays in force (dropping it
+//! would drop what it does implement, and every route to its subsets), and each such field is
+//! reported beside the rejections, never ignored silently.
+
+use crate::mesh::{MeshConfig, Rejected};
+use crate::networking::{LoadBalancerSettings, SimpleLb, TrafficPolicy};
+use crate::{ConfigObject, Spec};
+
+fn lb_notes(at: &str, lb: &LoadBalancerSettings, out: &mut Vec<String>) {
+    if lb.locality_lb_setting.is_some() {
+        out.push(format!(
+            "{at}.localityLbSetting is accepted but not applied: meshd does not do locality-aware load balancing yet"
+        ));
+    }
+    let slow_start_capable = lb.consistent_hash.is_none()
+        && matches!(
+            lb.simple,
+            None | Some(SimpleLb::Unspecified | SimpleLb::LeastRequest | SimpleLb::RoundRobin)
+        );
+    if lb.warmup_window().is_some() && !slow_start_capable {
+        out.push(format!(
+            "{at}: warmup applies to ROUND_ROBIN and LEAST_REQUEST only; it has no effect with this policy"
+        ));
+    }
+}
+
+fn policy_notes(at: &str, tp: &TrafficPolicy, out: &mut Vec<String>) {
+    if let Some(lb) = &tp.load_balancer {
+        lb_notes(&format!("{at}.loadBalancer"), lb, out);
+    }
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        if let Some(lb) = &pl.load_balancer {
+            lb_notes(
+                &format!("{at}.portLevelSettings[{i}].loadBalancer"),
+                lb,
+                out,
+            );
+        }
+    }
+}
+
+fn notes(o: &ConfigObject) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Spec::DestinationRule(dr) = &o.spec {
+        if let Some(tp) = &dr.traffic_policy {
+            policy_notes("spec.trafficPolicy", tp, &mut out);
+        }
+        for (i, s) in dr.subsets.iter().enumerate() {
+            if let Some(tp) = &s.traffic_policy {
+                policy_notes(&format!("spec.subsets[{i}].trafficPolicy"), tp, &mut out);
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn warnings(mesh: &MeshConfig) -> Vec<Rejected> {
+    mesh.objects
+        .values()
+        .flat_map(|o| {
+            notes(o).into_iter().map(|reason| Rejected {
+                file: o.source.file.clone(),
+                line: o.source.line,
+                kind: Some(o.kind()),
+                namespace: Some(o.meta.namespace().to_string()),
+                name: Some(o.meta.name.clone()),
+                reason,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{MeshConfig, parse_file};
+
+    const ROUTE: &str = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart]
+  http:
+  - route:
+    - {destination: {host: cart, subset: v1}, weight: 90}
+    - {destination: {host: cart, subset: v2}, weight: 10}
+";
+
+    fn rule(load_balancer: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: cart, namespace: shop}}\nspec:\n  host: cart\n  trafficPolicy:\n    loadBalancer: {load_balancer}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n{ROUTE}"
+        )
+    }
+
+    /// A DestinationRule with localityLbSetting or warmup is kept (it once was dropped, and
+    /// every VirtualService routing to its subsets with it); a field meshd does not act on is a
+    /// warning naming the object and the field.
+    #[test]
+    fn valid_fields_meshd_does_not_apply_warn_and_nothing_is_dropped() {
+        for lb in [
+            "{localityLbSetting: {failover: [{from: us-east, to: eu-west}]}}",
+            "{warmup: {duration: 60s}}",
+            "{simple: RANDOM, warmupDurationSecs: 60s}",
+        ] {
+            let file = parse_file("cart.yaml", &rule(lb)).unwrap();
+            let mesh = MeshConfig::assemble([&file]);
+            assert!(mesh.rejected.is_empty(), "{lb}: {:?}", mesh.rejected);
+            assert_eq!(mesh.destination_rules().count(), 1, "{lb}");
+            assert_eq!(mesh.virtual_services().count(), 1, "{lb}");
+            let warned: Vec<String> = mesh.warnings.iter().map(|w| w.to_string()).collect();
+            match lb {
+                l if l.contains("locality") => {
+                    let [w] = &warned[..] else {
+                        panic!("{warned:?}")
+                    };
+                    assert!(
+                        w.contains("DestinationRule shop/cart: spec.trafficPolicy.loadBalancer.localityLbSetting"),
+                        "{w}"
+                    );
+                }
+                l if l.contains("RANDOM") => {
+                    let [w] = &warned[..] else {
+                        panic!("{warned:?}")
+                    };
+                    assert!(
+                        w.contains("warmup applies to ROUND_ROBIN and LEAST_REQUEST"),
+                        "{w}"
+                    );
+                }
+                _ => assert!(warned.is_empty(), "{warned:?}"),
+            }
+        }
+    }
+
+    /// A route to the subsets of a DestinationRule that was rejected names that rule and why,
+    /// instead of claiming no rule defines the subset.
+    #[test]
+    fn a_route_to_a_rejected_rules_subsets_says_it_was_rejected() {
+        let file = parse_file("cart.yaml", &rule("{simple: SOMETIMES}")).unwrap();
+        let mesh = MeshConfig::assemble([&file]);
+        let vs = mesh
+            .rejected
+            .iter()
+            .find(|r| r.kind == Some(crate::Kind::VirtualService))
+            .expect("the route is rejected");
+        let shown = vs.to_string();
+        assert!(
+            shown.contains("route to subset `v1` of cart.shop.svc.cluster.local: DestinationRule shop/cart was rejected: spec.trafficPolicy.loadBalancer.simple"),
+            "{shown}"
+        );
+        assert!(shown.contains("SOMETIMES"), "{shown}");
+        assert!(!shown.contains("no DestinationRule defines"), "{shown}");
+    }
+}

@@ -1,0 +1,165 @@
+//! A DestinationRule's traffic policy as Envoy cluster settings: load balancer, connection-pool
+//! limits as circuit breakers, outlier detection, HTTP/2 and keepalive protocol options.
+
+use crate::generate::common::*;
+use crate::resource::any;
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, OutlierDetection as EnvoyOutlier, circuit_breakers, cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{RoutingPriority, TcpKeepalive as EnvoyKeepalive};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use meshd_model::networking::{
+    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, SimpleLb,
+};
+use meshd_model::registry::Port;
+
+pub(super) fn lb_policy(lb: Option<&LoadBalancerSettings>) -> cluster::LbPolicy {
+    match lb.and_then(|l| l.simple) {
+        Some(SimpleLb::RoundRobin) => cluster::LbPolicy::RoundRobin,
+        Some(SimpleLb::Random) => cluster::LbPolicy::Random,
+        Some(SimpleLb::Passthrough) => cluster::LbPolicy::ClusterProvided,
+        _ if lb.is_some_and(|l| l.consistent_hash.is_some()) => cluster::LbPolicy::RingHash,
+        // Istio's default since 1.14.
+        _ => cluster::LbPolicy::LeastRequest,
+    }
+}
+
+pub(super) fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    // Istio lifts Envoy's small defaults (1024) to "unlimited" unless the rule says otherwise.
+    let unlimited = u32::MAX;
+    CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            priority: RoutingPriority::Default as i32,
+            max_connections: u32v(tcp.and_then(|t| t.max_connections).unwrap_or(unlimited)),
+            max_pending_requests: u32v(
+                http.and_then(|h| h.http1_max_pending_requests)
+                    .unwrap_or(unlimited),
+            ),
+            max_requests: u32v(http.and_then(|h| h.http2_max_requests).unwrap_or(unlimited)),
+            max_retries: u32v(http.and_then(|h| h.max_retries).unwrap_or(unlimited)),
+            track_remaining: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+pub(super) fn outlier(od: &OutlierDetection) -> EnvoyOutlier {
+    let consecutive_5xx = od.consecutive_5xx_errors.or(od.consecutive_errors);
+    EnvoyOutlier {
+        consecutive_5xx: consecutive_5xx.and_then(u32v),
+        enforcing_consecutive_5xx: u32v(if consecutive_5xx.unwrap_or(0) > 0 {
+            100
+        } else {
+            0
+        }),
+        consecutive_gateway_failure: od.consecutive_gateway_errors.and_then(u32v),
+        enforcing_consecutive_gateway_failure: u32v(
+            if od.consecutive_gateway_errors.unwrap_or(0) > 0 {
+                100
+            } else {
+                0
+            },
+        ),
+        consecutive_local_origin_failure: od.consecutive_local_origin_failures.and_then(u32v),
+        enforcing_consecutive_local_origin_failure: od
+            .consecutive_local_origin_failures
+            .map(|_| 100)
+            .and_then(u32v),
+        split_external_local_origin_errors: od.split_external_local_origin_errors.unwrap_or(false),
+        interval: od.interval.map(duration),
+        base_ejection_time: od.base_ejection_time.map(duration),
+        max_ejection_percent: od.max_ejection_percent.and_then(u32v),
+        enforcing_success_rate: u32v(0),
+        ..Default::default()
+    }
+}
+
+/// Whether the sidecar speaks HTTP/2 to this destination port: HTTP2/gRPC ports, or
+/// `h2UpgradePolicy: UPGRADE`.
+pub(super) fn speaks_h2(pool: Option<&ConnectionPoolSettings>, port: &Port) -> bool {
+    matches!(
+        port.protocol,
+        meshd_model::registry::Protocol::Http2 | meshd_model::registry::Protocol::Grpc
+    ) || pool
+        .and_then(|p| p.http.as_ref())
+        .and_then(|h| h.h2_upgrade_policy.as_deref())
+        == Some("UPGRADE")
+}
+
+pub(super) fn protocol_options(
+    pool: Option<&ConnectionPoolSettings>,
+    port: &Port,
+) -> Option<(String, envoy_types::pb::google::protobuf::Any)> {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttp,
+    };
+    let http = pool.and_then(|p| p.http.as_ref());
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    if !port.protocol.is_http() {
+        return None;
+    }
+    let protocol_config = if speaks_h2(pool, port) {
+        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+            Http2ProtocolOptions {
+                max_concurrent_streams: http.and_then(|h| h.max_concurrent_streams).and_then(u32v),
+                ..Default::default()
+            },
+        )
+    } else {
+        http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+            Http1ProtocolOptions::default(),
+        )
+    };
+    let opts = HttpProtocolOptions {
+        common_http_protocol_options: Some(CommonHttp {
+            idle_timeout: http.and_then(|h| h.idle_timeout).map(duration),
+            max_requests_per_connection: http
+                .and_then(|h| h.max_requests_per_connection)
+                .filter(|n| *n > 0)
+                .and_then(u32v),
+            max_connection_duration: tcp.and_then(|t| t.max_connection_duration).map(duration),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(protocol_config),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    Some((
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(&opts),
+    ))
+}
+
+pub(super) fn keepalive(
+    pool: Option<&ConnectionPoolSettings>,
+) -> Option<envoy_types::pb::envoy::config::cluster::v3::UpstreamConnectionOptions> {
+    let ka = pool
+        .and_then(|p| p.tcp.as_ref())
+        .and_then(|t| t.tcp_keepalive.as_ref())?;
+    Some(
+        envoy_types::pb::envoy::config::cluster::v3::UpstreamConnectionOptions {
+            tcp_keepalive: Some(EnvoyKeepalive {
+                keepalive_probes: ka.probes.and_then(u32v),
+                keepalive_time: ka.time.map(saturating_secs).and_then(u32v),
+                keepalive_interval: ka.interval.map(saturating_secs).and_then(u32v),
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+/// Whole seconds as Envoy's 32-bit fields hold them: a longer duration is the longest one, not
+/// its low bits (`as u32` turned 2^32 s into 0, keepalive off).
+pub(super) fn saturating_secs(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,438 @@
+//! A sidecar's outbound view of the mesh, built once per scope (namespace, Sidecar and, when routes
+//! match on them, labels) and shared by every proxy in it: which services it sees, their clusters,
+//! listeners and routes, and the encoded virtual hosts scopes share.
+
+use super::{MeshSnapshot, cluster, cluster_port, common, get_or_build, l4, listener, route};
+use crate::resource::{Layer, LayerMap, Resource, SharedResource, reuse_layer};
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset};
+use meshd_model::registry::Service;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What a proxy may see of the mesh's services (Sidecar egress scoping).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct ScopeKey {
+    pub(super) namespace: String,
+    pub(super) sidecar: Option<String>,
+    /// Only when some route matches on `sourceLabels`.
+    pub(super) labels: Option<BTreeMap<String, String>>,
+}
+
+/// What a sidecar's outbound virtual host for a service port is built from besides the snapshot:
+/// scopes agreeing on it share the encoded virtual host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct VhostKey {
+    pub(super) host: String,
+    pub(super) port: u32,
+    /// The proxy is in the service's namespace (short names are among the domains).
+    pub(super) local: bool,
+    /// Only when routes depend on the proxy's namespace (`Index::routes_see_namespace`).
+    pub(super) namespace: Option<String>,
+    /// Only when some route matches on `sourceLabels`.
+    pub(super) labels: Option<BTreeMap<String, String>>,
+}
+
+/// Outbound resources for every proxy in one scope.
+pub(super) struct Scope {
+    pub(super) clusters: Layer,
+    pub(super) endpoints: Layer,
+    pub(super) listeners: Layer,
+    pub(super) routes: Layer,
+}
+
+pub(super) fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
+    let Some((ns, host)) = pattern.split_once('/') else {
+        return false;
+    };
+    let ns_ok = match ns {
+        "*" => true,
+        "." => svc.namespace == proxy_ns,
+        "~" => false,
+        other => svc.namespace == other,
+    };
+    let host_ok = host == "*"
+        || host == svc.hostname
+        || host
+            .strip_prefix('*')
+            .is_some_and(|suffix| svc.hostname.ends_with(suffix));
+    ns_ok && host_ok
+}
+
+pub(super) fn catch_all_vhost(allow_any: bool) -> VirtualHost {
+    use envoy_types::pb::envoy::config::route::v3::{
+        DirectResponseAction, Route, RouteAction, route, route_action,
+    };
+    let action = if allow_any {
+        route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                cluster::PASSTHROUGH.into(),
+            )),
+            timeout: Some(common::duration(std::time::Duration::ZERO)),
+            ..Default::default()
+        })
+    } else {
+        route::Action::DirectResponse(DirectResponseAction {
+            status: 502,
+            ..Default::default()
+        })
+    };
+    VirtualHost {
+        name: if allow_any { "allow_any" } else { "block_all" }.into(),
+        domains: vec!["*".into()],
+        routes: vec![Route {
+            name: if allow_any { "allow_any" } else { "block_all" }.into(),
+            r#match: Some(envoy_types::pb::envoy::config::route::v3::RouteMatch {
+                path_specifier: Some(
+                    envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
+                        "/".into(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            action: Some(action),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+impl MeshSnapshot {
+    pub(super) fn scope(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Arc<Scope> {
+        let sidecar = self.index.sidecar_for(namespace, labels);
+        let key = ScopeKey {
+            namespace: namespace.to_string(),
+            sidecar: sidecar.map(|(o, _)| o.key().to_string()),
+            labels: self.index.uses_source_labels.then(|| labels.clone()),
+        };
+        get_or_build(&self.scopes, key, |key| {
+            let scope = self.build_scope(namespace, key.labels.as_ref(), sidecar.map(|(_, s)| s));
+            let Some(old) = self.previous.scopes.get(key) else {
+                return Arc::new(scope);
+            };
+            Arc::new(Scope {
+                clusters: reuse_layer(Some(&old.clusters), scope.clusters),
+                endpoints: reuse_layer(Some(&old.endpoints), scope.endpoints),
+                listeners: reuse_layer(Some(&old.listeners), scope.listeners),
+                routes: reuse_layer(Some(&old.routes), scope.routes),
+            })
+        })
+    }
+
+    pub(super) fn build_scope(
+        &self,
+        namespace: &str,
+        labels: Option<&BTreeMap<String, String>>,
+        sidecar: Option<&Sidecar>,
+    ) -> Scope {
+        let opts = &self.opts;
+        let restricted = self.index.restricted();
+        // Sidecar egress: a listener with a port decides for that port; the port-less ones for
+        // every other port (Istio's rule).
+        let egress_allows = |svc: &Service, port: u32| match sidecar {
+            None => true,
+            Some(sc) if sc.egress.is_empty() => true,
+            Some(sc) => {
+                let on_port: Vec<_> = sc
+                    .egress
+                    .iter()
+                    .filter(|e| e.port.as_ref().is_some_and(|p| p.number == port))
+                    .collect();
+                let listeners = if on_port.is_empty() {
+                    sc.egress.iter().filter(|e| e.port.is_none()).collect()
+                } else {
+                    on_port
+                };
+                listeners.iter().any(|e| {
+                    e.hosts
+                        .iter()
+                        .any(|h| egress_host_matches(h, namespace, svc))
+                })
+            }
+        };
+        let mut port_hidden = false;
+        let visible: Vec<&Service> = self
+            .index
+            .services()
+            .filter(|svc| !restricted || svc.visible_in(namespace))
+            .filter(|svc| {
+                let shown = svc
+                    .ports
+                    .iter()
+                    .filter(|p| egress_allows(svc, p.number))
+                    .count();
+                port_hidden |= shown > 0 && shown < svc.ports.len();
+                shown > 0
+            })
+            .collect();
+        let port_visible = |svc: &Service, port: u32| egress_allows(svc, port);
+        let allow_any = sidecar
+            .and_then(|s| s.outbound_traffic_policy.as_ref())
+            .map(|p| p.mode)
+            .unwrap_or(OutboundMode::AllowAny)
+            == OutboundMode::AllowAny;
+        // Services whose DestinationRule differs in this namespace (`exportTo`): their clusters
+        // are generated for it rather than taken from the mesh-wide layer.
+        let own_rule: Vec<(&Service, Option<&DestinationRule>)> = if restricted {
+            visible
+                .iter()
+                .filter_map(|svc| {
+                    let here = self.index.destination_rule_in(&svc.hostname, namespace);
+                    let everywhere = self.index.destination_rule(&svc.hostname);
+                    let same = match (here, everywhere) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => std::ptr::eq(a, b) || a == b,
+                        _ => false,
+                    };
+                    (!same).then_some((*svc, here))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (mut clusters, endpoints) = if own_rule.is_empty()
+            && !port_hidden
+            && visible.len() == self.index.services().count()
+        {
+            // Unscoped: the mesh-wide layers themselves, shared with every other such scope.
+            (self.clusters.clone(), self.endpoints.clone())
+        } else {
+            let mut clusters = BTreeMap::new();
+            let mut endpoints = BTreeMap::new();
+            for svc in &visible {
+                for name in self
+                    .clusters_by_host
+                    .get(&svc.hostname)
+                    .into_iter()
+                    .flatten()
+                    .filter(|n| cluster_port(n).is_none_or(|port| port_visible(svc, port)))
+                {
+                    clusters.insert(name.clone(), self.clusters[name].clone());
+                    if let Some(e) = self.endpoints.get(name) {
+                        endpoints.insert(name.clone(), e.clone());
+                    }
+                }
+            }
+            for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE, cluster::ZIPKIN]
+                .into_iter()
+                .filter(|n| self.clusters.contains_key(*n))
+            {
+                clusters.insert(name.to_string(), self.clusters[name].clone());
+            }
+            for (svc, rule) in &own_rule {
+                for name in self
+                    .clusters_by_host
+                    .get(&svc.hostname)
+                    .into_iter()
+                    .flatten()
+                {
+                    clusters.remove(name);
+                    endpoints.remove(name);
+                }
+                let subsets: &[Subset] = rule.map(|r| r.subsets.as_slice()).unwrap_or(&[]);
+                for port in svc.ports.iter().filter(|p| port_visible(svc, p.number)) {
+                    for subset in std::iter::once(None).chain(subsets.iter().map(Some)) {
+                        let out = cluster::outbound_with_rule(
+                            &self.index,
+                            *rule,
+                            svc,
+                            port,
+                            subset,
+                            opts,
+                        );
+                        let name = out.cluster.name.clone();
+                        if let Some(la) = out.load_assignment {
+                            endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
+                        }
+                        clusters.insert(name.clone(), Resource::encode(name, &out.cluster));
+                    }
+                }
+            }
+            (LayerMap::new(clusters), LayerMap::new(endpoints))
+        };
+        self.patches
+            .patch_cluster_layer(&mut clusters, namespace, false);
+        // Ports: HTTP services share a listener and a route table per port.
+        let mut http_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
+        let mut tcp_ports: BTreeMap<u32, Vec<l4::L4Chain>> = BTreeMap::new();
+        for svc in &visible {
+            for port in svc.ports.iter().filter(|p| port_visible(svc, p.number)) {
+                if port.protocol.is_http() {
+                    http_ports.entry(port.number).or_default().push(svc);
+                } else {
+                    tcp_ports.entry(port.number).or_default().extend(l4::chains(
+                        &self.index,
+                        namespace,
+                        labels,
+                        svc,
+                        port,
+                    ));
+                }
+            }
+        }
+        let mut listeners = BTreeMap::new();
+        let vo = listener::virtual_outbound(allow_any);
+        listeners.insert(vo.name.clone(), Resource::encode(vo.name.clone(), &vo));
+        let ports: BTreeSet<u32> = http_ports.keys().chain(tcp_ports.keys()).copied().collect();
+        for port in ports {
+            let tcp = tcp_ports.get(&port).map(Vec::as_slice).unwrap_or(&[]);
+            let l =
+                listener::outbound_port(port, http_ports.contains_key(&port), tcp, allow_any, opts);
+            listeners.insert(l.name.clone(), Resource::encode(l.name.clone(), &l));
+        }
+        let mut routes = BTreeMap::new();
+        for (port, services) in &http_ports {
+            let rc = self.outbound_routes(*port, namespace, labels, services, allow_any);
+            routes.insert(rc.name.clone(), rc);
+        }
+        Scope {
+            clusters,
+            endpoints,
+            listeners: LayerMap::new(listeners),
+            routes: LayerMap::new(routes),
+        }
+    }
+
+    pub(super) fn outbound_routes(
+        &self,
+        port: u32,
+        namespace: &str,
+        labels: Option<&BTreeMap<String, String>>,
+        services: &[&Service],
+        allow_any: bool,
+    ) -> SharedResource {
+        let mut vhosts: Vec<Bytes> = Vec::with_capacity(services.len() + 1);
+        let mut seen_domains = BTreeSet::new();
+        for svc in services {
+            let local = svc.namespace == namespace;
+            let mut domains = self.vhost_domains(svc, port, local);
+            let all = domains.len();
+            domains.retain(|d| seen_domains.insert(d.clone()));
+            if domains.is_empty() {
+                continue;
+            }
+            let build = |domains| self.outbound_vhost(svc, port, namespace, labels, domains);
+            if domains.len() < all {
+                // A domain another service claimed first: this one is particular to the scope.
+                vhosts.push(build(domains).encode_to_vec().into());
+                continue;
+            }
+            let key = VhostKey {
+                host: svc.hostname.clone(),
+                port,
+                local,
+                namespace: self
+                    .index
+                    .routes_see_namespace
+                    .then(|| namespace.to_string()),
+                labels: labels.cloned(),
+            };
+            let memo = self.vhosts.lock().expect("vhost memo").get(&key).cloned();
+            let vhost = memo.unwrap_or_else(|| {
+                let encoded: Bytes = build(domains).encode_to_vec().into();
+                self.vhosts
+                    .lock()
+                    .expect("vhost memo")
+                    .insert(key, encoded.clone());
+                encoded
+            });
+            vhosts.push(vhost);
+        }
+        vhosts.push(catch_all_vhost(allow_any).encode_to_vec().into());
+        let name = port.to_string();
+        let validate_clusters = common::boolv(false);
+        if self.patches.patches_routes(namespace, false) {
+            let mut rc = RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: vhosts
+                    .iter()
+                    .map(|v| VirtualHost::decode(v.as_ref()).expect("a virtual host we encoded"))
+                    .collect(),
+                validate_clusters,
+                ..Default::default()
+            };
+            self.patches.patch_routes(&mut rc, port, namespace, false);
+            return Resource::encode(name, &rc);
+        }
+        // The table's encoding is its fields in number order: the name, the virtual hosts
+        // (field 2, each as encoded once), then validate_clusters.
+        let head = RouteConfiguration {
+            name: name.clone(),
+            ..Default::default()
+        };
+        let tail = RouteConfiguration {
+            validate_clusters,
+            ..Default::default()
+        };
+        let mut value = head.encode_to_vec();
+        for v in &vhosts {
+            prost::encoding::bytes::encode(2, v, &mut value);
+        }
+        tail.encode(&mut value).expect("a Vec grows");
+        Resource::from_value::<RouteConfiguration>(name, value)
+    }
+
+    /// A service's names on `port` as a sidecar's route table matches them: its host, its
+    /// short names for proxies in its namespace, its addresses; each with and without the port.
+    pub(super) fn vhost_domains(&self, svc: &Service, port: u32, local: bool) -> Vec<String> {
+        let mut domains = vec![svc.hostname.clone(), format!("{}:{port}", svc.hostname)];
+        if local
+            && let Some(short) = svc.hostname.strip_suffix(&format!(
+                ".{}.svc.{}",
+                svc.namespace, self.index.domain_suffix
+            ))
+        {
+            for d in [
+                short.to_string(),
+                format!("{short}.{}", svc.namespace),
+                format!("{short}.{}.svc", svc.namespace),
+            ] {
+                domains.push(format!("{d}:{port}"));
+                domains.push(d);
+            }
+        }
+        for vip in &svc.addresses {
+            if !vip.contains('/') {
+                domains.push(vip.clone());
+                domains.push(format!("{vip}:{port}"));
+            }
+        }
+        domains
+    }
+
+    pub(super) fn outbound_vhost(
+        &self,
+        svc: &Service,
+        port: u32,
+        namespace: &str,
+        labels: Option<&BTreeMap<String, String>>,
+        domains: Vec<String>,
+    ) -> VirtualHost {
+        let vs = self.index.mesh_virtual_services(&svc.hostname, namespace);
+        let routes = match vs.into_iter().next() {
+            Some((vs_ns, vs)) => {
+                let ctx = route::RouteCtx {
+                    index: &self.index,
+                    listener_port: port,
+                    namespace: vs_ns,
+                    gateway: None,
+                    source: Some((namespace, labels)),
+                };
+                route::http_routes(&ctx, &vs.http)
+            }
+            None => vec![route::default_route(cluster::outbound_name(
+                port,
+                "",
+                &svc.hostname,
+            ))],
+        };
+        VirtualHost {
+            name: format!("{}:{port}", svc.hostname),
+            domains,
+            routes,
+            ..Default::default()
+        }
+    }
+}
