@@ -6,6 +6,7 @@
 use super::common::*;
 use super::l4::L4Target;
 use super::listener::{RouteSource, hcm, hcm_filter, l4_proxy_filter};
+use super::telemetry::Side;
 use super::{MeshSnapshot, route};
 use crate::resource::{Layer, LayerMap, Resource, SharedResource, any, reuse_layer};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
@@ -228,6 +229,9 @@ pub fn build(
     let l4_chain = |name: &str, sni: Vec<String>, target: &L4Target| {
         let idle = super::l4::idle_timeout(&snapshot.index, namespace, target);
         let mut chain = l4_chain(name, sni, target, idle);
+        for f in &mut chain.filters {
+            *f = super::telemetry::with_tcp_log(std::mem::take(f), Side::Outbound, &snapshot.opts);
+        }
         chain
             .filters
             .splice(0..0, authz.network_filters.iter().cloned());

@@ -43,10 +43,19 @@ spec: {address: 10.44.0.10, labels: {app: web}, serviceAccount: web}
 "#;
 
 fn listeners(opts: GenOptions, workload: &str) -> Vec<Value> {
-    let file = parse_file("mesh.yaml", MESH).unwrap();
+    listeners_of(MESH, opts, workload)
+}
+
+fn listeners_of(yaml: &str, opts: GenOptions, workload: &str) -> Vec<Value> {
+    let file = parse_file("mesh.yaml", yaml).unwrap();
     assert!(file.rejected.is_empty(), "{:?}", file.rejected);
     let config = MeshConfig::assemble([&file]);
-    let w = config.workload(workload, "shop").unwrap().clone();
+    let w = config
+        .workloads
+        .iter()
+        .find(|w| w.name == workload)
+        .unwrap()
+        .clone();
     let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(opts));
     let out = snap.generate(&Proxy::for_workload(&w, "cluster.local"));
     out[LISTENER]
@@ -232,4 +241,40 @@ fn filters_other_than_a_tcp_proxy_pass_through_unchanged() {
         with_tcp_log(broken.clone(), Side::Inbound, &GenOptions::default()),
         broken
     );
+}
+
+#[test]
+fn gateway_tcp_proxies_report_as_the_source() {
+    let yaml = format!(
+        r#"{MESH}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingress, namespace: istio-system}}
+spec: {{address: 10.44.0.2, labels: {{istio: ingressgateway}}, serviceAccount: ingress}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 9000, name: tcp, protocol: TCP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  tcp: [{{route: [{{destination: {{host: db.shop.svc.cluster.local, port: {{number: 9000}}}}}}]}}]
+"#
+    );
+    let all = listeners_of(&yaml, GenOptions::default(), "ingress");
+    let proxies: Vec<_> = all.iter().flat_map(tcp_proxies).collect();
+    assert!(!proxies.is_empty(), "the gateway's TCP chain: {all:#?}");
+    for (chain, proxy) in proxies {
+        let log = logger(proxy, "envoy.access_loggers.tcp_grpc")
+            .unwrap_or_else(|| panic!("{chain}: {proxy:#}"));
+        assert_streams_to_meshd(&log["common_config"], OUTBOUND_LOG);
+    }
 }
