@@ -222,7 +222,8 @@ spec:
     let r = rejected();
     assert!(
         r.iter()
-            .any(|m| m.contains("bad-filters.yaml:4:")
+            // (the line of the patch the field is in)
+            .any(|m| m.contains("bad-filters.yaml:6:")
                 && m.contains("match.context SIDECAR_OUTBOUND")),
         "{r:#?}"
     );
