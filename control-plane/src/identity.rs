@@ -178,12 +178,28 @@ impl CaSecrets {
     fn certificate(&self, proxy: &Proxy) -> Result<(IssuedCert, SharedResource), String> {
         let now = SystemTime::now();
         let identity = &proxy.identity;
+        let current = |h: &Held| {
+            h.issued
+                .as_ref()
+                .filter(|i| i.refresh_at > now && i.cert.signer_serial == self.ca.signer_serial())
+                .map(|i| (i.cert.clone(), i.resource.clone()))
+        };
         if let Some(h) = self.held.get(identity)
-            && let Some(i) = &h.issued
-            && i.refresh_at > now
-            && i.cert.signer_serial == self.ca.signer_serial()
+            && let Some(found) = current(&h)
         {
-            return Ok((i.cert.clone(), i.resource.clone()));
+            return Ok(found);
+        }
+        // One issuance per identity at a time: a burst of streams for it (a restart, a flood of
+        // node ids) gets one certificate and one key, not one per stream that missed the cache
+        // at once. The entry's shard stays locked for the signing only (well under a
+        // millisecond for the workload's ECDSA key).
+        let mut held = self.held.entry(identity.clone()).or_insert_with(|| Held {
+            issued: None,
+            streams: 0,
+            idle_since: Some(Instant::now()),
+        });
+        if let Some(found) = current(&held) {
+            return Ok(found);
         }
         let id = SpiffeId::new(
             self.ca.trust_domain(),
@@ -202,20 +218,12 @@ impl CaSecrets {
             })),
         };
         let resource = Resource::encode(WORKLOAD_SECRET, &workload);
-        let issued = Issued {
+        // Replaces what the identity held: one certificate per identity, whatever its streams.
+        held.issued = Some(Issued {
             cert: cert.clone(),
             resource: resource.clone(),
             refresh_at,
-        };
-        // Replaces what the identity held: one certificate per identity, whatever its streams.
-        self.held
-            .entry(identity.clone())
-            .or_insert_with(|| Held {
-                issued: None,
-                streams: 0,
-                idle_since: Some(Instant::now()),
-            })
-            .issued = Some(issued);
+        });
         Ok((cert, resource))
     }
 
@@ -324,6 +332,34 @@ mod tests {
         })
         .unwrap();
         CaSecrets::with_grace(Arc::new(ca), grace)
+    }
+
+    /// Found by `identity_binding::ten_thousand_node_ids_from_one_identity_hold_one_certificate`
+    /// in CI: streams of one identity that missed the cache at the same moment each issued a
+    /// certificate (and a key) of their own. Now one issues, the others wait for it.
+    #[test]
+    fn streams_of_one_identity_arriving_at_once_share_one_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(secrets(dir.path(), 3600, 60));
+        let start = Arc::new(std::sync::Barrier::new(16));
+        let serials: std::collections::HashSet<String> = (0..16)
+            .map(|_| {
+                let (s, start) = (s.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    s.certificate(&proxy("a")).unwrap().0.serial_hex
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(serials.len(), 1, "{serials:?}");
+        assert_eq!(
+            s.ca.issued_totals()[0].1,
+            1,
+            "one workload certificate issued"
+        );
     }
 
     #[test]
