@@ -393,7 +393,8 @@ EOF
     --service-account-signing-key-file="$DIR/pki/sa.key" \
     --api-audiences=https://kubernetes.default.svc,istio-ca \
     --enable-priority-and-fairness=false
-  wait_for 60 "kube-apiserver" api GET /readyz
+  # Generous: on a 2-core CI machine busy with other builds it has taken over a minute.
+  wait_for 180 "kube-apiserver" api GET /readyz
   wait_for 30 "containerd" ctr --address "$DIR/containerd/containerd.sock" version
   local node_images="${MESHD_IMAGES_CACHE:-$HOME/.cache/meshd/images}/node"
   [ -f "$node_images/busybox.tar" ] || "$HERE/images.sh" node "$node_images"

@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const MESHD_NS: &str = "meshd-system";
+
+/// One node per machine (`scripts/kube-node.sh` locks): the tests of this file take turns
+/// rather than one waiting inside the script's start while the other runs.
+static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const VOICECORE_NS: &str = "voicecore-ai";
 /// What `scripts/images.sh` names the sidecar image (and the chart's default proxyImage).
 const ENVOY_IMAGE: &str = "ghcr.io/meshd/envoy:v1.40.0";
@@ -337,6 +341,7 @@ async fn install_meshd_then_voicecore(node: &Node, client: &Client) -> Vec<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
+    let _turn = ONE_NODE.lock().await;
     let node = Node::start();
     let client = node.client().await;
 
@@ -561,6 +566,7 @@ async fn lease_holder(client: &Client) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn helm_upgrade_and_a_killed_leader_fail_no_request_between_two_services() {
+    let _turn = ONE_NODE.lock().await;
     let node = Node::start();
     let client = node.client().await;
     build_and_load_images(&node);
