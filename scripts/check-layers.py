@@ -205,6 +205,38 @@ def cycles(graph):
     return found
 
 
+def self_test():
+    """The check finds a circle it is shown: two sibling modules using each other (one through
+    a `use crate::{..}` group, one through `super::`), and none once the back edge is test code."""
+    import tempfile
+    global ROOT
+    saved, ROOT = ROOT, tempfile.mkdtemp()
+    try:
+        src = os.path.join(ROOT, "demo", "src")
+        os.makedirs(os.path.join(src, "outer"))
+        files = {
+            "lib.rs": "mod outer;\n",
+            "outer/mod.rs": "mod a;\nmod b;\n",
+            "outer/a.rs": "use crate::outer::{b::Thing, self};\n",
+            "outer/b.rs": "pub struct Thing;\nfn f() { super::a::g() }\n",
+        }
+        for name, text in files.items():
+            open(os.path.join(src, name), "w").write(text)
+        check_cycles("demo")
+        found = [f for f in failures if "a -> b -> a" in f]
+        open(os.path.join(src, "outer/b.rs"), "w").write(
+            "pub struct Thing;\n#[cfg(test)]\nmod tests {\n    fn f() { super::super::a::g() }\n}\n")
+        del failures[:]
+        check_cycles("demo")
+        ok = len(found) == 1 and not failures
+        print("check-layers self-test:", "ok" if ok else f"FAILED (found {found}, then {failures})")
+        return ok
+    finally:
+        ROOT = saved
+
+
+if sys.argv[1:] == ["--self-test"]:
+    sys.exit(0 if self_test() else 1)
 check_layers()
 for folder in CRATES:
     check_cycles(folder)

@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 
 # ARCHITECTURE.md names only paths, functions and types that exist.
 scripts/check-architecture.sh
+# Imports run one way: crate layers as ARCHITECTURE.md says, no module import circles.
+python3 scripts/check-layers.py --self-test
+python3 scripts/check-layers.py
 
 # Pure crates: no I/O beyond temp dirs.
 cargo test -p meshd-model -p meshd-ca -p meshd-xds -p meshd-ads -p meshd-injector -p meshd-loadgen \

@@ -3,6 +3,7 @@
 use crate::app::{self, Config};
 use crate::bootstrap::{self, BootstrapSpec};
 use crate::source::FileSource;
+use crate::status_cli::AdminArgs;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use meshd_ca::{CaConfig, CertificateAuthority, RootKeyAlgorithm};
@@ -332,22 +333,6 @@ struct BootstrapArgs {
     credential_ttl: Duration,
     #[command(flatten)]
     kube: crate::kube_bootstrap::KubeBootstrapArgs,
-}
-
-/// Where the admin API is and how to prove an off-host caller is an administrator.
-#[derive(Args)]
-pub struct AdminArgs {
-    #[arg(long, default_value = "http://127.0.0.1:15014")]
-    pub admin: String,
-    /// Bearer token for the admin API (Kubernetes mode: checked by TokenReview and a
-    /// SubjectAccessReview of `debug.meshd.io`). Default: the token of the kubeconfig's
-    /// current user, if it has one (`--kubeconfig`, `KUBECONFIG`, `~/.kube/config`); none on
-    /// loopback works without one.
-    #[arg(long, env = "MESHD_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// The kubeconfig whose current user's token is sent when `--token` is not given.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Args)]

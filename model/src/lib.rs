@@ -5,7 +5,6 @@ pub mod credential;
 pub mod duration;
 pub mod envoyfilter;
 pub mod mesh;
-mod mesh_warnings;
 pub mod networking;
 pub mod parse;
 pub mod registry;

@@ -163,15 +163,6 @@ pub struct AuthorizationPolicy {
     pub unreadable: Option<ConfigError>,
 }
 
-impl AuthorizationPolicy {
-    /// Why this policy cannot be enforced as written: each unsupported or invalid field, by its
-    /// path (`spec.rules[0].from[0].source.requestPrincipals: ...`). Empty when fully supported.
-    /// A policy with problems stays in force as a deny-all for the workloads it selects.
-    pub fn problems(&self) -> Vec<String> {
-        crate::validate::authorization_policy(self)
-    }
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuthzAction {
