@@ -9,6 +9,8 @@ mod mesh_warnings;
 pub mod networking;
 pub mod parse;
 pub mod registry;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod security;
 mod validate;
 pub mod voicecore;
