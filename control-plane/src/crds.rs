@@ -86,3 +86,36 @@ pub fn run(args: &CrdsArgs) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_charts_crds_are_exactly_meshd_crds_output() {
+        let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/helm/meshd/crds")
+            .join(FILE_NAME);
+        let written = std::fs::read_to_string(&chart).unwrap();
+        assert!(
+            written == render().unwrap(),
+            "{} is not `meshd crds` output: run `cargo run --bin meshd -- crds --out \
+             deploy/helm/meshd/crds`",
+            chart.display()
+        );
+    }
+
+    #[test]
+    fn a_kind_without_a_model_is_said_so_in_the_file() {
+        let text = render().unwrap();
+        for kind in CRD_KINDS.iter().filter(|k| k.spec.is_none()) {
+            assert!(
+                text.contains(&format!("# meshd's model does not read {} yet", kind.kind)),
+                "{}",
+                kind.kind
+            );
+        }
+        let documents = text.split("\n---\n").count();
+        assert_eq!(documents, CRD_KINDS.len() + 1, "the header, then one CRD per kind");
+    }
+}

@@ -94,3 +94,6 @@ impl<T: JsonSchema> JsonSchema for crate::security::PortMap<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -90,9 +90,11 @@ fn rewrite_node(schema: Value, definitions: &Map<String, Value>, depth: usize) -
     }
     if !node.contains_key("type") && !node.contains_key("enum") {
         // A free-form value (`serde_json::Value`): in Istio's API each is an object (a protobuf
-        // Struct such as an EnvoyFilter patch value, or a message meshd does not model).
+        // Struct such as an EnvoyFilter patch value, or a message meshd does not model). Serde
+        // reads `null` into it too.
         node.insert("type".into(), json!("object"));
         node.insert("x-kubernetes-preserve-unknown-fields".into(), json!(true));
+        node.insert("nullable".into(), json!(true));
     }
     if let Some(Value::Object(properties)) = node.remove("properties") {
         let properties: Map<String, Value> = properties
