@@ -116,6 +116,10 @@ mod tests {
             );
         }
         let documents = text.split("\n---\n").count();
-        assert_eq!(documents, CRD_KINDS.len() + 1, "the header, then one CRD per kind");
+        assert_eq!(
+            documents,
+            CRD_KINDS.len() + 1,
+            "the header, then one CRD per kind"
+        );
     }
 }
