@@ -18,8 +18,8 @@ scripts/check-architecture.sh
 python3 scripts/check-layers.py --self-test
 python3 scripts/check-layers.py
 
-# Pure crates: no I/O beyond temp dirs.
-cargo test -p meshd-model -p meshd-ca -p meshd-xds -p meshd-ads -p meshd-injector -p meshd-loadgen \
+# Pure crates: no I/O beyond temp dirs (the model with its CRD schemas, as meshd builds it).
+cargo test -p meshd-model --features meshd-model/schema -p meshd-ca -p meshd-xds -p meshd-ads -p meshd-injector -p meshd-loadgen \
   --lib --bins --tests -- "$@"
 
 # The control plane in-process on 127.0.0.1:0.

@@ -67,6 +67,9 @@ enum Command {
     EnvoyPath,
     /// Inject sidecars into Kubernetes manifests offline, exactly as the webhook would.
     KubeInject(crate::kube_inject::KubeInjectArgs),
+    /// The CustomResourceDefinitions of the Istio kinds, with schemas from meshd's model
+    /// (the chart's crds/ is this output).
+    Crds(crate::crds::CrdsArgs),
     /// Wait until the sidecar's Envoy is ready (the injected postStart hook).
     #[command(hide = true)]
     WaitProxy(crate::proxy_wait::WaitProxyArgs),
@@ -486,6 +489,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::KubeInject(args) => {
             crate::kube_inject::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Crds(args) => {
+            crate::crds::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::WaitProxy(args) => {

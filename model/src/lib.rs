@@ -8,6 +8,8 @@ pub mod mesh;
 pub mod networking;
 pub mod parse;
 pub mod registry;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod security;
 mod validate;
 pub mod voicecore;
