@@ -4,6 +4,7 @@
 pub mod credential;
 pub mod duration;
 pub mod envoyfilter;
+pub mod jwt;
 pub mod mesh;
 mod mesh_warnings;
 pub mod networking;
@@ -97,10 +98,11 @@ pub enum Kind {
     PeerAuthentication,
     AuthorizationPolicy,
     EnvoyFilter,
+    RequestAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::DestinationRule,
@@ -110,6 +112,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::EnvoyFilter,
+        Kind::RequestAuthentication,
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +126,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::EnvoyFilter => "EnvoyFilter",
+            Kind::RequestAuthentication => "RequestAuthentication",
         }
     }
 
@@ -132,7 +136,9 @@ impl Kind {
 
     pub fn group(self) -> &'static str {
         match self {
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                "security.istio.io"
+            }
             _ => "networking.istio.io",
         }
     }
@@ -171,6 +177,7 @@ pub enum Spec {
     PeerAuthentication(security::PeerAuthentication),
     AuthorizationPolicy(security::AuthorizationPolicy),
     EnvoyFilter(envoyfilter::EnvoyFilter),
+    RequestAuthentication(jwt::RequestAuthentication),
 }
 
 impl Spec {
@@ -185,6 +192,7 @@ impl Spec {
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Spec::EnvoyFilter(_) => Kind::EnvoyFilter,
+            Spec::RequestAuthentication(_) => Kind::RequestAuthentication,
         }
     }
 }
@@ -217,6 +225,7 @@ spec_of! {
     PeerAuthentication => security::PeerAuthentication,
     AuthorizationPolicy => security::AuthorizationPolicy,
     EnvoyFilter => envoyfilter::EnvoyFilter,
+    RequestAuthentication => jwt::RequestAuthentication,
 }
 
 /// An accepted object's spec, held by reference to the shared object: indexes over the config
