@@ -226,7 +226,7 @@ pub fn build(
     // and of the TCP proxies.
     let authz = super::authz::gateway_policy(&snapshot.index, namespace, labels, &snapshot.opts);
     gateway_filters.extend(super::jwt::jwt_filter(
-        &config,
+        config,
         &snapshot.index.root_namespace,
         namespace,
         labels,
