@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 scripts/check-architecture.sh
 
 # Pure crates: no I/O beyond temp dirs.
-cargo test -p meshd-model -p meshd-ca -p meshd-xds -p meshd-injector -p meshd-loadgen \
+cargo test -p meshd-model -p meshd-ca -p meshd-xds -p meshd-ads -p meshd-injector -p meshd-loadgen \
   --lib --bins --tests -- "$@"
 
 # The control plane in-process on 127.0.0.1:0.

@@ -5,7 +5,7 @@
 //! certificate, so the series count is fixed.
 
 use crate::admin::AdminState;
-use meshd_xds::server::istio_metrics::BareCounter;
+use meshd_ads::istio_metrics::BareCounter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 

@@ -28,8 +28,8 @@ pub mod webhook_config;
 
 use ::kube::Client;
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use meshd_ads::Authenticator;
 use meshd_xds::Identity;
-use meshd_xds::server::Authenticator;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
