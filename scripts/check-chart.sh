@@ -210,7 +210,7 @@ grep -q '^apiVersion: autoscaling/v2$' "$out/default.yaml" || { log "HPA not aut
 grep -q '^apiVersion: policy/v1$' "$out/default.yaml" || { log "PDB not policy/v1"; fail=1; }
 ! grep -q '^kind: CustomResourceDefinition' "$out/no-crds.yaml" || { log "--skip-crds still renders CRDs"; fail=1; }
 n=$(grep -c '^kind: CustomResourceDefinition' "$out/default.yaml" || true)
-[ "$n" -eq 9 ] || { log "$n CRDs rendered, want the 9 Istio kinds"; fail=1; }
+[ "$n" -eq 10 ] || { log "$n CRDs rendered, want the 10 Istio kinds"; fail=1; }
 n=$(grep -c '^kind: Deployment' "$out/voicecore.yaml" || true)
 [ "$n" -ge 11 ] || { log "VoiceCore values render $n Deployments, want 8 services + meshd + 2 gateways"; fail=1; }
 

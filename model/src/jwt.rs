@@ -3,66 +3,9 @@
 //! the fetched keys as config data (`FetchedJwks`); and the `request.auth.*` attributes of an
 //! AuthorizationPolicy `when` condition.
 
-use crate::duration;
-use crate::security::WorkloadSelector;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RequestAuthentication {
-    pub selector: Option<WorkloadSelector>,
-    pub target_ref: Option<serde_json::Value>,
-    #[serde(default)]
-    pub target_refs: Vec<serde_json::Value>,
-    #[serde(default)]
-    pub jwt_rules: Vec<JwtRule>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct JwtRule {
-    #[serde(default)]
-    pub issuer: String,
-    #[serde(default)]
-    pub audiences: Vec<String>,
-    /// Istio's CRD also serves the proto name.
-    #[serde(alias = "jwks_uri")]
-    pub jwks_uri: Option<String>,
-    pub jwks: Option<String>,
-    #[serde(default)]
-    pub from_headers: Vec<JwtHeader>,
-    #[serde(default)]
-    pub from_params: Vec<String>,
-    #[serde(default)]
-    pub from_cookies: Vec<String>,
-    pub output_payload_to_header: Option<String>,
-    #[serde(default)]
-    pub output_claim_to_headers: Vec<ClaimToHeader>,
-    #[serde(default)]
-    pub forward_original_token: bool,
-    #[serde(default, with = "duration::option")]
-    pub timeout: Option<Duration>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct JwtHeader {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub prefix: String,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ClaimToHeader {
-    #[serde(default)]
-    pub header: String,
-    #[serde(default)]
-    pub claim: String,
-}
 
 /// Where a rule's public keys come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,23 +36,6 @@ impl std::fmt::Display for JwksLocation {
 
 /// Istio's default for `timeout`.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl JwtRule {
-    pub fn key_source(&self) -> KeySource<'_> {
-        match (&self.jwks, &self.jwks_uri) {
-            (Some(inline), _) => KeySource::Inline(inline),
-            (None, Some(uri)) => KeySource::Fetched(JwksLocation::Uri(uri.clone())),
-            (None, None) => KeySource::Fetched(JwksLocation::Discovery(format!(
-                "{}/.well-known/openid-configuration",
-                self.issuer.trim_end_matches('/')
-            ))),
-        }
-    }
-
-    pub fn fetch_timeout(&self) -> Duration {
-        self.timeout.unwrap_or(DEFAULT_FETCH_TIMEOUT)
-    }
-}
 
 /// Keys meshd fetched for one `JwksLocation`: they enter the config as data, so the generator
 /// stays a pure function of it.
@@ -204,128 +130,6 @@ pub fn check_jwks(text: &str) -> Result<usize, String> {
         }
     }
     Ok(keys.len())
-}
-
-/// An HTTP header name as Envoy accepts one in a filter config (RFC 7230 token).
-fn header_name(name: &str, what: &str) -> Result<(), String> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() {
-        return Err(format!("{what}: empty header name"));
-    }
-    if !name.bytes().all(token) {
-        return Err(format!("{what}: `{name}` is not a valid HTTP header name"));
-    }
-    Ok(())
-}
-
-/// An `http(s)://host[:port]/...` URL; meshd fetches it.
-fn fetch_url(uri: &str, what: &str) -> Result<(), String> {
-    let rest = uri
-        .strip_prefix("https://")
-        .or_else(|| uri.strip_prefix("http://"))
-        .ok_or(format!("{what}: `{uri}` is not an http:// or https:// URL"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match host_port.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((h, p)) => (h, p.strip_prefix(':')),
-            None => return Err(format!("{what}: `{uri}`: unclosed `[` in the host")),
-        },
-        None => match host_port.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
-        },
-    };
-    if host.is_empty() {
-        return Err(format!("{what}: `{uri}` has no host"));
-    }
-    if let Some(p) = port
-        && !matches!(p.parse::<u32>(), Ok(1..=65535))
-    {
-        return Err(format!("{what}: `{uri}`: port `{p}` is not 1-65535"));
-    }
-    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{what}: `{uri}` contains whitespace"));
-    }
-    Ok(())
-}
-
-fn non_empty(values: &[String], what: &str) -> Result<(), String> {
-    match values.iter().position(|v| v.is_empty()) {
-        Some(i) => Err(format!("{what}[{i}]: must not be empty")),
-        None => Ok(()),
-    }
-}
-
-const MAX_JWT_RULES: usize = 64;
-
-/// Istio's checks of one RequestAuthentication, the first problem by its field path.
-pub(crate) fn validate(ra: &RequestAuthentication) -> Result<(), String> {
-    if let Some(sel) = &ra.selector {
-        crate::validate::selector_labels(&sel.labels, "spec.selector.matchLabels")?;
-    }
-    let targets = ra.target_ref.is_some() || !ra.target_refs.is_empty();
-    if targets && ra.selector.is_some() {
-        return Err("spec: only one of targetRefs or selector can be set".into());
-    }
-    if targets {
-        let field = if ra.target_ref.is_some() {
-            "targetRef"
-        } else {
-            "targetRefs"
-        };
-        return Err(format!(
-            "spec.{field}: not supported (meshd attaches RequestAuthentication to sidecars and gateways by selector)"
-        ));
-    }
-    if ra.jwt_rules.len() > MAX_JWT_RULES {
-        return Err(format!(
-            "spec.jwtRules: {} rules, at most {MAX_JWT_RULES} allowed",
-            ra.jwt_rules.len()
-        ));
-    }
-    for (i, rule) in ra.jwt_rules.iter().enumerate() {
-        let at = format!("spec.jwtRules[{i}]");
-        if rule.issuer.is_empty() {
-            return Err(format!("{at}.issuer: must be set"));
-        }
-        if let Some((j, _)) = ra.jwt_rules[..i]
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.issuer == rule.issuer)
-        {
-            return Err(format!(
-                "{at}.issuer: `{}` is already the issuer of spec.jwtRules[{j}]",
-                rule.issuer
-            ));
-        }
-        non_empty(&rule.audiences, &format!("{at}.audiences"))?;
-        if let Some(uri) = &rule.jwks_uri {
-            fetch_url(uri, &format!("{at}.jwksUri"))?;
-        }
-        if let Some(jwks) = &rule.jwks {
-            check_jwks(jwks).map_err(|e| format!("{at}.jwks: {e}"))?;
-        }
-        for (j, h) in rule.from_headers.iter().enumerate() {
-            header_name(&h.name, &format!("{at}.fromHeaders[{j}].name"))?;
-        }
-        non_empty(&rule.from_params, &format!("{at}.fromParams"))?;
-        non_empty(&rule.from_cookies, &format!("{at}.fromCookies"))?;
-        if let Some(h) = &rule.output_payload_to_header {
-            header_name(h, &format!("{at}.outputPayloadToHeader"))?;
-        }
-        for (j, c) in rule.output_claim_to_headers.iter().enumerate() {
-            let at = format!("{at}.outputClaimToHeaders[{j}]");
-            header_name(&c.header, &format!("{at}.header"))?;
-            if c.claim.is_empty() {
-                return Err(format!("{at}.claim: must not be empty"));
-            }
-        }
-        if rule.timeout == Some(Duration::ZERO) {
-            return Err(format!("{at}.timeout: must be positive"));
-        }
-    }
-    Ok(())
 }
 
 /// A `request.auth.*` attribute of an AuthorizationPolicy `when` condition.

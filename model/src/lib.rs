@@ -177,7 +177,7 @@ pub enum Spec {
     PeerAuthentication(security::PeerAuthentication),
     AuthorizationPolicy(security::AuthorizationPolicy),
     EnvoyFilter(envoyfilter::EnvoyFilter),
-    RequestAuthentication(jwt::RequestAuthentication),
+    RequestAuthentication(security::RequestAuthentication),
 }
 
 impl Spec {
@@ -225,7 +225,7 @@ spec_of! {
     PeerAuthentication => security::PeerAuthentication,
     AuthorizationPolicy => security::AuthorizationPolicy,
     EnvoyFilter => envoyfilter::EnvoyFilter,
-    RequestAuthentication => jwt::RequestAuthentication,
+    RequestAuthentication => security::RequestAuthentication,
 }
 
 /// An accepted object's spec, held by reference to the shared object: indexes over the config

@@ -347,7 +347,7 @@ impl MeshConfig {
 
     pub fn request_authentications(
         &self,
-    ) -> impl Iterator<Item = (&ConfigObject, &crate::jwt::RequestAuthentication)> {
+    ) -> impl Iterator<Item = (&ConfigObject, &crate::security::RequestAuthentication)> {
         self.specs(|s| match s {
             Spec::RequestAuthentication(x) => Some(x),
             _ => None,

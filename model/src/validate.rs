@@ -8,10 +8,10 @@ use std::net::IpAddr;
 mod authz;
 mod entries;
 mod lb;
+mod request_authn;
 mod selector;
 
 pub(crate) use authz::authorization_policy;
-pub(crate) use selector::labels as selector_labels;
 
 type Check = Result<(), String>;
 
@@ -545,7 +545,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
         // Never rejected here: a policy that cannot be enforced as written stays in force as a
         // deny-all (see `authorization_policy` below and `MeshConfig`).
         Spec::AuthorizationPolicy(_) => {}
-        Spec::RequestAuthentication(ra) => crate::jwt::validate(ra)?,
+        Spec::RequestAuthentication(ra) => request_authn::request_authentication(ra)?,
         Spec::EnvoyFilter(ef) => {
             let problems = ef.problems();
             if !problems.is_empty() {

@@ -28,9 +28,10 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::{Any, Empty};
 use meshd_model::MeshConfig;
-use meshd_model::jwt::{JwtRule, KeySource, RequestAuthentication};
+use meshd_model::jwt::KeySource;
 use meshd_model::networking::Labels;
 use meshd_model::registry::selector_matches;
+use meshd_model::security::{JwtRule, RequestAuthentication};
 use prost::{Message, Name};
 use std::collections::BTreeMap;
 
