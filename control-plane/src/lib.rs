@@ -11,6 +11,7 @@ pub mod cli;
 pub mod crds;
 pub mod identity;
 pub mod iptables;
+pub mod jwks;
 pub mod kube;
 pub mod kube_bootstrap;
 pub mod kube_inject;
