@@ -8,6 +8,7 @@ pub mod app;
 pub mod bootstrap;
 pub mod ca_service;
 pub mod cli;
+pub mod dashboard;
 pub mod identity;
 pub mod iptables;
 pub mod istio_names;
