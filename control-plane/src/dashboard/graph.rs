@@ -146,6 +146,7 @@ fn edge(source: String, target: String, s: &Sums, window: Option<f64>) -> Edge {
         &s.now
     };
     let mtls = match s.reporter {
+        _ if s.now.requests == 0 => "unknown",
         "source" => "unknown",
         _ if s.now.mtls == 0 => "none",
         _ if s.now.mtls >= s.now.requests => "full",
@@ -199,6 +200,19 @@ pub fn build(config: &MeshConfig, now: &Totals, before: Option<(f64, &Totals)>) 
     let window = before.map(|(secs, _)| secs);
     let mut calls: BTreeMap<(String, String), Sums> = BTreeMap::new();
     let mut serves: BTreeMap<(String, String), Sums> = BTreeMap::new();
+    // The registry's endpoints draw the services' workloads even before any traffic.
+    for svc in &config.services {
+        for e in &svc.endpoints {
+            if let Some(w) = &e.workload {
+                let target = workload_id(w, &e.namespace);
+                if nodes.contains_key(&target) {
+                    serves
+                        .entry((service_id(&svc.hostname), target))
+                        .or_default();
+                }
+            }
+        }
+    }
     for (path, (reporter, totals)) in &current {
         let (source, host, name, namespace, destination) = path;
         let service = service_id(host);

@@ -35,6 +35,7 @@ const MeshGraph = (() => {
   }
 
   function edgeLabel(e) {
+    if (!e.requests) return "";
     const rps = e.rps === null ? "" : `${fmt(e.rps, 1)} rps `;
     const err = e.error_rate ? ` ${fmt(e.error_rate * 100, 1)}% err` : "";
     const lock = e.mtls === "full" ? " 🔒" : "";
@@ -79,6 +80,7 @@ const MeshGraph = (() => {
       const bend = back ? 80 : (x2 - x1) / 2;
       const cls = ["edge"];
       if (e.rps) cls.push("busy");
+      if (!e.requests) cls.push("idle");
       if (e.error_rate) cls.push("errors");
       const g = el("g", { class: cls.join(" "), "data-source": e.source, "data-target": e.target,
         "data-requests": e.requests, "data-reporter": e.reporter, "data-mtls": e.mtls }, edgeLayer);
@@ -98,7 +100,9 @@ const MeshGraph = (() => {
         transform: `translate(${p.x},${p.y})` }, nodeLayer);
       el("rect", { width: NODE_W, height: NODE_H, rx: 6 }, g);
       const name = el("text", { x: 10, y: 17 }, g);
-      name.textContent = (n.kind === "service" ? "◆ " : "● ") + shorten(n.name, 26);
+      // A registered service's host is long; its first label names it on the canvas.
+      const label = n.kind === "service" && n.registered ? n.name.split(".")[0] : n.name;
+      name.textContent = (n.kind === "service" ? "◆ " : "● ") + shorten(label, 26);
       const ns = el("text", { x: 10, y: 32, class: "ns" }, g);
       ns.textContent = `${n.kind} · ${n.namespace}`;
       const title = el("title", {}, g);

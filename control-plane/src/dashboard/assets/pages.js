@@ -48,7 +48,7 @@ const Pages = (() => {
           `${Math.round(g.window_seconds)} s. Click a workload for its proxies, certificate and policies.`;
         const f = MeshGraph.fmt;
         replace(edges, table("edges", ["from", "to", "requests", "req/s", "errors", "p50 ms", "p99 ms", "mTLS", "reporter"],
-          g.edges.map(e => [name(e.source), name(e.target), e.requests, f(e.rps, 2),
+          g.edges.filter(e => e.requests > 0).map(e => [name(e.source), name(e.target), e.requests, f(e.rps, 2),
             e.error_rate === null ? "–" : `${f(e.error_rate * 100, 1)}%`, f(e.p50_ms, 1), f(e.p99_ms, 1),
             badge(e.mtls), e.reporter])));
       },
