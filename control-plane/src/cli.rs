@@ -66,6 +66,8 @@ enum Command {
     EnvoyPath,
     /// Inject sidecars into Kubernetes manifests offline, exactly as the webhook would.
     KubeInject(crate::kube_inject::KubeInjectArgs),
+    /// Open the web dashboard (port-forwarding to a meshd pod in Kubernetes mode).
+    Dashboard(crate::dashboard::open::DashboardArgs),
     /// Wait until the sidecar's Envoy is ready (the injected postStart hook).
     #[command(hide = true)]
     WaitProxy(crate::proxy_wait::WaitProxyArgs),
@@ -499,6 +501,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(meshd_localmesh::workload_app::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dashboard(args) => crate::dashboard::open::run(args),
         Command::KubeInject(args) => {
             crate::kube_inject::run(&args)?;
             Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@
 //! server-sent events computed from the telemetry's state and the config channel.
 
 pub mod graph;
+pub mod open;
 pub mod workload;
 
 use crate::admin::AdminState;
