@@ -4,7 +4,7 @@
 
 const MeshGraph = (() => {
   const SVG = "http://www.w3.org/2000/svg";
-  const COL = 260, ROW = 64, NODE_W = 190, NODE_H = 40, PAD = 24;
+  const COL = 330, ROW = 64, NODE_W = 190, NODE_H = 40, PAD = 24;
 
   function el(name, attrs, parent) {
     const e = document.createElementNS(SVG, name);

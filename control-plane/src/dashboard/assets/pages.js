@@ -58,7 +58,7 @@ const Pages = (() => {
   function policies(list) {
     return table(null, ["kind", "name", "applies", "hosts", "source"],
       list.map(p => [p.kind, `${p.namespace}/${p.name}`, p.scope, (p.hosts || []).join(", "),
-        `${p.file}:${p.line}`]));
+        `${p.file.split("/").pop()}:${p.line}`]));
   }
 
   function workload(main, namespace, name) {
