@@ -9,6 +9,7 @@
 # Renders with the optional monitoring.coreos.com/v1 API too (→ PrometheusRule). The fallbacks
 # for old servers (autoscaling/v2beta2, policy/v1beta1) cannot be rendered here: `helm template`
 # always advertises its built-in API set; `helm install` against a v1.20 API server takes them.
+# The chart's crds/ must equal `meshd crds` output (regenerated here with cargo, then diffed).
 # Custom resources (CRD instances: Istio kinds, PrometheusRule) have no schema in
 # kubernetes-validate; they are checked separately: every one must be of a kind whose CRD the
 # chart ships (Istio kinds) or a known operator kind (PrometheusRule), and must parse as YAML.
@@ -236,8 +237,17 @@ grep -q '^kind: PrometheusRule' "$out/monitoring.yaml" || { log "PrometheusRule 
 grep -q '^apiVersion: autoscaling/v2$' "$out/default.yaml" || { log "HPA not autoscaling/v2"; fail=1; }
 grep -q '^apiVersion: policy/v1$' "$out/default.yaml" || { log "PDB not policy/v1"; fail=1; }
 ! grep -q '^kind: CustomResourceDefinition' "$out/no-crds.yaml" || { log "--skip-crds still renders CRDs"; fail=1; }
+# The chart's crds/ is exactly `meshd crds` output (schemas generated from meshd's model): any
+# difference, a file too many or too few, fails.
+if cargo run --quiet --bin meshd -- crds --out "$out/crds"; then
+  diff -ru "$CHART/crds" "$out/crds" >&2 || {
+    log "$CHART/crds is not \`meshd crds\` output: cargo run --bin meshd -- crds --out $CHART/crds"; fail=1; }
+else
+  log "meshd crds failed"; fail=1
+fi
+want=$(grep -c '^kind: CustomResourceDefinition' "$out/crds/istio-crds.yaml" || true)
 n=$(grep -c '^kind: CustomResourceDefinition' "$out/default.yaml" || true)
-[ "$n" -eq 9 ] || { log "$n CRDs rendered, want the 9 Istio kinds"; fail=1; }
+[ "$n" -eq "$want" ] && [ "$n" -ge 9 ] || { log "$n CRDs rendered, want the $want Istio kinds of meshd crds"; fail=1; }
 n=$(grep -c '^kind: Deployment' "$out/voicecore.yaml" || true)
 [ "$n" -ge 11 ] || { log "VoiceCore values render $n Deployments, want 8 services + meshd + 2 gateways"; fail=1; }
 

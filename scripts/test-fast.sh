@@ -14,9 +14,12 @@ cd "$(dirname "$0")/.."
 
 # ARCHITECTURE.md names only paths, functions and types that exist.
 scripts/check-architecture.sh
+# Imports run one way: crate layers as ARCHITECTURE.md says, no module import circles.
+python3 scripts/check-layers.py --self-test
+python3 scripts/check-layers.py
 
-# Pure crates: no I/O beyond temp dirs.
-cargo test -p meshd-model -p meshd-ca -p meshd-xds -p meshd-injector -p meshd-loadgen \
+# Pure crates: no I/O beyond temp dirs (the model with its CRD schemas, as meshd builds it).
+cargo test -p meshd-model --features meshd-model/schema -p meshd-ca -p meshd-xds -p meshd-ads -p meshd-injector -p meshd-loadgen \
   --lib --bins --tests -- "$@"
 
 # The control plane in-process on 127.0.0.1:0.

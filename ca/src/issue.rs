@@ -11,27 +11,12 @@ use rcgen::{
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use x509_parser::prelude::FromDer;
 
-use crate::registry::RegEntry;
+use crate::registry::{Kind, RegEntry};
 use crate::x509::{RawP256Public, pem_encode, random_serial, rfc3339, whole_seconds};
 use crate::{
     BACKDATE, CaError, CertificateAuthority, CsrHolding, IssuedCert, MAX_CSR_HOLDERS, SigningState,
     SpiffeId, WorkloadClaims, credential,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Workload = 0,
-    Server = 1,
-}
-
-impl Kind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Kind::Workload => "workload",
-            Kind::Server => "server",
-        }
-    }
-}
 
 /// What a leaf is for, besides its key.
 pub(crate) struct Leaf {

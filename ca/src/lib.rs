@@ -31,6 +31,7 @@ mod keys;
 mod ledger;
 mod load;
 mod registry;
+mod root;
 mod rotation;
 mod spiffe;
 mod storage;

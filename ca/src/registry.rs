@@ -3,9 +3,24 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::issue::Kind;
 use crate::x509::rfc3339;
 use crate::{CertInfo, CertificateAuthority};
+
+/// What an issued leaf is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Workload = 0,
+    Server = 1,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Workload => "workload",
+            Kind::Server => "server",
+        }
+    }
+}
 
 pub(crate) struct RegEntry {
     pub(crate) spiffe_id: String,

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use rcgen::KeyPair;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::load::{check_self_signed_root, generate_root, signer_from};
+use crate::root::{check_self_signed_root, generate_root, signer_from};
 use crate::x509::{ca_cert_info, check_is_ca, parse_cert, parse_cert_pems, pem_encode, rfc3339};
 use crate::{
     CaConfig, CaError, CaMode, CaStorage, CertificateAuthority, PhaseNeed, ROOT_CERT_FILE,

@@ -3,28 +3,30 @@
 //! `/healthz/*` and `/version` unless a Kubernetes token proves them administrators.
 
 pub mod access;
+mod istio_names;
 
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use meshd_ads::{Metrics, Registry, SyncStatus};
 use meshd_ca::CertificateAuthority;
 use meshd_ca::RotationPhase;
 use meshd_xds::MeshSnapshot;
-use meshd_xds::server::{Metrics, Registry, SyncStatus};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::watch;
 
 #[derive(Clone)]
 pub struct AdminState {
-    pub ready: Arc<AtomicBool>,
+    /// Subsystems not yet serving (guards held), named by `/healthz/ready`.
+    pub readiness: Arc<crate::readiness::Readiness>,
     /// The supervised tasks: not ready while one is down.
     pub tasks: Arc<crate::supervise::TaskHealth>,
     pub registry: Arc<Registry>,
@@ -75,18 +77,9 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {
-    let down = s.tasks.down();
-    if !down.is_empty() {
-        let down = down.join(", ");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {down} restarting\n"),
-        )
-            .into_response()
-    } else if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    match crate::readiness::verdict(&s.readiness, &s.tasks.down()) {
+        (true, text) => (StatusCode::OK, text).into_response(),
+        (false, text) => (StatusCode::SERVICE_UNAVAILABLE, text).into_response(),
     }
 }
 
@@ -472,7 +465,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     ca_metrics(&s, &mut out);
     s.tasks.write_metrics(&mut out);
     limit_metrics(&s, &mut out);
-    crate::istio_names::encode_into(&s, &mut out);
+    istio_names::encode_into(&s, &mut out);
     out.push('\n');
     s.mesh_metrics.encode_into(&mut out);
     out.push('\n');

@@ -2,20 +2,20 @@
 //! addresses, so tests bind port 0 and run the whole control plane in-process.
 
 use crate::admin::{self, AdminState};
-use crate::identity::{CaSecrets, CredentialAuth};
-use crate::kube::ProxyAuth;
+use crate::identity::CaSecrets;
 use crate::snapshots::{SNAPSHOT_TASK, first_snapshot, snapshots};
 use crate::source::FileSource;
+use crate::startup::{ConfigSource, Mode, ModeConfig};
 use crate::supervise::{Backoff, Supervisor, TaskHealth};
 use anyhow::Context;
-use meshd_ca::{CaConfig, CertificateAuthority, RootKeyAlgorithm};
+use meshd_ads::{AdsServer, Metrics, Registry, ServerOptions};
+use meshd_ca::{CaConfig, RootKeyAlgorithm};
 use meshd_model::MeshConfig;
 use meshd_xds::GenOptions;
-use meshd_xds::server::{AdsServer, Metrics, Registry, ServerOptions};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -93,39 +93,36 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let admin_listener = TcpListener::bind((config.bind, config.admin_port))
         .await
         .with_context(|| format!("binding admin on {}:{}", config.bind, config.admin_port))?;
+    let readiness = crate::readiness::Readiness::new();
+    let (ca_pending, config_pending) = (readiness.register("ca"), readiness.register("config"));
     let config_tx = watch::Sender::new(Arc::new(MeshConfig::default()));
-    let (kube, kube_ca) = match &config.kubernetes {
-        Some(k) => {
-            let (status_tx, status) = watch::channel(String::from("starting"));
-            let ca_config = config.ca_config();
-            let started = crate::startup::kube(
-                k,
-                &ca_config,
-                config.debounce,
-                config_tx.clone(),
-                &status_tx,
-            );
-            let (kube, ca) =
-                crate::startup::answering_probes(&admin_listener, status, started).await?;
-            (Some(kube), Some(ca))
-        }
-        None => (None, None),
-    };
-    let ca = Arc::new(match kube_ca {
-        Some(ca) => ca,
-        None => {
-            // Off the async workers: a new RSA 4096 root takes seconds to generate.
-            let ca_cfg = config.ca_config();
-            tokio::task::spawn_blocking(move || CertificateAuthority::load_or_create(&ca_cfg))
-                .await
-                .context("loading the mesh CA")?
-                .context("loading the mesh CA")?
-        }
-    });
-    let mut source = FileSource::new(config.config_dir.clone());
-    if kube.is_none() {
-        config_tx.send_replace(Arc::new(source.reload()));
-    }
+    let detect_native_sidecars =
+        (config.webhook.as_ref()).is_some_and(|w| w.inject.native_sidecars.is_none());
+    let mode = Mode::start(
+        ModeConfig {
+            kubernetes: config.kubernetes.as_ref(),
+            config_dir: config.config_dir.clone(),
+            ca: config.ca_config(),
+            trust_domain: &config.trust_domain,
+            debounce: config.debounce,
+            detect_native_sidecars,
+        },
+        &admin_listener,
+        &config_tx,
+    )
+    .await?;
+    let Mode {
+        ca,
+        source,
+        proxy_auth,
+        caller_check,
+        namespaces,
+        cluster_rotation,
+        secrets_over_plaintext,
+        native_sidecars,
+    } = mode;
+    ca_pending.ready();
+    config_pending.ready();
     let initial = config_tx.borrow().clone();
     for r in &initial.rejected {
         tracing::warn!("{r}");
@@ -149,16 +146,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         registry.clone(),
         shutdown_rx.clone(),
         config.root_rotation_grace,
-        kube.as_ref()
-            .map(|k| crate::root_rotation::ClusterRotation {
-                leader: k.leader(),
-                follower_lag: k.follower_lag(),
-            }),
+        cluster_rotation,
     );
-    let auth = match &kube {
-        Some(k) => k.auth(ca.clone(), &config.trust_domain),
-        None => ProxyAuth::Credential(Arc::new(CredentialAuth { ca: ca.clone() })),
-    };
+    let auth = proxy_auth;
     let ads = AdsServer::new(
         auth.clone(),
         secrets.clone(),
@@ -175,9 +165,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let ads_service = ads.into_service();
     let ads_tls_service = ads_service.clone();
     // Keys only over TLS: in Kubernetes mode the plaintext port's streams get no secrets.
-    let ads_plain_service = match &config.kubernetes {
-        None => ads_service,
-        Some(_) => AdsServer::new(
+    let ads_plain_service = match secrets_over_plaintext {
+        true => ads_service,
+        false => AdsServer::new(
             auth.clone(),
             secrets.clone(),
             snapshot_rx.clone(),
@@ -243,15 +233,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                 .await
                 .with_context(|| format!("binding the webhook on {}:{}", config.bind, w.port))?;
             let tls = crate::webhook::tls_config(ca.clone(), &w.dns_names)?;
-            let namespaces = match &kube {
-                Some(k) => k.namespace_lookup(),
-                None => w.namespaces.clone(),
-            };
+            let namespaces = namespaces.unwrap_or_else(|| w.namespaces.clone());
             let mut inject = w.inject.clone();
-            if let Some(k) = &kube
-                && inject.native_sidecars.is_none()
-            {
-                inject.native_sidecars = crate::webhook::detect_native_sidecars(k.client()).await;
+            if inject.native_sidecars.is_none() {
+                inject.native_sidecars = native_sidecars;
             }
             let router = crate::webhook::router(inject, namespaces, injection_metrics.clone());
             Some((listener, tls, router))
@@ -263,42 +248,42 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         None => None,
     };
 
-    let ready = Arc::new(AtomicBool::new(false));
     let debounce = config.debounce;
-    let caller_check: Option<Arc<dyn admin::access::CallerCheck>> = match &kube {
-        Some(k) => Some(Arc::new(k.admin_auth())),
-        None => None,
-    };
     let kube_ca = ca.clone();
     let kube_secrets = secrets.clone();
     let config_dir = config.config_dir.clone();
-    let kube_mode = config.kubernetes.is_some();
     // The first start uses what `build` set up (the loaded files, the connected cluster); a
     // restart reads the directory again. The cluster connection cannot be made again here:
     // losing it ends the process, as before.
-    let mut first_source = Some((source, kube));
+    let cluster_mode = matches!(source, ConfigSource::Cluster(_));
+    let mut first_source = Some(source);
+    let mut watch_pending = Some(readiness.register("config-watch"));
     let stop_rx = shutdown_rx.clone();
     tasks.spawn("config-source", move || {
         let mut stop = stop_rx.clone();
         let config_tx = config_tx.clone();
         let kube_ca = kube_ca.clone();
         let kube_secrets = kube_secrets.clone();
-        let (source, kube, restarted) = match first_source.take() {
-            Some((source, kube)) => (source, kube, false),
-            None if !kube_mode => (FileSource::new(config_dir.clone()), None, true),
+        let watching = watch_pending.take();
+        let (source, restarted) = match first_source.take() {
+            Some(source) => (source, false),
+            None if !cluster_mode => (ConfigSource::Files(FileSource::new(config_dir.clone())), true),
             None => return None,
         };
         Some(async move {
-            if let Some(k) = kube {
-                let on_change: Arc<dyn Fn() + Send + Sync> =
-                    Arc::new(move || kube_secrets.bundle_changed());
-                k.run(kube_ca, on_change, stop.clone()).await?;
-                if *stop.borrow() {
-                    return Ok(());
+            drop(watching);
+            let mut source = match source {
+                ConfigSource::Files(source) => source,
+                ConfigSource::Cluster(k) => {
+                    let on_change: Arc<dyn Fn() + Send + Sync> =
+                        Arc::new(move || kube_secrets.bundle_changed());
+                    k.run(kube_ca, on_change, stop.clone()).await?;
+                    if *stop.borrow() {
+                        return Ok(());
+                    }
+                    anyhow::bail!("the Kubernetes source ended");
                 }
-                anyhow::bail!("the Kubernetes source ended");
-            }
-            let mut source = source;
+            };
             if restarted {
                 let mesh = source.reload();
                 config_tx.send_if_modified(|current| {
@@ -359,12 +344,12 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         }
     };
     if let (Some(listener), Some(addr)) = (xds_listener, xds_addr) {
-        let mut first = Some(listener);
+        let mut first = Some((listener, readiness.register("xds")));
         let (incoming, auth_failures, limits) =
             (incoming.clone(), auth_failures.clone(), limits.clone());
         let stop_rx = shutdown_rx.clone();
         tasks.spawn("xds-server", move || {
-            let listener = first.take();
+            let (listener, pending) = first.take().unzip();
             let grpc = crate::transport::GrpcAuthLimit::new(
                 tonic::service::Routes::new(ads_plain_service.clone())
                     .add_service(access_logs.clone())
@@ -376,6 +361,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             let (incoming, stop) = (incoming.clone(), stop_rx.clone());
             Some(async move {
                 let incoming = incoming(listener, addr, "xds-accept", cap)?;
+                drop(pending);
                 crate::transport::serve(incoming, None, grpc, opts, stop)
                     .await
                     .context("xDS server")
@@ -383,7 +369,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         });
     }
     let tls = tokio_rustls::TlsAcceptor::from(serving_cert.server_config()?);
-    let mut first_tls = Some((xds_tls_listener, tls));
+    let mut first_tls = Some((xds_tls_listener, tls, readiness.register("xds-tls")));
     let stop_rx = shutdown_rx.clone();
     let (tls_incoming, tls_limits, tls_auth_failures) =
         (incoming.clone(), limits.clone(), auth_failures.clone());
@@ -401,14 +387,16 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         let (incoming, stop, serving_cert) =
             (tls_incoming.clone(), stop_rx.clone(), serving_cert.clone());
         Some(async move {
-            let (listener, tls) = match first {
-                Some((l, tls)) => (Some(l), tls),
+            let (listener, tls, pending) = match first {
+                Some((l, tls, pending)) => (Some(l), tls, Some(pending)),
                 None => (
                     None,
                     tokio_rustls::TlsAcceptor::from(serving_cert.server_config()?),
+                    None,
                 ),
             };
             let incoming = incoming(listener, xds_tls_addr, "xds-tls-accept", cap)?;
+            drop(pending);
             crate::transport::serve(incoming, Some(tls), grpc, opts, stop)
                 .await
                 .context("xDS/CA TLS server")
@@ -460,7 +448,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         })
     });
     let state = AdminState {
-        ready: ready.clone(),
+        readiness: readiness.clone(),
         tasks: health.clone(),
         registry,
         metrics,
@@ -476,17 +464,18 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         injection_metrics,
         auth_failures,
     };
-    let mut first_admin = Some(admin_listener);
+    let mut first_admin = Some((admin_listener, readiness.register("admin")));
     let stop_rx = shutdown_rx.clone();
     let (admin_incoming, admin_limits) = (incoming.clone(), limits.clone());
     tasks.spawn("admin-server", move || {
-        let listener = first_admin.take();
+        let (listener, pending) = first_admin.take().unzip();
         let router = admin::router(state.clone());
         let opts = crate::transport::ConnOptions::http("admin", &admin_limits);
         let cap = admin_limits.http_max_connections;
         let (incoming, stop) = (admin_incoming.clone(), stop_rx.clone());
         Some(async move {
             let incoming = incoming(listener, admin_addr, "admin-accept", cap)?;
+            drop(pending);
             crate::transport::serve(incoming, None, router, opts, stop)
                 .await
                 .context("admin server")
@@ -505,16 +494,17 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         })
     });
     if let Some((listener, tls, router)) = webhook {
-        let mut first_listener = Some(listener);
+        let mut first_listener = Some((listener, readiness.register("webhook")));
         let webhook_bound = webhook_addr.unwrap_or(admin_addr);
         let stop_rx = shutdown_rx.clone();
         tasks.spawn("webhook-server", move || {
-            let listener = first_listener.take();
+            let (listener, pending) = first_listener.take().unzip();
             let (tls, router, stop) = (tls.clone(), router.clone(), stop_rx.clone());
             let (incoming, limits) = (incoming.clone(), limits.clone());
             let cap = limits.http_max_connections;
             Some(async move {
                 let incoming = incoming(listener, webhook_bound, "webhook-accept", cap)?;
+                drop(pending);
                 crate::webhook::serve(incoming, tls, router, &limits, stop)
                     .await
                     .context("webhook server")
@@ -523,8 +513,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     }
     // Parsing and the first build leave most of their peak freed: give it back before idling.
     crate::memory::trim();
-    // Config is loaded and the CA is up: from here on we are ready.
-    ready.store(true, Ordering::SeqCst);
+    // Ready once each listener accepts and the config watch runs: `/healthz/ready` waits on
+    // their guards, not on this function returning.
     tracing::info!(
         xds = ?xds_addr,
         xds_tls = %xds_tls_addr,

@@ -5,13 +5,13 @@
 //! The gRPC service is written by hand on `tonic::server::Grpc` with tonic-prost's codec; the
 //! messages and the request checks live in `meshd_ca::istio_api`.
 
+use meshd_ads::{Authenticator, wait_registered};
 use meshd_ca::istio_api::{
     CREATE_CERTIFICATE_PATH, IstioCertificateRequest, IstioCertificateResponse, MAX_REQUEST_BYTES,
     RejectCode, SERVICE_NAME,
 };
 use meshd_ca::{CertificateAuthority, IssuedCert, SpiffeId};
 use meshd_xds::MeshSnapshot;
-use meshd_xds::server::{Authenticator, wait_registered};
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

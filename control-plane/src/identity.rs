@@ -5,9 +5,9 @@ use dashmap::DashMap;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
 };
+use meshd_ads::{Authenticator, SecretSource};
 use meshd_ca::{CertificateAuthority, IssuedCert, SpiffeId, WorkloadClaims};
 use meshd_xds::generate::common::{ROOT_SECRET, WORKLOAD_SECRET, inline_bytes};
-use meshd_xds::server::{Authenticator, SecretSource};
 use meshd_xds::{Identity, Proxy, Resource, SharedResource};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -21,9 +21,9 @@
 //! invalidates a certificate the CA handed out unaccounted.
 
 use crate::identity::CaSecrets;
+use meshd_ads::{Registry, SyncStatus};
 use meshd_ca::{CaError, RootRotation, RotationPhase};
 use meshd_xds::generate::common::{ROOT_SECRET, WORKLOAD_SECRET};
-use meshd_xds::server::{Registry, SyncStatus};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

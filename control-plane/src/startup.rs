@@ -1,13 +1,23 @@
-//! Kubernetes-mode startup that outlasts an API server outage: meshd keeps trying to load its
-//! CA and list the cluster, with backoff, and meanwhile answers its probes on the admin port —
-//! alive, not ready, and why.
+//! Starting the mode, chosen once: [`Mode::start`] returns what differs between file mode and
+//! Kubernetes mode (CA storage, config source, proxy authenticator, admin caller check,
+//! namespace lookup, cluster-wide root rotation) so `app::build` wires one set of servers with no
+//! mode switch of its own.
+//!
+//! Kubernetes-mode startup outlasts an API server outage: meshd keeps trying to load its CA and
+//! list the cluster, with backoff, and meanwhile answers its probes on the admin port — alive,
+//! not ready, and why.
 //!
 //! Why not exit and let the kubelet restart us: its CrashLoopBackOff grows to five minutes, so
 //! every replica would come back minutes after the API server did; and a liveness probe that
 //! cannot connect would count a waiting meshd as dead.
 
-use crate::kube::{Kube, KubeConfig};
+use crate::identity::CredentialAuth;
+use crate::kube::{Kube, KubeConfig, ProxyAuth};
+use crate::mode::{CallerCheck, NamespaceLookup};
+use crate::root_rotation::ClusterRotation;
+use crate::source::FileSource;
 use crate::supervise::Backoff;
+use anyhow::Context;
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,6 +25,7 @@ use meshd_ca::{CaConfig, CertificateAuthority};
 use meshd_model::MeshConfig;
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -145,6 +156,103 @@ pub async fn kube(
         retry.failed(e).await;
     }
     Ok((kube, ca))
+}
+
+/// Where the mesh config comes from.
+pub enum ConfigSource {
+    /// `--config-dir` (or the embedded VoiceCore mesh), loaded; watched by the config task.
+    Files(FileSource),
+    /// The cluster's watches, listed; run by the config task.
+    Cluster(Box<Kube>),
+}
+
+/// What the chosen mode provides to the servers.
+pub struct Mode {
+    pub ca: Arc<CertificateAuthority>,
+    pub source: ConfigSource,
+    /// Proves a proxy's identity: its file-mode credential, or its Kubernetes token.
+    pub proxy_auth: ProxyAuth,
+    /// Checks off-host admin API callers; `None` (file mode): loopback only.
+    pub caller_check: Option<Arc<dyn CallerCheck>>,
+    /// Namespace labels for injection from the cluster; `None`: the webhook's configured ones.
+    pub namespaces: Option<NamespaceLookup>,
+    /// Root rotation led by the Lease holder (Kubernetes mode).
+    pub cluster_rotation: Option<ClusterRotation>,
+    /// Whether the plaintext xDS port may carry keys: never in Kubernetes mode.
+    pub secrets_over_plaintext: bool,
+    /// The API server supports native sidecars (`None`: not asked, or no cluster).
+    pub native_sidecars: Option<bool>,
+}
+
+/// What starting a mode needs from the configuration.
+pub struct ModeConfig<'a> {
+    pub kubernetes: Option<&'a KubeConfig>,
+    pub config_dir: Option<PathBuf>,
+    pub ca: CaConfig,
+    pub trust_domain: &'a str,
+    pub debounce: Duration,
+    /// Ask the API server whether it runs native sidecars (the webhook is on and not told).
+    pub detect_native_sidecars: bool,
+}
+
+impl Mode {
+    /// Loads the CA and the first config, and publishes that config on `config_tx`. Kubernetes
+    /// mode answers probes on `admin_listener` while it waits for the API server.
+    pub async fn start(
+        cfg: ModeConfig<'_>,
+        admin_listener: &TcpListener,
+        config_tx: &watch::Sender<Arc<MeshConfig>>,
+    ) -> anyhow::Result<Mode> {
+        let Some(kube_cfg) = cfg.kubernetes else {
+            // Off the async workers: a new RSA 4096 root takes seconds to generate.
+            let ca_cfg = cfg.ca;
+            let ca =
+                tokio::task::spawn_blocking(move || CertificateAuthority::load_or_create(&ca_cfg))
+                    .await
+                    .context("loading the mesh CA")?
+                    .context("loading the mesh CA")?;
+            let ca = Arc::new(ca);
+            let mut source = FileSource::new(cfg.config_dir);
+            config_tx.send_replace(Arc::new(source.reload()));
+            return Ok(Mode {
+                proxy_auth: ProxyAuth::Credential(Arc::new(CredentialAuth { ca: ca.clone() })),
+                ca,
+                source: ConfigSource::Files(source),
+                caller_check: None,
+                namespaces: None,
+                cluster_rotation: None,
+                secrets_over_plaintext: true,
+                native_sidecars: None,
+            });
+        };
+        let (status_tx, status) = watch::channel(String::from("starting"));
+        let started = kube(
+            kube_cfg,
+            &cfg.ca,
+            cfg.debounce,
+            config_tx.clone(),
+            &status_tx,
+        );
+        let (kube, ca) = answering_probes(admin_listener, status, started).await?;
+        let ca = Arc::new(ca);
+        let native_sidecars = match cfg.detect_native_sidecars {
+            true => crate::webhook::detect_native_sidecars(kube.client()).await,
+            false => None,
+        };
+        Ok(Mode {
+            proxy_auth: kube.auth(ca.clone(), cfg.trust_domain),
+            ca,
+            caller_check: Some(Arc::new(kube.admin_auth())),
+            namespaces: Some(kube.namespace_lookup()),
+            cluster_rotation: Some(ClusterRotation {
+                leader: kube.leader(),
+                follower_lag: kube.follower_lag(),
+            }),
+            secrets_over_plaintext: false,
+            native_sidecars,
+            source: ConfigSource::Cluster(Box::new(kube)),
+        })
+    }
 }
 
 #[cfg(test)]

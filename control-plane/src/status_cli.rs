@@ -3,12 +3,29 @@
 //! a bearer token when it has one, so off-host callers pass the admin API's check.
 
 use anyhow::{Context, anyhow};
+use clap::Args;
 use meshd_xds::resource::short_type;
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// Where the admin API is and how to prove an off-host caller is an administrator.
+#[derive(Args)]
+pub struct AdminArgs {
+    #[arg(long, default_value = "http://127.0.0.1:15014")]
+    pub admin: String,
+    /// Bearer token for the admin API (Kubernetes mode: checked by TokenReview and a
+    /// SubjectAccessReview of `debug.meshd.io`). Default: the token of the kubeconfig's
+    /// current user, if it has one (`--kubeconfig`, `KUBECONFIG`, `~/.kube/config`); none on
+    /// loopback works without one.
+    #[arg(long, env = "MESHD_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The kubeconfig whose current user's token is sent when `--token` is not given.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
 
 /// The admin API of one server, and the token that proves the caller an administrator.
 pub struct AdminClient {
@@ -20,7 +37,7 @@ pub struct AdminClient {
 impl AdminClient {
     /// `--token`, else the kubeconfig user's token (`--kubeconfig`, else `KUBECONFIG` or
     /// `~/.kube/config` when there is one), else none.
-    pub fn new(args: &crate::cli::AdminArgs) -> anyhow::Result<AdminClient> {
+    pub fn new(args: &AdminArgs) -> anyhow::Result<AdminClient> {
         let token = match (&args.token, &args.kubeconfig) {
             (Some(t), _) => Some(t.trim().to_string()).filter(|t| !t.is_empty()),
             (None, Some(path)) => kubeconfig_token(Some(path))?,

@@ -72,10 +72,10 @@ pub struct TransportLimits {
     pub keepalive_timeout: Duration,
     /// Largest ADS request message (Istio's 4 MiB). An EDS request naming 10 000 clusters is
     /// under 1 MB.
-    #[arg(long, env = "MESHD_XDS_MAX_REQUEST_BYTES", default_value_t = meshd_xds::server::DEFAULT_MAX_REQUEST_BYTES)]
+    #[arg(long, env = "MESHD_XDS_MAX_REQUEST_BYTES", default_value_t = meshd_ads::DEFAULT_MAX_REQUEST_BYTES)]
     pub xds_max_request_bytes: usize,
     /// Resource names one ADS stream may hold subscribed per type.
-    #[arg(long, env = "MESHD_XDS_MAX_SUBSCRIBED_NAMES", default_value_t = meshd_xds::server::DEFAULT_MAX_SUBSCRIBED_NAMES)]
+    #[arg(long, env = "MESHD_XDS_MAX_SUBSCRIBED_NAMES", default_value_t = meshd_ads::DEFAULT_MAX_SUBSCRIBED_NAMES)]
     pub xds_max_subscribed_names: usize,
     /// Failed authentications a remote IP may make in a burst on the gRPC ports before it is
     /// refused (RESOURCE_EXHAUSTED) without a check; 0 turns the limit off. A sidecar fails
@@ -112,8 +112,8 @@ impl Default for TransportLimits {
             xds_max_connection_age_grace: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
-            xds_max_request_bytes: meshd_xds::server::DEFAULT_MAX_REQUEST_BYTES,
-            xds_max_subscribed_names: meshd_xds::server::DEFAULT_MAX_SUBSCRIBED_NAMES,
+            xds_max_request_bytes: meshd_ads::DEFAULT_MAX_REQUEST_BYTES,
+            xds_max_subscribed_names: meshd_ads::DEFAULT_MAX_SUBSCRIBED_NAMES,
             auth_failure_burst: 20,
             auth_failures_per_minute: 60,
             token_review_concurrency: 16,

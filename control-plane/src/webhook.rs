@@ -7,6 +7,7 @@
 //! The API server trusts it through the MutatingWebhookConfiguration's `caBundle`, the mesh's
 //! trust bundle, which Kubernetes mode keeps current (`kube::webhook_config`).
 
+pub use crate::mode::NamespaceLookup;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
@@ -15,13 +16,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meshd_ca::CertificateAuthority;
-use meshd_injector::{InjectConfig, Labels};
+use meshd_injector::InjectConfig;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use tokio::sync::watch;
-
-/// Labels of a namespace, when known (Kubernetes mode's namespace watch); `None` when not.
-pub type NamespaceLookup = Arc<dyn Fn(&str) -> Option<Labels> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct WebhookConfig {

@@ -717,6 +717,36 @@ async fn scenario(net: &PodNetwork) {
             "{id} not in {syncz}"
         );
     }
+
+    // A Job's way to stop its sidecar on the classic path, as Istio documents it: `POST
+    // 127.0.0.1:15020/quitquitquit` answers 200 (so `curl -fsS` succeeds) and Envoy exits 0.
+    let mut runs = runs;
+    let quitter = &mut runs[0];
+    let answer = quitter
+        .pod
+        .request("POST", "http://127.0.0.1:15020/quitquitquit", &[], Some(""))
+        .map(|r| (r.status, r.body));
+    assert!(
+        matches!(&answer, Ok((200, body)) if body == "OK\n"),
+        "{answer:?}\n{}",
+        quitter.logs()
+    );
+    let sidecar = (quitter.procs.iter_mut())
+        .find(|p| p.name().ends_with(":istio-proxy"))
+        .expect("the sidecar process");
+    let mut exit = None;
+    tokio::task::block_in_place(|| {
+        podnet::wait_until(Duration::from_secs(20), || {
+            exit = sidecar.try_wait();
+            exit.is_some()
+        })
+    });
+    assert_eq!(
+        exit.map(|e| e.code()),
+        Some(Some(0)),
+        "Envoy after /quitquitquit:\n{}",
+        quitter.logs()
+    );
     drop(gateway_run);
     drop(runs);
     drop(apps);

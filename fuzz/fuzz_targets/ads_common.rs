@@ -3,8 +3,8 @@
 //! size (so messages split across chunks get exercised), the rest are the body's bytes.
 
 use meshd_xds::Identity;
-use meshd_xds::server::ServerOptions;
-use meshd_xds::server::fuzzing::Driver;
+use meshd_ads::ServerOptions;
+use meshd_ads::fuzzing::Driver;
 use std::sync::LazyLock;
 
 pub static DRIVER: LazyLock<Driver> = LazyLock::new(|| {

@@ -13,7 +13,7 @@ use crate::Labels;
 use crate::annotations as ann;
 use crate::config::{InjectConfig, names};
 use crate::pod::{annotations, labels};
-use crate::review::Refusal;
+use crate::refusal::Refusal;
 use crate::settings::{self, Settings, Template};
 use k8s_openapi::api::core::v1::Pod;
 

@@ -112,7 +112,32 @@ fn router_filter() -> Value {
     })
 }
 
-/// Istio's status port on loopback: `/quitquitquit` to Envoy's admin.
+/// Answers `POST /quitquitquit` on the status port itself, then asks Envoy's admin to quit
+/// without waiting: forwarded to the admin, the request got no answer (Envoy exits before the
+/// admin's reply crosses back), so a Job running `curl -fsS -X POST .../quitquitquit` under
+/// `set -e`, as Istio's docs show, failed with "Empty reply from server".
+const QUIT_NOW: &str = r#"function envoy_on_request(handle)
+  local h = handle:headers()
+  if h:get(":path") == "/quitquitquit" and h:get(":method") == "POST" then
+    handle:httpCall("envoy_admin", {[":method"] = "POST", [":path"] = "/quitquitquit",
+      [":authority"] = "envoy_admin"}, "", 5000, true)
+    handle:respond({[":status"] = "200"}, "OK\n")
+  end
+end
+"#;
+
+fn quit_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": QUIT_NOW}
+        }
+    })
+}
+
+/// Istio's status port on loopback: `POST /quitquitquit` answered, then Envoy quits; other
+/// methods reach Envoy's admin (which answers them 405).
 fn status_listener() -> Value {
     json!({
         "name": "status",
@@ -130,7 +155,7 @@ fn status_listener() -> Value {
                         "route": {"cluster": "envoy_admin"}
                     }]
                 }]},
-                "http_filters": [router_filter()]
+                "http_filters": [quit_filter(), router_filter()]
             }
         }]}]
     })
@@ -283,5 +308,16 @@ mod tests {
         let status = &b["static_resources"]["listeners"][1];
         assert_eq!(status["address"]["socket_address"]["address"], "127.0.0.1");
         assert_eq!(status["address"]["socket_address"]["port_value"], 15020);
+        let status_filters =
+            &status["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
+        assert_eq!(status_filters[0]["name"], "envoy.filters.http.lua");
+        let lua = status_filters[0]["typed_config"]["default_source_code"]["inline_string"]
+            .as_str()
+            .unwrap();
+        assert!(
+            lua.contains("handle:respond({[\":status\"] = \"200\"}"),
+            "{lua}"
+        );
+        assert_eq!(status_filters[1]["name"], "envoy.filters.http.router");
     }
 }

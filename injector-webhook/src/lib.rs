@@ -43,6 +43,7 @@ pub mod patch;
 pub mod pod;
 pub mod probes;
 pub mod proxy;
+pub mod refusal;
 pub mod render;
 pub mod review;
 pub mod settings;
@@ -50,7 +51,8 @@ pub mod settings;
 pub use config::{DEFAULT_MAX_REVIEW_BYTES, InjectConfig, ProxyResources};
 pub use decision::{Decision, decide};
 pub use probes::{APP_PROBERS_ENV, AppProber, AppProbers, ProbeKind};
-pub use review::{AdmissionResponse, Refusal, Status, review_json};
+pub use refusal::Refusal;
+pub use review::{AdmissionResponse, Status, review_json};
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;

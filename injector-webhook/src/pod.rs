@@ -2,7 +2,7 @@
 //! Pod every later step works on.
 
 use crate::Labels;
-use crate::review::{Refusal, invalid};
+use crate::refusal::{Refusal, invalid};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 

@@ -2,6 +2,7 @@
 //! all, and the response the API server gets back.
 
 use crate::Labels;
+use crate::refusal::{Refusal, invalid};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
@@ -93,30 +94,6 @@ pub fn review_json(response: &AdmissionResponse) -> Value {
         "kind": "AdmissionReview",
         "response": response,
     })
-}
-
-/// Why a review gets no patch: a clean skip, or a refusal with its HTTP-style code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// Malformed request or pod, or an annotation with a bad value (400).
-    #[error("{0}")]
-    Invalid(String),
-    /// The pod has something the sidecar needs under its own name (409).
-    #[error("{0}")]
-    Conflict(String),
-}
-
-impl Refusal {
-    pub fn code(&self) -> u16 {
-        match self {
-            Refusal::Invalid(_) => 400,
-            Refusal::Conflict(_) => 409,
-        }
-    }
-}
-
-pub(crate) fn invalid<T>(message: impl Into<String>) -> Result<T, Refusal> {
-    Err(Refusal::Invalid(message.into()))
 }
 
 /// What a pod-CREATE review asks about.

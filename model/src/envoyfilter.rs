@@ -22,6 +22,7 @@ pub const LOCAL_RATELIMIT: &str = "envoy.filters.http.local_ratelimit";
 pub const HCM: &str = "envoy.filters.network.http_connection_manager";
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvoyFilter {
     pub workload_selector: Option<WorkloadSelector>,
@@ -33,6 +34,7 @@ pub struct EnvoyFilter {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigPatch {
     pub apply_to: String,
@@ -42,6 +44,7 @@ pub struct ConfigPatch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectMatch {
     pub context: Option<String>,
@@ -52,6 +55,7 @@ pub struct ObjectMatch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListenerMatch {
     pub port_number: Option<u32>,
@@ -61,6 +65,7 @@ pub struct ListenerMatch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterChainMatch {
     pub name: Option<String>,
@@ -72,6 +77,7 @@ pub struct FilterChainMatch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterMatch {
     pub name: Option<String>,
@@ -79,12 +85,14 @@ pub struct FilterMatch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubFilterMatch {
     pub name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfigurationMatch {
     pub port_number: Option<u32>,
@@ -95,6 +103,7 @@ pub struct RouteConfigurationMatch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualHostMatch {
     pub name: Option<String>,
@@ -103,6 +112,7 @@ pub struct VirtualHostMatch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteMatch {
     pub name: Option<String>,
@@ -110,6 +120,7 @@ pub struct RouteMatch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterMatch {
     pub port_number: Option<u32>,
@@ -119,6 +130,7 @@ pub struct ClusterMatch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Patch {
     pub operation: String,

@@ -5,10 +5,11 @@ pub mod credential;
 pub mod duration;
 pub mod envoyfilter;
 pub mod mesh;
-mod mesh_warnings;
 pub mod networking;
 pub mod parse;
 pub mod registry;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod security;
 mod validate;
 pub mod voicecore;

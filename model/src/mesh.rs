@@ -9,6 +9,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod warnings;
+
 /// An object (or a whole file) that is not in force, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Rejected {
@@ -163,7 +165,7 @@ impl MeshConfig {
         mesh.derive_registry();
         mesh.check_references(&rejected_rules);
         mesh.check_authorization_policies();
-        mesh.warnings = crate::mesh_warnings::warnings(&mesh);
+        mesh.warnings = warnings::warnings(&mesh);
         mesh
     }
 

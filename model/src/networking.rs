@@ -7,13 +7,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 mod lb;
+mod virtual_service;
 pub use lb::{LocalityDistribute, LocalityFailover, LocalityLbSetting, WarmupConfiguration};
+pub use virtual_service::*;
 
 pub type Labels = BTreeMap<String, String>;
 
 // ---------- ServiceEntry ----------
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceEntry {
     pub hosts: Vec<String>,
@@ -35,6 +38,7 @@ pub struct ServiceEntry {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     pub number: u32,
@@ -45,6 +49,7 @@ pub struct ServicePort {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Location {
     MeshExternal,
@@ -53,6 +58,7 @@ pub enum Location {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Resolution {
     #[default]
@@ -63,6 +69,7 @@ pub enum Resolution {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(default)]
@@ -72,6 +79,7 @@ pub struct WorkloadSelector {
 // ---------- WorkloadEntry ----------
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEntry {
     #[serde(default)]
@@ -89,6 +97,7 @@ pub struct WorkloadEntry {
 // ---------- DestinationRule ----------
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRule {
     pub host: String,
@@ -101,6 +110,7 @@ pub struct DestinationRule {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
@@ -112,6 +122,7 @@ pub struct TrafficPolicy {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortTrafficPolicy {
     pub port: Option<PortSelector>,
@@ -122,6 +133,7 @@ pub struct PortTrafficPolicy {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {
     pub name: String,
@@ -131,18 +143,21 @@ pub struct Subset {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
     pub consistent_hash: Option<ConsistentHashLb>,
     pub locality_lb_setting: Option<LocalityLbSetting>,
     /// Istio's older spelling of `warmup.duration`.
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub warmup_duration_secs: Option<Duration>,
     pub warmup: Option<WarmupConfiguration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SimpleLb {
     Unspecified,
@@ -154,6 +169,7 @@ pub enum SimpleLb {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsistentHashLb {
     pub http_header_name: Option<String>,
@@ -164,16 +180,19 @@ pub struct ConsistentHashLb {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpCookie {
     pub name: String,
     #[serde(default)]
     pub path: Option<String>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub ttl: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPoolSettings {
     pub tcp: Option<TcpSettings>,
@@ -181,35 +200,44 @@ pub struct ConnectionPoolSettings {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSettings {
     pub max_connections: Option<u32>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub connect_timeout: Option<Duration>,
     pub tcp_keepalive: Option<TcpKeepalive>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub max_connection_duration: Option<Duration>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpKeepalive {
     pub probes: Option<u32>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub time: Option<Duration>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub interval: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSettings {
     pub http1_max_pending_requests: Option<u32>,
     pub http2_max_requests: Option<u32>,
     pub max_requests_per_connection: Option<u32>,
     pub max_retries: Option<u32>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub idle_timeout: Option<Duration>,
     pub h2_upgrade_policy: Option<String>,
@@ -218,6 +246,7 @@ pub struct HttpSettings {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     pub consecutive_errors: Option<u32>,
@@ -225,8 +254,10 @@ pub struct OutlierDetection {
     pub consecutive_gateway_errors: Option<u32>,
     pub consecutive_local_origin_failures: Option<u32>,
     pub split_external_local_origin_errors: Option<bool>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub interval: Option<Duration>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub base_ejection_time: Option<Duration>,
     pub max_ejection_percent: Option<u32>,
@@ -234,6 +265,7 @@ pub struct OutlierDetection {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientTlsSettings {
     #[serde(default)]
@@ -249,6 +281,7 @@ pub struct ClientTlsSettings {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TlsMode {
     #[default]
@@ -259,277 +292,16 @@ pub enum TlsMode {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortSelector {
     pub number: u32,
 }
 
-// ---------- VirtualService ----------
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VirtualService {
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    #[serde(default)]
-    pub gateways: Vec<String>,
-    #[serde(default)]
-    pub http: Vec<HttpRoute>,
-    #[serde(default)]
-    pub tcp: Vec<TcpRoute>,
-    #[serde(default)]
-    pub tls: Vec<TlsRoute>,
-    #[serde(default)]
-    pub export_to: Vec<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRoute {
-    pub name: Option<String>,
-    #[serde(default, rename = "match")]
-    pub matches: Vec<HttpMatchRequest>,
-    #[serde(default)]
-    pub route: Vec<HttpRouteDestination>,
-    pub redirect: Option<HttpRedirect>,
-    pub direct_response: Option<HttpDirectResponse>,
-    pub rewrite: Option<HttpRewrite>,
-    #[serde(default, with = "duration::option")]
-    pub timeout: Option<Duration>,
-    pub retries: Option<HttpRetry>,
-    pub fault: Option<HttpFaultInjection>,
-    pub mirror: Option<Destination>,
-    pub mirror_percentage: Option<Percent>,
-    pub cors_policy: Option<CorsPolicy>,
-    pub headers: Option<Headers>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpMatchRequest {
-    pub name: Option<String>,
-    pub uri: Option<StringMatch>,
-    pub scheme: Option<StringMatch>,
-    pub method: Option<StringMatch>,
-    pub authority: Option<StringMatch>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, StringMatch>,
-    #[serde(default)]
-    pub without_headers: BTreeMap<String, StringMatch>,
-    pub port: Option<u32>,
-    #[serde(default)]
-    pub source_labels: Labels,
-    #[serde(default)]
-    pub gateways: Vec<String>,
-    #[serde(default)]
-    pub query_params: BTreeMap<String, StringMatch>,
-    pub ignore_uri_case: Option<bool>,
-    pub source_namespace: Option<String>,
-}
-
-/// Istio's `StringMatch`: exactly one of exact, prefix, regex.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StringMatch {
-    pub exact: Option<String>,
-    pub prefix: Option<String>,
-    pub regex: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StringMatchKind<'a> {
-    Exact(&'a str),
-    Prefix(&'a str),
-    Regex(&'a str),
-}
-
-impl StringMatch {
-    /// The one match kind set; `None` when none or several are.
-    pub fn kind(&self) -> Option<StringMatchKind<'_>> {
-        match (&self.exact, &self.prefix, &self.regex) {
-            (Some(e), None, None) => Some(StringMatchKind::Exact(e)),
-            (None, Some(p), None) => Some(StringMatchKind::Prefix(p)),
-            (None, None, Some(r)) => Some(StringMatchKind::Regex(r)),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRouteDestination {
-    pub destination: Destination,
-    pub weight: Option<u32>,
-    pub headers: Option<Headers>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Destination {
-    pub host: String,
-    pub subset: Option<String>,
-    pub port: Option<PortSelector>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRedirect {
-    pub uri: Option<String>,
-    pub authority: Option<String>,
-    pub port: Option<u32>,
-    pub scheme: Option<String>,
-    pub redirect_code: Option<u32>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpDirectResponse {
-    pub status: u32,
-    pub body: Option<HttpBody>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpBody {
-    pub string: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRewrite {
-    pub uri: Option<String>,
-    pub authority: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRetry {
-    pub attempts: u32,
-    #[serde(default, with = "duration::option")]
-    pub per_try_timeout: Option<Duration>,
-    pub retry_on: Option<String>,
-    pub retry_remote_localities: Option<bool>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpFaultInjection {
-    pub delay: Option<FaultDelay>,
-    pub abort: Option<FaultAbort>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FaultDelay {
-    #[serde(default, with = "duration::option")]
-    pub fixed_delay: Option<Duration>,
-    pub percentage: Option<Percent>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FaultAbort {
-    pub http_status: Option<u32>,
-    pub grpc_status: Option<String>,
-    pub percentage: Option<Percent>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Percent {
-    pub value: f64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CorsPolicy {
-    #[serde(default)]
-    pub allow_origins: Vec<StringMatch>,
-    #[serde(default)]
-    pub allow_methods: Vec<String>,
-    #[serde(default)]
-    pub allow_headers: Vec<String>,
-    #[serde(default)]
-    pub expose_headers: Vec<String>,
-    #[serde(default, with = "duration::option")]
-    pub max_age: Option<Duration>,
-    pub allow_credentials: Option<bool>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Headers {
-    pub request: Option<HeaderOperations>,
-    pub response: Option<HeaderOperations>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HeaderOperations {
-    #[serde(default)]
-    pub set: BTreeMap<String, String>,
-    #[serde(default)]
-    pub add: BTreeMap<String, String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpRoute {
-    #[serde(default, rename = "match")]
-    pub matches: Vec<L4MatchAttributes>,
-    #[serde(default)]
-    pub route: Vec<RouteDestination>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TlsRoute {
-    #[serde(default, rename = "match")]
-    pub matches: Vec<TlsMatchAttributes>,
-    #[serde(default)]
-    pub route: Vec<RouteDestination>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct L4MatchAttributes {
-    #[serde(default)]
-    pub destination_subnets: Vec<String>,
-    pub port: Option<u32>,
-    #[serde(default)]
-    pub source_labels: Labels,
-    #[serde(default)]
-    pub gateways: Vec<String>,
-    pub source_namespace: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TlsMatchAttributes {
-    #[serde(default)]
-    pub sni_hosts: Vec<String>,
-    #[serde(default)]
-    pub destination_subnets: Vec<String>,
-    pub port: Option<u32>,
-    #[serde(default)]
-    pub source_labels: Labels,
-    #[serde(default)]
-    pub gateways: Vec<String>,
-    pub source_namespace: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RouteDestination {
-    pub destination: Destination,
-    pub weight: Option<u32>,
-}
-
 // ---------- Gateway ----------
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Gateway {
     #[serde(default)]
@@ -539,6 +311,7 @@ pub struct Gateway {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Server {
     pub port: GatewayPort,
@@ -550,6 +323,7 @@ pub struct Server {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayPort {
     pub number: u32,
@@ -559,6 +333,7 @@ pub struct GatewayPort {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerTlsSettings {
     pub https_redirect: Option<bool>,
@@ -576,6 +351,7 @@ pub struct ServerTlsSettings {
 // ---------- Sidecar ----------
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sidecar {
     pub workload_selector: Option<WorkloadSelector>,
@@ -587,6 +363,7 @@ pub struct Sidecar {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IstioIngressListener {
     pub port: GatewayPort,
@@ -595,6 +372,7 @@ pub struct IstioIngressListener {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IstioEgressListener {
     pub port: Option<GatewayPort>,
@@ -604,6 +382,7 @@ pub struct IstioEgressListener {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutboundTrafficPolicy {
     #[serde(default)]
@@ -611,6 +390,7 @@ pub struct OutboundTrafficPolicy {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OutboundMode {
     RegistryOnly,

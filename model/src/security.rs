@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 /// `istio.type.v1beta1.WorkloadSelector`, as the security APIs spell it:
 /// `selector: {matchLabels: {...}}` (the networking APIs' `workloadSelector` says `labels`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(default, rename = "matchLabels")]
@@ -15,6 +16,7 @@ pub struct WorkloadSelector {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthentication {
     pub selector: Option<WorkloadSelector>,
@@ -129,6 +131,7 @@ impl<T: Serialize> Serialize for PortMap<T> {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MutualTls {
     #[serde(default)]
@@ -136,6 +139,7 @@ pub struct MutualTls {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Inherit from the parent scope; PERMISSIVE when nothing is set above.
@@ -147,6 +151,7 @@ pub enum MtlsMode {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicy {
     pub selector: Option<WorkloadSelector>,
@@ -163,16 +168,8 @@ pub struct AuthorizationPolicy {
     pub unreadable: Option<ConfigError>,
 }
 
-impl AuthorizationPolicy {
-    /// Why this policy cannot be enforced as written: each unsupported or invalid field, by its
-    /// path (`spec.rules[0].from[0].source.requestPrincipals: ...`). Empty when fully supported.
-    /// A policy with problems stays in force as a deny-all for the workloads it selects.
-    pub fn problems(&self) -> Vec<String> {
-        crate::validate::authorization_policy(self)
-    }
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuthzAction {
     #[default]
@@ -183,6 +180,7 @@ pub enum AuthzAction {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     #[serde(default)]
@@ -194,12 +192,14 @@ pub struct Rule {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleFrom {
     pub source: Source,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     #[serde(default)]
@@ -231,12 +231,14 @@ pub struct Source {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleTo {
     pub operation: Operation,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Operation {
     #[serde(default)]
@@ -258,6 +260,7 @@ pub struct Operation {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
     pub key: String,

@@ -10,8 +10,6 @@ mod entries;
 mod lb;
 mod selector;
 
-pub(crate) use authz::authorization_policy;
-
 type Check = Result<(), String>;
 
 fn port(n: u32, what: &str) -> Check {

@@ -61,7 +61,7 @@ impl PartialEq for Resource {
 impl Eq for Resource {}
 
 /// `field` as a length-delimited protobuf field: key, length, bytes.
-pub(crate) fn length_delimited(tag: u32, payload: &[u8]) -> Vec<u8> {
+pub fn length_delimited(tag: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 10);
     prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut out);
     prost::encoding::encode_varint(payload.len() as u64, &mut out);

@@ -20,18 +20,13 @@
 //!
 //! A connection whose peer address is unknown (no `ConnectInfo`) is never treated as loopback.
 
+pub use crate::mode::{AuthOutcome, CallerCheck, SAR_GROUP, SAR_RESOURCE};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-
-/// The API group, resource and verb a SubjectAccessReview is asked about.
-pub const SAR_GROUP: &str = "meshd.io";
-pub const SAR_RESOURCE: &str = "debug";
 
 /// What a request to the admin API needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,23 +60,6 @@ pub fn need(method: &Method, path: &str) -> Need {
         verb,
         name: name.to_string(),
     }
-}
-
-/// What checking the request's credential found (only asked when the peer is not trusted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthOutcome {
-    /// No `Authorization` header.
-    NoCredential,
-    /// A credential this server cannot check (not `Bearer`, or no API server: file mode).
-    Unusable(String),
-    /// TokenReview did not authenticate the token.
-    Unauthenticated(String),
-    /// Authenticated as `user`, but the SubjectAccessReview said no.
-    Forbidden { user: String, reason: String },
-    /// Authenticated as `user` and allowed.
-    Allowed { user: String },
-    /// The API server could not be asked (down, overloaded, too many checks in flight).
-    Unavailable(String),
 }
 
 /// The answer for one request.
@@ -147,17 +125,6 @@ pub fn decide(peer: Option<IpAddr>, method: &Method, path: &str, auth: &AuthOutc
             format!("{what}: cannot check the credential now: {why}"),
         ),
     }
-}
-
-/// Checks a bearer token for one admin request (Kubernetes mode: TokenReview, then
-/// SubjectAccessReview of `verb` on `debug.meshd.io` named `name`).
-pub trait CallerCheck: Send + Sync + 'static {
-    fn check<'a>(
-        &'a self,
-        token: &'a str,
-        verb: &'static str,
-        name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = AuthOutcome> + Send + 'a>>;
 }
 
 /// The bearer token of `headers`, or what is wrong with the `Authorization` header.
@@ -247,6 +214,8 @@ pub async fn guard(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
 
     const OFF_HOST: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 44, 0, 7)));
     const LOOPBACK: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));

@@ -15,7 +15,7 @@
 //! RBAC: meshd's service account needs `create` on `tokenreviews.authentication.k8s.io` and
 //! `subjectaccessreviews.authorization.k8s.io`.
 
-use crate::admin::access::{AuthOutcome, CallerCheck, SAR_GROUP, SAR_RESOURCE};
+use crate::mode::{AuthOutcome, CallerCheck, SAR_GROUP, SAR_RESOURCE};
 use ::kube::Client;
 use ::kube::api::{Api, PostParams};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};

@@ -28,8 +28,8 @@ pub mod webhook_config;
 
 use ::kube::Client;
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use meshd_ads::Authenticator;
 use meshd_xds::Identity;
-use meshd_xds::server::Authenticator;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,7 +244,7 @@ impl Kube {
 
     /// The injector's view of namespace labels, from the namespace watch (`None` for a
     /// namespace the watch has not seen yet: the webhook's selectors decide).
-    pub fn namespace_lookup(&self) -> crate::webhook::NamespaceLookup {
+    pub fn namespace_lookup(&self) -> crate::mode::NamespaceLookup {
         let labels = self.namespace_labels.subscribe();
         Arc::new(move |ns: &str| labels.borrow().get(ns).cloned())
     }

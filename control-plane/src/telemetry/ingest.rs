@@ -9,8 +9,8 @@ use envoy_types::pb::envoy::service::accesslog::v3::{
     access_log_service_server::{AccessLogService, AccessLogServiceServer},
     stream_access_logs_message::LogEntries,
 };
+use meshd_ads::Authenticator;
 use meshd_model::MeshConfig;
-use meshd_xds::server::Authenticator;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};

@@ -1,3 +1,5 @@
+//! Unit tests of the request-metric series: counts, histograms, labels, limits and pruning.
+
 use super::*;
 use crate::telemetry::SeriesLimits;
 use crate::telemetry::directory::Directory;

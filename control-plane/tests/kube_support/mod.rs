@@ -272,7 +272,12 @@ pub fn istio_crds() -> Vec<Value> {
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .filter(|v: &Value| !v.is_null())
         .collect();
-    assert_eq!(crds.len(), 9, "{}", path.display());
+    assert_eq!(
+        crds.len(),
+        meshd_model::schema::CRD_KINDS.len(),
+        "{}",
+        path.display()
+    );
     crds
 }
 

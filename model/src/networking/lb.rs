@@ -18,8 +18,10 @@ impl super::LoadBalancerSettings {
 
 /// `loadBalancer.warmup`: a new endpoint's share of traffic ramps up over `duration`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WarmupConfiguration {
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(default, with = "duration::option")]
     pub duration: Option<Duration>,
     /// The share (0-100) a new endpoint starts at.
@@ -30,6 +32,7 @@ pub struct WarmupConfiguration {
 
 /// `loadBalancer.localityLbSetting`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalityLbSetting {
     #[serde(default)]
@@ -44,6 +47,7 @@ pub struct LocalityLbSetting {
 /// Traffic from locality `from` is split over the localities in `to` by weight (adding up to
 /// 100).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalityDistribute {
     #[serde(default)]
@@ -54,6 +58,7 @@ pub struct LocalityDistribute {
 
 /// When region `from` has no healthy endpoint, traffic goes to region `to`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalityFailover {
     #[serde(default)]

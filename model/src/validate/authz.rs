@@ -78,9 +78,18 @@ fn any_value(v: &str, what: &str) -> Check {
     }
 }
 
+impl AuthorizationPolicy {
+    /// Why this policy cannot be enforced as written: each unsupported or invalid field, by its
+    /// path (`spec.rules[0].from[0].source.requestPrincipals: ...`). Empty when fully supported.
+    /// A policy with problems stays in force as a deny-all for the workloads it selects.
+    pub fn problems(&self) -> Vec<String> {
+        authorization_policy(self)
+    }
+}
+
 /// Every reason an AuthorizationPolicy cannot be enforced as written (see
 /// `AuthorizationPolicy::problems`).
-pub(crate) fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
+fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(e) = &ap.unreadable {
         out.push(format!("spec cannot be read in full: {}", e.message));

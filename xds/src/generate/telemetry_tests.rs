@@ -1,3 +1,5 @@
+//! Unit tests of the access-log (telemetry) config generated for each proxy.
+
 use super::*;
 use crate::generate::MeshSnapshot;
 use crate::json::any_to_json;

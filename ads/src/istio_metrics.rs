@@ -55,7 +55,7 @@ pub struct XdsType {
 
 impl XdsType {
     pub fn of(type_url: &str) -> XdsType {
-        use crate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+        use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
         let short = match type_url {
             CLUSTER => "cds",
             ENDPOINT => "eds",
@@ -179,12 +179,12 @@ mod tests {
     #[test]
     fn istio_names_without_a_total_suffix() {
         let m = PilotMetrics::default();
-        m.pushed(crate::resource::CLUSTER);
-        m.pushed(crate::resource::CLUSTER);
-        m.rejected(crate::resource::ENDPOINT);
+        m.pushed(meshd_xds::resource::CLUSTER);
+        m.pushed(meshd_xds::resource::CLUSTER);
+        m.rejected(meshd_xds::resource::ENDPOINT);
         m.xds.set(3);
         m.converged(Duration::from_millis(250));
-        m.push_took(crate::resource::LISTENER, Duration::from_millis(5));
+        m.push_took(meshd_xds::resource::LISTENER, Duration::from_millis(5));
         let out = text(&m);
         for line in [
             "# TYPE pilot_xds_pushes counter",

@@ -2,7 +2,7 @@
 //! would drop what it does implement, and every route to its subsets), and each such field is
 //! reported beside the rejections, never ignored silently.
 
-use crate::mesh::{MeshConfig, Rejected};
+use super::{MeshConfig, Rejected};
 use crate::networking::{LoadBalancerSettings, SimpleLb, TrafficPolicy};
 use crate::{ConfigObject, Spec};
 

@@ -6,12 +6,12 @@ use super::diff::{self, LayerDiffs};
 use super::status::SentResources;
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
-use crate::proxy::{Identity, Proxy};
-use crate::resource::{
-    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
-};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::StreamExt;
+use meshd_xds::proxy::{Identity, Proxy};
+use meshd_xds::resource::{
+    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tonic::Status;
@@ -361,10 +361,10 @@ async fn session<A: Authenticator, S: SecretSource>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{LayerMap, Resource, reuse_layer};
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use meshd_xds::resource::{LayerMap, Resource, reuse_layer};
 
-    fn layer(items: &[(&str, u32)]) -> crate::resource::Layer {
+    fn layer(items: &[(&str, u32)]) -> meshd_xds::resource::Layer {
         LayerMap::new(
             items
                 .iter()
@@ -382,7 +382,7 @@ mod tests {
         )
     }
 
-    fn sent(layers: Vec<crate::resource::Layer>, sub: Subscription) -> SentResources {
+    fn sent(layers: Vec<meshd_xds::resource::Layer>, sub: Subscription) -> SentResources {
         SentResources {
             set: ResourceSet::from_layers(layers),
             subscription: sub,

@@ -6,12 +6,12 @@ use super::diff;
 use super::status::SentResources;
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
-use crate::proxy::Identity;
-use crate::resource::{
-    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
-};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use futures::StreamExt;
+use meshd_xds::proxy::Identity;
+use meshd_xds::resource::{
+    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::Status;
@@ -234,7 +234,7 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
 
 async fn session<A: Authenticator, S: SecretSource>(
     shared: Arc<Shared<A, S>>,
-    proxy: crate::proxy::Proxy,
+    proxy: meshd_xds::proxy::Proxy,
     first: DiscoveryRequest,
     mut requests: wire::Requests<DiscoveryRequest>,
     tx: wire::Sender,

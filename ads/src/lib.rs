@@ -7,16 +7,18 @@ mod diff;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod istio_metrics;
+mod service;
 mod sotw;
 pub mod status;
-pub mod wire;
+mod wire;
 
 pub use conn::wait_registered;
+pub use service::AdsService;
 pub use status::{ProxyStatus, Registry, SyncStatus, TypeStatus};
 
-use crate::generate::{MeshSnapshot, ProxyResources};
-use crate::proxy::{Identity, Proxy};
-use crate::resource::{ResourceSet, SharedResource};
+use meshd_xds::generate::{MeshSnapshot, ProxyResources};
+use meshd_xds::proxy::{Identity, Proxy};
+use meshd_xds::resource::{ResourceSet, SharedResource};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -146,7 +148,7 @@ impl<A: Authenticator, S: SecretSource> Shared<A, S> {
         let snapshot = self.mesh.borrow().clone();
         let mut res = snapshot.generate(proxy);
         if !self.serve_secrets {
-            if res.remove(crate::resource::SECRET).is_some() {
+            if res.remove(meshd_xds::resource::SECRET).is_some() {
                 tracing::debug!(proxy = %proxy.id, "secrets withheld: this port serves none");
             }
             return (snapshot.version, res);
@@ -154,7 +156,7 @@ impl<A: Authenticator, S: SecretSource> Shared<A, S> {
         match self.secrets.secrets(proxy) {
             Ok(s) => {
                 let own: ResourceSet = s.into_iter().collect();
-                match res.get_mut(crate::resource::SECRET) {
+                match res.get_mut(meshd_xds::resource::SECRET) {
                     // Gateway credentials (generated) and the proxy's own certificate.
                     Some(generated) => {
                         for layer in own.into_layers() {
@@ -162,7 +164,7 @@ impl<A: Authenticator, S: SecretSource> Shared<A, S> {
                         }
                     }
                     None => {
-                        res.insert(crate::resource::SECRET, own);
+                        res.insert(meshd_xds::resource::SECRET, own);
                     }
                 }
             }
@@ -216,7 +218,7 @@ impl<A: Authenticator, S: SecretSource> AdsServer<A, S> {
     }
 
     /// The gRPC service (`envoy.service.discovery.v3.AggregatedDiscoveryService`).
-    pub fn into_service(self) -> wire::AdsService<A, S> {
-        wire::AdsService::new(self.shared)
+    pub fn into_service(self) -> service::AdsService<A, S> {
+        service::AdsService::new(self.shared)
     }
 }

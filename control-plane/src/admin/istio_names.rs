@@ -4,8 +4,8 @@
 //! counters at scrape time) and the injector's `sidecar_injection_*_total`. Encoded with prometheus-client; no label carries a proxy or a
 //! certificate, so the series count is fixed.
 
-use crate::admin::AdminState;
-use meshd_xds::server::istio_metrics::BareCounter;
+use super::AdminState;
+use meshd_ads::istio_metrics::BareCounter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 

@@ -2,7 +2,7 @@
 //! layer and shared by every proxy taking that step.
 
 use super::status::SentResources;
-use crate::resource::{Layer, SharedResource};
+use meshd_xds::resource::{Layer, SharedResource};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -156,8 +156,8 @@ pub(crate) fn add_due(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{LayerMap, Resource};
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use meshd_xds::resource::{LayerMap, Resource};
 
     fn layer(version: u32) -> Layer {
         let c = Cluster {

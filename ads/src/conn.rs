@@ -3,9 +3,9 @@
 
 use super::status::{ProxyHandle, ProxyStatus, SentResources, SyncStatus, TypeStatus};
 use super::{Authenticator, Metrics, SecretSource, Shared};
-use crate::generate::ProxyResources;
-use crate::proxy::{BindError, Identity, Proxy, RegistrationError};
 use envoy_types::pb::envoy::config::core::v3::Node;
+use meshd_xds::generate::ProxyResources;
+use meshd_xds::proxy::{BindError, Identity, Proxy, RegistrationError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,21 +21,21 @@ pub(crate) fn next_nonce() -> String {
 
 /// Whether `proxy` may still speak for its identity, by the registry of `snapshot`.
 fn check_binding(
-    snapshot: &crate::MeshSnapshot,
+    snapshot: &meshd_xds::MeshSnapshot,
     identity: &Identity,
     node_id: &str,
 ) -> Result<Proxy, BindError> {
     let registered = snapshot
         .index
         .workload(&identity.workload, &identity.namespace);
-    crate::proxy::bind(identity, node_id, registered)
+    meshd_xds::proxy::bind(identity, node_id, registered)
 }
 
 /// Waits up to `wait` for the registry to show `identity`'s workload running under the service
 /// account it proves: what a caller without an xDS node (CreateCertificate) must pass. A Pod
 /// just started may not be in the snapshot yet.
 pub async fn wait_registered(
-    mut mesh: watch::Receiver<Arc<crate::MeshSnapshot>>,
+    mut mesh: watch::Receiver<Arc<meshd_xds::MeshSnapshot>>,
     identity: &Identity,
     wait: std::time::Duration,
 ) -> Result<(), RegistrationError> {
@@ -43,7 +43,7 @@ pub async fn wait_registered(
     loop {
         let checked = {
             let snapshot = mesh.borrow_and_update();
-            crate::proxy::registered_as(
+            meshd_xds::proxy::registered_as(
                 identity,
                 snapshot
                     .index
@@ -109,7 +109,7 @@ pub(crate) struct Conn<A, S: SecretSource> {
     pub status: ProxyHandle,
     pub resources: ProxyResources,
     pub mesh_version: u64,
-    mesh: watch::Receiver<Arc<crate::MeshSnapshot>>,
+    mesh: watch::Receiver<Arc<meshd_xds::MeshSnapshot>>,
     secrets: watch::Receiver<u64>,
     drain: watch::Receiver<bool>,
 }

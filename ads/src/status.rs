@@ -1,7 +1,7 @@
 //! Per-proxy sync state: what was sent, what was ACKed or NACKed. Read by the admin API.
 
-use crate::resource::{ResourceSet, SharedResource, Subscription, select};
 use dashmap::DashMap;
+use meshd_xds::resource::{ResourceSet, SharedResource, Subscription, select};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,7 @@ pub struct ProxyStatus {
     pub identity: String,
     /// The identity the stream's credential proved (its certificate's key).
     #[serde(skip)]
-    pub proven: crate::proxy::Identity,
+    pub proven: meshd_xds::proxy::Identity,
     #[serde(with = "rfc3339")]
     pub connected_at: SystemTime,
     pub protocol: &'static str,

@@ -4,11 +4,11 @@
 //! for one authenticated identity. The fuzz targets call [`drive_sotw`] and [`drive_delta`].
 
 use super::{AdsServer, Registry, SecretSource, ServerOptions, delta, sotw, wire};
-use crate::proxy::{Identity, Proxy};
-use crate::resource::SharedResource;
-use crate::{GenOptions, MeshSnapshot};
 use bytes::Bytes;
 use meshd_model::MeshConfig;
+use meshd_xds::proxy::{Identity, Proxy};
+use meshd_xds::resource::SharedResource;
+use meshd_xds::{GenOptions, MeshSnapshot};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -182,7 +182,7 @@ mod tests {
         });
         let mut body = framed(&DiscoveryRequest {
             node: node.clone(),
-            type_url: crate::resource::CLUSTER.into(),
+            type_url: meshd_xds::resource::CLUSTER.into(),
             ..Default::default()
         });
         body.extend(framed(&DiscoveryRequest {
@@ -196,7 +196,7 @@ mod tests {
         );
         let body = framed(&DeltaDiscoveryRequest {
             node,
-            type_url: crate::resource::CLUSTER.into(),
+            type_url: meshd_xds::resource::CLUSTER.into(),
             ..Default::default()
         });
         assert_eq!(d.drive_delta(&body, 3), 1);

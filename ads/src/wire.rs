@@ -1,4 +1,4 @@
-//! The ADS service on the wire. Responses are gRPC messages assembled from resources encoded
+//! ADS framing on the wire. Responses are gRPC messages assembled from resources encoded
 //! once and shared by reference; requests are decoded here too. Nothing a stream keeps between
 //! messages grows with the size of the mesh:
 //! - a response goes to h2 as DATA chunks of about `FRAME_TARGET` bytes (small resources copied
@@ -9,25 +9,17 @@
 //!   only with bytes received: a length prefix is a claim, not a reservation.
 
 use super::status::SentResources;
-use super::{Authenticator, SecretSource, Shared, delta, sotw};
-use crate::resource::{CHUNK_TARGET, Layer, SharedResource, Subscription, length_delimited};
 use bytes::{Buf, Bytes, BytesMut};
+use meshd_xds::resource::{CHUNK_TARGET, Layer, SharedResource, Subscription, length_delimited};
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
 use tonic::{Code, Status};
 
-const SOTW_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 /// Response chunks smaller than this are copied together into one DATA chunk of at most this.
 const FRAME_TARGET: usize = CHUNK_TARGET;
 
@@ -154,11 +146,21 @@ fn next_chunk(pending: &mut std::vec::IntoIter<Bytes>) -> Option<Bytes> {
 }
 
 /// The response body: gRPC messages as they come, then the status as trailers.
-struct FrameBody {
+pub(crate) struct FrameBody {
     rx: mpsc::Receiver<Outgoing>,
     /// The rest of the message being written (dropped with it: no queue outlives a message).
     pending: std::vec::IntoIter<Bytes>,
     done: bool,
+}
+
+impl FrameBody {
+    pub(crate) fn new(rx: mpsc::Receiver<Outgoing>) -> Self {
+        FrameBody {
+            rx,
+            pending: Vec::new().into_iter(),
+            done: false,
+        }
+    }
 }
 
 impl http_body::Body for FrameBody {
@@ -286,79 +288,6 @@ impl<T: prost::Message + Default> futures::Stream for Requests<T> {
                 None => this.ended = true,
             }
         }
-    }
-}
-
-pub struct AdsService<A, S> {
-    shared: Arc<Shared<A, S>>,
-}
-
-impl<A, S> AdsService<A, S> {
-    pub(crate) fn new(shared: Arc<Shared<A, S>>) -> Self {
-        AdsService { shared }
-    }
-}
-
-impl<A, S> Clone for AdsService<A, S> {
-    fn clone(&self) -> Self {
-        AdsService {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<A, S> NamedService for AdsService<A, S> {
-    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
-}
-
-fn grpc_response(body: Body) -> http::Response<Body> {
-    let mut resp = http::Response::new(body);
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    resp
-}
-
-impl<A: Authenticator, S: SecretSource> tonic::codegen::Service<http::Request<Body>>
-    for AdsService<A, S>
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let delta = match req.uri().path() {
-                SOTW_PATH => false,
-                DELTA_PATH => true,
-                other => {
-                    return Ok(Status::unimplemented(format!("no method {other}")).into_http());
-                }
-            };
-            let metadata = MetadataMap::from_headers(req.headers().clone());
-            let identity = match shared.authenticate(&metadata).await {
-                Ok(i) => i,
-                Err(status) => return Ok(status.into_http()),
-            };
-            let (tx, rx) = mpsc::channel(4);
-            let (body, max) = (req.into_body(), shared.max_request_bytes);
-            if delta {
-                tokio::spawn(delta::serve(shared, identity, Requests::new(body, max), tx));
-            } else {
-                tokio::spawn(sotw::serve(shared, identity, Requests::new(body, max), tx));
-            }
-            Ok(grpc_response(Body::new(FrameBody {
-                rx,
-                pending: Vec::new().into_iter(),
-                done: false,
-            })))
-        })
     }
 }
 
