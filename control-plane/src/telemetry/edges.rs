@@ -134,6 +134,37 @@ impl Edges {
 mod tests {
     use super::*;
 
+    fn labels() -> Labels {
+        let s = |v: &str| v.to_string();
+        Labels {
+            reporter: s("destination"),
+            source_workload: s("web"),
+            source_workload_namespace: s("shop"),
+            source_principal: s("spiffe://cluster.local/ns/shop/sa/web"),
+            source_app: s("web"),
+            source_version: s("v1"),
+            source_canonical_service: s("web"),
+            source_canonical_revision: s("v1"),
+            source_cluster: s("Kubernetes"),
+            destination_service: s("api.shop.svc.cluster.local"),
+            destination_service_name: s("api"),
+            destination_service_namespace: s("shop"),
+            destination_workload: s("api"),
+            destination_workload_namespace: s("shop"),
+            destination_principal: s("spiffe://cluster.local/ns/shop/sa/api"),
+            destination_app: s("api"),
+            destination_version: s("v1"),
+            destination_canonical_service: s("api"),
+            destination_canonical_revision: s("v1"),
+            destination_cluster: s("Kubernetes"),
+            request_protocol: s("http"),
+            response_code: s("200"),
+            grpc_response_status: String::new(),
+            response_flags: s("-"),
+            connection_security_policy: s("mutual_tls"),
+        }
+    }
+
     fn totals(buckets: &[(usize, u64)]) -> EdgeTotals {
         let mut t = EdgeTotals::default();
         for &(i, n) in buckets {
@@ -155,6 +186,20 @@ mod tests {
         assert_eq!(EdgeTotals::default().quantile_ms(0.5), None);
         // Beyond every finite bound: the highest bound, never infinity.
         assert_eq!(totals(&[(19, 3)]).quantile_ms(0.5), Some(3600000.0));
+    }
+
+    #[test]
+    fn edges_of_gone_workloads_are_dropped_with_their_series() {
+        let edges = Edges::default();
+        let mut labels = labels();
+        edges.record(&labels, 3.0);
+        labels.destination_workload = "gone".into();
+        edges.record(&labels, 3.0);
+        assert_eq!(edges.snapshot().len(), 2);
+        edges.retain(|w, _| w != "gone");
+        let left = edges.snapshot();
+        assert_eq!(left.len(), 1);
+        assert!(left.keys().all(|k| k.destination_workload != "gone"));
     }
 
     #[test]
