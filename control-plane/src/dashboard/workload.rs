@@ -137,15 +137,15 @@ pub fn detail(s: &AdminState, name: &str, namespace: &str) -> Option<Value> {
                     outbound.push(entry(o, sc));
                 }
             }
-            Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
-                if visible(o, namespace) {
-                    let sc = if o.meta.namespace() == namespace {
-                        "namespace"
-                    } else {
-                        "exported"
-                    };
-                    outbound.push(entry(o, sc));
-                }
+            Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry
+                if visible(o, namespace) =>
+            {
+                let sc = if o.meta.namespace() == namespace {
+                    "namespace"
+                } else {
+                    "exported"
+                };
+                outbound.push(entry(o, sc));
             }
             _ => {}
         }

@@ -109,7 +109,7 @@ impl Load {
                         return;
                     }
                     // One request in about 25 answers 503, for an error rate on the graph.
-                    let fail = (round + i as u64) % 25 == 0;
+                    let fail = (round + i as u64).is_multiple_of(25);
                     let sep = if c.url.contains('?') { '&' } else { '?' };
                     let url = if fail {
                         format!("{}{sep}status=503", c.url)
