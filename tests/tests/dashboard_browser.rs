@@ -85,6 +85,17 @@ fn dashboard_in_chromium_shows_the_traffic_of_metrics_and_config_changes_live() 
     browser.run(async |s: &Session| {
         // The graph: both workloads, and the client → api edge with /metrics' count.
         s.goto(&format!("{base}#/graph")).await;
+        // The console log is really collected: an error logged on purpose comes back (and is
+        // consumed, so the checks below see only the page's own).
+        s.eval("console.error('dashboard-test-probe'); return null;")
+            .await;
+        let probe = s.console().await;
+        assert!(
+            probe
+                .iter()
+                .any(|l| l.starts_with("SEVERE") && l.contains("dashboard-test-probe")),
+            "{probe:?}"
+        );
         for node in [format!("workload:{NS}/client"), format!("workload:{NS}/api"), api_service.clone()] {
             s.wait_for(
                 &format!("node {node}"),

@@ -197,13 +197,13 @@ impl Session {
             .collect()
     }
 
-    /// Fails when the console has any error (or warning) since the last call.
+    /// Fails when the console has any error since the last call.
     pub async fn assert_no_console_errors(&self, page: &str) {
         let bad: Vec<String> = self
             .console()
             .await
             .into_iter()
-            .filter(|l| l.starts_with("SEVERE") || l.starts_with("WARNING"))
+            .filter(|l| l.starts_with("SEVERE"))
             .collect();
         assert!(
             bad.is_empty(),
