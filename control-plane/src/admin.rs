@@ -47,6 +47,8 @@ pub struct AdminState {
     pub refused_connections: Arc<crate::accept::RefusedByListener>,
     /// Failed authentications per address, and requests refused for them.
     pub auth_failures: Arc<crate::transport::AuthFailures>,
+    /// RequestAuthentication key fetches.
+    pub jwks: Arc<crate::jwks::JwksMetrics>,
 }
 
 /// The admin routes behind [`access::guard`]; serve it with `ConnectInfo<SocketAddr>`
@@ -319,6 +321,8 @@ pub(crate) async fn configz(State(s): State<AdminState>) -> Json<Value> {
         "warnings": warnings,
         // A config the server could not build (the last good one serves), by task.
         "errors": s.tasks.errors(),
+        // JWK sets fetched for RequestAuthentications: keys in force, last fetch error.
+        "jwks": crate::jwks::status(config),
     }))
 }
 

@@ -300,12 +300,33 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             }
         })
     });
+    // Between the sources and the snapshot builder: the config with its fetched JWK sets.
+    let jwks_metrics = Arc::new(crate::jwks::JwksMetrics::default());
+    let keyed_tx = watch::Sender::new(config_rx.borrow().clone());
+    let keyed_rx = keyed_tx.subscribe();
+    let (stop_rx, fetch_metrics) = (shutdown_rx.clone(), jwks_metrics.clone());
+    tasks.spawn(crate::jwks::JWKS_TASK, move || {
+        let mut stop = stop_rx.clone();
+        let run = crate::jwks::run(
+            config_rx.clone(),
+            keyed_tx.clone(),
+            fetch_metrics.clone(),
+            crate::jwks::FetchOptions::default(),
+        );
+        Some(async move {
+            tokio::select! {
+                _ = run => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            Ok(())
+        })
+    });
     let stop_rx = shutdown_rx.clone();
     let snapshot_health = health.clone();
     tasks.spawn(SNAPSHOT_TASK, move || {
         let mut stop = stop_rx.clone();
         let run = snapshots(
-            config_rx.clone(),
+            keyed_rx.clone(),
             snapshot_tx.clone(),
             generator.clone(),
             snapshot_health.clone(),
@@ -463,6 +484,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         refused_connections: refused,
         injection_metrics,
         auth_failures,
+        jwks: jwks_metrics,
     };
     let mut first_admin = Some((admin_listener, readiness.register("admin")));
     let stop_rx = shutdown_rx.clone();

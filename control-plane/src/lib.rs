@@ -12,6 +12,7 @@ pub mod crds;
 pub mod dashboard;
 pub mod identity;
 pub mod iptables;
+pub mod jwks;
 pub mod kube;
 pub mod kube_bootstrap;
 pub mod kube_inject;

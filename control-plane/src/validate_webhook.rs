@@ -45,7 +45,7 @@ pub fn review(body: &[u8]) -> (u16, Value) {
     }
     let kind_name = request["kind"]["kind"].as_str().unwrap_or_default();
     let Some(kind) = Kind::from_name(kind_name) else {
-        // An Istio kind meshd does not implement (RequestAuthentication, Telemetry…) may serve
+        // An Istio kind meshd does not implement (Telemetry, WasmPlugin…) may serve
         // an istiod beside meshd: stored, with a warning that meshd's workloads ignore it.
         let group = request["kind"]["group"].as_str().unwrap_or_default();
         let warnings = if group.ends_with(".istio.io") {
@@ -168,10 +168,10 @@ mod tests {
         let (code, answer) = review(&review_of("Pod", "CREATE", json!({})));
         assert_eq!((code, &answer["response"]["allowed"]), (200, &json!(true)));
         // An Istio kind meshd does not implement: stored (an istiod may use it), with a warning.
-        let (code, answer) = review(&review_of("RequestAuthentication", "CREATE", json!({})));
+        let (code, answer) = review(&review_of("WasmPlugin", "CREATE", json!({})));
         assert_eq!((code, &answer["response"]["allowed"]), (200, &json!(true)));
         let warning = answer["response"]["warnings"][0].as_str().unwrap();
-        assert!(warning.contains("RequestAuthentication"), "{warning}");
+        assert!(warning.contains("WasmPlugin"), "{warning}");
         for body in [&b"{["[..], b"{}", b"[]", b"null"] {
             let (code, answer) = review(body);
             assert_eq!(code, 400, "{answer}");

@@ -28,6 +28,19 @@ spec:
     8080: {mode: DISABLE}
     "9090": {mode: PERMISSIVE}
 ---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: cart}
+  jwtRules:
+  - issuer: https://issuer.example
+    jwksUri: https://issuer.example/jwks
+    fromHeaders: [{name: x-jwt, prefix: "Bearer "}]
+    outputClaimToHeaders: [{header: x-sub, claim: sub}]
+    timeout: 2s
+---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: legacy, namespace: shop}

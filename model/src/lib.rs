@@ -4,6 +4,7 @@
 pub mod credential;
 pub mod duration;
 pub mod envoyfilter;
+pub mod jwt;
 pub mod mesh;
 pub mod networking;
 pub mod parse;
@@ -98,10 +99,11 @@ pub enum Kind {
     PeerAuthentication,
     AuthorizationPolicy,
     EnvoyFilter,
+    RequestAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::DestinationRule,
@@ -111,6 +113,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::EnvoyFilter,
+        Kind::RequestAuthentication,
     ];
 
     pub fn name(self) -> &'static str {
@@ -124,6 +127,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::EnvoyFilter => "EnvoyFilter",
+            Kind::RequestAuthentication => "RequestAuthentication",
         }
     }
 
@@ -133,7 +137,9 @@ impl Kind {
 
     pub fn group(self) -> &'static str {
         match self {
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                "security.istio.io"
+            }
             _ => "networking.istio.io",
         }
     }
@@ -172,6 +178,7 @@ pub enum Spec {
     PeerAuthentication(security::PeerAuthentication),
     AuthorizationPolicy(security::AuthorizationPolicy),
     EnvoyFilter(envoyfilter::EnvoyFilter),
+    RequestAuthentication(security::RequestAuthentication),
 }
 
 impl Spec {
@@ -186,6 +193,7 @@ impl Spec {
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Spec::EnvoyFilter(_) => Kind::EnvoyFilter,
+            Spec::RequestAuthentication(_) => Kind::RequestAuthentication,
         }
     }
 }
@@ -218,6 +226,7 @@ spec_of! {
     PeerAuthentication => security::PeerAuthentication,
     AuthorizationPolicy => security::AuthorizationPolicy,
     EnvoyFilter => envoyfilter::EnvoyFilter,
+    RequestAuthentication => security::RequestAuthentication,
 }
 
 /// An accepted object's spec, held by reference to the shared object: indexes over the config

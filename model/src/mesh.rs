@@ -80,6 +80,10 @@ pub struct MeshConfig {
     /// serialized (key material).
     #[serde(skip)]
     pub credentials: BTreeMap<(String, String), crate::credential::TlsCredential>,
+    /// JWK sets meshd fetched for RequestAuthentication `jwksUri`s (by the control plane, at
+    /// the edge): the generator reads them as data.
+    #[serde(skip)]
+    pub jwks: crate::jwt::JwksByLocation,
 }
 
 /// Objects shared with the config compared against (what a reload did not touch) are equal
@@ -93,6 +97,7 @@ impl PartialEq for MeshConfig {
             services,
             workloads,
             credentials,
+            jwks,
         } = self;
         objects.len() == other.objects.len()
             && objects
@@ -104,6 +109,7 @@ impl PartialEq for MeshConfig {
             && *services == other.services
             && *workloads == other.workloads
             && *credentials == other.credentials
+            && *jwks == other.jwks
     }
 }
 
@@ -341,6 +347,31 @@ impl MeshConfig {
         })
     }
 
+    pub fn request_authentications(
+        &self,
+    ) -> impl Iterator<Item = (&ConfigObject, &crate::security::RequestAuthentication)> {
+        self.specs(|s| match s {
+            Spec::RequestAuthentication(x) => Some(x),
+            _ => None,
+        })
+    }
+
+    /// Every JWK set meshd must fetch for the accepted RequestAuthentications, with the
+    /// shortest fetch timeout any rule asks of it.
+    pub fn jwks_to_fetch(&self) -> BTreeMap<crate::jwt::JwksLocation, std::time::Duration> {
+        let mut out = BTreeMap::new();
+        for rule in self
+            .request_authentications()
+            .flat_map(|(_, ra)| &ra.jwt_rules)
+        {
+            if let crate::jwt::KeySource::Fetched(at) = rule.key_source() {
+                let timeout = out.entry(at).or_insert(rule.fetch_timeout());
+                *timeout = rule.fetch_timeout().min(*timeout);
+            }
+        }
+        out
+    }
+
     pub fn workload(&self, name: &str, namespace: &str) -> Option<&Workload> {
         self.workloads
             .iter()
@@ -412,12 +443,12 @@ spec:
   provider: {name: ext}
   rules:
   - from:
-    - source: {requestPrincipals: ["*"]}
+    - source: {requestPrincipals: ["a*b"]}
     - source: {}
     to:
     - operation: {paths: ["/a/{*}/b", "/a*b"], ports: ["http"]}
     when:
-    - {key: "request.auth.claims[iss]", values: [x]}
+    - {key: "request.auth.claim[iss]", values: [x]}
     - {key: source.ip, values: [not-an-ip]}
     - {key: request.host, values: [x]}
     - {key: connection.sni}
@@ -446,12 +477,12 @@ spec:
         assert_eq!((name, line), ("unsupported", 17));
         for expected in [
             "spec.action: CUSTOM",
-            "spec.rules[0].from[0].source.requestPrincipals: needs a RequestAuthentication",
+            "spec.rules[0].from[0].source.requestPrincipals: `a*b`: `*` is allowed only",
             "spec.rules[0].from[1].source: must set at least one field",
             "spec.rules[0].to[0].operation.paths: `/a/{*}/b`: path templates",
             "spec.rules[0].to[0].operation.paths: `/a*b`: `*` is allowed only",
             "spec.rules[0].to[0].operation.ports: `http` is not a port number",
-            "spec.rules[0].when[0].key: `request.auth.claims[iss]` needs a RequestAuthentication",
+            "spec.rules[0].when[0].key: unknown attribute `request.auth.claim[iss]`",
             "spec.rules[0].when[1].values: `not-an-ip` is not an IP address or CIDR",
             "spec.rules[0].when[2].key: unknown attribute `request.host`",
             "spec.rules[0].when[3]: set values or notValues",

@@ -367,3 +367,85 @@ impl Source {
             .then(|| format!("cluster.local/ns/{namespace}/sa/{name}"))
     }
 }
+
+/// `RequestAuthentication`: the JWTs a workload verifies (Envoy's jwt_authn; see `crate::jwt`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthentication {
+    pub selector: Option<WorkloadSelector>,
+    pub target_ref: Option<serde_json::Value>,
+    #[serde(default)]
+    pub target_refs: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Istio's CRD also serves the proto name.
+    #[serde(alias = "jwks_uri")]
+    pub jwks_uri: Option<String>,
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    pub output_payload_to_header: Option<String>,
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    #[serde(default)]
+    pub forward_original_token: bool,
+    #[serde(default, with = "crate::duration::option")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub timeout: Option<std::time::Duration>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    #[serde(default)]
+    pub header: String,
+    #[serde(default)]
+    pub claim: String,
+}
+
+impl JwtRule {
+    pub fn key_source(&self) -> crate::jwt::KeySource<'_> {
+        match (&self.jwks, &self.jwks_uri) {
+            (Some(inline), _) => crate::jwt::KeySource::Inline(inline),
+            (None, Some(uri)) => {
+                crate::jwt::KeySource::Fetched(crate::jwt::JwksLocation::Uri(uri.clone()))
+            }
+            (None, None) => {
+                crate::jwt::KeySource::Fetched(crate::jwt::JwksLocation::Discovery(format!(
+                    "{}/.well-known/openid-configuration",
+                    self.issuer.trim_end_matches('/')
+                )))
+            }
+        }
+    }
+
+    pub fn fetch_timeout(&self) -> std::time::Duration {
+        self.timeout.unwrap_or(crate::jwt::DEFAULT_FETCH_TIMEOUT)
+    }
+}

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 mod authz;
 mod entries;
 mod lb;
+mod request_authn;
 mod selector;
 
 type Check = Result<(), String>;
@@ -542,6 +543,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
         // Never rejected here: a policy that cannot be enforced as written stays in force as a
         // deny-all (see `authorization_policy` below and `MeshConfig`).
         Spec::AuthorizationPolicy(_) => {}
+        Spec::RequestAuthentication(ra) => request_authn::request_authentication(ra)?,
         Spec::EnvoyFilter(ef) => {
             let problems = ef.problems();
             if !problems.is_empty() {

@@ -194,10 +194,10 @@ fn policy_semantics_through_envoy() {
     w.apply(
         "p.yaml",
         &server_policy(
-            "needs-jwt",
-            "rules: [{from: [{source: {requestPrincipals: ['issuer/*']}}]}]",
+            "path-template",
+            "rules: [{to: [{operation: {paths: ['/a/{*}/b']}}]}]",
         ),
-        "ns[authz]-policy[needs-jwt]-fail-closed",
+        "ns[authz]-policy[path-template]-fail-closed",
         true,
     );
     check("unsupported: A to server", denied(), || {
@@ -210,10 +210,10 @@ fn policy_semantics_through_envoy() {
     let rejected = configz["rejected"].as_array().unwrap();
     let entry = rejected
         .iter()
-        .find(|r| r["name"] == "needs-jwt")
-        .unwrap_or_else(|| panic!("needs-jwt not reported: {configz}"));
+        .find(|r| r["name"] == "path-template")
+        .unwrap_or_else(|| panic!("path-template not reported: {configz}"));
     let reason = entry["reason"].as_str().unwrap();
-    assert!(reason.contains("requestPrincipals"), "{reason}");
+    assert!(reason.contains("path templates"), "{reason}");
     assert!(reason.contains("fails closed"), "{reason}");
     let out = std::process::Command::new(w.mesh.meshd_bin())
         .arg("analyze")
@@ -224,8 +224,8 @@ fn policy_semantics_through_envoy() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains("p.yaml:")
-            && stdout.contains("needs-jwt")
-            && stdout.contains("requestPrincipals"),
+            && stdout.contains("path-template")
+            && stdout.contains("path templates"),
         "{stdout}"
     );
 

@@ -126,7 +126,7 @@ pub fn detail(s: &AdminState, name: &str, namespace: &str) -> Option<Value> {
     let mut outbound = Vec::new();
     for o in config.objects.values() {
         match o.kind() {
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 if let Some(sc) = scope(o, namespace, root, &w.labels) {
                     inbound.push(entry(o, sc));
                 }

@@ -70,6 +70,7 @@ pub fn istio_resource(kind: Kind) -> ApiResource {
         Kind::PeerAuthentication => "peerauthentications",
         Kind::AuthorizationPolicy => "authorizationpolicies",
         Kind::EnvoyFilter => "envoyfilters",
+        Kind::RequestAuthentication => "requestauthentications",
     };
     ApiResource {
         group: kind.group().into(),

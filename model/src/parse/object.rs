@@ -239,6 +239,9 @@ pub(crate) fn read_object(origin: &Origin<'_>, value: &Value) -> Result<ConfigOb
         Kind::EnvoyFilter => {
             typed_spec::<crate::envoyfilter::EnvoyFilter>(origin, value, Spec::EnvoyFilter)
         }
+        Kind::RequestAuthentication => {
+            typed_spec::<sec::RequestAuthentication>(origin, value, Spec::RequestAuthentication)
+        }
         Kind::AuthorizationPolicy => {
             typed_spec::<sec::AuthorizationPolicy>(origin, value, Spec::AuthorizationPolicy)
                 .or_else(|e| Ok(Spec::AuthorizationPolicy(unreadable_policy(value, e))))

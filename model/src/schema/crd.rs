@@ -60,7 +60,7 @@ pub const CRD_KINDS: &[CrdKind] = &[
     kind("EnvoyFilter", NETWORKING, "envoyfilters", &[], ENVOYFILTER_VERSIONS, Some(spec_schema::<envoyfilter::EnvoyFilter>)),
     kind("PeerAuthentication", SECURITY, "peerauthentications", &["pa"], SECURITY_VERSIONS, Some(spec_schema::<security::PeerAuthentication>)),
     kind("AuthorizationPolicy", SECURITY, "authorizationpolicies", &["ap"], SECURITY_VERSIONS, Some(spec_schema::<security::AuthorizationPolicy>)),
-    kind("RequestAuthentication", SECURITY, "requestauthentications", &["ra"], SECURITY_VERSIONS, None),
+    kind("RequestAuthentication", SECURITY, "requestauthentications", &["ra"], SECURITY_VERSIONS, Some(spec_schema::<security::RequestAuthentication>)),
     kind("Telemetry", TELEMETRY, "telemetries", &["telemetry"], TELEMETRY_VERSIONS, None),
 ];
 

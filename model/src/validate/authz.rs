@@ -4,8 +4,6 @@
 use super::{Check, address_or_cidr};
 use crate::security::{AuthorizationPolicy, AuthzAction, ConditionKey};
 
-const NO_JWT: &str = "needs a RequestAuthentication (JWT), which meshd does not support";
-
 /// Istio's wildcard rule for string values: `*` alone, or once at the start or the end.
 fn wildcard_value(v: &str, what: &str) -> Check {
     if v.is_empty() {
@@ -123,9 +121,6 @@ fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
             if s.is_empty() {
                 out.push(format!("{at}: must set at least one field"));
             }
-            if !s.request_principals.is_empty() {
-                out.push(format!("{at}.requestPrincipals: {NO_JWT}"));
-            }
             let by_account = !(s.service_accounts.is_empty() && s.not_service_accounts.is_empty());
             let by_identity = !(s.principals.is_empty()
                 && s.not_principals.is_empty()
@@ -147,9 +142,6 @@ fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
                     ));
                 }
             }
-            if !s.not_request_principals.is_empty() {
-                out.push(format!("{at}.notRequestPrincipals: {NO_JWT}"));
-            }
             for (name, values, check) in [
                 (
                     "principals",
@@ -157,6 +149,12 @@ fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
                     wildcard_value as fn(&str, &str) -> Check,
                 ),
                 ("notPrincipals", &s.not_principals, wildcard_value),
+                ("requestPrincipals", &s.request_principals, wildcard_value),
+                (
+                    "notRequestPrincipals",
+                    &s.not_request_principals,
+                    wildcard_value,
+                ),
                 ("namespaces", &s.namespaces, wildcard_value),
                 ("notNamespaces", &s.not_namespaces, wildcard_value),
                 (
@@ -210,10 +208,14 @@ fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
                     cidr_value
                 }
                 ConditionKey::DestinationPort => port_value,
-                ConditionKey::RequestAuth(k) => {
-                    out.push(format!("{at}.key: `{k}` {NO_JWT}"));
-                    continue;
-                }
+                ConditionKey::RequestAuth(k) => match crate::jwt::AuthAttribute::parse(&k) {
+                    Ok(crate::jwt::AuthAttribute::Principal) => wildcard_value,
+                    Ok(_) => any_value,
+                    Err(e) => {
+                        out.push(format!("{at}.key: {e}"));
+                        continue;
+                    }
+                },
                 ConditionKey::EnvoyFilter(k) => {
                     out.push(format!("{at}.key: `{k}` is not supported"));
                     continue;

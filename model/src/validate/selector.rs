@@ -9,7 +9,7 @@ const MAX_SELECTOR_LABELS: usize = 4096;
 const MAX_LABEL_VALUE_LEN: usize = 63;
 
 /// A selector's labels: exact matches only (no `*`), no empty key.
-pub(super) fn labels(labels: &Labels, what: &str) -> Check {
+pub(crate) fn labels(labels: &Labels, what: &str) -> Check {
     if labels.len() > MAX_SELECTOR_LABELS {
         return Err(format!(
             "{what}: {} labels, at most {MAX_SELECTOR_LABELS} allowed",

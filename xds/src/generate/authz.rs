@@ -50,6 +50,8 @@ use meshd_model::security::{
 use prost::{Message, Name};
 use std::collections::BTreeMap;
 
+#[path = "authz_jwt.rs"]
+mod jwt_matchers;
 #[path = "authz_matchers.rs"]
 mod matchers;
 use matchers::{
@@ -466,10 +468,17 @@ impl RuleCtx<'_> {
                 ConditionKey::ConnectionSni => base_perms.extend(perms(vals, nots, |v| {
                     perm(permission::Rule::RequestedServerName(istio_string(v)))
                 })),
+                ConditionKey::RequestAuth(k) => {
+                    // A key that does not parse is reported by `problems` (the policy fails
+                    // closed before it gets here).
+                    if let Ok(attribute) = meshd_model::jwt::AuthAttribute::parse(&k) {
+                        base_ids.extend(ids(vals, nots, |v| {
+                            jwt_matchers::auth_condition(&attribute, v)
+                        }))
+                    }
+                }
                 // Reported by `problems`: such a policy fails closed before it gets here.
-                ConditionKey::RequestAuth(_)
-                | ConditionKey::EnvoyFilter(_)
-                | ConditionKey::Unknown(_) => {}
+                ConditionKey::EnvoyFilter(_) | ConditionKey::Unknown(_) => {}
             }
         }
         let principals = if rule.from.is_empty() {
@@ -519,9 +528,15 @@ impl RuleCtx<'_> {
         and.extend(ids(&s.remote_ip_blocks, &s.not_remote_ip_blocks, |v| {
             id(principal::Identifier::RemoteIp(cidr(v)))
         }));
-        // requestPrincipals: reported by `problems` (no RequestAuthentication support).
-        if !(s.request_principals.is_empty() && s.not_request_principals.is_empty()) {
-            self.usable(true)?;
+        // The verified JWT's `<iss>/<sub>`: only on HTTP.
+        if !(s.request_principals.is_empty() && s.not_request_principals.is_empty())
+            && self.usable(true)?
+        {
+            and.extend(ids(
+                &s.request_principals,
+                &s.not_request_principals,
+                jwt_matchers::request_principal,
+            ));
         }
         Ok(and)
     }

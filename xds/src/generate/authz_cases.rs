@@ -363,6 +363,43 @@ pub const CASES: &[Case] = &[
         envoy: r#"{"permissions": [{"requested_server_name": {"prefix": "outbound_.8080_"}}], "principals": [{"any": true}]}"#,
         e2e: Some((a(), second())),
     },
+    // ---- the verified JWT (RequestAuthentication): end to end in traffic_jwt.rs ----
+    Case {
+        name: "from-request-principals-any",
+        spec: "rules: [{from: [{source: {requestPrincipals: ['*']}}]}]",
+        envoy: r#"{"permissions": [{"any": true}], "principals": [{"sourced_metadata": {"metadata_matcher": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "iss"}], "value": {"present_match": true}}}}]}"#,
+        e2e: None,
+    },
+    Case {
+        name: "from-request-principals-exact",
+        spec: "rules: [{from: [{source: {requestPrincipals: ['issuer-1/alice']}}]}]",
+        envoy: r#"{"permissions": [{"any": true}], "principals": [{"and_ids": {"ids": [{"sourced_metadata": {"metadata_matcher": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "iss"}], "value": {"string_match": {"exact": "issuer-1"}}}}}, {"sourced_metadata": {"metadata_matcher": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "sub"}], "value": {"string_match": {"exact": "alice"}}}}}]}}]}"#,
+        e2e: None,
+    },
+    Case {
+        name: "from-not-request-principals",
+        spec: "rules: [{from: [{source: {notRequestPrincipals: ['*']}}]}]",
+        envoy: r#"{"permissions": [{"any": true}], "principals": [{"not_id": {"sourced_metadata": {"metadata_matcher": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "iss"}], "value": {"present_match": true}}}}}]}"#,
+        e2e: None,
+    },
+    Case {
+        name: "when-request-auth-claims-nested",
+        spec: "rules: [{when: [{key: 'request.auth.claims[realm][roles]', values: [admin]}]}]",
+        envoy: r#"{"permissions": [{"any": true}], "principals": [{"or_ids": {"ids": [{"sourced_metadata": {"metadata_matcher": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "realm"}, {"key": "roles"}], "value": {"string_match": {"exact": "admin"}}}}}, {"sourced_metadata": {"metadata_matcher": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "realm"}, {"key": "roles"}], "value": {"list_match": {"one_of": {"string_match": {"exact": "admin"}}}}}}}]}}]}"#,
+        e2e: None,
+    },
+    Case {
+        name: "when-request-auth-audiences",
+        spec: "rules: [{when: [{key: request.auth.audiences, values: ['api.*']}]}]",
+        envoy: r#"{"permissions": [{"any": true}], "principals": [{"or_ids": {"ids": [{"sourced_metadata": {"metadata_matcher": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "aud"}], "value": {"string_match": {"prefix": "api."}}}}}, {"sourced_metadata": {"metadata_matcher": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "aud"}], "value": {"list_match": {"one_of": {"string_match": {"prefix": "api."}}}}}}}]}}]}"#,
+        e2e: None,
+    },
+    Case {
+        name: "when-request-auth-presenter",
+        spec: "rules: [{when: [{key: request.auth.presenter, values: ['*']}]}]",
+        envoy: r#"{"permissions": [{"any": true}], "principals": [{"sourced_metadata": {"metadata_matcher": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "azp"}], "value": {"present_match": true}}}}]}"#,
+        e2e: None,
+    },
     // ---- whole rules ----
     Case {
         name: "from-to-when",

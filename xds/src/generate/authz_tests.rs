@@ -219,13 +219,13 @@ fn a_policy_meshd_cannot_enforce_fails_closed_for_what_it_selects() {
             policy_doc(
                 "authz",
                 "jwt",
-                "selector: {matchLabels: {app: server}}, rules: [{from: [{source: {requestPrincipals: ['*']}}]}]",
+                "selector: {matchLabels: {app: server}}, rules: [{from: [{source: {requestPrincipals: ['a*b']}}]}]",
             ),
             policy_doc("authz", "ext", "action: CUSTOM, provider: {name: opa}, rules: [{}]"),
             policy_doc(
                 "authz",
                 "claims",
-                "action: DENY, selector: {matchLabels: {app: other}}, rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]",
+                "action: DENY, selector: {matchLabels: {app: other}}, rules: [{when: [{key: 'request.auth.claim[iss]', values: [x]}]}]",
             ),
         ]
         .concat();

@@ -225,6 +225,12 @@ pub fn build(
     // AuthorizationPolicies selecting this gateway (or mesh-wide): RBAC ahead of the router
     // and of the TCP proxies.
     let authz = super::authz::gateway_policy(&snapshot.index, namespace, labels, &snapshot.opts);
+    gateway_filters.extend(super::jwt::jwt_filter(
+        config,
+        &snapshot.index.root_namespace,
+        namespace,
+        labels,
+    ));
     gateway_filters.extend(authz.http_filters);
     let l4_chain = |name: &str, sni: Vec<String>, target: &L4Target| {
         let idle = super::l4::idle_timeout(&snapshot.index, namespace, target);

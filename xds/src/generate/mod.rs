@@ -11,6 +11,7 @@ pub mod common;
 pub mod envoyfilter;
 pub mod gateway;
 mod index;
+pub mod jwt;
 pub mod l4;
 pub mod listener;
 pub mod route;
@@ -107,7 +108,8 @@ struct Previous {
 
 /// Whether two configs agree on everything a workload's inbound resources are built from.
 fn same_inbound_inputs(a: &MeshConfig, b: &MeshConfig) -> bool {
-    a.services == b.services
+    a.jwks == b.jwks
+        && a.services == b.services
         && a.workloads == b.workloads
         && inbound_objects(a).count() == inbound_objects(b).count()
         && inbound_objects(a)
@@ -124,6 +126,7 @@ fn inbound_objects(c: &MeshConfig) -> impl Iterator<Item = &Arc<ConfigObject>> {
                 | Kind::PeerAuthentication
                 | Kind::AuthorizationPolicy
                 | Kind::EnvoyFilter
+                | Kind::RequestAuthentication
         )
     })
 }
@@ -339,7 +342,17 @@ impl MeshSnapshot {
                     http,
                     mode: self.index.mtls_mode(&w.namespace, &w.labels, port),
                     http_filters: {
-                        let mut filters = policy.http_filters;
+                        // JWT verification first: RBAC matches the payload it leaves.
+                        let mut filters: Vec<_> = jwt::jwt_filter(
+                            &self.index.config,
+                            &self.index.root_namespace,
+                            &w.namespace,
+                            &w.labels,
+                        )
+                        .filter(|_| http)
+                        .into_iter()
+                        .chain(policy.http_filters)
+                        .collect();
                         self.patches.insert_http_filters(
                             &w.namespace,
                             &w.labels,
