@@ -92,7 +92,7 @@ fi
 # The Grafana dashboards: rendered as ConfigMaps with the sidecar's label, their JSON parses,
 # every PromQL expression parses (promtool) and names only metrics meshd exports: those of a
 # real /metrics scrape of `meshd serve` (in a private network namespace) plus the families its
-# code registers (a family without samples yet has no line in a scrape).
+# code registers in any crate (a family without samples yet has no line in a scrape).
 MESHD="${MESHD_BIN:-target/debug/meshd}"
 if ! [ -x "$MESHD" ]; then
   log "no $MESHD to scrape for the dashboards' metric names: cargo build --bin meshd first"; fail=1
@@ -101,7 +101,7 @@ else
   unshare -n sh -c "ip link set lo up; \"$MESHD\" serve --state-dir '$scrape_dir/state' >'$scrape_dir/serve.log' 2>&1 & \
     pid=\$!; for i in \$(seq 150); do curl -sf http://127.0.0.1:15014/metrics >'$scrape_dir/metrics' && break; sleep 0.2; done; \
     kill \$pid; wait \$pid" || true
-  grep -rhoPz '\.register(?:_with_unit)?\(\s*"[a-z_:]+"' control-plane/src xds/src | tr '\0' '\n' \
+  grep -rhoPz --include='*.rs' '\.register(?:_with_unit)?\(\s*"[a-z_:]+"' */src | tr '\0' '\n' \
     | grep -o '"[a-z_:]*"' | tr -d '"' > "$scrape_dir/registered"
   if ! [ -s "$scrape_dir/metrics" ]; then
     log "meshd serve gave no /metrics: $(tail -5 "$scrape_dir/serve.log")"; fail=1
