@@ -295,3 +295,23 @@ async fn config_changes_arrive_live_over_server_sent_events() {
         "{changed:#}"
     );
 }
+
+#[test]
+fn meshd_dashboard_prints_the_url_of_the_admin_it_is_given() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args([
+            "dashboard",
+            "--admin",
+            "http://127.0.0.1:25999/",
+            "--no-browser",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "meshd dashboard: http://127.0.0.1:25999/dashboard/",
+        "{out:?}"
+    );
+}
