@@ -70,6 +70,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/registryz", get(registryz))
         .route("/debug/configz", get(configz))
         .route("/debug/heap", get(heap))
+        .merge(crate::dashboard::routes())
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             caller_check,
@@ -265,7 +266,7 @@ async fn registryz(State(s): State<AdminState>) -> Json<Value> {
     }))
 }
 
-async fn configz(State(s): State<AdminState>) -> Json<Value> {
+pub(crate) async fn configz(State(s): State<AdminState>) -> Json<Value> {
     let snap = s.snapshots.borrow().clone();
     let config = snap.config();
     // EnvoyFilters the generator could not apply (their values do not decode) are rejected.
