@@ -3,6 +3,7 @@
 //! `/healthz/*` and `/version` unless a Kubernetes token proves them administrators.
 
 pub mod access;
+pub mod dashboard;
 mod istio_names;
 
 use axum::Router;
@@ -70,7 +71,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/registryz", get(registryz))
         .route("/debug/configz", get(configz))
         .route("/debug/heap", get(heap))
-        .merge(crate::dashboard::routes())
+        .merge(dashboard::routes())
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             caller_check,

@@ -9,7 +9,6 @@ pub mod bootstrap;
 pub mod ca_service;
 pub mod cli;
 pub mod crds;
-pub mod dashboard;
 pub mod identity;
 pub mod iptables;
 pub mod jwks;
