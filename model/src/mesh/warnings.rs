@@ -165,11 +165,10 @@ spec:
     /// instead of claiming no rule defines the subset.
     #[test]
     fn locality_failover_with_outlier_detection_does_not_warn() {
-        let text = rule("{localityLbSetting: {failover: [{from: us-east, to: eu-west}]}}")
-            .replace(
-                "  subsets:",
-                "    outlierDetection: {consecutive5xxErrors: 1}\n  subsets:",
-            );
+        let text = rule("{localityLbSetting: {failover: [{from: us-east, to: eu-west}]}}").replace(
+            "  subsets:",
+            "    outlierDetection: {consecutive5xxErrors: 1}\n  subsets:",
+        );
         let file = parse_file("cart.yaml", &text).unwrap();
         let mesh = MeshConfig::assemble([&file]);
         assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);

@@ -376,27 +376,44 @@ fn destination_rule_load_balancer_rules() {
         (
             "DestinationRule",
             &lb("{localityLbSetting: {distribute: [{from: \"*/z1\", to: {\"*\": 100}}]}}"),
-            Rejected("loadBalancer.localityLbSetting.distribute[0].from", "not a locality"),
+            Rejected(
+                "loadBalancer.localityLbSetting.distribute[0].from",
+                "not a locality",
+            ),
         ),
         (
             "DestinationRule",
             &lb("{localityLbSetting: {distribute: [{from: \"r1/z1/s1/x\", to: {\"*\": 100}}]}}"),
-            Rejected("loadBalancer.localityLbSetting.distribute[0].from", "region/zone/subzone"),
+            Rejected(
+                "loadBalancer.localityLbSetting.distribute[0].from",
+                "region/zone/subzone",
+            ),
         ),
         (
             "DestinationRule",
             &lb("{localityLbSetting: {distribute: [{from: \"*\", to: {\"r1/z*\": 100}}]}}"),
-            Rejected("loadBalancer.localityLbSetting.distribute[0].to", "not a locality"),
+            Rejected(
+                "loadBalancer.localityLbSetting.distribute[0].to",
+                "not a locality",
+            ),
         ),
         (
             "DestinationRule",
-            &lb("{localityLbSetting: {distribute: [{from: \"*\", to: {\"r1/*\": 0, \"r2/*\": 100}}]}}"),
-            Rejected("loadBalancer.localityLbSetting.distribute[0].to", "more than 0"),
+            &lb(
+                "{localityLbSetting: {distribute: [{from: \"*\", to: {\"r1/*\": 0, \"r2/*\": 100}}]}}",
+            ),
+            Rejected(
+                "loadBalancer.localityLbSetting.distribute[0].to",
+                "more than 0",
+            ),
         ),
         (
             "DestinationRule",
             &lb("{localityLbSetting: {failover: [{from: r1/z1, to: r2}]}}"),
-            Rejected("loadBalancer.localityLbSetting.failover[0].from", "must be a region"),
+            Rejected(
+                "loadBalancer.localityLbSetting.failover[0].from",
+                "must be a region",
+            ),
         ),
         (
             "DestinationRule",
@@ -413,7 +430,10 @@ fn destination_rule_load_balancer_rules() {
         (
             "DestinationRule",
             &lb("{localityLbSetting: {failoverPriority: [\"=v1\"]}}"),
-            Rejected("loadBalancer.localityLbSetting.failoverPriority[0]", "names no label"),
+            Rejected(
+                "loadBalancer.localityLbSetting.failoverPriority[0]",
+                "names no label",
+            ),
         ),
     ]);
 }

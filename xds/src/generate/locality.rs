@@ -80,8 +80,8 @@ pub fn assignment(
     setting: Option<&LocalityLbSetting>,
     outlier: bool,
 ) -> (ClusterLoadAssignment, Option<Arc<LocalityPlan>>) {
-    let active = active(setting, outlier);
-    let keys: Vec<&str> = active
+    let in_force = active(setting, outlier);
+    let keys: Vec<&str> = in_force
         .map(|s| {
             s.failover_priority
                 .iter()
@@ -109,7 +109,7 @@ pub fn assignment(
             lb_endpoints,
         })
         .collect();
-    let Some(setting) = active else {
+    let Some(setting) = in_force else {
         let plain = Plan::flat(&groups);
         return (plain.into_assignment(cluster_name), None);
     };
@@ -120,7 +120,10 @@ pub fn assignment(
         failover: outlier,
         encoded: Mutex::new(HashMap::new()),
     };
-    (plan.for_proxy(&Locality::default(), &Labels::new()), Some(Arc::new(plan)))
+    (
+        plan.for_proxy(&Locality::default(), &Labels::new()),
+        Some(Arc::new(plan)),
+    )
 }
 
 /// Endpoint groups placed at a priority with an optional locality weight.
@@ -130,8 +133,7 @@ struct Plan {
 
 impl Plan {
     fn flat(groups: &[Group]) -> Plan {
-        let mut placed: BTreeMap<(u32, Locality), (Option<u32>, Vec<LbEndpoint>)> =
-            BTreeMap::new();
+        let mut placed: BTreeMap<(u32, Locality), (Option<u32>, Vec<LbEndpoint>)> = BTreeMap::new();
         for g in groups {
             let slot = placed.entry((0, g.locality.clone())).or_default();
             slot.1.extend(g.lb_endpoints.iter().cloned());
@@ -148,15 +150,15 @@ impl Plan {
             endpoints: self
                 .placed
                 .into_iter()
-                .map(|((priority, locality), (weight, lb_endpoints))| {
-                    LocalityLbEndpoints {
+                .map(
+                    |((priority, locality), (weight, lb_endpoints))| LocalityLbEndpoints {
                         locality: envoy_locality(&locality),
                         lb_endpoints,
                         load_balancing_weight: weight.and_then(super::common::u32v),
                         priority: rank[&priority],
                         ..Default::default()
-                    }
-                })
+                    },
+                )
                 .collect(),
             ..Default::default()
         }
@@ -208,7 +210,10 @@ impl LocalityPlan {
             if by_locality && !proxy.is_empty() {
                 priority += self.locality_priority(&g.locality, proxy);
             }
-            let slot = plan.placed.entry((priority, g.locality.clone())).or_default();
+            let slot = plan
+                .placed
+                .entry((priority, g.locality.clone()))
+                .or_default();
             slot.1.extend(g.lb_endpoints.iter().cloned());
         }
         plan.into_assignment(&self.cluster_name)
@@ -255,14 +260,22 @@ impl LocalityPlan {
     fn distribute(&self, proxy: &Locality) -> Plan {
         let localities: BTreeSet<&Locality> = self.groups.iter().map(|g| &g.locality).collect();
         let rule = (!proxy.is_empty())
-            .then(|| self.setting.distribute.iter().find(|d| proxy.matches(&d.from)))
+            .then(|| {
+                self.setting
+                    .distribute
+                    .iter()
+                    .find(|d| proxy.matches(&d.from))
+            })
             .flatten();
         let mut weights: BTreeMap<&Locality, u64> = BTreeMap::new();
         match rule {
             Some(rule) => {
                 for (pattern, weight) in &rule.to {
-                    let matched: Vec<&&Locality> =
-                        localities.iter().filter(|l| l.matches(pattern)).collect();
+                    let matched: Vec<&Locality> = localities
+                        .iter()
+                        .copied()
+                        .filter(|l| l.matches(pattern))
+                        .collect();
                     if matched.is_empty() {
                         continue;
                     }
@@ -287,8 +300,7 @@ impl LocalityPlan {
                 }
             }
         }
-        let mut placed: BTreeMap<(u32, Locality), (Option<u32>, Vec<LbEndpoint>)> =
-            BTreeMap::new();
+        let mut placed: BTreeMap<(u32, Locality), (Option<u32>, Vec<LbEndpoint>)> = BTreeMap::new();
         for g in &self.groups {
             let Some(w) = weights.get(&g.locality) else {
                 continue;
@@ -306,10 +318,16 @@ impl LocalityPlan {
 #[derive(Clone, Debug, Default)]
 pub struct LocalityPlans {
     pub plans: HashMap<String, Arc<LocalityPlan>>,
+    /// The `failoverPriority` labels of the plans (of some removed ones too: a key finer than
+    /// needed only shares less).
+    label_keys: BTreeSet<String>,
 }
 
 impl LocalityPlans {
     pub fn insert(&mut self, name: String, plan: Arc<LocalityPlan>) {
+        for entry in &plan.setting.failover_priority {
+            self.label_keys.insert(priority_label(entry).0.to_string());
+        }
         self.plans.insert(name, plan);
     }
 
@@ -319,14 +337,8 @@ impl LocalityPlans {
 
     /// What of a proxy the layer depends on: proxies with the same key share its layer.
     pub fn proxy_key(&self, locality: &Locality, labels: &Labels) -> String {
-        let keys: BTreeSet<&str> = self
-            .plans
-            .values()
-            .flat_map(|p| p.setting.failover_priority.iter())
-            .map(|e| priority_label(e).0)
-            .collect();
         let mut key = locality.to_string();
-        for k in keys {
+        for k in &self.label_keys {
             key.push('\u{0}');
             key.push_str(&label_value(k, locality, labels));
         }
