@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
         labels: [("istio".to_string(), istio)].into(),
         service_account: sa,
         ports: Default::default(),
+        locality: String::new(),
     };
     let identity = Identity {
         workload: "billing".into(),

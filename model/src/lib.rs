@@ -5,6 +5,7 @@ pub mod credential;
 pub mod duration;
 pub mod envoyfilter;
 pub mod jwt;
+pub mod locality;
 pub mod mesh;
 pub mod networking;
 pub mod parse;

@@ -56,6 +56,9 @@ pub struct Endpoint {
     pub namespace: String,
     pub workload: Option<String>,
     pub weight: Option<u32>,
+    /// `region/zone/subzone` (see [`crate::locality`]); empty when unknown.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub locality: String,
 }
 
 impl Endpoint {
@@ -129,6 +132,9 @@ pub struct Workload {
     pub labels: Labels,
     pub service_account: String,
     pub ports: BTreeMap<String, u32>,
+    /// `region/zone/subzone` (see [`crate::locality`]); empty when unknown.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub locality: String,
 }
 
 impl Workload {
@@ -147,6 +153,7 @@ impl Workload {
                 .clone()
                 .unwrap_or_else(|| "default".into()),
             ports: we.ports.clone(),
+            locality: crate::locality::locality_of(we.locality.as_deref(), &we.labels),
         }
     }
 }
@@ -198,6 +205,7 @@ pub fn services_from_entry(
                 namespace: w.namespace.clone(),
                 workload: Some(w.name.clone()),
                 weight: None,
+                locality: w.locality.clone(),
             })
             .collect(),
         None => se
@@ -214,6 +222,7 @@ pub fn services_from_entry(
                 namespace: namespace.to_string(),
                 workload: None,
                 weight: e.weight,
+                locality: crate::locality::locality_of(e.locality.as_deref(), &e.labels),
             })
             .collect(),
     };

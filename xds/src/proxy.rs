@@ -399,6 +399,7 @@ mod tests {
             },
             service_account: sa.into(),
             ports: Default::default(),
+            locality: String::new(),
         }
     }
 

@@ -145,11 +145,14 @@ pub(super) fn workload(pod: &Pod) -> Option<Workload> {
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| Some((p.name.clone()?, port_number(p.container_port)?)))
         .collect();
+    let labels = labels_of(pod);
     Some(Workload {
         name: pod.metadata.name.clone()?,
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         address,
-        labels: labels_of(pod),
+        // meshd does not watch Nodes: a Pod's locality comes from its own labels.
+        locality: meshd_model::locality::locality_of(None, &labels),
+        labels,
         service_account: service_account_of(pod),
         ports,
     })
@@ -218,6 +221,7 @@ impl KubeObjects {
                 None => (Labels::new(), "default".to_string(), None),
             };
             Endpoint {
+                locality: meshd_model::locality::locality_of(None, &labels),
                 address,
                 ports,
                 labels,

@@ -389,3 +389,26 @@ fn server_fields_do_not_change_the_parsed_object() {
     let wrong = IstioObject::parse(Kind::Gateway, &v);
     assert!(wrong.parsed.unwrap_err().reason.contains("kind Sidecar"));
 }
+
+/// meshd does not watch Nodes: a Pod's locality (workload and endpoint alike) comes from the
+/// topology labels on the Pod itself.
+#[test]
+fn a_pods_locality_comes_from_its_topology_labels() {
+    let labelled = CLUSTER.replace(
+        "    pod-template-hash: 7d9f8c6b5\n    version: v1\n  name: billing-service-v1-7d9f8c6b5-x2k4p\n",
+        "    pod-template-hash: 7d9f8c6b5\n    topology.kubernetes.io/region: r1\n    topology.kubernetes.io/zone: z1\n    version: v1\n  name: billing-service-v1-7d9f8c6b5-x2k4p\n",
+    );
+    assert_ne!(labelled, CLUSTER, "the test data changed");
+    let mesh = mesh_of(&labelled);
+    let w = mesh
+        .workload("billing-service-v1-7d9f8c6b5-x2k4p", "voicecore-ai")
+        .unwrap();
+    assert_eq!(w.locality, "r1/z1");
+    let billing = service(&mesh, "billing-service.voicecore-ai.svc.cluster.local");
+    let localities: Vec<&str> = billing
+        .endpoints
+        .iter()
+        .map(|e| e.locality.as_str())
+        .collect();
+    assert_eq!(localities, ["r1/z1", ""]);
+}

@@ -6,10 +6,16 @@ use super::{MeshConfig, Rejected};
 use crate::networking::{LoadBalancerSettings, SimpleLb, TrafficPolicy};
 use crate::{ConfigObject, Spec};
 
-fn lb_notes(at: &str, lb: &LoadBalancerSettings, out: &mut Vec<String>) {
-    if lb.locality_lb_setting.is_some() {
+fn lb_notes(at: &str, lb: &LoadBalancerSettings, outlier: bool, out: &mut Vec<String>) {
+    if let Some(l) = &lb.locality_lb_setting
+        && l.enabled != Some(false)
+        && l.distribute.is_empty()
+        && !outlier
+    {
+        // Istio's rule: priorities without outlier detection never move traffic, since Envoy
+        // would not learn that the preferred endpoints are down.
         out.push(format!(
-            "{at}.localityLbSetting is accepted but not applied: meshd does not do locality-aware load balancing yet"
+            "{at}.localityLbSetting: locality failover applies only with outlierDetection; without it no priorities are set"
         ));
     }
     let slow_start_capable = lb.consistent_hash.is_none()
@@ -24,30 +30,50 @@ fn lb_notes(at: &str, lb: &LoadBalancerSettings, out: &mut Vec<String>) {
     }
 }
 
-fn policy_notes(at: &str, tp: &TrafficPolicy, out: &mut Vec<String>) {
+/// `outlier`: whether the rule sets outlierDetection anywhere (its top level, a port, a subset).
+fn policy_notes(at: &str, tp: &TrafficPolicy, outlier: bool, out: &mut Vec<String>) {
     if let Some(lb) = &tp.load_balancer {
-        lb_notes(&format!("{at}.loadBalancer"), lb, out);
+        lb_notes(&format!("{at}.loadBalancer"), lb, outlier, out);
     }
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
         if let Some(lb) = &pl.load_balancer {
             lb_notes(
                 &format!("{at}.portLevelSettings[{i}].loadBalancer"),
                 lb,
+                outlier,
                 out,
             );
         }
     }
 }
 
+fn sets_outlier_detection(tp: &TrafficPolicy) -> bool {
+    tp.outlier_detection.is_some()
+        || tp
+            .port_level_settings
+            .iter()
+            .any(|p| p.outlier_detection.is_some())
+}
+
 fn notes(o: &ConfigObject) -> Vec<String> {
     let mut out = Vec::new();
     if let Spec::DestinationRule(dr) = &o.spec {
+        let outlier = dr
+            .traffic_policy
+            .iter()
+            .chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()))
+            .any(sets_outlier_detection);
         if let Some(tp) = &dr.traffic_policy {
-            policy_notes("spec.trafficPolicy", tp, &mut out);
+            policy_notes("spec.trafficPolicy", tp, outlier, &mut out);
         }
         for (i, s) in dr.subsets.iter().enumerate() {
             if let Some(tp) = &s.traffic_policy {
-                policy_notes(&format!("spec.subsets[{i}].trafficPolicy"), tp, &mut out);
+                policy_notes(
+                    &format!("spec.subsets[{i}].trafficPolicy"),
+                    tp,
+                    outlier,
+                    &mut out,
+                );
             }
         }
     }
@@ -93,12 +119,14 @@ spec:
     }
 
     /// A DestinationRule with localityLbSetting or warmup is kept (it once was dropped, and
-    /// every VirtualService routing to its subsets with it); a field meshd does not act on is a
-    /// warning naming the object and the field.
+    /// every VirtualService routing to its subsets with it); a setting that has no effect is a
+    /// warning naming the object and the field. Locality failover is applied now: it warns
+    /// only without outlierDetection (as Istio, which sets no priorities then).
     #[test]
-    fn valid_fields_meshd_does_not_apply_warn_and_nothing_is_dropped() {
+    fn valid_fields_without_effect_warn_and_nothing_is_dropped() {
         for lb in [
             "{localityLbSetting: {failover: [{from: us-east, to: eu-west}]}}",
+            "{localityLbSetting: {distribute: [{from: \"*\", to: {\"*\": 100}}]}}",
             "{warmup: {duration: 60s}}",
             "{simple: RANDOM, warmupDurationSecs: 60s}",
         ] {
@@ -109,7 +137,7 @@ spec:
             assert_eq!(mesh.virtual_services().count(), 1, "{lb}");
             let warned: Vec<String> = mesh.warnings.iter().map(|w| w.to_string()).collect();
             match lb {
-                l if l.contains("locality") => {
+                l if l.contains("failover") => {
                     let [w] = &warned[..] else {
                         panic!("{warned:?}")
                     };
@@ -117,6 +145,7 @@ spec:
                         w.contains("DestinationRule shop/cart: spec.trafficPolicy.loadBalancer.localityLbSetting"),
                         "{w}"
                     );
+                    assert!(w.contains("only with outlierDetection"), "{w}");
                 }
                 l if l.contains("RANDOM") => {
                     let [w] = &warned[..] else {
@@ -134,6 +163,18 @@ spec:
 
     /// A route to the subsets of a DestinationRule that was rejected names that rule and why,
     /// instead of claiming no rule defines the subset.
+    #[test]
+    fn locality_failover_with_outlier_detection_does_not_warn() {
+        let text = rule("{localityLbSetting: {failover: [{from: us-east, to: eu-west}]}}").replace(
+            "  subsets:",
+            "    outlierDetection: {consecutive5xxErrors: 1}\n  subsets:",
+        );
+        let file = parse_file("cart.yaml", &text).unwrap();
+        let mesh = MeshConfig::assemble([&file]);
+        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
+        assert!(mesh.warnings.is_empty(), "{:?}", mesh.warnings);
+    }
+
     #[test]
     fn a_route_to_a_rejected_rules_subsets_says_it_was_rejected() {
         let file = parse_file("cart.yaml", &rule("{simple: SOMETIMES}")).unwrap();

@@ -39,6 +39,13 @@ pub(super) fn settings(at: &str, lb: &LoadBalancerSettings) -> Check {
             if d.from.is_empty() {
                 return Err(format!("{at}.from is required"));
             }
+            locality_pattern(&format!("{at}.from"), &d.from)?;
+            for (to, weight) in &d.to {
+                locality_pattern(&format!("{at}.to"), to)?;
+                if *weight == 0 {
+                    return Err(format!("{at}.to: the weight of `{to}` must be more than 0"));
+                }
+            }
             if d.to.is_empty() {
                 return Err(format!("{at}.to must name at least one locality"));
             }
@@ -52,6 +59,13 @@ pub(super) fn settings(at: &str, lb: &LoadBalancerSettings) -> Check {
             if f.from.is_empty() || f.to.is_empty() {
                 return Err(format!("{at}: from and to are both required"));
             }
+            for (field, region) in [("from", &f.from), ("to", &f.to)] {
+                if region.contains('/') || region.contains('*') {
+                    return Err(format!(
+                        "{at}.{field}: `{region}` must be a region, without `/` or `*`"
+                    ));
+                }
+            }
             if f.from == f.to {
                 return Err(format!(
                     "{at}: fails over from region `{}` to itself",
@@ -60,9 +74,29 @@ pub(super) fn settings(at: &str, lb: &LoadBalancerSettings) -> Check {
             }
         }
         for (i, p) in l.failover_priority.iter().enumerate() {
-            if p.is_empty() {
-                return Err(format!("{at}.failoverPriority[{i}] is empty"));
+            let label = p.split_once('=').map_or(p.as_str(), |(k, _)| k);
+            if label.is_empty() {
+                return Err(format!("{at}.failoverPriority[{i}] names no label"));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Istio's locality form: `region[/zone[/subzone]]`, a `*` only as the last part.
+fn locality_pattern(at: &str, pattern: &str) -> Check {
+    let parts: Vec<&str> = pattern.split('/').collect();
+    if parts.len() > 3 {
+        return Err(format!(
+            "{at}: `{pattern}` has more than region/zone/subzone"
+        ));
+    }
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if part.is_empty() || (part.contains('*') && (!last || *part != "*")) {
+            return Err(format!(
+                "{at}: `{pattern}` is not a locality (region/zone/subzone, `*` only as the whole last part)"
+            ));
         }
     }
     Ok(())

@@ -366,6 +366,75 @@ fn destination_rule_load_balancer_rules() {
             ),
             Rejected("loadBalancer.localityLbSetting", "only one"),
         ),
+        (
+            "DestinationRule",
+            &lb(
+                "{localityLbSetting: {distribute: [{from: \"r1/z1/*\", to: {\"r1/z1/*\": 80, \"r2/*\": 20}}]}}",
+            ),
+            Accepted,
+        ),
+        (
+            "DestinationRule",
+            &lb("{localityLbSetting: {distribute: [{from: \"*/z1\", to: {\"*\": 100}}]}}"),
+            Rejected(
+                "loadBalancer.localityLbSetting.distribute[0].from",
+                "not a locality",
+            ),
+        ),
+        (
+            "DestinationRule",
+            &lb("{localityLbSetting: {distribute: [{from: \"r1/z1/s1/x\", to: {\"*\": 100}}]}}"),
+            Rejected(
+                "loadBalancer.localityLbSetting.distribute[0].from",
+                "region/zone/subzone",
+            ),
+        ),
+        (
+            "DestinationRule",
+            &lb("{localityLbSetting: {distribute: [{from: \"*\", to: {\"r1/z*\": 100}}]}}"),
+            Rejected(
+                "loadBalancer.localityLbSetting.distribute[0].to",
+                "not a locality",
+            ),
+        ),
+        (
+            "DestinationRule",
+            &lb(
+                "{localityLbSetting: {distribute: [{from: \"*\", to: {\"r1/*\": 0, \"r2/*\": 100}}]}}",
+            ),
+            Rejected(
+                "loadBalancer.localityLbSetting.distribute[0].to",
+                "more than 0",
+            ),
+        ),
+        (
+            "DestinationRule",
+            &lb("{localityLbSetting: {failover: [{from: r1/z1, to: r2}]}}"),
+            Rejected(
+                "loadBalancer.localityLbSetting.failover[0].from",
+                "must be a region",
+            ),
+        ),
+        (
+            "DestinationRule",
+            &lb("{localityLbSetting: {failover: [{from: r1, to: r1}]}}"),
+            Rejected("loadBalancer.localityLbSetting.failover[0]", "to itself"),
+        ),
+        (
+            "DestinationRule",
+            &lb(
+                "{localityLbSetting: {failoverPriority: [topology.kubernetes.io/region, \"version=v1\"]}}",
+            ),
+            Accepted,
+        ),
+        (
+            "DestinationRule",
+            &lb("{localityLbSetting: {failoverPriority: [\"=v1\"]}}"),
+            Rejected(
+                "loadBalancer.localityLbSetting.failoverPriority[0]",
+                "names no label",
+            ),
+        ),
     ]);
 }
 

@@ -26,6 +26,7 @@ fn server() -> Workload {
         labels: [("app".to_string(), "server".to_string())].into(),
         service_account: "server".into(),
         ports: Default::default(),
+        locality: String::new(),
     }
 }
 

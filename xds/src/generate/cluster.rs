@@ -202,6 +202,8 @@ fn tls_mode_metadata() -> Metadata {
 pub struct OutboundCluster {
     pub cluster: Cluster,
     pub load_assignment: Option<ClusterLoadAssignment>,
+    /// Set when the load assignment depends on the proxy's locality (`localityLbSetting`).
+    pub locality: Option<std::sync::Arc<super::locality::LocalityPlan>>,
 }
 
 pub fn outbound(
@@ -316,9 +318,8 @@ pub fn outbound_with_rule(
         .iter()
         .filter(|e| subset.is_none_or(|s| selector_matches(&s.labels, &e.labels)))
         .collect();
-    let lb_endpoints: Vec<LbEndpoint> = endpoints
-        .iter()
-        .map(|e| LbEndpoint {
+    let lb_endpoints = endpoints.iter().map(|e| {
+        let lb = LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
                 address: Some(socket_address(&e.address, e.port_for(port))),
                 ..Default::default()
@@ -327,16 +328,28 @@ pub fn outbound_with_rule(
             metadata: (auto_mtls && runs_sidecar(e) && index.accepts_mtls(e, port))
                 .then(tls_mode_metadata),
             ..Default::default()
-        })
-        .collect();
-    let load_assignment = ClusterLoadAssignment {
-        cluster_name: name.clone(),
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints,
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+        };
+        (*e, lb)
+    });
+    let locality_setting = policy
+        .load_balancer
+        .as_ref()
+        .and_then(|l| l.locality_lb_setting.as_ref());
+    let (load_assignment, locality_plan) = super::locality::assignment(
+        &name,
+        lb_endpoints.collect(),
+        locality_setting,
+        policy.outlier_detection.is_some(),
+    );
+    if super::locality::weighted(locality_setting)
+        && let Some(common) = c.common_lb_config.as_mut()
+    {
+        common.locality_config_specifier = Some(
+            cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                cluster::common_lb_config::LocalityWeightedLbConfig {},
+            ),
+        );
+    }
     let passthrough =
         policy.load_balancer.as_ref().and_then(|l| l.simple) == Some(SimpleLb::Passthrough);
     match svc.resolution {
@@ -347,6 +360,7 @@ pub fn outbound_with_rule(
             OutboundCluster {
                 cluster: c,
                 load_assignment: None,
+                locality: None,
             }
         }
         Resolution::Dns | Resolution::DnsRoundRobin => {
@@ -385,6 +399,7 @@ pub fn outbound_with_rule(
             OutboundCluster {
                 cluster: c,
                 load_assignment: None,
+                locality: None,
             }
         }
         Resolution::None if svc.endpoints.is_empty() && svc.selector.is_none() => {
@@ -395,6 +410,7 @@ pub fn outbound_with_rule(
             OutboundCluster {
                 cluster: c,
                 load_assignment: None,
+                locality: None,
             }
         }
         _ => {
@@ -408,6 +424,7 @@ pub fn outbound_with_rule(
             OutboundCluster {
                 cluster: c,
                 load_assignment: Some(load_assignment),
+                locality: locality_plan,
             }
         }
     }

@@ -14,6 +14,7 @@ mod index;
 pub mod jwt;
 pub mod l4;
 pub mod listener;
+pub mod locality;
 pub mod route;
 mod scope;
 pub mod slow_start;
@@ -82,6 +83,12 @@ pub struct MeshSnapshot {
     clusters: Layer,
     endpoints: Layer,
     clusters_by_host: Arc<HashMap<String, Vec<String>>>,
+    /// The clusters of `endpoints` whose assignment depends on the proxy's locality.
+    locality_plans: Arc<locality::LocalityPlans>,
+    /// Endpoint layers with those clusters' assignments for one proxy locality, by the shared
+    /// layer they derive from (its address: it lives as long as this snapshot) and the proxy
+    /// key: every proxy of a scope in one locality shares one.
+    localized: Mutex<HashMap<(usize, String), Once<Layer>>>,
     scopes: Mutex<HashMap<ScopeKey, Once<Arc<Scope>>>>,
     gateways: Mutex<HashMap<String, Once<Arc<gateway::GatewayResources>>>>,
     inbound: Mutex<HashMap<String, Once<(Layer, Layer)>>>,
@@ -99,6 +106,7 @@ struct Previous {
     /// With the options it was built under (its config is `index.config`).
     index: Option<(Arc<Index>, Arc<GenOptions>)>,
     clusters_by_host: Arc<HashMap<String, Vec<String>>>,
+    locality_plans: Arc<locality::LocalityPlans>,
     clusters: Option<Layer>,
     endpoints: Option<Layer>,
     scopes: HashMap<ScopeKey, Arc<Scope>>,
@@ -183,6 +191,7 @@ impl MeshSnapshot {
         let previous = Previous {
             index: Some((self.index.clone(), self.opts.clone())),
             clusters_by_host: self.clusters_by_host.clone(),
+            locality_plans: self.locality_plans.clone(),
             clusters: Some(self.clusters.clone()),
             endpoints: Some(self.endpoints.clone()),
             scopes: built(&self.scopes),
@@ -222,6 +231,7 @@ impl MeshSnapshot {
         let mut clusters = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
         let mut clusters_by_host: HashMap<String, Vec<String>> = HashMap::new();
+        let mut locality_plans = locality::LocalityPlans::default();
         // A host's clusters and endpoints are built from its service, its DestinationRule, the
         // PeerAuthentications (whether endpoints take mTLS) and the options: where none of those
         // changed, the previous snapshot's stand.
@@ -244,6 +254,9 @@ impl MeshSnapshot {
                     if let Some(e) = old_endpoints.get(name) {
                         endpoints.insert(name.clone(), e.clone());
                     }
+                    if let Some(plan) = previous.locality_plans.plans.get(name) {
+                        locality_plans.insert(name.clone(), plan.clone());
+                    }
                 }
                 clusters_by_host.insert(svc.hostname.clone(), names.clone());
                 continue;
@@ -254,6 +267,9 @@ impl MeshSnapshot {
                 for subset in subsets {
                     let out = cluster::outbound(&index, svc, port, subset, &opts);
                     let name = out.cluster.name.clone();
+                    if let Some(plan) = out.locality {
+                        locality_plans.insert(name.clone(), plan);
+                    }
                     if let Some(la) = out.load_assignment {
                         endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
                     }
@@ -281,6 +297,8 @@ impl MeshSnapshot {
             clusters: reuse_layer(previous.clusters.as_ref(), LayerMap::new(clusters)),
             endpoints: reuse_layer(previous.endpoints.as_ref(), LayerMap::new(endpoints)),
             clusters_by_host: Arc::new(clusters_by_host),
+            locality_plans: Arc::new(locality_plans),
+            localized: Mutex::new(HashMap::new()),
             scopes: Mutex::new(HashMap::new()),
             gateways: Mutex::new(HashMap::new()),
             inbound: Mutex::new(inbound),
@@ -403,6 +421,33 @@ impl MeshSnapshot {
         (LayerMap::new(clusters), LayerMap::new(listeners))
     }
 
+    /// `base` with the assignments that depend on the proxy's locality made for this proxy.
+    fn localized(
+        &self,
+        base: &Layer,
+        plans: &locality::LocalityPlans,
+        workload: Option<&Workload>,
+    ) -> Layer {
+        let Some(w) = workload.filter(|_| !plans.is_empty()) else {
+            return base.clone();
+        };
+        let proxy = meshd_model::locality::Locality::parse(&w.locality);
+        let key = plans.proxy_key(&proxy, &w.labels);
+        if key == plans.proxy_key(&Default::default(), &Default::default()) {
+            return base.clone();
+        }
+        let cache_key = (Arc::as_ptr(base) as usize, key);
+        get_or_build(&self.localized, cache_key, |_| {
+            let mut layer = (**base).clone();
+            for (name, plan) in &plans.plans {
+                if layer.contains_key(name) {
+                    layer.insert(name.clone(), plan.encoded_for(&proxy, &w.labels));
+                }
+            }
+            Arc::new(layer)
+        })
+    }
+
     /// Everything one proxy should have, except secrets (those come from the CA).
     pub fn generate(&self, proxy: &Proxy) -> ProxyResources {
         let workload = self
@@ -419,7 +464,8 @@ impl MeshSnapshot {
                     CLUSTER,
                     ResourceSet::from_layers(vec![scope.clusters.clone(), inbound_clusters]),
                 );
-                out.insert(ENDPOINT, ResourceSet::layer(scope.endpoints.clone()));
+                let endpoints = self.localized(&scope.endpoints, &scope.locality, workload);
+                out.insert(ENDPOINT, ResourceSet::layer(endpoints));
                 out.insert(
                     LISTENER,
                     ResourceSet::from_layers(vec![scope.listeners.clone(), inbound_listeners]),
@@ -439,7 +485,8 @@ impl MeshSnapshot {
                 self.patches
                     .patch_cluster_layer(&mut clusters, &proxy.identity.namespace, true);
                 out.insert(CLUSTER, ResourceSet::layer(clusters));
-                out.insert(ENDPOINT, ResourceSet::layer(self.endpoints.clone()));
+                let endpoints = self.localized(&self.endpoints, &self.locality_plans, workload);
+                out.insert(ENDPOINT, ResourceSet::layer(endpoints));
                 out.insert(LISTENER, ResourceSet::layer(gw.listeners.clone()));
                 out.insert(ROUTE, ResourceSet::layer(gw.routes.clone()));
                 if !gw.secrets.is_empty() {

@@ -2,6 +2,7 @@
 //! match on them, labels) and shared by every proxy in it: which services it sees, their clusters,
 //! listeners and routes, and the encoded virtual hosts scopes share.
 
+use super::locality::LocalityPlans;
 use super::{MeshSnapshot, cluster, cluster_port, common, get_or_build, l4, listener, route};
 use crate::resource::{Layer, LayerMap, Resource, SharedResource, reuse_layer};
 use bytes::Bytes;
@@ -41,6 +42,8 @@ pub(super) struct Scope {
     pub(super) endpoints: Layer,
     pub(super) listeners: Layer,
     pub(super) routes: Layer,
+    /// Clusters of `endpoints` whose assignment depends on the proxy's locality.
+    pub(super) locality: Arc<LocalityPlans>,
 }
 
 pub(super) fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
@@ -117,6 +120,7 @@ impl MeshSnapshot {
                 endpoints: reuse_layer(Some(&old.endpoints), scope.endpoints),
                 listeners: reuse_layer(Some(&old.listeners), scope.listeners),
                 routes: reuse_layer(Some(&old.routes), scope.routes),
+                locality: scope.locality,
             })
         })
     }
@@ -192,6 +196,7 @@ impl MeshSnapshot {
         } else {
             Vec::new()
         };
+        let mut locality = self.locality_plans.clone();
         let (mut clusters, endpoints) = if own_rule.is_empty()
             && !port_hidden
             && visible.len() == self.index.services().count()
@@ -230,6 +235,7 @@ impl MeshSnapshot {
                 {
                     clusters.remove(name);
                     endpoints.remove(name);
+                    Arc::make_mut(&mut locality).plans.remove(name);
                 }
                 let subsets: &[Subset] = rule.map(|r| r.subsets.as_slice()).unwrap_or(&[]);
                 for port in svc.ports.iter().filter(|p| port_visible(svc, p.number)) {
@@ -243,6 +249,9 @@ impl MeshSnapshot {
                             opts,
                         );
                         let name = out.cluster.name.clone();
+                        if let Some(plan) = out.locality {
+                            Arc::make_mut(&mut locality).insert(name.clone(), plan);
+                        }
                         if let Some(la) = out.load_assignment {
                             endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
                         }
@@ -292,6 +301,7 @@ impl MeshSnapshot {
             endpoints,
             listeners: LayerMap::new(listeners),
             routes: LayerMap::new(routes),
+            locality,
         }
     }
 
