@@ -13,6 +13,7 @@ pub mod directory;
 pub mod ingest;
 pub mod labels;
 pub mod metrics;
+pub mod overrides;
 
 pub use ingest::AccessLogIngest;
 pub use meshd_xds::generate::telemetry::{INBOUND_LOG, OUTBOUND_LOG};
