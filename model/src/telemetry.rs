@@ -4,7 +4,7 @@
 //! Validation lives in `validate/telemetry.rs`; resolution across mesh, namespace and workload
 //! scope in `crate::telemetry_scope`.
 
-use crate::networking::WorkloadSelector;
+use crate::security::WorkloadSelector;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

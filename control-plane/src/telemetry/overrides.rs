@@ -144,4 +144,102 @@ mod tests {
             l
         );
     }
+
+    /// `web` calls `api`; a Telemetry selecting web disables REQUEST_COUNT on its client side
+    /// and removes `response_code` from its duration histogram.
+    #[test]
+    fn a_workload_telemetry_shapes_what_meshd_records_for_it() {
+        use crate::telemetry::directory::Directory;
+        use crate::telemetry::labels::{Direction, Reporter};
+        use crate::telemetry::{MeshMetrics, SeriesLimits};
+        use envoy_types::pb::envoy::data::accesslog::v3::{
+            AccessLogCommon, HttpAccessLogEntry, HttpResponseProperties,
+        };
+        const MESH: &str = "\
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web, namespace: shop}
+spec: {address: 10.44.0.10, labels: {app: web}, serviceAccount: web}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api, namespace: shop}
+spec: {address: 10.44.0.20, labels: {app: api}, serviceAccount: api}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      disabled: true
+    - match: {metric: REQUEST_DURATION}
+      tagOverrides: {response_code: {operation: REMOVE}}
+";
+        let file = meshd_model::parse_file("mesh.yaml", MESH).unwrap();
+        assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+        let directory =
+            Directory::build(&meshd_model::MeshConfig::assemble([&file]), "cluster.local");
+        let reporter = |workload: &str| {
+            Reporter::new(
+                meshd_xds::proxy::Identity {
+                    workload: workload.into(),
+                    namespace: "shop".into(),
+                    service_account: workload.into(),
+                    trust_domain: "cluster.local".into(),
+                },
+                &directory,
+            )
+        };
+        let entry = HttpAccessLogEntry {
+            common_properties: Some(AccessLogCommon::default()),
+            response: Some(HttpResponseProperties {
+                response_code: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 200 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let metrics = MeshMetrics::new(SeriesLimits::default());
+        metrics.record_http(&reporter("web"), Direction::Outbound, &entry, &directory);
+        metrics.record_http(&reporter("api"), Direction::Outbound, &entry, &directory);
+        metrics.record_http(&reporter("web"), Direction::Inbound, &entry, &directory);
+        let mut text = String::new();
+        metrics.encode_into(&mut text);
+        let lines = |name: &str, needle: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(name) && l.contains(needle))
+                .count()
+        };
+        let web_source = "reporter=\"source\",source_workload=\"web\"";
+        assert_eq!(lines("istio_requests_total{", web_source), 0, "{text}");
+        assert_eq!(
+            lines("istio_requests_total{", "source_workload=\"api\""),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            lines(
+                "istio_requests_total{",
+                "reporter=\"destination\",source_workload=\"unknown\""
+            ),
+            1,
+            "web's server side still counts: {text}"
+        );
+        assert_eq!(
+            lines("istio_request_duration_milliseconds_count{", web_source),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.lines().any(
+                |l| l.starts_with("istio_request_duration_milliseconds_count{")
+                    && l.contains(web_source)
+                    && l.contains("response_code=\"\"")
+            ),
+            "{text}"
+        );
+        assert_eq!(lines("istio_request_bytes_count{", web_source), 1, "{text}");
+    }
 }
