@@ -180,4 +180,4 @@ pub fn with_tcp_log(filter: Filter, side: Side, opts: &GenOptions) -> Filter {
 
 #[cfg(test)]
 #[path = "telemetry_tests.rs"]
-pub(super) mod tests;
+pub(crate) mod tests;
