@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validates the Helm chart deploy/helm/meshd offline:
 #   helm lint (default and VoiceCore values), helm template for both, promtool on the
-#   alerting rules, and
+#   alerting rules, the Grafana dashboards (JSON, PromQL, metric names: scripts/check-dashboards.py), and
 #   kubernetes-validate --strict against Kubernetes $K8S_VERSION on every rendered manifest;
 #   Pod Security "restricted" (scripts/pod-security-restricted.py, written from the Pod Security
 #   Standards) over every rendered pod template; the trust settings: no plaintext xDS port unless
@@ -89,6 +89,33 @@ PY
 else
   log "promtool missing (scripts/install-tools.sh installs prometheus)"; fail=1
 fi
+# The Grafana dashboards: rendered as ConfigMaps with the sidecar's label, their JSON parses,
+# every PromQL expression parses (promtool) and names only metrics meshd exports: those of a
+# real /metrics scrape of `meshd serve` (in a private network namespace) plus the families its
+# code registers in any crate (a family without samples yet has no line in a scrape).
+MESHD="${MESHD_BIN:-target/debug/meshd}"
+if ! [ -x "$MESHD" ]; then
+  log "no $MESHD to scrape for the dashboards' metric names: cargo build --bin meshd first"; fail=1
+else
+  scrape_dir="$(mktemp -d)"
+  unshare -n sh -c "ip link set lo up; \"$MESHD\" serve --state-dir '$scrape_dir/state' >'$scrape_dir/serve.log' 2>&1 & \
+    pid=\$!; for i in \$(seq 150); do curl -sf http://127.0.0.1:15014/metrics >'$scrape_dir/metrics' && break; sleep 0.2; done; \
+    kill \$pid; wait \$pid" || true
+  grep -rhoPz --include='*.rs' '\.register(?:_with_unit)?\(\s*"[a-z_:]+"' */src | tr '\0' '\n' \
+    | grep -o '"[a-z_:]*"' | tr -d '"' > "$scrape_dir/registered"
+  if ! [ -s "$scrape_dir/metrics" ]; then
+    log "meshd serve gave no /metrics: $(tail -5 "$scrape_dir/serve.log")"; fail=1
+  elif ! "$VENV/bin/python" scripts/check-dashboards.py --self-test || ! "$VENV/bin/python" scripts/check-dashboards.py "$out/default.yaml" "$scrape_dir/metrics" "$scrape_dir/registered" "$out/dashboards.rules"; then
+    fail=1
+  else
+    promtool check rules "$out/dashboards.rules" >/dev/null || { log "promtool rejects a dashboard's PromQL"; promtool check rules "$out/dashboards.rules"; fail=1; }
+  fi
+  rm -rf "$scrape_dir"
+fi
+if "$HELM" template meshd "$CHART" --set monitoring.grafanaDashboards.enabled=false 2>/dev/null | grep -q 'grafana_dashboard'; then
+  log "monitoring.grafanaDashboards.enabled=false still renders dashboards"; fail=1
+fi
+
 # A NetworkPolicy without the API server's peers would cut the webhook off: refused.
 if quiet "$HELM" template meshd "$CHART" --set networkPolicy.enabled=true >/dev/null 2>&1; then
   log "networkPolicy.enabled without networkPolicy.apiServer rendered"; fail=1

@@ -3,6 +3,7 @@
 //! `/healthz/*` and `/version` unless a Kubernetes token proves them administrators.
 
 pub mod access;
+pub mod dashboard;
 mod istio_names;
 
 use axum::Router;
@@ -70,6 +71,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/registryz", get(registryz))
         .route("/debug/configz", get(configz))
         .route("/debug/heap", get(heap))
+        .merge(dashboard::routes())
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             caller_check,
@@ -265,7 +267,7 @@ async fn registryz(State(s): State<AdminState>) -> Json<Value> {
     }))
 }
 
-async fn configz(State(s): State<AdminState>) -> Json<Value> {
+pub(crate) async fn configz(State(s): State<AdminState>) -> Json<Value> {
     let snap = s.snapshots.borrow().clone();
     let config = snap.config();
     // EnvoyFilters the generator could not apply (their values do not decode) are rejected.

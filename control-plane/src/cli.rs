@@ -68,6 +68,8 @@ enum Command {
     EnvoyPath,
     /// Inject sidecars into Kubernetes manifests offline, exactly as the webhook would.
     KubeInject(crate::kube_inject::KubeInjectArgs),
+    /// Open the web dashboard (port-forwarding to a meshd pod in Kubernetes mode).
+    Dashboard(crate::admin::dashboard::open::DashboardArgs),
     /// The CustomResourceDefinitions of the Istio kinds, with schemas from meshd's model
     /// (the chart's crds/ is this output).
     Crds(crate::crds::CrdsArgs),
@@ -280,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(meshd_localmesh::workload_app::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dashboard(args) => crate::admin::dashboard::open::run(args),
         Command::KubeInject(args) => {
             crate::kube_inject::run(&args)?;
             Ok(ExitCode::SUCCESS)

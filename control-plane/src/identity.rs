@@ -61,6 +61,21 @@ struct Held {
     streams: usize,
     /// When its last stream ended (`None` while one is open).
     idle_since: Option<Instant>,
+    /// One issuance at a time for this identity: a burst of its streams (a restart, a flood of
+    /// node ids) waits for one key and signature. Held outside the map, so other identities —
+    /// whichever shard they hash to — are signed meanwhile.
+    issuing: Arc<Mutex<()>>,
+}
+
+impl Held {
+    fn new(idle_since: Option<Instant>) -> Held {
+        Held {
+            issued: None,
+            streams: 0,
+            idle_since,
+            issuing: Arc::default(),
+        }
+    }
 }
 
 /// How long an identity's certificate outlives its last stream. A proxy that reconnects (a
@@ -184,21 +199,17 @@ impl CaSecrets {
                 .filter(|i| i.refresh_at > now && i.cert.signer_serial == self.ca.signer_serial())
                 .map(|i| (i.cert.clone(), i.resource.clone()))
         };
-        if let Some(h) = self.held.get(identity)
-            && let Some(found) = current(&h)
-        {
+        let cached = || self.held.get(identity).and_then(|h| current(&h));
+        if let Some(found) = cached() {
             return Ok(found);
         }
-        // One issuance per identity at a time: a burst of streams for it (a restart, a flood of
-        // node ids) gets one certificate and one key, not one per stream that missed the cache
-        // at once. The entry's shard stays locked for the signing only (well under a
-        // millisecond for the workload's ECDSA key).
-        let mut held = self.held.entry(identity.clone()).or_insert_with(|| Held {
-            issued: None,
-            streams: 0,
-            idle_since: Some(Instant::now()),
-        });
-        if let Some(found) = current(&held) {
+        let issuing = (self.held.entry(identity.clone()))
+            .or_insert_with(|| Held::new(Some(Instant::now())))
+            .issuing
+            .clone();
+        let _one_at_a_time = issuing.lock().unwrap_or_else(|p| p.into_inner());
+        // Another stream of this identity may have been issued one while this one waited.
+        if let Some(found) = cached() {
             return Ok(found);
         }
         let id = SpiffeId::new(
@@ -219,6 +230,8 @@ impl CaSecrets {
         };
         let resource = Resource::encode(WORKLOAD_SECRET, &workload);
         // Replaces what the identity held: one certificate per identity, whatever its streams.
+        let mut held =
+            (self.held.entry(identity.clone())).or_insert_with(|| Held::new(Some(Instant::now())));
         held.issued = Some(Issued {
             cert: cert.clone(),
             resource: resource.clone(),
@@ -274,11 +287,7 @@ impl SecretSource for CaSecrets {
         let mut h = self
             .held
             .entry(proxy.identity.clone())
-            .or_insert_with(|| Held {
-                issued: None,
-                streams: 0,
-                idle_since: None,
-            });
+            .or_insert_with(|| Held::new(None));
         h.streams += 1;
         h.idle_since = None;
     }
@@ -360,6 +369,35 @@ mod tests {
             1,
             "one workload certificate issued"
         );
+    }
+
+    #[test]
+    fn an_identity_being_signed_holds_up_no_other_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(secrets(dir.path(), 3600, 60));
+        let slow = proxy("slow");
+        // An issuance for `slow` in flight: its lock taken, as `certificate` holds it while
+        // signing. Before, signing held the map's shard, so identities on that shard waited.
+        let issuing = (s.held.entry(slow.identity.clone()))
+            .or_insert_with(|| Held::new(None))
+            .issuing
+            .clone();
+        let in_flight = issuing.lock().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let others = s.clone();
+        std::thread::spawn(move || {
+            // 64 identities cover every shard of the map, `slow`'s included.
+            for i in 0..64 {
+                others.certificate(&proxy(&format!("other-{i}"))).unwrap();
+            }
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("other identities were signed while one identity's issuance was in flight");
+        drop(in_flight);
+        assert!(s.certificate(&slow).is_ok());
+        assert_eq!(s.ca.issued_totals()[0].1, 65);
     }
 
     #[test]

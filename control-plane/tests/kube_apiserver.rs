@@ -25,20 +25,6 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-const MESHD_NS: &str = "meshd-system";
-
-fn kube_config(server: &ApiServer) -> KubeConfig {
-    KubeConfig {
-        namespace: MESHD_NS.into(),
-        kubeconfig: Some(server.kubeconfig.clone()),
-        lease_duration: Duration::from_secs(3),
-        lease_renew: Duration::from_millis(500),
-        sync_timeout: Duration::from_secs(30),
-        ca_timeout: Duration::from_secs(30),
-        ..KubeConfig::default()
-    }
-}
-
 async fn start_meshd(server: &ApiServer) -> (App, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
     let mut cfg = meshd::testing::config(state.path(), None);

@@ -339,6 +339,60 @@ async fn install_meshd_then_voicecore(node: &Node, client: &Client) -> Vec<Strin
     meshd_pods
 }
 
+/// `meshd dashboard` in Kubernetes mode: a port-forward through the API server to a meshd
+/// pod's admin port, where the dashboard answers as to the pod's own loopback (no token).
+async fn dashboard_through_a_port_forward(node: &Node) {
+    use std::io::BufRead;
+    let mut dashboard = Command::new(meshd_bin())
+        .args([
+            "dashboard",
+            "--namespace",
+            MESHD_NS,
+            "--no-browser",
+            "--kubeconfig",
+        ])
+        .arg(node.kubeconfig())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = dashboard.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no URL in `meshd dashboard`'s output: {line:?}"))
+        .to_string();
+    let page = reqwest::get(&url).await.unwrap();
+    assert_eq!(page.status(), 200, "{url}");
+    assert!(page.text().await.unwrap().contains("meshd dashboard"));
+    let graph: Value = reqwest::get(format!("{url}api/graph"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let services: Vec<&str> = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert!(
+        services.contains(&"service:tenant-service.voicecore-ai.svc.cluster.local"),
+        "{services:?}"
+    );
+    let _ = dashboard.kill();
+    let _ = dashboard.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
     let _turn = ONE_NODE.lock().await;
@@ -386,6 +440,7 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
             .any(|p| holder.starts_with(&format!("{p}_"))),
         "leader {holder} is not one of {meshd_pods:?}"
     );
+    dashboard_through_a_port_forward(&node).await;
 
     for p in pods(&client, VOICECORE_NS).await {
         let spec = p.spec.as_ref().unwrap();

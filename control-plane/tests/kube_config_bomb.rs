@@ -10,9 +10,6 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::Api;
 use kube_support::*;
 use serde_json::{Value, json};
-use std::time::Duration;
-
-const MESHD_NS: &str = "meshd-system";
 
 fn virtual_service(name: &str, timeout: &str) -> Value {
     json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
@@ -43,15 +40,7 @@ async fn a_duration_bomb_resource_is_reported_and_meshd_stays_ready() {
 
     let state = tempfile::tempdir().unwrap();
     let mut cfg = meshd::testing::config(state.path(), None);
-    cfg.kubernetes = Some(meshd::kube::KubeConfig {
-        namespace: MESHD_NS.into(),
-        kubeconfig: Some(server.kubeconfig.clone()),
-        lease_duration: Duration::from_secs(3),
-        lease_renew: Duration::from_millis(500),
-        sync_timeout: Duration::from_secs(30),
-        ca_timeout: Duration::from_secs(30),
-        ..meshd::kube::KubeConfig::default()
-    });
+    cfg.kubernetes = Some(kube_config(&server));
     let app = meshd::app::build(cfg).await.expect("meshd starts");
     let admin = format!("http://{}", app.admin_addr);
 

@@ -13,8 +13,6 @@ use serde_json::{Value, json};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const MESHD_NS: &str = "meshd-system";
-
 /// Kills the API server process (etcd keeps running) and waits until it has exited.
 fn kill_apiserver(server: &ApiServer) {
     let pid = std::fs::read_to_string(server.dir.path().join("apiserver.pid")).unwrap();
@@ -158,15 +156,7 @@ async fn changes_flow_again_soon_after_the_api_server_returns() {
     .await;
     let state = tempfile::tempdir().unwrap();
     let mut cfg = meshd::testing::config(state.path(), None);
-    cfg.kubernetes = Some(KubeConfig {
-        namespace: MESHD_NS.into(),
-        kubeconfig: Some(server.kubeconfig.clone()),
-        lease_duration: Duration::from_secs(3),
-        lease_renew: Duration::from_millis(500),
-        sync_timeout: Duration::from_secs(30),
-        ca_timeout: Duration::from_secs(30),
-        ..KubeConfig::default()
-    });
+    cfg.kubernetes = Some(kube_config(&server));
     cfg.xds_plaintext = false;
     let app = app::build(cfg).await.expect("meshd starts");
     let registryz = format!("http://{}/debug/registryz", app.admin_addr);
@@ -243,13 +233,8 @@ async fn meshd_started_during_an_outage_waits_for_the_api_server_then_serves() {
         .port();
     cfg.admin_port = admin_port;
     cfg.kubernetes = Some(KubeConfig {
-        namespace: MESHD_NS.into(),
-        kubeconfig: Some(server.kubeconfig.clone()),
-        lease_duration: Duration::from_secs(3),
-        lease_renew: Duration::from_millis(500),
-        sync_timeout: Duration::from_secs(30),
         ca_timeout: Duration::from_secs(10),
-        ..KubeConfig::default()
+        ..kube_config(&server)
     });
     cfg.xds_plaintext = false;
     let starting = tokio::spawn(app::build(cfg));

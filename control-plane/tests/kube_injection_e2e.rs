@@ -26,7 +26,6 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const MESHD_NS: &str = "meshd-system";
 const WEBHOOK_CONFIG: &str = "meshd-sidecar-injector-meshd-system";
 const MESHD_BIN: &str = env!("CARGO_BIN_EXE_meshd");
 
@@ -349,15 +348,9 @@ async fn scenario(net: &PodNetwork) {
     cfg.xds_tls_port = tls_port;
     cfg.xds_tls_names.push(gateway.to_string());
     cfg.kubernetes = Some(meshd::kube::KubeConfig {
-        namespace: MESHD_NS.into(),
-        kubeconfig: Some(server.kubeconfig.clone()),
-        lease_duration: Duration::from_secs(3),
-        lease_renew: Duration::from_millis(500),
-        sync_timeout: Duration::from_secs(30),
-        ca_timeout: Duration::from_secs(30),
         webhook_config: Some(WEBHOOK_CONFIG.into()),
         resync: Duration::from_secs(1),
-        ..Default::default()
+        ..kube_config(&server)
     });
     let mut inject = meshd::webhook::load_inject_config(None, MESHD_NS, "meshd", tls_port).unwrap();
     inject.xds_address = format!("{gateway}:{tls_port}");

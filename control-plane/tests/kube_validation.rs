@@ -13,7 +13,6 @@ use kube_support::*;
 use meshd_injector::InjectConfig;
 use serde_json::{Value, json};
 
-const MESHD_NS: &str = "meshd-system";
 const VALIDATOR: &str = "meshd-validator-meshd-system";
 
 /// Creates an Istio object through the API server (the webhook sees it first).
@@ -54,16 +53,10 @@ async fn the_api_server_refuses_what_meshd_would_reject_with_meshds_message() {
     let state = tempfile::tempdir().unwrap();
     let mut cfg = meshd::testing::config(state.path(), None);
     cfg.kubernetes = Some(meshd::kube::KubeConfig {
-        namespace: MESHD_NS.into(),
-        kubeconfig: Some(server.kubeconfig.clone()),
-        lease_duration: std::time::Duration::from_secs(3),
-        lease_renew: std::time::Duration::from_millis(500),
-        sync_timeout: std::time::Duration::from_secs(30),
-        ca_timeout: std::time::Duration::from_secs(30),
         webhook_config: None,
         validating_webhook_config: Some(VALIDATOR.into()),
         resync: std::time::Duration::from_secs(1),
-        ..Default::default()
+        ..kube_config(&server)
     });
     cfg.xds_plaintext = false;
     cfg.webhook = Some(meshd::webhook::WebhookConfig::new(

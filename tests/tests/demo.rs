@@ -197,6 +197,29 @@ fn demo_serves_the_mesh_on_loopback_and_stops_cleanly_on_sigint() {
     let admin = format!("http://127.0.0.1:{admin_port}");
     let (s, _) = get(&format!("{admin}/healthz/ready")).unwrap();
     assert_eq!(s, 200);
+
+    // The dashboard: its URL printed, and the demo's background load on its graph (the API
+    // gateway calling a backend its policy allows, over mTLS).
+    assert!(
+        out.contains(&format!("http://127.0.0.1:{admin_port}/dashboard/")),
+        "{out}"
+    );
+    let mut graph = String::new();
+    let busy = wait_until(Duration::from_secs(90), || {
+        graph = get(&format!("{admin}/dashboard/api/graph"))
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&graph).unwrap_or_default();
+        v["edges"].as_array().is_some_and(|edges| {
+            edges.iter().any(|e| {
+                e["source"] == "workload:voicecore-ai/gateway-v1"
+                    && e["requests"].as_u64().unwrap_or(0) > 0
+                    && e["mtls"] == "full"
+            })
+        })
+    });
+    assert!(busy, "no demo traffic on the dashboard's graph: {graph}");
+
     let meshd = meshd_bin().unwrap();
     let mut last = String::new();
     let synced = wait_until(Duration::from_secs(30), || {

@@ -102,6 +102,8 @@ pub struct MeshMetrics {
     dropped: Family<DropLabels, Counter>,
     series: Mutex<Kept>,
     limits: SeriesLimits,
+    /// The dashboard's per-edge totals, recorded with the request families.
+    edges: super::edges::Edges,
 }
 
 impl MeshMetrics {
@@ -166,6 +168,7 @@ impl MeshMetrics {
             dropped,
             series: Mutex::new(Kept::default()),
             limits,
+            edges: Default::default(),
         }
     }
 
@@ -231,9 +234,12 @@ impl MeshMetrics {
                 self.response_bytes
                     .get_or_create(&labels)
                     .observe(resp as f64);
+                self.edges.record(&labels, duration_ms);
             });
             return;
         }
+        // The dashboard's edges are meshd's own, not Istio's metrics: overrides leave them be.
+        self.with_series(&labels, || self.edges.record(&labels, duration_ms));
         self.each(policy, &labels, IstioMetric::RequestCount, |l| {
             self.requests.get_or_create(l).inc();
         });
@@ -322,6 +328,7 @@ impl MeshMetrics {
     pub fn retain_workloads(&self, live: impl Fn(&str, &str) -> bool) {
         let named_live = |w: &str, ns: &str| w == UNKNOWN || live(w, ns);
         let mut kept = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        self.edges.retain(named_live);
         let Kept { all, by_reporter } = &mut *kept;
         all.retain(|l| {
             if named_live(&l.source_workload, &l.source_workload_namespace)
@@ -346,6 +353,13 @@ impl MeshMetrics {
             }
             false
         });
+    }
+
+    /// Request totals per graph edge, for the dashboard.
+    pub fn edges(
+        &self,
+    ) -> std::collections::HashMap<super::edges::EdgeKey, super::edges::EdgeTotals> {
+        self.edges.snapshot()
     }
 
     pub fn series_count(&self) -> usize {

@@ -499,6 +499,15 @@ fn series_naming_a_workload_gone_from_the_registry_are_removed() {
     m.encode_into(&mut out);
     assert!(!out.contains("web-v1"), "{out}");
     assert!(out.contains("destination_workload=\"api-v1\""), "{out}");
+    // The dashboard's edges go with them.
+    let edges = m.edges();
+    assert!(!edges.is_empty());
+    assert!(
+        edges
+            .keys()
+            .all(|k| k.source_workload != "web-v1" && k.destination_workload != "web-v1"),
+        "{edges:?}"
+    );
 }
 
 #[test]

@@ -10,6 +10,23 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// meshd's own namespace in these tests.
+pub const MESHD_NS: &str = "meshd-system";
+
+/// meshd's Kubernetes mode against `server`: its namespace, short leases (a leadership change in
+/// seconds, not the production 15 s) and generous sync and CA deadlines for a busy CI machine.
+pub fn kube_config(server: &ApiServer) -> meshd::kube::KubeConfig {
+    meshd::kube::KubeConfig {
+        namespace: MESHD_NS.into(),
+        kubeconfig: Some(server.kubeconfig.clone()),
+        lease_duration: std::time::Duration::from_secs(3),
+        lease_renew: std::time::Duration::from_millis(500),
+        sync_timeout: std::time::Duration::from_secs(30),
+        ca_timeout: std::time::Duration::from_secs(30),
+        ..meshd::kube::KubeConfig::default()
+    }
+}
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kube-apiserver.sh")
 }

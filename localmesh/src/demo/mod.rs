@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
+mod load;
 mod plan;
 
 pub use plan::{DemoPlan, GatewayPod, GatewayRoute, ServicePod};
@@ -105,6 +106,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     preflight()?;
     let mesh_config = embedded_mesh();
     let plan = DemoPlan::from_mesh(&mesh_config)?;
+    let calls = load::calls(&mesh_config, &plan);
     if plan.gateways.is_empty() {
         bail!("the embedded mesh has no gateway workload");
     }
@@ -147,6 +149,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         plan,
         gateway_listener,
         admin_listener,
+        calls,
     ));
     drop(rt);
     let _ = std::fs::remove_dir_all(&work_dir);
@@ -159,6 +162,7 @@ async fn run_async(
     plan: DemoPlan,
     gateway_listener: std::net::TcpListener,
     admin_listener: std::net::TcpListener,
+    calls: Vec<load::Call>,
 ) -> anyhow::Result<ExitCode> {
     // From here on SIGINT/SIGTERM are ours: every path below stops what it started.
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -213,7 +217,14 @@ async fn run_async(
         }
         Some(Ok(Ok(checks))) => {
             print_summary(args, &plan, &mesh, &gw_target, &admin_target, &checks);
-            watch(args, &plan, &mesh, &mut sigint, &mut sigterm).await
+            println!(
+                "Background load: {} calls the AuthorizationPolicies allow, about once a second each.\n",
+                calls.len()
+            );
+            let load = load::Load::start(mesh.clone(), calls);
+            let code = watch(args, &plan, &mesh, &mut sigint, &mut sigterm).await;
+            tokio::task::spawn_blocking(move || drop(load)).await?;
+            code
         }
         Some(Ok(Err(e))) => {
             eprintln!("meshd demo: start-up failed: {e:#}");
@@ -353,6 +364,7 @@ fn print_summary(
     let gw = format!("http://127.0.0.1:{}", args.gateway_port);
     let admin = format!("http://127.0.0.1:{}", args.admin_port);
     let mut out = String::new();
+    out += &format!("\nDashboard (the mesh graph, live): {admin}/dashboard/\n");
     out += &format!(
         "\nmeshd demo is up. Through the ingress gateway (127.0.0.1:{} -> {} in netns {}-{}):\n",
         args.gateway_port,

@@ -71,3 +71,33 @@ fn sync_summary_counts_fully_synced_proxies() {
     );
     assert_eq!(s.line(9), "4/9 proxies connected, 1 synced, 1 NACKED");
 }
+
+#[test]
+fn the_background_load_makes_the_calls_the_policies_allow() {
+    let mesh = embedded_mesh();
+    let plan = DemoPlan::from_mesh(&mesh).unwrap();
+    let calls = load::calls(&mesh, &plan);
+    let has = |from: Option<&str>, host: &str| {
+        calls
+            .iter()
+            .any(|c| c.from.as_deref() == from && c.url.contains(host))
+    };
+    // gateway may call tenant-service (voicecore-authz.yaml), and tenant-service's pod exists.
+    assert!(
+        has(
+            Some("gateway-v1.voicecore-ai"),
+            "tenant-service.voicecore-ai.svc.cluster.local"
+        ),
+        "{calls:#?}"
+    );
+    // The ingress gateway's routes, from the node namespace.
+    assert!(calls.iter().any(|c| c.from.is_none()), "{calls:#?}");
+    // Nothing a policy does not name: billing-service never calls the gateway.
+    assert!(
+        !has(
+            Some("billing-service-v1.voicecore-ai"),
+            "gateway.voicecore-ai"
+        ),
+        "{calls:#?}"
+    );
+}

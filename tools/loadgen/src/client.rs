@@ -185,7 +185,7 @@ fn utf8(bytes: &[u8]) -> String {
 }
 
 /// A gRPC message: the uncompressed flag, the length, the protobuf.
-fn grpc_frame(msg: &impl Message) -> Bytes {
+pub(crate) fn grpc_frame(msg: &impl Message) -> Bytes {
     let mut out = BytesMut::with_capacity(5 + msg.encoded_len());
     out.put_u8(0);
     out.put_u32(msg.encoded_len() as u32);
@@ -238,14 +238,47 @@ pub async fn connect(target: &Target) -> anyhow::Result<Connection> {
 /// Opens the ADS stream: the requests go as they are sent on the returned channel, the
 /// response body is read by the caller.
 async fn open_stream(
-    mut conn: Connection,
+    conn: Connection,
     method: &str,
     credential: &str,
 ) -> anyhow::Result<(mpsc::Sender<Bytes>, Incoming)> {
+    open_call(conn, &format!("{ADS}/{method}"), credential).await
+}
+
+/// Opens a gRPC call on `path` (`/package.Service/Method`): messages go as they are sent on
+/// the returned channel (framed by [`grpc_frame`]), the response body comes back as it is.
+pub(crate) async fn open_call(
+    conn: Connection,
+    path: &str,
+    credential: &str,
+) -> anyhow::Result<(mpsc::Sender<Bytes>, Incoming)> {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
+    Ok((tx, call(conn, path, credential, rx).await?))
+}
+
+/// A unary gRPC call: `message` (one [`grpc_frame`]) is the whole request, sent before the
+/// answer is awaited (a unary server answers only once it has read the request).
+pub(crate) async fn unary(
+    conn: Connection,
+    path: &str,
+    credential: &str,
+    message: Bytes,
+) -> anyhow::Result<Incoming> {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    tx.send(message).await?;
+    drop(tx);
+    call(conn, path, credential, rx).await
+}
+
+async fn call(
+    mut conn: Connection,
+    path: &str,
+    credential: &str,
+    rx: mpsc::Receiver<Bytes>,
+) -> anyhow::Result<Incoming> {
     let data: fn(Bytes) -> Result<Frame<Bytes>, Infallible> = |b| Ok(Frame::data(b));
     let body = StreamBody::new(futures::StreamExt::map(ReceiverStream::new(rx), data));
-    let request = hyper::Request::post(format!("http://meshd{ADS}/{method}"))
+    let request = hyper::Request::post(format!("http://meshd{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("authorization", format!("Bearer {credential}"))
@@ -253,16 +286,16 @@ async fn open_stream(
     let response = conn.send_request(request).await?;
     anyhow::ensure!(
         response.status() == 200,
-        "ADS answered HTTP {}",
+        "{path} answered HTTP {}",
         response.status()
     );
     if let Some(status) = response.headers().get("grpc-status") {
         anyhow::bail!(
-            "ADS refused the stream: grpc-status {status:?} {:?}",
+            "{path} refused the call: grpc-status {status:?} {:?}",
             response.headers().get("grpc-message")
         );
     }
-    Ok((tx, response.into_body()))
+    Ok(response.into_body())
 }
 
 /// A response body read message by message, each kept as its sink summarises it.

@@ -2,6 +2,7 @@
 //! synthetic mesh; measures connect, convergence, full push, reconnect storm, memory and CPU.
 //! Run it inside its own network namespace (`scripts/bench-xds.sh` does) so ports never clash.
 
+mod ca_rate;
 mod client;
 
 /// jemalloc, as meshd: thousands of client tasks allocating on two threads contend on glibc's
@@ -80,6 +81,11 @@ struct Args {
     /// Seconds to wait for each phase before giving up.
     #[arg(long, default_value_t = 120)]
     phase_timeout: u64,
+    /// Measure the CA instead of xDS: P new proxies at once through SDS and through
+    /// CreateCertificate (TLS port), each beside this process's raw key generation and signing
+    /// with the same crates (`ca_rate.rs`).
+    #[arg(long)]
+    ca_rate: bool,
 }
 
 /// The latest ACK time per proxy and type.
@@ -402,6 +408,10 @@ async fn main() -> anyhow::Result<()> {
 
     let ca = mesh_ca(&args)?;
     let specs = credentials(&args, &ca, &shape)?;
+    if args.ca_rate {
+        rows.extend(ca_rate::rows(&args, &ca, &shape, &specs).await?);
+        return print_rows(&rows);
+    }
     let cache = Arc::new(DecodeCache::default());
     let (tx, rx) = mpsc::unbounded_channel();
     let mut acks = Acks {
@@ -551,9 +561,12 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let _ = &server;
+    print_rows(&rows)
+}
 
+fn print_rows(rows: &[(String, String)]) -> anyhow::Result<()> {
     println!("\n| measure | result |\n|---|---|");
-    for (k, v) in &rows {
+    for (k, v) in rows {
         println!("| {k} | {v} |");
     }
     Ok(())
