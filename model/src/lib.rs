@@ -13,6 +13,8 @@ pub mod registry;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod security;
+pub mod telemetry;
+pub mod telemetry_scope;
 mod validate;
 pub mod voicecore;
 
@@ -101,10 +103,11 @@ pub enum Kind {
     AuthorizationPolicy,
     EnvoyFilter,
     RequestAuthentication,
+    Telemetry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::DestinationRule,
@@ -115,6 +118,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::EnvoyFilter,
         Kind::RequestAuthentication,
+        Kind::Telemetry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +133,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::EnvoyFilter => "EnvoyFilter",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -141,6 +146,7 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
             }
+            Kind::Telemetry => "telemetry.istio.io",
             _ => "networking.istio.io",
         }
     }
@@ -155,6 +161,7 @@ impl Kind {
         }
         match self.group() {
             "security.istio.io" => matches!(version, "v1" | "v1beta1"),
+            "telemetry.istio.io" => matches!(version, "v1" | "v1alpha1"),
             _ => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
         }
     }
@@ -180,6 +187,7 @@ pub enum Spec {
     AuthorizationPolicy(security::AuthorizationPolicy),
     EnvoyFilter(envoyfilter::EnvoyFilter),
     RequestAuthentication(security::RequestAuthentication),
+    Telemetry(telemetry::Telemetry),
 }
 
 impl Spec {
@@ -195,6 +203,7 @@ impl Spec {
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Spec::EnvoyFilter(_) => Kind::EnvoyFilter,
             Spec::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Spec::Telemetry(_) => Kind::Telemetry,
         }
     }
 }
@@ -228,6 +237,7 @@ spec_of! {
     AuthorizationPolicy => security::AuthorizationPolicy,
     EnvoyFilter => envoyfilter::EnvoyFilter,
     RequestAuthentication => security::RequestAuthentication,
+    Telemetry => telemetry::Telemetry,
 }
 
 /// An accepted object's spec, held by reference to the shared object: indexes over the config

@@ -10,6 +10,7 @@ mod entries;
 mod lb;
 mod request_authn;
 mod selector;
+mod telemetry;
 
 type Check = Result<(), String>;
 
@@ -544,6 +545,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
         // deny-all (see `authorization_policy` below and `MeshConfig`).
         Spec::AuthorizationPolicy(_) => {}
         Spec::RequestAuthentication(ra) => request_authn::request_authentication(ra)?,
+        Spec::Telemetry(t) => telemetry::telemetry(t)?,
         Spec::EnvoyFilter(ef) => {
             let problems = ef.problems();
             if !problems.is_empty() {

@@ -71,6 +71,7 @@ pub fn istio_resource(kind: Kind) -> ApiResource {
         Kind::AuthorizationPolicy => "authorizationpolicies",
         Kind::EnvoyFilter => "envoyfilters",
         Kind::RequestAuthentication => "requestauthentications",
+        Kind::Telemetry => "telemetries",
     };
     ApiResource {
         group: kind.group().into(),

@@ -6,8 +6,10 @@
 
 use meshd_model::MeshConfig;
 use meshd_model::registry::Workload;
+use meshd_model::telemetry_scope::TelemetryPolicy;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Istio's default cluster id, for `source_cluster` / `destination_cluster` (one cluster).
 pub const CLUSTER_ID: &str = "Kubernetes";
@@ -74,11 +76,14 @@ pub struct Directory {
     by_vip: HashMap<IpAddr, String>,
     /// The SPIFFE ids of the registry's workloads.
     principals: HashSet<String>,
+    /// Telemetry policies other than the default, by workload.
+    telemetry: HashMap<usize, Arc<TelemetryPolicy>>,
 }
 
 impl Directory {
     pub fn build(mesh: &MeshConfig, trust_domain: &str) -> Directory {
         let mut d = Directory::default();
+        let telemetries = meshd_model::telemetry_scope::telemetries(mesh);
         for w in &mesh.workloads {
             let key = (w.namespace.clone(), w.name.clone());
             if d.by_name.contains_key(&key) {
@@ -87,6 +92,15 @@ impl Directory {
             let i = d.peers.len();
             let peer = Peer::of(w, trust_domain);
             d.principals.insert(peer.principal.clone());
+            let policy = meshd_model::telemetry_scope::resolve(
+                &telemetries,
+                meshd_model::telemetry_scope::ROOT_NAMESPACE,
+                &w.namespace,
+                &w.labels,
+            );
+            if policy != TelemetryPolicy::default() {
+                d.telemetry.insert(i, Arc::new(policy));
+            }
             d.peers.push(peer);
             d.by_name.insert(key, i);
             if let Ok(ip) = w.address.parse::<IpAddr>() {
@@ -122,6 +136,16 @@ impl Directory {
         self.by_name
             .get(&(namespace.to_string(), name.to_string()))
             .map(|&i| &self.peers[i])
+    }
+
+    /// The Telemetry policy in force for a workload (the default for one the registry lacks).
+    pub fn telemetry(&self, name: &str, namespace: &str) -> Arc<TelemetryPolicy> {
+        static DEFAULT: std::sync::OnceLock<Arc<TelemetryPolicy>> = std::sync::OnceLock::new();
+        self.by_name
+            .get(&(namespace.to_string(), name.to_string()))
+            .and_then(|i| self.telemetry.get(i))
+            .unwrap_or_else(|| DEFAULT.get_or_init(Default::default))
+            .clone()
     }
 
     /// The one workload at `ip`, if exactly one is.

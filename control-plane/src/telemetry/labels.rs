@@ -58,6 +58,8 @@ pub struct Reporter {
     pub version: String,
     pub canonical_service: String,
     pub canonical_revision: String,
+    /// The Telemetry policy in force for the workload (its metrics overrides).
+    pub telemetry: std::sync::Arc<meshd_model::telemetry_scope::TelemetryPolicy>,
 }
 
 impl Reporter {
@@ -72,8 +74,14 @@ impl Reporter {
             version: get(|p| &p.version, UNKNOWN),
             canonical_service: get(|p| &p.canonical_service, &identity.workload),
             canonical_revision: get(|p| &p.canonical_revision, "latest"),
+            telemetry: directory.telemetry(&identity.workload, &identity.namespace),
             identity,
         }
+    }
+
+    /// The metrics overrides of the side `dir` reports (outbound: CLIENT, inbound: SERVER).
+    pub fn metrics(&self, dir: Direction) -> &meshd_model::telemetry_scope::MetricsPolicy {
+        &self.telemetry.side(dir == Direction::Outbound).metrics
     }
 
     fn peer(&self) -> Peer {

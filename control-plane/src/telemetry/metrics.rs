@@ -13,6 +13,8 @@ use super::labels::{Direction, Labels, Reporter, Request, UNKNOWN, http_labels, 
 use envoy_types::pb::envoy::data::accesslog::v3::{
     AccessLogType, HttpAccessLogEntry, TcpAccessLogEntry,
 };
+use meshd_model::telemetry::IstioMetric;
+use meshd_model::telemetry_scope::MetricsPolicy;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -221,17 +223,49 @@ impl MeshMetrics {
                     .saturating_add(r.response_body_bytes)
             })
             .unwrap_or(0);
-        self.with_series(&labels, || {
-            self.requests.get_or_create(&labels).inc();
-            self.duration.get_or_create(&labels).observe(duration_ms);
-            self.request_bytes
-                .get_or_create(&labels)
-                .observe(req as f64);
-            self.response_bytes
-                .get_or_create(&labels)
-                .observe(resp as f64);
-            self.edges.record(&labels, duration_ms);
+        let policy = reporter.metrics(dir);
+        if super::overrides::is_default(policy) {
+            self.with_series(&labels, || {
+                self.requests.get_or_create(&labels).inc();
+                self.duration.get_or_create(&labels).observe(duration_ms);
+                self.request_bytes
+                    .get_or_create(&labels)
+                    .observe(req as f64);
+                self.response_bytes
+                    .get_or_create(&labels)
+                    .observe(resp as f64);
+                self.edges.record(&labels, duration_ms);
+            });
+            return;
+        }
+        // The dashboard's edges are meshd's own, not Istio's metrics: overrides leave them be.
+        self.with_series(&labels, || self.edges.record(&labels, duration_ms));
+        self.each(policy, &labels, IstioMetric::RequestCount, |l| {
+            self.requests.get_or_create(l).inc();
         });
+        self.each(policy, &labels, IstioMetric::RequestDuration, |l| {
+            self.duration.get_or_create(l).observe(duration_ms);
+        });
+        self.each(policy, &labels, IstioMetric::RequestSize, |l| {
+            self.request_bytes.get_or_create(l).observe(req as f64);
+        });
+        self.each(policy, &labels, IstioMetric::ResponseSize, |l| {
+            self.response_bytes.get_or_create(l).observe(resp as f64);
+        });
+    }
+
+    /// Records one metric of an entry under a Telemetry metrics override: not at all when it is
+    /// disabled, with its tags removed otherwise.
+    fn each(
+        &self,
+        policy: &MetricsPolicy,
+        labels: &Labels,
+        metric: IstioMetric,
+        record: impl FnOnce(&Labels),
+    ) {
+        if let Some(l) = super::overrides::labels_for(policy, metric, labels) {
+            self.with_series(&l, || record(&l));
+        }
     }
 
     /// A TCP entry is one finished connection: meshd configures no periodic or start-of-
@@ -261,13 +295,31 @@ impl MeshMetrics {
         };
         let labels = labels(reporter, dir, common, req, directory);
         let conn = entry.connection_properties.unwrap_or_default();
-        self.with_series(&labels, || {
-            self.tcp_sent.get_or_create(&labels).inc_by(conn.sent_bytes);
+        let policy = reporter.metrics(dir);
+        if super::overrides::is_default(policy) {
+            self.with_series(&labels, || {
+                self.tcp_sent.get_or_create(&labels).inc_by(conn.sent_bytes);
+                self.tcp_received
+                    .get_or_create(&labels)
+                    .inc_by(conn.received_bytes);
+                self.tcp_opened.get_or_create(&labels).inc();
+                self.tcp_closed.get_or_create(&labels).inc();
+            });
+            return;
+        }
+        self.each(policy, &labels, IstioMetric::TcpSentBytes, |l| {
+            self.tcp_sent.get_or_create(l).inc_by(conn.sent_bytes);
+        });
+        self.each(policy, &labels, IstioMetric::TcpReceivedBytes, |l| {
             self.tcp_received
-                .get_or_create(&labels)
+                .get_or_create(l)
                 .inc_by(conn.received_bytes);
-            self.tcp_opened.get_or_create(&labels).inc();
-            self.tcp_closed.get_or_create(&labels).inc();
+        });
+        self.each(policy, &labels, IstioMetric::TcpOpenedConnections, |l| {
+            self.tcp_opened.get_or_create(l).inc();
+        });
+        self.each(policy, &labels, IstioMetric::TcpClosedConnections, |l| {
+            self.tcp_closed.get_or_create(l).inc();
         });
     }
 

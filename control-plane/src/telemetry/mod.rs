@@ -14,6 +14,7 @@ pub mod edges;
 pub mod ingest;
 pub mod labels;
 pub mod metrics;
+pub mod overrides;
 
 pub use ingest::AccessLogIngest;
 pub use meshd_xds::generate::telemetry::{INBOUND_LOG, OUTBOUND_LOG};

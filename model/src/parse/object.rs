@@ -242,6 +242,9 @@ pub(crate) fn read_object(origin: &Origin<'_>, value: &Value) -> Result<ConfigOb
         Kind::RequestAuthentication => {
             typed_spec::<sec::RequestAuthentication>(origin, value, Spec::RequestAuthentication)
         }
+        Kind::Telemetry => {
+            typed_spec::<crate::telemetry::Telemetry>(origin, value, Spec::Telemetry)
+        }
         Kind::AuthorizationPolicy => {
             typed_spec::<sec::AuthorizationPolicy>(origin, value, Spec::AuthorizationPolicy)
                 .or_else(|e| Ok(Spec::AuthorizationPolicy(unreadable_policy(value, e))))

@@ -3,7 +3,7 @@
 //! Istio's: no conversion), the one Istio stores, and the model type its spec is read into.
 
 use super::spec_schema;
-use crate::{envoyfilter, networking, security};
+use crate::{envoyfilter, networking, security, telemetry};
 use serde_json::{Value, json};
 
 const NETWORKING: &str = "networking.istio.io";
@@ -61,7 +61,7 @@ pub const CRD_KINDS: &[CrdKind] = &[
     kind("PeerAuthentication", SECURITY, "peerauthentications", &["pa"], SECURITY_VERSIONS, Some(spec_schema::<security::PeerAuthentication>)),
     kind("AuthorizationPolicy", SECURITY, "authorizationpolicies", &["ap"], SECURITY_VERSIONS, Some(spec_schema::<security::AuthorizationPolicy>)),
     kind("RequestAuthentication", SECURITY, "requestauthentications", &["ra"], SECURITY_VERSIONS, Some(spec_schema::<security::RequestAuthentication>)),
-    kind("Telemetry", TELEMETRY, "telemetries", &["telemetry"], TELEMETRY_VERSIONS, None),
+    kind("Telemetry", TELEMETRY, "telemetries", &["telemetry"], TELEMETRY_VERSIONS, Some(spec_schema::<telemetry::Telemetry>)),
 ];
 
 impl CrdKind {

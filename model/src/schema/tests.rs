@@ -338,7 +338,20 @@ fn every_kind_meshd_reads_has_its_crd_at_versions_meshd_accepts() {
 
 #[test]
 fn a_kind_the_model_does_not_read_yet_takes_any_spec_and_says_why() {
-    for kind in CRD_KINDS.iter().filter(|k| k.spec.is_none()) {
+    // Every Istio kind meshd reads has its model now; a future one starts out like this.
+    let future = super::CrdKind {
+        kind: "Future",
+        group: "future.istio.io",
+        plural: "futures",
+        short_names: &[],
+        versions: (&["v1"], "v1"),
+        spec: None,
+    };
+    for kind in CRD_KINDS
+        .iter()
+        .filter(|k| k.spec.is_none())
+        .chain([&future])
+    {
         let spec = kind.spec_schema();
         assert_eq!(
             spec["x-kubernetes-preserve-unknown-fields"], true,

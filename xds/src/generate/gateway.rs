@@ -232,11 +232,13 @@ pub fn build(
         labels,
     ));
     gateway_filters.extend(authz.http_filters);
+    // The Telemetry policy selecting the gateway: its listeners are the client side.
+    let telemetry_opts = snapshot.opts_for(namespace, labels);
     let l4_chain = |name: &str, sni: Vec<String>, target: &L4Target| {
         let idle = super::l4::idle_timeout(&snapshot.index, namespace, target);
         let mut chain = l4_chain(name, sni, target, idle);
         for f in &mut chain.filters {
-            *f = super::telemetry::with_tcp_log(std::mem::take(f), Side::Outbound, &snapshot.opts);
+            *f = super::telemetry::with_tcp_log(std::mem::take(f), Side::Outbound, &telemetry_opts);
         }
         chain
             .filters
@@ -302,7 +304,7 @@ pub fn build(
                 RouteSource::Rds(route_name),
                 false,
                 &gateway_filters,
-                &snapshot.opts,
+                &telemetry_opts,
             );
             // One chain per TLS server (by SNI, with its own certificate), one for plaintext.
             let plaintext = http_servers

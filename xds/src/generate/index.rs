@@ -32,6 +32,8 @@ pub struct Index {
     pub(super) routes_see_namespace: bool,
     /// Workloads by (namespace, name): a proxy's is looked up on every push.
     pub(super) workloads: HashMap<(String, String), usize>,
+    /// Telemetry objects, in (namespace, name) order; see `meshd_model::telemetry_scope`.
+    pub(super) telemetries: Vec<Arc<meshd_model::ConfigObject>>,
     pub(crate) config: Arc<MeshConfig>,
 }
 
@@ -125,6 +127,7 @@ impl Index {
                 .sidecars()
                 .map(|(o, s)| (o.clone(), s.clone()))
                 .collect(),
+            telemetries: meshd_model::telemetry_scope::telemetries(&config),
             config,
         };
         // The rule every namespace without a more specific one sees.

@@ -122,28 +122,6 @@ fn build_stdout_access_log() -> AccessLog {
     }
 }
 
-fn tracing(opts: &GenOptions) -> Option<http_connection_manager::Tracing> {
-    use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing, zipkin_config};
-    opts.zipkin_cluster.as_ref()?;
-    let zipkin = ZipkinConfig {
-        collector_cluster: super::cluster::ZIPKIN.into(),
-        collector_endpoint: "/api/v2/spans".into(),
-        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
-        shared_span_context: boolv(false),
-        ..Default::default()
-    };
-    Some(http_connection_manager::Tracing {
-        random_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent {
-            value: opts.trace_sampling,
-        }),
-        provider: Some(tracing::Http {
-            name: "envoy.tracers.zipkin".into(),
-            config_type: Some(tracing::http::ConfigType::TypedConfig(any(&zipkin))),
-        }),
-        ..Default::default()
-    })
-}
-
 #[allow(clippy::large_enum_variant)] // built once per listener, never stored
 pub enum RouteSource {
     Rds(String),
@@ -191,7 +169,7 @@ pub fn hcm(
             }
         }),
         use_remote_address: boolv(false),
-        tracing: tracing(opts),
+        tracing: super::telemetry_api::tracing(opts, !inbound),
         access_log: telemetry::http_access_logs(
             if inbound {
                 Side::Inbound

@@ -19,6 +19,7 @@ pub mod route;
 mod scope;
 pub mod slow_start;
 pub mod telemetry;
+pub mod telemetry_api;
 
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
@@ -55,6 +56,9 @@ pub struct GenOptions {
     /// Stream every proxy's access log to meshd over gRPC (the `xds-grpc` cluster of
     /// `meshd bootstrap`) for Istio's request metrics; see [`telemetry`].
     pub request_telemetry: bool,
+    /// The Telemetry API policy of the listeners being built: the mesh default here, a
+    /// workload's (`meshd_model::telemetry_scope`) in the copy its listeners are built with.
+    pub telemetry: meshd_model::telemetry_scope::TelemetryPolicy,
 }
 
 impl Default for GenOptions {
@@ -62,11 +66,12 @@ impl Default for GenOptions {
         GenOptions {
             trust_domain: "cluster.local".into(),
             domain_suffix: "cluster.local".into(),
-            root_namespace: "istio-system".into(),
+            root_namespace: meshd_model::telemetry_scope::ROOT_NAMESPACE.into(),
             zipkin_cluster: None,
             trace_sampling: 100.0,
             access_log: true,
             request_telemetry: true,
+            telemetry: Default::default(),
         }
     }
 }
@@ -135,6 +140,7 @@ fn inbound_objects(c: &MeshConfig) -> impl Iterator<Item = &Arc<ConfigObject>> {
                 | Kind::AuthorizationPolicy
                 | Kind::EnvoyFilter
                 | Kind::RequestAuthentication
+                | Kind::Telemetry
         )
     })
 }
@@ -311,6 +317,38 @@ impl MeshSnapshot {
         &self.index.config
     }
 
+    /// The Telemetry policy in force for a workload (or gateway) in `namespace` with `labels`.
+    pub fn telemetry_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> meshd_model::telemetry_scope::TelemetryPolicy {
+        meshd_model::telemetry_scope::resolve(
+            &self.index.telemetries,
+            &self.index.root_namespace,
+            namespace,
+            labels,
+        )
+    }
+
+    /// The options listeners under `policy` are built with: the snapshot's when it is the default.
+    fn with_telemetry(
+        &self,
+        policy: meshd_model::telemetry_scope::TelemetryPolicy,
+    ) -> Arc<GenOptions> {
+        if policy == self.opts.telemetry {
+            return self.opts.clone();
+        }
+        Arc::new(GenOptions {
+            telemetry: policy,
+            ..(*self.opts).clone()
+        })
+    }
+
+    fn opts_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Arc<GenOptions> {
+        self.with_telemetry(self.telemetry_for(namespace, labels))
+    }
+
     /// The ports a workload serves, where its app listens, and their mTLS modes: the ingress
     /// listeners of its Sidecar when it has any, else its services' target ports.
     fn inbound_ports(&self, w: &Workload) -> Vec<listener::InboundPort> {
@@ -413,7 +451,11 @@ impl MeshSnapshot {
                 (c.name.clone(), Resource::encode(c.name.clone(), &c))
             })
             .collect();
-        let vi = listener::virtual_inbound(&ports, &self.opts);
+        let opts = match workload {
+            Some(w) => self.opts_for(&w.namespace, &w.labels),
+            None => self.opts.clone(),
+        };
+        let vi = listener::virtual_inbound(&ports, &opts);
         let listeners: BTreeMap<String, SharedResource> =
             [(vi.name.clone(), Resource::encode(vi.name.clone(), &vi))]
                 .into_iter()

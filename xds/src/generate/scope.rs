@@ -20,6 +20,8 @@ pub(super) struct ScopeKey {
     pub(super) sidecar: Option<String>,
     /// Only when some route matches on `sourceLabels`.
     pub(super) labels: Option<BTreeMap<String, String>>,
+    /// The client side of the Telemetry policy in force (outbound listeners carry it).
+    pub(super) telemetry: meshd_model::telemetry_scope::SideTelemetry,
 }
 
 /// What a sidecar's outbound virtual host for a service port is built from besides the snapshot:
@@ -109,9 +111,15 @@ impl MeshSnapshot {
             namespace: namespace.to_string(),
             sidecar: sidecar.map(|(o, _)| o.key().to_string()),
             labels: self.index.uses_source_labels.then(|| labels.clone()),
+            telemetry: self.telemetry_for(namespace, labels).client,
         };
         get_or_build(&self.scopes, key, |key| {
-            let scope = self.build_scope(namespace, key.labels.as_ref(), sidecar.map(|(_, s)| s));
+            let scope = self.build_scope(
+                namespace,
+                key.labels.as_ref(),
+                sidecar.map(|(_, s)| s),
+                &key.telemetry,
+            );
             let Some(old) = self.previous.scopes.get(key) else {
                 return Arc::new(scope);
             };
@@ -130,8 +138,12 @@ impl MeshSnapshot {
         namespace: &str,
         labels: Option<&BTreeMap<String, String>>,
         sidecar: Option<&Sidecar>,
+        telemetry: &meshd_model::telemetry_scope::SideTelemetry,
     ) -> Scope {
-        let opts = &self.opts;
+        let opts = &self.with_telemetry(meshd_model::telemetry_scope::TelemetryPolicy {
+            client: telemetry.clone(),
+            server: Default::default(),
+        });
         let restricted = self.index.restricted();
         // Sidecar egress: a listener with a port decides for that port; the port-less ones for
         // every other port (Istio's rule).

@@ -140,17 +140,17 @@ pub fn tcp_log(side: Side) -> AccessLog {
 }
 
 /// An HTTP connection manager's access logs: the JSON log on stdout (the seed's default,
-/// `--access-log`) and the gRPC stream to meshd (`request_telemetry`).
+/// `--access-log`) and the gRPC stream to meshd (`request_telemetry`), as the side's Telemetry
+/// policy has them.
 pub fn http_access_logs(
     side: Side,
     opts: &GenOptions,
     stdout: impl FnOnce() -> AccessLog,
 ) -> Vec<AccessLog> {
+    let client = side == Side::Outbound;
     let mut logs = Vec::with_capacity(2);
-    if opts.access_log {
-        logs.push(stdout());
-    }
-    if opts.request_telemetry {
+    logs.extend(super::telemetry_api::stdout_log(opts, client, stdout));
+    if super::telemetry_api::metrics_stream(opts, client) {
         logs.push(http_log(side));
     }
     logs
@@ -159,7 +159,7 @@ pub fn http_access_logs(
 /// `filter` with the gRPC TCP access log added, when it is a TCP proxy and telemetry is on;
 /// any other filter (or one whose config does not decode) is returned unchanged.
 pub fn with_tcp_log(filter: Filter, side: Side, opts: &GenOptions) -> Filter {
-    if !opts.request_telemetry {
+    if !super::telemetry_api::metrics_stream(opts, side == Side::Outbound) {
         return filter;
     }
     let Some(filter::ConfigType::TypedConfig(typed)) = &filter.config_type else {
@@ -180,4 +180,4 @@ pub fn with_tcp_log(filter: Filter, side: Side, opts: &GenOptions) -> Filter {
 
 #[cfg(test)]
 #[path = "telemetry_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 /// `api` serves HTTP on 8080 and TCP on 9000; `web` calls both.
-const MESH: &str = r#"
+pub(crate) const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: api, namespace: shop}
@@ -48,7 +48,7 @@ fn listeners(opts: GenOptions, workload: &str) -> Vec<Value> {
     listeners_of(MESH, opts, workload)
 }
 
-fn listeners_of(yaml: &str, opts: GenOptions, workload: &str) -> Vec<Value> {
+pub(crate) fn listeners_of(yaml: &str, opts: GenOptions, workload: &str) -> Vec<Value> {
     let file = parse_file("mesh.yaml", yaml).unwrap();
     assert!(file.rejected.is_empty(), "{:?}", file.rejected);
     let config = MeshConfig::assemble([&file]);
@@ -66,7 +66,7 @@ fn listeners_of(yaml: &str, opts: GenOptions, workload: &str) -> Vec<Value> {
         .collect()
 }
 
-fn listener<'a>(all: &'a [Value], name: &str) -> &'a Value {
+pub(crate) fn listener<'a>(all: &'a [Value], name: &str) -> &'a Value {
     all.iter()
         .find(|l| l["name"] == name)
         .unwrap_or_else(|| panic!("no listener {name} in {all:#?}"))
@@ -96,15 +96,15 @@ fn filters<'a>(l: &'a Value, kind: &str) -> Vec<(String, &'a Value)> {
         .collect()
 }
 
-fn hcms(l: &Value) -> Vec<(String, &Value)> {
+pub(crate) fn hcms(l: &Value) -> Vec<(String, &Value)> {
     filters(l, "envoy.filters.network.http_connection_manager")
 }
 
-fn tcp_proxies(l: &Value) -> Vec<(String, &Value)> {
+pub(crate) fn tcp_proxies(l: &Value) -> Vec<(String, &Value)> {
     filters(l, "envoy.filters.network.tcp_proxy")
 }
 
-fn logger<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {
+pub(crate) fn logger<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {
     config["access_log"]
         .as_array()?
         .iter()

@@ -1,0 +1,245 @@
+//! Telemetry API metrics overrides in meshd's own recording of Istio's metrics: a metric
+//! disabled for a workload's side is not recorded from its entries, and a removed tag keeps its
+//! label with an empty value (one label set per family, so the series of both agree).
+
+use super::labels::Labels;
+use meshd_model::telemetry::{IstioMetric, TagOperation};
+use meshd_model::telemetry_scope::MetricsPolicy;
+use std::borrow::Cow;
+
+/// The label of `labels` Istio's tag `name` is, if meshd records it.
+fn tag_mut<'a>(labels: &'a mut Labels, name: &str) -> Option<&'a mut String> {
+    Some(match name {
+        "reporter" => &mut labels.reporter,
+        "source_workload" => &mut labels.source_workload,
+        "source_workload_namespace" => &mut labels.source_workload_namespace,
+        "source_principal" => &mut labels.source_principal,
+        "source_app" => &mut labels.source_app,
+        "source_version" => &mut labels.source_version,
+        "source_canonical_service" => &mut labels.source_canonical_service,
+        "source_canonical_revision" => &mut labels.source_canonical_revision,
+        "source_cluster" => &mut labels.source_cluster,
+        "destination_service" => &mut labels.destination_service,
+        "destination_service_name" => &mut labels.destination_service_name,
+        "destination_service_namespace" => &mut labels.destination_service_namespace,
+        "destination_workload" => &mut labels.destination_workload,
+        "destination_workload_namespace" => &mut labels.destination_workload_namespace,
+        "destination_principal" => &mut labels.destination_principal,
+        "destination_app" => &mut labels.destination_app,
+        "destination_version" => &mut labels.destination_version,
+        "destination_canonical_service" => &mut labels.destination_canonical_service,
+        "destination_canonical_revision" => &mut labels.destination_canonical_revision,
+        "destination_cluster" => &mut labels.destination_cluster,
+        "request_protocol" => &mut labels.request_protocol,
+        "response_code" => &mut labels.response_code,
+        "grpc_response_status" => &mut labels.grpc_response_status,
+        "response_flags" => &mut labels.response_flags,
+        "connection_security_policy" => &mut labels.connection_security_policy,
+        _ => return None,
+    })
+}
+
+/// The labels `metric` is recorded with under `policy`; `None` when it is disabled.
+pub fn labels_for<'a>(
+    policy: &MetricsPolicy,
+    metric: IstioMetric,
+    labels: &'a Labels,
+) -> Option<Cow<'a, Labels>> {
+    if !policy.enabled(metric) {
+        return None;
+    }
+    let Some(tags) = policy.tags.get(&metric) else {
+        return Some(Cow::Borrowed(labels));
+    };
+    let mut out = labels.clone();
+    for (name, op) in tags {
+        if op.operation == TagOperation::Remove
+            && let Some(value) = tag_mut(&mut out, name)
+        {
+            value.clear();
+        }
+    }
+    Some(Cow::Owned(out))
+}
+
+/// Whether `policy` changes nothing: the entry is recorded under one label set, as before.
+pub fn is_default(policy: &MetricsPolicy) -> bool {
+    policy.disabled.is_empty() && policy.tags.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshd_model::telemetry::TagOverride;
+
+    fn labels() -> Labels {
+        Labels {
+            reporter: "destination".into(),
+            source_workload: "web".into(),
+            source_workload_namespace: "shop".into(),
+            source_principal: "p".into(),
+            source_app: "web".into(),
+            source_version: "v1".into(),
+            source_canonical_service: "web".into(),
+            source_canonical_revision: "v1".into(),
+            source_cluster: "c".into(),
+            destination_service: "api.shop.svc.cluster.local".into(),
+            destination_service_name: "api".into(),
+            destination_service_namespace: "shop".into(),
+            destination_workload: "api".into(),
+            destination_workload_namespace: "shop".into(),
+            destination_principal: "q".into(),
+            destination_app: "api".into(),
+            destination_version: "v1".into(),
+            destination_canonical_service: "api".into(),
+            destination_canonical_revision: "v1".into(),
+            destination_cluster: "c".into(),
+            request_protocol: "http".into(),
+            response_code: "200".into(),
+            grpc_response_status: String::new(),
+            response_flags: "-".into(),
+            connection_security_policy: "mutual_tls".into(),
+        }
+    }
+
+    #[test]
+    fn disabled_metrics_and_removed_tags() {
+        let mut policy = MetricsPolicy::default();
+        let l = labels();
+        assert!(is_default(&policy));
+        assert!(matches!(
+            labels_for(&policy, IstioMetric::RequestCount, &l),
+            Some(Cow::Borrowed(_))
+        ));
+        policy.disabled.insert(IstioMetric::RequestCount);
+        policy
+            .tags
+            .entry(IstioMetric::RequestDuration)
+            .or_default()
+            .insert(
+                "request_protocol".into(),
+                TagOverride {
+                    operation: TagOperation::Remove,
+                    value: None,
+                },
+            );
+        policy
+            .tags
+            .entry(IstioMetric::RequestDuration)
+            .or_default()
+            .insert(
+                "no_such_tag".into(),
+                TagOverride {
+                    operation: TagOperation::Remove,
+                    value: None,
+                },
+            );
+        assert!(!is_default(&policy));
+        assert!(labels_for(&policy, IstioMetric::RequestCount, &l).is_none());
+        let d = labels_for(&policy, IstioMetric::RequestDuration, &l).unwrap();
+        assert_eq!(d.request_protocol, "");
+        assert_eq!(d.response_code, "200");
+        assert_eq!(
+            *labels_for(&policy, IstioMetric::RequestSize, &l).unwrap(),
+            l
+        );
+    }
+
+    /// `web` calls `api`; a Telemetry selecting web disables REQUEST_COUNT on its client side
+    /// and removes `response_code` from its duration histogram.
+    #[test]
+    fn a_workload_telemetry_shapes_what_meshd_records_for_it() {
+        use crate::telemetry::directory::Directory;
+        use crate::telemetry::labels::{Direction, Reporter};
+        use crate::telemetry::{MeshMetrics, SeriesLimits};
+        use envoy_types::pb::envoy::data::accesslog::v3::{
+            AccessLogCommon, HttpAccessLogEntry, HttpResponseProperties,
+        };
+        const MESH: &str = "\
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web, namespace: shop}
+spec: {address: 10.44.0.10, labels: {app: web}, serviceAccount: web}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api, namespace: shop}
+spec: {address: 10.44.0.20, labels: {app: api}, serviceAccount: api}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      disabled: true
+    - match: {metric: REQUEST_DURATION}
+      tagOverrides: {response_code: {operation: REMOVE}}
+";
+        let file = meshd_model::parse_file("mesh.yaml", MESH).unwrap();
+        assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+        let directory =
+            Directory::build(&meshd_model::MeshConfig::assemble([&file]), "cluster.local");
+        let reporter = |workload: &str| {
+            Reporter::new(
+                meshd_xds::proxy::Identity {
+                    workload: workload.into(),
+                    namespace: "shop".into(),
+                    service_account: workload.into(),
+                    trust_domain: "cluster.local".into(),
+                },
+                &directory,
+            )
+        };
+        let entry = HttpAccessLogEntry {
+            common_properties: Some(AccessLogCommon::default()),
+            response: Some(HttpResponseProperties {
+                response_code: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 200 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let metrics = MeshMetrics::new(SeriesLimits::default());
+        metrics.record_http(&reporter("web"), Direction::Outbound, &entry, &directory);
+        metrics.record_http(&reporter("api"), Direction::Outbound, &entry, &directory);
+        metrics.record_http(&reporter("web"), Direction::Inbound, &entry, &directory);
+        let mut text = String::new();
+        metrics.encode_into(&mut text);
+        let lines = |name: &str, needle: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(name) && l.contains(needle))
+                .count()
+        };
+        let web_source = "reporter=\"source\",source_workload=\"web\"";
+        assert_eq!(lines("istio_requests_total{", web_source), 0, "{text}");
+        assert_eq!(
+            lines("istio_requests_total{", "source_workload=\"api\""),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            lines(
+                "istio_requests_total{",
+                "reporter=\"destination\",source_workload=\"unknown\""
+            ),
+            1,
+            "web's server side still counts: {text}"
+        );
+        assert_eq!(
+            lines("istio_request_duration_milliseconds_count{", web_source),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.lines().any(
+                |l| l.starts_with("istio_request_duration_milliseconds_count{")
+                    && l.contains(web_source)
+                    && l.contains("response_code=\"\"")
+            ),
+            "{text}"
+        );
+        assert_eq!(lines("istio_request_bytes_count{", web_source), 1, "{text}");
+    }
+}

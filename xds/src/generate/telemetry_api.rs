@@ -1,0 +1,130 @@
+//! The Telemetry API (`telemetry.istio.io`) in the generated HTTP connection managers: the
+//! tracer, its sampling and custom tags, span reporting, and whether (and which requests) the
+//! JSON access log on stdout records. The policy in force for a workload's side comes from
+//! `meshd_model::telemetry_scope`; with no Telemetry object it is the mesh default (100 %
+//! sampling or `--trace-sampling`, every request logged).
+
+use super::GenOptions;
+use super::common::boolv;
+use crate::resource::any;
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog, AccessLogFilter, ExtensionFilter, access_log_filter, extension_filter,
+};
+use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing, zipkin_config};
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
+use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use meshd_model::telemetry::{CustomTag as IstioTag, PROVIDER_ZIPKIN};
+use meshd_model::telemetry_scope::{SAMPLING_SCALE, SideTelemetry};
+
+/// Envoy's CEL access-log filter (stock Envoy's `envoy.access_loggers.extension_filters.cel`).
+pub const CEL_FILTER: &str = "envoy.access_loggers.extension_filters.cel";
+
+/// The telemetry in force for one side (`client`: outbound) of the listeners built with `opts`.
+pub fn side(opts: &GenOptions, client: bool) -> &SideTelemetry {
+    opts.telemetry.side(client)
+}
+
+fn zipkin_provider() -> tracing::Http {
+    let zipkin = ZipkinConfig {
+        collector_cluster: super::cluster::ZIPKIN.into(),
+        collector_endpoint: "/api/v2/spans".into(),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+        shared_span_context: boolv(false),
+        ..Default::default()
+    };
+    tracing::Http {
+        name: "envoy.tracers.zipkin".into(),
+        config_type: Some(tracing::http::ConfigType::TypedConfig(any(&zipkin))),
+    }
+}
+
+fn custom_tag(name: &str, tag: &IstioTag) -> Option<CustomTag> {
+    let kind = if let Some(l) = &tag.literal {
+        custom_tag::Type::Literal(custom_tag::Literal {
+            value: l.value.clone(),
+        })
+    } else if let Some(e) = &tag.environment {
+        custom_tag::Type::Environment(custom_tag::Environment {
+            name: e.name.clone(),
+            default_value: e.default_value.clone(),
+        })
+    } else {
+        let h = tag.header.as_ref()?;
+        custom_tag::Type::RequestHeader(custom_tag::Header {
+            name: h.name.clone(),
+            default_value: h.default_value.clone(),
+        })
+    };
+    Some(CustomTag {
+        tag: name.into(),
+        r#type: Some(kind),
+    })
+}
+
+/// The HCM's tracing for one side: `None` when no tracer is configured (no `--zipkin-address`).
+/// With span reporting off, requests are still sampled and their trace context propagated, but
+/// no span is sent (no provider), as Istio's `disableSpanReporting`.
+pub fn tracing(opts: &GenOptions, client: bool) -> Option<Tracing> {
+    opts.zipkin_cluster.as_ref()?;
+    let side = side(opts, client);
+    let zipkin = side
+        .tracing_provider
+        .as_deref()
+        .is_none_or(|p| p == PROVIDER_ZIPKIN);
+    let sampling = side
+        .sampling
+        .map(|s| f64::from(s) * 100.0 / f64::from(SAMPLING_SCALE))
+        .unwrap_or(opts.trace_sampling);
+    Some(Tracing {
+        random_sampling: Some(Percent { value: sampling }),
+        provider: (zipkin && side.span_reporting).then(zipkin_provider),
+        custom_tags: side
+            .custom_tags
+            .iter()
+            .filter_map(|(name, tag)| custom_tag(name, tag))
+            .collect(),
+        ..Default::default()
+    })
+}
+
+/// The stdout access log for one side: `None` when the policy turns it off; with a filter
+/// expression, only the requests it holds for are logged.
+pub fn stdout_log(
+    opts: &GenOptions,
+    client: bool,
+    log: impl FnOnce() -> AccessLog,
+) -> Option<AccessLog> {
+    let side = side(opts, client);
+    if !opts.access_log || !side.access_log {
+        return None;
+    }
+    let mut log = log();
+    if let Some(expression) = &side.access_log_filter {
+        log.filter = Some(AccessLogFilter {
+            filter_specifier: Some(access_log_filter::FilterSpecifier::ExtensionFilter(
+                ExtensionFilter {
+                    name: CEL_FILTER.into(),
+                    config_type: Some(extension_filter::ConfigType::TypedConfig(any(
+                        &ExpressionFilter {
+                            expression: expression.clone(),
+                            ..Default::default()
+                        },
+                    ))),
+                },
+            )),
+        });
+    }
+    Some(log)
+}
+
+/// Whether the gRPC access-log stream feeding meshd's Istio metrics runs on this side: not when
+/// every metric is disabled there.
+pub fn metrics_stream(opts: &GenOptions, client: bool) -> bool {
+    opts.request_telemetry && !side(opts, client).metrics.all_disabled()
+}
+
+#[cfg(test)]
+#[path = "telemetry_api_tests.rs"]
+mod tests;

@@ -1,0 +1,155 @@
+//! The Telemetry API in the generated listeners, per scope: mesh-wide, namespace, workload and
+//! side (CLIENT = outbound listeners, SERVER = inbound).
+
+use super::*;
+use crate::generate::telemetry::tests::{MESH, hcms, listener, listeners_of, logger, tcp_proxies};
+use serde_json::Value;
+
+const STDOUT: &str = "envoy.access_loggers.stdout";
+const HTTP_GRPC: &str = "envoy.access_loggers.http_grpc";
+
+fn traced() -> GenOptions {
+    GenOptions {
+        zipkin_cluster: Some("127.0.0.1:9411".into()),
+        ..GenOptions::default()
+    }
+}
+
+/// The HCMs of `workload`'s inbound (when it serves HTTP) and outbound (port 8080) listeners
+/// under `telemetry`.
+fn sides(telemetry: &str, workload: &str) -> (Option<Value>, Value) {
+    let all = listeners_of(&format!("{MESH}---\n{telemetry}"), traced(), workload);
+    let inbound = hcms(listener(&all, "virtualInbound"))
+        .first()
+        .map(|(_, h)| (*h).clone());
+    let outbound = hcms(listener(&all, "0.0.0.0_8080"))[0].1.clone();
+    (inbound, outbound)
+}
+
+/// A whole access-log entry of an HCM (its filter beside its typed config).
+fn access_log<'a>(hcm: &'a Value, name: &str) -> Option<&'a Value> {
+    hcm["access_log"]
+        .as_array()?
+        .iter()
+        .find(|a| a["name"] == name)
+}
+
+fn sampling(hcm: &Value) -> f64 {
+    let percent = &hcm["tracing"]["random_sampling"];
+    assert!(percent.is_object(), "no sampling in {hcm:#}");
+    // JSON leaves a zero out.
+    percent["value"].as_f64().unwrap_or(0.0)
+}
+
+fn telemetry(namespace: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t-{namespace}, namespace: {namespace}}}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn without_telemetry_the_mesh_default_traces_everything_and_logs_every_request() {
+    let (inbound, outbound) = sides("", "api");
+    for hcm in [&inbound.unwrap(), &outbound] {
+        assert_eq!(sampling(hcm), 100.0);
+        assert_eq!(hcm["tracing"]["provider"]["name"], "envoy.tracers.zipkin");
+        let log = logger(hcm, STDOUT).expect("the JSON access log");
+        assert!(log.get("filter").is_none());
+        assert!(logger(hcm, HTTP_GRPC).is_some());
+    }
+}
+
+#[test]
+fn mesh_wide_sampling_and_custom_tags_reach_every_listener() {
+    let t = telemetry(
+        "istio-system",
+        "  tracing:\n  - randomSamplingPercentage: 2.5\n    customTags:\n      team: {literal: {value: voice}}\n      node: {environment: {name: NODE, defaultValue: none}}\n      user: {header: {name: x-user}}\n",
+    );
+    for workload in ["api", "web"] {
+        let (inbound, outbound) = sides(&t, workload);
+        for hcm in inbound.iter().chain([&outbound]) {
+            assert_eq!(sampling(hcm), 2.5);
+            let tags = hcm["tracing"]["custom_tags"].as_array().expect("tags");
+            let tag = |name: &str| tags.iter().find(|t| t["tag"] == name).cloned();
+            assert_eq!(tag("team").unwrap()["literal"]["value"], "voice");
+            assert_eq!(tag("node").unwrap()["environment"]["name"], "NODE");
+            assert_eq!(tag("node").unwrap()["environment"]["default_value"], "none");
+            assert_eq!(tag("user").unwrap()["request_header"]["name"], "x-user");
+        }
+    }
+}
+
+#[test]
+fn namespace_and_workload_scopes_override_the_mesh_per_field() {
+    let t = [
+        telemetry("istio-system", "  tracing: [{randomSamplingPercentage: 50}]\n"),
+        telemetry("shop", "  tracing: [{randomSamplingPercentage: 0}]\n"),
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: api, namespace: shop}\nspec:\n  selector: {matchLabels: {app: api}}\n  tracing: [{disableSpanReporting: true}]\n".to_string(),
+    ]
+    .join("---\n");
+    let (_, outbound) = sides(&t, "web");
+    assert_eq!(sampling(&outbound), 0.0, "the namespace's");
+    assert!(outbound["tracing"].get("provider").is_some());
+    let (inbound, outbound) = sides(&t, "api");
+    for hcm in [&inbound.unwrap(), &outbound] {
+        assert_eq!(sampling(hcm), 0.0, "inherited from the namespace");
+        assert!(
+            hcm["tracing"].get("provider").is_none(),
+            "span reporting off: no tracer: {hcm:#}"
+        );
+    }
+}
+
+#[test]
+fn access_log_filter_and_disabling_by_side() {
+    let t = telemetry(
+        "shop",
+        "  selector: {matchLabels: {app: api}}\n  accessLogging:\n  - match: {mode: SERVER}\n    filter: {expression: 'response.code >= 400'}\n  - match: {mode: CLIENT}\n    disabled: true\n",
+    );
+    let (inbound, outbound) = sides(&t, "api");
+    let inbound = inbound.expect("api serves 8080");
+    let log = access_log(&inbound, STDOUT).expect("the server side still logs");
+    let filter = &log["filter"]["extension_filter"];
+    assert_eq!(filter["name"], CEL_FILTER);
+    assert_eq!(filter["typed_config"]["expression"], "response.code >= 400");
+    assert!(logger(&outbound, STDOUT).is_none(), "client side off");
+    assert!(
+        logger(&outbound, HTTP_GRPC).is_some(),
+        "metrics keep their stream"
+    );
+    let (_, outbound) = sides(&t, "web");
+    assert!(
+        access_log(&outbound, STDOUT)
+            .unwrap()
+            .get("filter")
+            .is_none(),
+        "not selected"
+    );
+}
+
+#[test]
+fn all_metrics_disabled_stops_the_grpc_stream_of_that_side_only() {
+    let t = telemetry(
+        "shop",
+        "  metrics:\n  - overrides:\n    - match: {metric: ALL_METRICS, mode: SERVER}\n      disabled: true\n",
+    );
+    let all = listeners_of(&format!("{MESH}---\n{t}"), traced(), "api");
+    let inbound = listener(&all, "virtualInbound");
+    for (_, hcm) in hcms(inbound) {
+        assert!(logger(hcm, HTTP_GRPC).is_none(), "{hcm:#}");
+        assert!(logger(hcm, STDOUT).is_some());
+    }
+    for (_, tcp) in tcp_proxies(inbound) {
+        assert!(logger(tcp, "envoy.access_loggers.tcp_grpc").is_none());
+    }
+    let outbound = hcms(listener(&all, "0.0.0.0_8080"))[0].1;
+    assert!(logger(outbound, HTTP_GRPC).is_some());
+}
+
+#[test]
+fn without_a_collector_there_is_no_tracing_whatever_telemetry_says() {
+    let t = telemetry("shop", "  tracing: [{randomSamplingPercentage: 5}]\n");
+    let all = listeners_of(&format!("{MESH}---\n{t}"), GenOptions::default(), "api");
+    let hcm = hcms(listener(&all, "virtualInbound"))[0].1;
+    assert!(hcm.get("tracing").is_none());
+}
