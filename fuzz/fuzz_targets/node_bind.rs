@@ -9,20 +9,27 @@
 
 use libfuzzer_sys::fuzz_target;
 use meshd_model::registry::Workload;
-use meshd_xds::proxy::{Identity, NodeId, NodeType, bind};
+use meshd_xds::proxy::{Identity, MAX_NODE_ID_LEN, NodeId, NodeType, bind};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let (node_id, record) = text.split_once('\n').unwrap_or((&text, ""));
     if let Ok(parsed) = NodeId::parse(node_id) {
-        let again = NodeId::parse(&NodeId::format(
+        let written = NodeId::format(
             parsed.node_type,
             &parsed.ip,
             &parsed.workload,
             &parsed.namespace,
-        ));
-        // What parses, written back in Istio's layout, parses to the same parts.
-        assert_eq!(again.as_ref().ok(), Some(&parsed), "{node_id:?}");
+        );
+        // What parses, written back in Istio's layout, parses to the same parts — unless the
+        // layout's `cluster.local` made it longer than any id meshd accepts (an id near the
+        // limit with a shorter domain: a fuzz-found case, kept as a seed).
+        if written.len() <= MAX_NODE_ID_LEN {
+            let again = NodeId::parse(&written);
+            assert_eq!(again.as_ref().ok(), Some(&parsed), "{node_id:?}");
+        } else {
+            assert!(NodeId::parse(&written).is_err());
+        }
     }
     let mut f = record.split(' ');
     let mut next = || f.next().unwrap_or("").to_string();
@@ -51,8 +58,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(p.node_type, NodeType::of_workload(w));
             let ip = p.ip.as_deref().unwrap_or_default();
             assert!(
-                ip == w.address
-                    || ip.parse::<std::net::IpAddr>().ok() == w.address.parse().ok(),
+                ip == w.address || ip.parse::<std::net::IpAddr>().ok() == w.address.parse().ok(),
                 "bound at {ip:?}, registered at {:?}",
                 w.address
             );
