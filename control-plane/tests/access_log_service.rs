@@ -3,71 +3,11 @@
 //! its entries become Istio's metrics on `/metrics`, and what meshd did not generate or cannot
 //! attribute is not counted.
 
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::data::accesslog::v3::{
-    AccessLogCommon, HttpAccessLogEntry, HttpResponseProperties,
-};
-use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
-use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_client::AccessLogServiceClient;
-use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
-    HttpAccessLogEntries, Identifier, LogEntries,
-};
+mod access_log_support;
+
+use access_log_support::*;
 use meshd::testing::TestServer;
 use std::time::Duration;
-use tonic::Request;
-
-const NS: &str = "voicecore-ai";
-const CALL: &str = "call-service.voicecore-ai.svc.cluster.local";
-
-fn entry(code: u32) -> HttpAccessLogEntry {
-    HttpAccessLogEntry {
-        common_properties: Some(AccessLogCommon {
-            upstream_cluster: format!("outbound|8002||{CALL}"),
-            upstream_remote_address: Some(Address {
-                address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: "10.44.0.12".into(),
-                    port_specifier: Some(socket_address::PortSpecifier::PortValue(8002)),
-                    ..Default::default()
-                })),
-            }),
-            ..Default::default()
-        }),
-        response: Some(HttpResponseProperties {
-            response_code: Some(envoy_types::pb::google::protobuf::UInt32Value { value: code }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn message(log_name: &str, codes: &[u32]) -> StreamAccessLogsMessage {
-    StreamAccessLogsMessage {
-        identifier: Some(Identifier {
-            node: None,
-            log_name: log_name.into(),
-        }),
-        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
-            log_entry: codes.iter().map(|c| entry(*c)).collect(),
-        })),
-    }
-}
-
-/// Sends `messages` on one stream, with `credential`, and waits for the server's answer.
-async fn stream(
-    server: &TestServer,
-    credential: Option<&str>,
-    messages: Vec<StreamAccessLogsMessage>,
-) -> Result<(), tonic::Status> {
-    let mut client = AccessLogServiceClient::connect(server.xds_url())
-        .await
-        .unwrap();
-    let mut req = Request::new(tokio_stream::iter(messages));
-    if let Some(c) = credential {
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {c}").parse().unwrap());
-    }
-    client.stream_access_logs(req).await.map(|_| ())
-}
 
 async fn metrics(server: &TestServer) -> String {
     reqwest::get(format!("{}/metrics", server.admin_url()))

@@ -3,63 +3,16 @@
 //! access-log entries (its counts equal `/metrics`), the workload page's data, and config
 //! changes pushed live over server-sent events.
 
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::data::accesslog::v3::{
-    AccessLogCommon, HttpAccessLogEntry, HttpResponseProperties,
-};
-use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
-use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_client::AccessLogServiceClient;
-use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
-    HttpAccessLogEntries, Identifier, LogEntries,
-};
+mod access_log_support;
+
+use access_log_support::*;
 use meshd::testing::TestServer;
 use serde_json::Value;
 use std::time::Duration;
-use tonic::Request;
-
-const NS: &str = "voicecore-ai";
-const CALL: &str = "call-service.voicecore-ai.svc.cluster.local";
-
-fn entry(code: u32) -> HttpAccessLogEntry {
-    HttpAccessLogEntry {
-        common_properties: Some(AccessLogCommon {
-            upstream_cluster: format!("outbound|8002||{CALL}"),
-            upstream_remote_address: Some(Address {
-                address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: "10.44.0.12".into(),
-                    port_specifier: Some(socket_address::PortSpecifier::PortValue(8002)),
-                    ..Default::default()
-                })),
-            }),
-            ..Default::default()
-        }),
-        response: Some(HttpResponseProperties {
-            response_code: Some(envoy_types::pb::google::protobuf::UInt32Value { value: code }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 async fn send_logs(server: &TestServer, credential: &str, codes: &[u32]) {
-    let message = StreamAccessLogsMessage {
-        identifier: Some(Identifier {
-            node: None,
-            log_name: "meshd-outbound".into(),
-        }),
-        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
-            log_entry: codes.iter().map(|c| entry(*c)).collect(),
-        })),
-    };
-    let mut client = AccessLogServiceClient::connect(server.xds_url())
-        .await
-        .unwrap();
-    let mut req = Request::new(tokio_stream::iter(vec![message]));
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {credential}").parse().unwrap(),
-    );
-    client.stream_access_logs(req).await.unwrap();
+    let logs = vec![message("meshd-outbound", codes)];
+    stream(server, Some(credential), logs).await.unwrap();
 }
 
 async fn get(server: &TestServer, path: &str) -> reqwest::Response {
