@@ -41,6 +41,19 @@ spec:
     outputClaimToHeaders: [{header: x-sub, claim: sub}]
     timeout: 2s
 ---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: sampling, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: cart}
+  tracing:
+  - randomSamplingPercentage: 12.5
+    customTags:
+      team: {literal: {value: shop}}
+  accessLogging:
+  - filter: {expression: "response.code >= 400"}
+---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: legacy, namespace: shop}
