@@ -1,15 +1,24 @@
 //! `networking.istio.io` EnvoyFilter: the shapes meshd applies, and a reason for every other.
 //!
-//! Supported (everything else is rejected with the reason, never dropped silently):
-//! - `applyTo: HTTP_FILTER`, `context: SIDECAR_INBOUND` or `GATEWAY`, `operation: INSERT_BEFORE`
-//!   (before `match.listener.filterChain.filter.subFilter.name`, e.g. the router; first when no
-//!   sub-filter is named) or `INSERT_FIRST`, inserting `envoy.filters.http.local_ratelimit` into
-//!   the HTTP connection manager — Istio's local rate limit recipe;
+//! Supported (everything else is rejected with the object, field and reason, never dropped):
+//! - `applyTo: HTTP_FILTER`: MERGE, ADD (before the router, which stays last), REMOVE, REPLACE,
+//!   INSERT_BEFORE, INSERT_AFTER and INSERT_FIRST on the HTTP filters of the HTTP connection
+//!   managers, relative to `match.listener.filterChain.filter.subFilter.name`; any filter type
+//!   Envoy 1.40 knows (the value is decoded against Envoy's descriptors);
+//! - `applyTo: NETWORK_FILTER`: the same operations on a filter chain's network filters,
+//!   relative to `match.listener.filterChain.filter.name` (ADD goes before the chain's terminal
+//!   filter); MERGE of `envoy.filters.network.http_connection_manager` merges HCM fields;
+//! - for both: `match.context` SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY;
+//!   `match.listener` portNumber (on `virtualInbound`: the filter chain's destination port),
+//!   name, and filterChain name, sni, transportProtocol, applicationProtocols, destinationPort;
 //! - `applyTo: CLUSTER`, `operation: MERGE`, matched by `match.cluster` (service, portNumber,
 //!   subset, name), context `SIDECAR_OUTBOUND`, `GATEWAY` or `ANY`;
 //! - `applyTo: HTTP_ROUTE`, `operation: MERGE`, matched by `match.routeConfiguration`
 //!   (vhost name, route name, portNumber), context `SIDECAR_OUTBOUND`, `GATEWAY` or `ANY`.
 //!
+//! Not supported (rejected): LISTENER, FILTER_CHAIN, ROUTE_CONFIGURATION, VIRTUAL_HOST,
+//! EXTENSION_CONFIG, BOOTSTRAP, LISTENER_FILTER; CLUSTER and HTTP_ROUTE operations other than
+//! MERGE; `match.proxy`, `patch.filterClass`, `targetRefs`.
 //! CLUSTER and HTTP_ROUTE patches take no `workloadSelector`: they apply to every proxy of the
 //! EnvoyFilter's namespace (all proxies when it lives in the root namespace).
 //! The patch `value` is Envoy's own proto JSON; the generator decodes it against Envoy's
@@ -148,16 +157,89 @@ impl crate::MeshConfig {
     }
 }
 
+/// Which generated listeners a listener-level patch (HTTP_FILTER, NETWORK_FILTER) applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchContext {
+    /// A sidecar's `virtualInbound` listener.
+    SidecarInbound,
+    /// A sidecar's outbound listeners (`virtualOutbound` and the per-port ones).
+    SidecarOutbound,
+    /// A gateway's listeners.
+    Gateway,
+    Any,
+}
+
+impl PatchContext {
+    fn parse(m: Option<&ObjectMatch>) -> Result<PatchContext, String> {
+        match m.and_then(|m| m.context.as_deref()).unwrap_or("ANY") {
+            "SIDECAR_INBOUND" => Ok(PatchContext::SidecarInbound),
+            "SIDECAR_OUTBOUND" => Ok(PatchContext::SidecarOutbound),
+            "GATEWAY" => Ok(PatchContext::Gateway),
+            "ANY" => Ok(PatchContext::Any),
+            other => Err(format!(
+                "match.context `{other}` is not one of SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY, ANY"
+            )),
+        }
+    }
+
+    /// Whether a listener generated for `proxy` (never `Any`) is in this context.
+    pub fn includes(self, proxy: PatchContext) -> bool {
+        self == PatchContext::Any || self == proxy
+    }
+}
+
+/// A patch operation on a list of named filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterOperation {
+    Merge,
+    Add,
+    Remove,
+    InsertBefore,
+    InsertAfter,
+    InsertFirst,
+    Replace,
+}
+
+impl FilterOperation {
+    fn parse(op: &str) -> Result<FilterOperation, String> {
+        Ok(match op {
+            "MERGE" => FilterOperation::Merge,
+            "ADD" => FilterOperation::Add,
+            "REMOVE" => FilterOperation::Remove,
+            "INSERT_BEFORE" => FilterOperation::InsertBefore,
+            "INSERT_AFTER" => FilterOperation::InsertAfter,
+            "INSERT_FIRST" => FilterOperation::InsertFirst,
+            "REPLACE" => FilterOperation::Replace,
+            other => {
+                return Err(format!(
+                    "patch.operation `{other}` is not one of MERGE, ADD, REMOVE, INSERT_BEFORE, INSERT_AFTER, INSERT_FIRST, REPLACE"
+                ));
+            }
+        })
+    }
+}
+
+/// An HTTP_FILTER or NETWORK_FILTER patch: where it applies and what it does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilterPatch<'a> {
+    pub context: PatchContext,
+    /// `match.listener` (portNumber, name, filterChain); every field optional.
+    pub listener: &'a ListenerMatch,
+    pub operation: FilterOperation,
+    /// The filter the operation is relative to: `subFilter.name` for HTTP filters,
+    /// `filter.name` for network filters (`None`: none named).
+    pub relative_to: Option<&'a str>,
+    /// An Envoy `HttpFilter` / `Filter` (proto JSON); `None` only for REMOVE.
+    pub value: Option<&'a serde_json::Value>,
+}
+
 /// What one supported patch does, for the generator.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PatchKind<'a> {
-    /// Insert an HTTP filter (`value`: an Envoy `HttpFilter`) into the inbound (sidecar) or
-    /// gateway HTTP connection managers, before the named filter (first when `None`).
-    InsertHttpFilter {
-        gateway: bool,
-        before: Option<&'a str>,
-        value: &'a serde_json::Value,
-    },
+    /// An operation on the HTTP filters of the HTTP connection managers of matching listeners.
+    HttpFilter(FilterPatch<'a>),
+    /// An operation on the network filters of matching filter chains.
+    NetworkFilter(FilterPatch<'a>),
     /// Merge `value` (an Envoy `Cluster`) into the matching outbound clusters.
     MergeCluster {
         m: &'a ClusterMatch,
@@ -169,6 +251,11 @@ pub enum PatchKind<'a> {
         value: &'a serde_json::Value,
     },
 }
+
+/// The Envoy filters that must stay last in their list (Envoy refuses a filter after them).
+pub const TERMINAL_FILTERS: [&str; 3] = [ROUTER, HCM, TCP_PROXY];
+pub const ROUTER: &str = "envoy.filters.http.router";
+pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 
 fn context_is(m: Option<&ObjectMatch>, allowed: &[&str]) -> Result<String, String> {
     let ctx = m
@@ -184,12 +271,123 @@ fn context_is(m: Option<&ObjectMatch>, allowed: &[&str]) -> Result<String, Strin
     }
 }
 
+static ANY_LISTENER: ListenerMatch = ListenerMatch {
+    port_number: None,
+    filter_chain: None,
+    listener_filter: None,
+    name: None,
+};
+
 impl ConfigPatch {
+    /// HTTP_FILTER and NETWORK_FILTER: the shared checks, then the filter named relative to.
+    fn filter_patch(&self, http: bool) -> Result<FilterPatch<'_>, String> {
+        let m = self.matches.as_ref();
+        let context = PatchContext::parse(m)?;
+        if m.is_some_and(|m| m.route_configuration.is_some() || m.cluster.is_some()) {
+            return Err(format!(
+                "match.{}: {} patches match a listener, not routes or clusters",
+                if m.is_some_and(|m| m.cluster.is_some()) {
+                    "cluster"
+                } else {
+                    "routeConfiguration"
+                },
+                self.apply_to
+            ));
+        }
+        let listener = m.and_then(|m| m.listener.as_ref()).unwrap_or(&ANY_LISTENER);
+        if listener.listener_filter.is_some() {
+            return Err("match.listener.listenerFilter is not supported (it selects listener filters, which meshd does not patch)".into());
+        }
+        let filter = listener
+            .filter_chain
+            .as_ref()
+            .and_then(|fc| fc.filter.as_ref());
+        let filter_name = filter.and_then(|f| f.name.as_deref());
+        let sub = filter
+            .and_then(|f| f.sub_filter.as_ref())
+            .and_then(|s| s.name.as_deref());
+        let relative_to = if http {
+            if let Some(name) = filter_name
+                && name != HCM
+            {
+                return Err(format!(
+                    "match.listener.filterChain.filter.name: HTTP_FILTER patches apply inside {HCM}, not `{name}`"
+                ));
+            }
+            sub
+        } else {
+            if sub.is_some() {
+                return Err("match.listener.filterChain.filter.subFilter: NETWORK_FILTER patches select a network filter by filter.name; subFilter is for HTTP_FILTER".into());
+            }
+            filter_name
+        };
+        let operation = FilterOperation::parse(&self.patch.operation)?;
+        let what = if http {
+            "match.listener.filterChain.filter.subFilter.name"
+        } else {
+            "match.listener.filterChain.filter.name"
+        };
+        match operation {
+            FilterOperation::Merge | FilterOperation::Remove | FilterOperation::Replace
+                if relative_to.is_none() =>
+            {
+                return Err(format!(
+                    "{} of {} needs {what}",
+                    self.patch.operation, self.apply_to
+                ));
+            }
+            FilterOperation::InsertAfter
+                if relative_to.is_some_and(|n| TERMINAL_FILTERS.contains(&n)) =>
+            {
+                return Err(format!(
+                    "{what}: INSERT_AFTER `{}` would put a filter after the terminal filter, which Envoy refuses",
+                    relative_to.unwrap_or_default()
+                ));
+            }
+            _ => {}
+        }
+        let value = match (operation, self.patch.value.as_ref()) {
+            (FilterOperation::Remove, _) => None,
+            (_, None) => return Err("patch.value is required".into()),
+            (_, Some(v)) => {
+                if !v.is_object() {
+                    return Err("patch.value must be an object (Envoy's proto JSON)".into());
+                }
+                let named = v
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| !n.is_empty());
+                if !named && operation != FilterOperation::Merge {
+                    return Err("patch.value.name is required (the filter's name)".into());
+                }
+                Some(v)
+            }
+        };
+        Ok(FilterPatch {
+            context,
+            listener,
+            operation,
+            relative_to,
+            value,
+        })
+    }
+
     /// The supported shape of this patch, or why it is not supported.
     pub fn kind(&self) -> Result<PatchKind<'_>, String> {
         let m = self.matches.as_ref();
         if m.and_then(|m| m.proxy.as_ref()).is_some() {
             return Err("match.proxy is not supported".into());
+        }
+        if self.patch.filter_class.is_some() {
+            return Err(
+                "patch.filterClass is not supported; order filters with INSERT_BEFORE/INSERT_AFTER"
+                    .into(),
+            );
+        }
+        match self.apply_to.as_str() {
+            "HTTP_FILTER" => return self.filter_patch(true).map(PatchKind::HttpFilter),
+            "NETWORK_FILTER" => return self.filter_patch(false).map(PatchKind::NetworkFilter),
+            _ => {}
         }
         let value = self
             .patch
@@ -199,73 +397,8 @@ impl ConfigPatch {
         if !value.is_object() {
             return Err("patch.value must be an object (Envoy's proto JSON)".into());
         }
-        if self.patch.filter_class.is_some() {
-            return Err("patch.filterClass is not supported".into());
-        }
         let op = self.patch.operation.as_str();
         match self.apply_to.as_str() {
-            "HTTP_FILTER" => {
-                let ctx = context_is(m, &["SIDECAR_INBOUND", "GATEWAY"])?;
-                if m.is_some_and(|m| m.route_configuration.is_some() || m.cluster.is_some()) {
-                    return Err(
-                        "HTTP_FILTER patches match a listener, not routes or clusters".into(),
-                    );
-                }
-                let listener = m.and_then(|m| m.listener.as_ref());
-                if let Some(l) = listener {
-                    if l.listener_filter.is_some() || l.name.is_some() {
-                        return Err(
-                            "match.listener: only portNumber and filterChain.filter are supported"
-                                .into(),
-                        );
-                    }
-                    if let Some(fc) = &l.filter_chain {
-                        let other = fc.name.is_some()
-                            || fc.sni.is_some()
-                            || fc.transport_protocol.is_some()
-                            || fc.application_protocols.is_some()
-                            || fc.destination_port.is_some();
-                        if other {
-                            return Err(
-                                "match.listener.filterChain: only filter is supported".into()
-                            );
-                        }
-                    }
-                }
-                let filter = listener
-                    .and_then(|l| l.filter_chain.as_ref())
-                    .and_then(|fc| fc.filter.as_ref());
-                if let Some(name) = filter.and_then(|f| f.name.as_deref())
-                    && name != HCM
-                {
-                    return Err(format!(
-                        "HTTP_FILTER patches apply inside {HCM}, not `{name}`"
-                    ));
-                }
-                let sub = filter
-                    .and_then(|f| f.sub_filter.as_ref())
-                    .and_then(|s| s.name.as_deref());
-                let before = match op {
-                    "INSERT_BEFORE" => sub,
-                    "INSERT_FIRST" => None,
-                    other => {
-                        return Err(format!(
-                            "HTTP_FILTER operation {other} is not supported (INSERT_BEFORE, INSERT_FIRST)"
-                        ));
-                    }
-                };
-                let name = value.get("name").and_then(|n| n.as_str()).unwrap_or("");
-                if name != LOCAL_RATELIMIT {
-                    return Err(format!(
-                        "HTTP_FILTER `{name}` is not supported (meshd inserts only {LOCAL_RATELIMIT})"
-                    ));
-                }
-                Ok(PatchKind::InsertHttpFilter {
-                    gateway: ctx == "GATEWAY",
-                    before,
-                    value,
-                })
-            }
             "CLUSTER" => {
                 context_is(m, &["SIDECAR_OUTBOUND", "GATEWAY", "ANY"])?;
                 if op != "MERGE" {
@@ -322,7 +455,7 @@ impl ConfigPatch {
                 Ok(PatchKind::MergeRoute { m: rc, value })
             }
             other => Err(format!(
-                "applyTo {other} is not supported (meshd applies HTTP_FILTER local rate limits, CLUSTER and HTTP_ROUTE merges)"
+                "applyTo {other} is not supported (meshd applies HTTP_FILTER, NETWORK_FILTER, CLUSTER MERGE and HTTP_ROUTE MERGE)"
             )),
         }
     }
@@ -387,163 +520,5 @@ impl RouteConfigurationMatch {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{MeshConfig, Spec, parse_file};
-
-    const RATE_LIMIT: &str = r#"
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: ratelimit, namespace: shop}
-spec:
-  workloadSelector:
-    labels: {app: api}
-  configPatches:
-  - applyTo: HTTP_FILTER
-    match:
-      context: SIDECAR_INBOUND
-      listener:
-        filterChain:
-          filter:
-            name: envoy.filters.network.http_connection_manager
-            subFilter: {name: envoy.filters.http.router}
-    patch:
-      operation: INSERT_BEFORE
-      value:
-        name: envoy.filters.http.local_ratelimit
-        typed_config:
-          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
-          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-          value:
-            stat_prefix: http_local_rate_limiter
-            token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}
-"#;
-
-    fn parse(text: &str) -> MeshConfig {
-        let f = parse_file("ef.yaml", text).unwrap();
-        MeshConfig::assemble([&f])
-    }
-
-    #[test]
-    fn the_local_rate_limit_recipe_is_accepted() {
-        let mesh = parse(RATE_LIMIT);
-        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
-        let ef = mesh
-            .objects
-            .values()
-            .find_map(|o| match &o.spec {
-                Spec::EnvoyFilter(e) => Some(e),
-                _ => None,
-            })
-            .unwrap();
-        match ef.config_patches[0].kind().unwrap() {
-            PatchKind::InsertHttpFilter {
-                gateway, before, ..
-            } => {
-                assert!(!gateway);
-                assert_eq!(before, Some("envoy.filters.http.router"));
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn other_shapes_are_rejected_with_a_reason() {
-        let cases = [
-            ("SIDECAR_INBOUND", "INSERT_AFTER", "operation INSERT_AFTER"),
-            (
-                "SIDECAR_OUTBOUND",
-                "INSERT_BEFORE",
-                "match.context SIDECAR_OUTBOUND",
-            ),
-        ];
-        for (ctx, op, want) in cases {
-            let text = RATE_LIMIT
-                .replace("context: SIDECAR_INBOUND", &format!("context: {ctx}"))
-                .replace("operation: INSERT_BEFORE", &format!("operation: {op}"));
-            let mesh = parse(&text);
-            assert_eq!(mesh.rejected.len(), 1, "{ctx} {op}");
-            assert!(
-                mesh.rejected[0].reason.contains(want),
-                "{}",
-                mesh.rejected[0]
-            );
-        }
-        let text = RATE_LIMIT.replace(
-            "name: envoy.filters.http.local_ratelimit",
-            "name: envoy.filters.http.lua",
-        );
-        let mesh = parse(&text);
-        assert!(
-            mesh.rejected[0].reason.contains("lua"),
-            "{}",
-            mesh.rejected[0]
-        );
-
-        let listener = r#"
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: l, namespace: shop}
-spec:
-  configPatches:
-  - applyTo: LISTENER
-    patch: {operation: ADD, value: {name: x}}
-"#;
-        let mesh = parse(listener);
-        assert!(
-            mesh.rejected[0]
-                .reason
-                .contains("applyTo LISTENER is not supported"),
-            "{}",
-            mesh.rejected[0]
-        );
-        let unknown = listener.replace("patch:", "bogus: 1\n    patch:");
-        let mesh = parse(&unknown);
-        assert!(
-            mesh.rejected[0].reason.contains("bogus"),
-            "{}",
-            mesh.rejected[0]
-        );
-    }
-
-    #[test]
-    fn cluster_and_route_merges() {
-        let text = r#"
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: merges, namespace: istio-system}
-spec:
-  configPatches:
-  - applyTo: CLUSTER
-    match:
-      context: SIDECAR_OUTBOUND
-      cluster: {service: api.shop.svc.cluster.local, portNumber: 8080}
-    patch:
-      operation: MERGE
-      value: {per_connection_buffer_limit_bytes: 32768}
-  - applyTo: HTTP_ROUTE
-    match:
-      context: SIDECAR_OUTBOUND
-      routeConfiguration:
-        vhost: {name: "api.shop.svc.cluster.local:8080", route: {name: default}}
-    patch:
-      operation: MERGE
-      value: {route: {idle_timeout: 5s}}
-"#;
-        let mesh = parse(text);
-        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
-        let selected = text.replace("spec:\n", "spec:\n  workloadSelector: {labels: {app: x}}\n");
-        let mesh = parse(&selected);
-        assert_eq!(mesh.rejected.len(), 1);
-        assert!(mesh.rejected[0].reason.contains("namespace-wide"));
-
-        let m = ClusterMatch {
-            service: Some("*.shop.svc.cluster.local".into()),
-            port_number: Some(8080),
-            ..Default::default()
-        };
-        assert!(m.matches("c", 8080, "", "api.shop.svc.cluster.local"));
-        assert!(!m.matches("c", 9090, "", "api.shop.svc.cluster.local"));
-        assert!(!m.matches("c", 8080, "", "api.other.svc.cluster.local"));
-    }
-}
+#[path = "envoyfilter_tests.rs"]
+mod tests;

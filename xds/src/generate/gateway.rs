@@ -219,9 +219,6 @@ pub fn build(
     let mut listeners = BTreeMap::new();
     let mut routes = BTreeMap::new();
     let mut gateway_filters = Vec::new();
-    snapshot
-        .patches
-        .insert_http_filters(namespace, labels, true, &mut gateway_filters);
     // AuthorizationPolicies selecting this gateway (or mesh-wide): RBAC ahead of the router
     // and of the TCP proxies.
     let authz = super::authz::gateway_policy(&snapshot.index, namespace, labels, &snapshot.opts);

@@ -100,6 +100,9 @@ pub struct MeshSnapshot {
     /// Outbound virtual hosts, encoded, shared by the scopes' route tables: without it every
     /// namespace's scope rebuilt and re-encoded every service's routes.
     vhosts: Mutex<HashMap<VhostKey, Bytes>>,
+    /// Listener layers with the EnvoyFilter patches selecting some proxies applied, by the
+    /// shared layer (its address; the entry holds it) and the patches.
+    patched_listeners: Mutex<HashMap<envoyfilter::PatchedKey, Once<(Layer, Layer)>>>,
     previous: Previous,
 }
 
@@ -117,6 +120,7 @@ struct Previous {
     scopes: HashMap<ScopeKey, Arc<Scope>>,
     gateways: HashMap<String, Arc<gateway::GatewayResources>>,
     inbound: HashMap<String, (Layer, Layer)>,
+    patched_listeners: HashMap<envoyfilter::PatchedKey, (Layer, Layer)>,
 }
 
 /// Whether two configs agree on everything a workload's inbound resources are built from.
@@ -203,6 +207,7 @@ impl MeshSnapshot {
             scopes: built(&self.scopes),
             gateways: built(&self.gateways),
             inbound: built(&self.inbound),
+            patched_listeners: built(&self.patched_listeners),
         };
         Self::build_after(previous, version, config, opts)
     }
@@ -309,6 +314,7 @@ impl MeshSnapshot {
             gateways: Mutex::new(HashMap::new()),
             inbound: Mutex::new(inbound),
             vhosts: Mutex::new(HashMap::new()),
+            patched_listeners: Mutex::new(HashMap::new()),
             previous,
         }
     }
@@ -397,26 +403,17 @@ impl MeshSnapshot {
                     app_port,
                     http,
                     mode: self.index.mtls_mode(&w.namespace, &w.labels, port),
-                    http_filters: {
-                        // JWT verification first: RBAC matches the payload it leaves.
-                        let mut filters: Vec<_> = jwt::jwt_filter(
-                            &self.index.config,
-                            &self.index.root_namespace,
-                            &w.namespace,
-                            &w.labels,
-                        )
-                        .filter(|_| http)
-                        .into_iter()
-                        .chain(policy.http_filters)
-                        .collect();
-                        self.patches.insert_http_filters(
-                            &w.namespace,
-                            &w.labels,
-                            false,
-                            &mut filters,
-                        );
-                        filters
-                    },
+                    // JWT verification first: RBAC matches the payload it leaves.
+                    http_filters: jwt::jwt_filter(
+                        &self.index.config,
+                        &self.index.root_namespace,
+                        &w.namespace,
+                        &w.labels,
+                    )
+                    .filter(|_| http)
+                    .into_iter()
+                    .chain(policy.http_filters)
+                    .collect(),
                     network_filters: policy.network_filters,
                 }
             });
@@ -508,9 +505,24 @@ impl MeshSnapshot {
                 );
                 let endpoints = self.localized(&scope.endpoints, &scope.locality, workload);
                 out.insert(ENDPOINT, ResourceSet::layer(endpoints));
+                let selected =
+                    self.patches
+                        .filter_patches_for(&proxy.identity.namespace, labels, false);
+                use meshd_model::envoyfilter::PatchContext;
                 out.insert(
                     LISTENER,
-                    ResourceSet::from_layers(vec![scope.listeners.clone(), inbound_listeners]),
+                    ResourceSet::from_layers(vec![
+                        self.patched_listeners(
+                            &scope.listeners,
+                            PatchContext::SidecarOutbound,
+                            &selected,
+                        ),
+                        self.patched_listeners(
+                            &inbound_listeners,
+                            PatchContext::SidecarInbound,
+                            &selected,
+                        ),
+                    ]),
                 );
                 out.insert(ROUTE, ResourceSet::layer(scope.routes.clone()));
             }
@@ -529,7 +541,17 @@ impl MeshSnapshot {
                 out.insert(CLUSTER, ResourceSet::layer(clusters));
                 let endpoints = self.localized(&self.endpoints, &self.locality_plans, workload);
                 out.insert(ENDPOINT, ResourceSet::layer(endpoints));
-                out.insert(LISTENER, ResourceSet::layer(gw.listeners.clone()));
+                let selected =
+                    self.patches
+                        .filter_patches_for(&proxy.identity.namespace, labels, true);
+                out.insert(
+                    LISTENER,
+                    ResourceSet::layer(self.patched_listeners(
+                        &gw.listeners,
+                        meshd_model::envoyfilter::PatchContext::Gateway,
+                        &selected,
+                    )),
+                );
                 out.insert(ROUTE, ResourceSet::layer(gw.routes.clone()));
                 if !gw.secrets.is_empty() {
                     out.insert(SECRET, ResourceSet::layer(gw.secrets.clone()));

@@ -4,15 +4,26 @@
 //! (`problems`), and nothing of it is applied.
 //!
 //! Scope: an EnvoyFilter in the root namespace without selector applies to every proxy; one in
-//! a namespace applies to that namespace's proxies; a workloadSelector narrows HTTP_FILTER
-//! inserts to the selected workloads.
+//! a namespace applies to that namespace's proxies; a workloadSelector narrows it to the selected
+//! workloads (HTTP_FILTER and NETWORK_FILTER; CLUSTER and HTTP_ROUTE take none).
+//!
+//! Sharing: CLUSTER and HTTP_ROUTE merges are built into the layers of the namespaces they
+//! apply to. HTTP_FILTER and NETWORK_FILTER patches are applied after generation to the listener
+//! layers of the proxies they select (`filters`), one patched copy per (layer, patch set) in the
+//! snapshot: a proxy no such patch selects keeps the shared layers, untouched.
+
+mod filters;
 
 use crate::resource::{Resource, SharedResource};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener};
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use filters::{FilterPatch, FilterValue};
 use meshd_model::Rejected;
-use meshd_model::envoyfilter::{ClusterMatch, PatchKind, RouteConfigurationMatch};
+use meshd_model::envoyfilter::{
+    ClusterMatch, FilterOperation, PatchContext, PatchKind, RouteConfigurationMatch,
+};
 use meshd_model::networking::Labels;
 use meshd_model::registry::selector_matches;
 use meshd_model::{ConfigObject, MeshConfig};
@@ -20,10 +31,9 @@ use prost::Message;
 use std::collections::BTreeMap;
 
 const HTTP_FILTER: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter";
+const NETWORK_FILTER: &str = "envoy.config.listener.v3.Filter";
 const CLUSTER: &str = "envoy.config.cluster.v3.Cluster";
 const ROUTE: &str = "envoy.config.route.v3.Route";
-const LOCAL_RATELIMIT_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 
 /// Which proxies a patch is for.
 #[derive(Clone, Debug)]
@@ -54,12 +64,6 @@ impl Target {
     }
 }
 
-struct Insert {
-    target: Target,
-    before: Option<String>,
-    filter: HttpFilter,
-}
-
 struct Merge<M> {
     target: Target,
     m: M,
@@ -68,10 +72,49 @@ struct Merge<M> {
     bytes: Vec<u8>,
 }
 
+/// A listener layer patched for some proxies: the shared layer's address, the context it was
+/// generated for, and the patches selecting those proxies.
+pub(super) type PatchedKey = (usize, u8, Vec<usize>);
+
+impl super::MeshSnapshot {
+    /// `layer` with the filter patches `selected` applied, built once per snapshot for every
+    /// proxy with the same layer and patches; `layer` itself when none changes it.
+    pub(super) fn patched_listeners(
+        &self,
+        layer: &crate::resource::Layer,
+        proxy: PatchContext,
+        selected: &[usize],
+    ) -> crate::resource::Layer {
+        if selected.is_empty() {
+            return layer.clone();
+        }
+        let key: PatchedKey = (
+            std::sync::Arc::as_ptr(layer) as usize,
+            proxy as u8,
+            selected.to_vec(),
+        );
+        let (_, patched) = super::get_or_build(&self.patched_listeners, key, |key| {
+            let patched = match self.patches.patch_listeners(layer, proxy, selected) {
+                None => layer.clone(),
+                Some(map) => {
+                    let new = crate::resource::LayerMap::new(map);
+                    // What the previous snapshot patched from the same layer, when equal, keeps
+                    // its identity (streams skip it by pointer).
+                    let old = self.previous.patched_listeners.get(key).map(|(_, p)| p);
+                    crate::resource::reuse_layer(old, new)
+                }
+            };
+            (layer.clone(), patched)
+        });
+        patched
+    }
+}
+
 /// Every applicable EnvoyFilter patch of a snapshot.
 #[derive(Default)]
 pub struct Patches {
-    inserts: Vec<Insert>,
+    /// HTTP_FILTER and NETWORK_FILTER patches, in the order they apply.
+    filters: Vec<(Target, FilterPatch)>,
     clusters: Vec<Merge<ClusterMatch>>,
     routes: Vec<Merge<RouteConfigurationMatch>>,
     /// EnvoyFilters not applied, and why.
@@ -95,6 +138,69 @@ fn rejected(o: &ConfigObject, reason: String) -> Rejected {
         name: Some(o.meta.name.clone()),
         reason,
     }
+}
+
+/// The Envoy `@type`s in a patch value that meshd's descriptors (Envoy 1.40's) do not know, with
+/// the path of the field holding each.
+fn unknown_types(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            let typed_struct = o
+                .get("@type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with(".TypedStruct"));
+            for (k, x) in o {
+                let here = format!("{path}.{k}");
+                let url = match k.as_str() {
+                    "@type" if !typed_struct => x.as_str(),
+                    "type_url" | "typeUrl" if typed_struct => x.as_str(),
+                    _ => None,
+                };
+                match url {
+                    Some(url) if !crate::json::knows_type(url) => out.push(format!(
+                        "{here}: unknown type `{url}` (not an Envoy 1.40 type)"
+                    )),
+                    _ => unknown_types(x, &here, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                unknown_types(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Decodes an HTTP_FILTER (`HttpFilter`) or NETWORK_FILTER (`Filter`) patch value; the error
+/// starts with the field it is about, relative to `patch.value`.
+fn decode_filter(
+    f: &meshd_model::envoyfilter::FilterPatch<'_>,
+    http: bool,
+) -> Result<Option<FilterValue>, String> {
+    let Some(value) = f.value else {
+        return Ok(None);
+    };
+    let mut unknown = Vec::new();
+    unknown_types(value, "", &mut unknown);
+    if let Some(first) = unknown.into_iter().next() {
+        return Err(first);
+    }
+    let configured = value
+        .get("typed_config")
+        .or_else(|| value.get("typedConfig"));
+    if configured.is_none() && f.operation != FilterOperation::Merge {
+        return Err(".typed_config is required (Envoy 1.40 configures filters by type)".into());
+    }
+    let full_name = if http { HTTP_FILTER } else { NETWORK_FILTER };
+    let bytes = crate::json::json_to_proto(full_name, value).map_err(|e| format!(": {e}"))?;
+    let decoded = if http {
+        HttpFilter::decode(bytes.as_slice()).map(FilterValue::Http)
+    } else {
+        Filter::decode(bytes.as_slice()).map(FilterValue::Network)
+    };
+    decoded.map(Some).map_err(|e| format!(": {e}"))
 }
 
 impl Patches {
@@ -129,28 +235,23 @@ impl Patches {
                 let at = format!("spec.configPatches[{i}].patch.value");
                 let decoded = match p.kind() {
                     Err(e) => Err(format!("spec.configPatches[{i}]: {e}")),
-                    Ok(PatchKind::InsertHttpFilter { before, value, .. }) => {
-                        crate::json::json_to_proto(HTTP_FILTER, value)
-                            .and_then(|b| HttpFilter::decode(b.as_slice()).map_err(|e| e.to_string()))
-                            .and_then(|f| {
-                                let typed = match &f.config_type {
-                                    Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(a)) => a.type_url.as_str(),
-                                    _ => "",
-                                };
-                                if typed == LOCAL_RATELIMIT_TYPE {
-                                    Ok(f)
-                                } else {
-                                    Err(format!("typed_config must be {LOCAL_RATELIMIT_TYPE}, not `{typed}`"))
-                                }
+                    Ok(PatchKind::HttpFilter(f) | PatchKind::NetworkFilter(f)) => {
+                        let http = p.apply_to == "HTTP_FILTER";
+                        decode_filter(&f, http)
+                            .map(|value| {
+                                inserts.push((
+                                    target.clone(),
+                                    FilterPatch {
+                                        context: f.context,
+                                        listener: f.listener.clone(),
+                                        operation: f.operation,
+                                        relative_to: f.relative_to.map(str::to_string),
+                                        value,
+                                        http,
+                                    },
+                                ))
                             })
-                            .map(|filter| {
-                                inserts.push(Insert {
-                                    target: target.clone(),
-                                    before: before.map(str::to_string),
-                                    filter,
-                                })
-                            })
-                            .map_err(|e| format!("{at}: {e}"))
+                            .map_err(|e| format!("{at}{e}"))
                     }
                     Ok(PatchKind::MergeCluster { m, value }) => {
                         if value.get("name").is_some() {
@@ -187,7 +288,7 @@ impl Patches {
             match problem {
                 Some(reason) => out.problems.push(rejected(o, reason)),
                 None => {
-                    out.inserts.extend(inserts);
+                    out.filters.extend(inserts);
                     out.clusters.extend(clusters);
                     out.routes.extend(routes);
                 }
@@ -196,35 +297,54 @@ impl Patches {
         out
     }
 
-    /// Inserts the HTTP filters that apply to this proxy into `filters` (an HCM's filters,
-    /// without the router, which always stays last).
-    pub fn insert_http_filters(
+    /// The HTTP_FILTER and NETWORK_FILTER patches selecting a proxy (by index, in order).
+    pub fn filter_patches_for(
         &self,
         namespace: &str,
         labels: &Labels,
         gateway: bool,
-        filters: &mut Vec<HttpFilter>,
-    ) {
-        const ROUTER: &str = "envoy.filters.http.router";
-        for ins in self
-            .inserts
+    ) -> Vec<usize> {
+        self.filters
             .iter()
-            .filter(|i| i.target.applies(namespace, labels, gateway))
-        {
-            match ins.before.as_deref() {
-                None => filters.insert(0, ins.filter.clone()),
-                Some(ROUTER) => filters.push(ins.filter.clone()),
-                Some(name) => {
-                    if let Some(i) = filters.iter().position(|f| f.name == name) {
-                        filters.insert(i, ins.filter.clone());
-                    }
-                }
-            }
-        }
+            .enumerate()
+            .filter(|(_, (t, _))| t.applies(namespace, labels, gateway))
+            .map(|(i, _)| i)
+            .collect()
     }
 
-    pub fn has_http_filters(&self) -> bool {
-        !self.inserts.is_empty()
+    /// `layer`'s listeners, generated for a proxy in context `proxy`, with the patches
+    /// `selected` (from [`Patches::filter_patches_for`]) applied: `None` when none changes any.
+    /// Listeners no patch changes keep their shared encoding.
+    pub fn patch_listeners(
+        &self,
+        layer: &crate::resource::LayerMap,
+        proxy: PatchContext,
+        selected: &[usize],
+    ) -> Option<BTreeMap<String, SharedResource>> {
+        let patches: Vec<&FilterPatch> = selected
+            .iter()
+            .filter_map(|&i| self.filters.get(i))
+            .map(|(_, p)| p)
+            .filter(|p| p.context.includes(proxy))
+            .collect();
+        if patches.is_empty() {
+            return None;
+        }
+        let mut out: Option<BTreeMap<String, SharedResource>> = None;
+        for (name, res) in layer.iter() {
+            let Ok(mut l) = Listener::decode(res.value().as_ref()) else {
+                continue;
+            };
+            if filters::patch_listener(&mut l, proxy, &patches) {
+                out.get_or_insert_with(|| (**layer).clone())
+                    .insert(name.clone(), Resource::encode(name.clone(), &l));
+            }
+        }
+        out
+    }
+
+    pub fn has_filter_patches(&self) -> bool {
+        !self.filters.is_empty()
     }
 
     /// The clusters of `layer` with the CLUSTER merges for this proxy kind and namespace applied;
@@ -331,170 +451,6 @@ impl Patches {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use envoy_types::pb::envoy::config::route::v3::VirtualHost;
-    use meshd_model::parse_file;
-
-    fn patches(yaml: &str) -> Patches {
-        let f = parse_file("ef.yaml", yaml).unwrap();
-        let mesh = MeshConfig::assemble([&f]);
-        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
-        Patches::build(&mesh, "istio-system")
-    }
-
-    const RATE_LIMIT: &str = r#"
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: rl, namespace: shop}
-spec:
-  workloadSelector: {labels: {app: api}}
-  configPatches:
-  - applyTo: HTTP_FILTER
-    match:
-      context: SIDECAR_INBOUND
-      listener:
-        filterChain:
-          filter:
-            name: envoy.filters.network.http_connection_manager
-            subFilter: {name: envoy.filters.http.router}
-    patch:
-      operation: INSERT_BEFORE
-      value:
-        name: envoy.filters.http.local_ratelimit
-        typed_config:
-          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
-          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-          value:
-            stat_prefix: http_local_rate_limiter
-            token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}
-            filter_enabled:
-              runtime_key: local_rate_limit_enabled
-              default_value: {numerator: 100, denominator: HUNDRED}
-"#;
-
-    #[test]
-    fn local_rate_limit_goes_before_the_router_of_selected_workloads() {
-        let p = patches(RATE_LIMIT);
-        assert!(p.problems.is_empty(), "{:?}", p.problems);
-        let api: Labels = [("app".to_string(), "api".to_string())].into();
-        let other: Labels = [("app".to_string(), "web".to_string())].into();
-        let rbac = HttpFilter {
-            name: "envoy.filters.http.rbac".into(),
-            ..Default::default()
-        };
-        let mut filters = vec![rbac.clone()];
-        p.insert_http_filters("shop", &api, false, &mut filters);
-        assert_eq!(
-            filters.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
-            vec![
-                "envoy.filters.http.rbac",
-                "envoy.filters.http.local_ratelimit"
-            ]
-        );
-        let json = crate::json::message_to_json(&filters[1]);
-        assert_eq!(
-            json["typed_config"]["token_bucket"]["max_tokens"], 2,
-            "{json}"
-        );
-        for (ns, labels, gw) in [
-            ("shop", &other, false),
-            ("other", &api, false),
-            ("shop", &api, true),
-        ] {
-            let mut filters = vec![rbac.clone()];
-            p.insert_http_filters(ns, labels, gw, &mut filters);
-            assert_eq!(filters.len(), 1, "{ns} {labels:?} {gw}");
-        }
-    }
-
-    #[test]
-    fn a_value_that_does_not_decode_rejects_the_filter() {
-        let p = patches(&RATE_LIMIT.replace("max_tokens: 2", "max_tokenz: 2"));
-        assert_eq!(p.problems.len(), 1);
-        assert!(
-            p.problems[0].reason.contains("max_tokenz"),
-            "{}",
-            p.problems[0]
-        );
-        assert!(!p.has_http_filters());
-    }
-
-    #[test]
-    fn cluster_and_route_merges_apply_by_match() {
-        let p = patches(
-            r#"
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: merges, namespace: istio-system}
-spec:
-  configPatches:
-  - applyTo: CLUSTER
-    match:
-      context: SIDECAR_OUTBOUND
-      cluster: {service: api.shop.svc.cluster.local, portNumber: 8080}
-    patch:
-      operation: MERGE
-      value: {per_connection_buffer_limit_bytes: 32768, connect_timeout: 2s}
-  - applyTo: HTTP_ROUTE
-    match:
-      routeConfiguration:
-        vhost: {name: "api.shop.svc.cluster.local:8080"}
-    patch:
-      operation: MERGE
-      value: {route: {idle_timeout: 5s}, request_headers_to_add: [{header: {key: x-patched, value: "yes"}}]}
-"#,
-        );
-        assert!(p.problems.is_empty(), "{:?}", p.problems);
-        let mk = |name: &str| {
-            let c = Cluster {
-                name: name.into(),
-                connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
-                    seconds: 10,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            };
-            (name.to_string(), Resource::encode(name, &c))
-        };
-        let layer: BTreeMap<_, _> = [
-            mk("outbound|8080||api.shop.svc.cluster.local"),
-            mk("outbound|8080||web.shop.svc.cluster.local"),
-        ]
-        .into();
-        assert!(
-            p.patch_clusters(&layer, "shop", true).is_none(),
-            "sidecar-only"
-        );
-        let patched = p.patch_clusters(&layer, "shop", false).unwrap();
-        let get = |m: &BTreeMap<String, SharedResource>, n: &str| {
-            Cluster::decode(m[n].value().as_ref()).unwrap()
-        };
-        let api = get(&patched, "outbound|8080||api.shop.svc.cluster.local");
-        assert_eq!(api.per_connection_buffer_limit_bytes.unwrap().value, 32768);
-        assert_eq!(api.connect_timeout.unwrap().seconds, 2);
-        assert_eq!(api.name, "outbound|8080||api.shop.svc.cluster.local");
-        let web = get(&patched, "outbound|8080||web.shop.svc.cluster.local");
-        assert!(web.per_connection_buffer_limit_bytes.is_none());
-
-        let mut rc = RouteConfiguration {
-            name: "8080".into(),
-            virtual_hosts: vec![VirtualHost {
-                name: "api.shop.svc.cluster.local:8080".into(),
-                routes: vec![Route {
-                    name: "default".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        p.patch_routes(&mut rc, 8080, "shop", true);
-        let r = &rc.virtual_hosts[0].routes[0];
-        assert_eq!(
-            r.request_headers_to_add[0].header.as_ref().unwrap().key,
-            "x-patched"
-        );
-        assert_eq!(r.name, "default");
-    }
-}
+mod filters_tests;
+#[cfg(test)]
+mod tests;
