@@ -283,15 +283,12 @@ pub fn build(
                     }
                 }
             }
-            let mut rc = RouteConfiguration {
+            let rc = RouteConfiguration {
                 name: route_name.clone(),
                 virtual_hosts: vhosts.into_values().collect(),
                 validate_clusters: boolv(false),
                 ..Default::default()
             };
-            snapshot
-                .patches
-                .patch_routes(&mut rc, port, namespace, true);
             routes.insert(
                 route_name.clone(),
                 Resource::encode(route_name.clone(), &rc),

@@ -100,9 +100,9 @@ pub struct MeshSnapshot {
     /// Outbound virtual hosts, encoded, shared by the scopes' route tables: without it every
     /// namespace's scope rebuilt and re-encoded every service's routes.
     vhosts: Mutex<HashMap<VhostKey, Bytes>>,
-    /// Listener layers with the EnvoyFilter patches selecting some proxies applied, by the
-    /// shared layer (its address; the entry holds it) and the patches.
-    patched_listeners: Mutex<HashMap<envoyfilter::PatchedKey, Once<(Layer, Layer)>>>,
+    /// Layers with the EnvoyFilter patches selecting some proxies applied, by the shared layer
+    /// (its address; the entry holds it), its kind and context, and the patches.
+    patched_layers: Mutex<HashMap<envoyfilter::PatchedKey, Once<(Layer, Layer)>>>,
     previous: Previous,
 }
 
@@ -120,7 +120,7 @@ struct Previous {
     scopes: HashMap<ScopeKey, Arc<Scope>>,
     gateways: HashMap<String, Arc<gateway::GatewayResources>>,
     inbound: HashMap<String, (Layer, Layer)>,
-    patched_listeners: HashMap<envoyfilter::PatchedKey, (Layer, Layer)>,
+    patched_layers: HashMap<envoyfilter::PatchedKey, (Layer, Layer)>,
 }
 
 /// Whether two configs agree on everything a workload's inbound resources are built from.
@@ -207,7 +207,7 @@ impl MeshSnapshot {
             scopes: built(&self.scopes),
             gateways: built(&self.gateways),
             inbound: built(&self.inbound),
-            patched_listeners: built(&self.patched_listeners),
+            patched_layers: built(&self.patched_layers),
         };
         Self::build_after(previous, version, config, opts)
     }
@@ -314,7 +314,7 @@ impl MeshSnapshot {
             gateways: Mutex::new(HashMap::new()),
             inbound: Mutex::new(inbound),
             vhosts: Mutex::new(HashMap::new()),
-            patched_listeners: Mutex::new(HashMap::new()),
+            patched_layers: Mutex::new(HashMap::new()),
             previous,
         }
     }
@@ -499,32 +499,33 @@ impl MeshSnapshot {
             NodeType::Sidecar => {
                 let scope = self.scope(&proxy.identity.namespace, labels);
                 let (inbound_clusters, inbound_listeners) = self.inbound(workload);
+                let selected = self
+                    .patches
+                    .selected_for(&proxy.identity.namespace, labels, false);
+                use envoyfilter::LayerKind;
+                use meshd_model::envoyfilter::PatchContext::{SidecarInbound, SidecarOutbound};
+                let patched =
+                    |layer: &Layer, kind, ctx| self.patched_layer(layer, kind, ctx, &selected);
                 out.insert(
                     CLUSTER,
-                    ResourceSet::from_layers(vec![scope.clusters.clone(), inbound_clusters]),
+                    ResourceSet::from_layers(vec![
+                        patched(&scope.clusters, LayerKind::Clusters, SidecarOutbound),
+                        patched(&inbound_clusters, LayerKind::Clusters, SidecarInbound),
+                    ]),
                 );
                 let endpoints = self.localized(&scope.endpoints, &scope.locality, workload);
                 out.insert(ENDPOINT, ResourceSet::layer(endpoints));
-                let selected =
-                    self.patches
-                        .filter_patches_for(&proxy.identity.namespace, labels, false);
-                use meshd_model::envoyfilter::PatchContext;
                 out.insert(
                     LISTENER,
                     ResourceSet::from_layers(vec![
-                        self.patched_listeners(
-                            &scope.listeners,
-                            PatchContext::SidecarOutbound,
-                            &selected,
-                        ),
-                        self.patched_listeners(
-                            &inbound_listeners,
-                            PatchContext::SidecarInbound,
-                            &selected,
-                        ),
+                        patched(&scope.listeners, LayerKind::Listeners, SidecarOutbound),
+                        patched(&inbound_listeners, LayerKind::Listeners, SidecarInbound),
                     ]),
                 );
-                out.insert(ROUTE, ResourceSet::layer(scope.routes.clone()));
+                out.insert(
+                    ROUTE,
+                    ResourceSet::layer(patched(&scope.routes, LayerKind::Routes, SidecarOutbound)),
+                );
             }
             NodeType::Router => {
                 let key = format!("{}|{labels:?}", proxy.identity.namespace);
@@ -535,24 +536,32 @@ impl MeshSnapshot {
                         None => g,
                     })
                 });
-                let mut clusters = self.clusters.clone();
-                self.patches
-                    .patch_cluster_layer(&mut clusters, &proxy.identity.namespace, true);
-                out.insert(CLUSTER, ResourceSet::layer(clusters));
-                let endpoints = self.localized(&self.endpoints, &self.locality_plans, workload);
-                out.insert(ENDPOINT, ResourceSet::layer(endpoints));
-                let selected =
-                    self.patches
-                        .filter_patches_for(&proxy.identity.namespace, labels, true);
-                out.insert(
-                    LISTENER,
-                    ResourceSet::layer(self.patched_listeners(
-                        &gw.listeners,
+                let selected = self
+                    .patches
+                    .selected_for(&proxy.identity.namespace, labels, true);
+                use envoyfilter::LayerKind;
+                let patched = |layer: &Layer, kind| {
+                    self.patched_layer(
+                        layer,
+                        kind,
                         meshd_model::envoyfilter::PatchContext::Gateway,
                         &selected,
-                    )),
+                    )
+                };
+                out.insert(
+                    CLUSTER,
+                    ResourceSet::layer(patched(&self.clusters, LayerKind::Clusters)),
                 );
-                out.insert(ROUTE, ResourceSet::layer(gw.routes.clone()));
+                let endpoints = self.localized(&self.endpoints, &self.locality_plans, workload);
+                out.insert(ENDPOINT, ResourceSet::layer(endpoints));
+                out.insert(
+                    LISTENER,
+                    ResourceSet::layer(patched(&gw.listeners, LayerKind::Listeners)),
+                );
+                out.insert(
+                    ROUTE,
+                    ResourceSet::layer(patched(&gw.routes, LayerKind::Routes)),
+                );
                 if !gw.secrets.is_empty() {
                     out.insert(SECRET, ResourceSet::layer(gw.secrets.clone()));
                 }

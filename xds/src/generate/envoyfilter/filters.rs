@@ -78,8 +78,8 @@ fn merge_network(into: &mut Filter, patch: &Filter) {
     into.config_type = config;
 }
 
-/// A list of named filters (HTTP or network) an operation works on.
-trait Named: Clone {
+/// A list of named entries (filters, filter chains, virtual hosts, routes) an operation works on.
+pub(super) trait Named: Clone {
     fn name(&self) -> &str;
     fn merge_from(&mut self, patch: &Self);
 }
@@ -111,8 +111,30 @@ fn append_at<T: Named>(list: &[T]) -> usize {
     }
 }
 
-/// Applies one operation to a filter list; whether it changed.
-fn apply<T: Named>(
+/// Merges whole messages as protobuf does: what the patch sets replaces (scalars, and `Any`s
+/// whole) or extends (messages, repeated fields) what is there.
+macro_rules! named_by_merge {
+    ($($t:ty),*) => {$(
+        impl Named for $t {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn merge_from(&mut self, patch: &Self) {
+                // A patch that does not merge (it decoded, so it always does) leaves it as it was.
+                let _ = self.merge(patch.encode_to_vec().as_slice());
+            }
+        }
+    )*};
+}
+named_by_merge!(
+    FilterChain,
+    envoy_types::pb::envoy::config::route::v3::VirtualHost,
+    envoy_types::pb::envoy::config::route::v3::Route
+);
+
+/// Applies one operation to a named list; whether it changed. MERGE without a name merges into
+/// every entry (HTTP_ROUTE merges into every route of the matched virtual hosts).
+pub(super) fn apply<T: Named>(
     list: &mut Vec<T>,
     op: FilterOperation,
     relative_to: Option<&str>,
@@ -127,7 +149,10 @@ fn apply<T: Named>(
         }
         (FilterOperation::Merge, Some(v)) => {
             let mut changed = false;
-            for f in list.iter_mut().filter(|f| Some(f.name()) == relative_to) {
+            for f in list
+                .iter_mut()
+                .filter(|f| relative_to.is_none_or(|n| f.name() == n))
+            {
                 f.merge_from(v);
                 changed = true;
             }
@@ -180,7 +205,7 @@ fn apply<T: Named>(
 }
 
 /// The port a listener listens on.
-fn listener_port(l: &Listener) -> Option<u32> {
+pub(super) fn listener_port(l: &Listener) -> Option<u32> {
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
     match l.address.as_ref()?.address.as_ref()? {
         address::Address::SocketAddress(s) => match s.port_specifier.as_ref()? {
@@ -193,7 +218,7 @@ fn listener_port(l: &Listener) -> Option<u32> {
 
 /// Whether a filter chain is selected by `match.listener` (its filterChain part; on
 /// `virtualInbound` also portNumber, which Istio matches against the chain's destination port).
-fn chain_matches(m: &ListenerMatch, chain: &FilterChain, inbound: bool) -> bool {
+pub(super) fn chain_matches(m: &ListenerMatch, chain: &FilterChain, inbound: bool) -> bool {
     let fcm = chain.filter_chain_match.clone().unwrap_or_default();
     if inbound
         && let Some(p) = m.port_number

@@ -10,7 +10,7 @@ use meshd_model::{MeshConfig, parse_file};
 use prost::Message;
 use std::sync::Arc;
 
-const MESH: &str = r#"
+pub(super) const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: server, namespace: app}
@@ -118,7 +118,7 @@ spec:
 const SERVER_ONLY: &str = "  workloadSelector: {labels: {app: server}}\n";
 const ROUTER: &str = "        filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.router}}}";
 
-fn snapshot(extra: &str) -> MeshSnapshot {
+pub(super) fn snapshot(extra: &str) -> MeshSnapshot {
     let file = parse_file("mesh.yaml", &format!("{MESH}{extra}")).unwrap();
     assert!(file.rejected.is_empty(), "{:?}", file.rejected);
     let config = MeshConfig::assemble([&file]);
@@ -132,7 +132,7 @@ fn snapshot(extra: &str) -> MeshSnapshot {
     snap
 }
 
-fn proxy(snap: &MeshSnapshot, name: &str) -> Proxy {
+pub(super) fn proxy(snap: &MeshSnapshot, name: &str) -> Proxy {
     let w = snap
         .config()
         .workloads
@@ -142,13 +142,13 @@ fn proxy(snap: &MeshSnapshot, name: &str) -> Proxy {
     Proxy::for_workload(w, "cluster.local")
 }
 
-fn listener(snap: &MeshSnapshot, proxy_name: &str, name: &str) -> Listener {
+pub(super) fn listener(snap: &MeshSnapshot, proxy_name: &str, name: &str) -> Listener {
     let out = snap.generate(&proxy(snap, proxy_name));
     let r = out[LISTENER].get(name).unwrap_or_else(|| panic!("{name}"));
     Listener::decode(r.value().as_ref()).unwrap()
 }
 
-fn chain<'a>(l: &'a Listener, name: &str) -> &'a FilterChain {
+pub(super) fn chain<'a>(l: &'a Listener, name: &str) -> &'a FilterChain {
     l.filter_chains
         .iter()
         .chain(l.default_filter_chain.as_ref())
@@ -492,6 +492,6 @@ fn unknown_types_and_missing_config_are_rejected_naming_the_field() {
         assert_eq!(snap.patches.problems.len(), 1);
         let p = &snap.patches.problems[0];
         assert!(p.reason.contains(want), "{want} in {p}");
-        assert!(!snap.patches.has_filter_patches());
+        assert!(!snap.patches.has_patches());
     }
 }

@@ -4,36 +4,39 @@
 //! (`problems`), and nothing of it is applied.
 //!
 //! Scope: an EnvoyFilter in the root namespace without selector applies to every proxy; one in
-//! a namespace applies to that namespace's proxies; a workloadSelector narrows it to the selected
-//! workloads (HTTP_FILTER and NETWORK_FILTER; CLUSTER and HTTP_ROUTE take none).
+//! a namespace applies to that namespace's proxies; a workloadSelector narrows it to the
+//! selected workloads. Order: root namespace first, then by priority, then namespace and name.
 //!
-//! Sharing: CLUSTER and HTTP_ROUTE merges are built into the layers of the namespaces they
-//! apply to. HTTP_FILTER and NETWORK_FILTER patches are applied after generation to the listener
-//! layers of the proxies they select (`filters`), one patched copy per (layer, patch set) in the
-//! snapshot: a proxy no such patch selects keeps the shared layers, untouched.
+//! Sharing: patches are applied after generation, per resource type, to the layers of the
+//! proxies they select: one patched copy per (shared layer, patch set) in a snapshot, reused
+//! across rebuilds when equal. A proxy no patch selects keeps the shared layers, untouched.
+//! Which layer is which context: a sidecar's scope layers are SIDECAR_OUTBOUND, its inbound
+//! layers SIDECAR_INBOUND, a gateway's layers GATEWAY; an ADD with context ANY goes to the
+//! outbound (or gateway) layer.
 
+mod clusters;
 mod filters;
+mod listeners;
+mod routes;
 
-use crate::resource::{Resource, SharedResource};
+use crate::resource::{Layer, LayerMap, Resource, SharedResource};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener};
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use filters::{FilterPatch, FilterValue};
-use meshd_model::Rejected;
 use meshd_model::envoyfilter::{
-    ClusterMatch, FilterOperation, PatchContext, PatchKind, RouteConfigurationMatch,
+    ClusterMatch, FilterOperation, ListenerMatch, ObjectPatch, PatchContext, PatchKind,
+    RouteConfigurationMatch, RouteLevel,
 };
 use meshd_model::networking::Labels;
 use meshd_model::registry::selector_matches;
-use meshd_model::{ConfigObject, MeshConfig};
-use prost::Message;
+use meshd_model::{ConfigObject, MeshConfig, Rejected};
+use prost::{Message, Name};
 use std::collections::BTreeMap;
 
 const HTTP_FILTER: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter";
 const NETWORK_FILTER: &str = "envoy.config.listener.v3.Filter";
-const CLUSTER: &str = "envoy.config.cluster.v3.Cluster";
-const ROUTE: &str = "envoy.config.route.v3.Route";
 
 /// Which proxies a patch is for.
 #[derive(Clone, Debug)]
@@ -64,44 +67,100 @@ impl Target {
     }
 }
 
-struct Merge<M> {
-    target: Target,
-    m: M,
-    /// The patch, encoded: appended to a resource's encoding it merges (protobuf semantics:
-    /// scalars replaced, messages merged, repeated fields appended).
-    bytes: Vec<u8>,
+/// A whole-object patch, decoded: where it applies, what it does, with what.
+#[derive(Clone, Debug)]
+struct Obj<M, V> {
+    pub(super) context: PatchContext,
+    pub(super) m: M,
+    pub(super) operation: FilterOperation,
+    /// `None` only for REMOVE.
+    pub(super) value: Option<V>,
 }
 
-/// A listener layer patched for some proxies: the shared layer's address, the context it was
-/// generated for, and the patches selecting those proxies.
-pub(super) type PatchedKey = (usize, u8, Vec<usize>);
+/// One patch, decoded, by the resource type it changes.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a few per snapshot, built once
+enum Compiled {
+    /// HTTP_FILTER, NETWORK_FILTER.
+    Filter(FilterPatch),
+    Listener(Obj<ListenerMatch, Listener>),
+    FilterChain(Obj<ListenerMatch, FilterChain>),
+    Cluster(Obj<ClusterMatch, Cluster>),
+    RouteConfiguration(Obj<RouteConfigurationMatch, RouteConfiguration>),
+    VirtualHost(Obj<RouteConfigurationMatch, VirtualHost>),
+    HttpRoute(Obj<RouteConfigurationMatch, Route>),
+}
+
+/// The resource types patches change, each a kind of layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum LayerKind {
+    Listeners,
+    Clusters,
+    Routes,
+}
+
+impl Compiled {
+    fn layer_kind(&self) -> LayerKind {
+        match self {
+            Compiled::Filter(_) | Compiled::Listener(_) | Compiled::FilterChain(_) => {
+                LayerKind::Listeners
+            }
+            Compiled::Cluster(_) => LayerKind::Clusters,
+            _ => LayerKind::Routes,
+        }
+    }
+
+    fn context(&self) -> PatchContext {
+        match self {
+            Compiled::Filter(p) => p.context,
+            Compiled::Listener(o) => o.context,
+            Compiled::FilterChain(o) => o.context,
+            Compiled::Cluster(o) => o.context,
+            Compiled::RouteConfiguration(o) => o.context,
+            Compiled::VirtualHost(o) => o.context,
+            Compiled::HttpRoute(o) => o.context,
+        }
+    }
+}
+
+/// Whether an ADD in context `patch` adds to a layer generated for `layer`: its own context, or
+/// for ANY the outbound (gateway) layer, so a name never lands in two layers of one proxy.
+pub(super) fn adds_to(patch: PatchContext, layer: PatchContext) -> bool {
+    patch == layer || (patch == PatchContext::Any && layer != PatchContext::SidecarInbound)
+}
+
+/// A patched layer: the shared layer's address, its kind and context, and the patches.
+pub(super) type PatchedKey = (usize, LayerKind, PatchContextKey, Vec<usize>);
+pub(super) type PatchContextKey = u8;
 
 impl super::MeshSnapshot {
-    /// `layer` with the filter patches `selected` applied, built once per snapshot for every
-    /// proxy with the same layer and patches; `layer` itself when none changes it.
-    pub(super) fn patched_listeners(
+    /// `layer` (of `kind`, generated for context `proxy`) with the patches `selected` applied,
+    /// built once per snapshot for every proxy with the same layer and patches; `layer` itself
+    /// when none changes it.
+    pub(super) fn patched_layer(
         &self,
-        layer: &crate::resource::Layer,
+        layer: &Layer,
+        kind: LayerKind,
         proxy: PatchContext,
         selected: &[usize],
-    ) -> crate::resource::Layer {
+    ) -> Layer {
         if selected.is_empty() {
             return layer.clone();
         }
         let key: PatchedKey = (
             std::sync::Arc::as_ptr(layer) as usize,
+            kind,
             proxy as u8,
             selected.to_vec(),
         );
-        let (_, patched) = super::get_or_build(&self.patched_listeners, key, |key| {
-            let patched = match self.patches.patch_listeners(layer, proxy, selected) {
+        let (_, patched) = super::get_or_build(&self.patched_layers, key, |key| {
+            let patched = match self.patches.patch_layer(layer, kind, proxy, selected) {
                 None => layer.clone(),
                 Some(map) => {
-                    let new = crate::resource::LayerMap::new(map);
                     // What the previous snapshot patched from the same layer, when equal, keeps
                     // its identity (streams skip it by pointer).
-                    let old = self.previous.patched_listeners.get(key).map(|(_, p)| p);
-                    crate::resource::reuse_layer(old, new)
+                    let old = self.previous.patched_layers.get(key).map(|(_, p)| p);
+                    crate::resource::reuse_layer(old, LayerMap::new(map))
                 }
             };
             (layer.clone(), patched)
@@ -113,10 +172,8 @@ impl super::MeshSnapshot {
 /// Every applicable EnvoyFilter patch of a snapshot.
 #[derive(Default)]
 pub struct Patches {
-    /// HTTP_FILTER and NETWORK_FILTER patches, in the order they apply.
-    filters: Vec<(Target, FilterPatch)>,
-    clusters: Vec<Merge<ClusterMatch>>,
-    routes: Vec<Merge<RouteConfigurationMatch>>,
+    /// In the order they apply.
+    patches: Vec<(Target, Compiled)>,
     /// EnvoyFilters not applied, and why.
     pub problems: Vec<Rejected>,
 }
@@ -203,6 +260,56 @@ fn decode_filter(
     decoded.map(Some).map_err(|e| format!(": {e}"))
 }
 
+/// Decodes a whole-object patch's value as `V` (Envoy's `full_name`); the error starts with the
+/// field it is about, relative to `patch.value`.
+fn decode_object<M: Clone, V: Message + Name + Default>(
+    p: &ObjectPatch<'_, M>,
+) -> Result<Obj<M, V>, String> {
+    let value = match p.value {
+        None => None,
+        Some(v) => {
+            let mut unknown = Vec::new();
+            unknown_types(v, "", &mut unknown);
+            if let Some(first) = unknown.into_iter().next() {
+                return Err(first);
+            }
+            let bytes =
+                crate::json::json_to_proto(&V::full_name(), v).map_err(|e| format!(": {e}"))?;
+            Some(V::decode(bytes.as_slice()).map_err(|e| format!(": {e}"))?)
+        }
+    };
+    Ok(Obj {
+        context: p.context,
+        m: p.m.clone(),
+        operation: p.operation,
+        value,
+    })
+}
+
+fn compile(kind: PatchKind<'_>, http: bool) -> Result<Compiled, String> {
+    Ok(match kind {
+        PatchKind::HttpFilter(f) | PatchKind::NetworkFilter(f) => {
+            let value = decode_filter(&f, http)?;
+            Compiled::Filter(FilterPatch {
+                context: f.context,
+                listener: f.listener.clone(),
+                operation: f.operation,
+                relative_to: f.relative_to.map(str::to_string),
+                value,
+                http,
+            })
+        }
+        PatchKind::Listener(p) => Compiled::Listener(decode_object(&p)?),
+        PatchKind::FilterChain(p) => Compiled::FilterChain(decode_object(&p)?),
+        PatchKind::Cluster(p) => Compiled::Cluster(decode_object(&p)?),
+        PatchKind::Route(RouteLevel::Configuration, p) => {
+            Compiled::RouteConfiguration(decode_object(&p)?)
+        }
+        PatchKind::Route(RouteLevel::VirtualHost, p) => Compiled::VirtualHost(decode_object(&p)?),
+        PatchKind::Route(RouteLevel::Route, p) => Compiled::HttpRoute(decode_object(&p)?),
+    })
+}
+
 impl Patches {
     pub fn build(config: &MeshConfig, root_namespace: &str) -> Patches {
         let mut filters: Vec<_> = config.envoy_filters().collect();
@@ -217,9 +324,7 @@ impl Patches {
         });
         let mut out = Patches::default();
         for (o, ef) in filters {
-            let mut inserts = Vec::new();
-            let mut clusters = Vec::new();
-            let mut routes = Vec::new();
+            let mut compiled = Vec::new();
             let mut problem = None;
             for (i, p) in ef.config_patches.iter().enumerate() {
                 let (gateways, sidecars) =
@@ -232,79 +337,30 @@ impl Patches {
                     gateways,
                     sidecars,
                 };
-                let at = format!("spec.configPatches[{i}].patch.value");
                 let decoded = match p.kind() {
                     Err(e) => Err(format!("spec.configPatches[{i}]: {e}")),
-                    Ok(PatchKind::HttpFilter(f) | PatchKind::NetworkFilter(f)) => {
-                        let http = p.apply_to == "HTTP_FILTER";
-                        decode_filter(&f, http)
-                            .map(|value| {
-                                inserts.push((
-                                    target.clone(),
-                                    FilterPatch {
-                                        context: f.context,
-                                        listener: f.listener.clone(),
-                                        operation: f.operation,
-                                        relative_to: f.relative_to.map(str::to_string),
-                                        value,
-                                        http,
-                                    },
-                                ))
-                            })
-                            .map_err(|e| format!("{at}{e}"))
-                    }
-                    Ok(PatchKind::MergeCluster { m, value }) => {
-                        if value.get("name").is_some() {
-                            Err(format!("{at}: a MERGE cannot rename the cluster"))
-                        } else {
-                            crate::json::json_to_proto(CLUSTER, value)
-                                .map(|bytes| {
-                                    clusters.push(Merge {
-                                        target: target.clone(),
-                                        m: m.clone(),
-                                        bytes,
-                                    })
-                                })
-                                .map_err(|e| format!("{at}: {e}"))
-                        }
-                    }
-                    Ok(PatchKind::MergeRoute { m, value }) => {
-                        crate::json::json_to_proto(ROUTE, value)
-                            .map(|bytes| {
-                                routes.push(Merge {
-                                    target: target.clone(),
-                                    m: m.clone(),
-                                    bytes,
-                                })
-                            })
-                            .map_err(|e| format!("{at}: {e}"))
-                    }
+                    Ok(kind) => compile(kind, p.apply_to == "HTTP_FILTER")
+                        .map_err(|e| format!("spec.configPatches[{i}].patch.value{e}")),
                 };
-                if let Err(e) = decoded {
-                    problem = Some(e);
-                    break;
+                match decoded {
+                    Ok(c) => compiled.push((target, c)),
+                    Err(e) => {
+                        problem = Some(e);
+                        break;
+                    }
                 }
             }
             match problem {
                 Some(reason) => out.problems.push(rejected(o, reason)),
-                None => {
-                    out.filters.extend(inserts);
-                    out.clusters.extend(clusters);
-                    out.routes.extend(routes);
-                }
+                None => out.patches.extend(compiled),
             }
         }
         out
     }
 
-    /// The HTTP_FILTER and NETWORK_FILTER patches selecting a proxy (by index, in order).
-    pub fn filter_patches_for(
-        &self,
-        namespace: &str,
-        labels: &Labels,
-        gateway: bool,
-    ) -> Vec<usize> {
-        self.filters
+    /// The patches selecting a proxy (by index, in order).
+    pub fn selected_for(&self, namespace: &str, labels: &Labels, gateway: bool) -> Vec<usize> {
+        self.patches
             .iter()
             .enumerate()
             .filter(|(_, (t, _))| t.applies(namespace, labels, gateway))
@@ -312,145 +368,133 @@ impl Patches {
             .collect()
     }
 
-    /// `layer`'s listeners, generated for a proxy in context `proxy`, with the patches
-    /// `selected` (from [`Patches::filter_patches_for`]) applied: `None` when none changes any.
-    /// Listeners no patch changes keep their shared encoding.
-    pub fn patch_listeners(
+    pub fn has_patches(&self) -> bool {
+        !self.patches.is_empty()
+    }
+
+    /// `layer`'s resources (of `kind`, generated for a proxy in context `proxy`) with the
+    /// patches `selected` (from [`Patches::selected_for`]) applied: `None` when none changes
+    /// any. Resources no patch changes keep their shared encoding.
+    pub(super) fn patch_layer(
         &self,
-        layer: &crate::resource::LayerMap,
+        layer: &LayerMap,
+        kind: LayerKind,
         proxy: PatchContext,
         selected: &[usize],
     ) -> Option<BTreeMap<String, SharedResource>> {
-        let patches: Vec<&FilterPatch> = selected
+        let patches: Vec<&Compiled> = selected
             .iter()
-            .filter_map(|&i| self.filters.get(i))
+            .filter_map(|&i| self.patches.get(i))
             .map(|(_, p)| p)
-            .filter(|p| p.context.includes(proxy))
+            .filter(|p| p.layer_kind() == kind && p.context().includes(proxy))
             .collect();
         if patches.is_empty() {
             return None;
         }
-        let mut out: Option<BTreeMap<String, SharedResource>> = None;
-        for (name, res) in layer.iter() {
-            let Ok(mut l) = Listener::decode(res.value().as_ref()) else {
-                continue;
-            };
-            if filters::patch_listener(&mut l, proxy, &patches) {
-                out.get_or_insert_with(|| (**layer).clone())
-                    .insert(name.clone(), Resource::encode(name.clone(), &l));
+        match kind {
+            LayerKind::Listeners => {
+                let mut work = Work::new(layer);
+                listeners::apply(&mut work, proxy, &patches);
+                work.finish()
             }
-        }
-        out
-    }
-
-    pub fn has_filter_patches(&self) -> bool {
-        !self.filters.is_empty()
-    }
-
-    /// The clusters of `layer` with the CLUSTER merges for this proxy kind and namespace applied;
-    /// `None` when no patch applies (share the layer as it is).
-    pub fn patch_clusters(
-        &self,
-        layer: &BTreeMap<String, SharedResource>,
-        namespace: &str,
-        gateway: bool,
-    ) -> Option<BTreeMap<String, SharedResource>> {
-        let none = Labels::new();
-        let merges: Vec<_> = self
-            .clusters
-            .iter()
-            .filter(|m| m.target.applies(namespace, &none, gateway))
-            .collect();
-        if merges.is_empty() {
-            return None;
-        }
-        let mut out = layer.clone();
-        for (name, res) in out.iter_mut() {
-            let mut parts = name.splitn(4, '|');
-            let (Some("outbound"), Some(port), Some(subset), Some(host)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let port: u32 = port.parse().unwrap_or(0);
-            let mut bytes: Option<Vec<u8>> = None;
-            for m in merges
-                .iter()
-                .filter(|m| m.m.matches(name, port, subset, host))
-            {
-                let b = bytes.get_or_insert_with(|| res.value().to_vec());
-                b.extend_from_slice(&m.bytes);
+            LayerKind::Clusters => {
+                let mut work = Work::new(layer);
+                clusters::apply(&mut work, proxy, &patches);
+                work.finish()
             }
-            if let Some(b) = bytes
-                && let Ok(c) = Cluster::decode(b.as_slice())
-            {
-                *res = Resource::encode(name.clone(), &c);
-            }
-        }
-        Some(out)
-    }
-
-    /// [`Patches::patch_clusters`] in place, for a shared layer.
-    pub fn patch_cluster_layer(
-        &self,
-        layer: &mut crate::resource::Layer,
-        namespace: &str,
-        gateway: bool,
-    ) {
-        if let Some(patched) = self.patch_clusters(layer, namespace, gateway) {
-            *layer = crate::resource::LayerMap::new(patched);
-        }
-    }
-
-    /// Applies the HTTP_ROUTE merges for this proxy kind and namespace to a route configuration
-    /// served on `port`.
-    /// Whether some route patch applies to route tables built for `namespace`.
-    pub fn patches_routes(&self, namespace: &str, gateway: bool) -> bool {
-        let none = Labels::new();
-        self.routes
-            .iter()
-            .any(|m| m.target.applies(namespace, &none, gateway))
-    }
-
-    pub fn patch_routes(
-        &self,
-        rc: &mut RouteConfiguration,
-        port: u32,
-        namespace: &str,
-        gateway: bool,
-    ) {
-        let none = Labels::new();
-        let merges: Vec<_> = self
-            .routes
-            .iter()
-            .filter(|m| m.target.applies(namespace, &none, gateway))
-            .collect();
-        if merges.is_empty() {
-            return;
-        }
-        let rc_name = rc.name.clone();
-        for vh in &mut rc.virtual_hosts {
-            for r in &mut vh.routes {
-                let mut bytes: Option<Vec<u8>> = None;
-                for m in merges
-                    .iter()
-                    .filter(|m| m.m.matches(&rc_name, port, &vh.name, &r.name))
-                {
-                    bytes
-                        .get_or_insert_with(|| r.encode_to_vec())
-                        .extend_from_slice(&m.bytes);
-                }
-                if let Some(b) = bytes
-                    && let Ok(merged) = Route::decode(b.as_slice())
-                {
-                    *r = merged;
-                }
+            LayerKind::Routes => {
+                let mut work = Work::new(layer);
+                routes::apply(&mut work, proxy, &patches);
+                work.finish()
             }
         }
     }
 }
 
+/// A layer being patched: the resources changed so far (decoded) and those removed; the rest
+/// stays as shared.
+pub(super) struct Work<'a, T> {
+    layer: &'a LayerMap,
+    changed: BTreeMap<String, T>,
+    removed: std::collections::BTreeSet<String>,
+}
+
+impl<'a, T: Message + Name + Default + Clone> Work<'a, T> {
+    fn new(layer: &'a LayerMap) -> Self {
+        Work {
+            layer,
+            changed: BTreeMap::new(),
+            removed: Default::default(),
+        }
+    }
+
+    /// The names of the resources in the layer as patched so far.
+    pub(super) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .layer
+            .keys()
+            .filter(|n| !self.removed.contains(*n))
+            .cloned()
+            .collect();
+        names.extend(
+            self.changed
+                .keys()
+                .filter(|n| !self.layer.contains_key(*n))
+                .cloned(),
+        );
+        names
+    }
+
+    /// The resource as patched so far (a layer resource that does not decode: `None`).
+    pub(super) fn get(&self, name: &str) -> Option<T> {
+        if self.removed.contains(name) {
+            return None;
+        }
+        match self.changed.get(name) {
+            Some(t) => Some(t.clone()),
+            None => T::decode(self.layer.get(name)?.value().as_ref()).ok(),
+        }
+    }
+
+    /// Applies `f` to the named resource; keeps the result when `f` says it changed.
+    pub(super) fn update(&mut self, name: &str, f: impl FnOnce(&mut T) -> bool) {
+        if let Some(mut t) = self.get(name)
+            && f(&mut t)
+        {
+            self.changed.insert(name.to_string(), t);
+        }
+    }
+
+    pub(super) fn add(&mut self, name: String, t: T) {
+        self.removed.remove(&name);
+        self.changed.insert(name, t);
+    }
+
+    pub(super) fn remove(&mut self, name: &str) {
+        self.changed.remove(name);
+        if self.layer.contains_key(name) {
+            self.removed.insert(name.to_string());
+        }
+    }
+
+    fn finish(self) -> Option<BTreeMap<String, SharedResource>> {
+        if self.changed.is_empty() && self.removed.is_empty() {
+            return None;
+        }
+        let mut out: BTreeMap<String, SharedResource> = (**self.layer).clone();
+        for name in &self.removed {
+            out.remove(name);
+        }
+        for (name, t) in self.changed {
+            out.insert(name.clone(), Resource::encode(name, &t));
+        }
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod filters_tests;
+#[cfg(test)]
+mod objects_tests;
 #[cfg(test)]
 mod tests;

@@ -50,7 +50,7 @@ fn a_value_that_does_not_decode_rejects_the_filter() {
         "{}",
         p.problems[0]
     );
-    assert!(!p.has_filter_patches());
+    assert!(!p.has_patches());
 }
 
 #[test]
@@ -95,11 +95,23 @@ spec:
         mk("outbound|8080||web.shop.svc.cluster.local"),
     ]
     .into();
+    let layer = LayerMap::new(layer);
+    let none = Labels::new();
+    let sidecar = p.selected_for("shop", &none, false);
+    let gateway = p.selected_for("shop", &none, true);
     assert!(
-        p.patch_clusters(&layer, "shop", true).is_none(),
+        p.patch_layer(&layer, LayerKind::Clusters, PatchContext::Gateway, &gateway)
+            .is_none(),
         "sidecar-only"
     );
-    let patched = p.patch_clusters(&layer, "shop", false).unwrap();
+    let patched = p
+        .patch_layer(
+            &layer,
+            LayerKind::Clusters,
+            PatchContext::SidecarOutbound,
+            &sidecar,
+        )
+        .unwrap();
     let get = |m: &BTreeMap<String, SharedResource>, n: &str| {
         Cluster::decode(m[n].value().as_ref()).unwrap()
     };
@@ -110,7 +122,7 @@ spec:
     let web = get(&patched, "outbound|8080||web.shop.svc.cluster.local");
     assert!(web.per_connection_buffer_limit_bytes.is_none());
 
-    let mut rc = RouteConfiguration {
+    let rc = RouteConfiguration {
         name: "8080".into(),
         virtual_hosts: vec![VirtualHost {
             name: "api.shop.svc.cluster.local:8080".into(),
@@ -122,7 +134,11 @@ spec:
         }],
         ..Default::default()
     };
-    p.patch_routes(&mut rc, 8080, "shop", true);
+    let routes = LayerMap::new([("8080".to_string(), Resource::encode("8080", &rc))].into());
+    let patched = p
+        .patch_layer(&routes, LayerKind::Routes, PatchContext::Gateway, &gateway)
+        .unwrap();
+    let rc = RouteConfiguration::decode(patched["8080"].value().as_ref()).unwrap();
     let r = &rc.virtual_hosts[0].routes[0];
     assert_eq!(
         r.request_headers_to_add[0].header.as_ref().unwrap().key,
