@@ -1,7 +1,8 @@
 //! EnvoyFilter as a general patcher, in stock Envoy: a Lua HTTP filter inserted before the
 //! router on the selected workload's inbound side adds a response header a real request sees
 //! (and only there); an HTTP filter REMOVE and an HTTP connection manager MERGE (NETWORK_FILTER)
-//! show in Envoy's own config_dump of the selected proxies only.
+//! show in Envoy's own config_dump of the selected proxies only; an HTTP_ROUTE INSERT_FIRST
+//! answers on the selected client's side only; a CLUSTER ADD reaches the selected Envoy.
 
 mod traffic_support;
 
@@ -81,7 +82,7 @@ spec:
 ---
 apiVersion: networking.istio.io/v1alpha3
 kind: EnvoyFilter
-metadata: {{name: client-no-fault, namespace: {NS}}}
+metadata: {{name: client-patches, namespace: {NS}}}
 spec:
   workloadSelector:
     labels: {{app: client}}
@@ -97,6 +98,28 @@ spec:
             subFilter: {{name: envoy.filters.http.fault}}
     patch:
       operation: REMOVE
+  - applyTo: HTTP_ROUTE
+    match:
+      context: SIDECAR_OUTBOUND
+      routeConfiguration:
+        vhost: {{name: "{api}:{PORT}"}}
+    patch:
+      operation: INSERT_FIRST
+      value:
+        name: envoyfilter-teapot
+        match: {{path: /from-envoyfilter}}
+        direct_response: {{status: 418}}
+  - applyTo: CLUSTER
+    match: {{context: SIDECAR_OUTBOUND}}
+    patch:
+      operation: ADD
+      value:
+        name: envoyfilter-extra
+        type: STATIC
+        connect_timeout: 1s
+        load_assignment:
+          cluster_name: envoyfilter-extra
+          endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9}}}}}}}}]}}]
 ---
 apiVersion: networking.istio.io/v1alpha3
 kind: EnvoyFilter
@@ -118,7 +141,8 @@ spec:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           server_name: meshd-merged
-"#
+"#,
+        api = fqdn("api"),
     );
     let yaml = [
         service("client", vip(10), PORT),
@@ -197,6 +221,22 @@ spec:
             "{filters:?}"
         );
     }
+
+    // HTTP_ROUTE INSERT_FIRST: client's route to api answers the patched path itself; web's
+    // sidecar (not selected) has no such route, so api's app answers there.
+    let teapot = get(
+        &client,
+        &format!("http://{}:{PORT}/from-envoyfilter", fqdn("api")),
+    );
+    assert_eq!(teapot.status, 418, "{teapot:?}");
+    let from_web = get(
+        &web,
+        &format!("http://{}:{PORT}/from-envoyfilter", fqdn("api")),
+    );
+    assert_eq!(from_web.status, 200, "{from_web:?}");
+    // CLUSTER ADD: in client's Envoy only.
+    assert!(dump_clusters(&client.envoy_config_dump().unwrap()).contains_key("envoyfilter-extra"));
+    assert!(!dump_clusters(&web_dump).contains_key("envoyfilter-extra"));
 
     // MERGE of the HCM (NETWORK_FILTER): web's inbound managers carry the merged field and
     // keep the rest as generated; api's do not.
