@@ -495,6 +495,8 @@ impl<'a, T: Message + Name + Default + Clone> Work<'a, T> {
 #[cfg(test)]
 mod filters_tests;
 #[cfg(test)]
+mod istio_examples_tests;
+#[cfg(test)]
 mod objects_tests;
 #[cfg(test)]
 mod tests;
