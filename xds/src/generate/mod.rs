@@ -503,28 +503,34 @@ impl MeshSnapshot {
                     .patches
                     .selected_for(&proxy.identity.namespace, labels, false);
                 use envoyfilter::LayerKind;
-                use meshd_model::envoyfilter::PatchContext::{SidecarInbound, SidecarOutbound};
-                let patched =
-                    |layer: &Layer, kind, ctx| self.patched_layer(layer, kind, ctx, &selected);
                 out.insert(
                     CLUSTER,
-                    ResourceSet::from_layers(vec![
-                        patched(&scope.clusters, LayerKind::Clusters, SidecarOutbound),
-                        patched(&inbound_clusters, LayerKind::Clusters, SidecarInbound),
-                    ]),
+                    ResourceSet::from_layers(self.patched_sidecar_layers(
+                        &scope.clusters,
+                        &inbound_clusters,
+                        LayerKind::Clusters,
+                        &selected,
+                    )),
                 );
                 let endpoints = self.localized(&scope.endpoints, &scope.locality, workload);
                 out.insert(ENDPOINT, ResourceSet::layer(endpoints));
                 out.insert(
                     LISTENER,
-                    ResourceSet::from_layers(vec![
-                        patched(&scope.listeners, LayerKind::Listeners, SidecarOutbound),
-                        patched(&inbound_listeners, LayerKind::Listeners, SidecarInbound),
-                    ]),
+                    ResourceSet::from_layers(self.patched_sidecar_layers(
+                        &scope.listeners,
+                        &inbound_listeners,
+                        LayerKind::Listeners,
+                        &selected,
+                    )),
                 );
                 out.insert(
                     ROUTE,
-                    ResourceSet::layer(patched(&scope.routes, LayerKind::Routes, SidecarOutbound)),
+                    ResourceSet::layer(self.patched_layer(
+                        &scope.routes,
+                        LayerKind::Routes,
+                        meshd_model::envoyfilter::PatchContext::SidecarOutbound,
+                        &selected,
+                    )),
                 );
             }
             NodeType::Router => {

@@ -169,6 +169,32 @@ impl super::MeshSnapshot {
     }
 }
 
+impl super::MeshSnapshot {
+    /// A sidecar's outbound and inbound layers of `kind`, patched: names stay disjoint across
+    /// the two (a name an ADD put in both is kept in the outbound layer only).
+    pub(super) fn patched_sidecar_layers(
+        &self,
+        outbound: &Layer,
+        inbound: &Layer,
+        kind: LayerKind,
+        selected: &[usize],
+    ) -> Vec<Layer> {
+        let out = self.patched_layer(outbound, kind, PatchContext::SidecarOutbound, selected);
+        let mut inb = self.patched_layer(inbound, kind, PatchContext::SidecarInbound, selected);
+        let patched =
+            !std::sync::Arc::ptr_eq(&out, outbound) || !std::sync::Arc::ptr_eq(&inb, inbound);
+        if patched && inb.keys().any(|k| out.contains_key(k)) {
+            let kept: BTreeMap<String, SharedResource> = inb
+                .iter()
+                .filter(|(k, _)| !out.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            inb = LayerMap::new(kept);
+        }
+        vec![out, inb]
+    }
+}
+
 /// Every applicable EnvoyFilter patch of a snapshot.
 #[derive(Default)]
 pub struct Patches {

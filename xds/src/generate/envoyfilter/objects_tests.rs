@@ -266,3 +266,21 @@ fn a_rebuild_keeps_patched_layers_identity() {
     assert!(server.same_as(&set(&again, "server", CLUSTER)));
     assert!(other.same_as(&set(&again, "other", CLUSTER)));
 }
+
+#[test]
+fn an_added_name_never_lands_in_two_layers_of_a_proxy() {
+    // An inbound ADD reusing an outbound cluster's name: the proxy still gets each name once,
+    // the outbound cluster as generated.
+    let snap = snapshot(&ef(
+        "dup",
+        0,
+        &format!(
+            "  - applyTo: CLUSTER\n    match: {{context: SIDECAR_INBOUND}}\n    patch: {{operation: ADD, value: {{name: \"{SERVER_8080}\", connect_timeout: 9s}}}}\n"
+        ),
+    ));
+    let clusters = set(&snap, "server", CLUSTER);
+    let named = clusters.iter().filter(|r| r.name == SERVER_8080).count();
+    assert_eq!(named, 1);
+    let c = cluster(&snap, "server", SERVER_8080).unwrap();
+    assert_ne!(c.connect_timeout.unwrap().seconds, 9);
+}
