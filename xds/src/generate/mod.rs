@@ -142,7 +142,6 @@ fn inbound_objects(c: &MeshConfig) -> impl Iterator<Item = &Arc<ConfigObject>> {
             Kind::Sidecar
                 | Kind::PeerAuthentication
                 | Kind::AuthorizationPolicy
-                | Kind::EnvoyFilter
                 | Kind::RequestAuthentication
                 | Kind::Telemetry
         )
@@ -226,9 +225,9 @@ impl MeshSnapshot {
             .as_ref()
             .is_some_and(|(_, old)| Arc::ptr_eq(old, &opts) || **old == *opts);
         // Inbound listeners and clusters depend on the workloads, the services selecting them,
-        // Sidecars, PeerAuthentication, AuthorizationPolicy, EnvoyFilters and the options: when
-        // none of those changed (a DestinationRule or VirtualService edit), the previous ones
-        // stand as built.
+        // Sidecars, PeerAuthentication, AuthorizationPolicy and the options (EnvoyFilters patch
+        // the built layers afterwards, in `patched_layer`): when none of those changed (a
+        // DestinationRule, VirtualService or EnvoyFilter edit), the previous ones stand as built.
         let inbound: HashMap<String, Once<(Layer, Layer)>> = match &previous.index {
             Some((old, _)) if same_opts && same_inbound_inputs(&old.config, &index.config) => {
                 previous

@@ -495,3 +495,24 @@ fn unknown_types_and_missing_config_are_rejected_naming_the_field() {
         assert!(!snap.patches.has_patches());
     }
 }
+
+/// An EnvoyFilter added or removed by a config edit reaches proxies on the rebuild, although
+/// their inbound side stands as built (EnvoyFilters do not shape it; they patch it).
+#[test]
+fn an_envoyfilter_edit_reaches_proxies_on_rebuild() {
+    let plain = snapshot("");
+    let lua = "envoy.filters.http.lua".to_string();
+    assert!(!http_filters(&plain, "server", INBOUND, IN_8080).contains(&lua));
+    let with = snapshot(&filter(
+        SERVER_ONLY,
+        "HTTP_FILTER",
+        "SIDECAR_INBOUND",
+        ROUTER,
+        "INSERT_BEFORE",
+        LUA,
+    ));
+    let added = plain.rebuild(2, Arc::new(with.config().clone()), plain.opts.clone());
+    assert!(http_filters(&added, "server", INBOUND, IN_8080).contains(&lua));
+    let removed = added.rebuild(3, Arc::new(plain.config().clone()), plain.opts.clone());
+    assert!(!http_filters(&removed, "server", INBOUND, IN_8080).contains(&lua));
+}
