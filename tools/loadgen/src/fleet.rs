@@ -1,31 +1,35 @@
 //! `--envoys N`: a fleet of N real stock Envoys (the `--envoy` binary) on the synthetic mesh,
 //! each its own workload and node id (the WorkloadEntries after the P simulated ones), its own
 //! admin port on loopback (`26000 + i`), `--concurrency 1`, log level `warn` and
-//! `--use-dynamic-base-id` so they coexist in one network namespace. Their bootstraps are
-//! `meshd bootstrap`'s (Delta xDS with `--delta`, else SotW, as the simulated proxies), with one change: a stats inclusion list as Istio's sidecar bootstrap
-//! has (`cluster_manager.`, `listener_manager.`, `control_plane.`, `server.`, `cluster.xds-grpc.`),
-//! else a thousand clusters' stats make each Envoy ~10x bigger and every admin poll slow.
+//! `--use-dynamic-base-id`, so they coexist in one network namespace. Their bootstraps are
+//! `meshd bootstrap`'s (Delta xDS with `--delta`, else SotW, as the simulated proxies) plus a
+//! stats inclusion list as in Istio's sidecar bootstrap (`cluster_manager.`, `listener_manager.`,
+//! `control_plane.`, `server.`, `cluster.xds-grpc.`): per-cluster stats would make each Envoy
+//! several times bigger and every admin poll slow.
 //!
-//! Measured from the Envoys' own admin endpoints, beside meshd's `/debug/syncz`:
+//! Measured from the Envoys' own admin endpoints, beside meshd's `/debug/syncz`
+//! (`fleet_view.rs` reads both):
 //! - **synced**: an Envoy is synced when its `control_plane.connected_state` is 1, its
 //!   `cluster_manager.cds.version_text` and `listener_manager.lds.version_text` equal the CDS
 //!   and LDS versions meshd last sent that node (`sent_version` in `/debug/syncz`), nothing is
 //!   warming (`cluster_manager.warming_clusters` and `listener_manager.total_listeners_warming`
-//!   are 0, so every cluster has its endpoints and every listener its routes), and meshd shows
-//!   every type of that node SYNCED (the Envoy ACKed what was sent, EDS/RDS/SDS included).
-//!   Time from spawning all N to the last one synced;
-//! - meshd's RSS with the N connected;
-//! - **convergence**: service 0's DestinationRule edited on disk (its `maxConnections`) → for
-//!   each Envoy, the first `/config_dump` (polled once its CDS version moved) whose clusters of
-//!   that service carry the new value; p50/p99/max from the write. Each figure is an upper
-//!   bound by one poll round (the round time is printed);
-//! - **resync**: meshd SIGKILLed and restarted → time until every Envoy is synced again against
-//!   the new process (its syncz lists only streams opened to it, so each Envoy reconnected).
+//!   are 0: every cluster has its endpoints, every listener its routes), and meshd shows every
+//!   type of that node SYNCED (the Envoy ACKed what was sent, EDS/RDS/SDS included). Reported:
+//!   time from spawning all N until each is synced;
+//! - meshd's RSS with the N connected (and the Envoys' own private memory);
+//! - **convergence**: one write of the services file raising the `maxConnections` of service
+//!   0's DestinationRule (with `--sidecar-scoping`, of the first service of every namespace, so
+//!   each Envoy sees one) → for each Envoy, the first `/config_dump` (fetched once its CDS
+//!   version moved) whose clusters of that service all carry the new value; time from the
+//!   write. Each figure is late by at most one poll round (printed);
+//! - **resync**: meshd SIGKILLed and restarted → time until every Envoy is synced again with
+//!   the new process (its syncz lists only streams opened to it: each Envoy reconnected).
 //!
 //! Every Envoy is SIGKILLed and reaped when the fleet is dropped (the tool ends or fails), and
 //! dies with the tool even when the tool is killed (parent-death signal). A wait that runs out
 //! names the Envoys not synced and what they and meshd show; the tool then exits non-zero.
 
+use crate::fleet_view::{EnvoyView, MeshdView, bump_max_connections, max_connections_in};
 use crate::server::{Server, rss_kb};
 use crate::{Args, mesh, ms, pct};
 use anyhow::{Context, anyhow, bail};
@@ -37,8 +41,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ADMIN_BASE: u16 = 26000;
-const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 /// The Envoy stats an admin poll reads, exactly these.
 const STATS_FILTER: &str = r"^(control_plane\.connected_state|cluster_manager\.(cds\.version_text|warming_clusters)|listener_manager\.(lds\.version_text|total_listeners_warming))$";
 /// How many Envoys are polled at once: enough to sweep 200 in a few rounds, few enough that
@@ -67,41 +69,6 @@ impl Drop for Fleet {
         for e in &mut self.envoys {
             let _ = e.child.wait();
         }
-    }
-}
-
-/// What one Envoy's admin endpoint shows.
-#[derive(Clone, Debug, Default)]
-struct EnvoyView {
-    /// Why its admin endpoint did not answer (still starting, or stuck).
-    unreachable: Option<String>,
-    connected: bool,
-    cds: String,
-    lds: String,
-    warming_clusters: u64,
-    warming_listeners: u64,
-}
-
-/// What meshd's `/debug/syncz` shows for one node.
-#[derive(Clone, Debug, Default)]
-struct MeshdView {
-    cds_sent: String,
-    lds_sent: String,
-    /// Types not SYNCED, with their status and error.
-    not_synced: Vec<String>,
-}
-
-impl EnvoyView {
-    fn synced_with(&self, m: Option<&MeshdView>) -> bool {
-        let Some(m) = m else { return false };
-        self.connected
-            && self.warming_clusters == 0
-            && self.warming_listeners == 0
-            && !m.cds_sent.is_empty()
-            && !m.lds_sent.is_empty()
-            && self.cds == m.cds_sent
-            && self.lds == m.lds_sent
-            && m.not_synced.is_empty()
     }
 }
 
@@ -254,20 +221,7 @@ impl Fleet {
             .error_for_status()?
             .json()
             .await?;
-        let mut v = EnvoyView::default();
-        for s in body["stats"].as_array().into_iter().flatten() {
-            let value = &s["value"];
-            let n = value.as_u64().unwrap_or(0);
-            match s["name"].as_str().unwrap_or("") {
-                "control_plane.connected_state" => v.connected = n == 1,
-                "cluster_manager.cds.version_text" => v.cds = value.as_str().unwrap_or("").into(),
-                "listener_manager.lds.version_text" => v.lds = value.as_str().unwrap_or("").into(),
-                "cluster_manager.warming_clusters" => v.warming_clusters = n,
-                "listener_manager.total_listeners_warming" => v.warming_listeners = n,
-                _ => {}
-            }
-        }
-        Ok(v)
+        Ok(EnvoyView::from_stats(&body))
     }
 
     /// The views of the Envoys `which`, polled `POLL_CONCURRENCY` at a time; an Envoy whose
@@ -296,37 +250,7 @@ impl Fleet {
             Ok(r) => r.json().await.unwrap_or_default(),
             Err(_) => Value::Null,
         };
-        let mut out = HashMap::new();
-        for p in body.as_array().into_iter().flatten() {
-            let Some(id) = p["proxy_id"].as_str() else {
-                continue;
-            };
-            let types = p["types"].as_object().cloned().unwrap_or_default();
-            let sent = |t: &str| {
-                types
-                    .get(t)
-                    .and_then(|v| v["sent_version"].as_str())
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let not_synced = types
-                .iter()
-                .filter(|(_, v)| v["status"] != "SYNCED")
-                .map(|(t, v)| {
-                    let short = t.rsplit('.').next().unwrap_or(t);
-                    format!("{short} {} {}", v["status"], v["error"])
-                })
-                .collect();
-            out.insert(
-                id.to_string(),
-                MeshdView {
-                    cds_sent: sent(CLUSTER),
-                    lds_sent: sent(LISTENER),
-                    not_synced,
-                },
-            );
-        }
-        out
+        MeshdView::from_syncz(&body)
     }
 
     /// Waits until every Envoy is synced (module doc); returns each one's time from `since`,
@@ -421,22 +345,12 @@ impl Fleet {
             .error_for_status()?
             .json()
             .await?;
-        Ok(body["configs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|c| {
-                c["cluster"]["circuit_breakers"]["thresholds"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .filter_map(|t| t["max_connections"].as_u64())
-            .collect())
+        Ok(max_connections_in(&body))
     }
 
-    /// Edits service 0's DestinationRule and waits until every Envoy's `/config_dump` shows
-    /// it; returns each Envoy's time from the write, sorted.
+    /// Edits the DestinationRule of service 0 (scoped: of services 0..namespaces, the first in
+    /// each namespace, so each Envoy sees one) in one write, and waits until every Envoy's
+    /// `/config_dump` shows its namespace's; returns each Envoy's time from the write, sorted.
     async fn converge(
         &mut self,
         args: &Args,
@@ -444,23 +358,33 @@ impl Fleet {
         timeout: Duration,
     ) -> anyhow::Result<Vec<Duration>> {
         let all: Vec<usize> = (0..self.envoys.len()).collect();
-        let before: Vec<String> = {
-            let mut v = vec![String::new(); self.envoys.len()];
-            for (i, view, _) in self.envoy_views(&all).await {
-                v[i] = view.cds;
-            }
-            v
+        let mut before = vec![String::new(); self.envoys.len()];
+        for (i, view, _) in self.envoy_views(&all).await {
+            before[i] = view.cds;
+        }
+        let edits = if shape.sidecar_scoping {
+            shape.namespaces.clamp(1, shape.services)
+        } else {
+            1
         };
         let path = args.work_dir.join("config").join("services.yaml");
         let text = std::fs::read_to_string(&path)?;
-        let (changed, value) = bump_first_max_connections(&text)
-            .ok_or_else(|| anyhow!("{}: no maxConnections to change", path.display()))?;
-        let host = format!(
-            "{}.{}.svc.cluster.local",
-            mesh::service_name(0),
-            mesh::namespace(0, shape)
-        );
-        let name_regex = format!(r"^outbound\|8080\|[^|]*\|{}$", host.replace('.', r"\."));
+        let (changed, values) = bump_max_connections(&text, edits)
+            .ok_or_else(|| anyhow!("{}: fewer than {edits} maxConnections", path.display()))?;
+        // Envoy i's changed service, its cluster names and the value they must show.
+        let targets: Vec<(String, String, u64)> = all
+            .iter()
+            .map(|i| {
+                let svc = ((args.proxies + i) % shape.services) % edits;
+                let host = format!(
+                    "{}.{}.svc.cluster.local",
+                    mesh::service_name(svc),
+                    mesh::namespace(svc, shape)
+                );
+                let re = format!(r"^outbound\|8080\|[^|]*\|{}$", host.replace('.', r"\."));
+                (host, re, values[svc])
+            })
+            .collect();
         let since = Instant::now();
         std::fs::write(&path, changed)?;
         let mut done: Vec<Option<Duration>> = vec![None; self.envoys.len()];
@@ -478,14 +402,15 @@ impl Fleet {
                     .iter()
                     .take(10)
                     .map(|&i| {
+                        let (host, _, value) = &targets[i];
                         format!(
-                            "  Envoy {i} ({}): clusters of {host} show maxConnections {:?}",
+                            "  Envoy {i} ({}): clusters of {host} show maxConnections {:?}, not {value}",
                             self.envoys[i].node_id, shown[i]
                         )
                     })
                     .collect();
                 bail!(
-                    "{} of {} Envoys did not show maxConnections {value} for {host} within {timeout:?}:\n{}",
+                    "{} of {} Envoys did not show the DestinationRule change within {timeout:?}:\n{}",
                     pending.len(),
                     self.envoys.len(),
                     lines.join("\n")
@@ -498,19 +423,19 @@ impl Fleet {
                 .filter(|(i, v, _)| !v.cds.is_empty() && v.cds != before[*i])
                 .map(|(i, _, _)| i)
                 .collect();
+            let fleet: &Fleet = self;
             let dumps: Vec<(usize, anyhow::Result<Vec<u64>>, Instant)> =
                 futures::stream::iter(moved)
                     .map(|i| {
-                        let re = name_regex.clone();
-                        let fleet: &Fleet = self;
-                        async move { (i, fleet.max_connections(i, &re).await, Instant::now()) }
+                        let re = &targets[i].1;
+                        async move { (i, fleet.max_connections(i, re).await, Instant::now()) }
                     })
                     .buffer_unordered(POLL_CONCURRENCY)
                     .collect()
                     .await;
             for (i, got, at) in dumps {
                 let got = got.unwrap_or_default();
-                if !got.is_empty() && got.iter().all(|m| *m == value) {
+                if !got.is_empty() && got.iter().all(|m| *m == targets[i].2) {
                     done[i] = Some(at - since);
                 }
                 shown[i] = got;
@@ -520,18 +445,16 @@ impl Fleet {
     }
 }
 
-/// The services file with its first `maxConnections` raised by 1000 (service 0's
-/// DestinationRule: the file lists services in order), and the new value.
-fn bump_first_max_connections(text: &str) -> Option<(String, u64)> {
-    let key = "maxConnections: ";
-    let start = text.find(key)? + key.len();
-    let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
-    let old: u64 = text[start..start + digits].parse().ok()?;
-    let new = old + 1000;
-    Some((
-        format!("{}{new}{}", &text[..start], &text[start + digits..]),
-        new,
-    ))
+/// A process's private memory (`RssAnon`): Envoy's RSS also counts the pages of its 100 MB
+/// binary, which every Envoy shares.
+fn anon_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("RssAnon:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 fn spread(v: &[Duration]) -> String {
@@ -550,9 +473,6 @@ pub(crate) async fn rows(
     envoy: &Path,
     shape: &mesh::Shape,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    if args.sidecar_scoping {
-        bail!("--envoys measures a change every Envoy sees: run it without --sidecar-scoping");
-    }
     let n = args.envoys;
     let timeout = Duration::from_secs(args.phase_timeout);
     let mut rows = Vec::new();
@@ -568,12 +488,14 @@ pub(crate) async fn rows(
     // As for the simulated proxies: meshd returns the sync's freed memory once pushes go quiet.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = rss_kb(server.pid());
+    let envoys_kb: u64 = fleet.envoys.iter().map(|e| anon_kb(e.child.id())).sum();
     rows.push((
         format!("fleet: meshd RSS with {n} Envoys connected"),
         format!(
-            "{:.1} MB (+{:.1} KB per Envoy)",
+            "{:.1} MB (+{:.1} KB per Envoy; each Envoy's own anonymous memory {:.1} MB on average)",
             rss as f64 / 1024.0,
-            rss.saturating_sub(rss_before) as f64 / n.max(1) as f64
+            rss.saturating_sub(rss_before) as f64 / n.max(1) as f64,
+            envoys_kb as f64 / 1024.0 / n.max(1) as f64
         ),
     ));
 
@@ -600,7 +522,3 @@ pub(crate) async fn rows(
     ));
     Ok(rows)
 }
-
-#[cfg(test)]
-#[path = "fleet_tests.rs"]
-mod tests;

@@ -5,6 +5,7 @@
 mod ca_rate;
 mod client;
 mod fleet;
+mod fleet_view;
 
 /// jemalloc, as meshd: thousands of client tasks allocating on two threads contend on glibc's
 /// arena locks, and the load tool's CPU is taken from the server it measures.
