@@ -19,9 +19,10 @@
 //! - meshd's RSS with the N connected (and the Envoys' own private memory);
 //! - **convergence**: one write of the services file raising the `maxConnections` of service
 //!   0's DestinationRule (with `--sidecar-scoping`, of the first service of every namespace, so
-//!   each Envoy sees one) → for each Envoy, the first `/config_dump` (fetched once its CDS
-//!   version moved) whose clusters of that service all carry the new value; time from the
-//!   write. Each figure is late by at most one poll round (printed);
+//!   each Envoy sees one) → for each Envoy, time from the write to the first poll of its stats
+//!   showing a new CDS version whose `/config_dump` has every cluster of that service carrying
+//!   the new value (the version read again after the dump, so the dump is of that version).
+//!   Each figure is late by at most one poll round (printed);
 //! - **resync**: meshd SIGKILLed and restarted → time until every Envoy is synced again with
 //!   the new process (its syncz lists only streams opened to it: each Envoy reconnected).
 //!
@@ -389,6 +390,8 @@ impl Fleet {
         std::fs::write(&path, changed)?;
         let mut done: Vec<Option<Duration>> = vec![None; self.envoys.len()];
         let mut shown: Vec<Vec<u64>> = vec![Vec::new(); self.envoys.len()];
+        // Per Envoy, the first CDS version seen after the write and when.
+        let mut moved_at: Vec<Option<(String, Instant)>> = vec![None; self.envoys.len()];
         loop {
             self.check_alive()?;
             let pending: Vec<usize> = (0..done.len()).filter(|i| done[*i].is_none()).collect();
@@ -416,29 +419,42 @@ impl Fleet {
                     lines.join("\n")
                 );
             }
-            let moved: Vec<usize> = self
-                .envoy_views(&pending)
-                .await
-                .into_iter()
-                .filter(|(i, v, _)| !v.cds.is_empty() && v.cds != before[*i])
-                .map(|(i, _, _)| i)
-                .collect();
+            let mut moved = Vec::new();
+            for (i, v, at) in self.envoy_views(&pending).await {
+                if v.cds.is_empty() || v.cds == before[i] {
+                    continue;
+                }
+                if moved_at[i].as_ref().is_none_or(|(seen, _)| *seen != v.cds) {
+                    moved_at[i] = Some((v.cds, at));
+                }
+                moved.push(i);
+            }
+            // Timing the config_dump itself would time the dumps: 200 Envoys serializing their
+            // clusters at once take the machine's CPU for a second.
             let fleet: &Fleet = self;
-            let dumps: Vec<(usize, anyhow::Result<Vec<u64>>, Instant)> =
-                futures::stream::iter(moved)
-                    .map(|i| {
-                        let re = &targets[i].1;
-                        async move { (i, fleet.max_connections(i, re).await, Instant::now()) }
-                    })
-                    .buffer_unordered(POLL_CONCURRENCY)
-                    .collect()
-                    .await;
-            for (i, got, at) in dumps {
+            let dumps: Vec<(usize, anyhow::Result<Vec<u64>>)> = futures::stream::iter(moved)
+                .map(|i| {
+                    let re = &targets[i].1;
+                    async move { (i, fleet.max_connections(i, re).await) }
+                })
+                .buffer_unordered(POLL_CONCURRENCY)
+                .collect()
+                .await;
+            let mut confirmed = Vec::new();
+            for (i, got) in dumps {
                 let got = got.unwrap_or_default();
                 if !got.is_empty() && got.iter().all(|m| *m == targets[i].2) {
-                    done[i] = Some(at - since);
+                    confirmed.push(i);
                 }
                 shown[i] = got;
+            }
+            // The dump showed the change; it came with the version first seen only if the
+            // Envoy still holds that version after the dump. Else it is timed from the next.
+            for (i, v, _) in self.envoy_views(&confirmed).await {
+                match &moved_at[i] {
+                    Some((seen, at)) if *seen == v.cds => done[i] = Some(*at - since),
+                    _ => moved_at[i] = None,
+                }
             }
             tokio::time::sleep(POLL_PAUSE).await;
         }
