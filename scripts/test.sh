@@ -12,7 +12,7 @@ fi
 scripts/install-tools.sh
 # The end-to-end tests find target/<profile>/meshd next to their own executable (or MESHD_BIN);
 # the real-cluster test packages meshd-workload beside it into the image (scripts/images.sh).
-cargo build --bin meshd --bin meshd-load --bin meshd-workload
+cargo build --bin meshd --bin meshd-load --bin meshd-workload --bin meshd-proxy-wait
 # Load-tool smoke (issue 7): 200 simulated sidecars, SotW, Delta and Delta over the TLS port,
 # every change ACKed, plus one stock Envoy on the synthetic mesh; in a private network namespace
 # so no port can clash.

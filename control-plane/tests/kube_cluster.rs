@@ -515,7 +515,11 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
 
     // A Job in the injected namespace completes: its app calls a service through the mesh,
     // then stops its sidecar the Istio way (POST /quitquitquit on the loopback status port
-    // 15020, classic path on 1.20) so the pod can finish.
+    // 15020, classic path on 1.20) so the pod can finish. It holds its app until the proxy
+    // starts (classic path: the proxy first, with a postStart hook that returns once Envoy is
+    // ready), so the app's one and only request, sent the moment it starts, goes through a
+    // ready sidecar. (The hook runs meshd-proxy-wait, which the bootstrap init container
+    // copied in; the proxy's image is stock Envoy.)
     create(
         &client,
         json!({
@@ -524,13 +528,18 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
             "spec": {
                 "backoffLimit": 0,
                 "template": {
-                    "metadata": {"labels": {"app": "report"}},
+                    "metadata": {
+                        "labels": {"app": "report"},
+                        "annotations": {
+                            "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true",
+                        },
+                    },
                     "spec": busybox_pod(
                         VOICECORE_NS,
                         "report",
                         Some("analytics-service"),
-                        "until timeout 10 wget -q -O /tmp/body http://billing-service:8007/report; \
-                         do sleep 1; done; cat /tmp/body; echo; \
+                        "timeout 20 wget -q -O /tmp/body http://billing-service:8007/report; \
+                         echo first=$?; cat /tmp/body; echo; \
                          timeout 10 wget -q -O - --post-data= http://127.0.0.1:15020/quitquitquit; \
                          echo quit=$?; exit 0",
                     )["spec"],
@@ -571,6 +580,16 @@ async fn real_node_runs_the_chart_and_meshes_voicecore_with_mtls() {
     .await;
     eprintln!("the Job's log:\n{report}");
     assert_eq!(job.succeeded, Some(1), "{}\n{report}", pod_summary(job_pod));
+    assert!(report.contains("first=0"), "{report}");
+    let containers: Vec<&str> = job_pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(containers, ["istio-proxy", "app"]);
     assert!(
         report
             .contains("\"caller\":\"spiffe://cluster.local/ns/voicecore-ai/sa/analytics-service\""),
