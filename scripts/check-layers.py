@@ -17,11 +17,12 @@ CRATES = {  # folder -> (package, ARCHITECTURE.md's short names it may import)
     "model": "meshd-model", "ca": "meshd-ca", "injector-webhook": "meshd-injector",
     "xds": "meshd-xds", "ads": "meshd-ads", "control-plane": "meshd",
     "localmesh": "meshd-localmesh", "tests": "meshd-e2e", "tools/loadgen": "meshd-loadgen",
+    "proxy-wait": "meshd-proxy-wait",
 }
 SHORT = {"meshd-model": "model", "meshd-ca": "ca", "meshd-injector": "injector",
          "meshd-xds": "xds", "meshd-ads": "ads", "meshd": "control-plane",
-         "meshd-localmesh": "localmesh"}
-PURE = ["model", "ca", "injector-webhook", "xds"]
+         "meshd-localmesh": "localmesh", "meshd-proxy-wait": "proxy-wait"}
+PURE = ["model", "ca", "injector-webhook", "xds", "proxy-wait"]
 failures = []
 
 

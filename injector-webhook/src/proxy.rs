@@ -133,6 +133,9 @@ pub fn bootstrap_container(cfg: &InjectConfig, plan: &Plan, probers: &AppProbers
     if plan.settings.template == Template::Gateway {
         args.extend(strings(&["--node-type", "router"]));
     }
+    if plan.hold_application {
+        args.extend(strings(&["--install-proxy-wait", paths::PROXY_WAIT_FILE]));
+    }
     Container {
         name: names::BOOTSTRAP_INIT.into(),
         image: Some(cfg.init_image.clone()),
@@ -191,8 +194,7 @@ fn envoy_ready_get() -> HTTPGetAction {
 /// once it is ready (the kubelet starts the next container only then).
 pub fn wait_command() -> Vec<String> {
     strings(&[
-        "meshd",
-        "wait-proxy",
+        paths::PROXY_WAIT_FILE,
         "--url",
         "http://127.0.0.1:15021/healthz/ready",
         "--timeout",

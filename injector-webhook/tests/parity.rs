@@ -206,8 +206,30 @@ fn hold_application_puts_the_proxy_first_with_a_wait_hook() {
             "{what}"
         );
         let hook = &out["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"];
-        assert_eq!(hook[0], "meshd", "{what}");
-        assert_eq!(hook[1], "wait-proxy", "{what}");
+        // The proxy's image is stock Envoy: the hook runs the small waiter the bootstrap init
+        // container copied into the emptyDir both containers mount, not meshd.
+        let waiter = hook[0].as_str().unwrap();
+        assert_eq!(waiter, "/etc/meshd/proxy/meshd-proxy-wait", "{what}");
+        assert_eq!(hook[1], "--url", "{what}");
+        let bootstrap = find(&out, "initContainers", "meshd-bootstrap")["args"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let at = bootstrap
+            .iter()
+            .position(|a| a == "--install-proxy-wait")
+            .unwrap_or_else(|| panic!("{what}: {bootstrap:?}"));
+        assert_eq!(bootstrap[at + 1], waiter, "{what}");
+        let mounted = |c: &serde_json::Value| {
+            c["volumeMounts"].as_array().unwrap().iter().any(|m| {
+                m["name"] == "meshd-envoy" && waiter.starts_with(m["mountPath"].as_str().unwrap())
+            })
+        };
+        assert!(mounted(&out["spec"]["containers"][0]), "{what}");
+        assert!(
+            mounted(find(&out, "initContainers", "meshd-bootstrap")),
+            "{what}"
+        );
         // kubectl logs/exec still pick the app.
         assert_eq!(
             out["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
@@ -224,6 +246,14 @@ fn hold_application_puts_the_proxy_first_with_a_wait_hook() {
     );
     let (out, _) = run(&off, &mesh_default);
     assert_eq!(names(&out, "containers"), ["web", "worker", "istio-proxy"]);
+    let no_copy = |out: &serde_json::Value| {
+        !find(out, "initContainers", "meshd-bootstrap")["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--install-proxy-wait")
+    };
+    assert!(no_copy(&out), "not held: nothing to copy");
     // A native sidecar starts first anyway: no hook.
     let (out, _) = run(&held, &native());
     assert!(
@@ -231,6 +261,7 @@ fn hold_application_puts_the_proxy_first_with_a_wait_hook() {
             .get("lifecycle")
             .is_none()
     );
+    assert!(no_copy(&out), "native: nothing to copy");
     let bad = with_annotations(
         &pod,
         &[(
