@@ -31,7 +31,7 @@
 //! names the Envoys not synced and what they and meshd show; the tool then exits non-zero.
 
 use crate::fleet_view::{EnvoyView, MeshdView, bump_max_connections, max_connections_in};
-use crate::server::{Server, cpu_seconds, rss_kb};
+use crate::server::{Server, cpu_seconds, die_with_parent, rss_kb};
 use crate::{Args, mesh, ms, pct};
 use anyhow::{Context, anyhow, bail};
 use futures::StreamExt;
@@ -126,21 +126,6 @@ fn write_bootstrap(
         prefixes.iter().map(|p| json!({"prefix": p})).collect::<Vec<_>>()}});
     std::fs::write(out, serde_json::to_vec(&boot)?)?;
     Ok(())
-}
-
-/// The child (an Envoy, meshd) dies with this process even when it is SIGKILLed and no
-/// destructor runs: a bench interrupted with Ctrl-C must not leave 200 Envoys behind. Spawn
-/// from the main thread: the signal follows the spawning thread's exit.
-#[allow(unsafe_code)]
-pub(crate) fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec only prctl(2), which is async-signal-safe, runs.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
 }
 
 impl Fleet {

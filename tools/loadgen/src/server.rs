@@ -56,7 +56,7 @@ impl Server {
     pub(super) fn start(args: &Args) -> anyhow::Result<(Server, Duration)> {
         let started = Instant::now();
         let mut cmd = Command::new(&args.meshd);
-        crate::fleet::die_with_parent(&mut cmd);
+        die_with_parent(&mut cmd);
         let child = cmd
             .arg("serve")
             .arg("--config-dir")
@@ -112,5 +112,20 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.args.no_restart;
         self.kill();
+    }
+}
+
+/// The child (an Envoy, meshd) dies with this process even when it is SIGKILLed and no
+/// destructor runs: a bench interrupted with Ctrl-C must not leave 200 Envoys behind. Spawn
+/// from the main thread: the signal follows the spawning thread's exit.
+#[allow(unsafe_code)]
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only prctl(2), which is async-signal-safe, runs.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
     }
 }
