@@ -9,45 +9,45 @@
 //! `meshd analyze`, because the other object may simply not be written yet.
 
 use crate::kube::index::IstioObject;
+use kube::core::admission::{AdmissionResponse, Operation};
+use meshd_injector::review;
 use meshd_model::{FileConfig, Kind, MeshConfig};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// The AdmissionReview answering `body`, and its HTTP status.
-pub fn review(body: &[u8]) -> (u16, Value) {
-    let refused = |uid: &str, code: u16, message: String| {
-        (
-            code,
-            answer(json!({
-                "uid": uid,
-                "allowed": false,
-                "status": {"code": code, "message": message},
-            })),
-        )
-    };
-    let review: Value = match serde_json::from_slice(body) {
+/// The AdmissionResponse answering `body`, and its HTTP status (`review::review_body` writes
+/// the AdmissionReview around it).
+pub fn review(body: &[u8]) -> (u16, AdmissionResponse) {
+    let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return refused("", 400, format!("request body is not JSON: {e}")),
-    };
-    let Some(request) = review.get("request").filter(|r| r.is_object()) else {
-        return refused("", 400, "AdmissionReview has no request".into());
-    };
-    let uid = request["uid"].as_str().unwrap_or_default();
-    let allowed = |warnings: Vec<String>| {
-        let mut response = json!({"uid": uid, "allowed": true});
-        if !warnings.is_empty() {
-            response["warnings"] = json!(warnings);
+        Err(e) => {
+            let message = format!("request body is not JSON: {e}");
+            return (400, review::refused(String::new(), 400, message));
         }
-        (200, answer(response))
+    };
+    // An envelope that does not decode is a failed call, not a verdict on an object.
+    let request = match review::decode(&value) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                400,
+                review::refused(review::uid(&value), 400, e.to_string()),
+            );
+        }
+    };
+    let allowed = |warnings: Vec<String>| {
+        let mut response = AdmissionResponse::from(&request);
+        response.warnings = (!warnings.is_empty()).then_some(warnings);
+        (200, response)
     };
     // A deletion removes config; nothing to judge.
-    if request["operation"].as_str() == Some("DELETE") {
+    if request.operation == Operation::Delete {
         return allowed(vec![]);
     }
-    let kind_name = request["kind"]["kind"].as_str().unwrap_or_default();
+    let kind_name = request.kind.kind.as_str();
     let Some(kind) = Kind::from_name(kind_name) else {
         // An Istio kind meshd does not implement (Telemetry, WasmPlugin…) may serve
         // an istiod beside meshd: stored, with a warning that meshd's workloads ignore it.
-        let group = request["kind"]["group"].as_str().unwrap_or_default();
+        let group = request.kind.group.as_str();
         let warnings = if group.ends_with(".istio.io") {
             vec![format!(
                 "{kind_name} ({group}) is not implemented by meshd: workloads meshd serves are not affected by it"
@@ -57,16 +57,24 @@ pub fn review(body: &[u8]) -> (u16, Value) {
         };
         return allowed(warnings);
     };
-    let object = &request["object"];
-    if !object.is_object() {
-        return refused(uid, 400, "AdmissionReview request has no object".into());
-    }
+    let Some(object) = request
+        .object
+        .as_ref()
+        .map(|o| &o.raw)
+        .filter(|o| o.is_object())
+    else {
+        let mut response =
+            AdmissionResponse::from(&request).deny("AdmissionReview request has no object");
+        response.result.code = 400;
+        return (400, response);
+    };
     let read = IstioObject::parse(kind, object);
     match read.parsed {
         // A verdict, not a failed call: the API server reads refusals from a 200 answer.
         Err(rejected) => {
-            let (_, answer) = refused(uid, 400, rejected.to_string());
-            (200, answer)
+            let mut response = AdmissionResponse::from(&request).deny(rejected.to_string());
+            response.result.code = 400;
+            (200, response)
         }
         Ok(obj) => {
             let file = FileConfig {
@@ -83,17 +91,17 @@ pub fn review(body: &[u8]) -> (u16, Value) {
     }
 }
 
-fn answer(response: Value) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": response,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The answer as the API server reads it.
+    fn review(body: &[u8]) -> (u16, Value) {
+        let (code, response) = super::review(body);
+        let answer = serde_json::from_slice(&review::review_body(&response)).unwrap();
+        (code, answer)
+    }
 
     fn review_of(kind: &str, operation: &str, object: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
@@ -179,5 +187,41 @@ mod tests {
         }
         let (code, _) = review(&review_of("VirtualService", "CREATE", json!("text")));
         assert_eq!(code, 400);
+    }
+
+    /// The envelope decodes as kube-core's admission/v1 types, shared with the injector: a
+    /// review of another apiVersion, without a uid to answer to, or with an operation the API
+    /// never sends is a failed call naming what is wrong, where the hand-read envelope judged
+    /// the object anyway.
+    #[test]
+    fn envelopes_decode_as_admission_v1() {
+        let vs = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "shop"}, "spec": {"hosts": ["web"]}});
+        let good: Value =
+            serde_json::from_slice(&review_of("VirtualService", "CREATE", vs)).unwrap();
+        let (code, answer) = review(&serde_json::to_vec(&good).unwrap());
+        assert_eq!(
+            (code, &answer["response"]["allowed"]),
+            (200, &json!(true)),
+            "{answer}"
+        );
+        let mut other_version = good.clone();
+        other_version["apiVersion"] = json!("admission.k8s.io/v1beta1");
+        let mut no_uid = good.clone();
+        no_uid["request"].as_object_mut().unwrap().remove("uid");
+        let mut unknown_operation = good.clone();
+        unknown_operation["request"]["operation"] = json!("PATCH");
+        let cases = [
+            (other_version, "admission.k8s.io/v1 only"),
+            (no_uid, "no valid uid"),
+            (unknown_operation, "no valid operation"),
+        ];
+        for (body, want) in cases {
+            let (code, answer) = review(&serde_json::to_vec(&body).unwrap());
+            assert_eq!(code, 400, "{answer}");
+            assert_eq!(answer["response"]["allowed"], false);
+            let message = answer["response"]["status"]["message"].as_str().unwrap();
+            assert!(message.contains(want), "{message} (wanted {want})");
+        }
     }
 }

@@ -16,7 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meshd_ca::CertificateAuthority;
-use meshd_injector::InjectConfig;
+use meshd_injector::{InjectConfig, ResponseExt};
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -139,7 +139,7 @@ async fn inject(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
     if r.allowed {
         tracing::info!(uid = %r.uid, outcome = r.outcome(), "admission review");
     } else {
-        let message = r.status.as_ref().map(|s| s.message.as_str()).unwrap_or("");
+        let message = r.result.message.as_str();
         tracing::warn!(uid = %r.uid, http = reply.http_status, message, "admission review refused");
     }
     let status = StatusCode::from_u16(reply.http_status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -154,17 +154,15 @@ async fn inject(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
 /// Istio config validation: the same reading as the watches (`validate_webhook`).
 async fn validate(body: Bytes) -> Response {
     let (code, answer) = crate::validate_webhook::review(&body);
-    if answer["response"]["allowed"] == false {
-        let message = answer["response"]["status"]["message"]
-            .as_str()
-            .unwrap_or("");
+    if !answer.allowed {
+        let message = answer.result.message.as_str();
         tracing::info!(message, "config validation refused an object");
     }
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        answer.to_string(),
+        meshd_injector::review::review_body(&answer),
     )
         .into_response()
 }

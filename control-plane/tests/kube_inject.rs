@@ -3,7 +3,7 @@
 //! stdin/`-o` plumbing. No root, no network.
 
 use meshd::kube_inject::inject_manifests;
-use meshd_injector::{InjectConfig, Labels, inject};
+use meshd_injector::{InjectConfig, Labels, ResponseExt, inject};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -87,7 +87,7 @@ fn webhook_pod(template: &Value, name: &str, namespace: &str) -> Value {
                     "namespace": namespace, "operation": "CREATE", "object": pod},
     });
     let resp = inject(&review, &cfg(), &|_| -> Option<Labels> { None });
-    assert!(resp.allowed, "{:?}", resp.status);
+    assert!(resp.allowed, "{:?}", resp.result);
     let mut out = pod.clone();
     if let Some(ops) = resp.patch_ops() {
         let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();

@@ -102,8 +102,16 @@ async fn webhook_injects_over_https_and_refuses_hostile_bodies() {
     assert_eq!(resp["uid"], "e911857d-c318-11e8-bbad-025000000001");
     assert_eq!(resp["allowed"], true);
     assert_eq!(resp["patchType"], "JSONPatch");
-    let r: meshd_injector::AdmissionResponse = serde_json::from_value(resp.clone()).unwrap();
-    let ops = r.patch_ops().unwrap();
+    // base64 on the wire, as admission/v1 documents it (kube-core alone writes an array).
+    use base64::Engine as _;
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(
+            resp["patch"]
+                .as_str()
+                .expect("the patch is a base64 string"),
+        )
+        .unwrap();
+    let ops: Vec<Value> = serde_json::from_slice(&patch).unwrap();
     assert!(
         ops.iter().any(|op| op["op"] == "add"
             && op["path"]

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshd_injector::{InjectConfig, Labels, handle};
+use meshd_injector::{InjectConfig, Labels, ResponseExt, handle};
 
 fuzz_target!(|data: &[u8]| {
     let cfg = InjectConfig::default();

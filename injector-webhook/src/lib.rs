@@ -3,7 +3,7 @@
 //! a clear message. No I/O; the namespace's labels come in through a lookup the caller supplies.
 //! Nothing here panics on any input (see the fuzz target and the hostile-input tests).
 //!
-//! The path: [`review::read`] (envelope → typed Pod) → [`merge::strip_previous`] (a pod
+//! The path: [`review::decode`] (kube-core's `AdmissionRequest`) → [`review::read`] (the typed Pod) → [`merge::strip_previous`] (a pod
 //! injected before is re-injected from its original) → [`decision::decide`] (a
 //! [`Decision`]: skip, or a [`decision::Plan`] with its admission warnings) →
 //! [`render::render`] (the injected Pod, typed) → [`patch::diff`] (the JSON Patch). `meshd
@@ -50,9 +50,10 @@ pub mod settings;
 
 pub use config::{DEFAULT_MAX_REVIEW_BYTES, InjectConfig, ProxyResources};
 pub use decision::{Decision, decide};
+pub use kube_core::admission::AdmissionResponse;
 pub use probes::{APP_PROBERS_ENV, AppProber, AppProbers, ProbeKind};
 pub use refusal::Refusal;
-pub use review::{AdmissionResponse, Status, review_json};
+pub use review::ResponseExt;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
@@ -71,7 +72,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn body(&self) -> Vec<u8> {
-        serde_json::to_vec(&review_json(&self.response)).unwrap_or_default()
+        review::review_body(&self.response)
     }
 }
 
@@ -85,7 +86,7 @@ pub fn handle(
     if body.len() > cfg.max_review_bytes {
         return Reply {
             http_status: 413,
-            response: AdmissionResponse::refused(
+            response: review::refused(
                 String::new(),
                 413,
                 format!(
@@ -101,7 +102,7 @@ pub fn handle(
         Err(e) => {
             return Reply {
                 http_status: 400,
-                response: AdmissionResponse::refused(
+                response: review::refused(
                     String::new(),
                     400,
                     format!("request body is not JSON: {e}"),
@@ -156,45 +157,62 @@ pub fn inject(
     cfg: &InjectConfig,
     namespace_labels: &dyn Fn(&str) -> Option<Labels>,
 ) -> AdmissionResponse {
-    let uid = review::uid(review);
-    let refused = |e: Refusal| {
-        AdmissionResponse::refused(
-            uid.clone(),
-            e.code(),
-            format!("meshd sidecar injection: {e}"),
-        )
+    let request = match review::decode(review) {
+        Ok(request) => request,
+        Err(e) => return review::refused(review::uid(review), e.code(), message(&e)),
     };
-    let request = match review::read(review) {
+    let refused = |e: Refusal| {
+        let mut response = AdmissionResponse::from(&request).deny(message(&e));
+        response.result.code = e.code();
+        response
+    };
+    let allowed = |outcome: String, warnings: Vec<String>| {
+        let mut response = AdmissionResponse::from(&request);
+        response
+            .audit_annotations
+            .insert("injection".to_string(), outcome);
+        response.warnings = (!warnings.is_empty()).then_some(warnings);
+        response
+    };
+    let pod_request = match review::read(&request) {
         Ok(review::Request::Pod(r)) => r,
-        Ok(review::Request::Skip(why)) => {
-            return AdmissionResponse::allowed(uid, format!("skipped: {why}"), None, vec![]);
-        }
+        Ok(review::Request::Skip(why)) => return allowed(format!("skipped: {why}"), vec![]),
         Err(e) => return refused(e),
     };
-    let ns_labels = namespace_labels(&request.namespace);
-    match inject_pod(&request.pod, &request.namespace, ns_labels.as_ref(), cfg) {
+    let ns_labels = namespace_labels(&pod_request.namespace);
+    match inject_pod(
+        &pod_request.pod,
+        &pod_request.namespace,
+        ns_labels.as_ref(),
+        cfg,
+    ) {
         Err(e) => refused(e),
-        Ok(Injected::Skipped(why)) => {
-            AdmissionResponse::allowed(uid, format!("skipped: {why}"), None, vec![])
-        }
+        Ok(Injected::Skipped(why)) => allowed(format!("skipped: {why}"), vec![]),
         Ok(Injected::Pod { pod, warnings }) => {
-            let before = serde_json::to_value(&request.pod).unwrap_or(Value::Null);
+            let before = serde_json::to_value(&pod_request.pod).unwrap_or(Value::Null);
             let after = serde_json::to_value(&*pod).unwrap_or(Value::Null);
             let mut patch = patch::diff(&before, &after);
-            if !patch.0.is_empty() && !request.raw.get("metadata").is_some_and(Value::is_object) {
+            if !patch.0.is_empty()
+                && !pod_request
+                    .raw
+                    .get("metadata")
+                    .is_some_and(Value::is_object)
+            {
                 // The typed pod always has metadata; the pod as sent may not.
                 patch.0.insert(0, patch::add_empty_metadata());
             }
             if patch.0.is_empty() {
                 // An injected pod injected again: nothing changes.
-                return AdmissionResponse::allowed(
-                    uid,
-                    "injected (unchanged)".into(),
-                    None,
-                    warnings,
-                );
+                return allowed("injected (unchanged)".into(), warnings);
             }
-            AdmissionResponse::allowed(uid, "injected".into(), Some(&patch), warnings)
+            match allowed("injected".into(), warnings).with_patch(patch) {
+                Ok(response) => response,
+                Err(e) => refused(Refusal::Invalid(e.to_string())),
+            }
         }
     }
+}
+
+fn message(e: &Refusal) -> String {
+    format!("meshd sidecar injection: {e}")
 }

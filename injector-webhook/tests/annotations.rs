@@ -2,7 +2,7 @@
 //! honoured (the pod shows it), warned about (the warning names it), or refused (the message
 //! names it). Then revisions: which pods this injector takes, by namespace and pod labels.
 
-use meshd_injector::{InjectConfig, Labels, inject};
+use meshd_injector::{InjectConfig, Labels, ResponseExt, inject};
 use serde_json::{Value, json};
 
 fn bare() -> Value {
@@ -226,7 +226,7 @@ fn every_annotation_is_honoured_warned_about_or_refused() {
         match want {
             Refused => {
                 assert!(!resp.allowed, "{key}={value} was not refused");
-                let status = resp.status.unwrap();
+                let status = resp.result;
                 assert_eq!(status.code, 400, "{key}={value}");
                 assert!(
                     status.message.contains(key),
@@ -235,13 +235,13 @@ fn every_annotation_is_honoured_warned_about_or_refused() {
                 );
             }
             Warned | Honoured(_) => {
-                assert!(resp.allowed, "{key}={value}: {:?}", resp.status);
+                assert!(resp.allowed, "{key}={value}: {:?}", resp.result);
                 assert_eq!(resp.outcome(), "injected", "{key}={value}");
                 let mut out = pod.clone();
                 let patch: json_patch::Patch =
                     serde_json::from_value(Value::Array(resp.patch_ops().unwrap())).unwrap();
                 json_patch::patch(&mut out, &patch).unwrap();
-                let warned = resp.warnings.iter().any(named);
+                let warned = resp.warnings.iter().flatten().any(named);
                 match want {
                     Warned => assert!(warned, "{key}={value}: no warning in {:?}", resp.warnings),
                     Honoured(check) => {

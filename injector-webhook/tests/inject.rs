@@ -2,7 +2,7 @@
 //! ServiceAccount volume added): the patch is applied with an independent RFC 6902
 //! implementation and the patched pod is checked field by field.
 
-use meshd_injector::{InjectConfig, Labels, handle, inject};
+use meshd_injector::{InjectConfig, Labels, ResponseExt, handle, inject};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -83,10 +83,13 @@ fn injected_with(
     lookup: &dyn Fn(&str) -> Option<Labels>,
 ) -> Option<Value> {
     let resp = inject(&review(pod, namespace), cfg, lookup);
-    assert!(resp.allowed, "refused: {:?}", resp.status);
+    assert!(resp.allowed, "refused: {:?}", resp.result);
     assert_eq!(resp.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
     let ops = resp.patch_ops()?;
-    assert_eq!(resp.patch_type.as_deref(), Some("JSONPatch"));
+    assert_eq!(
+        serde_json::to_value(&resp).unwrap()["patchType"],
+        "JSONPatch"
+    );
     assert_eq!(resp.outcome(), "injected");
     let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();
     let mut out = pod.clone();
@@ -416,7 +419,7 @@ fn who_gets_injected() {
     ];
     for (what, pod, ns, lookup, cfg, want) in cases {
         let resp = inject(&review(&pod, ns), cfg, lookup);
-        assert!(resp.allowed, "{what}: {:?}", resp.status);
+        assert!(resp.allowed, "{what}: {:?}", resp.result);
         assert_eq!(resp.patch.is_some(), want, "{what}: {}", resp.outcome());
     }
     // Not a pod CREATE: untouched.
@@ -492,7 +495,7 @@ fn proxy_config_annotation_chooses_the_xds_protocol_and_reports_what_it_ignores(
             &InjectConfig::default(),
             &enabled,
         );
-        assert!(resp.allowed, "refused: {:?}", resp.status);
+        assert!(resp.allowed, "refused: {:?}", resp.result);
         let patch: json_patch::Patch =
             serde_json::from_value(Value::Array(resp.patch_ops().unwrap())).unwrap();
         let mut out = pod.clone();
@@ -500,6 +503,7 @@ fn proxy_config_annotation_chooses_the_xds_protocol_and_reports_what_it_ignores(
         let init = container(&out, "initContainers", "meshd-bootstrap").clone();
         let about_config: Vec<String> = resp
             .warnings
+            .unwrap_or_default()
             .into_iter()
             .filter(|w| w.contains("proxy.istio.io/config"))
             .collect();
@@ -551,7 +555,7 @@ fn proxy_config_annotation_chooses_the_xds_protocol_and_reports_what_it_ignores(
             &enabled,
         );
         assert!(!resp.allowed, "{bad}");
-        let status = resp.status.unwrap();
+        let status = resp.result;
         assert_eq!(status.code, 400);
         assert!(status.message.contains(want), "{bad}: {}", status.message);
     }
@@ -567,7 +571,7 @@ fn bad_annotations_are_refused_with_every_reason() {
     });
     let resp = inject(&review(&pod, "default"), &InjectConfig::default(), &enabled);
     assert!(!resp.allowed);
-    let status = resp.status.unwrap();
+    let status = resp.result;
     assert_eq!(status.code, 400);
     for want in [
         "sidecar.istio.io/proxyCPU: `lots` is not a Kubernetes quantity",
@@ -613,6 +617,7 @@ fn complex_probes_and_existing_init_containers() {
     assert!(
         resp.warnings
             .iter()
+            .flatten()
             .any(|w| w.contains("worker: readinessProbe port does not resolve")),
         "{:?}",
         resp.warnings
@@ -698,7 +703,7 @@ fn conflicting_volume_is_a_clear_refusal() {
     pod["spec"]["volumes"] = json!([{"name": "istio-token", "emptyDir": {}}]);
     let resp = inject(&review(&pod, "default"), &InjectConfig::default(), &enabled);
     assert!(!resp.allowed);
-    let s = resp.status.unwrap();
+    let s = resp.result;
     assert_eq!(s.code, 409);
     assert!(
         s.message.contains("volume named `istio-token`"),
@@ -714,7 +719,7 @@ fn refused(body: &[u8]) -> (u16, String) {
         "allowed: {}",
         String::from_utf8_lossy(body)
     );
-    let status = reply.response.status.clone().unwrap();
+    let status = reply.response.result.clone();
     // The body is always an AdmissionReview the API server can decode.
     let parsed: Value = serde_json::from_slice(&reply.body()).unwrap();
     assert_eq!(parsed["kind"], "AdmissionReview");
@@ -794,7 +799,7 @@ fn hostile_and_malformed_reviews_get_clear_errors() {
         ),
         (
             mutate(&|r| r["request"]["operation"] = json!(null)),
-            "no operation",
+            "no valid operation",
         ),
     ];
     for (body, want) in cases {
@@ -802,6 +807,65 @@ fn hostile_and_malformed_reviews_get_clear_errors() {
         assert_eq!(status, 200);
         assert!(message.contains(want), "{message} (wanted {want})");
     }
+}
+
+/// kube-core's `AdmissionRequest` types the envelope as admission/v1 does, where the hand-read
+/// envelope let a wrong type pass as absent: a field of the wrong type, or an operation the API
+/// never sends, is now a refusal naming the field (Go's decoder, the API server's and Istio's,
+/// fails on them too). Fields absent altogether still read as Go's zero values, as before.
+#[test]
+fn envelope_fields_decode_as_admission_v1_types_them() {
+    let good = review(&fixture("bare.json"), "default");
+    let mutate = |f: &dyn Fn(&mut Value)| {
+        let mut r = good.clone();
+        f(&mut r);
+        serde_json::to_vec(&r).unwrap()
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            mutate(&|r| r["request"]["operation"] = json!("PATCH")),
+            "no valid operation (unknown variant `PATCH`",
+        ),
+        (
+            mutate(&|r| r["request"]["kind"] = json!("Pod")),
+            "no valid kind",
+        ),
+        (
+            mutate(&|r| r["request"]["namespace"] = json!(5)),
+            "no valid namespace",
+        ),
+        (
+            mutate(&|r| r["request"]["subResource"] = json!(["status"])),
+            "no valid subResource",
+        ),
+        (
+            mutate(&|r| r["request"]["userInfo"] = json!("admin")),
+            "no valid userInfo",
+        ),
+    ];
+    for (body, want) in cases {
+        let (status, message) = refused(&body);
+        assert_eq!(status, 200);
+        assert!(message.contains(want), "{message} (wanted {want})");
+    }
+    // What a minimal client leaves out reads as Go's zero values: still a pod to inject.
+    let minimal = mutate(&|r| {
+        let request = r["request"].as_object_mut().unwrap();
+        for field in [
+            "userInfo",
+            "resource",
+            "requestKind",
+            "requestResource",
+            "options",
+        ] {
+            request.remove(field);
+        }
+        request["kind"] = json!({"kind": "Pod"});
+        request["oldObject"] = Value::Null;
+    });
+    let reply = handle(&minimal, &InjectConfig::default(), &enabled);
+    assert_eq!(reply.http_status, 200);
+    assert_eq!(reply.response.outcome(), "injected", "{:?}", reply.response);
 }
 
 /// The fuzz target's property on stable: random mutations of real reviews never panic, always
@@ -873,4 +937,10 @@ fn response_envelope() {
     assert_eq!(v["response"]["allowed"], true);
     assert_eq!(v["response"]["patchType"], "JSONPatch");
     assert_eq!(v["response"]["auditAnnotations"]["injection"], "injected");
+    // base64, as admission/v1 documents it; kube-core on its own writes an array of numbers.
+    assert!(
+        v["response"]["patch"].is_string(),
+        "{}",
+        v["response"]["patch"]
+    );
 }

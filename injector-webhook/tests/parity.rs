@@ -4,7 +4,7 @@
 //! revisions. Each case goes through the webhook's path (AdmissionReview in, patch applied with
 //! an independent RFC 6902 implementation).
 
-use meshd_injector::{AdmissionResponse, InjectConfig, Labels, inject};
+use meshd_injector::{AdmissionResponse, InjectConfig, Labels, ResponseExt, inject};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -53,9 +53,9 @@ fn apply(pod: &Value, resp: &AdmissionResponse) -> Value {
 /// The injected pod and the warnings; panics on a refusal or a skip.
 fn run(pod: &Value, cfg: &InjectConfig) -> (Value, Vec<String>) {
     let resp = inject(&review(pod, "shop"), cfg, &enabled);
-    assert!(resp.allowed, "refused: {:?}", resp.status);
+    assert!(resp.allowed, "refused: {:?}", resp.result);
     assert_eq!(resp.outcome(), "injected", "{:?}", resp.audit_annotations);
-    (apply(pod, &resp), resp.warnings)
+    (apply(pod, &resp), resp.warnings.unwrap_or_default())
 }
 
 fn with_annotations(pod: &Value, pairs: &[(&str, &str)]) -> Value {
@@ -175,8 +175,7 @@ fn native_sidecar_annotation_overrides_the_server_default() {
     );
     assert!(!resp.allowed);
     assert!(
-        resp.status
-            .unwrap()
+        resp.result
             .message
             .contains("sidecar.istio.io/nativeSidecar: `sometimes` is not a boolean")
     );
@@ -273,8 +272,7 @@ fn hold_application_puts_the_proxy_first_with_a_wait_hook() {
     let resp = inject(&review(&bad, "shop"), &InjectConfig::default(), &enabled);
     assert!(!resp.allowed);
     assert!(
-        resp.status
-            .unwrap()
+        resp.result
             .message
             .contains("holdApplicationUntilProxyStarts: `often` is not a boolean")
     );
@@ -448,7 +446,7 @@ fn reinjection_is_idempotent_and_follows_the_current_config() {
     for (what, pod, cfg) in cases {
         let (once, _) = run(&pod, &cfg);
         let again = inject(&review(&once, "shop"), &cfg, &enabled);
-        assert!(again.allowed, "{what}: {:?}", again.status);
+        assert!(again.allowed, "{what}: {:?}", again.result);
         assert_eq!(
             apply(&once, &again),
             once,
