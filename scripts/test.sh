@@ -21,6 +21,10 @@ for mode in "" "--delta" "--delta --tls"; do
     --services 50 --proxies 200 --namespaces 5 --work-dir /tmp/meshd-load-smoke --strict $mode \
     --envoy \"\$(scripts/envoy-path.sh)\""
 done
+# Data-plane bench smoke (issue 18): one 2 s round per variant (meshd telemetry on, off, the
+# minimal Envoy pair); correctness only: it runs, every variant serves requests, none non-2xx.
+BIN=target/debug scripts/bench-dataplane.sh --rounds 1 --round-secs 2 \
+  --work-dir /tmp/meshd-dataplane-smoke
 # The Helm chart: helm lint, helm template (default and VoiceCore values), kubernetes-validate --strict.
 scripts/check-chart.sh
 # The vendored h2's own unit tests (vendor/README.md), with its own lock file and target dir.
