@@ -48,6 +48,10 @@ pub struct DataplaneArgs {
     /// Leave out the meshd-with-telemetry-off variant.
     #[arg(long)]
     pub skip_telemetry_off: bool,
+    /// Two more meshd variants telling the two telemetry parts apart: JSON access log off
+    /// (the gRPC stream feeding meshd's metrics on), and metrics off (the JSON log on).
+    #[arg(long)]
+    pub breakdown: bool,
     /// The wrk binary.
     #[arg(long, default_value = "wrk")]
     pub wrk: PathBuf,
@@ -59,6 +63,8 @@ const TRUST_DOMAIN: &str = "cluster.local";
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Meshd,
+    NoJsonLog,
+    NoMetrics,
     TelemetryOff,
     Minimal,
 }
@@ -67,6 +73,8 @@ impl Kind {
     fn label(self) -> &'static str {
         match self {
             Kind::Meshd => "meshd",
+            Kind::NoJsonLog => "meshd-no-json-log",
+            Kind::NoMetrics => "meshd-no-metrics",
             Kind::TelemetryOff => "meshd-telemetry-off",
             Kind::Minimal => "minimal",
         }
@@ -77,6 +85,23 @@ impl Kind {
             Kind::Meshd => ("on", 10),
             Kind::TelemetryOff => ("off", 11),
             Kind::Minimal => ("min", 12),
+            Kind::NoJsonLog => ("nolog", 13),
+            Kind::NoMetrics => ("nomet", 14),
+        }
+    }
+    /// The Telemetry object's spec selecting this variant's workloads (label `telemetry:
+    /// <prefix>`); none for meshd's default.
+    fn telemetry_spec(self) -> Option<&'static str> {
+        const NO_LOG: &str = "  accessLogging: [{disabled: true}]\n";
+        const NO_METRICS: &str = "  metrics: [{overrides: [{disabled: true}]}]\n";
+        match self {
+            Kind::Meshd | Kind::Minimal => None,
+            Kind::NoJsonLog => Some(NO_LOG),
+            Kind::NoMetrics => Some(NO_METRICS),
+            Kind::TelemetryOff => Some(concat!(
+                "  accessLogging: [{disabled: true}]\n",
+                "  metrics: [{overrides: [{disabled: true}]}]\n"
+            )),
         }
     }
 }
@@ -166,17 +191,24 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn mesh_yaml() -> String {
     let mut y = format!(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: strict, namespace: {NS}}}\nspec: {{mtls: {{mode: STRICT}}}}\n---\n\
-         apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: off, namespace: {NS}}}\n\
-         spec:\n  selector: {{matchLabels: {{telemetry: 'off'}}}}\n  accessLogging: [{{disabled: true}}]\n  metrics: [{{overrides: [{{disabled: true}}]}}]\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: strict, namespace: {NS}}}\nspec: {{mtls: {{mode: STRICT}}}}\n---\n"
     );
-    for kind in [Kind::Meshd, Kind::TelemetryOff] {
-        let (prefix, host) = kind.pods();
-        let telemetry = if kind == Kind::TelemetryOff {
-            "off"
-        } else {
-            "on"
-        };
+    for kind in [
+        Kind::Meshd,
+        Kind::NoJsonLog,
+        Kind::NoMetrics,
+        Kind::TelemetryOff,
+    ] {
+        let (telemetry, host) = kind.pods();
+        let prefix = telemetry;
+        if let Some(spec) = kind.telemetry_spec() {
+            write!(
+                y,
+                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {prefix}, namespace: {NS}}}\n\
+                 spec:\n  selector: {{matchLabels: {{telemetry: '{prefix}'}}}}\n{spec}---\n"
+            )
+            .expect("writing to a String");
+        }
         for (role, h) in [("client", host), ("server", host + 10)] {
             let name = format!("{prefix}-{role}");
             write!(
@@ -279,6 +311,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .context("meshd serve is not running")?;
 
     let mut kinds = vec![Kind::Meshd];
+    if d.breakdown {
+        kinds.extend([Kind::NoJsonLog, Kind::NoMetrics]);
+    }
     if !d.skip_telemetry_off {
         kinds.push(Kind::TelemetryOff);
     }
