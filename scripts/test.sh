@@ -25,6 +25,14 @@ done
 # minimal Envoy pair); correctness only: it runs, every variant serves requests, none non-2xx.
 BIN=target/debug scripts/bench-dataplane.sh --rounds 1 --round-secs 2 \
   --work-dir /tmp/meshd-dataplane-smoke
+# A fleet of 20 stock Envoys (issue 19), no simulated proxies: all synced (their own CDS/LDS
+# versions equal what meshd sent, every type ACKed), one DestinationRule change in every Envoy's
+# config_dump, all synced again after meshd is SIGKILLed and restarted. Exits non-zero, naming
+# the Envoy and what it shows, when one never syncs; no timed assertion (the 120 s bound is a hang
+# guard).
+unshare -n sh -c "ip link set lo up && target/debug/meshd-load --meshd target/debug/meshd \
+  --services 50 --proxies 0 --namespaces 5 --work-dir /tmp/meshd-fleet-smoke --delta \
+  --envoy \"\$(scripts/envoy-path.sh)\" --envoys 20"
 # The Helm chart: helm lint, helm template (default and VoiceCore values), kubernetes-validate --strict.
 scripts/check-chart.sh
 # The vendored h2's own unit tests (vendor/README.md), with its own lock file and target dir.

@@ -36,7 +36,8 @@ pub mod webhook;
 /// jemalloc rather than glibc's malloc: thousands of long-lived streams allocating and freeing
 /// response buffers on two threads fragment glibc's arenas, and jemalloc both costs less CPU
 /// here and returns freed pages on its own (see `memory`). Not under cargo-fuzz (`--cfg
-/// fuzzing`): AddressSanitizer sees heap errors only through the system allocator.
-#[cfg(not(fuzzing))]
+/// fuzzing`): AddressSanitizer sees heap errors only through the system allocator; nor under
+/// `--cfg meshd_system_alloc`, for heap profilers that hook malloc (heaptrack).
+#[cfg(not(any(fuzzing, meshd_system_alloc)))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -214,6 +214,8 @@ where
 {
     let mut incoming = std::pin::pin!(incoming);
     let mut conns = tokio::task::JoinSet::new();
+    // One copy of the options for every connection of the listener (not one each).
+    let opts = Arc::new(opts);
     loop {
         let admitted = tokio::select! {
             next = incoming.next() => match next {
@@ -223,23 +225,48 @@ where
             _ = stop.wait_for(|s| *s) => break,
         };
         while conns.try_join_next().is_some() {}
-        conns.spawn(connection(
-            admitted,
-            tls.clone(),
-            service.clone(),
-            opts.clone(),
-            stop.clone(),
-        ));
+        // A plaintext connection's task is spawned without the TLS one's states: a task is as
+        // large as its largest state, and it lives as long as the proxy stays connected.
+        let (service, opts, stop) = (service.clone(), opts.clone(), stop.clone());
+        match &tls {
+            None => conns.spawn(plain_connection(admitted, service, opts, stop)),
+            Some(acceptor) => conns.spawn(tls_connection(
+                admitted,
+                acceptor.clone(),
+                service,
+                opts,
+                stop,
+            )),
+        };
     }
     while conns.join_next().await.is_some() {}
     Ok(())
 }
 
-async fn connection<S, B>(
+async fn plain_connection<S, B>(
     admitted: Admitted,
-    tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
-    opts: ConnOptions,
+    opts: Arc<ConnOptions>,
+    stop: watch::Receiver<bool>,
+) where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Admitted { tcp, peer, slot } = admitted;
+    drive(TokioIo::new(tcp), peer, service, opts, stop).await;
+    drop(slot);
+}
+
+async fn tls_connection<S, B>(
+    admitted: Admitted,
+    acceptor: tokio_rustls::TlsAcceptor,
+    service: S,
+    opts: Arc<ConnOptions>,
     stop: watch::Receiver<bool>,
 ) where
     S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
@@ -252,17 +279,12 @@ async fn connection<S, B>(
 {
     let Admitted { tcp, peer, slot } = admitted;
     let name = opts.name;
-    match tls {
-        None => drive(TokioIo::new(tcp), peer, service, opts, stop).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => drive(TokioIo::new(tls), peer, service, opts, stop).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
-            }
+    match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => drive(TokioIo::new(tls), peer, service, opts, stop).await,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed")
         }
+        Err(_) => tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
     }
     // The connection's place under the listener's cap is free once it is closed.
     drop(slot);
@@ -272,7 +294,7 @@ async fn drive<I, S, B>(
     io: I,
     peer: SocketAddr,
     service: S,
-    opts: ConnOptions,
+    opts: Arc<ConnOptions>,
     mut stop: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -406,5 +428,66 @@ where
             }
             Ok(resp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct NoCertificate;
+
+    impl rustls::server::ResolvesServerCert for NoCertificate {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+    }
+
+    /// A connection's task lives as long as its proxy stays connected, so its size is paid
+    /// per proxy: a plaintext connection must not carry the TLS stream's room (it did when one
+    /// future served both: 7.4 KB each).
+    #[tokio::test]
+    async fn a_plaintext_connection_task_has_no_room_for_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cap = Arc::new(tokio::sync::Semaphore::new(2));
+        let mut admitted = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let slot = cap.clone().try_acquire_owned().unwrap();
+            admitted.push(Admitted { tcp, peer, slot });
+        }
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCertificate));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let opts = Arc::new(ConnOptions::xds("xds", &TransportLimits::default()));
+        let (_stop_tx, stop) = watch::channel(false);
+        let tls = tls_connection(
+            admitted.pop().unwrap(),
+            acceptor,
+            axum::Router::new(),
+            opts.clone(),
+            stop.clone(),
+        );
+        let plain = plain_connection(admitted.pop().unwrap(), axum::Router::new(), opts, stop);
+        let tls_stream =
+            std::mem::size_of::<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>();
+        assert!(
+            std::mem::size_of_val(&plain) + tls_stream <= std::mem::size_of_val(&tls),
+            "plaintext task {} bytes, TLS task {} bytes, a TLS stream {tls_stream} bytes",
+            std::mem::size_of_val(&plain),
+            std::mem::size_of_val(&tls),
+        );
     }
 }

@@ -180,6 +180,16 @@ pub fn json_to_proto(full_name: &str, value: &Json) -> Result<Vec<u8>, String> {
     Ok(msg.encode_to_vec())
 }
 
+/// Whether `type_url` (`type.googleapis.com/NAME`, or a bare NAME) names a message of meshd's
+/// descriptor set (Envoy 1.40's types and their imports).
+pub fn knows_type(type_url: &str) -> bool {
+    REGISTRY.as_ref().is_ok_and(|r| {
+        r.pool
+            .get_message_by_name(type_url_message_name(type_url))
+            .is_some()
+    })
+}
+
 fn error_object(type_url: Option<&str>, error: &str) -> Json {
     let mut obj = Map::new();
     if let Some(url) = type_url {

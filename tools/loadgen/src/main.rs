@@ -5,6 +5,8 @@
 mod ca_rate;
 mod client;
 mod dataplane;
+mod fleet;
+mod fleet_view;
 
 /// jemalloc, as meshd: thousands of client tasks allocating on two threads contend on glibc's
 /// arena locks, and the load tool's CPU is taken from the server it measures.
@@ -72,6 +74,10 @@ struct Args {
     /// Also start one stock Envoy on the synthetic mesh and check its config_dump.
     #[arg(long)]
     envoy: Option<PathBuf>,
+    /// With `--envoy`: first start this many stock Envoys on the mesh and measure them from
+    /// their own admin endpoints (`fleet.rs`); with `--proxies 0`, only that.
+    #[arg(long, default_value_t = 0)]
+    envoys: usize,
     /// Fail when any client stream ends before the reconnect storm (the CI smoke: nothing
     /// may be lost); benchmarks at the edge of the machine report them instead.
     #[arg(long)]
@@ -388,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let shape = mesh::Shape {
         services: args.services,
-        workloads: args.proxies.max(args.services),
+        workloads: (args.proxies + args.envoys).max(args.services),
         namespaces: args.namespaces,
         sidecar_scoping: args.sidecar_scoping,
     };
@@ -421,6 +427,16 @@ async fn main() -> anyhow::Result<()> {
     if args.ca_rate {
         rows.extend(ca_rate::rows(&args, &ca, &shape, &specs).await?);
         return print_rows(&rows);
+    }
+    if args.envoys > 0 {
+        let envoy = args
+            .envoy
+            .as_deref()
+            .ok_or_else(|| anyhow!("--envoys needs --envoy PATH"))?;
+        rows.extend(fleet::rows(&args, &mut server, envoy, &shape).await?);
+        if args.proxies == 0 {
+            return print_rows(&rows);
+        }
     }
     let cache = Arc::new(DecodeCache::default());
     let (tx, rx) = mpsc::unbounded_channel();

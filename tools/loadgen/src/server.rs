@@ -55,7 +55,9 @@ pub(super) struct Server {
 impl Server {
     pub(super) fn start(args: &Args) -> anyhow::Result<(Server, Duration)> {
         let started = Instant::now();
-        let child = Command::new(&args.meshd)
+        let mut cmd = Command::new(&args.meshd);
+        crate::fleet::die_with_parent(&mut cmd);
+        let child = cmd
             .arg("serve")
             .arg("--config-dir")
             .arg(args.work_dir.join("config"))

@@ -219,9 +219,6 @@ pub fn build(
     let mut listeners = BTreeMap::new();
     let mut routes = BTreeMap::new();
     let mut gateway_filters = Vec::new();
-    snapshot
-        .patches
-        .insert_http_filters(namespace, labels, true, &mut gateway_filters);
     // AuthorizationPolicies selecting this gateway (or mesh-wide): RBAC ahead of the router
     // and of the TCP proxies.
     let authz = super::authz::gateway_policy(&snapshot.index, namespace, labels, &snapshot.opts);
@@ -286,15 +283,12 @@ pub fn build(
                     }
                 }
             }
-            let mut rc = RouteConfiguration {
+            let rc = RouteConfiguration {
                 name: route_name.clone(),
                 virtual_hosts: vhosts.into_values().collect(),
                 validate_clusters: boolv(false),
                 ..Default::default()
             };
-            snapshot
-                .patches
-                .patch_routes(&mut rc, port, namespace, true);
             routes.insert(
                 route_name.clone(),
                 Resource::encode(route_name.clone(), &rc),

@@ -100,6 +100,9 @@ pub struct MeshSnapshot {
     /// Outbound virtual hosts, encoded, shared by the scopes' route tables: without it every
     /// namespace's scope rebuilt and re-encoded every service's routes.
     vhosts: Mutex<HashMap<VhostKey, Bytes>>,
+    /// Layers with the EnvoyFilter patches selecting some proxies applied, by the shared layer
+    /// (its address; the entry holds it), its kind and context, and the patches.
+    patched_layers: Mutex<HashMap<envoyfilter::PatchedKey, Once<(Layer, Layer)>>>,
     previous: Previous,
 }
 
@@ -117,6 +120,7 @@ struct Previous {
     scopes: HashMap<ScopeKey, Arc<Scope>>,
     gateways: HashMap<String, Arc<gateway::GatewayResources>>,
     inbound: HashMap<String, (Layer, Layer)>,
+    patched_layers: HashMap<envoyfilter::PatchedKey, (Layer, Layer)>,
 }
 
 /// Whether two configs agree on everything a workload's inbound resources are built from.
@@ -138,7 +142,6 @@ fn inbound_objects(c: &MeshConfig) -> impl Iterator<Item = &Arc<ConfigObject>> {
             Kind::Sidecar
                 | Kind::PeerAuthentication
                 | Kind::AuthorizationPolicy
-                | Kind::EnvoyFilter
                 | Kind::RequestAuthentication
                 | Kind::Telemetry
         )
@@ -203,6 +206,7 @@ impl MeshSnapshot {
             scopes: built(&self.scopes),
             gateways: built(&self.gateways),
             inbound: built(&self.inbound),
+            patched_layers: built(&self.patched_layers),
         };
         Self::build_after(previous, version, config, opts)
     }
@@ -221,9 +225,9 @@ impl MeshSnapshot {
             .as_ref()
             .is_some_and(|(_, old)| Arc::ptr_eq(old, &opts) || **old == *opts);
         // Inbound listeners and clusters depend on the workloads, the services selecting them,
-        // Sidecars, PeerAuthentication, AuthorizationPolicy, EnvoyFilters and the options: when
-        // none of those changed (a DestinationRule or VirtualService edit), the previous ones
-        // stand as built.
+        // Sidecars, PeerAuthentication, AuthorizationPolicy and the options (EnvoyFilters patch
+        // the built layers afterwards, in `patched_layer`): when none of those changed (a
+        // DestinationRule, VirtualService or EnvoyFilter edit), the previous ones stand as built.
         let inbound: HashMap<String, Once<(Layer, Layer)>> = match &previous.index {
             Some((old, _)) if same_opts && same_inbound_inputs(&old.config, &index.config) => {
                 previous
@@ -309,6 +313,7 @@ impl MeshSnapshot {
             gateways: Mutex::new(HashMap::new()),
             inbound: Mutex::new(inbound),
             vhosts: Mutex::new(HashMap::new()),
+            patched_layers: Mutex::new(HashMap::new()),
             previous,
         }
     }
@@ -397,26 +402,17 @@ impl MeshSnapshot {
                     app_port,
                     http,
                     mode: self.index.mtls_mode(&w.namespace, &w.labels, port),
-                    http_filters: {
-                        // JWT verification first: RBAC matches the payload it leaves.
-                        let mut filters: Vec<_> = jwt::jwt_filter(
-                            &self.index.config,
-                            &self.index.root_namespace,
-                            &w.namespace,
-                            &w.labels,
-                        )
-                        .filter(|_| http)
-                        .into_iter()
-                        .chain(policy.http_filters)
-                        .collect();
-                        self.patches.insert_http_filters(
-                            &w.namespace,
-                            &w.labels,
-                            false,
-                            &mut filters,
-                        );
-                        filters
-                    },
+                    // JWT verification first: RBAC matches the payload it leaves.
+                    http_filters: jwt::jwt_filter(
+                        &self.index.config,
+                        &self.index.root_namespace,
+                        &w.namespace,
+                        &w.labels,
+                    )
+                    .filter(|_| http)
+                    .into_iter()
+                    .chain(policy.http_filters)
+                    .collect(),
                     network_filters: policy.network_filters,
                 }
             });
@@ -502,17 +498,39 @@ impl MeshSnapshot {
             NodeType::Sidecar => {
                 let scope = self.scope(&proxy.identity.namespace, labels);
                 let (inbound_clusters, inbound_listeners) = self.inbound(workload);
+                let selected = self
+                    .patches
+                    .selected_for(&proxy.identity.namespace, labels, false);
+                use envoyfilter::LayerKind;
                 out.insert(
                     CLUSTER,
-                    ResourceSet::from_layers(vec![scope.clusters.clone(), inbound_clusters]),
+                    ResourceSet::from_layers(self.patched_sidecar_layers(
+                        &scope.clusters,
+                        &inbound_clusters,
+                        LayerKind::Clusters,
+                        &selected,
+                    )),
                 );
                 let endpoints = self.localized(&scope.endpoints, &scope.locality, workload);
                 out.insert(ENDPOINT, ResourceSet::layer(endpoints));
                 out.insert(
                     LISTENER,
-                    ResourceSet::from_layers(vec![scope.listeners.clone(), inbound_listeners]),
+                    ResourceSet::from_layers(self.patched_sidecar_layers(
+                        &scope.listeners,
+                        &inbound_listeners,
+                        LayerKind::Listeners,
+                        &selected,
+                    )),
                 );
-                out.insert(ROUTE, ResourceSet::layer(scope.routes.clone()));
+                out.insert(
+                    ROUTE,
+                    ResourceSet::layer(self.patched_layer(
+                        &scope.routes,
+                        LayerKind::Routes,
+                        meshd_model::envoyfilter::PatchContext::SidecarOutbound,
+                        &selected,
+                    )),
+                );
             }
             NodeType::Router => {
                 let key = format!("{}|{labels:?}", proxy.identity.namespace);
@@ -523,14 +541,32 @@ impl MeshSnapshot {
                         None => g,
                     })
                 });
-                let mut clusters = self.clusters.clone();
-                self.patches
-                    .patch_cluster_layer(&mut clusters, &proxy.identity.namespace, true);
-                out.insert(CLUSTER, ResourceSet::layer(clusters));
+                let selected = self
+                    .patches
+                    .selected_for(&proxy.identity.namespace, labels, true);
+                use envoyfilter::LayerKind;
+                let patched = |layer: &Layer, kind| {
+                    self.patched_layer(
+                        layer,
+                        kind,
+                        meshd_model::envoyfilter::PatchContext::Gateway,
+                        &selected,
+                    )
+                };
+                out.insert(
+                    CLUSTER,
+                    ResourceSet::layer(patched(&self.clusters, LayerKind::Clusters)),
+                );
                 let endpoints = self.localized(&self.endpoints, &self.locality_plans, workload);
                 out.insert(ENDPOINT, ResourceSet::layer(endpoints));
-                out.insert(LISTENER, ResourceSet::layer(gw.listeners.clone()));
-                out.insert(ROUTE, ResourceSet::layer(gw.routes.clone()));
+                out.insert(
+                    LISTENER,
+                    ResourceSet::layer(patched(&gw.listeners, LayerKind::Listeners)),
+                );
+                out.insert(
+                    ROUTE,
+                    ResourceSet::layer(patched(&gw.routes, LayerKind::Routes)),
+                );
                 if !gw.secrets.is_empty() {
                     out.insert(SECRET, ResourceSet::layer(gw.secrets.clone()));
                 }

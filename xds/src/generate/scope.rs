@@ -209,7 +209,7 @@ impl MeshSnapshot {
             Vec::new()
         };
         let mut locality = self.locality_plans.clone();
-        let (mut clusters, endpoints) = if own_rule.is_empty()
+        let (clusters, endpoints) = if own_rule.is_empty()
             && !port_hidden
             && visible.len() == self.index.services().count()
         {
@@ -273,8 +273,6 @@ impl MeshSnapshot {
             }
             (LayerMap::new(clusters), LayerMap::new(endpoints))
         };
-        self.patches
-            .patch_cluster_layer(&mut clusters, namespace, false);
         // Ports: HTTP services share a listener and a route table per port.
         let mut http_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
         let mut tcp_ports: BTreeMap<u32, Vec<l4::L4Chain>> = BTreeMap::new();
@@ -365,19 +363,6 @@ impl MeshSnapshot {
         vhosts.push(catch_all_vhost(allow_any).encode_to_vec().into());
         let name = port.to_string();
         let validate_clusters = common::boolv(false);
-        if self.patches.patches_routes(namespace, false) {
-            let mut rc = RouteConfiguration {
-                name: name.clone(),
-                virtual_hosts: vhosts
-                    .iter()
-                    .map(|v| VirtualHost::decode(v.as_ref()).expect("a virtual host we encoded"))
-                    .collect(),
-                validate_clusters,
-                ..Default::default()
-            };
-            self.patches.patch_routes(&mut rc, port, namespace, false);
-            return Resource::encode(name, &rc);
-        }
         // The table's encoding is its fields in number order: the name, the virtual hosts
         // (field 2, each as encoded once), then validate_clusters.
         let head = RouteConfiguration {

@@ -1,0 +1,230 @@
+//! `networking.istio.io` EnvoyFilter: the shapes meshd applies, and a reason for every other.
+//!
+//! Supported (everything else is rejected with the object, field and reason, never dropped;
+//! the checks per applyTo are in `shape`):
+//! - `HTTP_FILTER`: MERGE, ADD (before the router, which stays last), REMOVE, REPLACE,
+//!   INSERT_BEFORE, INSERT_AFTER and INSERT_FIRST on the HTTP filters of the HTTP connection
+//!   managers, relative to `match.listener.filterChain.filter.subFilter.name`; any filter type
+//!   Envoy 1.40 knows (the value is decoded against Envoy's descriptors);
+//! - `NETWORK_FILTER`: the same operations on a filter chain's network filters, relative to
+//!   `match.listener.filterChain.filter.name` (ADD goes before the chain's terminal filter);
+//!   MERGE of `envoy.filters.network.http_connection_manager` merges HCM fields;
+//! - `LISTENER` (MERGE, ADD, REMOVE) and `FILTER_CHAIN` (MERGE, ADD, REMOVE);
+//! - for those four: `match.listener` portNumber (on `virtualInbound`: the filter chain's
+//!   destination port), name, and filterChain name, sni, transportProtocol,
+//!   applicationProtocols, destinationPort;
+//! - `CLUSTER` (MERGE, ADD, REMOVE), matched by `match.cluster` (service, portNumber, subset,
+//!   name); SIDECAR_INBOUND patches the workload's `inbound|PORT||` clusters;
+//! - `ROUTE_CONFIGURATION` (MERGE), `VIRTUAL_HOST` (MERGE, ADD, REMOVE) and `HTTP_ROUTE`
+//!   (MERGE, ADD, REMOVE, INSERT_BEFORE, INSERT_AFTER, INSERT_FIRST), matched by
+//!   `match.routeConfiguration` (portNumber, name, vhost name, route name), contexts
+//!   SIDECAR_OUTBOUND, GATEWAY, ANY;
+//! - `match.context` SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY; `workloadSelector` on
+//!   every applyTo; `priority` (root namespace first, then priority, then namespace and name).
+//!
+//! Not supported (rejected): EXTENSION_CONFIG, BOOTSTRAP, LISTENER_FILTER; `match.proxy`
+//! (meshd does not read the proxy's version), `patch.filterClass`, `targetRefs`,
+//! `routeConfiguration.gateway`/`portName`, `vhost.domainName`, `route.action`.
+//! The patch `value` is Envoy's own proto JSON; the generator decodes it against Envoy's
+//! descriptors (and reports what does not decode, naming the field).
+
+use crate::networking::WorkloadSelector;
+use serde::{Deserialize, Serialize};
+
+pub const LOCAL_RATELIMIT: &str = "envoy.filters.http.local_ratelimit";
+pub const HCM: &str = "envoy.filters.network.http_connection_manager";
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvoyFilter {
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub target_refs: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub config_patches: Vec<ConfigPatch>,
+    pub priority: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigPatch {
+    pub apply_to: String,
+    #[serde(rename = "match")]
+    pub matches: Option<ObjectMatch>,
+    pub patch: Patch,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMatch {
+    pub context: Option<String>,
+    pub proxy: Option<serde_json::Value>,
+    pub listener: Option<ListenerMatch>,
+    pub route_configuration: Option<RouteConfigurationMatch>,
+    pub cluster: Option<ClusterMatch>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerMatch {
+    pub port_number: Option<u32>,
+    pub filter_chain: Option<FilterChainMatch>,
+    pub listener_filter: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterChainMatch {
+    pub name: Option<String>,
+    pub sni: Option<String>,
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Option<String>,
+    pub filter: Option<FilterMatch>,
+    pub destination_port: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterMatch {
+    pub name: Option<String>,
+    pub sub_filter: Option<SubFilterMatch>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubFilterMatch {
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfigurationMatch {
+    pub port_number: Option<u32>,
+    pub port_name: Option<String>,
+    pub gateway: Option<String>,
+    pub vhost: Option<VirtualHostMatch>,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualHostMatch {
+    pub name: Option<String>,
+    pub domain_name: Option<String>,
+    pub route: Option<RouteMatch>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    pub name: Option<String>,
+    pub action: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterMatch {
+    pub port_number: Option<u32>,
+    pub service: Option<String>,
+    pub subset: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Patch {
+    pub operation: String,
+    pub value: Option<serde_json::Value>,
+    pub filter_class: Option<String>,
+}
+
+impl crate::MeshConfig {
+    /// The accepted EnvoyFilters, with their objects (namespace, source).
+    pub fn envoy_filters(&self) -> impl Iterator<Item = (&crate::ConfigObject, &EnvoyFilter)> {
+        self.objects.values().filter_map(|o| match &o.spec {
+            crate::Spec::EnvoyFilter(ef) => Some((&**o, ef)),
+            _ => None,
+        })
+    }
+}
+
+mod shape;
+pub use shape::*;
+
+impl EnvoyFilter {
+    /// Every reason this EnvoyFilter cannot be applied as written (empty: all of it applies).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.target_refs.is_empty() {
+            out.push("spec.targetRefs is not supported; use workloadSelector".into());
+        }
+        if self.config_patches.is_empty() {
+            out.push("spec.configPatches is empty".into());
+        }
+        for (i, p) in self.config_patches.iter().enumerate() {
+            if let Err(e) = p.kind() {
+                out.push(format!("spec.configPatches[{i}]: {e}"));
+            }
+        }
+        out
+    }
+}
+
+impl ClusterMatch {
+    /// Whether an outbound cluster (port, subset, host) matches.
+    pub fn matches(&self, name: &str, port: u32, subset: &str, host: &str) -> bool {
+        self.name.as_deref().is_none_or(|n| n == name)
+            && self.port_number.is_none_or(|p| p == port)
+            && self.subset.as_deref().is_none_or(|s| s == subset)
+            && self.service.as_deref().is_none_or(|s| {
+                s == host
+                    || s.strip_prefix('*')
+                        .is_some_and(|suffix| host.ends_with(suffix))
+            })
+    }
+}
+
+impl RouteConfigurationMatch {
+    /// Whether a route (in route configuration `rc_name` on `port`, virtual host `vhost`,
+    /// named `route`) matches.
+    pub fn matches(&self, rc_name: &str, port: u32, vhost: &str, route: &str) -> bool {
+        self.matches_config(rc_name, port)
+            && self.matches_vhost(vhost)
+            && self
+                .vhost
+                .as_ref()
+                .and_then(|v| v.route.as_ref())
+                .and_then(|r| r.name.as_deref())
+                .is_none_or(|n| n == route)
+    }
+
+    /// Whether a route configuration (named `rc_name`, served on `port`) matches.
+    pub fn matches_config(&self, rc_name: &str, port: u32) -> bool {
+        self.name.as_deref().is_none_or(|n| n == rc_name)
+            && self.port_number.is_none_or(|p| p == port)
+    }
+
+    /// Whether a virtual host of a matching route configuration matches.
+    pub fn matches_vhost(&self, vhost: &str) -> bool {
+        self.vhost
+            .as_ref()
+            .and_then(|v| v.name.as_deref())
+            .is_none_or(|n| n == vhost)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,528 @@
+//! EnvoyFilter patches, in the shapes meshd supports (see `meshd_model::envoyfilter`): decoded
+//! once per snapshot against Envoy's descriptors, then applied to the generated resources.
+//! Pure. A patch whose value does not decode rejects its whole EnvoyFilter, with the reason
+//! (`problems`), and nothing of it is applied.
+//!
+//! Scope: an EnvoyFilter in the root namespace without selector applies to every proxy; one in
+//! a namespace applies to that namespace's proxies; a workloadSelector narrows it to the
+//! selected workloads. Order: root namespace first, then by priority, then namespace and name.
+//!
+//! Sharing: patches are applied after generation, per resource type, to the layers of the
+//! proxies they select: one patched copy per (shared layer, patch set) in a snapshot, reused
+//! across rebuilds when equal. A proxy no patch selects keeps the shared layers, untouched.
+//! Which layer is which context: a sidecar's scope layers are SIDECAR_OUTBOUND, its inbound
+//! layers SIDECAR_INBOUND, a gateway's layers GATEWAY; an ADD with context ANY goes to the
+//! outbound (or gateway) layer.
+
+mod clusters;
+mod filters;
+mod listeners;
+mod routes;
+
+use crate::resource::{Layer, LayerMap, Resource, SharedResource};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use filters::{FilterPatch, FilterValue};
+use meshd_model::envoyfilter::{
+    ClusterMatch, FilterOperation, ListenerMatch, ObjectPatch, PatchContext, PatchKind,
+    RouteConfigurationMatch, RouteLevel,
+};
+use meshd_model::networking::Labels;
+use meshd_model::registry::selector_matches;
+use meshd_model::{ConfigObject, MeshConfig, Rejected};
+use prost::{Message, Name};
+use std::collections::BTreeMap;
+
+const HTTP_FILTER: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter";
+const NETWORK_FILTER: &str = "envoy.config.listener.v3.Filter";
+
+/// Which proxies a patch is for.
+#[derive(Clone, Debug)]
+struct Target {
+    namespace: String,
+    /// In the root namespace without selector: every proxy.
+    mesh_wide: bool,
+    selector: Option<Labels>,
+    /// `GATEWAY` only, sidecars only, or both (`ANY`).
+    gateways: bool,
+    sidecars: bool,
+}
+
+impl Target {
+    fn applies(&self, namespace: &str, labels: &Labels, gateway: bool) -> bool {
+        let kind = if gateway {
+            self.gateways
+        } else {
+            self.sidecars
+        };
+        let place = self.mesh_wide
+            || (self.namespace == namespace
+                && self
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| selector_matches(s, labels)));
+        kind && place
+    }
+}
+
+/// A whole-object patch, decoded: where it applies, what it does, with what.
+#[derive(Clone, Debug)]
+struct Obj<M, V> {
+    pub(super) context: PatchContext,
+    pub(super) m: M,
+    pub(super) operation: FilterOperation,
+    /// `None` only for REMOVE.
+    pub(super) value: Option<V>,
+}
+
+/// One patch, decoded, by the resource type it changes.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a few per snapshot, built once
+enum Compiled {
+    /// HTTP_FILTER, NETWORK_FILTER.
+    Filter(FilterPatch),
+    Listener(Obj<ListenerMatch, Listener>),
+    FilterChain(Obj<ListenerMatch, FilterChain>),
+    Cluster(Obj<ClusterMatch, Cluster>),
+    RouteConfiguration(Obj<RouteConfigurationMatch, RouteConfiguration>),
+    VirtualHost(Obj<RouteConfigurationMatch, VirtualHost>),
+    HttpRoute(Obj<RouteConfigurationMatch, Route>),
+}
+
+/// The resource types patches change, each a kind of layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum LayerKind {
+    Listeners,
+    Clusters,
+    Routes,
+}
+
+impl Compiled {
+    fn layer_kind(&self) -> LayerKind {
+        match self {
+            Compiled::Filter(_) | Compiled::Listener(_) | Compiled::FilterChain(_) => {
+                LayerKind::Listeners
+            }
+            Compiled::Cluster(_) => LayerKind::Clusters,
+            _ => LayerKind::Routes,
+        }
+    }
+
+    fn context(&self) -> PatchContext {
+        match self {
+            Compiled::Filter(p) => p.context,
+            Compiled::Listener(o) => o.context,
+            Compiled::FilterChain(o) => o.context,
+            Compiled::Cluster(o) => o.context,
+            Compiled::RouteConfiguration(o) => o.context,
+            Compiled::VirtualHost(o) => o.context,
+            Compiled::HttpRoute(o) => o.context,
+        }
+    }
+}
+
+/// Whether an ADD in context `patch` adds to a layer generated for `layer`: its own context, or
+/// for ANY the outbound (gateway) layer, so a name never lands in two layers of one proxy.
+pub(super) fn adds_to(patch: PatchContext, layer: PatchContext) -> bool {
+    patch == layer || (patch == PatchContext::Any && layer != PatchContext::SidecarInbound)
+}
+
+/// A patched layer: the shared layer's address, its kind and context, and the patches.
+pub(super) type PatchedKey = (usize, LayerKind, PatchContextKey, Vec<usize>);
+pub(super) type PatchContextKey = u8;
+
+impl super::MeshSnapshot {
+    /// `layer` (of `kind`, generated for context `proxy`) with the patches `selected` applied,
+    /// built once per snapshot for every proxy with the same layer and patches; `layer` itself
+    /// when none changes it.
+    pub(super) fn patched_layer(
+        &self,
+        layer: &Layer,
+        kind: LayerKind,
+        proxy: PatchContext,
+        selected: &[usize],
+    ) -> Layer {
+        if selected.is_empty() {
+            return layer.clone();
+        }
+        let key: PatchedKey = (
+            std::sync::Arc::as_ptr(layer) as usize,
+            kind,
+            proxy as u8,
+            selected.to_vec(),
+        );
+        let (_, patched) = super::get_or_build(&self.patched_layers, key, |key| {
+            let patched = match self.patches.patch_layer(layer, kind, proxy, selected) {
+                None => layer.clone(),
+                Some(map) => {
+                    // What the previous snapshot patched from the same layer, when equal, keeps
+                    // its identity (streams skip it by pointer).
+                    let old = self.previous.patched_layers.get(key).map(|(_, p)| p);
+                    crate::resource::reuse_layer(old, LayerMap::new(map))
+                }
+            };
+            (layer.clone(), patched)
+        });
+        patched
+    }
+}
+
+impl super::MeshSnapshot {
+    /// A sidecar's outbound and inbound layers of `kind`, patched: names stay disjoint across
+    /// the two (a name an ADD put in both is kept in the outbound layer only).
+    pub(super) fn patched_sidecar_layers(
+        &self,
+        outbound: &Layer,
+        inbound: &Layer,
+        kind: LayerKind,
+        selected: &[usize],
+    ) -> Vec<Layer> {
+        let out = self.patched_layer(outbound, kind, PatchContext::SidecarOutbound, selected);
+        let mut inb = self.patched_layer(inbound, kind, PatchContext::SidecarInbound, selected);
+        let patched =
+            !std::sync::Arc::ptr_eq(&out, outbound) || !std::sync::Arc::ptr_eq(&inb, inbound);
+        if patched && inb.keys().any(|k| out.contains_key(k)) {
+            let kept: BTreeMap<String, SharedResource> = inb
+                .iter()
+                .filter(|(k, _)| !out.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            inb = LayerMap::new(kept);
+        }
+        vec![out, inb]
+    }
+}
+
+/// Every applicable EnvoyFilter patch of a snapshot.
+#[derive(Default)]
+pub struct Patches {
+    /// In the order they apply.
+    patches: Vec<(Target, Compiled)>,
+    /// EnvoyFilters not applied, and why.
+    pub problems: Vec<Rejected>,
+}
+
+fn context(ctx: Option<&str>) -> (bool, bool) {
+    match ctx.unwrap_or("ANY") {
+        "GATEWAY" => (true, false),
+        "SIDECAR_INBOUND" | "SIDECAR_OUTBOUND" => (false, true),
+        _ => (true, true),
+    }
+}
+
+fn rejected(o: &ConfigObject, reason: String) -> Rejected {
+    Rejected {
+        file: o.source.file.clone(),
+        line: o.source.line,
+        kind: Some(o.kind()),
+        namespace: Some(o.meta.namespace().to_string()),
+        name: Some(o.meta.name.clone()),
+        reason,
+    }
+}
+
+/// The Envoy `@type`s in a patch value that meshd's descriptors (Envoy 1.40's) do not know, with
+/// the path of the field holding each.
+fn unknown_types(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            let typed_struct = o
+                .get("@type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with(".TypedStruct"));
+            for (k, x) in o {
+                let here = format!("{path}.{k}");
+                let url = match k.as_str() {
+                    "@type" if !typed_struct => x.as_str(),
+                    "type_url" | "typeUrl" if typed_struct => x.as_str(),
+                    _ => None,
+                };
+                match url {
+                    Some(url) if !crate::json::knows_type(url) => out.push(format!(
+                        "{here}: unknown type `{url}` (not an Envoy 1.40 type)"
+                    )),
+                    _ => unknown_types(x, &here, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                unknown_types(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Decodes an HTTP_FILTER (`HttpFilter`) or NETWORK_FILTER (`Filter`) patch value; the error
+/// starts with the field it is about, relative to `patch.value`.
+fn decode_filter(
+    f: &meshd_model::envoyfilter::FilterPatch<'_>,
+    http: bool,
+) -> Result<Option<FilterValue>, String> {
+    let Some(value) = f.value else {
+        return Ok(None);
+    };
+    let mut unknown = Vec::new();
+    unknown_types(value, "", &mut unknown);
+    if let Some(first) = unknown.into_iter().next() {
+        return Err(first);
+    }
+    let configured = value
+        .get("typed_config")
+        .or_else(|| value.get("typedConfig"));
+    if configured.is_none() && f.operation != FilterOperation::Merge {
+        return Err(".typed_config is required (Envoy 1.40 configures filters by type)".into());
+    }
+    let full_name = if http { HTTP_FILTER } else { NETWORK_FILTER };
+    let bytes = crate::json::json_to_proto(full_name, value).map_err(|e| format!(": {e}"))?;
+    let decoded = if http {
+        HttpFilter::decode(bytes.as_slice()).map(FilterValue::Http)
+    } else {
+        Filter::decode(bytes.as_slice()).map(FilterValue::Network)
+    };
+    decoded.map(Some).map_err(|e| format!(": {e}"))
+}
+
+/// Decodes a whole-object patch's value as `V` (Envoy's `full_name`); the error starts with the
+/// field it is about, relative to `patch.value`.
+fn decode_object<M: Clone, V: Message + Name + Default>(
+    p: &ObjectPatch<'_, M>,
+) -> Result<Obj<M, V>, String> {
+    let value = match p.value {
+        None => None,
+        Some(v) => {
+            let mut unknown = Vec::new();
+            unknown_types(v, "", &mut unknown);
+            if let Some(first) = unknown.into_iter().next() {
+                return Err(first);
+            }
+            let bytes =
+                crate::json::json_to_proto(&V::full_name(), v).map_err(|e| format!(": {e}"))?;
+            Some(V::decode(bytes.as_slice()).map_err(|e| format!(": {e}"))?)
+        }
+    };
+    Ok(Obj {
+        context: p.context,
+        m: p.m.clone(),
+        operation: p.operation,
+        value,
+    })
+}
+
+fn compile(kind: PatchKind<'_>, http: bool) -> Result<Compiled, String> {
+    Ok(match kind {
+        PatchKind::HttpFilter(f) | PatchKind::NetworkFilter(f) => {
+            let value = decode_filter(&f, http)?;
+            Compiled::Filter(FilterPatch {
+                context: f.context,
+                listener: f.listener.clone(),
+                operation: f.operation,
+                relative_to: f.relative_to.map(str::to_string),
+                value,
+                http,
+            })
+        }
+        PatchKind::Listener(p) => Compiled::Listener(decode_object(&p)?),
+        PatchKind::FilterChain(p) => Compiled::FilterChain(decode_object(&p)?),
+        PatchKind::Cluster(p) => Compiled::Cluster(decode_object(&p)?),
+        PatchKind::Route(RouteLevel::Configuration, p) => {
+            Compiled::RouteConfiguration(decode_object(&p)?)
+        }
+        PatchKind::Route(RouteLevel::VirtualHost, p) => Compiled::VirtualHost(decode_object(&p)?),
+        PatchKind::Route(RouteLevel::Route, p) => Compiled::HttpRoute(decode_object(&p)?),
+    })
+}
+
+impl Patches {
+    pub fn build(config: &MeshConfig, root_namespace: &str) -> Patches {
+        let mut filters: Vec<_> = config.envoy_filters().collect();
+        // Istio's order: root namespace first, then by priority, then by name.
+        filters.sort_by_key(|(o, ef)| {
+            (
+                o.meta.namespace() != root_namespace,
+                ef.priority.unwrap_or(0),
+                o.meta.namespace().to_string(),
+                o.meta.name.clone(),
+            )
+        });
+        let mut out = Patches::default();
+        for (o, ef) in filters {
+            let mut compiled = Vec::new();
+            let mut problem = None;
+            for (i, p) in ef.config_patches.iter().enumerate() {
+                let (gateways, sidecars) =
+                    context(p.matches.as_ref().and_then(|m| m.context.as_deref()));
+                let target = Target {
+                    namespace: o.meta.namespace().to_string(),
+                    mesh_wide: o.meta.namespace() == root_namespace
+                        && ef.workload_selector.is_none(),
+                    selector: ef.workload_selector.as_ref().map(|s| s.labels.clone()),
+                    gateways,
+                    sidecars,
+                };
+                let decoded = match p.kind() {
+                    Err(e) => Err(format!("spec.configPatches[{i}]: {e}")),
+                    Ok(kind) => compile(kind, p.apply_to == "HTTP_FILTER")
+                        .map_err(|e| format!("spec.configPatches[{i}].patch.value{e}")),
+                };
+                match decoded {
+                    Ok(c) => compiled.push((target, c)),
+                    Err(e) => {
+                        problem = Some(e);
+                        break;
+                    }
+                }
+            }
+            match problem {
+                Some(reason) => out.problems.push(rejected(o, reason)),
+                None => out.patches.extend(compiled),
+            }
+        }
+        out
+    }
+
+    /// The patches selecting a proxy (by index, in order).
+    pub fn selected_for(&self, namespace: &str, labels: &Labels, gateway: bool) -> Vec<usize> {
+        self.patches
+            .iter()
+            .enumerate()
+            .filter(|(_, (t, _))| t.applies(namespace, labels, gateway))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    pub fn has_patches(&self) -> bool {
+        !self.patches.is_empty()
+    }
+
+    /// `layer`'s resources (of `kind`, generated for a proxy in context `proxy`) with the
+    /// patches `selected` (from [`Patches::selected_for`]) applied: `None` when none changes
+    /// any. Resources no patch changes keep their shared encoding.
+    pub(super) fn patch_layer(
+        &self,
+        layer: &LayerMap,
+        kind: LayerKind,
+        proxy: PatchContext,
+        selected: &[usize],
+    ) -> Option<BTreeMap<String, SharedResource>> {
+        let patches: Vec<&Compiled> = selected
+            .iter()
+            .filter_map(|&i| self.patches.get(i))
+            .map(|(_, p)| p)
+            .filter(|p| p.layer_kind() == kind && p.context().includes(proxy))
+            .collect();
+        if patches.is_empty() {
+            return None;
+        }
+        match kind {
+            LayerKind::Listeners => {
+                let mut work = Work::new(layer);
+                listeners::apply(&mut work, proxy, &patches);
+                work.finish()
+            }
+            LayerKind::Clusters => {
+                let mut work = Work::new(layer);
+                clusters::apply(&mut work, proxy, &patches);
+                work.finish()
+            }
+            LayerKind::Routes => {
+                let mut work = Work::new(layer);
+                routes::apply(&mut work, proxy, &patches);
+                work.finish()
+            }
+        }
+    }
+}
+
+/// A layer being patched: the resources changed so far (decoded) and those removed; the rest
+/// stays as shared.
+pub(super) struct Work<'a, T> {
+    layer: &'a LayerMap,
+    changed: BTreeMap<String, T>,
+    removed: std::collections::BTreeSet<String>,
+}
+
+impl<'a, T: Message + Name + Default + Clone> Work<'a, T> {
+    fn new(layer: &'a LayerMap) -> Self {
+        Work {
+            layer,
+            changed: BTreeMap::new(),
+            removed: Default::default(),
+        }
+    }
+
+    /// The names of the resources in the layer as patched so far.
+    pub(super) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .layer
+            .keys()
+            .filter(|n| !self.removed.contains(*n))
+            .cloned()
+            .collect();
+        names.extend(
+            self.changed
+                .keys()
+                .filter(|n| !self.layer.contains_key(*n))
+                .cloned(),
+        );
+        names
+    }
+
+    /// The resource as patched so far (a layer resource that does not decode: `None`).
+    pub(super) fn get(&self, name: &str) -> Option<T> {
+        if self.removed.contains(name) {
+            return None;
+        }
+        match self.changed.get(name) {
+            Some(t) => Some(t.clone()),
+            None => T::decode(self.layer.get(name)?.value().as_ref()).ok(),
+        }
+    }
+
+    /// Applies `f` to the named resource; keeps the result when `f` says it changed.
+    pub(super) fn update(&mut self, name: &str, f: impl FnOnce(&mut T) -> bool) {
+        if let Some(mut t) = self.get(name)
+            && f(&mut t)
+        {
+            self.changed.insert(name.to_string(), t);
+        }
+    }
+
+    pub(super) fn add(&mut self, name: String, t: T) {
+        self.removed.remove(&name);
+        self.changed.insert(name, t);
+    }
+
+    pub(super) fn remove(&mut self, name: &str) {
+        self.changed.remove(name);
+        if self.layer.contains_key(name) {
+            self.removed.insert(name.to_string());
+        }
+    }
+
+    fn finish(self) -> Option<BTreeMap<String, SharedResource>> {
+        if self.changed.is_empty() && self.removed.is_empty() {
+            return None;
+        }
+        let mut out: BTreeMap<String, SharedResource> = (**self.layer).clone();
+        for name in &self.removed {
+            out.remove(name);
+        }
+        for (name, t) in self.changed {
+            out.insert(name.clone(), Resource::encode(name, &t));
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod filters_tests;
+#[cfg(test)]
+mod istio_examples_tests;
+#[cfg(test)]
+mod objects_tests;
+#[cfg(test)]
+mod tests;
