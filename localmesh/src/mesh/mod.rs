@@ -303,6 +303,15 @@ impl LocalMesh {
             .is_some_and(Child::is_running)
     }
 
+    /// The control plane's process id, while it runs (benchmarks read its CPU and RSS).
+    pub fn control_plane_pid(&self) -> Option<u32> {
+        self.control_plane
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(Child::id)
+    }
+
     /// SIGKILL the control plane (no cleanup on its side).
     pub fn kill_control_plane(&self) {
         if let Some(mut c) = self.control_plane.lock().unwrap().take() {

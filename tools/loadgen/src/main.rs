@@ -4,6 +4,7 @@
 
 mod ca_rate;
 mod client;
+mod dataplane;
 mod fleet;
 mod fleet_view;
 
@@ -92,6 +93,12 @@ struct Args {
     /// with the same crates (`ca_rate.rs`).
     #[arg(long)]
     ca_rate: bool,
+    /// Measure the data plane instead: Envoy sidecars driven by meshd (telemetry on and off)
+    /// beside a hand-written minimal pair, under the same wrk load (`dataplane.rs`).
+    #[arg(long = "dataplane")]
+    data_plane: bool,
+    #[command(flatten)]
+    dataplane: dataplane::DataplaneArgs,
 }
 
 /// The latest ACK time per proxy and type.
@@ -382,6 +389,9 @@ fn check_envoy(args: &Args, envoy: &Path, shape: &mesh::Shape) -> anyhow::Result
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     raise_fd_limit();
+    if args.data_plane {
+        return tokio::task::spawn_blocking(move || dataplane::run(&args)).await?;
+    }
     let shape = mesh::Shape {
         services: args.services,
         workloads: (args.proxies + args.envoys).max(args.services),
