@@ -5,6 +5,7 @@
 mod ca_rate;
 mod client;
 mod dataplane;
+mod envoy_check;
 mod fleet;
 mod fleet_view;
 
@@ -27,8 +28,7 @@ use clap::Parser;
 use client::{Ack, DecodeCache, ProxySpec, TYPES};
 use meshd_ca::{CaConfig, CertificateAuthority, WorkloadClaims};
 use meshd_xds::{NodeId, NodeType};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -323,68 +323,6 @@ fn raise_fd_limit() {
     }
 }
 
-fn check_envoy(args: &Args, envoy: &Path, shape: &mesh::Shape) -> anyhow::Result<String> {
-    let (name, ns, _) = mesh::workload(0, shape);
-    let boot = args.work_dir.join("envoy.json");
-    let status = Command::new(&args.meshd)
-        .args(["bootstrap", "--workload", &format!("{name}.{ns}")])
-        .arg("--out")
-        .arg(&boot)
-        .arg("--state-dir")
-        .arg(args.work_dir.join("state"))
-        .arg("--config-dir")
-        .arg(args.work_dir.join("config"))
-        .args(["--xds-address", &format!("127.0.0.1:{}", args.xds_port)])
-        .args(["--admin-port", "25900"])
-        .env("MESHD_LOG", "warn")
-        .status()?;
-    if !status.success() {
-        bail!("meshd bootstrap failed");
-    }
-    let mut envoy = Command::new(envoy)
-        .args(["--disable-hot-restart", "--log-level", "error", "-c"])
-        .arg(&boot)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let result = loop {
-        let out = Command::new("curl")
-            .args(["-s", "http://127.0.0.1:25900/config_dump?include_eds"])
-            .output()?;
-        let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let clusters = dump["configs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| {
-                c["@type"]
-                    .as_str()
-                    .is_some_and(|t| t.ends_with("ClustersConfigDump"))
-            })
-            .and_then(|c| c["dynamic_active_clusters"].as_array().map(|a| a.len()))
-            .unwrap_or(0);
-        let ready = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", "http://127.0.0.1:25900/ready"])
-            .status()?
-            .success();
-        if ready && clusters >= shape.services {
-            break Ok(format!(
-                "stock Envoy joined: ready, {clusters} dynamic clusters in /config_dump"
-            ));
-        }
-        if Instant::now() > deadline {
-            break Err(anyhow!(
-                "stock Envoy not in sync within 60 s ({clusters} clusters, ready={ready})"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = envoy.kill();
-    let _ = envoy.wait();
-    result
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -499,7 +437,10 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     if let Some(envoy) = &args.envoy {
-        rows.push(("real Envoy".into(), check_envoy(&args, envoy, &shape)?));
+        rows.push((
+            "real Envoy".into(),
+            envoy_check::check_envoy(&args, envoy, &shape)?,
+        ));
     }
 
     // One DestinationRule changed.
