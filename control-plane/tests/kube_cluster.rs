@@ -800,6 +800,18 @@ async fn helm_upgrade_and_a_killed_leader_fail_no_request_between_two_services()
         during.len(),
         failed.len()
     );
+    if !failed.is_empty() {
+        // Which sidecar answered, and with which response flags: both access logs, as much of
+        // them as mentions a 503.
+        for pod in pods(&client, VOICECORE_NS).await {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if name == "prober" || name.starts_with("tenant-service") {
+                let log = log_of(&client, VOICECORE_NS, &name, "istio-proxy").await;
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains("503")).collect();
+                eprintln!("{name} istio-proxy, lines with 503:\n{}", lines.join("\n"));
+            }
+        }
+    }
     assert!(
         failed.is_empty(),
         "requests failed during the meshd rollout: {failed:?}"
