@@ -30,6 +30,43 @@ pub use crate::transport_limits::{AuthFailures, TransportLimits};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a listener serves: a cloneable HTTP service that answers every request (errors are
+/// responses), its futures movable to the connection's task.
+pub trait ConnService<B>:
+    Service<
+        http::Request<Incoming>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnService<B> for S where
+    S: Service<
+            http::Request<Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body a connection can stream.
+pub trait ResponseBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
 /// How one listener serves its connections.
 #[derive(Clone, Debug)]
 pub struct ConnOptions {
@@ -204,13 +241,8 @@ pub async fn serve<S, B>(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()>
 where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    S: ConnService<B>,
+    B: ResponseBody,
 {
     let mut incoming = std::pin::pin!(incoming);
     let mut conns = tokio::task::JoinSet::new();
@@ -249,13 +281,8 @@ async fn plain_connection<S, B>(
     opts: Arc<ConnOptions>,
     stop: watch::Receiver<bool>,
 ) where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    S: ConnService<B>,
+    B: ResponseBody,
 {
     let Admitted { tcp, peer, slot } = admitted;
     drive(TokioIo::new(tcp), peer, service, opts, stop).await;
@@ -269,13 +296,8 @@ async fn tls_connection<S, B>(
     opts: Arc<ConnOptions>,
     stop: watch::Receiver<bool>,
 ) where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    S: ConnService<B>,
+    B: ResponseBody,
 {
     let Admitted { tcp, peer, slot } = admitted;
     let name = opts.name;
@@ -298,13 +320,8 @@ async fn drive<I, S, B>(
     mut stop: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    S: ConnService<B>,
+    B: ResponseBody,
 {
     let activity = Arc::new(watch::Sender::new(Activity::default()));
     let unused = unused(
