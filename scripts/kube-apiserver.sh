@@ -9,7 +9,7 @@
 #                                              write DIR/kubeconfig (admin token) and DIR/*.pid
 #   scripts/kube-apiserver.sh stop DIR         stop what `start DIR` started (by the pids it wrote)
 #
-# The Rust tests (control-plane/tests/kube_*.rs) call `start`/`stop` themselves; they
+# The Rust tests (control-plane/tests/kube/) call `start`/`stop` themselves; they
 # fail with a pointer to `install` when the binary is missing. The build takes ~4 min on 2 cores
 # and ~2.5 GB of disk (the source tree is removed afterwards). MESHD_KUBE_CACHE overrides the cache.
 set -euo pipefail

@@ -22,9 +22,8 @@ python3 scripts/check-layers.py
 cargo test -p meshd-model --features meshd-model/schema -p meshd-ca -p meshd-xds -p meshd-ads -p meshd-injector -p meshd-loadgen \
   --lib --bins --tests -- "$@"
 
-# The control plane in-process on 127.0.0.1:0.
-cargo test -p meshd --lib --bins \
-  --test ads_protocol --test ca_api --test webhook --test kube_fake_apiserver -- "$@"
+# The control plane in-process on 127.0.0.1:0 (control-plane/tests/in_process/, one binary).
+cargo test -p meshd --lib --bins --test in_process -- "$@"
 
 # The local-mesh harness less its podnet tests, which build network namespaces (root) and run in
 # scripts/test.sh; not_in_production checks the image's meshd has no harness in it.

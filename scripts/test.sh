@@ -3,6 +3,8 @@
 # then the whole workspace. Tests create network namespaces and iptables rules: run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# No incremental caches: they only help an edit loop, and cost gigabytes of a small shared disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 if [ "$(id -u)" != 0 ]; then
   echo "scripts/test.sh: the tests need root (network namespaces, iptables)" >&2

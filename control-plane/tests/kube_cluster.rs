@@ -8,6 +8,7 @@
 //! Needs root and `scripts/kube-node.sh install` (scripts/install-tools.sh runs it). One node
 //! runs per machine: the script's lock serializes concurrent runs.
 
+#[path = "kube/kube_support/mod.rs"]
 mod kube_support;
 
 use k8s_openapi::api::apps::v1::Deployment;

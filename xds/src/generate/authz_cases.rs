@@ -2,7 +2,7 @@
 //! the Envoy RBAC policy meshd makes of it (JSON, as `/debug/config_dump` renders it), and for the
 //! run through real Envoy one request the policy allows and one it denies (403).
 //!
-//! Pure data, shared by the unit test in `authz.rs` and by `tests/tests/authz_table.rs`.
+//! Pure data, shared by the unit test in `authz.rs` and by `tests/tests/e2e/authz_table.rs`.
 //!
 //! The end-to-end world: workload `server` (namespace `authz`, service account `server`,
 //! 10.44.0.20, labels `app: server`) behind service `server.authz.svc.cluster.local` (VIP

@@ -1,0 +1,124 @@
+//! The Telemetry API end to end with stock Envoy: a namespace's Telemetry sets the tracing
+//! sampling of its sidecars (0 %: no request sampled, no span; changed to 100 % live: sampled
+//! and reported), and a workload's access-log filter `response.code >= 400` leaves only the
+//! failed request in that sidecar's stdout log while its neighbour logs everything.
+//!
+//! Every wait is on an event (a log line, an Envoy counter); nothing is timed.
+
+use crate::traffic_support;
+
+use std::time::Duration;
+
+use meshd_e2e::*;
+use traffic_support::*;
+
+const PORT: u16 = 8080;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sampling(percent: u32) -> String {
+    format!(
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: sampling, namespace: {NS}}}\nspec:\n  tracing:\n  - randomSamplingPercentage: {percent}\n"
+    )
+}
+
+fn api_logs() -> String {
+    format!(
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: api-logs, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{app: api}}}}\n  accessLogging:\n  - filter: {{expression: 'response.code >= 400'}}\n"
+    )
+}
+
+/// The JSON access-log lines of `pod` for `path`, by response code.
+fn logged(mesh: &Mesh, pod: &str, path: &str) -> Vec<u64> {
+    mesh.envoy_log(pod)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["path"] == path)
+        .filter_map(|v| v["response_code"].as_u64())
+        .collect()
+}
+
+#[test]
+fn telemetry_sets_sampling_and_filters_access_logs() {
+    let api = fqdn("api");
+    let yaml = [
+        service("client", vip(10), PORT),
+        workload("client", "client", ip(10), &[]),
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+    ]
+    .concat();
+    // A collector address nobody listens on: span reports are counted by Envoy either way.
+    let collector = format!("{}:9411", ip(1));
+    let mesh = mesh_with(
+        MeshOptions::named("telemetry-api")
+            .config("mesh.yaml", &yaml)
+            .config("sampling.yaml", &sampling(0))
+            .config("api-logs.yaml", &api_logs())
+            .serve_arg("--zipkin-address")
+            .serve_arg(&collector),
+        &[(api.clone(), vip(20))],
+    );
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let api_pod = mesh
+        .add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || get(
+            &client,
+            &format!("http://{api}:{PORT}/warmup")
+        )
+        .status
+            == 200),
+        "the client reaches api through its sidecar"
+    );
+
+    // Three good requests, then one failing: only the failure is in api's log.
+    for _ in 0..3 {
+        let a = get(&client, &format!("http://{api}:{PORT}/t?status=200"));
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let a = get(&client, &format!("http://{api}:{PORT}/t?status=503"));
+    assert_eq!(a.status, 503, "{a:?}");
+    assert!(
+        wait_until(WAIT, || logged(&mesh, "api", "/t?status=503") == [503]),
+        "api's log:\n{}",
+        mesh.envoy_log("api")
+    );
+    assert_eq!(
+        logged(&mesh, "api", "/t?status=200"),
+        Vec::<u64>::new(),
+        "the filter drops the successes: {}",
+        mesh.envoy_log("api")
+    );
+    // The client is not selected: it logs every request (the failure last).
+    assert!(
+        wait_until(WAIT, || logged(&mesh, "client", "/t?status=503") == [503]),
+        "client's log:\n{}",
+        mesh.envoy_log("client")
+    );
+    assert_eq!(logged(&mesh, "client", "/t?status=200"), [200, 200, 200]);
+
+    // 0 % sampling: no request of either sidecar was sampled, no span reported.
+    let out = "http.outbound_0.0.0.0_8080.tracing";
+    let inbound = "http.inbound_0.0.0.0_8080.tracing";
+    for (pod, prefix) in [(&client, out), (&api_pod, inbound)] {
+        assert_eq!(
+            envoy_stat(pod, &format!("{prefix}.random_sampling")).unwrap(),
+            0
+        );
+        assert!(envoy_stat(pod, &format!("{prefix}.not_traceable")).unwrap() >= 4);
+    }
+
+    // The namespace's Telemetry changed to 100 %: requests are sampled and spans reported.
+    mesh.write_config("sampling.yaml", &sampling(100)).unwrap();
+    assert!(
+        wait_until(WAIT, || {
+            get(&client, &format!("http://{api}:{PORT}/sampled"));
+            envoy_stat(&client, &format!("{out}.random_sampling")).unwrap_or(0) > 0
+        }),
+        "the client's sidecar samples after the change"
+    );
+    wait_envoy_stat(&client, "tracing.zipkin.spans_sent", WAIT, |n| n > 0).unwrap();
+}

@@ -1,0 +1,585 @@
+//! Gateways (stock Envoy in router mode): an ingress gateway terminating TLS with a certificate
+//! from files, routing by path and redirecting HTTP to HTTPS; an egress gateway carrying a
+//! sidecar's traffic to a MESH_EXTERNAL ServiceEntry host.
+
+use crate::traffic_support;
+
+use std::path::Path;
+
+use meshd_e2e::*;
+use traffic_support::*;
+
+const PORT: u16 = 8080;
+
+/// `curl` from inside a pod (status, headers+body), trusting `ca` and resolving `host` to `ip`.
+fn curl(pod: &Pod, ca: &Path, host: &str, ip: std::net::Ipv4Addr, url: &str) -> (u16, String) {
+    let ca = ca.to_string_lossy().into_owned();
+    let resolve443 = format!("{host}:8443:{ip}");
+    let resolve80 = format!("{host}:{PORT}:{ip}");
+    let out = pod
+        .run([
+            "curl",
+            "-sS",
+            "-i",
+            "--max-time",
+            "10",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve443,
+            "--resolve",
+            &resolve80,
+            "-w",
+            "\n%{http_code}",
+            url,
+        ])
+        .unwrap_or_else(|e| panic!("curl {url}: {e:#}"));
+    let (text, code) = out.trim_end().rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), text.to_string())
+}
+
+#[test]
+fn ingress_gateway_tls_path_routing_and_https_redirect() {
+    let certs = tempfile::tempdir().unwrap();
+    let host = "shop.example.com";
+    tls_certificates(certs.path(), &[host]);
+    let cert = certs.path().join("cert.pem");
+    let key = certs.path().join("key.pem");
+    let gw = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingressgateway, namespace: istio-system}}
+spec:
+  address: {gw_ip}
+  labels: {{istio: ingressgateway}}
+  serviceAccount: istio-ingressgateway
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: [{host}]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+  - port: {{number: {PORT}, name: http, protocol: HTTP}}
+    hosts: [{host}]
+    tls: {{httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  hosts: [{host}]
+  gateways: [web]
+  http:
+  - match: [{{uri: {{prefix: /api/}}}}]
+    route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
+  - route: [{{destination: {{host: {web}, port: {{number: {PORT}}}}}}}]
+"#,
+        gw_ip = ip(2),
+        cert = cert.display(),
+        key = key.display(),
+        api = fqdn("api"),
+        web = fqdn("web"),
+    );
+    let yaml = [
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+        service("web", vip(21), PORT),
+        workload("web", "web", ip(21), &[]),
+        gw,
+    ]
+    .concat();
+    let mesh = mesh("ingress", &yaml, &[]);
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    mesh.add_sidecar_pod(&format!("web.{NS}"), ip(21), PORT)
+        .unwrap();
+    let gw = mesh
+        .add_sidecar_pod_with(
+            "ingressgateway.istio-system",
+            ip(2),
+            PORT,
+            gateway_options(),
+        )
+        .unwrap();
+    let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
+    let ca = certs.path().join("ca.pem");
+
+    let (code, text) = curl(
+        &outside,
+        &ca,
+        host,
+        gw.ip(),
+        &format!("https://{host}:8443/api/v1/items"),
+    );
+    assert_eq!(code, 200, "{text}\n{}", mesh.envoy_log("ingressgateway"));
+    assert!(text.contains(r#""service":"api""#), "{text}");
+    assert!(text.contains(r#""path":"/api/v1/items""#), "{text}");
+    let (code, text) = curl(
+        &outside,
+        &ca,
+        host,
+        gw.ip(),
+        &format!("https://{host}:8443/index.html"),
+    );
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains(r#""service":"web""#), "{text}");
+
+    // Plain HTTP is redirected to HTTPS.
+    let (code, text) = curl(
+        &outside,
+        &ca,
+        host,
+        gw.ip(),
+        &format!("http://{host}:{PORT}/api/x"),
+    );
+    assert_eq!(code, 301, "{text}");
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("no location: {text}"));
+    assert!(
+        location.starts_with(&format!("https://{host}")),
+        "{location}"
+    );
+    assert!(location.ends_with("/api/x"), "{location}");
+
+    // The certificate is the one from the files (curl verified it against our CA); a client
+    // that does not trust it fails to verify it (60), not for any other reason.
+    let url = format!("https://{host}:8443/");
+    let resolve = format!("{host}:8443:{}", gw.ip());
+    let untrusted = curl_in(&outside, &["--resolve", &resolve, &url]);
+    assert_eq!(
+        untrusted.exit,
+        Some(curl_exit::PEER_FAILED_VERIFICATION),
+        "{untrusted:?}"
+    );
+}
+
+#[test]
+fn egress_gateway_to_a_service_entry_host() {
+    let external = "api.partner.example";
+    let egress = "istio-egressgateway.istio-system.svc.cluster.local";
+    let ext_ip = ip(50);
+    let rest = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner, namespace: {NS}}}
+spec:
+  hosts: [{external}]
+  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {ext_ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [{egress}]
+  addresses: [10.96.0.99]
+  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{istio: egressgateway}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: egressgateway, namespace: istio-system}}
+spec:
+  address: {gw_ip}
+  labels: {{istio: egressgateway}}
+  serviceAccount: istio-egressgateway
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: {PORT}, name: http, protocol: HTTP}}
+    hosts: [{external}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partner-via-egress, namespace: {NS}}}
+spec:
+  hosts: [{external}]
+  gateways: [istio-system/istio-egressgateway, mesh]
+  http:
+  - match: [{{gateways: [mesh], port: {PORT}}}]
+    route: [{{destination: {{host: {egress}, port: {{number: {PORT}}}}}}}]
+  - match: [{{gateways: [istio-system/istio-egressgateway], port: {PORT}}}]
+    route: [{{destination: {{host: {external}, port: {{number: {PORT}}}}}}}]
+"#,
+        gw_ip = ip(3),
+    );
+    let yaml = [
+        service("client", vip(10), PORT),
+        workload("client", "client", ip(10), &[]),
+        rest,
+    ]
+    .concat();
+    let mesh = mesh("egress", &yaml, &[(external.to_string(), ext_ip)]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let gw = mesh
+        .add_sidecar_pod_with("egressgateway.istio-system", ip(3), PORT, gateway_options())
+        .unwrap();
+    // The partner: a plain workload outside the mesh.
+    let partner = mesh.add_plain_pod("partner", ext_ip).unwrap();
+    let meshd = mesh.meshd_bin().to_string_lossy().into_owned();
+    let _app = partner
+        .spawn([
+            &meshd, "workload", "--name", "partner", "--bind", "0.0.0.0", "--port", "8080",
+        ])
+        .unwrap();
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        get(&partner, &format!("http://{ext_ip}:{PORT}/")).status == 200
+    }));
+
+    let a = get(&client, &format!("http://{external}:{PORT}/quote?x=1"));
+    assert_eq!(a.status, 200, "{a:?}\n{}", mesh.envoy_log("egressgateway"));
+    assert_eq!(a.service(), "partner");
+    assert_eq!(a.json()["path"], "/quote");
+    // The hop went client sidecar → egress gateway → partner.
+    let via_gw = format!("cluster.outbound|{PORT}||{egress}.upstream_rq_200");
+    assert!(
+        stat(&client, &via_gw) >= 1,
+        "client did not use the egress gateway"
+    );
+    let out = format!("cluster.outbound|{PORT}||{external}.upstream_rq_200");
+    assert!(
+        stat(&gw, &out) >= 1,
+        "the egress gateway did not call the partner"
+    );
+    // The client's own cluster for the partner sent nothing (`upstream_rq_total` exists from
+    // the cluster's start; a per-code counter would only exist once used).
+    let direct = format!("cluster.outbound|{PORT}||{external}.upstream_rq_total");
+    assert_eq!(stat(&client, &direct), 0, "client went direct");
+}
+
+/// `curl -sS` from `pod` with extra args; Ok(body) or Err(the run: exit code, stderr).
+fn curl_with(pod: &Pod, args: &[&str]) -> Result<String, Curl> {
+    let out = curl_in(pod, args);
+    match out.exit {
+        Some(0) => Ok(out.stdout),
+        _ => Err(out),
+    }
+}
+
+#[test]
+fn gateway_certificates_by_sni_mutual_tls_and_passthrough() {
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    tls_certificates(
+        one.path(),
+        &["shop.example.com", "mtls.example.com", "pass.example.com"],
+    );
+    tls_certificates(two.path(), &["admin.example.com"]);
+    let f1 = |f: &str| one.path().join(f).to_string_lossy().into_owned();
+    let f2 = |f: &str| two.path().join(f).to_string_lossy().into_owned();
+    let backend_ip = ip(60);
+    let config = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingressgateway, namespace: istio-system}}
+spec:
+  address: {gw_ip}
+  labels: {{istio: ingressgateway}}
+  serviceAccount: istio-ingressgateway
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https-shop, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {cert1}, privateKey: {key1}}}
+  - port: {{number: 8443, name: https-admin, protocol: HTTPS}}
+    hosts: [admin.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {cert2}, privateKey: {key2}, minProtocolVersion: TLSV1_3}}
+  - port: {{number: 9443, name: https-mtls, protocol: HTTPS}}
+    hosts: [mtls.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {cert1}, privateKey: {key1}, caCertificates: {ca1}}}
+  - port: {{number: 9444, name: tls-pass, protocol: TLS}}
+    hosts: [pass.example.com]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  hosts: [shop.example.com, admin.example.com, mtls.example.com]
+  gateways: [web]
+  http:
+  - route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tls-backend, namespace: {NS}}}
+spec:
+  hosts: [tls-backend.example]
+  ports: [{{number: 8443, name: tls, protocol: TLS}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {backend_ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: pass, namespace: {NS}}}
+spec:
+  hosts: [pass.example.com]
+  gateways: [web]
+  tls:
+  - match: [{{sniHosts: [pass.example.com], port: 9444}}]
+    route: [{{destination: {{host: tls-backend.example, port: {{number: 8443}}}}}}]
+"#,
+        gw_ip = ip(2),
+        cert1 = f1("cert.pem"),
+        key1 = f1("key.pem"),
+        ca1 = f1("ca.pem"),
+        cert2 = f2("cert.pem"),
+        key2 = f2("key.pem"),
+        api = fqdn("api"),
+    );
+    let yaml = [
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+        config,
+    ]
+    .concat();
+    let mesh = mesh("gwtls", &yaml, &[]);
+    assert_eq!(
+        mesh.admin_json("/debug/configz").unwrap()["rejected"],
+        serde_json::json!([])
+    );
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    let gw = mesh
+        .add_sidecar_pod_with(
+            "ingressgateway.istio-system",
+            ip(2),
+            PORT,
+            gateway_options(),
+        )
+        .unwrap();
+    // The passthrough backend terminates TLS itself (a plain pod outside the mesh).
+    let backend = mesh.add_plain_pod("tls-backend", backend_ip).unwrap();
+    let root = one.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("id.txt"), "backend").unwrap();
+    let (c1, k1) = (f1("cert.pem"), f1("key.pem"));
+    let mut cmd = backend.exec([
+        "openssl", "s_server", "-quiet", "-accept", "8443", "-cert", &c1, "-key", &k1, "-WWW",
+    ]);
+    cmd.current_dir(&root);
+    let _server = Child::spawn("tls-backend", cmd, None).unwrap();
+    let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
+    let g = gw.ip();
+    let resolve = |host: &str, port: u16| format!("{host}:{port}:{g}");
+
+    // Port 8443: each host gets its own certificate (each verified against its own CA).
+    let (ca1, ca2) = (f1("ca.pem"), f2("ca.pem"));
+    for (host, ca) in [("shop.example.com", &ca1), ("admin.example.com", &ca2)] {
+        let body = curl_with(
+            &outside,
+            &[
+                "--cacert",
+                ca,
+                "--resolve",
+                &resolve(host, 8443),
+                &format!("https://{host}:8443/x"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{host}: {e:?}\n{}", mesh.envoy_log("ingressgateway")));
+        assert!(body.contains(r#""service":"api""#), "{host}: {body}");
+    }
+    // admin's server requires TLS 1.3: a TLS 1.2 client fails the handshake (35) on the
+    // gateway's protocol_version alert.
+    let old_tls = curl_with(
+        &outside,
+        &[
+            "--cacert",
+            &ca2,
+            "--tls-max",
+            "1.2",
+            "--resolve",
+            &resolve("admin.example.com", 8443),
+            "https://admin.example.com:8443/x",
+        ],
+    )
+    .expect_err("TLS 1.2 to a TLS 1.3-only server");
+    assert!(
+        old_tls.exit == Some(curl_exit::SSL_CONNECT_ERROR)
+            && old_tls.stderr.contains("protocol version"),
+        "{old_tls:?}"
+    );
+
+    // Port 9443, MUTUAL: no client certificate, no entry; one from the CA gets through. The
+    // gateway refuses for the missing certificate (its counter says so); under TLS 1.3 curl has
+    // finished its side of the handshake by then and learns of it when it next writes or reads
+    // (HTTP/2 send 16, send 55, receive 56) or, earlier, in the handshake (35): a failure after
+    // connecting, never a timeout or a refused connection.
+    let mtls = resolve("mtls.example.com", 9443);
+    let url = "https://mtls.example.com:9443/m";
+    let no_cert_refusals = "listener.0.0.0.0_9443.ssl.fail_verify_no_cert";
+    let refused_before = stat(&gw, no_cert_refusals);
+    let no_cert = curl_with(&outside, &["--cacert", &ca1, "--resolve", &mtls, url])
+        .expect_err("MUTUAL without a client certificate");
+    assert!(
+        matches!(
+            no_cert.exit,
+            Some(
+                curl_exit::HTTP2
+                    | curl_exit::SSL_CONNECT_ERROR
+                    | curl_exit::SEND_ERROR
+                    | curl_exit::RECV_ERROR
+            )
+        ),
+        "{no_cert:?}"
+    );
+    assert_eq!(
+        stat(&gw, no_cert_refusals) - refused_before,
+        1,
+        "{no_cert:?}"
+    );
+    let body = curl_with(
+        &outside,
+        &[
+            "--cacert",
+            &ca1,
+            "--cert",
+            &c1,
+            "--key",
+            &k1,
+            "--resolve",
+            &mtls,
+            url,
+        ],
+    )
+    .unwrap();
+    assert!(body.contains(r#""service":"api""#), "{body}");
+
+    // Port 9444, PASSTHROUGH: the backend's own certificate and content, by SNI.
+    let body = curl_with(
+        &outside,
+        &[
+            "--cacert",
+            &ca1,
+            "--resolve",
+            &resolve("pass.example.com", 9444),
+            "https://pass.example.com:9444/id.txt",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", mesh.envoy_log("ingressgateway")));
+    assert_eq!(body, "backend");
+
+    // credentialName: a `kind: Secret` among the config files (file mode's Secrets), in the
+    // gateway's namespace, served over SDS. The Secret's certificate is the one files serve.
+    let indent = |f: &str| {
+        std::fs::read_to_string(f)
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    mesh.write_config(
+        "credential.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Secret
+metadata: {{name: shop-cert, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{crt}  tls.key: |
+{key}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: creds, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 7443, name: https-creds, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, credentialName: shop-cert}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: creds, namespace: {NS}}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [creds]
+  http:
+  - route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
+"#,
+            crt = indent(&f1("cert.pem")),
+            key = indent(&f1("key.pem")),
+            api = fqdn("api"),
+        ),
+    )
+    .unwrap();
+    let mut last = String::new();
+    let served = wait_until(std::time::Duration::from_secs(15), || {
+        match curl_with(
+            &outside,
+            &[
+                "--cacert",
+                &ca1,
+                "--resolve",
+                &resolve("shop.example.com", 7443),
+                "https://shop.example.com:7443/creds",
+            ],
+        ) {
+            Ok(body) => {
+                last = body;
+                last.contains(r#""service":"api""#)
+            }
+            Err(e) => {
+                last = format!("{e:?}");
+                false
+            }
+        }
+    });
+    assert!(served, "{last}\n{}", mesh.envoy_log("ingressgateway"));
+    let secrets = gw
+        .envoy_admin("/config_dump?resource=dynamic_active_secrets")
+        .unwrap()
+        .1;
+    assert!(secrets.contains("kubernetes://shop-cert"), "{secrets}");
+    assert!(
+        !secrets.contains("BEGIN PRIVATE KEY"),
+        "Envoy redacts the key: {secrets}"
+    );
+
+    // What a gateway server cannot be is reported.
+    mesh.write_config(
+        "bad-gateway.yaml",
+        &format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: bad, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 7444, name: https, protocol: HTTPS}}
+    hosts: ["*"]
+    tls: {{mode: SIMPLE, credentialName: shop-cert, serverCertificate: {cert1}, privateKey: {key1}}}
+"#,
+            cert1 = f1("cert.pem"),
+            key1 = f1("key.pem"),
+        ),
+    )
+    .unwrap();
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        mesh.admin_json("/debug/configz").unwrap()["rejected"]
+            .to_string()
+            .contains("either credentialName or the certificate files")
+    }));
+}

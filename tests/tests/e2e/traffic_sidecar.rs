@@ -1,0 +1,166 @@
+//! The Sidecar resource in stock Envoy: outboundTrafficPolicy REGISTRY_ONLY against ALLOW_ANY,
+//! and ingress listeners (the ports a workload serves, and where its app listens).
+
+use crate::traffic_support;
+
+use std::time::Duration;
+
+use meshd_e2e::*;
+use traffic_support::*;
+
+const PORT: u16 = 8080;
+
+/// A plain (non-mesh) pod at `addr` serving the workload app on each of `ports`.
+fn outside_server(mesh: &Mesh, name: &str, addr: std::net::Ipv4Addr, ports: &[u16]) -> Vec<Child> {
+    let pod = mesh.add_plain_pod(name, addr).unwrap();
+    let meshd = mesh.meshd_bin().to_string_lossy().into_owned();
+    let apps: Vec<Child> = ports
+        .iter()
+        .map(|p| {
+            let port = p.to_string();
+            pod.spawn([
+                &meshd, "workload", "--name", name, "--bind", "0.0.0.0", "--port", &port,
+            ])
+            .unwrap()
+        })
+        .collect();
+    for p in ports {
+        assert!(wait_until(Duration::from_secs(10), || {
+            get(&pod, &format!("http://{addr}:{p}/")).status == 200
+        }));
+    }
+    apps
+}
+
+#[test]
+fn registry_only_blocks_what_the_registry_does_not_know() {
+    let yaml = [
+        service("client", vip(10), PORT),
+        workload("client", "client", ip(10), &[]),
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: {NS}}}
+spec:
+  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: free, namespace: other}}
+spec:
+  address: {free}
+  labels: {{app: free}}
+  serviceAccount: free
+"#,
+            free = ip(11)
+        ),
+    ]
+    .concat();
+    let mesh = mesh("registry", &yaml, &[(fqdn("api"), vip(20))]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let free = mesh.add_sidecar_pod("free.other", ip(11), PORT).unwrap();
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    let ext = ip(50);
+    let _apps = outside_server(&mesh, "external", ext, &[PORT, 9999]);
+
+    // Both reach what the registry knows.
+    for pod in [&client, &free] {
+        let a = get(pod, &format!("http://{}:{PORT}/", fqdn("api")));
+        assert_eq!(a.status, 200, "{}: {a:?}", pod.name);
+        assert_eq!(a.service(), "api");
+    }
+    // ALLOW_ANY (no Sidecar in namespace `other`): unknown destinations pass through.
+    let a = get(&free, &format!("http://{ext}:{PORT}/"));
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.service(), "external");
+    let a = get(&free, &format!("http://{ext}:9999/"));
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(stat(&free, "cluster.PassthroughCluster.upstream_cx_total") >= 2);
+
+    // REGISTRY_ONLY: an unknown host on an HTTP port gets 502 from the sidecar; an unknown
+    // port is dropped (black hole).
+    let a = get(&client, &format!("http://{ext}:{PORT}/"));
+    assert_eq!(a.status, 502, "{a:?}");
+    // The black hole is a TCP proxy with no upstream: the client's sidecar accepts and closes.
+    let a = get(&client, &format!("http://{ext}:9999/"));
+    assert!(
+        a.no_answer
+            .as_ref()
+            .is_some_and(NoAnswer::is_reset_or_closed),
+        "{a:?}"
+    );
+    assert_eq!(
+        stat(&client, "cluster.PassthroughCluster.upstream_cx_total"),
+        0
+    );
+    assert!(stat(&client, "cluster.BlackHoleCluster.upstream_cx_none_healthy") >= 1);
+}
+
+#[test]
+fn ingress_listener_forwards_a_service_port_to_the_app_port() {
+    // api's service port is 8080; its app listens on 9090. Only the Sidecar's ingress listener
+    // tells the proxy so.
+    let sidecar = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: api-ingress, namespace: {NS}}}
+spec:
+  workloadSelector:
+    labels: {{app: api}}
+  ingress:
+  - port: {{number: {PORT}, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:9090
+"#
+    );
+    let yaml = [
+        service("client", vip(10), PORT),
+        workload("client", "client", ip(10), &[]),
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+    ]
+    .concat();
+    let mesh = mesh("ingress", &yaml, &[(fqdn("api"), vip(20))]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let api = mesh
+        .add_sidecar_pod(&format!("api.{NS}"), ip(20), 9090)
+        .unwrap();
+    let url = format!("http://{}:{PORT}/hello", fqdn("api"));
+    // Without the Sidecar the inbound side forwards to 127.0.0.1:8080, where nothing listens.
+    let a = get(&client, &url);
+    assert_eq!(a.status, 503, "{a:?}");
+
+    mesh.write_config("sidecar.yaml", &sidecar).unwrap();
+    let inbound_cluster = format!("inbound|{PORT}||");
+    assert!(wait_until(Duration::from_secs(10), || {
+        dump_clusters(&api.envoy_config_dump().unwrap())
+            .get(&inbound_cluster)
+            .is_some_and(|c| c["load_assignment"].to_string().contains("9090"))
+    }));
+    let a = get(&client, &url);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.service(), "api");
+    assert_eq!(
+        a.json()["caller"],
+        format!("spiffe://cluster.local/ns/{NS}/sa/client"),
+        "still mTLS through the ingress listener"
+    );
+
+    // A defaultEndpoint meshd cannot serve is reported, not ignored.
+    mesh.write_config(
+        "sidecar.yaml",
+        &sidecar.replace("127.0.0.1:9090", "unix:///var/run/app.sock"),
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        mesh.admin_json("/debug/configz").unwrap()["rejected"]
+            .to_string()
+            .contains("unix sockets are not")
+    }));
+}
