@@ -2,6 +2,7 @@
 //! string passed on blindly.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub const INJECT: &str = "sidecar.istio.io/inject";
 pub const STATUS: &str = "sidecar.istio.io/status";
@@ -53,6 +54,8 @@ pub struct ProxyConfigOverrides {
     pub delta_xds: Option<bool>,
     /// `holdApplicationUntilProxyStarts`.
     pub hold_application: Option<bool>,
+    /// `terminationDrainDuration`: how long the sidecar drains before Envoy gets SIGTERM.
+    pub termination_drain: Option<Duration>,
 }
 
 /// Reads `proxy.istio.io/config`. Other fields and variables are reported as ignored (meshd has
@@ -107,6 +110,16 @@ pub fn proxy_config(
             }
             continue;
         }
+        if key == "terminationDrainDuration" {
+            match value.as_str().and_then(proto_duration) {
+                Some(d) => out.termination_drain = Some(d),
+                None => errors.push(format!(
+                    "annotation {PROXY_CONFIG}: terminationDrainDuration: `{}` is not a duration (`5s`, `1.5s`)",
+                    shown(&value)
+                )),
+            }
+            continue;
+        }
         if key != "proxyMetadata" {
             warnings.push(format!(
                 "annotation {PROXY_CONFIG}: field `{key}` is not supported by meshd; ignored"
@@ -137,6 +150,32 @@ pub fn proxy_config(
         }
     }
     out
+}
+
+/// A `google.protobuf.Duration` in its JSON form, as ProxyConfig's YAML holds one: seconds with
+/// at most nine fraction digits and an `s` (`5s`, `1.5s`), between 0 and one day (a drain of a
+/// day is already past any pod's grace period).
+pub fn proto_duration(v: &str) -> Option<Duration> {
+    let number = v.trim().strip_suffix('s')?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty()
+        || whole.len() > 5
+        || fraction.len() > 9
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let secs: u64 = whole.parse().ok()?;
+    let nanos: u32 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<9}").parse().ok()?
+    };
+    let d = Duration::new(secs, nanos);
+    (d <= Duration::from_secs(86_400)).then_some(d)
 }
 
 /// Go's `strconv.ParseBool`, which Istio uses for its boolean annotations.

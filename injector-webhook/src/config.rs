@@ -100,6 +100,29 @@ pub struct InjectConfig {
     /// The mesh default of ProxyConfig `holdApplicationUntilProxyStarts` (classic path only:
     /// a native sidecar always starts first).
     pub hold_application_until_proxy_starts: bool,
+    /// The mesh default of ProxyConfig `terminationDrainDuration` (Istio's is 5 s): how long the
+    /// sidecar's preStop hook drains before the kubelet sends Envoy SIGTERM.
+    #[serde(with = "drain_duration")]
+    pub termination_drain_duration: std::time::Duration,
+}
+
+/// `terminationDrainDuration` in the injector config: a protobuf duration string (`5s`).
+mod drain_duration {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}s", d.as_secs_f64()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::annotations::proto_duration(&text).ok_or_else(|| {
+            D::Error::custom(format!(
+                "terminationDrainDuration `{text}` is not a duration such as `5s`"
+            ))
+        })
+    }
 }
 
 /// Kubernetes runs native sidecars by default from 1.29 (beta, feature gate on).
@@ -153,6 +176,7 @@ impl Default for InjectConfig {
             revision: "default".into(),
             native_sidecars: None,
             hold_application_until_proxy_starts: false,
+            termination_drain_duration: std::time::Duration::from_secs(5),
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Plan {
     pub native_sidecar: bool,
     /// Classic path: the proxy is the first container and holds the app until Envoy is ready.
     pub hold_application: bool,
+    /// The sidecar's preStop drain: the pod's `terminationDrainDuration`, else the mesh's.
+    pub termination_drain: std::time::Duration,
     pub canonical_name: Option<String>,
     pub canonical_revision: String,
     /// Admission warnings: what was not honoured, and why.
@@ -203,6 +205,9 @@ pub fn decide(
         && settings
             .hold_application
             .unwrap_or(cfg.hold_application_until_proxy_starts);
+    let termination_drain = settings
+        .termination_drain
+        .unwrap_or(cfg.termination_drain_duration);
     let canonical_name = labels
         .get(ann::CANONICAL_NAME_LABEL)
         .or_else(|| labels.get("app.kubernetes.io/name"))
@@ -219,6 +224,7 @@ pub fn decide(
         settings,
         native_sidecar,
         hold_application,
+        termination_drain,
         canonical_name,
         canonical_revision,
         warnings,

@@ -133,9 +133,8 @@ pub fn bootstrap_container(cfg: &InjectConfig, plan: &Plan, probers: &AppProbers
     if plan.settings.template == Template::Gateway {
         args.extend(strings(&["--node-type", "router"]));
     }
-    if plan.hold_application {
-        args.extend(strings(&["--install-proxy-wait", paths::PROXY_WAIT_FILE]));
-    }
+    // Every sidecar's preStop hook runs it (drain); a held one's postStart too.
+    args.extend(strings(&["--install-proxy-wait", paths::PROXY_WAIT_FILE]));
     Container {
         name: names::BOOTSTRAP_INIT.into(),
         image: Some(cfg.init_image.clone()),
@@ -188,6 +187,22 @@ fn envoy_ready_get() -> HTTPGetAction {
         scheme: Some("HTTP".into()),
         ..Default::default()
     }
+}
+
+/// The command of the preStop hook, what pilot-agent does on SIGTERM in Istio: drain the
+/// inbound listeners (they keep answering, with `Connection: close`), wait `drain`, return; the
+/// kubelet then sends SIGTERM, on which stock Envoy exits at once. Without it Envoy dies with
+/// the pod's first signal while other sidecars still send to this pod's address (their EDS
+/// drops it a moment later): those requests fail.
+pub fn drain_command(drain: std::time::Duration) -> Vec<String> {
+    strings(&[
+        paths::PROXY_WAIT_FILE,
+        "drain",
+        "--admin-url",
+        &format!("http://127.0.0.1:{}", ports::ADMIN),
+        "--duration",
+        &format!("{}ms", drain.as_millis()),
+    ])
 }
 
 /// The command of the hold-application postStart hook: polls Envoy's readiness and returns
@@ -262,17 +277,21 @@ pub fn proxy_container(cfg: &InjectConfig, plan: &Plan) -> Container {
             ..Default::default()
         });
     }
-    if plan.hold_application {
-        c.lifecycle = Some(Lifecycle {
-            post_start: Some(LifecycleHandler {
-                exec: Some(ExecAction {
-                    command: Some(wait_command()),
-                }),
-                ..Default::default()
+    c.lifecycle = Some(Lifecycle {
+        post_start: plan.hold_application.then(|| LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(wait_command()),
             }),
             ..Default::default()
-        });
-    }
+        }),
+        pre_stop: Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(drain_command(plan.termination_drain)),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     c
 }
 

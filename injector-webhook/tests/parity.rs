@@ -119,7 +119,9 @@ fn native_sidecar_goes_into_init_containers_after_capture_and_before_user_inits(
         proxy["startupProbe"]["httpGet"],
         json!({"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"})
     );
-    assert!(proxy.get("lifecycle").is_none());
+    // A native sidecar starts first anyway: no postStart hold; the preStop drain stays.
+    assert!(proxy["lifecycle"].get("postStart").is_none(), "{proxy}");
+    assert_eq!(proxy["lifecycle"]["preStop"]["exec"]["command"][1], "drain");
     let status: Value = serde_json::from_str(
         out["metadata"]["annotations"]["sidecar.istio.io/status"]
             .as_str()
@@ -246,22 +248,25 @@ fn hold_application_puts_the_proxy_first_with_a_wait_hook() {
     );
     let (out, _) = run(&off, &mesh_default);
     assert_eq!(names(&out, "containers"), ["web", "worker", "istio-proxy"]);
-    let no_copy = |out: &serde_json::Value| {
-        !find(out, "initContainers", "meshd-bootstrap")["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a == "--install-proxy-wait")
+    let no_hold = |out: &serde_json::Value, proxy: &serde_json::Value| {
+        proxy["lifecycle"].get("postStart").is_none()
+            // The waiter is still copied: the preStop drain runs it.
+            && find(out, "initContainers", "meshd-bootstrap")["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "--install-proxy-wait")
     };
-    assert!(no_copy(&out), "not held: nothing to copy");
-    // A native sidecar starts first anyway: no hook.
+    assert!(
+        no_hold(&out, find(&out, "containers", "istio-proxy")),
+        "not held"
+    );
+    // A native sidecar starts first anyway: no hold.
     let (out, _) = run(&held, &native());
     assert!(
-        find(&out, "initContainers", "istio-proxy")
-            .get("lifecycle")
-            .is_none()
+        no_hold(&out, find(&out, "initContainers", "istio-proxy")),
+        "native"
     );
-    assert!(no_copy(&out), "native: nothing to copy");
     let bad = with_annotations(
         &pod,
         &[(
@@ -276,6 +281,73 @@ fn hold_application_puts_the_proxy_first_with_a_wait_hook() {
             .message
             .contains("holdApplicationUntilProxyStarts: `often` is not a boolean")
     );
+}
+
+/// Istio's pilot-agent drains the sidecar on SIGTERM for ProxyConfig `terminationDrainDuration`
+/// (5 s unless set); with no agent, the proxy's preStop hook does it, before the kubelet's
+/// SIGTERM reaches Envoy. The pod's own ProxyConfig sets the duration; a bad one is refused.
+#[test]
+fn every_sidecar_drains_for_the_termination_drain_duration_before_sigterm() {
+    let pod = fixture("complex.json");
+    let hook = |out: &serde_json::Value, proxy: &str| {
+        let proxy = find(out, proxy, "istio-proxy");
+        proxy["lifecycle"]["preStop"]["exec"]["command"].clone()
+    };
+    let (out, _) = run(&pod, &InjectConfig::default());
+    assert_eq!(
+        hook(&out, "containers"),
+        json!([
+            "/etc/meshd/proxy/meshd-proxy-wait",
+            "drain",
+            "--admin-url",
+            "http://127.0.0.1:15000",
+            "--duration",
+            "5000ms"
+        ])
+    );
+    assert!(
+        find(&out, "initContainers", "meshd-bootstrap")["args"]
+            .as_array()
+            .unwrap()
+            .windows(2)
+            .any(|w| w[0] == "--install-proxy-wait" && w[1] == "/etc/meshd/proxy/meshd-proxy-wait")
+    );
+    let pod_set = with_annotations(
+        &pod,
+        &[("proxy.istio.io/config", "terminationDrainDuration: 12.5s")],
+    );
+    let (out, _) = run(&pod_set, &InjectConfig::default());
+    assert_eq!(hook(&out, "containers")[5], "12500ms");
+    let mesh_set: InjectConfig =
+        serde_json::from_value(json!({"terminationDrainDuration": "0.25s"})).unwrap();
+    let (out, _) = run(&pod, &mesh_set);
+    assert_eq!(hook(&out, "containers")[5], "250ms");
+    let (out, _) = run(&pod_set, &native());
+    assert_eq!(hook(&out, "initContainers")[5], "12500ms");
+    assert!(
+        serde_json::from_value::<InjectConfig>(json!({"terminationDrainDuration": "5 seconds"}))
+            .is_err()
+    );
+    for bad in ["5", "-1s", "5m", "1.0000000001s", "999999s"] {
+        let bad_pod = with_annotations(
+            &pod,
+            &[(
+                "proxy.istio.io/config",
+                &format!("terminationDrainDuration: {bad}"),
+            )],
+        );
+        let resp = inject(
+            &review(&bad_pod, "shop"),
+            &InjectConfig::default(),
+            &enabled,
+        );
+        assert!(!resp.allowed, "{bad}");
+        assert!(
+            resp.result.message.contains("terminationDrainDuration"),
+            "{bad}: {}",
+            resp.result.message
+        );
+    }
 }
 
 #[test]

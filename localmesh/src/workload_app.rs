@@ -31,6 +31,24 @@ pub struct WorkloadArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: String,
+    /// On SIGTERM, keep serving this long (`5s`, `500ms`) before the graceful shutdown. The
+    /// kubelet signals a pod as its endpoint is being removed, not after: callers whose
+    /// endpoint list is a moment old still send here, as to any well-behaved Kubernetes app.
+    #[arg(long, default_value = "0s", value_parser = parse_delay)]
+    pub shutdown_delay: std::time::Duration,
+}
+
+fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{s}` is not a delay such as `5s` or `500ms`");
+    let (digits, millis) = match s.strip_suffix("ms") {
+        Some(d) => (d, 1),
+        None => (s.strip_suffix('s').ok_or_else(bad)?, 1000),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(millis)
+        .filter(|ms| *ms <= 600_000)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(bad)
 }
 
 #[derive(Default)]
@@ -250,7 +268,8 @@ pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     eprintln!("meshd workload {}: listening on {addr}", args.name);
-    serve_on(listener, &args.name, async {
+    let delay = args.shutdown_delay;
+    serve_on(listener, &args.name, async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -262,6 +281,10 @@ pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
                 }
             } => {}
         }
+        if !delay.is_zero() {
+            eprintln!("meshd workload: stopping in {delay:?}, serving until then");
+            tokio::time::sleep(delay).await;
+        }
     })
     .await
 }
@@ -269,6 +292,18 @@ pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shutdown_delays_parse_strictly() {
+        assert_eq!(parse_delay("5s"), Ok(std::time::Duration::from_secs(5)));
+        assert_eq!(
+            parse_delay("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        for bad in ["5", "-1s", "5m", "9999999999999999999s", "601s"] {
+            assert!(parse_delay(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn xfcc_uri() {

@@ -1,12 +1,16 @@
-//! Waiting until the sidecar's Envoy is ready: what `pilot-agent wait` does in Istio.
+//! The sidecar's start and stop hooks, where Istio's pilot-agent does both: waiting until
+//! Envoy is ready (`pilot-agent wait`) and draining it before the pod's end.
 //!
-//! The injector makes it the `istio-proxy` container's postStart hook under
+//! The injector makes [`wait_ready`] the `istio-proxy` container's postStart hook under
 //! `holdApplicationUntilProxyStarts` on the classic path (the kubelet starts the pod's next
-//! container only after the hook returns). The hook runs inside the proxy's image, which is
+//! container only after the hook returns), and [`drain`] its preStop hook: the kubelet sends
+//! Envoy SIGTERM (on which stock Envoy exits at once) only after the hook returns, so the
+//! inbound listener keeps answering for ProxyConfig `terminationDrainDuration` while the pod's
+//! endpoint leaves the other sidecars' EDS. The hooks run inside the proxy's image, which is
 //! stock Envoy (meshd's own, or `envoyproxy/envoy`) with no meshd in it, so the bootstrap init
 //! container copies this binary into the pod's shared emptyDir. That copy lives in memory for
-//! the pod's life, which is why this crate has no dependencies and speaks the one HTTP/1.1 GET
-//! it needs with the standard library (a few hundred KB, against meshd's tens of MB).
+//! the pod's life, which is why this crate has no dependencies and speaks the one HTTP/1.1
+//! request it needs with the standard library (a few hundred KB, against meshd's tens of MB).
 //!
 //! Every answer is hostile: the status line is read from at most [`MAX_RESPONSE_HEAD`] bytes
 //! with a read timeout, and anything but `HTTP/1.x 2xx` counts as not ready.
@@ -36,6 +40,9 @@ pub enum WaitError {
         after: Duration,
         last: String,
     },
+    /// The drain request got no 2xx (the wait happened anyway).
+    #[error("Envoy did not drain ({url}): {last}")]
+    DrainRefused { url: String, last: String },
 }
 
 impl HttpUrl {
@@ -69,6 +76,11 @@ impl HttpUrl {
 
 /// One GET: the answer's status code, or why there was none.
 pub fn status(url: &HttpUrl, io_timeout: Duration) -> Result<u16, String> {
+    request("GET", url, io_timeout)
+}
+
+/// One request with no body: the answer's status code, or why there was none.
+fn request(method: &str, url: &HttpUrl, io_timeout: Duration) -> Result<u16, String> {
     let addrs: Vec<SocketAddr> = url
         .authority
         .to_socket_addrs()
@@ -82,7 +94,7 @@ pub fn status(url: &HttpUrl, io_timeout: Duration) -> Result<u16, String> {
         .and_then(|()| conn.set_write_timeout(Some(io_timeout)))
         .map_err(|e| e.to_string())?;
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: meshd-proxy-wait\r\nConnection: close\r\n\r\n",
+        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: meshd-proxy-wait\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         url.path, url.authority
     );
     conn.write_all(request.as_bytes())
@@ -138,8 +150,35 @@ pub fn wait_ready(url: &str, timeout: Duration, poll: Duration) -> Result<(), Wa
     }
 }
 
-/// `120s`, `2m` or a bare number of seconds.
+/// Envoy's admin path that drains its inbound listeners gracefully: they keep accepting
+/// through `--drain-time-s`, while every response carries `Connection: close` (HTTP/2: GOAWAY),
+/// so callers move to the endpoints that stay. Outbound listeners are left alone: the app may
+/// still call out while it finishes.
+pub const DRAIN_PATH: &str = "/drain_listeners?inboundonly&graceful";
+
+/// The preStop hook: asks Envoy at `admin` (`http://127.0.0.1:15000`) to drain its inbound
+/// listeners, then waits `duration` either way (a drain Envoy refused still leaves it serving
+/// until the hook returns; that wait is what keeps late requests answered). The error, if any,
+/// says why the drain request failed.
+pub fn drain(admin: &str, duration: Duration) -> Result<(), WaitError> {
+    let parsed = HttpUrl::parse(&format!("{}{DRAIN_PATH}", admin.trim_end_matches('/')))?;
+    let outcome = match request("POST", &parsed, Duration::from_secs(2)) {
+        Ok(code) if (200..300).contains(&code) => Ok(()),
+        Ok(code) => Err(format!("HTTP {code}")),
+        Err(e) => Err(e),
+    };
+    std::thread::sleep(duration);
+    outcome.map_err(|last| WaitError::DrainRefused {
+        url: format!("{}{}", parsed.authority, parsed.path),
+        last,
+    })
+}
+
+/// `120s`, `2m`, `1500ms` or a bare number of seconds.
 pub fn parse_timeout(s: &str) -> Option<Duration> {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
     let (digits, unit) = match s.strip_suffix('s') {
         Some(d) => (d, 1),
         None => match s.strip_suffix('m') {

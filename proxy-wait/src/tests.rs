@@ -123,6 +123,59 @@ fn status_lines_and_timeouts_parse_strictly() {
     assert_eq!(parse_timeout("120s"), Some(Duration::from_secs(120)));
     assert_eq!(parse_timeout("2m"), Some(Duration::from_secs(120)));
     assert_eq!(parse_timeout("7"), Some(Duration::from_secs(7)));
+    assert_eq!(parse_timeout("1500ms"), Some(Duration::from_millis(1500)));
     assert_eq!(parse_timeout("-1s"), None);
     assert_eq!(parse_timeout("99999999999999999999m"), None);
+}
+
+/// One connection's request head, answered with `answer`.
+fn admin(answer: &'static [u8]) -> (String, thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !request.ends_with(b"\r\n\r\n") {
+            let n = conn.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            request.extend_from_slice(&chunk[..n]);
+        }
+        conn.write_all(answer).unwrap();
+        String::from_utf8(request).unwrap()
+    });
+    (url, handle)
+}
+
+#[test]
+fn drain_posts_the_inbound_graceful_drain_then_holds_the_hook_for_the_duration() {
+    let (url, envoy) = admin(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nOK\n");
+    let started = std::time::Instant::now();
+    drain(&format!("{url}/"), Duration::from_millis(300)).unwrap();
+    // The hook's whole point is the wait: Envoy gets SIGTERM only after it.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let request = envoy.join().unwrap();
+    assert!(
+        request.starts_with("POST /drain_listeners?inboundonly&graceful HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert!(request.contains("Content-Length: 0\r\n"), "{request}");
+}
+
+#[test]
+fn a_refused_or_missing_drain_still_holds_the_hook_and_says_why() {
+    let (url, envoy) = admin(b"HTTP/1.1 404 Not Found\r\n\r\n");
+    let started = std::time::Instant::now();
+    let err = drain(&url, Duration::from_millis(200)).unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(matches!(err, WaitError::DrainRefused { .. }), "{err}");
+    assert!(err.to_string().contains("HTTP 404"), "{err}");
+    envoy.join().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = drain(&format!("http://127.0.0.1:{port}"), Duration::ZERO).unwrap_err();
+    assert!(matches!(err, WaitError::DrainRefused { .. }), "{err}");
 }

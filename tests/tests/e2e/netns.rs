@@ -219,6 +219,7 @@ fn fake_meshd(argv: &[String]) -> anyhow::Result<()> {
                     name: "fake-meshd".into(),
                     port: ADMIN_PORT,
                     bind: bind.into(),
+                    shutdown_delay: std::time::Duration::ZERO,
                 },
             ))
         }
@@ -227,6 +228,7 @@ fn fake_meshd(argv: &[String]) -> anyhow::Result<()> {
                 name: flag(argv, "--name").unwrap_or("app").into(),
                 port: flag(argv, "--port").unwrap_or("8080").parse()?,
                 bind: "127.0.0.1".into(),
+                shutdown_delay: std::time::Duration::ZERO,
             },
         )),
         Some("init-iptables") => {
