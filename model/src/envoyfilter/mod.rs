@@ -10,6 +10,8 @@
 //!   `match.listener.filterChain.filter.name` (ADD goes before the chain's terminal filter);
 //!   MERGE of `envoy.filters.network.http_connection_manager` merges HCM fields;
 //! - `LISTENER` (MERGE, ADD, REMOVE) and `FILTER_CHAIN` (MERGE, ADD, REMOVE);
+//! - `LISTENER_FILTER` (ADD, INSERT_FIRST, INSERT_BEFORE, INSERT_AFTER, REPLACE, REMOVE) on a
+//!   listener's listener filters, relative to `match.listener.listenerFilter`;
 //! - for those four: `match.listener` portNumber (on `virtualInbound`: the filter chain's
 //!   destination port), name, and filterChain name, sni, transportProtocol,
 //!   applicationProtocols, destinationPort;
@@ -22,7 +24,7 @@
 //! - `match.context` SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY; `workloadSelector` on
 //!   every applyTo; `priority` (root namespace first, then priority, then namespace and name).
 //!
-//! Not supported (rejected): EXTENSION_CONFIG, BOOTSTRAP, LISTENER_FILTER; `match.proxy`
+//! Not supported (rejected): EXTENSION_CONFIG, BOOTSTRAP; `match.proxy`
 //! (meshd does not read the proxy's version), `patch.filterClass`, `targetRefs`,
 //! `routeConfiguration.gateway`/`portName`, `vhost.domainName`, `route.action`.
 //! The patch `value` is Envoy's own proto JSON; the generator decodes it against Envoy's

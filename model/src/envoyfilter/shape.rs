@@ -126,6 +126,9 @@ pub enum PatchKind<'a> {
     Listener(ObjectPatch<'a, ListenerMatch>),
     /// FILTER_CHAIN: MERGE into, ADD to or REMOVE from the chains of matching listeners.
     FilterChain(ObjectPatch<'a, ListenerMatch>),
+    /// LISTENER_FILTER: an operation on the listener filters of matching listeners, relative to
+    /// `match.listener.listenerFilter`.
+    ListenerFilter(ObjectPatch<'a, ListenerMatch>),
     /// CLUSTER: MERGE into, ADD or REMOVE clusters.
     Cluster(ObjectPatch<'a, ClusterMatch>),
     /// ROUTE_CONFIGURATION, VIRTUAL_HOST, HTTP_ROUTE.
@@ -189,7 +192,10 @@ impl ConfigPatch {
         }
         let listener = m.and_then(|m| m.listener.as_ref()).unwrap_or(&ANY_LISTENER);
         if listener.listener_filter.is_some() {
-            return Err("match.listener.listenerFilter is not supported (it selects listener filters, which meshd does not patch)".into());
+            return Err(format!(
+                "match.listener.listenerFilter selects listener filters (applyTo LISTENER_FILTER), not {}",
+                self.apply_to
+            ));
         }
         let filter = listener
             .filter_chain
@@ -319,6 +325,47 @@ impl ConfigPatch {
         }
     }
 
+    /// LISTENER_FILTER: Istio's operations on a listener's `listener_filters` (MERGE has no
+    /// meaning there in Istio, and is refused); the filter named by
+    /// `match.listener.listenerFilter` is the one REMOVE, REPLACE and INSERT_BEFORE/AFTER work
+    /// relative to, and a listener without it is not patched.
+    fn listener_filter_patch(&self) -> Result<ObjectPatch<'_, ListenerMatch>, String> {
+        use FilterOperation::*;
+        self.only_match("listener")?;
+        let m = self.matches.as_ref();
+        let context = PatchContext::parse(m)?;
+        let operation =
+            self.operation_in(&[Add, Remove, InsertBefore, InsertAfter, InsertFirst, Replace])?;
+        let listener = m.and_then(|m| m.listener.as_ref()).unwrap_or(&ANY_LISTENER);
+        if listener.filter_chain.is_some() {
+            return Err("match.listener.filterChain: listener filters run before a filter chain is chosen; LISTENER_FILTER patches match whole listeners".into());
+        }
+        if matches!(operation, Remove | Replace | InsertBefore | InsertAfter)
+            && listener.listener_filter.is_none()
+        {
+            return Err(format!(
+                "{} of LISTENER_FILTER needs match.listener.listenerFilter",
+                self.patch.operation
+            ));
+        }
+        let value = self.object_value(operation)?;
+        if let Some(v) = value {
+            let named = v
+                .get("name")
+                .and_then(|n| n.as_str())
+                .is_some_and(|n| !n.is_empty());
+            if !named {
+                return Err("patch.value.name is required (the listener filter's name)".into());
+            }
+        }
+        Ok(ObjectPatch {
+            context,
+            m: listener,
+            operation,
+            value,
+        })
+    }
+
     /// The supported shape of this patch, or why it is not supported.
     pub fn kind(&self) -> Result<PatchKind<'_>, String> {
         use FilterOperation::*;
@@ -343,7 +390,10 @@ impl ConfigPatch {
                 let operation = self.operation_in(&[Merge, Add, Remove])?;
                 let listener = m.and_then(|m| m.listener.as_ref()).unwrap_or(&ANY_LISTENER);
                 if listener.listener_filter.is_some() {
-                    return Err("match.listener.listenerFilter is not supported".into());
+                    return Err(format!(
+                        "match.listener.listenerFilter selects listener filters (applyTo LISTENER_FILTER), not {}",
+                        self.apply_to
+                    ));
                 }
                 let chain = self.apply_to == "FILTER_CHAIN";
                 if !chain && listener.filter_chain.is_some() {
@@ -370,6 +420,7 @@ impl ConfigPatch {
                     PatchKind::Listener(patch)
                 })
             }
+            "LISTENER_FILTER" => self.listener_filter_patch().map(PatchKind::ListenerFilter),
             "CLUSTER" => {
                 self.only_match("cluster")?;
                 let context = PatchContext::parse(m)?;
@@ -463,7 +514,7 @@ impl ConfigPatch {
                 ))
             }
             other => Err(format!(
-                "applyTo {other} is not supported (meshd applies LISTENER, FILTER_CHAIN, NETWORK_FILTER, HTTP_FILTER, ROUTE_CONFIGURATION, VIRTUAL_HOST, HTTP_ROUTE, CLUSTER)"
+                "applyTo {other} is not supported (meshd applies LISTENER, FILTER_CHAIN, LISTENER_FILTER, NETWORK_FILTER, HTTP_FILTER, ROUTE_CONFIGURATION, VIRTUAL_HOST, HTTP_ROUTE, CLUSTER)"
             )),
         }
     }

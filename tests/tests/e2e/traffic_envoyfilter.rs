@@ -1,6 +1,6 @@
 //! EnvoyFilter (seed 1.7, rate limits) in stock Envoy: Istio's local rate limit recipe on a
 //! sidecar's inbound side answers 429 once the bucket is empty and 200 again once it refilled;
-//! CLUSTER and HTTP_ROUTE merges reach Envoy; unsupported shapes (an unknown context) and values
+//! a LISTENER_FILTER insert, CLUSTER and HTTP_ROUTE merges reach Envoy; unsupported shapes (an unknown context) and values
 //! that are not Envoy's proto JSON are reported.
 
 use crate::traffic_support;
@@ -88,6 +88,18 @@ spec:
             response_headers_to_add:
             - append_action: OVERWRITE_IF_EXISTS_OR_ADD
               header: {{key: x-local-rate-limit, value: "true"}}
+  - applyTo: LISTENER_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener: {{listenerFilter: envoy.filters.listener.tls_inspector}}
+    patch:
+      operation: INSERT_AFTER
+      value:
+        name: envoy.filters.listener.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.listener.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: inbound_sockets
+          token_bucket: {{max_tokens: 10000, tokens_per_fill: 10000, fill_interval: 1s}}
 ---
 apiVersion: networking.istio.io/v1alpha3
 kind: EnvoyFilter
@@ -158,6 +170,38 @@ spec:
         "limited requests never reach the app: {tally:?}"
     );
     assert_eq!(stat(&api_pod, rate_limited), tally.limited, "{tally:?}");
+    // The LISTENER_FILTER patch: api's virtualInbound runs the listener filter right after
+    // the TLS inspector, and Envoy built it (its counter exists; the bucket never ran dry).
+    let dump = api_pod.envoy_config_dump().unwrap();
+    let inbound = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["dynamic_listeners"].as_array())
+        .flatten()
+        .find(|l| l["name"] == "virtualInbound")
+        .unwrap_or_else(|| panic!("no virtualInbound in {dump}"));
+    let names: Vec<&str> = inbound["active_state"]["listener"]["listener_filters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("virtualInbound not active: {inbound}"))
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.listener.original_dst",
+            "envoy.filters.listener.tls_inspector",
+            "envoy.filters.listener.local_ratelimit"
+        ]
+    );
+    assert_eq!(
+        stat(
+            &api_pod,
+            "listener_local_ratelimit.inbound_sockets.rate_limited"
+        ),
+        0
+    );
     // Only the selected workload is limited: web (no EnvoyFilter) answers every request.
     let web = burst(
         &client,

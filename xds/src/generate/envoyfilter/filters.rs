@@ -128,6 +128,7 @@ macro_rules! named_by_merge {
 }
 named_by_merge!(
     FilterChain,
+    envoy_types::pb::envoy::config::listener::v3::ListenerFilter,
     envoy_types::pb::envoy::config::route::v3::VirtualHost,
     envoy_types::pb::envoy::config::route::v3::Route
 );

@@ -118,12 +118,18 @@ spec:
 const SERVER_ONLY: &str = "  workloadSelector: {labels: {app: server}}\n";
 const ROUTER: &str = "        filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.router}}}";
 
-pub(super) fn snapshot(extra: &str) -> MeshSnapshot {
+/// The snapshot of the mesh with `extra`, whose objects all parse and validate; EnvoyFilters
+/// the generator rejects are in `patches.problems`.
+pub(super) fn snapshot_with_problems(extra: &str) -> MeshSnapshot {
     let file = parse_file("mesh.yaml", &format!("{MESH}{extra}")).unwrap();
     assert!(file.rejected.is_empty(), "{:?}", file.rejected);
     let config = MeshConfig::assemble([&file]);
     assert!(config.rejected.is_empty(), "{:?}", config.rejected);
-    let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
+    MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()))
+}
+
+pub(super) fn snapshot(extra: &str) -> MeshSnapshot {
+    let snap = snapshot_with_problems(extra);
     assert!(
         snap.patches.problems.is_empty(),
         "{:?}",

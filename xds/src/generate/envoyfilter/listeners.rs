@@ -1,9 +1,9 @@
-//! LISTENER and FILTER_CHAIN patches (MERGE, ADD, REMOVE), and the HTTP_FILTER and
-//! NETWORK_FILTER ones, applied in order to a layer of listeners.
+//! LISTENER and FILTER_CHAIN patches (MERGE, ADD, REMOVE), LISTENER_FILTER ones, and the
+//! HTTP_FILTER and NETWORK_FILTER ones, applied in order to a layer of listeners.
 
 use super::filters::{self, Named};
 use super::{Compiled, Obj, Work, adds_to};
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, ListenerFilter};
 use meshd_model::envoyfilter::{FilterOperation, ListenerMatch, PatchContext};
 use prost::Message;
 
@@ -96,6 +96,28 @@ fn chain_patch(
     }
 }
 
+/// A LISTENER_FILTER patch on every selected listener. A listener lacking the named listener
+/// filter is not patched (Istio's listenerFilter match), ADD and INSERT_FIRST included.
+fn listener_filter_patch(
+    work: &mut Work<'_, Listener>,
+    proxy: PatchContext,
+    p: &Obj<ListenerMatch, ListenerFilter>,
+) {
+    let named = p.m.listener_filter.as_deref();
+    for name in work.names() {
+        work.update(&name, |l| {
+            listener_matches(&p.m, l, proxy)
+                && named.is_none_or(|n| l.listener_filters.iter().any(|f| f.name == n))
+                && filters::apply(
+                    &mut l.listener_filters,
+                    p.operation,
+                    named,
+                    p.value.as_ref(),
+                )
+        });
+    }
+}
+
 /// Applies the listener-layer patches, in order.
 pub(super) fn apply(work: &mut Work<'_, Listener>, proxy: PatchContext, patches: &[&Compiled]) {
     for p in patches {
@@ -107,6 +129,7 @@ pub(super) fn apply(work: &mut Work<'_, Listener>, proxy: PatchContext, patches:
             }
             Compiled::Listener(o) => listener_patch(work, proxy, o),
             Compiled::FilterChain(o) => chain_patch(work, proxy, o),
+            Compiled::ListenerFilter(o) => listener_filter_patch(work, proxy, o),
             _ => {}
         }
     }

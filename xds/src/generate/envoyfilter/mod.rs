@@ -21,7 +21,7 @@ mod routes;
 
 use crate::resource::{Layer, LayerMap, Resource, SharedResource};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, ListenerFilter};
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use filters::{FilterPatch, FilterValue};
@@ -85,6 +85,7 @@ enum Compiled {
     Filter(FilterPatch),
     Listener(Obj<ListenerMatch, Listener>),
     FilterChain(Obj<ListenerMatch, FilterChain>),
+    ListenerFilter(Obj<ListenerMatch, ListenerFilter>),
     Cluster(Obj<ClusterMatch, Cluster>),
     RouteConfiguration(Obj<RouteConfigurationMatch, RouteConfiguration>),
     VirtualHost(Obj<RouteConfigurationMatch, VirtualHost>),
@@ -102,9 +103,10 @@ pub(super) enum LayerKind {
 impl Compiled {
     fn layer_kind(&self) -> LayerKind {
         match self {
-            Compiled::Filter(_) | Compiled::Listener(_) | Compiled::FilterChain(_) => {
-                LayerKind::Listeners
-            }
+            Compiled::Filter(_)
+            | Compiled::Listener(_)
+            | Compiled::FilterChain(_)
+            | Compiled::ListenerFilter(_) => LayerKind::Listeners,
             Compiled::Cluster(_) => LayerKind::Clusters,
             _ => LayerKind::Routes,
         }
@@ -115,6 +117,7 @@ impl Compiled {
             Compiled::Filter(p) => p.context,
             Compiled::Listener(o) => o.context,
             Compiled::FilterChain(o) => o.context,
+            Compiled::ListenerFilter(o) => o.context,
             Compiled::Cluster(o) => o.context,
             Compiled::RouteConfiguration(o) => o.context,
             Compiled::VirtualHost(o) => o.context,
@@ -327,6 +330,15 @@ fn compile(kind: PatchKind<'_>, http: bool) -> Result<Compiled, String> {
         }
         PatchKind::Listener(p) => Compiled::Listener(decode_object(&p)?),
         PatchKind::FilterChain(p) => Compiled::FilterChain(decode_object(&p)?),
+        PatchKind::ListenerFilter(p) => {
+            let o: Obj<ListenerMatch, ListenerFilter> = decode_object(&p)?;
+            if o.value.as_ref().is_some_and(|f| f.config_type.is_none()) {
+                return Err(
+                    ".typed_config is required (Envoy 1.40 configures filters by type)".into(),
+                );
+            }
+            Compiled::ListenerFilter(o)
+        }
         PatchKind::Cluster(p) => Compiled::Cluster(decode_object(&p)?),
         PatchKind::Route(RouteLevel::Configuration, p) => {
             Compiled::RouteConfiguration(decode_object(&p)?)

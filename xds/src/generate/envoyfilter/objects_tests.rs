@@ -2,11 +2,13 @@
 //! proxies receive them: each operation, workloadSelector on every applyTo, priority order, and
 //! the sharing of what no patch selects.
 
-use super::filters_tests::{chain, listener, proxy, snapshot};
+use super::filters_tests::{chain, listener, proxy, snapshot, snapshot_with_problems};
 use crate::generate::MeshSnapshot;
 use crate::resource::{CLUSTER, LISTENER, ROUTE, ResourceSet};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use prost::Message;
 use std::sync::Arc;
 
@@ -158,6 +160,109 @@ fn listener_and_filter_chain_merge_add_remove() {
     // Not selected: `other` keeps all of it.
     let other = set(&snap, "other", LISTENER);
     assert!(other.contains("0.0.0.0_9000") && !other.contains("extra-listener"));
+}
+
+/// The names of a listener's listener filters, in order.
+fn listener_filter_names(l: &envoy_types::pb::envoy::config::listener::v3::Listener) -> Vec<&str> {
+    l.listener_filters.iter().map(|f| f.name.as_str()).collect()
+}
+
+#[test]
+fn listener_filter_operations_relative_to_the_named_filter() {
+    const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
+    const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+    let snap = snapshot(&ef(
+        "listener-filters",
+        0,
+        r#"  - applyTo: LISTENER_FILTER
+    match: {context: SIDECAR_INBOUND, listener: {listenerFilter: envoy.filters.listener.tls_inspector}}
+    patch:
+      operation: INSERT_AFTER
+      value: {name: envoy.filters.listener.http_inspector, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}
+  - applyTo: LISTENER_FILTER
+    match: {context: SIDECAR_INBOUND, listener: {listenerFilter: envoy.filters.listener.original_dst}}
+    patch:
+      operation: INSERT_BEFORE
+      value: {name: envoy.filters.listener.local_ratelimit, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.local_ratelimit.v3.LocalRateLimit, stat_prefix: inbound_conns, token_bucket: {max_tokens: 100, fill_interval: 1s}}}
+  - applyTo: LISTENER_FILTER
+    match: {context: SIDECAR_INBOUND, listener: {listenerFilter: envoy.filters.listener.tls_inspector}}
+    patch:
+      operation: REPLACE
+      value: {name: envoy.filters.listener.tls_inspector, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector, initial_read_buffer_size: 512}}
+  - applyTo: LISTENER_FILTER
+    match: {context: SIDECAR_OUTBOUND, listener: {portNumber: 8080}}
+    patch:
+      operation: INSERT_FIRST
+      value: {name: envoy.filters.listener.proxy_protocol, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol}}
+  - applyTo: LISTENER_FILTER
+    match: {context: SIDECAR_OUTBOUND, listener: {listenerFilter: envoy.filters.listener.original_dst}}
+    patch: {operation: REMOVE}
+"#,
+    ));
+    let inbound = listener(&snap, "server", "virtualInbound");
+    assert_eq!(
+        listener_filter_names(&inbound),
+        [
+            "envoy.filters.listener.local_ratelimit",
+            ORIGINAL_DST,
+            TLS_INSPECTOR,
+            "envoy.filters.listener.http_inspector",
+        ]
+    );
+    let tls = &inbound.listener_filters[2];
+    let Some(listener_filter::ConfigType::TypedConfig(any)) = &tls.config_type else {
+        panic!("{tls:?}");
+    };
+    let replaced = TlsInspector::decode(any.value.as_slice()).unwrap();
+    assert_eq!(replaced.initial_read_buffer_size.unwrap().value, 512);
+    let port_8080 = listener(&snap, "server", "0.0.0.0_8080");
+    assert_eq!(
+        listener_filter_names(&port_8080)[0],
+        "envoy.filters.listener.proxy_protocol"
+    );
+    assert_ne!(
+        listener_filter_names(&listener(&snap, "server", "0.0.0.0_8081")).first(),
+        Some(&"envoy.filters.listener.proxy_protocol")
+    );
+    // REMOVE on SIDECAR_OUTBOUND: virtualOutbound loses original_dst; the inbound keeps it.
+    let outbound = listener(&snap, "server", "virtualOutbound");
+    assert!(!listener_filter_names(&outbound).contains(&ORIGINAL_DST));
+    // Not selected: `other` has the generated listener filters.
+    assert_eq!(
+        listener_filter_names(&listener(&snap, "other", "virtualInbound")),
+        [ORIGINAL_DST, TLS_INSPECTOR]
+    );
+}
+
+#[test]
+fn a_listener_filter_without_a_typed_config_rejects_its_envoy_filter() {
+    let snap = snapshot_with_problems(&ef(
+        "untyped",
+        0,
+        r#"  - applyTo: LISTENER_FILTER
+    match: {context: SIDECAR_INBOUND}
+    patch: {operation: ADD, value: {name: envoy.filters.listener.http_inspector}}
+"#,
+    ));
+    let problems: Vec<String> = snap
+        .patches
+        .problems
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("spec.configPatches[0].patch.value.typed_config is required")),
+        "{problems:?}"
+    );
+    assert_eq!(
+        listener_filter_names(&listener(&snap, "server", "virtualInbound")),
+        [
+            "envoy.filters.listener.original_dst",
+            "envoy.filters.listener.tls_inspector"
+        ]
+    );
 }
 
 #[test]
