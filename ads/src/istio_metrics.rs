@@ -49,19 +49,20 @@ impl EncodeMetric for BareCounter {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct XdsType {
-    /// `cds`, `eds`, `lds`, `rds`, `sds` (Istio's short names); `other` for any other type.
+    /// `cds`, `eds`, `lds`, `rds`, `sds`, `ecds` (Istio's short names); `other` for any other.
     pub r#type: &'static str,
 }
 
 impl XdsType {
     pub fn of(type_url: &str) -> XdsType {
-        use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+        use meshd_xds::resource::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
         let short = match type_url {
             CLUSTER => "cds",
             ENDPOINT => "eds",
             LISTENER => "lds",
             ROUTE => "rds",
             SECRET => "sds",
+            EXTENSION_CONFIG => "ecds",
             _ => "other",
         };
         XdsType { r#type: short }

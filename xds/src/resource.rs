@@ -13,10 +13,13 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// ECDS: filter configs that HTTP filters with `config_discovery` ask for by name.
+pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 
 /// Push order: make before break (clusters and their endpoints before the listeners and routes
-/// that refer to them; secrets last, Envoy warms them on demand).
-pub const PUSH_ORDER: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
+/// that refer to them, and the filter configs listeners' filters name; secrets last, Envoy warms
+/// them on demand).
+pub const PUSH_ORDER: [&str; 6] = [CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET];
 
 pub fn short_type(type_url: &str) -> &str {
     match type_url {
@@ -25,6 +28,7 @@ pub fn short_type(type_url: &str) -> &str {
         LISTENER => "LDS",
         ROUTE => "RDS",
         SECRET => "SDS",
+        EXTENSION_CONFIG => "ECDS",
         other => other.rsplit('.').next().unwrap_or(other),
     }
 }

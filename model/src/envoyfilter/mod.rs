@@ -21,10 +21,12 @@
 //!   (MERGE, ADD, REMOVE, INSERT_BEFORE, INSERT_AFTER, INSERT_FIRST), matched by
 //!   `match.routeConfiguration` (portNumber, name, vhost name, route name), contexts
 //!   SIDECAR_OUTBOUND, GATEWAY, ANY;
+//! - `EXTENSION_CONFIG` (ADD): a `TypedExtensionConfig` served over ECDS to the selected
+//!   proxies, which an HTTP filter's `config_discovery` names;
 //! - `match.context` SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY; `workloadSelector` on
 //!   every applyTo; `priority` (root namespace first, then priority, then namespace and name).
 //!
-//! Not supported (rejected): EXTENSION_CONFIG, BOOTSTRAP; `match.proxy`
+//! Not supported (rejected): BOOTSTRAP; `match.proxy`
 //! (meshd does not read the proxy's version), `patch.filterClass`, `targetRefs`,
 //! `routeConfiguration.gateway`/`portName`, `vhost.domainName`, `route.action`.
 //! The patch `value` is Envoy's own proto JSON; the generator decodes it against Envoy's

@@ -133,6 +133,9 @@ pub enum PatchKind<'a> {
     Cluster(ObjectPatch<'a, ClusterMatch>),
     /// ROUTE_CONFIGURATION, VIRTUAL_HOST, HTTP_ROUTE.
     Route(RouteLevel, ObjectPatch<'a, RouteConfigurationMatch>),
+    /// EXTENSION_CONFIG: ADD a `TypedExtensionConfig` meshd serves over ECDS to the selected
+    /// proxies, for the HTTP filters whose `config_discovery` names it.
+    ExtensionConfig(ObjectPatch<'a, ()>),
 }
 
 /// The Envoy filters that must stay last in their list (Envoy refuses a filter after them).
@@ -421,6 +424,29 @@ impl ConfigPatch {
                 })
             }
             "LISTENER_FILTER" => self.listener_filter_patch().map(PatchKind::ListenerFilter),
+            "EXTENSION_CONFIG" => {
+                if m.is_some_and(|m| {
+                    m.listener.is_some() || m.route_configuration.is_some() || m.cluster.is_some()
+                }) {
+                    return Err("match: EXTENSION_CONFIG patches select proxies (context, workloadSelector), not listeners, routes or clusters".into());
+                }
+                let context = PatchContext::parse(m)?;
+                let operation = self.operation_in(&[Add])?;
+                let value = self.object_value(operation)?;
+                let named = value
+                    .and_then(|v| v.get("name"))
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| !n.is_empty());
+                if !named {
+                    return Err("patch.value.name is required (the name HTTP filters' config_discovery asks for)".into());
+                }
+                Ok(PatchKind::ExtensionConfig(ObjectPatch {
+                    context,
+                    m: &(),
+                    operation,
+                    value,
+                }))
+            }
             "CLUSTER" => {
                 self.only_match("cluster")?;
                 let context = PatchContext::parse(m)?;
@@ -514,7 +540,7 @@ impl ConfigPatch {
                 ))
             }
             other => Err(format!(
-                "applyTo {other} is not supported (meshd applies LISTENER, FILTER_CHAIN, LISTENER_FILTER, NETWORK_FILTER, HTTP_FILTER, ROUTE_CONFIGURATION, VIRTUAL_HOST, HTTP_ROUTE, CLUSTER)"
+                "applyTo {other} is not supported (meshd applies LISTENER, FILTER_CHAIN, LISTENER_FILTER, NETWORK_FILTER, HTTP_FILTER, ROUTE_CONFIGURATION, VIRTUAL_HOST, HTTP_ROUTE, CLUSTER, EXTENSION_CONFIG)"
             )),
         }
     }

@@ -170,14 +170,14 @@ kind: EnvoyFilter
 metadata: {name: l, namespace: shop}
 spec:
   configPatches:
-  - applyTo: EXTENSION_CONFIG
-    patch: {operation: ADD, value: {name: x}}
+  - applyTo: BOOTSTRAP
+    patch: {operation: MERGE, value: {name: x}}
 "#;
     let mesh = parse(listener);
     assert!(
         mesh.rejected[0]
             .reason
-            .contains("applyTo EXTENSION_CONFIG is not supported"),
+            .contains("applyTo BOOTSTRAP is not supported"),
         "{}",
         mesh.rejected[0]
     );
@@ -498,9 +498,23 @@ fn object_patches_accept_istios_operations_and_reject_the_rest() {
         (
             "EXTENSION_CONFIG",
             "{}",
-            "ADD",
+            "MERGE",
+            "{name: x}",
+            "patch.operation MERGE is not supported for EXTENSION_CONFIG",
+        ),
+        (
+            "EXTENSION_CONFIG",
             "{}",
-            "applyTo EXTENSION_CONFIG is not supported",
+            "ADD",
+            "{typed_config: {}}",
+            "patch.value.name is required (the name HTTP filters' config_discovery asks for)",
+        ),
+        (
+            "EXTENSION_CONFIG",
+            "{listener: {portNumber: 80}}",
+            "ADD",
+            "{name: x}",
+            "match: EXTENSION_CONFIG patches select proxies",
         ),
         (
             "BOOTSTRAP",

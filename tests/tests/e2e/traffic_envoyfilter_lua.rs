@@ -2,7 +2,8 @@
 //! router on the selected workload's inbound side adds a response header a real request sees
 //! (and only there); an HTTP filter REMOVE and an HTTP connection manager MERGE (NETWORK_FILTER)
 //! show in Envoy's own config_dump of the selected proxies only; an HTTP_ROUTE INSERT_FIRST
-//! answers on the selected client's side only; a CLUSTER ADD reaches the selected Envoy.
+//! answers on the selected client's side only; a CLUSTER ADD reaches the selected Envoy; an
+//! EXTENSION_CONFIG (a Lua config served over ECDS) runs in the filter that names it.
 
 use crate::traffic_support;
 
@@ -141,6 +142,33 @@ spec:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           server_name: meshd-merged
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {{name: envoy.filters.http.router}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: web.lua.ecds
+        config_discovery:
+          config_source: {{ads: {{}}, resource_api_version: V3}}
+          type_urls: [type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua]
+  - applyTo: EXTENSION_CONFIG
+    patch:
+      operation: ADD
+      value:
+        name: web.lua.ecds
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          default_source_code:
+            inline_string: |
+              function envoy_on_response(response_handle)
+                response_handle:headers():add("x-ecds-lua", "web-inbound")
+              end
 "#,
         api = fqdn("api"),
     );
@@ -182,6 +210,19 @@ spec:
     let w = get(&client, &format!("http://{}:{PORT}/", fqdn("web")));
     assert_eq!(w.status, 200, "{w:?}");
     assert!(!w.headers.contains_key("x-lua-added"), "{w:?}");
+    // EXTENSION_CONFIG: web's Lua filter names its config, which meshd serves over ECDS (its
+    // listener would not leave warming without it); api has no such filter.
+    assert_eq!(
+        w.headers.get("x-ecds-lua").map(String::as_str),
+        Some("web-inbound"),
+        "{w:?}"
+    );
+    assert!(!a.headers.contains_key("x-ecds-lua"), "{a:?}");
+    let ecds = dump_section(&web.envoy_config_dump().unwrap(), "EcdsConfigDump").to_string();
+    assert!(
+        ecds.contains("web.lua.ecds") && ecds.contains("x-ecds-lua"),
+        "{ecds}"
+    );
 
     // Envoy's own config: the Lua filter right before the router in every inbound HTTP
     // connection manager of api, in none of web's.

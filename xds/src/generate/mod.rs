@@ -23,7 +23,8 @@ pub mod telemetry_api;
 
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
-    CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, ResourceSet, SECRET, SharedResource,
+    CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, ResourceSet, SECRET,
+    SharedResource,
 };
 use bytes::Bytes;
 use meshd_model::registry::{Protocol, Workload, selector_matches};
@@ -486,6 +487,27 @@ impl MeshSnapshot {
         })
     }
 
+    /// The ECDS configs EXTENSION_CONFIG patches give a proxy, when there are any: one layer
+    /// per patch set in a snapshot, shared by every proxy with the same set.
+    fn insert_extension_configs(
+        &self,
+        out: &mut ProxyResources,
+        proxy: meshd_model::envoyfilter::PatchContext,
+        selected: &[usize],
+    ) {
+        static NONE: std::sync::OnceLock<Layer> = std::sync::OnceLock::new();
+        let none = NONE.get_or_init(|| LayerMap::new(BTreeMap::new()));
+        let configs = self.patched_layer(
+            none,
+            envoyfilter::LayerKind::ExtensionConfigs,
+            proxy,
+            selected,
+        );
+        if !configs.is_empty() {
+            out.insert(EXTENSION_CONFIG, ResourceSet::layer(configs));
+        }
+    }
+
     /// Everything one proxy should have, except secrets (those come from the CA).
     pub fn generate(&self, proxy: &Proxy) -> ProxyResources {
         let workload = self
@@ -531,6 +553,11 @@ impl MeshSnapshot {
                         &selected,
                     )),
                 );
+                self.insert_extension_configs(
+                    &mut out,
+                    meshd_model::envoyfilter::PatchContext::SidecarOutbound,
+                    &selected,
+                );
             }
             NodeType::Router => {
                 let key = format!("{}|{labels:?}", proxy.identity.namespace);
@@ -570,6 +597,11 @@ impl MeshSnapshot {
                 if !gw.secrets.is_empty() {
                     out.insert(SECRET, ResourceSet::layer(gw.secrets.clone()));
                 }
+                self.insert_extension_configs(
+                    &mut out,
+                    meshd_model::envoyfilter::PatchContext::Gateway,
+                    &selected,
+                );
             }
         }
         out

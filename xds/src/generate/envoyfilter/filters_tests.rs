@@ -485,7 +485,7 @@ fn unknown_types_and_missing_config_are_rejected_naming_the_field() {
         ),
         (
             untyped,
-            "spec.configPatches[0].patch.value.typed_config is required",
+            "spec.configPatches[0].patch.value.typed_config (or, served over ECDS, .config_discovery) is required",
         ),
     ] {
         let text = format!(

@@ -21,6 +21,7 @@ mod routes;
 
 use crate::resource::{Layer, LayerMap, Resource, SharedResource};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, ListenerFilter};
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
@@ -90,6 +91,7 @@ enum Compiled {
     RouteConfiguration(Obj<RouteConfigurationMatch, RouteConfiguration>),
     VirtualHost(Obj<RouteConfigurationMatch, VirtualHost>),
     HttpRoute(Obj<RouteConfigurationMatch, Route>),
+    ExtensionConfig(Obj<(), TypedExtensionConfig>),
 }
 
 /// The resource types patches change, each a kind of layer.
@@ -98,6 +100,8 @@ pub(super) enum LayerKind {
     Listeners,
     Clusters,
     Routes,
+    /// ECDS: no layer is generated; EXTENSION_CONFIG patches ADD to an empty one.
+    ExtensionConfigs,
 }
 
 impl Compiled {
@@ -108,6 +112,7 @@ impl Compiled {
             | Compiled::FilterChain(_)
             | Compiled::ListenerFilter(_) => LayerKind::Listeners,
             Compiled::Cluster(_) => LayerKind::Clusters,
+            Compiled::ExtensionConfig(_) => LayerKind::ExtensionConfigs,
             _ => LayerKind::Routes,
         }
     }
@@ -122,6 +127,7 @@ impl Compiled {
             Compiled::RouteConfiguration(o) => o.context,
             Compiled::VirtualHost(o) => o.context,
             Compiled::HttpRoute(o) => o.context,
+            Compiled::ExtensionConfig(o) => o.context,
         }
     }
 }
@@ -273,11 +279,16 @@ fn decode_filter(
     if let Some(first) = unknown.into_iter().next() {
         return Err(first);
     }
-    let configured = value
-        .get("typed_config")
-        .or_else(|| value.get("typedConfig"));
-    if configured.is_none() && f.operation != FilterOperation::Merge {
-        return Err(".typed_config is required (Envoy 1.40 configures filters by type)".into());
+    let configured = [
+        "typed_config",
+        "typedConfig",
+        "config_discovery",
+        "configDiscovery",
+    ]
+    .iter()
+    .any(|k| value.get(k).is_some());
+    if !configured && f.operation != FilterOperation::Merge {
+        return Err(".typed_config (or, served over ECDS, .config_discovery) is required (Envoy 1.40 configures filters by type)".into());
     }
     let full_name = if http { HTTP_FILTER } else { NETWORK_FILTER };
     let bytes = crate::json::json_to_proto(full_name, value).map_err(|e| format!(": {e}"))?;
@@ -345,6 +356,17 @@ fn compile(kind: PatchKind<'_>, http: bool) -> Result<Compiled, String> {
         }
         PatchKind::Route(RouteLevel::VirtualHost, p) => Compiled::VirtualHost(decode_object(&p)?),
         PatchKind::Route(RouteLevel::Route, p) => Compiled::HttpRoute(decode_object(&p)?),
+        PatchKind::ExtensionConfig(p) => {
+            let mut o: Obj<(), TypedExtensionConfig> = decode_object(&p)?;
+            if o.value.as_ref().is_some_and(|v| v.typed_config.is_none()) {
+                return Err(".typed_config is required (the filter's config)".into());
+            }
+            // A sidecar has one ECDS set for both sides: either sidecar context serves it.
+            if o.context == PatchContext::SidecarInbound {
+                o.context = PatchContext::SidecarOutbound;
+            }
+            Compiled::ExtensionConfig(o)
+        }
     })
 }
 
@@ -443,6 +465,16 @@ impl Patches {
             LayerKind::Routes => {
                 let mut work = Work::new(layer);
                 routes::apply(&mut work, proxy, &patches);
+                work.finish()
+            }
+            LayerKind::ExtensionConfigs => {
+                let mut work = Work::new(layer);
+                for p in &patches {
+                    // ADD only; a later patch with the same name wins (Istio's priority order).
+                    if let Compiled::ExtensionConfig(Obj { value: Some(v), .. }) = p {
+                        work.add(v.name.clone(), v.clone());
+                    }
+                }
                 work.finish()
             }
         }

@@ -266,6 +266,87 @@ fn a_listener_filter_without_a_typed_config_rejects_its_envoy_filter() {
 }
 
 #[test]
+fn extension_configs_go_over_ecds_to_the_selected_proxies_only() {
+    use crate::resource::EXTENSION_CONFIG;
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    let lua = |code: &str| {
+        format!(
+            r#"  - applyTo: EXTENSION_CONFIG
+    patch:
+      operation: ADD
+      value:
+        name: meshd.lua
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua, default_source_code: {{inline_string: "{code}"}}}}
+"#
+        )
+    };
+    let snap = snapshot(&format!(
+        "{}{}",
+        ef(
+            "ecds",
+            0,
+            &format!(
+                r#"  - applyTo: HTTP_FILTER
+    match: {{context: SIDECAR_INBOUND, listener: {{filterChain: {{filter: {{name: envoy.filters.network.http_connection_manager, subFilter: {{name: envoy.filters.http.router}}}}}}}}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: meshd.lua
+        config_discovery: {{config_source: {{ads: {{}}, resource_api_version: V3}}, type_urls: [type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua]}}
+{}"#,
+                lua("-- first")
+            )
+        ),
+        // Priority 1: later, so its config of the same name is the one served.
+        ef("ecds-later", 1, &lua("-- later")),
+    ));
+    let served = set(&snap, "server", EXTENSION_CONFIG);
+    let r = served
+        .get("meshd.lua")
+        .expect("the config is served over ECDS");
+    let config = TypedExtensionConfig::decode(r.value().as_ref()).unwrap();
+    assert_eq!(config.name, "meshd.lua");
+    let any = config.typed_config.unwrap();
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+    );
+    assert!(String::from_utf8_lossy(&any.value).contains("-- later"));
+    // The filter that asks for it, by name, before the router.
+    use envoy_types::pb::envoy::config::listener::v3::filter;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_filter,
+    };
+    let inbound = listener(&snap, "server", "virtualInbound");
+    let hcm = chain(&inbound, "inbound|8080||-mtls")
+        .filters
+        .iter()
+        .find_map(|f| match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .expect("an HTTP connection manager");
+    let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+    let at = names
+        .iter()
+        .position(|n| *n == "meshd.lua")
+        .expect("meshd.lua");
+    assert_eq!(names[at + 1], "envoy.filters.http.router");
+    assert!(matches!(
+        hcm.http_filters[at].config_type,
+        Some(http_filter::ConfigType::ConfigDiscovery(_))
+    ));
+    // Not selected: no ECDS at all.
+    assert!(
+        !snap
+            .generate(&proxy(&snap, "other"))
+            .contains_key(EXTENSION_CONFIG)
+    );
+}
+
+#[test]
 fn route_configuration_virtual_host_and_route_operations() {
     let vhost = "server.app.svc.cluster.local:8080";
     let snap = snapshot(&ef(
