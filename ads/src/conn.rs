@@ -84,7 +84,10 @@ pub(crate) async fn bind_proxy<A, S>(
     loop {
         let checked = check_binding(&mesh.borrow_and_update(), &identity, &node.id);
         match checked {
-            Ok(p) => return Ok(p),
+            Ok(mut p) => {
+                p.metadata = node_metadata(node);
+                return Ok(p);
+            }
             Err(e) if e.registry_may_catch_up() => {
                 match tokio::time::timeout_at(deadline, mesh.changed()).await {
                     Ok(Ok(())) => continue,
@@ -94,6 +97,26 @@ pub(crate) async fn bind_proxy<A, S>(
             Err(e) => return Err(refusal(&e)),
         }
     }
+}
+
+/// The node's string metadata, bounded (`NodeMetadata::from_fields`); other kinds are left out.
+fn node_metadata(node: &Node) -> meshd_xds::proxy::NodeMetadata {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    use meshd_xds::proxy::{NodeMetadata, NodeMetadataExt};
+    let Some(meta) = &node.metadata else {
+        return NodeMetadata::new();
+    };
+    // Sorted, so which fields a bound keeps does not depend on hash order.
+    let mut strings: Vec<(&str, &str)> = meta
+        .fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(s)) => Some((k.as_str(), s.as_str())),
+            _ => None,
+        })
+        .collect();
+    strings.sort_unstable();
+    NodeMetadata::from_fields(strings)
 }
 
 pub(crate) enum Wake {
@@ -277,5 +300,48 @@ pub(crate) async fn open_stream<A, S, Req: prost::Message + Default>(
             let _ = tx.send(super::wire::Outgoing::End(Box::new(status))).await;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+
+    fn string(s: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(s.into())),
+        }
+    }
+
+    #[test]
+    fn node_metadata_keeps_bounded_string_fields_only() {
+        let mut fields: std::collections::HashMap<String, Value> = (0..100)
+            .map(|i| (format!("K{i:03}"), string("v")))
+            .collect();
+        fields.insert("ISTIO_VERSION".into(), string("1.24.0"));
+        fields.insert(
+            "LABELS".into(),
+            Value {
+                kind: Some(Kind::StructValue(Struct::default())),
+            },
+        );
+        let node = Node {
+            metadata: Some(Struct { fields }),
+            ..Default::default()
+        };
+        let m = node_metadata(&node);
+        use meshd_xds::proxy::{NodeMetadata, NodeMetadataExt};
+        assert_eq!(m.len(), <NodeMetadata as NodeMetadataExt>::MAX_FIELDS);
+        // Sorted before the bound: ISTIO_VERSION (upper case I) is among the kept ones.
+        assert_eq!(m.get("ISTIO_VERSION").map(String::as_str), Some("1.24.0"));
+        assert!(!m.contains_key("LABELS"));
+        let huge = Node {
+            metadata: Some(Struct {
+                fields: [("BIG".to_string(), string(&"x".repeat(10_000)))].into(),
+            }),
+            ..Default::default()
+        };
+        assert!(node_metadata(&huge).is_empty());
     }
 }

@@ -20,6 +20,8 @@ pub struct BootstrapSpec {
     pub admin_port: u16,
     pub credential: String,
     pub delta: bool,
+    /// Node metadata `ISTIO_VERSION`, which EnvoyFilter `match.proxy.proxyVersion` matches.
+    pub istio_version: Option<String>,
 }
 
 /// Resolves a `NAME.NAMESPACE` workload against the mesh config: its address, service account
@@ -172,7 +174,7 @@ pub fn render(spec: &BootstrapSpec) -> anyhow::Result<Value> {
         ),
     ];
     let ads = json!({"ads": {}, "resource_api_version": "V3"});
-    Ok(json!({
+    let mut b = json!({
         "node": {
             "id": node_id,
             "cluster": format!("{}.{}", spec.workload, spec.namespace),
@@ -200,7 +202,11 @@ pub fn render(spec: &BootstrapSpec) -> anyhow::Result<Value> {
         },
         "static_resources": {"clusters": clusters, "listeners": listeners},
         "stats_config": {"stats_tags": []}
-    }))
+    });
+    if let Some(v) = &spec.istio_version {
+        b["node"]["metadata"]["ISTIO_VERSION"] = json!(v);
+    }
+    Ok(b)
 }
 
 #[cfg(test)]
@@ -236,8 +242,10 @@ mod tests {
             admin_port: 15000,
             credential: "meshd1.x.y".into(),
             delta: false,
+            istio_version: Some("1.24.0".into()),
         };
         let b = render(&spec).unwrap();
+        assert_eq!(b["node"]["metadata"]["ISTIO_VERSION"], "1.24.0");
         assert_eq!(
             b["node"]["id"],
             "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local"

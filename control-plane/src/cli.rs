@@ -133,6 +133,10 @@ struct BootstrapArgs {
     /// postStart hook under holdApplicationUntilProxyStarts (the injector sets it).
     #[arg(long)]
     install_proxy_wait: Option<PathBuf>,
+    /// Reported as the node's `ISTIO_VERSION` metadata, which EnvoyFilter
+    /// `match.proxy.proxyVersion` matches (none: a version pattern sees an empty string).
+    #[arg(long, env = "MESHD_ISTIO_VERSION")]
+    istio_version: Option<String>,
     #[command(flatten)]
     kube: crate::kube_bootstrap::KubeBootstrapArgs,
 }
@@ -313,6 +317,7 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
             &args.xds_address,
             args.admin_port,
             args.delta,
+            args.istio_version.clone(),
             &args.kube,
         );
     }
@@ -336,6 +341,7 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
         admin_port: args.admin_port,
         credential: ca.issue_credential(&claims)?,
         delta: args.delta,
+        istio_version: args.istio_version.clone(),
     };
     let text = serde_json::to_string_pretty(&bootstrap::render(&spec)?)?;
     bootstrap::write_private(&args.out, text.as_bytes())

@@ -311,6 +311,7 @@ mod tests {
 
     fn proxy(name: &str) -> Proxy {
         Proxy {
+            metadata: Default::default(),
             id: format!("sidecar~10.0.0.1~{name}.ns~ns.svc.cluster.local"),
             node_type: NodeType::Sidecar,
             ip: Some("10.0.0.1".into()),

@@ -65,6 +65,8 @@ pub struct KubeBootstrapSpec {
     pub admin_port: u16,
     pub delta: bool,
     pub app_probers: AppProbers,
+    /// Node metadata `ISTIO_VERSION` (EnvoyFilter `match.proxy.proxyVersion`).
+    pub istio_version: Option<String>,
 }
 
 fn ads_grpc_service(spec: &KubeBootstrapSpec) -> Value {
@@ -122,6 +124,7 @@ pub fn render(spec: &KubeBootstrapSpec) -> anyhow::Result<Value> {
         admin_port: spec.admin_port,
         credential: String::new(),
         delta: spec.delta,
+        istio_version: spec.istio_version.clone(),
     })?;
     b["dynamic_resources"]["ads_config"]["grpc_services"] = json!([ads_grpc_service(spec)]);
     b["node"]["metadata"]["SERVICE_ACCOUNT"] = json!(spec.service_account);
@@ -322,6 +325,7 @@ pub fn write(
     xds_address: &str,
     admin_port: u16,
     delta: bool,
+    istio_version: Option<String>,
     args: &KubeBootstrapArgs,
 ) -> anyhow::Result<()> {
     let (pod, namespace) = workload
@@ -351,6 +355,7 @@ pub fn write(
         admin_port,
         delta,
         app_probers,
+        istio_version,
     };
     let text = serde_json::to_string_pretty(&render(&spec)?)?;
     // Written first: Envoy reads them when the bootstrap names them.
@@ -380,6 +385,7 @@ mod tests {
             root_cert_file: "/var/run/secrets/istio/root-cert.pem".into(),
             admin_port: 15000,
             delta: false,
+            istio_version: None,
             app_probers: AppProbers::from([
                 (
                     "/app-health/gateway/livez".to_string(),

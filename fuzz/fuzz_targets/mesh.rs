@@ -27,6 +27,7 @@ pub fn run(text: &str) {
         .map(|w| Proxy::for_workload(w, "cluster.local"))
         .collect();
     proxies.push(Proxy {
+        metadata: Default::default(),
         id: "sidecar~10.0.0.1~stranger.default~default.svc.cluster.local".into(),
         node_type: NodeType::Sidecar,
         ip: Some("10.0.0.1".into()),

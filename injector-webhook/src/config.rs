@@ -104,6 +104,9 @@ pub struct InjectConfig {
     /// sidecar's preStop hook drains before the kubelet sends Envoy SIGTERM.
     #[serde(with = "drain_duration")]
     pub termination_drain_duration: std::time::Duration,
+    /// Reported by every injected proxy as its node's `ISTIO_VERSION`, which EnvoyFilter
+    /// `match.proxy.proxyVersion` matches; none by default.
+    pub istio_version: Option<String>,
 }
 
 /// `terminationDrainDuration` in the injector config: a protobuf duration string (`5s`).
@@ -177,6 +180,7 @@ impl Default for InjectConfig {
             native_sidecars: None,
             hold_application_until_proxy_starts: false,
             termination_drain_duration: std::time::Duration::from_secs(5),
+            istio_version: None,
         }
     }
 }

@@ -135,6 +135,9 @@ pub fn bootstrap_container(cfg: &InjectConfig, plan: &Plan, probers: &AppProbers
     }
     // Every sidecar's preStop hook runs it (drain); a held one's postStart too.
     args.extend(strings(&["--install-proxy-wait", paths::PROXY_WAIT_FILE]));
+    if let Some(v) = &cfg.istio_version {
+        args.extend(strings(&["--istio-version", v]));
+    }
     Container {
         name: names::BOOTSTRAP_INIT.into(),
         image: Some(cfg.init_image.clone()),

@@ -38,6 +38,36 @@ pub struct Proxy {
     pub node_type: NodeType,
     pub ip: Option<String>,
     pub identity: Identity,
+    /// The node's string metadata (bounded: [`NodeMetadata::from_fields`]); what it claims of
+    /// itself, read only by EnvoyFilter `match.proxy`, which chooses among patches for the
+    /// proxy's own config.
+    pub metadata: NodeMetadata,
+}
+
+/// String fields of an Envoy node's metadata, at most [`NodeMetadata::MAX_FIELDS`] of them and
+/// [`NodeMetadata::MAX_BYTES`] in all (a node is hostile input; the rest is dropped).
+pub type NodeMetadata = std::collections::BTreeMap<String, String>;
+
+/// Builds [`NodeMetadata`] from a node's fields.
+pub trait NodeMetadataExt {
+    const MAX_FIELDS: usize = 32;
+    const MAX_BYTES: usize = 4096;
+    fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> NodeMetadata;
+}
+
+impl NodeMetadataExt for NodeMetadata {
+    fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> NodeMetadata {
+        let mut out = NodeMetadata::new();
+        let mut bytes = 0;
+        for (k, v) in fields {
+            if out.len() == Self::MAX_FIELDS || bytes + k.len() + v.len() > Self::MAX_BYTES {
+                break;
+            }
+            bytes += k.len() + v.len();
+            out.insert(k.to_string(), v.to_string());
+        }
+        out
+    }
 }
 
 impl NodeType {
@@ -77,6 +107,7 @@ impl Proxy {
                 service_account: w.service_account.clone(),
                 trust_domain: trust_domain.to_string(),
             },
+            metadata: NodeMetadata::new(),
         }
     }
 }
@@ -329,6 +360,8 @@ pub fn bind(
         node_type: node.node_type,
         ip: Some(node.ip),
         identity: identity.clone(),
+        // The stream adds what the node says of itself, once bound.
+        metadata: NodeMetadata::new(),
     })
 }
 

@@ -26,8 +26,10 @@
 //! - `match.context` SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY; `workloadSelector` on
 //!   every applyTo; `priority` (root namespace first, then priority, then namespace and name).
 //!
-//! Not supported (rejected): BOOTSTRAP; `match.proxy`
-//! (meshd does not read the proxy's version), `patch.filterClass`, `targetRefs`,
+//! - `match.proxy`: `proxyVersion` (a regular expression over the node's `ISTIO_VERSION`
+//!   metadata, which `meshd bootstrap --istio-version` sets) and `metadata` (exact values);
+//!
+//! Not supported (rejected): BOOTSTRAP, `patch.filterClass`, `targetRefs`,
 //! `routeConfiguration.gateway`/`portName`, `vhost.domainName`, `route.action`.
 //! The patch `value` is Envoy's own proto JSON; the generator decodes it against Envoy's
 //! descriptors (and reports what does not decode, naming the field).
@@ -65,10 +67,46 @@ pub struct ConfigPatch {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectMatch {
     pub context: Option<String>,
-    pub proxy: Option<serde_json::Value>,
+    pub proxy: Option<ProxyMatch>,
     pub listener: Option<ListenerMatch>,
     pub route_configuration: Option<RouteConfigurationMatch>,
     pub cluster: Option<ClusterMatch>,
+}
+
+/// `match.proxy`: which proxies a patch is for, by what their Envoy node says of itself. It only
+/// chooses among patches for the proxy's own config, so a node claiming another version gains
+/// nothing but a config meant for that version.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyMatch {
+    /// A regular expression (RE2 syntax) the node's `ISTIO_VERSION` metadata must match.
+    pub proxy_version: Option<String>,
+    /// Node metadata fields that must equal these values exactly.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// The node metadata field `proxyVersion` matches (what Istio's proxies report).
+pub const ISTIO_VERSION: &str = "ISTIO_VERSION";
+
+impl ProxyMatch {
+    /// Whether a proxy whose node metadata is `metadata` matches; a `proxyVersion` that is not
+    /// a regular expression matches nothing (it is rejected when the object is read).
+    pub fn matches(&self, metadata: &std::collections::BTreeMap<String, String>) -> bool {
+        let version_ok = self.proxy_version.as_deref().is_none_or(|re| {
+            let version = metadata
+                .get(ISTIO_VERSION)
+                .map(String::as_str)
+                .unwrap_or("");
+            regex::Regex::new(re).is_ok_and(|re| re.is_match(version))
+        });
+        version_ok
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| metadata.get(k).is_some_and(|m| m == v))
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

@@ -373,10 +373,14 @@ impl ConfigPatch {
     pub fn kind(&self) -> Result<PatchKind<'_>, String> {
         use FilterOperation::*;
         let m = self.matches.as_ref();
-        if m.and_then(|m| m.proxy.as_ref()).is_some() {
-            return Err(
-                "match.proxy is not supported (meshd does not read the proxy's version)".into(),
-            );
+        if let Some(re) = m
+            .and_then(|m| m.proxy.as_ref())
+            .and_then(|p| p.proxy_version.as_deref())
+            && let Err(e) = regex::Regex::new(re)
+        {
+            return Err(format!(
+                "match.proxy.proxyVersion `{re}` is not a regular expression: {e}"
+            ));
         }
         if self.patch.filter_class.is_some() {
             return Err(

@@ -138,9 +138,9 @@ fn unsupported_shapes_are_rejected_naming_the_field() {
         (
             RATE_LIMIT.replace(
                 "      context: SIDECAR_INBOUND\n",
-                "      context: SIDECAR_INBOUND\n      proxy: {proxyVersion: '^1\\.2.*'}\n",
+                "      context: SIDECAR_INBOUND\n      proxy: {proxyVersion: '^1\\.(2'}\n",
             ),
-            "match.proxy",
+            "match.proxy.proxyVersion `^1\\.(2` is not a regular expression",
         ),
         (
             RATE_LIMIT.replace(
@@ -534,4 +534,51 @@ fn object_patches_accept_istios_operations_and_reject_the_rest() {
             "{r}"
         );
     }
+}
+
+#[test]
+fn proxy_match_selects_by_istio_version_and_exact_metadata() {
+    let m = |version: Option<&str>, metadata: &[(&str, &str)]| ProxyMatch {
+        proxy_version: version.map(str::to_string),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let node = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let v124 = node(&[("ISTIO_VERSION", "1.24.2"), ("REGION", "eu")]);
+    assert!(m(Some(r"^1\.24.*"), &[]).matches(&v124));
+    assert!(!m(Some(r"^1\.2[0-3]\..*"), &[]).matches(&v124));
+    assert!(m(Some(r"^1\.24.*"), &[("REGION", "eu")]).matches(&v124));
+    assert!(!m(None, &[("REGION", "us")]).matches(&v124));
+    // No version reported: a version pattern matches only what matches the empty string.
+    assert!(!m(Some(r"^1\..*"), &[]).matches(&node(&[])));
+    assert!(m(Some(".*"), &[]).matches(&node(&[])));
+    assert!(m(None, &[]).matches(&node(&[])));
+    let mesh = parse(
+        r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: gated, namespace: shop}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match: {proxy: {proxyVersion: '^1\.24.*', metadata: {REGION: eu}}, cluster: {portNumber: 80}}
+    patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 1}}
+  - applyTo: CLUSTER
+    match: {proxy: {version: '1.24'}}
+    patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 1}}
+"#,
+    );
+    assert_eq!(mesh.rejected.len(), 1, "{:?}", mesh.rejected);
+    assert!(
+        mesh.rejected[0].reason.contains("version"),
+        "{}",
+        mesh.rejected[0]
+    );
 }

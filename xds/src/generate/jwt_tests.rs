@@ -199,6 +199,7 @@ fn the_encoding_is_stable_and_reads_as_envoy_s_message() {
 
 fn proxy(workload: &str, ns: &str) -> Proxy {
     Proxy {
+        metadata: Default::default(),
         id: format!("sidecar~10.44.0.1~{workload}.{ns}~{ns}.svc.cluster.local"),
         node_type: NodeType::Sidecar,
         ip: None,

@@ -49,6 +49,7 @@ fn mesh(policy: &str) -> MeshConfig {
 
 fn proxy(workload: &str) -> Proxy {
     Proxy {
+        metadata: Default::default(),
         id: format!("sidecar~10.1.0.1~{workload}.ns~ns.svc.cluster.local"),
         node_type: NodeType::Sidecar,
         ip: None,

@@ -520,9 +520,12 @@ impl MeshSnapshot {
             NodeType::Sidecar => {
                 let scope = self.scope(&proxy.identity.namespace, labels);
                 let (inbound_clusters, inbound_listeners) = self.inbound(workload);
-                let selected = self
-                    .patches
-                    .selected_for(&proxy.identity.namespace, labels, false);
+                let selected = self.patches.selected_for(
+                    &proxy.identity.namespace,
+                    labels,
+                    false,
+                    &proxy.metadata,
+                );
                 use envoyfilter::LayerKind;
                 out.insert(
                     CLUSTER,
@@ -568,9 +571,12 @@ impl MeshSnapshot {
                         None => g,
                     })
                 });
-                let selected = self
-                    .patches
-                    .selected_for(&proxy.identity.namespace, labels, true);
+                let selected = self.patches.selected_for(
+                    &proxy.identity.namespace,
+                    labels,
+                    true,
+                    &proxy.metadata,
+                );
                 use envoyfilter::LayerKind;
                 let patched = |layer: &Layer, kind| {
                     self.patched_layer(

@@ -67,6 +67,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 fn proxy(workload: &str, ns: &str) -> Proxy {
     Proxy {
+        metadata: Default::default(),
         id: format!("sidecar~10.44.0.1~{workload}.{ns}~{ns}.svc.cluster.local"),
         node_type: NodeType::Sidecar,
         ip: None,
@@ -340,6 +341,7 @@ spec:
 "#;
     let snap = snapshot(gateway);
     let router = Proxy {
+        metadata: Default::default(),
         node_type: NodeType::Router,
         ..proxy("ingress", "istio-system")
     };
@@ -444,6 +446,7 @@ spec:
     );
     let snap = snapshot(&yaml);
     let router = Proxy {
+        metadata: Default::default(),
         node_type: NodeType::Router,
         ..proxy("ingress", "istio-system")
     };

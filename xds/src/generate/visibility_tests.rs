@@ -94,6 +94,7 @@ fn tcp_proxy(snap: &MeshSnapshot, ns: &str, listener: &str, chain: Option<&str>)
 
 fn proxy(ns: &str) -> Proxy {
     Proxy {
+        metadata: Default::default(),
         id: format!("sidecar~10.44.0.9~client.{ns}~{ns}.svc.cluster.local"),
         node_type: NodeType::Sidecar,
         ip: None,

@@ -49,10 +49,18 @@ struct Target {
     /// `GATEWAY` only, sidecars only, or both (`ANY`).
     gateways: bool,
     sidecars: bool,
+    /// `match.proxy`: by what the proxy's node says of itself.
+    proxy: Option<meshd_model::envoyfilter::ProxyMatch>,
 }
 
 impl Target {
-    fn applies(&self, namespace: &str, labels: &Labels, gateway: bool) -> bool {
+    fn applies(
+        &self,
+        namespace: &str,
+        labels: &Labels,
+        gateway: bool,
+        metadata: &crate::proxy::NodeMetadata,
+    ) -> bool {
         let kind = if gateway {
             self.gateways
         } else {
@@ -64,7 +72,7 @@ impl Target {
                     .selector
                     .as_ref()
                     .is_none_or(|s| selector_matches(s, labels)));
-        kind && place
+        kind && place && self.proxy.as_ref().is_none_or(|p| p.matches(metadata))
     }
 }
 
@@ -396,6 +404,7 @@ impl Patches {
                     selector: ef.workload_selector.as_ref().map(|s| s.labels.clone()),
                     gateways,
                     sidecars,
+                    proxy: p.matches.as_ref().and_then(|m| m.proxy.clone()),
                 };
                 let decoded = match p.kind() {
                     Err(e) => Err(format!("spec.configPatches[{i}]: {e}")),
@@ -419,11 +428,17 @@ impl Patches {
     }
 
     /// The patches selecting a proxy (by index, in order).
-    pub fn selected_for(&self, namespace: &str, labels: &Labels, gateway: bool) -> Vec<usize> {
+    pub fn selected_for(
+        &self,
+        namespace: &str,
+        labels: &Labels,
+        gateway: bool,
+        metadata: &crate::proxy::NodeMetadata,
+    ) -> Vec<usize> {
         self.patches
             .iter()
             .enumerate()
-            .filter(|(_, (t, _))| t.applies(namespace, labels, gateway))
+            .filter(|(_, (t, _))| t.applies(namespace, labels, gateway, metadata))
             .map(|(i, _)| i)
             .collect()
     }

@@ -347,6 +347,42 @@ fn extension_configs_go_over_ecds_to_the_selected_proxies_only() {
 }
 
 #[test]
+fn match_proxy_selects_by_the_nodes_istio_version_and_metadata() {
+    let snap = snapshot(&ef(
+        "gated",
+        0,
+        r#"  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND, proxy: {proxyVersion: '^1\.24\..*'}, cluster: {portNumber: 8080}}
+    patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 1024}}
+  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND, proxy: {metadata: {REGION: eu}}, cluster: {portNumber: 8081}}
+    patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 2048}}
+"#,
+    ));
+    let limit = |metadata: &[(&str, &str)], name: &str| {
+        let mut p = proxy(&snap, "server");
+        p.metadata = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = snap.generate(&p)[CLUSTER].get(name).cloned().unwrap();
+        Cluster::decode(r.value().as_ref())
+            .unwrap()
+            .per_connection_buffer_limit_bytes
+            .map(|v| v.value)
+    };
+    assert_eq!(
+        limit(&[("ISTIO_VERSION", "1.24.3")], SERVER_8080),
+        Some(1024)
+    );
+    assert_eq!(limit(&[("ISTIO_VERSION", "1.23.0")], SERVER_8080), None);
+    // No version reported: a version pattern does not match.
+    assert_eq!(limit(&[], SERVER_8080), None);
+    assert_eq!(limit(&[("REGION", "eu")], SERVER_8081), Some(2048));
+    assert_eq!(limit(&[("REGION", "us")], SERVER_8081), None);
+}
+
+#[test]
 fn route_configuration_virtual_host_and_route_operations() {
     let vhost = "server.app.svc.cluster.local:8080";
     let snap = snapshot(&ef(

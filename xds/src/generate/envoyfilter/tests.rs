@@ -97,8 +97,9 @@ spec:
     .into();
     let layer = LayerMap::new(layer);
     let none = Labels::new();
-    let sidecar = p.selected_for("shop", &none, false);
-    let gateway = p.selected_for("shop", &none, true);
+    let node = Default::default();
+    let sidecar = p.selected_for("shop", &none, false, &node);
+    let gateway = p.selected_for("shop", &none, true, &node);
     assert!(
         p.patch_layer(&layer, LayerKind::Clusters, PatchContext::Gateway, &gateway)
             .is_none(),
