@@ -24,12 +24,12 @@
 //! - `EXTENSION_CONFIG` (ADD): a `TypedExtensionConfig` served over ECDS to the selected
 //!   proxies, which an HTTP filter's `config_discovery` names;
 //! - `match.context` SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY; `workloadSelector` on
-//!   every applyTo; `priority` (root namespace first, then priority, then namespace and name).
-//!
+//!   every applyTo; `priority` (root namespace first, then priority, then namespace and name);
 //! - `match.proxy`: `proxyVersion` (a regular expression over the node's `ISTIO_VERSION`
 //!   metadata, which `meshd bootstrap --istio-version` sets) and `metadata` (exact values);
+//! - `patch.filterClass` (AUTHN, AUTHZ, STATS) on an HTTP_FILTER ADD.
 //!
-//! Not supported (rejected): BOOTSTRAP, `patch.filterClass`, `targetRefs`,
+//! Not supported (rejected): BOOTSTRAP, `targetRefs`,
 //! `routeConfiguration.gateway`/`portName`, `vhost.domainName`, `route.action`.
 //! The patch `value` is Envoy's own proto JSON; the generator decodes it against Envoy's
 //! descriptors (and reports what does not decode, naming the field).

@@ -79,6 +79,34 @@ impl FilterOperation {
     }
 }
 
+/// `patch.filterClass`: where an added HTTP filter goes among the filters meshd generates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterClass {
+    /// After the authentication filters (JWT).
+    Authn,
+    /// After the authorization filters (RBAC).
+    Authz,
+    /// Before the stats filters; meshd's telemetry is its access log, so: before the router.
+    Stats,
+}
+
+impl FilterClass {
+    /// `None` for no class or UNSPECIFIED (a plain ADD).
+    fn parse(v: Option<&str>) -> Result<Option<FilterClass>, String> {
+        Ok(match v {
+            None | Some("UNSPECIFIED") => None,
+            Some("AUTHN") => Some(FilterClass::Authn),
+            Some("AUTHZ") => Some(FilterClass::Authz),
+            Some("STATS") => Some(FilterClass::Stats),
+            Some(other) => {
+                return Err(format!(
+                    "patch.filterClass `{other}` is not one of UNSPECIFIED, AUTHN, AUTHZ, STATS"
+                ));
+            }
+        })
+    }
+}
+
 /// An HTTP_FILTER or NETWORK_FILTER patch: where it applies and what it does.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FilterPatch<'a> {
@@ -91,6 +119,8 @@ pub struct FilterPatch<'a> {
     pub relative_to: Option<&'a str>,
     /// An Envoy `HttpFilter` / `Filter` (proto JSON); `None` only for REMOVE.
     pub value: Option<&'a serde_json::Value>,
+    /// `patch.filterClass` of an HTTP_FILTER ADD.
+    pub filter_class: Option<FilterClass>,
 }
 
 /// A patch on whole resources or list entries (listeners, filter chains, clusters, route
@@ -271,6 +301,7 @@ impl ConfigPatch {
             operation,
             relative_to,
             value,
+            filter_class: FilterClass::parse(self.patch.filter_class.as_deref())?,
         })
     }
 
@@ -382,11 +413,14 @@ impl ConfigPatch {
                 "match.proxy.proxyVersion `{re}` is not a regular expression: {e}"
             ));
         }
-        if self.patch.filter_class.is_some() {
-            return Err(
-                "patch.filterClass is not supported; order filters with INSERT_BEFORE/INSERT_AFTER"
-                    .into(),
-            );
+        let filter_class = FilterClass::parse(self.patch.filter_class.as_deref())?;
+        if filter_class.is_some()
+            && (self.apply_to != "HTTP_FILTER" || self.patch.operation != "ADD")
+        {
+            return Err(format!(
+                "patch.filterClass orders an ADD of an HTTP_FILTER, not {} of {}",
+                self.patch.operation, self.apply_to
+            ));
         }
         match self.apply_to.as_str() {
             "HTTP_FILTER" => self.filter_patch(true).map(PatchKind::HttpFilter),

@@ -147,7 +147,7 @@ fn unsupported_shapes_are_rejected_naming_the_field() {
                 "      operation: INSERT_BEFORE\n",
                 "      operation: INSERT_BEFORE\n      filterClass: AUTHZ\n",
             ),
-            "patch.filterClass",
+            "patch.filterClass orders an ADD of an HTTP_FILTER, not INSERT_BEFORE of HTTP_FILTER",
         ),
         (
             RATE_LIMIT.replace("applyTo: HTTP_FILTER", "applyTo: NETWORK_FILTER"),

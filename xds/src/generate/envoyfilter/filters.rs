@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::Any;
 use meshd_model::envoyfilter::{
-    FilterOperation, HCM, ListenerMatch, PatchContext, TERMINAL_FILTERS,
+    FilterClass, FilterOperation, HCM, ListenerMatch, PatchContext, TERMINAL_FILTERS,
 };
 use prost::{Message, Name};
 
@@ -31,6 +31,8 @@ pub(super) struct FilterPatch {
     /// `None` only for REMOVE; otherwise the kind says HTTP_FILTER or NETWORK_FILTER.
     pub(super) value: Option<FilterValue>,
     pub(super) http: bool,
+    /// An HTTP_FILTER ADD's `filterClass`.
+    pub(super) filter_class: Option<FilterClass>,
 }
 
 /// Merges an `Any` into another as protobuf does for the message it holds (fields of the patch
@@ -248,6 +250,30 @@ pub(super) fn chain_matches(m: &ListenerMatch, chain: &FilterChain, inbound: boo
         })
 }
 
+/// The HTTP filters meshd generates that authenticate (JWT) and authorize (RBAC), by name.
+const AUTHN_FILTERS: [&str; 1] = ["envoy.filters.http.jwt_authn"];
+const AUTHZ_FILTERS: [&str; 2] = ["envoy.filters.http.rbac", "envoy.filters.http.ext_authz"];
+
+/// Where an HTTP filter added with `class` goes: AUTHN right after the authentication filters
+/// (at the start when there are none), AUTHZ right after the authorization filters (else where
+/// AUTHN would go), STATS before the router (meshd generates no stats filter: its telemetry is
+/// the access log).
+pub(super) fn class_position(filters: &[HttpFilter], class: FilterClass) -> usize {
+    let after_last = |names: &[&str]| {
+        filters
+            .iter()
+            .rposition(|f| names.contains(&f.name.as_str()))
+            .map(|i| i + 1)
+    };
+    match class {
+        FilterClass::Authn => after_last(&AUTHN_FILTERS).unwrap_or(0),
+        FilterClass::Authz => after_last(&AUTHZ_FILTERS)
+            .or_else(|| after_last(&AUTHN_FILTERS))
+            .unwrap_or(0),
+        FilterClass::Stats => append_at(filters),
+    }
+}
+
 /// Applies an HTTP_FILTER patch to the HCMs of a chain; whether it changed.
 fn patch_hcms(chain: &mut FilterChain, p: &FilterPatch) -> bool {
     let value = match &p.value {
@@ -265,6 +291,13 @@ fn patch_hcms(chain: &mut FilterChain, p: &FilterPatch) -> bool {
         let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
             continue;
         };
+        if let (FilterOperation::Add, Some(class), Some(v)) = (p.operation, p.filter_class, value) {
+            let at = class_position(&hcm.http_filters, class);
+            hcm.http_filters.insert(at, v.clone());
+            any.value = hcm.encode_to_vec();
+            changed = true;
+            continue;
+        }
         if apply(
             &mut hcm.http_filters,
             p.operation,

@@ -522,3 +522,65 @@ fn an_envoyfilter_edit_reaches_proxies_on_rebuild() {
     let removed = added.rebuild(3, Arc::new(plain.config().clone()), plain.opts.clone());
     assert!(!http_filters(&removed, "server", INBOUND, IN_8080).contains(&lua));
 }
+
+#[test]
+fn filter_class_places_an_added_filter_among_the_generated_ones() {
+    use super::filters::class_position;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+    use meshd_model::envoyfilter::FilterClass::*;
+    let list = |names: &[&str]| -> Vec<HttpFilter> {
+        names
+            .iter()
+            .map(|n| HttpFilter {
+                name: n.to_string(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let full = list(&[
+        "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.fault",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.router",
+    ]);
+    assert_eq!(class_position(&full, Authn), 1);
+    assert_eq!(class_position(&full, Authz), 3);
+    assert_eq!(class_position(&full, Stats), 5);
+    let plain = list(&[
+        "envoy.filters.http.fault",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.router",
+    ]);
+    assert_eq!(class_position(&plain, Authn), 0);
+    assert_eq!(class_position(&plain, Authz), 0);
+    assert_eq!(class_position(&plain, Stats), 2);
+    let authn_only = list(&["envoy.filters.http.jwt_authn", "envoy.filters.http.router"]);
+    assert_eq!(class_position(&authn_only, Authz), 1);
+}
+
+#[test]
+fn an_add_with_a_filter_class_lands_where_the_class_says() {
+    let lua = r#"
+        name: envoy.filters.http.lua
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          default_source_code: {inline_string: "function envoy_on_request(h) end"}
+      filterClass: STATS"#;
+    let text = filter(
+        SERVER_ONLY,
+        "HTTP_FILTER",
+        "SIDECAR_INBOUND",
+        ROUTER,
+        "ADD",
+        lua,
+    );
+    let snap = snapshot(&text);
+    let names = http_filters(&snap, "server", INBOUND, IN_8080);
+    let at = names
+        .iter()
+        .position(|n| n == "envoy.filters.http.lua")
+        .expect("added");
+    assert_eq!(names[at + 1], "envoy.filters.http.router", "{names:?}");
+}

@@ -345,6 +345,7 @@ fn compile(kind: PatchKind<'_>, http: bool) -> Result<Compiled, String> {
                 relative_to: f.relative_to.map(str::to_string),
                 value,
                 http,
+                filter_class: f.filter_class,
             })
         }
         PatchKind::Listener(p) => Compiled::Listener(decode_object(&p)?),
