@@ -34,5 +34,6 @@ mod traffic_policy;
 mod traffic_resilience;
 mod traffic_routing;
 mod traffic_sidecar;
+mod traffic_slow_start;
 mod traffic_voicecore;
 mod walking_skeleton;
