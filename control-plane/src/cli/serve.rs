@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// JSON access logs on each proxy's stdout.
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
+    /// The stdout access log's encoding, as Istio's MeshConfig `accessLogEncoding`: `json`, or
+    /// `text` in Istio's default text format.
+    #[arg(long, env = "MESHD_ACCESS_LOG_ENCODING", default_value = "json", value_parser = ["json", "text"])]
+    pub access_log_encoding: String,
     /// Istio's request metrics on `/metrics`: each proxy streams its access log to meshd over
     /// the bootstrap's `xds-grpc` cluster. Default: on in file mode; off in Kubernetes mode,
     /// where pods injected before this version have no such cluster and would reject every
@@ -196,6 +200,11 @@ impl ServeArgs {
             generator: GenOptions {
                 trust_domain: self.trust_domain.clone(),
                 access_log: self.access_log,
+                access_log_encoding: if self.access_log_encoding == "text" {
+                    meshd_xds::generate::AccessLogEncoding::Text
+                } else {
+                    meshd_xds::generate::AccessLogEncoding::Json
+                },
                 request_telemetry: self.request_telemetry.unwrap_or(kubernetes.is_none()),
                 zipkin_cluster: self.zipkin_address.clone(),
                 ..GenOptions::default()

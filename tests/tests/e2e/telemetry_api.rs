@@ -122,3 +122,54 @@ fn telemetry_sets_sampling_and_filters_access_logs() {
     );
     wait_envoy_stat(&client, "tracing.zipkin.spans_sent", WAIT, |n| n > 0).unwrap();
 }
+
+/// `--access-log-encoding text` (Istio's MeshConfig `accessLogEncoding: TEXT`): each sidecar's
+/// stdout log carries Istio's default text line for a request, not JSON.
+#[test]
+fn access_log_encoding_text_writes_istios_text_line() {
+    let api = fqdn("api");
+    let yaml = [
+        service("client", vip(10), PORT),
+        workload("client", "client", ip(10), &[]),
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+    ]
+    .concat();
+    let mesh = mesh_with(
+        MeshOptions::named("textlog")
+            .config("mesh.yaml", &yaml)
+            .serve_arg("--access-log-encoding")
+            .serve_arg("text"),
+        &[(api.clone(), vip(20))],
+    );
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    let a = get(&client, &format!("http://{api}:{PORT}/text-log?status=202"));
+    assert_eq!(a.status, 202, "{a:?}");
+    // Envoy writes the line once the request is done; wait for it on the server side.
+    let line = || {
+        mesh.envoy_log("api")
+            .lines()
+            .find(|l| l.contains("/text-log"))
+            .map(str::to_string)
+    };
+    assert!(
+        wait_until(WAIT, || line().is_some()),
+        "{}",
+        mesh.envoy_log("api")
+    );
+    let line = line().unwrap();
+    assert!(line.starts_with('['), "{line}");
+    assert!(
+        line.contains("] \"GET /text-log?status=202 HTTP/1.1\" 202 "),
+        "{line}"
+    );
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&line).is_err(),
+        "{line}"
+    );
+    assert!(line.contains(&format!("\"{api}:{PORT}\"")), "{line}");
+}

@@ -62,9 +62,45 @@ fn fault_filter() -> HttpFilter {
 /// Its JSON format is a protobuf `Struct`, a map prost encodes in hash order: built and encoded
 /// once, it is the same bytes in every listener of every build, so unchanged listeners keep
 /// their versions.
-fn stdout_access_log() -> AccessLog {
-    static LOG: std::sync::OnceLock<AccessLog> = std::sync::OnceLock::new();
-    LOG.get_or_init(build_stdout_access_log).clone()
+fn stdout_access_log(encoding: super::AccessLogEncoding) -> AccessLog {
+    static JSON: std::sync::OnceLock<AccessLog> = std::sync::OnceLock::new();
+    static TEXT: std::sync::OnceLock<AccessLog> = std::sync::OnceLock::new();
+    match encoding {
+        super::AccessLogEncoding::Json => JSON.get_or_init(build_stdout_access_log).clone(),
+        super::AccessLogEncoding::Text => TEXT.get_or_init(build_text_access_log).clone(),
+    }
+}
+
+/// Istio's default text access-log format (its documented `accessLogFormat` default).
+pub const ISTIO_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+fn build_text_access_log() -> AccessLog {
+    use envoy_types::pb::envoy::config::core::v3::{
+        DataSource, SubstitutionFormatString, data_source, substitution_format_string,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+        StdoutAccessLog, stdout_access_log,
+    };
+    let log = StdoutAccessLog {
+        access_log_format: Some(stdout_access_log::AccessLogFormat::LogFormat(
+            SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(
+                    DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(
+                            ISTIO_TEXT_FORMAT.into(),
+                        )),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            },
+        )),
+    };
+    AccessLog {
+        name: "envoy.access_loggers.stdout".into(),
+        config_type: Some(access_log::ConfigType::TypedConfig(any(&log))),
+        ..Default::default()
+    }
 }
 
 fn build_stdout_access_log() -> AccessLog {
@@ -177,7 +213,7 @@ pub fn hcm(
                 Side::Outbound
             },
             opts,
-            stdout_access_log,
+            || stdout_access_log(opts.access_log_encoding),
         ),
         ..Default::default()
     }

@@ -40,6 +40,15 @@ pub type ProxyResources = BTreeMap<&'static str, ResourceSet>;
 
 use crate::resource::{Layer, LayerMap, reuse_layer};
 
+/// The stdout access log's encoding, as Istio's MeshConfig `accessLogEncoding`: JSON (the
+/// seed's default) or Istio's default text format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessLogEncoding {
+    #[default]
+    Json,
+    Text,
+}
+
 /// A cache entry built once even when many proxies ask for it at the same moment.
 type Once<T> = Arc<OnceLock<T>>;
 
@@ -54,6 +63,8 @@ pub struct GenOptions {
     pub zipkin_cluster: Option<String>,
     pub trace_sampling: f64,
     pub access_log: bool,
+    /// The stdout access log's encoding (Istio's MeshConfig `accessLogEncoding`).
+    pub access_log_encoding: AccessLogEncoding,
     /// Stream every proxy's access log to meshd over gRPC (the `xds-grpc` cluster of
     /// `meshd bootstrap`) for Istio's request metrics; see [`telemetry`].
     pub request_telemetry: bool,
@@ -71,6 +82,7 @@ impl Default for GenOptions {
             zipkin_cluster: None,
             trace_sampling: 100.0,
             access_log: true,
+            access_log_encoding: AccessLogEncoding::Json,
             request_telemetry: true,
             telemetry: Default::default(),
         }

@@ -280,3 +280,32 @@ spec:
         assert_streams_to_meshd(&log["common_config"], OUTBOUND_LOG);
     }
 }
+
+#[test]
+fn the_stdout_log_is_json_unless_text_encoding_is_asked_for() {
+    let format = |opts: GenOptions| {
+        let all = listeners(opts, "api");
+        let (_, hcm) = hcms(listener(&all, "virtualInbound"))
+            .into_iter()
+            .next()
+            .unwrap();
+        logger(hcm, "envoy.access_loggers.stdout").unwrap()["log_format"].clone()
+    };
+    let json = format(GenOptions::default());
+    assert_eq!(
+        json["json_format"]["response_code"], "%RESPONSE_CODE%",
+        "{json}"
+    );
+    let text = format(GenOptions {
+        access_log_encoding: crate::generate::AccessLogEncoding::Text,
+        ..GenOptions::default()
+    });
+    assert!(text.get("json_format").is_none(), "{text}");
+    let line = text["text_format_source"]["inline_string"]
+        .as_str()
+        .unwrap();
+    assert_eq!(line, crate::generate::listener::ISTIO_TEXT_FORMAT);
+    assert!(
+        line.starts_with("[%START_TIME%] \"%REQ(:METHOD)% ") && line.ends_with("%ROUTE_NAME%\n")
+    );
+}
