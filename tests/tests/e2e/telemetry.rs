@@ -312,13 +312,7 @@ spec:
 fn kubernetes_bootstraps_stream_access_logs_over_tls_with_the_token_file() {
     use std::os::unix::fs::{PermissionsExt, chown};
     let api = fqdn("api");
-    let yaml = [
-        service("client", vip(10), PORT),
-        workload("client", "client", ip(10), &[]),
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
-    ]
-    .concat();
+    let yaml = client_and_api(PORT);
     let mesh = mesh("telekube", &yaml, &[(api.clone(), vip(20))]);
     let client = mesh
         .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)

@@ -40,13 +40,7 @@ fn logged(mesh: &Mesh, pod: &str, path: &str) -> Vec<u64> {
 #[test]
 fn telemetry_sets_sampling_and_filters_access_logs() {
     let api = fqdn("api");
-    let yaml = [
-        service("client", vip(10), PORT),
-        workload("client", "client", ip(10), &[]),
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
-    ]
-    .concat();
+    let yaml = client_and_api(PORT);
     // A collector address nobody listens on: span reports are counted by Envoy either way.
     let collector = format!("{}:9411", ip(1));
     let mesh = mesh_with(
@@ -128,13 +122,7 @@ fn telemetry_sets_sampling_and_filters_access_logs() {
 #[test]
 fn access_log_encoding_text_writes_istios_text_line() {
     let api = fqdn("api");
-    let yaml = [
-        service("client", vip(10), PORT),
-        workload("client", "client", ip(10), &[]),
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
-    ]
-    .concat();
+    let yaml = client_and_api(PORT);
     let mesh = mesh_with(
         MeshOptions::named("textlog")
             .config("mesh.yaml", &yaml)

@@ -145,10 +145,7 @@ fn prometheus_scraping_meshd_answers_istio_dashboard_queries_with_the_traffic_se
     let api = fqdn("api");
     let catalog = fqdn("catalog");
     let yaml = [
-        service("client", vip(10), PORT),
-        workload("client", "client", ip(10), &[]),
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
+        client_and_api(PORT),
         service("catalog", vip(21), PORT),
         workload("catalog", "catalog", ip(21), &[]),
     ]

@@ -173,10 +173,7 @@ spec:
         api = fqdn("api"),
     );
     let yaml = [
-        service("client", vip(10), PORT),
-        workload("client", "client", ip(10), &[]),
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
+        client_and_api(PORT),
         service("web", vip(21), PORT),
         workload("web", "web", ip(21), &[]),
         filters,

@@ -85,13 +85,7 @@ fn collector(listener: TcpListener) -> Arc<Mutex<Vec<serde_json::Value>>> {
 #[test]
 fn one_trace_across_two_sidecars_json_access_logs_and_stats() {
     let api = fqdn("api");
-    let yaml = [
-        service("client", vip(10), PORT),
-        workload("client", "client", ip(10), &[]),
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
-    ]
-    .concat();
+    let yaml = client_and_api(PORT);
     let collector_addr = format!("{}:{COLLECTOR_PORT}", ip(1));
     let mesh = mesh_with(
         MeshOptions::named("tracing")

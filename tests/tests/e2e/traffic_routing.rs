@@ -157,10 +157,7 @@ spec:
 "#
     );
     let yaml = [
-        service("client", vip(10), PORT),
-        workload("client", "client", ip(10), &[]),
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
+        client_and_api(PORT),
         service("shadow", vip(30), PORT),
         workload("shadow", "shadow", ip(30), &[]),
         vs,

@@ -35,10 +35,7 @@ fn outside_server(mesh: &Mesh, name: &str, addr: std::net::Ipv4Addr, ports: &[u1
 #[test]
 fn registry_only_blocks_what_the_registry_does_not_know() {
     let yaml = [
-        service("client", vip(10), PORT),
-        workload("client", "client", ip(10), &[]),
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
+        client_and_api(PORT),
         format!(
             r#"apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -117,13 +114,7 @@ spec:
     defaultEndpoint: 127.0.0.1:9090
 "#
     );
-    let yaml = [
-        service("client", vip(10), PORT),
-        workload("client", "client", ip(10), &[]),
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
-    ]
-    .concat();
+    let yaml = client_and_api(PORT);
     let mesh = mesh("ingress", &yaml, &[(fqdn("api"), vip(20))]);
     let client = mesh
         .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)

@@ -60,6 +60,18 @@ spec:
 }
 
 /// Start a mesh with `yaml` as its one config file, and host entries for `hosts`.
+/// The config most tests start from: a `client` and an `api` service on `port`, each with one
+/// workload (hosts 10 and 20).
+pub fn client_and_api(port: u16) -> String {
+    [
+        service("client", vip(10), port),
+        workload("client", "client", ip(10), &[]),
+        service("api", vip(20), port),
+        workload("api", "api", ip(20), &[]),
+    ]
+    .concat()
+}
+
 pub fn mesh(name: &str, yaml: &str, hosts: &[(String, Ipv4Addr)]) -> Mesh {
     mesh_with(MeshOptions::named(name).config("mesh.yaml", yaml), hosts)
 }
