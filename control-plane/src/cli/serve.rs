@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// `text` in Istio's default text format.
     #[arg(long, env = "MESHD_ACCESS_LOG_ENCODING", default_value = "json", value_parser = ["json", "text"])]
     pub access_log_encoding: String,
+    /// Locality-prioritized load balancing for every DestinationRule with outlier detection
+    /// and no `localityLbSetting` (Istio's MeshConfig `localityLbSetting.enabled`, on by
+    /// default); `--locality-lb false` turns it off mesh-wide.
+    #[arg(long, env = "MESHD_LOCALITY_LB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub locality_lb: bool,
     /// Istio's request metrics on `/metrics`: each proxy streams its access log to meshd over
     /// the bootstrap's `xds-grpc` cluster. Default: on in file mode; off in Kubernetes mode,
     /// where pods injected before this version have no such cluster and would reject every
@@ -200,6 +205,7 @@ impl ServeArgs {
             generator: GenOptions {
                 trust_domain: self.trust_domain.clone(),
                 access_log: self.access_log,
+                locality_lb_default: self.locality_lb,
                 access_log_encoding: if self.access_log_encoding == "text" {
                     meshd_xds::generate::AccessLogEncoding::Text
                 } else {

@@ -159,3 +159,67 @@ spec:
         "{after:#?}"
     );
 }
+
+/// Istio's mesh default (`localityLbSetting.enabled: true` in MeshConfig): a DestinationRule
+/// with outlier detection and no locality setting still puts the proxy's own zone first; with
+/// `meshd serve --locality-lb false` the two localities share one priority.
+#[test]
+fn outlier_detection_alone_prefers_the_local_zone_by_default() {
+    let host = fqdn("backend");
+    let dr = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend, namespace: {NS}}}
+spec:
+  host: {host}
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 100ms, baseEjectionTime: 1s}}
+"#
+    );
+    let yaml = [
+        service("client", vip(10), PORT),
+        located("client", "client", 10, "r1/z1"),
+        service("backend", vip(20), PORT),
+        located("backend-local", "backend", 20, "r1/z1"),
+        located("backend-remote", "backend", 21, "r2/z2"),
+        dr,
+    ]
+    .concat();
+    let cluster = format!("outbound|{PORT}||{host}");
+    for (name, args, local_first) in [
+        ("localitydef", &[][..], true),
+        ("localityoff", &["--locality-lb", "false"][..], false),
+    ] {
+        let mut opts = MeshOptions::named(name).config("mesh.yaml", &yaml);
+        for a in args {
+            opts = opts.serve_arg(a);
+        }
+        let mesh = mesh_with(opts, &[(host.clone(), vip(20))]);
+        let client = mesh
+            .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+            .unwrap();
+        mesh.add_sidecar_pod(&format!("backend-local.{NS}"), ip(20), PORT)
+            .unwrap();
+        mesh.add_sidecar_pod(&format!("backend-remote.{NS}"), ip(21), PORT)
+            .unwrap();
+        let remote_priority = if local_first { 1 } else { 0 };
+        assert_eq!(
+            envoy_groups(&client, &cluster),
+            [
+                (0, "r1/z1".to_string(), ip(20).to_string()),
+                (remote_priority, "r2/z2".to_string(), ip(21).to_string()),
+            ],
+            "{name}"
+        );
+        let answers = burst(&client, &format!("http://{host}:{PORT}/"), &[], 20, 4);
+        let local = answers
+            .iter()
+            .filter(|a| a.status == 200 && a.service() == "backend-local")
+            .count();
+        if local_first {
+            assert_eq!(local, 20, "{name}: {answers:#?}");
+        } else {
+            assert!(local < 20, "{name}: one priority, both endpoints answer");
+        }
+    }
+}

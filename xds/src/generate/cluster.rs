@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
+use meshd_model::networking::LocalityLbSetting;
 use meshd_model::networking::{
     ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, Resolution, SimpleLb, Subset,
     TlsMode, TrafficPolicy,
@@ -331,10 +332,20 @@ pub fn outbound_with_rule(
         };
         (*e, lb)
     });
+    // Istio's mesh default (MeshConfig `localityLbSetting.enabled: true`): a DestinationRule
+    // with outlier detection and no locality setting of its own still prefers the proxy's own
+    // locality, failing over as the endpoints there are ejected.
+    static MESH_DEFAULT: LocalityLbSetting = LocalityLbSetting {
+        distribute: Vec::new(),
+        failover: Vec::new(),
+        failover_priority: Vec::new(),
+        enabled: Some(true),
+    };
     let locality_setting = policy
         .load_balancer
         .as_ref()
-        .and_then(|l| l.locality_lb_setting.as_ref());
+        .and_then(|l| l.locality_lb_setting.as_ref())
+        .or(opts.locality_lb_default.then_some(&MESH_DEFAULT));
     let (load_assignment, locality_plan) = super::locality::assignment(
         &name,
         lb_endpoints.collect(),

@@ -121,7 +121,6 @@ fn without_outlier_detection_or_when_disabled_there_are_no_priorities() {
     for policy in [
         "{loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r3}]}}}".to_string(),
         format!("{{{OUTLIER}, loadBalancer: {{localityLbSetting: {{enabled: false}}}}}}"),
-        OUTLIER.replace("outlierDetection", "{outlierDetection") + "}",
     ] {
         let snap = snapshot(&policy);
         let (_, la) = assignment_for(&snap, "c-r1");
@@ -131,6 +130,30 @@ fn without_outlier_detection_or_when_disabled_there_are_no_priorities() {
             "{policy}"
         );
     }
+}
+
+/// Istio's MeshConfig default (`localityLbSetting.enabled: true`): outlier detection alone is
+/// enough for the proxy's own locality first, then its zone's, then its region's, then the rest;
+/// `--locality-lb false` (the mesh setting off) leaves one flat priority.
+#[test]
+fn outlier_detection_alone_prefers_the_proxys_locality_as_istios_mesh_default() {
+    let policy = OUTLIER.replace("outlierDetection", "{outlierDetection") + "}";
+    let (_, la) = assignment_for(&snapshot(&policy), "c-r1");
+    assert_eq!(
+        shape(&la),
+        ["r1/z1@0", "r1/z2@1", "r2/z2@2", "r3/z3@2"],
+        "{la:?}"
+    );
+    let off = MeshSnapshot::build(
+        1,
+        Arc::new(mesh(&policy)),
+        Arc::new(GenOptions {
+            locality_lb_default: false,
+            ..GenOptions::default()
+        }),
+    );
+    let (_, la) = assignment_for(&off, "c-r1");
+    assert_eq!(shape(&la), ["r1/z1@0", "r1/z2@0", "r2/z2@0", "r3/z3@0"]);
 }
 
 #[test]

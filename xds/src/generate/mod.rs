@@ -63,6 +63,10 @@ pub struct GenOptions {
     pub zipkin_cluster: Option<String>,
     pub trace_sampling: f64,
     pub access_log: bool,
+    /// Locality-prioritized load balancing for DestinationRules with outlier detection and no
+    /// `localityLbSetting` of their own (Istio's MeshConfig `localityLbSetting.enabled`, on by
+    /// default).
+    pub locality_lb_default: bool,
     /// The stdout access log's encoding (Istio's MeshConfig `accessLogEncoding`).
     pub access_log_encoding: AccessLogEncoding,
     /// Stream every proxy's access log to meshd over gRPC (the `xds-grpc` cluster of
@@ -83,6 +87,7 @@ impl Default for GenOptions {
             trace_sampling: 100.0,
             access_log: true,
             access_log_encoding: AccessLogEncoding::Json,
+            locality_lb_default: true,
             request_telemetry: true,
             telemetry: Default::default(),
         }
