@@ -91,17 +91,42 @@ pub struct ProxyMatch {
 pub const ISTIO_VERSION: &str = "ISTIO_VERSION";
 
 impl ProxyMatch {
-    /// Whether a proxy whose node metadata is `metadata` matches; a `proxyVersion` that is not
-    /// a regular expression matches nothing (it is rejected when the object is read).
+    /// The match with its `proxyVersion` compiled, once per EnvoyFilter rather than per proxy;
+    /// the error names the field.
+    pub fn compile(&self) -> Result<CompiledProxyMatch, String> {
+        let version = match self.proxy_version.as_deref() {
+            None => None,
+            Some(re) => Some(regex::Regex::new(re).map_err(|e| {
+                format!("match.proxy.proxyVersion `{re}` is not a regular expression: {e}")
+            })?),
+        };
+        Ok(CompiledProxyMatch {
+            version,
+            metadata: self.metadata.clone(),
+        })
+    }
+
+    /// Whether a proxy whose node metadata is `metadata` matches (compiling the pattern: use
+    /// [`ProxyMatch::compile`] for many proxies); a pattern that does not compile matches none.
     pub fn matches(&self, metadata: &std::collections::BTreeMap<String, String>) -> bool {
-        let version_ok = self.proxy_version.as_deref().is_none_or(|re| {
-            let version = metadata
-                .get(ISTIO_VERSION)
-                .map(String::as_str)
-                .unwrap_or("");
-            regex::Regex::new(re).is_ok_and(|re| re.is_match(version))
-        });
-        version_ok
+        self.compile().is_ok_and(|m| m.matches(metadata))
+    }
+}
+
+/// A [`ProxyMatch`] ready to test many proxies.
+#[derive(Clone, Debug)]
+pub struct CompiledProxyMatch {
+    version: Option<regex::Regex>,
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl CompiledProxyMatch {
+    pub fn matches(&self, metadata: &std::collections::BTreeMap<String, String>) -> bool {
+        let version = metadata
+            .get(ISTIO_VERSION)
+            .map(String::as_str)
+            .unwrap_or("");
+        self.version.as_ref().is_none_or(|re| re.is_match(version))
             && self
                 .metadata
                 .iter()

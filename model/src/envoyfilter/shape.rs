@@ -404,14 +404,8 @@ impl ConfigPatch {
     pub fn kind(&self) -> Result<PatchKind<'_>, String> {
         use FilterOperation::*;
         let m = self.matches.as_ref();
-        if let Some(re) = m
-            .and_then(|m| m.proxy.as_ref())
-            .and_then(|p| p.proxy_version.as_deref())
-            && let Err(e) = regex::Regex::new(re)
-        {
-            return Err(format!(
-                "match.proxy.proxyVersion `{re}` is not a regular expression: {e}"
-            ));
+        if let Some(p) = m.and_then(|m| m.proxy.as_ref()) {
+            p.compile()?;
         }
         let filter_class = FilterClass::parse(self.patch.filter_class.as_deref())?;
         if filter_class.is_some()

@@ -50,7 +50,7 @@ struct Target {
     gateways: bool,
     sidecars: bool,
     /// `match.proxy`: by what the proxy's node says of itself.
-    proxy: Option<meshd_model::envoyfilter::ProxyMatch>,
+    proxy: Option<meshd_model::envoyfilter::CompiledProxyMatch>,
 }
 
 impl Target {
@@ -405,7 +405,12 @@ impl Patches {
                     selector: ef.workload_selector.as_ref().map(|s| s.labels.clone()),
                     gateways,
                     sidecars,
-                    proxy: p.matches.as_ref().and_then(|m| m.proxy.clone()),
+                    // (A pattern that does not compile rejected the EnvoyFilter when read.)
+                    proxy: p
+                        .matches
+                        .as_ref()
+                        .and_then(|m| m.proxy.as_ref())
+                        .and_then(|p| p.compile().ok()),
                 };
                 let decoded = match p.kind() {
                     Err(e) => Err(format!("spec.configPatches[{i}]: {e}")),
