@@ -264,6 +264,18 @@ pub fn proxy_container(cfg: &InjectConfig, plan: &Plan) -> Container {
             ..Default::default()
         }]),
         readiness_probe: readiness,
+        // Envoy's OpenTelemetry tracer names the service from these (its environment resource
+        // detector): `canonical-name.namespace`, as Istio names a proxy's spans.
+        env: Some(vec![
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                format!(
+                    "service.name={}.$(POD_NAMESPACE)",
+                    plan.canonical_name.as_deref().unwrap_or("unknown")
+                ),
+            ),
+        ]),
         resources: Some(resources(&s.resources)),
         security_context: Some(proxy_user()),
         volume_mounts: Some(mounts),

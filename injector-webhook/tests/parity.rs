@@ -421,7 +421,18 @@ fn istio_proxy_container_in_the_pod_overrides_the_injected_one() {
         json!({"requests": {"cpu": "100m", "memory": "128Mi"},
                "limits": {"cpu": "2000m", "memory": "2Gi"}})
     );
-    assert_eq!(proxy["env"], json!([{"name": "EXTRA", "value": "1"}]));
+    // The pod's env entries join the injected ones (merged by name, as Istio merges lists).
+    let env: Vec<&str> = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        env,
+        ["POD_NAMESPACE", "OTEL_RESOURCE_ATTRIBUTES", "EXTRA"],
+        "{proxy}"
+    );
     let mounts: Vec<&str> = proxy["volumeMounts"]
         .as_array()
         .unwrap()
@@ -599,5 +610,33 @@ fn the_alignment_of_named_lists_keeps_unknown_fields_on_their_container() {
         find(&out, "initContainers", "meshd-init")
             .get("fieldFromTheFuture")
             .is_none()
+    );
+}
+
+/// Envoy's OpenTelemetry tracer names a proxy's spans from `OTEL_RESOURCE_ATTRIBUTES` (meshd's
+/// generated tracer config is shared by many workloads): `canonical-name.namespace`, as Istio.
+#[test]
+fn the_proxy_names_its_service_for_opentelemetry() {
+    let pod = fixture("complex.json");
+    let (out, _) = run(&pod, &InjectConfig::default());
+    let proxy = find(&out, "containers", "istio-proxy");
+    let env = proxy["env"].as_array().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {proxy}"))
+            .clone()
+    };
+    assert_eq!(
+        value("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    let canonical = out["metadata"]["labels"]["service.istio.io/canonical-name"]
+        .as_str()
+        .unwrap_or_else(|| out["metadata"]["labels"]["app"].as_str().unwrap())
+        .to_string();
+    assert_eq!(
+        value("OTEL_RESOURCE_ATTRIBUTES")["value"],
+        format!("service.name={canonical}.$(POD_NAMESPACE)")
     );
 }

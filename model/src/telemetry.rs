@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 
 /// Tracing provider: today's Zipkin cluster (`meshd serve --zipkin-address`).
 pub const PROVIDER_ZIPKIN: &str = "zipkin";
+/// Tracing provider: an OpenTelemetry collector over OTLP gRPC (`meshd serve --otel-address`).
+pub const PROVIDER_OPENTELEMETRY: &str = "opentelemetry";
 /// Access-log provider: the JSON log on Envoy's stdout (Istio's `envoy` provider).
 pub const PROVIDER_ENVOY: &str = "envoy";
 /// Metrics provider: Istio's standard metrics, recorded by meshd from the gRPC access-log
 /// stream (Istio's `prometheus` provider).
 pub const PROVIDER_PROMETHEUS: &str = "prometheus";
 
-pub const TRACING_PROVIDERS: &[&str] = &[PROVIDER_ZIPKIN];
+pub const TRACING_PROVIDERS: &[&str] = &[PROVIDER_ZIPKIN, PROVIDER_OPENTELEMETRY];
 pub const ACCESS_LOG_PROVIDERS: &[&str] = &[PROVIDER_ENVOY];
 pub const METRICS_PROVIDERS: &[&str] = &[PROVIDER_PROMETHEUS];
 

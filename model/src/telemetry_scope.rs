@@ -24,7 +24,8 @@ pub const SAMPLING_SCALE: u32 = 1_000_000;
 /// What one side (client = outbound, server = inbound) of a workload reports.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SideTelemetry {
-    /// `None`: meshd's default tracer (Zipkin, when `--zipkin-address` is set).
+    /// `None`: meshd's default tracer (Zipkin when `--zipkin-address` is set, else OpenTelemetry
+    /// when `--otel-address` is).
     pub tracing_provider: Option<String>,
     /// `None`: the mesh default (`meshd serve --trace-sampling`).
     pub sampling: Option<u32>,

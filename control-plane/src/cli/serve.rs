@@ -88,6 +88,12 @@ pub struct ServeArgs {
     /// traces each HTTP request (100 % sampling) and reports spans there (`/api/v2/spans`).
     #[arg(long, env = "MESHD_ZIPKIN_ADDRESS")]
     pub zipkin_address: Option<String>,
+    /// OpenTelemetry collector (HOST:PORT, OTLP gRPC, e.g. `otel-collector.observability:4317`):
+    /// every proxy gets an `opentelemetry` cluster; Telemetry provider `opentelemetry` (the
+    /// default tracer when there is no `--zipkin-address`). Spans name their service from the
+    /// proxy's `OTEL_RESOURCE_ATTRIBUTES`, which injected pods carry.
+    #[arg(long, env = "MESHD_OTEL_ADDRESS")]
+    pub otel_address: Option<String>,
     /// JSON access logs on each proxy's stdout.
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
@@ -213,6 +219,7 @@ impl ServeArgs {
                 },
                 request_telemetry: self.request_telemetry.unwrap_or(kubernetes.is_none()),
                 zipkin_cluster: self.zipkin_address.clone(),
+                otel_collector: self.otel_address.clone(),
                 ..GenOptions::default()
             },
             webhook: crate::webhook::from_flags(

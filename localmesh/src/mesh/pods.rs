@@ -229,6 +229,12 @@ impl LocalMesh {
     fn spawn_envoy(&self, pod: &SidecarPod, argv: &[String]) -> anyhow::Result<Child> {
         let mut cmd = pod.exec_as(PROXY_UID, PROXY_UID, argv);
         cmd.current_dir(&pod.dir);
+        // What the injector gives a pod's proxy: its OpenTelemetry tracer names the service
+        // from it.
+        cmd.env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!("service.name={}.{}", pod.name, pod.namespace),
+        );
         let log = self.net.log_dir().join(format!(
             "{}-envoy-{}.log",
             pod.name,

@@ -161,3 +161,105 @@ fn access_log_encoding_text_writes_istios_text_line() {
     );
     assert!(line.contains(&format!("\"{api}:{PORT}\"")), "{line}");
 }
+
+/// The requests a fake OTLP/gRPC collector received: (path, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A fake OpenTelemetry collector on `addr` in the mesh node's namespace (where pods reach
+/// meshd): it keeps every request and answers each Export with an empty OK, as a collector does.
+fn otlp_collector(mesh: &Mesh, addr: std::net::SocketAddr) -> Received {
+    let listener = mesh
+        .node()
+        .in_netns(|| std::net::TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let got = Received::default();
+    let kept = got.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((socket, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let path = request.uri().path().to_string();
+                        let mut body = request.into_body();
+                        let mut bytes = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            bytes.extend_from_slice(&chunk);
+                        }
+                        kept.lock().unwrap().push((path, bytes));
+                        let answer = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let Ok(mut send) = respond.send_response(answer, false) else {
+                            continue;
+                        };
+                        // One empty message (ExportTraceServiceResponse), then grpc-status 0.
+                        let _ = send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(trailers);
+                    }
+                });
+            }
+        });
+    });
+    got
+}
+
+/// `--otel-address` with no Zipkin collector: OpenTelemetry is the tracer, and stock Envoy
+/// exports both sidecars' spans over OTLP gRPC, each naming its service (`client.shop`,
+/// `api.shop`: the pod's OTEL_RESOURCE_ATTRIBUTES, as injected pods carry).
+#[test]
+fn opentelemetry_spans_reach_the_collector_over_otlp_grpc() {
+    let api = fqdn("api");
+    let collector = std::net::SocketAddr::from((ip(1), 4317));
+    let mesh = mesh_with(
+        MeshOptions::named("otel")
+            .config("mesh.yaml", &client_and_api(PORT))
+            .serve_arg("--otel-address")
+            .serve_arg(&collector.to_string()),
+        &[(api.clone(), vip(20))],
+    );
+    let got = otlp_collector(&mesh, collector);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let api_pod = mesh
+        .add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    // Enough spans on each side for Envoy's batch (5) to go out at once.
+    for _ in 0..6 {
+        let a = get(&client, &format!("http://{api}:{PORT}/otel"));
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let exported = |service: &str| {
+        got.lock().unwrap().iter().any(|(path, body)| {
+            path == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                && body.windows(service.len()).any(|w| w == service.as_bytes())
+        })
+    };
+    let both = wait_until(WAIT, || {
+        exported(&format!("client.{NS}")) && exported(&format!("api.{NS}"))
+    });
+    let paths: Vec<String> = got.lock().unwrap().iter().map(|(p, _)| p.clone()).collect();
+    assert!(
+        both,
+        "spans from both sidecars, named by service; the collector got {paths:?}"
+    );
+    // Envoy's own config: the OpenTelemetry tracer, not Zipkin.
+    let dump = api_pod.envoy_config_dump().unwrap().to_string();
+    assert!(dump.contains("envoy.tracers.opentelemetry"), "{dump}");
+}

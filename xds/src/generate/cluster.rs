@@ -28,6 +28,7 @@ pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
 /// The tracing collector's cluster (`--zipkin-address`).
 pub const ZIPKIN: &str = "zipkin";
+pub const OPENTELEMETRY: &str = "opentelemetry";
 const TLS_MODE_KEY: &str = "tlsMode";
 
 pub fn outbound_name(port: u32, subset: &str, host: &str) -> String {
@@ -482,10 +483,43 @@ pub fn passthrough() -> Cluster {
 
 /// The Zipkin collector at `address` (HOST:PORT; a name resolves by DNS).
 pub fn zipkin(address: &str) -> Cluster {
+    collector(ZIPKIN, address, 9411)
+}
+
+/// The OpenTelemetry collector at `address` (HOST:PORT, OTLP gRPC, 4317 by default).
+pub fn opentelemetry(address: &str) -> Cluster {
+    use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options,
+    };
+    let mut c = collector(OPENTELEMETRY, address, 4317);
+    let grpc = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(&grpc),
+    );
+    c
+}
+
+/// A trace collector cluster `name` at `address` (HOST:PORT; a name resolves by DNS).
+fn collector(name: &str, address: &str, default_port: u32) -> Cluster {
     let (host, port) = address
         .rsplit_once(':')
-        .map(|(h, p)| (h, p.parse().unwrap_or(9411)))
-        .unwrap_or((address, 9411));
+        .map(|(h, p)| (h, p.parse().unwrap_or(default_port)))
+        .unwrap_or((address, default_port));
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
         cluster::DiscoveryType::Static
@@ -493,11 +527,11 @@ pub fn zipkin(address: &str) -> Cluster {
         cluster::DiscoveryType::StrictDns
     };
     Cluster {
-        name: ZIPKIN.into(),
+        name: name.into(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
         connect_timeout: Some(duration(Duration::from_secs(1))),
         load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: ZIPKIN.into(),
+            cluster_name: name.into(),
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {

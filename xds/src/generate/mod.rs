@@ -61,6 +61,10 @@ pub struct GenOptions {
     /// Address (HOST:PORT) of a Zipkin-compatible collector: every proxy gets a `zipkin`
     /// cluster to it (CDS) and traces HTTP requests at `trace_sampling` %; no tracing when unset.
     pub zipkin_cluster: Option<String>,
+    /// Address (HOST:PORT) of an OpenTelemetry collector (OTLP gRPC): every proxy gets an
+    /// `opentelemetry` cluster to it; the tracer when there is no Zipkin collector or a
+    /// Telemetry asks for provider `opentelemetry`.
+    pub otel_collector: Option<String>,
     pub trace_sampling: f64,
     pub access_log: bool,
     /// Locality-prioritized load balancing for DestinationRules with outlier detection and no
@@ -84,6 +88,7 @@ impl Default for GenOptions {
             domain_suffix: "cluster.local".into(),
             root_namespace: meshd_model::telemetry_scope::ROOT_NAMESPACE.into(),
             zipkin_cluster: None,
+            otel_collector: None,
             trace_sampling: 100.0,
             access_log: true,
             access_log_encoding: AccessLogEncoding::Json,
@@ -310,9 +315,11 @@ impl MeshSnapshot {
             }
         }
         let zipkin = opts.zipkin_cluster.as_deref().map(cluster::zipkin);
+        let otel = opts.otel_collector.as_deref().map(cluster::opentelemetry);
         for c in [cluster::passthrough(), cluster::blackhole()]
             .into_iter()
             .chain(zipkin)
+            .chain(otel)
         {
             clusters.insert(c.name.clone(), Resource::encode(c.name.clone(), &c));
         }

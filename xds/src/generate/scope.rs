@@ -232,9 +232,14 @@ impl MeshSnapshot {
                     }
                 }
             }
-            for name in [cluster::PASSTHROUGH, cluster::BLACKHOLE, cluster::ZIPKIN]
-                .into_iter()
-                .filter(|n| self.clusters.contains_key(*n))
+            for name in [
+                cluster::PASSTHROUGH,
+                cluster::BLACKHOLE,
+                cluster::ZIPKIN,
+                cluster::OPENTELEMETRY,
+            ]
+            .into_iter()
+            .filter(|n| self.clusters.contains_key(*n))
             {
                 clusters.insert(name.to_string(), self.clusters[name].clone());
             }

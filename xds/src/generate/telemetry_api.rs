@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::Expres
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
-use meshd_model::telemetry::{CustomTag as IstioTag, PROVIDER_ZIPKIN};
+use meshd_model::telemetry::{CustomTag as IstioTag, PROVIDER_OPENTELEMETRY, PROVIDER_ZIPKIN};
 use meshd_model::telemetry_scope::{SAMPLING_SCALE, SideTelemetry};
 
 /// Envoy's CEL access-log filter (stock Envoy's `envoy.access_loggers.extension_filters.cel`).
@@ -63,23 +63,69 @@ fn custom_tag(name: &str, tag: &IstioTag) -> Option<CustomTag> {
     })
 }
 
-/// The HCM's tracing for one side: `None` when no tracer is configured (no `--zipkin-address`).
-/// With span reporting off, requests are still sampled and their trace context propagated, but
-/// no span is sent (no provider), as Istio's `disableSpanReporting`.
+/// OpenTelemetry over OTLP gRPC to the `opentelemetry` cluster. The service name comes from the
+/// proxy's `OTEL_RESOURCE_ATTRIBUTES` (`service.name=…`, which the injector and the local mesh
+/// set per pod) through Envoy's environment resource detector: the HCM itself is shared by
+/// many workloads, so it cannot name one.
+fn opentelemetry_provider() -> tracing::Http {
+    use envoy_types::pb::envoy::config::core::v3::{
+        GrpcService, TypedExtensionConfig, grpc_service,
+    };
+    use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::EnvironmentResourceDetectorConfig;
+    let config = OpenTelemetryConfig {
+        grpc_service: Some(GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                grpc_service::EnvoyGrpc {
+                    cluster_name: super::cluster::OPENTELEMETRY.into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        resource_detectors: vec![TypedExtensionConfig {
+            name: "envoy.tracers.opentelemetry.resource_detectors.environment".into(),
+            typed_config: Some(any(&EnvironmentResourceDetectorConfig {})),
+        }],
+        ..Default::default()
+    };
+    tracing::Http {
+        name: "envoy.tracers.opentelemetry".into(),
+        config_type: Some(tracing::http::ConfigType::TypedConfig(any(&config))),
+    }
+}
+
+/// The HCM's tracing for one side: `None` when no tracer is configured (neither
+/// `--zipkin-address` nor `--otel-address`). The provider is the side's Telemetry's, else
+/// Zipkin, else OpenTelemetry; a provider with no collector configured reports nothing. With
+/// span reporting off, requests are still sampled and their trace context propagated, but no
+/// span is sent (no provider), as Istio's `disableSpanReporting`.
 pub fn tracing(opts: &GenOptions, client: bool) -> Option<Tracing> {
-    opts.zipkin_cluster.as_ref()?;
+    if opts.zipkin_cluster.is_none() && opts.otel_collector.is_none() {
+        return None;
+    }
     let side = side(opts, client);
-    let zipkin = side
-        .tracing_provider
-        .as_deref()
-        .is_none_or(|p| p == PROVIDER_ZIPKIN);
+    let default = if opts.zipkin_cluster.is_some() {
+        PROVIDER_ZIPKIN
+    } else {
+        PROVIDER_OPENTELEMETRY
+    };
+    let provider = match side.tracing_provider.as_deref().unwrap_or(default) {
+        PROVIDER_ZIPKIN if opts.zipkin_cluster.is_some() => Some(zipkin_provider as fn() -> _),
+        PROVIDER_OPENTELEMETRY if opts.otel_collector.is_some() => {
+            Some(opentelemetry_provider as fn() -> _)
+        }
+        _ => None,
+    };
     let sampling = side
         .sampling
         .map(|s| f64::from(s) * 100.0 / f64::from(SAMPLING_SCALE))
         .unwrap_or(opts.trace_sampling);
     Some(Tracing {
         random_sampling: Some(Percent { value: sampling }),
-        provider: (zipkin && side.span_reporting).then(zipkin_provider),
+        provider: provider
+            .filter(|_| side.span_reporting)
+            .map(|build| build()),
         custom_tags: side
             .custom_tags
             .iter()

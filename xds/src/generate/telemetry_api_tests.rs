@@ -153,3 +153,55 @@ fn without_a_collector_there_is_no_tracing_whatever_telemetry_says() {
     let hcm = hcms(listener(&all, "virtualInbound"))[0].1;
     assert!(hcm.get("tracing").is_none());
 }
+
+/// `--otel-address`: every proxy has an `opentelemetry` cluster (OTLP gRPC over HTTP/2); with
+/// no Zipkin collector it is the default tracer, and beside one a Telemetry picks it by name.
+#[test]
+fn opentelemetry_is_the_tracer_a_telemetry_or_the_mesh_default_picks() {
+    let hcm_provider = |opts: GenOptions, telemetry: &str| {
+        let all = listeners_of(&format!("{MESH}---\n{telemetry}"), opts, "api");
+        let outbound = hcms(listener(&all, "0.0.0.0_8080"))[0].1.clone();
+        outbound["tracing"]["provider"].clone()
+    };
+    let otel_only = GenOptions {
+        otel_collector: Some("10.0.0.9:4317".into()),
+        ..GenOptions::default()
+    };
+    let p = hcm_provider(otel_only.clone(), "");
+    assert_eq!(p["name"], "envoy.tracers.opentelemetry", "{p}");
+    let config = &p["typed_config"];
+    assert_eq!(
+        config["grpc_service"]["envoy_grpc"]["cluster_name"], "opentelemetry",
+        "{config}"
+    );
+    assert_eq!(
+        config["resource_detectors"][0]["name"],
+        "envoy.tracers.opentelemetry.resource_detectors.environment"
+    );
+    let both = GenOptions {
+        zipkin_cluster: Some("127.0.0.1:9411".into()),
+        ..otel_only
+    };
+    assert_eq!(
+        hcm_provider(both.clone(), "")["name"],
+        "envoy.tracers.zipkin"
+    );
+    let picks_otel = telemetry(
+        "istio-system",
+        "  tracing:\n  - providers: [{name: opentelemetry}]\n",
+    );
+    assert_eq!(
+        hcm_provider(both, &picks_otel)["name"],
+        "envoy.tracers.opentelemetry"
+    );
+    // A provider whose collector is not configured reports nothing (the request is still
+    // sampled, its context propagated).
+    assert!(hcm_provider(traced(), &picks_otel).is_null());
+    // The cluster: HTTP/2 to the collector, in every proxy's CDS.
+    let c = crate::generate::cluster::opentelemetry("otel-collector.observability:4317");
+    assert_eq!(c.name, "opentelemetry");
+    assert!(
+        c.typed_extension_protocol_options
+            .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+    );
+}
