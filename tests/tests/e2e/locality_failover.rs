@@ -56,6 +56,29 @@ fn envoy_groups(client: &SidecarPod, cluster: &str) -> Vec<(u64, String, String)
     groups
 }
 
+/// A client in r1/z1 and `backend` with one endpoint there and one in r2/z2, under `dr`.
+fn client_and_two_zones(dr: &str) -> String {
+    [
+        service("client", vip(10), PORT),
+        located("client", "client", 10, "r1/z1"),
+        service("backend", vip(20), PORT),
+        located("backend-local", "backend", 20, "r1/z1"),
+        located("backend-remote", "backend", 21, "r2/z2"),
+        dr.to_string(),
+    ]
+    .concat()
+}
+
+/// The three pods of [`client_and_two_zones`]; the client's.
+fn start_pods(mesh: &Mesh) -> SidecarPod {
+    for (name, host) in [("backend-local", 20), ("backend-remote", 21)] {
+        mesh.add_sidecar_pod(&format!("{name}.{NS}"), ip(host), PORT)
+            .unwrap();
+    }
+    mesh.add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap()
+}
+
 #[test]
 fn failover_moves_to_the_next_locality_and_back() {
     let host = fqdn("backend");
@@ -86,25 +109,9 @@ spec:
     retries: {{attempts: 0}}
 "#
     );
-    let yaml = [
-        service("client", vip(10), PORT),
-        located("client", "client", 10, "r1/z1"),
-        service("backend", vip(20), PORT),
-        located("backend-local", "backend", 20, "r1/z1"),
-        located("backend-remote", "backend", 21, "r2/z2"),
-        dr,
-    ]
-    .concat();
+    let yaml = client_and_two_zones(&dr);
     let mesh = mesh("locality", &yaml, &[(host.clone(), vip(20))]);
-    let client = mesh
-        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
-        .unwrap();
-    let _local = mesh
-        .add_sidecar_pod(&format!("backend-local.{NS}"), ip(20), PORT)
-        .unwrap();
-    let _remote = mesh
-        .add_sidecar_pod(&format!("backend-remote.{NS}"), ip(21), PORT)
-        .unwrap();
+    let client = start_pods(&mesh);
     let url = format!("http://{host}:{PORT}/");
     let cluster = format!("outbound|{PORT}||{host}");
 
@@ -176,15 +183,7 @@ spec:
     outlierDetection: {{consecutive5xxErrors: 1, interval: 100ms, baseEjectionTime: 1s}}
 "#
     );
-    let yaml = [
-        service("client", vip(10), PORT),
-        located("client", "client", 10, "r1/z1"),
-        service("backend", vip(20), PORT),
-        located("backend-local", "backend", 20, "r1/z1"),
-        located("backend-remote", "backend", 21, "r2/z2"),
-        dr,
-    ]
-    .concat();
+    let yaml = client_and_two_zones(&dr);
     let cluster = format!("outbound|{PORT}||{host}");
     for (name, args, local_first) in [
         ("localitydef", &[][..], true),
@@ -195,13 +194,7 @@ spec:
             opts = opts.serve_arg(a);
         }
         let mesh = mesh_with(opts, &[(host.clone(), vip(20))]);
-        let client = mesh
-            .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
-            .unwrap();
-        mesh.add_sidecar_pod(&format!("backend-local.{NS}"), ip(20), PORT)
-            .unwrap();
-        mesh.add_sidecar_pod(&format!("backend-remote.{NS}"), ip(21), PORT)
-            .unwrap();
+        let client = start_pods(&mesh);
         let remote_priority = if local_first { 1 } else { 0 };
         assert_eq!(
             envoy_groups(&client, &cluster),

@@ -486,31 +486,18 @@ pub fn zipkin(address: &str) -> Cluster {
     collector(ZIPKIN, address, 9411)
 }
 
-/// The OpenTelemetry collector at `address` (HOST:PORT, OTLP gRPC, 4317 by default).
+/// The OpenTelemetry collector at `address` (HOST:PORT, OTLP gRPC, 4317 by default): HTTP/2, as
+/// the protocol options of any gRPC port give it.
 pub fn opentelemetry(address: &str) -> Cluster {
-    use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
-    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-        HttpProtocolOptions, http_protocol_options,
-    };
     let mut c = collector(OPENTELEMETRY, address, 4317);
-    let grpc = HttpProtocolOptions {
-        upstream_protocol_options: Some(
-            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Http2ProtocolOptions::default(),
-                        ),
-                    ),
-                },
-            ),
-        ),
-        ..Default::default()
+    let grpc = Port {
+        name: "grpc-otlp".into(),
+        number: 4317,
+        protocol: meshd_model::registry::Protocol::Grpc,
+        target_port: None,
     };
-    c.typed_extension_protocol_options.insert(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-        any(&grpc),
-    );
+    c.typed_extension_protocol_options
+        .extend(protocol_options(None, &grpc));
     c
 }
 
