@@ -2,6 +2,7 @@
 //! addresses, so tests bind port 0 and run the whole control plane in-process.
 
 use crate::admin::{self, AdminState};
+use crate::debounce::Debounce;
 use crate::identity::CaSecrets;
 use crate::snapshots::{SNAPSHOT_TASK, first_snapshot, snapshots};
 use crate::source::FileSource;
@@ -39,7 +40,7 @@ pub struct Config {
     /// SANs of the TLS port's serving certificate (DNS names, IP addresses).
     pub xds_tls_names: Vec<String>,
     pub admin_port: u16,
-    pub debounce: Duration,
+    pub debounce: Debounce,
     /// How long open xDS streams get to finish on shutdown before they are cut.
     pub drain_deadline: Duration,
     /// After a start, how long a root rotation waits for proxies to reconnect before it

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod ca_service;
 pub mod cli;
 pub mod crds;
+pub mod debounce;
 pub mod identity;
 pub mod iptables;
 pub mod jwks;

@@ -1,13 +1,13 @@
 //! The file config source: a directory of Istio YAML, watched, debounced, merged into one
 //! `MeshConfig`. A file that stops parsing keeps its last good content in force.
 
+use crate::debounce::Debounce;
 use meshd_model::{
     ConfigError, DocumentCache, FileConfig, MeshConfig, Rejected, parse_file, parse_file_cached,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// The VoiceCore mesh (`deploy/mesh/*.yaml`), served when no config directory is given: each
@@ -133,17 +133,18 @@ impl FileSource {
 
     /// Watches the directory; each burst of changes, after `debounce` of quiet, publishes the
     /// merged config if it differs from what is in force.
-    pub async fn watch(mut self, debounce: Duration, out: watch::Sender<Arc<MeshConfig>>) {
+    pub async fn watch(mut self, debounce: Debounce, out: watch::Sender<Arc<MeshConfig>>) {
         let Some(dir) = self.dir.clone() else {
             // The embedded mesh never changes.
             return std::future::pending().await;
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        // One pending "something changed" is all the reload needs to know.
+        let (tx, mut rx) = mpsc::channel(1);
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             // Only changes count: inotify also reports opens and reads, and our own reload (or
             // `meshd bootstrap` reading the dir) would otherwise trigger reloads forever.
             if ev.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_))) {
-                let _ = tx.send(());
+                let _ = tx.try_send(());
             }
         });
         let mut watcher = match watcher {
@@ -158,15 +159,8 @@ impl FileSource {
             tracing::error!(dir = %dir.display(), error = %e, "cannot watch config dir");
             return;
         }
-        while rx.recv().await.is_some() {
-            // Debounce: wait for a quiet period so an editor's burst of writes is one push.
-            loop {
-                match tokio::time::timeout(debounce, rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
-            }
+        // An editor's burst of writes is one push.
+        while debounce.burst(&mut rx).await.is_some() {
             let started = std::time::Instant::now();
             let mesh = self.reload();
             out.send_if_modified(|current| {
@@ -190,6 +184,7 @@ impl FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const SIDECAR: &str = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s, namespace: a}\nspec: {}\n";
 
@@ -232,6 +227,50 @@ mod tests {
             "the unchanged broken file is still reported"
         );
         assert_eq!(src.reload(), second, "nothing changed");
+    }
+
+    /// Writes every 20 ms never leave the 100 ms quiet period: the change is still published
+    /// while they go on (before the fix, only once they stopped).
+    #[tokio::test]
+    async fn steady_writes_still_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.yaml");
+        std::fs::write(&path, SIDECAR).unwrap();
+        let mut src = FileSource::new(Some(dir.path().to_path_buf()));
+        let (tx, mut rx) = watch::channel(Arc::new(src.reload()));
+        let debounce = Debounce {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_millis(200),
+        };
+        tokio::spawn(src.watch(debounce, tx));
+        let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer = {
+            let (path, writing) = (path.clone(), writing.clone());
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    let ns = format!("namespace: n{i}");
+                    std::fs::write(&path, SIDECAR.replace("namespace: a", &ns)).unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                writing.store(false, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        rx.changed().await.unwrap();
+        assert!(
+            writing.load(std::sync::atomic::Ordering::SeqCst),
+            "the config was published only after the writes stopped"
+        );
+        let ns = rx
+            .borrow()
+            .sidecars()
+            .next()
+            .unwrap()
+            .0
+            .meta
+            .namespace()
+            .to_string();
+        assert!(ns.starts_with('n'), "{ns}");
+        writer.abort();
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! every replica would come back minutes after the API server did; and a liveness probe that
 //! cannot connect would count a waiting meshd as dead.
 
+use crate::debounce::Debounce;
 use crate::identity::CredentialAuth;
 use crate::kube::{Kube, KubeConfig, ProxyAuth};
 use crate::mode::{CallerCheck, NamespaceLookup};
@@ -136,7 +137,7 @@ impl<'a> Retrying<'a> {
 pub async fn kube(
     cfg: &KubeConfig,
     ca_cfg: &CaConfig,
-    debounce: Duration,
+    debounce: Debounce,
     out: watch::Sender<Arc<MeshConfig>>,
     status: &watch::Sender<String>,
 ) -> anyhow::Result<(Kube, CertificateAuthority)> {
@@ -190,7 +191,7 @@ pub struct ModeConfig<'a> {
     pub config_dir: Option<PathBuf>,
     pub ca: CaConfig,
     pub trust_domain: &'a str,
-    pub debounce: Duration,
+    pub debounce: Debounce,
     /// Ask the API server whether it runs native sidecars (the webhook is on and not told).
     pub detect_native_sidecars: bool,
 }

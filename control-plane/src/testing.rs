@@ -28,7 +28,10 @@ pub fn config(state_dir: &Path, config_dir: Option<PathBuf>) -> Config {
         xds_tls_port: 0,
         xds_tls_names: vec!["localhost".into(), "127.0.0.1".into()],
         admin_port: 0,
-        debounce: Duration::from_millis(20),
+        debounce: crate::debounce::Debounce {
+            quiet: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
         drain_deadline: Duration::from_secs(2),
         root_rotation_grace: Duration::ZERO,
         generator: GenOptions::default(),

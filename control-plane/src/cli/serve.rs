@@ -3,6 +3,7 @@
 
 use super::{parse_duration, root_key_algorithm_parser};
 use crate::app::Config;
+use crate::debounce::Debounce;
 use clap::Args;
 use meshd_ca::RootKeyAlgorithm;
 use meshd_xds::GenOptions;
@@ -80,6 +81,10 @@ pub struct ServeArgs {
     /// Quiet period after a config change before it is pushed.
     #[arg(long, env = "MESHD_DEBOUNCE_MS", default_value_t = 100)]
     pub debounce_ms: u64,
+    /// Longest a change waits for that quiet period: under a steady stream of changes (a
+    /// rolling restart) a push still goes out this long after the first change.
+    #[arg(long, env = "MESHD_DEBOUNCE_MAX_MS", default_value_t = 200)]
+    pub debounce_max_ms: u64,
     /// After a start, how long a root rotation in progress waits for proxies to reconnect
     /// before it moves to its next phase.
     #[arg(long, env = "MESHD_ROOT_ROTATION_GRACE", default_value = "30s", value_parser = parse_duration)]
@@ -205,7 +210,10 @@ impl ServeArgs {
             xds_tls_port: self.xds_tls_port,
             xds_tls_names: self.xds_tls_names(bind),
             admin_port: self.admin_port,
-            debounce: Duration::from_millis(self.debounce_ms),
+            debounce: Debounce {
+                quiet: Duration::from_millis(self.debounce_ms),
+                max: Duration::from_millis(self.debounce_max_ms.max(self.debounce_ms)),
+            },
             drain_deadline: Duration::from_secs(5),
             root_rotation_grace: self.root_rotation_grace,
             generator: GenOptions {

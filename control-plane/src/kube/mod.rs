@@ -26,6 +26,7 @@ pub mod token;
 pub mod watch;
 pub mod webhook_config;
 
+use crate::debounce::Debounce;
 use ::kube::Client;
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use meshd_ads::Authenticator;
@@ -218,7 +219,7 @@ impl Kube {
     /// on `out`.
     pub async fn watch(
         &mut self,
-        debounce: Duration,
+        debounce: Debounce,
         out: tokio::sync::watch::Sender<Arc<meshd_model::MeshConfig>>,
     ) -> anyhow::Result<()> {
         let opts = index::IndexOptions {

@@ -11,6 +11,7 @@
 //! answered 410 Expired, then relisted) changes waited out up to a minute of backoff.
 
 use super::index::{IndexOptions, Indexed, IstioObject, KubeObjects};
+use crate::debounce::Debounce;
 use ::kube::api::{Api, ApiResource, DynamicObject};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::runtime::watcher::{self, Event};
@@ -279,7 +280,7 @@ impl KubeSource {
     pub async fn start(
         client: Client,
         opts: IndexOptions,
-        debounce: Duration,
+        debounce: Debounce,
         sync_timeout: Duration,
         out: KubeOutputs,
     ) -> anyhow::Result<KubeSource> {
@@ -358,7 +359,7 @@ impl KubeSource {
 async fn run_index(
     mut rx: mpsc::Receiver<Change>,
     opts: IndexOptions,
-    debounce: Duration,
+    debounce: Debounce,
     expected: BTreeSet<&'static str>,
     synced_out: watch::Sender<BTreeSet<&'static str>>,
     out: KubeOutputs,
@@ -366,19 +367,8 @@ async fn run_index(
     let mut objs = KubeObjects::default();
     let mut synced: BTreeSet<&'static str> = BTreeSet::new();
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        // Coalesce a burst (a relist, a rollout) into one rebuild; bounded so a constant trickle
-        // of changes still publishes.
-        let until = tokio::time::Instant::now() + debounce * 10;
-        loop {
-            let wait = debounce.min(until.saturating_duration_since(tokio::time::Instant::now()));
-            match tokio::time::timeout(wait, rx.recv()).await {
-                Ok(Some(c)) => batch.push(c),
-                Ok(None) => break,
-                Err(_) => break,
-            }
-        }
+    // A burst (a relist, a rollout) is one rebuild.
+    while let Some(batch) = debounce.burst(&mut rx).await {
         for c in batch {
             *counts.entry(c.kind).or_default() += 1;
             if c.listed {

@@ -251,7 +251,10 @@ async fn endpoint_slices_v1_watch_and_relist() {
     let source = KubeSource::start(
         client,
         IndexOptions::default(),
-        Duration::from_millis(20),
+        meshd::debounce::Debounce {
+            quiet: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
         Duration::from_secs(10),
         KubeOutputs {
             mesh: mesh_tx.clone(),

@@ -211,7 +211,10 @@ async fn the_cluster_model_equals_the_file_parse_of_the_same_yaml() {
     let _source = KubeSource::start(
         client.clone(),
         IndexOptions::default(),
-        Duration::from_millis(50),
+        meshd::debounce::Debounce {
+            quiet: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        },
         Duration::from_secs(30),
         KubeOutputs {
             mesh: mesh_tx,

@@ -44,6 +44,8 @@ pub struct Ack {
     pub proxy: u32,
     pub type_index: usize,
     pub at: Instant,
+    /// EDS with churn tracking: the newest churned endpoint id in this response (0: none).
+    pub churn: u32,
 }
 
 #[derive(Clone)]
@@ -63,6 +65,10 @@ pub struct DecodeCache {
     deps: [Mutex<HashMap<String, Deps>>; 2],
     names: Mutex<HashSet<Arc<str>>>,
     pub bytes_received: AtomicU64,
+    /// Look into EDS resources for churned endpoints (`churn.rs`).
+    pub track_churn: bool,
+    /// Delta: the newest churned endpoint id of one ClusterLoadAssignment, by name and version.
+    churn: Mutex<HashMap<(Arc<str>, String), u32>>,
     /// Streams that ended (each one reconnects).
     pub stream_errors: AtomicU64,
 }
@@ -125,6 +131,13 @@ fn dependents(type_url: &str, any: &[u8]) -> Vec<String> {
 }
 
 impl DecodeCache {
+    pub fn new(track_churn: bool) -> DecodeCache {
+        DecodeCache {
+            track_churn,
+            ..Default::default()
+        }
+    }
+
     fn intern(&self, name: &str) -> Arc<str> {
         let mut names = self.names.lock().unwrap();
         if let Some(n) = names.get(name) {
@@ -150,6 +163,17 @@ impl DecodeCache {
             .unwrap()
             .insert(version.to_string(), d.clone());
         d
+    }
+
+    /// The newest churned endpoint id in one ClusterLoadAssignment (its `Any` is `any`).
+    fn churn_id(&self, name: Arc<str>, version: &str, any: &[u8]) -> u32 {
+        let key = (name, version.to_string());
+        if let Some(id) = self.churn.lock().unwrap().get(&key) {
+            return *id;
+        }
+        let id = crate::churn::newest_id(any_value(any));
+        self.churn.lock().unwrap().insert(key, id);
+        id
     }
 
     fn sotw_names(&self, type_url: &'static str, version: &str) -> Option<Arc<Vec<String>>> {
@@ -531,6 +555,7 @@ pub async fn run_sotw(
             proxy: spec.index,
             type_index: type_index(&resp.type_url),
             at: Instant::now(),
+            churn: 0,
         });
         if let Some((_, dep)) = dependent_type(&resp.type_url)
             && let Some(names) = resp.names

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use foldhash::HashMap;
-use meshd_xds::resource::{CLUSTER, LISTENER, SECRET};
+use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, SECRET};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -25,6 +25,8 @@ pub(super) struct DeltaResponse {
     /// CDS/LDS: each resource's name and what it refers to.
     pub(super) updated: Vec<(Arc<str>, Deps)>,
     pub(super) removed: Vec<String>,
+    /// EDS with churn tracking: the newest churned endpoint id among the updated resources.
+    pub(super) churn: u32,
 }
 
 /// Reads DeltaDiscoveryResponses: resources = 2, type_url = 4, nonce = 5, removed = 6.
@@ -46,9 +48,10 @@ impl Fields for DeltaFields {
             4..=6 => Take::Capture,
             2 => {
                 self.bytes += len as u64;
-                // Endpoints, routes and secrets are not looked into.
+                // Routes and secrets are not looked into, endpoints only to follow churn.
                 if self.current.type_url.is_empty()
                     || dependent_type(&self.current.type_url).is_some()
+                    || (self.cache.track_churn && self.current.type_url == ENDPOINT)
                 {
                     Take::Capture
                 } else {
@@ -66,9 +69,11 @@ impl Fields for DeltaFields {
             6 => self.current.removed.push(utf8(&bytes)),
             2 => {
                 // Resource: version = 1, resource = 2 (Any), name = 3.
-                let Some((t, _)) = dependent_type(&self.current.type_url) else {
+                let dependent = dependent_type(&self.current.type_url).map(|(t, _)| t);
+                let churn = self.cache.track_churn && self.current.type_url == ENDPOINT;
+                if dependent.is_none() && !churn {
                     return;
-                };
+                }
                 let (mut name, mut version, mut any) = (None, None, None);
                 for (n, v) in scan::fields(&bytes) {
                     match n {
@@ -78,11 +83,20 @@ impl Fields for DeltaFields {
                         _ => {}
                     }
                 }
-                if let (Some(name), Some(any)) = (name, any) {
-                    let version = std::str::from_utf8(version.unwrap_or_default()).unwrap_or("");
-                    let deps = self.cache.deps(t, version, any);
-                    let name = self.cache.intern(std::str::from_utf8(name).unwrap_or(""));
-                    self.current.updated.push((name, deps));
+                let (Some(name), Some(any)) = (name, any) else {
+                    return;
+                };
+                let version = std::str::from_utf8(version.unwrap_or_default()).unwrap_or("");
+                let name = self.cache.intern(std::str::from_utf8(name).unwrap_or(""));
+                match dependent {
+                    Some(t) => {
+                        let deps = self.cache.deps(t, version, any);
+                        self.current.updated.push((name, deps));
+                    }
+                    None => {
+                        let id = self.cache.churn_id(name, version, any);
+                        self.current.churn = self.current.churn.max(id);
+                    }
                 }
             }
             _ => {}
@@ -159,6 +173,7 @@ pub async fn run_delta(
             proxy: spec.index,
             type_index: type_index(&resp.type_url),
             at: Instant::now(),
+            churn: resp.churn,
         });
         let Some((ty, dep)) = dependent_type(&resp.type_url) else {
             continue;

@@ -2,7 +2,9 @@
 //! synthetic mesh; measures connect, convergence, full push, reconnect storm, memory and CPU.
 //! Run it inside its own network namespace (`scripts/bench-xds.sh` does) so ports never clash.
 
+mod acks;
 mod ca_rate;
+mod churn;
 mod client;
 mod dataplane;
 mod envoy_check;
@@ -34,6 +36,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+use acks::Acks;
 use server::{Server, cpu_seconds, heap_kb, rss_kb};
 
 #[derive(Parser, Clone)]
@@ -88,6 +91,16 @@ struct Args {
     /// Seconds to wait for each phase before giving up.
     #[arg(long, default_value_t = 120)]
     phase_timeout: u64,
+    /// After the full push: replace this many endpoints per second (a rolling restart) for
+    /// `--churn-seconds`, and measure how they reach the proxies (`churn.rs`; Delta only).
+    #[arg(long, default_value_t = 0)]
+    churn: u32,
+    #[arg(long, default_value_t = 60)]
+    churn_seconds: u64,
+    /// Churn only the services of the first this many namespaces (0: all). With
+    /// `--sidecar-scoping`, the proxies of the other namespaces must receive nothing.
+    #[arg(long, default_value_t = 0)]
+    churn_namespaces: usize,
     /// Measure the CA instead of xDS: P new proxies at once through SDS and through
     /// CreateCertificate (TLS port), each beside this process's raw key generation and signing
     /// with the same crates (`ca_rate.rs`).
@@ -99,107 +112,6 @@ struct Args {
     data_plane: bool,
     #[command(flatten)]
     dataplane: dataplane::DataplaneArgs,
-}
-
-/// The latest ACK time per proxy and type.
-struct Acks {
-    rx: mpsc::UnboundedReceiver<Ack>,
-    last: Vec<[Option<Instant>; 5]>,
-}
-
-impl Acks {
-    fn drain(&mut self) {
-        while let Ok(a) = self.rx.try_recv() {
-            self.last[a.proxy as usize][a.type_index] = Some(a.at);
-        }
-    }
-
-    /// Waits until every proxy ACKed each of `types` after `since`; returns the per-proxy
-    /// latency (max over types) or an error naming how many are missing.
-    async fn all_after(
-        &mut self,
-        since: Instant,
-        types: &[usize],
-        timeout: Duration,
-    ) -> anyhow::Result<Vec<Duration>> {
-        let deadline = since + timeout;
-        loop {
-            self.drain();
-            let done: Vec<Option<Duration>> = self
-                .last
-                .iter()
-                .map(|p| {
-                    types
-                        .iter()
-                        .map(|t| p[*t].filter(|at| *at >= since).map(|at| at - since))
-                        .try_fold(Duration::ZERO, |m, d| d.map(|d| m.max(d)))
-                })
-                .collect();
-            let missing = done.iter().filter(|d| d.is_none()).count();
-            if missing == 0 {
-                let mut v: Vec<Duration> = done.into_iter().flatten().collect();
-                v.sort();
-                return Ok(v);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{missing} of {} proxies did not ACK in {timeout:?}",
-                    self.last.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// ACKs of `type_index` after `since`, collected until `expected` proxies have ACKed when
-    /// that is known (every proxy sees the change), else until `quiet` passes without one; at
-    /// most `timeout`.
-    /// Waits for the proxies a change reaches to ACK `type_index` after `since`. With
-    /// `expected` (the change reaches every proxy), fewer than that many by the timeout is an
-    /// error; without it (the count is not known here), until the ACKs stop for `quiet`, and
-    /// none at all by the timeout is an error.
-    async fn settle(
-        &mut self,
-        since: Instant,
-        type_index: usize,
-        expected: Option<usize>,
-        quiet: Duration,
-        timeout: Duration,
-    ) -> anyhow::Result<Vec<Duration>> {
-        let deadline = since + timeout;
-        let mut last_count = usize::MAX;
-        let mut last_change = Instant::now();
-        loop {
-            self.drain();
-            let mut v: Vec<Duration> = self
-                .last
-                .iter()
-                .filter_map(|p| p[type_index].filter(|at| *at >= since).map(|at| at - since))
-                .collect();
-            let done = match expected {
-                Some(n) => v.len() >= n,
-                None => !v.is_empty() && v.len() == last_count && last_change.elapsed() > quiet,
-            };
-            if v.len() != last_count {
-                last_count = v.len();
-                last_change = Instant::now();
-            }
-            if done {
-                v.sort();
-                return Ok(v);
-            }
-            if Instant::now() > deadline {
-                match expected {
-                    Some(n) => bail!(
-                        "{} of {n} proxies did not ACK the change in {timeout:?}",
-                        n - v.len()
-                    ),
-                    None => bail!("no proxy ACKed the change in {timeout:?}"),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
 }
 
 fn pct(v: &[Duration], p: f64) -> Duration {
@@ -338,6 +250,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_dir_all(&args.work_dir);
     mesh::write(&args.work_dir.join("config"), &shape)?;
+    if args.churn > 0 {
+        if !args.delta {
+            bail!("--churn needs --delta: in SotW every EDS push resends every endpoint");
+        }
+        let pool = churn::Pool::new(&shape, args.churn_namespaces);
+        churn::initial(&args.work_dir.join("config"), &shape, &pool)?;
+    }
     let mut rows: Vec<(String, String)> = Vec::new();
     let mode = match (args.delta, args.tls) {
         (false, false) => "SotW",
@@ -376,12 +295,9 @@ async fn main() -> anyhow::Result<()> {
             return print_rows(&rows);
         }
     }
-    let cache = Arc::new(DecodeCache::default());
+    let cache = Arc::new(DecodeCache::new(args.churn > 0));
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut acks = Acks {
-        rx,
-        last: vec![[None; 5]; specs.len()],
-    };
+    let mut acks = Acks::new(rx, specs.len());
     let all_types: Vec<usize> = (0..TYPES.len()).collect();
     let timeout = Duration::from_secs(args.phase_timeout);
 
@@ -498,6 +414,11 @@ async fn main() -> anyhow::Result<()> {
             ms(pct(&full, 0.5))
         ),
     ));
+
+    if args.churn > 0 {
+        eprintln!("meshd-load: phase: endpoint churn");
+        rows.extend(churn::rows(&args, &shape, &mut acks, &cache, &server).await?);
+    }
 
     let ended_early = cache.stream_errors.load(Ordering::Relaxed);
     rows.push((
