@@ -210,12 +210,15 @@ impl Spec {
 
 /// The spec types a [`Spec`] holds, each found in it by kind.
 pub trait SpecOf: Sized {
+    /// The kind whose objects carry this spec.
+    const KIND: Kind;
     fn of(spec: &Spec) -> Option<&Self>;
 }
 
 macro_rules! spec_of {
     ($($variant:ident => $ty:ty),* $(,)?) => {$(
         impl SpecOf for $ty {
+            const KIND: Kind = Kind::$variant;
             fn of(spec: &Spec) -> Option<&Self> {
                 match spec {
                     Spec::$variant(x) => Some(x),

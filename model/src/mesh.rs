@@ -230,7 +230,7 @@ impl MeshConfig {
     /// the rest of the mesh keeps serving.
     fn check_references(&mut self, rejected_rules: &BTreeMap<String, Rejected>) {
         let mut subsets: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for o in self.objects.values() {
+        for o in self.objects_of(Kind::DestinationRule) {
             if let Spec::DestinationRule(dr) = &o.spec {
                 let host = qualify_host(&dr.host, o.meta.namespace(), "cluster.local");
                 subsets
@@ -287,73 +287,62 @@ impl MeshConfig {
         }
     }
 
-    fn specs<'a, T: 'a>(
-        &'a self,
-        pick: impl Fn(&'a Spec) -> Option<&'a T> + 'a,
-    ) -> impl Iterator<Item = (&'a ConfigObject, &'a T)> + 'a {
+    /// The accepted objects of `kind`: keys sort by kind first, so this is a range of the map,
+    /// not a scan of every object (generators ask per proxy scope).
+    pub fn objects_of(&self, kind: Kind) -> impl Iterator<Item = &Arc<ConfigObject>> {
+        let from = ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
         self.objects
-            .values()
-            .filter_map(move |o| pick(&o.spec).map(|s| (&**o, s)))
+            .range(from..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, o)| o)
+    }
+
+    fn specs<'a, T: SpecOf + 'a>(&'a self) -> impl Iterator<Item = (&'a ConfigObject, &'a T)> + 'a {
+        self.objects_of(T::KIND)
+            .filter_map(|o| T::of(&o.spec).map(|s| (&**o, s)))
     }
 
     /// The accepted objects of one kind, each by reference to the shared object.
     pub fn shared<'a, T: SpecOf + 'a>(&'a self) -> impl Iterator<Item = SpecRef<T>> + 'a {
-        self.objects.values().filter_map(SpecRef::new)
+        self.objects_of(T::KIND).filter_map(SpecRef::new)
     }
 
     pub fn destination_rules(&self) -> impl Iterator<Item = (&ConfigObject, &DestinationRule)> {
-        self.specs(|s| match s {
-            Spec::DestinationRule(x) => Some(x),
-            _ => None,
-        })
+        self.specs()
     }
 
     pub fn virtual_services(&self) -> impl Iterator<Item = (&ConfigObject, &VirtualService)> {
-        self.specs(|s| match s {
-            Spec::VirtualService(x) => Some(x),
-            _ => None,
-        })
+        self.specs()
     }
 
     pub fn gateways(&self) -> impl Iterator<Item = (&ConfigObject, &Gateway)> {
-        self.specs(|s| match s {
-            Spec::Gateway(x) => Some(x),
-            _ => None,
-        })
+        self.specs()
     }
 
     pub fn sidecars(&self) -> impl Iterator<Item = (&ConfigObject, &Sidecar)> {
-        self.specs(|s| match s {
-            Spec::Sidecar(x) => Some(x),
-            _ => None,
-        })
+        self.specs()
     }
 
     pub fn peer_authentications(
         &self,
     ) -> impl Iterator<Item = (&ConfigObject, &PeerAuthentication)> {
-        self.specs(|s| match s {
-            Spec::PeerAuthentication(x) => Some(x),
-            _ => None,
-        })
+        self.specs()
     }
 
     pub fn authorization_policies(
         &self,
     ) -> impl Iterator<Item = (&ConfigObject, &AuthorizationPolicy)> {
-        self.specs(|s| match s {
-            Spec::AuthorizationPolicy(x) => Some(x),
-            _ => None,
-        })
+        self.specs()
     }
 
     pub fn request_authentications(
         &self,
     ) -> impl Iterator<Item = (&ConfigObject, &crate::security::RequestAuthentication)> {
-        self.specs(|s| match s {
-            Spec::RequestAuthentication(x) => Some(x),
-            _ => None,
-        })
+        self.specs()
     }
 
     /// Every JWK set meshd must fetch for the accepted RequestAuthentications, with the

@@ -221,10 +221,11 @@ pub struct Patch {
 impl crate::MeshConfig {
     /// The accepted EnvoyFilters, with their objects (namespace, source).
     pub fn envoy_filters(&self) -> impl Iterator<Item = (&crate::ConfigObject, &EnvoyFilter)> {
-        self.objects.values().filter_map(|o| match &o.spec {
-            crate::Spec::EnvoyFilter(ef) => Some((&**o, ef)),
-            _ => None,
-        })
+        self.objects_of(crate::Kind::EnvoyFilter)
+            .filter_map(|o| match &o.spec {
+                crate::Spec::EnvoyFilter(ef) => Some((&**o, ef)),
+                _ => None,
+            })
     }
 }
 

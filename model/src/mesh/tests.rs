@@ -5,6 +5,28 @@ mod assembly {
     use crate::mesh::*;
     use crate::parse_file;
 
+    /// The per-kind views are ranges of the kind-ordered map: each sees exactly its kind,
+    /// whatever kinds sort before and after it.
+    #[test]
+    fn each_kind_view_holds_exactly_that_kind() {
+        let mesh =
+            MeshConfig::assemble([
+                &parse_file("embedded.yaml", crate::voicecore::MESH_YAML).unwrap()
+            ]);
+        for kind in crate::Kind::ALL {
+            let expected: Vec<&ObjectKey> =
+                mesh.objects.keys().filter(|k| k.kind == kind).collect();
+            let got: Vec<ObjectKey> = mesh.objects_of(kind).map(|o| o.key()).collect();
+            assert_eq!(got.iter().collect::<Vec<_>>(), expected, "{kind:?}");
+        }
+        assert_eq!(
+            mesh.destination_rules().count(),
+            mesh.objects_of(crate::Kind::DestinationRule).count()
+        );
+        assert!(mesh.destination_rules().count() > 0);
+        assert!(mesh.virtual_services().count() > 0);
+    }
+
     #[test]
     fn route_to_missing_subset_is_rejected_alone() {
         let text = r#"

@@ -159,16 +159,15 @@ fn same_inbound_inputs(a: &MeshConfig, b: &MeshConfig) -> bool {
 
 fn inbound_objects(c: &MeshConfig) -> impl Iterator<Item = &Arc<ConfigObject>> {
     use meshd_model::Kind;
-    c.objects.values().filter(|o| {
-        matches!(
-            o.kind(),
-            Kind::Sidecar
-                | Kind::PeerAuthentication
-                | Kind::AuthorizationPolicy
-                | Kind::RequestAuthentication
-                | Kind::Telemetry
-        )
-    })
+    [
+        Kind::Sidecar,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
+        Kind::Telemetry,
+    ]
+    .into_iter()
+    .flat_map(|k| c.objects_of(k))
 }
 
 /// The entries of a build-once cache that were built.
