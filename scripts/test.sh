@@ -29,6 +29,10 @@ done
 unshare -n sh -c "ip link set lo up && target/debug/meshd-load --meshd target/debug/meshd \
   --services 50 --proxies 200 --namespaces 5 --work-dir /tmp/meshd-churn-smoke --strict --delta \
   --sidecar-scoping --no-restart --churn 100 --churn-seconds 3 --churn-namespaces 2"
+# Kubernetes-mode scale smoke (issue 19): 20 Services and 100 Pods with their endpoints created
+# through the real kube-apiserver, meshd started against it, one endpoint change seen published 20
+# times, then 2 s of endpoint churn through the API server; fails on any API or meshd error.
+BIN=target/debug scripts/bench-kube.sh --services 20 --pods 100 --namespaces 5 --churn 100 --churn-seconds 2
 # Data-plane bench smoke (issue 18): one 2 s round per variant (meshd telemetry on, off, the
 # minimal Envoy pair); correctness only: it runs, every variant serves requests, none non-2xx.
 BIN=target/debug scripts/bench-dataplane.sh --rounds 1 --round-secs 2 \

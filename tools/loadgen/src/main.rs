@@ -10,6 +10,7 @@ mod dataplane;
 mod envoy_check;
 mod fleet;
 mod fleet_view;
+mod kube_scale;
 
 /// jemalloc, as meshd: thousands of client tasks allocating on two threads contend on glibc's
 /// arena locks, and the load tool's CPU is taken from the server it measures.
@@ -101,6 +102,14 @@ struct Args {
     /// `--sidecar-scoping`, the proxies of the other namespaces must receive nothing.
     #[arg(long, default_value_t = 0)]
     churn_namespaces: usize,
+    /// Kubernetes mode (`kube_scale.rs`): create the mesh as Services, Pods and endpoints
+    /// through the API server `KUBECONFIG` names, start meshd against it, measure its start,
+    /// memory and (`--churn`) endpoint churn through the API server.
+    #[arg(long)]
+    kube: bool,
+    /// With `--kube`: the Pods created (spread over the services).
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
     /// Measure the CA instead of xDS: P new proxies at once through SDS and through
     /// CreateCertificate (TLS port), each beside this process's raw key generation and signing
     /// with the same crates (`ca_rate.rs`).
@@ -249,6 +258,10 @@ async fn main() -> anyhow::Result<()> {
         sidecar_scoping: args.sidecar_scoping,
     };
     let _ = std::fs::remove_dir_all(&args.work_dir);
+    if args.kube {
+        let rows = kube_scale::rows(&args, &shape).await?;
+        return print_rows(&rows);
+    }
     mesh::write(&args.work_dir.join("config"), &shape)?;
     if args.churn > 0 {
         if !args.delta {

@@ -57,10 +57,17 @@ impl Server {
         let started = Instant::now();
         let mut cmd = Command::new(&args.meshd);
         die_with_parent(&mut cmd);
+        cmd.arg("serve");
+        if args.kube {
+            // The cluster from KUBECONFIG (inherited); no webhooks to register.
+            cmd.args(["--registry", "kubernetes", "--namespace", "meshd-system"])
+                .args(["--webhook-config-name", "-"])
+                .args(["--validating-webhook-config-name", "-"])
+                .args(["--bind", "127.0.0.1"]);
+        } else {
+            cmd.arg("--config-dir").arg(args.work_dir.join("config"));
+        }
         let child = cmd
-            .arg("serve")
-            .arg("--config-dir")
-            .arg(args.work_dir.join("config"))
             .arg("--state-dir")
             .arg(args.work_dir.join("state"))
             .args(["--xds-port", &args.xds_port.to_string()])
@@ -69,7 +76,10 @@ impl Server {
             .args(["--access-log", "false"])
             .env(
                 "MESHD_LOG",
-                std::env::var("MESHD_LOG").unwrap_or_else(|_| "warn".into()),
+                // The bench API server's kubeconfig skips TLS verification (loopback only):
+                // kube-client says so on every connection.
+                std::env::var("MESHD_LOG")
+                    .unwrap_or_else(|_| "warn,kube_client::client::tls=error".into()),
             )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
