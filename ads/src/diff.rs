@@ -108,6 +108,11 @@ pub(crate) fn changes(
         return None;
     }
     let sub = &now.subscription;
+    // With several layers a name may move between them: only one gone from all is removed, and
+    // only one whose version the proxy lacks is sent. With one (endpoints, routes), the layer
+    // diff already says exactly that, and the lookups per changed name are spared: under
+    // endpoint churn they were most of a push's own cost.
+    let one_layer = now.set.layers().len() == 1;
     let mut updates = Vec::new();
     let mut removed = Vec::new();
     for (old, new) in before.set.layers().iter().zip(now.set.layers()) {
@@ -115,19 +120,17 @@ pub(crate) fn changes(
             continue;
         }
         let diff = diffs.get(old, new);
-        // A name may move between layers: only one gone from all is removed, and only one
-        // whose version the proxy lacks is sent.
         updates.extend(
             diff.changed
                 .iter()
                 .filter(|r| sub.selects(&r.name))
-                .filter(|r| before.get(&r.name).is_none_or(|b| b.version != r.version))
+                .filter(|r| one_layer || before.get(&r.name).is_none_or(|b| b.version != r.version))
                 .cloned(),
         );
         removed.extend(
             diff.gone
                 .iter()
-                .filter(|n| sub.selects(n) && now.get(n).is_none())
+                .filter(|n| sub.selects(n) && (one_layer || now.get(n).is_none()))
                 .cloned(),
         );
     }
@@ -157,7 +160,7 @@ pub(crate) fn add_due(
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    use meshd_xds::resource::{LayerMap, Resource};
+    use meshd_xds::resource::{LayerMap, Resource, ResourceSet, Subscription};
 
     fn layer(version: u32) -> Layer {
         let c = Cluster {
@@ -168,6 +171,79 @@ mod tests {
             ..Default::default()
         };
         LayerMap::new([("c".to_string(), Resource::encode("c", &c))].into())
+    }
+
+    fn layer_of(entries: &[(&str, u32)]) -> Layer {
+        LayerMap::new(
+            entries
+                .iter()
+                .map(|(name, version)| {
+                    let c = Cluster {
+                        name: name.to_string(),
+                        per_connection_buffer_limit_bytes: Some(
+                            envoy_types::pb::google::protobuf::UInt32Value { value: *version },
+                        ),
+                        ..Default::default()
+                    };
+                    (name.to_string(), Resource::encode(*name, &c))
+                })
+                .collect(),
+        )
+    }
+
+    fn sent(layers: Vec<Layer>, sub: &Subscription) -> SentResources {
+        SentResources {
+            set: ResourceSet::from_layers(layers),
+            subscription: sub.clone(),
+        }
+    }
+
+    fn names(updates: &[SharedResource]) -> Vec<&str> {
+        let mut v: Vec<&str> = updates.iter().map(|r| r.name.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    /// One layer (endpoints, routes): the layer diff is the answer, under any subscription.
+    #[test]
+    fn one_layer_sends_what_changed_and_removes_what_went() {
+        let diffs = LayerDiffs::default();
+        let old = layer_of(&[("a", 1), ("b", 1), ("c", 1), ("x", 1)]);
+        let new = layer_of(&[("a", 1), ("b", 2), ("d", 1), ("x", 2)]);
+        let some = Subscription::Names(Arc::new(
+            ["a", "b", "c", "d"].map(String::from).into_iter().collect(),
+        ));
+        for (sub, sent_names, gone) in [
+            (Subscription::All, vec!["b", "d", "x"], vec!["c"]),
+            (some, vec!["b", "d"], vec!["c"]),
+        ] {
+            let (updates, removed) = changes(
+                &sent(vec![old.clone()], &sub),
+                &sent(vec![new.clone()], &sub),
+                &diffs,
+            )
+            .unwrap();
+            assert_eq!(names(&updates), sent_names);
+            assert_eq!(removed, gone);
+        }
+    }
+
+    /// Several layers: a name that moved from one layer to another at the same version is
+    /// neither sent nor removed; one that went from all is removed.
+    #[test]
+    fn a_name_moving_between_layers_is_neither_sent_nor_removed() {
+        let diffs = LayerDiffs::default();
+        let before = sent(
+            vec![layer_of(&[("a", 1), ("gone", 1)]), layer_of(&[("b", 1)])],
+            &Subscription::All,
+        );
+        let now = sent(
+            vec![layer_of(&[]), layer_of(&[("a", 1), ("b", 2)])],
+            &Subscription::All,
+        );
+        let (updates, removed) = changes(&before, &now, &diffs).unwrap();
+        assert_eq!(names(&updates), ["b"]);
+        assert_eq!(removed, ["gone"]);
     }
 
     #[test]
