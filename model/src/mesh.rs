@@ -2,7 +2,7 @@
 //! service registry derived from them.
 
 use crate::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
-use crate::registry::{Service, Workload, services_from_entry, workloads_by_namespace};
+use crate::registry::{Service, Workload, WorkloadIndex, services_from_entry};
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
 use crate::{ConfigError, ConfigObject, FileConfig, Kind, ObjectKey, Spec, SpecOf, SpecRef};
 use serde::Serialize;
@@ -212,7 +212,7 @@ impl MeshConfig {
                 _ => None,
             })
             .collect();
-        let workloads = workloads_by_namespace(&self.workloads);
+        let workloads = WorkloadIndex::new(&self.workloads);
         self.services = self
             .objects
             .values()

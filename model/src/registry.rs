@@ -164,22 +164,53 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
 
 /// One ServiceEntry expands to a Service per host, with endpoints from its inline entries or
 /// from the WorkloadEntries its selector picks in the same namespace.
-/// Workloads grouped by namespace: a ServiceEntry's `workloadSelector` picks only among its
-/// own namespace's (a scan of every workload per entry was quadratic in the mesh's size).
-pub fn workloads_by_namespace(workloads: &[Workload]) -> HashMap<&str, Vec<&Workload>> {
-    let mut by_ns: HashMap<&str, Vec<&Workload>> = HashMap::new();
-    for w in workloads {
-        by_ns.entry(w.namespace.as_str()).or_default().push(w);
-    }
-    by_ns
+/// Workloads as a ServiceEntry's `workloadSelector` looks them up: only among its own
+/// namespace's (a scan of every workload per entry was quadratic in the mesh's size), and there
+/// only among those carrying one of its labels (a scan of the namespace per entry still cost
+/// every reload of a 4000-workload mesh 20 ms).
+#[derive(Default)]
+pub struct WorkloadIndex<'a> {
+    by_namespace: HashMap<&'a str, Vec<&'a Workload>>,
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Workload>>,
 }
 
-/// The services of a ServiceEntry in `namespace`; `workloads` are that namespace's (see
-/// [`workloads_by_namespace`]).
+impl<'a> WorkloadIndex<'a> {
+    pub fn new(workloads: &'a [Workload]) -> WorkloadIndex<'a> {
+        let mut index = WorkloadIndex::default();
+        for w in workloads {
+            let ns = w.namespace.as_str();
+            index.by_namespace.entry(ns).or_default().push(w);
+            for (k, v) in &w.labels {
+                index
+                    .by_label
+                    .entry((ns, k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(w);
+            }
+        }
+        index
+    }
+
+    /// The workloads of `namespace` that `selector` selects, in their original order.
+    pub fn selected(&self, namespace: &str, selector: &Labels) -> Vec<&'a Workload> {
+        let candidates = match selector.iter().next() {
+            None => self.by_namespace.get(namespace),
+            Some((k, v)) => self.by_label.get(&(namespace, k.as_str(), v.as_str())),
+        };
+        candidates
+            .into_iter()
+            .flatten()
+            .filter(|w| selector_matches(selector, &w.labels))
+            .copied()
+            .collect()
+    }
+}
+
+/// The services of a ServiceEntry in `namespace`; a `workloadSelector` picks from `workloads`.
 pub fn services_from_entry(
     namespace: &str,
     se: &ServiceEntry,
-    workloads: &HashMap<&str, Vec<&Workload>>,
+    workloads: &WorkloadIndex<'_>,
 ) -> Vec<Service> {
     let ports: Vec<Port> = se
         .ports
@@ -193,10 +224,8 @@ pub fn services_from_entry(
         .collect();
     let endpoints: Vec<Endpoint> = match &se.workload_selector {
         Some(sel) => workloads
-            .get(namespace)
+            .selected(namespace, &sel.labels)
             .into_iter()
-            .flatten()
-            .filter(|w| selector_matches(&sel.labels, &w.labels))
             .map(|w| Endpoint {
                 address: w.address.clone(),
                 ports: w.ports.clone(),
@@ -246,6 +275,59 @@ pub fn services_from_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn workload(name: &str, ns: &str, labels: &[(&str, &str)]) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: ns.into(),
+            address: "10.0.0.1".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            service_account: "default".into(),
+            ports: BTreeMap::new(),
+            locality: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_index_selects_as_a_scan_of_the_namespace_would() {
+        let ws = [
+            workload("a1", "a", &[("app", "x"), ("version", "v1")]),
+            workload("b1", "b", &[("app", "x"), ("version", "v1")]),
+            workload("a2", "a", &[("app", "y")]),
+            workload("a3", "a", &[("app", "x"), ("version", "v2")]),
+            workload("a4", "a", &[("version", "v1")]),
+        ];
+        let index = WorkloadIndex::new(&ws);
+        let sel = |labels: &[(&str, &str)]| -> Labels {
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for selector in [
+            sel(&[]),
+            sel(&[("app", "x")]),
+            sel(&[("app", "x"), ("version", "v1")]),
+            sel(&[("version", "v1")]),
+            sel(&[("app", "z")]),
+        ] {
+            let scan: Vec<&str> = ws
+                .iter()
+                .filter(|w| w.namespace == "a" && selector_matches(&selector, &w.labels))
+                .map(|w| w.name.as_str())
+                .collect();
+            let got: Vec<&str> = index
+                .selected("a", &selector)
+                .iter()
+                .map(|w| w.name.as_str())
+                .collect();
+            assert_eq!(got, scan, "{selector:?}");
+        }
+        assert!(index.selected("c", &sel(&[])).is_empty());
+    }
 
     #[test]
     fn protocol_from_port_name_or_field() {

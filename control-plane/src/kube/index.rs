@@ -423,7 +423,7 @@ impl KubeObjects {
             .collect();
         let kube_hosts: BTreeSet<String> = services.iter().map(|s| s.hostname.clone()).collect();
         // ServiceEntries again, now that their workloadSelector can pick Pods too.
-        let by_namespace = registry::workloads_by_namespace(&workloads);
+        let by_namespace = registry::WorkloadIndex::new(&workloads);
         for o in mesh.objects.values() {
             if let Spec::ServiceEntry(se) = &o.spec {
                 for svc in registry::services_from_entry(o.meta.namespace(), se, &by_namespace) {
