@@ -223,7 +223,7 @@ impl crate::MeshConfig {
     pub fn envoy_filters(&self) -> impl Iterator<Item = (&crate::ConfigObject, &EnvoyFilter)> {
         self.objects_of(crate::Kind::EnvoyFilter)
             .filter_map(|o| match &o.spec {
-                crate::Spec::EnvoyFilter(ef) => Some((&**o, ef)),
+                crate::Spec::EnvoyFilter(ef) => Some((&**o, &**ef)),
                 _ => None,
             })
     }

@@ -143,10 +143,10 @@ fn header(origin: &Origin<'_>, value: &Value) -> Result<Header, ConfigError> {
 fn typed_spec<T: DeserializeOwned>(
     origin: &Origin<'_>,
     value: &Value,
-    wrap: fn(T) -> Spec,
+    wrap: fn(Box<T>) -> Spec,
 ) -> Result<Spec, ConfigError> {
     read::<Envelope<T>>(value)
-        .map(|env| wrap(env.spec))
+        .map(|env| wrap(Box::new(env.spec)))
         .map_err(|e| origin.read_error(e))
 }
 
@@ -247,7 +247,11 @@ pub(crate) fn read_object(origin: &Origin<'_>, value: &Value) -> Result<ConfigOb
         }
         Kind::AuthorizationPolicy => {
             typed_spec::<sec::AuthorizationPolicy>(origin, value, Spec::AuthorizationPolicy)
-                .or_else(|e| Ok(Spec::AuthorizationPolicy(unreadable_policy(value, e))))
+                .or_else(|e| {
+                    Ok(Spec::AuthorizationPolicy(Box::new(unreadable_policy(
+                        value, e,
+                    ))))
+                })
         }
     }
     .map_err(name_object)?;
