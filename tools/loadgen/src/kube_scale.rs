@@ -91,6 +91,27 @@ impl Endpoints {
         )
     }
 
+    /// Replaces service `svc`'s endpoints (a merge patch of the whole list) with its pods,
+    /// ready or not as `ready` says.
+    async fn write(
+        self,
+        client: &Client,
+        svc: usize,
+        shape: &Shape,
+        pods: usize,
+        ready: impl Fn(usize) -> bool,
+    ) -> Result<(), kube::Error> {
+        let body = self.object(svc, shape, pods, ready);
+        self.api(client, &mesh::namespace(svc, shape))
+            .patch(
+                &mesh::service_name(svc),
+                &PatchParams::default(),
+                &Patch::Merge(&body),
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// Service `svc`'s endpoints: its pods, ready or not as `ready` says.
     fn object(
         self,
@@ -272,13 +293,7 @@ async fn single_change(
     for i in 0..n {
         let svc = i % shape.services;
         let before = config_version(args.admin_port);
-        let body = kind.object(svc, shape, pods, |w| w != svc);
-        kind.api(client, &mesh::namespace(svc, shape))
-            .patch(
-                &mesh::service_name(svc),
-                &PatchParams::default(),
-                &Patch::Merge(&body),
-            )
+        kind.write(client, svc, shape, pods, |w| w != svc)
             .await
             .context("flipping one endpoint")?;
         let t = Instant::now();
@@ -292,13 +307,7 @@ async fn single_change(
         }
         out.push(t.elapsed());
         // Back to ready, and quiet again before the next sample.
-        let body = kind.object(svc, shape, pods, |_| true);
-        kind.api(client, &mesh::namespace(svc, shape))
-            .patch(
-                &mesh::service_name(svc),
-                &PatchParams::default(),
-                &Patch::Merge(&body),
-            )
+        kind.write(client, svc, shape, pods, |_| true)
             .await
             .context("restoring one endpoint")?;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -307,8 +316,8 @@ async fn single_change(
     Ok(out)
 }
 
-/// Flips readiness of endpoints in their EndpointSlices at `args.churn` changes/s (one PUT
-/// per changed slice) for `args.churn_seconds`.
+/// Flips readiness of endpoints at `args.churn` changes/s (one merge patch per changed
+/// endpoints object) for `args.churn_seconds`.
 async fn churn(
     client: &Client,
     args: &Args,
@@ -335,23 +344,16 @@ async fn churn(
             touched.insert(w % shape.services);
             next += 1;
         }
-        let writes = futures::stream::iter(touched.into_iter().map(|s| {
-            let api = kind.api(client, &mesh::namespace(s, shape));
-            let body = kind.object(s, shape, pods, |w| !unready[w]);
-            async move {
-                api.patch(
-                    &mesh::service_name(s),
-                    &PatchParams::default(),
-                    &Patch::Merge(&body),
-                )
-                .await
-                .map(|_| ())
-            }
-        }))
+        let unready = &unready;
+        let writes = futures::stream::iter(
+            touched
+                .into_iter()
+                .map(|s| kind.write(client, s, shape, pods, move |w| !unready[w])),
+        )
         .buffer_unordered(CONCURRENCY);
         let results: Vec<_> = writes.collect().await;
         for r in results {
-            r.context("churning an EndpointSlice")?;
+            r.context("churning endpoints")?;
         }
         changes += per_tick as u64;
     }
