@@ -131,7 +131,7 @@ impl FileSource {
         mesh
     }
 
-    /// Watches the directory; each burst of changes, after `debounce` of quiet, publishes the
+    /// Watches the directory; each burst of changes (as `debounce` bounds it) publishes the
     /// merged config if it differs from what is in force.
     pub async fn watch(mut self, debounce: Debounce, out: watch::Sender<Arc<MeshConfig>>) {
         let Some(dir) = self.dir.clone() else {
