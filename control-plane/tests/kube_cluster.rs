@@ -664,6 +664,32 @@ fn slowest(lines: &[&str]) -> (u64, u64) {
     (http, dns)
 }
 
+/// On a failed request: which sidecar answered, and with which response flags. Both access
+/// logs' lines that are not a quick 200 (a 503, a reset, a request cut at `timeout 5`: DC,
+/// ~5000 ms), with the upstream host they went to.
+async fn print_unquick_requests(client: &Client) {
+    for pod in pods(client, VOICECORE_NS).await {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if name == "prober" || name.starts_with("tenant-service") {
+            let log = log_of(client, VOICECORE_NS, &name, "istio-proxy").await;
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                        v["response_code"] != 200
+                            || v["response_flags"] != "-"
+                            || v["duration"].as_u64().unwrap_or(0) >= 1000
+                    })
+                })
+                .collect();
+            eprintln!(
+                "{name} istio-proxy, requests that were not a quick 200:\n{}",
+                lines.join("\n")
+            );
+        }
+    }
+}
+
 /// The leader Lease's holder identity (`<pod>_<random>`), once one holds it.
 async fn lease_holder(client: &Client) -> Option<String> {
     use k8s_openapi::api::coordination::v1::Lease;
@@ -802,29 +828,7 @@ async fn helm_upgrade_and_a_killed_leader_fail_no_request_between_two_services()
         failed.len()
     );
     if !failed.is_empty() {
-        // Which sidecar answered, and with which response flags: both access logs, the lines
-        // that are not a quick 200 (a 503, a reset, a request cut at `timeout 5`: DC, ~5000 ms),
-        // with the upstream host they went to.
-        for pod in pods(&client, VOICECORE_NS).await {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            if name == "prober" || name.starts_with("tenant-service") {
-                let log = log_of(&client, VOICECORE_NS, &name, "istio-proxy").await;
-                let lines: Vec<&str> = log
-                    .lines()
-                    .filter(|l| {
-                        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
-                            v["response_code"] != 200
-                                || v["response_flags"] != "-"
-                                || v["duration"].as_u64().unwrap_or(0) >= 1000
-                        })
-                    })
-                    .collect();
-                eprintln!(
-                    "{name} istio-proxy, requests that were not a quick 200:\n{}",
-                    lines.join("\n")
-                );
-            }
-        }
+        print_unquick_requests(&client).await;
     }
     assert!(
         failed.is_empty(),
@@ -887,6 +891,9 @@ async fn helm_upgrade_and_a_killed_leader_fail_no_request_between_two_services()
         .iter()
         .filter(|l| l.starts_with("FAIL"))
         .collect();
+    if !failed.is_empty() {
+        print_unquick_requests(&client).await;
+    }
     assert!(
         failed.is_empty(),
         "requests failed during the leader failover: {failed:?}"
