@@ -8,7 +8,7 @@
 //! at the API server to meshd publishing it.
 
 use crate::mesh::{self, Shape};
-use crate::server::{Server, cpu_seconds, heap_kb, rss_kb};
+use crate::server::{Server, cpu_seconds, heap_kb, metric, rss_kb};
 use crate::{Args, ms};
 use anyhow::Context;
 use futures::StreamExt;
@@ -266,17 +266,7 @@ async fn populate(
 /// meshd's config version (`meshd_config_version`): it moves each time a rebuilt config is
 /// published.
 fn config_version(admin_port: u16) -> u64 {
-    let Ok(out) = std::process::Command::new("curl")
-        .args(["-sf", &format!("http://127.0.0.1:{admin_port}/metrics")])
-        .output()
-    else {
-        return 0;
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("meshd_config_version "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
+    metric(admin_port, "meshd_config_version").unwrap_or(0.0) as u64
 }
 
 /// One endpoint's readiness flipped on a quiet cluster, `n` times: from the API server's

@@ -36,15 +36,19 @@ pub(super) fn cpu_seconds(pid: u32) -> f64 {
 
 /// meshd's heap in use (its `meshd_heap_allocated_bytes` metric), in KB.
 pub(super) fn heap_kb(admin_port: u16) -> Option<u64> {
+    metric(admin_port, "meshd_heap_allocated_bytes").map(|b| b as u64 / 1024)
+}
+
+/// One unlabelled series of meshd's `/metrics`.
+pub(super) fn metric(admin_port: u16, name: &str) -> Option<f64> {
     let out = Command::new("curl")
         .args(["-sf", &format!("http://127.0.0.1:{admin_port}/metrics")])
         .output()
         .ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("meshd_heap_allocated_bytes "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|b| b / 1024)
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
 }
 
 pub(super) struct Server {
