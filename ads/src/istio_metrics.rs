@@ -49,13 +49,16 @@ impl EncodeMetric for BareCounter {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct XdsType {
-    /// `cds`, `eds`, `lds`, `rds`, `sds`, `ecds` (Istio's short names); `other` for any other.
+    /// `cds`, `eds`, `lds`, `rds`, `sds`, `ecds` (Istio's short names), `bootstrap`; `other`
+    /// for any other.
     pub r#type: &'static str,
 }
 
 impl XdsType {
     pub fn of(type_url: &str) -> XdsType {
-        use meshd_xds::resource::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
+        use meshd_xds::resource::{
+            BOOTSTRAP, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET,
+        };
         let short = match type_url {
             CLUSTER => "cds",
             ENDPOINT => "eds",
@@ -63,6 +66,7 @@ impl XdsType {
             ROUTE => "rds",
             SECRET => "sds",
             EXTENSION_CONFIG => "ecds",
+            BOOTSTRAP => "bootstrap",
             _ => "other",
         };
         XdsType { r#type: short }

@@ -323,6 +323,11 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
     }
     let mesh = FileSource::new(args.config_dir.clone()).reload();
     let (claims, ip, node_type) = bootstrap::resolve(&mesh, &args.workload, args.credential_ttl)?;
+    let mut proxy = meshd_xds::proxy::Proxy::for_workload(
+        mesh.workload(&claims.workload, &claims.namespace)
+            .context("the workload resolved above")?,
+        &args.trust_domain,
+    );
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let ca = CertificateAuthority::load_or_create(&CaConfig {
@@ -343,7 +348,11 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
         delta: args.delta,
         istio_version: args.istio_version.clone(),
     };
-    let text = serde_json::to_string_pretty(&bootstrap::render(&spec)?)?;
+    let rendered = bootstrap::render(&spec)?;
+    proxy.metadata = crate::bootstrap_patch::node_metadata(&rendered["node"]);
+    let patch = crate::bootstrap_patch::from_mesh(mesh, &proxy);
+    let rendered = crate::bootstrap_patch::merge(&rendered, &patch)?;
+    let text = serde_json::to_string_pretty(&rendered)?;
     bootstrap::write_private(&args.out, text.as_bytes())
 }
 

@@ -316,6 +316,10 @@ pub struct KubeBootstrapArgs {
     /// Kubernetes mode: rewritten app probes, as the injector records them (JSON).
     #[arg(long, env = meshd_injector::APP_PROBERS_ENV, default_value = "")]
     pub app_probers: String,
+    /// Kubernetes mode: how long to keep asking meshd for the proxy's EnvoyFilter BOOTSTRAP
+    /// patches before failing (the kubelet then restarts this init container).
+    #[arg(long, default_value = "60s", value_parser = crate::cli::parse_duration)]
+    pub patch_timeout: std::time::Duration,
 }
 
 /// Writes the Kubernetes-mode bootstrap for `POD.NAMESPACE`.
@@ -357,10 +361,43 @@ pub fn write(
         app_probers,
         istio_version,
     };
-    let text = serde_json::to_string_pretty(&render(&spec)?)?;
+    let rendered = render(&spec)?;
+    let patch = fetch_patches(&spec, &rendered["node"], args.patch_timeout)?;
+    let rendered = crate::bootstrap_patch::merge(&rendered, &patch)?;
+    let text = serde_json::to_string_pretty(&rendered)?;
     // Written first: Envoy reads them when the bootstrap names them.
     spec.sds.write(&spec)?;
     bootstrap::write_private(out, text.as_bytes())
+}
+
+/// The EnvoyFilter BOOTSTRAP patches meshd has for this pod's proxy, asked with the pod's token
+/// over the TLS port its Envoy will use.
+fn fetch_patches(
+    spec: &KubeBootstrapSpec,
+    node: &Value,
+    deadline: std::time::Duration,
+) -> anyhow::Result<Vec<u8>> {
+    let token = std::fs::read_to_string(&spec.token_file)
+        .with_context(|| format!("reading the token {}", spec.token_file))?;
+    let root_cert_pem = std::fs::read(&spec.root_cert_file)
+        .with_context(|| format!("reading the root certificate {}", spec.root_cert_file))?;
+    let host = spec
+        .xds_address
+        .rsplit_once(':')
+        .map_or(spec.xds_address.as_str(), |(h, _)| h);
+    let fetch = crate::bootstrap_patch::Fetch {
+        xds_address: &spec.xds_address,
+        server_name: spec.xds_server_name.as_deref().unwrap_or(host),
+        root_cert_pem,
+        token,
+        node,
+        deadline,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(crate::bootstrap_patch::fetch(&fetch))
 }
 
 #[cfg(test)]

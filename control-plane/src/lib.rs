@@ -6,6 +6,7 @@ pub mod admin;
 pub mod analyze;
 pub mod app;
 pub mod bootstrap;
+pub mod bootstrap_patch;
 pub mod ca_service;
 pub mod cli;
 pub mod crds;

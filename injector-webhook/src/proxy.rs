@@ -147,11 +147,13 @@ pub fn bootstrap_container(cfg: &InjectConfig, plan: &Plan, probers: &AppProbers
         env: Some(envs),
         resources: Some(small_resources()),
         security_context: Some(proxy_user()),
-        volume_mounts: Some(vec![mount(
-            names::VOLUME_PROXY_CONFIG,
-            paths::PROXY_CONFIG_DIR,
-            false,
-        )]),
+        // The token and the root: it asks meshd for the proxy's EnvoyFilter BOOTSTRAP patches
+        // as the proxy will authenticate.
+        volume_mounts: Some(vec![
+            mount(names::VOLUME_PROXY_CONFIG, paths::PROXY_CONFIG_DIR, false),
+            mount(names::VOLUME_TOKEN, paths::TOKEN_DIR, true),
+            mount(names::VOLUME_ROOT_CERT, paths::ROOT_CERT_DIR, true),
+        ]),
         ..Default::default()
     }
 }

@@ -122,6 +122,19 @@ pub fn message_to_json<M: prost::Name + prost::Message>(m: &M) -> Json {
     }
 }
 
+/// Decodes `bytes` as the message `full_name` and renders it as proto3 JSON with nothing
+/// redacted: for config meshd writes out (a bootstrap file), never for display. Fails instead
+/// of rendering an error in place.
+pub fn proto_to_json(full_name: &str, bytes: &[u8]) -> Result<Json, String> {
+    let registry = REGISTRY.as_ref().map_err(Clone::clone)?;
+    let desc = registry
+        .pool
+        .get_message_by_name(full_name)
+        .ok_or_else(|| format!("message type '{full_name}' is not in meshd's descriptor set"))?;
+    let msg = DynamicMessage::decode(desc, bytes).map_err(|e| e.to_string())?;
+    serialize(&msg).map_err(|e| e.to_string())
+}
+
 /// The `@type`s of Envoy's untyped extension config wrappers.
 const TYPED_STRUCTS: [&str; 2] = [
     "type.googleapis.com/udpa.type.v1.TypedStruct",

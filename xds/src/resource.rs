@@ -15,11 +15,24 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 /// ECDS: filter configs that HTTP filters with `config_discovery` ask for by name.
 pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+/// What EnvoyFilter BOOTSTRAP patches add to a proxy's bootstrap: asked for once, by `meshd
+/// bootstrap` before Envoy starts (Envoy reads its bootstrap only at start), never by Envoy.
+pub const BOOTSTRAP: &str = "type.googleapis.com/envoy.config.bootstrap.v3.Bootstrap";
+/// The one resource of type [`BOOTSTRAP`] a proxy can have.
+pub const BOOTSTRAP_PATCH: &str = "bootstrap";
 
 /// Push order: make before break (clusters and their endpoints before the listeners and routes
 /// that refer to them, and the filter configs listeners' filters name; secrets last, Envoy warms
 /// them on demand).
-pub const PUSH_ORDER: [&str; 6] = [CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET];
+pub const PUSH_ORDER: [&str; 7] = [
+    CLUSTER,
+    ENDPOINT,
+    EXTENSION_CONFIG,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    BOOTSTRAP,
+];
 
 pub fn short_type(type_url: &str) -> &str {
     match type_url {
@@ -29,6 +42,7 @@ pub fn short_type(type_url: &str) -> &str {
         ROUTE => "RDS",
         SECRET => "SDS",
         EXTENSION_CONFIG => "ECDS",
+        BOOTSTRAP => "Bootstrap",
         other => other.rsplit('.').next().unwrap_or(other),
     }
 }
@@ -77,7 +91,7 @@ pub type SharedResource = Arc<Resource>;
 
 /// The type URLs this server serves, as statics (a resource keeps a pointer, not a copy).
 fn static_type_url(url: &str) -> &'static str {
-    [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET]
+    PUSH_ORDER
         .into_iter()
         .find(|t| *t == url)
         .unwrap_or_else(|| Box::leak(url.to_string().into_boxed_str()))

@@ -179,3 +179,17 @@ fn a_request_for_everything_available_is_all_and_anything_else_its_names() {
         Subscription::Names(Default::default())
     );
 }
+
+#[test]
+fn every_served_type_url_is_the_static_one_not_a_leaked_copy() {
+    // ECDS resources were once encoded with a leaked copy of their type URL, one per encode:
+    // a leak hands out a new address each time, the static the same one.
+    for url in PUSH_ORDER {
+        let (a, b) = (static_type_url(url), static_type_url(url));
+        assert_eq!(a, url);
+        assert!(
+            std::ptr::eq(a, b),
+            "{url} is copied, not kept as the static"
+        );
+    }
+}

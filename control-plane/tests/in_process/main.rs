@@ -5,6 +5,7 @@ mod access_log_support;
 
 mod access_log_service;
 mod ads_protocol;
+mod bootstrap_patches;
 mod ca_api;
 mod config_bombs;
 mod dashboard_api;

@@ -246,7 +246,7 @@ impl PodRun {
             let out = self.command(c).output().unwrap();
             assert!(
                 out.status.success(),
-                "init container {} failed: {}{}",
+                "init container {} failed: {}{}\n{c}",
                 c["name"],
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
@@ -326,6 +326,20 @@ async fn scenario(net: &PodNetwork) {
         json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
                "metadata": {"name": "default", "namespace": "shop"},
                "spec": {"mtls": {"mode": "STRICT"}}}),
+    )
+    .await;
+    // A BOOTSTRAP patch for backend only: its init container asks meshd for it with the pod's
+    // token before Envoy starts.
+    create(
+        &client,
+        json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+               "metadata": {"name": "backend-runtime", "namespace": "shop"},
+               "spec": {"workloadSelector": {"labels": {"app": "backend"}},
+                        "configPatches": [{"applyTo": "BOOTSTRAP", "patch": {
+                            "operation": "MERGE",
+                            "value": {"layered_runtime": {"layers": [
+                                {"name": "patched", "static_layer": {"meshd.kube.patched": "yes"}},
+                                {"name": "admin", "admin_layer": {}}]}}}}]}}),
     )
     .await;
     let mut cluster_ips = Vec::new();
@@ -550,6 +564,25 @@ async fn scenario(net: &PodNetwork) {
     assert_eq!(
         answer["caller"], "spiffe://cluster.local/ns/shop/sa/frontend",
         "the callee saw the caller's certificate: {answer}"
+    );
+    // The BOOTSTRAP patch reached backend's Envoy (its runtime), not frontend's.
+    let runtime = |run: &PodRun| {
+        let (code, body) =
+            tokio::task::block_in_place(|| envoy_admin_get(&run.pod, "/runtime")).unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let backend_runtime = runtime(backend_run);
+    assert_eq!(
+        backend_runtime["entries"]["meshd.kube.patched"]["final_value"], "yes",
+        "{backend_runtime}"
+    );
+    let frontend_runtime = runtime(frontend_run);
+    assert!(
+        frontend_runtime["entries"]
+            .get("meshd.kube.patched")
+            .is_none(),
+        "{frontend_runtime}"
     );
     // The backend's Envoy holds its own SVID from meshd, and terminated TLS inbound.
     let (_, certs) =

@@ -23,13 +23,16 @@
 //!   SIDECAR_OUTBOUND, GATEWAY, ANY;
 //! - `EXTENSION_CONFIG` (ADD): a `TypedExtensionConfig` served over ECDS to the selected
 //!   proxies, which an HTTP filter's `config_discovery` names;
+//! - `BOOTSTRAP` (MERGE): merged into the bootstrap `meshd bootstrap` writes for a selected
+//!   proxy, which asks meshd for it before Envoy starts (a changed patch reaches a proxy when it
+//!   next starts, as under Istio);
 //! - `match.context` SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY; `workloadSelector` on
 //!   every applyTo; `priority` (root namespace first, then priority, then namespace and name);
 //! - `match.proxy`: `proxyVersion` (a regular expression over the node's `ISTIO_VERSION`
 //!   metadata, which `meshd bootstrap --istio-version` sets) and `metadata` (exact values);
 //! - `patch.filterClass` (AUTHN, AUTHZ, STATS) on an HTTP_FILTER ADD.
 //!
-//! Not supported (rejected): BOOTSTRAP, `targetRefs`,
+//! Not supported (rejected): `targetRefs`,
 //! `routeConfiguration.gateway`/`portName`, `vhost.domainName`, `route.action`.
 //! The patch `value` is Envoy's own proto JSON; the generator decodes it against Envoy's
 //! descriptors (and reports what does not decode, naming the field).

@@ -166,6 +166,10 @@ pub enum PatchKind<'a> {
     /// EXTENSION_CONFIG: ADD a `TypedExtensionConfig` meshd serves over ECDS to the selected
     /// proxies, for the HTTP filters whose `config_discovery` names it.
     ExtensionConfig(ObjectPatch<'a, ()>),
+    /// BOOTSTRAP: MERGE into the bootstrap of the selected proxies. Envoy reads its bootstrap
+    /// once, at start, so a proxy gets the patches that select it when it starts (`meshd
+    /// bootstrap` asks meshd for them), as Istio's agent fetches its bootstrap from istiod.
+    Bootstrap(ObjectPatch<'a, ()>),
 }
 
 /// The Envoy filters that must stay last in their list (Envoy refuses a filter after them).
@@ -571,8 +575,24 @@ impl ConfigPatch {
                     },
                 ))
             }
+            "BOOTSTRAP" => {
+                if m.is_some_and(|m| {
+                    m.listener.is_some() || m.route_configuration.is_some() || m.cluster.is_some()
+                }) {
+                    return Err("match: BOOTSTRAP patches select proxies (context, proxy, workloadSelector), not listeners, routes or clusters".into());
+                }
+                let context = PatchContext::parse(m)?;
+                let operation = self.operation_in(&[Merge])?;
+                let value = self.object_value(operation)?;
+                Ok(PatchKind::Bootstrap(ObjectPatch {
+                    context,
+                    m: &(),
+                    operation,
+                    value,
+                }))
+            }
             other => Err(format!(
-                "applyTo {other} is not supported (meshd applies LISTENER, FILTER_CHAIN, LISTENER_FILTER, NETWORK_FILTER, HTTP_FILTER, ROUTE_CONFIGURATION, VIRTUAL_HOST, HTTP_ROUTE, CLUSTER, EXTENSION_CONFIG)"
+                "applyTo {other} is not supported (meshd applies LISTENER, FILTER_CHAIN, LISTENER_FILTER, NETWORK_FILTER, HTTP_FILTER, ROUTE_CONFIGURATION, VIRTUAL_HOST, HTTP_ROUTE, CLUSTER, EXTENSION_CONFIG, BOOTSTRAP)"
             )),
         }
     }

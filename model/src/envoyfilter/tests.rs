@@ -170,14 +170,14 @@ kind: EnvoyFilter
 metadata: {name: l, namespace: shop}
 spec:
   configPatches:
-  - applyTo: BOOTSTRAP
+  - applyTo: INVALID
     patch: {operation: MERGE, value: {name: x}}
 "#;
     let mesh = parse(listener);
     assert!(
         mesh.rejected[0]
             .reason
-            .contains("applyTo BOOTSTRAP is not supported"),
+            .contains("applyTo INVALID is not supported"),
         "{}",
         mesh.rejected[0]
     );
@@ -519,9 +519,23 @@ fn object_patches_accept_istios_operations_and_reject_the_rest() {
         (
             "BOOTSTRAP",
             "{}",
+            "ADD",
+            "{}",
+            "patch.operation ADD is not supported for BOOTSTRAP",
+        ),
+        (
+            "BOOTSTRAP",
+            "{cluster: {name: c}}",
             "MERGE",
             "{}",
-            "applyTo BOOTSTRAP is not supported",
+            "match: BOOTSTRAP patches select proxies",
+        ),
+        (
+            "BOOTSTRAP",
+            "{}",
+            "MERGE",
+            "[1]",
+            "patch.value must be an object",
         ),
     ];
     for (apply_to, m, op, value, want) in bad {
@@ -581,4 +595,33 @@ spec:
         "{}",
         mesh.rejected[0]
     );
+}
+
+#[test]
+fn bootstrap_merge_selects_proxies_by_context_and_version() {
+    let mesh = parse(
+        r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: boot, namespace: shop}
+spec:
+  configPatches:
+  - applyTo: BOOTSTRAP
+    match: {context: GATEWAY, proxy: {proxyVersion: '^1\.2.*'}}
+    patch: {operation: MERGE, value: {stats_flush_interval: 10s}}
+"#,
+    );
+    assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
+    let (_, ef) = mesh.envoy_filters().next().expect("accepted");
+    match ef.config_patches[0].kind() {
+        Ok(PatchKind::Bootstrap(p)) => {
+            assert_eq!(p.context, PatchContext::Gateway);
+            assert_eq!(p.operation, FilterOperation::Merge);
+            assert!(
+                p.value
+                    .is_some_and(|v| v.get("stats_flush_interval").is_some())
+            );
+        }
+        other => panic!("not a bootstrap patch: {other:?}"),
+    }
 }

@@ -1,7 +1,8 @@
 //! EnvoyFilter (seed 1.7, rate limits) in stock Envoy: Istio's local rate limit recipe on a
 //! sidecar's inbound side answers 429 once the bucket is empty and 200 again once it refilled;
-//! a LISTENER_FILTER insert, CLUSTER and HTTP_ROUTE merges reach Envoy; unsupported shapes (an unknown context) and values
-//! that are not Envoy's proto JSON are reported.
+//! a LISTENER_FILTER insert, CLUSTER and HTTP_ROUTE merges reach Envoy, and a BOOTSTRAP merge
+//! is in the selected Envoy's bootstrap and runtime; unsupported shapes (an unknown context)
+//! and values that are not Envoy's proto JSON are reported.
 
 use crate::traffic_support;
 
@@ -100,6 +101,16 @@ spec:
           "@type": type.googleapis.com/envoy.extensions.filters.listener.local_ratelimit.v3.LocalRateLimit
           stat_prefix: inbound_sockets
           token_bucket: {{max_tokens: 10000, tokens_per_fill: 10000, fill_interval: 1s}}
+  - applyTo: BOOTSTRAP
+    patch:
+      operation: MERGE
+      value:
+        layered_runtime:
+          layers:
+          - name: patched
+            static_layer: {{meshd.e2e.bootstrap_patched: "on"}}
+          - name: admin
+            admin_layer: {{}}
 ---
 apiVersion: networking.istio.io/v1alpha3
 kind: EnvoyFilter
@@ -146,7 +157,8 @@ spec:
     let api_pod = mesh
         .add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
         .unwrap();
-    mesh.add_sidecar_pod(&format!("web.{NS}"), ip(21), PORT)
+    let web_pod = mesh
+        .add_sidecar_pod(&format!("web.{NS}"), ip(21), PORT)
         .unwrap();
 
     // The bucket starts full with 3 tokens: at least three requests pass, then api's sidecar
@@ -199,6 +211,23 @@ spec:
         ),
         0
     );
+    // The BOOTSTRAP patch: api's Envoy started with the runtime layer merged into the
+    // bootstrap `meshd bootstrap` wrote; web (not selected) has none.
+    let (code, runtime) = api_pod.envoy_admin("/runtime").unwrap();
+    assert_eq!(code, 200, "{runtime}");
+    let runtime: serde_json::Value = serde_json::from_str(&runtime).unwrap();
+    assert_eq!(
+        runtime["entries"]["meshd.e2e.bootstrap_patched"]["final_value"], "on",
+        "{runtime}"
+    );
+    let boot = &dump["configs"][0]["bootstrap"];
+    assert_eq!(
+        boot["layered_runtime"]["layers"][0]["name"], "patched",
+        "{boot}"
+    );
+    let (_, runtime) = web_pod.envoy_admin("/runtime").unwrap();
+    assert!(!runtime.contains("bootstrap_patched"), "{runtime}");
+
     // Only the selected workload is limited: web (no EnvoyFilter) answers every request.
     let web = burst(
         &client,

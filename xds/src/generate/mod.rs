@@ -23,7 +23,7 @@ pub mod telemetry_api;
 
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
-    CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, ResourceSet, SECRET,
+    BOOTSTRAP, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, ResourceSet, SECRET,
     SharedResource,
 };
 use bytes::Bytes;
@@ -510,24 +510,22 @@ impl MeshSnapshot {
         })
     }
 
-    /// The ECDS configs EXTENSION_CONFIG patches give a proxy, when there are any: one layer
-    /// per patch set in a snapshot, shared by every proxy with the same set.
-    fn insert_extension_configs(
+    /// The resources of a type only patches make (ECDS configs, the bootstrap patch), when a
+    /// proxy has any: one layer per patch set in a snapshot, shared by every proxy with the
+    /// same set.
+    fn insert_patch_made(
         &self,
         out: &mut ProxyResources,
+        type_url: &'static str,
+        kind: envoyfilter::LayerKind,
         proxy: meshd_model::envoyfilter::PatchContext,
         selected: &[usize],
     ) {
         static NONE: std::sync::OnceLock<Layer> = std::sync::OnceLock::new();
         let none = NONE.get_or_init(|| LayerMap::new(BTreeMap::new()));
-        let configs = self.patched_layer(
-            none,
-            envoyfilter::LayerKind::ExtensionConfigs,
-            proxy,
-            selected,
-        );
-        if !configs.is_empty() {
-            out.insert(EXTENSION_CONFIG, ResourceSet::layer(configs));
+        let made = self.patched_layer(none, kind, proxy, selected);
+        if !made.is_empty() {
+            out.insert(type_url, ResourceSet::layer(made));
         }
     }
 
@@ -579,11 +577,18 @@ impl MeshSnapshot {
                         &selected,
                     )),
                 );
-                self.insert_extension_configs(
-                    &mut out,
-                    meshd_model::envoyfilter::PatchContext::SidecarOutbound,
-                    &selected,
-                );
+                for (type_url, kind) in [
+                    (EXTENSION_CONFIG, envoyfilter::LayerKind::ExtensionConfigs),
+                    (BOOTSTRAP, envoyfilter::LayerKind::Bootstrap),
+                ] {
+                    self.insert_patch_made(
+                        &mut out,
+                        type_url,
+                        kind,
+                        meshd_model::envoyfilter::PatchContext::SidecarOutbound,
+                        &selected,
+                    );
+                }
             }
             NodeType::Router => {
                 let key = format!("{}|{labels:?}", proxy.identity.namespace);
@@ -626,11 +631,18 @@ impl MeshSnapshot {
                 if !gw.secrets.is_empty() {
                     out.insert(SECRET, ResourceSet::layer(gw.secrets.clone()));
                 }
-                self.insert_extension_configs(
-                    &mut out,
-                    meshd_model::envoyfilter::PatchContext::Gateway,
-                    &selected,
-                );
+                for (type_url, kind) in [
+                    (EXTENSION_CONFIG, envoyfilter::LayerKind::ExtensionConfigs),
+                    (BOOTSTRAP, envoyfilter::LayerKind::Bootstrap),
+                ] {
+                    self.insert_patch_made(
+                        &mut out,
+                        type_url,
+                        kind,
+                        meshd_model::envoyfilter::PatchContext::Gateway,
+                        &selected,
+                    );
+                }
             }
         }
         out

@@ -147,8 +147,12 @@ spec:
             limits: {cpu: 100m, memory: 64Mi}
           securityContext:
             {{- include "meshd.restrictedSecurityContext" $root | nindent 12 }}
+          # The token and the root: it asks meshd for the gateway's EnvoyFilter BOOTSTRAP
+          # patches as the gateway will authenticate.
           volumeMounts:
             - {name: meshd-envoy, mountPath: /etc/meshd/proxy}
+            - {name: istio-token, mountPath: /var/run/secrets/tokens, readOnly: true}
+            - {name: istiod-ca-cert, mountPath: /var/run/secrets/istio, readOnly: true}
       containers:
         - name: istio-proxy
           image: {{ $root.Values.injection.proxyImage }}

@@ -20,6 +20,7 @@ mod listeners;
 mod routes;
 
 use crate::resource::{Layer, LayerMap, Resource, SharedResource};
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, ListenerFilter};
@@ -100,6 +101,7 @@ enum Compiled {
     VirtualHost(Obj<RouteConfigurationMatch, VirtualHost>),
     HttpRoute(Obj<RouteConfigurationMatch, Route>),
     ExtensionConfig(Obj<(), TypedExtensionConfig>),
+    Bootstrap(Obj<(), Bootstrap>),
 }
 
 /// The resource types patches change, each a kind of layer.
@@ -110,6 +112,8 @@ pub(super) enum LayerKind {
     Routes,
     /// ECDS: no layer is generated; EXTENSION_CONFIG patches ADD to an empty one.
     ExtensionConfigs,
+    /// BOOTSTRAP patches MERGE, in order, into one resource of an empty layer.
+    Bootstrap,
 }
 
 impl Compiled {
@@ -121,6 +125,7 @@ impl Compiled {
             | Compiled::ListenerFilter(_) => LayerKind::Listeners,
             Compiled::Cluster(_) => LayerKind::Clusters,
             Compiled::ExtensionConfig(_) => LayerKind::ExtensionConfigs,
+            Compiled::Bootstrap(_) => LayerKind::Bootstrap,
             _ => LayerKind::Routes,
         }
     }
@@ -136,6 +141,7 @@ impl Compiled {
             Compiled::VirtualHost(o) => o.context,
             Compiled::HttpRoute(o) => o.context,
             Compiled::ExtensionConfig(o) => o.context,
+            Compiled::Bootstrap(o) => o.context,
         }
     }
 }
@@ -376,6 +382,14 @@ fn compile(kind: PatchKind<'_>, http: bool) -> Result<Compiled, String> {
             }
             Compiled::ExtensionConfig(o)
         }
+        PatchKind::Bootstrap(p) => {
+            let mut o: Obj<(), Bootstrap> = decode_object(&p)?;
+            // A sidecar has one bootstrap for both sides: either sidecar context patches it.
+            if o.context == PatchContext::SidecarInbound {
+                o.context = PatchContext::SidecarOutbound;
+            }
+            Compiled::Bootstrap(o)
+        }
     })
 }
 
@@ -496,6 +510,18 @@ impl Patches {
                         work.add(v.name.clone(), v.clone());
                     }
                 }
+                work.finish()
+            }
+            LayerKind::Bootstrap => {
+                let mut work = Work::new(layer);
+                let mut merged = Bootstrap::default();
+                for p in &patches {
+                    if let Compiled::Bootstrap(Obj { value: Some(v), .. }) = p {
+                        // Protobuf merge, as Istio's MERGE: later scalars win, lists append.
+                        let _ = merged.merge(v.encode_to_vec().as_slice());
+                    }
+                }
+                work.add(crate::resource::BOOTSTRAP_PATCH.to_string(), merged);
                 work.finish()
             }
         }
