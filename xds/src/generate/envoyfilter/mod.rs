@@ -590,4 +590,6 @@ mod istio_examples_tests;
 #[cfg(test)]
 mod objects_tests;
 #[cfg(test)]
+mod routes_tests;
+#[cfg(test)]
 mod tests;
