@@ -20,12 +20,11 @@
 //! - `ROUTE_CONFIGURATION` (MERGE), `VIRTUAL_HOST` (MERGE, ADD, REMOVE) and `HTTP_ROUTE`
 //!   (MERGE, ADD, REMOVE, INSERT_BEFORE, INSERT_AFTER, INSERT_FIRST), matched by
 //!   `match.routeConfiguration` (portNumber, name; vhost name and `domainName`, one of the
-//!   virtual host's domains; route name and `action` ANY, ROUTE, REDIRECT, DIRECT_RESPONSE), contexts
-//!   SIDECAR_OUTBOUND, GATEWAY, ANY; with context GATEWAY also `portName` and `gateway`
-//!   (`namespace/name`), which select the route configuration Istio's way of naming them gives
-//!   a TLS-terminating server (`https.<port>.<portName>.<gateway>.<namespace>`; plaintext
-//!   servers share `http.<port>`, which no patch naming them matches); the checks are in
-//!   `route_match`;
+//!   virtual host's domains; route name and `action` ANY, ROUTE, REDIRECT, DIRECT_RESPONSE),
+//!   contexts SIDECAR_OUTBOUND, GATEWAY, ANY; with context GATEWAY only, `portName` and
+//!   `gateway` (`namespace/name`) select the route configuration of one TLS-terminating server
+//!   (Istio's `https.<port>.<portName>.<gateway>.<namespace>`; a port's plaintext servers share
+//!   `http.<port>`, which no patch naming them matches); the checks are in `route_match`;
 //! - `EXTENSION_CONFIG` (ADD): a `TypedExtensionConfig` served over ECDS to the selected
 //!   proxies, which an HTTP filter's `config_discovery` names;
 //! - `match.context` SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY; `workloadSelector` on
