@@ -19,8 +19,12 @@
 //!   name); SIDECAR_INBOUND patches the workload's `inbound|PORT||` clusters;
 //! - `ROUTE_CONFIGURATION` (MERGE), `VIRTUAL_HOST` (MERGE, ADD, REMOVE) and `HTTP_ROUTE`
 //!   (MERGE, ADD, REMOVE, INSERT_BEFORE, INSERT_AFTER, INSERT_FIRST), matched by
-//!   `match.routeConfiguration` (portNumber, name, vhost name, route name), contexts
-//!   SIDECAR_OUTBOUND, GATEWAY, ANY;
+//!   `match.routeConfiguration` (portNumber, name; vhost name and `domainName`, one of the
+//!   virtual host's domains; route name and `action` ANY, ROUTE, REDIRECT, DIRECT_RESPONSE),
+//!   contexts SIDECAR_OUTBOUND, GATEWAY, ANY; on gateways (ignored on sidecars, as Istio), `portName` and
+//!   `gateway` (`namespace/name`) select the route configuration of one TLS-terminating server
+//!   (Istio's `https.<port>.<portName>.<gateway>.<namespace>`; a port's plaintext servers share
+//!   `http.<port>`, which no patch naming them matches); the checks are in `route_match`;
 //! - `EXTENSION_CONFIG` (ADD): a `TypedExtensionConfig` served over ECDS to the selected
 //!   proxies, which an HTTP filter's `config_discovery` names;
 //! - `BOOTSTRAP` (MERGE): merged into the bootstrap `meshd bootstrap` writes for a selected
@@ -32,8 +36,7 @@
 //!   metadata, which `meshd bootstrap --istio-version` sets) and `metadata` (exact values);
 //! - `patch.filterClass` (AUTHN, AUTHZ, STATS) on an HTTP_FILTER ADD.
 //!
-//! Not supported (rejected): `targetRefs`,
-//! `routeConfiguration.gateway`/`portName`, `vhost.domainName`, `route.action`.
+//! Not supported (rejected): `targetRefs`.
 //! The patch `value` is Envoy's own proto JSON; the generator decodes it against Envoy's
 //! descriptors (and reports what does not decode, naming the field).
 
@@ -232,7 +235,9 @@ impl crate::MeshConfig {
     }
 }
 
+mod route_match;
 mod shape;
+pub use route_match::*;
 pub use shape::*;
 
 impl EnvoyFilter {
@@ -265,35 +270,6 @@ impl ClusterMatch {
                     || s.strip_prefix('*')
                         .is_some_and(|suffix| host.ends_with(suffix))
             })
-    }
-}
-
-impl RouteConfigurationMatch {
-    /// Whether a route (in route configuration `rc_name` on `port`, virtual host `vhost`,
-    /// named `route`) matches.
-    pub fn matches(&self, rc_name: &str, port: u32, vhost: &str, route: &str) -> bool {
-        self.matches_config(rc_name, port)
-            && self.matches_vhost(vhost)
-            && self
-                .vhost
-                .as_ref()
-                .and_then(|v| v.route.as_ref())
-                .and_then(|r| r.name.as_deref())
-                .is_none_or(|n| n == route)
-    }
-
-    /// Whether a route configuration (named `rc_name`, served on `port`) matches.
-    pub fn matches_config(&self, rc_name: &str, port: u32) -> bool {
-        self.name.as_deref().is_none_or(|n| n == rc_name)
-            && self.port_number.is_none_or(|p| p == port)
-    }
-
-    /// Whether a virtual host of a matching route configuration matches.
-    pub fn matches_vhost(&self, vhost: &str) -> bool {
-        self.vhost
-            .as_ref()
-            .and_then(|v| v.name.as_deref())
-            .is_none_or(|n| n == vhost)
     }
 }
 

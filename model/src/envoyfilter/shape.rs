@@ -17,7 +17,7 @@ pub enum PatchContext {
 }
 
 impl PatchContext {
-    fn parse(m: Option<&ObjectMatch>) -> Result<PatchContext, String> {
+    pub(super) fn parse(m: Option<&ObjectMatch>) -> Result<PatchContext, String> {
         match m.and_then(|m| m.context.as_deref()).unwrap_or("ANY") {
             "SIDECAR_INBOUND" => Ok(PatchContext::SidecarInbound),
             "SIDECAR_OUTBOUND" => Ok(PatchContext::SidecarOutbound),
@@ -177,7 +177,7 @@ pub const TERMINAL_FILTERS: [&str; 3] = [ROUTER, HCM, TCP_PROXY];
 pub const ROUTER: &str = "envoy.filters.http.router";
 pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 
-fn context_is(m: Option<&ObjectMatch>, allowed: &[&str]) -> Result<String, String> {
+pub(super) fn context_is(m: Option<&ObjectMatch>, allowed: &[&str]) -> Result<String, String> {
     let ctx = m
         .and_then(|m| m.context.clone())
         .unwrap_or_else(|| "ANY".into());
@@ -203,7 +203,7 @@ static ANY_CLUSTER: ClusterMatch = ClusterMatch {
     subset: None,
     name: None,
 };
-static ANY_ROUTE_CONFIGURATION: RouteConfigurationMatch = RouteConfigurationMatch {
+pub(super) static ANY_ROUTE_CONFIGURATION: RouteConfigurationMatch = RouteConfigurationMatch {
     port_number: None,
     port_name: None,
     gateway: None,
@@ -310,7 +310,7 @@ impl ConfigPatch {
     }
 
     /// The value of a whole-object patch: required (an object) but for REMOVE.
-    fn object_value(
+    pub(super) fn object_value(
         &self,
         operation: FilterOperation,
     ) -> Result<Option<&serde_json::Value>, String> {
@@ -325,7 +325,7 @@ impl ConfigPatch {
     }
 
     /// Only `allowed` of `match.listener`, `match.routeConfiguration`, `match.cluster`.
-    fn only_match(&self, allowed: &str) -> Result<(), String> {
+    pub(super) fn only_match(&self, allowed: &str) -> Result<(), String> {
         let m = self.matches.as_ref();
         for (name, set) in [
             ("listener", m.is_some_and(|m| m.listener.is_some())),
@@ -345,7 +345,10 @@ impl ConfigPatch {
         Ok(())
     }
 
-    fn operation_in(&self, allowed: &[FilterOperation]) -> Result<FilterOperation, String> {
+    pub(super) fn operation_in(
+        &self,
+        allowed: &[FilterOperation],
+    ) -> Result<FilterOperation, String> {
         let op = FilterOperation::parse(&self.patch.operation)?;
         if allowed.contains(&op) {
             Ok(op)
@@ -498,83 +501,7 @@ impl ConfigPatch {
                     value,
                 }))
             }
-            "ROUTE_CONFIGURATION" | "VIRTUAL_HOST" | "HTTP_ROUTE" => {
-                self.only_match("routeConfiguration")?;
-                let context = context_is(m, &["SIDECAR_OUTBOUND", "GATEWAY", "ANY"])
-                    .and_then(|_| PatchContext::parse(m))?;
-                let (level, ops): (RouteLevel, &[FilterOperation]) = match self.apply_to.as_str() {
-                    "ROUTE_CONFIGURATION" => (RouteLevel::Configuration, &[Merge]),
-                    "VIRTUAL_HOST" => (RouteLevel::VirtualHost, &[Merge, Add, Remove]),
-                    _ => (
-                        RouteLevel::Route,
-                        &[Merge, Add, Remove, InsertBefore, InsertAfter, InsertFirst],
-                    ),
-                };
-                let operation = self.operation_in(ops)?;
-                let rc = m
-                    .and_then(|m| m.route_configuration.as_ref())
-                    .unwrap_or(&ANY_ROUTE_CONFIGURATION);
-                if rc.gateway.is_some() || rc.port_name.is_some() {
-                    return Err(
-                        "match.routeConfiguration: gateway and portName are not supported".into(),
-                    );
-                }
-                let vhost = rc.vhost.as_ref();
-                if vhost.is_some_and(|v| v.domain_name.is_some())
-                    || vhost
-                        .and_then(|v| v.route.as_ref())
-                        .is_some_and(|r| r.action.is_some())
-                {
-                    return Err(
-                        "match.routeConfiguration.vhost: domainName and route.action are not supported"
-                            .into(),
-                    );
-                }
-                let vhost_named = vhost.and_then(|v| v.name.as_ref()).is_some();
-                let route_named = vhost
-                    .and_then(|v| v.route.as_ref())
-                    .and_then(|r| r.name.as_ref())
-                    .is_some();
-                match (level, operation) {
-                    (RouteLevel::Configuration, _) if vhost.is_some() => {
-                        return Err("match.routeConfiguration.vhost: ROUTE_CONFIGURATION patches match whole configurations".into());
-                    }
-                    (RouteLevel::VirtualHost, Merge | Remove) if !vhost_named => {
-                        return Err(format!(
-                            "{} of VIRTUAL_HOST needs match.routeConfiguration.vhost.name",
-                            self.patch.operation
-                        ));
-                    }
-                    (RouteLevel::Route, Merge | Remove | InsertBefore | InsertAfter)
-                        if !route_named && operation != Merge =>
-                    {
-                        return Err(format!(
-                            "{} of HTTP_ROUTE needs match.routeConfiguration.vhost.route.name",
-                            self.patch.operation
-                        ));
-                    }
-                    _ => {}
-                }
-                let value = self.object_value(operation)?;
-                if matches!(level, RouteLevel::VirtualHost) && operation == Add {
-                    let named = value
-                        .and_then(|v| v.get("name"))
-                        .and_then(|n| n.as_str())
-                        .is_some_and(|n| !n.is_empty());
-                    if !named {
-                        return Err("patch.value.name is required (the virtual host's name)".into());
-                    }
-                }
-                Ok(PatchKind::Route(
-                    level,
-                    ObjectPatch {
-                        context,
-                        m: rc,
-                        operation,
-                        value,
-                    },
-                ))
-            }
+            "ROUTE_CONFIGURATION" | "VIRTUAL_HOST" | "HTTP_ROUTE" => self.route_patch(),
             "BOOTSTRAP" => {
                 if m.is_some_and(|m| {
                     m.listener.is_some() || m.route_configuration.is_some() || m.cluster.is_some()

@@ -359,6 +359,62 @@ fn object_patches_accept_istios_operations_and_reject_the_rest() {
             "REMOVE",
             "{}",
         ),
+        // The gateway server's own route configuration, a virtual host by domain, routes by
+        // action (Istio's RouteConfigurationMatch).
+        (
+            "ROUTE_CONFIGURATION",
+            "{context: GATEWAY, routeConfiguration: {portNumber: 443, portName: https-shop, gateway: shop/web.v2}}",
+            "MERGE",
+            "{validate_clusters: false}",
+        ),
+        (
+            "HTTP_ROUTE",
+            "{routeConfiguration: {gateway: shop/web}}",
+            "MERGE",
+            "{}",
+        ),
+        (
+            "VIRTUAL_HOST",
+            "{context: SIDECAR_OUTBOUND, routeConfiguration: {portName: https, vhost: {name: v}}}",
+            "MERGE",
+            "{}",
+        ),
+        (
+            "VIRTUAL_HOST",
+            "{context: GATEWAY, routeConfiguration: {gateway: shop/web, vhost: {domainName: shop.example.com}}}",
+            "MERGE",
+            "{retry_policy: {num_retries: 2}}",
+        ),
+        (
+            "VIRTUAL_HOST",
+            "{routeConfiguration: {vhost: {domainName: shop.example.com}}}",
+            "REMOVE",
+            "{}",
+        ),
+        (
+            "HTTP_ROUTE",
+            "{routeConfiguration: {vhost: {route: {action: REDIRECT}}}}",
+            "MERGE",
+            "{redirect: {https_redirect: true}}",
+        ),
+        (
+            "HTTP_ROUTE",
+            "{routeConfiguration: {vhost: {name: v, route: {action: DIRECT_RESPONSE}}}}",
+            "REMOVE",
+            "{}",
+        ),
+        (
+            "HTTP_ROUTE",
+            "{routeConfiguration: {vhost: {route: {name: r, action: ROUTE}}}}",
+            "INSERT_AFTER",
+            "{name: r1}",
+        ),
+        (
+            "HTTP_ROUTE",
+            "{routeConfiguration: {vhost: {domainName: a.b, route: {action: ANY}}}}",
+            "INSERT_FIRST",
+            "{name: r0}",
+        ),
     ];
     for (apply_to, m, op, value) in ok {
         let mesh = parse(&patch(apply_to, m, op, value));
@@ -455,10 +511,31 @@ fn object_patches_accept_istios_operations_and_reject_the_rest() {
         ),
         (
             "HTTP_ROUTE",
-            "{routeConfiguration: {gateway: g}}",
+            "{routeConfiguration: {vhost: {route: {action: BOUNCE}}}}",
             "MERGE",
             "{}",
-            "match.routeConfiguration: gateway and portName",
+            "match.routeConfiguration.vhost.route.action `BOUNCE` is not one of ANY, ROUTE, REDIRECT, DIRECT_RESPONSE",
+        ),
+        (
+            "HTTP_ROUTE",
+            "{routeConfiguration: {vhost: {name: v, route: {action: ANY}}}}",
+            "INSERT_BEFORE",
+            "{name: r0}",
+            "INSERT_BEFORE of HTTP_ROUTE needs match.routeConfiguration.vhost.route.name or a route.action other than ANY",
+        ),
+        (
+            "VIRTUAL_HOST",
+            "{context: GATEWAY, routeConfiguration: {gateway: web, vhost: {name: v}}}",
+            "MERGE",
+            "{}",
+            "match.routeConfiguration.gateway `web` is not namespace/name",
+        ),
+        (
+            "VIRTUAL_HOST",
+            "{context: GATEWAY, routeConfiguration: {vhost: {route: {name: r}}}}",
+            "MERGE",
+            "{}",
+            "MERGE of VIRTUAL_HOST needs match.routeConfiguration.vhost.name or vhost.domainName",
         ),
         (
             "LISTENER_FILTER",
@@ -624,4 +701,60 @@ spec:
         }
         other => panic!("not a bootstrap patch: {other:?}"),
     }
+}
+
+/// What `match.routeConfiguration` selects: a gateway server's configuration by port name and
+/// Gateway (none on a shared `http.<port>` one), a virtual host by one of its domains, a route by
+/// its action.
+#[test]
+fn route_configuration_match_selects_by_server_domain_and_action() {
+    let rc = |json: &str| -> RouteConfigurationMatch { serde_json::from_str(json).unwrap() };
+    let shop = GatewayServer {
+        port_name: "https-shop",
+        gateway_namespace: "shop",
+        gateway_name: "web.v2",
+    };
+    let by_server =
+        rc(r#"{"portNumber": 443, "portName": "https-shop", "gateway": "shop/web.v2"}"#);
+    let name = "https.443.https-shop.web.v2.shop";
+    assert!(by_server.matches_config(name, 443, Some(shop), true));
+    assert!(!by_server.matches_config(name, 8443, Some(shop), true));
+    assert!(!by_server.matches_config("http.443", 443, None, true));
+    let other_port_name = GatewayServer {
+        port_name: "https-admin",
+        ..shop
+    };
+    assert!(!by_server.matches_config(name, 443, Some(other_port_name), true));
+    let other_namespace = GatewayServer {
+        gateway_namespace: "web",
+        ..shop
+    };
+    assert!(!by_server.matches_config(name, 443, Some(other_namespace), true));
+    // Unset (or empty, as Istio reads it): any configuration.
+    assert!(rc(r#"{"portName": ""}"#).matches_config("http.80", 80, None, true));
+    // A sidecar's configurations: Istio ignores portName and gateway there.
+    assert!(by_server.matches_config("443", 443, None, false));
+    assert!(!by_server.matches_config("8443", 8443, None, false));
+
+    let domains = [
+        "shop.example.com".to_string(),
+        "shop.example.com:443".into(),
+    ];
+    let by_domain = rc(r#"{"vhost": {"domainName": "shop.example.com:443"}}"#);
+    assert!(by_domain.matches_vhost("anything", &domains));
+    assert!(!by_domain.matches_vhost("anything", &domains[..1]));
+    assert!(
+        !rc(r#"{"vhost": {"name": "x", "domainName": "shop.example.com"}}"#)
+            .matches_vhost("y", &domains)
+    );
+
+    let redirects = rc(r#"{"vhost": {"route": {"action": "REDIRECT"}}}"#);
+    assert!(redirects.selects_routes());
+    assert!(redirects.matches_route("r", Some(RouteAction::Redirect)));
+    assert!(!redirects.matches_route("r", Some(RouteAction::Route)));
+    assert!(!redirects.matches_route("r", None));
+    let named = rc(r#"{"vhost": {"route": {"name": "r", "action": "ANY"}}}"#);
+    assert!(named.matches_route("r", Some(RouteAction::DirectResponse)));
+    assert!(!named.matches_route("s", Some(RouteAction::DirectResponse)));
+    assert!(!rc(r#"{"vhost": {"route": {"action": "ANY"}}}"#).selects_routes());
 }

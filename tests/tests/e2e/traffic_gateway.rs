@@ -1,6 +1,7 @@
 //! Gateways (stock Envoy in router mode): an ingress gateway terminating TLS with a certificate
-//! from files, routing by path and redirecting HTTP to HTTPS; an egress gateway carrying a
-//! sidecar's traffic to a MESH_EXTERNAL ServiceEntry host.
+//! from files, routing by path and redirecting HTTP to HTTPS; certificates by SNI, each TLS
+//! server with its own route configuration (an EnvoyFilter selects one by portName and gateway);
+//! an egress gateway carrying a sidecar's traffic to a MESH_EXTERNAL ServiceEntry host.
 
 use crate::traffic_support;
 
@@ -420,6 +421,84 @@ spec:
             && old_tls.stderr.contains("protocol version"),
         "{old_tls:?}"
     );
+
+    // Each TLS server has its own route configuration, as in Istio
+    // (`https.<port>.<portName>.<gateway>.<namespace>`): an EnvoyFilter selecting admin's by
+    // portName and gateway (its virtual host by domainName) adds a response header to admin's
+    // answers, not to shop's on the same port of the same Gateway.
+    mesh.write_config(
+        "admin-header.yaml",
+        &format!(
+            r#"apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: admin-header, namespace: istio-system}}
+spec:
+  workloadSelector: {{labels: {{istio: ingressgateway}}}}
+  configPatches:
+  - applyTo: VIRTUAL_HOST
+    match:
+      context: GATEWAY
+      routeConfiguration:
+        portNumber: 8443
+        portName: https-admin
+        gateway: {NS}/web
+        vhost: {{domainName: admin.example.com}}
+    patch:
+      operation: MERGE
+      value:
+        response_headers_to_add: [{{header: {{key: x-served-by, value: admin-server}}}}]
+"#
+        ),
+    )
+    .unwrap();
+    let answer = |host: &str, ca: &str| {
+        curl_with(
+            &outside,
+            &[
+                "-i",
+                "--cacert",
+                ca,
+                "--resolve",
+                &resolve(host, 8443),
+                &format!("https://{host}:8443/x"),
+            ],
+        )
+        .map(|text| text.to_ascii_lowercase())
+    };
+    let mut last = String::new();
+    let patched = wait_until(std::time::Duration::from_secs(15), || {
+        match answer("admin.example.com", &ca2) {
+            Ok(text) => {
+                last = text;
+                last.contains("x-served-by: admin-server")
+            }
+            Err(e) => {
+                last = format!("{e:?}");
+                false
+            }
+        }
+    });
+    assert!(patched, "{last}\n{}", mesh.envoy_log("ingressgateway"));
+    let shop = answer("shop.example.com", &ca1).unwrap();
+    assert!(shop.contains(r#""service":"api""#), "{shop}");
+    assert!(!shop.contains("x-served-by"), "{shop}");
+    // Envoy's own config: the header is in admin's table only.
+    let dump = gw.envoy_config_dump().unwrap();
+    let routes = dump_section(&dump, "RoutesConfigDump");
+    let table = |name: &str| {
+        routes["dynamic_route_configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| &r["route_config"])
+            .find(|rc| rc["name"] == name)
+            .unwrap_or_else(|| panic!("no route configuration {name} in {routes}"))
+            .to_string()
+    };
+    let admin_table = table(&format!("https.8443.https-admin.web.{NS}"));
+    assert!(admin_table.contains("x-served-by"), "{admin_table}");
+    let shop_table = table(&format!("https.8443.https-shop.web.{NS}"));
+    assert!(!shop_table.contains("x-served-by"), "{shop_table}");
 
     // Port 9443, MUTUAL: no client certificate, no entry; one from the CA gets through. The
     // gateway refuses for the missing certificate (its counter says so); under TLS 1.3 curl has

@@ -1,7 +1,10 @@
 //! Gateway proxies (Envoy in router mode): one listener per Gateway server port, routes from the
-//! VirtualServices bound to those Gateways. HTTP servers share the port's route table; each TLS
-//! server gets its own filter chain (by SNI, its own certificate; SIMPLE, MUTUAL, ISTIO_MUTUAL);
-//! TLS PASSTHROUGH and TCP servers proxy connections per the bound tls / tcp routes.
+//! VirtualServices bound to those Gateways. As in Istio, the plaintext HTTP servers of a port
+//! share its route table `http.<port>`; each TLS-terminating server (SIMPLE, MUTUAL,
+//! ISTIO_MUTUAL) gets its own filter chain (by SNI, its own certificate) and its own table
+//! `https.<port>.<portName>.<gateway>.<namespace>`, with only its Gateway's VirtualServices for
+//! its hosts (the names EnvoyFilters' `portName` and `gateway` select by). TLS PASSTHROUGH and
+//! TCP servers proxy connections per the bound tls / tcp routes.
 
 use super::common::*;
 use super::l4::L4Target;
@@ -196,6 +199,60 @@ fn server_names(server: &Server) -> Vec<String> {
     }
 }
 
+/// What HTTP routes are built from for a gateway proxy: the mesh, and the proxy's namespace and
+/// labels (for `sourceNamespace` / `sourceLabels` matches).
+struct HttpCtx<'a> {
+    snapshot: &'a MeshSnapshot,
+    namespace: &'a str,
+    labels: &'a BTreeMap<String, String>,
+}
+
+/// Adds to `table` (by host) the virtual hosts of the VirtualServices bound to `server`'s
+/// Gateway (`gateway`: namespace, name) for the hosts the server allows; on a `plaintext`
+/// server `httpsRedirect` makes them require TLS.
+fn add_virtual_hosts(
+    table: &mut BTreeMap<String, VirtualHost>,
+    ctx: &HttpCtx<'_>,
+    port: u32,
+    (gw_ns, gw_name): (&str, &str),
+    server: &Server,
+    plaintext: bool,
+) {
+    let redirect = plaintext
+        && server
+            .tls
+            .as_ref()
+            .and_then(|t| t.https_redirect)
+            .unwrap_or(false);
+    for (vo, vs) in ctx.snapshot.config().virtual_services() {
+        if !bound_to(vs, vo.meta.namespace(), gw_ns, gw_name) {
+            continue;
+        }
+        let route_ctx = route::RouteCtx {
+            index: &ctx.snapshot.index,
+            listener_port: port,
+            namespace: vo.meta.namespace(),
+            gateway: Some((gw_ns, gw_name)),
+            source: Some((ctx.namespace, Some(ctx.labels))),
+        };
+        for host in vs.hosts.iter().filter(|h| server_allows(server, h)) {
+            let vh = table.entry(host.clone()).or_insert_with(|| VirtualHost {
+                name: format!("{host}:{port}"),
+                domains: if host == "*" {
+                    vec!["*".into()]
+                } else {
+                    vec![host.clone(), format!("{host}:{port}")]
+                },
+                ..Default::default()
+            });
+            if redirect {
+                vh.require_tls = virtual_host::TlsRequirementType::All as i32;
+            }
+            vh.routes.extend(route::http_routes(&route_ctx, &vs.http));
+        }
+    }
+}
+
 pub fn build(
     snapshot: &MeshSnapshot,
     namespace: &str,
@@ -231,6 +288,11 @@ pub fn build(
     gateway_filters.extend(authz.http_filters);
     // The Telemetry policy selecting the gateway: its listeners are the client side.
     let telemetry_opts = snapshot.opts_for(namespace, labels);
+    let http_ctx = HttpCtx {
+        snapshot,
+        namespace,
+        labels,
+    };
     let l4_chain = |name: &str, sni: Vec<String>, target: &L4Target| {
         let idle = super::l4::idle_timeout(&snapshot.index, namespace, target);
         let mut chain = l4_chain(name, sni, target, idle);
@@ -243,70 +305,52 @@ pub fn build(
         chain
     };
     for (port, servers) in by_port {
-        let route_name = format!("http.{port}");
         let mut chains: Vec<FilterChain> = Vec::new();
         let http_servers: Vec<&(&str, &str, &Server)> =
             servers.iter().filter(|(_, _, s)| is_http(s)).collect();
         if !http_servers.is_empty() {
-            let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
-            for (gw_ns, gw_name, server) in &http_servers {
-                let redirect = server
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.https_redirect)
-                    .unwrap_or(false);
-                for (vo, vs) in config.virtual_services() {
-                    if !bound_to(vs, vo.meta.namespace(), gw_ns, gw_name) {
-                        continue;
-                    }
-                    let ctx = route::RouteCtx {
-                        index: &snapshot.index,
-                        listener_port: port,
-                        namespace: vo.meta.namespace(),
-                        gateway: Some((gw_ns, gw_name)),
-                        source: Some((namespace, Some(labels))),
-                    };
-                    for host in vs.hosts.iter().filter(|h| server_allows(server, h)) {
-                        let vh = vhosts.entry(host.clone()).or_insert_with(|| VirtualHost {
-                            name: format!("{host}:{port}"),
-                            domains: if host == "*" {
-                                vec!["*".into()]
-                            } else {
-                                vec![host.clone(), format!("{host}:{port}")]
-                            },
-                            ..Default::default()
-                        });
-                        if redirect {
-                            vh.require_tls = virtual_host::TlsRequirementType::All as i32;
-                        }
-                        vh.routes.extend(route::http_routes(&ctx, &vs.http));
-                    }
+            let trust_domain = &snapshot.opts.trust_domain;
+            // Istio's tables: the plaintext servers of the port share `http.<port>`, each
+            // TLS-terminating server has its own (EnvoyFilters select it by portName and
+            // gateway).
+            let route_name = |gw_ns: &str, gw_name: &str, s: &Server| {
+                if server_tls_socket(s, trust_domain).is_some() {
+                    format!("https.{port}.{}.{gw_name}.{gw_ns}", s.port.name)
+                } else {
+                    format!("http.{port}")
                 }
-            }
-            let rc = RouteConfiguration {
-                name: route_name.clone(),
-                virtual_hosts: vhosts.into_values().collect(),
-                validate_clusters: boolv(false),
-                ..Default::default()
             };
-            routes.insert(
-                route_name.clone(),
-                Resource::encode(route_name.clone(), &rc),
-            );
-            let h = hcm(
-                &format!("gateway_{port}"),
-                RouteSource::Rds(route_name),
-                false,
-                &gateway_filters,
-                &telemetry_opts,
-            );
+            let mut tables: BTreeMap<String, BTreeMap<String, VirtualHost>> = BTreeMap::new();
+            for (gw_ns, gw_name, server) in &http_servers {
+                let table = tables
+                    .entry(route_name(gw_ns, gw_name, server))
+                    .or_default();
+                let plaintext = server_tls_socket(server, trust_domain).is_none();
+                add_virtual_hosts(table, &http_ctx, port, (gw_ns, gw_name), server, plaintext);
+            }
+            for (name, vhosts) in tables {
+                let rc = RouteConfiguration {
+                    name: name.clone(),
+                    virtual_hosts: vhosts.into_values().collect(),
+                    validate_clusters: boolv(false),
+                    ..Default::default()
+                };
+                routes.insert(name.clone(), Resource::encode(name, &rc));
+            }
             // One chain per TLS server (by SNI, with its own certificate), one for plaintext.
             let plaintext = http_servers
                 .iter()
-                .any(|(_, _, s)| server_tls_socket(s, &snapshot.opts.trust_domain).is_none());
-            for (_, _, s) in &http_servers {
-                let socket = server_tls_socket(s, &snapshot.opts.trust_domain);
+                .any(|(_, _, s)| server_tls_socket(s, trust_domain).is_none());
+            for (gw_ns, gw_name, s) in &http_servers {
+                let socket = server_tls_socket(s, trust_domain);
                 let tls = socket.is_some();
+                let h = hcm(
+                    &format!("gateway_{port}"),
+                    RouteSource::Rds(route_name(gw_ns, gw_name, s)),
+                    false,
+                    &gateway_filters,
+                    &telemetry_opts,
+                );
                 chains.push(FilterChain {
                     name: format!("gateway-{port}-{}", s.port.name),
                     filter_chain_match: Some(FilterChainMatch {

@@ -135,27 +135,44 @@ named_by_merge!(
     envoy_types::pb::envoy::config::route::v3::Route
 );
 
-/// Applies one operation to a named list; whether it changed. MERGE without a name merges into
-/// every entry (HTTP_ROUTE merges into every route of the matched virtual hosts).
+/// Applies one operation to a named list, relative to the entry named `relative_to`; whether it
+/// changed. MERGE without a name merges into every entry.
 pub(super) fn apply<T: Named>(
     list: &mut Vec<T>,
     op: FilterOperation,
     relative_to: Option<&str>,
     value: Option<&T>,
 ) -> bool {
-    let found = relative_to.map(|n| list.iter().position(|f| f.name() == n));
+    apply_where(
+        list,
+        op,
+        relative_to.map(|n| move |f: &T| f.name() == n),
+        value,
+    )
+}
+
+/// Applies one operation to a list, relative to the entries `selected` picks (INSERT_BEFORE and
+/// INSERT_AFTER: the first of them); whether it changed. Without `selected`, MERGE merges into
+/// every entry (HTTP_ROUTE merges into every route of the matched virtual hosts), REMOVE and
+/// REPLACE do nothing, INSERT_BEFORE and INSERT_FIRST insert first and INSERT_AFTER appends. A
+/// selector that picks nothing: only ADD and MERGE-into-none apply (Istio's match).
+pub(super) fn apply_where<T: Named>(
+    list: &mut Vec<T>,
+    op: FilterOperation,
+    selected: Option<impl Fn(&T) -> bool>,
+    value: Option<&T>,
+) -> bool {
+    let picked = |f: &T| selected.as_ref().is_some_and(|s| s(f));
+    let found = selected.as_ref().map(|s| list.iter().position(s));
     match (op, value) {
         (FilterOperation::Remove, _) => {
             let before = list.len();
-            list.retain(|f| Some(f.name()) != relative_to);
+            list.retain(|f| !picked(f));
             list.len() != before
         }
         (FilterOperation::Merge, Some(v)) => {
             let mut changed = false;
-            for f in list
-                .iter_mut()
-                .filter(|f| relative_to.is_none_or(|n| f.name() == n))
-            {
+            for f in list.iter_mut().filter(|f| selected.is_none() || picked(f)) {
                 f.merge_from(v);
                 changed = true;
             }
@@ -163,7 +180,7 @@ pub(super) fn apply<T: Named>(
         }
         (FilterOperation::Replace, Some(v)) => {
             let mut changed = false;
-            for f in list.iter_mut().filter(|f| Some(f.name()) == relative_to) {
+            for f in list.iter_mut().filter(|f| picked(f)) {
                 *f = v.clone();
                 changed = true;
             }

@@ -616,4 +616,6 @@ mod istio_examples_tests;
 #[cfg(test)]
 mod objects_tests;
 #[cfg(test)]
+mod routes_tests;
+#[cfg(test)]
 mod tests;
