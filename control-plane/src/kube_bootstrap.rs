@@ -79,6 +79,23 @@ fn ads_grpc_service(spec: &KubeBootstrapSpec) -> Value {
         "grpc.keepalive_timeout_ms".into(),
         json!({"int_value": "10000"}),
     );
+    // gRPC core uses the reconnect backoff as the connect deadline, at least the minimum
+    // (20 s by default): after its meshd replica dies, a sidecar whose first reconnect went to
+    // the dead pod's address (the Service not yet updated) would wait 20 s, with stale
+    // endpoints, before trying a live one. 2 s bounds that wait; Envoy's own jittered stream
+    // backoff still spreads a fleet's reconnects.
+    args.insert(
+        "grpc.min_reconnect_backoff_ms".into(),
+        json!({"int_value": "2000"}),
+    );
+    args.insert(
+        "grpc.initial_reconnect_backoff_ms".into(),
+        json!({"int_value": "500"}),
+    );
+    args.insert(
+        "grpc.max_reconnect_backoff_ms".into(),
+        json!({"int_value": "10000"}),
+    );
     if let Some(name) = &spec.xds_server_name {
         args.insert(
             "grpc.ssl_target_name_override".into(),
@@ -466,6 +483,10 @@ mod tests {
             "/var/run/secrets/tokens/istio-token"
         );
         assert_eq!(plugin["typed_config"]["header_prefix"], "Bearer ");
+        // A reconnect to a dead replica's address gives up after 2 s, not gRPC's 20 s.
+        let args = &g["channel_args"]["args"];
+        assert_eq!(args["grpc.min_reconnect_backoff_ms"]["int_value"], "2000");
+        assert_eq!(args["grpc.max_reconnect_backoff_ms"]["int_value"], "10000");
         // No token and no meshd credential anywhere in the file.
         assert!(!b.to_string().contains("initial_metadata"));
         let clusters = b["static_resources"]["clusters"].as_array().unwrap();

@@ -804,6 +804,22 @@ async fn helm_upgrade_and_a_killed_leader_fail_no_request_between_two_services()
         },
     )
     .await;
+    // The upgrade also rolls the VoiceCore pods (their app is the meshd image): the rollout is
+    // over, and counted, once their old pods are gone too; the failover below is then measured
+    // on its own, not on top of endpoints still leaving.
+    eventually(
+        120,
+        "the VoiceCore pods the upgrade replaced to be gone",
+        || {
+            let client = client.clone();
+            async move {
+                let pods = pods(&client, VOICECORE_NS).await;
+                let settled = pods.iter().all(|p| p.metadata.deletion_timestamp.is_none());
+                (!pods.is_empty() && settled).then_some(())
+            }
+        },
+    )
+    .await;
     // A few more seconds of traffic on the new control plane, then the count.
     let after_rollout = log_of(&client, VOICECORE_NS, "prober", "app")
         .await
