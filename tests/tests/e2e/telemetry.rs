@@ -338,15 +338,22 @@ fn kubernetes_bootstraps_stream_access_logs_over_tls_with_the_token_file() {
     std::os::unix::fs::symlink("..data/istio-token", tokens.join("istio-token")).unwrap();
     let root = pod.dir.join("root-cert.pem");
     std::fs::copy(mesh.state_dir().join("root-cert.pem"), &root).unwrap();
+    // The bootstrap and its SDS files are written as the proxy user, as the init container does.
     for p in [
         tokens.clone(),
         tokens.join("v1"),
         tokens.join("v1/istio-token"),
         root.clone(),
+        pod.dir.clone(),
+        pod.bootstrap.clone(),
     ] {
         chown(&p, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
     }
-    let out = std::process::Command::new(mesh.meshd_bin())
+    // In the pod's network namespace as the proxy user (whose traffic the capture rules let
+    // through), as the injected init container asks meshd for the pod's BOOTSTRAP patches.
+    let meshd_bin = mesh.meshd_bin();
+    let out = pod
+        .exec_as(PROXY_UID, PROXY_UID, [meshd_bin.as_os_str()])
         .args([
             "bootstrap",
             "--registry",
