@@ -9,6 +9,7 @@ pub mod locality;
 pub mod mesh;
 pub mod networking;
 pub mod parse;
+pub mod path_template;
 pub mod registry;
 #[cfg(feature = "schema")]
 pub mod schema;

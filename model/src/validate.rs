@@ -260,23 +260,26 @@ fn gateway_server(at: &str, s: &crate::networking::Server) -> Check {
             "{at}.tls: ISTIO_MUTUAL on a {protocol} server is not supported (use HTTPS)"
         )),
         None | Some("ISTIO_MUTUAL") => Ok(()),
-        Some("SIMPLE") | Some("MUTUAL") if !files => Err(format!(
-            "{at}.tls: mode {} needs credentialName, or serverCertificate and privateKey",
-            mode.as_deref().unwrap_or_default()
+        Some(m @ ("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) if !files => Err(format!(
+            "{at}.tls: mode {m} needs credentialName, or serverCertificate and privateKey"
         )),
-        Some("MUTUAL") if !credential && tls.and_then(|t| t.ca_certificates.as_ref()).is_none() => {
+        Some(m @ ("MUTUAL" | "OPTIONAL_MUTUAL"))
+            if !credential && tls.and_then(|t| t.ca_certificates.as_ref()).is_none() =>
+        {
             Err(format!(
-                "{at}.tls: mode MUTUAL needs caCertificates to verify clients"
+                "{at}.tls: mode {m} needs caCertificates to verify clients"
             ))
         }
-        Some("SIMPLE") | Some("MUTUAL") if protocol == "TLS" || protocol == "TCP" => Err(format!(
-            "{at}.tls: terminating TLS on a {protocol} server is not supported (use HTTPS, or PASSTHROUGH)"
-        )),
-        Some("SIMPLE") | Some("MUTUAL") => Ok(()),
+        Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") if protocol == "TLS" || protocol == "TCP" => {
+            Err(format!(
+                "{at}.tls: terminating TLS on a {protocol} server is not supported (use HTTPS, or PASSTHROUGH)"
+            ))
+        }
+        Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") => Ok(()),
         Some("PASSTHROUGH") if protocol == "TLS" => Ok(()),
         Some("PASSTHROUGH") => Err(format!("{at}.tls: PASSTHROUGH needs protocol TLS")),
         Some(other) => Err(format!(
-            "{at}.tls.mode {other} is not supported (SIMPLE, MUTUAL, ISTIO_MUTUAL, PASSTHROUGH)"
+            "{at}.tls.mode {other} is not supported (SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL, PASSTHROUGH)"
         )),
     }
 }
@@ -556,6 +559,8 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
     Ok(())
 }
 
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod parity_tests;
 #[cfg(test)]

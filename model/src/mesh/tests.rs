@@ -85,7 +85,7 @@ spec:
     - source: {requestPrincipals: ["a*b"]}
     - source: {}
     to:
-    - operation: {paths: ["/a/{*}/b", "/a*b"], ports: ["http"]}
+    - operation: {paths: ["/a/{**}/{*}", "/a*b"], ports: ["http"]}
     when:
     - {key: "request.auth.claim[iss]", values: [x]}
     - {key: source.ip, values: [not-an-ip]}
@@ -118,7 +118,7 @@ spec:
             "spec.action: CUSTOM",
             "spec.rules[0].from[0].source.requestPrincipals: `a*b`: `*` is allowed only",
             "spec.rules[0].from[1].source: must set at least one field",
-            "spec.rules[0].to[0].operation.paths: `/a/{*}/b`: path templates",
+            "spec.rules[0].to[0].operation.paths: `/a/{**}/{*}`: invalid path template",
             "spec.rules[0].to[0].operation.paths: `/a*b`: `*` is allowed only",
             "spec.rules[0].to[0].operation.ports: `http` is not a port number",
             "spec.rules[0].when[0].key: unknown attribute `request.auth.claim[iss]`",

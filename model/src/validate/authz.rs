@@ -28,10 +28,17 @@ fn port_value(v: &str, what: &str) -> Check {
     }
 }
 
+/// A path: an Istio path template (`/api/{*}/items`, see `crate::path_template`), or a string
+/// value in which `{` and `}` are refused as Istio does (they mean a template gone wrong).
 fn path_value(v: &str, what: &str) -> Check {
-    if v.contains('{') {
+    if crate::path_template::is_template(v) {
+        return crate::path_template::envoy_template(v)
+            .map(|_| ())
+            .map_err(|e| format!("{what}: `{v}`: invalid path template: {e}"));
+    }
+    if v.contains(['{', '}']) {
         return Err(format!(
-            "{what}: `{v}`: path templates ({{*}}, {{**}}) are not supported"
+            "{what}: `{v}`: `{{` and `}}` are allowed only in the path template operators {{*}} and {{**}}, each a whole segment"
         ));
     }
     wildcard_value(v, what)
@@ -236,3 +243,7 @@ fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+#[path = "authz_tests.rs"]
+mod tests;

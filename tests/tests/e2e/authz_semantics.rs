@@ -1,8 +1,9 @@
 //! AuthorizationPolicy semantics through real Envoy: DENY wins over ALLOW, `spec: {}` denies all
 //! and `rules: [{}]` allows all, a dry-run policy is counted but not enforced, a selector touches
 //! only the workloads it matches while namespace and mesh-wide (root namespace) policies cover
-//! every workload, a policy with an unsupported field denies and is reported, TCP ports get the
-//! network RBAC filter, AUDIT never blocks and marks what it matched in the access log.
+//! every workload, a path template (`{*}`) matches exactly one segment, a policy with an
+//! unsupported or invalid field denies and is reported, TCP ports get the network RBAC filter,
+//! AUDIT never blocks and marks what it matched in the access log.
 
 use crate::authz_support;
 
@@ -190,12 +191,35 @@ fn policy_semantics_through_envoy() {
         outcome(&w.probe(&b))
     });
 
-    // A policy with an unsupported field fails closed for what it selects, and says so.
+    // A path template: `{*}` is exactly one segment, through Envoy's URI template matcher.
+    w.apply(
+        "p.yaml",
+        &server_policy(
+            "api-items",
+            "rules: [{to: [{operation: {paths: ['/api/{*}/items']}}]}]",
+        ),
+        "ns[authz]-policy[api-items]-rule[0]",
+        true,
+    );
+    for (path, want) in [
+        ("/api/v1/items", allowed()),
+        ("/api/v1/x/items", denied()),
+        ("/other", denied()),
+    ] {
+        check(
+            &format!("template /api/{{*}}/items: A {path}"),
+            want,
+            || outcome(&w.probe(&get(Client::A, path))),
+        );
+    }
+
+    // A policy with an invalid field (`{**}` not the last operator) fails closed for what it
+    // selects, and says so.
     w.apply(
         "p.yaml",
         &server_policy(
             "path-template",
-            "rules: [{to: [{operation: {paths: ['/a/{*}/b']}}]}]",
+            "rules: [{to: [{operation: {paths: ['/a/{**}/{*}']}}]}]",
         ),
         "ns[authz]-policy[path-template]-fail-closed",
         true,
@@ -213,7 +237,7 @@ fn policy_semantics_through_envoy() {
         .find(|r| r["name"] == "path-template")
         .unwrap_or_else(|| panic!("path-template not reported: {configz}"));
     let reason = entry["reason"].as_str().unwrap();
-    assert!(reason.contains("path templates"), "{reason}");
+    assert!(reason.contains("invalid path template"), "{reason}");
     assert!(reason.contains("fails closed"), "{reason}");
     let out = std::process::Command::new(w.mesh.meshd_bin())
         .arg("analyze")
@@ -225,7 +249,7 @@ fn policy_semantics_through_envoy() {
     assert!(
         stdout.contains("p.yaml:")
             && stdout.contains("path-template")
-            && stdout.contains("path templates"),
+            && stdout.contains("must be the last operator"),
         "{stdout}"
     );
 

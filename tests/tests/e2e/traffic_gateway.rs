@@ -1,7 +1,7 @@
 //! Gateways (stock Envoy in router mode): an ingress gateway terminating TLS with a certificate
 //! from files, routing by path and redirecting HTTP to HTTPS; certificates by SNI, each TLS
 //! server with its own route configuration (an EnvoyFilter selects one by portName and gateway);
-//! an egress gateway carrying a sidecar's traffic to a MESH_EXTERNAL ServiceEntry host.
+//! MUTUAL and OPTIONAL_MUTUAL client certificates; an egress gateway carrying a sidecar's traffic to a MESH_EXTERNAL ServiceEntry host.
 
 use crate::traffic_support;
 
@@ -278,7 +278,12 @@ fn gateway_certificates_by_sni_mutual_tls_and_passthrough() {
     let two = tempfile::tempdir().unwrap();
     tls_certificates(
         one.path(),
-        &["shop.example.com", "mtls.example.com", "pass.example.com"],
+        &[
+            "shop.example.com",
+            "mtls.example.com",
+            "pass.example.com",
+            "opt.example.com",
+        ],
     );
     tls_certificates(two.path(), &["admin.example.com"]);
     let f1 = |f: &str| one.path().join(f).to_string_lossy().into_owned();
@@ -308,6 +313,9 @@ spec:
   - port: {{number: 9443, name: https-mtls, protocol: HTTPS}}
     hosts: [mtls.example.com]
     tls: {{mode: MUTUAL, serverCertificate: {cert1}, privateKey: {key1}, caCertificates: {ca1}}}
+  - port: {{number: 9445, name: https-optional, protocol: HTTPS}}
+    hosts: [opt.example.com]
+    tls: {{mode: OPTIONAL_MUTUAL, serverCertificate: {cert1}, privateKey: {key1}, caCertificates: {ca1}}}
   - port: {{number: 9444, name: tls-pass, protocol: TLS}}
     hosts: [pass.example.com]
     tls: {{mode: PASSTHROUGH}}
@@ -316,7 +324,7 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: web, namespace: {NS}}}
 spec:
-  hosts: [shop.example.com, admin.example.com, mtls.example.com]
+  hosts: [shop.example.com, admin.example.com, mtls.example.com, opt.example.com]
   gateways: [web]
   http:
   - route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
@@ -544,6 +552,50 @@ spec:
     )
     .unwrap();
     assert!(body.contains(r#""service":"api""#), "{body}");
+
+    // Port 9445, OPTIONAL_MUTUAL: without a client certificate and with one from the CA, in;
+    // with one from another CA, refused in the handshake (curl's exit as for MUTUAL above), and
+    // the gateway counts it as a failed verification.
+    let optional = resolve("opt.example.com", 9445);
+    let url = "https://opt.example.com:9445/o";
+    let (c2, k2) = (f2("cert.pem"), f2("key.pem"));
+    let with_cert = |cert: &str, key: &str| {
+        let mut args = vec!["--cacert", &ca1, "--resolve", &optional];
+        if !cert.is_empty() {
+            args.extend(["--cert", cert, "--key", key]);
+        }
+        args.push(url);
+        curl_with(&outside, &args)
+    };
+    for (what, cert, key) in [("no certificate", "", ""), ("the CA's", &*c1, &*k1)] {
+        let body = with_cert(cert, key).unwrap_or_else(|e| {
+            panic!(
+                "OPTIONAL_MUTUAL, {what}: {e:?}\n{}",
+                mesh.envoy_log("ingressgateway")
+            )
+        });
+        assert!(body.contains(r#""service":"api""#), "{what}: {body}");
+    }
+    let bad_ca_refusals = "listener.0.0.0.0_9445.ssl.fail_verify_error";
+    let refused_before = stat(&gw, bad_ca_refusals);
+    let other_ca = with_cert(&c2, &k2).expect_err("OPTIONAL_MUTUAL with another CA's certificate");
+    assert!(
+        matches!(
+            other_ca.exit,
+            Some(
+                curl_exit::HTTP2
+                    | curl_exit::SSL_CONNECT_ERROR
+                    | curl_exit::SEND_ERROR
+                    | curl_exit::RECV_ERROR
+            )
+        ),
+        "{other_ca:?}"
+    );
+    assert_eq!(
+        stat(&gw, bad_ca_refusals) - refused_before,
+        1,
+        "{other_ca:?}"
+    );
 
     // Port 9444, PASSTHROUGH: the backend's own certificate and content, by SNI.
     let body = curl_with(

@@ -16,7 +16,8 @@
 //! - **Values**: principals are SPIFFE IDs without `spiffe://` (`cluster.local/ns/x/sa/y`) and
 //!   match the peer certificate's URI SAN; namespaces match the `/ns/<namespace>/` part of it.
 //!   Strings take `*` alone (present), as a prefix (`*suffix`) or as a suffix (`prefix*`); hosts
-//!   compare case-insensitively.
+//!   compare case-insensitively. Paths also take Istio's templates (`/api/{*}/items`: `{*}` one
+//!   segment, `{**}` any number), as Envoy's URI template matcher.
 //! - **TCP ports**: HTTP-only fields (hosts, methods, paths, `request.*` conditions) cannot be
 //!   evaluated on a TCP connection. An ALLOW rule using one is dropped (allows less); in a DENY or
 //!   AUDIT rule the HTTP-only field is ignored (the rule denies more).
@@ -39,7 +40,6 @@ use envoy_types::pb::envoy::config::rbac::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpFilter, http_filter,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{PathMatcher, path_matcher};
 use envoy_types::pb::google::protobuf::Any;
 use meshd_model::MeshConfig;
 use meshd_model::networking::Labels;
@@ -554,11 +554,7 @@ impl RuleCtx<'_> {
             }));
         }
         if self.usable(!(o.paths.is_empty() && o.not_paths.is_empty()))? {
-            and.extend(perms(&o.paths, &o.not_paths, |v| {
-                perm(permission::Rule::UrlPath(PathMatcher {
-                    rule: Some(path_matcher::Rule::Path(istio_string(v))),
-                }))
-            }));
+            and.extend(perms(&o.paths, &o.not_paths, matchers::path));
         }
         and.extend(perms(&o.ports, &o.not_ports, perm_port));
         Ok(and)

@@ -277,6 +277,30 @@ pub const CASES: &[Case] = &[
         e2e: None,
     },
     Case {
+        name: "paths-template-one-segment",
+        spec: "rules: [{to: [{operation: {paths: ['/api/{*}/items']}}]}]",
+        envoy: r#"{"permissions": [{"uri_template": {"name": "envoy.path.match.uri_template.uri_template_matcher", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig", "path_template": "/api/*/items"}}}], "principals": [{"any": true}]}"#,
+        e2e: Some((
+            get(Client::A, "/api/v1/items?page=2"),
+            get(Client::A, "/api/v1/x/items"),
+        )),
+    },
+    Case {
+        name: "paths-template-any-segments",
+        spec: "rules: [{to: [{operation: {paths: ['/api/{**}']}}]}]",
+        envoy: r#"{"permissions": [{"uri_template": {"name": "envoy.path.match.uri_template.uri_template_matcher", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig", "path_template": "/api/**"}}}], "principals": [{"any": true}]}"#,
+        e2e: Some((get(Client::A, "/api/v1/x/items"), get(Client::A, "/other"))),
+    },
+    Case {
+        name: "not-paths-template",
+        spec: "rules: [{to: [{operation: {notPaths: ['/admin/{*}']}}]}]",
+        envoy: r#"{"permissions": [{"not_rule": {"uri_template": {"name": "envoy.path.match.uri_template.uri_template_matcher", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig", "path_template": "/admin/*"}}}}], "principals": [{"any": true}]}"#,
+        e2e: Some((
+            get(Client::A, "/admin/users/1"),
+            get(Client::A, "/admin/users"),
+        )),
+    },
+    Case {
         name: "not-paths",
         spec: "rules: [{to: [{operation: {notPaths: ['/admin/*']}}]}]",
         envoy: r#"{"permissions": [{"not_rule": {"url_path": {"path": {"prefix": "/admin/"}}}}], "principals": [{"any": true}]}"#,

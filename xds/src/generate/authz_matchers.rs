@@ -1,11 +1,16 @@
 //! Constructors of Envoy RBAC matchers, principals and permissions, and Istio's string-value
-//! semantics (`*`, `prefix*`, `*suffix`, exact), for the AuthorizationPolicy translation.
+//! semantics (`*`, `prefix*`, `*suffix`, exact) and path templates (`{*}`, `{**}`), for the
+//! AuthorizationPolicy translation.
 
-use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::config::core::v3::{CidrRange, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::rbac::v3::{Permission, Principal, permission, principal};
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
-use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher,
+};
 use envoy_types::pb::google::protobuf::UInt32Value;
+use meshd_model::path_template;
 
 pub(super) fn exact(v: &str) -> StringMatcher {
     string(string_matcher::MatchPattern::Exact(v.into()))
@@ -43,6 +48,33 @@ pub(super) fn istio_string(v: &str) -> StringMatcher {
         prefix_matcher(p)
     } else {
         exact(v)
+    }
+}
+
+/// A `paths` / `notPaths` value: an Istio path template (`/api/{*}/items`) as Envoy's URI
+/// template matcher, any other value as Istio's string forms against the path.
+pub(super) fn path(v: &str) -> Permission {
+    let url_path = |m: StringMatcher| {
+        perm(permission::Rule::UrlPath(PathMatcher {
+            rule: Some(path_matcher::Rule::Path(m)),
+        }))
+    };
+    if !path_template::is_template(v) {
+        return url_path(istio_string(v));
+    }
+    match path_template::envoy_template(v) {
+        Ok(template) => {
+            let config = UriTemplateMatchConfig {
+                path_template: template,
+            };
+            perm(permission::Rule::UriTemplate(TypedExtensionConfig {
+                name: "envoy.path.match.uri_template.uri_template_matcher".into(),
+                typed_config: Some(crate::resource::any(&config)),
+            }))
+        }
+        // Refused by `problems`, so the policy fails closed before it gets here; matched as the
+        // literal path it is, never handed to Envoy as a template it would refuse.
+        Err(_) => url_path(exact(v)),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Gateway proxies (Envoy in router mode): one listener per Gateway server port, routes from the
 //! VirtualServices bound to those Gateways. As in Istio, the plaintext HTTP servers of a port
 //! share its route table `http.<port>`; each TLS-terminating server (SIMPLE, MUTUAL,
-//! ISTIO_MUTUAL) gets its own filter chain (by SNI, its own certificate) and its own table
+//! OPTIONAL_MUTUAL, ISTIO_MUTUAL) gets its own filter chain (by SNI, its own certificate) and its own table
 //! `https.<port>.<portName>.<gateway>.<namespace>`, with only its Gateway's VirtualServices for
 //! its hosts (the names EnvoyFilters' `portName` and `gateway` select by). TLS PASSTHROUGH and
 //! TCP servers proxy connections per the bound tls / tcp routes.
@@ -113,8 +113,10 @@ fn tls_version(v: Option<&str>) -> i32 {
     }
 }
 
-/// The server's downstream TLS: SIMPLE and MUTUAL with files, ISTIO_MUTUAL with the gateway's
-/// mesh identity; `None` for plaintext servers and PASSTHROUGH.
+/// The server's downstream TLS: SIMPLE, MUTUAL and OPTIONAL_MUTUAL with files or a
+/// credentialName, ISTIO_MUTUAL with the gateway's mesh identity; `None` for plaintext servers
+/// and PASSTHROUGH. OPTIONAL_MUTUAL verifies a client certificate when one is presented and
+/// lets a client without one through.
 fn server_tls_socket(
     server: &Server,
     trust_domain: &str,
@@ -127,7 +129,7 @@ fn server_tls_socket(
     if mode == "ISTIO_MUTUAL" {
         return Some(istio_mutual_downstream(trust_domain));
     }
-    if mode != "SIMPLE" && mode != "MUTUAL" {
+    if !matches!(mode.as_str(), "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") {
         return None;
     }
     let mut common = CommonTlsContext {
@@ -154,8 +156,7 @@ fn server_tls_socket(
             ..Default::default()
         });
     }
-    let mutual = mode == "MUTUAL";
-    if mutual {
+    if verifies_clients(&mode) {
         let sans = san_matchers(&tls.subject_alt_names);
         common.validation_context_type = Some(match &tls.credential_name {
             Some(name) => common_tls_context::ValidationContextType::CombinedValidationContext(
@@ -179,10 +180,19 @@ fn server_tls_socket(
     }
     let ctx = DownstreamTlsContext {
         common_tls_context: Some(common),
-        require_client_certificate: mutual.then_some(true).and_then(boolv),
+        require_client_certificate: match mode.as_str() {
+            "MUTUAL" => boolv(true),
+            "OPTIONAL_MUTUAL" => boolv(false),
+            _ => None,
+        },
         ..Default::default()
     };
     Some(tls_socket(any(&ctx)))
+}
+
+/// Whether a server mode checks client certificates against the server's CA.
+fn verifies_clients(mode: &str) -> bool {
+    mode == "MUTUAL" || mode == "OPTIONAL_MUTUAL"
 }
 
 /// SNI names a server answers (none: any).
@@ -516,7 +526,7 @@ fn credential_secrets(
                 };
                 out.insert(cert_name.clone(), Resource::encode(cert_name, &s));
             }
-            if tls_mode(server).as_deref() == Some("MUTUAL") {
+            if tls_mode(server).as_deref().is_some_and(verifies_clients) {
                 let ca_name = credential::sds_ca_name(name);
                 let ca = lookup(name)
                     .and_then(|c| c.ca_cert.as_ref())

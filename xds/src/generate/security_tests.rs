@@ -486,3 +486,72 @@ spec:
     let sidecar = snap.generate(&proxy("server", "app"));
     assert!(sidecar.get(SECRET).is_none_or(|s| s.is_empty()));
 }
+
+/// OPTIONAL_MUTUAL: the gateway's chain verifies a client certificate against the server's CA
+/// (files or the credential's `-cacert` over SDS) but lets a client without one through.
+#[test]
+fn optional_mutual_gateway_servers_verify_without_requiring_client_certificates() {
+    use crate::resource::SECRET;
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let pem = |what: &str| format!("-----BEGIN {what}-----\nMIIB\n-----END {what}-----\n");
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingress, namespace: istio-system}}
+spec: {{address: 10.44.0.2, labels: {{istio: ingressgateway}}, serviceAccount: ingress}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: opt-cert, namespace: istio-system}}
+data: {{cert: {c}, key: {k}, cacert: {a}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: app}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9443, name: https-files, protocol: HTTPS}}
+    hosts: ["files.example.com"]
+    tls: {{mode: OPTIONAL_MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, subjectAltNames: [client.example]}}
+  - port: {{number: 9444, name: https-sds, protocol: HTTPS}}
+    hosts: ["sds.example.com"]
+    tls: {{mode: OPTIONAL_MUTUAL, credentialName: opt-cert}}
+"#,
+        c = b64(&pem("CERTIFICATE")),
+        k = b64(&pem("PRIVATE KEY")),
+        a = b64(&pem("CERTIFICATE")),
+    );
+    let snap = snapshot(&yaml);
+    let router = Proxy {
+        metadata: Default::default(),
+        node_type: NodeType::Router,
+        ..proxy("ingress", "istio-system")
+    };
+    let files = resource(&snap, &router, LISTENER, "0.0.0.0_9443");
+    let tls = &files["filter_chains"][0]["transport_socket"]["typed_config"];
+    assert_eq!(tls["require_client_certificate"], false, "{tls:#}");
+    let validation = &tls["common_tls_context"]["validation_context"];
+    assert_eq!(validation["trusted_ca"]["filename"], "/ca.pem", "{tls:#}");
+    assert_eq!(
+        validation["match_typed_subject_alt_names"][0]["matcher"]["exact"], "client.example",
+        "{tls:#}"
+    );
+    let sds = resource(&snap, &router, LISTENER, "0.0.0.0_9444");
+    let tls = &sds["filter_chains"][0]["transport_socket"]["typed_config"];
+    assert_eq!(tls["require_client_certificate"], false, "{tls:#}");
+    assert_eq!(
+        tls["common_tls_context"]["combined_validation_context"]["validation_context_sds_secret_config"]
+            ["name"],
+        "kubernetes://opt-cert-cacert",
+        "{tls:#}"
+    );
+    let res = snap.generate(&router);
+    let names: Vec<&str> = res[SECRET].iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["kubernetes://opt-cert", "kubernetes://opt-cert-cacert"]
+    );
+}
