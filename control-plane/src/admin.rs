@@ -270,9 +270,10 @@ async fn registryz(State(s): State<AdminState>) -> Json<Value> {
 pub(crate) async fn configz(State(s): State<AdminState>) -> Json<Value> {
     let snap = s.snapshots.borrow().clone();
     let config = snap.config();
-    // EnvoyFilters the generator could not apply (their values do not decode) are rejected.
+    // Objects the generator could not apply (EnvoyFilter values that do not decode, Telemetry
+    // naming a provider with no collector) are rejected.
     let not_applied = |o: &&std::sync::Arc<meshd_model::ConfigObject>| {
-        snap.patches.problems.iter().any(|r| {
+        snap.problems().any(|r| {
             r.kind == Some(o.kind())
                 && r.namespace.as_deref() == Some(o.meta.namespace())
                 && r.name.as_deref() == Some(o.meta.name.as_str())
@@ -296,7 +297,7 @@ pub(crate) async fn configz(State(s): State<AdminState>) -> Json<Value> {
     let rejected: Vec<Value> = config
         .rejected
         .iter()
-        .chain(&snap.patches.problems)
+        .chain(snap.problems())
         .map(|r| {
             json!({
                 "kind": r.kind,

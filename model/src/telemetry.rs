@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 /// Tracing provider: today's Zipkin cluster (`meshd serve --zipkin-address`).
 pub const PROVIDER_ZIPKIN: &str = "zipkin";
-/// Tracing provider: an OpenTelemetry collector over OTLP gRPC (`meshd serve --otel-address`).
+/// Tracing and access-log provider: an OpenTelemetry collector over OTLP gRPC (`meshd serve
+/// --otel-address`), for spans and for each request's log record.
 pub const PROVIDER_OPENTELEMETRY: &str = "opentelemetry";
 /// Access-log provider: the JSON log on Envoy's stdout (Istio's `envoy` provider).
 pub const PROVIDER_ENVOY: &str = "envoy";
@@ -19,7 +20,7 @@ pub const PROVIDER_ENVOY: &str = "envoy";
 pub const PROVIDER_PROMETHEUS: &str = "prometheus";
 
 pub const TRACING_PROVIDERS: &[&str] = &[PROVIDER_ZIPKIN, PROVIDER_OPENTELEMETRY];
-pub const ACCESS_LOG_PROVIDERS: &[&str] = &[PROVIDER_ENVOY];
+pub const ACCESS_LOG_PROVIDERS: &[&str] = &[PROVIDER_ENVOY, PROVIDER_OPENTELEMETRY];
 pub const METRICS_PROVIDERS: &[&str] = &[PROVIDER_PROMETHEUS];
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

@@ -7,8 +7,8 @@ use crate::mesh::MeshConfig;
 use crate::networking::Labels;
 use crate::registry::selector_matches;
 use crate::telemetry::{
-    AccessLogging, CustomTag, IstioMetric, MetricsOverrides, PROVIDER_ENVOY, TagOverride,
-    Telemetry, Tracing,
+    AccessLogging, CustomTag, IstioMetric, MetricsOverrides, PROVIDER_ENVOY,
+    PROVIDER_OPENTELEMETRY, ProviderRef, TagOverride, Telemetry, Tracing,
 };
 use crate::{ConfigObject, Spec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,8 +33,13 @@ pub struct SideTelemetry {
     pub custom_tags: BTreeMap<String, CustomTag>,
     /// The JSON access log on stdout (provider `envoy`).
     pub access_log: bool,
-    /// A CEL expression: only the requests it holds for are logged.
+    /// A CEL expression: only the requests it holds for are logged on stdout.
     pub access_log_filter: Option<String>,
+    /// The OTLP access log to the OpenTelemetry collector (provider `opentelemetry`): off until
+    /// a Telemetry names it.
+    pub otel_access_log: bool,
+    /// The OTLP access log's CEL expression, as `access_log_filter` is stdout's.
+    pub otel_access_log_filter: Option<String>,
     pub metrics: MetricsPolicy,
 }
 
@@ -47,6 +52,8 @@ impl Default for SideTelemetry {
             custom_tags: BTreeMap::new(),
             access_log: true,
             access_log_filter: None,
+            otel_access_log: false,
+            otel_access_log_filter: None,
             metrics: MetricsPolicy::default(),
         }
     }
@@ -117,13 +124,12 @@ impl TelemetryPolicy {
             for tracing in t.tracing.iter().filter(|x| mode_covers(&x.r#match, client)) {
                 overlay_tracing(side, tracing);
             }
-            for log in t
+            let logging: Vec<&AccessLogging> = t
                 .access_logging
                 .iter()
                 .filter(|x| mode_covers(&x.r#match, client))
-            {
-                overlay_logging(side, log);
-            }
+                .collect();
+            overlay_logging(side, &logging);
             for metrics in &t.metrics {
                 for o in metrics.overrides.iter().filter(|o| {
                     o.r#match.as_ref().is_none_or(|m| m.mode.covers(client))
@@ -157,17 +163,79 @@ fn overlay_tracing(side: &mut SideTelemetry, t: &Tracing) {
     }
 }
 
-fn overlay_logging(side: &mut SideTelemetry, l: &AccessLogging) {
-    let names_envoy =
-        l.providers.is_empty() || l.providers.iter().any(|p| p.name == PROVIDER_ENVOY);
-    match l.disabled {
-        Some(true) => side.access_log = false,
-        _ if !l.providers.is_empty() => side.access_log = names_envoy,
-        Some(false) => side.access_log = true,
-        None => {}
+/// Which access logs a Telemetry entry is about.
+#[derive(Clone, Copy)]
+struct Logs {
+    stdout: bool,
+    otel: bool,
+}
+
+impl Logs {
+    /// An entry naming no provider is about access logging as a whole.
+    const EVERY: Logs = Logs {
+        stdout: true,
+        otel: true,
+    };
+
+    fn named<'a>(providers: impl IntoIterator<Item = &'a ProviderRef>) -> Logs {
+        let mut logs = Logs {
+            stdout: false,
+            otel: false,
+        };
+        for p in providers {
+            match p.name.as_str() {
+                PROVIDER_ENVOY => logs.stdout = true,
+                PROVIDER_OPENTELEMETRY => logs.otel = true,
+                _ => {}
+            }
+        }
+        logs
     }
-    if let Some(f) = &l.filter {
-        side.access_log_filter = (!f.expression.is_empty()).then(|| f.expression.clone());
+}
+
+impl SideTelemetry {
+    fn turn(&mut self, logs: Logs, on: bool) {
+        if logs.stdout {
+            self.access_log = on;
+        }
+        if logs.otel {
+            self.otel_access_log = on;
+        }
+    }
+}
+
+/// One scope's `accessLogging` entries (those for this side) over the less specific scopes'.
+/// As Istio: the providers a scope names, across its entries, are the logs that run (a scope
+/// naming none keeps the ones in force); then each entry in order turns the logs it names (every
+/// log when it names none) off with `disabled: true`, and sets their filter. `disabled: false`
+/// naming none brings back the stdout log, the default provider.
+fn overlay_logging(side: &mut SideTelemetry, entries: &[&AccessLogging]) {
+    let named = Logs::named(entries.iter().flat_map(|e| &e.providers));
+    if named.stdout || named.otel {
+        side.access_log = named.stdout;
+        side.otel_access_log = named.otel;
+    }
+    for e in entries {
+        let logs = if e.providers.is_empty() {
+            Logs::EVERY
+        } else {
+            Logs::named(&e.providers)
+        };
+        match e.disabled {
+            Some(true) => side.turn(logs, false),
+            Some(false) if e.providers.is_empty() => side.access_log = true,
+            _ if !e.providers.is_empty() => side.turn(logs, true),
+            _ => {}
+        }
+        if let Some(f) = &e.filter {
+            let expression = (!f.expression.is_empty()).then(|| f.expression.clone());
+            if logs.stdout {
+                side.access_log_filter = expression.clone();
+            }
+            if logs.otel {
+                side.otel_access_log_filter = expression;
+            }
+        }
     }
 }
 

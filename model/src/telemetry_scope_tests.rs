@@ -126,3 +126,98 @@ fn all_metrics_disabled_stops_the_stream_and_providers_pick_the_access_log() {
     assert!(p.client.metrics.all_disabled() && p.server.metrics.all_disabled());
     assert!(p.client.access_log);
 }
+
+fn logging(scopes: &[(&str, Option<&str>, &str)]) -> MeshConfig {
+    let docs: Vec<String> = scopes
+        .iter()
+        .enumerate()
+        .map(|(i, (namespace, app, entries))| {
+            let selector = app
+                .map(|a| format!("  selector: {{matchLabels: {{app: {a}}}}}\n"))
+                .unwrap_or_default();
+            format!(
+                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t{i}, namespace: {namespace}}}\nspec:\n{selector}  accessLogging:\n{entries}"
+            )
+        })
+        .collect();
+    config(&docs.join("---\n"))
+}
+
+#[test]
+fn the_opentelemetry_provider_replaces_or_joins_the_stdout_log() {
+    let c = logging(&[("shop", None, "  - providers: [{name: opentelemetry}]\n")]);
+    let p = policy(&c, "shop", "cart");
+    for side in [&p.client, &p.server] {
+        assert!(side.otel_access_log && !side.access_log, "{side:?}");
+    }
+    assert!(!policy(&c, "other", "cart").client.otel_access_log);
+
+    let c = logging(&[(
+        "shop",
+        None,
+        "  - providers: [{name: envoy}, {name: opentelemetry}]\n",
+    )]);
+    let p = policy(&c, "shop", "cart");
+    assert!(p.server.otel_access_log && p.server.access_log);
+
+    // Two entries of one scope: both logs, each with its own filter.
+    let c = logging(&[(
+        "shop",
+        None,
+        "  - providers: [{name: envoy}]\n  - providers: [{name: opentelemetry}]\n    filter: {expression: 'response.code >= 500'}\n",
+    )]);
+    let p = policy(&c, "shop", "cart");
+    assert!(p.client.access_log && p.client.otel_access_log);
+    assert_eq!(p.client.access_log_filter, None);
+    assert_eq!(
+        p.client.otel_access_log_filter.as_deref(),
+        Some("response.code >= 500")
+    );
+}
+
+#[test]
+fn a_scope_naming_no_provider_keeps_the_logs_in_force_and_disabled_stops_them_all() {
+    let c = logging(&[
+        (
+            "istio-system",
+            None,
+            "  - providers: [{name: envoy}, {name: opentelemetry}]\n",
+        ),
+        (
+            "shop",
+            Some("cart"),
+            "  - filter: {expression: 'response.code >= 400'}\n  - match: {mode: CLIENT}\n    disabled: true\n",
+        ),
+    ]);
+    let p = policy(&c, "shop", "web");
+    assert!(p.client.access_log && p.client.otel_access_log, "mesh-wide");
+    let p = policy(&c, "shop", "cart");
+    assert!(!p.client.access_log && !p.client.otel_access_log, "{p:?}");
+    assert!(p.server.access_log && p.server.otel_access_log, "{p:?}");
+    for filter in [
+        &p.server.access_log_filter,
+        &p.server.otel_access_log_filter,
+    ] {
+        assert_eq!(filter.as_deref(), Some("response.code >= 400"));
+    }
+
+    // A workload naming only the stdout log stops the mesh's OTLP log.
+    let c = logging(&[
+        (
+            "istio-system",
+            None,
+            "  - providers: [{name: opentelemetry}]\n",
+        ),
+        ("shop", Some("cart"), "  - providers: [{name: envoy}]\n"),
+    ]);
+    let p = policy(&c, "shop", "cart");
+    assert!(p.server.access_log && !p.server.otel_access_log);
+    // Disabling one provider leaves nothing of what that scope named.
+    let c = logging(&[(
+        "shop",
+        None,
+        "  - providers: [{name: opentelemetry}]\n    disabled: true\n",
+    )]);
+    let p = policy(&c, "shop", "cart");
+    assert!(!p.client.access_log && !p.client.otel_access_log);
+}

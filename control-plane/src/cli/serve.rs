@@ -94,9 +94,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MESHD_ZIPKIN_ADDRESS")]
     pub zipkin_address: Option<String>,
     /// OpenTelemetry collector (HOST:PORT, OTLP gRPC, e.g. `otel-collector.observability:4317`):
-    /// every proxy gets an `opentelemetry` cluster; Telemetry provider `opentelemetry` (the
-    /// default tracer when there is no `--zipkin-address`). Spans name their service from the
-    /// proxy's `OTEL_RESOURCE_ATTRIBUTES`, which injected pods carry.
+    /// every proxy gets an `opentelemetry` cluster; Telemetry provider `opentelemetry` for
+    /// tracing (the default tracer when there is no `--zipkin-address`) and access logging.
+    /// Spans and log records name their service from the proxy's `OTEL_RESOURCE_ATTRIBUTES`,
+    /// which injected pods carry.
     #[arg(long, env = "MESHD_OTEL_ADDRESS")]
     pub otel_address: Option<String>,
     /// JSON access logs on each proxy's stdout.

@@ -14,6 +14,7 @@ mod kube_fake_apiserver;
 mod kube_inject;
 mod log_format;
 mod no_key_material;
+mod telemetry_providers;
 mod token_review_limits;
 mod transport_limits;
 mod webhook;

@@ -17,6 +17,8 @@ fn accepted_telemetries_read_from_v1_and_v1alpha1() {
         "  tracing:\n  - providers: [{name: zipkin}]\n    randomSamplingPercentage: 12.5\n    disableSpanReporting: true\n    customTags:\n      team: {literal: {value: voice}}\n      pod: {environment: {name: POD_NAME, defaultValue: unknown}}\n      user: {header: {name: x-user}}\n",
         "  selector: {matchLabels: {app: b}}\n  accessLogging:\n  - providers: [{name: envoy}]\n    filter: {expression: 'response.code >= 400'}\n",
         "  accessLogging:\n  - match: {mode: CLIENT}\n    disabled: true\n",
+        "  accessLogging:\n  - providers: [{name: opentelemetry}]\n    filter: {expression: 'response.code >= 500'}\n",
+        "  accessLogging:\n  - providers: [{name: envoy}, {name: opentelemetry}]\n",
         "  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - match: {metric: REQUEST_COUNT, mode: SERVER}\n      disabled: true\n    - match: {metric: ALL_METRICS}\n      tagOverrides:\n        request_protocol: {operation: REMOVE}\n",
     ];
     for spec in specs {

@@ -3,6 +3,9 @@
 //! and reported), and a workload's access-log filter `response.code >= 400` leaves only the
 //! failed request in that sidecar's stdout log while its neighbour logs everything.
 //!
+//! With `--otel-address`, the OpenTelemetry collector (a fake one speaking OTLP/gRPC) receives
+//! the sidecars' spans, and the access-log records a Telemetry asks provider `opentelemetry` for.
+//!
 //! Every wait is on an event (a log line, an Envoy counter); nothing is timed.
 
 use crate::traffic_support;
@@ -262,4 +265,181 @@ fn opentelemetry_spans_reach_the_collector_over_otlp_grpc() {
     // Envoy's own config: the OpenTelemetry tracer, not Zipkin.
     let dump = api_pod.envoy_config_dump().unwrap().to_string();
     assert!(dump.contains("envoy.tracers.opentelemetry"), "{dump}");
+}
+
+/// The OTLP log messages the collector decodes (`opentelemetry/proto/logs/v1/logs.proto`,
+/// `collector/logs/v1/logs_service.proto` and `resource/v1/resource.proto`; the fields asserted
+/// on, by their proto numbers): `envoy-types` carries OTLP's `common.v1` only.
+mod otlp_logs {
+    use envoy_types::pb::opentelemetry::proto::common::v1::{KeyValue, any_value};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportLogsServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_logs: Vec<ResourceLogs>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceLogs {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_logs: Vec<ScopeLogs>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<KeyValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeLogs {
+        #[prost(message, repeated, tag = "2")]
+        pub log_records: Vec<LogRecord>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LogRecord {
+        #[prost(message, optional, tag = "5")]
+        pub body: Option<envoy_types::pb::opentelemetry::proto::common::v1::AnyValue>,
+    }
+
+    fn string(v: &Option<envoy_types::pb::opentelemetry::proto::common::v1::AnyValue>) -> String {
+        match v.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => s.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// (the resource's `service.name`, the record's body) of every record in one gRPC request
+    /// body (length-prefixed messages, uncompressed as Envoy sends them).
+    pub fn records(mut body: &[u8]) -> Vec<(String, String)> {
+        use prost::Message as _;
+        let mut out = Vec::new();
+        while body.len() >= 5 {
+            assert_eq!(body[0], 0, "a compressed gRPC message");
+            let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+            let message = body.get(5..5 + len).expect("a whole gRPC message");
+            body = &body[5 + len..];
+            let request = ExportLogsServiceRequest::decode(message).expect("an OTLP logs export");
+            for r in request.resource_logs {
+                let service = r
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .map(|a| string(&a.value))
+                    .unwrap_or_default();
+                for record in r.scope_logs.iter().flat_map(|s| &s.log_records) {
+                    out.push((service.clone(), string(&record.body)));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Provider `opentelemetry` for access logs: the namespace's Telemetry names both providers,
+/// so each sidecar logs every request on stdout and to the collector, each record Istio's text
+/// line naming the request, its resource the proxy's service; api's own Telemetry names only
+/// `opentelemetry` with a filter, so api sends only its failed request there (a 404: a 503
+/// would be retried), and logs nothing on stdout. The records are decoded from the OTLP/gRPC
+/// `LogsService/Export` calls (prost, the subset above).
+#[test]
+fn opentelemetry_access_logs_reach_the_collector_over_otlp_grpc() {
+    let api = fqdn("api");
+    let collector = std::net::SocketAddr::from((ip(1), 4317));
+    let logs = format!(
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: logs, namespace: {NS}}}\nspec:\n  accessLogging:\n  - providers: [{{name: envoy}}, {{name: opentelemetry}}]\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: api-logs, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{app: api}}}}\n  accessLogging:\n  - providers: [{{name: opentelemetry}}]\n    filter: {{expression: 'response.code >= 400'}}\n"
+    );
+    let mesh = mesh_with(
+        MeshOptions::named("otel-logs")
+            .config("mesh.yaml", &client_and_api(PORT))
+            .config("logs.yaml", &logs)
+            .serve_arg("--otel-address")
+            .serve_arg(&collector.to_string()),
+        &[(api.clone(), vip(20))],
+    );
+    let got = otlp_collector(&mesh, collector);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    // One worker: one buffer, flushed in order, so a success api logged would reach the
+    // collector no later than the failure logged after it.
+    let api_sidecar = SidecarOptions {
+        envoy_args: vec!["--concurrency".into(), "1".into()],
+        ..SidecarOptions::default()
+    };
+    mesh.add_sidecar_pod_with(&format!("api.{NS}"), ip(20), PORT, api_sidecar)
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || get(
+            &client,
+            &format!("http://{api}:{PORT}/warmup")
+        )
+        .status
+            == 200),
+        "the client reaches api through its sidecar"
+    );
+    let ok = get(&client, &format!("http://{api}:{PORT}/otel-log?status=200"));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let failed = get(&client, &format!("http://{api}:{PORT}/otel-log?status=404"));
+    assert_eq!(failed.status, 404, "{failed:?}");
+
+    let records = || -> Vec<(String, String)> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|(path, _)| path == "/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+            .flat_map(|(_, body)| otlp_logs::records(body))
+            .collect()
+    };
+    let line = |status: u16| format!("\"GET /otel-log?status={status} HTTP/1.1\" {status} ");
+    let from = |records: &[(String, String)], service: &str, status: u16| {
+        records
+            .iter()
+            .filter(|(s, body)| s == service && body.contains(&line(status)))
+            .count()
+    };
+    let (client_svc, api_svc) = (format!("client.{NS}"), format!("api.{NS}"));
+    let arrived = wait_until(WAIT, || {
+        let r = records();
+        from(&r, &client_svc, 200) == 1
+            && from(&r, &client_svc, 404) == 1
+            && from(&r, &api_svc, 404) == 1
+    });
+    let r = records();
+    assert!(
+        arrived,
+        "both requests from client, the failure from api: {r:#?}"
+    );
+    // Istio's text line: the authority is in it too.
+    let client_line = r
+        .iter()
+        .find(|(s, b)| *s == client_svc && b.contains(&line(200)))
+        .unwrap();
+    assert!(client_line.1.starts_with('['), "{client_line:?}");
+    assert!(
+        client_line.1.contains(&format!("\"{api}:{PORT}\"")),
+        "{client_line:?}"
+    );
+    // api's filter held the success back: its one record of these is the failure.
+    let api_records = r
+        .iter()
+        .filter(|(s, body)| *s == api_svc && body.contains("/otel-log"))
+        .count();
+    assert_eq!(api_records, 1, "{r:#?}");
+    // The client logs on stdout as well (both providers); api only to the collector.
+    assert!(
+        wait_until(WAIT, || logged(&mesh, "client", "/otel-log?status=404")
+            == [404]),
+        "client's log:\n{}",
+        mesh.envoy_log("client")
+    );
+    assert_eq!(logged(&mesh, "client", "/otel-log?status=200"), [200]);
+    assert_eq!(
+        logged(&mesh, "api", "/otel-log?status=404"),
+        Vec::<u64>::new()
+    );
 }

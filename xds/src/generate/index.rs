@@ -32,8 +32,10 @@ pub struct Index {
     pub(super) routes_see_namespace: bool,
     /// Workloads by (namespace, name): a proxy's is looked up on every push.
     pub(super) workloads: HashMap<(String, String), usize>,
-    /// Telemetry objects, in (namespace, name) order; see `meshd_model::telemetry_scope`.
+    /// Telemetry objects in force, in (namespace, name) order; see `meshd_model::telemetry_scope`.
     pub(super) telemetries: Vec<Arc<meshd_model::ConfigObject>>,
+    /// Telemetry objects the server's options cannot serve (a provider with no collector).
+    pub(super) telemetries_refused: Vec<meshd_model::Rejected>,
     pub(crate) config: Arc<MeshConfig>,
 }
 
@@ -108,6 +110,7 @@ impl Index {
                 .entry((w.namespace.clone(), w.name.clone()))
                 .or_insert(i);
         }
+        let (telemetries, telemetries_refused) = super::telemetry_api::in_force(&config, opts);
         let mut index = Index {
             workloads,
             uses_source_labels,
@@ -127,7 +130,8 @@ impl Index {
                 .sidecars()
                 .map(|(o, s)| (o.clone(), s.clone()))
                 .collect(),
-            telemetries: meshd_model::telemetry_scope::telemetries(&config),
+            telemetries,
+            telemetries_refused,
             config,
         };
         // The rule every namespace without a more specific one sees.

@@ -63,7 +63,7 @@ pub struct GenOptions {
     pub zipkin_cluster: Option<String>,
     /// Address (HOST:PORT) of an OpenTelemetry collector (OTLP gRPC): every proxy gets an
     /// `opentelemetry` cluster to it; the tracer when there is no Zipkin collector or a
-    /// Telemetry asks for provider `opentelemetry`.
+    /// Telemetry asks for provider `opentelemetry`, and the access log a Telemetry asks it for.
     pub otel_collector: Option<String>,
     pub trace_sampling: f64,
     pub access_log: bool,
@@ -344,6 +344,15 @@ impl MeshSnapshot {
 
     pub fn config(&self) -> &MeshConfig {
         &self.index.config
+    }
+
+    /// Accepted objects this snapshot does not apply, with why: EnvoyFilters whose values do not
+    /// decode, Telemetry naming a provider the server's options leave without a collector.
+    pub fn problems(&self) -> impl Iterator<Item = &meshd_model::Rejected> {
+        self.patches
+            .problems
+            .iter()
+            .chain(&self.index.telemetries_refused)
     }
 
     /// The Telemetry policy in force for a workload (or gateway) in `namespace` with `labels`.

@@ -1,6 +1,7 @@
 //! Request telemetry in the generated listeners: every HTTP connection manager and every mesh
 //! TCP proxy streams its access log over gRPC (`envoy.access_loggers.http_grpc` /
-//! `tcp_grpc`) to meshd, which turns the entries into Istio's standard metrics.
+//! `tcp_grpc`) to meshd, which turns the entries into Istio's standard metrics; beside it, the
+//! access logs the Telemetry API asks for (`telemetry_api`).
 //!
 //! The stream goes to the bootstrap's `xds-grpc` cluster (meshd's xDS port). The listeners carry
 //! no credential: they are shared by every proxy of a scope, so nothing per proxy can be in them.
@@ -140,26 +141,34 @@ pub fn tcp_log(side: Side) -> AccessLog {
 }
 
 /// An HTTP connection manager's access logs: the JSON log on stdout (the seed's default,
-/// `--access-log`) and the gRPC stream to meshd (`request_telemetry`), as the side's Telemetry
-/// policy has them.
+/// `--access-log`), the OTLP log to the OpenTelemetry collector, and the gRPC stream to meshd
+/// (`request_telemetry`), as the side's Telemetry policy has them.
 pub fn http_access_logs(
     side: Side,
     opts: &GenOptions,
     stdout: impl FnOnce() -> AccessLog,
 ) -> Vec<AccessLog> {
     let client = side == Side::Outbound;
-    let mut logs = Vec::with_capacity(2);
+    let mut logs = Vec::with_capacity(3);
     logs.extend(super::telemetry_api::stdout_log(opts, client, stdout));
+    logs.extend(super::telemetry_api::otel_log(opts, client));
     if super::telemetry_api::metrics_stream(opts, client) {
         logs.push(http_log(side));
     }
     logs
 }
 
-/// `filter` with the gRPC TCP access log added, when it is a TCP proxy and telemetry is on;
-/// any other filter (or one whose config does not decode) is returned unchanged.
+/// `filter` with the gRPC TCP access log added when telemetry is on, and the OTLP access log
+/// when the side's Telemetry names it, if it is a TCP proxy; any other filter (or one whose
+/// config does not decode) is returned unchanged.
 pub fn with_tcp_log(filter: Filter, side: Side, opts: &GenOptions) -> Filter {
-    if !super::telemetry_api::metrics_stream(opts, side == Side::Outbound) {
+    let client = side == Side::Outbound;
+    let logs: Vec<AccessLog> = super::telemetry_api::metrics_stream(opts, client)
+        .then(|| tcp_log(side))
+        .into_iter()
+        .chain(super::telemetry_api::otel_log(opts, client))
+        .collect();
+    if logs.is_empty() {
         return filter;
     }
     let Some(filter::ConfigType::TypedConfig(typed)) = &filter.config_type else {
@@ -171,7 +180,7 @@ pub fn with_tcp_log(filter: Filter, side: Side, opts: &GenOptions) -> Filter {
     let Ok(mut proxy) = TcpProxy::decode(typed.value.as_slice()) else {
         return filter;
     };
-    proxy.access_log.push(tcp_log(side));
+    proxy.access_log.extend(logs);
     Filter {
         name: filter.name,
         config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),

@@ -1,15 +1,18 @@
-//! The Telemetry API (`telemetry.istio.io`) in the generated HTTP connection managers: the
-//! tracer, its sampling and custom tags, span reporting, and whether (and which requests) the
-//! JSON access log on stdout records. The policy in force for a workload's side comes from
-//! `meshd_model::telemetry_scope`; with no Telemetry object it is the mesh default (100 %
-//! sampling or `--trace-sampling`, every request logged).
+//! The Telemetry API (`telemetry.istio.io`) in the generated listeners: the tracer, its sampling
+//! and custom tags, span reporting, and whether (and which requests) the JSON access log on
+//! stdout and the OTLP access log to the OpenTelemetry collector record. The policy in force for
+//! a workload's side comes from `meshd_model::telemetry_scope`; with no Telemetry object it is
+//! the mesh default (100 % sampling or `--trace-sampling`, every request logged on stdout).
+//! A Telemetry naming a provider whose collector meshd was not given is refused here, where the
+//! server's options are known.
 
 use super::GenOptions;
 use super::common::boolv;
 use crate::resource::any;
 use envoy_types::pb::envoy::config::accesslog::v3::{
-    AccessLog, AccessLogFilter, ExtensionFilter, access_log_filter, extension_filter,
+    AccessLog, AccessLogFilter, ExtensionFilter, access_log, access_log_filter, extension_filter,
 };
+use envoy_types::pb::envoy::config::core::v3::{GrpcService, TypedExtensionConfig, grpc_service};
 use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing, zipkin_config};
 use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
@@ -17,9 +20,15 @@ use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use meshd_model::telemetry::{CustomTag as IstioTag, PROVIDER_OPENTELEMETRY, PROVIDER_ZIPKIN};
 use meshd_model::telemetry_scope::{SAMPLING_SCALE, SideTelemetry};
+use meshd_model::{ConfigObject, MeshConfig, Rejected, Spec};
+use std::sync::{Arc, OnceLock};
 
 /// Envoy's CEL access-log filter (stock Envoy's `envoy.access_loggers.extension_filters.cel`).
 pub const CEL_FILTER: &str = "envoy.access_loggers.extension_filters.cel";
+/// Envoy's OTLP access logger (provider `opentelemetry`).
+pub const OTEL_LOGGER: &str = "envoy.access_loggers.open_telemetry";
+/// The OTLP access log's name, Istio's (`otel_envoy_accesslog`).
+pub const OTEL_LOG_NAME: &str = "otel_envoy_accesslog";
 
 /// The telemetry in force for one side (`client`: outbound) of the listeners built with `opts`.
 pub fn side(opts: &GenOptions, client: bool) -> &SideTelemetry {
@@ -63,30 +72,36 @@ fn custom_tag(name: &str, tag: &IstioTag) -> Option<CustomTag> {
     })
 }
 
-/// OpenTelemetry over OTLP gRPC to the `opentelemetry` cluster. The service name comes from the
-/// proxy's `OTEL_RESOURCE_ATTRIBUTES` (`service.name=…`, which the injector and the local mesh
-/// set per pod) through Envoy's environment resource detector: the HCM itself is shared by
-/// many workloads, so it cannot name one.
-fn opentelemetry_provider() -> tracing::Http {
-    use envoy_types::pb::envoy::config::core::v3::{
-        GrpcService, TypedExtensionConfig, grpc_service,
-    };
-    use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
+/// OTLP gRPC to the `opentelemetry` cluster: spans and access-log records both go there.
+fn otel_grpc_service() -> GrpcService {
+    GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+            grpc_service::EnvoyGrpc {
+                cluster_name: super::cluster::OPENTELEMETRY.into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The OTLP resource's attributes (`service.name=…`) from the proxy's `OTEL_RESOURCE_ATTRIBUTES`,
+/// which the injector and the local mesh set per pod, through Envoy's environment resource
+/// detector: the listeners are shared by many workloads, so they cannot name one.
+fn environment_detector() -> TypedExtensionConfig {
     use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::EnvironmentResourceDetectorConfig;
+    TypedExtensionConfig {
+        name: "envoy.tracers.opentelemetry.resource_detectors.environment".into(),
+        typed_config: Some(any(&EnvironmentResourceDetectorConfig {})),
+    }
+}
+
+/// OpenTelemetry over OTLP gRPC, its spans named by the proxy's service.
+fn opentelemetry_provider() -> tracing::Http {
+    use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
     let config = OpenTelemetryConfig {
-        grpc_service: Some(GrpcService {
-            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
-                grpc_service::EnvoyGrpc {
-                    cluster_name: super::cluster::OPENTELEMETRY.into(),
-                    ..Default::default()
-                },
-            )),
-            ..Default::default()
-        }),
-        resource_detectors: vec![TypedExtensionConfig {
-            name: "envoy.tracers.opentelemetry.resource_detectors.environment".into(),
-            typed_config: Some(any(&EnvironmentResourceDetectorConfig {})),
-        }],
+        grpc_service: Some(otel_grpc_service()),
+        resource_detectors: vec![environment_detector()],
         ..Default::default()
     };
     tracing::Http {
@@ -135,6 +150,23 @@ pub fn tracing(opts: &GenOptions, client: bool) -> Option<Tracing> {
     })
 }
 
+/// Only the requests `expression` holds for are logged.
+fn cel_filter(expression: &str) -> AccessLogFilter {
+    AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::ExtensionFilter(
+            ExtensionFilter {
+                name: CEL_FILTER.into(),
+                config_type: Some(extension_filter::ConfigType::TypedConfig(any(
+                    &ExpressionFilter {
+                        expression: expression.into(),
+                        ..Default::default()
+                    },
+                ))),
+            },
+        )),
+    }
+}
+
 /// The stdout access log for one side: `None` when the policy turns it off; with a filter
 /// expression, only the requests it holds for are logged.
 pub fn stdout_log(
@@ -147,22 +179,91 @@ pub fn stdout_log(
         return None;
     }
     let mut log = log();
-    if let Some(expression) = &side.access_log_filter {
-        log.filter = Some(AccessLogFilter {
-            filter_specifier: Some(access_log_filter::FilterSpecifier::ExtensionFilter(
-                ExtensionFilter {
-                    name: CEL_FILTER.into(),
-                    config_type: Some(extension_filter::ConfigType::TypedConfig(any(
-                        &ExpressionFilter {
-                            expression: expression.clone(),
-                            ..Default::default()
-                        },
-                    ))),
-                },
-            )),
-        });
-    }
+    log.filter = side.access_log_filter.as_deref().map(cel_filter);
     Some(log)
+}
+
+/// Istio's default OpenTelemetry access log: each record's body is Istio's default text line
+/// and the resource names the proxy's service. Istio's further attributes (the peers' metadata,
+/// from its metadata-exchange filter state) have no source in stock Envoy.
+fn build_otel_log() -> AccessLog {
+    use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
+    use envoy_types::pb::opentelemetry::proto::common::v1::{AnyValue, any_value};
+    let config = OpenTelemetryAccessLogConfig {
+        grpc_service: Some(otel_grpc_service()),
+        log_name: OTEL_LOG_NAME.into(),
+        // As Istio: the resource is the workload's, not Envoy's node and cluster names.
+        disable_builtin_labels: true,
+        resource_detectors: vec![environment_detector()],
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(
+                super::listener::ISTIO_TEXT_FORMAT.into(),
+            )),
+        }),
+        ..Default::default()
+    };
+    AccessLog {
+        name: OTEL_LOGGER.into(),
+        config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+        ..Default::default()
+    }
+}
+
+/// The OTLP access log for one side: `None` unless the policy names provider `opentelemetry`
+/// and meshd has a collector (`--otel-address`); filtered as the stdout log is.
+pub fn otel_log(opts: &GenOptions, client: bool) -> Option<AccessLog> {
+    static LOG: OnceLock<AccessLog> = OnceLock::new();
+    let side = side(opts, client);
+    if opts.otel_collector.is_none() || !side.otel_access_log {
+        return None;
+    }
+    let mut log = LOG.get_or_init(build_otel_log).clone();
+    log.filter = side.otel_access_log_filter.as_deref().map(cel_filter);
+    Some(log)
+}
+
+/// Why `t` cannot be applied with `opts`, by the field naming a provider whose collector meshd
+/// was not given (the model cannot know: it is the server's option).
+fn unservable(t: &meshd_model::telemetry::Telemetry, opts: &GenOptions) -> Option<String> {
+    if opts.otel_collector.is_some() {
+        return None;
+    }
+    t.access_logging.iter().enumerate().find_map(|(i, log)| {
+        let j = log
+            .providers
+            .iter()
+            .position(|p| p.name == PROVIDER_OPENTELEMETRY)?;
+        Some(format!(
+            "spec.accessLogging[{i}].providers[{j}].name: provider `{PROVIDER_OPENTELEMETRY}` needs an OpenTelemetry collector, and meshd serve runs without --otel-address"
+        ))
+    })
+}
+
+/// The Telemetry objects of `config` in force under `opts` (see
+/// `meshd_model::telemetry_scope::telemetries`), and those refused with why.
+pub fn in_force(config: &MeshConfig, opts: &GenOptions) -> (Vec<Arc<ConfigObject>>, Vec<Rejected>) {
+    let mut refused = Vec::new();
+    let objects = meshd_model::telemetry_scope::telemetries(config)
+        .into_iter()
+        .filter(|o| {
+            let Spec::Telemetry(t) = &o.spec else {
+                return true;
+            };
+            let Some(reason) = unservable(t, opts) else {
+                return true;
+            };
+            refused.push(Rejected {
+                file: o.source.file.clone(),
+                line: o.source.line,
+                kind: Some(o.kind()),
+                namespace: Some(o.meta.namespace().to_string()),
+                name: Some(o.meta.name.clone()),
+                reason,
+            });
+            false
+        })
+        .collect();
+    (objects, refused)
 }
 
 /// Whether the gRPC access-log stream feeding meshd's Istio metrics runs on this side: not when

@@ -205,3 +205,121 @@ fn opentelemetry_is_the_tracer_a_telemetry_or_the_mesh_default_picks() {
             .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
     );
 }
+
+fn otel() -> GenOptions {
+    GenOptions {
+        otel_collector: Some("10.0.0.9:4317".into()),
+        ..GenOptions::default()
+    }
+}
+
+/// Provider `opentelemetry`: Envoy's OTLP access logger on the `opentelemetry` cluster, with
+/// Istio's default text line as each record's body and the proxy's service as its resource.
+#[test]
+fn the_opentelemetry_access_log_goes_to_the_collector_cluster_filtered_as_asked() {
+    let t = telemetry(
+        "shop",
+        "  selector: {matchLabels: {app: api}}\n  accessLogging:\n  - providers: [{name: opentelemetry}]\n    filter: {expression: 'response.code >= 500'}\n",
+    );
+    let all = listeners_of(&format!("{MESH}---\n{t}"), otel(), "api");
+    let inbound = listener(&all, "virtualInbound");
+    let outbound = listener(&all, "0.0.0.0_8080");
+    for hcm in hcms(inbound).into_iter().chain(hcms(outbound)).map(|h| h.1) {
+        let log = access_log(hcm, OTEL_LOGGER).expect("the OTLP access log");
+        let config = &log["typed_config"];
+        assert_eq!(
+            config["grpc_service"]["envoy_grpc"]["cluster_name"], "opentelemetry",
+            "{config:#}"
+        );
+        assert_eq!(config["log_name"], OTEL_LOG_NAME);
+        assert_eq!(
+            config["body"]["string_value"],
+            crate::generate::listener::ISTIO_TEXT_FORMAT
+        );
+        assert_eq!(config["disable_builtin_labels"], true);
+        assert_eq!(
+            config["resource_detectors"][0]["name"],
+            "envoy.tracers.opentelemetry.resource_detectors.environment"
+        );
+        let filter = &log["filter"]["extension_filter"];
+        assert_eq!(filter["name"], CEL_FILTER);
+        assert_eq!(filter["typed_config"]["expression"], "response.code >= 500");
+        assert!(
+            logger(hcm, STDOUT).is_none(),
+            "naming only opentelemetry replaces the stdout log"
+        );
+        assert!(
+            logger(hcm, HTTP_GRPC).is_some(),
+            "metrics keep their stream"
+        );
+    }
+    // TCP proxies log their connections there too.
+    let tcp = tcp_proxies(inbound);
+    assert!(!tcp.is_empty(), "api serves TCP on 9000");
+    for (_, tcp) in tcp {
+        let log = access_log(tcp, OTEL_LOGGER).expect("the OTLP access log on TCP");
+        assert_eq!(log["filter"]["extension_filter"]["name"], CEL_FILTER);
+    }
+    // Not selected: the stdout log only.
+    let all = listeners_of(&format!("{MESH}---\n{t}"), otel(), "web");
+    let hcm = hcms(listener(&all, "0.0.0.0_8080"))[0].1;
+    assert!(logger(hcm, OTEL_LOGGER).is_none());
+    assert!(logger(hcm, STDOUT).is_some());
+}
+
+#[test]
+fn both_providers_log_twice_and_disabled_stops_both() {
+    let both = telemetry(
+        "shop",
+        "  accessLogging:\n  - providers: [{name: envoy}, {name: opentelemetry}]\n",
+    );
+    let off = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: api, namespace: shop}\nspec:\n  selector: {matchLabels: {app: api}}\n  accessLogging:\n  - disabled: true\n";
+    let yaml = format!("{MESH}---\n{both}---\n{off}");
+    let hcm = |workload: &str| {
+        let all = listeners_of(&yaml, otel(), workload);
+        hcms(listener(&all, "0.0.0.0_8080"))[0].1.clone()
+    };
+    let web = hcm("web");
+    assert!(logger(&web, STDOUT).is_some() && logger(&web, OTEL_LOGGER).is_some());
+    assert!(
+        access_log(&web, OTEL_LOGGER)
+            .unwrap()
+            .get("filter")
+            .is_none()
+    );
+    let api = hcm("api");
+    assert!(logger(&api, STDOUT).is_none() && logger(&api, OTEL_LOGGER).is_none());
+}
+
+/// Without `--otel-address` there is nowhere to send the records: the Telemetry is refused by
+/// its field, and none of it applies (the stdout log stays as it was).
+#[test]
+fn the_opentelemetry_access_log_without_a_collector_is_refused_by_its_field() {
+    let t = telemetry(
+        "shop",
+        "  tracing: [{randomSamplingPercentage: 5}]\n  accessLogging:\n  - providers: [{name: envoy}]\n  - providers: [{name: opentelemetry}]\n",
+    );
+    let file = meshd_model::parse_file("t.yaml", &format!("{MESH}---\n{t}")).unwrap();
+    let config = Arc::new(meshd_model::MeshConfig::assemble([&file]));
+    let snap = crate::generate::MeshSnapshot::build(1, config.clone(), Arc::new(traced()));
+    let problems: Vec<String> = snap.problems().map(|r| r.to_string()).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("Telemetry shop/t-shop")
+            && problems[0].contains(
+                "spec.accessLogging[1].providers[0].name: provider `opentelemetry` needs an OpenTelemetry collector"
+            ),
+        "{problems:?}"
+    );
+    let labels = [("app".to_string(), "api".to_string())].into();
+    assert_eq!(
+        snap.telemetry_for("shop", &labels),
+        Default::default(),
+        "refused whole"
+    );
+    // With the collector, it is served.
+    let snap = crate::generate::MeshSnapshot::build(1, config, Arc::new(otel()));
+    assert_eq!(snap.problems().count(), 0);
+    let policy = snap.telemetry_for("shop", &labels);
+    assert!(policy.server.otel_access_log && policy.server.access_log);
+}

@@ -153,7 +153,7 @@ pub fn detail(s: &AdminState, name: &str, namespace: &str) -> Option<Value> {
     let rejected: Vec<Value> = config
         .rejected
         .iter()
-        .chain(&snap.patches.problems)
+        .chain(snap.problems())
         .filter(|r| {
             r.namespace
                 .as_deref()
