@@ -82,7 +82,12 @@ pub struct Directory {
 
 impl Directory {
     pub fn build(mesh: &MeshConfig, trust_domain: &str) -> Directory {
-        let mut d = Directory::default();
+        // Sized once: growing by doubling left up to 40 % of the peers' room unused (1 MB at
+        // 10 000 workloads, issue 19).
+        let mut d = Directory {
+            peers: Vec::with_capacity(mesh.workloads.len()),
+            ..Default::default()
+        };
         let telemetries = meshd_model::telemetry_scope::telemetries(mesh);
         for w in &mesh.workloads {
             let key = (w.namespace.clone(), w.name.clone());
@@ -128,6 +133,14 @@ impl Directory {
                     ports: s.ports.iter().map(|p| e.port_for(p)).collect(),
                 });
             }
+        }
+        // A workload serves one service or a few and has an address of its own; a list's
+        // first push makes room for four.
+        for served in d.served.values_mut() {
+            served.shrink_to_fit();
+        }
+        for at in d.by_address.values_mut() {
+            at.shrink_to_fit();
         }
         d
     }
@@ -223,5 +236,43 @@ fn authority_host(authority: &str) -> &str {
     match authority.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_directory_keeps_no_spare_room_per_workload() {
+        let mut yaml = String::from(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc, namespace: ns}\nspec:\n  hosts: [svc.ns.svc.cluster.local]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: svc}}\n",
+        );
+        for i in 0..5 {
+            yaml.push_str(&format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: w{i}, namespace: ns}}\nspec: {{address: 10.0.0.{i}, labels: {{app: svc}}}}\n"
+            ));
+        }
+        let file = meshd_model::parse_file("t.yaml", &yaml).unwrap();
+        let mesh = MeshConfig::assemble([&file]);
+        let d = Directory::build(&mesh, "cluster.local");
+        assert_eq!(d.peers.len(), 5);
+        assert_eq!(d.peers.capacity(), d.peers.len());
+        assert_eq!(d.served.len(), 5, "each workload serves svc");
+        for served in d.served.values() {
+            assert_eq!((served.len(), served.capacity()), (1, 1));
+        }
+        assert_eq!(d.by_address.len(), 5);
+        for at in d.by_address.values() {
+            assert_eq!((at.len(), at.capacity()), (1, 1));
+        }
+        let peer = d
+            .at("10.0.0.3".parse().unwrap())
+            .expect("w3 by its address");
+        assert_eq!(peer.workload, "w3");
+        assert_eq!(
+            d.service_of(peer, Some(80), ""),
+            Some("svc.ns.svc.cluster.local")
+        );
     }
 }

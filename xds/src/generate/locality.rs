@@ -11,15 +11,52 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use meshd_model::locality::{Locality, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
 use meshd_model::networking::{Labels, LocalityLbSetting};
 use meshd_model::registry::Endpoint;
+use prost::Message;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-/// Endpoints sharing a locality and the values of the `failoverPriority` labels.
+/// Endpoints sharing a locality and the values of the `failoverPriority` labels, kept encoded:
+/// a plan lives as long as its snapshot, and a decoded endpoint (its address, its own maps of
+/// transport-socket metadata) holds ≈ 1.4 KB where its encoding holds ≈ 60 bytes — 28 MB of the
+/// idle heap at 10 000 workloads (issue 19). A plan decodes a group once per proxy locality.
 #[derive(Clone, Debug)]
 struct Group {
     locality: Locality,
     label_values: Vec<String>,
-    lb_endpoints: Vec<LbEndpoint>,
+    /// `LocalityLbEndpoints { lb_endpoints }`, encoded.
+    lb_endpoints: Box<[u8]>,
+    /// The endpoints' load-balancing weights summed (1 for an endpoint without one).
+    weight: u64,
+}
+
+impl Group {
+    fn new(locality: Locality, label_values: Vec<String>, lb_endpoints: Vec<LbEndpoint>) -> Group {
+        let weight = lb_endpoints
+            .iter()
+            .map(|e| {
+                e.load_balancing_weight
+                    .as_ref()
+                    .map_or(1, |w| u64::from(w.value))
+            })
+            .sum();
+        let encoded = LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        Group {
+            locality,
+            label_values,
+            lb_endpoints: encoded.into_boxed_slice(),
+            weight,
+        }
+    }
+
+    fn lb_endpoints(&self) -> Vec<LbEndpoint> {
+        LocalityLbEndpoints::decode(&self.lb_endpoints[..])
+            .expect("a locality group decodes from its own encoding")
+            .lb_endpoints
+    }
 }
 
 /// What a proxy-dependent cluster assignment is built from, and its encodings by proxy key.
@@ -101,18 +138,16 @@ pub fn assignment(
     if by_key.is_empty() {
         by_key.insert(Default::default(), Vec::new());
     }
-    let groups: Vec<Group> = by_key
-        .into_iter()
-        .map(|((locality, label_values), lb_endpoints)| Group {
-            locality,
-            label_values,
-            lb_endpoints,
-        })
-        .collect();
     let Some(setting) = in_force else {
-        let plain = Plan::flat(&groups);
+        let plain = Plan::flat(by_key);
         return (plain.into_assignment(cluster_name), None);
     };
+    let groups: Vec<Group> = by_key
+        .into_iter()
+        .map(|((locality, label_values), lb_endpoints)| {
+            Group::new(locality, label_values, lb_endpoints)
+        })
+        .collect();
     let plan = LocalityPlan {
         cluster_name: cluster_name.to_string(),
         groups,
@@ -132,11 +167,14 @@ struct Plan {
 }
 
 impl Plan {
-    fn flat(groups: &[Group]) -> Plan {
+    fn flat(groups: BTreeMap<(Locality, Vec<String>), Vec<LbEndpoint>>) -> Plan {
         let mut placed: BTreeMap<(u32, Locality), (Option<u32>, Vec<LbEndpoint>)> = BTreeMap::new();
-        for g in groups {
-            let slot = placed.entry((0, g.locality.clone())).or_default();
-            slot.1.extend(g.lb_endpoints.iter().cloned());
+        for ((locality, _), lb_endpoints) in groups {
+            placed
+                .entry((0, locality))
+                .or_default()
+                .1
+                .extend(lb_endpoints);
         }
         Plan { placed }
     }
@@ -214,7 +252,7 @@ impl LocalityPlan {
                 .placed
                 .entry((priority, g.locality.clone()))
                 .or_default();
-            slot.1.extend(g.lb_endpoints.iter().cloned());
+            slot.1.extend(g.lb_endpoints());
         }
         plan.into_assignment(&self.cluster_name)
     }
@@ -287,16 +325,7 @@ impl LocalityPlan {
             }
             None => {
                 for g in &self.groups {
-                    let w: u64 = g
-                        .lb_endpoints
-                        .iter()
-                        .map(|e| {
-                            e.load_balancing_weight
-                                .as_ref()
-                                .map_or(1, |w| u64::from(w.value))
-                        })
-                        .sum();
-                    *weights.entry(&g.locality).or_default() += w.max(1);
+                    *weights.entry(&g.locality).or_default() += g.weight.max(1);
                 }
             }
         }
@@ -307,7 +336,7 @@ impl LocalityPlan {
             };
             let slot = placed.entry((0, g.locality.clone())).or_default();
             slot.0 = Some(u32::try_from(*w).unwrap_or(u32::MAX));
-            slot.1.extend(g.lb_endpoints.iter().cloned());
+            slot.1.extend(g.lb_endpoints());
         }
         Plan { placed }
     }
