@@ -357,21 +357,14 @@ fn policy_parts(
             }
         }
     }
-    if let Some(pool) = pool
-        && let Some(h) = &pool.http
+    if let Some(p) = pool
+        .and_then(|pool| pool.http.as_ref())
+        .and_then(|h| h.h2_upgrade_policy.as_ref())
+        && !matches!(p.as_str(), "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE")
     {
-        if h.use_client_protocol == Some(true) {
-            return Err(format!(
-                "{at}.connectionPool.http.useClientProtocol is not supported (use h2UpgradePolicy)"
-            ));
-        }
-        if let Some(p) = &h.h2_upgrade_policy
-            && !matches!(p.as_str(), "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE")
-        {
-            return Err(format!(
-                "{at}.connectionPool.http.h2UpgradePolicy `{p}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"
-            ));
-        }
+        return Err(format!(
+            "{at}.connectionPool.http.h2UpgradePolicy `{p}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"
+        ));
     }
     if tls.is_some_and(|t| t.credential_name.is_some()) {
         return Err(format!(

@@ -32,6 +32,9 @@ spec:
   - name: h2
     labels: {{app: backend}}
     trafficPolicy: {{connectionPool: {{http: {{h2UpgradePolicy: UPGRADE}}}}}}
+  - name: asclient
+    labels: {{app: backend}}
+    trafficPolicy: {{connectionPool: {{http: {{useClientProtocol: true}}}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -47,6 +50,8 @@ spec:
     route: [{{destination: {{host: {host}, subset: bysource}}}}]
   - match: [{{uri: {{prefix: /h2/}}}}]
     route: [{{destination: {{host: {host}, subset: h2}}}}]
+  - match: [{{uri: {{prefix: /uc/}}}}]
+    route: [{{destination: {{host: {host}, subset: asclient}}}}]
   - match: [{{uri: {{prefix: /cors/}}}}]
     corsPolicy:
       allowOrigins: [{{exact: "https://good.example"}}]
@@ -126,6 +131,31 @@ spec:
         ),
         0
     );
+
+    // useClientProtocol: the sidecar speaks to that subset what the client spoke to it, HTTP/1.1
+    // for an HTTP/1.1 request, HTTP/2 for an HTTP/2 (prior knowledge) one.
+    let uc =
+        |codec: &str| format!("cluster.outbound|{PORT}|asclient|{host}.upstream_cx_{codec}_total");
+    backends(&burst(&client, &url("/uc/x"), &[], 2, 1));
+    assert!(stat(&client, &uc("http1")) >= 1, "{} = 0", uc("http1"));
+    assert_eq!(
+        stat(&client, &uc("http2")),
+        0,
+        "an HTTP/1.1 request went out as HTTP/2"
+    );
+    let h2_answer = curl_in(
+        &client,
+        &[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &url("/uc/y"),
+        ],
+    );
+    assert_eq!(h2_answer.stdout.trim(), "200 2", "{h2_answer:?}");
+    assert!(stat(&client, &uc("http2")) >= 1, "{} = 0", uc("http2"));
 
     // CORS: a preflight from an allowed origin is answered by the sidecar.
     let origin = [

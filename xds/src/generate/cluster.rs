@@ -22,7 +22,10 @@ use std::time::Duration;
 
 #[path = "cluster_policy.rs"]
 mod policy;
-use policy::{circuit_breakers, keepalive, lb_policy, outlier, protocol_options, speaks_h2};
+use policy::{
+    circuit_breakers, keepalive, lb_policy, outlier, protocol_options, speaks_h2,
+    uses_client_protocol,
+};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
@@ -127,6 +130,10 @@ fn client_tls(
     let sni = sni(port.number, subset, &svc.hostname);
     let alpn: &[&str] = if !port.protocol.is_http() {
         &["istio"]
+    } else if uses_client_protocol(policy.connection_pool.as_ref()) {
+        // None here: Envoy's HTTP/1 and HTTP/2 connection pools each offer their own codec's
+        // ALPN when the TLS context names none, and the peer's inbound picks its codec by it.
+        &[]
     } else if speaks_h2(policy.connection_pool.as_ref(), port) {
         &["h2"]
     } else {

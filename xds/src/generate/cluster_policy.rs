@@ -79,16 +79,26 @@ pub(super) fn outlier(od: &OutlierDetection) -> EnvoyOutlier {
     }
 }
 
+/// `connectionPool.http.useClientProtocol`: the sidecar speaks to this destination what the
+/// client spoke to it (and `h2UpgradePolicy` does not apply, as in Istio).
+pub(super) fn uses_client_protocol(pool: Option<&ConnectionPoolSettings>) -> bool {
+    pool.and_then(|p| p.http.as_ref())
+        .and_then(|h| h.use_client_protocol)
+        .unwrap_or(false)
+}
+
 /// Whether the sidecar speaks HTTP/2 to this destination port: HTTP2/gRPC ports, or
 /// `h2UpgradePolicy: UPGRADE`.
 pub(super) fn speaks_h2(pool: Option<&ConnectionPoolSettings>, port: &Port) -> bool {
-    matches!(
-        port.protocol,
-        meshd_model::registry::Protocol::Http2 | meshd_model::registry::Protocol::Grpc
-    ) || pool
-        .and_then(|p| p.http.as_ref())
-        .and_then(|h| h.h2_upgrade_policy.as_deref())
-        == Some("UPGRADE")
+    !uses_client_protocol(pool)
+        && matches!(
+            port.protocol,
+            meshd_model::registry::Protocol::Http2 | meshd_model::registry::Protocol::Grpc
+        )
+        || pool
+            .and_then(|p| p.http.as_ref())
+            .and_then(|h| h.h2_upgrade_policy.as_deref())
+            == Some("UPGRADE")
 }
 
 pub(super) fn protocol_options(
@@ -103,16 +113,32 @@ pub(super) fn protocol_options(
     if !port.protocol.is_http() {
         return None;
     }
-    let protocol_config = if speaks_h2(pool, port) {
-        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-            Http2ProtocolOptions {
-                max_concurrent_streams: http.and_then(|h| h.max_concurrent_streams).and_then(u32v),
+    let h2_options = || Http2ProtocolOptions {
+        max_concurrent_streams: http.and_then(|h| h.max_concurrent_streams).and_then(u32v),
+        ..Default::default()
+    };
+    let upstream = if uses_client_protocol(pool) {
+        http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            http_protocol_options::UseDownstreamHttpConfig {
+                http_protocol_options: Some(Http1ProtocolOptions::default()),
+                http2_protocol_options: Some(h2_options()),
                 ..Default::default()
             },
         )
     } else {
-        http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
-            Http1ProtocolOptions::default(),
+        let protocol_config = if speaks_h2(pool, port) {
+            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                h2_options(),
+            )
+        } else {
+            http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                Http1ProtocolOptions::default(),
+            )
+        };
+        http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(protocol_config),
+            },
         )
     };
     let opts = HttpProtocolOptions {
@@ -125,13 +151,7 @@ pub(super) fn protocol_options(
             max_connection_duration: tcp.and_then(|t| t.max_connection_duration).map(duration),
             ..Default::default()
         }),
-        upstream_protocol_options: Some(
-            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(protocol_config),
-                },
-            ),
-        ),
+        upstream_protocol_options: Some(upstream),
         ..Default::default()
     };
     Some((

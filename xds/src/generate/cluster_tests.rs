@@ -188,13 +188,54 @@ spec:
     );
 }
 
+/// `useClientProtocol`: the cluster follows the downstream's codec (HTTP/1.1 or HTTP/2, each
+/// with the pool's settings), whatever the port's protocol or `h2UpgradePolicy` say.
+#[test]
+fn use_client_protocol_follows_the_downstream_codec() {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
+    let c = clusters(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: x, namespace: ns}
+spec:
+  host: x
+  trafficPolicy:
+    connectionPool: {http: {useClientProtocol: true, h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 5}}
+    portLevelSettings:
+    - port: {number: 9090}
+      connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
+"#,
+    );
+    let upstream = |name: &str| {
+        HttpProtocolOptions::decode(
+            c[name].typed_extension_protocol_options
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                .value
+                .as_slice(),
+        )
+        .unwrap()
+        .upstream_protocol_options
+        .unwrap()
+    };
+    match upstream("outbound|8080||x.ns.svc.cluster.local") {
+        UpstreamProtocolOptions::UseDownstreamProtocolConfig(d) => {
+            assert!(d.http_protocol_options.is_some());
+            let h2 = d.http2_protocol_options.unwrap();
+            assert_eq!(h2.max_concurrent_streams.unwrap().value, 5);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The port's own connectionPool replaces the rule's: that port is upgraded, not the client's.
+    assert!(matches!(
+        upstream("outbound|9090||x.ns.svc.cluster.local"),
+        UpstreamProtocolOptions::ExplicitHttpConfig(_)
+    ));
+}
+
 #[test]
 fn unsupported_policy_fields_are_reported() {
     for (field, want) in [
-        (
-            "connectionPool: {http: {useClientProtocol: true}}",
-            "useClientProtocol",
-        ),
         (
             "connectionPool: {http: {h2UpgradePolicy: SOMETIMES}}",
             "SOMETIMES",
