@@ -50,6 +50,8 @@ pub struct AdminState {
     pub auth_failures: Arc<crate::transport::AuthFailures>,
     /// RequestAuthentication key fetches.
     pub jwks: Arc<crate::jwks::JwksMetrics>,
+    /// Kubernetes watch events (`pilot_k8s_reg_events`; none in file mode).
+    pub reg_events: Arc<crate::reg_events::RegEvents>,
 }
 
 /// The admin routes behind [`access::guard`]; serve it with `ConnectInfo<SocketAddr>`

@@ -121,6 +121,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         cluster_rotation,
         secrets_over_plaintext,
         native_sidecars,
+        reg_events,
     } = mode;
     ca_pending.ready();
     config_pending.ready();
@@ -486,6 +487,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         injection_metrics,
         auth_failures,
         jwks: jwks_metrics,
+        reg_events,
     };
     let mut first_admin = Some((admin_listener, readiness.register("admin")));
     let stop_rx = shutdown_rx.clone();

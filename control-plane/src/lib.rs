@@ -21,6 +21,7 @@ pub mod memory;
 pub mod mode;
 pub mod proxy_wait;
 pub mod readiness;
+pub mod reg_events;
 pub mod root_rotation;
 pub mod snapshots;
 pub mod source;

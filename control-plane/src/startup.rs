@@ -183,6 +183,8 @@ pub struct Mode {
     pub secrets_over_plaintext: bool,
     /// The API server supports native sidecars (`None`: not asked, or no cluster).
     pub native_sidecars: Option<bool>,
+    /// The cluster's watch events (none in file mode).
+    pub reg_events: Arc<crate::reg_events::RegEvents>,
 }
 
 /// What starting a mode needs from the configuration.
@@ -224,6 +226,7 @@ impl Mode {
                 cluster_rotation: None,
                 secrets_over_plaintext: true,
                 native_sidecars: None,
+                reg_events: Default::default(),
             });
         };
         let (status_tx, status) = watch::channel(String::from("starting"));
@@ -251,6 +254,7 @@ impl Mode {
             }),
             secrets_over_plaintext: false,
             native_sidecars,
+            reg_events: kube.reg_events(),
             source: ConfigSource::Cluster(Box::new(kube)),
         })
     }

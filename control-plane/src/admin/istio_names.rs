@@ -99,6 +99,7 @@ pub fn encode_into(s: &AdminState, out: &mut String) {
     citadel(s, &mut registry);
     s.injection_metrics.register(&mut registry);
     s.jwks.register(&mut registry);
+    s.reg_events.register(&mut registry);
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &registry).is_ok() {
         out.push_str(text.trim_end().trim_end_matches("# EOF"));

@@ -15,6 +15,7 @@
 //!   as a file's document: an invalid one lands in `MeshConfig::rejected` with its reason and
 //!   field path, the rest serves.
 
+use crate::reg_events::RegEvent;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meshd_model::registry::{self, Workload};
@@ -237,37 +238,55 @@ indexed!(Pod, pods);
 indexed!(Namespace, namespaces);
 
 impl KubeObjects {
-    pub fn apply<K: Indexed>(&mut self, obj: K) {
+    pub fn apply<K: Indexed>(&mut self, obj: K) -> RegEvent {
         let key = obj.key();
-        K::store(self).insert(key, Arc::new(obj));
+        match K::store(self).insert(key, Arc::new(obj)) {
+            None => RegEvent::Add,
+            Some(_) => RegEvent::Update,
+        }
     }
 
-    pub fn delete<K: Indexed>(&mut self, obj: &K) {
+    pub fn delete<K: Indexed>(&mut self, obj: &K) -> RegEvent {
         K::store(self).remove(&obj.key());
+        RegEvent::Delete
     }
 
-    /// A relist: the kind's objects are exactly `objs` now; whatever vanished is gone.
-    pub fn replace<K: Indexed>(&mut self, objs: impl IntoIterator<Item = K>) {
+    /// A relist: the kind's objects are exactly `objs` now; whatever vanished is gone. Returns
+    /// how many there are.
+    pub fn replace<K: Indexed>(&mut self, objs: impl IntoIterator<Item = K>) -> usize {
         *K::store(self) = objs.into_iter().map(|o| (o.key(), Arc::new(o))).collect();
+        K::store(self).len()
     }
 
-    pub fn apply_istio(&mut self, obj: IstioObject) {
-        self.istio.insert(
+    pub fn apply_istio(&mut self, obj: IstioObject) -> RegEvent {
+        match self.istio.insert(
             (obj.kind, obj.namespace.clone(), obj.name.clone()),
             Arc::new(obj),
-        );
+        ) {
+            None => RegEvent::Add,
+            Some(_) => RegEvent::Update,
+        }
     }
 
-    pub fn delete_istio(&mut self, kind: Kind, namespace: &str, name: &str) {
+    pub fn delete_istio(&mut self, kind: Kind, namespace: &str, name: &str) -> RegEvent {
         self.istio
             .remove(&(kind, namespace.to_string(), name.to_string()));
+        RegEvent::Delete
     }
 
-    pub fn replace_istio(&mut self, kind: Kind, objs: impl IntoIterator<Item = IstioObject>) {
+    /// A relist of one Istio kind; returns how many objects it holds.
+    pub fn replace_istio(
+        &mut self,
+        kind: Kind,
+        objs: impl IntoIterator<Item = IstioObject>,
+    ) -> usize {
         self.istio.retain(|(k, _, _), _| *k != kind);
+        let mut count = 0;
         for o in objs {
             self.apply_istio(o);
+            count += 1;
         }
+        count
     }
 
     /// Loads objects from YAML (`kubectl get -o yaml` documents or `List`s): fixtures and tests.
@@ -303,13 +322,25 @@ impl KubeObjects {
                     }
                 }
             }
-            "Service" => self.apply(typed::<Service>(value)?),
-            "EndpointSlice" => self.apply(typed::<EndpointSlice>(value)?),
-            "Endpoints" => self.apply(typed::<Endpoints>(value)?),
-            "Pod" => self.apply(typed::<Pod>(value)?),
-            "Namespace" => self.apply(typed::<Namespace>(value)?),
+            "Service" => {
+                self.apply(typed::<Service>(value)?);
+            }
+            "EndpointSlice" => {
+                self.apply(typed::<EndpointSlice>(value)?);
+            }
+            "Endpoints" => {
+                self.apply(typed::<Endpoints>(value)?);
+            }
+            "Pod" => {
+                self.apply(typed::<Pod>(value)?);
+            }
+            "Namespace" => {
+                self.apply(typed::<Namespace>(value)?);
+            }
             other => match Kind::from_name(other) {
-                Some(k) => self.apply_istio(IstioObject::parse(k, &value)),
+                Some(k) => {
+                    self.apply_istio(IstioObject::parse(k, &value));
+                }
                 None => return Err(format!("unsupported kind `{other}` in fixture")),
             },
         }

@@ -152,6 +152,7 @@ pub struct Kube {
     namespace_labels: tokio::sync::watch::Sender<NamespaceLabels>,
     /// The config the watches build, once they run: its rejections become Events.
     config: Option<tokio::sync::watch::Receiver<Arc<meshd_model::MeshConfig>>>,
+    reg_events: Arc<crate::reg_events::RegEvents>,
 }
 
 type NamespaceLabels =
@@ -181,7 +182,13 @@ impl Kube {
             namespaces_tx,
             namespace_labels: tokio::sync::watch::Sender::new(Default::default()),
             config: None,
+            reg_events: Default::default(),
         })
+    }
+
+    /// The watch events the index took in (`pilot_k8s_reg_events`).
+    pub fn reg_events(&self) -> Arc<crate::reg_events::RegEvents> {
+        self.reg_events.clone()
     }
 
     pub fn client(&self) -> &Client {
@@ -236,6 +243,7 @@ impl Kube {
                 mesh: out,
                 injection_namespaces: self.namespaces_tx.clone(),
                 namespace_labels: self.namespace_labels.clone(),
+                reg_events: self.reg_events.clone(),
             },
         )
         .await?;

@@ -12,6 +12,7 @@
 
 use super::index::{IndexOptions, Indexed, IstioObject, KubeObjects};
 use crate::debounce::Debounce;
+use crate::reg_events::{RegEvent, RegEvents};
 use ::kube::api::{Api, ApiResource, DynamicObject};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::runtime::watcher::{self, Event};
@@ -83,7 +84,8 @@ pub fn istio_resource(kind: Kind) -> ApiResource {
     }
 }
 
-type Mutation = Box<dyn FnOnce(&mut KubeObjects) + Send>;
+/// Applies one change to the index and says what it was (an event and how many objects).
+type Mutation = Box<dyn FnOnce(&mut KubeObjects) -> (RegEvent, u64) + Send>;
 
 /// One change from one watcher.
 struct Change {
@@ -146,18 +148,18 @@ where
                 Change {
                     kind,
                     listed: true,
-                    mutate: Box::new(move |objs| objs.replace(all)),
+                    mutate: Box::new(move |objs| (RegEvent::Add, objs.replace(all) as u64)),
                 }
             }
             Ok(Event::Apply(o)) => Change {
                 kind,
                 listed: false,
-                mutate: Box::new(move |objs| objs.apply(o)),
+                mutate: Box::new(move |objs| (objs.apply(o), 1)),
             },
             Ok(Event::Delete(o)) => Change {
                 kind,
                 listed: false,
-                mutate: Box::new(move |objs| objs.delete(&o)),
+                mutate: Box::new(move |objs| (objs.delete(&o), 1)),
             },
             Err(e) => {
                 tracing::warn!(kind, error = %e, "watch failed; retrying");
@@ -207,7 +209,9 @@ async fn watch_istio(client: Client, kind: Kind, tx: mpsc::Sender<Change>) {
                 Change {
                     kind: name,
                     listed: true,
-                    mutate: Box::new(move |objs| objs.replace_istio(kind, all)),
+                    mutate: Box::new(move |objs| {
+                        (RegEvent::Add, objs.replace_istio(kind, all) as u64)
+                    }),
                 }
             }
             Ok(Event::Apply(o)) => {
@@ -218,7 +222,7 @@ async fn watch_istio(client: Client, kind: Kind, tx: mpsc::Sender<Change>) {
                 Change {
                     kind: name,
                     listed: false,
-                    mutate: Box::new(move |objs| objs.apply_istio(o)),
+                    mutate: Box::new(move |objs| (objs.apply_istio(o), 1)),
                 }
             }
             Ok(Event::Delete(o)) => {
@@ -227,7 +231,7 @@ async fn watch_istio(client: Client, kind: Kind, tx: mpsc::Sender<Change>) {
                 Change {
                     kind: name,
                     listed: false,
-                    mutate: Box::new(move |objs| objs.delete_istio(kind, &ns, &n)),
+                    mutate: Box::new(move |objs| (objs.delete_istio(kind, &ns, &n), 1)),
                 }
             }
             Err(watcher::Error::InitialListFailed(e)) if is_not_found(&e) => {
@@ -243,7 +247,9 @@ async fn watch_istio(client: Client, kind: Kind, tx: mpsc::Sender<Change>) {
                 Change {
                     kind: name,
                     listed: true,
-                    mutate: Box::new(move |objs| objs.replace_istio(kind, Vec::new())),
+                    mutate: Box::new(move |objs| {
+                        (RegEvent::Add, objs.replace_istio(kind, Vec::new()) as u64)
+                    }),
                 }
             }
             Err(e) => {
@@ -265,6 +271,8 @@ pub struct KubeOutputs {
     pub injection_namespaces: watch::Sender<BTreeSet<String>>,
     /// Every namespace's labels (the injector's namespace decision).
     pub namespace_labels: watch::Sender<BTreeMap<String, BTreeMap<String, String>>>,
+    /// `pilot_k8s_reg_events`.
+    pub reg_events: Arc<RegEvents>,
 }
 
 /// The running watchers and index of one API server.
@@ -366,15 +374,14 @@ async fn run_index(
 ) {
     let mut objs = KubeObjects::default();
     let mut synced: BTreeSet<&'static str> = BTreeSet::new();
-    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     // A burst (a relist, a rollout) is one rebuild.
     while let Some(batch) = debounce.burst(&mut rx).await {
         for c in batch {
-            *counts.entry(c.kind).or_default() += 1;
             if c.listed {
                 synced.insert(c.kind);
             }
-            (c.mutate)(&mut objs);
+            let (event, count) = (c.mutate)(&mut objs);
+            out.reg_events.record(c.kind, event, count);
         }
         if synced != expected {
             synced_out.send_replace(synced.clone());

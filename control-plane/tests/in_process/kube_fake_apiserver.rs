@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use meshd::kube::index::IndexOptions;
 use meshd::kube::watch::{EndpointsApi, KubeOutputs, KubeSource};
+use meshd::reg_events::{RegEvent, RegEvents};
 use meshd_model::MeshConfig;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -248,6 +249,7 @@ async fn endpoint_slices_v1_watch_and_relist() {
 
     let mesh_tx = watch::Sender::new(Arc::new(MeshConfig::default()));
     let ns_tx = watch::Sender::new(BTreeSet::new());
+    let reg_events = Arc::new(RegEvents::default());
     let source = KubeSource::start(
         client,
         IndexOptions::default(),
@@ -260,10 +262,14 @@ async fn endpoint_slices_v1_watch_and_relist() {
             mesh: mesh_tx.clone(),
             injection_namespaces: ns_tx.clone(),
             namespace_labels: watch::Sender::new(Default::default()),
+            reg_events: reg_events.clone(),
         },
     )
     .await
     .expect("synced against the fake server");
+    // pilot_k8s_reg_events: each listed pod is an add.
+    assert_eq!(reg_events.get("Pod", RegEvent::Add), 2);
+    assert_eq!(reg_events.get("Pod", RegEvent::Update), 0);
     assert_eq!(source.endpoints_api, EndpointsApi::Slices);
     let mut rx = mesh_tx.subscribe();
     let host = "web.shop.svc.cluster.local";
@@ -291,6 +297,14 @@ async fn endpoint_slices_v1_watch_and_relist() {
             ("10.44.0.22".into(), "web".into(), Some("v2".into())),
         ]
     );
+    // A new version of a pod the index held: an update, not an add (the pod and slice
+    // watches are separate streams: wait for the pod's).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reg_events.get("Pod", RegEvent::Update) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reg_events.get("Pod", RegEvent::Update), 1);
+    assert_eq!(reg_events.get("Pod", RegEvent::Add), 2);
 
     // An update that changes nothing the mesh uses (a new resourceVersion): no publish.
     fake.put(SLICES, slice(true, true));

@@ -220,6 +220,7 @@ async fn the_cluster_model_equals_the_file_parse_of_the_same_yaml() {
             mesh: mesh_tx,
             injection_namespaces: namespaces_tx,
             namespace_labels: labels_tx,
+            reg_events: Default::default(),
         },
     )
     .await
