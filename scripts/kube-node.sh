@@ -42,8 +42,13 @@ apt_install() {
   local missing=()
   for spec in "$@"; do
     local cmd="${spec%%=*}" pkg="${spec#*=}"
-    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/usr/lib/cni/$cmd" ] \
-      || missing+=("$pkg")
+    # An absolute path names the file itself: the CNI plugin `bridge` must not be taken for
+    # iproute2's /usr/sbin/bridge, which every machine has.
+    if [[ "$cmd" == /* ]]; then
+      [ -x "$cmd" ] || missing+=("$pkg")
+      continue
+    fi
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
     log "apt-get install ${missing[*]}"
@@ -134,7 +139,8 @@ build_binaries() {
 
 install_node() {
   "$HERE/kube-apiserver.sh" install
-  apt_install containerd=containerd runc=runc bridge=containernetworking-plugins \
+  apt_install containerd=containerd runc=runc /usr/lib/cni/bridge=containernetworking-plugins \
+    /usr/lib/cni/loopback=containernetworking-plugins \
     dnsmasq=dnsmasq-base conntrack=conntrack iptables=iptables ip=iproute2 \
     socat=socat nsenter=util-linux
   build_binaries
@@ -555,7 +561,8 @@ for c in json.load(sys.stdin)["status"].get("conditions", []):
 case "${1:-}" in
   install) install_node ;;
   build) build_binaries ;;
-  path) binaries_present && "$HERE/kube-apiserver.sh" path >/dev/null && command -v containerd >/dev/null ;;
+  path) binaries_present && "$HERE/kube-apiserver.sh" path >/dev/null && command -v containerd >/dev/null \
+    && [ -x /usr/lib/cni/bridge ] ;;
   start) [ $# -eq 2 ] || { log "usage: start DIR"; exit 2; }; start_node "$2" ;;
   stop) [ $# -eq 2 ] || { log "usage: stop DIR"; exit 2; }; stop_node "$2" ;;
   status) [ $# -eq 2 ] || { log "usage: status DIR"; exit 2; }; status_node "$2" ;;
