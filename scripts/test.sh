@@ -12,6 +12,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 scripts/install-tools.sh
+# The fast tier's static checks (scripts/test-fast.sh; its tests run in `cargo test --workspace`
+# below): ARCHITECTURE.md names only what exists, imports run one way with no module circles.
+scripts/check-architecture.sh
+python3 scripts/check-layers.py --self-test
+python3 scripts/check-layers.py
 # The end-to-end tests find target/<profile>/meshd next to their own executable (or MESHD_BIN);
 # the real-cluster test packages meshd-workload beside it into the image (scripts/images.sh).
 cargo build --bin meshd --bin meshd-load --bin meshd-workload --bin meshd-proxy-wait

@@ -335,7 +335,7 @@ pub struct KubeBootstrapArgs {
     pub app_probers: String,
     /// Kubernetes mode: how long to keep asking meshd for the proxy's EnvoyFilter BOOTSTRAP
     /// patches before failing (the kubelet then restarts this init container).
-    #[arg(long, default_value = "60s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = meshd_model::duration::parse)]
     pub patch_timeout: std::time::Duration,
 }
 

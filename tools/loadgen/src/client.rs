@@ -171,7 +171,7 @@ impl DecodeCache {
         if let Some(id) = self.churn.lock().unwrap().get(&key) {
             return *id;
         }
-        let id = crate::churn::newest_id(any_value(any));
+        let id = crate::churn_id::newest_id(any_value(any));
         self.churn.lock().unwrap().insert(key, id);
         id
     }

@@ -5,6 +5,7 @@
 mod acks;
 mod ca_rate;
 mod churn;
+mod churn_id;
 mod client;
 mod dataplane;
 mod envoy_check;

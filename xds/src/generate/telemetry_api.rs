@@ -23,6 +23,9 @@ use meshd_model::telemetry_scope::{SAMPLING_SCALE, SideTelemetry};
 use meshd_model::{ConfigObject, MeshConfig, Rejected, Spec};
 use std::sync::{Arc, OnceLock};
 
+/// Istio's default text access-log format (its documented `accessLogFormat` default).
+pub const ISTIO_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
 /// Envoy's CEL access-log filter (stock Envoy's `envoy.access_loggers.extension_filters.cel`).
 pub const CEL_FILTER: &str = "envoy.access_loggers.extension_filters.cel";
 /// Envoy's OTLP access logger (provider `opentelemetry`).
@@ -196,9 +199,7 @@ fn build_otel_log() -> AccessLog {
         disable_builtin_labels: true,
         resource_detectors: vec![environment_detector()],
         body: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(
-                super::listener::ISTIO_TEXT_FORMAT.into(),
-            )),
+            value: Some(any_value::Value::StringValue(ISTIO_TEXT_FORMAT.into())),
         }),
         ..Default::default()
     };
