@@ -1,7 +1,8 @@
 //! AuthorizationPolicy `action: CUSTOM` through real Envoy: the server's sidecar asks an HTTP
 //! ext_authz provider of `meshd serve --mesh-config` (the workload app with `--ext-authz`:
 //! 200 when the check carries `x-ext-authz: allow`, else 403) for the requests a CUSTOM rule
-//! matches, and only for those.
+//! matches, and only for those; a CUSTOM policy naming a provider the server lacks fails closed
+//! and is reported in `/debug/configz`.
 
 use crate::authz_support::*;
 use meshd_e2e::*;
@@ -144,5 +145,25 @@ fn custom_policy_calls_the_ext_authz_provider_for_what_it_matches() {
     expect("/open: no CUSTOM rule matches", "200", || get("/open", &[])).unwrap();
     assert!(checks("/custom/x") >= 6, "each /custom request was checked");
     assert_eq!(checks("/open"), 0, "the authorizer is not called for /open");
+
+    // A provider the server lacks: the policy fails closed and /debug/configz says why.
+    let unknown = server_policy(
+        "ext",
+        "action: CUSTOM, provider: {name: nope}, rules: [{to: [{operation: {paths: ['/custom/*']}}]}]",
+    );
+    mesh.write_config("p.yaml", &unknown).unwrap();
+    expect(
+        "unknown provider: /open fails closed",
+        "403 RBAC: access denied",
+        || get("/open", &[]),
+    )
+    .unwrap();
+    let (status, configz) = mesh.admin_get("/debug/configz").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        configz
+            .contains("`nope` is not an envoyExtAuthzHttp or envoyExtAuthzGrpc extension provider"),
+        "{configz}"
+    );
     let _ = std::fs::remove_file(&mesh_file);
 }
