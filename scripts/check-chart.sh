@@ -72,7 +72,8 @@ render hardened --set networkPolicy.enabled=true \
   --set-json 'networkPolicy.apiServer=[{"ipBlock":{"cidr":"172.18.0.0/24"}}]' \
   --set-json 'networkPolicy.metrics=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]' \
   --set xdsPlaintext.enabled=true --set gatewayCredentials.enabled=false \
-  --set-json 'admin.subjects=[{"kind":"Group","name":"mesh-ops","apiGroup":"rbac.authorization.k8s.io"}]'
+  --set-json 'admin.subjects=[{"kind":"Group","name":"mesh-ops","apiGroup":"rbac.authorization.k8s.io"}]' \
+  --set-json 'meshConfig={"extensionProviders":[{"name":"ext-authz","envoyExtAuthzHttp":{"service":"ext-authz.security.svc.cluster.local","port":8000}}]}'
 # The alerting rules are PromQL Prometheus itself must accept (Debian's promtool).
 if command -v promtool >/dev/null; then
   python3 - "$out/monitoring.yaml" "$out/alerts.rules" <<'PY' || fail=1

@@ -392,6 +392,53 @@ mod tests {
     }
 
     #[test]
+    fn mesh_config_providers_reach_the_generator_and_a_bad_file_stops_the_start() {
+        let dir = std::env::temp_dir().join(format!("meshd-mesh-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("mesh.yaml");
+        std::fs::write(
+            &good,
+            "enableTracing: true\nextensionProviders:\n- name: ext\n  envoyExtAuthzHttp: {service: a.b.svc.cluster.local, port: 80}\n",
+        )
+        .unwrap();
+        let path = good.to_str().unwrap();
+        let config = serve(&["--mesh-config", path])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        let names: Vec<&str> = config
+            .generator
+            .ext_authz_providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, ["ext"]);
+        let bad = dir.join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "extensionProviders:\n- name: ext\n  envoyExtAuthzHttp: {service: a, port: eighty}\n",
+        )
+        .unwrap();
+        let e = serve(&["--mesh-config", bad.to_str().unwrap()])
+            .unwrap()
+            .to_config()
+            .expect_err("a bad file stops the start");
+        assert!(
+            e.to_string()
+                .contains("extensionProviders[0].envoyExtAuthzHttp.port"),
+            "{e}"
+        );
+        let missing = dir.join("missing.yaml");
+        assert!(
+            serve(&["--mesh-config", missing.to_str().unwrap()])
+                .unwrap()
+                .to_config()
+                .is_err()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn plaintext_xds_only_in_file_mode_unless_asked_for() {
         let plaintext = |args: &[&str]| serve(args).unwrap().to_config().unwrap().xds_plaintext;
         assert!(plaintext(&[]), "file mode keeps 15010 for the local demo");

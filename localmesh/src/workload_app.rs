@@ -7,6 +7,10 @@
 //! Test knobs (query parameters): `status=NNN`, `delay_ms=N`, `fail_first=N&key=K` (the first N
 //! requests with that key answer 503). `GET /__count?key=K` answers how many requests with that key
 //! were seen (`{"key", "count"}`).
+//!
+//! With `--ext-authz` it is instead an Envoy ext_authz HTTP authorizer for the tests: each check
+//! answers 200 when it carries `x-ext-authz: allow`, else 403, and is counted under the key
+//! `check:<path>` (`/__count?key=check:/open`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -36,6 +40,9 @@ pub struct WorkloadArgs {
     /// endpoint list is a moment old still send here, as to any well-behaved Kubernetes app.
     #[arg(long, default_value = "0s", value_parser = parse_delay)]
     pub shutdown_delay: std::time::Duration,
+    /// Answer as an ext_authz HTTP authorizer (see the module comment).
+    #[arg(long)]
+    pub ext_authz: bool,
 }
 
 fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
@@ -54,6 +61,7 @@ fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
 #[derive(Default)]
 struct AppState {
     name: String,
+    ext_authz: bool,
     counts: Mutex<HashMap<String, u64>>,
 }
 
@@ -179,6 +187,23 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request<Body>) -> Respo
         );
     }
 
+    if state.ext_authz {
+        *state
+            .counts
+            .lock()
+            .unwrap()
+            .entry(format!("check:{}", uri.path()))
+            .or_insert(0) += 1;
+        let allow = headers
+            .get("x-ext-authz")
+            .is_some_and(|v| v.as_bytes() == b"allow");
+        return if allow {
+            (StatusCode::OK, "allowed by ext-authz\n").into_response()
+        } else {
+            (StatusCode::FORBIDDEN, "denied by ext-authz\n").into_response()
+        };
+    }
+
     // Count first, so that /__count sees requests still sleeping in delay_ms.
     let seen = key.as_ref().map(|k| {
         let mut counts = state.counts.lock().unwrap();
@@ -238,8 +263,13 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request<Body>) -> Respo
 
 /// The router, for embedding (the demo) and tests.
 pub fn router(name: &str) -> Router {
+    router_with(name, false)
+}
+
+fn router_with(name: &str, ext_authz: bool) -> Router {
     let state = Arc::new(AppState {
         name: name.to_string(),
+        ext_authz,
         counts: Mutex::new(HashMap::new()),
     });
     Router::new().fallback(handle).with_state(state)
@@ -251,7 +281,15 @@ pub async fn serve_on(
     name: &str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(name))
+    serve_app(listener, router(name), shutdown).await
+}
+
+async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving")
@@ -269,23 +307,27 @@ pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     eprintln!("meshd workload {}: listening on {addr}", args.name);
     let delay = args.shutdown_delay;
-    serve_on(listener, &args.name, async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async {
-                match term.as_mut() {
-                    Some(t) => { t.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-        }
-        if !delay.is_zero() {
-            eprintln!("meshd workload: stopping in {delay:?}, serving until then");
-            tokio::time::sleep(delay).await;
-        }
-    })
+    serve_app(
+        listener,
+        router_with(&args.name, args.ext_authz),
+        async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(t) => { t.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+            if !delay.is_zero() {
+                eprintln!("meshd workload: stopping in {delay:?}, serving until then");
+                tokio::time::sleep(delay).await;
+            }
+        },
+    )
     .await
 }
 

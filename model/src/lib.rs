@@ -4,6 +4,7 @@
 pub mod credential;
 pub mod duration;
 pub mod envoyfilter;
+pub mod extension_provider;
 pub mod jwt;
 pub mod locality;
 pub mod mesh;

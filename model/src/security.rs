@@ -168,6 +168,13 @@ pub struct AuthorizationPolicy {
     pub unreadable: Option<ConfigError>,
 }
 
+impl AuthorizationPolicy {
+    /// The extension provider a CUSTOM policy delegates to (`spec.provider.name`).
+    pub fn provider_name(&self) -> Option<&str> {
+        self.provider.as_ref()?.get("name")?.as_str()
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -4,6 +4,7 @@
 use super::{parse_duration, root_key_algorithm_parser};
 use crate::app::Config;
 use crate::debounce::Debounce;
+use anyhow::Context as _;
 use clap::Args;
 use meshd_ca::RootKeyAlgorithm;
 use meshd_xds::GenOptions;
@@ -78,6 +79,12 @@ pub struct ServeArgs {
     /// (proxyImage, initImage, xdsAddress, proxyResources, tokenAudience, ...).
     #[arg(long, env = "MESHD_INJECTOR_CONFIG")]
     pub injector_config: Option<PathBuf>,
+    /// Istio's MeshConfig YAML (the `istio` ConfigMap's `mesh` key): meshd reads its
+    /// `extensionProviders` of kinds `envoyExtAuthzHttp` and `envoyExtAuthzGrpc`, which
+    /// AuthorizationPolicies with `action: CUSTOM` name; other fields are named in a warning.
+    /// Read once at start; an unreadable file stops the start.
+    #[arg(long, env = "MESHD_MESH_CONFIG")]
+    pub mesh_config: Option<PathBuf>,
     /// Quiet period after a config change before it is pushed.
     #[arg(long, env = "MESHD_DEBOUNCE_MS", default_value_t = 100)]
     pub debounce_ms: u64,
@@ -190,6 +197,23 @@ impl ServeArgs {
         }
     }
 
+    /// The external authorizers of `--mesh-config`; its warnings are logged.
+    fn ext_authz_providers(
+        &self,
+    ) -> anyhow::Result<Vec<meshd_model::extension_provider::ExtAuthzProvider>> {
+        let Some(path) = &self.mesh_config else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--mesh-config {}: cannot read", path.display()))?;
+        let file = meshd_model::extension_provider::parse_mesh_file(&text)
+            .map_err(|e| anyhow::anyhow!("--mesh-config {}: {e}", path.display()))?;
+        for w in &file.warnings {
+            tracing::warn!(file = %path.display(), "{w}");
+        }
+        Ok(file.ext_authz)
+    }
+
     pub fn to_config(&self) -> anyhow::Result<Config> {
         let kubernetes = (self.registry == "kubernetes").then(|| self.kube_config());
         let bind = self.bind.unwrap_or(if kubernetes.is_some() {
@@ -229,6 +253,7 @@ impl ServeArgs {
                 request_telemetry: self.request_telemetry.unwrap_or(kubernetes.is_none()),
                 zipkin_cluster: self.zipkin_address.clone(),
                 otel_collector: self.otel_address.clone(),
+                ext_authz_providers: self.ext_authz_providers()?,
                 ..GenOptions::default()
             },
             webhook: crate::webhook::from_flags(

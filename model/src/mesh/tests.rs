@@ -115,7 +115,6 @@ spec:
         let (name, line, reason) = reasons[1];
         assert_eq!((name, line), ("unsupported", 17));
         for expected in [
-            "spec.action: CUSTOM",
             "spec.rules[0].from[0].source.requestPrincipals: `a*b`: `*` is allowed only",
             "spec.rules[0].from[1].source: must set at least one field",
             "spec.rules[0].to[0].operation.paths: `/a/{**}/{*}`: invalid path template",

@@ -92,6 +92,21 @@ impl AuthorizationPolicy {
     }
 }
 
+/// `spec.provider` of a CUSTOM policy: `{name: <extension provider>}`. Whether the server has
+/// that provider is the generator's to say (it depends on `meshd serve --mesh-config`).
+fn custom_provider(p: Option<&serde_json::Value>) -> Check {
+    let Some(serde_json::Value::Object(fields)) = p else {
+        return Err("spec.provider.name: required with action CUSTOM".into());
+    };
+    if let Some(k) = fields.keys().find(|k| *k != "name") {
+        return Err(format!("spec.provider.{k}: unknown field"));
+    }
+    match fields.get("name") {
+        Some(serde_json::Value::String(n)) if !n.is_empty() => Ok(()),
+        _ => Err("spec.provider.name: required with action CUSTOM, a non-empty string".into()),
+    }
+}
+
 /// Every reason an AuthorizationPolicy cannot be enforced as written (see
 /// `AuthorizationPolicy::problems`).
 fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
@@ -100,10 +115,11 @@ fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
         out.push(format!("spec cannot be read in full: {}", e.message));
     }
     match ap.action {
-        AuthzAction::Custom => out.push(
-            "spec.action: CUSTOM (external authorization through a provider) is not supported"
-                .into(),
-        ),
+        AuthzAction::Custom => {
+            if let Err(e) = custom_provider(ap.provider.as_ref()) {
+                out.push(e)
+            }
+        }
         _ if ap.provider.is_some() => {
             out.push("spec.provider: only valid with action CUSTOM".into())
         }

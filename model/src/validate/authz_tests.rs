@@ -113,3 +113,32 @@ fn istio_templates_become_envoy_uri_templates() {
         assert!(!is_template(plain), "{plain}");
     }
 }
+
+/// The problems of an AuthorizationPolicy with this `spec` (flow-style YAML).
+fn spec_problems(spec: &str) -> Vec<String> {
+    let text = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: ns}}\nspec: {spec}\n"
+    );
+    let file = parse_file("ap.yaml", &text).expect("valid YAML");
+    let mesh = crate::MeshConfig::assemble([&file]);
+    let (_, ap) = mesh.authorization_policies().next().expect("kept");
+    ap.problems()
+}
+
+#[test]
+fn custom_is_accepted_when_it_names_a_provider() {
+    assert_eq!(
+        spec_problems(
+            "{action: CUSTOM, provider: {name: ext}, rules: [{to: [{operation: {paths: ['/custom/*']}}]}]}"
+        ),
+        Vec::<String>::new()
+    );
+    let p = spec_problems("{action: CUSTOM, rules: [{}]}");
+    assert_eq!(p, ["spec.provider.name: required with action CUSTOM"]);
+    let p = spec_problems("{action: CUSTOM, provider: {name: ''}}");
+    assert!(p[0].starts_with("spec.provider.name: required"), "{p:?}");
+    let p = spec_problems("{action: CUSTOM, provider: {name: a, typo: b}}");
+    assert_eq!(p, ["spec.provider.typo: unknown field"]);
+    let p = spec_problems("{action: DENY, provider: {name: a}}");
+    assert_eq!(p, ["spec.provider: only valid with action CUSTOM"]);
+}

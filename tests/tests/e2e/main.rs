@@ -10,6 +10,7 @@ mod telemetry_support;
 mod traffic_support;
 
 mod admin_access;
+mod authz_custom;
 mod authz_semantics;
 mod authz_table;
 mod authz_voicecore;

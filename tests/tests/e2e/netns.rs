@@ -220,6 +220,7 @@ fn fake_meshd(argv: &[String]) -> anyhow::Result<()> {
                     port: ADMIN_PORT,
                     bind: bind.into(),
                     shutdown_delay: std::time::Duration::ZERO,
+                    ext_authz: false,
                 },
             ))
         }
@@ -229,6 +230,7 @@ fn fake_meshd(argv: &[String]) -> anyhow::Result<()> {
                 port: flag(argv, "--port").unwrap_or("8080").parse()?,
                 bind: "127.0.0.1".into(),
                 shutdown_delay: std::time::Duration::ZERO,
+                ext_authz: false,
             },
         )),
         Some("init-iptables") => {

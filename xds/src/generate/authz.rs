@@ -5,7 +5,7 @@
 //! - **Scope**: a policy in the root namespace (`istio-system`) applies mesh-wide, one elsewhere to
 //!   its namespace; a `selector` narrows either to the workloads whose labels match.
 //! - **Order**: AUDIT (an RBAC filter with action LOG: it marks matching requests for the access
-//!   log, never blocks), then DENY, then ALLOW. A request any DENY rule matches is refused; when
+//!   log, never blocks), then CUSTOM (external authorization, authz_custom.rs), DENY, ALLOW. A request any DENY rule matches is refused; when
 //!   at least one ALLOW policy applies, a request no ALLOW rule matches is refused too. `spec: {}`
 //!   is an ALLOW policy without rules, so it denies everything; `rules: [{}]` matches everything.
 //! - **A rule** matches when one of its `from` sources, one of its `to` operations and all its
@@ -50,6 +50,9 @@ use meshd_model::security::{
 use prost::{Message, Name};
 use std::collections::BTreeMap;
 
+#[path = "authz_custom.rs"]
+mod custom;
+pub use custom::{HTTP_EXT_AUTHZ, refused as custom_refused};
 #[path = "authz_jwt.rs"]
 mod jwt_matchers;
 #[path = "authz_matchers.rs"]
@@ -83,15 +86,15 @@ pub fn inbound_policy(
         &workload.namespace,
         &workload.labels,
     );
-    let set = translate(&policies, !http, &opts.trust_domain);
+    let filters = custom::PortFilters::new(&policies, !http, &index.config, opts);
     if http {
         InboundPolicy {
-            http_filters: set.http_filters(),
+            http_filters: filters.http(),
             ..Default::default()
         }
     } else {
         InboundPolicy {
-            network_filters: set.network_filters(),
+            network_filters: filters.set.network_filters(),
             ..Default::default()
         }
     }
@@ -107,9 +110,10 @@ pub fn gateway_policy(
     opts: &GenOptions,
 ) -> InboundPolicy {
     let policies = applicable(&index.config, &index.root_namespace, namespace, labels);
+    let port = |for_tcp| custom::PortFilters::new(&policies, for_tcp, &index.config, opts);
     InboundPolicy {
-        http_filters: translate(&policies, false, &opts.trust_domain).http_filters(),
-        network_filters: translate(&policies, true, &opts.trust_domain).network_filters(),
+        http_filters: port(false).http(),
+        network_filters: port(true).set.network_filters(),
     }
 }
 
@@ -212,7 +216,8 @@ pub fn translate(policies: &[Applied<'_>], for_tcp: bool, trust_domain: &str) ->
             (AuthzAction::Deny, false) => &mut set.deny,
             (AuthzAction::Deny, true) => &mut dry_deny,
             (AuthzAction::Audit, _) => &mut set.audit,
-            (AuthzAction::Custom, _) => continue, // has problems: failed closed above
+            // Its provider's filters, or its deny rules on TCP: `custom::apply`.
+            (AuthzAction::Custom, _) => continue,
         };
         let target = target.get_or_insert_default();
         for (i, rule) in a.policy.rules.iter().enumerate() {

@@ -222,7 +222,7 @@ fn a_policy_meshd_cannot_enforce_fails_closed_for_what_it_selects() {
                 "jwt",
                 "selector: {matchLabels: {app: server}}, rules: [{from: [{source: {requestPrincipals: ['a*b']}}]}]",
             ),
-            policy_doc("authz", "ext", "action: CUSTOM, provider: {name: opa}, rules: [{}]"),
+            policy_doc("authz", "ext", "action: CUSTOM, rules: [{}]"),
             policy_doc(
                 "authz",
                 "claims",

@@ -36,6 +36,8 @@ pub struct Index {
     pub(super) telemetries: Vec<Arc<meshd_model::ConfigObject>>,
     /// Telemetry objects the server's options cannot serve (a provider with no collector).
     pub(super) telemetries_refused: Vec<meshd_model::Rejected>,
+    /// CUSTOM AuthorizationPolicies the server cannot call a provider for (they fail closed).
+    pub(super) authz_refused: Vec<meshd_model::Rejected>,
     pub(crate) config: Arc<MeshConfig>,
 }
 
@@ -111,6 +113,7 @@ impl Index {
                 .or_insert(i);
         }
         let (telemetries, telemetries_refused) = super::telemetry_api::in_force(&config, opts);
+        let authz_refused = super::authz::custom_refused(&config, &opts.root_namespace, opts);
         let mut index = Index {
             workloads,
             uses_source_labels,
@@ -132,6 +135,7 @@ impl Index {
                 .collect(),
             telemetries,
             telemetries_refused,
+            authz_refused,
             config,
         };
         // The rule every namespace without a more specific one sees.

@@ -79,6 +79,9 @@ pub struct GenOptions {
     /// The Telemetry API policy of the listeners being built: the mesh default here, a
     /// workload's (`meshd_model::telemetry_scope`) in the copy its listeners are built with.
     pub telemetry: meshd_model::telemetry_scope::TelemetryPolicy,
+    /// The external authorizers AuthorizationPolicies with `action: CUSTOM` name (Istio's
+    /// MeshConfig `extensionProviders`, `meshd serve --mesh-config`).
+    pub ext_authz_providers: Vec<meshd_model::extension_provider::ExtAuthzProvider>,
 }
 
 impl Default for GenOptions {
@@ -95,6 +98,7 @@ impl Default for GenOptions {
             locality_lb_default: true,
             request_telemetry: true,
             telemetry: Default::default(),
+            ext_authz_providers: Vec::new(),
         }
     }
 }
@@ -347,12 +351,14 @@ impl MeshSnapshot {
     }
 
     /// Accepted objects this snapshot does not apply, with why: EnvoyFilters whose values do not
-    /// decode, Telemetry naming a provider the server's options leave without a collector.
+    /// decode, Telemetry naming a provider the server's options leave without a collector,
+    /// AuthorizationPolicies with `action: CUSTOM` whose provider it cannot call (they fail closed).
     pub fn problems(&self) -> impl Iterator<Item = &meshd_model::Rejected> {
         self.patches
             .problems
             .iter()
             .chain(&self.index.telemetries_refused)
+            .chain(&self.index.authz_refused)
     }
 
     /// The Telemetry policy in force for a workload (or gateway) in `namespace` with `labels`.

@@ -30,7 +30,7 @@ pub fn other_vip() -> Ipv4Addr {
     Ipv4Addr::new(10, 96, 0, 23)
 }
 
-fn service(name: &str, ns: &str, vip: Ipv4Addr, ports: &str) -> String {
+pub fn service(name: &str, ns: &str, vip: Ipv4Addr, ports: &str) -> String {
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -48,7 +48,7 @@ spec:
     )
 }
 
-fn workload(name: &str, ns: &str, ip: Ipv4Addr) -> String {
+pub fn workload(name: &str, ns: &str, ip: Ipv4Addr) -> String {
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
