@@ -106,7 +106,9 @@ pub struct DestinationRule {
     pub subsets: Vec<Subset>,
     #[serde(default)]
     pub export_to: Vec<String>,
-    pub workload_selector: Option<WorkloadSelector>,
+    /// The workloads of the rule's own namespace it applies to (`matchLabels`, Istio's
+    /// `WorkloadSelector`); for them it takes precedence over rules without a selector.
+    pub workload_selector: Option<crate::security::WorkloadSelector>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
