@@ -60,14 +60,12 @@ impl Index {
             let ns = dr.object().meta.namespace();
             let host = qualify_host(&dr.host, ns, &suffix);
             if dr.workload_selector.is_some() {
-                // Selectors do not cross namespaces (Istio's rule), and `exportTo` cannot carry
-                // such a rule further; one not exported to its own namespace applies nowhere.
-                if meshd_model::registry::exported_to(&dr.export_to, ns, ns) {
-                    dr_selected
-                        .entry(ns.to_string())
-                        .or_default()
-                        .push((host, dr));
-                }
+                // Selectors do not cross namespaces: as Istio, such a rule is private to its
+                // namespace whatever its `exportTo` says.
+                dr_selected
+                    .entry(ns.to_string())
+                    .or_default()
+                    .push((host, dr));
                 continue;
             }
             dr_candidates

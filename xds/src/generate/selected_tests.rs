@@ -192,8 +192,8 @@ fn proxies_no_selector_rule_selects_keep_sharing_the_mesh_wide_layers() {
     assert!(Arc::ptr_eq(&rebuilt, &special));
 }
 
-/// Of two rules selecting one proxy for a host, the first by name; a rule selecting nobody, or
-/// not exported to its own namespace, changes nothing.
+/// Of two rules selecting one proxy for a host, the first by name; `exportTo` neither hides a
+/// selector rule from its own namespace nor carries it to another (Istio makes it private).
 #[test]
 fn the_first_selecting_rule_by_name_wins() {
     let extra = r#"
@@ -208,7 +208,7 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {name: hidden, namespace: c}
+metadata: {name: private, namespace: c}
 spec:
   host: web.b.svc.cluster.local
   exportTo: [a]
@@ -218,7 +218,8 @@ spec:
     let snap = snapshot_of(&mesh(extra));
     assert_eq!(view(&snap, "special", "a").max_connections, 11);
     assert_eq!(view(&snap, "plain", "a").max_connections, 3);
-    assert_eq!(view(&snap, "special", "c").max_connections, 3);
+    assert_eq!(view(&snap, "special", "c").max_connections, 12);
+    assert_eq!(view(&snap, "plain", "c").max_connections, 3);
 }
 
 /// Gateways are workloads too; a rule in the root namespace selects only proxies there (Istio:
