@@ -76,6 +76,17 @@ pub struct WorkloadSelector {
     pub labels: Labels,
 }
 
+/// `istio.type.v1beta1.WorkloadSelector`: `{matchLabels: {...}}`, as DestinationRule's
+/// `workloadSelector` and the security and telemetry APIs' `selector` spell it (Sidecar,
+/// ServiceEntry and EnvoyFilter say `workloadSelector: {labels: {...}}`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MatchLabelsSelector {
+    #[serde(default, rename = "matchLabels")]
+    pub labels: Labels,
+}
+
 // ---------- WorkloadEntry ----------
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -106,7 +117,9 @@ pub struct DestinationRule {
     pub subsets: Vec<Subset>,
     #[serde(default)]
     pub export_to: Vec<String>,
-    pub workload_selector: Option<WorkloadSelector>,
+    /// The workloads of the rule's own namespace it applies to (`matchLabels`, Istio's
+    /// `WorkloadSelector`); for them it takes precedence over rules without a selector.
+    pub workload_selector: Option<MatchLabelsSelector>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

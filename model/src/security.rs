@@ -1,19 +1,11 @@
 //! `security.istio.io` types, field for field as Istio spells them in YAML.
 
 use crate::ConfigError;
-use crate::networking::Labels;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// `istio.type.v1beta1.WorkloadSelector`, as the security APIs spell it:
-/// `selector: {matchLabels: {...}}` (the networking APIs' `workloadSelector` says `labels`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct WorkloadSelector {
-    #[serde(default, rename = "matchLabels")]
-    pub labels: Labels,
-}
+/// The security APIs' `selector: {matchLabels: {...}}`.
+pub use crate::networking::MatchLabelsSelector as WorkloadSelector;
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

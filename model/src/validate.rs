@@ -424,8 +424,8 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                     return Err(format!("spec.subsets: duplicate subset `{}`", s.name));
                 }
             }
-            if dr.workload_selector.is_some() {
-                return Err("spec.workloadSelector is not supported".into());
+            if let Some(sel) = &dr.workload_selector {
+                selector::labels(&sel.labels, "spec.workloadSelector.matchLabels")?;
             }
             export_to(&dr.export_to)?;
             if let Some(tp) = &dr.traffic_policy {

@@ -56,6 +56,37 @@ spec:
         assert_eq!(mesh.rejected[0].line, 2);
     }
 
+    /// A subset only a rule with a `workloadSelector` defines is a subset all the same: the
+    /// proxies that rule selects route to it (the others have no such cluster, as in Istio).
+    #[test]
+    fn route_to_a_subset_of_a_selector_rule_is_accepted() {
+        let text = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a-for-web, namespace: ns}
+spec:
+  host: a
+  workloadSelector: {matchLabels: {app: web}}
+  subsets: [{name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: ns}
+spec:
+  hosts: [a]
+  http:
+  - route:
+    - destination: {host: a, subset: v2}
+"#;
+        let file = parse_file("vs.yaml", text).unwrap();
+        assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+        let mesh = MeshConfig::assemble([&file]);
+        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
+        assert_eq!(mesh.virtual_services().count(), 1);
+        let (_, dr) = mesh.destination_rules().next().unwrap();
+        assert_eq!(dr.workload_selector.as_ref().unwrap().labels["app"], "web");
+    }
+
     #[test]
     fn authorization_policies_meshd_cannot_enforce_are_reported_and_kept() {
         let text = r#"

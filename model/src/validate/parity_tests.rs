@@ -438,6 +438,43 @@ fn destination_rule_load_balancer_rules() {
     ]);
 }
 
+/// `workloadSelector` (Istio's `WorkloadSelector`, `matchLabels`): exact labels, no wildcard, no
+/// empty key; the networking spelling `labels` is not DestinationRule's.
+#[test]
+fn destination_rule_workload_selector_rules() {
+    let dr = |sel: &str| {
+        format!(
+            "  host: cart
+  workloadSelector: {sel}
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+"
+        )
+    };
+    check(&[
+        (
+            "DestinationRule",
+            &dr("{matchLabels: {app: web}}"),
+            Accepted,
+        ),
+        ("DestinationRule", &dr("{matchLabels: {}}"), Accepted),
+        (
+            "DestinationRule",
+            &dr("{matchLabels: {app: \"web*\"}}"),
+            Rejected("spec.workloadSelector.matchLabels.app", "wildcard"),
+        ),
+        (
+            "DestinationRule",
+            &dr("{matchLabels: {\"\": web}}"),
+            Rejected("spec.workloadSelector.matchLabels", "must not be empty"),
+        ),
+        (
+            "DestinationRule",
+            &dr("{labels: {app: web}}"),
+            Rejected("spec.workloadSelector", "unknown field `labels`"),
+        ),
+    ]);
+}
+
 #[test]
 fn authorization_policy_service_accounts() {
     let from = |source: &str| format!("{SELECTOR}  rules:\n  - from:\n    - source: {source}\n");

@@ -31,6 +31,9 @@ pub struct GatewayResources {
     /// SDS secrets of the servers' `credentialName`s, from the Secrets of the gateway's own
     /// namespace (as Istio: a gateway reads credentials only there).
     pub secrets: Layer,
+    /// Outbound clusters when DestinationRules with a `workloadSelector` select the gateway
+    /// (`None`: the mesh-wide ones).
+    pub outbound: Option<super::selected::Outbound>,
 }
 
 impl GatewayResources {
@@ -40,6 +43,10 @@ impl GatewayResources {
             listeners: reuse_layer(Some(&old.listeners), self.listeners),
             routes: reuse_layer(Some(&old.routes), self.routes),
             secrets: reuse_layer(Some(&old.secrets), self.secrets),
+            outbound: match (self.outbound, &old.outbound) {
+                (Some(new), Some(old)) => Some(new.reusing(old)),
+                (new, _) => new,
+            },
         }
     }
 }
@@ -215,6 +222,7 @@ struct HttpCtx<'a> {
     snapshot: &'a MeshSnapshot,
     namespace: &'a str,
     labels: &'a BTreeMap<String, String>,
+    rules: &'a super::selected::SelectedRules,
 }
 
 /// Adds to `table` (by host) the virtual hosts of the VirtualServices bound to `server`'s
@@ -244,6 +252,7 @@ fn add_virtual_hosts(
             namespace: vo.meta.namespace(),
             gateway: Some((gw_ns, gw_name)),
             source: Some((ctx.namespace, Some(ctx.labels))),
+            rules: ctx.rules,
         };
         for host in vs.hosts.iter().filter(|h| server_allows(server, h)) {
             let vh = table.entry(host.clone()).or_insert_with(|| VirtualHost {
@@ -298,13 +307,15 @@ pub fn build(
     gateway_filters.extend(authz.http_filters);
     // The Telemetry policy selecting the gateway: its listeners are the client side.
     let telemetry_opts = snapshot.opts_for(namespace, labels);
+    let rules = snapshot.index.selected_rules(namespace, labels);
     let http_ctx = HttpCtx {
         snapshot,
         namespace,
         labels,
+        rules: &rules,
     };
     let l4_chain = |name: &str, sni: Vec<String>, target: &L4Target| {
-        let idle = super::l4::idle_timeout(&snapshot.index, namespace, target);
+        let idle = super::l4::idle_timeout(&snapshot.index, namespace, &rules, target);
         let mut chain = l4_chain(name, sni, target, idle);
         for f in &mut chain.filters {
             *f = super::telemetry::with_tcp_log(std::mem::take(f), Side::Outbound, &telemetry_opts);
@@ -391,6 +402,7 @@ pub fn build(
                     namespace: vo.meta.namespace(),
                     gateway: Some((gw_ns, gw_name)),
                     source: Some((namespace, Some(labels))),
+                    rules: &rules,
                 };
                 let port_ok = |p: Option<u32>| p.is_none_or(|p| p == port);
                 if tls {
@@ -482,6 +494,7 @@ pub fn build(
         listeners: LayerMap::new(listeners),
         routes: LayerMap::new(routes),
         secrets: LayerMap::new(credential_secrets(snapshot, namespace, &gateways)),
+        outbound: snapshot.gateway_outbound(&rules),
     }
 }
 

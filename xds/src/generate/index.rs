@@ -1,6 +1,7 @@
 //! The index over the accepted config a snapshot is built from: services, DestinationRules,
 //! mesh routes, PeerAuthentications and Sidecars by the keys the builders look them up by.
 
+use super::selected::SelectedRules;
 use super::{GenOptions, cluster};
 use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{DestinationRule, Labels, Sidecar, Subset, VirtualService};
@@ -17,8 +18,11 @@ pub struct Index {
     /// Positions in `config.services`, by host (the last of a duplicated host).
     pub(super) services: BTreeMap<String, usize>,
     pub(super) destination_rules: BTreeMap<String, SpecRef<DestinationRule>>,
-    /// Every DestinationRule of a host, with its namespace.
+    /// Every DestinationRule of a host without a `workloadSelector`, with its namespace.
     pub(super) dr_candidates: BTreeMap<String, Vec<(String, SpecRef<DestinationRule>)>>,
+    /// The DestinationRules with a `workloadSelector`, by the one namespace they apply in, each
+    /// with its qualified host, in name order (see `selected_rules`).
+    pub(super) dr_selected: HashMap<String, Vec<(String, SpecRef<DestinationRule>)>>,
     pub(super) restricted: bool,
     /// VirtualServices for sidecars (bound to `mesh`), by qualified host.
     pub(super) mesh_routes: BTreeMap<String, Vec<(String, SpecRef<VirtualService>)>>,
@@ -52,9 +56,20 @@ impl Index {
             .collect();
         let mut dr_candidates: BTreeMap<String, Vec<(String, SpecRef<DestinationRule>)>> =
             BTreeMap::new();
+        let mut dr_selected: HashMap<String, Vec<(String, SpecRef<DestinationRule>)>> =
+            HashMap::new();
         for dr in config.shared::<DestinationRule>() {
             let ns = dr.object().meta.namespace();
             let host = qualify_host(&dr.host, ns, &suffix);
+            if dr.workload_selector.is_some() {
+                // Selectors do not cross namespaces: as Istio, such a rule is private to its
+                // namespace whatever its `exportTo` says.
+                dr_selected
+                    .entry(ns.to_string())
+                    .or_default()
+                    .push((host, dr));
+                continue;
+            }
             dr_candidates
                 .entry(host)
                 .or_default()
@@ -123,6 +138,7 @@ impl Index {
             services,
             destination_rules: BTreeMap::new(),
             dr_candidates,
+            dr_selected,
             restricted,
             mesh_routes,
             peer_authn: config
@@ -180,7 +196,6 @@ impl Index {
             .map(|(_, dr)| dr)
     }
 
-    /// The DestinationRule proxies in `ns` get for `host` (`exportTo` applied).
     pub fn workload(&self, name: &str, namespace: &str) -> Option<&Workload> {
         let i = self
             .workloads
@@ -188,11 +203,43 @@ impl Index {
         self.config.workloads.get(*i)
     }
 
+    /// The DestinationRule proxies in `ns` get for `host` (`exportTo` applied), leaving aside
+    /// rules with a `workloadSelector` (`rule_for` adds them).
     pub fn destination_rule_in(&self, host: &str, ns: &str) -> Option<&DestinationRule> {
         if !self.restricted {
             return self.destination_rule(host);
         }
         self.pick_destination_rule(host, ns).map(|d| &**d)
+    }
+
+    /// The DestinationRules with a `workloadSelector` in force for a proxy in `ns` with
+    /// `labels`: those of its own namespace selecting it, for each host the first by name.
+    /// Istio takes the oldest; meshd keeps no creation time, and Istio breaks ties by name.
+    pub fn selected_rules(&self, ns: &str, labels: &Labels) -> SelectedRules {
+        let mut rules = SelectedRules::default();
+        for (host, dr) in self.dr_selected.get(ns).into_iter().flatten() {
+            let selects = dr
+                .workload_selector
+                .as_ref()
+                .is_some_and(|s| selector_matches(&s.labels, labels));
+            if selects {
+                rules.insert(host, dr);
+            }
+        }
+        rules
+    }
+
+    /// The DestinationRule a proxy in `ns` applies to `host`: a rule of `rules` (selecting it)
+    /// over the one it would see without them.
+    pub fn rule_for<'a>(
+        &'a self,
+        host: &str,
+        ns: &str,
+        rules: &'a SelectedRules,
+    ) -> Option<&'a DestinationRule> {
+        rules
+            .get(host)
+            .or_else(|| self.destination_rule_in(host, ns))
     }
 
     /// Whether some ServiceEntry, Service, VirtualService or DestinationRule narrows its

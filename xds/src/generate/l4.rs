@@ -5,6 +5,7 @@
 use super::Index;
 use super::cluster::outbound_name;
 use super::route::{RouteCtx, destination_cluster};
+use super::selected::SelectedRules;
 use meshd_model::networking::RouteDestination;
 use meshd_model::registry::{Port, Protocol, Service};
 
@@ -27,8 +28,14 @@ pub struct L4Chain {
 }
 
 /// The DestinationRule `connectionPool.tcp.idleTimeout` where `target` sends (its first
-/// cluster: host, port and subset from the name), as proxies in `ns` see the rule.
-pub fn idle_timeout(index: &Index, ns: &str, target: &L4Target) -> Option<std::time::Duration> {
+/// cluster: host, port and subset from the name), as a proxy in `ns` selected by `rules` sees
+/// the rule.
+pub fn idle_timeout(
+    index: &Index,
+    ns: &str,
+    rules: &SelectedRules,
+    target: &L4Target,
+) -> Option<std::time::Duration> {
     let cluster = match target {
         L4Target::Cluster(c) => c.as_str(),
         L4Target::Weighted(cs) => cs.first()?.0.as_str(),
@@ -38,7 +45,7 @@ pub fn idle_timeout(index: &Index, ns: &str, target: &L4Target) -> Option<std::t
     let port: u32 = parts.next()?.parse().ok()?;
     let subset = parts.next()?;
     let host = parts.next()?;
-    let rule = index.destination_rule_in(host, ns)?;
+    let rule = index.rule_for(host, ns, rules)?;
     let subset = rule.subsets.iter().find(|s| s.name == subset);
     super::cluster::EffectivePolicy::resolve(rule.traffic_policy.as_ref(), subset, port)
         .connection_pool?
@@ -68,12 +75,12 @@ pub fn target(ctx: &RouteCtx<'_>, route: &[RouteDestination]) -> Option<L4Target
     }
 }
 
-/// The outbound chains for one non-HTTP port of a service.
-/// `labels`: the proxy's, when some route matches on `sourceLabels` (else `None`).
+/// The outbound chains for one non-HTTP port of a service, for a proxy in `namespace` with
+/// `labels` (only when some route matches on `sourceLabels`, else `None`) selected by `rules`.
 pub fn chains(
     index: &Index,
-    namespace: &str,
-    labels: Option<&meshd_model::networking::Labels>,
+    (namespace, labels): (&str, Option<&meshd_model::networking::Labels>),
+    rules: &SelectedRules,
     svc: &Service,
     port: &Port,
 ) -> Vec<L4Chain> {
@@ -85,6 +92,7 @@ pub fn chains(
         namespace: ns,
         gateway: None,
         source: Some((namespace, labels)),
+        rules,
     });
     let port_ok = |p: Option<u32>| p.is_none_or(|p| p == port.number);
     let mut out = Vec::new();
@@ -115,7 +123,7 @@ pub fn chains(
                     name: format!("{}|tls|{i}", svc.hostname),
                     vips: Vec::new(),
                     sni,
-                    idle_timeout: idle_timeout(index, namespace, &t),
+                    idle_timeout: idle_timeout(index, namespace, rules, &t),
                     target: t,
                 });
             }
@@ -125,7 +133,7 @@ pub fn chains(
                 name: outbound_name(port.number, "", &svc.hostname),
                 vips: Vec::new(),
                 sni: vec![svc.hostname.clone()],
-                idle_timeout: idle_timeout(index, namespace, &own),
+                idle_timeout: idle_timeout(index, namespace, rules, &own),
                 target: own,
             });
         }
@@ -152,7 +160,7 @@ pub fn chains(
         name: outbound_name(port.number, "", &svc.hostname),
         vips: svc.addresses.clone(),
         sni: Vec::new(),
-        idle_timeout: idle_timeout(index, namespace, &target),
+        idle_timeout: idle_timeout(index, namespace, rules, &target),
         target,
     });
     out

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod locality;
 pub mod route;
 mod scope;
+pub mod selected;
 pub mod slow_start;
 pub mod telemetry;
 pub mod telemetry_api;
@@ -629,11 +630,15 @@ impl MeshSnapshot {
                         &selected,
                     )
                 };
+                let (clusters, endpoints, plans) = match &gw.outbound {
+                    Some(o) => (&o.clusters, &o.endpoints, &*o.locality),
+                    None => (&self.clusters, &self.endpoints, &*self.locality_plans),
+                };
                 out.insert(
                     CLUSTER,
-                    ResourceSet::layer(patched(&self.clusters, LayerKind::Clusters)),
+                    ResourceSet::layer(patched(clusters, LayerKind::Clusters)),
                 );
-                let endpoints = self.localized(&self.endpoints, &self.locality_plans, workload);
+                let endpoints = self.localized(endpoints, plans, workload);
                 out.insert(ENDPOINT, ResourceSet::layer(endpoints));
                 out.insert(
                     LISTENER,

@@ -41,6 +41,8 @@ pub struct RouteCtx<'a> {
     /// The proxy's namespace and (when some route matches on them) its labels, for
     /// `sourceNamespace` and `sourceLabels` matches.
     pub source: Option<(&'a str, Option<&'a Labels>)>,
+    /// The DestinationRules with a `workloadSelector` selecting the proxy.
+    pub rules: &'a super::selected::SelectedRules,
 }
 
 impl RouteCtx<'_> {
@@ -104,7 +106,7 @@ pub fn hash_policy(ctx: &RouteCtx<'_>, d: &Destination) -> Vec<route_action::Has
     };
     let (host, port) = destination_host_port(ctx, d);
     let viewer = ctx.source.map_or("", |(ns, _)| ns);
-    let Some(rule) = ctx.index.destination_rule_in(&host, viewer) else {
+    let Some(rule) = ctx.index.rule_for(&host, viewer, ctx.rules) else {
         return Vec::new();
     };
     let subset = d

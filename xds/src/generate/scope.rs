@@ -1,13 +1,15 @@
-//! A sidecar's outbound view of the mesh, built once per scope (namespace, Sidecar and, when routes
-//! match on them, labels) and shared by every proxy in it: which services it sees, their clusters,
-//! listeners and routes, and the encoded virtual hosts scopes share.
+//! A sidecar's outbound view of the mesh, built once per scope (namespace, Sidecar, the
+//! DestinationRules with a `workloadSelector` selecting it and, when routes match on them,
+//! labels) and shared by every proxy in it: which services it sees, their clusters, listeners
+//! and routes, and the encoded virtual hosts scopes share.
 
 use super::locality::LocalityPlans;
+use super::selected::{ClusterMaps, RulesKey, SelectedRules};
 use super::{MeshSnapshot, cluster, cluster_port, common, get_or_build, l4, listener, route};
 use crate::resource::{Layer, LayerMap, Resource, SharedResource, reuse_layer};
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
-use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar, Subset};
+use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar};
 use meshd_model::registry::Service;
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +24,8 @@ pub(super) struct ScopeKey {
     pub(super) labels: Option<BTreeMap<String, String>>,
     /// The client side of the Telemetry policy in force (outbound listeners carry it).
     pub(super) telemetry: meshd_model::telemetry_scope::SideTelemetry,
+    /// The DestinationRules with a `workloadSelector` selecting the proxy (usually none).
+    pub(super) rules: RulesKey,
 }
 
 /// What a sidecar's outbound virtual host for a service port is built from besides the snapshot:
@@ -36,6 +40,8 @@ pub(super) struct VhostKey {
     pub(super) namespace: Option<String>,
     /// Only when some route matches on `sourceLabels`.
     pub(super) labels: Option<BTreeMap<String, String>>,
+    /// The DestinationRules with a `workloadSelector` selecting the proxy (hash policies).
+    pub(super) rules: RulesKey,
 }
 
 /// Outbound resources for every proxy in one scope.
@@ -107,11 +113,13 @@ pub(super) fn catch_all_vhost(allow_any: bool) -> VirtualHost {
 impl MeshSnapshot {
     pub(super) fn scope(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Arc<Scope> {
         let sidecar = self.index.sidecar_for(namespace, labels);
+        let rules = self.index.selected_rules(namespace, labels);
         let key = ScopeKey {
             namespace: namespace.to_string(),
             sidecar: sidecar.map(|(o, _)| o.key().to_string()),
             labels: self.index.uses_source_labels.then(|| labels.clone()),
             telemetry: self.telemetry_for(namespace, labels).client,
+            rules: rules.key(),
         };
         get_or_build(&self.scopes, key, |key| {
             let scope = self.build_scope(
@@ -119,6 +127,7 @@ impl MeshSnapshot {
                 key.labels.as_ref(),
                 sidecar.map(|(_, s)| s),
                 &key.telemetry,
+                &rules,
             );
             let Some(old) = self.previous.scopes.get(key) else {
                 return Arc::new(scope);
@@ -139,6 +148,7 @@ impl MeshSnapshot {
         labels: Option<&BTreeMap<String, String>>,
         sidecar: Option<&Sidecar>,
         telemetry: &meshd_model::telemetry_scope::SideTelemetry,
+        rules: &SelectedRules,
     ) -> Scope {
         let opts = &self.with_telemetry(meshd_model::telemetry_scope::TelemetryPolicy {
             client: telemetry.clone(),
@@ -189,13 +199,14 @@ impl MeshSnapshot {
             .map(|p| p.mode)
             .unwrap_or(OutboundMode::AllowAny)
             == OutboundMode::AllowAny;
-        // Services whose DestinationRule differs in this namespace (`exportTo`): their clusters
-        // are generated for it rather than taken from the mesh-wide layer.
-        let own_rule: Vec<(&Service, Option<&DestinationRule>)> = if restricted {
+        // Services whose DestinationRule differs in this scope (`exportTo`, a `workloadSelector`):
+        // their clusters are generated for it rather than taken from the mesh-wide layer.
+        let own_rule: Vec<(&Service, Option<&DestinationRule>)> = if restricted || !rules.is_empty()
+        {
             visible
                 .iter()
                 .filter_map(|svc| {
-                    let here = self.index.destination_rule_in(&svc.hostname, namespace);
+                    let here = self.index.rule_for(&svc.hostname, namespace, rules);
                     let everywhere = self.index.destination_rule(&svc.hostname);
                     let same = match (here, everywhere) {
                         (None, None) => true,
@@ -243,39 +254,12 @@ impl MeshSnapshot {
             {
                 clusters.insert(name.to_string(), self.clusters[name].clone());
             }
-            for (svc, rule) in &own_rule {
-                for name in self
-                    .clusters_by_host
-                    .get(&svc.hostname)
-                    .into_iter()
-                    .flatten()
-                {
-                    clusters.remove(name);
-                    endpoints.remove(name);
-                    Arc::make_mut(&mut locality).plans.remove(name);
-                }
-                let subsets: &[Subset] = rule.map(|r| r.subsets.as_slice()).unwrap_or(&[]);
-                for port in svc.ports.iter().filter(|p| port_visible(svc, p.number)) {
-                    for subset in std::iter::once(None).chain(subsets.iter().map(Some)) {
-                        let out = cluster::outbound_with_rule(
-                            &self.index,
-                            *rule,
-                            svc,
-                            port,
-                            subset,
-                            opts,
-                        );
-                        let name = out.cluster.name.clone();
-                        if let Some(plan) = out.locality {
-                            Arc::make_mut(&mut locality).insert(name.clone(), plan);
-                        }
-                        if let Some(la) = out.load_assignment {
-                            endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
-                        }
-                        clusters.insert(name.clone(), Resource::encode(name, &out.cluster));
-                    }
-                }
-            }
+            let maps = ClusterMaps {
+                clusters: &mut clusters,
+                endpoints: &mut endpoints,
+                locality: &mut locality,
+            };
+            self.clusters_under(maps, &own_rule, &port_visible, opts);
             (LayerMap::new(clusters), LayerMap::new(endpoints))
         };
         // Ports: HTTP services share a listener and a route table per port.
@@ -288,8 +272,8 @@ impl MeshSnapshot {
                 } else {
                     tcp_ports.entry(port.number).or_default().extend(l4::chains(
                         &self.index,
-                        namespace,
-                        labels,
+                        (namespace, labels),
+                        rules,
                         svc,
                         port,
                     ));
@@ -308,7 +292,7 @@ impl MeshSnapshot {
         }
         let mut routes = BTreeMap::new();
         for (port, services) in &http_ports {
-            let rc = self.outbound_routes(*port, namespace, labels, services, allow_any);
+            let rc = self.outbound_routes(*port, (namespace, labels), rules, services, allow_any);
             routes.insert(rc.name.clone(), rc);
         }
         Scope {
@@ -320,11 +304,12 @@ impl MeshSnapshot {
         }
     }
 
+    /// `source`: the proxy's namespace and, when some route matches on them, labels.
     pub(super) fn outbound_routes(
         &self,
         port: u32,
-        namespace: &str,
-        labels: Option<&BTreeMap<String, String>>,
+        (namespace, labels): (&str, Option<&BTreeMap<String, String>>),
+        rules: &SelectedRules,
         services: &[&Service],
         allow_any: bool,
     ) -> SharedResource {
@@ -338,7 +323,8 @@ impl MeshSnapshot {
             if domains.is_empty() {
                 continue;
             }
-            let build = |domains| self.outbound_vhost(svc, port, namespace, labels, domains);
+            let build =
+                |domains| self.outbound_vhost(svc, port, (namespace, labels), rules, domains);
             if domains.len() < all {
                 // A domain another service claimed first: this one is particular to the scope.
                 vhosts.push(build(domains).encode_to_vec().into());
@@ -353,6 +339,7 @@ impl MeshSnapshot {
                     .routes_see_namespace
                     .then(|| namespace.to_string()),
                 labels: labels.cloned(),
+                rules: rules.key(),
             };
             let memo = self.vhosts.lock().expect("vhost memo").get(&key).cloned();
             let vhost = memo.unwrap_or_else(|| {
@@ -418,8 +405,8 @@ impl MeshSnapshot {
         &self,
         svc: &Service,
         port: u32,
-        namespace: &str,
-        labels: Option<&BTreeMap<String, String>>,
+        (namespace, labels): (&str, Option<&BTreeMap<String, String>>),
+        rules: &SelectedRules,
         domains: Vec<String>,
     ) -> VirtualHost {
         let vs = self.index.mesh_virtual_services(&svc.hostname, namespace);
@@ -431,6 +418,7 @@ impl MeshSnapshot {
                     namespace: vs_ns,
                     gateway: None,
                     source: Some((namespace, labels)),
+                    rules,
                 };
                 route::http_routes(&ctx, &vs.http)
             }
