@@ -532,16 +532,19 @@ impl MeshSnapshot {
     fn insert_patch_made(
         &self,
         out: &mut ProxyResources,
-        type_url: &'static str,
-        kind: envoyfilter::LayerKind,
         proxy: meshd_model::envoyfilter::PatchContext,
         selected: &[usize],
     ) {
         static NONE: std::sync::OnceLock<Layer> = std::sync::OnceLock::new();
         let none = NONE.get_or_init(|| LayerMap::new(BTreeMap::new()));
-        let made = self.patched_layer(none, kind, proxy, selected);
-        if !made.is_empty() {
-            out.insert(type_url, ResourceSet::layer(made));
+        for (type_url, kind) in [
+            (EXTENSION_CONFIG, envoyfilter::LayerKind::ExtensionConfigs),
+            (BOOTSTRAP, envoyfilter::LayerKind::Bootstrap),
+        ] {
+            let made = self.patched_layer(none, kind, proxy, selected);
+            if !made.is_empty() {
+                out.insert(type_url, ResourceSet::layer(made));
+            }
         }
     }
 
@@ -593,18 +596,11 @@ impl MeshSnapshot {
                         &selected,
                     )),
                 );
-                for (type_url, kind) in [
-                    (EXTENSION_CONFIG, envoyfilter::LayerKind::ExtensionConfigs),
-                    (BOOTSTRAP, envoyfilter::LayerKind::Bootstrap),
-                ] {
-                    self.insert_patch_made(
-                        &mut out,
-                        type_url,
-                        kind,
-                        meshd_model::envoyfilter::PatchContext::SidecarOutbound,
-                        &selected,
-                    );
-                }
+                self.insert_patch_made(
+                    &mut out,
+                    meshd_model::envoyfilter::PatchContext::SidecarOutbound,
+                    &selected,
+                );
             }
             NodeType::Router => {
                 let key = format!("{}|{labels:?}", proxy.identity.namespace);
@@ -651,18 +647,11 @@ impl MeshSnapshot {
                 if !gw.secrets.is_empty() {
                     out.insert(SECRET, ResourceSet::layer(gw.secrets.clone()));
                 }
-                for (type_url, kind) in [
-                    (EXTENSION_CONFIG, envoyfilter::LayerKind::ExtensionConfigs),
-                    (BOOTSTRAP, envoyfilter::LayerKind::Bootstrap),
-                ] {
-                    self.insert_patch_made(
-                        &mut out,
-                        type_url,
-                        kind,
-                        meshd_model::envoyfilter::PatchContext::Gateway,
-                        &selected,
-                    );
-                }
+                self.insert_patch_made(
+                    &mut out,
+                    meshd_model::envoyfilter::PatchContext::Gateway,
+                    &selected,
+                );
             }
         }
         out
