@@ -1,6 +1,6 @@
 //! Checks one object on its own; cross-object checks live in `mesh`.
 
-use crate::networking::{HttpRoute, StringMatch, StringMatchKind};
+use crate::networking::{HttpRoute, StringMatch, StringMatchKind, TlsMode};
 use crate::{ConfigObject, Spec};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -366,10 +366,21 @@ fn policy_parts(
             "{at}.connectionPool.http.h2UpgradePolicy `{p}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"
         ));
     }
-    if tls.is_some_and(|t| t.credential_name.is_some()) {
-        return Err(format!(
-            "{at}.tls.credentialName is not supported; give clientCertificate, privateKey and caCertificates files"
-        ));
+    if let Some(t) = tls
+        && t.credential_name.is_some()
+        && matches!(t.mode, TlsMode::Simple | TlsMode::Mutual)
+    {
+        if t.client_certificate.is_some() || t.private_key.is_some() || t.ca_certificates.is_some()
+        {
+            return Err(format!(
+                "{at}.tls: give either credentialName or clientCertificate, privateKey and caCertificates, not both"
+            ));
+        }
+        if t.mode == TlsMode::Simple && t.insecure_skip_verify == Some(true) {
+            return Err(format!(
+                "{at}.tls: credentialName (its CA) cannot be given with insecureSkipVerify in mode SIMPLE"
+            ));
+        }
     }
     Ok(())
 }

@@ -68,8 +68,9 @@ pub struct ServeArgs {
     /// `meshd-validator-<namespace>`); `-` for none.
     #[arg(long, env = "MESHD_VALIDATING_WEBHOOK_CONFIG_NAME")]
     pub validating_webhook_config_name: Option<String>,
-    /// Kubernetes mode: serve Gateway `credentialName` from Secrets, which needs read access to
-    /// Secrets cluster-wide; `false` leaves Secrets alone (gateways then use certificate files).
+    /// Kubernetes mode: serve Gateway and DestinationRule `credentialName` from Secrets, which
+    /// needs read access to Secrets cluster-wide; `false` leaves Secrets alone (certificate
+    /// files only).
     #[arg(long, env = "MESHD_GATEWAY_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
     pub gateway_credentials: bool,
     /// The Service in front of meshd.

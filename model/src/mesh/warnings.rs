@@ -3,7 +3,9 @@
 //! reported beside the rejections, never ignored silently.
 
 use super::{MeshConfig, Rejected};
-use crate::networking::{LoadBalancerSettings, SimpleLb, TrafficPolicy};
+use crate::networking::{
+    ClientTlsSettings, LoadBalancerSettings, SimpleLb, TlsMode, TrafficPolicy,
+};
 use crate::{ConfigObject, Spec};
 
 fn lb_notes(at: &str, lb: &LoadBalancerSettings, outlier: bool, out: &mut Vec<String>) {
@@ -47,6 +49,25 @@ fn policy_notes(at: &str, tp: &TrafficPolicy, outlier: bool, out: &mut Vec<Strin
     }
 }
 
+/// Istio reads a client `credentialName` at sidecars only from a rule with a workloadSelector
+/// (else every sidecar in the rule's reach would wait for a Secret it may not be allowed):
+/// without one, the sidecars originate no TLS to the host, as under istiod.
+fn credential_notes(at: &str, tp: &TrafficPolicy, out: &mut Vec<String>) {
+    let note = |at: String, tls: Option<&ClientTlsSettings>, out: &mut Vec<String>| {
+        if tls.is_some_and(|t| {
+            t.credential_name.is_some() && matches!(t.mode, TlsMode::Simple | TlsMode::Mutual)
+        }) {
+            out.push(format!(
+                "{at}.tls.credentialName: without a workloadSelector it applies at gateways only; the sidecars this rule reaches connect to the host without TLS (as under Istio)"
+            ));
+        }
+    };
+    note(at.to_string(), tp.tls.as_ref(), out);
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        note(format!("{at}.portLevelSettings[{i}]"), pl.tls.as_ref(), out);
+    }
+}
+
 fn sets_outlier_detection(tp: &TrafficPolicy) -> bool {
     tp.outlier_detection.is_some()
         || tp
@@ -63,17 +84,20 @@ fn notes(o: &ConfigObject) -> Vec<String> {
             .iter()
             .chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()))
             .any(sets_outlier_detection);
+        let selects = dr.workload_selector.is_some();
         if let Some(tp) = &dr.traffic_policy {
             policy_notes("spec.trafficPolicy", tp, outlier, &mut out);
+            if !selects {
+                credential_notes("spec.trafficPolicy", tp, &mut out);
+            }
         }
         for (i, s) in dr.subsets.iter().enumerate() {
             if let Some(tp) = &s.traffic_policy {
-                policy_notes(
-                    &format!("spec.subsets[{i}].trafficPolicy"),
-                    tp,
-                    outlier,
-                    &mut out,
-                );
+                let at = format!("spec.subsets[{i}].trafficPolicy");
+                policy_notes(&at, tp, outlier, &mut out);
+                if !selects {
+                    credential_notes(&at, tp, &mut out);
+                }
             }
         }
     }
@@ -173,6 +197,33 @@ spec:
         let mesh = MeshConfig::assemble([&file]);
         assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
         assert!(mesh.warnings.is_empty(), "{:?}", mesh.warnings);
+    }
+
+    /// A client credentialName in a rule without a workloadSelector is kept (gateways use it)
+    /// and the sidecars' plaintext is said; with a selector there is nothing to say.
+    #[test]
+    fn a_credential_name_without_a_selector_is_for_gateways() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ext, namespace: shop}\nspec:\n  host: api.example.com\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 443}\n      tls: {mode: MUTUAL, credentialName: client}\n";
+        let mesh = MeshConfig::assemble([&parse_file("ext.yaml", text).unwrap()]);
+        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
+        let [w] = &mesh.warnings[..] else {
+            panic!("{:?}", mesh.warnings)
+        };
+        let w = w.to_string();
+        assert!(
+            w.contains("spec.trafficPolicy.portLevelSettings[0].tls.credentialName: without a workloadSelector it applies at gateways only"),
+            "{w}"
+        );
+        let selected = text.replace(
+            "spec:\n",
+            "spec:\n  workloadSelector: {matchLabels: {app: a}}\n",
+        );
+        let mesh = MeshConfig::assemble([&parse_file("ext.yaml", &selected).unwrap()]);
+        assert!(
+            mesh.rejected.is_empty() && mesh.warnings.is_empty(),
+            "{:?}",
+            mesh.warnings
+        );
     }
 
     #[test]

@@ -438,6 +438,52 @@ fn destination_rule_load_balancer_rules() {
     ]);
 }
 
+/// ClientTLSSettings `credentialName`: only one of it and the certificate files (Istio's rule);
+/// with SIMPLE it is the CA, which insecureSkipVerify would drop.
+#[test]
+fn destination_rule_credential_name_rules() {
+    let tls = |t: &str| format!("  host: cart\n  trafficPolicy:\n    tls: {t}\n");
+    check(&[
+        (
+            "DestinationRule",
+            &tls("{mode: MUTUAL, credentialName: client}"),
+            Accepted,
+        ),
+        (
+            "DestinationRule",
+            &tls(
+                "{mode: SIMPLE, credentialName: client, sni: cart.example, subjectAltNames: [cart.example]}",
+            ),
+            Accepted,
+        ),
+        (
+            "DestinationRule",
+            &tls("{mode: MUTUAL, credentialName: client, caCertificates: /ca.pem}"),
+            Rejected("spec.trafficPolicy.tls", "either credentialName"),
+        ),
+        (
+            "DestinationRule",
+            &tls(
+                "{mode: MUTUAL, credentialName: client, clientCertificate: /c.pem, privateKey: /k.pem}",
+            ),
+            Rejected("spec.trafficPolicy.tls", "not both"),
+        ),
+        (
+            "DestinationRule",
+            &tls("{mode: SIMPLE, credentialName: client, insecureSkipVerify: true}"),
+            Rejected("spec.trafficPolicy.tls", "insecureSkipVerify"),
+        ),
+        (
+            "DestinationRule",
+            "  host: cart\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 443}\n      tls: {mode: MUTUAL, credentialName: c, privateKey: /k.pem}\n",
+            Rejected(
+                "spec.trafficPolicy.portLevelSettings[0].tls",
+                "either credentialName",
+            ),
+        ),
+    ]);
+}
+
 /// `workloadSelector` (Istio's `WorkloadSelector`, `matchLabels`): exact labels, no wildcard, no
 /// empty key; the networking spelling `labels` is not DestinationRule's.
 #[test]

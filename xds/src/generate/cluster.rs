@@ -23,7 +23,7 @@ use std::time::Duration;
 #[path = "cluster_policy.rs"]
 mod policy;
 use policy::{
-    circuit_breakers, keepalive, lb_policy, outlier, protocol_options, speaks_h2,
+    circuit_breakers, keepalive, lb_policy, originate_tls, outlier, protocol_options, speaks_h2,
     uses_client_protocol,
 };
 
@@ -120,11 +120,12 @@ enum ClientTls {
     Auto(TransportSocket),
 }
 
+/// `credentials`: whether this proxy reads a `credentialName` (see [`outbound_with_rule`]).
 fn client_tls(
     svc: &Service,
     policy: &EffectivePolicy,
-    port: &Port,
-    subset: &str,
+    (port, subset): (&Port, &str),
+    credentials: bool,
     opts: &GenOptions,
 ) -> ClientTls {
     let sni = sni(port.number, subset, &svc.hostname);
@@ -143,48 +144,18 @@ fn client_tls(
     match policy.tls.as_ref().map(|t| t.mode) {
         Some(TlsMode::IstioMutual) => ClientTls::Explicit(mesh()),
         Some(TlsMode::Disable) => ClientTls::None,
-        Some(TlsMode::Simple) | Some(TlsMode::Mutual) => ClientTls::Explicit(originate_tls(
-            policy.tls.as_ref().expect("tls set"),
-            &svc.hostname,
-        )),
+        Some(TlsMode::Simple) | Some(TlsMode::Mutual) => {
+            let t = policy.tls.as_ref().expect("tls set");
+            if t.credential_name.is_some() && !credentials {
+                // istiod's rule: such a sidecar has no certificate paths to fall back on (the
+                // API allows only one of the two) and gets no TLS context at all.
+                return ClientTls::None;
+            }
+            ClientTls::Explicit(originate_tls(t, &svc.hostname))
+        }
         None if svc.is_internal() => ClientTls::Auto(mesh()),
         None => ClientTls::None,
     }
-}
-
-fn originate_tls(t: &meshd_model::networking::ClientTlsSettings, host: &str) -> TransportSocket {
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-        CertificateValidationContext, CommonTlsContext, TlsCertificate, UpstreamTlsContext,
-        common_tls_context,
-    };
-    let mut common = CommonTlsContext::default();
-    if let (Some(cert), Some(key)) = (&t.client_certificate, &t.private_key) {
-        common.tls_certificates = vec![TlsCertificate {
-            certificate_chain: Some(filename(cert)),
-            private_key: Some(filename(key)),
-            ..Default::default()
-        }];
-    }
-    if let Some(ca) = &t.ca_certificates
-        && !t.insecure_skip_verify.unwrap_or(false)
-    {
-        common.validation_context_type = Some(
-            common_tls_context::ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: Some(filename(ca)),
-                    // The server must present one of these names (any, when none are given).
-                    match_typed_subject_alt_names: san_matchers(&t.subject_alt_names),
-                    ..Default::default()
-                },
-            ),
-        );
-    }
-    let ctx = UpstreamTlsContext {
-        common_tls_context: Some(common),
-        sni: t.sni.clone().unwrap_or_else(|| host.to_string()),
-        ..Default::default()
-    };
-    tls_socket(any(&ctx))
 }
 
 fn tls_mode_metadata() -> Metadata {
@@ -223,18 +194,21 @@ pub fn outbound(
     opts: &GenOptions,
 ) -> OutboundCluster {
     let rule = index.destination_rule(&svc.hostname);
-    outbound_with_rule(index, rule, svc, port, subset, opts)
+    outbound_with_rule(index, (rule, false), svc, port, subset, opts)
 }
 
-/// [`outbound`] under a given DestinationRule (the one a namespace sees, with `exportTo`).
+/// [`outbound`] under a given DestinationRule (the one a namespace sees, with `exportTo`, or
+/// one selecting the proxy), for a gateway or not: a client `credentialName` is read at gateways,
+/// and at sidecars only from a rule with a `workloadSelector` (Istio's rule).
 pub fn outbound_with_rule(
     index: &Index,
-    rule: Option<&meshd_model::networking::DestinationRule>,
+    (rule, gateway): (Option<&meshd_model::networking::DestinationRule>, bool),
     svc: &Service,
     port: &Port,
     subset: Option<&Subset>,
     opts: &GenOptions,
 ) -> OutboundCluster {
+    let credentials = gateway || rule.is_some_and(|r| r.workload_selector.is_some());
     let subset_name = subset.map(|s| s.name.as_str()).unwrap_or("");
     let name = outbound_name(port.number, subset_name, &svc.hostname);
     let policy = EffectivePolicy::resolve(
@@ -286,7 +260,7 @@ pub fn outbound_with_rule(
         ));
     }
     super::slow_start::apply(&mut c, policy.load_balancer.as_ref());
-    let tls = client_tls(svc, &policy, port, subset_name, opts);
+    let tls = client_tls(svc, &policy, (port, subset_name), credentials, opts);
     let auto_mtls = matches!(tls, ClientTls::Auto(_));
     match tls {
         ClientTls::None => {}

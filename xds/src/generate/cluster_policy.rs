@@ -1,5 +1,6 @@
 //! A DestinationRule's traffic policy as Envoy cluster settings: load balancer, connection-pool
-//! limits as circuit breakers, outlier detection, HTTP/2 and keepalive protocol options.
+//! limits as circuit breakers, outlier detection, HTTP/2 and keepalive protocol options, TLS
+//! origination (SIMPLE, MUTUAL; certificate files or a `credentialName` over SDS).
 
 use crate::generate::common::*;
 use crate::resource::any;
@@ -182,4 +183,70 @@ pub(super) fn keepalive(
 /// its low bits (`as u32` turned 2^32 s into 0, keepalive off).
 pub(super) fn saturating_secs(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// SIMPLE / MUTUAL origination. With `credentialName` the certificate and key (MUTUAL) and the
+/// CA come over SDS under Istio's names, from the Secrets of the proxy's namespace
+/// (`generate::credential`); without the CA's secret Envoy keeps the cluster warming rather than
+/// trust any server.
+pub(super) fn originate_tls(
+    t: &meshd_model::networking::ClientTlsSettings,
+    host: &str,
+) -> envoy_types::pb::envoy::config::core::v3::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, CommonTlsContext, TlsCertificate, UpstreamTlsContext,
+        common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    };
+    use meshd_model::credential::{sds_ca_name, sds_name};
+    use meshd_model::networking::TlsMode;
+    let verify = !t.insecure_skip_verify.unwrap_or(false);
+    let sans = || san_matchers(&t.subject_alt_names);
+    let mut common = CommonTlsContext::default();
+    match &t.credential_name {
+        Some(name) => {
+            if t.mode == TlsMode::Mutual {
+                common.tls_certificate_sds_secret_configs = vec![sds(&sds_name(name))];
+            }
+            if verify {
+                common.validation_context_type =
+                    Some(ValidationContextType::CombinedValidationContext(
+                        CombinedCertificateValidationContext {
+                            default_validation_context: Some(CertificateValidationContext {
+                                match_typed_subject_alt_names: sans(),
+                                ..Default::default()
+                            }),
+                            validation_context_sds_secret_config: Some(sds(&sds_ca_name(name))),
+                            ..Default::default()
+                        },
+                    ));
+            }
+        }
+        None => {
+            if let (Some(cert), Some(key)) = (&t.client_certificate, &t.private_key) {
+                common.tls_certificates = vec![TlsCertificate {
+                    certificate_chain: Some(filename(cert)),
+                    private_key: Some(filename(key)),
+                    ..Default::default()
+                }];
+            }
+            if let Some(ca) = &t.ca_certificates
+                && verify
+            {
+                common.validation_context_type = Some(ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(filename(ca)),
+                        // The server must present one of these names (any, when none are given).
+                        match_typed_subject_alt_names: sans(),
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+    }
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni: t.sni.clone().unwrap_or_else(|| host.to_string()),
+        ..Default::default()
+    };
+    tls_socket(any(&ctx))
 }

@@ -240,7 +240,10 @@ fn unsupported_policy_fields_are_reported() {
             "connectionPool: {http: {h2UpgradePolicy: SOMETIMES}}",
             "SOMETIMES",
         ),
-        ("tls: {mode: SIMPLE, credentialName: c}", "credentialName"),
+        (
+            "tls: {mode: MUTUAL, credentialName: c, clientCertificate: /c.pem}",
+            "either credentialName",
+        ),
         (
             "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",
             "mutually exclusive",

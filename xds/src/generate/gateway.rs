@@ -11,7 +11,7 @@ use super::l4::L4Target;
 use super::listener::{RouteSource, hcm, hcm_filter, l4_proxy_filter};
 use super::telemetry::Side;
 use super::{MeshSnapshot, route};
-use crate::resource::{Layer, LayerMap, Resource, SharedResource, any, reuse_layer};
+use crate::resource::{Layer, LayerMap, Resource, any, reuse_layer};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
@@ -490,74 +490,32 @@ pub fn build(
         };
         listeners.insert(name.clone(), Resource::encode(name, &l));
     }
+    // Its servers' credentials and those its clusters originate TLS with, from its namespace.
+    let (outbound, mut wants) = snapshot.gateway_outbound(&rules);
+    server_wants(&gateways, &mut wants);
     GatewayResources {
         listeners: LayerMap::new(listeners),
         routes: LayerMap::new(routes),
-        secrets: LayerMap::new(credential_secrets(snapshot, namespace, &gateways)),
-        outbound: snapshot.gateway_outbound(&rules),
+        secrets: LayerMap::new(super::credential::secrets(config, namespace, &wants)),
+        outbound,
     }
 }
 
-/// The SDS secrets for the `credentialName`s of `gateways`' servers, from the credentials of
-/// `namespace`. One missing is left out: Envoy keeps that server's listener warming (not
-/// serving) until it appears, and the rest of the gateway serves.
-fn credential_secrets(
-    snapshot: &MeshSnapshot,
-    namespace: &str,
+/// What `gateways`' servers ask of their `credentialName`s: the certificate, and the CA where
+/// the server checks clients.
+fn server_wants(
     gateways: &[(
         &meshd_model::ConfigObject,
         &meshd_model::networking::Gateway,
     )],
-) -> BTreeMap<String, SharedResource> {
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-        CertificateValidationContext, Secret, secret,
-    };
-    let config = snapshot.config();
-    let lookup = |name: &str| {
-        config
-            .credentials
-            .get(&(namespace.to_string(), name.to_string()))
-    };
-    let mut out = BTreeMap::new();
+    wants: &mut super::credential::CredentialWants,
+) {
     for (_, g) in gateways {
         for server in &g.servers {
-            let Some(tls) = &server.tls else { continue };
-            let Some(name) = &tls.credential_name else {
-                continue;
-            };
-            let cert_name = credential::sds_name(name);
-            if let Some(c) = lookup(name)
-                && let (Some(chain), Some(key)) = (&c.cert_chain, &c.private_key)
-            {
-                let s = Secret {
-                    name: cert_name.clone(),
-                    r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                        certificate_chain: Some(inline_bytes(chain.as_bytes())),
-                        private_key: Some(inline_bytes(key.as_bytes())),
-                        ..Default::default()
-                    })),
-                };
-                out.insert(cert_name.clone(), Resource::encode(cert_name, &s));
-            }
-            if tls_mode(server).as_deref().is_some_and(verifies_clients) {
-                let ca_name = credential::sds_ca_name(name);
-                let ca = lookup(name)
-                    .and_then(|c| c.ca_cert.as_ref())
-                    .or_else(|| lookup(&format!("{name}-cacert")).and_then(|c| c.ca_cert.as_ref()));
-                if let Some(ca) = ca {
-                    let s = Secret {
-                        name: ca_name.clone(),
-                        r#type: Some(secret::Type::ValidationContext(
-                            CertificateValidationContext {
-                                trusted_ca: Some(inline_bytes(ca.as_bytes())),
-                                ..Default::default()
-                            },
-                        )),
-                    };
-                    out.insert(ca_name.clone(), Resource::encode(ca_name, &s));
-                }
+            if let Some(name) = server.tls.as_ref().and_then(|t| t.credential_name.as_ref()) {
+                let ca = tls_mode(server).as_deref().is_some_and(verifies_clients);
+                super::credential::want(wants, name, true, ca);
             }
         }
     }
-    out
 }

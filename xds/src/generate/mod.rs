@@ -8,6 +8,7 @@ pub mod authz;
 pub mod authz_cases;
 pub mod cluster;
 pub mod common;
+pub mod credential;
 pub mod envoyfilter;
 pub mod gateway;
 mod index;
@@ -578,6 +579,9 @@ impl MeshSnapshot {
                 );
                 let endpoints = self.localized(&scope.endpoints, &scope.locality, workload);
                 out.insert(ENDPOINT, ResourceSet::layer(endpoints));
+                if !scope.secrets.is_empty() {
+                    out.insert(SECRET, ResourceSet::layer(scope.secrets.clone()));
+                }
                 out.insert(
                     LISTENER,
                     ResourceSet::from_layers(self.patched_sidecar_layers(

@@ -52,6 +52,8 @@ pub(super) struct Scope {
     pub(super) routes: Layer,
     /// Clusters of `endpoints` whose assignment depends on the proxy's locality.
     pub(super) locality: Arc<LocalityPlans>,
+    /// SDS secrets of the client credentials the clusters name (rules selecting the proxy).
+    pub(super) secrets: Layer,
 }
 
 pub(super) fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
@@ -137,6 +139,7 @@ impl MeshSnapshot {
                 endpoints: reuse_layer(Some(&old.endpoints), scope.endpoints),
                 listeners: reuse_layer(Some(&old.listeners), scope.listeners),
                 routes: reuse_layer(Some(&old.routes), scope.routes),
+                secrets: reuse_layer(Some(&old.secrets), scope.secrets),
                 locality: scope.locality,
             })
         })
@@ -220,6 +223,7 @@ impl MeshSnapshot {
             Vec::new()
         };
         let mut locality = self.locality_plans.clone();
+        let mut credentials = super::credential::CredentialWants::new();
         let (clusters, endpoints) = if own_rule.is_empty()
             && !port_hidden
             && visible.len() == self.index.services().count()
@@ -259,7 +263,7 @@ impl MeshSnapshot {
                 endpoints: &mut endpoints,
                 locality: &mut locality,
             };
-            self.clusters_under(maps, &own_rule, &port_visible, opts);
+            credentials = self.clusters_under(maps, (&own_rule, false), &port_visible, opts);
             (LayerMap::new(clusters), LayerMap::new(endpoints))
         };
         // Ports: HTTP services share a listener and a route table per port.
@@ -301,6 +305,11 @@ impl MeshSnapshot {
             listeners: LayerMap::new(listeners),
             routes: LayerMap::new(routes),
             locality,
+            secrets: LayerMap::new(super::credential::secrets(
+                &self.index.config,
+                namespace,
+                &credentials,
+            )),
         }
     }
 

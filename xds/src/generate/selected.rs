@@ -1,8 +1,11 @@
 //! DestinationRules with a `workloadSelector`: the set a proxy gets (`Index::selected_rules`:
 //! its own namespace's rules selecting its labels, ahead of any rule without a selector), and
-//! the outbound clusters made under them. Proxies no such rule selects get an empty set and keep
-//! the layers every other proxy shares; those with the same set share theirs.
+//! the outbound clusters made under them (and, for gateways, under rules naming a client
+//! `credentialName`, which only gateways and selected sidecars read). Proxies no such rule
+//! selects get an empty set and keep the layers every other proxy shares; those with the same
+//! set share theirs.
 
+use super::credential::{CredentialWants, names_credential, rule_wants};
 use super::locality::LocalityPlans;
 use super::{GenOptions, MeshSnapshot, cluster};
 use crate::resource::{Layer, LayerMap, Resource, SharedResource, reuse_layer};
@@ -78,15 +81,22 @@ pub(super) struct ClusterMaps<'a> {
 
 impl MeshSnapshot {
     /// Replaces in `maps` the clusters of each service of `own` (its ports `port_visible`
-    /// allows) with clusters made under the given rule, its subsets included.
+    /// allows) with clusters made under the given rule, its subsets included, for a gateway or a
+    /// sidecar; returns the client credentials those clusters name.
     pub(super) fn clusters_under(
         &self,
         maps: ClusterMaps<'_>,
-        own: &[(&Service, Option<&DestinationRule>)],
+        (own, gateway): (&[(&Service, Option<&DestinationRule>)], bool),
         port_visible: &dyn Fn(&Service, u32) -> bool,
         opts: &GenOptions,
-    ) {
+    ) -> CredentialWants {
+        let mut wants = CredentialWants::new();
         for (svc, rule) in own {
+            if let Some(r) = rule
+                && (gateway || r.workload_selector.is_some())
+            {
+                rule_wants(r, svc, &|p| port_visible(svc, p), &mut wants);
+            }
             for name in self
                 .clusters_by_host
                 .get(&svc.hostname)
@@ -102,8 +112,14 @@ impl MeshSnapshot {
             let subsets = rule.map(|r| r.subsets.as_slice()).unwrap_or(&[]);
             for port in svc.ports.iter().filter(|p| port_visible(svc, p.number)) {
                 for subset in std::iter::once(None).chain(subsets.iter().map(Some)) {
-                    let out =
-                        cluster::outbound_with_rule(&self.index, *rule, svc, port, subset, opts);
+                    let out = cluster::outbound_with_rule(
+                        &self.index,
+                        (*rule, gateway),
+                        svc,
+                        port,
+                        subset,
+                        opts,
+                    );
                     let name = out.cluster.name.clone();
                     if let Some(plan) = out.locality {
                         Arc::make_mut(maps.locality).insert(name.clone(), plan);
@@ -117,36 +133,49 @@ impl MeshSnapshot {
                 }
             }
         }
+        wants
     }
 
-    /// A gateway's outbound layers under `rules`: the mesh-wide ones, with the clusters of the
-    /// rules' hosts made under them; `None` without rules (the gateway takes the mesh-wide ones).
-    pub(super) fn gateway_outbound(&self, rules: &SelectedRules) -> Option<Outbound> {
-        if rules.is_empty() {
-            return None;
-        }
+    /// A gateway's outbound layers: the mesh-wide ones, with the clusters of the hosts of
+    /// `rules` and of those whose rule names a client credential made for it; `None` when there
+    /// are none (the gateway takes the mesh-wide ones). With the credentials they name.
+    pub(super) fn gateway_outbound(
+        &self,
+        rules: &SelectedRules,
+    ) -> (Option<Outbound>, CredentialWants) {
+        let credential_rules = self
+            .index
+            .destination_rules
+            .iter()
+            .filter(|(host, r)| rules.get(host).is_none() && names_credential(r))
+            .map(|(host, r)| (host.as_str(), &**r));
         let own: Vec<(&Service, Option<&DestinationRule>)> = rules
             .iter()
+            .chain(credential_rules)
             .filter_map(|(host, rule)| Some((self.index.service(host)?, Some(rule))))
             .collect();
+        if own.is_empty() {
+            return (None, CredentialWants::new());
+        }
         let mut clusters = BTreeMap::clone(&self.clusters);
         let mut endpoints = BTreeMap::clone(&self.endpoints);
         let mut locality = self.locality_plans.clone();
-        self.clusters_under(
+        let wants = self.clusters_under(
             ClusterMaps {
                 clusters: &mut clusters,
                 endpoints: &mut endpoints,
                 locality: &mut locality,
             },
-            &own,
+            (&own, true),
             &|_, _| true,
             &self.opts,
         );
-        Some(Outbound {
+        let outbound = Outbound {
             clusters: LayerMap::new(clusters),
             endpoints: LayerMap::new(endpoints),
             locality,
-        })
+        };
+        (Some(outbound), wants)
     }
 }
 
