@@ -17,6 +17,7 @@ pub mod schema;
 pub mod security;
 pub mod telemetry;
 pub mod telemetry_scope;
+pub mod telemetry_tag;
 mod validate;
 pub mod voicecore;
 

@@ -63,7 +63,28 @@ impl Default for SideTelemetry {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MetricsPolicy {
     pub disabled: BTreeSet<IstioMetric>,
-    pub tags: BTreeMap<IstioMetric, BTreeMap<String, TagOverride>>,
+    pub tags: BTreeMap<IstioMetric, BTreeMap<String, TagAction>>,
+}
+
+/// What an override does to one tag of a metric.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TagAction {
+    Remove,
+    Upsert(crate::telemetry_tag::TagValue),
+}
+
+impl TagAction {
+    /// `None` for an override validation refuses (an UPSERT without a value meshd computes).
+    fn from_override(o: &TagOverride) -> Option<TagAction> {
+        match o.operation {
+            crate::telemetry::TagOperation::Remove => Some(TagAction::Remove),
+            crate::telemetry::TagOperation::Upsert => {
+                crate::telemetry_tag::parse(o.value.as_deref()?)
+                    .ok()
+                    .map(TagAction::Upsert)
+            }
+        }
+    }
 }
 
 impl MetricsPolicy {
@@ -74,6 +95,26 @@ impl MetricsPolicy {
     /// Whether no metric is recorded at all: the gRPC access-log stream feeding them is idle.
     pub fn all_disabled(&self) -> bool {
         IstioMetric::EACH.iter().all(|m| self.disabled.contains(m))
+    }
+
+    /// The request and response headers upserted tags read: the access-log entries must carry
+    /// them, since Envoy logs only the headers it is told to.
+    pub fn headers_read(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        use crate::telemetry_tag::{Attribute, TagValue};
+        let mut request = BTreeSet::new();
+        let mut response = BTreeSet::new();
+        for action in self.tags.values().flat_map(|t| t.values()) {
+            match action {
+                TagAction::Upsert(TagValue::Attribute(Attribute::RequestHeader(h))) => {
+                    request.insert(h.clone());
+                }
+                TagAction::Upsert(TagValue::Attribute(Attribute::ResponseHeader(h))) => {
+                    response.insert(h.clone());
+                }
+                _ => {}
+            }
+        }
+        (request, response)
     }
 
     fn apply(&mut self, o: &MetricsOverrides) {
@@ -93,10 +134,9 @@ impl MetricsPolicy {
                 None => {}
             }
             for (tag, op) in &o.tag_overrides {
-                self.tags
-                    .entry(m)
-                    .or_default()
-                    .insert(tag.clone(), op.clone());
+                if let Some(action) = TagAction::from_override(op) {
+                    self.tags.entry(m).or_default().insert(tag.clone(), action);
+                }
             }
         }
     }

@@ -162,6 +162,7 @@ mod tests {
             grpc_response_status: String::new(),
             response_flags: s("-"),
             connection_security_policy: s("mutual_tls"),
+            custom: Vec::new(),
         }
     }
 

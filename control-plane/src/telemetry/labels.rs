@@ -48,6 +48,9 @@ pub struct Labels {
     pub grpc_response_status: String,
     pub response_flags: String,
     pub connection_security_policy: String,
+    /// Tags a Telemetry object upserts beyond Istio's own, sorted by name.
+    #[prometheus(flatten)]
+    pub custom: Vec<(String, String)>,
 }
 
 /// The proxy that sent the entries, as proven by its stream and known to the registry.
@@ -240,6 +243,7 @@ pub fn labels(
         grpc_response_status: req.grpc_status,
         response_flags: response_flags(common.response_flags.as_ref()),
         connection_security_policy: unknown(),
+        custom: Vec::new(),
     };
     let me = reporter.peer();
     match dir {

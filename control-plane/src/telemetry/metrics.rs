@@ -8,6 +8,7 @@
 //! Series naming a workload that has left the registry (as reporter or as peer) are removed by
 //! [`MeshMetrics::retain_workloads`].
 
+use super::attributes::EntryAttributes;
 use super::directory::Directory;
 use super::labels::{Direction, Labels, Reporter, Request, UNKNOWN, http_labels, labels};
 use envoy_types::pb::envoy::data::accesslog::v3::{
@@ -240,16 +241,21 @@ impl MeshMetrics {
         }
         // The dashboard's edges are meshd's own, not Istio's metrics: overrides leave them be.
         self.with_series(&labels, || self.edges.record(&labels, duration_ms));
-        self.each(policy, &labels, IstioMetric::RequestCount, |l| {
+        let default = Default::default();
+        let attrs =
+            EntryAttributes::http(entry.common_properties.as_ref().unwrap_or(&default), entry);
+        let each =
+            |metric, record: &dyn Fn(&Labels)| self.each(policy, &labels, metric, &attrs, record);
+        each(IstioMetric::RequestCount, &|l| {
             self.requests.get_or_create(l).inc();
         });
-        self.each(policy, &labels, IstioMetric::RequestDuration, |l| {
+        each(IstioMetric::RequestDuration, &|l| {
             self.duration.get_or_create(l).observe(duration_ms);
         });
-        self.each(policy, &labels, IstioMetric::RequestSize, |l| {
+        each(IstioMetric::RequestSize, &|l| {
             self.request_bytes.get_or_create(l).observe(req as f64);
         });
-        self.each(policy, &labels, IstioMetric::ResponseSize, |l| {
+        each(IstioMetric::ResponseSize, &|l| {
             self.response_bytes.get_or_create(l).observe(resp as f64);
         });
     }
@@ -261,9 +267,10 @@ impl MeshMetrics {
         policy: &MetricsPolicy,
         labels: &Labels,
         metric: IstioMetric,
-        record: impl FnOnce(&Labels),
+        attrs: &EntryAttributes<'_>,
+        record: &dyn Fn(&Labels),
     ) {
-        if let Some(l) = super::overrides::labels_for(policy, metric, labels) {
+        if let Some(l) = super::overrides::labels_for(policy, metric, labels, attrs) {
             self.with_series(&l, || record(&l));
         }
     }
@@ -307,18 +314,21 @@ impl MeshMetrics {
             });
             return;
         }
-        self.each(policy, &labels, IstioMetric::TcpSentBytes, |l| {
+        let attrs = EntryAttributes::tcp(common);
+        let each =
+            |metric, record: &dyn Fn(&Labels)| self.each(policy, &labels, metric, &attrs, record);
+        each(IstioMetric::TcpSentBytes, &|l| {
             self.tcp_sent.get_or_create(l).inc_by(conn.sent_bytes);
         });
-        self.each(policy, &labels, IstioMetric::TcpReceivedBytes, |l| {
+        each(IstioMetric::TcpReceivedBytes, &|l| {
             self.tcp_received
                 .get_or_create(l)
                 .inc_by(conn.received_bytes);
         });
-        self.each(policy, &labels, IstioMetric::TcpOpenedConnections, |l| {
+        each(IstioMetric::TcpOpenedConnections, &|l| {
             self.tcp_opened.get_or_create(l).inc();
         });
-        self.each(policy, &labels, IstioMetric::TcpClosedConnections, |l| {
+        each(IstioMetric::TcpClosedConnections, &|l| {
             self.tcp_closed.get_or_create(l).inc();
         });
     }

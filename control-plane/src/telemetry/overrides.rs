@@ -1,10 +1,13 @@
 //! Telemetry API metrics overrides in meshd's own recording of Istio's metrics: a metric
-//! disabled for a workload's side is not recorded from its entries, and a removed tag keeps its
-//! label with an empty value (one label set per family, so the series of both agree).
+//! disabled for a workload's side is not recorded from its entries, a removed tag keeps its
+//! label with an empty value (one label set per family, so the series of both agree), and an
+//! upserted tag takes the value its expression gives for the entry — in place of Istio's label
+//! of that name, or as a label of its own after Istio's.
 
+use super::attributes::EntryAttributes;
 use super::labels::Labels;
-use meshd_model::telemetry::{IstioMetric, TagOperation};
-use meshd_model::telemetry_scope::MetricsPolicy;
+use meshd_model::telemetry::IstioMetric;
+use meshd_model::telemetry_scope::{MetricsPolicy, TagAction};
 use std::borrow::Cow;
 
 /// The label of `labels` Istio's tag `name` is, if meshd records it.
@@ -39,11 +42,13 @@ fn tag_mut<'a>(labels: &'a mut Labels, name: &str) -> Option<&'a mut String> {
     })
 }
 
-/// The labels `metric` is recorded with under `policy`; `None` when it is disabled.
+/// The labels `metric` is recorded with under `policy` for the entry `attrs`; `None` when it
+/// is disabled.
 pub fn labels_for<'a>(
     policy: &MetricsPolicy,
     metric: IstioMetric,
     labels: &'a Labels,
+    attrs: &EntryAttributes<'_>,
 ) -> Option<Cow<'a, Labels>> {
     if !policy.enabled(metric) {
         return None;
@@ -52,11 +57,13 @@ pub fn labels_for<'a>(
         return Some(Cow::Borrowed(labels));
     };
     let mut out = labels.clone();
-    for (name, op) in tags {
-        if op.operation == TagOperation::Remove
-            && let Some(value) = tag_mut(&mut out, name)
-        {
-            value.clear();
+    // `tags` is a sorted map, so the added labels come out sorted by name.
+    for (name, action) in tags {
+        match (action, tag_mut(&mut out, name)) {
+            (TagAction::Remove, Some(value)) => value.clear(),
+            (TagAction::Remove, None) => out.custom.retain(|(n, _)| n != name),
+            (TagAction::Upsert(v), Some(value)) => *value = attrs.value(v),
+            (TagAction::Upsert(v), None) => out.custom.push((name.clone(), attrs.value(v))),
         }
     }
     Some(Cow::Owned(out))
@@ -70,7 +77,6 @@ pub fn is_default(policy: &MetricsPolicy) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshd_model::telemetry::TagOverride;
 
     fn labels() -> Labels {
         Labels {
@@ -99,6 +105,7 @@ mod tests {
             grpc_response_status: String::new(),
             response_flags: "-".into(),
             connection_security_policy: "mutual_tls".into(),
+            custom: Vec::new(),
         }
     }
 
@@ -106,9 +113,11 @@ mod tests {
     fn disabled_metrics_and_removed_tags() {
         let mut policy = MetricsPolicy::default();
         let l = labels();
+        let common = Default::default();
+        let attrs = EntryAttributes::tcp(&common);
         assert!(is_default(&policy));
         assert!(matches!(
-            labels_for(&policy, IstioMetric::RequestCount, &l),
+            labels_for(&policy, IstioMetric::RequestCount, &l, &attrs),
             Some(Cow::Borrowed(_))
         ));
         policy.disabled.insert(IstioMetric::RequestCount);
@@ -116,46 +125,25 @@ mod tests {
             .tags
             .entry(IstioMetric::RequestDuration)
             .or_default()
-            .insert(
-                "request_protocol".into(),
-                TagOverride {
-                    operation: TagOperation::Remove,
-                    value: None,
-                },
-            );
+            .insert("request_protocol".into(), TagAction::Remove);
         policy
             .tags
             .entry(IstioMetric::RequestDuration)
             .or_default()
-            .insert(
-                "no_such_tag".into(),
-                TagOverride {
-                    operation: TagOperation::Remove,
-                    value: None,
-                },
-            );
+            .insert("no_such_tag".into(), TagAction::Remove);
         assert!(!is_default(&policy));
-        assert!(labels_for(&policy, IstioMetric::RequestCount, &l).is_none());
-        let d = labels_for(&policy, IstioMetric::RequestDuration, &l).unwrap();
+        assert!(labels_for(&policy, IstioMetric::RequestCount, &l, &attrs).is_none());
+        let d = labels_for(&policy, IstioMetric::RequestDuration, &l, &attrs).unwrap();
         assert_eq!(d.request_protocol, "");
         assert_eq!(d.response_code, "200");
         assert_eq!(
-            *labels_for(&policy, IstioMetric::RequestSize, &l).unwrap(),
+            *labels_for(&policy, IstioMetric::RequestSize, &l, &attrs).unwrap(),
             l
         );
     }
 
-    /// `web` calls `api`; a Telemetry selecting web disables REQUEST_COUNT on its client side
-    /// and removes `response_code` from its duration histogram.
-    #[test]
-    fn a_workload_telemetry_shapes_what_meshd_records_for_it() {
-        use crate::telemetry::directory::Directory;
-        use crate::telemetry::labels::{Direction, Reporter};
-        use crate::telemetry::{MeshMetrics, SeriesLimits};
-        use envoy_types::pb::envoy::data::accesslog::v3::{
-            AccessLogCommon, HttpAccessLogEntry, HttpResponseProperties,
-        };
-        const MESH: &str = "\
+    /// `web` and `api` in `shop`, with the Telemetry `telemetry` (a YAML document).
+    const MESH: &str = "\
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: web, namespace: shop}
@@ -165,20 +153,19 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: api, namespace: shop}
 spec: {address: 10.44.0.20, labels: {app: api}, serviceAccount: api}
----
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: web, namespace: shop}
-spec:
-  selector: {matchLabels: {app: web}}
-  metrics:
-  - overrides:
-    - match: {metric: REQUEST_COUNT, mode: CLIENT}
-      disabled: true
-    - match: {metric: REQUEST_DURATION}
-      tagOverrides: {response_code: {operation: REMOVE}}
 ";
-        let file = meshd_model::parse_file("mesh.yaml", MESH).unwrap();
+
+    /// The metrics text after `web` and `api` each report `entry` as the client, and `web` as
+    /// the server, under `telemetry`.
+    fn recorded(
+        telemetry: &str,
+        entry: &envoy_types::pb::envoy::data::accesslog::v3::HttpAccessLogEntry,
+    ) -> String {
+        use crate::telemetry::directory::Directory;
+        use crate::telemetry::labels::{Direction, Reporter};
+        use crate::telemetry::{MeshMetrics, SeriesLimits};
+        let text = format!("{MESH}---\n{telemetry}");
+        let file = meshd_model::parse_file("mesh.yaml", &text).unwrap();
         assert!(file.rejected.is_empty(), "{:?}", file.rejected);
         let directory =
             Directory::build(&meshd_model::MeshConfig::assemble([&file]), "cluster.local");
@@ -193,20 +180,54 @@ spec:
                 &directory,
             )
         };
-        let entry = HttpAccessLogEntry {
+        let metrics = MeshMetrics::new(SeriesLimits::default());
+        metrics.record_http(&reporter("web"), Direction::Outbound, entry, &directory);
+        metrics.record_http(&reporter("api"), Direction::Outbound, entry, &directory);
+        metrics.record_http(&reporter("web"), Direction::Inbound, entry, &directory);
+        let mut text = String::new();
+        metrics.encode_into(&mut text);
+        text
+    }
+
+    fn entry_200() -> envoy_types::pb::envoy::data::accesslog::v3::HttpAccessLogEntry {
+        use envoy_types::pb::envoy::data::accesslog::v3::{
+            AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties,
+        };
+        HttpAccessLogEntry {
             common_properties: Some(AccessLogCommon::default()),
+            request: Some(HttpRequestProperties {
+                authority: "api.shop".into(),
+                request_headers: [("x-user".to_string(), "ada".to_string())].into(),
+                ..Default::default()
+            }),
             response: Some(HttpResponseProperties {
                 response_code: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 200 }),
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        let metrics = MeshMetrics::new(SeriesLimits::default());
-        metrics.record_http(&reporter("web"), Direction::Outbound, &entry, &directory);
-        metrics.record_http(&reporter("api"), Direction::Outbound, &entry, &directory);
-        metrics.record_http(&reporter("web"), Direction::Inbound, &entry, &directory);
-        let mut text = String::new();
-        metrics.encode_into(&mut text);
+        }
+    }
+
+    /// `web` calls `api`; a Telemetry selecting web disables REQUEST_COUNT on its client side
+    /// and removes `response_code` from its duration histogram.
+    #[test]
+    fn a_workload_telemetry_shapes_what_meshd_records_for_it() {
+        let text = recorded(
+            "\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      disabled: true
+    - match: {metric: REQUEST_DURATION}
+      tagOverrides: {response_code: {operation: REMOVE}}
+",
+            &entry_200(),
+        );
         let lines = |name: &str, needle: &str| {
             text.lines()
                 .filter(|l| l.starts_with(name) && l.contains(needle))
@@ -241,5 +262,56 @@ spec:
             "{text}"
         );
         assert_eq!(lines("istio_request_bytes_count{", web_source), 1, "{text}");
+    }
+
+    /// Istio's "customize metrics" example: tags upserted from the request replace Istio's label
+    /// of that name or come after Istio's labels; other metrics and workloads keep theirs.
+    #[test]
+    fn upserted_tags_take_their_value_from_the_entry() {
+        let text = recorded(
+            "\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      tagOverrides:
+        request_host: {value: request.host}
+        user: {value: \"request.headers['x-user']\"}
+        tier: {value: \"'gold'\"}
+        destination_service_name: {value: \"'renamed'\"}
+        referer: {value: request.referer}
+",
+            &entry_200(),
+        );
+        let web = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{") && l.contains("source_workload=\"web\"")
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(web.len(), 1, "{text}");
+        assert!(
+            web[0].contains("destination_service_name=\"renamed\""),
+            "{text}"
+        );
+        assert!(
+            web[0].contains(
+                "connection_security_policy=\"unknown\",referer=\"unknown\",request_host=\"api.shop\",tier=\"gold\",user=\"ada\"}"
+            ),
+            "added labels after Istio's, sorted: {text}"
+        );
+        let others = text
+            .lines()
+            .filter(|l| l.starts_with("istio_request") && !l.starts_with("istio_requests_total{"))
+            .chain(text.lines().filter(|l| {
+                l.starts_with("istio_requests_total{") && !l.contains("source_workload=\"web\"")
+            }));
+        for l in others {
+            assert!(!l.contains("request_host="), "{l}");
+        }
     }
 }

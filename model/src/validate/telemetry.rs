@@ -224,10 +224,14 @@ pub(crate) fn telemetry(t: &Telemetry) -> Check {
                     (TagOperation::Upsert, None) => {
                         return Err(format!("{at}.value: must be set with operation UPSERT"));
                     }
-                    (TagOperation::Upsert, Some(_)) => {
-                        return Err(format!(
-                            "{at}: UPSERT is not supported (meshd records Istio's labels only; REMOVE drops one)"
-                        ));
+                    (TagOperation::Upsert, Some(value)) => {
+                        if !crate::telemetry_tag::valid_label_name(tag) {
+                            return Err(format!(
+                                "{at}: `{tag}` is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, at most 128 bytes, not starting with __)"
+                            ));
+                        }
+                        crate::telemetry_tag::parse(value)
+                            .map_err(|e| format!("{at}.value: {e}"))?;
                     }
                     (TagOperation::Remove, None) => {}
                 }

@@ -20,6 +20,7 @@ fn accepted_telemetries_read_from_v1_and_v1alpha1() {
         "  accessLogging:\n  - providers: [{name: opentelemetry}]\n    filter: {expression: 'response.code >= 500'}\n",
         "  accessLogging:\n  - providers: [{name: envoy}, {name: opentelemetry}]\n",
         "  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - match: {metric: REQUEST_COUNT, mode: SERVER}\n      disabled: true\n    - match: {metric: ALL_METRICS}\n      tagOverrides:\n        request_protocol: {operation: REMOVE}\n",
+        "  metrics:\n  - overrides:\n    - match: {metric: REQUEST_COUNT}\n      tagOverrides:\n        request_host: {value: request.host}\n        destination_port: {operation: UPSERT, value: string(destination.port)}\n        user: {value: \"request.headers['x-user']\"}\n        tier: {value: \"'gold'\"}\n        destination_service: {value: request.host}\n",
     ];
     for spec in specs {
         for version in ["v1", "v1alpha1"] {
@@ -98,8 +99,16 @@ fn refused_telemetries_name_their_field() {
             "spec.metrics[0].overrides[0].tagOverrides.x.value: can only be set with operation UPSERT",
         ),
         (
-            "  metrics:\n  - overrides:\n    - tagOverrides: {x: {value: request.host}}\n",
-            "spec.metrics[0].overrides[0].tagOverrides.x: UPSERT is not supported",
+            "  metrics:\n  - overrides:\n    - tagOverrides: {x: {value: \"request.headers['a'] | 'b'\"}}\n",
+            "spec.metrics[0].overrides[0].tagOverrides.x.value: `request.headers['a'] | 'b'` is not an expression meshd evaluates",
+        ),
+        (
+            "  metrics:\n  - overrides:\n    - tagOverrides: {x: {value: filter_state.peer}}\n",
+            "use a quoted literal, string(…) of an attribute, request.headers['name']",
+        ),
+        (
+            "  metrics:\n  - overrides:\n    - tagOverrides: {request-host: {value: request.host}}\n",
+            "spec.metrics[0].overrides[0].tagOverrides.request-host: `request-host` is not a Prometheus label name",
         ),
         (
             "  metrics:\n  - overrides:\n    - match: {customMetric: my_metric}\n",

@@ -440,3 +440,87 @@ fn kubernetes_bootstraps_stream_access_logs_over_tls_with_the_token_file() {
         "the access-log streams went over TLS"
     );
 }
+
+/// Istio's "customize metrics" recipe on stock Envoy: a Telemetry selecting `api` upserts a
+/// tag from a request header and one from the host on its SERVER side. Envoy logs the header
+/// only because meshd told it to; meshd's `istio_requests_total` from api's sidecar carries
+/// both labels with each request's values, and the client's side carries neither.
+#[test]
+fn telemetry_upserted_tags_label_requests_with_their_header_and_host() {
+    let api = fqdn("api");
+    let telemetry = format!(
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: api, namespace: {NS}}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  metrics:
+  - overrides:
+    - match: {{metric: REQUEST_COUNT, mode: SERVER}}
+      tagOverrides:
+        user: {{value: "request.headers['x-user']"}}
+        request_host: {{value: request.host}}
+        destination_port: {{value: string(destination.port)}}
+---
+"#
+    );
+    let yaml = [client_and_api(PORT), telemetry].concat();
+    let mesh = mesh("telemetry-upsert", &yaml, &[(api.clone(), vip(20))]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || get(
+            &client,
+            &format!("http://{api}:{PORT}/warmup?status=202")
+        )
+        .status
+            == 202),
+        "the client reaches api through its sidecar"
+    );
+    let url = format!("http://{api}:{PORT}/ok");
+    for (user, n) in [("ada", 3), ("bob", 2)] {
+        for a in burst(&client, &url, &[("x-user", user)], n, 2) {
+            assert_eq!(a.status, 200, "{a:?}");
+        }
+    }
+    let host = format!("{api}:{PORT}");
+    let port = PORT.to_string();
+    let labelled = |user: &'static str| {
+        vec![
+            ("reporter", "destination"),
+            ("source_workload", "client"),
+            ("response_code", "200"),
+            ("user", user),
+            ("request_host", host.as_str()),
+            ("destination_port", port.as_str()),
+        ]
+    };
+    let requests = "istio_requests_total";
+    wait_for_counts(
+        &mesh,
+        "requests with upserted tags",
+        &[
+            (requests, labelled("ada"), 3.0),
+            (requests, labelled("bob"), 2.0),
+        ],
+    );
+    let m = metrics(&mesh);
+    assert_eq!(sum(&m, requests, &labelled("ada")), 3.0);
+    assert_eq!(sum(&m, requests, &labelled("bob")), 2.0);
+    let client_side = matching(
+        &m,
+        requests,
+        &[("reporter", "source"), ("source_workload", "client")],
+    );
+    assert!(!client_side.is_empty(), "the client side still reports");
+    for s in client_side {
+        assert!(
+            !s.labels.contains_key("user") && !s.labels.contains_key("request_host"),
+            "CLIENT side has no upserted tags: {:?}",
+            s.labels
+        );
+    }
+}

@@ -23,7 +23,9 @@ use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
     CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use meshd_model::telemetry_scope::MetricsPolicy;
 use prost::{Message, Name};
+use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -107,13 +109,26 @@ fn typed<M: Message + Name>(name: &str, config: &M) -> AccessLog {
     }
 }
 
-fn build_http(side: Side) -> AccessLog {
+/// `extra_request`/`extra_response`: headers the side's upserted metric tags read.
+fn build_http(
+    side: Side,
+    extra_request: &BTreeSet<String>,
+    extra_response: &BTreeSet<String>,
+) -> AccessLog {
+    let request = REQUEST_HEADERS.iter().map(|h| h.to_string()).chain(
+        extra_request
+            .iter()
+            .filter(|h| !REQUEST_HEADERS.contains(&h.as_str()))
+            .cloned(),
+    );
+    let response = std::iter::once(GRPC_STATUS.to_string())
+        .chain(extra_response.iter().filter(|h| *h != GRPC_STATUS).cloned());
     typed(
         "envoy.access_loggers.http_grpc",
         &HttpGrpcAccessLogConfig {
             common_config: Some(common(side)),
-            additional_request_headers_to_log: REQUEST_HEADERS.map(String::from).to_vec(),
-            additional_response_headers_to_log: vec![GRPC_STATUS.into()],
+            additional_request_headers_to_log: request.collect(),
+            additional_response_headers_to_log: response.collect(),
             additional_response_trailers_to_log: vec![GRPC_STATUS.into()],
         },
     )
@@ -131,7 +146,19 @@ fn build_tcp(side: Side) -> AccessLog {
 /// The gRPC HTTP access log of a listener on `side`, built once.
 pub fn http_log(side: Side) -> AccessLog {
     static LOGS: [OnceLock<AccessLog>; 2] = [OnceLock::new(), OnceLock::new()];
-    LOGS[side as usize].get_or_init(|| build_http(side)).clone()
+    LOGS[side as usize]
+        .get_or_init(|| build_http(side, &BTreeSet::new(), &BTreeSet::new()))
+        .clone()
+}
+
+/// The gRPC HTTP access log of a listener on `side` for a policy: the shared one unless the
+/// policy's upserted tags read headers that must be logged too.
+fn http_log_for(side: Side, metrics: &MetricsPolicy) -> AccessLog {
+    let (request, response) = metrics.headers_read();
+    if request.is_empty() && response.is_empty() {
+        return http_log(side);
+    }
+    build_http(side, &request, &response)
 }
 
 /// The gRPC TCP access log of a listener on `side`, built once.
@@ -153,7 +180,8 @@ pub fn http_access_logs(
     logs.extend(super::telemetry_api::stdout_log(opts, client, stdout));
     logs.extend(super::telemetry_api::otel_log(opts, client));
     if super::telemetry_api::metrics_stream(opts, client) {
-        logs.push(http_log(side));
+        let metrics = &super::telemetry_api::side(opts, client).metrics;
+        logs.push(http_log_for(side, metrics));
     }
     logs
 }

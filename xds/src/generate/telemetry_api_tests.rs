@@ -146,6 +146,33 @@ fn all_metrics_disabled_stops_the_grpc_stream_of_that_side_only() {
     assert!(logger(outbound, HTTP_GRPC).is_some());
 }
 
+/// Envoy logs only the headers it is told to: a tag upserted from a header makes that side's
+/// gRPC access log carry it, and leaves the other side's shared config alone.
+#[test]
+fn headers_read_by_upserted_tags_are_logged_on_that_side() {
+    let t = telemetry(
+        "shop",
+        "  metrics:\n  - overrides:\n    - match: {metric: REQUEST_COUNT, mode: SERVER}\n      tagOverrides:\n        user: {value: \"request.headers['X-User']\"}\n        cache: {value: \"response.headers['x-cache']\"}\n        request_host: {value: request.host}\n",
+    );
+    let (inbound, outbound) = sides(&t, "api");
+    let inbound = inbound.expect("api serves HTTP");
+    let grpc = logger(&inbound, HTTP_GRPC).unwrap();
+    assert_eq!(
+        grpc["additional_request_headers_to_log"],
+        serde_json::json!(["content-type", "x-user"])
+    );
+    assert_eq!(
+        grpc["additional_response_headers_to_log"],
+        serde_json::json!(["grpc-status", "x-cache"])
+    );
+    let grpc = logger(&outbound, HTTP_GRPC).unwrap();
+    assert_eq!(
+        grpc["additional_request_headers_to_log"],
+        serde_json::json!(["content-type"]),
+        "CLIENT side untouched"
+    );
+}
+
 #[test]
 fn without_a_collector_there_is_no_tracing_whatever_telemetry_says() {
     let t = telemetry("shop", "  tracing: [{randomSamplingPercentage: 5}]\n");
