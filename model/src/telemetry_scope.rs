@@ -64,7 +64,13 @@ impl Default for SideTelemetry {
 pub struct MetricsPolicy {
     pub disabled: BTreeSet<IstioMetric>,
     pub tags: BTreeMap<IstioMetric, BTreeMap<String, TagAction>>,
+    /// `reportingInterval`: how often a TCP connection's bytes are reported while it lasts;
+    /// `None` is Istio's default, [`DEFAULT_TCP_REPORTING`].
+    pub tcp_reporting: Option<std::time::Duration>,
 }
+
+/// Istio's default interval between the TCP metrics of a connection that is still open.
+pub const DEFAULT_TCP_REPORTING: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What an override does to one tag of a metric.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -88,6 +94,11 @@ impl TagAction {
 }
 
 impl MetricsPolicy {
+    /// How often an open TCP connection's bytes are reported.
+    pub fn tcp_reporting_interval(&self) -> std::time::Duration {
+        self.tcp_reporting.unwrap_or(DEFAULT_TCP_REPORTING)
+    }
+
     pub fn enabled(&self, metric: IstioMetric) -> bool {
         !self.disabled.contains(&metric)
     }
@@ -171,6 +182,10 @@ impl TelemetryPolicy {
                 .collect();
             overlay_logging(side, &logging);
             for metrics in &t.metrics {
+                let interval = metrics.reporting_interval.as_deref();
+                if let Some(d) = interval.and_then(|i| crate::duration::parse(i).ok()) {
+                    side.metrics.tcp_reporting = Some(d);
+                }
                 for o in metrics.overrides.iter().filter(|o| {
                     o.r#match.as_ref().is_none_or(|m| m.mode.covers(client))
                         && o.r#match.as_ref().is_none_or(|m| m.custom_metric.is_none())

@@ -221,3 +221,26 @@ fn a_scope_naming_no_provider_keeps_the_logs_in_force_and_disabled_stops_them_al
     let p = policy(&c, "shop", "cart");
     assert!(!p.client.access_log && !p.client.otel_access_log);
 }
+
+#[test]
+fn reporting_interval_is_istios_default_until_a_scope_sets_it() {
+    use super::DEFAULT_TCP_REPORTING;
+    use std::time::Duration;
+    let c = config(
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: ns, namespace: shop}\nspec:\n  metrics: [{reportingInterval: 2s}]\n",
+    );
+    let p = policy(&c, "shop", "cart");
+    assert_eq!(
+        p.client.metrics.tcp_reporting_interval(),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        p.server.metrics.tcp_reporting_interval(),
+        Duration::from_secs(2)
+    );
+    let other = policy(&c, "default", "cart");
+    assert_eq!(
+        other.server.metrics.tcp_reporting_interval(),
+        DEFAULT_TCP_REPORTING
+    );
+}

@@ -11,8 +11,9 @@
 use super::attributes::EntryAttributes;
 use super::directory::Directory;
 use super::labels::{Direction, Labels, Reporter, Request, UNKNOWN, http_labels, labels};
+use super::tcp_conns::{ConnKey, OpenConnections, Step};
 use envoy_types::pb::envoy::data::accesslog::v3::{
-    AccessLogType, HttpAccessLogEntry, TcpAccessLogEntry,
+    AccessLogCommon, AccessLogType, HttpAccessLogEntry, TcpAccessLogEntry,
 };
 use meshd_model::telemetry::IstioMetric;
 use meshd_model::telemetry_scope::MetricsPolicy;
@@ -102,6 +103,8 @@ pub struct MeshMetrics {
     tcp_closed: Family<Labels, Counter>,
     dropped: Family<DropLabels, Counter>,
     series: Mutex<Kept>,
+    /// TCP connections reported while open: what of each is already counted.
+    open_tcp: OpenConnections,
     limits: SeriesLimits,
     /// The dashboard's per-edge totals, recorded with the request families.
     edges: super::edges::Edges,
@@ -168,6 +171,7 @@ impl MeshMetrics {
             tcp_closed,
             dropped,
             series: Mutex::new(Kept::default()),
+            open_tcp: OpenConnections::default(),
             limits,
             edges: Default::default(),
         }
@@ -275,9 +279,9 @@ impl MeshMetrics {
         }
     }
 
-    /// A TCP entry is one finished connection: meshd configures no periodic or start-of-
-    /// connection TCP logs, so any other kind is ignored rather than counted twice; the
-    /// connection counts as opened and closed when it ends.
+    /// A TCP entry reports a connection when its upstream connects, periodically while it
+    /// lasts, and when it ends ([`OpenConnections`]): the connection counts as opened and
+    /// closed once each, its bytes as they flow.
     pub fn record_tcp(
         &self,
         reporter: &Reporter,
@@ -287,11 +291,20 @@ impl MeshMetrics {
     ) {
         let default = Default::default();
         let common = entry.common_properties.as_ref().unwrap_or(&default);
-        let end = [
-            AccessLogType::NotSet as i32,
-            AccessLogType::TcpConnectionEnd as i32,
-        ];
-        if !end.contains(&common.access_log_type) {
+        let Ok(kind) = AccessLogType::try_from(common.access_log_type) else {
+            return;
+        };
+        let conn = entry.connection_properties.unwrap_or_default();
+        let key = ConnKey {
+            workload: reporter.identity.workload.clone(),
+            namespace: reporter.identity.namespace.clone(),
+            outbound: dir == Direction::Outbound,
+            id: connection_id(common),
+        };
+        let step = self
+            .open_tcp
+            .step(key, kind, conn.sent_bytes, conn.received_bytes);
+        if step == Step::default() {
             return;
         }
         let req = Request {
@@ -301,16 +314,18 @@ impl MeshMetrics {
             authority: "",
         };
         let labels = labels(reporter, dir, common, req, directory);
-        let conn = entry.connection_properties.unwrap_or_default();
         let policy = reporter.metrics(dir);
+        let count = |family: &Family<Labels, Counter>, l: &Labels, n: u64| {
+            if n > 0 {
+                family.get_or_create(l).inc_by(n);
+            }
+        };
         if super::overrides::is_default(policy) {
             self.with_series(&labels, || {
-                self.tcp_sent.get_or_create(&labels).inc_by(conn.sent_bytes);
-                self.tcp_received
-                    .get_or_create(&labels)
-                    .inc_by(conn.received_bytes);
-                self.tcp_opened.get_or_create(&labels).inc();
-                self.tcp_closed.get_or_create(&labels).inc();
+                count(&self.tcp_sent, &labels, step.sent);
+                count(&self.tcp_received, &labels, step.received);
+                count(&self.tcp_opened, &labels, u64::from(step.opened));
+                count(&self.tcp_closed, &labels, u64::from(step.closed));
             });
             return;
         }
@@ -318,18 +333,16 @@ impl MeshMetrics {
         let each =
             |metric, record: &dyn Fn(&Labels)| self.each(policy, &labels, metric, &attrs, record);
         each(IstioMetric::TcpSentBytes, &|l| {
-            self.tcp_sent.get_or_create(l).inc_by(conn.sent_bytes);
+            count(&self.tcp_sent, l, step.sent)
         });
         each(IstioMetric::TcpReceivedBytes, &|l| {
-            self.tcp_received
-                .get_or_create(l)
-                .inc_by(conn.received_bytes);
+            count(&self.tcp_received, l, step.received)
         });
         each(IstioMetric::TcpOpenedConnections, &|l| {
-            self.tcp_opened.get_or_create(l).inc();
+            count(&self.tcp_opened, l, u64::from(step.opened))
         });
         each(IstioMetric::TcpClosedConnections, &|l| {
-            self.tcp_closed.get_or_create(l).inc();
+            count(&self.tcp_closed, l, u64::from(step.closed))
         });
     }
 
@@ -389,6 +402,18 @@ impl MeshMetrics {
         }
         out.push_str(text.trim_end().trim_end_matches("# EOF"));
     }
+}
+
+/// A connection's identity across its entries: Envoy's stream id, or (without one) its
+/// downstream address pair, unique among the reporter's open connections.
+fn connection_id(common: &AccessLogCommon) -> String {
+    if !common.stream_id.is_empty() {
+        return common.stream_id.clone();
+    }
+    format!(
+        "{:?}>{:?}",
+        common.downstream_remote_address, common.downstream_local_address
+    )
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod labels;
 pub mod metrics;
 pub mod overrides;
+pub mod tcp_conns;
 
 pub use ingest::AccessLogIngest;
 pub use meshd_xds::generate::telemetry::{INBOUND_LOG, OUTBOUND_LOG};

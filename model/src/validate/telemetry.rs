@@ -188,10 +188,14 @@ pub(crate) fn telemetry(t: &Telemetry) -> Check {
     for (i, m) in t.metrics.iter().enumerate() {
         let at = format!("spec.metrics[{i}]");
         providers(&m.providers, METRICS_PROVIDERS, &at)?;
-        if m.reporting_interval.is_some() {
-            return Err(format!(
-                "{at}.reportingInterval: not supported (meshd records Istio's metrics as requests end)"
-            ));
+        if let Some(interval) = &m.reporting_interval {
+            let d = crate::duration::parse(interval)
+                .map_err(|e| format!("{at}.reportingInterval: {e}"))?;
+            if d < std::time::Duration::from_millis(1) {
+                return Err(format!(
+                    "{at}.reportingInterval: must be at least 1ms (Envoy's least flush interval)"
+                ));
+            }
         }
         bounded(&m.overrides, &format!("{at}.overrides"))?;
         for (j, o) in m.overrides.iter().enumerate() {

@@ -20,6 +20,8 @@ fn accepted_telemetries_read_from_v1_and_v1alpha1() {
         "  accessLogging:\n  - providers: [{name: opentelemetry}]\n    filter: {expression: 'response.code >= 500'}\n",
         "  accessLogging:\n  - providers: [{name: envoy}, {name: opentelemetry}]\n",
         "  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - match: {metric: REQUEST_COUNT, mode: SERVER}\n      disabled: true\n    - match: {metric: ALL_METRICS}\n      tagOverrides:\n        request_protocol: {operation: REMOVE}\n",
+        "  metrics:\n  - reportingInterval: 5s\n",
+        "  metrics:\n  - reportingInterval: 5s\n",
         "  metrics:\n  - overrides:\n    - match: {metric: REQUEST_COUNT}\n      tagOverrides:\n        request_host: {value: request.host}\n        destination_port: {operation: UPSERT, value: string(destination.port)}\n        user: {value: \"request.headers['x-user']\"}\n        tier: {value: \"'gold'\"}\n        destination_service: {value: request.host}\n",
     ];
     for spec in specs {
@@ -119,8 +121,12 @@ fn refused_telemetries_name_their_field() {
             "REQUEST_COUNTS",
         ),
         (
-            "  metrics:\n  - reportingInterval: 10s\n",
-            "spec.metrics[0].reportingInterval: not supported",
+            "  metrics:\n  - reportingInterval: 10 seconds\n",
+            "spec.metrics[0].reportingInterval: ",
+        ),
+        (
+            "  metrics:\n  - reportingInterval: 0s\n",
+            "spec.metrics[0].reportingInterval: must be at least 1ms",
         ),
         (
             "  selector: {matchLabels: {app: b}}\n  targetRefs: [{kind: Gateway, name: g}]\n",

@@ -265,6 +265,10 @@ spec:
         &[
             (opened, tcp("source"), CONNECTIONS as f64),
             (opened, tcp("destination"), CONNECTIONS as f64),
+            // Opened is reported when the upstream connects, closed when the connection
+            // ends, possibly in a later batch.
+            (closed, tcp("source"), CONNECTIONS as f64),
+            (closed, tcp("destination"), CONNECTIONS as f64),
         ],
     );
     let m = metrics(&mesh);
@@ -521,6 +525,135 @@ spec:
             !s.labels.contains_key("user") && !s.labels.contains_key("request_host"),
             "CLIENT side has no upserted tags: {:?}",
             s.labels
+        );
+    }
+}
+
+/// Istio's periodic TCP metrics: a connection that stays open is counted as opened, and its
+/// bytes as they flow, while it lasts (every `reportingInterval`, set to 1 s here by a
+/// mesh-wide Telemetry); closed once, when it ends, with no byte counted twice.
+#[test]
+fn an_open_tcp_connection_is_reported_while_it_lasts() {
+    use std::io::{Read, Write};
+    let db = fqdn("db");
+    let telemetry = "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics: [{reportingInterval: 1s}]
+---
+";
+    let yaml = [
+        service("client", vip(10), PORT),
+        workload("client", "client", ip(10), &[]),
+        tcp_service("db", vip(30), TCP_PORT),
+        workload("db", "db", ip(30), &[]),
+        telemetry.to_string(),
+    ]
+    .concat();
+    let mesh = mesh("telemetry-tcp-open", &yaml, &[(db.clone(), vip(30))]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    mesh.add_sidecar_pod(&format!("db.{NS}"), ip(30), TCP_PORT)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || get(
+            &client,
+            &format!("http://{db}:{TCP_PORT}/warmup")
+        )
+        .status
+            == 200),
+        "the client reaches db through its sidecar"
+    );
+    let tcp = |reporter: &'static str| {
+        vec![
+            ("reporter", reporter),
+            ("source_workload", "client"),
+            ("destination_workload", "db"),
+        ]
+    };
+    let opened = "istio_tcp_connections_opened_total";
+    let closed = "istio_tcp_connections_closed_total";
+    let sent = "istio_tcp_sent_bytes_total";
+    // The warm-up's connections, once all of them have been reported closed.
+    let mut before = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            before = metrics(&mesh);
+            ["source", "destination"].iter().all(|r| {
+                sum(&before, opened, &tcp(r)) > 0.0
+                    && sum(&before, opened, &tcp(r)) == sum(&before, closed, &tcp(r))
+            })
+        }),
+        "the warm-up's connections reported closed: {:?}",
+        ["source", "destination"].map(|r| (
+            r,
+            sum(&before, opened, &tcp(r)),
+            sum(&before, closed, &tcp(r))
+        ))
+    );
+    let base = |name: &str, r: &'static str| sum(&before, name, &tcp(r));
+
+    // One keep-alive connection, two requests on it, left open.
+    let mut conn = client
+        .in_netns(|| std::net::TcpStream::connect((vip(30), TCP_PORT)))
+        .unwrap()
+        .expect("connect to db");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answered = 0usize;
+    for path in ["/one", "/two"] {
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: {db}\r\n\r\n").unwrap();
+        let mut buf = [0u8; 4096];
+        let n = conn
+            .read(&mut buf)
+            .expect("an answer on the open connection");
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        answered += n;
+    }
+    let mut open_view = Vec::new();
+    let reported_open = wait_until(Duration::from_secs(30), || {
+        open_view = metrics(&mesh);
+        ["source", "destination"].iter().all(|r| {
+            sum(&open_view, opened, &tcp(r)) == base(opened, r) + 1.0
+                && sum(&open_view, sent, &tcp(r)) >= base(sent, r) + answered as f64
+        })
+    });
+    assert!(
+        reported_open,
+        "the open connection and its bytes are reported while it lasts"
+    );
+    for r in ["source", "destination"] {
+        assert_eq!(
+            sum(&open_view, closed, &tcp(r)),
+            base(closed, r),
+            "{r}: not closed yet"
+        );
+    }
+    drop(conn);
+    let mut after = Vec::new();
+    let reported_closed = wait_until(Duration::from_secs(30), || {
+        after = metrics(&mesh);
+        ["source", "destination"]
+            .iter()
+            .all(|r| sum(&after, closed, &tcp(r)) == base(closed, r) + 1.0)
+    });
+    assert!(reported_closed, "closed once it ends");
+    for r in ["source", "destination"] {
+        assert_eq!(
+            sum(&after, opened, &tcp(r)),
+            base(opened, r) + 1.0,
+            "{r}: opened once"
+        );
+        let grew = sum(&after, sent, &tcp(r)) - base(sent, r);
+        assert!(
+            grew >= answered as f64 && grew < 2.0 * answered as f64,
+            "{r}: the answers' {answered} bytes counted once, not again at the end ({grew})"
         );
     }
 }

@@ -14,15 +14,19 @@
 
 use super::GenOptions;
 use crate::resource::any;
-use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog, AccessLogFilter, AndFilter, LogTypeFilter, access_log, access_log_filter,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     ApiVersion, BackoffStrategy, GrpcService, RetryPolicy, grpc_service,
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
+use envoy_types::pb::envoy::data::accesslog::v3::AccessLogType;
 use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
     CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::TcpAccessLogOptions;
 use meshd_model::telemetry_scope::MetricsPolicy;
 use prost::{Message, Name};
 use std::collections::BTreeSet;
@@ -189,12 +193,17 @@ pub fn http_access_logs(
 /// `filter` with the gRPC TCP access log added when telemetry is on, and the OTLP access log
 /// when the side's Telemetry names it, if it is a TCP proxy; any other filter (or one whose
 /// config does not decode) is returned unchanged.
+///
+/// With the gRPC log on, the proxy also flushes it when the upstream connects (client side) and every
+/// `reportingInterval` while the connection lasts (Istio's periodic TCP metrics: a long
+/// connection shows up while it is open); the OTLP log keeps one record per connection.
 pub fn with_tcp_log(filter: Filter, side: Side, opts: &GenOptions) -> Filter {
     let client = side == Side::Outbound;
-    let logs: Vec<AccessLog> = super::telemetry_api::metrics_stream(opts, client)
+    let stream = super::telemetry_api::metrics_stream(opts, client);
+    let logs: Vec<AccessLog> = stream
         .then(|| tcp_log(side))
         .into_iter()
-        .chain(super::telemetry_api::otel_log(opts, client))
+        .chain(super::telemetry_api::otel_log(opts, client).map(connection_end_only))
         .collect();
     if logs.is_empty() {
         return filter;
@@ -209,10 +218,44 @@ pub fn with_tcp_log(filter: Filter, side: Side, opts: &GenOptions) -> Filter {
         return filter;
     };
     proxy.access_log.extend(logs);
+    if stream {
+        let interval = super::telemetry_api::side(opts, client)
+            .metrics
+            .tcp_reporting_interval();
+        proxy.access_log_options = Some(TcpAccessLogOptions {
+            access_log_flush_interval: Some(super::common::duration(interval)),
+            // On the server side the upstream (the app) connects before the client's mTLS
+            // handshake ends, so that entry has no peer certificate: the source would be
+            // `unknown`. Its first periodic or end entry opens the connection instead.
+            flush_access_log_on_connected: side == Side::Outbound,
+            ..Default::default()
+        });
+    }
     Filter {
         name: filter.name,
         config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
     }
+}
+
+/// `log` with only its end-of-connection entries kept (ANDed with any filter it has).
+fn connection_end_only(mut log: AccessLog) -> AccessLog {
+    let end = AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::LogTypeFilter(
+            LogTypeFilter {
+                types: vec![AccessLogType::TcpConnectionEnd as i32],
+                exclude: false,
+            },
+        )),
+    };
+    log.filter = Some(match log.filter.take() {
+        None => end,
+        Some(f) => AccessLogFilter {
+            filter_specifier: Some(access_log_filter::FilterSpecifier::AndFilter(AndFilter {
+                filters: vec![end, f],
+            })),
+        },
+    });
+    log
 }
 
 #[cfg(test)]

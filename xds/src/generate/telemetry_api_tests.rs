@@ -173,6 +173,22 @@ fn headers_read_by_upserted_tags_are_logged_on_that_side() {
     );
 }
 
+/// `reportingInterval` sets how often an open TCP connection is reported, on the side the
+/// Telemetry selects.
+#[test]
+fn reporting_interval_sets_the_tcp_flush_interval() {
+    let t = telemetry("shop", "  metrics: [{reportingInterval: 2s}]\n");
+    let all = listeners_of(&format!("{MESH}---\n{t}"), traced(), "api");
+    let inbound = tcp_proxies(listener(&all, "virtualInbound"));
+    assert!(!inbound.is_empty());
+    for (chain, tcp) in inbound {
+        assert_eq!(
+            tcp["access_log_options"]["access_log_flush_interval"], "2s",
+            "{chain}"
+        );
+    }
+}
+
 #[test]
 fn without_a_collector_there_is_no_tracing_whatever_telemetry_says() {
     let t = telemetry("shop", "  tracing: [{randomSamplingPercentage: 5}]\n");
@@ -285,7 +301,13 @@ fn the_opentelemetry_access_log_goes_to_the_collector_cluster_filtered_as_asked(
     assert!(!tcp.is_empty(), "api serves TCP on 9000");
     for (_, tcp) in tcp {
         let log = access_log(tcp, OTEL_LOGGER).expect("the OTLP access log on TCP");
-        assert_eq!(log["filter"]["extension_filter"]["name"], CEL_FILTER);
+        // One record per connection, though the gRPC stream also flushes periodically.
+        let both = &log["filter"]["and_filter"]["filters"];
+        assert_eq!(
+            both[0]["log_type_filter"]["types"],
+            serde_json::json!(["TcpConnectionEnd"])
+        );
+        assert_eq!(both[1]["extension_filter"]["name"], CEL_FILTER);
     }
     // Not selected: the stdout log only.
     let all = listeners_of(&format!("{MESH}---\n{t}"), otel(), "web");

@@ -176,6 +176,13 @@ fn mesh_tcp_proxies_stream_their_access_log_to_meshd() {
         let log = logger(proxy, "envoy.access_loggers.tcp_grpc")
             .unwrap_or_else(|| panic!("{chain}: {proxy:#}"));
         assert_streams_to_meshd(&log["common_config"], INBOUND_LOG);
+        // Istio's periodic TCP metrics: reported every 15 s while open; on the server side
+        // not at connect, before the client's certificate is known.
+        assert_eq!(
+            proxy["access_log_options"],
+            serde_json::json!({"access_log_flush_interval": "15s"}),
+            "{chain}"
+        );
     }
     let all = listeners(GenOptions::default(), "web");
     let db = tcp_proxies(listener(&all, "0.0.0.0_9000"));
@@ -185,6 +192,10 @@ fn mesh_tcp_proxies_stream_their_access_log_to_meshd() {
         .expect("db's chain");
     let log = logger(proxy, "envoy.access_loggers.tcp_grpc").unwrap();
     assert_streams_to_meshd(&log["common_config"], OUTBOUND_LOG);
+    assert_eq!(
+        proxy["access_log_options"],
+        serde_json::json!({"access_log_flush_interval": "15s", "flush_access_log_on_connected": true}),
+    );
 }
 
 #[test]
