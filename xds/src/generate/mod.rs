@@ -25,6 +25,8 @@ pub mod selected;
 pub mod slow_start;
 pub mod telemetry;
 pub mod telemetry_api;
+#[cfg(test)]
+mod test_fixture;
 
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
