@@ -14,21 +14,15 @@ const WEB: &str = "outbound|80||web.b.svc.cluster.local";
 const WEB_V2: &str = "outbound|80|v2|web.b.svc.cluster.local";
 
 fn mesh(extra: &str) -> String {
-    let mut yaml = fixture::service(
+    let mut yaml = fixture::service_with(
         "web",
         "b",
         30,
         fixture::HTTP_80,
         "[{address: 10.44.0.30, labels: {version: v1}}, {address: 10.44.0.31, labels: {version: v2}}]",
         "",
-    ) + &fixture::service(
-        "db",
-        "b",
-        40,
-        fixture::TCP_5432,
-        "[{address: 10.44.0.40}]",
-        "",
-    ) + r#"apiVersion: networking.istio.io/v1
+    ) + &fixture::service("db", "b", 40, fixture::TCP_5432)
+        + r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: web, namespace: b}
 spec:

@@ -37,9 +37,16 @@ spec: {address: 10.44.0.20, labels: {app: server}, serviceAccount: server}
 "#;
 
 /// An in-mesh service `name.ns.svc.cluster.local`, as YAML: a MESH_INTERNAL, STATIC
-/// ServiceEntry at the VIP `10.96.0.{n}` with `ports` and `endpoints` (YAML flow lists), then
-/// `rest` (more spec fields, each a line indented by two spaces; often empty).
-pub(crate) fn service(
+/// ServiceEntry at the VIP `10.96.0.{n}` with `ports` (a YAML flow list) and one endpoint,
+/// `10.44.0.{n}`.
+pub(crate) fn service(name: &str, ns: &str, n: u8, ports: &str) -> String {
+    let endpoints = format!("[{{address: 10.44.0.{n}}}]");
+    service_with(name, ns, n, ports, &endpoints, "")
+}
+
+/// A [`service`] with its own `endpoints` (a YAML flow list) and `rest` (more spec fields, each
+/// a line indented by two spaces).
+pub(crate) fn service_with(
     name: &str,
     ns: &str,
     n: u8,

@@ -13,14 +13,14 @@ use std::sync::Arc;
 
 /// Two services, `web.b` seen differently from `a` and `b`, and `api.a` kept to `a`.
 fn mesh() -> String {
-    fixture::service(
+    fixture::service_with(
         "web",
         "b",
         30,
         fixture::HTTP_80,
         "[{address: 10.44.0.30, labels: {version: v1}}]",
         "",
-    ) + &fixture::service(
+    ) + &fixture::service_with(
         "api",
         "a",
         31,
@@ -160,14 +160,8 @@ fn bad_export_to_is_reported() {
 
 #[test]
 fn tcp_idle_timeout_reaches_the_tcp_proxy_as_each_namespace_sees_the_rule() {
-    let yaml = fixture::service(
-        "db",
-        "b",
-        40,
-        fixture::TCP_5432,
-        "[{address: 10.44.0.40}]",
-        "",
-    ) + r#"apiVersion: networking.istio.io/v1
+    let yaml = fixture::service("db", "b", 40, fixture::TCP_5432)
+        + r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: db, namespace: b}
 spec:
@@ -197,15 +191,11 @@ fn sidecar_egress_listener_with_a_port_decides_that_port() {
         "b",
         50,
         "[{number: 80, name: http, protocol: HTTP}, {number: 9000, name: tcp, protocol: TCP}]",
-        "[{address: 10.44.0.50}]",
-        "",
     ) + &fixture::service(
         "other",
         "c",
         51,
         "[{number: 9000, name: tcp, protocol: TCP}]",
-        "[{address: 10.44.0.51}]",
-        "",
     ) + r#"apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {name: default, namespace: a}
@@ -262,21 +252,9 @@ spec:
 
 #[test]
 fn tcp_routes_match_on_source_labels_and_namespace() {
-    let yaml = fixture::service(
-        "db",
-        "b",
-        60,
-        fixture::TCP_5432,
-        "[{address: 10.44.0.60}]",
-        "",
-    ) + &fixture::service(
-        "db-replica",
-        "b",
-        61,
-        fixture::TCP_5432,
-        "[{address: 10.44.0.61}]",
-        "",
-    ) + r#"apiVersion: networking.istio.io/v1
+    let yaml = fixture::service("db", "b", 60, fixture::TCP_5432)
+        + &fixture::service("db-replica", "b", 61, fixture::TCP_5432)
+        + r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: client, namespace: a}
 spec: {address: 10.44.0.70, labels: {app: reports}, serviceAccount: client}
@@ -441,10 +419,7 @@ fn inbound_resources_follow_their_inputs_across_rebuilds() {
 fn route_tables_share_virtual_hosts_only_where_namespaces_agree() {
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
     use prost::Message;
-    let service = |name: &str, ns: &str, n: u8| {
-        let endpoints = format!("[{{address: 10.44.0.{n}}}]");
-        fixture::service(name, ns, n, fixture::HTTP_80, &endpoints, "")
-    };
+    let service = |name: &str, ns: &str, n: u8| fixture::service(name, ns, n, fixture::HTTP_80);
     let services = service("web", "b", 30) + &service("api", "a", 31);
     let by_namespace = r#"
 apiVersion: networking.istio.io/v1
