@@ -1,21 +1,21 @@
 //! Incremental (Delta) ADS: only resources whose version the proxy lacks are sent, and removals
 //! are named. A reconnecting proxy's `initial_resource_versions` spares it what it already has.
 
-use super::conn::{Conn, Wake, next_nonce, open_stream};
+use super::conn::next_nonce;
 use super::diff::{self, LayerDiffs};
 use super::status::SentResources;
+use super::stream::{self, Protocol, Push, Stream};
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use futures::StreamExt;
-use meshd_xds::proxy::{Identity, Proxy};
+use meshd_xds::proxy::Identity;
 use meshd_xds::resource::{
-    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
+    CLUSTER, ENDPOINT, ResourceSet, SharedResource, Subscription, is_wildcard_type,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::Status;
-use tracing::Instrument;
 
 /// What a proxy holds of one type.
 enum Known {
@@ -100,14 +100,7 @@ impl Default for TypeState {
     }
 }
 
-struct Delta<A, S: SecretSource> {
-    conn: Conn<A, S>,
-    types: HashMap<String, TypeState>,
-    tx: wire::Sender,
-    /// Clusters sent since their endpoints last were. Envoy warms every cluster it (re)creates
-    /// until that cluster's endpoints arrive, unchanged or not; so their EDS follows, as in Istio.
-    eds_due: Vec<SharedResource>,
-}
+type Delta<A, S> = Stream<A, S, TypeState>;
 
 impl<A: Authenticator, S: SecretSource> Delta<A, S> {
     async fn push(&mut self, type_url: &str) -> Result<(), ()> {
@@ -174,15 +167,15 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         };
         let response = wire::delta_response(&version, type_url, &nonce, parts, &removed);
         tracing::debug!(type_url, version, updated = count, "delta push");
-        self.conn
-            .record_sent(type_url, &version, &nonce, sent, bytes);
-        self.tx.send(response).await.map_err(|_| ())?;
-        self.conn
-            .shared
-            .metrics
-            .pilot
-            .push_took(type_url, started.elapsed());
-        Ok(())
+        let push = Push {
+            type_url,
+            version: &version,
+            nonce: &nonce,
+            sent,
+            bytes,
+            started,
+        };
+        stream::send_push(&mut self.conn, &self.tx, response, push).await
     }
 
     /// Ends the stream: it asked to hold more names of a type than any proxy needs.
@@ -191,15 +184,11 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         let status = Status::resource_exhausted(format!(
             "{type_url}: {count} subscribed resource names, over the limit of {limit} per type"
         ));
-        let _ = self.tx.send(wire::Outgoing::End(Box::new(status))).await;
-        Err(())
+        stream::refuse(&self.tx, status).await
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), ()> {
-        // A type meshd does not serve gets no answer and no state (Istio: no generator, no
-        // push), so made-up type URLs cannot grow a stream.
-        if !PUSH_ORDER.contains(&req.type_url.as_str()) {
-            tracing::debug!(type_url = %req.type_url, "request for a type not served: ignored");
+        if !stream::served(&req.type_url) {
             return Ok(());
         }
         let limit = self.conn.shared.max_subscribed_names;
@@ -217,17 +206,15 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
             st.known = Known::Claimed(req.initial_resource_versions.clone().into_iter().collect());
             st.wildcard = is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty();
         }
-        if !req.response_nonce.is_empty() {
-            if req.response_nonce == st.nonce {
-                let version = st.sent_version.clone();
-                match &req.error_detail {
-                    Some(err) => self.conn.record_nack(&type_url, &err.message),
-                    None => self.conn.record_ack(&type_url, &version),
-                }
-            } else {
-                tracing::debug!(type_url, "stale nonce: ack ignored");
-            }
-        }
+        // A stale nonce still changes the subscription: only its ACK is ignored.
+        stream::record_reply(
+            &self.conn,
+            &type_url,
+            &st.nonce,
+            &req.response_nonce,
+            req.error_detail.as_ref(),
+            &st.sent_version,
+        );
         let st = self.types.get_mut(&type_url).expect("inserted above");
         let mut changed = first;
         let named_changes = req
@@ -283,79 +270,30 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
     }
 }
 
+impl<A: Authenticator, S: SecretSource> Protocol<A, S> for TypeState {
+    type Request = DeltaDiscoveryRequest;
+    const NAME: &'static str = "delta";
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    async fn on_request(s: &mut Delta<A, S>, req: DeltaDiscoveryRequest) -> Result<(), ()> {
+        s.on_request(req).await
+    }
+
+    async fn push_type(s: &mut Delta<A, S>, type_url: &'static str) -> Result<(), ()> {
+        s.push(type_url).await
+    }
+}
+
 pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     shared: Arc<Shared<A, S>>,
     identity: Identity,
-    mut requests: wire::Requests<DeltaDiscoveryRequest>,
+    requests: wire::Requests<DeltaDiscoveryRequest>,
     tx: wire::Sender,
 ) {
-    let Some((proxy, first)) = Box::pin(open_stream(
-        &shared,
-        &mut requests,
-        identity,
-        |r: &DeltaDiscoveryRequest| r.node.as_ref(),
-        &tx,
-    ))
-    .await
-    else {
-        return;
-    };
-    let span = tracing::info_span!("ads", proxy = %proxy.id, protocol = "delta");
-    session(shared, proxy, first, requests, tx)
-        .instrument(span)
-        .await;
-}
-
-async fn session<A: Authenticator, S: SecretSource>(
-    shared: Arc<Shared<A, S>>,
-    proxy: Proxy,
-    first: DeltaDiscoveryRequest,
-    mut requests: wire::Requests<DeltaDiscoveryRequest>,
-    tx: wire::Sender,
-) {
-    // The first sync and each push run boxed: the task keeps, between messages, only what a
-    // waiting stream needs (every proxy has one).
-    let conn = Box::pin(Conn::open(shared, proxy, "delta")).await;
-    let mut d = Delta {
-        conn,
-        types: HashMap::new(),
-        tx,
-        eds_due: Vec::new(),
-    };
-    if Box::pin(d.on_request(first)).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            req = requests.next() => match req {
-                Some(Ok(req)) => if Box::pin(d.on_request(req)).await.is_err() { return },
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "stream error");
-                    // The proxy learns why (an oversized or malformed request, say).
-                    let _ = d.tx.send(wire::Outgoing::End(Box::new(e))).await;
-                    return;
-                }
-                None => return,
-            },
-            wake = d.conn.wake() => match wake {
-                Wake::Drain => return,
-                wake @ (Wake::Mesh | Wake::Secrets) => {
-                    if let Err(status) = Box::pin(d.conn.refresh()).await {
-                        let _ = d.tx.send(wire::Outgoing::End(status)).await;
-                        return;
-                    }
-                    let pushed = Box::pin(async {
-                        for type_url in PUSH_ORDER {
-                            d.push(type_url).await?;
-                        }
-                        Ok::<(), ()>(())
-                    });
-                    if pushed.await.is_err() { return }
-                    if matches!(wake, Wake::Mesh) { d.conn.converged() }
-                }
-            },
-        }
-    }
+    stream::serve::<A, S, TypeState>(shared, identity, requests, tx).await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod istio_metrics;
 mod service;
 mod sotw;
 pub mod status;
+mod stream;
 mod wire;
 
 pub use conn::wait_registered;

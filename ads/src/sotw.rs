@@ -1,21 +1,18 @@
 //! State-of-the-world ADS: each response carries the whole set of a type the proxy gets, except
 //! EDS after the first response: that carries only the endpoints that changed or are due.
 
-use super::conn::{Conn, Wake, next_nonce, open_stream};
+use super::conn::next_nonce;
 use super::diff;
 use super::status::SentResources;
+use super::stream::{self, Protocol, Push, Reply, Stream};
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use futures::StreamExt;
 use meshd_xds::proxy::Identity;
-use meshd_xds::resource::{
-    CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, SharedResource, Subscription, is_wildcard_type,
-};
-use std::collections::HashMap;
+use meshd_xds::resource::{CLUSTER, ENDPOINT, ResourceSet, Subscription, is_wildcard_type};
 use std::sync::Arc;
 use tonic::Status;
-use tracing::Instrument;
 
 #[derive(Default)]
 struct TypeState {
@@ -41,14 +38,7 @@ fn names_fingerprint(names: &[String]) -> u64 {
     h.finish()
 }
 
-struct Sotw<A, S: SecretSource> {
-    conn: Conn<A, S>,
-    types: HashMap<String, TypeState>,
-    tx: wire::Sender,
-    /// Clusters (re)created by CDS since the last EDS response. Envoy warms each until its
-    /// endpoints arrive, changed or not; so their EDS follows CDS, as in Istio.
-    eds_due: Vec<SharedResource>,
-}
+type Sotw<A, S> = Stream<A, S, TypeState>;
 
 impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
     /// Sends the type's current set unless the proxy already has exactly this version.
@@ -135,29 +125,19 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
             partial = partial.is_some(),
             "push"
         );
-        self.conn
-            .record_sent(type_url, &version, &nonce, sent, bytes);
-        self.tx.send(response).await.map_err(|_| ())?;
-        self.conn
-            .shared
-            .metrics
-            .pilot
-            .push_took(type_url, started.elapsed());
-        Ok(())
-    }
-
-    async fn push_all(&mut self) -> Result<(), ()> {
-        for type_url in PUSH_ORDER {
-            self.push(type_url, false).await?;
-        }
-        Ok(())
+        let push = Push {
+            type_url,
+            version: &version,
+            nonce: &nonce,
+            sent,
+            bytes,
+            started,
+        };
+        stream::send_push(&mut self.conn, &self.tx, response, push).await
     }
 
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), ()> {
-        // A type meshd does not serve gets no answer and no state (Istio: no generator, no
-        // push), so made-up type URLs cannot grow a stream.
-        if !PUSH_ORDER.contains(&req.type_url.as_str()) {
-            tracing::debug!(type_url = %req.type_url, "request for a type not served: ignored");
+        if !stream::served(&req.type_url) {
             return Ok(());
         }
         let limit = self.conn.shared.max_subscribed_names;
@@ -167,20 +147,20 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
                 req.type_url,
                 req.resource_names.len()
             ));
-            let _ = self.tx.send(wire::Outgoing::End(Box::new(status))).await;
-            return Err(());
+            return stream::refuse(&self.tx, status).await;
         }
         let type_url = req.type_url.clone();
         let st = self.types.entry(type_url.clone()).or_default();
-        if !req.response_nonce.is_empty() {
-            if req.response_nonce != st.nonce {
-                tracing::debug!(type_url, "stale nonce ignored");
-                return Ok(());
-            }
-            match &req.error_detail {
-                Some(err) => self.conn.record_nack(&type_url, &err.message),
-                None => self.conn.record_ack(&type_url, &req.version_info),
-            }
+        let reply = stream::record_reply(
+            &self.conn,
+            &type_url,
+            &st.nonce,
+            &req.response_nonce,
+            req.error_detail.as_ref(),
+            &req.version_info,
+        );
+        if reply == Reply::Stale {
+            return Ok(());
         }
         let wildcard = is_wildcard_type(&type_url)
             && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
@@ -209,72 +189,28 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
     }
 }
 
+impl<A: Authenticator, S: SecretSource> Protocol<A, S> for TypeState {
+    type Request = DiscoveryRequest;
+    const NAME: &'static str = "sotw";
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    async fn on_request(s: &mut Sotw<A, S>, req: DiscoveryRequest) -> Result<(), ()> {
+        s.on_request(req).await
+    }
+
+    async fn push_type(s: &mut Sotw<A, S>, type_url: &'static str) -> Result<(), ()> {
+        s.push(type_url, false).await
+    }
+}
+
 pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
     shared: Arc<Shared<A, S>>,
     identity: Identity,
-    mut requests: wire::Requests<DiscoveryRequest>,
+    requests: wire::Requests<DiscoveryRequest>,
     tx: wire::Sender,
 ) {
-    let Some((proxy, first)) = Box::pin(open_stream(
-        &shared,
-        &mut requests,
-        identity,
-        |r: &DiscoveryRequest| r.node.as_ref(),
-        &tx,
-    ))
-    .await
-    else {
-        return;
-    };
-    let span = tracing::info_span!("ads", proxy = %proxy.id, protocol = "sotw");
-    session(shared, proxy, first, requests, tx)
-        .instrument(span)
-        .await;
-}
-
-async fn session<A: Authenticator, S: SecretSource>(
-    shared: Arc<Shared<A, S>>,
-    proxy: meshd_xds::proxy::Proxy,
-    first: DiscoveryRequest,
-    mut requests: wire::Requests<DiscoveryRequest>,
-    tx: wire::Sender,
-) {
-    // The first sync and each push run boxed: the task keeps, between messages, only what a
-    // waiting stream needs (every proxy has one).
-    let conn = Box::pin(Conn::open(shared, proxy, "sotw")).await;
-    let mut s = Sotw {
-        conn,
-        types: HashMap::new(),
-        tx,
-        eds_due: Vec::new(),
-    };
-    if Box::pin(s.on_request(first)).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            req = requests.next() => match req {
-                Some(Ok(req)) => if Box::pin(s.on_request(req)).await.is_err() { return },
-                Some(Err(e)) => {
-                    tracing::debug!(proxy = %s.conn.proxy.id, error = %e, "stream error");
-                    // The proxy learns why (an oversized or malformed request, say).
-                    let _ = s.tx.send(wire::Outgoing::End(Box::new(e))).await;
-                    return;
-                }
-                None => return,
-            },
-            wake = s.conn.wake() => match wake {
-                Wake::Drain => return,
-                wake @ (Wake::Mesh | Wake::Secrets) => {
-                    if let Err(status) = Box::pin(s.conn.refresh()).await {
-                        let _ = s.tx.send(wire::Outgoing::End(status)).await;
-                        return;
-                    }
-                    let pushed = Box::pin(s.push_all());
-                    if pushed.await.is_err() { return }
-                    if matches!(wake, Wake::Mesh) { s.conn.converged() }
-                }
-            },
-        }
-    }
+    stream::serve::<A, S, TypeState>(shared, identity, requests, tx).await
 }

@@ -33,26 +33,25 @@
 //! Everything here is pure: config in, Envoy protos out.
 
 use super::{GenOptions, Index};
-use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
+use envoy_types::pb::envoy::config::listener::v3::Filter;
 use envoy_types::pb::envoy::config::rbac::v3::{
     Permission, Policy, Principal, permission, principal,
 };
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpFilter, http_filter,
-};
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use meshd_model::MeshConfig;
 use meshd_model::networking::Labels;
 use meshd_model::registry::{Workload, selector_matches};
 use meshd_model::security::{
     AuthorizationPolicy, AuthzAction, ConditionKey, Operation, Rule, Source,
 };
-use prost::{Message, Name};
 use std::collections::BTreeMap;
 
 #[path = "authz_custom.rs"]
 mod custom;
+#[path = "authz_encode.rs"]
+mod encode;
 pub use custom::{HTTP_EXT_AUTHZ, refused as custom_refused};
+use encode::{Action, HttpRbacConfig, sorted};
 #[path = "authz_jwt.rs"]
 mod jwt_matchers;
 #[path = "authz_matchers.rs"]
@@ -248,168 +247,6 @@ pub fn translate(policies: &[Applied<'_>], for_tcp: bool, trust_domain: &str) ->
     set.shadow_deny = shadow(&set.deny, dry_deny).filter(|p| !p.is_empty());
     set.shadow_allow = shadow(&set.allow, dry_allow);
     set
-}
-
-/// One RBAC filter: what it enforces (`None`: nothing, every request passes) and what it
-/// evaluates in the shadow.
-struct FilterRules<'a> {
-    action: Action,
-    rules: Option<&'a Policies>,
-    shadow: Option<&'a Policies>,
-}
-
-impl RbacSet {
-    fn in_order(&self) -> impl Iterator<Item = FilterRules<'_>> {
-        [
-            (Action::Log, &self.audit, &None),
-            (Action::Deny, &self.deny, &self.shadow_deny),
-            (Action::Allow, &self.allow, &self.shadow_allow),
-        ]
-        .into_iter()
-        .filter(|(_, rules, shadow)| rules.is_some() || shadow.is_some())
-        .map(|(action, rules, shadow)| FilterRules {
-            action,
-            rules: rules.as_ref(),
-            shadow: shadow.as_ref(),
-        })
-    }
-
-    pub fn http_filters(&self) -> Vec<HttpFilter> {
-        self.in_order()
-            .map(|f| HttpFilter {
-                name: HTTP_RBAC.into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(http_rbac_any(&f))),
-                ..Default::default()
-            })
-            .collect()
-    }
-
-    pub fn network_filters(&self) -> Vec<Filter> {
-        self.in_order()
-            .map(|f| Filter {
-                name: NETWORK_RBAC.into(),
-                config_type: Some(filter::ConfigType::TypedConfig(network_rbac_any(&f))),
-            })
-            .collect()
-    }
-}
-
-// ---------- encoding ----------
-//
-// `envoy.config.rbac.v3.RBAC.policies` is a `map<string, Policy>`, which prost models as a
-// `HashMap`: its encoding order would change from one generation to the next, and with it the
-// content hash that decides whether a listener is resent. These mirror the RBAC filter messages
-// with the map as its wire-identical form, a repeated entry message, in name order.
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(i32)]
-enum Action {
-    Allow = 0,
-    Deny = 1,
-    Log = 2,
-}
-
-impl Action {
-    /// In stat names: `http.<listener>.rbac.<name>.denied`, `tcp.<name>.rbac.denied`.
-    fn name(self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-            Action::Log => "audit",
-        }
-    }
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct PolicyEntry {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(message, optional, tag = "2")]
-    value: Option<Policy>,
-}
-
-/// `envoy.config.rbac.v3.RBAC`.
-#[derive(Clone, PartialEq, Message)]
-struct SortedRbac {
-    #[prost(int32, tag = "1")]
-    action: i32,
-    #[prost(message, repeated, tag = "2")]
-    policies: Vec<PolicyEntry>,
-}
-
-/// `envoy.extensions.filters.http.rbac.v3.RBAC` (the fields we set).
-#[derive(Clone, PartialEq, Message)]
-struct HttpRbacConfig {
-    #[prost(message, optional, tag = "1")]
-    rules: Option<SortedRbac>,
-    #[prost(message, optional, tag = "2")]
-    shadow_rules: Option<SortedRbac>,
-    #[prost(string, tag = "3")]
-    shadow_rules_stat_prefix: String,
-    #[prost(string, tag = "6")]
-    rules_stat_prefix: String,
-}
-
-/// `envoy.extensions.filters.network.rbac.v3.RBAC` (the fields we set).
-#[derive(Clone, PartialEq, Message)]
-struct NetworkRbacConfig {
-    #[prost(message, optional, tag = "1")]
-    rules: Option<SortedRbac>,
-    #[prost(message, optional, tag = "2")]
-    shadow_rules: Option<SortedRbac>,
-    #[prost(string, tag = "3")]
-    stat_prefix: String,
-    #[prost(string, tag = "5")]
-    shadow_rules_stat_prefix: String,
-}
-
-fn sorted(action: Action, policies: &Policies) -> SortedRbac {
-    SortedRbac {
-        action: action as i32,
-        policies: policies
-            .iter()
-            .map(|(k, v)| PolicyEntry {
-                key: k.clone(),
-                value: Some(v.clone()),
-            })
-            .collect(),
-    }
-}
-
-/// The stat prefix for dry-run results: `http.<listener>.rbac.istio_dry_run_allow.shadow_denied`.
-fn shadow_stat_prefix(f: &FilterRules<'_>) -> String {
-    match f.shadow {
-        Some(_) => format!("istio_dry_run_{}", f.action.name()),
-        None => String::new(),
-    }
-}
-
-fn http_rbac_any(f: &FilterRules<'_>) -> Any {
-    // `rules` is present whenever policies of the action are enforced, even none: an RBAC
-    // filter without rules allows everything, while ALLOW with no policy denies everything.
-    let cfg = HttpRbacConfig {
-        rules: f.rules.map(|p| sorted(f.action, p)),
-        shadow_rules: f.shadow.map(|p| sorted(f.action, p)),
-        shadow_rules_stat_prefix: shadow_stat_prefix(f),
-        rules_stat_prefix: f.action.name().into(),
-    };
-    Any {
-        type_url: envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac::type_url(),
-        value: cfg.encode_to_vec(),
-    }
-}
-
-fn network_rbac_any(f: &FilterRules<'_>) -> Any {
-    let cfg = NetworkRbacConfig {
-        rules: f.rules.map(|p| sorted(f.action, p)),
-        shadow_rules: f.shadow.map(|p| sorted(f.action, p)),
-        stat_prefix: format!("tcp.{}.", f.action.name()),
-        shadow_rules_stat_prefix: shadow_stat_prefix(f),
-    };
-    Any {
-        type_url: envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac::type_url(),
-        value: cfg.encode_to_vec(),
-    }
 }
 
 // ---------- rules ----------

@@ -3,7 +3,10 @@
 
 use super::*;
 use crate::json::{any_to_json, message_to_json};
+use envoy_types::pb::envoy::config::listener::v3::filter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
 use meshd_model::{MeshConfig, parse_file};
+use prost::Message;
 use serde_json::{Value, json};
 
 fn mesh(yaml: &str) -> MeshConfig {

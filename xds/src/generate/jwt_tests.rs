@@ -3,12 +3,11 @@
 //! fetched), stable encoding, and where the filter sits on the inbound and gateway paths.
 
 use super::*;
+use crate::generate::test_fixture::{self as fixture, labels, mesh, sidecar};
 use crate::generate::{GenOptions, MeshSnapshot};
 use crate::json::{any_to_json, message_to_json};
-use crate::proxy::{Identity, NodeType, Proxy};
 use crate::resource::LISTENER;
 use meshd_model::jwt::{FetchedJwks, JwksLocation};
-use meshd_model::parse_file;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -20,20 +19,8 @@ fn ra(ns: &str, name: &str, spec: &str) -> String {
     )
 }
 
-fn mesh(yaml: &str) -> MeshConfig {
-    let file = parse_file("ra.yaml", yaml).unwrap();
-    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-    let config = MeshConfig::assemble([&file]);
-    assert!(config.rejected.is_empty(), "{:?}", config.rejected);
-    config
-}
-
-fn labels(app: &str) -> Labels {
-    [("app".to_string(), app.to_string())].into()
-}
-
 fn filter_json(config: &MeshConfig, ns: &str, app: &str) -> Option<Value> {
-    jwt_filter(config, "istio-system", ns, &labels(app)).map(|f| {
+    jwt_filter(config, "istio-system", ns, &labels(&[("app", app)])).map(|f| {
         assert_eq!(f.name, JWT_AUTHN);
         match f.config_type {
             Some(http_filter::ConfigType::TypedConfig(any)) => any_to_json(&any),
@@ -175,7 +162,7 @@ fn the_encoding_is_stable_and_reads_as_envoy_s_message() {
         .collect::<Vec<_>>()
         .join(", ");
     let config = mesh(&ra("app", "r", &format!("{{jwtRules: [{rules}]}}")));
-    let bytes = || match jwt_filter(&config, "istio-system", "app", &labels("w"))
+    let bytes = || match jwt_filter(&config, "istio-system", "app", &labels(&[("app", "w")]))
         .unwrap()
         .config_type
     {
@@ -197,40 +184,8 @@ fn the_encoding_is_stable_and_reads_as_envoy_s_message() {
     );
 }
 
-fn proxy(workload: &str, ns: &str) -> Proxy {
-    Proxy {
-        metadata: Default::default(),
-        id: format!("sidecar~10.44.0.1~{workload}.{ns}~{ns}.svc.cluster.local"),
-        node_type: NodeType::Sidecar,
-        ip: None,
-        identity: Identity {
-            workload: workload.into(),
-            namespace: ns.into(),
-            service_account: workload.into(),
-            trust_domain: "cluster.local".into(),
-        },
-    }
-}
-
+/// With [`fixture::SERVER`]: a policy that asks every request for a verified token.
 const WORLD: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: server, namespace: app}
-spec:
-  hosts: [server.app.svc.cluster.local]
-  addresses: [10.96.0.20]
-  ports:
-  - {number: 8080, name: http, protocol: HTTP}
-  - {number: 9000, name: tcp, protocol: TCP}
-  location: MESH_INTERNAL
-  resolution: STATIC
-  workloadSelector: {labels: {app: server}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: server, namespace: app}
-spec: {address: 10.44.0.20, labels: {app: server}, serviceAccount: server}
----
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: jwt, namespace: app}
@@ -245,7 +200,8 @@ spec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}
 fn inbound_http_chains_verify_before_rbac_and_follow_fetched_keys() {
     let uri = "http://127.0.0.1:9/k";
     let yaml = format!(
-        "{WORLD}{}",
+        "{}{WORLD}{}",
+        fixture::SERVER,
         ra(
             "app",
             "r",
@@ -259,7 +215,7 @@ fn inbound_http_chains_verify_before_rbac_and_follow_fetched_keys() {
             Some(p) => p.rebuild(2, Arc::new(config), opts),
             None => MeshSnapshot::build(1, Arc::new(config), opts),
         };
-        let out = snap.generate(&proxy("server", "app"));
+        let out = snap.generate(&sidecar("server", "app"));
         let l = any_to_json(&out[LISTENER].get("virtualInbound").unwrap().any());
         (snap, l)
     };
@@ -319,8 +275,12 @@ fn request_principals_split_at_every_slash() {
     let config = mesh(&[
         WORLD.replace("requestPrincipals: ['*']", "requestPrincipals: ['https://i.example/alice', 'nobody', 'https://i.example/*', '*/alice']"),
     ].concat());
-    let applied =
-        crate::generate::authz::applicable(&config, "istio-system", "app", &labels("server"));
+    let applied = crate::generate::authz::applicable(
+        &config,
+        "istio-system",
+        "app",
+        &labels(&[("app", "server")]),
+    );
     let set = crate::generate::authz::translate(&applied, false, "cluster.local");
     let rule = message_to_json(&set.allow.unwrap()["ns[app]-policy[jwt]-rule[0]"]);
     let text = rule.to_string();

@@ -11,36 +11,42 @@ pub mod common;
 pub mod credential;
 pub mod envoyfilter;
 pub mod gateway;
+mod inbound;
 mod index;
 pub mod jwt;
 pub mod l4;
 pub mod listener;
 pub mod locality;
+mod memo;
+mod rebuild;
 pub mod route;
 mod scope;
 pub mod selected;
 pub mod slow_start;
 pub mod telemetry;
 pub mod telemetry_api;
+#[cfg(test)]
+mod test_fixture;
 
 use crate::proxy::{NodeType, Proxy};
 use crate::resource::{
-    BOOTSTRAP, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, ResourceSet, SECRET,
-    SharedResource,
+    BOOTSTRAP, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, ResourceSet, SECRET,
 };
 use bytes::Bytes;
-use meshd_model::registry::{Protocol, Workload, selector_matches};
-use meshd_model::{ConfigObject, MeshConfig};
+use meshd_model::MeshConfig;
+use meshd_model::registry::Workload;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 pub use index::Index;
+use memo::{Once, get_or_build};
+use rebuild::Previous;
 use scope::{Scope, ScopeKey, VhostKey};
 
 /// Resources for one proxy, by type URL then name.
 pub type ProxyResources = BTreeMap<&'static str, ResourceSet>;
 
-use crate::resource::{Layer, LayerMap, reuse_layer};
+use crate::resource::{Layer, LayerMap};
 
 /// The stdout access log's encoding, as Istio's MeshConfig `accessLogEncoding`: JSON (the
 /// seed's default) or Istio's default text format.
@@ -50,9 +56,6 @@ pub enum AccessLogEncoding {
     Json,
     Text,
 }
-
-/// A cache entry built once even when many proxies ask for it at the same moment.
-type Once<T> = Arc<OnceLock<T>>;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenOptions {
@@ -135,75 +138,6 @@ pub struct MeshSnapshot {
     previous: Previous,
 }
 
-/// What the snapshot this one replaced had built: a layer rebuilt with the same content keeps
-/// the old one's identity (and a changed one the old pointers of its unchanged resources), so
-/// streams skip unchanged layers by pointer and Delta sends only what changed.
-#[derive(Default)]
-struct Previous {
-    /// With the options it was built under (its config is `index.config`).
-    index: Option<(Arc<Index>, Arc<GenOptions>)>,
-    clusters_by_host: Arc<HashMap<String, Vec<String>>>,
-    locality_plans: Arc<locality::LocalityPlans>,
-    clusters: Option<Layer>,
-    endpoints: Option<Layer>,
-    scopes: HashMap<ScopeKey, Arc<Scope>>,
-    gateways: HashMap<String, Arc<gateway::GatewayResources>>,
-    inbound: HashMap<String, (Layer, Layer)>,
-    patched_layers: HashMap<envoyfilter::PatchedKey, (Layer, Layer)>,
-}
-
-/// Whether two configs agree on everything a workload's inbound resources are built from.
-fn same_inbound_inputs(a: &MeshConfig, b: &MeshConfig) -> bool {
-    a.jwks == b.jwks
-        && a.services == b.services
-        && a.workloads == b.workloads
-        && inbound_objects(a).count() == inbound_objects(b).count()
-        && inbound_objects(a)
-            .zip(inbound_objects(b))
-            .all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
-}
-
-fn inbound_objects(c: &MeshConfig) -> impl Iterator<Item = &Arc<ConfigObject>> {
-    use meshd_model::Kind;
-    [
-        Kind::Sidecar,
-        Kind::PeerAuthentication,
-        Kind::AuthorizationPolicy,
-        Kind::RequestAuthentication,
-        Kind::Telemetry,
-    ]
-    .into_iter()
-    .flat_map(|k| c.objects_of(k))
-}
-
-/// The entries of a build-once cache that were built.
-fn built<K: Clone + Eq + std::hash::Hash, V: Clone>(
-    cache: &Mutex<HashMap<K, Once<V>>>,
-) -> HashMap<K, V> {
-    cache
-        .lock()
-        .expect("snapshot cache")
-        .iter()
-        .filter_map(|(k, v)| v.get().map(|v| (k.clone(), v.clone())))
-        .collect()
-}
-
-/// The value for `key`, built by `build` on the first call; concurrent callers wait for it
-/// rather than build it again.
-fn get_or_build<K: Clone + Eq + std::hash::Hash, V: Clone>(
-    cache: &Mutex<HashMap<K, Once<V>>>,
-    key: K,
-    build: impl FnOnce(&K) -> V,
-) -> V {
-    let cell = cache
-        .lock()
-        .expect("snapshot cache")
-        .entry(key.clone())
-        .or_default()
-        .clone();
-    cell.get_or_init(|| build(&key)).clone()
-}
-
 /// The port of an `outbound|PORT|subset|host` cluster name.
 fn cluster_port(name: &str) -> Option<u32> {
     name.strip_prefix("outbound|")?
@@ -214,140 +148,6 @@ fn cluster_port(name: &str) -> Option<u32> {
 }
 
 impl MeshSnapshot {
-    pub fn build(version: u64, config: Arc<MeshConfig>, opts: Arc<GenOptions>) -> MeshSnapshot {
-        Self::build_after(Previous::default(), version, config, opts)
-    }
-
-    /// The snapshot of `config` that replaces this one: what did not change keeps its identity.
-    pub fn rebuild(
-        &self,
-        version: u64,
-        config: Arc<MeshConfig>,
-        opts: Arc<GenOptions>,
-    ) -> MeshSnapshot {
-        let previous = Previous {
-            index: Some((self.index.clone(), self.opts.clone())),
-            clusters_by_host: self.clusters_by_host.clone(),
-            locality_plans: self.locality_plans.clone(),
-            clusters: Some(self.clusters.clone()),
-            endpoints: Some(self.endpoints.clone()),
-            scopes: built(&self.scopes),
-            gateways: built(&self.gateways),
-            inbound: built(&self.inbound),
-            patched_layers: built(&self.patched_layers),
-        };
-        Self::build_after(previous, version, config, opts)
-    }
-
-    fn build_after(
-        previous: Previous,
-        version: u64,
-        config: Arc<MeshConfig>,
-        opts: Arc<GenOptions>,
-    ) -> MeshSnapshot {
-        let built_at = std::time::Instant::now();
-        let index = Arc::new(Index::new(config, &opts));
-        let patches = envoyfilter::Patches::build(&index.config, &opts.root_namespace);
-        let same_opts = previous
-            .index
-            .as_ref()
-            .is_some_and(|(_, old)| Arc::ptr_eq(old, &opts) || **old == *opts);
-        // Inbound listeners and clusters depend on the workloads, the services selecting them,
-        // Sidecars, PeerAuthentication, AuthorizationPolicy and the options (EnvoyFilters patch
-        // the built layers afterwards, in `patched_layer`): when none of those changed (a
-        // DestinationRule, VirtualService or EnvoyFilter edit), the previous ones stand as built.
-        let inbound: HashMap<String, Once<(Layer, Layer)>> = match &previous.index {
-            Some((old, _)) if same_opts && same_inbound_inputs(&old.config, &index.config) => {
-                previous
-                    .inbound
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Arc::new(OnceLock::from(v.clone()))))
-                    .collect()
-            }
-            _ => HashMap::new(),
-        };
-        let mut clusters = BTreeMap::new();
-        let mut endpoints = BTreeMap::new();
-        let mut clusters_by_host: HashMap<String, Vec<String>> = HashMap::new();
-        let mut locality_plans = locality::LocalityPlans::default();
-        // A host's clusters and endpoints are built from its service, its DestinationRule, the
-        // PeerAuthentications (whether endpoints take mTLS) and the options: where none of those
-        // changed, the previous snapshot's stand.
-        let unchanged_host = |host: &str| -> Option<&Vec<String>> {
-            let (old, _) = previous.index.as_ref()?;
-            let same = same_opts
-                && old.peer_authn == index.peer_authn
-                && old.service(host) == index.service(host)
-                && old.destination_rule(host) == index.destination_rule(host);
-            same.then(|| previous.clusters_by_host.get(host))?
-        };
-        for svc in index.services() {
-            if let Some(names) = unchanged_host(&svc.hostname)
-                && let (Some(old_clusters), Some(old_endpoints)) =
-                    (&previous.clusters, &previous.endpoints)
-                && names.iter().all(|n| old_clusters.contains_key(n))
-            {
-                for name in names {
-                    clusters.insert(name.clone(), old_clusters[name].clone());
-                    if let Some(e) = old_endpoints.get(name) {
-                        endpoints.insert(name.clone(), e.clone());
-                    }
-                    if let Some(plan) = previous.locality_plans.plans.get(name) {
-                        locality_plans.insert(name.clone(), plan.clone());
-                    }
-                }
-                clusters_by_host.insert(svc.hostname.clone(), names.clone());
-                continue;
-            }
-            for port in &svc.ports {
-                let subsets =
-                    std::iter::once(None).chain(index.subsets(&svc.hostname).iter().map(Some));
-                for subset in subsets {
-                    let out = cluster::outbound(&index, svc, port, subset, &opts);
-                    let name = out.cluster.name.clone();
-                    if let Some(plan) = out.locality {
-                        locality_plans.insert(name.clone(), plan);
-                    }
-                    if let Some(la) = out.load_assignment {
-                        endpoints.insert(name.clone(), Resource::encode(name.clone(), &la));
-                    }
-                    clusters_by_host
-                        .entry(svc.hostname.clone())
-                        .or_default()
-                        .push(name.clone());
-                    clusters.insert(name.clone(), Resource::encode(name, &out.cluster));
-                }
-            }
-        }
-        let zipkin = opts.zipkin_cluster.as_deref().map(cluster::zipkin);
-        let otel = opts.otel_collector.as_deref().map(cluster::opentelemetry);
-        for c in [cluster::passthrough(), cluster::blackhole()]
-            .into_iter()
-            .chain(zipkin)
-            .chain(otel)
-        {
-            clusters.insert(c.name.clone(), Resource::encode(c.name.clone(), &c));
-        }
-        MeshSnapshot {
-            version,
-            built_at,
-            opts,
-            index,
-            patches,
-            clusters: reuse_layer(previous.clusters.as_ref(), LayerMap::new(clusters)),
-            endpoints: reuse_layer(previous.endpoints.as_ref(), LayerMap::new(endpoints)),
-            clusters_by_host: Arc::new(clusters_by_host),
-            locality_plans: Arc::new(locality_plans),
-            localized: Mutex::new(HashMap::new()),
-            scopes: Mutex::new(HashMap::new()),
-            gateways: Mutex::new(HashMap::new()),
-            inbound: Mutex::new(inbound),
-            vhosts: Mutex::new(HashMap::new()),
-            patched_layers: Mutex::new(HashMap::new()),
-            previous,
-        }
-    }
-
     pub fn config(&self) -> &MeshConfig {
         &self.index.config
     }
@@ -393,111 +193,6 @@ impl MeshSnapshot {
 
     fn opts_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Arc<GenOptions> {
         self.with_telemetry(self.telemetry_for(namespace, labels))
-    }
-
-    /// The ports a workload serves, where its app listens, and their mTLS modes: the ingress
-    /// listeners of its Sidecar when it has any, else its services' target ports.
-    fn inbound_ports(&self, w: &Workload) -> Vec<listener::InboundPort> {
-        let mut ports: Vec<(u32, u32, bool)> = self
-            .index
-            .sidecar_for(&w.namespace, &w.labels)
-            .map(|(_, sc)| {
-                sc.ingress
-                    .iter()
-                    .map(|i| {
-                        let app_port = ingress_endpoint_port(i.default_endpoint.as_deref())
-                            .unwrap_or(i.port.target_port.unwrap_or(i.port.number));
-                        let protocol = Protocol::detect(Some(&i.port.protocol), &i.port.name);
-                        (i.port.number, app_port, protocol.is_http())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if ports.is_empty() {
-            for svc in self.index.services() {
-                let selected = svc.namespace == w.namespace
-                    && svc
-                        .selector
-                        .as_ref()
-                        .is_some_and(|sel| selector_matches(sel, &w.labels));
-                if !selected {
-                    continue;
-                }
-                for port in &svc.ports {
-                    let app_port = w
-                        .ports
-                        .get(&port.name)
-                        .copied()
-                        .or(port.target_port)
-                        .unwrap_or(port.number);
-                    ports.push((app_port, app_port, port.protocol.is_http()));
-                }
-            }
-        }
-        let mut by_port: BTreeMap<u32, listener::InboundPort> = BTreeMap::new();
-        for (port, app_port, http) in ports {
-            by_port.entry(port).or_insert_with(|| {
-                let policy = authz::inbound_policy(&self.index, w, port, http, &self.opts);
-                listener::InboundPort {
-                    port,
-                    app_port,
-                    http,
-                    mode: self.index.mtls_mode(&w.namespace, &w.labels, port),
-                    // JWT verification first: RBAC matches the payload it leaves.
-                    http_filters: jwt::jwt_filter(
-                        &self.index.config,
-                        &self.index.root_namespace,
-                        &w.namespace,
-                        &w.labels,
-                    )
-                    .filter(|_| http)
-                    .into_iter()
-                    .chain(policy.http_filters)
-                    .collect(),
-                    network_filters: policy.network_filters,
-                }
-            });
-        }
-        by_port.into_values().collect()
-    }
-
-    /// A workload's inbound clusters and listener, shared by every proxy of the same workload
-    /// shape (namespace, labels, ports).
-    fn inbound(&self, workload: Option<&Workload>) -> (Layer, Layer) {
-        let key = workload
-            .map(|w| format!("{}|{:?}|{:?}", w.namespace, w.labels, w.ports))
-            .unwrap_or_default();
-        get_or_build(&self.inbound, key, |key| {
-            let (clusters, listeners) = self.build_inbound(workload);
-            match self.previous.inbound.get(key) {
-                Some((c, l)) => (
-                    reuse_layer(Some(c), clusters),
-                    reuse_layer(Some(l), listeners),
-                ),
-                None => (clusters, listeners),
-            }
-        })
-    }
-
-    fn build_inbound(&self, workload: Option<&Workload>) -> (Layer, Layer) {
-        let ports = workload.map(|w| self.inbound_ports(w)).unwrap_or_default();
-        let clusters: BTreeMap<String, SharedResource> = ports
-            .iter()
-            .map(|p| {
-                let c = cluster::inbound(p.port, p.app_port);
-                (c.name.clone(), Resource::encode(c.name.clone(), &c))
-            })
-            .collect();
-        let opts = match workload {
-            Some(w) => self.opts_for(&w.namespace, &w.labels),
-            None => self.opts.clone(),
-        };
-        let vi = listener::virtual_inbound(&ports, &opts);
-        let listeners: BTreeMap<String, SharedResource> =
-            [(vi.name.clone(), Resource::encode(vi.name.clone(), &vi))]
-                .into_iter()
-                .collect();
-        (LayerMap::new(clusters), LayerMap::new(listeners))
     }
 
     /// `base` with the assignments that depend on the proxy's locality made for this proxy.
@@ -660,13 +355,6 @@ impl MeshSnapshot {
         }
         out
     }
-}
-
-/// The app port of a Sidecar ingress listener's `defaultEndpoint` (`127.0.0.1:PORT`,
-/// `0.0.0.0:PORT` or `[::1]:PORT`; the app is reached on loopback either way).
-fn ingress_endpoint_port(endpoint: Option<&str>) -> Option<u32> {
-    let (_, port) = endpoint?.rsplit_once(':')?;
-    port.parse().ok()
 }
 
 #[cfg(test)]

@@ -2,36 +2,14 @@
 //! precedence, the inbound chains each mode makes, auto mTLS on the client side, and the RBAC
 //! filters in place on the inbound path.
 
-use crate::generate::{GenOptions, MeshSnapshot};
-use crate::json::any_to_json;
-use crate::proxy::{Identity, NodeType, Proxy};
+use crate::generate::MeshSnapshot;
+use crate::generate::test_fixture::{self as fixture, labels, resource, router, sidecar};
 use crate::resource::{ENDPOINT, LISTENER};
 use meshd_model::security::MtlsMode;
-use meshd_model::{MeshConfig, parse_file};
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::sync::Arc;
 
+/// With [`fixture::SERVER`]: a legacy server and a client in another namespace.
 const MESH: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: server, namespace: app}
-spec:
-  hosts: [server.app.svc.cluster.local]
-  addresses: [10.96.0.20]
-  ports:
-  - {number: 8080, name: http, protocol: HTTP}
-  - {number: 8081, name: http-admin, protocol: HTTP}
-  - {number: 9000, name: tcp, protocol: TCP}
-  location: MESH_INTERNAL
-  resolution: STATIC
-  workloadSelector: {labels: {app: server}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: server, namespace: app}
-spec: {address: 10.44.0.20, labels: {app: server}, serviceAccount: server}
----
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: legacy, namespace: app}
@@ -45,11 +23,7 @@ spec: {address: 10.44.0.30, labels: {app: client}, serviceAccount: client}
 "#;
 
 fn snapshot(extra: &str) -> MeshSnapshot {
-    let file = parse_file("mesh.yaml", &format!("{MESH}{extra}")).unwrap();
-    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-    let config = MeshConfig::assemble([&file]);
-    assert!(config.rejected.is_empty(), "{:?}", config.rejected);
-    MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()))
+    fixture::snapshot(&format!("{}{MESH}{extra}", fixture::SERVER))
 }
 
 fn pa(ns: &str, name: &str, spec: &str) -> String {
@@ -58,36 +32,9 @@ fn pa(ns: &str, name: &str, spec: &str) -> String {
     )
 }
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn proxy(workload: &str, ns: &str) -> Proxy {
-    Proxy {
-        metadata: Default::default(),
-        id: format!("sidecar~10.44.0.1~{workload}.{ns}~{ns}.svc.cluster.local"),
-        node_type: NodeType::Sidecar,
-        ip: None,
-        identity: Identity {
-            workload: workload.into(),
-            namespace: ns.into(),
-            service_account: workload.into(),
-            trust_domain: "cluster.local".into(),
-        },
-    }
-}
-
-fn resource(snap: &MeshSnapshot, p: &Proxy, type_url: &str, name: &str) -> Value {
-    let out = snap.generate(p);
-    any_to_json(&out[type_url].get(name).expect(name).any())
-}
-
 /// The inbound listener's chains as (name, transport protocol, HTTP filter names).
 fn inbound_chains(snap: &MeshSnapshot, workload: &str) -> Vec<(String, String, Vec<String>)> {
-    let l = resource(snap, &proxy(workload, "app"), LISTENER, "virtualInbound");
+    let l = resource(snap, &sidecar(workload, "app"), LISTENER, "virtualInbound");
     l["filter_chains"]
         .as_array()
         .unwrap()
@@ -215,7 +162,7 @@ fn clients_follow_the_server_mode() {
     ));
     let eds = resource(
         &snap,
-        &proxy("client", "other"),
+        &sidecar("client", "other"),
         ENDPOINT,
         "outbound|8080||server.app.svc.cluster.local",
     );
@@ -340,11 +287,7 @@ spec:
 ---
 "#;
     let snap = snapshot(gateway);
-    let router = Proxy {
-        metadata: Default::default(),
-        node_type: NodeType::Router,
-        ..proxy("ingress", "istio-system")
-    };
+    let router = router("ingress", "istio-system");
     let http = resource(&snap, &router, LISTENER, "0.0.0.0_8080");
     let filters: Vec<&str> = http["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
         .as_array()
@@ -445,11 +388,7 @@ spec:
         a = b64(ca)
     );
     let snap = snapshot(&yaml);
-    let router = Proxy {
-        metadata: Default::default(),
-        node_type: NodeType::Router,
-        ..proxy("ingress", "istio-system")
-    };
+    let router = router("ingress", "istio-system");
     let l = resource(&snap, &router, LISTENER, "0.0.0.0_8443");
     let tls = &l["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"];
     assert_eq!(
@@ -483,7 +422,7 @@ spec:
         ]
     );
     // Sidecars get no credentials.
-    let sidecar = snap.generate(&proxy("server", "app"));
+    let sidecar = snap.generate(&sidecar("server", "app"));
     assert!(sidecar.get(SECRET).is_none_or(|s| s.is_empty()));
 }
 
@@ -525,11 +464,7 @@ spec:
         a = b64(&pem("CERTIFICATE")),
     );
     let snap = snapshot(&yaml);
-    let router = Proxy {
-        metadata: Default::default(),
-        node_type: NodeType::Router,
-        ..proxy("ingress", "istio-system")
-    };
+    let router = router("ingress", "istio-system");
     let files = resource(&snap, &router, LISTENER, "0.0.0.0_9443");
     let tls = &files["filter_chains"][0]["transport_socket"]["typed_config"];
     assert_eq!(tls["require_client_certificate"], false, "{tls:#}");

@@ -2,11 +2,11 @@
 //! namespace (clusters, subsets, route hash policy, TCP idle timeout; sidecars and gateways),
 //! ahead of the rule they would see otherwise, and every other proxy keeps the shared layers.
 
-use crate::generate::{GenOptions, MeshSnapshot};
+use crate::generate::MeshSnapshot;
+use crate::generate::test_fixture::{self as fixture, workload_proxy_as};
 use crate::json::any_to_json;
-use crate::proxy::{NodeType, Proxy};
+use crate::proxy::NodeType;
 use crate::resource::{CLUSTER, LISTENER, ROUTE};
-use meshd_model::{MeshConfig, parse_file};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -14,31 +14,15 @@ const WEB: &str = "outbound|80||web.b.svc.cluster.local";
 const WEB_V2: &str = "outbound|80|v2|web.b.svc.cluster.local";
 
 fn mesh(extra: &str) -> String {
-    let mut yaml = String::from(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web, namespace: b}
-spec:
-  hosts: [web.b.svc.cluster.local]
-  addresses: [10.96.0.30]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.30, labels: {version: v1}}, {address: 10.44.0.31, labels: {version: v2}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db, namespace: b}
-spec:
-  hosts: [db.b.svc.cluster.local]
-  addresses: [10.96.0.40]
-  ports: [{number: 5432, name: tcp, protocol: TCP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.40}]
----
-apiVersion: networking.istio.io/v1
+    let mut yaml = fixture::service_with(
+        "web",
+        "b",
+        30,
+        fixture::HTTP_80,
+        "[{address: 10.44.0.30, labels: {version: v1}}, {address: 10.44.0.31, labels: {version: v2}}]",
+        "",
+    ) + &fixture::service("db", "b", 40, fixture::TCP_5432)
+        + r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: web, namespace: b}
 spec:
@@ -70,8 +54,7 @@ metadata: {name: web, namespace: b}
 spec:
   hosts: [web.b.svc.cluster.local]
   http: [{route: [{destination: {host: web.b.svc.cluster.local, subset: v2}}]}]
-"#,
-    );
+"#;
     let clients = [
         ("special", "a", "special"),
         ("special-twin", "a", "special"),
@@ -88,21 +71,6 @@ spec:
     yaml
 }
 
-fn snapshot_of(yaml: &str) -> MeshSnapshot {
-    let file = parse_file("mesh.yaml", yaml).unwrap();
-    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-    let config = MeshConfig::assemble([&file]);
-    assert!(config.rejected.is_empty(), "{:?}", config.rejected);
-    MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()))
-}
-
-fn proxy(snap: &MeshSnapshot, name: &str, ns: &str, node_type: NodeType) -> Proxy {
-    let w = snap.index.workload(name, ns).expect("workload");
-    let mut p = Proxy::for_workload(w, "cluster.local");
-    p.node_type = node_type;
-    p
-}
-
 /// What one proxy makes of web and db: web's maxConnections and lb policy, whether it has the
 /// v2 subset's cluster, the route's hash policy, db's TCP idle timeout.
 #[derive(Debug, PartialEq)]
@@ -115,7 +83,7 @@ struct View {
 }
 
 fn view(snap: &MeshSnapshot, name: &str, ns: &str) -> View {
-    let out = snap.generate(&proxy(snap, name, ns, NodeType::Sidecar));
+    let out = snap.generate(&workload_proxy_as(snap, name, ns, NodeType::Sidecar));
     let web = any_to_json(&out[CLUSTER].get(WEB).unwrap().any());
     let routes = any_to_json(&out[ROUTE].get("80").unwrap().any());
     let vhost = routes["virtual_hosts"]
@@ -144,7 +112,7 @@ fn view(snap: &MeshSnapshot, name: &str, ns: &str) -> View {
 
 #[test]
 fn a_selector_rule_reaches_only_the_proxies_it_selects_in_its_namespace() {
-    let snap = snapshot_of(&mesh(""));
+    let snap = fixture::snapshot(&mesh(""));
     let selected = view(&snap, "special", "a");
     assert_eq!(selected.max_connections, 9);
     assert_eq!(selected.lb_policy, "RING_HASH");
@@ -170,9 +138,10 @@ fn a_selector_rule_reaches_only_the_proxies_it_selects_in_its_namespace() {
 
 #[test]
 fn proxies_no_selector_rule_selects_keep_sharing_the_mesh_wide_layers() {
-    let snap = snapshot_of(&mesh(""));
+    let snap = fixture::snapshot(&mesh(""));
     let clusters = |name: &str, ns: &str| {
-        snap.generate(&proxy(&snap, name, ns, NodeType::Sidecar))[CLUSTER].layers()[0].clone()
+        snap.generate(&workload_proxy_as(&snap, name, ns, NodeType::Sidecar))[CLUSTER].layers()[0]
+            .clone()
     };
     for (name, ns) in [("plain", "a"), ("plain", "c"), ("special", "c")] {
         assert!(
@@ -186,7 +155,12 @@ fn proxies_no_selector_rule_selects_keep_sharing_the_mesh_wide_layers() {
     assert!(Arc::ptr_eq(&special, &clusters("special-twin", "a")));
     // A rebuild keeps the selected scope's layer (it did not change).
     let again = snap.rebuild(2, snap.index.config.clone(), snap.opts.clone());
-    let rebuilt = again.generate(&proxy(&again, "special", "a", NodeType::Sidecar))[CLUSTER]
+    let rebuilt = again.generate(&workload_proxy_as(
+        &again,
+        "special",
+        "a",
+        NodeType::Sidecar,
+    ))[CLUSTER]
         .layers()[0]
         .clone();
     assert!(Arc::ptr_eq(&rebuilt, &special));
@@ -215,7 +189,7 @@ spec:
   workloadSelector: {matchLabels: {app: special}}
   trafficPolicy: {connectionPool: {tcp: {maxConnections: 12}}}
 "#;
-    let snap = snapshot_of(&mesh(extra));
+    let snap = fixture::snapshot(&mesh(extra));
     assert_eq!(view(&snap, "special", "a").max_connections, 11);
     assert_eq!(view(&snap, "plain", "a").max_connections, 3);
     assert_eq!(view(&snap, "special", "c").max_connections, 12);
@@ -252,9 +226,9 @@ kind: WorkloadEntry
 metadata: {name: gw-special, namespace: a}
 spec: {address: 10.44.2.3, labels: {app: special}, serviceAccount: gw}
 "#;
-    let snap = snapshot_of(&mesh(extra));
+    let snap = fixture::snapshot(&mesh(extra));
     let max = |name: &str, ns: &str, t: NodeType| {
-        let out = snap.generate(&proxy(&snap, name, ns, t));
+        let out = snap.generate(&workload_proxy_as(&snap, name, ns, t));
         let web = any_to_json(&out[CLUSTER].get(WEB).unwrap().any());
         (
             web["circuit_breakers"]["thresholds"][0]["max_connections"].clone(),
@@ -277,6 +251,6 @@ spec: {address: 10.44.2.3, labels: {app: special}, serviceAccount: gw}
         "the root namespace's selector rule stays in the root namespace"
     );
     // A gateway nothing selects takes the mesh-wide layer itself.
-    let out = snap.generate(&proxy(&snap, "egress", "a", NodeType::Router));
+    let out = snap.generate(&workload_proxy_as(&snap, "egress", "a", NodeType::Router));
     assert!(Arc::ptr_eq(&out[CLUSTER].layers()[0], &snap.clusters));
 }

@@ -2,39 +2,33 @@
 //! namespace, with Istio's choice of DestinationRule: own namespace, then the service's, then
 //! the root namespace, among those exported to it), and Sidecar egress listeners per port.
 
+use crate::generate::test_fixture::{self as fixture, sidecar};
 use crate::generate::{GenOptions, MeshSnapshot};
 use crate::json::any_to_json;
-use crate::proxy::{Identity, NodeType, Proxy};
+use crate::proxy::{NodeType, Proxy};
 use crate::resource::{CLUSTER, ROUTE};
 use meshd_model::{MeshConfig, parse_file};
 use serde_json::Value;
 use std::sync::Arc;
 
-const MESH: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web, namespace: b}
-spec:
-  hosts: [web.b.svc.cluster.local]
-  addresses: [10.96.0.30]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.30, labels: {version: v1}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: api, namespace: a}
-spec:
-  hosts: [api.a.svc.cluster.local]
-  addresses: [10.96.0.31]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.31}]
-  exportTo: ["."]
----
-apiVersion: networking.istio.io/v1
+/// Two services, `web.b` seen differently from `a` and `b`, and `api.a` kept to `a`.
+fn mesh() -> String {
+    fixture::service_with(
+        "web",
+        "b",
+        30,
+        fixture::HTTP_80,
+        "[{address: 10.44.0.30, labels: {version: v1}}]",
+        "",
+    ) + &fixture::service_with(
+        "api",
+        "a",
+        31,
+        fixture::HTTP_80,
+        "[{address: 10.44.0.31}]",
+        r#"  exportTo: ["."]
+"#,
+    ) + r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: web, namespace: b}
 spec:
@@ -59,24 +53,13 @@ spec:
   exportTo: ["."]
   http: [{timeout: 5s, route: [{destination: {host: web.b.svc.cluster.local, subset: v1}}]}]
 ---
-"#;
-
-fn snapshot_of(yaml: &str) -> MeshSnapshot {
-    let file = parse_file("mesh.yaml", yaml).unwrap();
-    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-    let config = MeshConfig::assemble([&file]);
-    assert!(config.rejected.is_empty(), "{:?}", config.rejected);
-    MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()))
-}
-
-fn snapshot() -> MeshSnapshot {
-    snapshot_of(MESH)
+"#
 }
 
 /// The TCP proxy filter's config in `listener`'s chain `chain` (the first when `None`), as the
 /// sidecar in `ns` receives it.
 fn tcp_proxy(snap: &MeshSnapshot, ns: &str, listener: &str, chain: Option<&str>) -> Value {
-    let out = snap.generate(&proxy(ns));
+    let out = snap.generate(&sidecar("client", ns));
     let l = any_to_json(&out[crate::resource::LISTENER].get(listener).unwrap().any());
     let chains = l["filter_chains"].as_array().unwrap();
     let c = match chain {
@@ -92,24 +75,9 @@ fn tcp_proxy(snap: &MeshSnapshot, ns: &str, listener: &str, chain: Option<&str>)
         .clone()
 }
 
-fn proxy(ns: &str) -> Proxy {
-    Proxy {
-        metadata: Default::default(),
-        id: format!("sidecar~10.44.0.9~client.{ns}~{ns}.svc.cluster.local"),
-        node_type: NodeType::Sidecar,
-        ip: None,
-        identity: Identity {
-            workload: "client".into(),
-            namespace: ns.into(),
-            service_account: "client".into(),
-            trust_domain: "cluster.local".into(),
-        },
-    }
-}
-
 /// (cluster names, maxConnections of web's cluster, web's route timeout) as `ns` sees them.
 fn view(snap: &MeshSnapshot, ns: &str) -> (Vec<String>, Value, Value) {
-    let out = snap.generate(&proxy(ns));
+    let out = snap.generate(&sidecar("client", ns));
     let clusters: Vec<String> = out[CLUSTER]
         .iter()
         .map(|r| r.name.clone())
@@ -139,7 +107,7 @@ fn view(snap: &MeshSnapshot, ns: &str) -> (Vec<String>, Value, Value) {
 
 #[test]
 fn export_to_decides_what_each_namespace_sees() {
-    let snap = snapshot();
+    let snap = fixture::snapshot(&mesh());
     // In b: its own rule (7, subset v1) and its own route (5 s, to v1).
     let (clusters, max, timeout) = view(&snap, "b");
     assert!(
@@ -192,19 +160,8 @@ fn bad_export_to_is_reported() {
 
 #[test]
 fn tcp_idle_timeout_reaches_the_tcp_proxy_as_each_namespace_sees_the_rule() {
-    let yaml = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db, namespace: b}
-spec:
-  hosts: [db.b.svc.cluster.local]
-  addresses: [10.96.0.40]
-  ports: [{number: 5432, name: tcp, protocol: TCP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.40}]
----
-apiVersion: networking.istio.io/v1
+    let yaml = fixture::service("db", "b", 40, fixture::TCP_5432)
+        + r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: db, namespace: b}
 spec:
@@ -220,7 +177,7 @@ spec:
   trafficPolicy: {connectionPool: {tcp: {idleTimeout: 5m}}}
 ---
 "#;
-    let snap = snapshot_of(yaml);
+    let snap = fixture::snapshot(&yaml);
     let idle = |ns: &str| tcp_proxy(&snap, ns, "0.0.0.0_5432", None)["idle_timeout"].clone();
     assert_eq!(idle("b"), "90s");
     assert_eq!(idle("c"), "90s");
@@ -229,30 +186,17 @@ spec:
 
 #[test]
 fn sidecar_egress_listener_with_a_port_decides_that_port() {
-    let yaml = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: multi, namespace: b}
-spec:
-  hosts: [multi.b.svc.cluster.local]
-  addresses: [10.96.0.50]
-  ports: [{number: 80, name: http, protocol: HTTP}, {number: 9000, name: tcp, protocol: TCP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.50}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: other, namespace: c}
-spec:
-  hosts: [other.c.svc.cluster.local]
-  addresses: [10.96.0.51]
-  ports: [{number: 9000, name: tcp, protocol: TCP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.51}]
----
-apiVersion: networking.istio.io/v1
+    let yaml = fixture::service(
+        "multi",
+        "b",
+        50,
+        "[{number: 80, name: http, protocol: HTTP}, {number: 9000, name: tcp, protocol: TCP}]",
+    ) + &fixture::service(
+        "other",
+        "c",
+        51,
+        "[{number: 9000, name: tcp, protocol: TCP}]",
+    ) + r#"apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {name: default, namespace: a}
 spec:
@@ -262,8 +206,8 @@ spec:
   - hosts: ["b/*"]
 ---
 "#;
-    let snap = snapshot_of(yaml);
-    let out = snap.generate(&proxy("a"));
+    let snap = fixture::snapshot(&yaml);
+    let out = snap.generate(&sidecar("client", "a"));
     let clusters: Vec<&str> = out[CLUSTER]
         .iter()
         .map(|r| r.name.as_str())
@@ -308,30 +252,9 @@ spec:
 
 #[test]
 fn tcp_routes_match_on_source_labels_and_namespace() {
-    let yaml = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db, namespace: b}
-spec:
-  hosts: [db.b.svc.cluster.local]
-  addresses: [10.96.0.60]
-  ports: [{number: 5432, name: tcp, protocol: TCP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.60}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db-replica, namespace: b}
-spec:
-  hosts: [db-replica.b.svc.cluster.local]
-  addresses: [10.96.0.61]
-  ports: [{number: 5432, name: tcp, protocol: TCP}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{address: 10.44.0.61}]
----
-apiVersion: networking.istio.io/v1
+    let yaml = fixture::service("db", "b", 60, fixture::TCP_5432)
+        + &fixture::service("db-replica", "b", 61, fixture::TCP_5432)
+        + r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: client, namespace: a}
 spec: {address: 10.44.0.70, labels: {app: reports}, serviceAccount: client}
@@ -352,7 +275,7 @@ spec:
   - route: [{destination: {host: db.b.svc.cluster.local, port: {number: 5432}}}]
 ---
 "#;
-    let snap = snapshot_of(yaml);
+    let snap = fixture::snapshot(&yaml);
     let target = |ns: &str| {
         let chain = "outbound|5432||db.b.svc.cluster.local";
         tcp_proxy(&snap, ns, "0.0.0.0_5432", Some(chain))["cluster"]
@@ -375,21 +298,18 @@ spec:
 #[test]
 fn a_rebuilt_snapshot_keeps_the_identity_of_what_did_not_change() {
     use crate::resource::{ENDPOINT, LISTENER};
-    let before = snapshot();
-    let config = |yaml: &str| {
-        let file = parse_file("mesh.yaml", yaml).unwrap();
-        Arc::new(MeshConfig::assemble([&file]))
-    };
+    let before = fixture::snapshot(&mesh());
+    let config = |yaml: &str| Arc::new(fixture::mesh(yaml));
     let opts = Arc::new(GenOptions::default());
     for ns in ["a", "b", "c"] {
-        before.generate(&proxy(ns));
+        before.generate(&sidecar("client", ns));
     }
-    let same = before.rebuild(2, config(MESH), opts.clone());
-    let edited = MESH.replace("maxConnections: 7", "maxConnections: 8");
+    let same = before.rebuild(2, config(&mesh()), opts.clone());
+    let edited = mesh().replace("maxConnections: 7", "maxConnections: 8");
     let changed = before.rebuild(2, config(&edited), opts);
     for ns in ["a", "b", "c"] {
-        let old = before.generate(&proxy(ns));
-        let new = same.generate(&proxy(ns));
+        let old = before.generate(&sidecar("client", ns));
+        let new = same.generate(&sidecar("client", ns));
         for (ty, set) in &old {
             assert!(
                 set.same_as(&new[ty]),
@@ -397,7 +317,7 @@ fn a_rebuilt_snapshot_keeps_the_identity_of_what_did_not_change() {
             );
         }
         // Only the namespace whose DestinationRule changed sees new clusters.
-        let new = changed.generate(&proxy(ns));
+        let new = changed.generate(&sidecar("client", ns));
         for ty in [ENDPOINT, LISTENER, ROUTE] {
             assert!(old[ty].same_as(&new[ty]), "{ns} {ty}");
         }
@@ -424,8 +344,7 @@ fn a_rebuilt_snapshot_keeps_the_identity_of_what_did_not_change() {
 #[test]
 fn every_resource_encodes_identically_from_build_to_build() {
     let text = meshd_model::voicecore::MESH_YAML;
-    let file = parse_file("voicecore.yaml", text).unwrap();
-    let config = Arc::new(MeshConfig::assemble([&file]));
+    let config = Arc::new(fixture::mesh(text));
     let proxies = workload_proxies(&config);
     assert!(proxies.len() >= 8, "the VoiceCore workloads");
     let opts = Arc::new(GenOptions {
@@ -460,11 +379,7 @@ fn workload_proxies(config: &MeshConfig) -> Vec<Proxy> {
 fn inbound_resources_follow_their_inputs_across_rebuilds() {
     use crate::resource::LISTENER;
     let voicecore = meshd_model::voicecore::MESH_YAML;
-    let config = |extra: &str| {
-        let file = parse_file("voicecore.yaml", &format!("{voicecore}\n---\n{extra}")).unwrap();
-        assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-        Arc::new(MeshConfig::assemble([&file]))
-    };
+    let config = |extra: &str| Arc::new(fixture::mesh(&format!("{voicecore}\n---\n{extra}")));
     let opts = Arc::new(GenOptions::default());
     let base = MeshSnapshot::build(1, config(""), opts.clone());
     let proxies: Vec<Proxy> = workload_proxies(&base.index.config)
@@ -504,11 +419,7 @@ fn inbound_resources_follow_their_inputs_across_rebuilds() {
 fn route_tables_share_virtual_hosts_only_where_namespaces_agree() {
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
     use prost::Message;
-    let service = |name: &str, ns: &str, n: u8| {
-        format!(
-            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [{name}.{ns}.svc.cluster.local]\n  addresses: [10.96.0.{n}]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  endpoints: [{{address: 10.44.0.{n}}}]\n---\n"
-        )
-    };
+    let service = |name: &str, ns: &str, n: u8| fixture::service(name, ns, n, fixture::HTTP_80);
     let services = service("web", "b", 30) + &service("api", "a", 31);
     let by_namespace = r#"
 apiVersion: networking.istio.io/v1
@@ -525,7 +436,7 @@ spec:
 ---
 "#;
     let route_table = |snap: &MeshSnapshot, ns: &str| {
-        let out = snap.generate(&proxy(ns));
+        let out = snap.generate(&sidecar("client", ns));
         let value = out[ROUTE].get("80").unwrap().value();
         let whole = RouteConfiguration::decode(value.as_ref()).unwrap();
         assert_eq!(whole.encode_to_vec(), value.as_ref(), "{ns}: canonical");
@@ -539,7 +450,7 @@ spec:
             .clone()
     };
 
-    let plain = snapshot_of(&services);
+    let plain = fixture::snapshot(&services);
     let tables: Vec<RouteConfiguration> = ["a", "b", "c"].map(|ns| route_table(&plain, ns)).into();
     assert_eq!(web(&tables[0]), web(&tables[2]), "a and c see web alike");
     assert!(web(&tables[1]).domains.contains(&"web".to_string()));
@@ -550,7 +461,7 @@ spec:
         "each service once for its own namespace and once for the others"
     );
 
-    let routed = snapshot_of(&format!("{services}{by_namespace}"));
+    let routed = fixture::snapshot(&format!("{services}{by_namespace}"));
     let timeout = |ns: &str| {
         let vh = web(&route_table(&routed, ns));
         any_to_json(&crate::resource::any(&vh))["routes"][0]["route"]["timeout"].clone()
@@ -570,11 +481,7 @@ spec:
 #[test]
 fn a_rebuild_serves_what_a_fresh_build_serves() {
     let voicecore = meshd_model::voicecore::MESH_YAML;
-    let config = |text: &str| {
-        let file = parse_file("voicecore.yaml", text).unwrap();
-        assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-        Arc::new(MeshConfig::assemble([&file]))
-    };
+    let config = |text: &str| Arc::new(fixture::mesh(text));
     let plaintext = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: voicecore-ai}\nspec: {mtls: {mode: DISABLE}}\n";
     let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: extra, namespace: voicecore-ai}\nspec: {host: billing-service, trafficPolicy: {connectionPool: {tcp: {maxConnections: 9}}}}\n";
     let opts = Arc::new(GenOptions::default());

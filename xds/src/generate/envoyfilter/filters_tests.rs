@@ -1,30 +1,17 @@
 //! HTTP_FILTER and NETWORK_FILTER patches as proxies receive them: each operation and context,
 //! `match.listener`, workloadSelector, and the sharing of what no patch selects.
 
-use crate::generate::{GenOptions, MeshSnapshot};
+use crate::generate::MeshSnapshot;
+use crate::generate::test_fixture as fixture;
 use crate::proxy::Proxy;
 use crate::resource::LISTENER;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-use meshd_model::{MeshConfig, parse_file};
 use prost::Message;
 use std::sync::Arc;
 
+/// With [`fixture::SERVER`]: another service, more workloads, an ingress gateway.
 pub(super) const MESH: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: server, namespace: app}
-spec:
-  hosts: [server.app.svc.cluster.local]
-  addresses: [10.96.0.20]
-  ports:
-  - {number: 8080, name: http, protocol: HTTP}
-  - {number: 8081, name: http-admin, protocol: HTTP}
-  - {number: 9000, name: tcp, protocol: TCP}
-  location: MESH_INTERNAL
-  resolution: STATIC
-  workloadSelector: {labels: {app: server}}
----
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: other, namespace: app}
@@ -36,11 +23,6 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   workloadSelector: {labels: {app: other}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: server, namespace: app}
-spec: {address: 10.44.0.20, labels: {app: server}, serviceAccount: server}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -121,11 +103,7 @@ const ROUTER: &str = "        filterChain: {filter: {name: envoy.filters.network
 /// The snapshot of the mesh with `extra`, whose objects all parse and validate; EnvoyFilters
 /// the generator rejects are in `patches.problems`.
 pub(super) fn snapshot_with_problems(extra: &str) -> MeshSnapshot {
-    let file = parse_file("mesh.yaml", &format!("{MESH}{extra}")).unwrap();
-    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
-    let config = MeshConfig::assemble([&file]);
-    assert!(config.rejected.is_empty(), "{:?}", config.rejected);
-    MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()))
+    fixture::snapshot(&format!("{}{MESH}{extra}", fixture::SERVER))
 }
 
 pub(super) fn snapshot(extra: &str) -> MeshSnapshot {
@@ -138,14 +116,14 @@ pub(super) fn snapshot(extra: &str) -> MeshSnapshot {
     snap
 }
 
+/// The proxy of workload `name` of [`MESH`] (each name is used once across its namespaces).
 pub(super) fn proxy(snap: &MeshSnapshot, name: &str) -> Proxy {
-    let w = snap
-        .config()
-        .workloads
-        .iter()
-        .find(|w| w.name == name)
-        .unwrap();
-    Proxy::for_workload(w, "cluster.local")
+    let ns = if name == "ingress" {
+        "istio-system"
+    } else {
+        "app"
+    };
+    fixture::workload_proxy(snap, name, ns)
 }
 
 pub(super) fn listener(snap: &MeshSnapshot, proxy_name: &str, name: &str) -> Listener {
@@ -488,13 +466,14 @@ fn unknown_types_and_missing_config_are_rejected_naming_the_field() {
             "spec.configPatches[0].patch.value.typed_config (or, served over ECDS, .config_discovery) is required",
         ),
     ] {
-        let text = format!(
-            "{MESH}{}",
-            filter("", "HTTP_FILTER", "ANY", ROUTER, "INSERT_BEFORE", value)
-        );
-        let file = parse_file("mesh.yaml", &text).unwrap();
-        let config = MeshConfig::assemble([&file]);
-        let snap = MeshSnapshot::build(1, Arc::new(config), Arc::new(GenOptions::default()));
+        let snap = snapshot_with_problems(&filter(
+            "",
+            "HTTP_FILTER",
+            "ANY",
+            ROUTER,
+            "INSERT_BEFORE",
+            value,
+        ));
         assert_eq!(snap.patches.problems.len(), 1);
         let p = &snap.patches.problems[0];
         assert!(p.reason.contains(want), "{want} in {p}");

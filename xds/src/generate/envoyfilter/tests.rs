@@ -2,13 +2,9 @@
 
 use super::*;
 use envoy_types::pb::envoy::config::route::v3::VirtualHost;
-use meshd_model::parse_file;
 
 pub(super) fn patches(yaml: &str) -> Patches {
-    let f = parse_file("ef.yaml", yaml).unwrap();
-    let mesh = MeshConfig::assemble([&f]);
-    assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
-    Patches::build(&mesh, "istio-system")
+    Patches::build(&crate::generate::test_fixture::mesh(yaml), "istio-system")
 }
 
 pub(super) const RATE_LIMIT: &str = r#"
