@@ -9,6 +9,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod fragments;
 mod warnings;
 
 /// An object (or a whole file) that is not in force, and why.

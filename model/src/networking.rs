@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 mod lb;
+pub mod merge;
 mod virtual_service;
 pub use lb::{LocalityDistribute, LocalityFailover, LocalityLbSetting, WarmupConfiguration};
 pub use virtual_service::*;

@@ -87,6 +87,79 @@ spec:
         assert_eq!(dr.workload_selector.as_ref().unwrap().labels["app"], "web");
     }
 
+    /// DestinationRule fragments (one host, one namespace, same exportTo, no selector) act as
+    /// one rule: a route may name the subsets of any of them, and what the merge drops (a
+    /// repeated subset, a second top-level trafficPolicy) is a warning naming both objects.
+    #[test]
+    fn fragments_merge_and_what_they_drop_is_reported() {
+        let text = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart-a, namespace: shop}
+spec:
+  host: cart
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart-b, namespace: shop}
+spec:
+  host: cart.shop.svc.cluster.local
+  exportTo: ["*"]
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  subsets: [{name: v1, labels: {version: one}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart-private, namespace: shop}
+spec:
+  host: cart
+  exportTo: ["."]
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart-selected, namespace: shop}
+spec:
+  host: cart
+  workloadSelector: {matchLabels: {app: web}}
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart, namespace: other}
+spec:
+  host: cart.shop.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart]
+  http:
+  - match: [{headers: {x-v: {exact: "2"}}}]
+    route: [{destination: {host: cart, subset: v2}}]
+  - route: [{destination: {host: cart, subset: v1}}]
+"#;
+        let file = parse_file("dr.yaml", text).unwrap();
+        assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+        let mesh = MeshConfig::assemble([&file]);
+        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
+        assert_eq!(mesh.virtual_services().count(), 1);
+        let shown: Vec<String> = mesh.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("dr.yaml:10: DestinationRule shop/cart-b: spec.subsets[0]: subset `v1` of cart.shop.svc.cluster.local is already defined by DestinationRule shop/cart-a"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with("dr.yaml:10: DestinationRule shop/cart-b: spec.trafficPolicy: ignored: DestinationRule shop/cart-a"),
+            "{shown:#?}"
+        );
+    }
+
     #[test]
     fn authorization_policies_meshd_cannot_enforce_are_reported_and_kept() {
         let text = r#"

@@ -105,7 +105,8 @@ fn notes(o: &ConfigObject) -> Vec<String> {
 }
 
 pub(crate) fn warnings(mesh: &MeshConfig) -> Vec<Rejected> {
-    mesh.objects
+    let mut out: Vec<Rejected> = mesh
+        .objects
         .values()
         .flat_map(|o| {
             notes(o).into_iter().map(|reason| Rejected {
@@ -117,7 +118,9 @@ pub(crate) fn warnings(mesh: &MeshConfig) -> Vec<Rejected> {
                 reason,
             })
         })
-        .collect()
+        .collect();
+    out.extend(super::fragments::warnings(mesh));
+    out
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ mod netns;
 mod telemetry;
 mod telemetry_api;
 mod telemetry_prometheus;
+mod traffic_dr_merge;
 mod traffic_dr_selector;
 mod traffic_envoyfilter;
 mod traffic_envoyfilter_lua;

@@ -1,9 +1,11 @@
-//! The index over the accepted config a snapshot is built from: services, DestinationRules,
-//! mesh routes, PeerAuthentications and Sidecars by the keys the builders look them up by.
+//! The index over the accepted config a snapshot is built from: services, DestinationRules
+//! (fragments merged as Istio merges them, once per snapshot), mesh routes,
+//! PeerAuthentications and Sidecars by the keys the builders look them up by.
 
 use super::selected::SelectedRules;
 use super::{GenOptions, cluster};
 use meshd_model::mesh::qualify_host;
+use meshd_model::networking::merge::{MergeKey, merge};
 use meshd_model::networking::{DestinationRule, Labels, Sidecar, Subset, VirtualService};
 use meshd_model::registry::{Endpoint, Port, Service, Workload, selector_matches};
 use meshd_model::security::{MtlsMode, PeerAuthentication};
@@ -11,18 +13,55 @@ use meshd_model::{ConfigObject, MeshConfig, SpecRef};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// A DestinationRule as proxies apply it: one object, or the fragments Istio merges into one
+/// (`meshd_model::networking::merge`), built once per snapshot and shared by every proxy.
+#[derive(Clone, Debug)]
+pub struct RuleRef(Rule);
+
+#[derive(Clone, Debug)]
+enum Rule {
+    One(SpecRef<DestinationRule>),
+    Merged(Arc<DestinationRule>),
+}
+
+impl RuleRef {
+    /// `fragments` in merge order, at least one.
+    fn of(fragments: &[SpecRef<DestinationRule>]) -> RuleRef {
+        match fragments {
+            [one] => RuleRef(Rule::One(one.clone())),
+            _ => {
+                let specs: Vec<&DestinationRule> = fragments.iter().map(|f| &**f).collect();
+                RuleRef(Rule::Merged(Arc::new(merge(&specs).0)))
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for RuleRef {
+    type Target = DestinationRule;
+    fn deref(&self) -> &DestinationRule {
+        match &self.0 {
+            Rule::One(r) => r,
+            Rule::Merged(r) => r,
+        }
+    }
+}
+
 /// Lookups over the accepted config.
 pub struct Index {
     pub domain_suffix: String,
     pub root_namespace: String,
     /// Positions in `config.services`, by host (the last of a duplicated host).
     pub(super) services: BTreeMap<String, usize>,
-    pub(super) destination_rules: BTreeMap<String, SpecRef<DestinationRule>>,
-    /// Every DestinationRule of a host without a `workloadSelector`, with its namespace.
-    pub(super) dr_candidates: BTreeMap<String, Vec<(String, SpecRef<DestinationRule>)>>,
+    pub(super) destination_rules: BTreeMap<String, RuleRef>,
+    /// Every DestinationRule of a host without a `workloadSelector`, with its namespace: the
+    /// fragments of one namespace with the same `exportTo` merged into one, in the order of
+    /// their first fragment's name.
+    pub(super) dr_candidates: BTreeMap<String, Vec<(String, RuleRef)>>,
     /// The DestinationRules with a `workloadSelector`, by the one namespace they apply in, each
     /// with its qualified host, in name order (see `selected_rules`).
     pub(super) dr_selected: HashMap<String, Vec<(String, SpecRef<DestinationRule>)>>,
+    /// See `restricted()`.
     pub(super) restricted: bool,
     /// VirtualServices for sidecars (bound to `mesh`), by qualified host.
     pub(super) mesh_routes: BTreeMap<String, Vec<(String, SpecRef<VirtualService>)>>,
@@ -54,14 +93,16 @@ impl Index {
             .enumerate()
             .map(|(i, s)| (s.hostname.clone(), i))
             .collect();
-        let mut dr_candidates: BTreeMap<String, Vec<(String, SpecRef<DestinationRule>)>> =
-            BTreeMap::new();
+        // Fragments by what they merge on, in first-seen order: objects come in (namespace,
+        // name) order, Istio's order of fragments with creation time left out.
+        let mut fragments: Vec<(MergeKey, Vec<SpecRef<DestinationRule>>)> = Vec::new();
+        let mut fragment_of: HashMap<MergeKey, usize> = HashMap::new();
         let mut dr_selected: HashMap<String, Vec<(String, SpecRef<DestinationRule>)>> =
             HashMap::new();
         for dr in config.shared::<DestinationRule>() {
             let ns = dr.object().meta.namespace();
             let host = qualify_host(&dr.host, ns, &suffix);
-            if dr.workload_selector.is_some() {
+            let Some(key) = MergeKey::of(&dr, ns, host.clone()) else {
                 // Selectors do not cross namespaces: as Istio, such a rule is private to its
                 // namespace whatever its `exportTo` says.
                 dr_selected
@@ -69,11 +110,21 @@ impl Index {
                     .or_default()
                     .push((host, dr));
                 continue;
+            };
+            match fragment_of.get(&key) {
+                Some(&i) => fragments[i].1.push(dr),
+                None => {
+                    fragment_of.insert(key.clone(), fragments.len());
+                    fragments.push((key, vec![dr]));
+                }
             }
+        }
+        let mut dr_candidates: BTreeMap<String, Vec<(String, RuleRef)>> = BTreeMap::new();
+        for (key, group) in fragments {
             dr_candidates
-                .entry(host)
+                .entry(key.host)
                 .or_default()
-                .push((ns.to_string(), dr));
+                .push((key.namespace, RuleRef::of(&group)));
         }
         let narrow = |e: &[String]| !e.is_empty() && !e.iter().any(|e| e == "*");
         let restricted = dr_candidates
@@ -83,7 +134,10 @@ impl Index {
             || config
                 .virtual_services()
                 .any(|(_, vs)| narrow(&vs.export_to))
-            || config.services.iter().any(|s| narrow(&s.export_to));
+            || config.services.iter().any(|s| narrow(&s.export_to))
+            // Rules for one host that were not merged (other namespaces): which applies
+            // depends on the proxy's namespace.
+            || dr_candidates.values().any(|rules| rules.len() > 1);
         let mut mesh_routes: BTreeMap<String, Vec<(String, SpecRef<VirtualService>)>> =
             BTreeMap::new();
         for vs in config.shared::<VirtualService>() {
@@ -169,17 +223,13 @@ impl Index {
     /// Istio's choice of DestinationRule for `host` as seen from namespace `ns` (`""`: a
     /// namespace with nothing of its own, which sees only what is exported everywhere): among
     /// the rules exported to `ns`, the one in `ns`, else in the service's namespace, else in the
-    /// root namespace, else the first. Without any narrowed `exportTo`: the first rule.
-    pub(super) fn pick_destination_rule(
-        &self,
-        host: &str,
-        ns: &str,
-    ) -> Option<&SpecRef<DestinationRule>> {
+    /// root namespace, else the first. Unrestricted, a host has one rule at most.
+    pub(super) fn pick_destination_rule(&self, host: &str, ns: &str) -> Option<&RuleRef> {
         let candidates = self.dr_candidates.get(host)?;
         if !self.restricted {
             return candidates.first().map(|(_, dr)| dr);
         }
-        let visible: Vec<&(String, SpecRef<DestinationRule>)> = candidates
+        let visible: Vec<&(String, RuleRef)> = candidates
             .iter()
             .filter(|(dr_ns, dr)| meshd_model::registry::exported_to(&dr.export_to, dr_ns, ns))
             .collect();
@@ -242,8 +292,11 @@ impl Index {
             .or_else(|| self.destination_rule_in(host, ns))
     }
 
-    /// Whether some ServiceEntry, Service, VirtualService or DestinationRule narrows its
-    /// `exportTo`: what a proxy sees then depends on its namespace.
+    /// Whether what a proxy sees depends on its namespace: some ServiceEntry, Service,
+    /// VirtualService or DestinationRule narrows its `exportTo`, or some host has
+    /// DestinationRules (without a selector) in more than one namespace, which are never
+    /// merged: Istio's lookup takes the proxy's namespace's, then the service's, then the root
+    /// namespace's.
     pub fn restricted(&self) -> bool {
         self.restricted
     }
@@ -341,3 +394,7 @@ impl Index {
             .or_else(|| in_ns(&self.root_namespace, false))
     }
 }
+
+#[cfg(test)]
+#[path = "merge_tests.rs"]
+mod merge_tests;
