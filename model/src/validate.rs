@@ -227,8 +227,17 @@ fn gateway_server(at: &str, s: &crate::networking::Server) -> Check {
             s.port.protocol
         ));
     }
-    if s.bind.is_some() {
-        return Err(format!("{at}.bind is not supported"));
+    if let Some(bind) = &s.bind {
+        if bind.starts_with("unix://") {
+            return Err(format!(
+                "{at}.bind: `{bind}`: unix-socket servers are valid Istio, but meshd does not serve them"
+            ));
+        }
+        if bind.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "{at}.bind: `{bind}` is not an IP address (x.x.x.x, an IPv6 address, or unix://path)"
+            ));
+        }
     }
     if s.port.target_port.is_some() {
         return Err(format!("{at}.port.targetPort is not supported"));

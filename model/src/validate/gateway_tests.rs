@@ -79,3 +79,26 @@ fn server_tls_modes() {
         );
     }
 }
+
+#[test]
+fn server_bind() {
+    let gateway = |bind: &str| {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: a}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 8080, name: http, protocol: HTTP}}\n    hosts: ['*']\n    bind: {bind}\n"
+        );
+        let file = parse_file("gw.yaml", &text).expect("valid YAML");
+        file.rejected.first().map(|e| e.to_string())
+    };
+    assert_eq!(gateway("127.0.0.1"), None);
+    assert_eq!(gateway("'::1'"), None);
+    let bad = gateway("localhost").expect("a host name is refused");
+    assert!(
+        bad.contains("spec.servers[0].bind: `localhost` is not an IP address"),
+        "{bad}"
+    );
+    let uds = gateway("unix:///var/run/gw.sock").expect("unix sockets are refused");
+    assert!(
+        uds.contains("spec.servers[0].bind: `unix:///var/run/gw.sock`: unix-socket servers are valid Istio, but meshd does not serve them"),
+        "{uds}"
+    );
+}

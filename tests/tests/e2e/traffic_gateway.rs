@@ -714,3 +714,91 @@ spec:
             .contains("either credentialName or the certificate files")
     }));
 }
+
+/// Gateway `bind`: a server bound to 127.0.0.1 is reachable from inside the gateway's own pod
+/// only (Istio's use: gateway-internal servers), while a server without `bind` on the same
+/// gateway serves every client.
+#[test]
+fn gateway_server_bound_to_loopback_serves_only_its_own_pod() {
+    const LOCAL: u16 = 9080;
+    let gw = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingressgateway, namespace: istio-system}}
+spec:
+  address: {gw_ip}
+  labels: {{istio: ingressgateway}}
+  serviceAccount: istio-ingressgateway
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {PORT}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+  - port: {{number: {LOCAL}, name: http-local, protocol: HTTP}}
+    hosts: ["*"]
+    bind: 127.0.0.1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  hosts: ["*"]
+  gateways: [web]
+  http:
+  - route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
+"#,
+        gw_ip = ip(2),
+        api = fqdn("api"),
+    );
+    let yaml = [
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+        gw,
+    ]
+    .concat();
+    let mesh = mesh("gateway-bind", &yaml, &[]);
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    let gw = mesh
+        .add_sidecar_pod_with(
+            "ingressgateway.istio-system",
+            ip(2),
+            PORT,
+            gateway_options(),
+        )
+        .unwrap();
+    let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
+    let wait = std::time::Duration::from_secs(30);
+    let everyone = format!("http://{}:{PORT}/hello", ip(2));
+    assert!(
+        wait_until(wait, || get(&outside, &everyone).status == 200),
+        "the unbound server answers every client"
+    );
+    assert_eq!(get(&outside, &everyone).service(), "api");
+    let local = format!("http://127.0.0.1:{LOCAL}/hello");
+    assert!(
+        wait_until(wait, || get(&gw, &local).status == 200),
+        "the bound server answers inside the gateway's pod"
+    );
+    assert_eq!(get(&gw, &local).service(), "api");
+    let from_outside = get(&outside, &format!("http://{}:{LOCAL}/hello", ip(2)));
+    assert_eq!(
+        from_outside.no_answer,
+        Some(NoAnswer::Refused),
+        "no listener on the pod's address: {from_outside:?}"
+    );
+    let dump = gw.envoy_config_dump().unwrap();
+    let listeners = dump_active_listeners(&dump);
+    assert!(
+        listeners.contains(&format!("127.0.0.1_{LOCAL}")),
+        "{listeners:?}"
+    );
+    assert!(
+        !listeners.contains(&format!("0.0.0.0_{LOCAL}")),
+        "{listeners:?}"
+    );
+}

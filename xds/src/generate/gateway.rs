@@ -272,6 +272,12 @@ fn add_virtual_hosts(
     }
 }
 
+/// A server with the namespace and name of its Gateway.
+type GatewayServer<'a> = (&'a str, &'a str, &'a Server);
+
+/// Where a server without `bind` listens, as istiod: every IPv4 address.
+const ANY_ADDRESS: &str = "0.0.0.0";
+
 pub fn build(
     snapshot: &MeshSnapshot,
     namespace: &str,
@@ -282,10 +288,12 @@ pub fn build(
         .gateways()
         .filter(|(_, g)| !g.selector.is_empty() && selector_matches(&g.selector, labels))
         .collect();
-    let mut by_port: BTreeMap<u32, Vec<(&str, &str, &Server)>> = BTreeMap::new();
+    // One listener per address the servers bind to (`bind`, else every address) and port.
+    let mut by_port: BTreeMap<(u32, &str), Vec<GatewayServer<'_>>> = BTreeMap::new();
     for (o, g) in &gateways {
         for s in &g.servers {
-            by_port.entry(s.port.number).or_default().push((
+            let bind = s.bind.as_deref().unwrap_or(ANY_ADDRESS);
+            by_port.entry((s.port.number, bind)).or_default().push((
                 o.meta.namespace(),
                 o.meta.name.as_str(),
                 s,
@@ -325,7 +333,7 @@ pub fn build(
             .splice(0..0, authz.network_filters.iter().cloned());
         chain
     };
-    for (port, servers) in by_port {
+    for ((port, bind), servers) in by_port {
         let mut chains: Vec<FilterChain> = Vec::new();
         let http_servers: Vec<&(&str, &str, &Server)> =
             servers.iter().filter(|(_, _, s)| is_http(s)).collect();
@@ -469,10 +477,10 @@ pub fn build(
                 .as_ref()
                 .is_some_and(|m| !m.server_names.is_empty() || !m.transport_protocol.is_empty())
         });
-        let name = format!("0.0.0.0_{port}");
+        let name = format!("{bind}_{port}");
         let l = Listener {
             name: name.clone(),
-            address: Some(socket_address("0.0.0.0", port)),
+            address: Some(socket_address(bind, port)),
             traffic_direction: TrafficDirection::Outbound as i32,
             listener_filters: if inspect {
                 vec![ListenerFilter {
@@ -519,3 +527,7 @@ fn server_wants(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "gateway_tests.rs"]
+mod tests;
