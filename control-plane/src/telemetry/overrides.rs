@@ -189,6 +189,20 @@ spec: {address: 10.44.0.20, labels: {app: api}, serviceAccount: api}
         text
     }
 
+    /// [`recorded`] under a Telemetry selecting `web` with the metrics overrides `overrides`
+    /// (YAML list items, indented as under `overrides:`).
+    fn recorded_for_web(
+        overrides: &str,
+        entry: &envoy_types::pb::envoy::data::accesslog::v3::HttpAccessLogEntry,
+    ) -> String {
+        recorded(
+            &format!(
+                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: web, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  metrics:\n  - overrides:\n{overrides}"
+            ),
+            entry,
+        )
+    }
+
     fn entry_200() -> envoy_types::pb::envoy::data::accesslog::v3::HttpAccessLogEntry {
         use envoy_types::pb::envoy::data::accesslog::v3::{
             AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties,
@@ -212,16 +226,8 @@ spec: {address: 10.44.0.20, labels: {app: api}, serviceAccount: api}
     /// and removes `response_code` from its duration histogram.
     #[test]
     fn a_workload_telemetry_shapes_what_meshd_records_for_it() {
-        let text = recorded(
-            "\
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: web, namespace: shop}
-spec:
-  selector: {matchLabels: {app: web}}
-  metrics:
-  - overrides:
-    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+        let text = recorded_for_web(
+            "    - match: {metric: REQUEST_COUNT, mode: CLIENT}
       disabled: true
     - match: {metric: REQUEST_DURATION}
       tagOverrides: {response_code: {operation: REMOVE}}
@@ -268,16 +274,8 @@ spec:
     /// of that name or come after Istio's labels; other metrics and workloads keep theirs.
     #[test]
     fn upserted_tags_take_their_value_from_the_entry() {
-        let text = recorded(
-            "\
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: web, namespace: shop}
-spec:
-  selector: {matchLabels: {app: web}}
-  metrics:
-  - overrides:
-    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+        let text = recorded_for_web(
+            "    - match: {metric: REQUEST_COUNT, mode: CLIENT}
       tagOverrides:
         request_host: {value: request.host}
         user: {value: \"request.headers['x-user']\"}

@@ -32,20 +32,7 @@ fn dashboard_in_chromium_shows_the_traffic_of_metrics_and_config_changes_live() 
     ]
     .concat();
     let mesh = mesh("dashboard", &yaml, &[(api.clone(), vip(20))]);
-    let client = mesh
-        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
-        .unwrap();
-    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || get(
-            &client,
-            &format!("http://{api}:{PORT}/warmup?status=202")
-        )
-        .status
-            == 202),
-        "the client reaches api through its sidecar"
-    );
+    let client = client_reaching_api(&mesh, PORT);
 
     const OK: usize = 17;
     const ERRORS: usize = 4;

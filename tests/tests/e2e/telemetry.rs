@@ -470,20 +470,7 @@ spec:
     );
     let yaml = [client_and_api(PORT), telemetry].concat();
     let mesh = mesh("telemetry-upsert", &yaml, &[(api.clone(), vip(20))]);
-    let client = mesh
-        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
-        .unwrap();
-    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || get(
-            &client,
-            &format!("http://{api}:{PORT}/warmup?status=202")
-        )
-        .status
-            == 202),
-        "the client reaches api through its sidecar"
-    );
+    let client = client_reaching_api(&mesh, PORT);
     let url = format!("http://{api}:{PORT}/ok");
     for (user, n) in [("ada", 3), ("bob", 2)] {
         for a in burst(&client, &url, &[("x-user", user)], n, 2) {

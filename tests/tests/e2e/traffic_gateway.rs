@@ -39,6 +39,17 @@ fn curl(pod: &Pod, ca: &Path, host: &str, ip: std::net::Ipv4Addr, url: &str) -> 
     (code.trim().parse().unwrap(), text.to_string())
 }
 
+/// The ingress gateway's pod (host 2, the `ingressgateway` WorkloadEntry of each test's mesh).
+fn ingress_gateway(mesh: &Mesh) -> SidecarPod {
+    mesh.add_sidecar_pod_with(
+        "ingressgateway.istio-system",
+        ip(2),
+        PORT,
+        gateway_options(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn ingress_gateway_tls_path_routing_and_https_redirect() {
     let certs = tempfile::tempdir().unwrap();
@@ -98,14 +109,7 @@ spec:
         .unwrap();
     mesh.add_sidecar_pod(&format!("web.{NS}"), ip(21), PORT)
         .unwrap();
-    let gw = mesh
-        .add_sidecar_pod_with(
-            "ingressgateway.istio-system",
-            ip(2),
-            PORT,
-            gateway_options(),
-        )
-        .unwrap();
+    let gw = ingress_gateway(&mesh);
     let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
     let ca = certs.path().join("ca.pem");
 
@@ -370,14 +374,7 @@ spec:
     );
     mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
         .unwrap();
-    let gw = mesh
-        .add_sidecar_pod_with(
-            "ingressgateway.istio-system",
-            ip(2),
-            PORT,
-            gateway_options(),
-        )
-        .unwrap();
+    let gw = ingress_gateway(&mesh);
     // The passthrough backend terminates TLS itself (a plain pod outside the mesh).
     let backend = mesh.add_plain_pod("tls-backend", backend_ip).unwrap();
     let root = one.path().join("www");
@@ -763,14 +760,7 @@ spec:
     let mesh = mesh("gateway-bind", &yaml, &[]);
     mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
         .unwrap();
-    let gw = mesh
-        .add_sidecar_pod_with(
-            "ingressgateway.istio-system",
-            ip(2),
-            PORT,
-            gateway_options(),
-        )
-        .unwrap();
+    let gw = ingress_gateway(&mesh);
     let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
     let wait = std::time::Duration::from_secs(30);
     let everyone = format!("http://{}:{PORT}/hello", ip(2));

@@ -72,6 +72,24 @@ pub fn client_and_api(port: u16) -> String {
     .concat()
 }
 
+/// Starts the `client` (host 10) and `api` (host 20) sidecar pods of [`client_and_api`]'s mesh
+/// and waits until the client reaches api through its sidecar, with a status (202) that the
+/// telemetry tests do not count.
+pub fn client_reaching_api(mesh: &Mesh, port: u16) -> SidecarPod {
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), port)
+        .unwrap();
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), port)
+        .unwrap();
+    let warmup = format!("http://{}:{port}/warmup?status=202", fqdn("api"));
+    assert!(
+        wait_until(Duration::from_secs(30), || get(&client, &warmup).status
+            == 202),
+        "the client reaches api through its sidecar"
+    );
+    client
+}
+
 pub fn mesh(name: &str, yaml: &str, hosts: &[(String, Ipv4Addr)]) -> Mesh {
     mesh_with(MeshOptions::named(name).config("mesh.yaml", yaml), hosts)
 }
