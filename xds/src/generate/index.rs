@@ -87,7 +87,7 @@ pub struct Index {
 impl Index {
     pub fn new(config: Arc<MeshConfig>, opts: &GenOptions) -> Index {
         let suffix = opts.domain_suffix.clone();
-        let services = config
+        let services: BTreeMap<String, usize> = config
             .services
             .iter()
             .enumerate()
@@ -137,7 +137,15 @@ impl Index {
             || config.services.iter().any(|s| narrow(&s.export_to))
             // Rules for one host that were not merged (other namespaces): which applies
             // depends on the proxy's namespace.
-            || dr_candidates.values().any(|rules| rules.len() > 1);
+            || dr_candidates.values().any(|rules| rules.len() > 1)
+            // A rule outside its service's and the root namespace applies to the proxies of
+            // its own namespace only.
+            || dr_candidates.iter().any(|(host, rules)| {
+                let service_ns = services.get(host).map(|i| config.services[*i].namespace.as_str());
+                rules.iter().any(|(ns, _)| {
+                    *ns != opts.root_namespace && Some(ns.as_str()) != service_ns
+                })
+            });
         let mut mesh_routes: BTreeMap<String, Vec<(String, SpecRef<VirtualService>)>> =
             BTreeMap::new();
         for vs in config.shared::<VirtualService>() {
@@ -223,7 +231,9 @@ impl Index {
     /// Istio's choice of DestinationRule for `host` as seen from namespace `ns` (`""`: a
     /// namespace with nothing of its own, which sees only what is exported everywhere): among
     /// the rules exported to `ns`, the one in `ns`, else in the service's namespace, else in the
-    /// root namespace, else the first. Unrestricted, a host has one rule at most.
+    /// root namespace; a rule in any other namespace applies to its own namespace's proxies only,
+    /// as Istio looks no further. Unrestricted, a host has one rule at most, in its service's or
+    /// the root namespace.
     pub(super) fn pick_destination_rule(&self, host: &str, ns: &str) -> Option<&RuleRef> {
         let candidates = self.dr_candidates.get(host)?;
         if !self.restricted {
@@ -242,7 +252,6 @@ impl Index {
         in_ns(Some(ns))
             .or_else(|| in_ns(service_ns))
             .or_else(|| in_ns(Some(self.root_namespace.as_str())))
-            .or_else(|| visible.first())
             .map(|(_, dr)| dr)
     }
 

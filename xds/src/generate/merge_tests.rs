@@ -234,3 +234,38 @@ fn selector_rules_are_not_merged_with_rules_without_one() {
         ["", "v1"]
     );
 }
+
+/// Istio looks for a host's rule in the proxy's namespace, the service's and the root
+/// namespace, and nowhere else: a rule in a third namespace is the client-side rule of that
+/// namespace's proxies only, not a fallback for everyone.
+#[test]
+fn a_rule_outside_the_lookup_path_applies_to_its_own_namespace_only() {
+    let snap = snapshot(&[rule(
+        "a",
+        "web",
+        "  trafficPolicy: {connectionPool: {tcp: {maxConnections: 3}}}\n  subsets: [{name: v3, labels: {version: v3}}]",
+    )]);
+    assert!(
+        snap.index.restricted(),
+        "which rule applies depends on the namespace"
+    );
+    let in_a = web_clusters(&snap, &sidecar("a", "client"));
+    assert_eq!(subsets(&in_a), ["", "v3"]);
+    assert!(in_a.iter().all(|(_, max)| *max == 3), "{in_a:?}");
+    for ns in ["b", "c"] {
+        let other = web_clusters(&snap, &sidecar(ns, "client"));
+        assert_eq!(subsets(&other), [""], "{ns}");
+        assert!(other.iter().all(|(_, max)| *max != 3), "{ns}: {other:?}");
+    }
+    // In the root namespace the rule is everyone's fallback.
+    let snap = snapshot(&[rule(
+        "istio-system",
+        "web",
+        "  subsets: [{name: v3, labels: {version: v3}}]",
+    )]);
+    assert!(!snap.index.restricted());
+    assert_eq!(
+        subsets(&web_clusters(&snap, &sidecar("c", "client"))),
+        ["", "v3"]
+    );
+}
