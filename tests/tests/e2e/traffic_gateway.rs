@@ -39,7 +39,15 @@ fn curl(pod: &Pod, ca: &Path, host: &str, ip: std::net::Ipv4Addr, url: &str) -> 
     (code.trim().parse().unwrap(), text.to_string())
 }
 
-/// The ingress gateway's pod (host 2, the `ingressgateway` WorkloadEntry of each test's mesh).
+/// The ingress gateway's WorkloadEntry (host 2), for a test's mesh.
+fn ingress_entry() -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ingressgateway, namespace: istio-system}}\nspec:\n  address: {}\n  labels: {{istio: ingressgateway}}\n  serviceAccount: istio-ingressgateway\n",
+        ip(2)
+    )
+}
+
+/// The ingress gateway's pod (host 2, [`ingress_entry`]).
 fn ingress_gateway(mesh: &Mesh) -> SidecarPod {
     mesh.add_sidecar_pod_with(
         "ingressgateway.istio-system",
@@ -59,14 +67,6 @@ fn ingress_gateway_tls_path_routing_and_https_redirect() {
     let key = certs.path().join("key.pem");
     let gw = format!(
         r#"apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: ingressgateway, namespace: istio-system}}
-spec:
-  address: {gw_ip}
-  labels: {{istio: ingressgateway}}
-  serviceAccount: istio-ingressgateway
----
-apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: web, namespace: {NS}}}
 spec:
@@ -90,7 +90,6 @@ spec:
     route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
   - route: [{{destination: {{host: {web}, port: {{number: {PORT}}}}}}}]
 "#,
-        gw_ip = ip(2),
         cert = cert.display(),
         key = key.display(),
         api = fqdn("api"),
@@ -102,6 +101,7 @@ spec:
         service("web", vip(21), PORT),
         workload("web", "web", ip(21), &[]),
         gw,
+        ingress_entry(),
     ]
     .concat();
     let mesh = mesh("ingress", &yaml, &[]);
@@ -295,14 +295,6 @@ fn gateway_certificates_by_sni_mutual_tls_and_passthrough() {
     let backend_ip = ip(60);
     let config = format!(
         r#"apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: ingressgateway, namespace: istio-system}}
-spec:
-  address: {gw_ip}
-  labels: {{istio: ingressgateway}}
-  serviceAccount: istio-ingressgateway
----
-apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: web, namespace: {NS}}}
 spec:
@@ -353,7 +345,6 @@ spec:
   - match: [{{sniHosts: [pass.example.com], port: 9444}}]
     route: [{{destination: {{host: tls-backend.example, port: {{number: 8443}}}}}}]
 "#,
-        gw_ip = ip(2),
         cert1 = f1("cert.pem"),
         key1 = f1("key.pem"),
         ca1 = f1("ca.pem"),
@@ -365,6 +356,7 @@ spec:
         service("api", vip(20), PORT),
         workload("api", "api", ip(20), &[]),
         config,
+        ingress_entry(),
     ]
     .concat();
     let mesh = mesh("gwtls", &yaml, &[]);
@@ -720,14 +712,6 @@ fn gateway_server_bound_to_loopback_serves_only_its_own_pod() {
     const LOCAL: u16 = 9080;
     let gw = format!(
         r#"apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: ingressgateway, namespace: istio-system}}
-spec:
-  address: {gw_ip}
-  labels: {{istio: ingressgateway}}
-  serviceAccount: istio-ingressgateway
----
-apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: web, namespace: {NS}}}
 spec:
@@ -748,13 +732,13 @@ spec:
   http:
   - route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
 "#,
-        gw_ip = ip(2),
         api = fqdn("api"),
     );
     let yaml = [
         service("api", vip(20), PORT),
         workload("api", "api", ip(20), &[]),
         gw,
+        ingress_entry(),
     ]
     .concat();
     let mesh = mesh("gateway-bind", &yaml, &[]);
