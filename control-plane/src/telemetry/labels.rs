@@ -16,12 +16,14 @@ use envoy_types::pb::envoy::data::accesslog::v3::{
     tls_properties::certificate_properties::subject_alt_name::San,
 };
 use meshd_xds::proxy::Identity;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{
+    EncodeLabelKey, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
 use std::net::IpAddr;
 
 pub const UNKNOWN: &str = "unknown";
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Labels {
     pub reporter: String,
     pub source_workload: String,
@@ -49,8 +51,93 @@ pub struct Labels {
     pub response_flags: String,
     pub connection_security_policy: String,
     /// Tags a Telemetry object upserts beyond Istio's own, sorted by name.
-    #[prometheus(flatten)]
     pub custom: Vec<(String, String)>,
+}
+
+impl Labels {
+    /// Istio's labels by name, in Istio's order.
+    fn istio(&self) -> [(&'static str, &str); 25] {
+        [
+            ("reporter", &self.reporter),
+            ("source_workload", &self.source_workload),
+            ("source_workload_namespace", &self.source_workload_namespace),
+            ("source_principal", &self.source_principal),
+            ("source_app", &self.source_app),
+            ("source_version", &self.source_version),
+            ("source_canonical_service", &self.source_canonical_service),
+            ("source_canonical_revision", &self.source_canonical_revision),
+            ("source_cluster", &self.source_cluster),
+            ("destination_service", &self.destination_service),
+            ("destination_service_name", &self.destination_service_name),
+            (
+                "destination_service_namespace",
+                &self.destination_service_namespace,
+            ),
+            ("destination_workload", &self.destination_workload),
+            (
+                "destination_workload_namespace",
+                &self.destination_workload_namespace,
+            ),
+            ("destination_principal", &self.destination_principal),
+            ("destination_app", &self.destination_app),
+            ("destination_version", &self.destination_version),
+            (
+                "destination_canonical_service",
+                &self.destination_canonical_service,
+            ),
+            (
+                "destination_canonical_revision",
+                &self.destination_canonical_revision,
+            ),
+            ("destination_cluster", &self.destination_cluster),
+            ("request_protocol", &self.request_protocol),
+            ("response_code", &self.response_code),
+            ("grpc_response_status", &self.grpc_response_status),
+            ("response_flags", &self.response_flags),
+            (
+                "connection_security_policy",
+                &self.connection_security_policy,
+            ),
+        ]
+    }
+}
+
+/// A label value escaped as Prometheus' text format wants it. `prometheus-client` writes label
+/// values as they are, and some come from what a client sent (a header, a path) or from what a
+/// reporting proxy put in its entries (a cluster name): a `"` or a newline there would end the
+/// value early and break `/metrics` for the whole mesh.
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..i])?;
+            encoder.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        encoder.write_str(rest)
+    }
+}
+
+impl EncodeLabelSet for Labels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> std::fmt::Result {
+        let custom = self.custom.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (name, value) in self.istio().into_iter().chain(custom) {
+            let mut label = encoder.encode_label();
+            let mut key = label.encode_label_key()?;
+            EncodeLabelKey::encode(&name, &mut key)?;
+            let mut v = key.encode_label_value()?;
+            Escaped(value).encode(&mut v)?;
+            v.finish()?;
+        }
+        Ok(())
+    }
 }
 
 /// The proxy that sent the entries, as proven by its stream and known to the registry.

@@ -465,6 +465,39 @@ fn label_values_a_proxy_could_make_up_are_bounded() {
     }
 }
 
+/// A reporter writes what it likes in its entries (here a cluster name with a quote, a newline
+/// and a backslash): the value is escaped, so `/metrics` keeps one line per sample and every
+/// other series intact.
+#[test]
+fn label_values_are_escaped_so_no_entry_can_break_the_exposition() {
+    let metrics = MeshMetrics::new(SeriesLimits::default());
+    let web = reporter("web-v1", "web");
+    let evil = "outbound|8080||a\"} 1\nistio_requests_total{x=\"\\";
+    metrics.record_http(&web, Direction::Outbound, &http(200, evil, 1), &directory());
+    metrics.record_http(
+        &web,
+        Direction::Outbound,
+        &http(200, "outbound|8080||api.shop.svc.cluster.local", 1),
+        &directory(),
+    );
+    let mut out = String::new();
+    metrics.encode_into(&mut out);
+    let samples: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total"))
+        .collect();
+    assert_eq!(samples.len(), 2, "{out}");
+    assert!(
+        samples
+            .iter()
+            .any(|l| l.contains(r#"destination_service="a\"} 1\nistio_requests_total{x=\"\\","#)),
+        "{out}"
+    );
+    for l in &samples {
+        assert!(l.ends_with("} 1"), "one sample per line: {l}");
+    }
+}
+
 #[test]
 fn series_naming_a_workload_gone_from_the_registry_are_removed() {
     let m = MeshMetrics::new(SeriesLimits::default());
