@@ -3,12 +3,11 @@
 //! traffic (it can only mislabel that), capped in length so a client's header cannot make a
 //! label of any size; a value the entry does not carry is `unknown`, as Istio writes it.
 
-use super::labels::UNKNOWN;
-use envoy_types::pb::envoy::config::core::v3::{Address, RequestMethod, address};
+use super::labels::{UNKNOWN, peer_uris, socket};
+use envoy_types::pb::envoy::config::core::v3::{Address, RequestMethod};
 use envoy_types::pb::envoy::data::accesslog::v3::{
     AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties,
     http_access_log_entry::HttpVersion, tls_properties::TlsVersion,
-    tls_properties::certificate_properties::subject_alt_name::San,
 };
 use meshd_model::telemetry_tag::{Attribute, TagValue};
 
@@ -109,22 +108,11 @@ impl<'a> EntryAttributes<'a> {
                 }
                 .to_string()
             }
-            Attribute::ConnectionUriSanPeerCertificate => self.peer_uri()?.to_string(),
+            Attribute::ConnectionUriSanPeerCertificate => {
+                peer_uris(self.common).next()?.to_string()
+            }
             Attribute::XdsClusterName => text(&self.common.upstream_cluster)?,
             Attribute::XdsRouteName => text(&self.common.route_name)?,
-        })
-    }
-
-    fn peer_uri(&self) -> Option<&str> {
-        let peer = self
-            .common
-            .tls_properties
-            .as_ref()?
-            .peer_certificate_properties
-            .as_ref()?;
-        peer.subject_alt_name.iter().find_map(|s| match &s.san {
-            Some(San::Uri(u)) => Some(u.as_str()),
-            _ => None,
         })
     }
 
@@ -138,24 +126,15 @@ impl<'a> EntryAttributes<'a> {
     }
 }
 
-fn socket(a: Option<&Address>) -> Option<&envoy_types::pb::envoy::config::core::v3::SocketAddress> {
-    match a?.address.as_ref()? {
-        address::Address::SocketAddress(s) => Some(s),
-        _ => None,
-    }
-}
-
 fn ip(a: Option<&Address>) -> Option<String> {
-    let s = socket(a)?;
-    (!s.address.is_empty()).then(|| s.address.clone())
+    socket(a).map(|(ip, _)| ip.to_string())
 }
 
 fn port(a: Option<&Address>) -> Option<String> {
-    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-    match socket(a)?.port_specifier {
-        Some(PortSpecifier::PortValue(p)) => Some(p.to_string()),
-        _ => None,
-    }
+    socket(a)
+        .map(|(_, port)| port)
+        .filter(|p| *p != 0)
+        .map(|p| p.to_string())
 }
 
 fn cap(mut v: String) -> String {
@@ -172,8 +151,8 @@ fn cap(mut v: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::core::v3::SocketAddress;
     use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::{SocketAddress, address};
     use meshd_model::telemetry_tag::parse;
 
     fn addr(ip: &str, port: u32) -> Option<Address> {

@@ -224,17 +224,23 @@ fn spiffe_namespace(uri: &str) -> Option<&str> {
     }
 }
 
-/// The URI SAN of the peer certificate Envoy verified, if the connection was mTLS.
-fn verified_peer(common: &AccessLogCommon) -> Option<&str> {
+/// The URI SANs of the peer certificate Envoy verified, if the connection was mTLS.
+pub(super) fn peer_uris(common: &AccessLogCommon) -> impl Iterator<Item = &str> {
     let peer = common
         .tls_properties
-        .as_ref()?
-        .peer_certificate_properties
-        .as_ref()?;
-    peer.subject_alt_name.iter().find_map(|s| match &s.san {
-        Some(San::Uri(u)) if u.starts_with("spiffe://") => Some(u.as_str()),
-        _ => None,
-    })
+        .as_ref()
+        .and_then(|t| t.peer_certificate_properties.as_ref());
+    peer.into_iter()
+        .flat_map(|p| &p.subject_alt_name)
+        .filter_map(|s| match &s.san {
+            Some(San::Uri(u)) => Some(u.as_str()),
+            _ => None,
+        })
+}
+
+/// The SPIFFE id of the peer certificate Envoy verified, if the connection was mTLS.
+fn verified_peer(common: &AccessLogCommon) -> Option<&str> {
+    peer_uris(common).find(|u| u.starts_with("spiffe://"))
 }
 
 /// `outbound|PORT|SUBSET|HOST` → HOST (the service's FQDN), for clusters meshd generated.
@@ -246,7 +252,8 @@ fn outbound_host(cluster: &str) -> Option<&str> {
     }
 }
 
-fn socket(a: Option<&Address>) -> Option<(IpAddr, u32)> {
+/// An address's IP and port (0 when it has none), if it is an IP socket address.
+pub(super) fn socket(a: Option<&Address>) -> Option<(IpAddr, u32)> {
     match a?.address.as_ref()? {
         address::Address::SocketAddress(s) => {
             let ip = s.address.parse().ok()?;

@@ -42,15 +42,6 @@ pub struct Step {
     pub received: u64,
 }
 
-impl Step {
-    const NOTHING: Step = Step {
-        opened: false,
-        closed: false,
-        sent: 0,
-        received: 0,
-    };
-}
-
 pub struct OpenConnections {
     open: Mutex<HashMap<ConnKey, Seen>>,
     max: usize,
@@ -77,7 +68,7 @@ impl OpenConnections {
         let delta = |seen: &Seen| Step {
             sent: sent.saturating_sub(seen.sent),
             received: received.saturating_sub(seen.received),
-            ..Step::NOTHING
+            ..Step::default()
         };
         match kind {
             AccessLogType::TcpUpstreamConnected | AccessLogType::TcpPeriodic => {
@@ -94,7 +85,7 @@ impl OpenConnections {
                 // connect (see the generator's `with_tcp_log`), and a connection older than
                 // this meshd is new to it. Without room, its end entry counts it whole.
                 if !Self::room(&mut open, self.max, now) {
-                    return Step::NOTHING;
+                    return Step::default();
                 }
                 open.insert(
                     key,
@@ -108,7 +99,7 @@ impl OpenConnections {
                     opened: true,
                     sent,
                     received,
-                    ..Step::NOTHING
+                    ..Step::default()
                 }
             }
             AccessLogType::TcpConnectionEnd | AccessLogType::NotSet => match open.remove(&key) {
@@ -123,7 +114,7 @@ impl OpenConnections {
                     received,
                 },
             },
-            _ => Step::NOTHING,
+            _ => Step::default(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Gateway listeners by the address their servers bind to.
 
-use crate::generate::test_fixture::{SERVER, resource, router, snapshot};
+use crate::generate::test_fixture::{INGRESS, SERVER, resource, router, snapshot};
 use crate::resource::LISTENER;
 
 /// A server with `bind` listens on that address only, in a listener of its own named
@@ -9,12 +9,7 @@ use crate::resource::LISTENER;
 fn servers_listen_where_they_bind() {
     let yaml = format!(
         r#"{SERVER}---
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: ingress, namespace: istio-system}}
-spec: {{address: 10.44.0.2, labels: {{istio: ingressgateway}}, serviceAccount: ingress}}
----
-apiVersion: networking.istio.io/v1
+{INGRESS}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: app}}
 spec:

@@ -3,7 +3,7 @@
 //! filters in place on the inbound path.
 
 use crate::generate::MeshSnapshot;
-use crate::generate::test_fixture::{self as fixture, labels, resource, router, sidecar};
+use crate::generate::test_fixture::{self as fixture, INGRESS, labels, resource, router, sidecar};
 use crate::resource::{ENDPOINT, LISTENER};
 use meshd_model::security::MtlsMode;
 use serde_json::Value;
@@ -342,12 +342,7 @@ fn gateway_credentials_come_from_secrets_of_the_gateway_namespace_over_sds() {
     let ca = "-----BEGIN CERTIFICATE-----\nMIIBca\n-----END CERTIFICATE-----\n";
     let yaml = format!(
         r#"
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: ingress, namespace: istio-system}}
-spec: {{address: 10.44.0.2, labels: {{istio: ingressgateway}}, serviceAccount: ingress}}
----
-apiVersion: v1
+{INGRESS}apiVersion: v1
 kind: Secret
 metadata: {{name: shop-cert, namespace: istio-system}}
 type: kubernetes.io/tls
@@ -436,12 +431,7 @@ fn optional_mutual_gateway_servers_verify_without_requiring_client_certificates(
     let pem = |what: &str| format!("-----BEGIN {what}-----\nMIIB\n-----END {what}-----\n");
     let yaml = format!(
         r#"
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: ingress, namespace: istio-system}}
-spec: {{address: 10.44.0.2, labels: {{istio: ingressgateway}}, serviceAccount: ingress}}
----
-apiVersion: v1
+{INGRESS}apiVersion: v1
 kind: Secret
 metadata: {{name: opt-cert, namespace: istio-system}}
 data: {{cert: {c}, key: {k}, cacert: {a}}}

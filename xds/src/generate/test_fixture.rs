@@ -12,6 +12,15 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// An ingress gateway's workload (`istio: ingressgateway`, 10.44.0.2) in `istio-system`, for a
+/// test's Gateways to select; ends with a document separator.
+pub(crate) const INGRESS: &str = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ingress, namespace: istio-system}
+spec: {address: 10.44.0.2, labels: {istio: ingressgateway}, serviceAccount: ingress}
+---
+";
+
 /// A service to stand a test on: `server.app` (HTTP on 8080 and 8081, TCP on 9000) and its
 /// workload `server` (10.44.0.20, service account `server`). A test adds what it is about.
 pub(crate) const SERVER: &str = r#"
