@@ -508,3 +508,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(all(test, not(any(fuzzing, meshd_system_alloc))))]
+#[path = "transport_idle_tests.rs"]
+mod idle_tests;

@@ -10,7 +10,8 @@
 //!
 //! With `--ext-authz` it is instead an Envoy ext_authz HTTP authorizer for the tests: each check
 //! answers 200 when it carries `x-ext-authz: allow`, else 403, and is counted under the key
-//! `check:<path>` (`/__count?key=check:/open`).
+//! `check:<path>` (`/__count?key=check:/open`). With `--ext-authz-grpc` it is Envoy's gRPC
+//! Authorization service, allowing the principals of `--ext-authz-allow` (ext_authz_grpc.rs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -41,8 +42,14 @@ pub struct WorkloadArgs {
     #[arg(long, default_value = "0s", value_parser = parse_delay)]
     pub shutdown_delay: std::time::Duration,
     /// Answer as an ext_authz HTTP authorizer (see the module comment).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ext_authz_grpc")]
     pub ext_authz: bool,
+    /// Serve Envoy's gRPC Authorization service (see `ext_authz_grpc.rs`).
+    #[arg(long)]
+    pub ext_authz_grpc: bool,
+    /// With `--ext-authz-grpc`: a source principal (`spiffe://...`) to allow; repeatable.
+    #[arg(long, requires = "ext_authz_grpc")]
+    pub ext_authz_allow: Vec<String>,
 }
 
 fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
@@ -267,11 +274,14 @@ pub fn router(name: &str) -> Router {
 }
 
 fn router_with(name: &str, ext_authz: bool) -> Router {
-    let state = Arc::new(AppState {
+    router_on(Arc::new(AppState {
         name: name.to_string(),
         ext_authz,
         counts: Mutex::new(HashMap::new()),
-    });
+    }))
+}
+
+fn router_on(state: Arc<AppState>) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
@@ -307,29 +317,30 @@ pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     eprintln!("meshd workload {}: listening on {addr}", args.name);
     let delay = args.shutdown_delay;
-    serve_app(
-        listener,
-        router_with(&args.name, args.ext_authz),
-        async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async {
-                    match term.as_mut() {
-                        Some(t) => { t.recv().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {}
-            }
-            if !delay.is_zero() {
-                eprintln!("meshd workload: stopping in {delay:?}, serving until then");
-                tokio::time::sleep(delay).await;
-            }
-        },
-    )
-    .await
+    let shutdown = async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+        if !delay.is_zero() {
+            eprintln!("meshd workload: stopping in {delay:?}, serving until then");
+            tokio::time::sleep(delay).await;
+        }
+    };
+    if args.ext_authz_grpc {
+        return ext_authz_grpc::serve(listener, &args.name, args.ext_authz_allow, shutdown).await;
+    }
+    serve_app(listener, router_with(&args.name, args.ext_authz), shutdown).await
 }
+
+mod ext_authz_grpc;
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,8 @@ pub struct TlsCredential {
     pub cert_chain: Option<String>,
     pub private_key: Option<String>,
     pub ca_cert: Option<String>,
+    /// Revoked certificates (`ca.crl`, PEM), checked with `ca_cert`.
+    pub ca_crl: Option<String>,
 }
 
 impl fmt::Debug for TlsCredential {
@@ -26,6 +28,7 @@ impl fmt::Debug for TlsCredential {
                 &self.private_key.as_ref().map(|_| "<redacted>"),
             )
             .field("ca_cert", &self.ca_cert.as_ref().map(|_| "<pem>"))
+            .field("ca_crl", &self.ca_crl.as_ref().map(|_| "<pem>"))
             .finish()
     }
 }
@@ -55,6 +58,13 @@ fn pem(key: &str, bytes: &[u8], certificate: bool) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+fn crl_pem(bytes: &[u8]) -> Result<String, String> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.contains("-----BEGIN X509 CRL-----") => Ok(text.to_string()),
+        _ => Err("ca.crl holds no PEM CRL (-----BEGIN X509 CRL-----)".into()),
+    }
+}
+
 /// The TLS credential in a Secret's (decoded) data; `Ok(None)` when the Secret holds none of the
 /// keys (not a credential: service-account tokens, Helm releases…).
 pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Option<TlsCredential>, String> {
@@ -66,6 +76,7 @@ pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Option<TlsCr
     let cert = pick("tls.crt", "cert");
     let key = pick("tls.key", "key");
     let ca = pick("ca.crt", "cacert");
+    let crl = data.get("ca.crl");
     if cert.is_none() && key.is_none() && ca.is_none() {
         return Ok(None);
     }
@@ -73,7 +84,11 @@ pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Option<TlsCr
         cert_chain: cert.as_ref().map(|(k, v)| pem(k, v, true)).transpose()?,
         private_key: key.as_ref().map(|(k, v)| pem(k, v, false)).transpose()?,
         ca_cert: ca.as_ref().map(|(k, v)| pem(k, v, true)).transpose()?,
+        ca_crl: crl.map(|v| crl_pem(v.as_slice())).transpose()?,
     };
+    if tls.ca_crl.is_some() && tls.ca_cert.is_none() {
+        return Err("has ca.crl but no CA (ca.crt or cacert) to check it with".into());
+    }
     match (&tls.cert_chain, &tls.private_key) {
         (Some(_), None) => Err("has a certificate but no private key (tls.key or key)".into()),
         (None, Some(_)) => Err("has a private key but no certificate (tls.crt or cert)".into()),
@@ -167,11 +182,30 @@ mod tests {
     }
 
     #[test]
+    fn ca_crl_is_read_beside_the_ca() {
+        const CRL: &str = "-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n";
+        let t = from_secret_data(&data(&[("ca.crt", CERT), ("ca.crl", CRL)]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.ca_crl.as_deref(), Some(CRL));
+        let e = from_secret_data(&data(&[
+            ("tls.crt", CERT),
+            ("tls.key", KEY),
+            ("ca.crl", CRL),
+        ]))
+        .unwrap_err();
+        assert!(e.contains("ca.crl but no CA"), "{e}");
+        let e = from_secret_data(&data(&[("ca.crt", CERT), ("ca.crl", "x")])).unwrap_err();
+        assert!(e.contains("ca.crl holds no PEM CRL"), "{e}");
+    }
+
+    #[test]
     fn debug_never_shows_the_key() {
         let t = TlsCredential {
             cert_chain: Some(CERT.into()),
             private_key: Some(KEY.into()),
             ca_cert: None,
+            ca_crl: None,
         };
         let shown = format!("{t:?}");
         assert!(

@@ -287,6 +287,8 @@ pub struct ClientTlsSettings {
     pub client_certificate: Option<String>,
     pub private_key: Option<String>,
     pub ca_certificates: Option<String>,
+    /// A file of revoked certificates (PEM CRL) checked with `ca_certificates`.
+    pub ca_crl: Option<String>,
     pub credential_name: Option<String>,
     #[serde(default)]
     pub subject_alt_names: Vec<String>,
@@ -355,6 +357,8 @@ pub struct ServerTlsSettings {
     pub server_certificate: Option<String>,
     pub private_key: Option<String>,
     pub ca_certificates: Option<String>,
+    /// A file of revoked certificates (PEM CRL) checked with `ca_certificates`.
+    pub ca_crl: Option<String>,
     pub credential_name: Option<String>,
     #[serde(default)]
     pub subject_alt_names: Vec<String>,

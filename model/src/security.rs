@@ -142,6 +142,16 @@ pub enum MtlsMode {
     Strict,
 }
 
+/// The annotation that makes an AuthorizationPolicy a dry run (evaluated, never enforced).
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// Whether an object's `annotations` ask for a dry run.
+pub fn is_dry_run(annotations: &std::collections::BTreeMap<String, String>) -> bool {
+    annotations
+        .get(DRY_RUN_ANNOTATION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

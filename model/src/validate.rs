@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 mod authz;
 mod entries;
+mod gateway;
 mod lb;
 mod request_authn;
 mod selector;
@@ -45,6 +46,14 @@ fn destination(d: &crate::networking::Destination, what: &str) -> Check {
         port(p.number, &format!("{what}.port.number"))?;
     }
     Ok(())
+}
+
+/// Why `targetRef`/`targetRefs` (`field`) is refused on a kind that selects workloads with
+/// `selector_field`: one message for every kind.
+pub(crate) fn target_refs_refused(field: &str, selector_field: &str) -> String {
+    format!(
+        "spec.{field}: not supported — valid Istio, but it attaches to Kubernetes Gateway API gateways and waypoints, which meshd does not serve; select the workloads with `{selector_field}`"
+    )
 }
 
 fn address_or_cidr(text: &str, what: &str) -> Check {
@@ -203,94 +212,15 @@ fn l4_route(at: &str, route: &[crate::networking::RouteDestination]) -> Check {
     Ok(())
 }
 
-/// The L4 match fields meshd implements (port, gateways, sourceLabels, sourceNamespace);
-/// destinationSubnets is reported.
+/// An L4 match's port and destination subnets (each an IP address or a CIDR, as Istio's).
 fn l4_match(at: &str, port_number: Option<u32>, subnets: &[String]) -> Check {
     if let Some(p) = port_number {
         port(p, &format!("{at}.port"))?;
     }
-    if !subnets.is_empty() {
-        return Err(format!("{at}.destinationSubnets is not supported"));
+    for (k, s) in subnets.iter().enumerate() {
+        address_or_cidr(s, &format!("{at}.destinationSubnets[{k}]"))?;
     }
     Ok(())
-}
-
-/// The Gateway server shapes meshd serves; the others are reported.
-fn gateway_server(at: &str, s: &crate::networking::Server) -> Check {
-    let protocol = s.port.protocol.to_ascii_uppercase();
-    if !matches!(
-        protocol.as_str(),
-        "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "TLS" | "TCP"
-    ) {
-        return Err(format!(
-            "{at}.port.protocol {} is not supported (HTTP, HTTPS, HTTP2, GRPC, TLS, TCP)",
-            s.port.protocol
-        ));
-    }
-    if let Some(bind) = &s.bind {
-        if bind.starts_with("unix://") {
-            return Err(format!(
-                "{at}.bind: `{bind}`: unix-socket servers are valid Istio, but meshd does not serve them"
-            ));
-        }
-        if bind.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!(
-                "{at}.bind: `{bind}` is not an IP address (x.x.x.x, an IPv6 address, or unix://path)"
-            ));
-        }
-    }
-    if s.port.target_port.is_some() {
-        return Err(format!("{at}.port.targetPort is not supported"));
-    }
-    let tls = s.tls.as_ref();
-    let mode = tls
-        .and_then(|t| t.mode.as_deref())
-        .map(str::to_ascii_uppercase);
-    let credential = tls.is_some_and(|t| t.credential_name.is_some());
-    if credential
-        && tls.is_some_and(|t| {
-            t.server_certificate.is_some() || t.private_key.is_some() || t.ca_certificates.is_some()
-        })
-    {
-        return Err(format!(
-            "{at}.tls: give either credentialName or the certificate files, not both"
-        ));
-    }
-    let files = credential
-        || tls.is_some_and(|t| t.server_certificate.is_some() && t.private_key.is_some());
-    match mode.as_deref() {
-        None if protocol == "HTTPS" && !files => Err(format!(
-            "{at}: an HTTPS server needs tls (mode SIMPLE with credentialName, or serverCertificate and privateKey)"
-        )),
-        None if protocol == "TLS" => Err(format!(
-            "{at}: a TLS server needs tls.mode PASSTHROUGH (terminating TLS is for HTTPS servers)"
-        )),
-        Some("ISTIO_MUTUAL") if protocol == "TLS" || protocol == "TCP" => Err(format!(
-            "{at}.tls: ISTIO_MUTUAL on a {protocol} server is not supported (use HTTPS)"
-        )),
-        None | Some("ISTIO_MUTUAL") => Ok(()),
-        Some(m @ ("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) if !files => Err(format!(
-            "{at}.tls: mode {m} needs credentialName, or serverCertificate and privateKey"
-        )),
-        Some(m @ ("MUTUAL" | "OPTIONAL_MUTUAL"))
-            if !credential && tls.and_then(|t| t.ca_certificates.as_ref()).is_none() =>
-        {
-            Err(format!(
-                "{at}.tls: mode {m} needs caCertificates to verify clients"
-            ))
-        }
-        Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") if protocol == "TLS" || protocol == "TCP" => {
-            Err(format!(
-                "{at}.tls: terminating TLS on a {protocol} server is not supported (use HTTPS, or PASSTHROUGH)"
-            ))
-        }
-        Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") => Ok(()),
-        Some("PASSTHROUGH") if protocol == "TLS" => Ok(()),
-        Some("PASSTHROUGH") => Err(format!("{at}.tls: PASSTHROUGH needs protocol TLS")),
-        Some(other) => Err(format!(
-            "{at}.tls.mode {other} is not supported (SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL, PASSTHROUGH)"
-        )),
-    }
 }
 
 /// `exportTo`: `*`, `.`, `~` (alone) or namespace names.
@@ -374,6 +304,11 @@ fn policy_parts(
         return Err(format!(
             "{at}.connectionPool.http.h2UpgradePolicy `{p}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"
         ));
+    }
+    if let Some(t) = tls
+        && t.ca_crl.is_some()
+    {
+        gateway::crl_with_ca(at, t.credential_name.is_some(), t.ca_certificates.is_some())?;
     }
     if let Some(t) = tls
         && t.credential_name.is_some()
@@ -498,7 +433,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                 if s.hosts.is_empty() {
                     return Err(format!("spec.servers[{i}].hosts must not be empty"));
                 }
-                gateway_server(&format!("spec.servers[{i}]"), s)?;
+                gateway::server(&format!("spec.servers[{i}]"), s)?;
             }
         }
         Spec::Sidecar(sc) => {

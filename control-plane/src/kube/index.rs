@@ -230,7 +230,9 @@ impl Indexed for Secret {
 
 const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 
-const CREDENTIAL_KEYS: [&str; 6] = ["tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert"];
+const CREDENTIAL_KEYS: [&str; 7] = [
+    "tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert", "ca.crl",
+];
 indexed!(Service, services);
 indexed!(EndpointSlice, endpoint_slices);
 indexed!(Endpoints, endpoints);

@@ -54,53 +54,54 @@ pub struct Labels {
     pub custom: Vec<(String, String)>,
 }
 
-impl Labels {
-    /// Istio's labels by name, in Istio's order.
-    fn istio(&self) -> [(&'static str, &str); 25] {
-        [
-            ("reporter", &self.reporter),
-            ("source_workload", &self.source_workload),
-            ("source_workload_namespace", &self.source_workload_namespace),
-            ("source_principal", &self.source_principal),
-            ("source_app", &self.source_app),
-            ("source_version", &self.source_version),
-            ("source_canonical_service", &self.source_canonical_service),
-            ("source_canonical_revision", &self.source_canonical_revision),
-            ("source_cluster", &self.source_cluster),
-            ("destination_service", &self.destination_service),
-            ("destination_service_name", &self.destination_service_name),
-            (
-                "destination_service_namespace",
-                &self.destination_service_namespace,
-            ),
-            ("destination_workload", &self.destination_workload),
-            (
-                "destination_workload_namespace",
-                &self.destination_workload_namespace,
-            ),
-            ("destination_principal", &self.destination_principal),
-            ("destination_app", &self.destination_app),
-            ("destination_version", &self.destination_version),
-            (
-                "destination_canonical_service",
-                &self.destination_canonical_service,
-            ),
-            (
-                "destination_canonical_revision",
-                &self.destination_canonical_revision,
-            ),
-            ("destination_cluster", &self.destination_cluster),
-            ("request_protocol", &self.request_protocol),
-            ("response_code", &self.response_code),
-            ("grpc_response_status", &self.grpc_response_status),
-            ("response_flags", &self.response_flags),
-            (
-                "connection_security_policy",
-                &self.connection_security_policy,
-            ),
-        ]
-    }
+/// Istio's standard labels, each a `Labels` field of the label's own name, listed once: the
+/// encoder reads them in this order and a Telemetry override finds one by name.
+macro_rules! istio_labels {
+    ($($field:ident),* $(,)?) => {
+        impl Labels {
+            /// Istio's labels by name, in Istio's order.
+            fn istio(&self) -> [(&'static str, &str); 25] {
+                [$((stringify!($field), self.$field.as_str())),*]
+            }
+
+            /// Istio's label `name`, for a Telemetry override to set; `None` for any other name.
+            pub fn istio_mut(&mut self, name: &str) -> Option<&mut String> {
+                match name {
+                    $(stringify!($field) => Some(&mut self.$field),)*
+                    _ => None,
+                }
+            }
+        }
+    };
 }
+
+istio_labels!(
+    reporter,
+    source_workload,
+    source_workload_namespace,
+    source_principal,
+    source_app,
+    source_version,
+    source_canonical_service,
+    source_canonical_revision,
+    source_cluster,
+    destination_service,
+    destination_service_name,
+    destination_service_namespace,
+    destination_workload,
+    destination_workload_namespace,
+    destination_principal,
+    destination_app,
+    destination_version,
+    destination_canonical_service,
+    destination_canonical_revision,
+    destination_cluster,
+    request_protocol,
+    response_code,
+    grpc_response_status,
+    response_flags,
+    connection_security_policy,
+);
 
 /// A label value escaped as Prometheus' text format wants it. `prometheus-client` writes label
 /// values as they are, and some come from what a client sent (a header, a path) or from what a

@@ -10,38 +10,6 @@ use meshd_model::telemetry::IstioMetric;
 use meshd_model::telemetry_scope::{MetricsPolicy, TagAction};
 use std::borrow::Cow;
 
-/// The label of `labels` Istio's tag `name` is, if meshd records it.
-fn tag_mut<'a>(labels: &'a mut Labels, name: &str) -> Option<&'a mut String> {
-    Some(match name {
-        "reporter" => &mut labels.reporter,
-        "source_workload" => &mut labels.source_workload,
-        "source_workload_namespace" => &mut labels.source_workload_namespace,
-        "source_principal" => &mut labels.source_principal,
-        "source_app" => &mut labels.source_app,
-        "source_version" => &mut labels.source_version,
-        "source_canonical_service" => &mut labels.source_canonical_service,
-        "source_canonical_revision" => &mut labels.source_canonical_revision,
-        "source_cluster" => &mut labels.source_cluster,
-        "destination_service" => &mut labels.destination_service,
-        "destination_service_name" => &mut labels.destination_service_name,
-        "destination_service_namespace" => &mut labels.destination_service_namespace,
-        "destination_workload" => &mut labels.destination_workload,
-        "destination_workload_namespace" => &mut labels.destination_workload_namespace,
-        "destination_principal" => &mut labels.destination_principal,
-        "destination_app" => &mut labels.destination_app,
-        "destination_version" => &mut labels.destination_version,
-        "destination_canonical_service" => &mut labels.destination_canonical_service,
-        "destination_canonical_revision" => &mut labels.destination_canonical_revision,
-        "destination_cluster" => &mut labels.destination_cluster,
-        "request_protocol" => &mut labels.request_protocol,
-        "response_code" => &mut labels.response_code,
-        "grpc_response_status" => &mut labels.grpc_response_status,
-        "response_flags" => &mut labels.response_flags,
-        "connection_security_policy" => &mut labels.connection_security_policy,
-        _ => return None,
-    })
-}
-
 /// The labels `metric` is recorded with under `policy` for the entry `attrs`; `None` when it
 /// is disabled.
 pub fn labels_for<'a>(
@@ -59,7 +27,7 @@ pub fn labels_for<'a>(
     let mut out = labels.clone();
     // `tags` is a sorted map, so the added labels come out sorted by name.
     for (name, action) in tags {
-        match (action, tag_mut(&mut out, name)) {
+        match (action, out.istio_mut(name)) {
             (TagAction::Remove, Some(value)) => value.clear(),
             (TagAction::Remove, None) => out.custom.retain(|(n, _)| n != name),
             (TagAction::Upsert(v), Some(value)) => *value = attrs.value(v),

@@ -117,6 +117,13 @@ async fn the_api_server_refuses_what_meshd_would_reject_with_meshds_message() {
         let client = client.clone();
         async move {
             match try_create(&client, virtual_service("bomb", "99999999999999999999s")).await {
+                // The API server may still verify the webhook with the bundle it had before
+                // meshd set its CA: that call fails (x509), and a later one reaches meshd.
+                Err(kube::Error::Api(status))
+                    if status.message.contains("failed calling webhook") =>
+                {
+                    None
+                }
                 Err(kube::Error::Api(status)) => Some(status),
                 Err(e) => panic!("unexpected error: {e}"),
                 Ok(()) => {

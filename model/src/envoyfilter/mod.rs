@@ -245,7 +245,10 @@ impl EnvoyFilter {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.target_refs.is_empty() {
-            out.push("spec.targetRefs is not supported; use workloadSelector".into());
+            out.push(crate::validate::target_refs_refused(
+                "targetRefs",
+                "workloadSelector",
+            ));
         }
         if self.config_patches.is_empty() {
             out.push("spec.configPatches is empty".into());

@@ -78,6 +78,16 @@ fn sets_outlier_detection(tp: &TrafficPolicy) -> bool {
 
 fn notes(o: &ConfigObject) -> Vec<String> {
     let mut out = Vec::new();
+    if let Spec::AuthorizationPolicy(ap) = &o.spec
+        && ap.action == crate::security::AuthzAction::Custom
+        && crate::security::is_dry_run(&o.meta.annotations)
+    {
+        // Istio documents dry-run for ALLOW and DENY only; a CUSTOM policy stays in force.
+        out.push(
+            "metadata.annotations[istio.io/dry-run]: dry-run applies to ALLOW and DENY policies only (as in Istio); this CUSTOM policy is enforced"
+                .into(),
+        );
+    }
     if let Spec::DestinationRule(dr) = &o.spec {
         let outlier = dr
             .traffic_policy
@@ -227,6 +237,29 @@ spec:
             "{:?}",
             mesh.warnings
         );
+    }
+
+    /// `istio.io/dry-run` on a CUSTOM policy: Istio dry-runs ALLOW and DENY only, so the policy
+    /// is enforced, and meshd says so; on a DENY policy there is nothing to say.
+    #[test]
+    fn dry_run_on_a_custom_policy_says_it_is_enforced() {
+        let policy = |action: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: ext\n  namespace: shop\n  annotations: {{istio.io/dry-run: \"true\"}}\nspec:\n  action: {action}\n  rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]\n"
+            )
+        };
+        let custom = policy("CUSTOM\n  provider: {name: ext}");
+        let mesh = MeshConfig::assemble([&parse_file("ap.yaml", &custom).unwrap()]);
+        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
+        let [w] = &mesh.warnings[..] else {
+            panic!("{:?}", mesh.warnings)
+        };
+        assert!(
+            w.to_string().contains("dry-run applies to ALLOW and DENY policies only (as in Istio); this CUSTOM policy is enforced"),
+            "{w}"
+        );
+        let mesh = MeshConfig::assemble([&parse_file("ap.yaml", &policy("DENY")).unwrap()]);
+        assert!(mesh.warnings.is_empty(), "{:?}", mesh.warnings);
     }
 
     #[test]

@@ -131,10 +131,7 @@ fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<String> {
         out.push(e);
     }
     if !ap.target_refs.is_empty() {
-        out.push(
-            "spec.targetRefs: not supported (meshd attaches policies to sidecars by selector)"
-                .into(),
-        );
+        out.push(super::target_refs_refused("targetRefs", "selector"));
     }
     for (i, rule) in ap.rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");

@@ -64,10 +64,16 @@ fn server_tls_modes() {
             "spec.servers[0].tls: mode MUTUAL needs caCertificates",
         ),
         (
+            "AUTO_PASSTHROUGH routes TLS by SNI",
+            ("TLS", "{mode: AUTO_PASSTHROUGH}".to_string()),
+            ("HTTPS", "{mode: AUTO_PASSTHROUGH}".to_string()),
+            "spec.servers[0].tls: AUTO_PASSTHROUGH needs protocol TLS",
+        ),
+        (
             "modes meshd does not serve are named",
             ("TLS", "{mode: PASSTHROUGH}".to_string()),
-            ("TLS", "{mode: AUTO_PASSTHROUGH}".to_string()),
-            "spec.servers[0].tls.mode AUTO_PASSTHROUGH is not supported (SIMPLE, MUTUAL, OPTIONAL_MUTUAL,",
+            ("TLS", "{mode: PASSTHRU}".to_string()),
+            "spec.servers[0].tls.mode PASSTHRU is not supported (SIMPLE, MUTUAL, OPTIONAL_MUTUAL,",
         ),
     ];
     for (rule, (p_ok, ok), (p_bad, bad), says) in table {

@@ -14,7 +14,10 @@ use Want::*;
 
 fn group(kind: &str) -> &'static str {
     match kind {
-        "AuthorizationPolicy" | "PeerAuthentication" => "security.istio.io",
+        "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication" => {
+            "security.istio.io"
+        }
+        "Telemetry" => "telemetry.istio.io",
         _ => "networking.istio.io",
     }
 }
@@ -583,4 +586,115 @@ spec:
         panic!("{:?}", file.rejected)
     };
     assert_eq!(e.line, 8, "{e}");
+}
+
+/// L4 matches' `destinationSubnets`: IP addresses or CIDRs, on tcp and tls routes alike.
+#[test]
+fn virtual_service_destination_subnets() {
+    let tcp = |subnets: &str| {
+        format!(
+            "  hosts: [db]\n  tcp:\n  - match: [{{destinationSubnets: {subnets}}}]\n    route: [{{destination: {{host: db}}}}]\n"
+        )
+    };
+    let tls = |subnets: &str| {
+        format!(
+            "  hosts: [db]\n  tls:\n  - match: [{{sniHosts: [db], destinationSubnets: {subnets}}}]\n    route: [{{destination: {{host: db}}}}]\n"
+        )
+    };
+    check(&[
+        ("VirtualService", &tcp("[10.0.1.0/24, 10.0.2.7]"), Accepted),
+        ("VirtualService", &tcp("[\"2001:db8::/64\"]"), Accepted),
+        ("VirtualService", &tls("[10.0.1.0/24]"), Accepted),
+        (
+            "VirtualService",
+            &tcp("[10.0.1.0/24, 10.0.1.0/33]"),
+            Rejected(
+                "spec.tcp[0].match[0].destinationSubnets[1]",
+                "`10.0.1.0/33` is not an IP address or CIDR",
+            ),
+        ),
+        (
+            "VirtualService",
+            &tls("[db.example]"),
+            Rejected(
+                "spec.tls[0].match[0].destinationSubnets[0]",
+                "is not an IP address or CIDR",
+            ),
+        ),
+    ]);
+}
+
+/// `caCrl` (DestinationRule and Gateway TLS): a CRL file checked with the `caCertificates` file;
+/// a credential's CRL is its Secret's `ca.crl` key.
+#[test]
+fn ca_crl_rules() {
+    let dr = |t: &str| format!("  host: cart\n  trafficPolicy:\n    tls: {t}\n");
+    let gw = |t: &str| {
+        format!(
+            "  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: ['*']\n    tls: {t}\n"
+        )
+    };
+    check(&[
+        (
+            "DestinationRule",
+            &dr("{mode: SIMPLE, caCertificates: /ca.pem, caCrl: /ca.crl}"),
+            Accepted,
+        ),
+        (
+            "DestinationRule",
+            &dr("{mode: SIMPLE, caCrl: /ca.crl}"),
+            Rejected(
+                "spec.trafficPolicy.tls.caCrl",
+                "checked with caCertificates",
+            ),
+        ),
+        (
+            "DestinationRule",
+            &dr("{mode: MUTUAL, credentialName: client, caCrl: /ca.crl}"),
+            Rejected("spec.trafficPolicy.tls.caCrl", "the Secret's `ca.crl` key"),
+        ),
+        (
+            "Gateway",
+            &gw(
+                "{mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, caCrl: /ca.crl}",
+            ),
+            Accepted,
+        ),
+        (
+            "Gateway",
+            &gw("{mode: MUTUAL, credentialName: edge, caCrl: /ca.crl}"),
+            Rejected("spec.servers[0].tls.caCrl", "the Secret's `ca.crl` key"),
+        ),
+    ]);
+}
+
+/// `targetRefs` (Istio 1.22+) attach to Kubernetes Gateway API gateways and waypoints, which meshd
+/// does not serve: every kind says so the same way and names the selector to use instead.
+#[test]
+fn target_refs_say_what_meshd_does_not_serve() {
+    let refs = "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: edge}]\n";
+    let rows: Vec<(&str, String, &str)> = vec![
+        ("AuthorizationPolicy", refs.to_string(), "`selector`"),
+        ("RequestAuthentication", refs.to_string(), "`selector`"),
+        ("Telemetry", refs.to_string(), "`selector`"),
+        (
+            "EnvoyFilter",
+            format!(
+                "{refs}  configPatches: [{{applyTo: CLUSTER, match: {{context: ANY}}, patch: {{operation: MERGE, value: {{}}}}}}]\n"
+            ),
+            "`workloadSelector`",
+        ),
+    ];
+    for (kind, spec, selector) in &rows {
+        check(&[(
+            kind,
+            spec,
+            Rejected(
+                "spec.targetRefs",
+                "valid Istio, but it attaches to Kubernetes Gateway API gateways and waypoints",
+            ),
+        )]);
+        let msg = verdict(kind, spec).unwrap();
+        assert!(msg.contains(selector), "{msg}");
+    }
 }

@@ -73,9 +73,7 @@ pub(crate) fn request_authentication(ra: &RequestAuthentication) -> Result<(), S
         } else {
             "targetRefs"
         };
-        return Err(format!(
-            "spec.{field}: not supported (meshd attaches RequestAuthentication to sidecars and gateways by selector)"
-        ));
+        return Err(super::target_refs_refused(field, "selector"));
     }
     if ra.jwt_rules.len() > MAX_JWT_RULES {
         return Err(format!(

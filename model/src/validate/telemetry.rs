@@ -110,9 +110,7 @@ pub(crate) fn telemetry(t: &Telemetry) -> Check {
         } else {
             "targetRefs"
         };
-        return Err(format!(
-            "spec.{field}: not supported (meshd applies Telemetry to sidecars and gateways by selector)"
-        ));
+        return Err(super::target_refs_refused(field, "selector"));
     }
     bounded(&t.tracing, "spec.tracing")?;
     bounded(&t.access_logging, "spec.accessLogging")?;

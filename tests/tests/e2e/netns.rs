@@ -221,6 +221,8 @@ fn fake_meshd(argv: &[String]) -> anyhow::Result<()> {
                     bind: bind.into(),
                     shutdown_delay: std::time::Duration::ZERO,
                     ext_authz: false,
+                    ext_authz_grpc: false,
+                    ext_authz_allow: Vec::new(),
                 },
             ))
         }
@@ -231,6 +233,8 @@ fn fake_meshd(argv: &[String]) -> anyhow::Result<()> {
                 bind: "127.0.0.1".into(),
                 shutdown_delay: std::time::Duration::ZERO,
                 ext_authz: false,
+                ext_authz_grpc: false,
+                ext_authz_allow: Vec::new(),
             },
         )),
         Some("init-iptables") => {

@@ -1,7 +1,9 @@
 //! Gateways (stock Envoy in router mode): an ingress gateway terminating TLS with a certificate
 //! from files, routing by path and redirecting HTTP to HTTPS; certificates by SNI, each TLS
 //! server with its own route configuration (an EnvoyFilter selects one by portName and gateway);
-//! MUTUAL and OPTIONAL_MUTUAL client certificates; an egress gateway carrying a sidecar's traffic to a MESH_EXTERNAL ServiceEntry host.
+//! MUTUAL and OPTIONAL_MUTUAL client certificates, a CRL (`caCrl`) refusing a revoked one; an
+//! egress gateway carrying a sidecar's traffic to a MESH_EXTERNAL ServiceEntry host; an
+//! AUTO_PASSTHROUGH (east-west) gateway passing a sidecar's mesh mTLS through by SNI.
 
 use crate::traffic_support;
 
@@ -56,6 +58,32 @@ fn ingress_gateway(mesh: &Mesh) -> SidecarPod {
         gateway_options(),
     )
     .unwrap()
+}
+
+/// A mesh `name` of `api` (host 20) behind the ingress gateway, with `config` (the test's
+/// Gateways, routes and other services), every object accepted; `api`'s pod and the gateway's
+/// pod started.
+fn api_behind_gateway(
+    name: &str,
+    config: &str,
+    hosts: &[(String, std::net::Ipv4Addr)],
+) -> (Mesh, SidecarPod) {
+    let yaml = [
+        service("api", vip(20), PORT),
+        workload("api", "api", ip(20), &[]),
+        config.to_string(),
+        ingress_entry(),
+    ]
+    .concat();
+    let mesh = mesh(name, &yaml, hosts);
+    assert_eq!(
+        mesh.admin_json("/debug/configz").unwrap()["rejected"],
+        serde_json::json!([])
+    );
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    let gw = ingress_gateway(&mesh);
+    (mesh, gw)
 }
 
 #[test]
@@ -352,21 +380,7 @@ spec:
         key2 = f2("key.pem"),
         api = fqdn("api"),
     );
-    let yaml = [
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
-        config,
-        ingress_entry(),
-    ]
-    .concat();
-    let mesh = mesh("gwtls", &yaml, &[]);
-    assert_eq!(
-        mesh.admin_json("/debug/configz").unwrap()["rejected"],
-        serde_json::json!([])
-    );
-    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
-        .unwrap();
-    let gw = ingress_gateway(&mesh);
+    let (mesh, gw) = api_behind_gateway("gwtls", &config, &[]);
     // The passthrough backend terminates TLS itself (a plain pod outside the mesh).
     let backend = mesh.add_plain_pod("tls-backend", backend_ip).unwrap();
     let root = one.path().join("www");
@@ -704,6 +718,196 @@ spec:
     }));
 }
 
+/// `caCrl`: a MUTUAL server with a CRL refuses a client certificate the CRL revokes, which the
+/// same server without the CRL lets in.
+#[test]
+fn gateway_mutual_server_refuses_a_client_certificate_its_crl_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    tls_certificates(dir.path(), &["mtls.example.com"]);
+    revoke(dir.path(), "cert.pem", "ca.crl");
+    let f = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let gateway = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9443, name: https-crl, protocol: HTTPS}}
+    hosts: [mtls.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {cert}, privateKey: {key}, caCertificates: {ca}, caCrl: {crl}}}
+  - port: {{number: 9447, name: https-no-crl, protocol: HTTPS}}
+    hosts: [mtls.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {cert}, privateKey: {key}, caCertificates: {ca}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  hosts: [mtls.example.com]
+  gateways: [web]
+  http:
+  - route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
+"#,
+        cert = f("cert.pem"),
+        key = f("key.pem"),
+        ca = f("ca.pem"),
+        crl = f("ca.crl"),
+        api = fqdn("api"),
+    );
+    let (mesh, gw) = api_behind_gateway("gateway-crl", &gateway, &[]);
+    let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
+    let (ca, cert, key) = (f("ca.pem"), f("cert.pem"), f("key.pem"));
+    let with_cert = |port: u16| {
+        let resolve = format!("mtls.example.com:{port}:{}", ip(2));
+        let url = format!("https://mtls.example.com:{port}/m");
+        curl_with(
+            &outside,
+            &[
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--resolve",
+                &resolve,
+                &url,
+            ],
+        )
+    };
+    let mut last = None;
+    let served = wait_until(std::time::Duration::from_secs(30), || {
+        match with_cert(9447) {
+            Ok(body) => body.contains(r#""service":"api""#),
+            Err(e) => {
+                last = Some(e);
+                false
+            }
+        }
+    });
+    assert!(served, "without the CRL the certificate gets in: {last:?}");
+    let revoked = "listener.0.0.0.0_9443.ssl.fail_verify_error";
+    let before = stat(&gw, revoked);
+    let refused = with_cert(9443).expect_err("the CRL revokes the client's certificate");
+    assert!(
+        matches!(
+            refused.exit,
+            Some(
+                curl_exit::HTTP2
+                    | curl_exit::SSL_CONNECT_ERROR
+                    | curl_exit::SEND_ERROR
+                    | curl_exit::RECV_ERROR
+            )
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(stat(&gw, revoked) - before, 1, "{refused:?}");
+}
+
+/// In `dir`: `out`, a PEM CRL from the CA of [`tls_certificates`] (`ca.pem`, `ca.key`)
+/// revoking `cert`, readable by the proxy's uid.
+fn revoke(dir: &Path, cert: &str, out: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(
+        dir.join("crl.cnf"),
+        "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+    let ca = [
+        "-config", "crl.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+    ];
+    let mut args = vec!["ca"];
+    args.extend(ca);
+    args.extend(["-revoke", cert]);
+    openssl(dir, &args);
+    let mut args = vec!["ca"];
+    args.extend(ca);
+    args.extend(["-gencrl", "-out", out]);
+    openssl(dir, &args);
+    std::fs::set_permissions(dir.join(out), std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// AUTO_PASSTHROUGH: a client sidecar reaches `api` through the gateway, as a sidecar of another
+/// network would (a ServiceEntry whose endpoint is the gateway, and a DestinationRule giving
+/// ISTIO_MUTUAL the SNI and identity of `api`). The gateway routes on the SNI alone and passes
+/// the TLS through: `api`'s sidecar sees the client's own identity, not the gateway's.
+#[test]
+fn auto_passthrough_gateway_passes_mesh_mtls_through_by_sni() {
+    const EAST_WEST: u16 = 15443;
+    let remote = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: cross-network, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {EAST_WEST}, name: tls, protocol: TLS}}
+    hosts: ["*.svc.cluster.local"]
+    tls: {{mode: AUTO_PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api-remote, namespace: {NS}}}
+spec:
+  hosts: [{remote_host}]
+  addresses: [{remote_vip}]
+  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {gateway}, ports: {{http: {EAST_WEST}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api-remote, namespace: {NS}}}
+spec:
+  host: {remote_host}
+  trafficPolicy:
+    tls:
+      mode: ISTIO_MUTUAL
+      sni: outbound_.{PORT}_._.{api}
+      subjectAltNames: ["spiffe://cluster.local/ns/{NS}/sa/api"]
+"#,
+        remote_host = fqdn("api-remote"),
+        remote_vip = vip(50),
+        gateway = ip(2),
+        api = fqdn("api"),
+    );
+    let config = [
+        service("client", vip(10), PORT),
+        workload("client", "client", ip(10), &[]),
+        remote,
+    ]
+    .concat();
+    let (mesh, gw) = api_behind_gateway("east-west", &config, &[(fqdn("api-remote"), vip(50))]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let url = format!("http://{}:{PORT}/via-gateway", fqdn("api-remote"));
+    let mut last = None;
+    let through = wait_until(std::time::Duration::from_secs(30), || {
+        let a = get(&client, &url);
+        let ok = a.status == 200;
+        last = Some(a);
+        ok
+    });
+    let answer = last.unwrap();
+    assert!(through, "{answer:?}");
+    assert_eq!(answer.service(), "api");
+    assert_eq!(
+        answer.json()["caller"],
+        format!("spiffe://cluster.local/ns/{NS}/sa/client"),
+        "api's sidecar verified the client itself: the gateway passed the TLS through"
+    );
+    let sni_cluster = format!("outbound_.{PORT}_._.{}", fqdn("api"));
+    assert!(
+        stat(&gw, &format!("cluster.{sni_cluster}.upstream_cx_total")) >= 1,
+        "the gateway carried it on its SNI-DNAT cluster"
+    );
+}
+
 /// Gateway `bind`: a server bound to 127.0.0.1 is reachable from inside the gateway's own pod
 /// only (Istio's use: gateway-internal servers), while a server without `bind` on the same
 /// gateway serves every client.
@@ -734,17 +938,7 @@ spec:
 "#,
         api = fqdn("api"),
     );
-    let yaml = [
-        service("api", vip(20), PORT),
-        workload("api", "api", ip(20), &[]),
-        gw,
-        ingress_entry(),
-    ]
-    .concat();
-    let mesh = mesh("gateway-bind", &yaml, &[]);
-    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
-        .unwrap();
-    let gw = ingress_gateway(&mesh);
+    let (mesh, gw) = api_behind_gateway("gateway-bind", &gw, &[]);
     let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
     let wait = std::time::Duration::from_secs(30);
     let everyone = format!("http://{}:{PORT}/hello", ip(2));

@@ -1,5 +1,7 @@
 //! VirtualService tcp and tls routes in stock Envoy sidecars: a TCP service split by weight over
-//! two services, and TLS connections routed by SNI (not by destination address).
+//! two services, a TCP service routed by the connection's destination address
+//! (`destinationSubnets`), and TLS connections routed by SNI (and by address where a tls
+//! route's `destinationSubnets` says so).
 
 use crate::traffic_support;
 
@@ -18,6 +20,34 @@ fn tcp_service(name: &str, vip: std::net::Ipv4Addr, port: u16) -> String {
         &format!("{{number: {port}, name: http, protocol: HTTP}}"),
         &format!("{{number: {port}, name: tcp, protocol: TCP}}"),
     )
+}
+
+/// A mesh `name` of a client (host 10) and two TCP services `db-a` and `db-b` (hosts 30 and
+/// 31, each its own backend) beside `config`; the client's and the backends' pods started.
+fn client_and_two_databases(name: &str, config: &str) -> (Mesh, SidecarPod) {
+    let yaml = [
+        service("client", vip(10), 8080),
+        workload("client", "client", ip(10), &[]),
+        tcp_service("db-a", vip(30), TCP_PORT),
+        workload("db-a", "db-a", ip(30), &[]),
+        tcp_service("db-b", vip(31), TCP_PORT),
+        workload("db-b", "db-b", ip(31), &[]),
+        config.to_string(),
+    ]
+    .concat();
+    let mesh = mesh(
+        name,
+        &yaml,
+        &[(fqdn("db-a"), vip(30)), (fqdn("db-b"), vip(31))],
+    );
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), 8080)
+        .unwrap();
+    mesh.add_sidecar_pod(&format!("db-a.{NS}"), ip(30), TCP_PORT)
+        .unwrap();
+    mesh.add_sidecar_pod(&format!("db-b.{NS}"), ip(31), TCP_PORT)
+        .unwrap();
+    (mesh, client)
 }
 
 #[test]
@@ -39,28 +69,7 @@ spec:
         a = fqdn("db-a"),
         b = fqdn("db-b")
     );
-    let yaml = [
-        service("client", vip(10), 8080),
-        workload("client", "client", ip(10), &[]),
-        tcp_service("db-a", vip(30), TCP_PORT),
-        workload("db-a", "db-a", ip(30), &[]),
-        tcp_service("db-b", vip(31), TCP_PORT),
-        workload("db-b", "db-b", ip(31), &[]),
-        vs,
-    ]
-    .concat();
-    let mesh = mesh(
-        "tcproute",
-        &yaml,
-        &[(fqdn("db-a"), vip(30)), (fqdn("db-b"), vip(31))],
-    );
-    let client = mesh
-        .add_sidecar_pod(&format!("client.{NS}"), ip(10), 8080)
-        .unwrap();
-    mesh.add_sidecar_pod(&format!("db-a.{NS}"), ip(30), TCP_PORT)
-        .unwrap();
-    mesh.add_sidecar_pod(&format!("db-b.{NS}"), ip(31), TCP_PORT)
-        .unwrap();
+    let (_mesh, client) = client_and_two_databases("tcproute", &vs);
 
     // Each request on a new connection (the split is per connection).
     let mut seen = BTreeSet::new();
@@ -94,6 +103,43 @@ spec:
 }
 
 #[test]
+fn tcp_route_by_destination_subnet() {
+    let db = tcp_service("db", vip(40), TCP_PORT).replace(
+        &format!("addresses: [{}]", vip(40)),
+        &format!("addresses: [{}, {}]", vip(40), vip(41)),
+    );
+    let vs = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: {NS}}}
+spec:
+  hosts: [{db}]
+  tcp:
+  - match: [{{destinationSubnets: ["{first}/32"]}}]
+    route: [{{destination: {{host: {a}}}}}]
+  - route: [{{destination: {{host: {b}}}}}]
+"#,
+        db = fqdn("db"),
+        first = vip(40),
+        a = fqdn("db-a"),
+        b = fqdn("db-b")
+    );
+    let (_mesh, client) = client_and_two_databases("tcpsubnet", &(db + &vs));
+    for _ in 0..4 {
+        let first = get(&client, &format!("http://{}:{TCP_PORT}/", vip(40)));
+        assert_eq!(first.status, 200, "{first:?}");
+        assert_eq!(first.service(), "db-a", "the subnet route's destination");
+        let second = get(&client, &format!("http://{}:{TCP_PORT}/", vip(41)));
+        assert_eq!(second.status, 200, "{second:?}");
+        assert_eq!(
+            second.service(),
+            "db-b",
+            "the other address: the next route"
+        );
+    }
+}
+
+#[test]
 fn tls_routes_by_sni() {
     let certs = tempfile::tempdir().unwrap();
     tls_certificates(
@@ -115,7 +161,9 @@ spec:
 "#
         )
     };
-    let (a_ip, b_ip) = (ip(60), ip(61));
+    // `elsewhere`: an address no service has; SNI a.secure.example sent there stays A's by its
+    // subnet route, ahead of the route sending that name to B.
+    let (a_ip, b_ip, elsewhere) = (ip(60), ip(61), ip(62));
     let yaml = [
         service("client", vip(10), 8080),
         workload("client", "client", ip(10), &[]),
@@ -128,6 +176,8 @@ metadata: {{name: a-to-b, namespace: {NS}}}
 spec:
   hosts: [a.secure.example]
   tls:
+  - match: [{{sniHosts: [a.secure.example], destinationSubnets: ["{elsewhere}/32"]}}]
+    route: [{{destination: {{host: a.secure.example, port: {{number: {TLS_PORT}}}}}}}]
   - match: [{{sniHosts: [a.secure.example], port: {TLS_PORT}}}]
     route: [{{destination: {{host: b.secure.example, port: {{number: {TLS_PORT}}}}}}}]
 "#
@@ -182,6 +232,10 @@ spec:
     assert_eq!(fetch("a.secure.example", a_ip), "B");
     // An SNI no service claims goes where it was addressed (ALLOW_ANY passthrough).
     assert_eq!(fetch("c.secure.example", a_ip), "A");
+    // destinationSubnets: SNI a.secure.example to `elsewhere` takes the first route, to A; and
+    // B's name sent there still finds B's chain, under that subnet too.
+    assert_eq!(fetch("a.secure.example", elsewhere), "A");
+    assert_eq!(fetch("b.secure.example", elsewhere), "B");
     let listeners = client.envoy_config_dump().unwrap();
     let l = dump_section(&listeners, "ListenersConfigDump").to_string();
     assert!(l.contains("a.secure.example"), "SNI chains in the dump");

@@ -5,7 +5,8 @@
 //! - **Scope**: a policy in the root namespace (`istio-system`) applies mesh-wide, one elsewhere to
 //!   its namespace; a `selector` narrows either to the workloads whose labels match.
 //! - **Order**: AUDIT (an RBAC filter with action LOG: it marks matching requests for the access
-//!   log, never blocks), then CUSTOM (external authorization, authz_custom.rs), DENY, ALLOW. A request any DENY rule matches is refused; when
+//!   log, never blocks), then CUSTOM (external authorization, authz_custom.rs; on TCP ports too,
+//!   authz_custom_tcp.rs), DENY, ALLOW. A request any DENY rule matches is refused; when
 //!   at least one ALLOW policy applies, a request no ALLOW rule matches is refused too. `spec: {}`
 //!   is an ALLOW policy without rules, so it denies everything; `rules: [{}]` matches everything.
 //! - **A rule** matches when one of its `from` sources, one of its `to` operations and all its
@@ -51,7 +52,7 @@ mod custom;
 #[path = "authz_encode.rs"]
 mod encode;
 pub use custom::{HTTP_EXT_AUTHZ, refused as custom_refused};
-use encode::{Action, HttpRbacConfig, sorted};
+use encode::{Action, HttpRbacConfig, NetworkRbacConfig, sorted};
 #[path = "authz_jwt.rs"]
 mod jwt_matchers;
 #[path = "authz_matchers.rs"]
@@ -93,7 +94,7 @@ pub fn inbound_policy(
         }
     } else {
         InboundPolicy {
-            network_filters: filters.set.network_filters(),
+            network_filters: filters.network(),
             ..Default::default()
         }
     }
@@ -112,7 +113,7 @@ pub fn gateway_policy(
     let port = |for_tcp| custom::PortFilters::new(&policies, for_tcp, &index.config, opts);
     InboundPolicy {
         http_filters: port(false).http(),
-        network_filters: port(true).set.network_filters(),
+        network_filters: port(true).network(),
     }
 }
 
@@ -127,7 +128,7 @@ pub struct Applied<'a> {
     pub dry_run: bool,
 }
 
-pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+pub use meshd_model::security::DRY_RUN_ANNOTATION;
 
 /// The policies that apply to a workload (in `namespace`, with `labels`): those of its
 /// namespace and of the root namespace (mesh-wide) whose selector is absent or matches its
@@ -152,11 +153,7 @@ pub fn applicable<'a>(
             namespace: o.meta.namespace(),
             name: &o.meta.name,
             policy: ap,
-            dry_run: o
-                .meta
-                .annotations
-                .get(DRY_RUN_ANNOTATION)
-                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            dry_run: meshd_model::security::is_dry_run(&o.meta.annotations),
         })
         .collect()
 }
@@ -215,7 +212,7 @@ pub fn translate(policies: &[Applied<'_>], for_tcp: bool, trust_domain: &str) ->
             (AuthzAction::Deny, false) => &mut set.deny,
             (AuthzAction::Deny, true) => &mut dry_deny,
             (AuthzAction::Audit, _) => &mut set.audit,
-            // Its provider's filters, or its deny rules on TCP: `custom::apply`.
+            // Its provider's filters, or deny rules where it cannot serve: `custom::apply`.
             (AuthzAction::Custom, _) => continue,
         };
         let target = target.get_or_insert_default();

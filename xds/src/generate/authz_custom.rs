@@ -4,14 +4,16 @@
 //! named `istio-ext-authz-ns[..]-policy[..]-rule[..]`), which only marks a request a rule
 //! matches in its dynamic metadata; the `envoy.filters.http.ext_authz` filter after it asks the
 //! authorizer for exactly those requests. Both sit after AUDIT and before DENY (Istio's order
-//! CUSTOM, DENY, ALLOW).
+//! CUSTOM, DENY, ALLOW). On a TCP port an `envoyExtAuthzGrpc` provider is called the same way
+//! through the network filters (authz_custom_tcp.rs).
 //!
 //! Fail closed: a CUSTOM policy naming a provider the server lacks, or whose service is not in
 //! the registry, and every CUSTOM policy of a workload whose CUSTOM policies name different
 //! providers (Istio allows one per workload) become deny-all rules in the DENY filter; each is
-//! reported through `MeshSnapshot::problems()` (`refused`). On a TCP port meshd does not call the
-//! authorizer: a CUSTOM rule denies the connections it matches (HTTP-only fields dropped, as in
-//! DENY), so CUSTOM never lets through what the authorizer might have refused.
+//! reported through `MeshSnapshot::problems()` (`refused`). An `envoyExtAuthzHttp` provider
+//! cannot authorize a TCP connection (Envoy's network ext_authz speaks gRPC only), so on a TCP
+//! port its CUSTOM rules deny the connections they match (HTTP-only fields dropped, as in DENY):
+//! CUSTOM never lets through what the authorizer might have refused.
 
 use super::matchers::{exact, istio_string, prefix_matcher};
 use super::{
@@ -21,6 +23,7 @@ use crate::generate::GenOptions;
 use envoy_types::pb::envoy::config::core::v3::{
     ApiVersion, GrpcService, HeaderValue, HttpUri, grpc_service, http_uri,
 };
+use envoy_types::pb::envoy::config::listener::v3::Filter;
 use envoy_types::pb::envoy::config::rbac::v3::Policy;
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ea;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -130,17 +133,23 @@ fn customs<'p, 'o>(
     out
 }
 
-/// Apply the CUSTOM policies of one port: fail-closed and (on TCP) deny rules go into `deny`
-/// (and `shadow_deny`, which holds the enforced ones too); the HTTP filters to run between the
-/// AUDIT and DENY filters are returned.
-pub(super) fn apply(
+/// What CUSTOM adds to one port's filters: the rules an authorizer is asked about (the marker's
+/// shadow rules) and the provider that answers.
+struct Custom<'o> {
+    shadow: Policies,
+    provider: Option<Resolved<'o>>,
+}
+
+/// Apply the CUSTOM policies of one port: fail-closed rules, and on TCP the rules of a provider
+/// that cannot serve TCP, go into `deny` (and `shadow_deny`, which holds the enforced ones too).
+fn apply<'o>(
     policies: &[Applied<'_>],
     for_tcp: bool,
     config: &MeshConfig,
-    opts: &GenOptions,
+    opts: &'o GenOptions,
     deny: &mut Option<Policies>,
     shadow_deny: &mut Option<Policies>,
-) -> Vec<HttpFilter> {
+) -> Custom<'o> {
     let mut shadow = Policies::new();
     let mut provider = None;
     let mut add_deny = |name: String, p: Policy| {
@@ -162,37 +171,40 @@ pub(super) fn apply(
             action: AuthzAction::Custom,
             trust_domain: &opts.trust_domain,
         };
+        let asks = !for_tcp || tcp::serves_tcp(resolved.provider);
         for (i, rule) in a.policy.rules.iter().enumerate() {
             let Some(p) = ctx.rule(rule) else { continue };
-            let name = format!("{}-rule[{i}]", policy_name(a.namespace, a.name));
-            if for_tcp {
-                add_deny(format!("{RULE_PREFIX}-{name}"), p);
+            let name = format!(
+                "{RULE_PREFIX}-{}-rule[{i}]",
+                policy_name(a.namespace, a.name)
+            );
+            if asks {
+                shadow.insert(name, p);
             } else {
-                shadow.insert(format!("{RULE_PREFIX}-{name}"), p);
+                add_deny(name, p);
             }
         }
-        provider = Some(resolved);
+        if asks {
+            provider = Some(resolved);
+        }
     }
-    match provider {
-        Some(r) if !shadow.is_empty() => vec![marker_filter(&shadow), ext_authz_filter(&r)],
-        _ => Vec::new(),
-    }
+    Custom { shadow, provider }
 }
 
 /// Every policy filter of one port: the RBAC layers with CUSTOM's deny rules in, and CUSTOM's
-/// HTTP filters.
-pub(super) struct PortFilters {
+/// marker and ext_authz filters.
+pub(super) struct PortFilters<'o> {
     pub set: super::RbacSet,
-    custom: Vec<HttpFilter>,
+    custom: Custom<'o>,
 }
 
-impl PortFilters {
+impl<'o> PortFilters<'o> {
     pub fn new(
         policies: &[Applied<'_>],
         for_tcp: bool,
         config: &MeshConfig,
-        opts: &GenOptions,
-    ) -> PortFilters {
+        opts: &'o GenOptions,
+    ) -> PortFilters<'o> {
         let mut set = super::translate(policies, for_tcp, &opts.trust_domain);
         let custom = apply(
             policies,
@@ -205,11 +217,35 @@ impl PortFilters {
         PortFilters { set, custom }
     }
 
+    /// CUSTOM's pair of filters, if a provider is asked about anything here.
+    fn asked(&self) -> Option<&Resolved<'o>> {
+        self.custom
+            .provider
+            .as_ref()
+            .filter(|_| !self.custom.shadow.is_empty())
+    }
+
     /// The HTTP filters in order: AUDIT, then CUSTOM's, then DENY and ALLOW.
     pub fn http(self) -> Vec<HttpFilter> {
+        let custom = match self.asked() {
+            Some(r) => vec![marker_filter(&self.custom.shadow), ext_authz_filter(r)],
+            None => Vec::new(),
+        };
         let mut out = self.set.http_filters();
         let at = usize::from(self.set.audit.is_some());
-        out.splice(at..at, self.custom);
+        out.splice(at..at, custom);
+        out
+    }
+
+    /// The network filters in the same order, for a TCP port.
+    pub fn network(self) -> Vec<Filter> {
+        let custom = match self.asked() {
+            Some(r) => tcp::filters(&self.custom.shadow, r),
+            None => Vec::new(),
+        };
+        let mut out = self.set.network_filters();
+        let at = usize::from(self.set.audit.is_some());
+        out.splice(at..at, custom);
         out
     }
 }
@@ -223,11 +259,12 @@ pub fn refused(config: &MeshConfig, root_namespace: &str, opts: &GenOptions) -> 
     if !config.authorization_policies().any(|p| custom(&p)) {
         return Vec::new();
     }
+    // Why, and whether the policy fails closed whole (else it denies only on some TCP ports).
     let mut reasons = std::collections::BTreeMap::new();
-    let mut note = |a: &Applied<'_>, why: String| {
+    let mut note = |a: &Applied<'_>, why: String, whole: bool| {
         reasons
             .entry((a.namespace.to_string(), a.name.to_string()))
-            .or_insert(why);
+            .or_insert((why, whole));
     };
     // Unknown providers, whether or not a workload is selected.
     for (o, ap) in config.authorization_policies().filter(|p| custom(p)) {
@@ -239,35 +276,97 @@ pub fn refused(config: &MeshConfig, root_namespace: &str, opts: &GenOptions) -> 
         };
         for (a, r) in customs(&[a], config, opts) {
             if let Err(why) = r {
-                note(&a, why);
+                note(&a, why, true);
             }
         }
     }
-    // Conflicting providers, per workload.
+    // Conflicting providers, and HTTP providers on TCP ports, per workload.
     for w in &config.workloads {
         let applied = super::applicable(config, root_namespace, &w.namespace, &w.labels);
+        let tcp = tcp_ports(config, w);
         for (a, r) in customs(&applied, config, opts) {
-            if let Err(why) = r {
-                note(&a, format!("{why} (workload {}/{})", w.namespace, w.name));
+            match r {
+                Err(why) => note(
+                    &a,
+                    format!("{why} (workload {}/{})", w.namespace, w.name),
+                    true,
+                ),
+                Ok(r) if matches!(r.provider.kind, ExtAuthzKind::Http(_)) => {
+                    if let Some(port) = tcp.iter().find(|p| may_match_port(a.policy, **p)) {
+                        note(
+                            &a,
+                            format!(
+                                "provider `{}` is an envoyExtAuthzHttp provider, which cannot authorize TCP: on TCP port {port} of workload {}/{} the policy denies the connections it matches",
+                                r.provider.name, w.namespace, w.name
+                            ),
+                            false,
+                        );
+                    }
+                }
+                Ok(_) => {}
             }
         }
     }
     config
         .authorization_policies()
         .filter_map(|(o, _)| {
-            let why = reasons.remove(&(o.meta.namespace().to_string(), o.meta.name.clone()))?;
+            let (why, whole) =
+                reasons.remove(&(o.meta.namespace().to_string(), o.meta.name.clone()))?;
             Some(Rejected {
                 file: o.source.file.clone(),
                 line: o.source.line,
                 kind: Some(o.kind()),
                 namespace: Some(o.meta.namespace().to_string()),
                 name: Some(o.meta.name.clone()),
-                reason: format!(
-                    "{why}; the policy fails closed: it denies every request to the workloads it selects"
-                ),
+                reason: if whole {
+                    format!(
+                        "{why}; the policy fails closed: it denies every request to the workloads it selects"
+                    )
+                } else {
+                    why
+                },
             })
         })
         .collect()
+}
+
+/// The non-HTTP ports of the services selecting `w`.
+fn tcp_ports(config: &MeshConfig, w: &meshd_model::registry::Workload) -> Vec<u32> {
+    let mut out: Vec<u32> = config
+        .services
+        .iter()
+        .filter(|s| {
+            s.namespace == w.namespace
+                && s.selector
+                    .as_ref()
+                    .is_some_and(|sel| meshd_model::registry::selector_matches(sel, &w.labels))
+        })
+        .flat_map(|s| s.ports.iter())
+        .filter(|p| !p.protocol.is_http())
+        .map(|p| {
+            w.ports
+                .get(&p.name)
+                .copied()
+                .or(p.target_port)
+                .unwrap_or(p.number)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether a rule of `policy` can match a connection to `port` (a rule without `to`, or an
+/// operation without `ports`, matches every port).
+fn may_match_port(policy: &meshd_model::security::AuthorizationPolicy, port: u32) -> bool {
+    let port = port.to_string();
+    policy.rules.iter().any(|r| {
+        r.to.is_empty()
+            || r.to.iter().any(|t| {
+                let op = &t.operation;
+                (op.ports.is_empty() || op.ports.contains(&port)) && !op.not_ports.contains(&port)
+            })
+    })
 }
 
 fn deny_all() -> Policy {
@@ -297,9 +396,11 @@ fn marker_filter(shadow: &Policies) -> HttpFilter {
     }
 }
 
-fn ext_authz_filter(r: &Resolved<'_>) -> HttpFilter {
-    let enabled = MetadataMatcher {
-        filter: super::HTTP_RBAC.into(),
+/// Enables an ext_authz filter for what the marker RBAC filter `rbac_filter` (the namespace
+/// of its dynamic metadata) matched: the key is its stat prefix + `shadow_effective_policy_id`.
+fn marked_by(rbac_filter: &str) -> MetadataMatcher {
+    MetadataMatcher {
+        filter: rbac_filter.into(),
         path: vec![metadata_matcher::PathSegment {
             segment: Some(metadata_matcher::path_segment::Segment::Key(format!(
                 "{STAT_PREFIX}shadow_effective_policy_id"
@@ -311,19 +412,10 @@ fn ext_authz_filter(r: &Resolved<'_>) -> HttpFilter {
             ))),
         }),
         invert: false,
-    };
-    let timeout = |t: &Option<std::time::Duration>| {
-        Some(match t {
-            Some(t) => Duration {
-                seconds: t.as_secs() as i64,
-                nanos: t.subsec_nanos() as i32,
-            },
-            None => Duration {
-                seconds: DEFAULT_TIMEOUT_SECS,
-                nanos: 0,
-            },
-        })
-    };
+    }
+}
+
+fn ext_authz_filter(r: &Resolved<'_>) -> HttpFilter {
     let (services, fail_open, body, allowed_headers) = match &r.provider.kind {
         ExtAuthzKind::Http(h) => {
             let mut allowed = h.include_request_headers_in_check.clone();
@@ -365,17 +457,7 @@ fn ext_authz_filter(r: &Resolved<'_>) -> HttpFilter {
             )
         }
         ExtAuthzKind::Grpc(g) => (
-            ea::ext_authz::Services::GrpcService(GrpcService {
-                timeout: timeout(&g.timeout),
-                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
-                    grpc_service::EnvoyGrpc {
-                        cluster_name: r.cluster.clone(),
-                        authority: r.host.to_string(),
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            }),
+            ea::ext_authz::Services::GrpcService(grpc_service(r, &g.timeout)),
             g.fail_open,
             &g.include_request_body_in_check,
             None,
@@ -389,7 +471,7 @@ fn ext_authz_filter(r: &Resolved<'_>) -> HttpFilter {
             code: r.status_on_error as i32,
         }),
         with_request_body: body.as_ref().map(buffer),
-        filter_enabled_metadata: Some(enabled),
+        filter_enabled_metadata: Some(marked_by(super::HTTP_RBAC)),
         allowed_headers,
         ..Default::default()
     };
@@ -399,6 +481,35 @@ fn ext_authz_filter(r: &Resolved<'_>) -> HttpFilter {
             type_url: ea::ExtAuthz::type_url(),
             value: cfg.encode_to_vec(),
         })),
+        ..Default::default()
+    }
+}
+
+/// The provider's timeout, or Istio's default.
+fn timeout(t: &Option<std::time::Duration>) -> Option<Duration> {
+    Some(match t {
+        Some(t) => Duration {
+            seconds: t.as_secs() as i64,
+            nanos: t.subsec_nanos() as i32,
+        },
+        None => Duration {
+            seconds: DEFAULT_TIMEOUT_SECS,
+            nanos: 0,
+        },
+    })
+}
+
+/// A gRPC provider's service: its mesh cluster, through Envoy's own gRPC client.
+fn grpc_service(r: &Resolved<'_>, t: &Option<std::time::Duration>) -> GrpcService {
+    GrpcService {
+        timeout: timeout(t),
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+            grpc_service::EnvoyGrpc {
+                cluster_name: r.cluster.clone(),
+                authority: r.host.to_string(),
+                ..Default::default()
+            },
+        )),
         ..Default::default()
     }
 }
@@ -430,6 +541,9 @@ fn headers(list: &[String]) -> Option<ListStringMatcher> {
             .collect(),
     })
 }
+
+#[path = "authz_custom_tcp.rs"]
+mod tcp;
 
 #[cfg(test)]
 #[path = "authz_custom_tests.rs"]

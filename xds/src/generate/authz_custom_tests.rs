@@ -1,5 +1,6 @@
-//! Unit tests of AuthorizationPolicy `action: CUSTOM` (authz_custom.rs) as a sidecar receives it:
-//! the filter order, the ext_authz filter's config, and failing closed with a reported reason.
+//! Unit tests of AuthorizationPolicy `action: CUSTOM` (authz_custom.rs, authz_custom_tcp.rs) as a
+//! sidecar receives it: the filter order on HTTP and TCP ports, the ext_authz filters' config, and
+//! failing closed with a reported reason.
 
 use crate::generate::{GenOptions, MeshSnapshot};
 use crate::json::any_to_json;
@@ -54,6 +55,8 @@ extensionProviders:
   envoyExtAuthzGrpc: {service: app/authz.app.svc.cluster.local, port: 8000, timeout: 1s}
 - name: gone
   envoyExtAuthzHttp: {service: gone.app.svc.cluster.local, port: 8000}
+- name: tcp-grpc
+  envoyExtAuthzGrpc: {service: authz.app.svc.cluster.local, port: 8000, timeout: 2s, failOpen: true}
 "#;
 
 fn policy(name: &str, spec: &str) -> String {
@@ -133,11 +136,15 @@ fn names(filters: &[Value]) -> Vec<String> {
 }
 
 fn four_layers() -> String {
+    four_layers_with("ext")
+}
+
+fn four_layers_with(provider: &str) -> String {
     [
         policy("audit", "action: AUDIT, rules: [{}]"),
         policy(
             "ext",
-            "action: CUSTOM, provider: {name: ext}, rules: [{to: [{operation: {paths: ['/custom/*']}}]}]",
+            &format!("action: CUSTOM, provider: {{name: {provider}}}, rules: [{{to: [{{operation: {{paths: ['/custom/*']}}}}]}}]"),
         ),
         policy("deny", "action: DENY, rules: [{to: [{operation: {paths: ['/deny']}}]}]"),
         policy("allow", "rules: [{}]"),
@@ -148,7 +155,13 @@ fn four_layers() -> String {
 #[test]
 fn custom_runs_after_audit_and_before_deny_then_allow() {
     let snap = snapshot(&four_layers());
-    assert_eq!(snap.problems().count(), 0);
+    // The one problem is the TCP port's (see an_http_provider_on_a_tcp_port_…).
+    assert!(
+        snap.problems()
+            .all(|p| p.reason.contains("cannot authorize TCP")),
+        "{:?}",
+        snap.problems().collect::<Vec<_>>()
+    );
     let http = chain_filters(&snap, 8080);
     let got = names(&http);
     assert_eq!(
@@ -310,4 +323,99 @@ fn two_providers_for_one_workload_fail_closed() {
             && problems[0].1.contains("workload app/server"),
         "{problems:?}"
     );
+}
+
+#[test]
+fn a_grpc_provider_on_a_tcp_port_is_asked_about_the_connections_custom_matches() {
+    let snap = snapshot(&four_layers_with("tcp-grpc"));
+    assert_eq!(snap.problems().count(), 0);
+    let tcp = chain_filters(&snap, 9000);
+    let got = names(&tcp);
+    assert_eq!(
+        got[..5],
+        [
+            "rbac:LOG",
+            "rbac:shadow:istio_ext_authz_",
+            "envoy.filters.network.ext_authz",
+            "rbac:DENY",
+            "rbac:ALLOW"
+        ],
+        "{got:?}"
+    );
+    assert_eq!(got.last().unwrap(), "envoy.filters.network.tcp_proxy");
+    let marker = &tcp[1]["typed_config"];
+    assert_eq!(marker["rules"], Value::Null, "the marker closes nothing");
+    let rules = marker["shadow_rules"]["policies"].as_object().unwrap();
+    assert_eq!(
+        rules.keys().collect::<Vec<_>>(),
+        ["istio-ext-authz-ns[app]-policy[ext]-rule[0]"]
+    );
+    assert!(
+        !rules
+            .values()
+            .next()
+            .unwrap()
+            .to_string()
+            .contains("/custom"),
+        "the HTTP-only path is dropped on TCP: {marker}"
+    );
+    let ext = &tcp[2]["typed_config"];
+    assert_eq!(
+        ext["filter_enabled_metadata"],
+        json!({"filter": "envoy.filters.network.rbac",
+               "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+               "value": {"string_match": {"prefix": "istio-ext-authz"}}})
+    );
+    assert_eq!(
+        ext["grpc_service"],
+        json!({"envoy_grpc": {"cluster_name": "outbound|8000||authz.app.svc.cluster.local",
+                              "authority": "authz.app.svc.cluster.local"},
+               "timeout": "2s"})
+    );
+    assert_eq!(ext["transport_api_version"], "V3");
+    assert_eq!(ext["failure_mode_allow"], true);
+    let deny = &tcp[3]["typed_config"]["rules"]["policies"];
+    assert!(
+        deny.get("istio-ext-authz-ns[app]-policy[ext]-rule[0]")
+            .is_none(),
+        "asked, not denied: {deny}"
+    );
+}
+
+#[test]
+fn an_http_provider_on_a_tcp_port_still_denies_what_custom_matches() {
+    let snap = snapshot(&four_layers_with("ext"));
+    let tcp = chain_filters(&snap, 9000);
+    let got = names(&tcp);
+    assert_eq!(
+        got[..3],
+        ["rbac:LOG", "rbac:DENY", "rbac:ALLOW"],
+        "no marker, no ext_authz: {got:?}"
+    );
+    assert!(
+        tcp[1]["typed_config"]["rules"]["policies"]
+            .get("istio-ext-authz-ns[app]-policy[ext]-rule[0]")
+            .is_some(),
+        "{}",
+        tcp[1]
+    );
+    // The HTTP port of the same workload still asks that provider.
+    assert!(names(&chain_filters(&snap, 8080)).contains(&"envoy.filters.http.ext_authz".into()));
+    // And the policy is reported: on the TCP port it denies instead of asking.
+    let reasons: Vec<String> = snap.problems().map(|p| p.to_string()).collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("app/ext")
+            && reasons[0].contains(
+                "provider `ext` is an envoyExtAuthzHttp provider, which cannot authorize TCP: on TCP port 9000 of workload app/server the policy denies the connections it matches"
+            )
+            && !reasons[0].contains("fails closed"),
+        "{reasons:?}"
+    );
+    // A rule only for the HTTP port leaves the TCP port alone: nothing to report.
+    let http_only = snapshot(&policy(
+        "ext",
+        "action: CUSTOM, provider: {name: ext}, rules: [{to: [{operation: {ports: ['8080']}}]}]",
+    ));
+    assert_eq!(http_only.problems().count(), 0);
 }

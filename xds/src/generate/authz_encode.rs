@@ -108,15 +108,15 @@ pub(super) struct HttpRbacConfig {
 
 /// `envoy.extensions.filters.network.rbac.v3.RBAC` (the fields we set).
 #[derive(Clone, PartialEq, Message)]
-struct NetworkRbacConfig {
+pub(super) struct NetworkRbacConfig {
     #[prost(message, optional, tag = "1")]
-    rules: Option<SortedRbac>,
+    pub(super) rules: Option<SortedRbac>,
     #[prost(message, optional, tag = "2")]
-    shadow_rules: Option<SortedRbac>,
+    pub(super) shadow_rules: Option<SortedRbac>,
     #[prost(string, tag = "3")]
-    stat_prefix: String,
+    pub(super) stat_prefix: String,
     #[prost(string, tag = "5")]
-    shadow_rules_stat_prefix: String,
+    pub(super) shadow_rules_stat_prefix: String,
 }
 
 pub(super) fn sorted(action: Action, policies: &Policies) -> SortedRbac {

@@ -142,7 +142,18 @@ fn client_tls(
     };
     let mesh = || istio_mutual_upstream(&sni, &peer_identities(svc, &opts.trust_domain), alpn);
     match policy.tls.as_ref().map(|t| t.mode) {
-        Some(TlsMode::IstioMutual) => ClientTls::Explicit(mesh()),
+        Some(TlsMode::IstioMutual) => {
+            // As Istio: the rule's `sni` and `subjectAltNames` replace the mesh's own (a
+            // server reached through another network's gateway is named by the SNI it routes on).
+            let t = policy.tls.as_ref().expect("tls set");
+            let sni = t.sni.clone().unwrap_or(sni);
+            let sans = if t.subject_alt_names.is_empty() {
+                peer_identities(svc, &opts.trust_domain)
+            } else {
+                t.subject_alt_names.clone()
+            };
+            ClientTls::Explicit(istio_mutual_upstream(&sni, &sans, alpn))
+        }
         Some(TlsMode::Disable) => ClientTls::None,
         Some(TlsMode::Simple) | Some(TlsMode::Mutual) => {
             let t = policy.tls.as_ref().expect("tls set");
@@ -423,8 +434,39 @@ pub fn outbound_with_rule(
     }
 }
 
-pub fn inbound(port: u32, app_port: u32) -> Cluster {
+/// The cluster to the app behind inbound `port`. An HTTP/2 or gRPC port reaches the app over
+/// HTTP/2 (as Istio's): over HTTP/1.1 a gRPC answer would lose its trailers, grpc-status with
+/// them.
+pub fn inbound(port: u32, app_port: u32, h2: bool) -> Cluster {
+    let typed_extension_protocol_options = if h2 {
+        use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+            HttpProtocolOptions, http_protocol_options,
+        };
+        let opts = HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(
+                            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                                Default::default(),
+                            ),
+                        ),
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+            any(&opts),
+        )]
+        .into_iter()
+        .collect()
+    } else {
+        Default::default()
+    };
     Cluster {
+        typed_extension_protocol_options,
         name: inbound_name(port),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Static as i32,

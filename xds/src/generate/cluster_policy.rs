@@ -235,6 +235,7 @@ pub(super) fn originate_tls(
                 common.validation_context_type = Some(ValidationContextType::ValidationContext(
                     CertificateValidationContext {
                         trusted_ca: Some(filename(ca)),
+                        crl: t.ca_crl.as_deref().map(filename),
                         // The server must present one of these names (any, when none are given).
                         match_typed_subject_alt_names: sans(),
                         ..Default::default()

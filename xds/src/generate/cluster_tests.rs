@@ -269,3 +269,71 @@ fn unsupported_policy_fields_are_reported() {
     );
     assert!(config.rejected[0].reason.contains("exportTo"));
 }
+
+/// ISTIO_MUTUAL with the rule's own `sni` and `subjectAltNames` (as Istio: a server reached
+/// through another network's gateway is named by the SNI the gateway routes on): they replace
+/// the mesh's `outbound_.PORT_.SUBSET_.HOST` and the service's identities.
+#[test]
+fn istio_mutual_takes_the_rules_sni_and_subject_alt_names() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    let upstream = |yaml: &str| {
+        let c = clusters(yaml)
+            .remove("outbound|8080||x.ns.svc.cluster.local")
+            .unwrap();
+        let socket = c.transport_socket.expect("explicit TLS");
+        let Some(
+            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                any,
+            ),
+        ) = socket.config_type
+        else {
+            panic!("typed config")
+        };
+        let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        let json = crate::json::any_to_json(&crate::resource::any(&ctx));
+        (ctx.sni, json["common_tls_context"].to_string())
+    };
+    let rule = |tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: x, namespace: ns}}\nspec:\n  host: x.ns.svc.cluster.local\n  trafficPolicy: {{tls: {tls}}}\n"
+        )
+    };
+    let (sni, ctx) = upstream(&rule("{mode: ISTIO_MUTUAL}"));
+    assert_eq!(sni, "outbound_.8080_._.x.ns.svc.cluster.local");
+    assert!(!ctx.contains("spiffe://remote"), "{ctx}");
+    let (sni, ctx) = upstream(&rule(
+        "{mode: ISTIO_MUTUAL, sni: outbound_.8080_._.x.remote.svc.cluster.local, subjectAltNames: [\"spiffe://remote/ns/x/sa/x\"]}",
+    ));
+    assert_eq!(sni, "outbound_.8080_._.x.remote.svc.cluster.local");
+    assert!(ctx.contains("spiffe://remote/ns/x/sa/x"), "{ctx}");
+}
+
+/// The inbound cluster of a gRPC (or HTTP2) port speaks HTTP/2 to the app, so gRPC trailers
+/// (grpc-status) reach the caller; an HTTP port's keeps HTTP/1.1.
+#[test]
+fn inbound_cluster_of_a_grpc_port_speaks_http2_to_the_app() {
+    use crate::generate::test_fixture::{SERVER, resource, snapshot, workload_proxy};
+    let yaml = format!(
+        r#"{SERVER}apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: server-grpc, namespace: app}}
+spec:
+  hosts: [server-grpc.app.svc.cluster.local]
+  addresses: [10.96.0.21]
+  ports: [{{number: 7070, name: grpc, protocol: GRPC}}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: server}}}}
+"#
+    );
+    let snap = snapshot(&yaml);
+    let proxy = workload_proxy(&snap, "server", "app");
+    let options = |name: &str| {
+        resource(&snap, &proxy, crate::resource::CLUSTER, name)["typed_extension_protocol_options"]
+            .to_string()
+    };
+    let grpc = options("inbound|7070||");
+    assert!(grpc.contains("http2_protocol_options"), "{grpc}");
+    let http = options("inbound|8080||");
+    assert!(!http.contains("http2_protocol_options"), "{http}");
+}

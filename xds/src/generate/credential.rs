@@ -73,7 +73,8 @@ pub fn names_credential(rule: &DestinationRule) -> bool {
 
 /// The SDS secrets for `wants`, from the credentials of `namespace`. One missing is left out:
 /// Envoy keeps what refers to it warming (not serving) until it appears, and the rest serves.
-/// The CA comes from the Secret itself, else from `<name>-cacert` (Istio's layout).
+/// The CA (and its `ca.crl`) comes from the Secret itself, else from `<name>-cacert` (Istio's
+/// layout).
 pub fn secrets(
     config: &MeshConfig,
     namespace: &str,
@@ -104,16 +105,19 @@ pub fn secrets(
         if !w.ca {
             continue;
         }
-        let ca = lookup(name)
-            .and_then(|c| c.ca_cert.as_ref())
-            .or_else(|| lookup(&format!("{name}-cacert")).and_then(|c| c.ca_cert.as_ref()));
-        if let Some(ca) = ca {
+        // The CA and its CRL come from one Secret, never a CA from one and a CRL from another.
+        let holder = lookup(name)
+            .filter(|c| c.ca_cert.is_some())
+            .or_else(|| lookup(&format!("{name}-cacert")).filter(|c| c.ca_cert.is_some()));
+        if let Some((ca, crl)) = holder.and_then(|c| Some((c.ca_cert.as_ref()?, c.ca_crl.as_ref())))
+        {
             let ca_name = sds_ca_name(name);
             let s = Secret {
                 name: ca_name.clone(),
                 r#type: Some(secret::Type::ValidationContext(
                     CertificateValidationContext {
                         trusted_ca: Some(inline_bytes(ca.as_bytes())),
+                        crl: crl.map(|c| inline_bytes(c.as_bytes())),
                         ..Default::default()
                     },
                 )),

@@ -7,6 +7,7 @@
 //! TCP servers proxy connections per the bound tls / tcp routes.
 
 use super::common::*;
+use super::gateway_sni;
 use super::l4::L4Target;
 use super::listener::{RouteSource, hcm, hcm_filter, l4_proxy_filter};
 use super::telemetry::Side;
@@ -34,6 +35,8 @@ pub struct GatewayResources {
     /// Outbound clusters when DestinationRules with a `workloadSelector` select the gateway
     /// (`None`: the mesh-wide ones).
     pub outbound: Option<super::selected::Outbound>,
+    /// The SNI-DNAT clusters of its AUTO_PASSTHROUGH servers (`gateway_sni`).
+    pub sni_clusters: Layer,
 }
 
 impl GatewayResources {
@@ -43,6 +46,7 @@ impl GatewayResources {
             listeners: reuse_layer(Some(&old.listeners), self.listeners),
             routes: reuse_layer(Some(&old.routes), self.routes),
             secrets: reuse_layer(Some(&old.secrets), self.secrets),
+            sni_clusters: reuse_layer(Some(&old.sni_clusters), self.sni_clusters),
             outbound: match (self.outbound, &old.outbound) {
                 (Some(new), Some(old)) => Some(new.reusing(old)),
                 (new, _) => new,
@@ -77,6 +81,16 @@ fn l4_chain(
         }),
         filters: vec![proxy],
         ..Default::default()
+    }
+}
+
+/// `chain` matched only for connections to `subnets` (IP addresses or CIDRs).
+fn with_subnets(chain: &mut FilterChain, subnets: &[String]) {
+    if let Some(m) = chain.filter_chain_match.as_mut() {
+        m.prefix_ranges = subnets
+            .iter()
+            .filter_map(|s| super::listener::cidr(s))
+            .collect();
     }
 }
 
@@ -179,6 +193,7 @@ fn server_tls_socket(
             None => common_tls_context::ValidationContextType::ValidationContext(
                 CertificateValidationContext {
                     trusted_ca: tls.ca_certificates.as_deref().map(filename),
+                    crl: tls.ca_crl.as_deref().map(filename),
                     match_typed_subject_alt_names: sans,
                     ..Default::default()
                 },
@@ -316,6 +331,13 @@ pub fn build(
     // The Telemetry policy selecting the gateway: its listeners are the client side.
     let telemetry_opts = snapshot.opts_for(namespace, labels);
     let rules = snapshot.index.selected_rules(namespace, labels);
+    // Its servers' credentials and those its clusters originate TLS with, from its namespace.
+    let (outbound, mut wants) = snapshot.gateway_outbound(&rules);
+    let outbound_clusters = match &outbound {
+        Some(o) => &o.clusters,
+        None => &snapshot.clusters,
+    };
+    let mut sni_clusters = BTreeMap::new();
     let http_ctx = HttpCtx {
         snapshot,
         namespace,
@@ -400,6 +422,17 @@ pub fn build(
         // TLS passthrough (by SNI) and TCP servers: the bound VirtualServices' tls / tcp routes.
         for (gw_ns, gw_name, server) in servers.iter().filter(|(_, _, s)| !is_http(s)) {
             let tls = server.port.protocol.eq_ignore_ascii_case("TLS");
+            if tls_mode(server).as_deref() == Some(gateway_sni::AUTO_PASSTHROUGH) {
+                let dnat = gateway_sni::clusters(outbound_clusters.iter(), |host| {
+                    server_allows(server, host)
+                });
+                for sni in dnat.keys() {
+                    let target = L4Target::Cluster(sni.clone());
+                    chains.push(l4_chain(sni, vec![sni.clone()], &target));
+                }
+                sni_clusters.extend(dnat);
+                continue;
+            }
             for (vo, vs) in config.virtual_services() {
                 if !bound_to(vs, vo.meta.namespace(), gw_ns, gw_name) {
                     continue;
@@ -413,51 +446,84 @@ pub fn build(
                     rules: &rules,
                 };
                 let port_ok = |p: Option<u32>| p.is_none_or(|p| p == port);
+                let applicable =
+                    |p: Option<u32>, gateways: &[String], labels, ns: &Option<String>| {
+                        port_ok(p)
+                            && ctx.gateway_listed(gateways)
+                            && ctx.source_admits(labels, ns.as_deref())
+                    };
                 if tls {
                     for r in &vs.tls {
                         let Some(target) = super::l4::target(&ctx, &r.route) else {
                             continue;
                         };
-                        let sni: Vec<String> = r
+                        let mut sni: Vec<String> = Vec::new();
+                        for m in r.matches.iter().filter(|m| {
+                            applicable(m.port, &m.gateways, &m.source_labels, &m.source_namespace)
+                        }) {
+                            let names = m
+                                .sni_hosts
+                                .iter()
+                                .filter(|h| server_allows(server, h))
+                                .cloned();
+                            if m.destination_subnets.is_empty() {
+                                sni.extend(names);
+                                continue;
+                            }
+                            // A match on the connection's destination (the gateway's address).
+                            let names: Vec<String> = names.collect();
+                            if names.is_empty() {
+                                continue;
+                            }
+                            let mut chain =
+                                l4_chain(&format!("gateway-{port}-tls"), names, &target);
+                            with_subnets(&mut chain, &m.destination_subnets);
+                            chains.push(chain);
+                        }
+                        if !sni.is_empty() {
+                            chains.push(l4_chain(&format!("gateway-{port}-tls"), sni, &target));
+                        }
+                    }
+                } else {
+                    // Subnet routes before the first route for every destination, in order.
+                    let mut taken = Vec::new();
+                    for r in &vs.tcp {
+                        let matched: Vec<_> = r
                             .matches
                             .iter()
                             .filter(|m| {
-                                port_ok(m.port)
-                                    && ctx.gateway_listed(&m.gateways)
-                                    && ctx.source_admits(
-                                        &m.source_labels,
-                                        m.source_namespace.as_deref(),
-                                    )
+                                applicable(
+                                    m.port,
+                                    &m.gateways,
+                                    &m.source_labels,
+                                    &m.source_namespace,
+                                )
                             })
-                            .flat_map(|m| m.sni_hosts.iter().cloned())
-                            .filter(|h| server_allows(server, h))
                             .collect();
-                        if sni.is_empty() {
+                        if !r.matches.is_empty() && matched.is_empty() {
                             continue;
                         }
-                        chains.push(l4_chain(&format!("gateway-{port}-tls"), sni, &target));
+                        let Some(target) = super::l4::target(&ctx, &r.route) else {
+                            continue;
+                        };
+                        let mut chain =
+                            l4_chain(&format!("gateway-{port}-tcp"), Vec::new(), &target);
+                        if r.matches.is_empty()
+                            || matched.iter().any(|m| m.destination_subnets.is_empty())
+                        {
+                            chains.push(chain);
+                            break;
+                        }
+                        let subnets: Vec<String> = matched
+                            .iter()
+                            .flat_map(|m| m.destination_subnets.iter().cloned())
+                            .filter(|s| super::l4::unclaimed(&mut taken, s))
+                            .collect();
+                        if !subnets.is_empty() {
+                            with_subnets(&mut chain, &subnets);
+                            chains.push(chain);
+                        }
                     }
-                } else if let Some(target) = vs
-                    .tcp
-                    .iter()
-                    .find(|r| {
-                        r.matches.is_empty()
-                            || r.matches.iter().any(|m| {
-                                port_ok(m.port)
-                                    && ctx.gateway_listed(&m.gateways)
-                                    && ctx.source_admits(
-                                        &m.source_labels,
-                                        m.source_namespace.as_deref(),
-                                    )
-                            })
-                    })
-                    .and_then(|r| super::l4::target(&ctx, &r.route))
-                {
-                    chains.push(l4_chain(
-                        &format!("gateway-{port}-tcp"),
-                        Vec::new(),
-                        &target,
-                    ));
                 }
             }
         }
@@ -472,6 +538,7 @@ pub fn build(
                 true
             }
         });
+        super::l4::sni_under_prefixes(&mut chains);
         let inspect = chains.iter().any(|c| {
             c.filter_chain_match
                 .as_ref()
@@ -498,14 +565,13 @@ pub fn build(
         };
         listeners.insert(name.clone(), Resource::encode(name, &l));
     }
-    // Its servers' credentials and those its clusters originate TLS with, from its namespace.
-    let (outbound, mut wants) = snapshot.gateway_outbound(&rules);
     server_wants(&gateways, &mut wants);
     GatewayResources {
         listeners: LayerMap::new(listeners),
         routes: LayerMap::new(routes),
         secrets: LayerMap::new(super::credential::secrets(config, namespace, &wants)),
         outbound,
+        sni_clusters: LayerMap::new(sni_clusters),
     }
 }
 

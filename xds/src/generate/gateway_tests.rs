@@ -1,4 +1,5 @@
-//! Gateway listeners by the address their servers bind to.
+//! Gateway listeners by the address their servers bind to; AUTO_PASSTHROUGH servers routing
+//! mesh mTLS by SNI to SNI-DNAT clusters.
 
 use crate::generate::test_fixture::{INGRESS, SERVER, resource, router, snapshot};
 use crate::resource::LISTENER;
@@ -58,5 +59,112 @@ spec:
     assert!(
         out[LISTENER].get("0.0.0.0_9000").is_none(),
         "a bound server is not reachable on every address"
+    );
+}
+
+/// AUTO_PASSTHROUGH: a chain per destination the server's hosts admit, matched by the SNI a
+/// sidecar's ISTIO_MUTUAL cluster sends, to a cluster of that name carrying the connection
+/// as it is (no TLS of its own) to the outbound cluster's endpoints.
+#[test]
+fn auto_passthrough_routes_mesh_tls_by_sni_to_sni_dnat_clusters() {
+    use crate::resource::CLUSTER;
+    let yaml = format!(
+        r#"{SERVER}---
+{INGRESS}apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner, namespace: app}}
+spec:
+  hosts: [api.partner.example]
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: server, namespace: app}}
+spec:
+  host: server.app.svc.cluster.local
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: cross-network, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 15443, name: tls, protocol: TLS}}
+    hosts: ["*.svc.cluster.local"]
+    tls: {{mode: AUTO_PASSTHROUGH}}
+"#
+    );
+    let snap = snapshot(&yaml);
+    let gw = router("ingress", "istio-system");
+    let l = resource(&snap, &gw, LISTENER, "0.0.0.0_15443");
+    let chains: Vec<(String, String)> = l["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let names = &c["filter_chain_match"]["server_names"];
+            assert_eq!(names.as_array().unwrap().len(), 1, "{c:#}");
+            let proxy = c["filters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["name"] == "envoy.filters.network.tcp_proxy")
+                .unwrap();
+            (
+                names[0].as_str().unwrap().to_string(),
+                proxy["typed_config"]["cluster"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        "outbound_.8080_._.server.app.svc.cluster.local",
+        "outbound_.8080_.v1_.server.app.svc.cluster.local",
+        "outbound_.8081_._.server.app.svc.cluster.local",
+        "outbound_.8081_.v1_.server.app.svc.cluster.local",
+        "outbound_.9000_._.server.app.svc.cluster.local",
+        "outbound_.9000_.v1_.server.app.svc.cluster.local",
+    ];
+    assert_eq!(
+        chains,
+        want.iter()
+            .map(|n| (n.to_string(), n.to_string()))
+            .collect::<Vec<_>>(),
+        "one chain per in-mesh destination, none for api.partner.example"
+    );
+    assert!(
+        l["listener_filters"].to_string().contains("tls_inspector"),
+        "{l:#}"
+    );
+    let dnat = resource(&snap, &gw, CLUSTER, want[1]);
+    assert_eq!(
+        dnat["transport_socket"],
+        serde_json::Value::Null,
+        "{dnat:#}"
+    );
+    assert_eq!(
+        dnat["transport_socket_matches"],
+        serde_json::Value::Null,
+        "{dnat:#}"
+    );
+    assert_eq!(
+        dnat["eds_cluster_config"]["service_name"], "outbound|8080|v1|server.app.svc.cluster.local",
+        "the same endpoints as the outbound cluster: {dnat:#}"
+    );
+    let outbound = resource(
+        &snap,
+        &gw,
+        CLUSTER,
+        "outbound|8080|v1|server.app.svc.cluster.local",
+    );
+    assert_ne!(
+        outbound["transport_socket_matches"],
+        serde_json::Value::Null,
+        "{outbound:#}"
     );
 }

@@ -12,7 +12,7 @@ impl MeshSnapshot {
     /// The ports a workload serves, where its app listens, and their mTLS modes: the ingress
     /// listeners of its Sidecar when it has any, else its services' target ports.
     fn inbound_ports(&self, w: &Workload) -> Vec<listener::InboundPort> {
-        let mut ports: Vec<(u32, u32, bool)> = self
+        let mut ports: Vec<(u32, u32, Protocol)> = self
             .index
             .sidecar_for(&w.namespace, &w.labels)
             .map(|(_, sc)| {
@@ -22,7 +22,7 @@ impl MeshSnapshot {
                         let app_port = ingress_endpoint_port(i.default_endpoint.as_deref())
                             .unwrap_or(i.port.target_port.unwrap_or(i.port.number));
                         let protocol = Protocol::detect(Some(&i.port.protocol), &i.port.name);
-                        (i.port.number, app_port, protocol.is_http())
+                        (i.port.number, app_port, protocol)
                     })
                     .collect()
             })
@@ -44,18 +44,20 @@ impl MeshSnapshot {
                         .copied()
                         .or(port.target_port)
                         .unwrap_or(port.number);
-                    ports.push((app_port, app_port, port.protocol.is_http()));
+                    ports.push((app_port, app_port, port.protocol));
                 }
             }
         }
         let mut by_port: BTreeMap<u32, listener::InboundPort> = BTreeMap::new();
-        for (port, app_port, http) in ports {
+        for (port, app_port, protocol) in ports {
+            let http = protocol.is_http();
             by_port.entry(port).or_insert_with(|| {
                 let policy = authz::inbound_policy(&self.index, w, port, http, &self.opts);
                 listener::InboundPort {
                     port,
                     app_port,
                     http,
+                    h2: matches!(protocol, Protocol::Http2 | Protocol::Grpc),
                     mode: self.index.mtls_mode(&w.namespace, &w.labels, port),
                     // JWT verification first: RBAC matches the payload it leaves.
                     http_filters: jwt::jwt_filter(
@@ -98,7 +100,7 @@ impl MeshSnapshot {
         let clusters: BTreeMap<String, SharedResource> = ports
             .iter()
             .map(|p| {
-                let c = cluster::inbound(p.port, p.app_port);
+                let c = cluster::inbound(p.port, p.app_port, p.h2);
                 (c.name.clone(), Resource::encode(c.name.clone(), &c))
             })
             .collect();

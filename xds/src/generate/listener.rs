@@ -320,7 +320,8 @@ pub fn outbound_port(
     opts: &GenOptions,
 ) -> Listener {
     let name = format!("0.0.0.0_{port}");
-    // One chain per match: the first service (or route) claiming a VIP or an SNI name wins.
+    // One chain per match: the first service (or route) claiming a VIP, an SNI name, or an SNI
+    // name on some addresses wins; Envoy refuses two chains with the same match.
     let mut claimed: Vec<(Vec<CidrRange>, String)> = Vec::new();
     let mut chains: Vec<FilterChain> = Vec::new();
     for c in l4_chains {
@@ -328,21 +329,32 @@ pub fn outbound_port(
         let server_names: Vec<String> = c
             .sni
             .iter()
-            .filter(|n| !claimed.iter().any(|(p, s)| p.is_empty() && s == *n))
+            .filter(|n| {
+                !claimed
+                    .iter()
+                    .any(|(p, s)| s == *n && (p.is_empty() || *p == prefix_ranges))
+            })
             .cloned()
             .collect();
-        if server_names.is_empty()
-            && (prefix_ranges.is_empty()
-                || claimed
+        let unclaimed = if c.sni.is_empty() {
+            !prefix_ranges.is_empty()
+                && !claimed
                     .iter()
-                    .any(|(p, s)| s.is_empty() && *p == prefix_ranges))
-        {
+                    .any(|(p, s)| s.is_empty() && *p == prefix_ranges)
+        } else {
+            !server_names.is_empty()
+        };
+        if !unclaimed {
             continue;
         }
         if server_names.is_empty() {
             claimed.push((prefix_ranges.clone(), String::new()));
         } else {
-            claimed.extend(server_names.iter().map(|n| (Vec::new(), n.clone())));
+            claimed.extend(
+                server_names
+                    .iter()
+                    .map(|n| (prefix_ranges.clone(), n.clone())),
+            );
         }
         let proxy = telemetry::with_tcp_log(
             l4_proxy_filter(&c.name, &c.target, c.idle_timeout),
@@ -352,11 +364,7 @@ pub fn outbound_port(
         chains.push(FilterChain {
             name: c.name.clone(),
             filter_chain_match: Some(FilterChainMatch {
-                prefix_ranges: if server_names.is_empty() {
-                    prefix_ranges
-                } else {
-                    Vec::new()
-                },
+                prefix_ranges,
                 server_names,
                 ..Default::default()
             }),
@@ -364,6 +372,7 @@ pub fn outbound_port(
             ..Default::default()
         });
     }
+    super::l4::sni_under_prefixes(&mut chains);
     let sni_matched = chains.iter().any(|c| {
         c.filter_chain_match
             .as_ref()
@@ -410,7 +419,7 @@ pub fn outbound_port(
     }
 }
 
-fn cidr(text: &str) -> Option<CidrRange> {
+pub(super) fn cidr(text: &str) -> Option<CidrRange> {
     let (ip, len) = match text.split_once('/') {
         Some((ip, len)) => (ip, len.parse().ok()?),
         None => (text, if text.contains(':') { 128 } else { 32 }),
@@ -426,6 +435,8 @@ pub struct InboundPort {
     pub port: u32,
     pub app_port: u32,
     pub http: bool,
+    /// The port speaks HTTP/2 (HTTP2, GRPC): the app is reached over HTTP/2 too.
+    pub h2: bool,
     pub mode: MtlsMode,
     /// Policy filters (authorization) ahead of the router, for HTTP ports.
     pub http_filters: Vec<HttpFilter>,

@@ -11,6 +11,7 @@ pub mod common;
 pub mod credential;
 pub mod envoyfilter;
 pub mod gateway;
+mod gateway_sni;
 mod inbound;
 mod index;
 pub mod jwt;
@@ -329,10 +330,11 @@ impl MeshSnapshot {
                     Some(o) => (&o.clusters, &o.endpoints, &*o.locality),
                     None => (&self.clusters, &self.endpoints, &*self.locality_plans),
                 };
-                out.insert(
-                    CLUSTER,
-                    ResourceSet::layer(patched(clusters, LayerKind::Clusters)),
-                );
+                let mut cluster_set = ResourceSet::layer(patched(clusters, LayerKind::Clusters));
+                if !gw.sni_clusters.is_empty() {
+                    cluster_set.push_layer(patched(&gw.sni_clusters, LayerKind::Clusters));
+                }
+                out.insert(CLUSTER, cluster_set);
                 let endpoints = self.localized(endpoints, plans, workload);
                 out.insert(ENDPOINT, ResourceSet::layer(endpoints));
                 out.insert(

@@ -422,7 +422,8 @@ spec:
 }
 
 /// OPTIONAL_MUTUAL: the gateway's chain verifies a client certificate against the server's CA
-/// (files or the credential's `-cacert` over SDS) but lets a client without one through.
+/// (files or the credential's `-cacert` over SDS), and its CRL (`caCrl`, the Secret's `ca.crl`),
+/// but lets a client without one through.
 #[test]
 fn optional_mutual_gateway_servers_verify_without_requiring_client_certificates() {
     use crate::resource::SECRET;
@@ -434,7 +435,7 @@ fn optional_mutual_gateway_servers_verify_without_requiring_client_certificates(
 {INGRESS}apiVersion: v1
 kind: Secret
 metadata: {{name: opt-cert, namespace: istio-system}}
-data: {{cert: {c}, key: {k}, cacert: {a}}}
+data: {{cert: {c}, key: {k}, cacert: {a}, ca.crl: {r}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -444,7 +445,7 @@ spec:
   servers:
   - port: {{number: 9443, name: https-files, protocol: HTTPS}}
     hosts: ["files.example.com"]
-    tls: {{mode: OPTIONAL_MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, subjectAltNames: [client.example]}}
+    tls: {{mode: OPTIONAL_MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, caCrl: /ca.crl, subjectAltNames: [client.example]}}
   - port: {{number: 9444, name: https-sds, protocol: HTTPS}}
     hosts: ["sds.example.com"]
     tls: {{mode: OPTIONAL_MUTUAL, credentialName: opt-cert}}
@@ -452,6 +453,7 @@ spec:
         c = b64(&pem("CERTIFICATE")),
         k = b64(&pem("PRIVATE KEY")),
         a = b64(&pem("CERTIFICATE")),
+        r = b64(&pem("X509 CRL")),
     );
     let snap = snapshot(&yaml);
     let router = router("ingress", "istio-system");
@@ -460,6 +462,7 @@ spec:
     assert_eq!(tls["require_client_certificate"], false, "{tls:#}");
     let validation = &tls["common_tls_context"]["validation_context"];
     assert_eq!(validation["trusted_ca"]["filename"], "/ca.pem", "{tls:#}");
+    assert_eq!(validation["crl"]["filename"], "/ca.crl", "{tls:#}");
     assert_eq!(
         validation["match_typed_subject_alt_names"][0]["matcher"]["exact"], "client.example",
         "{tls:#}"
@@ -479,4 +482,50 @@ spec:
         names,
         ["kubernetes://opt-cert", "kubernetes://opt-cert-cacert"]
     );
+    let ca = crate::json::any_to_json(
+        &res[SECRET]
+            .get("kubernetes://opt-cert-cacert")
+            .unwrap()
+            .any(),
+    );
+    let crl = &ca["validation_context"]["crl"]["inline_bytes"];
+    assert_eq!(crl, &serde_json::json!(b64(&pem("X509 CRL"))), "{ca:#}");
+}
+
+/// DestinationRule TLS origination with files: the server's certificate is checked against the
+/// CA file and the CRL file (`caCrl`).
+#[test]
+fn destination_rule_ca_crl_checks_the_servers_certificate() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: ext}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: ext}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, caCertificates: /ca.pem, caCrl: /ca.crl}
+"#;
+    let snap = fixture::snapshot(yaml);
+    let cluster = resource(
+        &snap,
+        &sidecar("client", "ext"),
+        crate::resource::CLUSTER,
+        "outbound|443||api.example.com",
+    );
+    let validation =
+        &cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"];
+    assert_eq!(
+        validation["trusted_ca"]["filename"], "/ca.pem",
+        "{cluster:#}"
+    );
+    assert_eq!(validation["crl"]["filename"], "/ca.crl", "{cluster:#}");
 }

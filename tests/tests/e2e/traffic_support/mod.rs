@@ -329,7 +329,8 @@ pub fn gateway_options() -> SidecarOptions {
     }
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
+/// `openssl args` run in `dir`; a failure fails the test with openssl's error.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
     let out = std::process::Command::new("openssl")
         .args(args)
         .current_dir(dir)
