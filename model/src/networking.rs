@@ -378,25 +378,72 @@ pub struct Sidecar {
     #[serde(default)]
     pub egress: Vec<IstioEgressListener>,
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// Limits of every inbound cluster of the selected workloads; an ingress listener's own
+    /// `connectionPool` replaces it for that port.
+    pub inbound_connection_pool: Option<ConnectionPoolSettings>,
+}
+
+/// A Sidecar listener's port: as a Gateway's, but only the number is required.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarPort {
+    pub number: u32,
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default)]
+    pub name: String,
+    pub target_port: Option<u32>,
+}
+
+/// How traffic reaches a Sidecar listener: redirected by iptables (the default), or sent by the
+/// app straight to the address the listener binds (`NONE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CaptureMode {
+    #[default]
+    Default,
+    Iptables,
+    None,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IstioIngressListener {
-    pub port: GatewayPort,
+    pub port: SidecarPort,
     pub bind: Option<String>,
+    #[serde(default)]
+    pub capture_mode: CaptureMode,
     pub default_endpoint: Option<String>,
+    /// TLS the sidecar terminates for clients outside the mesh, in place of mesh mTLS.
+    pub tls: Option<ServerTlsSettings>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IstioEgressListener {
-    pub port: Option<GatewayPort>,
+    pub port: Option<SidecarPort>,
     pub bind: Option<String>,
     #[serde(default)]
+    pub capture_mode: CaptureMode,
+    #[serde(default)]
     pub hosts: Vec<String>,
+}
+
+impl IstioEgressListener {
+    /// The address an app sends to explicitly, when this listener has one: its `bind`, or
+    /// loopback under `captureMode: NONE`. `None`: reached by capture alone.
+    pub fn bound_address(&self) -> Option<&str> {
+        match (self.bind.as_deref(), self.capture_mode) {
+            (Some(bind), _) => Some(bind),
+            (None, CaptureMode::None) => Some("127.0.0.1"),
+            (None, _) => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -405,6 +452,8 @@ pub struct IstioEgressListener {
 pub struct OutboundTrafficPolicy {
     #[serde(default)]
     pub mode: OutboundMode,
+    /// Where `ALLOW_ANY` sends traffic to unknown destinations, instead of passing it through.
+    pub egress_proxy: Option<Destination>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -11,6 +11,7 @@ mod gateway;
 mod lb;
 mod request_authn;
 mod selector;
+mod sidecar;
 mod telemetry;
 
 type Check = Result<(), String>;
@@ -436,61 +437,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
                 gateway::server(&format!("spec.servers[{i}]"), s)?;
             }
         }
-        Spec::Sidecar(sc) => {
-            if let Some(sel) = &sc.workload_selector {
-                selector::labels(&sel.labels, "spec.workloadSelector.labels")?;
-            }
-            for (i, l) in sc.ingress.iter().enumerate() {
-                port(l.port.number, &format!("spec.ingress[{i}].port"))?;
-                if let Some(target) = l.port.target_port {
-                    port(target, &format!("spec.ingress[{i}].port.targetPort"))?;
-                }
-                if let Some(e) = &l.default_endpoint {
-                    let ok = e.rsplit_once(':').is_some_and(|(host, p)| {
-                        matches!(host, "127.0.0.1" | "0.0.0.0" | "[::1]" | "[::]")
-                            && p.parse::<u16>().is_ok_and(|p| p > 0)
-                    });
-                    if !ok {
-                        return Err(format!(
-                            "spec.ingress[{i}].defaultEndpoint: `{e}` is not supported (use 127.0.0.1:PORT or 0.0.0.0:PORT; unix sockets are not)"
-                        ));
-                    }
-                }
-                if l.bind.is_some() {
-                    return Err(format!("spec.ingress[{i}].bind is not supported"));
-                }
-            }
-            for (i, e) in sc.egress.iter().enumerate() {
-                if let Some(p) = &e.port {
-                    port(p.number, &format!("spec.egress[{i}].port"))?;
-                }
-                if e.bind.is_some() {
-                    return Err(format!(
-                        "spec.egress[{i}].bind is not supported (egress listeners use the captured destination)"
-                    ));
-                }
-                if let Some(p) = &e.port
-                    && sc
-                        .egress
-                        .iter()
-                        .filter(|o| o.port.as_ref().is_some_and(|q| q.number == p.number))
-                        .count()
-                        > 1
-                {
-                    return Err(format!(
-                        "spec.egress[{i}].port {} is given by more than one egress listener",
-                        p.number
-                    ));
-                }
-                for h in &e.hosts {
-                    if !h.contains('/') {
-                        return Err(format!(
-                            "spec.egress[{i}].hosts: `{h}` must be namespace/host (e.g. `./*`, `istio-system/*`)"
-                        ));
-                    }
-                }
-            }
-        }
+        Spec::Sidecar(sc) => sidecar::sidecar(sc)?,
         Spec::PeerAuthentication(pa) => selector::peer_authentication(pa)?,
         // Never rejected here: a policy that cannot be enforced as written stays in force as a
         // deny-all (see `authorization_policy` below and `MeshConfig`).
@@ -511,5 +458,7 @@ pub(crate) fn object(obj: &ConfigObject) -> Check {
 mod gateway_tests;
 #[cfg(test)]
 mod parity_tests;
+#[cfg(test)]
+mod sidecar_tests;
 #[cfg(test)]
 mod tests;

@@ -5,12 +5,12 @@
 use crate::{MeshConfig, parse_file};
 
 #[derive(Debug)]
-enum Want {
+pub(super) enum Want {
     Accepted,
     /// Rejected; the message holds this field path and these words.
     Rejected(&'static str, &'static str),
 }
-use Want::*;
+pub(super) use Want::*;
 
 fn group(kind: &str) -> &'static str {
     match kind {
@@ -33,7 +33,7 @@ fn verdict(kind: &str, spec: &str) -> Option<String> {
     mesh.rejected.first().map(|r| r.to_string())
 }
 
-fn check(rows: &[(&str, &str, Want)]) {
+pub(super) fn check(rows: &[(&str, &str, Want)]) {
     for (kind, spec, want) in rows {
         let got = verdict(kind, spec);
         match (want, &got) {

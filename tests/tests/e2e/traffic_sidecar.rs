@@ -152,6 +152,6 @@ spec:
     assert!(wait_until(Duration::from_secs(10), || {
         mesh.admin_json("/debug/configz").unwrap()["rejected"]
             .to_string()
-            .contains("unix sockets are not")
+            .contains("defaultEndpoint (a unix socket)")
     }));
 }
