@@ -120,21 +120,6 @@ fn served(sc: &Sidecar) -> Check {
             return not_yet(format!("spec.ingress[{i}].defaultEndpoint (a unix socket)"));
         }
     }
-    for (i, e) in sc.egress.iter().enumerate() {
-        if e.bind.is_some() {
-            return not_yet(format!("spec.egress[{i}].bind"));
-        }
-        if e.capture_mode != CaptureMode::Default {
-            return not_yet(format!("spec.egress[{i}].captureMode"));
-        }
-    }
-    if sc
-        .outbound_traffic_policy
-        .as_ref()
-        .is_some_and(|p| p.egress_proxy.is_some())
-    {
-        return not_yet("spec.outboundTrafficPolicy.egressProxy".into());
-    }
     Ok(())
 }
 

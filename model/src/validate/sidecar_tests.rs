@@ -126,6 +126,21 @@ fn sidecar_egress_rules() {
             ),
             Rejected("spec.egress[1].port", "more than one egress listener"),
         ),
+        // Listeners with their own address: one per (address, port).
+        (
+            "Sidecar",
+            &format!(
+                "  egress:\n  - port: {HTTP_PORT}\n    bind: 127.0.0.2\n    captureMode: NONE\n    hosts: [./*]\n  - port: {HTTP_PORT}\n    bind: 127.0.0.3\n    captureMode: NONE\n    hosts: [ns2/*]\n  - hosts: [./*]\n"
+            ),
+            Accepted,
+        ),
+        (
+            "Sidecar",
+            &format!(
+                "  egress:\n  - port: {HTTP_PORT}\n    captureMode: NONE\n    hosts: [./*]\n  - port: {HTTP_PORT}\n    bind: 127.0.0.1\n    hosts: [ns2/*]\n"
+            ),
+            Rejected("spec.egress[1].port", "bound to 127.0.0.1"),
+        ),
         (
             "Sidecar",
             "  egress:\n  - bind: 127.0.0.1\n    hosts: [./*]\n",

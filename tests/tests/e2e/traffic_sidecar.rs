@@ -155,3 +155,60 @@ spec:
             .contains("defaultEndpoint (a unix socket)")
     }));
 }
+
+#[test]
+fn egress_listener_with_capture_mode_none_serves_an_app_that_dials_it() {
+    // The client's app dials 127.0.0.2:PORT itself (iptables leaves loopback alone); its
+    // sidecar binds that address and routes to api over mesh mTLS. Captured traffic keeps the
+    // port-less listener's view.
+    let sidecar = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client-egress, namespace: {NS}}}
+spec:
+  workloadSelector:
+    labels: {{app: client}}
+  egress:
+  - port: {{number: {PORT}, protocol: HTTP, name: http}}
+    bind: 127.0.0.2
+    captureMode: NONE
+    hosts: ["./{api}"]
+  - hosts: ["./*"]
+"#,
+        api = fqdn("api")
+    );
+    let yaml = client_and_api(PORT);
+    let mesh = mesh("egressbind", &yaml, &[(fqdn("api"), vip(20))]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), PORT)
+        .unwrap();
+    let bound = format!("http://127.0.0.2:{PORT}/hello");
+    let host = [("host", "api")];
+    // Before the Sidecar nothing listens there.
+    let a = request(&client, "GET", &bound, &host);
+    assert_eq!(a.status, 0, "{a:?}");
+
+    mesh.write_config("sidecar.yaml", &sidecar).unwrap();
+    let listener = format!("127.0.0.2_{PORT}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        dump_active_listeners(&client.envoy_config_dump().unwrap()).contains(&listener)
+    }));
+    assert!(wait_until(Duration::from_secs(10), || {
+        request(&client, "GET", &bound, &host).status == 200
+    }));
+    let a = request(&client, "GET", &bound, &host);
+    assert_eq!(a.service(), "api", "{a:?}");
+    assert_eq!(
+        a.json()["caller"],
+        format!("spiffe://cluster.local/ns/{NS}/sa/client"),
+        "mesh mTLS through the bound listener"
+    );
+    // A host the listener does not serve: its catch-all (passthrough) has nowhere to go.
+    let a = request(&client, "GET", &bound, &[("host", "elsewhere.example")]);
+    assert_ne!(a.status, 200, "{a:?}");
+    // Captured traffic to api still flows through the port-less listener.
+    let a = get(&client, &format!("http://{}:{PORT}/", fqdn("api")));
+    assert_eq!(a.status, 200, "{a:?}");
+}

@@ -2,7 +2,7 @@
 //! listeners reached through original destination, and gateway listeners.
 
 use super::GenOptions;
-use super::cluster::{BLACKHOLE, PASSTHROUGH, inbound_name};
+use super::cluster::{BLACKHOLE, inbound_name};
 use super::common::*;
 use super::l4::{L4Chain, L4Target};
 use super::route::{CORS_FILTER, FAULT_FILTER};
@@ -293,9 +293,10 @@ fn listener_filter(name: &str, typed: envoy_types::pb::google::protobuf::Any) ->
 }
 
 /// 15001: every captured outbound connection lands here and is handed, by its original
-/// destination, to the per-port listener; what matches none goes to passthrough or black hole.
-pub fn virtual_outbound(allow_any: bool) -> Listener {
-    let target = if allow_any { PASSTHROUGH } else { BLACKHOLE };
+/// destination, to the per-port listener; what matches none goes to `unmatched` (passthrough,
+/// black hole, or the Sidecar's egress proxy).
+pub fn virtual_outbound(unmatched: &str) -> Listener {
+    let target = unmatched;
     Listener {
         name: VIRTUAL_OUTBOUND.into(),
         address: Some(socket_address("0.0.0.0", OUTBOUND_PORT)),
@@ -310,16 +311,45 @@ pub fn virtual_outbound(allow_any: bool) -> Listener {
     }
 }
 
-/// A per-port outbound listener (not bound; reached from 15001 by original destination).
-/// HTTP ports route by Host through RDS; TCP services get a chain per VIP.
+/// Where an outbound listener listens: `0.0.0.0` not bound, reached from 15001 by original
+/// destination; or a Sidecar egress listener's own address, bound when nothing captures for it.
+#[derive(Clone, Copy)]
+pub struct OutboundAddress<'a> {
+    pub ip: &'a str,
+    pub bound: bool,
+}
+
+impl OutboundAddress<'_> {
+    pub const CAPTURED: OutboundAddress<'static> = OutboundAddress {
+        ip: "0.0.0.0",
+        bound: false,
+    };
+
+    pub fn listener_name(&self, port: u32) -> String {
+        format!("{}_{port}", self.ip)
+    }
+
+    /// The RDS name of its HTTP routes: the port, as Istio names them, for the captured ones.
+    pub fn route_name(&self, port: u32) -> String {
+        if self.ip == Self::CAPTURED.ip {
+            port.to_string()
+        } else {
+            self.listener_name(port)
+        }
+    }
+}
+
+/// A per-port outbound listener. HTTP ports route by Host through RDS; TCP services get a chain
+/// per VIP, except on a bound address, where the app names no VIP and the first service takes
+/// the connection.
 pub fn outbound_port(
-    port: u32,
+    (port, address): (u32, OutboundAddress<'_>),
     http: bool,
     l4_chains: &[L4Chain],
-    allow_any: bool,
+    unmatched: &str,
     opts: &GenOptions,
 ) -> Listener {
-    let name = format!("0.0.0.0_{port}");
+    let name = address.listener_name(port);
     // One chain per match: the first service (or route) claiming a VIP, an SNI name, or an SNI
     // name on some addresses wins; Envoy refuses two chains with the same match.
     let mut claimed: Vec<(Vec<CidrRange>, String)> = Vec::new();
@@ -380,8 +410,8 @@ pub fn outbound_port(
     });
     let default_chain = if http {
         let h = hcm(
-            &format!("outbound_0.0.0.0_{port}"),
-            RouteSource::Rds(port.to_string()),
+            &format!("outbound_{name}"),
+            RouteSource::Rds(address.route_name(port)),
             false,
             &[],
             opts,
@@ -391,18 +421,23 @@ pub fn outbound_port(
             filters: vec![hcm_filter(&h)],
             ..Default::default()
         }
+    } else if address.bound && !chains.is_empty() {
+        let mut first = chains.remove(0);
+        chains.clear();
+        first.filter_chain_match = None;
+        first
     } else {
-        let target = if allow_any { PASSTHROUGH } else { BLACKHOLE };
         FilterChain {
             name: format!("{name}-passthrough"),
-            filters: vec![tcp_proxy_filter(target, target)],
+            filters: vec![tcp_proxy_filter(unmatched, unmatched)],
             ..Default::default()
         }
     };
+    let sni_matched = sni_matched && !chains.is_empty();
     Listener {
         name,
-        address: Some(socket_address("0.0.0.0", port)),
-        bind_to_port: boolv(false),
+        address: Some(socket_address(address.ip, port)),
+        bind_to_port: boolv(address.bound),
         traffic_direction: TrafficDirection::Outbound as i32,
         // SNI chains need the ClientHello read first.
         listener_filters: if sni_matched {

@@ -9,6 +9,7 @@ pub mod authz_cases;
 pub mod cluster;
 pub mod common;
 pub mod credential;
+mod egress;
 pub mod envoyfilter;
 pub mod gateway;
 mod gateway_sni;
@@ -359,5 +360,7 @@ impl MeshSnapshot {
     }
 }
 
+#[cfg(test)]
+mod egress_tests;
 #[cfg(test)]
 mod visibility_tests;

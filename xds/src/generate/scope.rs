@@ -3,13 +3,15 @@
 //! labels) and shared by every proxy in it: which services it sees, their clusters, listeners
 //! and routes, and the encoded virtual hosts scopes share.
 
+use super::egress::Egress;
+use super::listener::OutboundAddress;
 use super::locality::LocalityPlans;
 use super::selected::{ClusterMaps, RulesKey, SelectedRules};
 use super::{MeshSnapshot, cluster, cluster_port, common, get_or_build, l4, listener, route};
 use crate::resource::{Layer, LayerMap, Resource, SharedResource, reuse_layer};
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
-use meshd_model::networking::{DestinationRule, OutboundMode, Sidecar};
+use meshd_model::networking::{DestinationRule, Sidecar};
 use meshd_model::registry::Service;
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,33 +58,16 @@ pub(super) struct Scope {
     pub(super) secrets: Layer,
 }
 
-pub(super) fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
-    let Some((ns, host)) = pattern.split_once('/') else {
-        return false;
-    };
-    let ns_ok = match ns {
-        "*" => true,
-        "." => svc.namespace == proxy_ns,
-        "~" => false,
-        other => svc.namespace == other,
-    };
-    let host_ok = host == "*"
-        || host == svc.hostname
-        || host
-            .strip_prefix('*')
-            .is_some_and(|suffix| svc.hostname.ends_with(suffix));
-    ns_ok && host_ok
-}
-
-pub(super) fn catch_all_vhost(allow_any: bool) -> VirtualHost {
+/// Hosts no service claims: to `unmatched` (passthrough or the Sidecar's egress proxy), or
+/// refused with 502 under REGISTRY_ONLY.
+pub(super) fn catch_all_vhost(unmatched: &str) -> VirtualHost {
     use envoy_types::pb::envoy::config::route::v3::{
         DirectResponseAction, Route, RouteAction, route, route_action,
     };
+    let allow_any = unmatched != cluster::BLACKHOLE;
     let action = if allow_any {
         route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                cluster::PASSTHROUGH.into(),
-            )),
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(unmatched.into())),
             timeout: Some(common::duration(std::time::Duration::ZERO)),
             ..Default::default()
         })
@@ -158,29 +143,8 @@ impl MeshSnapshot {
             server: Default::default(),
         });
         let restricted = self.index.restricted();
-        // Sidecar egress: a listener with a port decides for that port; the port-less ones for
-        // every other port (Istio's rule).
-        let egress_allows = |svc: &Service, port: u32| match sidecar {
-            None => true,
-            Some(sc) if sc.egress.is_empty() => true,
-            Some(sc) => {
-                let on_port: Vec<_> = sc
-                    .egress
-                    .iter()
-                    .filter(|e| e.port.as_ref().is_some_and(|p| p.number == port))
-                    .collect();
-                let listeners = if on_port.is_empty() {
-                    sc.egress.iter().filter(|e| e.port.is_none()).collect()
-                } else {
-                    on_port
-                };
-                listeners.iter().any(|e| {
-                    e.hosts
-                        .iter()
-                        .any(|h| egress_host_matches(h, namespace, svc))
-                })
-            }
-        };
+        let egress = Egress { sidecar, namespace };
+        let egress_allows = |svc: &Service, port: u32| egress.allows(svc, port);
         let mut port_hidden = false;
         let visible: Vec<&Service> = self
             .index
@@ -197,11 +161,7 @@ impl MeshSnapshot {
             })
             .collect();
         let port_visible = |svc: &Service, port: u32| egress_allows(svc, port);
-        let allow_any = sidecar
-            .and_then(|s| s.outbound_traffic_policy.as_ref())
-            .map(|p| p.mode)
-            .unwrap_or(OutboundMode::AllowAny)
-            == OutboundMode::AllowAny;
+        let unmatched = egress.unmatched();
         // Services whose DestinationRule differs in this scope (`exportTo`, a `workloadSelector`):
         // their clusters are generated for it rather than taken from the mesh-wide layer.
         let own_rule: Vec<(&Service, Option<&DestinationRule>)> = if restricted || !rules.is_empty()
@@ -252,11 +212,15 @@ impl MeshSnapshot {
                 cluster::BLACKHOLE,
                 cluster::ZIPKIN,
                 cluster::OPENTELEMETRY,
+                &unmatched,
             ]
             .into_iter()
             .filter(|n| self.clusters.contains_key(*n))
             {
                 clusters.insert(name.to_string(), self.clusters[name].clone());
+                if let Some(e) = self.endpoints.get(name) {
+                    endpoints.insert(name.to_string(), e.clone());
+                }
             }
             let maps = ClusterMaps {
                 clusters: &mut clusters,
@@ -270,7 +234,11 @@ impl MeshSnapshot {
         let mut http_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
         let mut tcp_ports: BTreeMap<u32, Vec<l4::L4Chain>> = BTreeMap::new();
         for svc in &visible {
-            for port in svc.ports.iter().filter(|p| port_visible(svc, p.number)) {
+            for port in svc
+                .ports
+                .iter()
+                .filter(|p| egress.captured_allows(svc, p.number))
+            {
                 if port.protocol.is_http() {
                     http_ports.entry(port.number).or_default().push(svc);
                 } else {
@@ -285,19 +253,61 @@ impl MeshSnapshot {
             }
         }
         let mut listeners = BTreeMap::new();
-        let vo = listener::virtual_outbound(allow_any);
+        let vo = listener::virtual_outbound(&unmatched);
         listeners.insert(vo.name.clone(), Resource::encode(vo.name.clone(), &vo));
         let ports: BTreeSet<u32> = http_ports.keys().chain(tcp_ports.keys()).copied().collect();
         for port in ports {
             let tcp = tcp_ports.get(&port).map(Vec::as_slice).unwrap_or(&[]);
-            let l =
-                listener::outbound_port(port, http_ports.contains_key(&port), tcp, allow_any, opts);
+            let l = listener::outbound_port(
+                (port, OutboundAddress::CAPTURED),
+                http_ports.contains_key(&port),
+                tcp,
+                &unmatched,
+                opts,
+            );
             listeners.insert(l.name.clone(), Resource::encode(l.name.clone(), &l));
         }
         let mut routes = BTreeMap::new();
         for (port, services) in &http_ports {
-            let rc = self.outbound_routes(*port, (namespace, labels), rules, services, allow_any);
+            let at = (*port, OutboundAddress::CAPTURED);
+            let rc = self.outbound_routes(at, (namespace, labels), rules, services, &unmatched);
             routes.insert(rc.name.clone(), rc);
+        }
+        for bound in egress.bound() {
+            let services: Vec<&Service> = visible
+                .iter()
+                .copied()
+                .filter(|svc| bound.serves(namespace, svc))
+                .collect();
+            let http = match bound.protocol {
+                Some(p) => p.is_http(),
+                None => services
+                    .iter()
+                    .flat_map(|svc| svc.ports.iter())
+                    .find(|p| p.number == bound.port)
+                    .is_some_and(|p| p.protocol.is_http()),
+            };
+            let at = (bound.port, bound.address);
+            let tcp: Vec<l4::L4Chain> = if http {
+                let rc =
+                    self.outbound_routes(at, (namespace, labels), rules, &services, &unmatched);
+                routes.insert(rc.name.clone(), rc);
+                Vec::new()
+            } else {
+                services
+                    .iter()
+                    .flat_map(|svc| {
+                        svc.ports
+                            .iter()
+                            .filter(|p| p.number == bound.port)
+                            .flat_map(|port| {
+                                l4::chains(&self.index, (namespace, labels), rules, svc, port)
+                            })
+                    })
+                    .collect()
+            };
+            let l = listener::outbound_port(at, http, &tcp, &unmatched, opts);
+            listeners.insert(l.name.clone(), Resource::encode(l.name.clone(), &l));
         }
         Scope {
             clusters,
@@ -316,11 +326,11 @@ impl MeshSnapshot {
     /// `source`: the proxy's namespace and, when some route matches on them, labels.
     pub(super) fn outbound_routes(
         &self,
-        port: u32,
+        (port, address): (u32, OutboundAddress<'_>),
         (namespace, labels): (&str, Option<&BTreeMap<String, String>>),
         rules: &SelectedRules,
         services: &[&Service],
-        allow_any: bool,
+        unmatched: &str,
     ) -> SharedResource {
         let mut vhosts: Vec<Bytes> = Vec::with_capacity(services.len() + 1);
         let mut seen_domains = BTreeSet::new();
@@ -361,8 +371,8 @@ impl MeshSnapshot {
             });
             vhosts.push(vhost);
         }
-        vhosts.push(catch_all_vhost(allow_any).encode_to_vec().into());
-        let name = port.to_string();
+        vhosts.push(catch_all_vhost(unmatched).encode_to_vec().into());
+        let name = address.route_name(port);
         let validate_clusters = common::boolv(false);
         // The table's encoding is its fields in number order: the name, the virtual hosts
         // (field 2, each as encoded once), then validate_clusters.

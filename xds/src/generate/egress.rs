@@ -1,0 +1,135 @@
+//! A Sidecar's egress listeners as they shape a proxy's outbound side: which service ports
+//! captured traffic reaches, the listeners with an address of their own (`bind`,
+//! `captureMode: NONE`) that an app sends to explicitly, and where traffic to unknown
+//! destinations goes (`outboundTrafficPolicy`: passthrough, black hole, or an egress proxy).
+
+use super::cluster;
+use super::listener::OutboundAddress;
+use meshd_model::networking::{CaptureMode, IstioEgressListener, OutboundMode, Sidecar};
+use meshd_model::registry::{Protocol, Service};
+
+/// Pattern `namespace/host` of a Sidecar egress listener, against a service seen from
+/// `proxy_ns` (`.` is the proxy's namespace, `~` nothing, `*` a wildcard).
+pub(super) fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) -> bool {
+    let Some((ns, host)) = pattern.split_once('/') else {
+        return false;
+    };
+    let ns_ok = match ns {
+        "*" => true,
+        "." => svc.namespace == proxy_ns,
+        "~" => false,
+        other => svc.namespace == other,
+    };
+    let host_ok = host == "*"
+        || host == svc.hostname
+        || host
+            .strip_prefix('*')
+            .is_some_and(|suffix| svc.hostname.ends_with(suffix));
+    ns_ok && host_ok
+}
+
+/// The egress side of the Sidecar in force for a proxy in `namespace` (none: everything).
+#[derive(Clone, Copy)]
+pub(super) struct Egress<'a> {
+    pub sidecar: Option<&'a Sidecar>,
+    pub namespace: &'a str,
+}
+
+/// An egress listener with its own address: the app sends to `address:port`.
+pub(super) struct BoundListener<'a> {
+    pub address: OutboundAddress<'a>,
+    pub port: u32,
+    /// The listener's declared protocol; else its services' decide.
+    pub protocol: Option<Protocol>,
+    listener: &'a IstioEgressListener,
+}
+
+impl BoundListener<'_> {
+    pub fn serves(&self, namespace: &str, svc: &Service) -> bool {
+        svc.ports.iter().any(|p| p.number == self.port)
+            && self
+                .listener
+                .hosts
+                .iter()
+                .any(|h| egress_host_matches(h, namespace, svc))
+    }
+}
+
+impl<'a> Egress<'a> {
+    fn listeners(&self) -> impl Iterator<Item = &'a IstioEgressListener> {
+        self.sidecar.into_iter().flat_map(|sc| sc.egress.iter())
+    }
+
+    /// Whether captured traffic to this service port is routed: a captured listener on the
+    /// port decides for it, the port-less one for every other port (Istio's rule). Listeners
+    /// with an address of their own take no captured traffic.
+    pub fn captured_allows(&self, svc: &Service, port: u32) -> bool {
+        let Some(sc) = self.sidecar else {
+            return true;
+        };
+        if sc.egress.is_empty() {
+            return true;
+        }
+        let captured = || self.listeners().filter(|e| e.bound_address().is_none());
+        let on_port: Vec<_> = captured()
+            .filter(|e| e.port.as_ref().is_some_and(|p| p.number == port))
+            .collect();
+        let deciding = if on_port.is_empty() {
+            captured().filter(|e| e.port.is_none()).collect()
+        } else {
+            on_port
+        };
+        deciding.iter().any(|e| {
+            e.hosts
+                .iter()
+                .any(|h| egress_host_matches(h, self.namespace, svc))
+        })
+    }
+
+    /// Whether the proxy needs this service port at all: captured, or behind a bound listener.
+    pub fn allows(&self, svc: &Service, port: u32) -> bool {
+        self.captured_allows(svc, port)
+            || self
+                .bound()
+                .iter()
+                .any(|b| b.port == port && b.serves(self.namespace, svc))
+    }
+
+    pub fn bound(&self) -> Vec<BoundListener<'a>> {
+        self.listeners()
+            .filter_map(|e| {
+                let ip = e.bound_address()?;
+                let port = e.port.as_ref()?;
+                Some(BoundListener {
+                    address: OutboundAddress {
+                        ip,
+                        bound: e.capture_mode == CaptureMode::None,
+                    },
+                    port: port.number,
+                    protocol: (!port.protocol.is_empty() || !port.name.is_empty())
+                        .then(|| Protocol::detect(Some(&port.protocol), &port.name)),
+                    listener: e,
+                })
+            })
+            .collect()
+    }
+
+    /// The cluster taking traffic to destinations no service claims.
+    pub fn unmatched(&self) -> String {
+        let policy = self
+            .sidecar
+            .and_then(|s| s.outbound_traffic_policy.as_ref());
+        match policy {
+            Some(p) if p.mode == OutboundMode::RegistryOnly => cluster::BLACKHOLE.into(),
+            Some(p) => match &p.egress_proxy {
+                Some(proxy) => cluster::outbound_name(
+                    proxy.port.as_ref().map(|p| p.number).unwrap_or(0),
+                    proxy.subset.as_deref().unwrap_or(""),
+                    &proxy.host,
+                ),
+                None => cluster::PASSTHROUGH.into(),
+            },
+            None => cluster::PASSTHROUGH.into(),
+        }
+    }
+}
