@@ -73,10 +73,10 @@ pub(super) fn server(at: &str, s: &crate::networking::Server) -> Check {
             "{at}: an HTTPS server needs tls (mode SIMPLE with credentialName, or serverCertificate and privateKey)"
         )),
         None if protocol == "TLS" => Err(format!(
-            "{at}: a TLS server needs tls.mode PASSTHROUGH (terminating TLS is for HTTPS servers)"
+            "{at}: a TLS server needs tls.mode (PASSTHROUGH, AUTO_PASSTHROUGH, or a mode that terminates TLS: SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL)"
         )),
-        Some("ISTIO_MUTUAL") if protocol == "TLS" || protocol == "TCP" => Err(format!(
-            "{at}.tls: ISTIO_MUTUAL on a {protocol} server is not supported (use HTTPS)"
+        Some("ISTIO_MUTUAL") if protocol == "TCP" => Err(format!(
+            "{at}.tls: ISTIO_MUTUAL on a TCP server: a server that terminates TLS has protocol TLS (or HTTPS)"
         )),
         None | Some("ISTIO_MUTUAL") => Ok(()),
         Some(m @ ("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) if !files => Err(format!(
@@ -89,11 +89,9 @@ pub(super) fn server(at: &str, s: &crate::networking::Server) -> Check {
                 "{at}.tls: mode {m} needs caCertificates to verify clients"
             ))
         }
-        Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") if protocol == "TLS" || protocol == "TCP" => {
-            Err(format!(
-                "{at}.tls: terminating TLS on a {protocol} server is not supported (use HTTPS, or PASSTHROUGH)"
-            ))
-        }
+        Some(m @ ("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) if protocol == "TCP" => Err(format!(
+            "{at}.tls: mode {m} on a TCP server: a server that terminates TLS has protocol TLS (or HTTPS)"
+        )),
         Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") => Ok(()),
         Some("PASSTHROUGH" | "AUTO_PASSTHROUGH") if protocol == "TLS" => Ok(()),
         Some(m @ ("PASSTHROUGH" | "AUTO_PASSTHROUGH")) => {

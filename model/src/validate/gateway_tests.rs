@@ -43,16 +43,28 @@ fn server_tls_modes() {
             "spec.servers[0].tls: mode OPTIONAL_MUTUAL needs credentialName, or serverCertificate",
         ),
         (
-            "OPTIONAL_MUTUAL terminates TLS only on HTTPS servers",
-            (
-                "HTTPS",
-                format!("{{mode: OPTIONAL_MUTUAL, {files}, caCertificates: /ca.pem}}"),
-            ),
+            "a TLS server terminates TLS (then routes TCP); a TCP server does not",
             (
                 "TLS",
                 format!("{{mode: OPTIONAL_MUTUAL, {files}, caCertificates: /ca.pem}}"),
             ),
-            "spec.servers[0].tls: terminating TLS on a TLS server is not supported",
+            (
+                "TCP",
+                format!("{{mode: OPTIONAL_MUTUAL, {files}, caCertificates: /ca.pem}}"),
+            ),
+            "spec.servers[0].tls: mode OPTIONAL_MUTUAL on a TCP server",
+        ),
+        (
+            "ISTIO_MUTUAL on a TLS server, not on TCP",
+            ("TLS", "{mode: ISTIO_MUTUAL}".to_string()),
+            ("TCP", "{mode: ISTIO_MUTUAL}".to_string()),
+            "spec.servers[0].tls: ISTIO_MUTUAL on a TCP server",
+        ),
+        (
+            "a TLS server names its mode",
+            ("TLS", format!("{{mode: SIMPLE, {files}}}")),
+            ("TLS", "{minProtocolVersion: TLSV1_2}".to_string()),
+            "spec.servers[0]: a TLS server needs tls.mode",
         ),
         (
             "MUTUAL as before",

@@ -970,3 +970,65 @@ spec:
         "{listeners:?}"
     );
 }
+
+/// A TLS server that terminates TLS (SIMPLE): the gateway decrypts by SNI with its own
+/// certificate and sends the stream where the `tcp` route says; an HTTPS client outside the
+/// mesh gets api's answer through it.
+#[test]
+fn gateway_tls_server_terminates_and_routes_the_stream_by_its_tcp_route() {
+    let dir = tempfile::tempdir().unwrap();
+    tls_certificates(dir.path(), &["db.example.com"]);
+    let f = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let gateway = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9443, name: tls-db, protocol: TLS}}
+    hosts: [db.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: {NS}}}
+spec:
+  hosts: [db.example.com]
+  gateways: [web]
+  tcp:
+  - match: [{{port: 9443}}]
+    route: [{{destination: {{host: {api}, port: {{number: {PORT}}}}}}}]
+"#,
+        cert = f("cert.pem"),
+        key = f("key.pem"),
+        api = fqdn("api"),
+    );
+    let (mesh, gw) = api_behind_gateway("gateway-tls-tcp", &gateway, &[]);
+    let outside = mesh.add_plain_pod("outside", ip(100)).unwrap();
+    let ca = f("ca.pem");
+    let resolve = format!("db.example.com:9443:{}", ip(2));
+    let get = || {
+        curl_with(
+            &outside,
+            &[
+                "--cacert",
+                &ca,
+                "--resolve",
+                &resolve,
+                "https://db.example.com:9443/over-tls",
+            ],
+        )
+    };
+    let mut last = None;
+    let served = wait_until(std::time::Duration::from_secs(30), || match get() {
+        Ok(body) => body.contains(r#""service":"api""#) && body.contains("/over-tls"),
+        Err(e) => {
+            last = Some(e);
+            false
+        }
+    });
+    assert!(served, "{last:?}");
+    // The gateway, not api, terminated the client's TLS: its listener counts the handshake.
+    assert!(stat(&gw, "listener.0.0.0.0_9443.ssl.handshake") >= 1);
+}

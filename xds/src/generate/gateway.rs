@@ -7,7 +7,7 @@
 //! TCP servers proxy connections per the bound tls / tcp routes.
 
 use super::common::*;
-use super::gateway_sni;
+use super::gateway_l4::{self, GatewayServer};
 use super::l4::L4Target;
 use super::listener::{RouteSource, hcm, hcm_filter, l4_proxy_filter};
 use super::telemetry::Side;
@@ -55,7 +55,7 @@ impl GatewayResources {
     }
 }
 
-fn server_allows(server: &Server, host: &str) -> bool {
+pub(super) fn server_allows(server: &Server, host: &str) -> bool {
     server.hosts.iter().any(|h| {
         let h = h.split_once('/').map(|(_, h)| h).unwrap_or(h);
         h == "*"
@@ -85,7 +85,7 @@ fn l4_chain(
 }
 
 /// `chain` matched only for connections to `subnets` (IP addresses or CIDRs).
-fn with_subnets(chain: &mut FilterChain, subnets: &[String]) {
+pub(super) fn with_subnets(chain: &mut FilterChain, subnets: &[String]) {
     if let Some(m) = chain.filter_chain_match.as_mut() {
         m.prefix_ranges = subnets
             .iter()
@@ -94,7 +94,7 @@ fn with_subnets(chain: &mut FilterChain, subnets: &[String]) {
     }
 }
 
-fn bound_to(vs: &VirtualService, vs_ns: &str, gw_ns: &str, gw_name: &str) -> bool {
+pub(super) fn bound_to(vs: &VirtualService, vs_ns: &str, gw_ns: &str, gw_name: &str) -> bool {
     vs.gateways.iter().any(|g| match g.split_once('/') {
         Some((ns, name)) => ns == gw_ns && name == gw_name,
         None => g == gw_name && vs_ns == gw_ns,
@@ -110,7 +110,7 @@ fn is_http(server: &Server) -> bool {
     )
 }
 
-fn tls_mode(server: &Server) -> Option<String> {
+pub(super) fn tls_mode(server: &Server) -> Option<String> {
     let tls = server.tls.as_ref()?;
     let mode = tls.mode.clone().map(|m| m.to_ascii_uppercase());
     match mode {
@@ -138,9 +138,10 @@ fn tls_version(v: Option<&str>) -> i32 {
 /// credentialName, ISTIO_MUTUAL with the gateway's mesh identity; `None` for plaintext servers
 /// and PASSTHROUGH. OPTIONAL_MUTUAL verifies a client certificate when one is presented and
 /// lets a client without one through.
-fn server_tls_socket(
+pub(super) fn server_tls_socket(
     server: &Server,
     trust_domain: &str,
+    http: bool,
 ) -> Option<envoy_types::pb::envoy::config::core::v3::TransportSocket> {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         CertificateValidationContext, TlsParameters, common_tls_context,
@@ -154,7 +155,12 @@ fn server_tls_socket(
         return None;
     }
     let mut common = CommonTlsContext {
-        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        // A terminated TCP stream negotiates no application protocol.
+        alpn_protocols: if http {
+            vec!["h2".into(), "http/1.1".into()]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     match &tls.credential_name {
@@ -218,7 +224,7 @@ fn verifies_clients(mode: &str) -> bool {
 }
 
 /// SNI names a server answers (none: any).
-fn server_names(server: &Server) -> Vec<String> {
+pub(super) fn server_names(server: &Server) -> Vec<String> {
     let hosts: Vec<String> = server
         .hosts
         .iter()
@@ -286,9 +292,6 @@ fn add_virtual_hosts(
         }
     }
 }
-
-/// A server with the namespace and name of its Gateway.
-type GatewayServer<'a> = (&'a str, &'a str, &'a Server);
 
 /// Where a server without `bind` listens, as istiod: every IPv4 address.
 const ANY_ADDRESS: &str = "0.0.0.0";
@@ -365,7 +368,7 @@ pub fn build(
             // TLS-terminating server has its own (EnvoyFilters select it by portName and
             // gateway).
             let route_name = |gw_ns: &str, gw_name: &str, s: &Server| {
-                if server_tls_socket(s, trust_domain).is_some() {
+                if server_tls_socket(s, trust_domain, true).is_some() {
                     format!("https.{port}.{}.{gw_name}.{gw_ns}", s.port.name)
                 } else {
                     format!("http.{port}")
@@ -376,7 +379,7 @@ pub fn build(
                 let table = tables
                     .entry(route_name(gw_ns, gw_name, server))
                     .or_default();
-                let plaintext = server_tls_socket(server, trust_domain).is_none();
+                let plaintext = server_tls_socket(server, trust_domain, true).is_none();
                 add_virtual_hosts(table, &http_ctx, port, (gw_ns, gw_name), server, plaintext);
             }
             for (name, vhosts) in tables {
@@ -391,9 +394,9 @@ pub fn build(
             // One chain per TLS server (by SNI, with its own certificate), one for plaintext.
             let plaintext = http_servers
                 .iter()
-                .any(|(_, _, s)| server_tls_socket(s, trust_domain).is_none());
+                .any(|(_, _, s)| server_tls_socket(s, trust_domain, true).is_none());
             for (gw_ns, gw_name, s) in &http_servers {
-                let socket = server_tls_socket(s, trust_domain);
+                let socket = server_tls_socket(s, trust_domain, true);
                 let tls = socket.is_some();
                 let h = hcm(
                     &format!("gateway_{port}"),
@@ -419,113 +422,17 @@ pub fn build(
                 });
             }
         }
-        // TLS passthrough (by SNI) and TCP servers: the bound VirtualServices' tls / tcp routes.
-        for (gw_ns, gw_name, server) in servers.iter().filter(|(_, _, s)| !is_http(s)) {
-            let tls = server.port.protocol.eq_ignore_ascii_case("TLS");
-            if tls_mode(server).as_deref() == Some(gateway_sni::AUTO_PASSTHROUGH) {
-                let dnat = gateway_sni::clusters(outbound_clusters.iter(), |host| {
-                    server_allows(server, host)
-                });
-                for sni in dnat.keys() {
-                    let target = L4Target::Cluster(sni.clone());
-                    chains.push(l4_chain(sni, vec![sni.clone()], &target));
-                }
-                sni_clusters.extend(dnat);
-                continue;
-            }
-            for (vo, vs) in config.virtual_services() {
-                if !bound_to(vs, vo.meta.namespace(), gw_ns, gw_name) {
-                    continue;
-                }
-                let ctx = route::RouteCtx {
-                    index: &snapshot.index,
-                    listener_port: port,
-                    namespace: vo.meta.namespace(),
-                    gateway: Some((gw_ns, gw_name)),
-                    source: Some((namespace, Some(labels))),
-                    rules: &rules,
-                };
-                let port_ok = |p: Option<u32>| p.is_none_or(|p| p == port);
-                let applicable =
-                    |p: Option<u32>, gateways: &[String], labels, ns: &Option<String>| {
-                        port_ok(p)
-                            && ctx.gateway_listed(gateways)
-                            && ctx.source_admits(labels, ns.as_deref())
-                    };
-                if tls {
-                    for r in &vs.tls {
-                        let Some(target) = super::l4::target(&ctx, &r.route) else {
-                            continue;
-                        };
-                        let mut sni: Vec<String> = Vec::new();
-                        for m in r.matches.iter().filter(|m| {
-                            applicable(m.port, &m.gateways, &m.source_labels, &m.source_namespace)
-                        }) {
-                            let names = m
-                                .sni_hosts
-                                .iter()
-                                .filter(|h| server_allows(server, h))
-                                .cloned();
-                            if m.destination_subnets.is_empty() {
-                                sni.extend(names);
-                                continue;
-                            }
-                            // A match on the connection's destination (the gateway's address).
-                            let names: Vec<String> = names.collect();
-                            if names.is_empty() {
-                                continue;
-                            }
-                            let mut chain =
-                                l4_chain(&format!("gateway-{port}-tls"), names, &target);
-                            with_subnets(&mut chain, &m.destination_subnets);
-                            chains.push(chain);
-                        }
-                        if !sni.is_empty() {
-                            chains.push(l4_chain(&format!("gateway-{port}-tls"), sni, &target));
-                        }
-                    }
-                } else {
-                    // Subnet routes before the first route for every destination, in order.
-                    let mut taken = Vec::new();
-                    for r in &vs.tcp {
-                        let matched: Vec<_> = r
-                            .matches
-                            .iter()
-                            .filter(|m| {
-                                applicable(
-                                    m.port,
-                                    &m.gateways,
-                                    &m.source_labels,
-                                    &m.source_namespace,
-                                )
-                            })
-                            .collect();
-                        if !r.matches.is_empty() && matched.is_empty() {
-                            continue;
-                        }
-                        let Some(target) = super::l4::target(&ctx, &r.route) else {
-                            continue;
-                        };
-                        let mut chain =
-                            l4_chain(&format!("gateway-{port}-tcp"), Vec::new(), &target);
-                        if r.matches.is_empty()
-                            || matched.iter().any(|m| m.destination_subnets.is_empty())
-                        {
-                            chains.push(chain);
-                            break;
-                        }
-                        let subnets: Vec<String> = matched
-                            .iter()
-                            .flat_map(|m| m.destination_subnets.iter().cloned())
-                            .filter(|s| super::l4::unclaimed(&mut taken, s))
-                            .collect();
-                        if !subnets.is_empty() {
-                            with_subnets(&mut chain, &subnets);
-                            chains.push(chain);
-                        }
-                    }
-                }
-            }
+        // TLS and TCP servers: the bound VirtualServices' tls / tcp routes.
+        let l4 = gateway_l4::L4Ctx {
+            snapshot,
+            namespace,
+            labels,
+            rules: &rules,
+            port,
+            chain: &l4_chain,
+        };
+        for server in servers.iter().filter(|(_, _, s)| !is_http(s)) {
+            chains.extend(l4.server_chains(*server, outbound_clusters, &mut sni_clusters));
         }
         // Envoy refuses two chains with the same match: the first claim wins.
         let mut seen = Vec::new();

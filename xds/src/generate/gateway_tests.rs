@@ -168,3 +168,78 @@ spec:
         "{outbound:#}"
     );
 }
+
+/// A TLS server in a terminating mode decrypts (by SNI, with its own certificate, no ALPN) and
+/// routes the stream per the `tcp` routes; ISTIO_MUTUAL with the gateway's mesh identity.
+#[test]
+fn tls_servers_that_terminate_route_the_stream_by_tcp_routes() {
+    let gateway = |tls: &str| {
+        format!(
+            r#"{SERVER}---
+{INGRESS}apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: app}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9443, name: tls, protocol: TLS}}
+    hosts: [db.example.com]
+    tls: {tls}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs, namespace: app}}
+spec:
+  hosts: [db.example.com]
+  gateways: [gw]
+  tcp:
+  - match: [{{port: 9443}}]
+    route:
+    - destination: {{host: server.app.svc.cluster.local, port: {{number: 9000}}}}
+"#
+        )
+    };
+    let gw = router("ingress", "istio-system");
+    let chain_of = |tls: &str| {
+        let l = resource(&snapshot(&gateway(tls)), &gw, LISTENER, "0.0.0.0_9443");
+        let chains = l["filter_chains"].as_array().unwrap().clone();
+        assert_eq!(chains.len(), 1, "{l:#}");
+        chains[0].clone()
+    };
+    let c = chain_of("{mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}");
+    assert_eq!(
+        c["filter_chain_match"]["server_names"],
+        serde_json::json!(["db.example.com"])
+    );
+    let ctx = &c["transport_socket"]["typed_config"];
+    let common = &ctx["common_tls_context"];
+    assert_eq!(
+        common["tls_certificates"][0]["certificate_chain"]["filename"],
+        "/c.pem"
+    );
+    assert!(common["alpn_protocols"].is_null(), "{common:#}");
+    let proxy = c["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "envoy.filters.network.tcp_proxy")
+        .unwrap();
+    assert_eq!(
+        proxy["typed_config"]["cluster"],
+        "outbound|9000||server.app.svc.cluster.local"
+    );
+    let mtls = chain_of("{mode: ISTIO_MUTUAL}");
+    let ctx = &mtls["transport_socket"]["typed_config"];
+    assert_eq!(ctx["require_client_certificate"], true, "{ctx:#}");
+    // PASSTHROUGH keeps routing by the tls routes: the tcp route has no say.
+    let l = resource(
+        &snapshot(&gateway("{mode: PASSTHROUGH}")),
+        &gw,
+        LISTENER,
+        "0.0.0.0_9443",
+    );
+    assert!(
+        l["filter_chains"].as_array().is_none_or(|c| c.is_empty()),
+        "{l:#}"
+    );
+}

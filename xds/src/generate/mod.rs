@@ -12,6 +12,7 @@ pub mod credential;
 mod egress;
 pub mod envoyfilter;
 pub mod gateway;
+mod gateway_l4;
 mod gateway_sni;
 mod inbound;
 mod index;
