@@ -88,6 +88,15 @@ fn notes(o: &ConfigObject) -> Vec<String> {
                 .into(),
         );
     }
+    if let Spec::Gateway(gw) = &o.spec {
+        for (i, s) in gw.servers.iter().enumerate() {
+            if s.port.target_port.is_some() {
+                out.push(format!(
+                    "spec.servers[{i}].port.targetPort: applies to ServiceEntry ports only; a Gateway server listens on its port number and ignores it (as Istio)"
+                ));
+            }
+        }
+    }
     if let Spec::DestinationRule(dr) = &o.spec {
         let outlier = dr
             .traffic_policy
@@ -210,6 +219,24 @@ spec:
         let mesh = MeshConfig::assemble([&file]);
         assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
         assert!(mesh.warnings.is_empty(), "{:?}", mesh.warnings);
+    }
+
+    /// A Gateway server's `targetPort` (a field of the Port type Istio shares with
+    /// ServiceEntry) is kept with a warning instead of dropping the Gateway.
+    #[test]
+    fn a_gateway_server_target_port_warns() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 8080, name: http, protocol: HTTP, targetPort: 8081}\n    hosts: ['*']\n";
+        let mesh = MeshConfig::assemble([&parse_file("gw.yaml", text).unwrap()]);
+        assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
+        assert_eq!(mesh.gateways().count(), 1);
+        let [w] = &mesh.warnings[..] else {
+            panic!("{:?}", mesh.warnings)
+        };
+        assert!(
+            w.to_string()
+                .contains("Gateway shop/gw: spec.servers[0].port.targetPort"),
+            "{w}"
+        );
     }
 
     /// A client credentialName in a rule without a workloadSelector is kept (gateways use it)

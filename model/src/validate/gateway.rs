@@ -44,9 +44,6 @@ pub(super) fn server(at: &str, s: &crate::networking::Server) -> Check {
             ));
         }
     }
-    if s.port.target_port.is_some() {
-        return Err(format!("{at}.port.targetPort is not supported"));
-    }
     let tls = s.tls.as_ref();
     let mode = tls
         .and_then(|t| t.mode.as_deref())
