@@ -141,12 +141,6 @@ pub(super) fn workload_supported(we: &WorkloadEntry, at: &str) -> Check {
             "{field}: an endpoint without address (reached through its network's gateway) is valid Istio, but meshd does not route between networks"
         ));
     }
-    if is_unix(&we.address) {
-        return Err(format!(
-            "{field}: `{}`: unix socket endpoints are valid Istio, but meshd does not serve them",
-            we.address
-        ));
-    }
     Ok(())
 }
 

@@ -315,7 +315,7 @@ pub fn outbound_with_rule(
     let lb_endpoints = endpoints.iter().map(|e| {
         let lb = LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
-                address: Some(socket_address(&e.address, e.port_for(port))),
+                address: Some(endpoint_address(&e.address, e.port_for(port))),
                 ..Default::default()
             })),
             load_balancing_weight: e.weight.and_then(u32v),
@@ -573,7 +573,9 @@ pub fn blackhole() -> Cluster {
 /// gateway (Istio's gateways carry no `tlsMode: istio` label; they terminate what their Gateway
 /// servers say).
 fn runs_sidecar(e: &Endpoint) -> bool {
+    // A unix socket is a process beside the caller, with no sidecar in front of it.
     e.workload.is_some()
+        && !e.address.starts_with("unix://")
         && !e
             .labels
             .get("istio")

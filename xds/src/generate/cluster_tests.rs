@@ -337,3 +337,43 @@ spec:
     let http = options("inbound|8080||");
     assert!(!http.contains("http2_protocol_options"), "{http}");
 }
+
+/// A unix socket endpoint (ServiceEntry endpoint or WorkloadEntry) is Envoy's pipe address,
+/// reached without mesh mTLS (no sidecar fronts a socket).
+#[test]
+fn unix_socket_endpoints_are_pipes() {
+    let yaml = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: local, namespace: ns}
+spec:
+  hosts: [local.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: "unix:///run/app/app.sock"}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: abstract, namespace: ns}
+spec:
+  hosts: [abstract.ns.svc.cluster.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  location: MESH_INTERNAL
+  workloadSelector: {labels: {app: abstract}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: abstract, namespace: ns}
+spec: {address: "unix://@meshd-test", labels: {app: abstract}, serviceAccount: abstract}
+"#;
+    let snap = MeshSnapshot::build(1, Arc::new(mesh(yaml)), Arc::new(GenOptions::default()));
+    for (cluster, path) in [
+        ("outbound|80||local.example.com", "/run/app/app.sock"),
+        ("outbound|80||abstract.ns.svc.cluster.local", "@meshd-test"),
+    ] {
+        let cla = crate::json::any_to_json(&snap.endpoints[cluster].any());
+        let ep = &cla["endpoints"][0]["lb_endpoints"][0];
+        assert_eq!(ep["endpoint"]["address"]["pipe"]["path"], path, "{cla:#}");
+        assert!(ep["metadata"].is_null(), "no tlsMode for a socket: {ep:#}");
+    }
+}

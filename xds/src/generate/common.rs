@@ -45,6 +45,22 @@ pub fn socket_address(ip: &str, port: u32) -> Address {
     }
 }
 
+/// An endpoint's address: a unix socket (`unix:///path`, `unix://@abstract`) as Envoy's pipe,
+/// else an IP address and port.
+pub fn endpoint_address(address: &str, port: u32) -> Address {
+    match address.strip_prefix("unix://") {
+        Some(path) => Address {
+            address: Some(address::Address::Pipe(
+                envoy_types::pb::envoy::config::core::v3::Pipe {
+                    path: path.to_string(),
+                    ..Default::default()
+                },
+            )),
+        },
+        None => socket_address(address, port),
+    }
+}
+
 /// As `google.protobuf.Duration`, clamped to its range (the model's parser already bounds
 /// durations; this keeps a value built elsewhere from wrapping negative).
 pub fn duration(d: Duration) -> PbDuration {
