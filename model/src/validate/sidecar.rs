@@ -182,8 +182,21 @@ fn ingress_tls(at: &str, t: &ServerTlsSettings) -> Check {
 }
 
 fn egress_listener(at: &str, e: &crate::networking::IstioEgressListener) -> Check {
-    if let Some(p) = &e.port {
-        port(p.number, &format!("{at}.port"))?;
+    let socket = e.bind.as_deref().and_then(|b| b.strip_prefix("unix://"));
+    match (&e.port, socket) {
+        (Some(p), None) => port(p.number, &format!("{at}.port"))?,
+        (Some(p), Some(_)) if p.number != 0 => {
+            return Err(format!(
+                "{at}.port.number: a unix-socket listener has port number 0 (the socket is its address), not {}",
+                p.number
+            ));
+        }
+        (Some(p), Some(_)) if p.protocol.is_empty() => {
+            return Err(format!(
+                "{at}.port.protocol: a unix-socket listener names its protocol (HTTP, TCP, ...)"
+            ));
+        }
+        _ => {}
     }
     if e.hosts.is_empty() {
         return Err(format!("{at}.hosts must name at least one namespace/host"));
@@ -195,17 +208,23 @@ fn egress_listener(at: &str, e: &crate::networking::IstioEgressListener) -> Chec
             ));
         }
     }
-    if let Some(bind) = &e.bind {
-        if bind.starts_with("unix://") {
+    if let Some(path) = socket {
+        if !(path.len() > 1 && (path.starts_with('/') || path.starts_with('@'))) {
             return Err(format!(
-                "{at}.bind: `{bind}`: unix-socket egress listeners are valid Istio, but meshd does not serve them yet"
+                "{at}.bind: `unix://{path}` is not a unix socket (unix:///absolute/path or unix://@abstract)"
             ));
         }
-        if bind.parse::<IpAddr>().is_err() {
+        if e.capture_mode == CaptureMode::Iptables {
             return Err(format!(
-                "{at}.bind: `{bind}` is not an IP address (x.x.x.x, an IPv6 address, or unix://path)"
+                "{at}.captureMode: IPTABLES cannot capture into a unix socket (use DEFAULT or NONE)"
             ));
         }
+    } else if let Some(bind) = &e.bind
+        && bind.parse::<IpAddr>().is_err()
+    {
+        return Err(format!(
+            "{at}.bind: `{bind}` is not an IP address (x.x.x.x, an IPv6 address, or unix://path)"
+        ));
     }
     if e.port.is_none() && (e.bind.is_some() || e.capture_mode == CaptureMode::None) {
         return Err(format!(

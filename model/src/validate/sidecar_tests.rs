@@ -156,6 +156,40 @@ fn sidecar_egress_rules() {
             &format!("  egress:\n  - port: {HTTP_PORT}\n    bind: my-host\n    hosts: [./*]\n"),
             Rejected("spec.egress[0].bind", "not an IP address"),
         ),
+        // A unix socket: port number 0 (Istio's spelling) with a protocol, never captured.
+        (
+            "Sidecar",
+            "  egress:\n  - port: {number: 0, protocol: HTTP, name: http}\n    bind: unix:///var/run/web.sock\n    hosts: [./*]\n",
+            Accepted,
+        ),
+        (
+            "Sidecar",
+            "  egress:\n  - port: {number: 80, protocol: HTTP, name: http}\n    bind: unix:///var/run/web.sock\n    hosts: [./*]\n",
+            Rejected("spec.egress[0].port.number", "port number 0"),
+        ),
+        (
+            "Sidecar",
+            "  egress:\n  - port: {number: 0}\n    bind: unix:///var/run/web.sock\n    hosts: [./*]\n",
+            Rejected("spec.egress[0].port.protocol", "names its protocol"),
+        ),
+        (
+            "Sidecar",
+            "  egress:\n  - port: {number: 0, protocol: TCP}\n    bind: unix://relative.sock\n    hosts: [./*]\n",
+            Rejected("spec.egress[0].bind", "not a unix socket"),
+        ),
+        (
+            "Sidecar",
+            "  egress:\n  - port: {number: 0, protocol: TCP}\n    bind: unix:///a.sock\n    captureMode: IPTABLES\n    hosts: [./*]\n",
+            Rejected("spec.egress[0].captureMode", "IPTABLES"),
+        ),
+        (
+            "Sidecar",
+            "  egress:\n  - port: {number: 0, protocol: TCP}\n    bind: unix:///a.sock\n    hosts: [./*]\n  - port: {number: 0, protocol: HTTP}\n    bind: unix:///a.sock\n    hosts: [./*]\n",
+            Rejected(
+                "spec.egress[1].port",
+                "more than one egress listener bound to unix:///a.sock",
+            ),
+        ),
         (
             "Sidecar",
             "  egress:\n  - hosts: [./*]\n    captureMode: SOMETIMES\n",

@@ -211,4 +211,41 @@ spec:
     // Captured traffic to api still flows through the port-less listener.
     let a = get(&client, &format!("http://{}:{PORT}/", fqdn("api")));
     assert_eq!(a.status, 200, "{a:?}");
+
+    // A unix socket listener (port 0, as Istio spells it), in a directory Envoy may write.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket = dir.path().join("api.sock").to_string_lossy().into_owned();
+    let with_socket = sidecar.replace(
+        "  - hosts: [\"./*\"]\n",
+        &format!(
+            "  - port: {{number: 0, protocol: HTTP, name: http-uds}}\n    bind: unix://{socket}\n    hosts: [\"./{}\"]\n  - hosts: [\"./*\"]\n",
+            fqdn("api")
+        ),
+    );
+    mesh.write_config("sidecar.yaml", &with_socket).unwrap();
+    let over_socket = || {
+        client
+            .run([
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--unix-socket",
+                &socket,
+                "http://api/over-socket",
+            ])
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || over_socket()
+            .contains(r#""service":"api""#)),
+        "{}",
+        over_socket()
+    );
+    assert!(over_socket().contains("/over-socket"));
 }

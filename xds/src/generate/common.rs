@@ -61,6 +61,18 @@ pub fn endpoint_address(address: &str, port: u32) -> Address {
     }
 }
 
+/// Where a listener binds: as [`endpoint_address`], a socket path made connectable by the app's
+/// uid (Envoy runs as its own; an abstract socket has no mode).
+pub fn listener_address(address: &str, port: u32) -> Address {
+    let mut a = endpoint_address(address, port);
+    if let Some(address::Address::Pipe(pipe)) = a.address.as_mut()
+        && pipe.path.starts_with('/')
+    {
+        pipe.mode = 0o666;
+    }
+    a
+}
+
 /// As `google.protobuf.Duration`, clamped to its range (the model's parser already bounds
 /// durations; this keeps a value built elsewhere from wrapping negative).
 pub fn duration(d: Duration) -> PbDuration {

@@ -3,10 +3,13 @@
 //! `captureMode: NONE`) that an app sends to explicitly, and where traffic to unknown
 //! destinations goes (`outboundTrafficPolicy`: passthrough, black hole, or an egress proxy).
 
-use super::cluster;
-use super::listener::OutboundAddress;
+use super::listener::{self, OutboundAddress};
+use super::selected::SelectedRules;
+use super::{GenOptions, MeshSnapshot, cluster, l4};
+use crate::resource::{Resource, SharedResource};
 use meshd_model::networking::{CaptureMode, IstioEgressListener, OutboundMode, Sidecar};
 use meshd_model::registry::{Protocol, Service};
+use std::collections::BTreeMap;
 
 /// Pattern `namespace/host` of a Sidecar egress listener, against a service seen from
 /// `proxy_ns` (`.` is the proxy's namespace, `~` nothing, `*` a wildcard).
@@ -45,8 +48,13 @@ pub(super) struct BoundListener<'a> {
 }
 
 impl BoundListener<'_> {
+    /// Port 0 (a unix socket's, as Istio spells it): the hosts' services on any port.
+    fn on_port(&self, port: u32) -> bool {
+        self.port == 0 || self.port == port
+    }
+
     pub fn serves(&self, namespace: &str, svc: &Service) -> bool {
-        svc.ports.iter().any(|p| p.number == self.port)
+        svc.ports.iter().any(|p| self.on_port(p.number))
             && self
                 .listener
                 .hosts
@@ -92,7 +100,7 @@ impl<'a> Egress<'a> {
             || self
                 .bound()
                 .iter()
-                .any(|b| b.port == port && b.serves(self.namespace, svc))
+                .any(|b| b.on_port(port) && b.serves(self.namespace, svc))
     }
 
     pub fn bound(&self) -> Vec<BoundListener<'a>> {
@@ -103,7 +111,8 @@ impl<'a> Egress<'a> {
                 Some(BoundListener {
                     address: OutboundAddress {
                         ip,
-                        bound: e.capture_mode == CaptureMode::None,
+                        // A socket is never captured: the app connects to it.
+                        bound: e.capture_mode == CaptureMode::None || ip.starts_with("unix://"),
                     },
                     port: port.number,
                     protocol: (!port.protocol.is_empty() || !port.name.is_empty())
@@ -131,5 +140,59 @@ impl<'a> Egress<'a> {
             },
             None => cluster::PASSTHROUGH.into(),
         }
+    }
+}
+
+impl MeshSnapshot {
+    /// The listeners (and, for HTTP, route tables) of a Sidecar's egress listeners with an
+    /// address of their own, over the services the scope sees.
+    pub(super) fn bound_egress(
+        &self,
+        egress: &Egress<'_>,
+        visible: &[&Service],
+        source: (&str, Option<&BTreeMap<String, String>>),
+        rules: &SelectedRules,
+        unmatched: &str,
+        opts: &GenOptions,
+    ) -> Vec<(SharedResource, Option<SharedResource>)> {
+        let mut out = Vec::new();
+        for bound in egress.bound() {
+            // Each service on the listener's port (port 0: on its first port of the protocol).
+            let served: Vec<(&Service, &meshd_model::registry::Port)> = visible
+                .iter()
+                .copied()
+                .filter(|svc| bound.serves(egress.namespace, svc))
+                .filter_map(|svc| {
+                    let port = svc.ports.iter().find(|p| {
+                        bound.on_port(p.number)
+                            && bound
+                                .protocol
+                                .is_none_or(|want| want.is_http() == p.protocol.is_http())
+                    })?;
+                    Some((svc, port))
+                })
+                .collect();
+            let http = match bound.protocol {
+                Some(p) => p.is_http(),
+                None => served.first().is_some_and(|(_, p)| p.protocol.is_http()),
+            };
+            let at = (bound.port, bound.address);
+            let mut routes = None;
+            let tcp: Vec<l4::L4Chain> = if http {
+                let services: Vec<(&Service, u32)> =
+                    served.iter().map(|(svc, p)| (*svc, p.number)).collect();
+                let name = bound.address.route_name(bound.port);
+                routes = Some(self.outbound_routes(name, source, rules, &services, unmatched));
+                Vec::new()
+            } else {
+                served
+                    .iter()
+                    .flat_map(|(svc, port)| l4::chains(&self.index, source, rules, svc, port))
+                    .collect()
+            };
+            let l = listener::outbound_port(at, http, &tcp, unmatched, opts);
+            out.push((Resource::encode(l.name.clone(), &l), routes));
+        }
+        out
     }
 }

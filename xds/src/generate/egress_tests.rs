@@ -136,3 +136,32 @@ fn egress_proxy_takes_unknown_destinations() {
         "PassthroughCluster"
     );
 }
+
+#[test]
+fn a_unix_socket_listener_serves_its_hosts_on_their_ports() {
+    let out = generated(&mesh_with_egress(
+        "  - port: {number: 0, protocol: HTTP, name: http}\n    bind: unix:///var/run/mesh/web.sock\n    hosts: [\"b/web.b.svc.cluster.local\"]\n  - port: {number: 0, protocol: TCP, name: tcp}\n    bind: unix://@db\n    hosts: [\"b/db.b.svc.cluster.local\"]\n  - hosts: [\"c/*\"]\n",
+    ));
+    let web = listener(&out, "unix:///var/run/mesh/web.sock");
+    let pipe = &web["address"]["pipe"];
+    assert_eq!(pipe["path"], "/var/run/mesh/web.sock", "{web}");
+    assert_eq!(pipe["mode"], 0o666, "the app's uid connects: {web}");
+    assert_ne!(web["bind_to_port"], false, "{web}");
+    let hcm = &web["default_filter_chain"]["filters"][0]["typed_config"];
+    assert_eq!(
+        hcm["rds"]["route_config_name"],
+        "unix:///var/run/mesh/web.sock"
+    );
+    assert_eq!(
+        vhost_domains(&out, "unix:///var/run/mesh/web.sock"),
+        ["web.b.svc.cluster.local"]
+    );
+    let db = listener(&out, "unix://@db");
+    assert_eq!(db["address"]["pipe"]["path"], "@db");
+    assert!(db["address"]["pipe"]["mode"].is_null(), "{db}");
+    assert_eq!(
+        db["default_filter_chain"]["filters"][0]["typed_config"]["cluster"],
+        "outbound|5432||db.b.svc.cluster.local",
+        "{db}"
+    );
+}

@@ -325,8 +325,13 @@ impl OutboundAddress<'_> {
         bound: false,
     };
 
+    /// `<ip>_<port>`, or a unix socket's own address (it has no port).
     pub fn listener_name(&self, port: u32) -> String {
-        format!("{}_{port}", self.ip)
+        if self.ip.starts_with("unix://") {
+            self.ip.to_string()
+        } else {
+            format!("{}_{port}", self.ip)
+        }
     }
 
     /// The RDS name of its HTTP routes: the port, as Istio names them, for the captured ones.
@@ -436,7 +441,7 @@ pub fn outbound_port(
     let sni_matched = sni_matched && !chains.is_empty();
     Listener {
         name,
-        address: Some(socket_address(address.ip, port)),
+        address: Some(listener_address(address.ip, port)),
         bind_to_port: boolv(address.bound),
         traffic_direction: TrafficDirection::Outbound as i32,
         // SNI chains need the ClientHello read first.

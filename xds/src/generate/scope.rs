@@ -269,45 +269,17 @@ impl MeshSnapshot {
         }
         let mut routes = BTreeMap::new();
         for (port, services) in &http_ports {
-            let at = (*port, OutboundAddress::CAPTURED);
-            let rc = self.outbound_routes(at, (namespace, labels), rules, services, &unmatched);
+            let services: Vec<(&Service, u32)> = services.iter().map(|s| (*s, *port)).collect();
+            let name = OutboundAddress::CAPTURED.route_name(*port);
+            let rc = self.outbound_routes(name, (namespace, labels), rules, &services, &unmatched);
             routes.insert(rc.name.clone(), rc);
         }
-        for bound in egress.bound() {
-            let services: Vec<&Service> = visible
-                .iter()
-                .copied()
-                .filter(|svc| bound.serves(namespace, svc))
-                .collect();
-            let http = match bound.protocol {
-                Some(p) => p.is_http(),
-                None => services
-                    .iter()
-                    .flat_map(|svc| svc.ports.iter())
-                    .find(|p| p.number == bound.port)
-                    .is_some_and(|p| p.protocol.is_http()),
-            };
-            let at = (bound.port, bound.address);
-            let tcp: Vec<l4::L4Chain> = if http {
-                let rc =
-                    self.outbound_routes(at, (namespace, labels), rules, &services, &unmatched);
+        let source = (namespace, labels);
+        for (l, rc) in self.bound_egress(&egress, &visible, source, rules, &unmatched, opts) {
+            listeners.insert(l.name.clone(), l);
+            if let Some(rc) = rc {
                 routes.insert(rc.name.clone(), rc);
-                Vec::new()
-            } else {
-                services
-                    .iter()
-                    .flat_map(|svc| {
-                        svc.ports
-                            .iter()
-                            .filter(|p| p.number == bound.port)
-                            .flat_map(|port| {
-                                l4::chains(&self.index, (namespace, labels), rules, svc, port)
-                            })
-                    })
-                    .collect()
-            };
-            let l = listener::outbound_port(at, http, &tcp, &unmatched, opts);
-            listeners.insert(l.name.clone(), Resource::encode(l.name.clone(), &l));
+            }
         }
         Scope {
             clusters,
@@ -324,17 +296,18 @@ impl MeshSnapshot {
     }
 
     /// `source`: the proxy's namespace and, when some route matches on them, labels.
+    /// `services`: each with the port its virtual host answers for.
     pub(super) fn outbound_routes(
         &self,
-        (port, address): (u32, OutboundAddress<'_>),
+        name: String,
         (namespace, labels): (&str, Option<&BTreeMap<String, String>>),
         rules: &SelectedRules,
-        services: &[&Service],
+        services: &[(&Service, u32)],
         unmatched: &str,
     ) -> SharedResource {
         let mut vhosts: Vec<Bytes> = Vec::with_capacity(services.len() + 1);
         let mut seen_domains = BTreeSet::new();
-        for svc in services {
+        for &(svc, port) in services {
             let local = svc.namespace == namespace;
             let mut domains = self.vhost_domains(svc, port, local);
             let all = domains.len();
@@ -372,7 +345,6 @@ impl MeshSnapshot {
             vhosts.push(vhost);
         }
         vhosts.push(catch_all_vhost(unmatched).encode_to_vec().into());
-        let name = address.route_name(port);
         let validate_clusters = common::boolv(false);
         // The table's encoding is its fields in number order: the name, the virtual hosts
         // (field 2, each as encoded once), then validate_clusters.
