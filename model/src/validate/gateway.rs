@@ -33,12 +33,13 @@ pub(super) fn server(at: &str, s: &crate::networking::Server) -> Check {
         ));
     }
     if let Some(bind) = &s.bind {
-        if bind.starts_with("unix://") {
-            return Err(format!(
-                "{at}.bind: `{bind}`: unix-socket servers are valid Istio, but meshd does not serve them"
-            ));
-        }
-        if bind.parse::<std::net::IpAddr>().is_err() {
+        if let Some(path) = bind.strip_prefix("unix://") {
+            if !(path.len() > 1 && (path.starts_with('/') || path.starts_with('@'))) {
+                return Err(format!(
+                    "{at}.bind: `{bind}` is not a unix socket (unix:///absolute/path or unix://@abstract)"
+                ));
+            }
+        } else if bind.parse::<std::net::IpAddr>().is_err() {
             return Err(format!(
                 "{at}.bind: `{bind}` is not an IP address (x.x.x.x, an IPv6 address, or unix://path)"
             ));

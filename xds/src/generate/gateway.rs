@@ -451,10 +451,14 @@ pub fn build(
                 .as_ref()
                 .is_some_and(|m| !m.server_names.is_empty() || !m.transport_protocol.is_empty())
         });
-        let name = format!("{bind}_{port}");
+        let name = super::listener::OutboundAddress {
+            ip: bind,
+            bound: true,
+        }
+        .listener_name(port);
         let l = Listener {
             name: name.clone(),
-            address: Some(socket_address(bind, port)),
+            address: Some(listener_address(bind, port)),
             traffic_direction: TrafficDirection::Outbound as i32,
             listener_filters: if inspect {
                 vec![ListenerFilter {

@@ -24,6 +24,9 @@ spec:
   - port: {{number: 9000, name: tcp-local, protocol: TCP}}
     hosts: ["*"]
     bind: 127.0.0.1
+  - port: {{number: 8080, name: http-socket, protocol: HTTP}}
+    hosts: ["*"]
+    bind: unix:///var/run/gw/http.sock
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -55,6 +58,13 @@ spec:
             "{name} serves its routes: {l:#}"
         );
     }
+    // A server bound to a unix socket: a pipe listener named by the socket.
+    let l = resource(&snap, &gw, LISTENER, "unix:///var/run/gw/http.sock");
+    assert_eq!(
+        l["address"]["pipe"]["path"], "/var/run/gw/http.sock",
+        "{l:#}"
+    );
+    assert!(!l["filter_chains"].as_array().unwrap().is_empty(), "{l:#}");
     let out = snap.generate(&gw);
     assert!(
         out[LISTENER].get("0.0.0.0_9000").is_none(),
