@@ -31,6 +31,9 @@ pub struct SideTelemetry {
     pub sampling: Option<u32>,
     pub span_reporting: bool,
     pub custom_tags: BTreeMap<String, CustomTag>,
+    /// Whether Envoy samples by the request id (`None`: Envoy's default, yes), so that every
+    /// proxy on a request's path takes the same decision.
+    pub request_id_sampling: Option<bool>,
     /// The JSON access log on stdout (provider `envoy`).
     pub access_log: bool,
     /// A CEL expression: only the requests it holds for are logged on stdout.
@@ -50,6 +53,7 @@ impl Default for SideTelemetry {
             sampling: None,
             span_reporting: true,
             custom_tags: BTreeMap::new(),
+            request_id_sampling: None,
             access_log: true,
             access_log_filter: None,
             otel_access_log: false,
@@ -215,6 +219,9 @@ fn overlay_tracing(side: &mut SideTelemetry, t: &Tracing) {
     }
     if !t.custom_tags.is_empty() {
         side.custom_tags = t.custom_tags.clone();
+    }
+    if let Some(v) = t.use_request_id_for_trace_sampling {
+        side.request_id_sampling = Some(v);
     }
 }
 

@@ -167,11 +167,6 @@ pub(crate) fn telemetry(t: &Telemetry) -> Check {
                 return Err(format!("{at}.header.name: must be set"));
             }
         }
-        if tr.use_request_id_for_trace_sampling.is_some() {
-            return Err(format!(
-                "{at}.useRequestIdForTraceSampling: not supported by meshd"
-            ));
-        }
         if tr.enable_istio_tags.is_some() {
             return Err(format!("{at}.enableIstioTags: not supported by meshd"));
         }

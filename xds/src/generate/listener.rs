@@ -205,6 +205,7 @@ pub fn hcm(
         }),
         use_remote_address: boolv(false),
         tracing: super::telemetry_api::tracing(opts, !inbound),
+        request_id_extension: super::telemetry_api::request_id_extension(opts, !inbound),
         access_log: telemetry::http_access_logs(
             if inbound {
                 Side::Inbound

@@ -153,6 +153,25 @@ pub fn tracing(opts: &GenOptions, client: bool) -> Option<Tracing> {
     })
 }
 
+/// Envoy's request id (UUID) settings for one side, when a Telemetry turns sampling by the
+/// request id off (`useRequestIdForTraceSampling: false`): each proxy then samples on its own.
+pub fn request_id_extension(
+    opts: &GenOptions,
+    client: bool,
+) -> Option<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::RequestIdExtension>{
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::RequestIdExtension;
+    use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+    let sampling = side(opts, client).request_id_sampling?;
+    Some(RequestIdExtension {
+        typed_config: Some(any(&UuidRequestIdConfig {
+            pack_trace_reason: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+            use_request_id_for_trace_sampling: Some(envoy_types::pb::google::protobuf::BoolValue {
+                value: sampling,
+            }),
+        })),
+    })
+}
+
 /// Only the requests `expression` holds for are logged.
 fn cel_filter(expression: &str) -> AccessLogFilter {
     AccessLogFilter {

@@ -372,3 +372,30 @@ fn the_opentelemetry_access_log_without_a_collector_is_refused_by_its_field() {
     let policy = snap.telemetry_for("shop", &labels);
     assert!(policy.server.otel_access_log && policy.server.access_log);
 }
+
+/// `useRequestIdForTraceSampling: false`: Envoy's UUID request id no longer carries the
+/// sampling decision, on the side the Telemetry covers; by default Envoy's own (true) holds.
+#[test]
+fn use_request_id_for_trace_sampling_reaches_the_uuid_extension() {
+    let (inbound, outbound) = sides("", "api");
+    assert!(
+        outbound.get("request_id_extension").is_none(),
+        "{outbound:#}"
+    );
+    assert!(inbound.unwrap().get("request_id_extension").is_none());
+    let t = telemetry(
+        "shop",
+        "  tracing:\n  - match: {mode: CLIENT}\n    useRequestIdForTraceSampling: false\n",
+    );
+    let (inbound, outbound) = sides(&t, "api");
+    let uuid = &outbound["request_id_extension"]["typed_config"];
+    assert_eq!(
+        uuid["use_request_id_for_trace_sampling"], false,
+        "{outbound:#}"
+    );
+    assert_eq!(uuid["pack_trace_reason"], true);
+    assert!(
+        inbound.unwrap().get("request_id_extension").is_none(),
+        "the server side keeps the default"
+    );
+}
