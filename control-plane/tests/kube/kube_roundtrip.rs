@@ -49,6 +49,7 @@ spec:
     matchLabels: {app: cart}
   tracing:
   - randomSamplingPercentage: 12.5
+    useRequestIdForTraceSampling: false
     customTags:
       team: {literal: {value: shop}}
   accessLogging:
@@ -67,6 +68,7 @@ spec:
   endpoints:
   - {address: "2001:db8::1", ports: {http: 8081}, labels: {version: v1}}
   - {address: 10.0.0.2, weight: 3}
+  - {address: "unix:///var/run/legacy.sock"}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -116,13 +118,29 @@ spec:
   servers:
   - port: {number: 80, name: http, protocol: HTTP}
     hosts: [shop.example.com]
+  - port: {number: 9443, name: tls-db, protocol: TLS}
+    hosts: [db.example.com]
+    tls: {mode: SIMPLE, serverCertificate: /etc/certs/cert.pem, privateKey: /etc/certs/key.pem}
+  - port: {number: 8081, name: http-socket, protocol: HTTP, targetPort: 8082}
+    hosts: [shop.example.com]
+    bind: unix:///var/run/gateway.sock
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {name: default, namespace: shop}
 spec:
   egress:
+  - port: {number: 0, protocol: HTTP, name: http-uds}
+    bind: unix:///var/run/mesh/legacy.sock
+    hosts: ["./legacy.example.com"]
+  - port: {number: 5432, protocol: TCP}
+    bind: 127.0.0.2
+    captureMode: NONE
+    hosts: ["./*"]
   - hosts: ["./*", "istio-system/*"]
+  outboundTrafficPolicy:
+    mode: ALLOW_ANY
+    egressProxy: {host: legacy.example.com, port: {number: 8080}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
