@@ -1,5 +1,6 @@
 //! The Sidecar resource in stock Envoy: outboundTrafficPolicy REGISTRY_ONLY against ALLOW_ANY,
-//! and ingress listeners (the ports a workload serves, and where its app listens).
+//! and ingress listeners (the ports a workload serves, where its app listens, a TCP port or a
+//! unix socket, and TLS the sidecar terminates for clients outside the mesh).
 
 use crate::traffic_support;
 
@@ -143,15 +144,95 @@ spec:
         "still mTLS through the ingress listener"
     );
 
-    // A defaultEndpoint meshd cannot serve is reported, not ignored.
-    mesh.write_config(
-        "sidecar.yaml",
-        &sidecar.replace("127.0.0.1:9090", "unix:///var/run/app.sock"),
-    )
-    .unwrap();
+    // The app on a unix socket: the sidecar reaches it there, the caller still over mTLS.
+    let dir = open_tempdir();
+    let socket = format!("unix://{}", dir.path().join("api.sock").display());
+    let meshd = mesh.meshd_bin().to_string_lossy().into_owned();
+    let _unix_app = api
+        .spawn([&meshd, "workload", "--name", "api-unix", "--bind", &socket])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || dir
+        .path()
+        .join("api.sock")
+        .exists()));
+    mesh.write_config("sidecar.yaml", &sidecar.replace("127.0.0.1:9090", &socket))
+        .unwrap();
     assert!(wait_until(Duration::from_secs(10), || {
-        mesh.admin_json("/debug/configz").unwrap()["rejected"]
-            .to_string()
-            .contains("defaultEndpoint (a unix socket)")
+        dump_clusters(&api.envoy_config_dump().unwrap())
+            .get(&inbound_cluster)
+            .is_some_and(|c| c["load_assignment"].to_string().contains("api.sock"))
     }));
+    let a = get(&client, &url);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.service(), "api-unix", "answered over the socket");
+    assert_eq!(
+        a.json()["caller"],
+        format!("spiffe://cluster.local/ns/{NS}/sa/client"),
+    );
+}
+
+/// A temporary directory the proxy's uid can enter.
+fn open_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn ingress_tls_serves_a_client_outside_the_mesh() {
+    // api's sidecar terminates TLS on 8080 with its own certificate files (no mesh identity
+    // asked of the client) and hands the request to the app on 9090.
+    let certs = open_tempdir();
+    let host = "api.example.com";
+    tls_certificates(certs.path(), &[host]);
+    let file = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
+    let sidecar = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: api-ingress, namespace: {NS}}}
+spec:
+  workloadSelector:
+    labels: {{app: api}}
+  ingress:
+  - port: {{number: {PORT}, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:9090
+    tls:
+      mode: SIMPLE
+      serverCertificate: {cert}
+      privateKey: {key}
+---
+"#,
+        cert = file("cert.pem"),
+        key = file("key.pem"),
+    );
+    let yaml = [client_and_api(PORT), sidecar].concat();
+    let mesh = mesh("ingresstls", &yaml, &[(fqdn("api"), vip(20))]);
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), 9090)
+        .unwrap();
+    let outside = mesh.add_plain_pod("outside", ip(50)).unwrap();
+    let resolve = format!("{host}:{PORT}:{}", ip(20));
+    let url = format!("https://{host}:{PORT}/hello");
+    let ca = file("ca.pem");
+    let curl = || {
+        outside.run([
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || curl().is_ok()),
+        "{:?}",
+        curl()
+    );
+    let body: serde_json::Value = serde_json::from_str(&curl().unwrap()).unwrap();
+    assert_eq!(body["service"], "api", "{body}");
+    assert!(body["caller"].is_null(), "no mesh identity: {body}");
 }
