@@ -1,6 +1,7 @@
 //! The Sidecar resource in stock Envoy: outboundTrafficPolicy REGISTRY_ONLY against ALLOW_ANY,
 //! and ingress listeners (the ports a workload serves, where its app listens, a TCP port or a
-//! unix socket, and TLS the sidecar terminates for clients outside the mesh).
+//! unix socket, TLS the sidecar terminates for clients outside the mesh, a port it binds
+//! itself under captureMode NONE).
 
 use crate::traffic_support;
 
@@ -235,4 +236,53 @@ spec:
     let body: serde_json::Value = serde_json::from_str(&curl().unwrap()).unwrap();
     assert_eq!(body["service"], "api", "{body}");
     assert!(body["caller"].is_null(), "no mesh identity: {body}");
+}
+
+#[test]
+fn capture_mode_none_serves_the_port_from_a_bound_listener() {
+    // api's port 8080 is not captured (excluded from iptables, as an app deployed so would be):
+    // only a listener bound to the pod's address, from captureMode NONE, serves it — with the
+    // same mesh mTLS as the capture listener — and hands it to the app on 9090.
+    let sidecar = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: api-ingress, namespace: {NS}}}
+spec:
+  workloadSelector:
+    labels: {{app: api}}
+  ingress:
+  - port: {{number: {PORT}, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:9090
+    captureMode: NONE
+---
+"#
+    );
+    let yaml = [client_and_api(PORT), sidecar].concat();
+    let mesh = mesh("capturenone", &yaml, &[(fqdn("api"), vip(20))]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let mut opts = SidecarOptions::default();
+    let exclude = opts.iptables_args.iter().position(|a| a == "-d").unwrap() + 1;
+    opts.iptables_args[exclude].push_str(&format!(",{PORT}"));
+    let api = mesh
+        .add_sidecar_pod_with(&format!("api.{NS}"), ip(20), 9090, opts)
+        .unwrap();
+    let bound = format!("inbound_{}_{PORT}", ip(20));
+    assert!(
+        wait_until(Duration::from_secs(10), || dump_active_listeners(
+            &api.envoy_config_dump().unwrap()
+        )
+        .contains(&bound)),
+        "{:?}",
+        dump_active_listeners(&api.envoy_config_dump().unwrap())
+    );
+    let a = get(&client, &format!("http://{}:{PORT}/hello", fqdn("api")));
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.service(), "api");
+    assert_eq!(
+        a.json()["caller"],
+        format!("spiffe://cluster.local/ns/{NS}/sa/client"),
+        "mesh mTLS on the bound listener"
+    );
 }

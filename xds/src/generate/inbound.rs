@@ -35,7 +35,7 @@ impl MeshSnapshot {
             .map(|sc| {
                 sc.ingress
                     .iter()
-                    .map(|i| ingress_shape(i, sidecar_pool))
+                    .map(|i| ingress_shape(i, sidecar_pool, &w.address))
                     .collect()
             })
             .unwrap_or_default();
@@ -99,11 +99,18 @@ impl MeshSnapshot {
         by_port.into_values().collect()
     }
 
-    /// A workload's inbound clusters and listener, shared by every proxy of the same workload
-    /// shape (namespace, labels, ports).
+    /// A workload's inbound clusters and listeners, shared by every proxy of the same workload
+    /// shape (namespace, labels, ports; its address too when a listener binds it).
     pub(super) fn inbound(&self, workload: Option<&Workload>) -> (Layer, Layer) {
         let key = workload
-            .map(|w| format!("{}|{:?}|{:?}", w.namespace, w.labels, w.ports))
+            .map(|w| {
+                let address = if self.binds_own_address(w) {
+                    w.address.as_str()
+                } else {
+                    ""
+                };
+                format!("{}|{:?}|{:?}|{address}", w.namespace, w.labels, w.ports)
+            })
             .unwrap_or_default();
         get_or_build(&self.inbound, key, |key| {
             let (clusters, listeners) = self.build_inbound(workload);
@@ -115,6 +122,18 @@ impl MeshSnapshot {
                 None => (clusters, listeners),
             }
         })
+    }
+
+    /// Whether the workload's Sidecar binds a port to the workload's address (captureMode NONE
+    /// without `bind`).
+    fn binds_own_address(&self, w: &Workload) -> bool {
+        self.index
+            .sidecar_for(&w.namespace, &w.labels)
+            .is_some_and(|(_, sc)| {
+                sc.ingress
+                    .iter()
+                    .any(|i| i.capture_mode == CaptureMode::None && i.bind.is_none())
+            })
     }
 
     fn build_inbound(&self, workload: Option<&Workload>) -> (Layer, Layer) {
@@ -148,6 +167,7 @@ impl MeshSnapshot {
 fn ingress_shape(
     i: &IstioIngressListener,
     sidecar_pool: Option<&ConnectionPoolSettings>,
+    workload_address: &str,
 ) -> PortShape {
     let app = match i.default_endpoint.as_deref() {
         Some(e) if e.starts_with("unix://") => {
@@ -165,9 +185,14 @@ fn ingress_shape(
         tls: i.tls.clone(),
         // With iptables capture the connection reaches 15006 whatever address it was sent to,
         // and its original destination is the pod's address: a `bind` there would restrict
-        // nothing the sidecar can see, so only captureMode NONE binds.
-        bind: (i.capture_mode == CaptureMode::None)
-            .then(|| i.bind.clone().unwrap_or_else(|| "0.0.0.0".into())),
+        // nothing the sidecar can see, so only captureMode NONE binds. By default it binds the
+        // workload's address, as Istio: on 0.0.0.0 it would share the address of the outbound
+        // listener of any service port with the same number, and Envoy refuses the update.
+        bind: (i.capture_mode == CaptureMode::None).then(|| {
+            i.bind
+                .clone()
+                .unwrap_or_else(|| workload_address.to_string())
+        }),
     }
 }
 

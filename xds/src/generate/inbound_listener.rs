@@ -94,7 +94,8 @@ pub fn virtual_inbound(ports: &[InboundPort], opts: &GenOptions) -> Listener {
 
 /// The listener a `captureMode: NONE` ingress port binds (`bind`:`port`), clients sending to
 /// that address directly. Named apart from the outbound listener of a service port with the
-/// same number (`0.0.0.0_PORT`), which a default `bind` would otherwise be named as.
+/// same number (`0.0.0.0_PORT`), which `bind: 0.0.0.0` would otherwise replace unseen: under
+/// its own name Envoy reports the two addresses' clash.
 pub fn bound_inbound(p: &InboundPort, opts: &GenOptions) -> Option<Listener> {
     let bind = p.bind.as_deref()?;
     Some(Listener {

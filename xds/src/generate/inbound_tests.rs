@@ -165,8 +165,8 @@ fn ingress_tls_terminates_with_the_listener_files() {
     );
 }
 
-/// `captureMode: NONE`: the port gets a listener bound to `bind` (any address by default) with
-/// the port's chains, and leaves the capture listener.
+/// `captureMode: NONE`: the port gets a listener bound to `bind` (the workload's address by
+/// default) with the port's chains, and leaves the capture listener.
 #[test]
 fn capture_mode_none_binds_a_listener_of_its_own() {
     let snap = snapshot(
@@ -174,7 +174,7 @@ fn capture_mode_none_binds_a_listener_of_its_own() {
   - port: {number: 8080, protocol: HTTP, name: http}
     defaultEndpoint: 127.0.0.1:18080
     captureMode: NONE
-    bind: 10.44.0.20
+    bind: 127.0.0.1
   - port: {number: 9000, protocol: TCP, name: tcp}
     defaultEndpoint: 127.0.0.1:19000
     captureMode: NONE
@@ -183,9 +183,9 @@ fn capture_mode_none_binds_a_listener_of_its_own() {
     bind: 10.44.0.20
 ",
     );
-    let bound = listener(&snap, "inbound_10.44.0.20_8080");
+    let bound = listener(&snap, "inbound_127.0.0.1_8080");
     let address = &bound["address"]["socket_address"];
-    assert_eq!(address["address"], "10.44.0.20", "{bound}");
+    assert_eq!(address["address"], "127.0.0.1", "{bound}");
     assert_eq!(address["port_value"], 8080, "{bound}");
     assert!(bound["bind_to_port"].is_null() || bound["bind_to_port"] == true);
     let names: Vec<_> = chains_of_port(&bound, 8080)
@@ -194,10 +194,10 @@ fn capture_mode_none_binds_a_listener_of_its_own() {
         .collect();
     assert_eq!(names, ["inbound|8080||-mtls", "inbound|8080||-plaintext"]);
 
-    let any = listener(&snap, "inbound_0.0.0.0_9000");
-    assert_eq!(any["address"]["socket_address"]["address"], "0.0.0.0");
-    assert_eq!(any["address"]["socket_address"]["port_value"], 9000);
-    // The outbound listener of the service's port 9000 keeps its own name.
+    // Not 0.0.0.0: Envoy refuses a bound listener on the address of the outbound one.
+    let own = listener(&snap, "inbound_10.44.0.20_9000");
+    assert_eq!(own["address"]["socket_address"]["address"], "10.44.0.20");
+    assert_eq!(own["address"]["socket_address"]["port_value"], 9000);
     let outbound = listener(&snap, "0.0.0.0_9000");
     assert_eq!(outbound["traffic_direction"], "OUTBOUND", "{outbound}");
 
