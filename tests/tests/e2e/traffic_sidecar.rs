@@ -183,7 +183,8 @@ fn open_tempdir() -> tempfile::TempDir {
 #[test]
 fn ingress_tls_serves_a_client_outside_the_mesh() {
     // api's sidecar terminates TLS on 8080 with its own certificate files (no mesh identity
-    // asked of the client) and hands the request to the app on 9090.
+    // asked of the client) and hands the request to the app on 9090; on 9443 it requires a
+    // client certificate its CA signed (MUTUAL).
     let certs = open_tempdir();
     let host = "api.example.com";
     tls_certificates(certs.path(), &[host]);
@@ -202,21 +203,29 @@ spec:
       mode: SIMPLE
       serverCertificate: {cert}
       privateKey: {key}
+  - port: {{number: 9443, protocol: HTTP, name: https-mutual}}
+    defaultEndpoint: 127.0.0.1:9090
+    tls:
+      mode: MUTUAL
+      serverCertificate: {cert}
+      privateKey: {key}
+      caCertificates: {ca}
 ---
 "#,
         cert = file("cert.pem"),
         key = file("key.pem"),
+        ca = file("ca.pem"),
     );
     let yaml = [client_and_api(PORT), sidecar].concat();
     let mesh = mesh("ingresstls", &yaml, &[(fqdn("api"), vip(20))]);
     mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), 9090)
         .unwrap();
     let outside = mesh.add_plain_pod("outside", ip(50)).unwrap();
-    let resolve = format!("{host}:{PORT}:{}", ip(20));
-    let url = format!("https://{host}:{PORT}/hello");
     let ca = file("ca.pem");
-    let curl = || {
-        outside.run([
+    let curl = |port: u16, extra: &[&str]| {
+        let resolve = format!("{host}:{port}:{}", ip(20));
+        let url = format!("https://{host}:{port}/hello");
+        let mut args = vec![
             "curl",
             "-sS",
             "--max-time",
@@ -225,17 +234,31 @@ spec:
             &ca,
             "--resolve",
             &resolve,
-            &url,
-        ])
+        ];
+        args.extend(extra);
+        args.push(&url);
+        outside.run(args)
     };
     assert!(
-        wait_until(Duration::from_secs(20), || curl().is_ok()),
+        wait_until(Duration::from_secs(20), || curl(PORT, &[]).is_ok()),
         "{:?}",
-        curl()
+        curl(PORT, &[])
     );
-    let body: serde_json::Value = serde_json::from_str(&curl().unwrap()).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&curl(PORT, &[]).unwrap()).unwrap();
     assert_eq!(body["service"], "api", "{body}");
     assert!(body["caller"].is_null(), "no mesh identity: {body}");
+
+    // MUTUAL: refused without a client certificate, served with one from the CA.
+    let (cert, key) = (file("cert.pem"), file("key.pem"));
+    let with_cert = ["--cert", cert.as_str(), "--key", key.as_str()];
+    assert!(
+        wait_until(Duration::from_secs(20), || curl(9443, &with_cert).is_ok()),
+        "{:?}",
+        curl(9443, &with_cert)
+    );
+    let body: serde_json::Value = serde_json::from_str(&curl(9443, &with_cert).unwrap()).unwrap();
+    assert_eq!(body["service"], "api", "{body}");
+    assert!(curl(9443, &[]).is_err(), "no client certificate, no answer");
 }
 
 #[test]
