@@ -169,12 +169,11 @@ fn ingress_shape(
     sidecar_pool: Option<&ConnectionPoolSettings>,
     workload_address: &str,
 ) -> PortShape {
-    let app = match i.default_endpoint.as_deref() {
-        Some(e) if e.starts_with("unix://") => {
-            AppEndpoint::Pipe(e.trim_start_matches("unix://").to_string())
-        }
-        e => AppEndpoint::Port(
-            ingress_endpoint_port(e).unwrap_or(i.port.target_port.unwrap_or(i.port.number)),
+    let endpoint = i.default_endpoint.as_deref();
+    let app = match endpoint.and_then(|e| e.strip_prefix("unix://")) {
+        Some(path) => AppEndpoint::Pipe(path.to_string()),
+        None => AppEndpoint::Port(
+            ingress_endpoint_port(endpoint).unwrap_or(i.port.target_port.unwrap_or(i.port.number)),
         ),
     };
     PortShape {
