@@ -33,7 +33,8 @@ pub struct WorkloadArgs {
     /// Port to listen on.
     #[arg(long, default_value = "8080")]
     pub port: u16,
-    /// Address to listen on.
+    /// Address to listen on: an IP (with `--port`), or a unix socket, `unix:///path` or
+    /// `unix://@name` (abstract).
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: String,
     /// On SIGTERM, keep serving this long (`5s`, `500ms`) before the graceful shutdown. The
@@ -307,15 +308,6 @@ async fn serve_app(
 
 /// `meshd workload`: serve until SIGTERM or Ctrl-C.
 pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
-    let ip: std::net::IpAddr = args
-        .bind
-        .parse()
-        .with_context(|| format!("--bind {:?} is not an IP address", args.bind))?;
-    let addr = SocketAddr::new(ip, args.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    eprintln!("meshd workload {}: listening on {addr}", args.name);
     let delay = args.shutdown_delay;
     let shutdown = async move {
         let mut term =
@@ -334,10 +326,58 @@ pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
             tokio::time::sleep(delay).await;
         }
     };
+    if let Some(path) = args.bind.strip_prefix("unix://") {
+        anyhow::ensure!(!args.ext_authz_grpc, "--ext-authz-grpc listens on TCP only");
+        let listener = unix_listener(path)?;
+        eprintln!("meshd workload {}: listening on {}", args.name, args.bind);
+        return axum::serve(listener, router_with(&args.name, args.ext_authz))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving");
+    }
+    let ip: std::net::IpAddr = args
+        .bind
+        .parse()
+        .with_context(|| format!("--bind {:?} is not an IP address", args.bind))?;
+    let addr = SocketAddr::new(ip, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    eprintln!("meshd workload {}: listening on {addr}", args.name);
     if args.ext_authz_grpc {
         return ext_authz_grpc::serve(listener, &args.name, args.ext_authz_allow, shutdown).await;
     }
     serve_app(listener, router_with(&args.name, args.ext_authz), shutdown).await
+}
+
+/// A unix socket at `path` (`@name`: in the abstract namespace), open to every user: the
+/// sidecar connecting to it runs as its own uid.
+fn unix_listener(path: &str) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let std_listener = match path.strip_prefix('@') {
+        Some(name) => {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            std::os::unix::net::UnixListener::bind_addr(&addr)
+        }
+        None => {
+            // A socket left by an earlier run would make the bind fail.
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {path}"));
+                }
+                _ => {}
+            }
+            let l = std::os::unix::net::UnixListener::bind(path);
+            if l.is_ok() {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+            }
+            l
+        }
+    }
+    .with_context(|| format!("binding unix://{path}"))?;
+    std_listener.set_nonblocking(true)?;
+    Ok(tokio::net::UnixListener::from_std(std_listener)?)
 }
 
 mod ext_authz_grpc;

@@ -87,39 +87,6 @@ pub(super) fn sidecar(sc: &Sidecar) -> Check {
             None => return Err(format!("{at}.port is required")),
         }
     }
-    served(sc)
-}
-
-/// Valid Istio fields meshd does not generate yet: reported, never ignored.
-fn served(sc: &Sidecar) -> Check {
-    let not_yet = |field: String| {
-        Err(format!(
-            "{field} is valid Istio, but meshd does not serve it yet"
-        ))
-    };
-    if sc.inbound_connection_pool.is_some() {
-        return not_yet("spec.inboundConnectionPool".into());
-    }
-    for (i, l) in sc.ingress.iter().enumerate() {
-        if l.bind.is_some() {
-            return not_yet(format!("spec.ingress[{i}].bind"));
-        }
-        if l.capture_mode != CaptureMode::Default {
-            return not_yet(format!("spec.ingress[{i}].captureMode"));
-        }
-        if l.tls.is_some() {
-            return not_yet(format!("spec.ingress[{i}].tls"));
-        }
-        if l.connection_pool.is_some() {
-            return not_yet(format!("spec.ingress[{i}].connectionPool"));
-        }
-        if l.default_endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("unix://"))
-        {
-            return not_yet(format!("spec.ingress[{i}].defaultEndpoint (a unix socket)"));
-        }
-    }
     Ok(())
 }
 

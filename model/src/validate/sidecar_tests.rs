@@ -79,6 +79,50 @@ fn sidecar_ingress_rules() {
             ),
             Rejected("spec.ingress[0].tls.httpsRedirect", "Gateway"),
         ),
+        // Served: limits of the inbound clusters, a unix-socket app, the sidecar's own TLS, a
+        // bound listener under captureMode NONE.
+        (
+            "Sidecar",
+            &format!(
+                "  inboundConnectionPool: {{tcp: {{maxConnections: 10}}}}\n{}",
+                ingress("    connectionPool: {http: {http1MaxPendingRequests: 5}}\n")
+            ),
+            Accepted,
+        ),
+        (
+            "Sidecar",
+            &ingress("    defaultEndpoint: unix:///var/run/app.sock\n"),
+            Accepted,
+        ),
+        (
+            "Sidecar",
+            &ingress("    defaultEndpoint: unix://@app\n"),
+            Accepted,
+        ),
+        (
+            "Sidecar",
+            &ingress("    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}\n"),
+            Accepted,
+        ),
+        (
+            "Sidecar",
+            &ingress(
+                "    tls: {mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, subjectAltNames: [client], minProtocolVersion: TLSV1_2}\n",
+            ),
+            Accepted,
+        ),
+        (
+            "Sidecar",
+            &ingress(
+                "    captureMode: NONE\n    bind: 10.0.0.5\n    defaultEndpoint: 127.0.0.1:8080\n",
+            ),
+            Accepted,
+        ),
+        (
+            "Sidecar",
+            &ingress("    captureMode: IPTABLES\n    bind: 0.0.0.0\n"),
+            Accepted,
+        ),
         (
             "Sidecar",
             &ingress("    connectionPool: {http: {h2UpgradePolicy: SOMETIMES}}\n"),

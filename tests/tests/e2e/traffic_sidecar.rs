@@ -1,5 +1,7 @@
 //! The Sidecar resource in stock Envoy: outboundTrafficPolicy REGISTRY_ONLY against ALLOW_ANY,
-//! and ingress listeners (the ports a workload serves, and where its app listens).
+//! and ingress listeners (the ports a workload serves, where its app listens, a TCP port or a
+//! unix socket, TLS the sidecar terminates for clients outside the mesh, a port it binds
+//! itself under captureMode NONE).
 
 use crate::traffic_support;
 
@@ -143,17 +145,169 @@ spec:
         "still mTLS through the ingress listener"
     );
 
-    // A defaultEndpoint meshd cannot serve is reported, not ignored.
-    mesh.write_config(
-        "sidecar.yaml",
-        &sidecar.replace("127.0.0.1:9090", "unix:///var/run/app.sock"),
-    )
-    .unwrap();
+    // The app on a unix socket: the sidecar reaches it there, the caller still over mTLS.
+    let dir = open_tempdir();
+    let socket = format!("unix://{}", dir.path().join("api.sock").display());
+    let meshd = mesh.meshd_bin().to_string_lossy().into_owned();
+    let _unix_app = api
+        .spawn([&meshd, "workload", "--name", "api-unix", "--bind", &socket])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || dir
+        .path()
+        .join("api.sock")
+        .exists()));
+    mesh.write_config("sidecar.yaml", &sidecar.replace("127.0.0.1:9090", &socket))
+        .unwrap();
     assert!(wait_until(Duration::from_secs(10), || {
-        mesh.admin_json("/debug/configz").unwrap()["rejected"]
-            .to_string()
-            .contains("defaultEndpoint (a unix socket)")
+        dump_clusters(&api.envoy_config_dump().unwrap())
+            .get(&inbound_cluster)
+            .is_some_and(|c| c["load_assignment"].to_string().contains("api.sock"))
     }));
+    let a = get(&client, &url);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.service(), "api-unix", "answered over the socket");
+    assert_eq!(
+        a.json()["caller"],
+        format!("spiffe://cluster.local/ns/{NS}/sa/client"),
+    );
+}
+
+/// A temporary directory the proxy's uid can enter.
+fn open_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn ingress_tls_serves_a_client_outside_the_mesh() {
+    // api's sidecar terminates TLS on 8080 with its own certificate files (no mesh identity
+    // asked of the client) and hands the request to the app on 9090; on 9443 it requires a
+    // client certificate its CA signed (MUTUAL).
+    let certs = open_tempdir();
+    let host = "api.example.com";
+    tls_certificates(certs.path(), &[host]);
+    let file = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
+    let sidecar = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: api-ingress, namespace: {NS}}}
+spec:
+  workloadSelector:
+    labels: {{app: api}}
+  ingress:
+  - port: {{number: {PORT}, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:9090
+    tls:
+      mode: SIMPLE
+      serverCertificate: {cert}
+      privateKey: {key}
+  - port: {{number: 9443, protocol: HTTP, name: https-mutual}}
+    defaultEndpoint: 127.0.0.1:9090
+    tls:
+      mode: MUTUAL
+      serverCertificate: {cert}
+      privateKey: {key}
+      caCertificates: {ca}
+---
+"#,
+        cert = file("cert.pem"),
+        key = file("key.pem"),
+        ca = file("ca.pem"),
+    );
+    let yaml = [client_and_api(PORT), sidecar].concat();
+    let mesh = mesh("ingresstls", &yaml, &[(fqdn("api"), vip(20))]);
+    mesh.add_sidecar_pod(&format!("api.{NS}"), ip(20), 9090)
+        .unwrap();
+    let outside = mesh.add_plain_pod("outside", ip(50)).unwrap();
+    let ca = file("ca.pem");
+    let curl = |port: u16, extra: &[&str]| {
+        let resolve = format!("{host}:{port}:{}", ip(20));
+        let url = format!("https://{host}:{port}/hello");
+        let mut args = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+        ];
+        args.extend(extra);
+        args.push(&url);
+        outside.run(args)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || curl(PORT, &[]).is_ok()),
+        "{:?}",
+        curl(PORT, &[])
+    );
+    let body: serde_json::Value = serde_json::from_str(&curl(PORT, &[]).unwrap()).unwrap();
+    assert_eq!(body["service"], "api", "{body}");
+    assert!(body["caller"].is_null(), "no mesh identity: {body}");
+
+    // MUTUAL: refused without a client certificate, served with one from the CA.
+    let (cert, key) = (file("cert.pem"), file("key.pem"));
+    let with_cert = ["--cert", cert.as_str(), "--key", key.as_str()];
+    assert!(
+        wait_until(Duration::from_secs(20), || curl(9443, &with_cert).is_ok()),
+        "{:?}",
+        curl(9443, &with_cert)
+    );
+    let body: serde_json::Value = serde_json::from_str(&curl(9443, &with_cert).unwrap()).unwrap();
+    assert_eq!(body["service"], "api", "{body}");
+    assert!(curl(9443, &[]).is_err(), "no client certificate, no answer");
+}
+
+#[test]
+fn capture_mode_none_serves_the_port_from_a_bound_listener() {
+    // api's port 8080 is not captured (excluded from iptables, as an app deployed so would be):
+    // only a listener bound to the pod's address, from captureMode NONE, serves it — with the
+    // same mesh mTLS as the capture listener — and hands it to the app on 9090.
+    let sidecar = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: api-ingress, namespace: {NS}}}
+spec:
+  workloadSelector:
+    labels: {{app: api}}
+  ingress:
+  - port: {{number: {PORT}, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:9090
+    captureMode: NONE
+---
+"#
+    );
+    let yaml = [client_and_api(PORT), sidecar].concat();
+    let mesh = mesh("capturenone", &yaml, &[(fqdn("api"), vip(20))]);
+    let client = mesh
+        .add_sidecar_pod(&format!("client.{NS}"), ip(10), PORT)
+        .unwrap();
+    let mut opts = SidecarOptions::default();
+    let exclude = opts.iptables_args.iter().position(|a| a == "-d").unwrap() + 1;
+    opts.iptables_args[exclude].push_str(&format!(",{PORT}"));
+    let api = mesh
+        .add_sidecar_pod_with(&format!("api.{NS}"), ip(20), 9090, opts)
+        .unwrap();
+    let bound = format!("inbound_{}_{PORT}", ip(20));
+    assert!(
+        wait_until(Duration::from_secs(10), || dump_active_listeners(
+            &api.envoy_config_dump().unwrap()
+        )
+        .contains(&bound)),
+        "{:?}",
+        dump_active_listeners(&api.envoy_config_dump().unwrap())
+    );
+    let a = get(&client, &format!("http://{}:{PORT}/hello", fqdn("api")));
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.service(), "api");
+    assert_eq!(
+        a.json()["caller"],
+        format!("spiffe://cluster.local/ns/{NS}/sa/client"),
+        "mesh mTLS on the bound listener"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! DestinationRule's traffic policy; inbound clusters to the app on localhost.
 
 use super::common::*;
+use super::inbound_listener::AppEndpoint;
 use super::{GenOptions, Index};
 use crate::resource::any;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
@@ -434,50 +435,47 @@ pub fn outbound_with_rule(
     }
 }
 
-/// The cluster to the app behind inbound `port`. An HTTP/2 or gRPC port reaches the app over
+/// The cluster to the app behind inbound `port`, limited by the Sidecar's connection pool as a
+/// DestinationRule's limits an outbound cluster. An HTTP/2 or gRPC port reaches the app over
 /// HTTP/2 (as Istio's): over HTTP/1.1 a gRPC answer would lose its trailers, grpc-status with
 /// them.
-pub fn inbound(port: u32, app_port: u32, h2: bool) -> Cluster {
-    let typed_extension_protocol_options = if h2 {
-        use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-            HttpProtocolOptions, http_protocol_options,
-        };
-        let opts = HttpProtocolOptions {
-            upstream_protocol_options: Some(
-                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                    http_protocol_options::ExplicitHttpConfig {
-                        protocol_config: Some(
-                            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                                Default::default(),
-                            ),
-                        ),
-                    },
-                ),
-            ),
-            ..Default::default()
-        };
-        [(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
-            any(&opts),
-        )]
-        .into_iter()
-        .collect()
-    } else {
-        Default::default()
+pub fn inbound(
+    port: u32,
+    app: &AppEndpoint,
+    protocol: meshd_model::registry::Protocol,
+    pool: Option<&ConnectionPoolSettings>,
+) -> Cluster {
+    let address = match app {
+        AppEndpoint::Port(app_port) => socket_address("127.0.0.1", *app_port),
+        AppEndpoint::Pipe(path) => endpoint_address(&format!("unix://{path}"), 0),
+    };
+    let service_port = Port {
+        name: String::new(),
+        number: port,
+        protocol,
+        target_port: None,
     };
     Cluster {
-        typed_extension_protocol_options,
+        // An HTTP/1.1 port without a pool needs no options: Envoy's default codec is HTTP/1.1.
+        typed_extension_protocol_options: protocol_options(pool, &service_port)
+            .filter(|_| pool.is_some() || speaks_h2(None, &service_port))
+            .into_iter()
+            .collect(),
         name: inbound_name(port),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Static as i32,
         )),
-        connect_timeout: Some(duration(Duration::from_secs(10))),
+        connect_timeout: Some(duration(
+            pool.and_then(|p| p.tcp.as_ref())
+                .and_then(|t| t.connect_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+        )),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: inbound_name(port),
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
-                        address: Some(socket_address("127.0.0.1", app_port)),
+                        address: Some(address),
                         ..Default::default()
                     })),
                     ..Default::default()
@@ -486,7 +484,8 @@ pub fn inbound(port: u32, app_port: u32, h2: bool) -> Cluster {
             }],
             ..Default::default()
         }),
-        circuit_breakers: Some(circuit_breakers(None)),
+        circuit_breakers: Some(circuit_breakers(pool)),
+        upstream_connection_options: keepalive(pool),
         ..Default::default()
     }
 }

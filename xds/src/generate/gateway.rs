@@ -7,6 +7,7 @@
 //! TCP servers proxy connections per the bound tls / tcp routes.
 
 use super::common::*;
+use super::downstream_tls::{self, verifies_clients};
 use super::gateway_l4::{self, GatewayServer};
 use super::l4::L4Target;
 use super::listener::{RouteSource, hcm, hcm_filter, l4_proxy_filter};
@@ -18,10 +19,6 @@ use envoy_types::pb::envoy::config::listener::v3::{
     FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost, virtual_host};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, DownstreamTlsContext, TlsCertificate,
-};
-use meshd_model::credential;
 use meshd_model::networking::{Server, VirtualService};
 use meshd_model::registry::selector_matches;
 use std::collections::BTreeMap;
@@ -123,104 +120,21 @@ pub(super) fn tls_mode(server: &Server) -> Option<String> {
     }
 }
 
-fn tls_version(v: Option<&str>) -> i32 {
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
-    match v {
-        Some("TLSV1_0") => TlsProtocol::TlSv10 as i32,
-        Some("TLSV1_1") => TlsProtocol::TlSv11 as i32,
-        Some("TLSV1_2") => TlsProtocol::TlSv12 as i32,
-        Some("TLSV1_3") => TlsProtocol::TlSv13 as i32,
-        _ => TlsProtocol::TlsAuto as i32,
-    }
-}
-
 /// The server's downstream TLS: SIMPLE, MUTUAL and OPTIONAL_MUTUAL with files or a
 /// credentialName, ISTIO_MUTUAL with the gateway's mesh identity; `None` for plaintext servers
-/// and PASSTHROUGH. OPTIONAL_MUTUAL verifies a client certificate when one is presented and
-/// lets a client without one through.
+/// and PASSTHROUGH. `http`: the server carries HTTP (ALPN offered); a terminated TCP stream
+/// negotiates no application protocol.
 pub(super) fn server_tls_socket(
     server: &Server,
     trust_domain: &str,
     http: bool,
 ) -> Option<envoy_types::pb::envoy::config::core::v3::TransportSocket> {
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-        CertificateValidationContext, TlsParameters, common_tls_context,
-    };
     let mode = tls_mode(server)?;
-    let tls = server.tls.as_ref()?;
     if mode == "ISTIO_MUTUAL" {
         return Some(istio_mutual_downstream(trust_domain));
     }
-    if !matches!(mode.as_str(), "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") {
-        return None;
-    }
-    let mut common = CommonTlsContext {
-        // A terminated TCP stream negotiates no application protocol.
-        alpn_protocols: if http {
-            vec!["h2".into(), "http/1.1".into()]
-        } else {
-            Vec::new()
-        },
-        ..Default::default()
-    };
-    match &tls.credential_name {
-        Some(name) => {
-            common.tls_certificate_sds_secret_configs = vec![sds(&credential::sds_name(name))];
-        }
-        None => {
-            let (cert, key) = (tls.server_certificate.as_ref()?, tls.private_key.as_ref()?);
-            common.tls_certificates = vec![TlsCertificate {
-                certificate_chain: Some(filename(cert)),
-                private_key: Some(filename(key)),
-                ..Default::default()
-            }];
-        }
-    }
-    if tls.min_protocol_version.is_some() || tls.max_protocol_version.is_some() {
-        common.tls_params = Some(TlsParameters {
-            tls_minimum_protocol_version: tls_version(tls.min_protocol_version.as_deref()),
-            tls_maximum_protocol_version: tls_version(tls.max_protocol_version.as_deref()),
-            ..Default::default()
-        });
-    }
-    if verifies_clients(&mode) {
-        let sans = san_matchers(&tls.subject_alt_names);
-        common.validation_context_type = Some(match &tls.credential_name {
-            Some(name) => common_tls_context::ValidationContextType::CombinedValidationContext(
-                common_tls_context::CombinedCertificateValidationContext {
-                    default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: sans,
-                        ..Default::default()
-                    }),
-                    validation_context_sds_secret_config: Some(sds(&credential::sds_ca_name(name))),
-                    ..Default::default()
-                },
-            ),
-            None => common_tls_context::ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: tls.ca_certificates.as_deref().map(filename),
-                    crl: tls.ca_crl.as_deref().map(filename),
-                    match_typed_subject_alt_names: sans,
-                    ..Default::default()
-                },
-            ),
-        });
-    }
-    let ctx = DownstreamTlsContext {
-        common_tls_context: Some(common),
-        require_client_certificate: match mode.as_str() {
-            "MUTUAL" => boolv(true),
-            "OPTIONAL_MUTUAL" => boolv(false),
-            _ => None,
-        },
-        ..Default::default()
-    };
-    Some(tls_socket(any(&ctx)))
-}
-
-/// Whether a server mode checks client certificates against the server's CA.
-fn verifies_clients(mode: &str) -> bool {
-    mode == "MUTUAL" || mode == "OPTIONAL_MUTUAL"
+    let alpn: &[&str] = if http { &["h2", "http/1.1"] } else { &[] };
+    downstream_tls::server_tls(&mode, server.tls.as_ref()?, alpn)
 }
 
 /// SNI names a server answers (none: any).

@@ -1,8 +1,8 @@
-//! Listeners: the sidecar's capture listeners (15001 outbound, 15006 inbound), per-port outbound
-//! listeners reached through original destination, and gateway listeners.
+//! Listeners: the sidecar's outbound capture listener (15001) and the per-port outbound
+//! listeners reached through original destination; the HTTP connection manager and proxy
+//! filters every listener (inbound, gateway) is made of. Inbound listeners: `inbound_listener`.
 
 use super::GenOptions;
-use super::cluster::{BLACKHOLE, inbound_name};
 use super::common::*;
 use super::l4::{L4Chain, L4Target};
 use super::route::{CORS_FILTER, FAULT_FILTER};
@@ -13,20 +13,14 @@ use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
-    route_match,
-};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use meshd_model::security::MtlsMode;
 
 pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
-pub const VIRTUAL_INBOUND: &str = "virtualInbound";
 pub const OUTBOUND_PORT: u32 = 15001;
-pub const INBOUND_PORT: u32 = 15006;
 
 fn router_filter() -> HttpFilter {
     HttpFilter {
@@ -285,7 +279,10 @@ pub fn l4_proxy_filter(
     tcp_proxy(stat_prefix, cluster_specifier, idle_timeout)
 }
 
-fn listener_filter(name: &str, typed: envoy_types::pb::google::protobuf::Any) -> ListenerFilter {
+pub(super) fn listener_filter(
+    name: &str,
+    typed: envoy_types::pb::google::protobuf::Any,
+) -> ListenerFilter {
     ListenerFilter {
         name: name.into(),
         config_type: Some(listener_filter::ConfigType::TypedConfig(typed)),
@@ -469,123 +466,4 @@ pub(super) fn cidr(text: &str) -> Option<CidrRange> {
         address_prefix: ip.to_string(),
         prefix_len: u32v(len),
     })
-}
-
-/// One inbound port of the workload, as the inbound listener serves it.
-pub struct InboundPort {
-    pub port: u32,
-    pub app_port: u32,
-    pub http: bool,
-    /// The port speaks HTTP/2 (HTTP2, GRPC): the app is reached over HTTP/2 too.
-    pub h2: bool,
-    pub mode: MtlsMode,
-    /// Policy filters (authorization) ahead of the router, for HTTP ports.
-    pub http_filters: Vec<HttpFilter>,
-    /// Policy filters ahead of the proxy filter, for TCP ports.
-    pub network_filters: Vec<Filter>,
-}
-
-/// 15006: captured inbound connections, matched by original destination port; mTLS terminated
-/// per the port's PeerAuthentication mode and handed to the app on localhost.
-pub fn virtual_inbound(ports: &[InboundPort], opts: &GenOptions) -> Listener {
-    let mut chains = Vec::new();
-    for p in ports {
-        let cluster = inbound_name(p.port);
-        let filters = || {
-            if p.http {
-                let rc = RouteConfiguration {
-                    name: format!("inbound|{}||", p.port),
-                    virtual_hosts: vec![VirtualHost {
-                        name: format!("inbound|http|{}", p.port),
-                        domains: vec!["*".into()],
-                        routes: vec![Route {
-                            name: "default".into(),
-                            r#match: Some(RouteMatch {
-                                path_specifier: Some(route_match::PathSpecifier::Prefix(
-                                    "/".into(),
-                                )),
-                                ..Default::default()
-                            }),
-                            action: Some(route::Action::Route(RouteAction {
-                                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                                    cluster.clone(),
-                                )),
-                                timeout: Some(duration(std::time::Duration::ZERO)),
-                                ..Default::default()
-                            })),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }],
-                    validate_clusters: boolv(false),
-                    ..Default::default()
-                };
-                let h = hcm(
-                    &format!("inbound_0.0.0.0_{}", p.port),
-                    RouteSource::Inline(rc),
-                    true,
-                    &p.http_filters,
-                    opts,
-                );
-                vec![hcm_filter(&h)]
-            } else {
-                let mut filters = p.network_filters.clone();
-                filters.push(telemetry::with_tcp_log(
-                    tcp_proxy_filter(&cluster, &cluster),
-                    Side::Inbound,
-                    opts,
-                ));
-                filters
-            }
-        };
-        let chain_match = |transport: &str| {
-            Some(FilterChainMatch {
-                destination_port: u32v(p.port),
-                transport_protocol: transport.into(),
-                ..Default::default()
-            })
-        };
-        if p.mode != MtlsMode::Disable {
-            chains.push(FilterChain {
-                name: format!("{cluster}-mtls"),
-                filter_chain_match: chain_match("tls"),
-                transport_socket: Some(istio_mutual_downstream(&opts.trust_domain)),
-                filters: filters(),
-                ..Default::default()
-            });
-        }
-        if p.mode != MtlsMode::Strict {
-            chains.push(FilterChain {
-                name: format!("{cluster}-plaintext"),
-                filter_chain_match: chain_match("raw_buffer"),
-                filters: filters(),
-                ..Default::default()
-            });
-        }
-    }
-    if chains.is_empty() {
-        // Envoy rejects a listener without chains; a workload serving no port refuses all.
-        chains.push(FilterChain {
-            name: "virtualInbound-blackhole".into(),
-            filters: vec![tcp_proxy_filter(BLACKHOLE, BLACKHOLE)],
-            ..Default::default()
-        });
-    }
-    Listener {
-        name: VIRTUAL_INBOUND.into(),
-        address: Some(socket_address("0.0.0.0", INBOUND_PORT)),
-        traffic_direction: TrafficDirection::Inbound as i32,
-        listener_filters: vec![
-            listener_filter(
-                "envoy.filters.listener.original_dst",
-                any(&envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst::default()),
-            ),
-            listener_filter(
-                "envoy.filters.listener.tls_inspector",
-                any(&envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default()),
-            ),
-        ],
-        filter_chains: chains,
-        ..Default::default()
-    }
 }
