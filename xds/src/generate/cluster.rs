@@ -2,7 +2,6 @@
 //! DestinationRule's traffic policy; inbound clusters to the app on localhost.
 
 use super::common::*;
-use super::inbound_listener::AppEndpoint;
 use super::{GenOptions, Index};
 use crate::resource::any;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
@@ -37,6 +36,15 @@ const TLS_MODE_KEY: &str = "tlsMode";
 
 pub fn outbound_name(port: u32, subset: &str, host: &str) -> String {
     format!("outbound|{port}|{subset}|{host}")
+}
+
+/// Where the sidecar hands an inbound port's traffic to the app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppEndpoint {
+    /// A port on loopback.
+    Port(u32),
+    /// A unix socket (`/path`, or `@name` in the abstract namespace), as Envoy's `Pipe` takes it.
+    Pipe(String),
 }
 
 pub fn inbound_name(port: u32) -> String {

@@ -7,8 +7,9 @@
 //! TCP servers proxy connections per the bound tls / tcp routes.
 
 use super::common::*;
-use super::downstream_tls::{self, verifies_clients};
+use super::downstream_tls::verifies_clients;
 use super::gateway_l4::{self, GatewayServer};
+use super::gateway_server::{bound_to, server_allows, server_names, server_tls_socket, tls_mode};
 use super::l4::L4Target;
 use super::listener::{RouteSource, hcm, hcm_filter, l4_proxy_filter};
 use super::telemetry::Side;
@@ -19,7 +20,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost, virtual_host};
-use meshd_model::networking::{Server, VirtualService};
+use meshd_model::networking::Server;
 use meshd_model::registry::selector_matches;
 use std::collections::BTreeMap;
 
@@ -52,16 +53,6 @@ impl GatewayResources {
     }
 }
 
-pub(super) fn server_allows(server: &Server, host: &str) -> bool {
-    server.hosts.iter().any(|h| {
-        let h = h.split_once('/').map(|(_, h)| h).unwrap_or(h);
-        h == "*"
-            || h == host
-            || h.strip_prefix('*')
-                .is_some_and(|suffix| host.ends_with(suffix))
-    })
-}
-
 /// A TCP proxy chain (TLS passthrough by SNI when `sni` is given).
 fn l4_chain(
     name: &str,
@@ -81,23 +72,6 @@ fn l4_chain(
     }
 }
 
-/// `chain` matched only for connections to `subnets` (IP addresses or CIDRs).
-pub(super) fn with_subnets(chain: &mut FilterChain, subnets: &[String]) {
-    if let Some(m) = chain.filter_chain_match.as_mut() {
-        m.prefix_ranges = subnets
-            .iter()
-            .filter_map(|s| super::listener::cidr(s))
-            .collect();
-    }
-}
-
-pub(super) fn bound_to(vs: &VirtualService, vs_ns: &str, gw_ns: &str, gw_name: &str) -> bool {
-    vs.gateways.iter().any(|g| match g.split_once('/') {
-        Some((ns, name)) => ns == gw_ns && name == gw_name,
-        None => g == gw_name && vs_ns == gw_ns,
-    })
-}
-
 /// Whether a server carries HTTP (HTTP, HTTPS, HTTP2, GRPC): an HTTP connection manager; else
 /// TLS (passthrough by SNI) or TCP: a TCP proxy.
 fn is_http(server: &Server) -> bool {
@@ -105,50 +79,6 @@ fn is_http(server: &Server) -> bool {
         server.port.protocol.to_ascii_uppercase().as_str(),
         "HTTP" | "HTTPS" | "HTTP2" | "GRPC"
     )
-}
-
-pub(super) fn tls_mode(server: &Server) -> Option<String> {
-    let tls = server.tls.as_ref()?;
-    let mode = tls.mode.clone().map(|m| m.to_ascii_uppercase());
-    match mode {
-        Some(m) => Some(m),
-        // `tls: {httpsRedirect: true}` alone is a plaintext server.
-        None if tls.server_certificate.is_some() || tls.credential_name.is_some() => {
-            Some("SIMPLE".into())
-        }
-        None => None,
-    }
-}
-
-/// The server's downstream TLS: SIMPLE, MUTUAL and OPTIONAL_MUTUAL with files or a
-/// credentialName, ISTIO_MUTUAL with the gateway's mesh identity; `None` for plaintext servers
-/// and PASSTHROUGH. `http`: the server carries HTTP (ALPN offered); a terminated TCP stream
-/// negotiates no application protocol.
-pub(super) fn server_tls_socket(
-    server: &Server,
-    trust_domain: &str,
-    http: bool,
-) -> Option<envoy_types::pb::envoy::config::core::v3::TransportSocket> {
-    let mode = tls_mode(server)?;
-    if mode == "ISTIO_MUTUAL" {
-        return Some(istio_mutual_downstream(trust_domain));
-    }
-    let alpn: &[&str] = if http { &["h2", "http/1.1"] } else { &[] };
-    downstream_tls::server_tls(&mode, server.tls.as_ref()?, alpn)
-}
-
-/// SNI names a server answers (none: any).
-pub(super) fn server_names(server: &Server) -> Vec<String> {
-    let hosts: Vec<String> = server
-        .hosts
-        .iter()
-        .map(|h| h.split_once('/').map(|(_, h)| h).unwrap_or(h).to_string())
-        .collect();
-    if hosts.iter().any(|h| h == "*") {
-        Vec::new()
-    } else {
-        hosts
-    }
 }
 
 /// What HTTP routes are built from for a gateway proxy: the mesh, and the proxy's namespace and

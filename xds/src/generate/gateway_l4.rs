@@ -4,7 +4,7 @@
 //! MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL): by SNI, with their own certificate, then per the
 //! `tcp` routes, as Istio routes the decrypted stream.
 
-use super::gateway::{
+use super::gateway_server::{
     bound_to, server_allows, server_names, server_tls_socket, tls_mode, with_subnets,
 };
 use super::l4::L4Target;

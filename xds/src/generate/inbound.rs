@@ -2,7 +2,8 @@
 //! the listener and clusters built from them. Kept apart from the outbound scope because it is
 //! keyed by workload shape, not namespace, and survives rebuilds that touch only outbound config.
 
-use super::inbound_listener::{self, AppEndpoint, InboundPort};
+use super::cluster::AppEndpoint;
+use super::inbound_listener::{self, InboundPort};
 use super::memo::get_or_build;
 use super::{MeshSnapshot, authz, cluster, jwt};
 use crate::resource::{Layer, LayerMap, Resource, SharedResource, reuse_layer};

@@ -4,7 +4,7 @@
 //! the policy filters, and the app behind the port's inbound cluster.
 
 use super::GenOptions;
-use super::cluster::{BLACKHOLE, inbound_name};
+use super::cluster::{AppEndpoint, BLACKHOLE, inbound_name};
 use super::common::*;
 use super::downstream_tls;
 use super::listener::{RouteSource, hcm, hcm_filter, listener_filter, tcp_proxy_filter};
@@ -25,15 +25,6 @@ use meshd_model::security::MtlsMode;
 
 pub const VIRTUAL_INBOUND: &str = "virtualInbound";
 pub const INBOUND_PORT: u32 = 15006;
-
-/// Where the sidecar hands an inbound port's traffic to the app.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AppEndpoint {
-    /// A port on loopback.
-    Port(u32),
-    /// A unix socket (`/path`, or `@name` in the abstract namespace), as Envoy's `Pipe` takes it.
-    Pipe(String),
-}
 
 /// One inbound port of the workload, as the inbound listeners serve it.
 pub struct InboundPort {

@@ -14,6 +14,7 @@ mod egress;
 pub mod envoyfilter;
 pub mod gateway;
 mod gateway_l4;
+mod gateway_server;
 mod gateway_sni;
 mod inbound;
 mod inbound_listener;
