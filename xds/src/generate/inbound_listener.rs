@@ -9,7 +9,7 @@ use super::common::*;
 use super::downstream_tls;
 use super::listener::{RouteSource, hcm, hcm_filter, listener_filter, tcp_proxy_filter};
 use super::telemetry::{self, Side};
-use crate::resource::any;
+use crate::resource::{Layer, LayerMap, any};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
@@ -198,4 +198,25 @@ fn port_filters(p: &InboundPort, cluster: &str, opts: &GenOptions) -> Vec<Filter
         opts,
     );
     vec![hcm_filter(&h)]
+}
+
+/// The outbound listeners, less those on an address an inbound listener binds (`captureMode:
+/// NONE` with a wildcard `bind` on a port the proxy also sees outbound): Envoy refuses two
+/// listeners on one address, the whole update with them, and Istio keeps the inbound one.
+pub(super) fn outbound_beside(outbound: &Layer, inbound: &Layer) -> Layer {
+    let taken: Vec<&str> = inbound
+        .keys()
+        .filter_map(|n| n.strip_prefix("inbound_"))
+        .filter(|n| outbound.contains_key(*n))
+        .collect();
+    if taken.is_empty() {
+        return outbound.clone();
+    }
+    LayerMap::new(
+        outbound
+            .iter()
+            .filter(|(n, _)| !taken.contains(&n.as_str()))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect(),
+    )
 }

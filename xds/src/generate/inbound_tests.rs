@@ -209,3 +209,28 @@ fn capture_mode_none_binds_a_listener_of_its_own() {
     let out = snap.generate(&workload_proxy(&snap, "server", "app"));
     assert!(out[LISTENER].get("inbound_10.44.0.20_8081").is_none());
 }
+
+/// A wildcard `bind` under `captureMode: NONE` on a port the proxy also sees outbound: the
+/// inbound listener takes the address and the outbound one of that port goes, as in Istio
+/// (Envoy would refuse the pair, and every later update with it).
+#[test]
+fn a_wildcard_bound_port_takes_the_outbound_listener_address() {
+    let snap = snapshot(
+        "  ingress:
+  - port: {number: 9000, protocol: TCP, name: tcp}
+    defaultEndpoint: 127.0.0.1:19000
+    captureMode: NONE
+    bind: 0.0.0.0
+",
+    );
+    let out = snap.generate(&workload_proxy(&snap, "server", "app"));
+    assert!(out[LISTENER].get("inbound_0.0.0.0_9000").is_some());
+    assert!(out[LISTENER].get("0.0.0.0_9000").is_none());
+    assert!(
+        out[LISTENER].get("0.0.0.0_8080").is_some(),
+        "other ports keep theirs"
+    );
+    // Another workload of the namespace keeps the outbound listener.
+    let other = snap.generate(&fixture::sidecar("client", "app"));
+    assert!(other[LISTENER].get("0.0.0.0_9000").is_some());
+}

@@ -283,10 +283,12 @@ impl MeshSnapshot {
                 if !scope.secrets.is_empty() {
                     out.insert(SECRET, ResourceSet::layer(scope.secrets.clone()));
                 }
+                let outbound_listeners =
+                    inbound_listener::outbound_beside(&scope.listeners, &inbound_listeners);
                 out.insert(
                     LISTENER,
                     ResourceSet::from_layers(self.patched_sidecar_layers(
-                        &scope.listeners,
+                        &outbound_listeners,
                         &inbound_listeners,
                         LayerKind::Listeners,
                         &selected,
