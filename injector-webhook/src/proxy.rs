@@ -268,8 +268,17 @@ pub fn proxy_container(cfg: &InjectConfig, plan: &Plan) -> Container {
         readiness_probe: readiness,
         // Envoy's OpenTelemetry tracer names the service from these (its environment resource
         // detector): `canonical-name.namespace`, as Istio names a proxy's spans.
+        // Istio's span tags read CANONICAL_SERVICE, CANONICAL_REVISION and POD_NAMESPACE.
         env: Some(vec![
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            env(
+                "CANONICAL_SERVICE",
+                plan.canonical_name
+                    .as_deref()
+                    .unwrap_or("unknown")
+                    .to_string(),
+            ),
+            env("CANONICAL_REVISION", plan.canonical_revision.clone()),
             env(
                 "OTEL_RESOURCE_ATTRIBUTES",
                 format!(

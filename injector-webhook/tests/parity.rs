@@ -430,7 +430,13 @@ fn istio_proxy_container_in_the_pod_overrides_the_injected_one() {
         .collect();
     assert_eq!(
         env,
-        ["POD_NAMESPACE", "OTEL_RESOURCE_ATTRIBUTES", "EXTRA"],
+        [
+            "POD_NAMESPACE",
+            "CANONICAL_SERVICE",
+            "CANONICAL_REVISION",
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "EXTRA"
+        ],
         "{proxy}"
     );
     let mounts: Vec<&str> = proxy["volumeMounts"]

@@ -34,6 +34,8 @@ pub struct SideTelemetry {
     /// Whether Envoy samples by the request id (`None`: Envoy's default, yes), so that every
     /// proxy on a request's path takes the same decision.
     pub request_id_sampling: Option<bool>,
+    /// Spans carry Istio's tags (`istio.canonical_service`, …); on unless a Telemetry says not.
+    pub istio_tags: bool,
     /// The JSON access log on stdout (provider `envoy`).
     pub access_log: bool,
     /// A CEL expression: only the requests it holds for are logged on stdout.
@@ -54,6 +56,7 @@ impl Default for SideTelemetry {
             span_reporting: true,
             custom_tags: BTreeMap::new(),
             request_id_sampling: None,
+            istio_tags: true,
             access_log: true,
             access_log_filter: None,
             otel_access_log: false,
@@ -222,6 +225,9 @@ fn overlay_tracing(side: &mut SideTelemetry, t: &Tracing) {
     }
     if let Some(v) = t.use_request_id_for_trace_sampling {
         side.request_id_sampling = Some(v);
+    }
+    if let Some(v) = t.enable_istio_tags {
+        side.istio_tags = v;
     }
 }
 

@@ -230,11 +230,13 @@ impl LocalMesh {
         let mut cmd = pod.exec_as(PROXY_UID, PROXY_UID, argv);
         cmd.current_dir(&pod.dir);
         // What the injector gives a pod's proxy: its OpenTelemetry tracer names the service
-        // from it.
+        // from it, and Istio's span tags read the canonical service and namespace.
         cmd.env(
             "OTEL_RESOURCE_ATTRIBUTES",
             format!("service.name={}.{}", pod.name, pod.namespace),
         );
+        cmd.env("CANONICAL_SERVICE", &pod.name);
+        cmd.env("POD_NAMESPACE", &pod.namespace);
         let log = self.net.log_dir().join(format!(
             "{}-envoy-{}.log",
             pod.name,

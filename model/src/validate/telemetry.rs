@@ -167,9 +167,6 @@ pub(crate) fn telemetry(t: &Telemetry) -> Check {
                 return Err(format!("{at}.header.name: must be set"));
             }
         }
-        if tr.enable_istio_tags.is_some() {
-            return Err(format!("{at}.enableIstioTags: not supported by meshd"));
-        }
     }
     for (i, log) in t.access_logging.iter().enumerate() {
         let at = format!("spec.accessLogging[{i}]");

@@ -143,6 +143,13 @@ fn one_trace_across_two_sidecars_json_access_logs_and_stats() {
     );
     assert_eq!(client_span["localEndpoint"]["ipv4"], ip(10).to_string());
     assert_eq!(server_span["localEndpoint"]["ipv4"], ip(20).to_string());
+    // Istio's span tags: each proxy's canonical service and namespace, the mesh id.
+    for (span, service) in [(client_span, "client"), (server_span, "api")] {
+        let tags = &span["tags"];
+        assert_eq!(tags["istio.canonical_service"], service, "{span:#}");
+        assert_eq!(tags["istio.namespace"], NS, "{span:#}");
+        assert_eq!(tags["istio.mesh_id"], "cluster.local", "{span:#}");
+    }
 
     // JSON access logs on stdout, with the trace id.
     let find_log = |pod: &str, cluster: &str| -> Option<serde_json::Value> {

@@ -52,6 +52,33 @@ fn zipkin_provider() -> tracing::Http {
     }
 }
 
+/// Istio's own span tags, so traces can be queried by canonical service: read, as Istio's
+/// are, from the environment the injector gives the proxy (the values differ per workload while
+/// the listeners carrying them are shared); the mesh id is the trust domain, Istio's default.
+fn istio_tags(opts: &GenOptions, on: bool) -> Vec<CustomTag> {
+    if !on {
+        return Vec::new();
+    }
+    let env = |tag: &str, name: &str, default: &str| CustomTag {
+        tag: tag.into(),
+        r#type: Some(custom_tag::Type::Environment(custom_tag::Environment {
+            name: name.into(),
+            default_value: default.into(),
+        })),
+    };
+    vec![
+        env("istio.canonical_revision", "CANONICAL_REVISION", "latest"),
+        env("istio.canonical_service", "CANONICAL_SERVICE", "unknown"),
+        CustomTag {
+            tag: "istio.mesh_id".into(),
+            r#type: Some(custom_tag::Type::Literal(custom_tag::Literal {
+                value: opts.trust_domain.clone(),
+            })),
+        },
+        env("istio.namespace", "POD_NAMESPACE", "unknown"),
+    ]
+}
+
 fn custom_tag(name: &str, tag: &IstioTag) -> Option<CustomTag> {
     let kind = if let Some(l) = &tag.literal {
         custom_tag::Type::Literal(custom_tag::Literal {
@@ -144,10 +171,13 @@ pub fn tracing(opts: &GenOptions, client: bool) -> Option<Tracing> {
         provider: provider
             .filter(|_| side.span_reporting)
             .map(|build| build()),
-        custom_tags: side
-            .custom_tags
-            .iter()
-            .filter_map(|(name, tag)| custom_tag(name, tag))
+        custom_tags: istio_tags(opts, side.istio_tags)
+            .into_iter()
+            .chain(
+                side.custom_tags
+                    .iter()
+                    .filter_map(|(name, tag)| custom_tag(name, tag)),
+            )
             .collect(),
         ..Default::default()
     })

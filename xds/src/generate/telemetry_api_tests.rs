@@ -399,3 +399,55 @@ fn use_request_id_for_trace_sampling_reaches_the_uuid_extension() {
         "the server side keeps the default"
     );
 }
+
+/// Spans carry Istio's tags by default (from the environment the injector gives the proxy, the
+/// mesh id from the trust domain); `enableIstioTags: false` leaves only the Telemetry's own.
+#[test]
+fn istio_tags_by_default_and_off_when_a_telemetry_says() {
+    let tags = |hcm: &Value| -> Vec<(String, Value)> {
+        hcm["tracing"]["custom_tags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| {
+                        let kind = t
+                            .as_object()
+                            .unwrap()
+                            .iter()
+                            .find(|(k, _)| *k != "tag")
+                            .map(|(_, v)| v.clone())
+                            .unwrap();
+                        (t["tag"].as_str().unwrap().to_string(), kind)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (inbound, outbound) = sides("", "api");
+    for hcm in [&inbound.unwrap(), &outbound] {
+        let t = tags(hcm);
+        let names: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "istio.canonical_revision",
+                "istio.canonical_service",
+                "istio.mesh_id",
+                "istio.namespace"
+            ],
+            "{hcm:#}"
+        );
+        assert_eq!(t[1].1["name"], "CANONICAL_SERVICE");
+        assert_eq!(t[2].1["value"], "cluster.local");
+        assert_eq!(t[3].1["name"], "POD_NAMESPACE");
+    }
+    let t = telemetry(
+        "shop",
+        "  tracing:\n  - enableIstioTags: false\n    customTags:\n      team: {literal: {value: voice}}\n",
+    );
+    let (inbound, outbound) = sides(&t, "api");
+    for hcm in [&inbound.unwrap(), &outbound] {
+        let names: Vec<String> = tags(hcm).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["team"], "{hcm:#}");
+    }
+}
