@@ -165,3 +165,48 @@ fn a_unix_socket_listener_serves_its_hosts_on_their_ports() {
         "{db}"
     );
 }
+
+/// TLS services behind a bound listener: the app names no VIP, so their chains match by SNI
+/// alone; a plain TCP service on the port takes the rest.
+#[test]
+fn a_bound_listener_tells_tls_services_apart_by_sni() {
+    let tls = |name: &str, n: u8| {
+        fixture::service(name, "b", n, "[{number: 443, name: tls, protocol: TLS}]")
+    };
+    let yaml = tls("one", 40)
+        + &tls("two", 41)
+        + &fixture::service(
+            "plain",
+            "b",
+            42,
+            "[{number: 443, name: tcp, protocol: TCP}]",
+        )
+        + "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: a}\nspec:\n  egress:\n  - port: {number: 443, protocol: TLS, name: tls}\n    captureMode: NONE\n    hosts: [\"b/*\"]\n---\n";
+    let out = generated(&yaml);
+    let l = listener(&out, "127.0.0.1_443");
+    let chains = l["filter_chains"].as_array().unwrap();
+    let snis: Vec<&Value> = chains
+        .iter()
+        .map(|c| &c["filter_chain_match"]["server_names"][0])
+        .collect();
+    assert_eq!(
+        snis,
+        ["one.b.svc.cluster.local", "two.b.svc.cluster.local"],
+        "{l:#}"
+    );
+    assert!(
+        chains
+            .iter()
+            .all(|c| c["filter_chain_match"]["prefix_ranges"].is_null()),
+        "{l:#}"
+    );
+    assert_eq!(
+        l["listener_filters"][0]["name"],
+        "envoy.filters.listener.tls_inspector"
+    );
+    assert_eq!(
+        l["default_filter_chain"]["filters"][0]["typed_config"]["cluster"],
+        "outbound|443||plain.b.svc.cluster.local",
+        "{l:#}"
+    );
+}

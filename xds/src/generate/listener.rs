@@ -342,6 +342,30 @@ impl OutboundAddress<'_> {
     }
 }
 
+/// The chains of a listener an app dials itself: it names no VIP, so only SNI names tell
+/// destinations apart (the first claim of a name wins); the first chain without one is
+/// returned, matching every other connection.
+fn bound_chains(chains: &mut Vec<FilterChain>) -> Option<FilterChain> {
+    let mut first_plain = None;
+    let mut claimed: Vec<Vec<String>> = Vec::new();
+    chains.retain_mut(|c| {
+        let m = c.filter_chain_match.get_or_insert_default();
+        m.prefix_ranges.clear();
+        if m.server_names.is_empty() {
+            if first_plain.is_none() {
+                let mut plain = c.clone();
+                plain.filter_chain_match = None;
+                first_plain = Some(plain);
+            }
+            return false;
+        }
+        let first = !claimed.contains(&m.server_names);
+        claimed.push(m.server_names.clone());
+        first
+    });
+    first_plain
+}
+
 /// A per-port outbound listener. HTTP ports route by Host through RDS; TCP services get a chain
 /// per VIP, except on a bound address, where the app names no VIP and the first service takes
 /// the connection.
@@ -406,6 +430,11 @@ pub fn outbound_port(
         });
     }
     super::l4::sni_under_prefixes(&mut chains);
+    let bound_default = if address.bound {
+        bound_chains(&mut chains)
+    } else {
+        None
+    };
     let sni_matched = chains.iter().any(|c| {
         c.filter_chain_match
             .as_ref()
@@ -424,10 +453,7 @@ pub fn outbound_port(
             filters: vec![hcm_filter(&h)],
             ..Default::default()
         }
-    } else if address.bound && !chains.is_empty() {
-        let mut first = chains.remove(0);
-        chains.clear();
-        first.filter_chain_match = None;
+    } else if let Some(first) = bound_default {
         first
     } else {
         FilterChain {
