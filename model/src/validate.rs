@@ -23,6 +23,12 @@ fn port(n: u32, what: &str) -> Check {
     Ok(())
 }
 
+/// A unix socket address after `unix://` as Envoy's pipe takes it: an absolute path or an
+/// abstract name, never empty.
+fn socket_path(path: &str) -> bool {
+    path.len() > 1 && (path.starts_with('/') || path.starts_with('@'))
+}
+
 /// Envoy's bound on a ring hash's `minimum_ring_size`; a larger one is refused by every proxy.
 const MAX_RING_SIZE: u64 = 8_388_608;
 

@@ -34,7 +34,7 @@ pub(super) fn server(at: &str, s: &crate::networking::Server) -> Check {
     }
     if let Some(bind) = &s.bind {
         if let Some(path) = bind.strip_prefix("unix://") {
-            if !(path.len() > 1 && (path.starts_with('/') || path.starts_with('@'))) {
+            if !super::socket_path(path) {
                 return Err(format!(
                     "{at}.bind: `{bind}` is not a unix socket (unix:///absolute/path or unix://@abstract)"
                 ));

@@ -2,7 +2,7 @@
 //! sidecar terminates, connection limits), its egress listeners (hosts, ports, `bind` and
 //! `captureMode`), and `outboundTrafficPolicy.egressProxy` — Istio's rules for each.
 
-use super::{Check, gateway, port, selector};
+use super::{Check, gateway, port, selector, socket_path};
 use crate::networking::{CaptureMode, OutboundMode, ServerTlsSettings, Sidecar};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -94,7 +94,7 @@ pub(super) fn sidecar(sc: &Sidecar) -> Check {
 /// unix socket the app listens on.
 fn default_endpoint(at: &str, e: &str) -> Check {
     if let Some(path) = e.strip_prefix("unix://") {
-        if path.starts_with('/') && path.len() > 1 || path.starts_with('@') && path.len() > 1 {
+        if socket_path(path) {
             return Ok(());
         }
         return Err(format!(
@@ -176,7 +176,7 @@ fn egress_listener(at: &str, e: &crate::networking::IstioEgressListener) -> Chec
         }
     }
     if let Some(path) = socket {
-        if !(path.len() > 1 && (path.starts_with('/') || path.starts_with('@'))) {
+        if !socket_path(path) {
             return Err(format!(
                 "{at}.bind: `unix://{path}` is not a unix socket (unix:///absolute/path or unix://@abstract)"
             ));

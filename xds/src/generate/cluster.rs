@@ -455,7 +455,7 @@ pub fn inbound(
 ) -> Cluster {
     let address = match app {
         AppEndpoint::Port(app_port) => socket_address("127.0.0.1", *app_port),
-        AppEndpoint::Pipe(path) => endpoint_address(&format!("unix://{path}"), 0),
+        AppEndpoint::Pipe(path) => pipe_address(path),
     };
     let service_port = Port {
         name: String::new(),

@@ -49,15 +49,20 @@ pub fn socket_address(ip: &str, port: u32) -> Address {
 /// else an IP address and port.
 pub fn endpoint_address(address: &str, port: u32) -> Address {
     match address.strip_prefix("unix://") {
-        Some(path) => Address {
-            address: Some(address::Address::Pipe(
-                envoy_types::pb::envoy::config::core::v3::Pipe {
-                    path: path.to_string(),
-                    ..Default::default()
-                },
-            )),
-        },
+        Some(path) => pipe_address(path),
         None => socket_address(address, port),
+    }
+}
+
+/// A unix socket (`/path`, or `@name` in the abstract namespace) as Envoy's pipe.
+pub fn pipe_address(path: &str) -> Address {
+    Address {
+        address: Some(address::Address::Pipe(
+            envoy_types::pb::envoy::config::core::v3::Pipe {
+                path: path.to_string(),
+                ..Default::default()
+            },
+        )),
     }
 }
 

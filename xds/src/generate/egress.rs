@@ -32,10 +32,11 @@ pub(super) fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) 
 }
 
 /// The egress side of the Sidecar in force for a proxy in `namespace` (none: everything).
-#[derive(Clone, Copy)]
 pub(super) struct Egress<'a> {
-    pub sidecar: Option<&'a Sidecar>,
-    pub namespace: &'a str,
+    sidecar: Option<&'a Sidecar>,
+    namespace: &'a str,
+    /// Its listeners with an address of their own, read once: every service port asks.
+    bound: Vec<BoundListener<'a>>,
 }
 
 /// An egress listener with its own address: the app sends to `address:port`.
@@ -47,7 +48,24 @@ pub(super) struct BoundListener<'a> {
     listener: &'a IstioEgressListener,
 }
 
-impl BoundListener<'_> {
+impl<'a> BoundListener<'a> {
+    /// The listener, when it has an address of its own (and so a port).
+    fn of(e: &'a IstioEgressListener) -> Option<BoundListener<'a>> {
+        let ip = e.bound_address()?;
+        let port = e.port.as_ref()?;
+        Some(BoundListener {
+            address: OutboundAddress {
+                ip,
+                // A socket is never captured: the app connects to it.
+                bound: e.capture_mode == CaptureMode::None || ip.starts_with("unix://"),
+            },
+            port: port.number,
+            protocol: (!port.protocol.is_empty() || !port.name.is_empty())
+                .then(|| Protocol::detect(Some(&port.protocol), &port.name)),
+            listener: e,
+        })
+    }
+
     /// Port 0 (a unix socket's, as Istio spells it): the hosts' services on any port.
     fn on_port(&self, port: u32) -> bool {
         self.port == 0 || self.port == port
@@ -64,6 +82,19 @@ impl BoundListener<'_> {
 }
 
 impl<'a> Egress<'a> {
+    pub fn new(sidecar: Option<&'a Sidecar>, namespace: &'a str) -> Egress<'a> {
+        let bound = sidecar
+            .into_iter()
+            .flat_map(|sc| sc.egress.iter())
+            .filter_map(BoundListener::of)
+            .collect();
+        Egress {
+            sidecar,
+            namespace,
+            bound,
+        }
+    }
+
     fn listeners(&self) -> impl Iterator<Item = &'a IstioEgressListener> {
         self.sidecar.into_iter().flat_map(|sc| sc.egress.iter())
     }
@@ -98,29 +129,13 @@ impl<'a> Egress<'a> {
     pub fn allows(&self, svc: &Service, port: u32) -> bool {
         self.captured_allows(svc, port)
             || self
-                .bound()
+                .bound
                 .iter()
                 .any(|b| b.on_port(port) && b.serves(self.namespace, svc))
     }
 
-    pub fn bound(&self) -> Vec<BoundListener<'a>> {
-        self.listeners()
-            .filter_map(|e| {
-                let ip = e.bound_address()?;
-                let port = e.port.as_ref()?;
-                Some(BoundListener {
-                    address: OutboundAddress {
-                        ip,
-                        // A socket is never captured: the app connects to it.
-                        bound: e.capture_mode == CaptureMode::None || ip.starts_with("unix://"),
-                    },
-                    port: port.number,
-                    protocol: (!port.protocol.is_empty() || !port.name.is_empty())
-                        .then(|| Protocol::detect(Some(&port.protocol), &port.name)),
-                    listener: e,
-                })
-            })
-            .collect()
+    pub fn bound(&self) -> &[BoundListener<'a>] {
+        &self.bound
     }
 
     /// The cluster taking traffic to destinations no service claims.

@@ -143,7 +143,7 @@ impl MeshSnapshot {
             server: Default::default(),
         });
         let restricted = self.index.restricted();
-        let egress = Egress { sidecar, namespace };
+        let egress = Egress::new(sidecar, namespace);
         let egress_allows = |svc: &Service, port: u32| egress.allows(svc, port);
         let mut port_hidden = false;
         let visible: Vec<&Service> = self
