@@ -19,7 +19,7 @@
 use crate::Args;
 use crate::server::{cpu_seconds, rss_kb};
 use anyhow::{Context, bail};
-use meshd_localmesh::mesh::{LocalMesh, LocalMeshOptions, SidecarOptions};
+use meshd_localmesh::mesh::{LocalMesh, LocalMeshOptions, SidecarOptions, envoy_admin_get};
 use meshd_localmesh::podnet::{Pod, envoy_binary, wait_until};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -45,6 +45,11 @@ pub struct DataplaneArgs {
     /// wrk threads.
     #[arg(long, default_value_t = 2)]
     pub wrk_threads: u32,
+    /// The floor's breakdown instead of the telemetry variants: meshd with telemetry off, the
+    /// minimal pair, and the minimal pair plus each part of meshd's config in turn (retry
+    /// policy, CORS and fault filters, XFCC, least-request balancing, all of them).
+    #[arg(long)]
+    pub floor: bool,
     /// Leave out the meshd-with-telemetry-off variant.
     #[arg(long)]
     pub skip_telemetry_off: bool,
@@ -55,6 +60,10 @@ pub struct DataplaneArgs {
     /// The wrk binary.
     #[arg(long, default_value = "wrk")]
     pub wrk: PathBuf,
+    /// Write each variant's client and server Envoy `/config_dump` (secrets redacted by
+    /// Envoy) into this directory after the warm-up, to compare what the variants run.
+    #[arg(long)]
+    pub dump_configs: Option<PathBuf>,
 }
 
 const NS: &str = "bench";
@@ -67,6 +76,8 @@ enum Kind {
     NoMetrics,
     TelemetryOff,
     Minimal,
+    /// The minimal pair plus one part of meshd's config: which parts the gap is made of.
+    MinimalWith(minimal::Extra),
 }
 
 impl Kind {
@@ -77,6 +88,7 @@ impl Kind {
             Kind::NoMetrics => "meshd-no-metrics",
             Kind::TelemetryOff => "meshd-telemetry-off",
             Kind::Minimal => "minimal",
+            Kind::MinimalWith(e) => e.label(),
         }
     }
     /// Workload name prefix and the last octet of its pods' addresses.
@@ -87,7 +99,12 @@ impl Kind {
             Kind::Minimal => ("min", 12),
             Kind::NoJsonLog => ("nolog", 13),
             Kind::NoMetrics => ("nomet", 14),
+            Kind::MinimalWith(e) => e.pods(),
         }
+    }
+    /// Sidecars driven by meshd, as opposed to a hand-written static pair.
+    fn in_mesh(self) -> bool {
+        !matches!(self, Kind::Minimal | Kind::MinimalWith(_))
     }
     /// The Telemetry object's spec selecting this variant's workloads (label `telemetry:
     /// <prefix>`); none for meshd's default.
@@ -95,7 +112,7 @@ impl Kind {
         const NO_LOG: &str = "  accessLogging: [{disabled: true}]\n";
         const NO_METRICS: &str = "  metrics: [{overrides: [{disabled: true}]}]\n";
         match self {
-            Kind::Meshd | Kind::Minimal => None,
+            Kind::Meshd | Kind::Minimal | Kind::MinimalWith(_) => None,
             Kind::NoJsonLog => Some(NO_LOG),
             Kind::NoMetrics => Some(NO_METRICS),
             Kind::TelemetryOff => Some(concat!(
@@ -277,6 +294,33 @@ fn counted_by_meshd(mesh: &LocalMesh) -> f64 {
         .sum()
 }
 
+/// `<variant>-{client,server}.json`: each sidecar's `/config_dump` (the minimal pair's client
+/// only: its server pod is not in the mesh's list).
+fn dump_configs(
+    mesh: &LocalMesh,
+    variants: &[Variant],
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for v in variants {
+        let (prefix, _) = v.kind.pods();
+        let mut pods = vec![("client", v.client.clone())];
+        if let Some(server) = mesh.sidecar(&format!("{prefix}-server")) {
+            pods.push(("server", server.pod));
+        }
+        for (role, pod) in pods {
+            let (status, body) = envoy_admin_get(&pod, "/config_dump")?;
+            if status != 200 {
+                bail!("{}: /config_dump answered {status}", pod.name);
+            }
+            let path = dir.join(format!("{}-{role}.json", v.kind.label()));
+            std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    println!("config dumps written to {}", dir.display());
+    Ok(())
+}
+
 /// Run the benchmark; the report goes to stdout.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let d = &args.dataplane;
@@ -310,16 +354,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .control_plane_pid()
         .context("meshd serve is not running")?;
 
-    let mut kinds = vec![Kind::Meshd];
-    if d.breakdown {
-        kinds.extend([Kind::NoJsonLog, Kind::NoMetrics]);
-    }
-    if !d.skip_telemetry_off {
+    let mut kinds = Vec::new();
+    if d.floor {
         kinds.push(Kind::TelemetryOff);
+    } else {
+        kinds.push(Kind::Meshd);
+        if d.breakdown {
+            kinds.extend([Kind::NoJsonLog, Kind::NoMetrics]);
+        }
+        if !d.skip_telemetry_off {
+            kinds.push(Kind::TelemetryOff);
+        }
     }
     kinds.push(Kind::Minimal);
+    if d.floor {
+        kinds.extend(minimal::Extra::ALL.map(Kind::MinimalWith));
+    }
     let mut hosts = Vec::new();
-    for kind in &kinds[..kinds.len() - 1] {
+    for kind in kinds.iter().filter(|k| k.in_mesh()) {
         let (prefix, host) = kind.pods();
         hosts.push((fqdn(&format!("{prefix}-server")), vip(host + 10)));
     }
@@ -328,9 +380,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut _minimal_procs = Vec::new();
     for kind in kinds {
         let (prefix, host) = kind.pods();
-        let (client, url) = if kind == Kind::Minimal {
-            let (pod, procs) = minimal::start(&mesh, &meshd, &envoy, &static_dir)?;
-            _minimal_procs = procs;
+        let (client, url) = if !kind.in_mesh() {
+            let (pod, procs) = minimal::start(&mesh, &meshd, &envoy, &static_dir, kind)?;
+            _minimal_procs.extend(procs);
             (pod, format!("http://{}:{PORT}/", pod_ip(host + 10)))
         } else {
             for (role, h) in [("server", host + 10), ("client", host)] {
@@ -372,6 +424,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let warmup = d.round_secs.min(2);
     for v in &variants {
         run_wrk(d, v, warmup)?;
+    }
+    if let Some(dir) = &d.dump_configs {
+        dump_configs(&mesh, &variants, dir)?;
     }
     println!(
         "meshd-load --dataplane: {} rounds x {} s per variant, wrk -c {} -t {}, variants {}",

@@ -1,6 +1,7 @@
 //! The floor of the data-plane bench: a hand-written static Envoy pair (one listener and one
 //! cluster per side, mTLS from a throwaway CA, no access log, no stats sinks) in two plain pods
-//! with the same capture rules, app and Envoy flags as the local mesh's sidecars.
+//! with the same capture rules, app and Envoy flags as the local mesh's sidecars; and the same
+//! pair plus one part of meshd's config at a time (`Extra`), to tell where a gap comes from.
 
 use super::{Kind, NS, PORT, TRUST_DOMAIN, pod_ip};
 use anyhow::{Context, bail};
@@ -10,6 +11,106 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
+
+/// One part of meshd's generated sidecar config, added to the minimal pair exactly as meshd
+/// writes it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Extra {
+    /// Istio's default route retry policy (previous-hosts predicate) and no route timeout.
+    Retry,
+    /// The outbound CORS and fault filters ahead of the router.
+    Filters,
+    /// The inbound XFCC handling (APPEND_FORWARD, subject, DNS and URI of the peer).
+    Xfcc,
+    /// LEAST_REQUEST balancing and circuit breakers tracking what remains.
+    LeastRequest,
+    /// All of the above.
+    All,
+    /// Envoy's stats access logger on both sides: a request counter and three histograms with
+    /// Istio's dimensions from command operators (what aggregated Istio metrics would cost).
+    StatsLog,
+    /// A JSON access log on stdout on both sides, as meshd's default.
+    JsonLog,
+}
+
+impl Extra {
+    pub(super) const ALL: [Extra; 7] = [
+        Extra::Retry,
+        Extra::Filters,
+        Extra::Xfcc,
+        Extra::LeastRequest,
+        Extra::All,
+        Extra::StatsLog,
+        Extra::JsonLog,
+    ];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Extra::Retry => "minimal+retry",
+            Extra::Filters => "minimal+filters",
+            Extra::Xfcc => "minimal+xfcc",
+            Extra::LeastRequest => "minimal+least-request",
+            Extra::All => "minimal+all",
+            Extra::StatsLog => "minimal+stats-log",
+            Extra::JsonLog => "minimal+json-log",
+        }
+    }
+
+    /// Workload name prefix and the last octet of the client pod's address.
+    pub(super) fn pods(self) -> (&'static str, u8) {
+        match self {
+            Extra::Retry => ("minr", 15),
+            Extra::Filters => ("minf", 16),
+            Extra::Xfcc => ("minx", 17),
+            Extra::LeastRequest => ("minl", 18),
+            Extra::All => ("mina", 19),
+            Extra::StatsLog => ("mins", 30),
+            Extra::JsonLog => ("minj", 31),
+        }
+    }
+
+    fn has(extra: Option<Extra>, part: Extra) -> bool {
+        extra == Some(part)
+            || (extra == Some(Extra::All) && !matches!(part, Extra::StatsLog | Extra::JsonLog))
+    }
+}
+
+/// Istio's request dimensions, each from a command operator.
+const STATS_LOG: &str = "access_log:
+          - name: envoy.access_loggers.stats
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config
+              stat_prefix: meshd
+              counters:
+              - stat: &stat {name: istio_requests_total, tags: [{name: reporter, value_format: destination}, \
+                  {name: peer, value_format: '%DOWNSTREAM_PEER_URI_SAN%'}, {name: code, value_format: '%RESPONSE_CODE%'}, \
+                  {name: flags, value_format: '%RESPONSE_FLAGS%'}, {name: protocol, value_format: '%PROTOCOL%'}, \
+                  {name: cluster, value_format: '%UPSTREAM_CLUSTER%'}]}
+                value_fixed: 1
+              histograms:
+              - {stat: {name: istio_request_duration_milliseconds, tags: [{name: code, value_format: '%RESPONSE_CODE%'}, \
+                  {name: cluster, value_format: '%UPSTREAM_CLUSTER%'}, {name: peer, value_format: '%DOWNSTREAM_PEER_URI_SAN%'}]}, \
+                  unit: Milliseconds, value_format: '%DURATION%'}
+              - {stat: {name: istio_request_bytes, tags: [{name: code, value_format: '%RESPONSE_CODE%'}, \
+                  {name: cluster, value_format: '%UPSTREAM_CLUSTER%'}, {name: peer, value_format: '%DOWNSTREAM_PEER_URI_SAN%'}]}, \
+                  unit: Bytes, value_format: '%BYTES_RECEIVED%'}
+              - {stat: {name: istio_response_bytes, tags: [{name: code, value_format: '%RESPONSE_CODE%'}, \
+                  {name: cluster, value_format: '%UPSTREAM_CLUSTER%'}, {name: peer, value_format: '%DOWNSTREAM_PEER_URI_SAN%'}]}, \
+                  unit: Bytes, value_format: '%BYTES_SENT%'}";
+
+/// A JSON line per request on stdout, with the fields of meshd's default log.
+const JSON_LOG: &str = "access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {json_format: {start_time: '%START_TIME%', method: '%REQ(:METHOD)%', \
+                path: '%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%', protocol: '%PROTOCOL%', response_code: '%RESPONSE_CODE%', \
+                response_flags: '%RESPONSE_FLAGS%', bytes_received: '%BYTES_RECEIVED%', bytes_sent: '%BYTES_SENT%', \
+                duration: '%DURATION%', upstream_service_time: '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%', \
+                x_forwarded_for: '%REQ(X-FORWARDED-FOR)%', user_agent: '%REQ(USER-AGENT)%', request_id: '%REQ(X-REQUEST-ID)%', \
+                authority: '%REQ(:AUTHORITY)%', upstream_host: '%UPSTREAM_HOST%', upstream_cluster: '%UPSTREAM_CLUSTER%', \
+                downstream_remote_address: '%DOWNSTREAM_REMOTE_ADDRESS%', downstream_local_address: '%DOWNSTREAM_LOCAL_ADDRESS%', \
+                requested_server_name: '%REQUESTED_SERVER_NAME%', route_name: '%ROUTE_NAME%'}}";
 
 /// Capture rules as the local mesh's sidecars get them, for the hand-written pair too.
 const CAPTURE: [&str; 14] = [
@@ -82,7 +183,12 @@ fn tls_context(dir: &Path, role: &str, peer: &str) -> String {
 
 /// The floor's Envoy config for one side: one listener (outbound capture port on the client,
 /// inbound on the server), one static cluster, mTLS between them, nothing else.
-fn minimal_envoy_config(dir: &Path, client: bool, server_ip: Ipv4Addr) -> String {
+fn minimal_envoy_config(
+    dir: &Path,
+    client: bool,
+    server_ip: Ipv4Addr,
+    extra: Option<Extra>,
+) -> String {
     let (listen, cluster_addr, cluster_port) = if client {
         (15001, server_ip.to_string(), PORT)
     } else {
@@ -114,6 +220,43 @@ fn minimal_envoy_config(dir: &Path, client: bool, server_ip: Ipv4Addr) -> String
             String::new(),
         )
     };
+    let route_extra = if client && Extra::has(extra, Extra::Retry) {
+        ", timeout: 0s, retry_policy: {retry_on: 'connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes', \
+         num_retries: 2, retriable_status_codes: [503], host_selection_retry_max_attempts: 5, \
+         retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: \
+         {'@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]}"
+    } else {
+        ""
+    };
+    let filters_extra = if client && Extra::has(extra, Extra::Filters) {
+        "- name: envoy.filters.http.cors
+            typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}
+          - name: envoy.filters.http.fault
+            typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}
+          "
+    } else {
+        ""
+    };
+    let xfcc = if !client && Extra::has(extra, Extra::Xfcc) {
+        "forward_client_cert_details: APPEND_FORWARD
+          set_current_client_cert_details: {subject: true, dns: true, uri: true}"
+    } else {
+        ""
+    };
+    let lb = if client && Extra::has(extra, Extra::LeastRequest) {
+        "lb_policy: LEAST_REQUEST
+    circuit_breakers: {thresholds: [{max_connections: 4294967295, max_pending_requests: 4294967295, \
+      max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}]}"
+    } else {
+        ""
+    };
+    let access_log = if Extra::has(extra, Extra::StatsLog) {
+        STATS_LOG
+    } else if Extra::has(extra, Extra::JsonLog) {
+        JSON_LOG
+    } else {
+        ""
+    };
     format!(
         "admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 15000}}}}
@@ -131,15 +274,18 @@ static_resources:
             virtual_hosts:
             - name: all
               domains: ['*']
-              routes: [{{match: {{prefix: /}}, route: {{cluster: upstream}}}}]
+              routes: [{{match: {{prefix: /}}, route: {{cluster: upstream{route_extra}}}}}]
+          {xfcc}
+          {access_log}
           http_filters:
-          - name: envoy.filters.http.router
+          {filters_extra}- name: envoy.filters.http.router
             typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
       {downstream_tls}
   clusters:
   - name: upstream
     type: STATIC
     connect_timeout: 1s
+    {lb}
     load_assignment:
       cluster_name: upstream
       endpoints:
@@ -158,9 +304,17 @@ pub(super) fn start(
     meshd: &Path,
     envoy: &Path,
     dir: &Path,
+    kind: Kind,
 ) -> anyhow::Result<(Pod, Vec<Child>)> {
-    let (prefix, host) = Kind::Minimal.pods();
+    let (prefix, host) = kind.pods();
+    let extra = match kind {
+        Kind::MinimalWith(e) => Some(e),
+        _ => None,
+    };
     let server_ip = pod_ip(host + 10);
+    let dir = &dir.join(prefix);
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     write_static_certs(dir)?;
     let mut procs = Vec::new();
     let mut client_pod = None;
@@ -173,12 +327,13 @@ pub(super) fn start(
         if role == "server" {
             let port = PORT.to_string();
             let meshd = meshd.to_string_lossy();
-            procs.push(pod.spawn([&meshd, "workload", "--name", "min-server", "--port", &port])?);
+            let name = format!("{prefix}-server");
+            procs.push(pod.spawn([&meshd, "workload", "--name", &name, "--port", &port])?);
         }
         let config = dir.join(format!("envoy-{role}.yaml"));
         write_readable(
             &config,
-            &minimal_envoy_config(dir, role == "client", server_ip),
+            &minimal_envoy_config(dir, role == "client", server_ip, extra),
         )?;
         let envoy = envoy.to_string_lossy();
         let config = config.to_string_lossy();
