@@ -32,28 +32,23 @@ fn router_filter() -> HttpFilter {
     }
 }
 
-/// The CORS filter, off unless the request's route turns it on with its policy
-/// (`route::enabled_with`): a filter that is in every chain but acts on few routes would cost
-/// every request its header and runtime checks (measured: `meshd-load --dataplane --floor`).
+/// The CORS filter: inert unless a route carries a CORS policy (per-route config).
 fn cors_filter() -> HttpFilter {
     HttpFilter {
         name: CORS_FILTER.into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(any(
             &envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors::default(),
         ))),
-        disabled: true,
         ..Default::default()
     }
 }
 
-/// The fault filter, off unless the request's route injects a fault (as CORS above).
 fn fault_filter() -> HttpFilter {
     HttpFilter {
         name: FAULT_FILTER.into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(any(
             &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default(),
         ))),
-        disabled: true,
         ..Default::default()
     }
 }

@@ -522,29 +522,17 @@ pub fn http_routes(ctx: &RouteCtx<'_>, routes: &[HttpRoute]) -> Vec<Route> {
             if let Some(f) = fault(r) {
                 envoy_route
                     .typed_per_filter_config
-                    .insert(FAULT_FILTER.into(), enabled_with(any(&f)));
+                    .insert(FAULT_FILTER.into(), any(&f));
             }
             if let Some(c) = &r.cors_policy {
                 envoy_route
                     .typed_per_filter_config
-                    .insert(CORS_FILTER.into(), enabled_with(any(&cors_policy(c))));
+                    .insert(CORS_FILTER.into(), any(&cors_policy(c)));
             }
             out.push(envoy_route);
         }
     }
     out
-}
-
-/// A route's config for a filter the connection manager lists as disabled: it turns the filter
-/// on for this route's requests only.
-pub fn enabled_with(
-    config: envoy_types::pb::google::protobuf::Any,
-) -> envoy_types::pb::google::protobuf::Any {
-    any(&envoy_types::pb::envoy::config::route::v3::FilterConfig {
-        config: Some(config),
-        is_optional: false,
-        disabled: false,
-    })
 }
 
 /// The route for a service no VirtualService names: all traffic to its cluster.
@@ -561,7 +549,3 @@ pub fn default_route(cluster: String) -> Route {
         ..Default::default()
     }
 }
-
-#[cfg(test)]
-#[path = "route_tests.rs"]
-mod tests;
