@@ -158,6 +158,27 @@ impl Workload {
     }
 }
 
+/// How a Sidecar (in `own_namespace`) ranks among those that could configure a workload in
+/// `namespace` with `labels`, by Istio's precedence: 0 when it selects the workload in its
+/// namespace, 1 as the namespace's default (no selector), 2 as the mesh default (no selector,
+/// root namespace); `None` when it does not apply. The lowest rank wins, the first of equals.
+pub fn sidecar_rank(
+    sidecar: &crate::networking::Sidecar,
+    own_namespace: &str,
+    root_namespace: &str,
+    namespace: &str,
+    labels: &Labels,
+) -> Option<u8> {
+    match &sidecar.workload_selector {
+        Some(sel) => {
+            (own_namespace == namespace && selector_matches(&sel.labels, labels)).then_some(0)
+        }
+        None if own_namespace == namespace => Some(1),
+        None if own_namespace == root_namespace => Some(2),
+        None => None,
+    }
+}
+
 pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }

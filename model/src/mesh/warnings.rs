@@ -139,6 +139,41 @@ pub(crate) fn warnings(mesh: &MeshConfig) -> Vec<Rejected> {
         })
         .collect();
     out.extend(super::fragments::warnings(mesh));
+    out.extend(egress_proxy_warnings(mesh));
+    out
+}
+
+/// A Sidecar's `egressProxy` that names no service port of the registry: the traffic it should
+/// take has no cluster to go to, and is refused until a service defines that host and port.
+fn egress_proxy_warnings(mesh: &MeshConfig) -> Vec<Rejected> {
+    let mut out = Vec::new();
+    for (o, sc) in mesh.sidecars() {
+        let Some(proxy) = sc
+            .outbound_traffic_policy
+            .as_ref()
+            .and_then(|p| p.egress_proxy.as_ref())
+        else {
+            continue;
+        };
+        let host = super::qualify_host(&proxy.host, o.meta.namespace(), "cluster.local");
+        let port = proxy.port.as_ref().map(|p| p.number).unwrap_or(0);
+        let known = mesh
+            .services
+            .iter()
+            .any(|s| s.hostname == host && s.ports.iter().any(|p| p.number == port));
+        if !known {
+            out.push(Rejected {
+                file: o.source.file.clone(),
+                line: o.source.line,
+                kind: Some(o.kind()),
+                namespace: Some(o.meta.namespace().to_string()),
+                name: Some(o.meta.name.clone()),
+                reason: format!(
+                    "spec.outboundTrafficPolicy.egressProxy: no service in the registry has host {host} and port {port}; traffic to unknown destinations is refused until one does"
+                ),
+            });
+        }
+    }
     out
 }
 
@@ -287,6 +322,45 @@ spec:
         );
         let mesh = MeshConfig::assemble([&parse_file("ap.yaml", &policy("DENY")).unwrap()]);
         assert!(mesh.warnings.is_empty(), "{:?}", mesh.warnings);
+    }
+
+    /// An egress proxy must be a service port of the registry (a short host is relative to the
+    /// Sidecar's namespace); else its traffic has nowhere to go, and meshd says so.
+    #[test]
+    fn an_egress_proxy_that_is_no_service_port_warns() {
+        let sidecar = |host: &str, port: u32| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: shop}}\n\
+                 spec:\n  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n    egressProxy: {{host: {host}, port: {{number: {port}}}}}\n---\n"
+            )
+        };
+        let proxy = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: egress, namespace: shop}\n\
+                     spec:\n  hosts: [egress.shop.svc.cluster.local]\n  ports: [{number: 3128, name: tcp, protocol: TCP}]\n  \
+                     resolution: DNS\n---\n";
+        let warned = |text: String| {
+            let mesh = MeshConfig::assemble([&parse_file("sc.yaml", &text).unwrap()]);
+            assert!(mesh.rejected.is_empty(), "{:?}", mesh.rejected);
+            mesh.warnings
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert!(warned(format!("{proxy}{}", sidecar("egress", 3128))).is_empty());
+        assert!(
+            warned(format!(
+                "{proxy}{}",
+                sidecar("egress.shop.svc.cluster.local", 3128)
+            ))
+            .is_empty()
+        );
+        let [w] = &warned(format!("{proxy}{}", sidecar("egress", 8080)))[..] else {
+            panic!("one warning expected")
+        };
+        assert!(
+            w.contains("Sidecar shop/default: spec.outboundTrafficPolicy.egressProxy: no service in the registry has host egress.shop.svc.cluster.local and port 8080"),
+            "{w}"
+        );
+        assert_eq!(warned(sidecar("squid.example.com", 3128)).len(), 1);
     }
 
     #[test]

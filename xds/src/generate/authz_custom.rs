@@ -283,7 +283,7 @@ pub fn refused(config: &MeshConfig, root_namespace: &str, opts: &GenOptions) -> 
     // Conflicting providers, and HTTP providers on TCP ports, per workload.
     for w in &config.workloads {
         let applied = super::applicable(config, root_namespace, &w.namespace, &w.labels);
-        let tcp = tcp_ports(config, w);
+        let tcp = tcp_ports(config, root_namespace, w);
         for (a, r) in customs(&applied, config, opts) {
             match r {
                 Err(why) => note(
@@ -330,8 +330,41 @@ pub fn refused(config: &MeshConfig, root_namespace: &str, opts: &GenOptions) -> 
         .collect()
 }
 
-/// The non-HTTP ports of the services selecting `w`.
-fn tcp_ports(config: &MeshConfig, w: &meshd_model::registry::Workload) -> Vec<u32> {
+/// The non-HTTP ports `w` serves: its Sidecar's ingress ports when it declares any (as the
+/// inbound listeners are built), else those of the services selecting it.
+fn tcp_ports(
+    config: &MeshConfig,
+    root_namespace: &str,
+    w: &meshd_model::registry::Workload,
+) -> Vec<u32> {
+    let sidecar = config
+        .sidecars()
+        .filter_map(|(o, s)| {
+            let rank = meshd_model::registry::sidecar_rank(
+                s,
+                o.meta.namespace(),
+                root_namespace,
+                &w.namespace,
+                &w.labels,
+            )?;
+            Some((rank, s))
+        })
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, s)| s);
+    if let Some(sc) = sidecar.filter(|sc| !sc.ingress.is_empty()) {
+        let mut out: Vec<u32> = sc
+            .ingress
+            .iter()
+            .filter(|i| {
+                !meshd_model::registry::Protocol::detect(Some(&i.port.protocol), &i.port.name)
+                    .is_http()
+            })
+            .map(|i| i.port.number)
+            .collect();
+        out.sort();
+        out.dedup();
+        return out;
+    }
     let mut out: Vec<u32> = config
         .services
         .iter()

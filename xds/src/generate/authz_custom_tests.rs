@@ -419,3 +419,34 @@ fn an_http_provider_on_a_tcp_port_still_denies_what_custom_matches() {
     ));
     assert_eq!(http_only.problems().count(), 0);
 }
+
+#[test]
+fn the_tcp_port_report_follows_the_sidecars_ingress_ports() {
+    let ext = policy("ext", "action: CUSTOM, provider: {name: ext}, rules: [{}]");
+    let sidecar = |ports: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: server, namespace: app}}\n\
+             spec:\n  workloadSelector: {{labels: {{app: server}}}}\n  ingress:\n{ports}---\n"
+        )
+    };
+    // The Sidecar serves 9100 as TCP (and 8080 as HTTP): the report names 9100, not the
+    // service's 9000, which the workload no longer serves.
+    let tcp_9100 = sidecar(
+        "  - {port: {number: 8080, protocol: HTTP, name: http}, defaultEndpoint: '127.0.0.1:8080'}\n  \
+         - {port: {number: 9100, protocol: TCP, name: tcp}, defaultEndpoint: '127.0.0.1:9000'}\n",
+    );
+    let reasons: Vec<String> = snapshot(&format!("{tcp_9100}{ext}"))
+        .problems()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("on TCP port 9100 of workload app/server"),
+        "{reasons:?}"
+    );
+    // Only HTTP ingress ports: no TCP port, nothing to report.
+    let http_only = sidecar(
+        "  - {port: {number: 8080, protocol: HTTP, name: http}, defaultEndpoint: '127.0.0.1:8080'}\n",
+    );
+    assert_eq!(snapshot(&format!("{http_only}{ext}")).problems().count(), 0);
+}

@@ -7,6 +7,7 @@ use super::listener::{self, OutboundAddress};
 use super::selected::SelectedRules;
 use super::{GenOptions, MeshSnapshot, cluster, l4};
 use crate::resource::{Resource, SharedResource};
+use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{CaptureMode, IstioEgressListener, OutboundMode, Sidecar};
 use meshd_model::registry::{Protocol, Service};
 use std::collections::BTreeMap;
@@ -34,6 +35,9 @@ pub(super) fn egress_host_matches(pattern: &str, proxy_ns: &str, svc: &Service) 
 /// The egress side of the Sidecar in force for a proxy in `namespace` (none: everything).
 pub(super) struct Egress<'a> {
     sidecar: Option<&'a Sidecar>,
+    /// The Sidecar's own namespace (the proxy's, or the root namespace's mesh default): its
+    /// short hosts are relative to it.
+    sidecar_namespace: &'a str,
     namespace: &'a str,
     /// Its listeners with an address of their own, read once: every service port asks.
     bound: Vec<BoundListener<'a>>,
@@ -82,7 +86,11 @@ impl<'a> BoundListener<'a> {
 }
 
 impl<'a> Egress<'a> {
-    pub fn new(sidecar: Option<&'a Sidecar>, namespace: &'a str) -> Egress<'a> {
+    pub fn new(sidecar: Option<(&'a str, &'a Sidecar)>, namespace: &'a str) -> Egress<'a> {
+        let (sidecar_namespace, sidecar) = match sidecar {
+            Some((ns, sc)) => (ns, Some(sc)),
+            None => (namespace, None),
+        };
         let bound = sidecar
             .into_iter()
             .flat_map(|sc| sc.egress.iter())
@@ -90,6 +98,7 @@ impl<'a> Egress<'a> {
             .collect();
         Egress {
             sidecar,
+            sidecar_namespace,
             namespace,
             bound,
         }
@@ -139,7 +148,7 @@ impl<'a> Egress<'a> {
     }
 
     /// The cluster taking traffic to destinations no service claims.
-    pub fn unmatched(&self) -> String {
+    pub fn unmatched(&self, domain_suffix: &str) -> String {
         let policy = self
             .sidecar
             .and_then(|s| s.outbound_traffic_policy.as_ref());
@@ -149,7 +158,7 @@ impl<'a> Egress<'a> {
                 Some(proxy) => cluster::outbound_name(
                     proxy.port.as_ref().map(|p| p.number).unwrap_or(0),
                     proxy.subset.as_deref().unwrap_or(""),
-                    &proxy.host,
+                    &qualify_host(&proxy.host, self.sidecar_namespace, domain_suffix),
                 ),
                 None => cluster::PASSTHROUGH.into(),
             },

@@ -137,6 +137,21 @@ fn egress_proxy_takes_unknown_destinations() {
     );
 }
 
+/// A short egress proxy host is relative to the Sidecar's namespace, as every Istio `host`.
+#[test]
+fn a_short_egress_proxy_host_is_the_service_of_the_sidecars_namespace() {
+    let yaml = fixture::service("web", "b", 30, HTTP_80)
+        + "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: b}\nspec:\n  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n    egressProxy: {host: web, port: {number: 80}}\n---\n";
+    let out = fixture::snapshot(&yaml).generate(&sidecar("client", "b"));
+    let to = "outbound|80||web.b.svc.cluster.local";
+    let vo = any_to_json(&out[LISTENER].get("virtualOutbound").unwrap().any());
+    assert_eq!(
+        vo["filter_chains"][0]["filters"][0]["typed_config"]["cluster"],
+        to
+    );
+    assert!(out[CLUSTER].get(to).is_some());
+}
+
 #[test]
 fn a_unix_socket_listener_serves_its_hosts_on_their_ports() {
     let out = generated(&mesh_with_egress(

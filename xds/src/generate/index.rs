@@ -389,18 +389,20 @@ impl Index {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<&(ConfigObject, Sidecar)> {
-        let in_ns = |ns: &str, selected: bool| {
-            self.sidecars.iter().find(|(o, s)| {
-                o.meta.namespace() == ns
-                    && match &s.workload_selector {
-                        Some(sel) => selected && selector_matches(&sel.labels, labels),
-                        None => !selected,
-                    }
+        self.sidecars
+            .iter()
+            .filter_map(|e| {
+                let rank = meshd_model::registry::sidecar_rank(
+                    &e.1,
+                    e.0.meta.namespace(),
+                    &self.root_namespace,
+                    namespace,
+                    labels,
+                )?;
+                Some((rank, e))
             })
-        };
-        in_ns(namespace, true)
-            .or_else(|| in_ns(namespace, false))
-            .or_else(|| in_ns(&self.root_namespace, false))
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, e)| e)
     }
 }
 

@@ -112,7 +112,7 @@ impl MeshSnapshot {
             let scope = self.build_scope(
                 namespace,
                 key.labels.as_ref(),
-                sidecar.map(|(_, s)| s),
+                sidecar.map(|(o, s)| (o.meta.namespace(), s)),
                 &key.telemetry,
                 &rules,
             );
@@ -134,7 +134,7 @@ impl MeshSnapshot {
         &self,
         namespace: &str,
         labels: Option<&BTreeMap<String, String>>,
-        sidecar: Option<&Sidecar>,
+        sidecar: Option<(&str, &Sidecar)>,
         telemetry: &meshd_model::telemetry_scope::SideTelemetry,
         rules: &SelectedRules,
     ) -> Scope {
@@ -161,7 +161,7 @@ impl MeshSnapshot {
             })
             .collect();
         let port_visible = |svc: &Service, port: u32| egress_allows(svc, port);
-        let unmatched = egress.unmatched();
+        let unmatched = egress.unmatched(&self.index.domain_suffix);
         // Services whose DestinationRule differs in this scope (`exportTo`, a `workloadSelector`):
         // their clusters are generated for it rather than taken from the mesh-wide layer.
         let own_rule: Vec<(&Service, Option<&DestinationRule>)> = if restricted || !rules.is_empty()
