@@ -3,6 +3,7 @@
 
 use anyhow::{Context, anyhow};
 use meshd_ca::WorkloadClaims;
+use meshd_injector::stats_matcher::{ISTIO_DEFAULT_PREFIXES, StatsInclusion};
 use meshd_model::MeshConfig;
 use meshd_xds::generate::telemetry::TELEMETRY_CLUSTER;
 use meshd_xds::{NodeId, NodeType};
@@ -22,6 +23,32 @@ pub struct BootstrapSpec {
     pub delta: bool,
     /// Node metadata `ISTIO_VERSION`, which EnvoyFilter `match.proxy.proxyVersion` matches.
     pub istio_version: Option<String>,
+    /// Which of Envoy's stats the proxy records; `None`: all of them.
+    pub stats_matcher: Option<StatsInclusion>,
+}
+
+/// `--stats-matcher`: a [`StatsInclusion`] as JSON, checked as the injector checks it.
+pub fn parse_stats_matcher(text: &str) -> Result<StatsInclusion, String> {
+    let m: StatsInclusion =
+        serde_json::from_str(text).map_err(|e| format!("not a stats inclusion (JSON): {e}"))?;
+    m.check("--stats-matcher")?;
+    Ok(m)
+}
+
+/// Envoy's `stats_matcher` for a chosen set: Istio's default prefixes and the pod's patterns.
+fn stats_matcher(m: &StatsInclusion) -> Value {
+    let patterns: Vec<Value> = ISTIO_DEFAULT_PREFIXES
+        .iter()
+        .map(|p| json!({"prefix": p}))
+        .chain(m.inclusion_prefixes.iter().map(|p| json!({"prefix": p})))
+        .chain(m.inclusion_suffixes.iter().map(|p| json!({"suffix": p})))
+        .chain(
+            m.inclusion_regexps
+                .iter()
+                .map(|p| json!({"safe_regex": {"regex": p}})),
+        )
+        .collect();
+    json!({"inclusion_list": {"patterns": patterns}})
 }
 
 /// Resolves a `NAME.NAMESPACE` workload against the mesh config: its address, service account
@@ -206,6 +233,9 @@ pub fn render(spec: &BootstrapSpec) -> anyhow::Result<Value> {
     if let Some(v) = &spec.istio_version {
         b["node"]["metadata"]["ISTIO_VERSION"] = json!(v);
     }
+    if let Some(m) = &spec.stats_matcher {
+        b["stats_config"]["stats_matcher"] = stats_matcher(m);
+    }
     Ok(b)
 }
 
@@ -231,6 +261,49 @@ mod tests {
         assert!(err.contains("no WorkloadEntry"), "{err}");
     }
 
+    /// No choice keeps every stat; a chosen set is Istio's default prefixes and the pod's
+    /// patterns, each as Envoy's matcher kind.
+    #[test]
+    fn a_chosen_stats_set_is_envoys_inclusion_list() {
+        let spec = BootstrapSpec {
+            workload: "a".into(),
+            namespace: "ns".into(),
+            ip: "10.0.0.1".into(),
+            node_type: NodeType::Sidecar,
+            xds_address: "10.0.0.254:15010".into(),
+            admin_port: 15000,
+            credential: String::new(),
+            delta: true,
+            istio_version: None,
+            stats_matcher: None,
+        };
+        assert!(render(&spec).unwrap()["stats_config"]["stats_matcher"].is_null());
+        let m = parse_stats_matcher(
+            r#"{"inclusionPrefixes":["cluster.outbound"],"inclusionSuffixes":["upstream_rq_timeout"],"inclusionRegexps":[".*outlier_detection.*"]}"#,
+        )
+        .unwrap();
+        let b = render(&BootstrapSpec {
+            stats_matcher: Some(m),
+            ..spec
+        })
+        .unwrap();
+        assert_eq!(
+            b["stats_config"]["stats_matcher"],
+            json!({"inclusion_list": {"patterns": [
+                {"prefix": "cluster_manager"}, {"prefix": "listener_manager"}, {"prefix": "server"},
+                {"prefix": "cluster.xds-grpc"}, {"prefix": "cluster.outbound"},
+                {"suffix": "upstream_rq_timeout"}, {"safe_regex": {"regex": ".*outlier_detection.*"}},
+            ]}})
+        );
+        // The stat tags stay as they were beside it.
+        assert_eq!(b["stats_config"]["stats_tags"], json!([]));
+        let bad = parse_stats_matcher(r#"{"inclusionRegexps":["(?!x)"]}"#).unwrap_err();
+        assert!(
+            bad.contains("--stats-matcher: inclusionRegexps[0]"),
+            "{bad}"
+        );
+    }
+
     #[test]
     fn bootstrap_carries_the_credential_and_node_id() {
         let spec = BootstrapSpec {
@@ -243,6 +316,7 @@ mod tests {
             credential: "meshd1.x.y".into(),
             delta: false,
             istio_version: Some("1.24.0".into()),
+            stats_matcher: None,
         };
         let b = render(&spec).unwrap();
         assert_eq!(b["node"]["metadata"]["ISTIO_VERSION"], "1.24.0");

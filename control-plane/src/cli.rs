@@ -347,6 +347,7 @@ fn write_bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
         credential: ca.issue_credential(&claims)?,
         delta: args.delta,
         istio_version: args.istio_version.clone(),
+        stats_matcher: args.kube.stats_matcher.clone(),
     };
     let rendered = bootstrap::render(&spec)?;
     proxy.metadata = crate::bootstrap_patch::node_metadata(&rendered["node"]);

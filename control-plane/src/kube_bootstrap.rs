@@ -67,6 +67,7 @@ pub struct KubeBootstrapSpec {
     pub app_probers: AppProbers,
     /// Node metadata `ISTIO_VERSION` (EnvoyFilter `match.proxy.proxyVersion`).
     pub istio_version: Option<String>,
+    pub stats_matcher: Option<meshd_injector::stats_matcher::StatsInclusion>,
 }
 
 fn ads_grpc_service(spec: &KubeBootstrapSpec) -> Value {
@@ -142,6 +143,7 @@ pub fn render(spec: &KubeBootstrapSpec) -> anyhow::Result<Value> {
         credential: String::new(),
         delta: spec.delta,
         istio_version: spec.istio_version.clone(),
+        stats_matcher: spec.stats_matcher.clone(),
     })?;
     b["dynamic_resources"]["ads_config"]["grpc_services"] = json!([ads_grpc_service(spec)]);
     b["node"]["metadata"]["SERVICE_ACCOUNT"] = json!(spec.service_account);
@@ -337,6 +339,10 @@ pub struct KubeBootstrapArgs {
     /// patches before failing (the kubelet then restarts this init container).
     #[arg(long, default_value = "60s", value_parser = meshd_model::duration::parse)]
     pub patch_timeout: std::time::Duration,
+    /// Either registry: which of Envoy's stats the proxy records, as the injector reads the
+    /// pod's `proxyStatsMatcher` and `statsInclusion*` annotations (JSON); none: every stat.
+    #[arg(long, env = meshd_injector::stats_matcher::STATS_MATCHER_ENV, value_parser = crate::bootstrap::parse_stats_matcher)]
+    pub stats_matcher: Option<meshd_injector::stats_matcher::StatsInclusion>,
 }
 
 /// Writes the Kubernetes-mode bootstrap for `POD.NAMESPACE`.
@@ -377,6 +383,7 @@ pub fn write(
         delta,
         app_probers,
         istio_version,
+        stats_matcher: args.stats_matcher.clone(),
     };
     let rendered = render(&spec)?;
     let patch = fetch_patches(&spec, &rendered["node"], args.patch_timeout)?;
@@ -440,6 +447,7 @@ mod tests {
             admin_port: 15000,
             delta: false,
             istio_version: None,
+            stats_matcher: None,
             app_probers: AppProbers::from([
                 (
                     "/app-health/gateway/livez".to_string(),

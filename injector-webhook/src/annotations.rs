@@ -56,6 +56,8 @@ pub struct ProxyConfigOverrides {
     pub hold_application: Option<bool>,
     /// `terminationDrainDuration`: how long the sidecar drains before Envoy gets SIGTERM.
     pub termination_drain: Option<Duration>,
+    /// `proxyStatsMatcher`: which of Envoy's stats the sidecar records.
+    pub stats_matcher: Option<crate::stats_matcher::StatsInclusion>,
 }
 
 /// Reads `proxy.istio.io/config`. Other fields and variables are reported as ignored (meshd has
@@ -117,6 +119,14 @@ pub fn proxy_config(
                     "annotation {PROXY_CONFIG}: terminationDrainDuration: `{}` is not a duration (`5s`, `1.5s`)",
                     shown(&value)
                 )),
+            }
+            continue;
+        }
+        if key == "proxyStatsMatcher" {
+            let at = format!("annotation {PROXY_CONFIG}: proxyStatsMatcher");
+            match crate::stats_matcher::from_proxy_config(value, &at) {
+                Ok(m) => out.stats_matcher = Some(m),
+                Err(e) => errors.push(e),
             }
             continue;
         }

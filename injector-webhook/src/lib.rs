@@ -47,6 +47,7 @@ pub mod refusal;
 pub mod render;
 pub mod review;
 pub mod settings;
+pub mod stats_matcher;
 
 pub use config::{DEFAULT_MAX_REVIEW_BYTES, InjectConfig, ProxyResources};
 pub use decision::{Decision, decide};

@@ -7,6 +7,7 @@ use crate::config::{InjectConfig, ProxyResources, names, paths, ports};
 use crate::decision::Plan;
 use crate::probes::{APP_PROBERS_ENV, AppProbers};
 use crate::settings::Template;
+use crate::stats_matcher::STATS_MATCHER_ENV;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
@@ -104,6 +105,13 @@ pub fn bootstrap_container(cfg: &InjectConfig, plan: &Plan, probers: &AppProbers
     if let Some(delta) = plan.settings.delta_xds {
         // `meshd bootstrap` reads Istio's variable (its `--delta` flag's environment).
         envs.push(env(ann::DELTA_XDS_ENV, delta.to_string()));
+    }
+    if let Some(m) = &plan.settings.stats_matcher {
+        // JSON: a regexp may hold the commas a flag's list would split on.
+        envs.push(env(
+            STATS_MATCHER_ENV,
+            serde_json::to_string(m).unwrap_or_default(),
+        ));
     }
     if !probers.is_empty() {
         envs.push(env(

@@ -35,6 +35,8 @@ pub struct Settings {
     pub delta_xds: Option<bool>,
     pub hold_application: Option<bool>,
     pub termination_drain: Option<std::time::Duration>,
+    /// Which of Envoy's stats the sidecar records (`None`: all of them).
+    pub stats_matcher: Option<crate::stats_matcher::StatsInclusion>,
     pub native_sidecar: Option<bool>,
     pub resources: ProxyResources,
     pub proxy_image: String,
@@ -273,6 +275,7 @@ pub fn read(
         delta_xds: proxy.delta_xds,
         hold_application: proxy.hold_application,
         termination_drain: proxy.termination_drain,
+        stats_matcher: crate::stats_matcher::read(a, proxy.stats_matcher, errors),
         native_sidecar: boolean(a, ann::NATIVE_SIDECAR, errors),
         resources: resources(a, cfg, errors, warnings),
         proxy_image,

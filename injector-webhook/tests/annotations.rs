@@ -74,6 +74,19 @@ fn init_args(pod: &Value, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The JSON stats inclusion the `meshd-bootstrap` init container is given, if any.
+fn stats_matcher_env(pod: &Value) -> Option<Value> {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "meshd-bootstrap")?["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == "MESHD_STATS_MATCHER")
+        .and_then(|e| serde_json::from_str(e["value"].as_str()?).ok())
+}
+
 #[test]
 fn every_annotation_is_honoured_warned_about_or_refused() {
     use Want::*;
@@ -215,6 +228,29 @@ fn every_annotation_is_honoured_warned_about_or_refused() {
             Honoured(|p| p["spec"]["containers"][0]["name"] == "istio-proxy"),
         ),
         ("proxy.istio.io/config", "tracing: {}", Warned),
+        (
+            "proxy.istio.io/config",
+            "proxyStatsMatcher: {inclusionRegexps: ['.*outlier_detection.*']}",
+            Honoured(|p| {
+                stats_matcher_env(p)
+                    .is_some_and(|m| m["inclusionRegexps"] == json!([".*outlier_detection.*"]))
+            }),
+        ),
+        (
+            "proxy.istio.io/config",
+            "proxyStatsMatcher: {inclusionRegexps: ['(?<=x)']}",
+            Refused,
+        ),
+        (
+            "sidecar.istio.io/statsInclusionPrefixes",
+            "cluster.outbound,listener",
+            Honoured(|p| {
+                stats_matcher_env(p).is_some_and(|m| {
+                    m["inclusionPrefixes"] == json!(["cluster.outbound", "listener"])
+                })
+            }),
+        ),
+        ("sidecar.istio.io/statsInclusionRegexps", "[bad", Refused),
     ];
     for (key, value, want) in cases {
         let mut pod = bare();

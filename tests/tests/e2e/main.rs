@@ -19,6 +19,7 @@ mod capture_rules;
 mod control_plane_down;
 mod dashboard_browser;
 mod demo;
+mod envoy_stats;
 mod locality_failover;
 mod mtls_modes;
 mod netns;
