@@ -252,7 +252,16 @@ pub fn load_inject_config(
         }
         _ => anyhow::bail!("--injector-config {} is not a map", path.display()),
     }
-    serde_json::from_value(merged).with_context(|| format!("--injector-config {}", path.display()))
+    let cfg: InjectConfig = serde_json::from_value(merged)
+        .with_context(|| format!("--injector-config {}", path.display()))?;
+    if let Some(m) = &cfg.proxy_stats_matcher {
+        m.check(&format!(
+            "--injector-config {}: proxyStatsMatcher",
+            path.display()
+        ))
+        .map_err(anyhow::Error::msg)?;
+    }
+    Ok(cfg)
 }
 
 /// The webhook of `meshd serve`: on in Kubernetes mode (port 15017 unless given), in file mode

@@ -107,6 +107,9 @@ pub struct InjectConfig {
     /// Reported by every injected proxy as its node's `ISTIO_VERSION`, which EnvoyFilter
     /// `match.proxy.proxyVersion` matches; none by default.
     pub istio_version: Option<String>,
+    /// The mesh default of ProxyConfig `proxyStatsMatcher`: the stats every sidecar records
+    /// besides Istio's default set (none: every stat). A pod's own patterns add to it.
+    pub proxy_stats_matcher: Option<crate::stats_matcher::StatsInclusion>,
 }
 
 /// `terminationDrainDuration` in the injector config: a protobuf duration string (`5s`).
@@ -181,6 +184,7 @@ impl Default for InjectConfig {
             hold_application_until_proxy_starts: false,
             termination_drain_duration: std::time::Duration::from_secs(5),
             istio_version: None,
+            proxy_stats_matcher: None,
         }
     }
 }

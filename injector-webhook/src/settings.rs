@@ -275,7 +275,12 @@ pub fn read(
         delta_xds: proxy.delta_xds,
         hold_application: proxy.hold_application,
         termination_drain: proxy.termination_drain,
-        stats_matcher: crate::stats_matcher::read(a, proxy.stats_matcher, errors),
+        stats_matcher: crate::stats_matcher::read(
+            a,
+            cfg.proxy_stats_matcher.clone(),
+            proxy.stats_matcher,
+            errors,
+        ),
         native_sidecar: boolean(a, ann::NATIVE_SIDECAR, errors),
         resources: resources(a, cfg, errors, warnings),
         proxy_image,

@@ -103,10 +103,12 @@ pub fn from_proxy_config(value: serde_yaml::Value, at: &str) -> Result<StatsIncl
     Ok(m)
 }
 
-/// The pod's chosen stats: its `statsInclusion*` annotations merged with `from_config` (its
-/// `proxyStatsMatcher`). Problems go to `errors`.
+/// The pod's chosen stats: the mesh default (the injector config's `proxyStatsMatcher`), its
+/// own `proxyStatsMatcher` and its `statsInclusion*` annotations, merged (as ProxyConfig's
+/// lists merge). Problems go to `errors`.
 pub fn read(
     annotations: &BTreeMap<String, String>,
+    mesh_default: Option<StatsInclusion>,
     from_config: Option<StatsInclusion>,
     errors: &mut Vec<String>,
 ) -> Option<StatsInclusion> {
@@ -136,7 +138,8 @@ pub fn read(
             ..Default::default()
         },
     ];
-    let mut out = from_config.unwrap_or_default();
+    let mut out = mesh_default.unwrap_or_default();
+    out.merge(from_config.unwrap_or_default());
     for (key, m) in [INCLUSION_PREFIXES, INCLUSION_SUFFIXES, INCLUSION_REGEXPS]
         .into_iter()
         .zip(from_annotations)

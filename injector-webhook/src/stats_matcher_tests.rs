@@ -12,7 +12,7 @@ fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 #[test]
 fn nothing_said_is_no_matcher() {
     let mut errors = Vec::new();
-    assert_eq!(read(&annotations(&[]), None, &mut errors), None);
+    assert_eq!(read(&annotations(&[]), None, None, &mut errors), None);
     assert!(errors.is_empty());
 }
 
@@ -29,6 +29,7 @@ fn annotations_are_comma_lists_merged_with_the_proxy_config() {
             (INCLUSION_PREFIXES, "cluster.outbound, listener"),
             (INCLUSION_SUFFIXES, "upstream_rq_timeout,rbac.allowed"),
         ]),
+        None,
         Some(config),
         &mut errors,
     )
@@ -58,6 +59,7 @@ fn a_regexp_envoy_would_refuse_is_an_error_naming_it() {
     assert_eq!(
         read(
             &annotations(&[(INCLUSION_REGEXPS, "ok.*,[unclosed")]),
+            None,
             None,
             &mut errors
         ),
@@ -89,9 +91,34 @@ fn unknown_fields_and_unbounded_lists_are_refused() {
         read(
             &annotations(&[(INCLUSION_PREFIXES, &many)]),
             None,
+            None,
             &mut errors
         ),
         None
     );
     assert!(errors[0].contains("65 patterns; at most 64"), "{errors:?}");
+}
+
+#[test]
+fn the_mesh_default_and_the_pods_own_patterns_add_up() {
+    let mut errors = Vec::new();
+    let mesh = StatsInclusion {
+        inclusion_prefixes: vec!["cluster.outbound".into()],
+        ..Default::default()
+    };
+    let got = read(
+        &annotations(&[(INCLUSION_SUFFIXES, "upstream_rq_timeout")]),
+        Some(mesh.clone()),
+        None,
+        &mut errors,
+    )
+    .unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(got.inclusion_prefixes, ["cluster.outbound"]);
+    assert_eq!(got.inclusion_suffixes, ["upstream_rq_timeout"]);
+    // The mesh default alone applies to a pod that says nothing.
+    assert_eq!(
+        read(&annotations(&[]), Some(mesh.clone()), None, &mut errors),
+        Some(mesh)
+    );
 }

@@ -234,4 +234,22 @@ fn injector_config_file_overlays_the_defaults() {
     std::fs::write(&path, "proxyImag: typo\n").unwrap();
     let err = meshd::webhook::load_inject_config(Some(&path), "mesh", "meshd", 15012).unwrap_err();
     assert!(format!("{err:#}").contains("proxyImag"), "{err:#}");
+    // The mesh default of proxyStatsMatcher is read, and a regexp Envoy would refuse is an error
+    // at start, not a sidecar that never starts.
+    std::fs::write(
+        &path,
+        "proxyStatsMatcher: {inclusionPrefixes: [cluster.outbound]}\n",
+    )
+    .unwrap();
+    let cfg = meshd::webhook::load_inject_config(Some(&path), "mesh", "meshd", 15012).unwrap();
+    assert_eq!(
+        cfg.proxy_stats_matcher.unwrap().inclusion_prefixes,
+        ["cluster.outbound"]
+    );
+    std::fs::write(&path, "proxyStatsMatcher: {inclusionRegexps: ['(?=x)']}\n").unwrap();
+    let err = meshd::webhook::load_inject_config(Some(&path), "mesh", "meshd", 15012).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("proxyStatsMatcher: inclusionRegexps[0]"),
+        "{err:#}"
+    );
 }
