@@ -261,21 +261,31 @@ mod tests {
         assert!(err.contains("no WorkloadEntry"), "{err}");
     }
 
-    /// No choice keeps every stat; a chosen set is Istio's default prefixes and the pod's
-    /// patterns, each as Envoy's matcher kind.
-    #[test]
-    fn a_chosen_stats_set_is_envoys_inclusion_list() {
-        let spec = BootstrapSpec {
+    /// Sidecar `a.ns` at 10.0.0.1 with a credential, SotW, reporting Istio 1.24.0.
+    fn spec() -> BootstrapSpec {
+        BootstrapSpec {
             workload: "a".into(),
             namespace: "ns".into(),
             ip: "10.0.0.1".into(),
             node_type: NodeType::Sidecar,
             xds_address: "10.0.0.254:15010".into(),
             admin_port: 15000,
+            credential: "meshd1.x.y".into(),
+            delta: false,
+            istio_version: Some("1.24.0".into()),
+            stats_matcher: None,
+        }
+    }
+
+    /// No choice keeps every stat; a chosen set is Istio's default prefixes and the pod's
+    /// patterns, each as Envoy's matcher kind.
+    #[test]
+    fn a_chosen_stats_set_is_envoys_inclusion_list() {
+        let spec = BootstrapSpec {
             credential: String::new(),
             delta: true,
             istio_version: None,
-            stats_matcher: None,
+            ..spec()
         };
         assert!(render(&spec).unwrap()["stats_config"]["stats_matcher"].is_null());
         let m = parse_stats_matcher(
@@ -306,18 +316,7 @@ mod tests {
 
     #[test]
     fn bootstrap_carries_the_credential_and_node_id() {
-        let spec = BootstrapSpec {
-            workload: "a".into(),
-            namespace: "ns".into(),
-            ip: "10.0.0.1".into(),
-            node_type: NodeType::Sidecar,
-            xds_address: "10.0.0.254:15010".into(),
-            admin_port: 15000,
-            credential: "meshd1.x.y".into(),
-            delta: false,
-            istio_version: Some("1.24.0".into()),
-            stats_matcher: None,
-        };
+        let spec = spec();
         let b = render(&spec).unwrap();
         assert_eq!(b["node"]["metadata"]["ISTIO_VERSION"], "1.24.0");
         assert_eq!(

@@ -158,11 +158,31 @@ impl Workload {
     }
 }
 
-/// How a Sidecar (in `own_namespace`) ranks among those that could configure a workload in
-/// `namespace` with `labels`, by Istio's precedence: 0 when it selects the workload in its
-/// namespace, 1 as the namespace's default (no selector), 2 as the mesh default (no selector,
-/// root namespace); `None` when it does not apply. The lowest rank wins, the first of equals.
-pub fn sidecar_rank(
+/// The Sidecar in force for a workload in `namespace` with `labels`, among `sidecars` (`of`
+/// gives each one's own namespace and spec), by Istio's precedence: one selecting the workload
+/// in its namespace, else the namespace's default (no selector), else the mesh default (no
+/// selector, root namespace); the first of equals.
+pub fn sidecar_for<T>(
+    sidecars: impl IntoIterator<Item = T>,
+    of: impl Fn(&T) -> (&str, &crate::networking::Sidecar),
+    root_namespace: &str,
+    namespace: &str,
+    labels: &Labels,
+) -> Option<T> {
+    sidecars
+        .into_iter()
+        .filter_map(|s| {
+            let (own_namespace, sidecar) = of(&s);
+            let rank = sidecar_rank(sidecar, own_namespace, root_namespace, namespace, labels)?;
+            Some((rank, s))
+        })
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, s)| s)
+}
+
+/// 0 when the Sidecar selects the workload in its namespace, 1 as the namespace's default, 2 as
+/// the mesh default; `None` when it does not apply.
+fn sidecar_rank(
     sidecar: &crate::networking::Sidecar,
     own_namespace: &str,
     root_namespace: &str,

@@ -337,20 +337,14 @@ fn tcp_ports(
     root_namespace: &str,
     w: &meshd_model::registry::Workload,
 ) -> Vec<u32> {
-    let sidecar = config
-        .sidecars()
-        .filter_map(|(o, s)| {
-            let rank = meshd_model::registry::sidecar_rank(
-                s,
-                o.meta.namespace(),
-                root_namespace,
-                &w.namespace,
-                &w.labels,
-            )?;
-            Some((rank, s))
-        })
-        .min_by_key(|(rank, _)| *rank)
-        .map(|(_, s)| s);
+    let sidecar = meshd_model::registry::sidecar_for(
+        config.sidecars(),
+        |(o, s)| (o.meta.namespace(), *s),
+        root_namespace,
+        &w.namespace,
+        &w.labels,
+    )
+    .map(|(_, s)| s);
     if let Some(sc) = sidecar.filter(|sc| !sc.ingress.is_empty()) {
         let mut out: Vec<u32> = sc
             .ingress

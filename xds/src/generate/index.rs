@@ -389,20 +389,13 @@ impl Index {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<&(ConfigObject, Sidecar)> {
-        self.sidecars
-            .iter()
-            .filter_map(|e| {
-                let rank = meshd_model::registry::sidecar_rank(
-                    &e.1,
-                    e.0.meta.namespace(),
-                    &self.root_namespace,
-                    namespace,
-                    labels,
-                )?;
-                Some((rank, e))
-            })
-            .min_by_key(|(rank, _)| *rank)
-            .map(|(_, e)| e)
+        meshd_model::registry::sidecar_for(
+            &self.sidecars,
+            |e| (e.0.meta.namespace(), &e.1),
+            &self.root_namespace,
+            namespace,
+            labels,
+        )
     }
 }
 
