@@ -10,6 +10,7 @@
 #   scripts/bench-dataplane.sh --rounds 9 --round-secs 20   # any meshd-load --dataplane flag:
 #     --connections N --wrk-threads N --skip-telemetry-off --wrk PATH --work-dir DIR
 #   scripts/bench-dataplane.sh --floor      # the minimal pair plus each part of meshd's config
+#   scripts/bench-dataplane.sh --log-paths  # the minimal pair plus each per-request telemetry path
 #   scripts/bench-dataplane.sh --dump-configs DIR   # each variant's Envoy /config_dump into DIR
 # Needs root, wrk (apt-get install wrk; scripts/install-tools.sh installs it) and Envoy
 # (scripts/install-tools.sh). Build first: cargo build --release --bin meshd --bin meshd-load

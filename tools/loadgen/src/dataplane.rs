@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod minimal;
+mod sink;
 use minimal::write_readable;
 
 /// The bench's own options (flattened into `meshd-load`'s).
@@ -50,6 +51,11 @@ pub struct DataplaneArgs {
     /// policy, CORS and fault filters, XFCC, least-request balancing, all of them).
     #[arg(long)]
     pub floor: bool,
+    /// The per-request telemetry paths side by side on the minimal pair instead of the
+    /// telemetry variants: meshd's gRPC access-log stream and the OpenTelemetry access log (each
+    /// to a discarding sink, whose received bytes are reported), and Envoy's stats logger.
+    #[arg(long, conflicts_with_all = ["floor", "breakdown"])]
+    pub log_paths: bool,
     /// Leave out the meshd-with-telemetry-off variant.
     #[arg(long)]
     pub skip_telemetry_off: bool,
@@ -357,6 +363,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut kinds = Vec::new();
     if d.floor {
         kinds.push(Kind::TelemetryOff);
+    } else if d.log_paths {
     } else {
         kinds.push(Kind::Meshd);
         if d.breakdown {
@@ -370,6 +377,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if d.floor {
         kinds.extend(minimal::Extra::ALL.map(Kind::MinimalWith));
     }
+    if d.log_paths {
+        kinds.extend(minimal::Extra::LOG_PATHS.map(Kind::MinimalWith));
+    }
     let mut hosts = Vec::new();
     for kind in kinds.iter().filter(|k| k.in_mesh()) {
         let (prefix, host) = kind.pods();
@@ -378,10 +388,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     mesh.set_hosts(&hosts)?;
     let mut variants = Vec::new();
     let mut _minimal_procs = Vec::new();
+    let mut sinks = Vec::new();
     for kind in kinds {
         let (prefix, host) = kind.pods();
         let (client, url) = if !kind.in_mesh() {
-            let (pod, procs) = minimal::start(&mesh, &meshd, &envoy, &static_dir, kind)?;
+            // Each log variant its own sink, so the bytes it reports are that variant's.
+            let gateway = mesh.gateway();
+            let listener = mesh
+                .node()
+                .in_netns(move || std::net::TcpListener::bind((gateway, 0)))??;
+            let sink = sink::start(listener)?;
+            let addr = sink.addr;
+            sinks.push((kind, sink));
+            let (pod, procs) = minimal::start(&mesh, &meshd, &envoy, &static_dir, kind, addr)?;
             _minimal_procs.extend(procs);
             (pod, format!("http://{}:{PORT}/", pod_ip(host + 10)))
         } else {
@@ -476,6 +495,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         n
     };
     let rss_after = rss_kb(cp_pid);
+    for (kind, sink) in &sinks {
+        let Some(v) = variants.iter().find(|v| v.kind == *kind) else {
+            continue;
+        };
+        let requests: u64 = v.runs.iter().map(|r| r.requests).sum();
+        if sink.received() > 0 && requests > 0 {
+            // Warm-up requests are in the bytes but not in the runs: an upper bound.
+            println!(
+                "{:<20} sent {} bytes to its sink: {:.0} bytes per request (both sides)",
+                kind.label(),
+                sink.received(),
+                sink.received() as f64 / requests as f64
+            );
+        }
+    }
     report(
         &variants,
         Usage {

@@ -31,6 +31,12 @@ pub(super) enum Extra {
     StatsLog,
     /// A JSON access log on stdout on both sides, as meshd's default.
     JsonLog,
+    /// The gRPC access-log stream on both sides exactly as meshd writes it (what feeds meshd's
+    /// Istio metrics today), to the bench's discarding sink.
+    GrpcLog,
+    /// The OpenTelemetry access log on both sides with the attributes Istio's labels need, to
+    /// the same sink: the other per-request path Envoy hardens against untrusted downstreams.
+    OtelLog,
 }
 
 impl Extra {
@@ -44,6 +50,9 @@ impl Extra {
         Extra::JsonLog,
     ];
 
+    /// The per-request telemetry paths side by side (`--log-paths`).
+    pub(super) const LOG_PATHS: [Extra; 3] = [Extra::GrpcLog, Extra::OtelLog, Extra::StatsLog];
+
     pub(super) fn label(self) -> &'static str {
         match self {
             Extra::Retry => "minimal+retry",
@@ -53,6 +62,8 @@ impl Extra {
             Extra::All => "minimal+all",
             Extra::StatsLog => "minimal+stats-log",
             Extra::JsonLog => "minimal+json-log",
+            Extra::GrpcLog => "minimal+grpc-log",
+            Extra::OtelLog => "minimal+otel-log",
         }
     }
 
@@ -66,12 +77,18 @@ impl Extra {
             Extra::All => ("mina", 19),
             Extra::StatsLog => ("mins", 30),
             Extra::JsonLog => ("minj", 31),
+            Extra::GrpcLog => ("ming", 32),
+            Extra::OtelLog => ("mino", 33),
         }
     }
 
     fn has(extra: Option<Extra>, part: Extra) -> bool {
         extra == Some(part)
-            || (extra == Some(Extra::All) && !matches!(part, Extra::StatsLog | Extra::JsonLog))
+            || (extra == Some(Extra::All)
+                && matches!(
+                    part,
+                    Extra::Retry | Extra::Filters | Extra::Xfcc | Extra::LeastRequest
+                ))
     }
 }
 
@@ -97,6 +114,42 @@ const STATS_LOG: &str = "access_log:
               - {stat: {name: istio_response_bytes, tags: [{name: code, value_format: '%RESPONSE_CODE%'}, \
                   {name: cluster, value_format: '%UPSTREAM_CLUSTER%'}, {name: peer, value_format: '%DOWNSTREAM_PEER_URI_SAN%'}]}, \
                   unit: Bytes, value_format: '%BYTES_SENT%'}";
+
+/// meshd's gRPC access-log stream (`meshd_xds::generate::telemetry`), to the sink.
+const GRPC_LOG: &str = "access_log:
+          - name: envoy.access_loggers.http_grpc
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig
+              common_config: {log_name: meshd-bench, transport_api_version: V3, buffer_flush_interval: 1s, \
+                buffer_size_bytes: 16384, grpc_service: {envoy_grpc: {cluster_name: sink}}}
+              additional_request_headers_to_log: [content-type]
+              additional_response_headers_to_log: [grpc-status]
+              additional_response_trailers_to_log: [grpc-status]";
+
+/// The OpenTelemetry access log with what Istio's labels are derived from, to the sink.
+const OTEL_LOG: &str = "access_log:
+          - name: envoy.access_loggers.open_telemetry
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig
+              log_name: meshd-bench
+              grpc_service: {envoy_grpc: {cluster_name: sink}}
+              buffer_flush_interval: 1s
+              buffer_size_bytes: 16384
+              disable_builtin_labels: true
+              attributes: {values: [{key: code, value: {string_value: '%RESPONSE_CODE%'}}, \
+                {key: flags, value: {string_value: '%RESPONSE_FLAGS%'}}, \
+                {key: grpc, value: {string_value: '%GRPC_STATUS_NUMBER%'}}, \
+                {key: content_type, value: {string_value: '%REQ(CONTENT-TYPE):32%'}}, \
+                {key: authority, value: {string_value: '%REQ(:AUTHORITY):128%'}}, \
+                {key: duration, value: {string_value: '%DURATION%'}}, \
+                {key: rx, value: {string_value: '%BYTES_RECEIVED%'}}, \
+                {key: tx, value: {string_value: '%BYTES_SENT%'}}, \
+                {key: cluster, value: {string_value: '%UPSTREAM_CLUSTER%'}}, \
+                {key: upstream, value: {string_value: '%UPSTREAM_REMOTE_ADDRESS%'}}, \
+                {key: upstream_peer, value: {string_value: '%UPSTREAM_PEER_URI_SAN%'}}, \
+                {key: peer, value: {string_value: '%DOWNSTREAM_PEER_URI_SAN%'}}, \
+                {key: remote, value: {string_value: '%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%'}}, \
+                {key: local_port, value: {string_value: '%DOWNSTREAM_LOCAL_PORT%'}}]}";
 
 /// A JSON line per request on stdout, with the fields of meshd's default log.
 const JSON_LOG: &str = "access_log:
@@ -188,6 +241,7 @@ fn minimal_envoy_config(
     client: bool,
     server_ip: Ipv4Addr,
     extra: Option<Extra>,
+    sink: std::net::SocketAddr,
 ) -> String {
     let (listen, cluster_addr, cluster_port) = if client {
         (15001, server_ip.to_string(), PORT)
@@ -250,12 +304,32 @@ fn minimal_envoy_config(
     } else {
         ""
     };
-    let access_log = if Extra::has(extra, Extra::StatsLog) {
-        STATS_LOG
-    } else if Extra::has(extra, Extra::JsonLog) {
-        JSON_LOG
+    let access_log = match extra {
+        Some(Extra::StatsLog) => STATS_LOG,
+        Some(Extra::JsonLog) => JSON_LOG,
+        Some(Extra::GrpcLog) => GRPC_LOG,
+        Some(Extra::OtelLog) => OTEL_LOG,
+        _ => "",
+    };
+    let sink_cluster = if matches!(extra, Some(Extra::GrpcLog | Extra::OtelLog)) {
+        format!(
+            "- name: sink
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: sink
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
+            sink.ip(),
+            sink.port()
+        )
     } else {
-        ""
+        String::new()
     };
     format!(
         "admin:
@@ -292,6 +366,7 @@ static_resources:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: {cluster_addr}, port_value: {cluster_port}}}}}}}
     {upstream_tls}
+  {sink_cluster}
 "
     )
 }
@@ -305,6 +380,7 @@ pub(super) fn start(
     envoy: &Path,
     dir: &Path,
     kind: Kind,
+    sink: std::net::SocketAddr,
 ) -> anyhow::Result<(Pod, Vec<Child>)> {
     let (prefix, host) = kind.pods();
     let extra = match kind {
@@ -333,7 +409,7 @@ pub(super) fn start(
         let config = dir.join(format!("envoy-{role}.yaml"));
         write_readable(
             &config,
-            &minimal_envoy_config(dir, role == "client", server_ip, extra),
+            &minimal_envoy_config(dir, role == "client", server_ip, extra, sink),
         )?;
         let envoy = envoy.to_string_lossy();
         let config = config.to_string_lossy();
