@@ -439,6 +439,63 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Istio users set their sidecars' defaults in MeshConfig's `defaultConfig` (the chart's
+    /// `meshConfig` value); the injector takes them as its mesh default, over the injector
+    /// config's, and a value it would refuse in a pod's `proxy.istio.io/config` stops the start.
+    #[test]
+    fn mesh_default_config_reaches_the_injector_and_a_bad_value_stops_the_start() {
+        let dir = std::env::temp_dir().join(format!("meshd-default-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let injector = dir.join("injector.yaml");
+        std::fs::write(
+            &injector,
+            "terminationDrainDuration: 3s\nproxyStatsMatcher: {inclusionPrefixes: [upstream_cx]}\n",
+        )
+        .unwrap();
+        let mesh = dir.join("mesh.yaml");
+        std::fs::write(
+            &mesh,
+            "defaultConfig:\n  holdApplicationUntilProxyStarts: true\n  terminationDrainDuration: 9s\n  \
+             proxyMetadata: {ISTIO_DELTA_XDS: \"false\"}\n  \
+             proxyStatsMatcher: {inclusionSuffixes: [rbac.allowed]}\n  discoveryAddress: istiod:15012\n",
+        )
+        .unwrap();
+        let inject = |mesh: &std::path::Path| {
+            serve(&[
+                "--webhook-port",
+                "15017",
+                "--injector-config",
+                injector.to_str().unwrap(),
+                "--mesh-config",
+                mesh.to_str().unwrap(),
+            ])
+            .unwrap()
+            .to_config()
+            .map(|c| c.webhook.expect("the webhook is on").inject)
+        };
+        let cfg = inject(&mesh).unwrap();
+        assert!(cfg.hold_application_until_proxy_starts);
+        assert_eq!(cfg.termination_drain_duration, Duration::from_secs(9));
+        assert_eq!(cfg.delta_xds, Some(false));
+        let stats = cfg.proxy_stats_matcher.expect("a stats matcher");
+        assert_eq!(stats.inclusion_prefixes, ["upstream_cx"]);
+        assert_eq!(stats.inclusion_suffixes, ["rbac.allowed"]);
+        let bad = dir.join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "defaultConfig:\n  terminationDrainDuration: forever\n",
+        )
+        .unwrap();
+        let e = inject(&bad).expect_err("a bad defaultConfig stops the start");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(bad.to_str().unwrap())
+                && msg.contains("defaultConfig: terminationDrainDuration: `forever`"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn plaintext_xds_only_in_file_mode_unless_asked_for() {
         let plaintext = |args: &[&str]| serve(args).unwrap().to_config().unwrap().xds_plaintext;

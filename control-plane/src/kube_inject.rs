@@ -23,6 +23,10 @@ pub struct KubeInjectArgs {
     /// The webhook's `--injector-config` file, to inject exactly as a server using it would.
     #[arg(long)]
     pub injector_config: Option<PathBuf>,
+    /// The server's `--mesh-config` file (istioctl's `--meshConfigFile`): its `defaultConfig`
+    /// is the mesh default of what `proxy.istio.io/config` sets.
+    #[arg(long, alias = "meshConfigFile")]
+    pub mesh_config: Option<PathBuf>,
     /// meshd's namespace (the xDS address is `<service>.<namespace>.svc`).
     #[arg(long, default_value = "meshd-system")]
     pub meshd_namespace: String,
@@ -45,6 +49,15 @@ pub fn config(args: &KubeInjectArgs) -> anyhow::Result<InjectConfig> {
         &args.service,
         15012,
     )?;
+    if let Some(path) = &args.mesh_config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--mesh-config {}: cannot read", path.display()))?;
+        let file = meshd_model::extension_provider::parse_mesh_file(&text)
+            .map_err(|e| anyhow!("--mesh-config {}: {e}", path.display()))?;
+        if let Some(default_config) = &file.default_config {
+            crate::webhook::apply_mesh_default_config(&mut cfg, path, default_config)?;
+        }
+    }
     if let Some(rev) = &args.revision {
         cfg.revision = rev.clone();
     }

@@ -264,8 +264,32 @@ pub fn load_inject_config(
     Ok(cfg)
 }
 
+/// MeshConfig's `defaultConfig` (from the `--mesh-config` file `path`) made the injector's mesh
+/// default, read with the rules of the `proxy.istio.io/config` annotation: what meshd does not
+/// use is logged, a bad value stops the start naming the file and the field.
+pub fn apply_mesh_default_config(
+    cfg: &mut InjectConfig,
+    path: &std::path::Path,
+    default_config: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let at = format!("--mesh-config {}: defaultConfig", path.display());
+    let value = serde_yaml::to_value(default_config).with_context(|| at.clone())?;
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let defaults =
+        meshd_injector::annotations::read_proxy_config(value, &at, &mut errors, &mut warnings);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("; "));
+    }
+    cfg.apply_proxy_defaults(defaults);
+    Ok(())
+}
+
 /// The webhook of `meshd serve`: on in Kubernetes mode (port 15017 unless given), in file mode
-/// only with an explicit `--webhook-port`.
+/// only with an explicit `--webhook-port`. `mesh_default`: the `--mesh-config` file and its
+/// `defaultConfig`.
 pub fn from_flags(
     port: Option<u16>,
     kubernetes: bool,
@@ -273,12 +297,16 @@ pub fn from_flags(
     service: &str,
     xds_tls_port: u16,
     injector_config: Option<&std::path::Path>,
+    mesh_default: Option<(&std::path::Path, &serde_json::Value)>,
 ) -> anyhow::Result<Option<WebhookConfig>> {
     let port = match (port, kubernetes) {
         (Some(p), _) => p,
         (None, true) => 15017,
         (None, false) => return Ok(None),
     };
-    let inject = load_inject_config(injector_config, namespace, service, xds_tls_port)?;
+    let mut inject = load_inject_config(injector_config, namespace, service, xds_tls_port)?;
+    if let Some((path, value)) = mesh_default {
+        apply_mesh_default_config(&mut inject, path, value)?;
+    }
     Ok(Some(WebhookConfig::new(port, service, namespace, inject)))
 }

@@ -68,24 +68,37 @@ pub fn proxy_config(
     errors: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> ProxyConfigOverrides {
-    let mut out = ProxyConfigOverrides::default();
     let Some(text) = annotations.get(PROXY_CONFIG) else {
-        return out;
+        return ProxyConfigOverrides::default();
     };
-    let config: serde_yaml::Value = match serde_yaml::from_str(text) {
-        Ok(v) => v,
+    match serde_yaml::from_str(text) {
+        Ok(config) => read_proxy_config(
+            config,
+            &format!("annotation {PROXY_CONFIG}"),
+            errors,
+            warnings,
+        ),
         Err(e) => {
             errors.push(format!("annotation {PROXY_CONFIG}: not YAML: {e}"));
-            return out;
+            ProxyConfigOverrides::default()
         }
-    };
+    }
+}
+
+/// Reads a ProxyConfig (`at` names where it came from: the pod's annotation, or MeshConfig's
+/// `defaultConfig`), with the rules of [`proxy_config`].
+pub fn read_proxy_config(
+    config: serde_yaml::Value,
+    at: &str,
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> ProxyConfigOverrides {
+    let mut out = ProxyConfigOverrides::default();
     let fields = match config {
         serde_yaml::Value::Mapping(m) => m,
         serde_yaml::Value::Null => return out,
         _ => {
-            errors.push(format!(
-                "annotation {PROXY_CONFIG}: not a ProxyConfig mapping"
-            ));
+            errors.push(format!("{at}: not a ProxyConfig mapping"));
             return out;
         }
     };
@@ -106,7 +119,7 @@ pub fn proxy_config(
             match yaml_bool(&value) {
                 Some(b) => out.hold_application = Some(b),
                 None => errors.push(format!(
-                    "annotation {PROXY_CONFIG}: holdApplicationUntilProxyStarts: `{}` is not a boolean",
+                    "{at}: holdApplicationUntilProxyStarts: `{}` is not a boolean",
                     shown(&value)
                 )),
             }
@@ -116,15 +129,17 @@ pub fn proxy_config(
             match value.as_str().and_then(proto_duration) {
                 Some(d) => out.termination_drain = Some(d),
                 None => errors.push(format!(
-                    "annotation {PROXY_CONFIG}: terminationDrainDuration: `{}` is not a duration (`5s`, `1.5s`)",
+                    "{at}: terminationDrainDuration: `{}` is not a duration (`5s`, `1.5s`)",
                     shown(&value)
                 )),
             }
             continue;
         }
         if key == "proxyStatsMatcher" {
-            let at = format!("annotation {PROXY_CONFIG}: proxyStatsMatcher");
-            match crate::stats_matcher::from_proxy_config(value, &at) {
+            match crate::stats_matcher::from_proxy_config(
+                value,
+                &format!("{at}: proxyStatsMatcher"),
+            ) {
                 Ok(m) => out.stats_matcher = Some(m),
                 Err(e) => errors.push(e),
             }
@@ -132,28 +147,26 @@ pub fn proxy_config(
         }
         if key != "proxyMetadata" {
             warnings.push(format!(
-                "annotation {PROXY_CONFIG}: field `{key}` is not supported by meshd; ignored"
+                "{at}: field `{key}` is not supported by meshd; ignored"
             ));
             continue;
         }
         let serde_yaml::Value::Mapping(vars) = value else {
-            errors.push(format!(
-                "annotation {PROXY_CONFIG}: proxyMetadata is not a map of strings"
-            ));
+            errors.push(format!("{at}: proxyMetadata is not a map of strings"));
             continue;
         };
         for (name, value) in vars {
             let name = name.as_str().unwrap_or("?");
             if name != DELTA_XDS_ENV {
                 warnings.push(format!(
-                    "annotation {PROXY_CONFIG}: proxyMetadata.{name} is not used by meshd; ignored"
+                    "{at}: proxyMetadata.{name} is not used by meshd; ignored"
                 ));
                 continue;
             }
             match value.as_str().and_then(parse_bool) {
                 Some(b) => out.delta_xds = Some(b),
                 None => errors.push(format!(
-                    "annotation {PROXY_CONFIG}: proxyMetadata.{DELTA_XDS_ENV}: `{}` is not a boolean",
+                    "{at}: proxyMetadata.{DELTA_XDS_ENV}: `{}` is not a boolean",
                     shown(&value)
                 )),
             }

@@ -110,6 +110,9 @@ pub struct InjectConfig {
     /// The mesh default of ProxyConfig `proxyStatsMatcher`: the stats every sidecar records
     /// besides Istio's default set (none: every stat). A pod's own patterns add to it.
     pub proxy_stats_matcher: Option<crate::stats_matcher::StatsInclusion>,
+    /// The mesh default of ProxyConfig `proxyMetadata.ISTIO_DELTA_XDS`: the sidecars' xDS
+    /// protocol (none: Delta, Istio's default).
+    pub delta_xds: Option<bool>,
 }
 
 /// `terminationDrainDuration` in the injector config: a protobuf duration string (`5s`).
@@ -146,6 +149,26 @@ pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
 }
 
 impl InjectConfig {
+    /// MeshConfig's `defaultConfig` (a ProxyConfig, read with the pod annotation's rules) made
+    /// the mesh default: each field it sets replaces this config's, except `proxyStatsMatcher`,
+    /// whose patterns add to this config's as a pod's do.
+    pub fn apply_proxy_defaults(&mut self, d: crate::annotations::ProxyConfigOverrides) {
+        if let Some(b) = d.hold_application {
+            self.hold_application_until_proxy_starts = b;
+        }
+        if let Some(t) = d.termination_drain {
+            self.termination_drain_duration = t;
+        }
+        if let Some(m) = d.stats_matcher {
+            let mut merged = self.proxy_stats_matcher.take().unwrap_or_default();
+            merged.merge(m);
+            self.proxy_stats_matcher = Some(merged);
+        }
+        if d.delta_xds.is_some() {
+            self.delta_xds = d.delta_xds;
+        }
+    }
+
     /// Defaults for meshd running in `namespace`.
     pub fn for_namespace(namespace: &str) -> InjectConfig {
         InjectConfig {
@@ -185,6 +208,7 @@ impl Default for InjectConfig {
             termination_drain_duration: std::time::Duration::from_secs(5),
             istio_version: None,
             proxy_stats_matcher: None,
+            delta_xds: None,
         }
     }
 }

@@ -272,7 +272,7 @@ pub fn read(
     Settings {
         template,
         capture,
-        delta_xds: proxy.delta_xds,
+        delta_xds: proxy.delta_xds.or(cfg.delta_xds),
         hold_application: proxy.hold_application,
         termination_drain: proxy.termination_drain,
         stats_matcher: crate::stats_matcher::read(

@@ -48,7 +48,7 @@ impl StatsInclusion {
             && self.inclusion_regexps.is_empty()
     }
 
-    fn merge(&mut self, other: StatsInclusion) {
+    pub(crate) fn merge(&mut self, other: StatsInclusion) {
         for (into, from) in [
             (&mut self.inclusion_prefixes, other.inclusion_prefixes),
             (&mut self.inclusion_suffixes, other.inclusion_suffixes),

@@ -646,3 +646,86 @@ fn the_proxy_names_its_service_for_opentelemetry() {
         format!("service.name={canonical}.$(POD_NAMESPACE)")
     );
 }
+
+/// MeshConfig's `defaultConfig` is a ProxyConfig read with the annotation's rules: it becomes
+/// the mesh default, a pod's `proxy.istio.io/config` still overrides it field by field, and its
+/// `proxyStatsMatcher` adds to the injector config's as a pod's does.
+#[test]
+fn mesh_default_config_is_the_default_a_pod_overrides() {
+    use meshd_injector::annotations::read_proxy_config;
+    let default_config: serde_yaml::Value = serde_yaml::from_str(
+        "holdApplicationUntilProxyStarts: true\n\
+         terminationDrainDuration: 7s\n\
+         proxyMetadata: {ISTIO_DELTA_XDS: \"false\", DNS_AGENT: \"\"}\n\
+         proxyStatsMatcher: {inclusionPrefixes: [upstream_rq]}\n\
+         concurrency: 2\n",
+    )
+    .unwrap();
+    let at = "--mesh-config mesh.yaml: defaultConfig";
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let defaults = read_proxy_config(default_config, at, &mut errors, &mut warnings);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings.iter().all(|w| w.starts_with(at)), "{warnings:?}");
+    let mut cfg = InjectConfig {
+        proxy_stats_matcher: serde_json::from_value(json!({"inclusionSuffixes": ["rbac.allowed"]}))
+            .unwrap(),
+        ..InjectConfig::default()
+    };
+    cfg.apply_proxy_defaults(defaults);
+
+    let bootstrap_env = |out: &Value, name: &str| {
+        find(out, "initContainers", "meshd-bootstrap")["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap().to_string())
+    };
+    let drain = |out: &Value| {
+        find(out, "containers", "istio-proxy")["lifecycle"]["preStop"]["exec"]["command"][5].clone()
+    };
+    let pod = fixture("complex.json");
+    let (out, _) = run(&pod, &cfg);
+    assert_eq!(names(&out, "containers"), ["istio-proxy", "web", "worker"]);
+    assert_eq!(drain(&out), "7000ms");
+    assert_eq!(
+        bootstrap_env(&out, "ISTIO_DELTA_XDS").as_deref(),
+        Some("false")
+    );
+    let stats: Value =
+        serde_json::from_str(&bootstrap_env(&out, "MESHD_STATS_MATCHER").unwrap()).unwrap();
+    assert_eq!(stats["inclusionPrefixes"], json!(["upstream_rq"]));
+    assert_eq!(stats["inclusionSuffixes"], json!(["rbac.allowed"]));
+
+    // The pod's own ProxyConfig wins, field by field.
+    let own = with_annotations(
+        &pod,
+        &[(
+            "proxy.istio.io/config",
+            "holdApplicationUntilProxyStarts: false\nproxyMetadata: {ISTIO_DELTA_XDS: \"true\"}",
+        )],
+    );
+    let (out, _) = run(&own, &cfg);
+    assert_eq!(names(&out, "containers"), ["web", "worker", "istio-proxy"]);
+    assert_eq!(drain(&out), "7000ms");
+    assert_eq!(
+        bootstrap_env(&out, "ISTIO_DELTA_XDS").as_deref(),
+        Some("true")
+    );
+
+    // What the annotation refuses, the mesh default refuses too, naming where it came from.
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    read_proxy_config(
+        serde_yaml::from_str("terminationDrainDuration: forever").unwrap(),
+        at,
+        &mut errors,
+        &mut warnings,
+    );
+    assert_eq!(
+        errors,
+        [format!(
+            "{at}: terminationDrainDuration: `forever` is not a duration (`5s`, `1.5s`)"
+        )]
+    );
+}

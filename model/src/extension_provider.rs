@@ -95,6 +95,9 @@ pub struct RequestBody {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MeshFile {
     pub ext_authz: Vec<ExtAuthzProvider>,
+    /// `defaultConfig`, the mesh's default ProxyConfig, as written: the injector reads it with
+    /// the rules of the `proxy.istio.io/config` annotation.
+    pub default_config: Option<serde_json::Value>,
     /// What was read and is not applied (other fields, other provider kinds).
     pub warnings: Vec<String>,
 }
@@ -116,7 +119,7 @@ pub fn parse_mesh_file(text: &str) -> Result<MeshFile, String> {
     let others: Vec<&str> = top
         .keys()
         .map(String::as_str)
-        .filter(|k| *k != "extensionProviders")
+        .filter(|k| !matches!(*k, "extensionProviders" | "defaultConfig"))
         .collect();
     if !others.is_empty() {
         out.warnings.push(format!(
@@ -124,6 +127,7 @@ pub fn parse_mesh_file(text: &str) -> Result<MeshFile, String> {
             others.join(", ")
         ));
     }
+    out.default_config = top.get("defaultConfig").filter(|v| !v.is_null()).cloned();
     let providers = match top.get("extensionProviders") {
         None | Some(serde_json::Value::Null) => return Ok(out),
         Some(serde_json::Value::Array(list)) => list,

@@ -82,8 +82,10 @@ pub struct ServeArgs {
     pub injector_config: Option<PathBuf>,
     /// Istio's MeshConfig YAML (the `istio` ConfigMap's `mesh` key): meshd reads its
     /// `extensionProviders` of kinds `envoyExtAuthzHttp` and `envoyExtAuthzGrpc`, which
-    /// AuthorizationPolicies with `action: CUSTOM` name; other fields are named in a warning.
-    /// Read once at start; an unreadable file stops the start.
+    /// AuthorizationPolicies with `action: CUSTOM` name, and its `defaultConfig` (the mesh's
+    /// default ProxyConfig, with the fields the `proxy.istio.io/config` annotation takes) for the
+    /// injector; other fields are named in a warning. Read once at start; an unreadable file or
+    /// a bad value stops the start.
     #[arg(long, env = "MESHD_MESH_CONFIG")]
     pub mesh_config: Option<PathBuf>,
     /// Quiet period after a config change before it is pushed.
@@ -198,12 +200,11 @@ impl ServeArgs {
         }
     }
 
-    /// The external authorizers of `--mesh-config`; its warnings are logged.
-    fn ext_authz_providers(
-        &self,
-    ) -> anyhow::Result<Vec<meshd_model::extension_provider::ExtAuthzProvider>> {
+    /// What meshd reads of `--mesh-config` (its external authorizers and `defaultConfig`); its
+    /// warnings are logged.
+    fn mesh_file(&self) -> anyhow::Result<meshd_model::extension_provider::MeshFile> {
         let Some(path) = &self.mesh_config else {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("--mesh-config {}: cannot read", path.display()))?;
@@ -212,10 +213,11 @@ impl ServeArgs {
         for w in &file.warnings {
             tracing::warn!(file = %path.display(), "{w}");
         }
-        Ok(file.ext_authz)
+        Ok(file)
     }
 
     pub fn to_config(&self) -> anyhow::Result<Config> {
+        let mesh_file = self.mesh_file()?;
         let kubernetes = (self.registry == "kubernetes").then(|| self.kube_config());
         let bind = self.bind.unwrap_or(if kubernetes.is_some() {
             IpAddr::from([0, 0, 0, 0])
@@ -254,7 +256,7 @@ impl ServeArgs {
                 request_telemetry: self.request_telemetry.unwrap_or(kubernetes.is_none()),
                 zipkin_cluster: self.zipkin_address.clone(),
                 otel_collector: self.otel_address.clone(),
-                ext_authz_providers: self.ext_authz_providers()?,
+                ext_authz_providers: mesh_file.ext_authz,
                 ..GenOptions::default()
             },
             webhook: crate::webhook::from_flags(
@@ -264,6 +266,9 @@ impl ServeArgs {
                 &self.service_name,
                 self.xds_tls_port,
                 self.injector_config.as_deref(),
+                self.mesh_config
+                    .as_deref()
+                    .zip(mesh_file.default_config.as_ref()),
             )?,
             kubernetes,
             limits: (*self.limits).clone(),

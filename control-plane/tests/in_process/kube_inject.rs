@@ -188,3 +188,68 @@ fn cli_reads_stdin_and_writes_the_output_file() {
     assert_eq!(inits[2]["name"], "istio-proxy");
     assert_eq!(inits[2]["restartPolicy"], "Always");
 }
+
+/// istioctl kube-inject reads the mesh's defaults from `--meshConfigFile`; so does meshd's, with
+/// the server's `--mesh-config` file: the pods get what the webhook of that server gives them.
+#[test]
+fn cli_takes_the_mesh_default_config_from_the_mesh_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mesh = tmp.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        "defaultConfig:\n  terminationDrainDuration: 11s\n  proxyMetadata: {ISTIO_DELTA_XDS: \"false\"}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(["kube-inject", "-f"])
+            .arg(dir().join("job.yaml"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--meshConfigFile".as_ref(), mesh.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = &docs(&String::from_utf8(out.stdout).unwrap())[0];
+    let spec = &job["spec"]["template"]["spec"];
+    let proxy = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")
+        .expect("a sidecar");
+    assert_eq!(
+        proxy["lifecycle"]["preStop"]["exec"]["command"][5],
+        "11000ms"
+    );
+    let bootstrap = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "meshd-bootstrap")
+        .expect("the bootstrap init container");
+    assert!(
+        bootstrap["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "ISTIO_DELTA_XDS" && e["value"] == "false"),
+        "{bootstrap}"
+    );
+    std::fs::write(
+        &mesh,
+        "defaultConfig: {holdApplicationUntilProxyStarts: often}\n",
+    )
+    .unwrap();
+    let out = run(&["--mesh-config".as_ref(), mesh.as_os_str()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("defaultConfig: holdApplicationUntilProxyStarts: `often` is not a boolean"),
+        "{stderr}"
+    );
+}
