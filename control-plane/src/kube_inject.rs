@@ -50,10 +50,7 @@ pub fn config(args: &KubeInjectArgs) -> anyhow::Result<InjectConfig> {
         15012,
     )?;
     if let Some(path) = &args.mesh_config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("--mesh-config {}: cannot read", path.display()))?;
-        let file = meshd_model::extension_provider::parse_mesh_file(&text)
-            .map_err(|e| anyhow!("--mesh-config {}: {e}", path.display()))?;
+        let file = crate::webhook::read_mesh_file(path)?;
         if let Some(default_config) = &file.default_config {
             crate::webhook::apply_mesh_default_config(&mut cfg, path, default_config)?;
         }

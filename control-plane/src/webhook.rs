@@ -264,6 +264,16 @@ pub fn load_inject_config(
     Ok(cfg)
 }
 
+/// The `--mesh-config` file `path` read and parsed; its warnings are the caller's to report.
+pub fn read_mesh_file(
+    path: &std::path::Path,
+) -> anyhow::Result<meshd_model::extension_provider::MeshFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--mesh-config {}: cannot read", path.display()))?;
+    meshd_model::extension_provider::parse_mesh_file(&text)
+        .map_err(|e| anyhow::anyhow!("--mesh-config {}: {e}", path.display()))
+}
+
 /// MeshConfig's `defaultConfig` (from the `--mesh-config` file `path`) made the injector's mesh
 /// default, read with the rules of the `proxy.istio.io/config` annotation: what meshd does not
 /// use is logged, a bad value stops the start naming the file and the field.

@@ -4,7 +4,6 @@
 use super::{parse_duration, root_key_algorithm_parser};
 use crate::app::Config;
 use crate::debounce::Debounce;
-use anyhow::Context as _;
 use clap::Args;
 use meshd_ca::RootKeyAlgorithm;
 use meshd_xds::GenOptions;
@@ -206,10 +205,7 @@ impl ServeArgs {
         let Some(path) = &self.mesh_config else {
             return Ok(Default::default());
         };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("--mesh-config {}: cannot read", path.display()))?;
-        let file = meshd_model::extension_provider::parse_mesh_file(&text)
-            .map_err(|e| anyhow::anyhow!("--mesh-config {}: {e}", path.display()))?;
+        let file = crate::webhook::read_mesh_file(path)?;
         for w in &file.warnings {
             tracing::warn!(file = %path.display(), "{w}");
         }
