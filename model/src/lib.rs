@@ -8,6 +8,7 @@ pub mod extension_provider;
 pub mod jwt;
 pub mod locality;
 pub mod mesh;
+pub mod name_map;
 pub mod networking;
 pub mod parse;
 pub mod path_template;
@@ -27,7 +28,7 @@ pub use parse::{
 };
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+
 use std::fmt;
 
 /// Where an object came from, for `file:line` messages. Line 0: not from a file (an object
@@ -83,9 +84,9 @@ pub struct ObjectMeta {
     #[serde(default)]
     pub namespace: Option<String>,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: crate::networking::Labels,
     #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: crate::name_map::NameMap<String>,
 }
 
 impl ObjectMeta {

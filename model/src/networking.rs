@@ -3,7 +3,7 @@
 
 use crate::duration;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+
 use std::time::Duration;
 
 mod lb;
@@ -12,7 +12,7 @@ mod virtual_service;
 pub use lb::{LocalityDistribute, LocalityFailover, LocalityLbSetting, WarmupConfiguration};
 pub use virtual_service::*;
 
-pub type Labels = BTreeMap<String, String>;
+pub use crate::name_map::{Labels, NamedPorts};
 
 // ---------- ServiceEntry ----------
 
@@ -97,7 +97,7 @@ pub struct WorkloadEntry {
     #[serde(default)]
     pub address: String,
     #[serde(default)]
-    pub ports: BTreeMap<String, u32>,
+    pub ports: NamedPorts,
     #[serde(default)]
     pub labels: Labels,
     pub network: Option<String>,

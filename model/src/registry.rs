@@ -3,7 +3,7 @@
 
 use crate::networking::{Labels, Location, Resolution, ServiceEntry, WorkloadEntry};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Protocol {
@@ -50,7 +50,7 @@ pub struct Port {
 pub struct Endpoint {
     pub address: String,
     /// Port on the endpoint, by service port name.
-    pub ports: BTreeMap<String, u32>,
+    pub ports: crate::networking::NamedPorts,
     pub labels: Labels,
     pub service_account: String,
     pub namespace: String,
@@ -131,7 +131,7 @@ pub struct Workload {
     pub address: String,
     pub labels: Labels,
     pub service_account: String,
-    pub ports: BTreeMap<String, u32>,
+    pub ports: crate::networking::NamedPorts,
     /// `region/zone/subzone` (see [`crate::locality`]); empty when unknown.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub locality: String,
@@ -327,7 +327,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             service_account: "default".into(),
-            ports: BTreeMap::new(),
+            ports: Default::default(),
             locality: String::new(),
         }
     }

@@ -146,7 +146,7 @@ pub enum MtlsMode {
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 /// Whether an object's `annotations` ask for a dry run.
-pub fn is_dry_run(annotations: &std::collections::BTreeMap<String, String>) -> bool {
+pub fn is_dry_run(annotations: &crate::name_map::NameMap<String>) -> bool {
     annotations
         .get(DRY_RUN_ANNOTATION)
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))

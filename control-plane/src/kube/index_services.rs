@@ -215,22 +215,23 @@ impl KubeObjects {
             .clone()
             .filter(|s| !s.is_empty())
             .map(|s| s.into_iter().collect());
-        let new_endpoint = |address: String, ports: BTreeMap<String, u32>, pod: Option<&Pod>| {
-            let (labels, service_account, workload) = match pod {
-                Some(p) => (labels_of(p), service_account_of(p), p.metadata.name.clone()),
-                None => (Labels::new(), "default".to_string(), None),
+        let new_endpoint =
+            |address: String, ports: meshd_model::networking::NamedPorts, pod: Option<&Pod>| {
+                let (labels, service_account, workload) = match pod {
+                    Some(p) => (labels_of(p), service_account_of(p), p.metadata.name.clone()),
+                    None => (Labels::new(), "default".to_string(), None),
+                };
+                Endpoint {
+                    locality: meshd_model::locality::locality_of(None, &labels),
+                    address,
+                    ports,
+                    labels,
+                    service_account,
+                    namespace: namespace.clone(),
+                    workload,
+                    weight: None,
+                }
             };
-            Endpoint {
-                locality: meshd_model::locality::locality_of(None, &labels),
-                address,
-                ports,
-                labels,
-                service_account,
-                namespace: namespace.clone(),
-                workload,
-                weight: None,
-            }
-        };
 
         if spec.type_.as_deref() == Some("ExternalName") {
             let external = spec.external_name.clone()?;
@@ -241,7 +242,7 @@ impl KubeObjects {
                 ports,
                 resolution: Resolution::Dns,
                 location: Location::MeshExternal,
-                endpoints: vec![new_endpoint(external, BTreeMap::new(), None)],
+                endpoints: vec![new_endpoint(external, Default::default(), None)],
                 subject_alt_names: Vec::new(),
                 selector: None,
                 export_to,
@@ -268,7 +269,7 @@ impl KubeObjects {
                 if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
                     continue;
                 }
-                let ports: BTreeMap<String, u32> = slice
+                let ports: meshd_model::networking::NamedPorts = slice
                     .ports
                     .iter()
                     .flatten()
@@ -291,7 +292,7 @@ impl KubeObjects {
             }
         } else if let Some(eps) = self.endpoints.get(&(namespace.clone(), name.clone())) {
             for subset in eps.subsets.iter().flatten() {
-                let ports: BTreeMap<String, u32> = subset
+                let ports: meshd_model::networking::NamedPorts = subset
                     .ports
                     .iter()
                     .flatten()
@@ -316,7 +317,7 @@ impl KubeObjects {
                 .filter(|p| pod_ready(p) && selector_matches(sel, &labels_of(p)))
             {
                 let Some(ip) = pod_ip(pod) else { continue };
-                let ports: BTreeMap<String, u32> = service_ports
+                let ports: meshd_model::networking::NamedPorts = service_ports
                     .iter()
                     .filter_map(|sp| {
                         let number = match &sp.target_port {

@@ -10,7 +10,6 @@ use crate::resource::{Resource, SharedResource};
 use meshd_model::mesh::qualify_host;
 use meshd_model::networking::{CaptureMode, IstioEgressListener, OutboundMode, Sidecar};
 use meshd_model::registry::{Protocol, Service};
-use std::collections::BTreeMap;
 
 /// Pattern `namespace/host` of a Sidecar egress listener, against a service seen from
 /// `proxy_ns` (`.` is the proxy's namespace, `~` nothing, `*` a wildcard).
@@ -174,7 +173,7 @@ impl MeshSnapshot {
         &self,
         egress: &Egress<'_>,
         visible: &[&Service],
-        source: (&str, Option<&BTreeMap<String, String>>),
+        source: (&str, Option<&meshd_model::networking::Labels>),
         rules: &SelectedRules,
         unmatched: &str,
         opts: &GenOptions,

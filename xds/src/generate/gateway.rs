@@ -86,7 +86,7 @@ fn is_http(server: &Server) -> bool {
 struct HttpCtx<'a> {
     snapshot: &'a MeshSnapshot,
     namespace: &'a str,
-    labels: &'a BTreeMap<String, String>,
+    labels: &'a meshd_model::networking::Labels,
     rules: &'a super::selected::SelectedRules,
 }
 
@@ -143,7 +143,7 @@ const ANY_ADDRESS: &str = "0.0.0.0";
 pub fn build(
     snapshot: &MeshSnapshot,
     namespace: &str,
-    labels: &BTreeMap<String, String>,
+    labels: &meshd_model::networking::Labels,
 ) -> GatewayResources {
     let config = snapshot.config();
     let gateways: Vec<_> = config

@@ -23,7 +23,7 @@ pub(super) struct L4Ctx<'a> {
     pub snapshot: &'a MeshSnapshot,
     /// The gateway proxy's namespace and labels (sources of route matches).
     pub namespace: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a meshd_model::networking::Labels,
     pub rules: &'a SelectedRules,
     pub port: u32,
     /// A TCP proxy chain to a target, with the gateway's telemetry and network policy filters.

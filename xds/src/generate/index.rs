@@ -348,7 +348,7 @@ impl Index {
     pub fn mtls_mode(
         &self,
         namespace: &str,
-        labels: &BTreeMap<String, String>,
+        labels: &meshd_model::networking::Labels,
         port: u32,
     ) -> MtlsMode {
         let set = |m: MtlsMode| (m != MtlsMode::Unset).then_some(m);
@@ -387,7 +387,7 @@ impl Index {
     pub fn sidecar_for(
         &self,
         namespace: &str,
-        labels: &BTreeMap<String, String>,
+        labels: &meshd_model::networking::Labels,
     ) -> Option<&(ConfigObject, Sidecar)> {
         meshd_model::registry::sidecar_for(
             &self.sidecars,

@@ -173,7 +173,7 @@ impl MeshSnapshot {
     pub fn telemetry_for(
         &self,
         namespace: &str,
-        labels: &BTreeMap<String, String>,
+        labels: &meshd_model::networking::Labels,
     ) -> meshd_model::telemetry_scope::TelemetryPolicy {
         meshd_model::telemetry_scope::resolve(
             &self.index.telemetries,
@@ -197,7 +197,11 @@ impl MeshSnapshot {
         })
     }
 
-    fn opts_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Arc<GenOptions> {
+    fn opts_for(
+        &self,
+        namespace: &str,
+        labels: &meshd_model::networking::Labels,
+    ) -> Arc<GenOptions> {
         self.with_telemetry(self.telemetry_for(namespace, labels))
     }
 
@@ -255,7 +259,7 @@ impl MeshSnapshot {
         let workload = self
             .index
             .workload(&proxy.identity.workload, &proxy.identity.namespace);
-        let empty = BTreeMap::new();
+        let empty = meshd_model::networking::Labels::new();
         let labels = workload.map(|w| &w.labels).unwrap_or(&empty);
         let mut out = ProxyResources::new();
         match proxy.node_type {

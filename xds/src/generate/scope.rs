@@ -23,7 +23,7 @@ pub(super) struct ScopeKey {
     pub(super) namespace: String,
     pub(super) sidecar: Option<String>,
     /// Only when some route matches on `sourceLabels`.
-    pub(super) labels: Option<BTreeMap<String, String>>,
+    pub(super) labels: Option<meshd_model::networking::Labels>,
     /// The client side of the Telemetry policy in force (outbound listeners carry it).
     pub(super) telemetry: meshd_model::telemetry_scope::SideTelemetry,
     /// The DestinationRules with a `workloadSelector` selecting the proxy (usually none).
@@ -41,7 +41,7 @@ pub(super) struct VhostKey {
     /// Only when routes depend on the proxy's namespace (`Index::routes_see_namespace`).
     pub(super) namespace: Option<String>,
     /// Only when some route matches on `sourceLabels`.
-    pub(super) labels: Option<BTreeMap<String, String>>,
+    pub(super) labels: Option<meshd_model::networking::Labels>,
     /// The DestinationRules with a `workloadSelector` selecting the proxy (hash policies).
     pub(super) rules: RulesKey,
 }
@@ -98,7 +98,11 @@ pub(super) fn catch_all_vhost(unmatched: &str) -> VirtualHost {
 }
 
 impl MeshSnapshot {
-    pub(super) fn scope(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Arc<Scope> {
+    pub(super) fn scope(
+        &self,
+        namespace: &str,
+        labels: &meshd_model::networking::Labels,
+    ) -> Arc<Scope> {
         let sidecar = self.index.sidecar_for(namespace, labels);
         let rules = self.index.selected_rules(namespace, labels);
         let key = ScopeKey {
@@ -133,7 +137,7 @@ impl MeshSnapshot {
     pub(super) fn build_scope(
         &self,
         namespace: &str,
-        labels: Option<&BTreeMap<String, String>>,
+        labels: Option<&meshd_model::networking::Labels>,
         sidecar: Option<(&str, &Sidecar)>,
         telemetry: &meshd_model::telemetry_scope::SideTelemetry,
         rules: &SelectedRules,
@@ -300,7 +304,7 @@ impl MeshSnapshot {
     pub(super) fn outbound_routes(
         &self,
         name: String,
-        (namespace, labels): (&str, Option<&BTreeMap<String, String>>),
+        (namespace, labels): (&str, Option<&meshd_model::networking::Labels>),
         rules: &SelectedRules,
         services: &[(&Service, u32)],
         unmatched: &str,
@@ -396,7 +400,7 @@ impl MeshSnapshot {
         &self,
         svc: &Service,
         port: u32,
-        (namespace, labels): (&str, Option<&BTreeMap<String, String>>),
+        (namespace, labels): (&str, Option<&meshd_model::networking::Labels>),
         rules: &SelectedRules,
         domains: Vec<String>,
     ) -> VirtualHost {

@@ -9,7 +9,6 @@ use crate::json::any_to_json;
 use crate::proxy::{Identity, NodeType, Proxy};
 use meshd_model::{MeshConfig, parse_file};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// An ingress gateway's workload (`istio: ingressgateway`, 10.44.0.2) in `istio-system`, for a
@@ -144,7 +143,7 @@ pub(crate) fn resource(snap: &MeshSnapshot, proxy: &Proxy, type_url: &str, name:
 }
 
 /// Workload labels from `(key, value)` pairs.
-pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> meshd_model::networking::Labels {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -21,7 +21,7 @@ fn scope(
     o: &ConfigObject,
     namespace: &str,
     root_namespace: &str,
-    labels: &std::collections::BTreeMap<String, String>,
+    labels: &meshd_model::networking::Labels,
 ) -> Option<&'static str> {
     let ns = o.meta.namespace();
     if ns != namespace && ns != root_namespace {
