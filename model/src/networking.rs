@@ -113,7 +113,9 @@ pub struct WorkloadEntry {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRule {
     pub host: String,
-    pub traffic_policy: Option<TrafficPolicy>,
+    // Boxed, as a subset's: a policy is ≈ 760 bytes, and most rules and subsets have none or
+    // one, so inline it would make every rule the size of four.
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
     #[serde(default)]
     pub subsets: Vec<Subset>,
     #[serde(default)]
@@ -153,7 +155,7 @@ pub struct Subset {
     pub name: String,
     #[serde(default)]
     pub labels: Labels,
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

@@ -111,3 +111,29 @@ fn a_workload_entry_keeps_its_labels_and_ports_small() {
         "a WorkloadEntry keeps {per_object} bytes"
     );
 }
+
+/// What a parsed DestinationRule with a subset and a connection pool keeps: its traffic policies
+/// boxed, so a rule is not four policies wide (≈ 760 bytes each) whether it has them or not.
+#[test]
+fn a_destination_rule_keeps_only_the_policies_it_has() {
+    let _turn = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let text: String = (0..DOCUMENTS)
+        .map(|i| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: svc-{i}\n  namespace: ns-{ns}\nspec:\n  host: svc-{i}.ns-{ns}.svc.cluster.local\n  trafficPolicy:\n    connectionPool: {{tcp: {{maxConnections: 100}}}}\n  subsets:\n  - name: v1\n    labels: {{version: v1}}\n",
+                ns = i % 10
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let before = LIVE.load(Ordering::Relaxed);
+    let read = parse_file_cached("rules.yaml", &text, &mut DocumentCache::default())
+        .expect("the file reads");
+    assert_eq!(read.objects.len(), DOCUMENTS, "{:?}", read.rejected);
+    let per_object = (LIVE.load(Ordering::Relaxed) - before) / DOCUMENTS as isize;
+    eprintln!("a DestinationRule keeps {per_object} bytes");
+    assert!(
+        per_object <= 1500,
+        "a DestinationRule keeps {per_object} bytes"
+    );
+}

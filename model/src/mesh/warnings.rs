@@ -100,8 +100,13 @@ fn notes(o: &ConfigObject) -> Vec<String> {
     if let Spec::DestinationRule(dr) = &o.spec {
         let outlier = dr
             .traffic_policy
-            .iter()
-            .chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()))
+            .as_deref()
+            .into_iter()
+            .chain(
+                dr.subsets
+                    .iter()
+                    .filter_map(|s| s.traffic_policy.as_deref()),
+            )
             .any(sets_outlier_detection);
         let selects = dr.workload_selector.is_some();
         if let Some(tp) = &dr.traffic_policy {

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use acks::Acks;
-use server::{Server, cpu_seconds, heap_kb, rss_kb};
+use server::{Server, cpu_seconds, heap_kb, rss_kb, rss_split_kb};
 
 #[derive(Parser, Clone)]
 #[command(about = "xDS load harness for meshd")]
@@ -286,11 +286,17 @@ async fn main() -> anyhow::Result<()> {
     let (mut server, ready) = Server::start(&args)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kb(server.pid());
+    let (idle_anon, idle_file) = rss_split_kb(server.pid());
     let idle_heap = heap_kb(args.admin_port);
     rows.push(("start-to-ready".into(), ms(ready)));
     rows.push((
-        "idle RSS (mesh loaded, no proxies)".into(),
-        format!("{:.1} MB", idle_rss as f64 / 1024.0),
+        "idle RSS (mesh loaded, no proxies): private / mapped from files (code)".into(),
+        format!(
+            "{:.1} MB: {:.1} / {:.1} MB",
+            idle_rss as f64 / 1024.0,
+            idle_anon as f64 / 1024.0,
+            idle_file as f64 / 1024.0
+        ),
     ));
 
     let ca = mesh_ca(&args)?;

@@ -8,11 +8,22 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub(super) fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// Of the RSS, the private memory meshd allocated (`RssAnon`) and the pages mapped from files,
+/// its own code most of all (`RssFile`: shared with every process running the same binary, and
+/// dropped by the kernel under pressure, to be read again when run).
+pub(super) fn rss_split_kb(pid: u32) -> (u64, u64) {
+    (status_kb(pid, "RssAnon:"), status_kb(pid, "RssFile:"))
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })

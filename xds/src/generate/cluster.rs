@@ -232,7 +232,7 @@ pub fn outbound_with_rule(
     let subset_name = subset.map(|s| s.name.as_str()).unwrap_or("");
     let name = outbound_name(port.number, subset_name, &svc.hostname);
     let policy = EffectivePolicy::resolve(
-        rule.and_then(|r| r.traffic_policy.as_ref()),
+        rule.and_then(|r| r.traffic_policy.as_deref()),
         subset,
         port.number,
     );

@@ -42,7 +42,7 @@ pub fn rule_wants(
     for subset in subsets {
         for port in svc.ports.iter().filter(|p| port_ok(p.number)) {
             let policy =
-                EffectivePolicy::resolve(rule.traffic_policy.as_ref(), subset, port.number);
+                EffectivePolicy::resolve(rule.traffic_policy.as_deref(), subset, port.number);
             let Some(t) = policy.tls else { continue };
             if let Some(name) = &t.credential_name
                 && matches!(t.mode, TlsMode::Simple | TlsMode::Mutual)
@@ -63,11 +63,11 @@ pub fn names_credential(rule: &DestinationRule) -> bool {
                 .iter()
                 .any(|p| p.tls.as_ref().is_some_and(|t| t.credential_name.is_some()))
     };
-    rule.traffic_policy.iter().any(in_policy)
+    rule.traffic_policy.as_deref().is_some_and(in_policy)
         || rule
             .subsets
             .iter()
-            .filter_map(|s| s.traffic_policy.as_ref())
+            .filter_map(|s| s.traffic_policy.as_deref())
             .any(in_policy)
 }
 

@@ -53,7 +53,7 @@ pub fn idle_timeout(
     let host = parts.next()?;
     let rule = index.rule_for(host, ns, rules)?;
     let subset = rule.subsets.iter().find(|s| s.name == subset);
-    super::cluster::EffectivePolicy::resolve(rule.traffic_policy.as_ref(), subset, port)
+    super::cluster::EffectivePolicy::resolve(rule.traffic_policy.as_deref(), subset, port)
         .connection_pool?
         .tcp?
         .idle_timeout

@@ -113,7 +113,7 @@ pub fn hash_policy(ctx: &RouteCtx<'_>, d: &Destination) -> Vec<route_action::Has
         .subset
         .as_ref()
         .and_then(|name| rule.subsets.iter().find(|s| &s.name == name));
-    let policy = EffectivePolicy::resolve(rule.traffic_policy.as_ref(), subset, port);
+    let policy = EffectivePolicy::resolve(rule.traffic_policy.as_deref(), subset, port);
     let Some(ch) = policy
         .load_balancer
         .as_ref()
