@@ -213,6 +213,9 @@ impl MeshConfig {
                 _ => None,
             })
             .collect();
+        // Collected through a filter, the vectors grew by doubling: up to half of each unused
+        // (≈ 1.2 MB at 10 000 workloads, issue 19).
+        self.workloads.shrink_to_fit();
         let workloads = WorkloadIndex::new(&self.workloads);
         self.services = self
             .objects
@@ -225,6 +228,7 @@ impl MeshConfig {
             })
             .flatten()
             .collect();
+        self.services.shrink_to_fit();
     }
 
     /// Rejects objects that point at what does not exist (e.g. a route to an undefined subset):

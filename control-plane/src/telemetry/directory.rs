@@ -8,6 +8,7 @@ use meshd_model::MeshConfig;
 use meshd_model::registry::Workload;
 use meshd_model::telemetry_scope::TelemetryPolicy;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -67,7 +68,10 @@ struct Served {
 #[derive(Debug, Default)]
 pub struct Directory {
     peers: Vec<Peer>,
-    by_name: HashMap<(String, String), usize>,
+    /// Peers by namespace and name: indices into `peers`, hashed from the peer's own fields,
+    /// so the table holds no second copy of either and a lookup allocates nothing.
+    by_name: hashbrown::HashTable<usize>,
+    name_hasher: std::hash::RandomState,
     /// Workloads by address; more than one means the address names none.
     by_address: HashMap<IpAddr, Vec<usize>>,
     served: HashMap<usize, Vec<Served>>,
@@ -90,8 +94,7 @@ impl Directory {
         };
         let telemetries = meshd_model::telemetry_scope::telemetries(mesh);
         for w in &mesh.workloads {
-            let key = (w.namespace.clone(), w.name.clone());
-            if d.by_name.contains_key(&key) {
+            if d.index_of(&w.name, &w.namespace).is_some() {
                 continue;
             }
             let i = d.peers.len();
@@ -106,8 +109,19 @@ impl Directory {
             if policy != TelemetryPolicy::default() {
                 d.telemetry.insert(i, Arc::new(policy));
             }
+            let hash = d
+                .name_hasher
+                .hash_one((peer.namespace.as_str(), peer.workload.as_str()));
             d.peers.push(peer);
-            d.by_name.insert(key, i);
+            let Directory {
+                peers,
+                by_name,
+                name_hasher,
+                ..
+            } = &mut d;
+            by_name.insert_unique(hash, i, |&j| {
+                name_hasher.hash_one((peers[j].namespace.as_str(), peers[j].workload.as_str()))
+            });
             if let Ok(ip) = w.address.parse::<IpAddr>() {
                 d.by_address.entry(ip).or_default().push(i);
             }
@@ -121,7 +135,7 @@ impl Directory {
             }
             for e in &s.endpoints {
                 let Some(name) = &e.workload else { continue };
-                let Some(&i) = d.by_name.get(&(e.namespace.clone(), name.clone())) else {
+                let Some(i) = d.index_of(name, &e.namespace) else {
                     continue;
                 };
                 let served = d.served.entry(i).or_default();
@@ -145,18 +159,24 @@ impl Directory {
         d
     }
 
-    pub fn workload(&self, name: &str, namespace: &str) -> Option<&Peer> {
+    fn index_of(&self, name: &str, namespace: &str) -> Option<usize> {
+        let hash = self.name_hasher.hash_one((namespace, name));
         self.by_name
-            .get(&(namespace.to_string(), name.to_string()))
-            .map(|&i| &self.peers[i])
+            .find(hash, |&i| {
+                self.peers[i].namespace == namespace && self.peers[i].workload == name
+            })
+            .copied()
+    }
+
+    pub fn workload(&self, name: &str, namespace: &str) -> Option<&Peer> {
+        self.index_of(name, namespace).map(|i| &self.peers[i])
     }
 
     /// The Telemetry policy in force for a workload (the default for one the registry lacks).
     pub fn telemetry(&self, name: &str, namespace: &str) -> Arc<TelemetryPolicy> {
         static DEFAULT: std::sync::OnceLock<Arc<TelemetryPolicy>> = std::sync::OnceLock::new();
-        self.by_name
-            .get(&(namespace.to_string(), name.to_string()))
-            .and_then(|i| self.telemetry.get(i))
+        self.index_of(name, namespace)
+            .and_then(|i| self.telemetry.get(&i))
             .unwrap_or_else(|| DEFAULT.get_or_init(Default::default))
             .clone()
     }
@@ -172,9 +192,7 @@ impl Directory {
     /// The service `peer` answered as: the one the request's authority names among those it
     /// serves, else the first it serves on `port`, else the first it serves at all.
     pub fn service_of(&self, peer: &Peer, port: Option<u32>, authority: &str) -> Option<&str> {
-        let i = *self
-            .by_name
-            .get(&(peer.namespace.clone(), peer.workload.clone()))?;
+        let i = self.index_of(&peer.workload, &peer.namespace)?;
         let served = self.served.get(&i)?;
         let host = authority_host(authority);
         let named = (!host.is_empty())
