@@ -1,12 +1,13 @@
 //! What SotW and Delta streams share: binding the node to the proven identity, recomputing the
 //! proxy's resources, and waiting for the next reason to push.
 
-use super::status::{ProxyHandle, ProxyStatus, SentResources, SyncStatus, TypeStatus};
+use super::status::{
+    ProxyHandle, ProxyStatus, SentResources, SyncStatus, TypeStatus, TypeStatuses,
+};
 use super::{Authenticator, Metrics, SecretSource, Shared};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshd_xds::generate::ProxyResources;
 use meshd_xds::proxy::{BindError, Identity, Proxy, RegistrationError};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -145,7 +146,7 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
             proven: proxy.identity.clone(),
             connected_at: SystemTime::now(),
             protocol,
-            types: BTreeMap::new(),
+            types: TypeStatuses::default(),
         });
         shared.metrics.connected.fetch_add(1, Ordering::Relaxed);
         shared.metrics.pilot.xds.inc();
@@ -215,8 +216,12 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
     }
 
     pub fn update_type(&self, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
+        // Only a served type gets here (a stream keeps no state for the others).
+        let Some(type_url) = meshd_xds::resource::served_type(type_url) else {
+            return;
+        };
         let mut st = self.status.lock().expect("status");
-        f(st.types.entry(type_url.to_string()).or_default());
+        f(st.types.entry(type_url));
     }
 
     pub fn record_sent(
@@ -282,7 +287,7 @@ pub(crate) async fn open_stream<A, S, Req: prost::Message + Default>(
     identity: Identity,
     node: impl Fn(&Req) -> Option<&Node>,
     tx: &super::wire::Sender,
-) -> Option<(Proxy, Req)> {
+) -> Option<(Proxy, Box<Req>)> {
     use futures::StreamExt;
     let first = match requests.next().await {
         Some(Ok(r)) => r,

@@ -6,15 +6,13 @@ use super::diff::{self, LayerDiffs};
 use super::status::SentResources;
 use super::stream::{self, Protocol, Push, Stream};
 use super::wire;
-use super::{Authenticator, SecretSource, Shared};
+use super::{Authenticator, SecretSource};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use meshd_xds::proxy::Identity;
 use meshd_xds::resource::{
     CLUSTER, ENDPOINT, ResourceSet, SharedResource, Subscription, is_wildcard_type,
 };
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use tonic::Status;
 
 /// What a proxy holds of one type.
@@ -187,7 +185,7 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         stream::refuse(&self.tx, status).await
     }
 
-    async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), ()> {
+    async fn on_request(&mut self, req: Box<DeltaDiscoveryRequest>) -> Result<(), ()> {
         if !stream::served(&req.type_url) {
             return Ok(());
         }
@@ -278,7 +276,7 @@ impl<A: Authenticator, S: SecretSource> Protocol<A, S> for TypeState {
         request.node.as_ref()
     }
 
-    async fn on_request(s: &mut Delta<A, S>, req: DeltaDiscoveryRequest) -> Result<(), ()> {
+    async fn on_request(s: &mut Delta<A, S>, req: Box<DeltaDiscoveryRequest>) -> Result<(), ()> {
         s.on_request(req).await
     }
 
@@ -287,13 +285,10 @@ impl<A: Authenticator, S: SecretSource> Protocol<A, S> for TypeState {
     }
 }
 
-pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
-    shared: Arc<Shared<A, S>>,
-    identity: Identity,
-    requests: wire::Requests<DeltaDiscoveryRequest>,
-    tx: wire::Sender,
-) {
-    stream::serve::<A, S, TypeState>(shared, identity, requests, tx).await
+pub(crate) fn serve<A: Authenticator, S: SecretSource>(
+    opening: Box<stream::Opening<A, S, DeltaDiscoveryRequest>>,
+) -> impl Future<Output = ()> + Send {
+    stream::serve::<A, S, TypeState>(opening)
 }
 
 #[cfg(test)]
@@ -301,6 +296,7 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use meshd_xds::resource::{LayerMap, Resource, reuse_layer};
+    use std::sync::Arc;
 
     fn layer(items: &[(&str, u32)]) -> meshd_xds::resource::Layer {
         LayerMap::new(

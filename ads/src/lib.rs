@@ -15,7 +15,7 @@ mod wire;
 
 pub use conn::wait_registered;
 pub use service::AdsService;
-pub use status::{ProxyStatus, Registry, SyncStatus, TypeStatus};
+pub use status::{ProxyStatus, Registry, SyncStatus, TypeStatus, TypeStatuses};
 
 use meshd_xds::generate::{MeshSnapshot, ProxyResources};
 use meshd_xds::proxy::{Identity, Proxy};

@@ -1,6 +1,7 @@
 //! The ADS gRPC service: routes each call to the SotW or Delta stream task after authenticating
 //! it, and answers with the response body the stream task fills through `wire`.
 
+use crate::stream::Opening;
 use crate::wire::{FrameBody, Requests};
 use crate::{Authenticator, SecretSource, Shared, delta, sotw};
 use std::convert::Infallible;
@@ -79,9 +80,19 @@ impl<A: Authenticator, S: SecretSource> tonic::codegen::Service<http::Request<Bo
             let (tx, rx) = mpsc::channel(4);
             let (body, max) = (req.into_body(), shared.max_request_bytes);
             if delta {
-                tokio::spawn(delta::serve(shared, identity, Requests::new(body, max), tx));
+                tokio::spawn(delta::serve(Box::new(Opening {
+                    shared,
+                    identity,
+                    requests: Requests::new(body, max),
+                    tx,
+                })));
             } else {
-                tokio::spawn(sotw::serve(shared, identity, Requests::new(body, max), tx));
+                tokio::spawn(sotw::serve(Box::new(Opening {
+                    shared,
+                    identity,
+                    requests: Requests::new(body, max),
+                    tx,
+                })));
             }
             Ok(grpc_response(Body::new(FrameBody::new(rx))))
         })

@@ -6,12 +6,10 @@ use super::diff;
 use super::status::SentResources;
 use super::stream::{self, Protocol, Push, Reply, Stream};
 use super::wire;
-use super::{Authenticator, SecretSource, Shared};
+use super::{Authenticator, SecretSource};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use meshd_xds::proxy::Identity;
 use meshd_xds::resource::{CLUSTER, ENDPOINT, ResourceSet, Subscription, is_wildcard_type};
-use std::sync::Arc;
 use tonic::Status;
 
 #[derive(Default)]
@@ -136,7 +134,7 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         stream::send_push(&mut self.conn, &self.tx, response, push).await
     }
 
-    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), ()> {
+    async fn on_request(&mut self, req: Box<DiscoveryRequest>) -> Result<(), ()> {
         if !stream::served(&req.type_url) {
             return Ok(());
         }
@@ -197,7 +195,7 @@ impl<A: Authenticator, S: SecretSource> Protocol<A, S> for TypeState {
         request.node.as_ref()
     }
 
-    async fn on_request(s: &mut Sotw<A, S>, req: DiscoveryRequest) -> Result<(), ()> {
+    async fn on_request(s: &mut Sotw<A, S>, req: Box<DiscoveryRequest>) -> Result<(), ()> {
         s.on_request(req).await
     }
 
@@ -206,11 +204,8 @@ impl<A: Authenticator, S: SecretSource> Protocol<A, S> for TypeState {
     }
 }
 
-pub(crate) async fn serve<A: Authenticator, S: SecretSource>(
-    shared: Arc<Shared<A, S>>,
-    identity: Identity,
-    requests: wire::Requests<DiscoveryRequest>,
-    tx: wire::Sender,
-) {
-    stream::serve::<A, S, TypeState>(shared, identity, requests, tx).await
+pub(crate) fn serve<A: Authenticator, S: SecretSource>(
+    opening: Box<stream::Opening<A, S, DiscoveryRequest>>,
+) -> impl Future<Output = ()> + Send {
+    stream::serve::<A, S, TypeState>(opening)
 }

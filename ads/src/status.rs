@@ -3,7 +3,6 @@
 use dashmap::DashMap;
 use meshd_xds::resource::{ResourceSet, SharedResource, Subscription, select};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -81,7 +80,49 @@ pub struct ProxyStatus {
     #[serde(with = "rfc3339")]
     pub connected_at: SystemTime,
     pub protocol: &'static str,
-    pub types: BTreeMap<String, TypeStatus>,
+    pub types: TypeStatuses,
+}
+
+/// A proxy's status per type it asked for, by type URL in URL order (written as a JSON map).
+/// A few entries in a vector sized to them, keyed by the served types' statics: every
+/// connected proxy has one, and a `BTreeMap<String, _>` cost it a 1.8 KB node and a copy of
+/// each URL.
+#[derive(Clone, Debug, Default)]
+pub struct TypeStatuses(Vec<(&'static str, TypeStatus)>);
+
+impl TypeStatuses {
+    pub fn get(&self, type_url: &str) -> Option<&TypeStatus> {
+        self.0.iter().find(|(t, _)| *t == type_url).map(|(_, s)| s)
+    }
+
+    /// The entry for a served type, made when first needed.
+    pub fn entry(&mut self, type_url: &'static str) -> &mut TypeStatus {
+        let at = match self.0.binary_search_by(|(t, _)| (*t).cmp(type_url)) {
+            Ok(at) => at,
+            Err(at) => {
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(meshd_xds::resource::PUSH_ORDER.len());
+                }
+                self.0.insert(at, (type_url, TypeStatus::default()));
+                at
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &TypeStatus)> {
+        self.0.iter().map(|(t, s)| (*t, s))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &TypeStatus> {
+        self.0.iter().map(|(_, s)| s)
+    }
+}
+
+impl Serialize for TypeStatuses {
+    fn serialize<Ser: serde::Serializer>(&self, ser: Ser) -> Result<Ser::Ok, Ser::Error> {
+        ser.collect_map(self.iter())
+    }
 }
 
 mod rfc3339 {

@@ -10,7 +10,7 @@ use super::wire;
 use super::{Authenticator, SecretSource, Shared};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use futures::StreamExt;
-use meshd_xds::proxy::{Identity, Proxy};
+use meshd_xds::proxy::Identity;
 use meshd_xds::resource::{PUSH_ORDER, SharedResource};
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,7 +40,7 @@ pub(crate) trait Protocol<A: Authenticator, S: SecretSource>: Sized + Send {
     /// `Err`: the stream ends (the proxy has been told why, or is gone).
     fn on_request(
         s: &mut Stream<A, S, Self>,
-        req: Self::Request,
+        req: Box<Self::Request>,
     ) -> impl Future<Output = Result<(), ()>> + Send;
     /// Pushes what changed of one type.
     fn push_type(
@@ -49,48 +49,56 @@ pub(crate) trait Protocol<A: Authenticator, S: SecretSource>: Sized + Send {
     ) -> impl Future<Output = Result<(), ()>> + Send;
 }
 
+/// What a stream starts with, handed to its task in one box.
+pub(crate) struct Opening<A, S, Req> {
+    pub shared: Arc<Shared<A, S>>,
+    pub identity: Identity,
+    pub requests: wire::Requests<Req>,
+    pub tx: wire::Sender,
+}
+
 /// Serves one ADS stream of protocol `P` until the proxy leaves, the stream fails or meshd
 /// drains.
+///
+/// One async fn with its inputs in one box: a task is as large as its future, and a future
+/// keeps room for its arguments in every state (and for each nested async fn's own), so the
+/// stream's life is not split over nested functions. The first sync and each push run boxed,
+/// so between messages the task holds only what a waiting stream needs (every proxy has one).
 pub(crate) async fn serve<A: Authenticator, S: SecretSource, P: Protocol<A, S>>(
-    shared: Arc<Shared<A, S>>,
-    identity: Identity,
-    mut requests: wire::Requests<P::Request>,
-    tx: wire::Sender,
+    opening: Box<Opening<A, S, P::Request>>,
 ) {
+    let Opening {
+        shared,
+        identity,
+        mut requests,
+        tx,
+    } = *opening;
     let Some((proxy, first)) =
         Box::pin(open_stream(&shared, &mut requests, identity, P::node, &tx)).await
     else {
         return;
     };
     let span = tracing::info_span!("ads", proxy = %proxy.id, protocol = P::NAME);
-    session::<A, S, P>(shared, proxy, first, requests, tx)
-        .instrument(span)
-        .await;
-}
-
-async fn session<A: Authenticator, S: SecretSource, P: Protocol<A, S>>(
-    shared: Arc<Shared<A, S>>,
-    proxy: Proxy,
-    first: P::Request,
-    mut requests: wire::Requests<P::Request>,
-    tx: wire::Sender,
-) {
-    // The first sync and each push run boxed: the task keeps, between messages, only what a
-    // waiting stream needs (every proxy has one).
-    let conn = Box::pin(Conn::open(shared, proxy, P::NAME)).await;
+    let conn = Box::pin(Conn::open(shared, proxy, P::NAME).instrument(span.clone())).await;
     let mut s = Stream::<A, S, P> {
         conn,
         types: HashMap::new(),
         tx,
         eds_due: Vec::new(),
     };
-    if Box::pin(P::on_request(&mut s, first)).await.is_err() {
+    if Box::pin(P::on_request(&mut s, first).instrument(span.clone()))
+        .await
+        .is_err()
+    {
         return;
     }
     loop {
         tokio::select! {
             req = requests.next() => match req {
-                Some(Ok(req)) => if Box::pin(P::on_request(&mut s, req)).await.is_err() { return },
+                Some(Ok(req)) => {
+                    let answered = Box::pin(P::on_request(&mut s, req).instrument(span.clone()));
+                    if answered.await.is_err() { return }
+                }
                 Some(Err(e)) => {
                     tracing::debug!(proxy = %s.conn.proxy.id, error = %e, "stream error");
                     // The proxy learns why (an oversized or malformed request, say).
@@ -102,11 +110,12 @@ async fn session<A: Authenticator, S: SecretSource, P: Protocol<A, S>>(
             wake = s.conn.wake() => match wake {
                 Wake::Drain => return,
                 wake @ (Wake::Mesh | Wake::Secrets) => {
-                    if let Err(status) = Box::pin(s.conn.refresh()).await {
+                    let refreshed = Box::pin(s.conn.refresh().instrument(span.clone()));
+                    if let Err(status) = refreshed.await {
                         let _ = s.tx.send(wire::Outgoing::End(status)).await;
                         return;
                     }
-                    let pushed = Box::pin(push_all(&mut s));
+                    let pushed = Box::pin(push_all(&mut s).instrument(span.clone()));
                     if pushed.await.is_err() { return }
                     if matches!(wake, Wake::Mesh) { s.conn.converged() }
                 }

@@ -218,7 +218,7 @@ impl<T: prost::Message + Default> Requests<T> {
         }
     }
 
-    fn decode_one(&mut self) -> Result<Option<T>, Status> {
+    fn decode_one(&mut self) -> Result<Option<Box<T>>, Status> {
         if self.buf.len() < 5 {
             return Ok(None);
         }
@@ -241,6 +241,7 @@ impl<T: prost::Message + Default> Requests<T> {
         let mut message = self.buf.split_to(5 + len);
         message.advance(5);
         let decoded = T::decode(message)
+            .map(Box::new)
             .map_err(|e| Status::invalid_argument(format!("malformed request message: {e}")))?;
         if self.buf.is_empty() {
             // Release the allocation: a stream idles between requests with no buffer.
@@ -251,7 +252,9 @@ impl<T: prost::Message + Default> Requests<T> {
 }
 
 impl<T: prost::Message + Default> futures::Stream for Requests<T> {
-    type Item = Result<T, Status>;
+    /// Boxed: a stream's task keeps room for whatever it holds across an await, and a request
+    /// (≈ 600 bytes) is held while it is answered.
+    type Item = Result<Box<T>, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -366,7 +369,7 @@ mod tests {
         let body = Body::new(Chunks(frames));
         let got: Vec<DiscoveryRequest> = futures::executor::block_on(
             Requests::<DiscoveryRequest>::new(body, 1 << 20)
-                .map(|r| r.expect("decodes"))
+                .map(|r| *r.expect("decodes"))
                 .collect(),
         );
         assert_eq!(got, reqs);
@@ -403,7 +406,7 @@ mod tests {
         truncated.pop();
         for bad in [compressed, truncated] {
             let body = Body::new(Chunks([Bytes::from(bad)].into()));
-            let got: Vec<Result<DiscoveryRequest, Status>> =
+            let got: Vec<Result<Box<DiscoveryRequest>, Status>> =
                 futures::executor::block_on(Requests::new(body, 1 << 20).collect());
             assert_eq!(got.len(), 1);
             assert!(got[0].is_err());

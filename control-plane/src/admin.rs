@@ -124,14 +124,14 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<ProxyQuery>) -
     let mut out = serde_json::Map::new();
     out.insert("proxy_id".into(), json!(status.proxy_id));
     let mut types = serde_json::Map::new();
-    for (type_url, t) in &status.types {
+    for (type_url, t) in status.types.iter() {
         let resources: Vec<Value> = t
             .sent
             .iter()
             .map(|r| meshd_xds::json::any_to_json(&r.any()))
             .collect();
         types.insert(
-            type_url.clone(),
+            type_url.to_string(),
             json!({"version": t.sent_version, "resources": resources}),
         );
     }

@@ -107,3 +107,69 @@ async fn an_idle_tls_connection_keeps_no_record_buffer() {
         "an idle TLS connection (both ends) holds {per_pair} bytes"
     );
 }
+
+/// h2 queues received frames in one slab per connection, sized for the largest burst it ever
+/// queued and kept for the connection's life: a proxy whose requests once piled up while its
+/// stream was busy kept every slot. The vendored h2 (vendor/README.md) releases the slots when
+/// the queue empties; without that, the burst below leaves 145 KB behind (both ends).
+#[tokio::test]
+async fn a_drained_http2_connection_keeps_no_frame_slots() {
+    // Frames of h2's small-frame threshold, within one stream's initial window.
+    const FRAMES: usize = 200;
+    const FRAME: usize = 256;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let (client, server) = tokio::join!(
+        h2::client::handshake(tcp.unwrap()),
+        h2::server::handshake(accepted.unwrap().0)
+    );
+    let (mut client, client_conn) = client.unwrap();
+    let mut server = server.unwrap();
+    tokio::spawn(async move { client_conn.await.unwrap() });
+    let request = hyper::http::Request::post("http://localhost/s")
+        .body(())
+        .unwrap();
+    let (_response, mut body) = client.send_request(request, false).unwrap();
+    let (request, _respond) = server.accept().await.unwrap().unwrap();
+    let mut received = request.into_body();
+    // The server's connection keeps reading frames into its queue while nothing reads the
+    // stream; its task runs until the client is done.
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let conn = tokio::spawn(async move {
+        let mut idle_tx = Some(idle_tx);
+        std::future::poll_fn(|cx| {
+            let _ = server.poll_closed(cx);
+            if let Some(tx) = idle_tx.take() {
+                let _ = tx.try_send(());
+            }
+            std::task::Poll::<()>::Pending
+        })
+        .await
+    });
+    idle_rx.recv().await.unwrap();
+    let before = held();
+    for _ in 0..FRAMES {
+        body.send_data(bytes::Bytes::from(vec![7u8; FRAME]), false)
+            .unwrap();
+    }
+    // Every frame written by the client and queued by the server before any is read.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut got = 0;
+    while got < FRAMES * FRAME {
+        let chunk = received.data().await.unwrap().unwrap();
+        received
+            .flow_control()
+            .release_capacity(chunk.len())
+            .unwrap();
+        got += chunk.len();
+    }
+    // Both ends idle again: nothing queued on either side.
+    tokio::task::yield_now().await;
+    let kept = held() - before;
+    conn.abort();
+    assert!(
+        kept < 2048,
+        "after a burst of {FRAMES} frames, drained, the connection pair kept {kept} bytes"
+    );
+}

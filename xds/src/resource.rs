@@ -34,6 +34,11 @@ pub const PUSH_ORDER: [&str; 7] = [
     BOOTSTRAP,
 ];
 
+/// `type_url` as the static of [`PUSH_ORDER`] it equals, if this server serves it.
+pub fn served_type(type_url: &str) -> Option<&'static str> {
+    PUSH_ORDER.into_iter().find(|t| *t == type_url)
+}
+
 pub fn short_type(type_url: &str) -> &str {
     match type_url {
         CLUSTER => "CDS",

@@ -464,6 +464,11 @@ impl<'a> VacantEntry<'a> {
     pub fn insert(self, value: Stream) -> Key {
         // Insert the value in the slab
         let stream_id = value.id;
+        // meshd: the first stream gets one slot, not a vector's first four (a stream is
+        // ≈ 330 bytes, and an xDS connection holds one stream for its life).
+        if self.slab.capacity() == 0 {
+            self.slab.reserve_exact(1);
+        }
         let index = SlabIndex(self.slab.insert(value) as u32);
 
         // Insert the handle in the ID map
