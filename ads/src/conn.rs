@@ -286,7 +286,7 @@ pub(crate) async fn open_stream<A, S, Req: prost::Message + Default>(
     requests: &mut super::wire::Requests<Req>,
     identity: Identity,
     node: impl Fn(&Req) -> Option<&Node>,
-    tx: &super::wire::Sender,
+    tx: &mut super::wire::Sender,
 ) -> Option<(Proxy, Box<Req>)> {
     use futures::StreamExt;
     let first = match requests.next().await {

@@ -173,16 +173,16 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
             bytes,
             started,
         };
-        stream::send_push(&mut self.conn, &self.tx, response, push).await
+        stream::send_push(&mut self.conn, &mut self.tx, response, push).await
     }
 
     /// Ends the stream: it asked to hold more names of a type than any proxy needs.
-    async fn too_many_names(&self, type_url: &str, count: usize) -> Result<(), ()> {
+    async fn too_many_names(&mut self, type_url: &str, count: usize) -> Result<(), ()> {
         let limit = self.conn.shared.max_subscribed_names;
         let status = Status::resource_exhausted(format!(
             "{type_url}: {count} subscribed resource names, over the limit of {limit} per type"
         ));
-        stream::refuse(&self.tx, status).await
+        stream::refuse(&mut self.tx, status).await
     }
 
     async fn on_request(&mut self, req: Box<DeltaDiscoveryRequest>) -> Result<(), ()> {
@@ -197,23 +197,25 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         if claimed > limit {
             return self.too_many_names(&req.type_url, claimed).await;
         }
-        let type_url = req.type_url.clone();
-        let first = !self.types.contains_key(&type_url);
-        let st = self.types.entry(type_url.clone()).or_default();
+        let Some(type_url) = meshd_xds::resource::served_type(&req.type_url) else {
+            return Ok(());
+        };
+        let first = !self.types.contains_key(type_url);
+        let st = self.types.entry(type_url);
         if first {
             st.known = Known::Claimed(req.initial_resource_versions.clone().into_iter().collect());
-            st.wildcard = is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty();
+            st.wildcard = is_wildcard_type(type_url) && req.resource_names_subscribe.is_empty();
         }
         // A stale nonce still changes the subscription: only its ACK is ignored.
         stream::record_reply(
             &self.conn,
-            &type_url,
+            type_url,
             &st.nonce,
             &req.response_nonce,
             req.error_detail.as_ref(),
             &st.sent_version,
         );
-        let st = self.types.get_mut(&type_url).expect("inserted above");
+        let st = self.types.get_mut(type_url).expect("inserted above");
         let mut changed = first;
         let named_changes = req
             .resource_names_subscribe
@@ -221,7 +223,7 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
             .chain(&req.resource_names_unsubscribe)
             .any(|n| n != "*");
         let empty = ResourceSet::default();
-        let available = self.conn.resources.get(type_url.as_str()).unwrap_or(&empty);
+        let available = self.conn.resources.get(type_url).unwrap_or(&empty);
         // Subscribing to names already held under `All` (a new cluster's endpoints, say)
         // changes nothing: no copy of every name.
         let within_all = st.subscription == Subscription::All
@@ -249,7 +251,7 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
             }
             if names.len() > limit {
                 let count = names.len();
-                return self.too_many_names(&type_url, count).await;
+                return self.too_many_names(type_url, count).await;
             }
             st.subscription = Subscription::from_names(names, available);
         }
@@ -262,7 +264,7 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
             st.wildcard = false;
         }
         if changed {
-            self.push(&type_url).await?;
+            self.push(type_url).await?;
         }
         Ok(())
     }

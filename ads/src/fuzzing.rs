@@ -13,7 +13,7 @@ use meshd_xds::{GenOptions, MeshSnapshot};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// No secrets: the state machine, not the CA, is under test.
 struct NoSecrets(watch::Sender<u64>);
@@ -137,11 +137,11 @@ impl Driver {
         &self,
         stream: impl FnOnce(wire::Sender) -> F,
     ) -> usize {
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = wire::channel();
         self.runtime.block_on(async move {
             let task = tokio::spawn(stream(tx));
             let mut sent = 0;
-            while rx.recv().await.is_some() {
+            while futures::StreamExt::next(&mut rx).await.is_some() {
                 sent += 1;
             }
             task.await.expect("the stream task does not panic");
@@ -226,14 +226,15 @@ mod tests {
     #[test]
     fn a_stream_task_keeps_little_between_messages() {
         let d = driver();
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = wire::channel();
         let requests = wire::Requests::new(tonic::body::Body::empty(), d.max());
         let delta = delta::serve(Box::new(Opening {
             shared: d.server.shared.clone(),
             identity: d.identity.clone(),
             requests,
-            tx: tx.clone(),
+            tx,
         }));
+        let (tx, _rx) = wire::channel();
         let requests = wire::Requests::new(tonic::body::Body::empty(), d.max());
         let sotw = sotw::serve(Box::new(Opening {
             shared: d.server.shared.clone(),

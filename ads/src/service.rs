@@ -2,13 +2,12 @@
 //! it, and answers with the response body the stream task fills through `wire`.
 
 use crate::stream::Opening;
-use crate::wire::{FrameBody, Requests};
+use crate::wire::{self, FrameBody, Requests};
 use crate::{Authenticator, SecretSource, Shared, delta, sotw};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -77,7 +76,7 @@ impl<A: Authenticator, S: SecretSource> tonic::codegen::Service<http::Request<Bo
                 Ok(i) => i,
                 Err(status) => return Ok(status.into_http()),
             };
-            let (tx, rx) = mpsc::channel(4);
+            let (tx, rx) = wire::channel();
             let (body, max) = (req.into_body(), shared.max_request_bytes);
             if delta {
                 tokio::spawn(delta::serve(Box::new(Opening {

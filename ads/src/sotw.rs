@@ -131,7 +131,7 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
             bytes,
             started,
         };
-        stream::send_push(&mut self.conn, &self.tx, response, push).await
+        stream::send_push(&mut self.conn, &mut self.tx, response, push).await
     }
 
     async fn on_request(&mut self, req: Box<DiscoveryRequest>) -> Result<(), ()> {
@@ -145,13 +145,15 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
                 req.type_url,
                 req.resource_names.len()
             ));
-            return stream::refuse(&self.tx, status).await;
+            return stream::refuse(&mut self.tx, status).await;
         }
-        let type_url = req.type_url.clone();
-        let st = self.types.entry(type_url.clone()).or_default();
+        let Some(type_url) = meshd_xds::resource::served_type(&req.type_url) else {
+            return Ok(());
+        };
+        let st = self.types.entry(type_url);
         let reply = stream::record_reply(
             &self.conn,
-            &type_url,
+            type_url,
             &st.nonce,
             &req.response_nonce,
             req.error_detail.as_ref(),
@@ -160,11 +162,11 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         if reply == Reply::Stale {
             return Ok(());
         }
-        let wildcard = is_wildcard_type(&type_url)
+        let wildcard = is_wildcard_type(type_url)
             && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
         let empty = ResourceSet::default();
-        let available = self.conn.resources.get(type_url.as_str()).unwrap_or(&empty);
-        let st = self.types.get_mut(&type_url).expect("inserted above");
+        let available = self.conn.resources.get(type_url).unwrap_or(&empty);
+        let st = self.types.get_mut(type_url).expect("inserted above");
         let first = st.nonce.is_empty();
         // Envoy repeats every name in each ACK (all clusters, for EDS): the same list as last
         // time is told by its fingerprint, not looked up name by name.
@@ -181,7 +183,7 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
         }
         if first || !unchanged {
             // A new subscription always gets an answer, even an unchanged or empty one.
-            self.push(&type_url, true).await?;
+            self.push(type_url, true).await?;
         }
         Ok(())
     }

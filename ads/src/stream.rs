@@ -12,7 +12,6 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use futures::StreamExt;
 use meshd_xds::proxy::Identity;
 use meshd_xds::resource::{PUSH_ORDER, SharedResource};
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,11 +21,48 @@ use tracing::Instrument;
 pub(crate) struct Stream<A, S: SecretSource, T> {
     pub conn: Conn<A, S>,
     /// By type URL: only the types the proxy asked for.
-    pub types: HashMap<String, T>,
+    pub types: ByType<T>,
     pub tx: wire::Sender,
     /// Clusters (re)created since their endpoints last were sent. Envoy warms each until its
     /// endpoints arrive, changed or not; so their EDS follows CDS, as in Istio.
     pub eds_due: Vec<SharedResource>,
+}
+
+/// A stream's state per type, by the served types' statics: a few entries in a vector sized to
+/// them (a `HashMap<String, _>` cost every proxy a table and a copy of each type URL).
+pub(crate) struct ByType<T>(Vec<(&'static str, T)>);
+
+impl<T> Default for ByType<T> {
+    fn default() -> Self {
+        ByType(Vec::new())
+    }
+}
+
+impl<T: Default> ByType<T> {
+    pub fn get_mut(&mut self, type_url: &str) -> Option<&mut T> {
+        self.0
+            .iter_mut()
+            .find(|(t, _)| *t == type_url)
+            .map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, type_url: &str) -> bool {
+        self.0.iter().any(|(t, _)| *t == type_url)
+    }
+
+    /// The state of a served type, made when first asked for.
+    pub fn entry(&mut self, type_url: &'static str) -> &mut T {
+        match self.0.iter().position(|(t, _)| *t == type_url) {
+            Some(at) => &mut self.0[at].1,
+            None => {
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(PUSH_ORDER.len());
+                }
+                self.0.push((type_url, T::default()));
+                &mut self.0.last_mut().expect("pushed").1
+            }
+        }
+    }
 }
 
 /// What differs between SotW and Delta, implemented by the protocol's per-type state: the
@@ -71,10 +107,16 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource, P: Protocol<A, S>>(
         shared,
         identity,
         mut requests,
-        tx,
+        mut tx,
     } = *opening;
-    let Some((proxy, first)) =
-        Box::pin(open_stream(&shared, &mut requests, identity, P::node, &tx)).await
+    let Some((proxy, first)) = Box::pin(open_stream(
+        &shared,
+        &mut requests,
+        identity,
+        P::node,
+        &mut tx,
+    ))
+    .await
     else {
         return;
     };
@@ -82,7 +124,7 @@ pub(crate) async fn serve<A: Authenticator, S: SecretSource, P: Protocol<A, S>>(
     let conn = Box::pin(Conn::open(shared, proxy, P::NAME).instrument(span.clone())).await;
     let mut s = Stream::<A, S, P> {
         conn,
-        types: HashMap::new(),
+        types: ByType::default(),
         tx,
         eds_due: Vec::new(),
     };
@@ -195,7 +237,7 @@ pub(crate) struct Push<'a> {
 /// `Err`: the stream is gone.
 pub(crate) async fn send_push<A: Authenticator, S: SecretSource>(
     conn: &mut Conn<A, S>,
-    tx: &wire::Sender,
+    tx: &mut wire::Sender,
     response: wire::Outgoing,
     push: Push<'_>,
 ) -> Result<(), ()> {
@@ -206,7 +248,7 @@ pub(crate) async fn send_push<A: Authenticator, S: SecretSource>(
         push.sent,
         push.bytes,
     );
-    tx.send(response).await.map_err(|_| ())?;
+    tx.send(response).await?;
     conn.shared
         .metrics
         .pilot
@@ -215,7 +257,7 @@ pub(crate) async fn send_push<A: Authenticator, S: SecretSource>(
 }
 
 /// Ends the stream with `status`: the proxy learns why.
-pub(crate) async fn refuse(tx: &wire::Sender, status: tonic::Status) -> Result<(), ()> {
+pub(crate) async fn refuse(tx: &mut wire::Sender, status: tonic::Status) -> Result<(), ()> {
     let _ = tx.send(wire::Outgoing::End(Box::new(status))).await;
     Err(())
 }

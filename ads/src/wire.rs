@@ -10,12 +10,12 @@
 
 use super::status::SentResources;
 use bytes::{Buf, Bytes, BytesMut};
+use futures::channel::mpsc;
 use meshd_xds::resource::{CHUNK_TARGET, Layer, SharedResource, Subscription, length_delimited};
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::{Code, Status};
@@ -32,7 +32,30 @@ pub(crate) enum Outgoing {
     End(Box<Status>),
 }
 
-pub(crate) type Sender = mpsc::Sender<Outgoing>;
+/// The stream task's end of its response channel. futures' bounded channel, not tokio's: an
+/// idle one is a few hundred bytes, where tokio's keeps a 32-slot block (1.3 KB in all), and
+/// every connected proxy has one.
+pub(crate) struct Sender(mpsc::Sender<Outgoing>);
+
+impl Sender {
+    /// Waits for room (at most [`CHANNEL_DEPTH`] messages queued); `Err`: the response body is
+    /// gone (the proxy left).
+    pub(crate) async fn send(&mut self, message: Outgoing) -> Result<(), ()> {
+        futures::SinkExt::send(&mut self.0, message)
+            .await
+            .map_err(|_| ())
+    }
+}
+
+/// Messages a stream task may queue before it waits for the connection to take them.
+const CHANNEL_DEPTH: usize = 4;
+
+/// A stream task's response channel (the receiver goes to [`FrameBody::new`]).
+pub(crate) fn channel() -> (Sender, mpsc::Receiver<Outgoing>) {
+    // futures' capacity is the buffer plus one slot per sender.
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH - 1);
+    (Sender(tx), rx)
+}
 
 fn string_field(tag: u32, value: &str, out: &mut Vec<u8>) {
     if !value.is_empty() {
@@ -178,7 +201,7 @@ impl http_body::Body for FrameBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let status = match this.rx.poll_recv(cx) {
+        let status = match futures::StreamExt::poll_next_unpin(&mut this.rx, cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(Outgoing::Message(chunks))) => {
                 this.pending = chunks.into_iter();

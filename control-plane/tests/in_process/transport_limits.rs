@@ -1,5 +1,6 @@
 //! Transport limits on every listener, against the whole control plane in-process: an h2 reset
-//! flood gets GOAWAY, silent and half-sent connections are closed, the connection cap refuses
+//! flood gets GOAWAY, silent and half-sent connections are closed, idle and old connections are
+//! closed, the connection cap refuses
 //! the connection over it, an oversized ADS message is refused, unknown type URLs leave no
 //! state, and failed authentications are rate-limited per address.
 //!
@@ -159,6 +160,51 @@ async fn silent_connections_to_the_xds_ports_are_closed() {
     closed_by_server(silent, "xDS TLS port, no handshake").await;
     assert!(
         answered(server.app.xds_addr.expect("file mode serves plaintext xDS"))
+            .await
+            .is_some(),
+        "still serving"
+    );
+}
+
+/// A connection whose requests have all ended is closed after the idle timeout; one that is
+/// not idle is told to reconnect (GOAWAY) at its maximum age. The client keeps its handle to
+/// the connection throughout, so only the server can end it.
+#[tokio::test]
+async fn idle_and_old_xds_connections_are_closed_by_the_server() {
+    async fn ended_by_server(server: &TestServer, what: &str) {
+        let addr = server.app.xds_addr.expect("file mode serves plaintext xDS");
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let (resp, _) = client
+            .send_request(grpc_request(addr, "/meshd.test/Nothing"), true)
+            .unwrap();
+        resp.await.expect("answered");
+        let ended = tokio::time::timeout(GUARD, conn).await;
+        assert!(ended.is_ok(), "{what}: the server left the connection open");
+        drop(client);
+    }
+    let idle = start(
+        |l| {
+            l.xds_idle_timeout = Duration::from_millis(300);
+            l.xds_max_connection_age_grace = Duration::from_millis(300);
+        },
+        false,
+    )
+    .await;
+    ended_by_server(&idle, "idle past the idle timeout").await;
+    let old = start(
+        |l| {
+            l.xds_max_connection_age = Duration::from_millis(300);
+            l.xds_max_connection_age_grace = Duration::from_millis(300);
+        },
+        false,
+    )
+    .await;
+    ended_by_server(&old, "past its maximum age").await;
+    assert!(
+        answered(old.app.xds_addr.expect("file mode serves plaintext xDS"))
             .await
             .is_some(),
         "still serving"
