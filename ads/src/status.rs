@@ -83,43 +83,66 @@ pub struct ProxyStatus {
     pub types: TypeStatuses,
 }
 
-/// A proxy's status per type it asked for, by type URL in URL order (written as a JSON map).
-/// A few entries in a vector sized to them, keyed by the served types' statics: every
-/// connected proxy has one, and a `BTreeMap<String, _>` cost it a 1.8 KB node and a copy of
-/// each URL.
-#[derive(Clone, Debug, Default)]
-pub struct TypeStatuses(Vec<(&'static str, TypeStatus)>);
+/// A proxy's status per type it asked for (written as a JSON map by type URL).
+pub type TypeStatuses = ByType<TypeStatus>;
 
-impl TypeStatuses {
-    pub fn get(&self, type_url: &str) -> Option<&TypeStatus> {
-        self.0.iter().find(|(t, _)| *t == type_url).map(|(_, s)| s)
+/// Per-type state of one stream, by the served types' statics in URL order: a few entries in a
+/// vector sized to them. Every connected proxy has two (its stream's state and its sync
+/// status); as `BTreeMap<String, _>` or `HashMap<String, _>` each cost a node or table of
+/// ≈ 1–1.8 KB and a copy of each type URL.
+#[derive(Clone, Debug)]
+pub struct ByType<T>(Vec<(&'static str, T)>);
+
+impl<T> Default for ByType<T> {
+    fn default() -> Self {
+        ByType(Vec::new())
+    }
+}
+
+impl<T> ByType<T> {
+    fn find(&self, type_url: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(t, _)| (*t).cmp(type_url))
     }
 
-    /// The entry for a served type, made when first needed.
-    pub fn entry(&mut self, type_url: &'static str) -> &mut TypeStatus {
-        let at = match self.0.binary_search_by(|(t, _)| (*t).cmp(type_url)) {
+    pub fn get(&self, type_url: &str) -> Option<&T> {
+        self.find(type_url).ok().map(|at| &self.0[at].1)
+    }
+
+    pub fn get_mut(&mut self, type_url: &str) -> Option<&mut T> {
+        self.find(type_url).ok().map(|at| &mut self.0[at].1)
+    }
+
+    pub fn contains_key(&self, type_url: &str) -> bool {
+        self.find(type_url).is_ok()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &T)> {
+        self.0.iter().map(|(t, s)| (*t, s))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|(_, s)| s)
+    }
+}
+
+impl<T: Default> ByType<T> {
+    /// The entry of a served type, made when first needed.
+    pub fn entry(&mut self, type_url: &'static str) -> &mut T {
+        let at = match self.find(type_url) {
             Ok(at) => at,
             Err(at) => {
                 if self.0.capacity() == 0 {
                     self.0.reserve_exact(meshd_xds::resource::PUSH_ORDER.len());
                 }
-                self.0.insert(at, (type_url, TypeStatus::default()));
+                self.0.insert(at, (type_url, T::default()));
                 at
             }
         };
         &mut self.0[at].1
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &TypeStatus)> {
-        self.0.iter().map(|(t, s)| (*t, s))
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &TypeStatus> {
-        self.0.iter().map(|(_, s)| s)
-    }
 }
 
-impl Serialize for TypeStatuses {
+impl<T: Serialize> Serialize for ByType<T> {
     fn serialize<Ser: serde::Serializer>(&self, ser: Ser) -> Result<Ser::Ok, Ser::Error> {
         ser.collect_map(self.iter())
     }
@@ -188,5 +211,34 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.proxies.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, SECRET};
+
+    /// The sync status reads as the `BTreeMap` it replaced: a JSON map in URL order, one entry
+    /// per type however often it is touched, and room for the served types only.
+    #[test]
+    fn per_type_state_is_a_map_in_url_order() {
+        let mut types = TypeStatuses::default();
+        for url in [SECRET, LISTENER, CLUSTER, ENDPOINT, CLUSTER] {
+            types.entry(url).nonce.push('x');
+        }
+        let json = serde_json::to_value(&types).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut sorted = vec![CLUSTER, ENDPOINT, LISTENER, SECRET];
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted);
+        assert_eq!(types.get(CLUSTER).unwrap().nonce, "xx");
+        assert!(types.contains_key(SECRET) && !types.contains_key("type.googleapis.com/x"));
+        assert_eq!(types.0.capacity(), meshd_xds::resource::PUSH_ORDER.len());
     }
 }

@@ -5,7 +5,7 @@
 //! each protocol file holds only how it answers a request and what a push carries.
 
 use super::conn::{Conn, Wake, open_stream};
-use super::status::SentResources;
+use super::status::{ByType, SentResources};
 use super::wire;
 use super::{Authenticator, SecretSource, Shared};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -26,43 +26,6 @@ pub(crate) struct Stream<A, S: SecretSource, T> {
     /// Clusters (re)created since their endpoints last were sent. Envoy warms each until its
     /// endpoints arrive, changed or not; so their EDS follows CDS, as in Istio.
     pub eds_due: Vec<SharedResource>,
-}
-
-/// A stream's state per type, by the served types' statics: a few entries in a vector sized to
-/// them (a `HashMap<String, _>` cost every proxy a table and a copy of each type URL).
-pub(crate) struct ByType<T>(Vec<(&'static str, T)>);
-
-impl<T> Default for ByType<T> {
-    fn default() -> Self {
-        ByType(Vec::new())
-    }
-}
-
-impl<T: Default> ByType<T> {
-    pub fn get_mut(&mut self, type_url: &str) -> Option<&mut T> {
-        self.0
-            .iter_mut()
-            .find(|(t, _)| *t == type_url)
-            .map(|(_, v)| v)
-    }
-
-    pub fn contains_key(&self, type_url: &str) -> bool {
-        self.0.iter().any(|(t, _)| *t == type_url)
-    }
-
-    /// The state of a served type, made when first asked for.
-    pub fn entry(&mut self, type_url: &'static str) -> &mut T {
-        match self.0.iter().position(|(t, _)| *t == type_url) {
-            Some(at) => &mut self.0[at].1,
-            None => {
-                if self.0.capacity() == 0 {
-                    self.0.reserve_exact(PUSH_ORDER.len());
-                }
-                self.0.push((type_url, T::default()));
-                &mut self.0.last_mut().expect("pushed").1
-            }
-        }
-    }
 }
 
 /// What differs between SotW and Delta, implemented by the protocol's per-type state: the
