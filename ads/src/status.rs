@@ -131,9 +131,9 @@ impl<T: Default> ByType<T> {
         let at = match self.find(type_url) {
             Ok(at) => at,
             Err(at) => {
-                if self.0.capacity() == 0 {
-                    self.0.reserve_exact(meshd_xds::resource::PUSH_ORDER.len());
-                }
+                // Exactly as many as asked for: a stream asks for a type once, for at most
+                // the served ones, and a sidecar uses five of the seven.
+                self.0.reserve_exact(1);
                 self.0.insert(at, (type_url, T::default()));
                 at
             }
@@ -220,7 +220,7 @@ mod tests {
     use meshd_xds::resource::{CLUSTER, ENDPOINT, LISTENER, SECRET};
 
     /// The sync status reads as the `BTreeMap` it replaced: a JSON map in URL order, one entry
-    /// per type however often it is touched, and room for the served types only.
+    /// per type however often it is touched, and room for the types asked for only.
     #[test]
     fn per_type_state_is_a_map_in_url_order() {
         let mut types = TypeStatuses::default();
@@ -239,6 +239,6 @@ mod tests {
         assert_eq!(keys, sorted);
         assert_eq!(types.get(CLUSTER).unwrap().nonce, "xx");
         assert!(types.contains_key(SECRET) && !types.contains_key("type.googleapis.com/x"));
-        assert_eq!(types.0.capacity(), meshd_xds::resource::PUSH_ORDER.len());
+        assert_eq!(types.0.capacity(), 4, "room for the types asked for only");
     }
 }
