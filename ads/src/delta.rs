@@ -186,9 +186,9 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
     }
 
     async fn on_request(&mut self, req: Box<DeltaDiscoveryRequest>) -> Result<(), ()> {
-        if !stream::served(&req.type_url) {
+        let Some(type_url) = stream::served(&req.type_url) else {
             return Ok(());
-        }
+        };
         let limit = self.conn.shared.max_subscribed_names;
         let claimed = req
             .resource_names_subscribe
@@ -197,9 +197,6 @@ impl<A: Authenticator, S: SecretSource> Delta<A, S> {
         if claimed > limit {
             return self.too_many_names(&req.type_url, claimed).await;
         }
-        let Some(type_url) = meshd_xds::resource::served_type(&req.type_url) else {
-            return Ok(());
-        };
         let first = !self.types.contains_key(type_url);
         let st = self.types.entry(type_url);
         if first {

@@ -135,9 +135,9 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
     }
 
     async fn on_request(&mut self, req: Box<DiscoveryRequest>) -> Result<(), ()> {
-        if !stream::served(&req.type_url) {
+        let Some(type_url) = stream::served(&req.type_url) else {
             return Ok(());
-        }
+        };
         let limit = self.conn.shared.max_subscribed_names;
         if req.resource_names.len() > limit {
             let status = Status::resource_exhausted(format!(
@@ -147,9 +147,6 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
             ));
             return stream::refuse(&mut self.tx, status).await;
         }
-        let Some(type_url) = meshd_xds::resource::served_type(&req.type_url) else {
-            return Ok(());
-        };
         let st = self.types.entry(type_url);
         let reply = stream::record_reply(
             &self.conn,

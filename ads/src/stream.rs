@@ -139,11 +139,11 @@ async fn push_all<A: Authenticator, S: SecretSource, P: Protocol<A, S>>(
     Ok(())
 }
 
-/// Whether meshd serves `type_url`. A type it does not serve gets no answer and no state
-/// (Istio: no generator, no push), so made-up type URLs cannot grow a stream.
-pub(crate) fn served(type_url: &str) -> bool {
-    let served = PUSH_ORDER.contains(&type_url);
-    if !served {
+/// `type_url` as its static, when meshd serves it. A type it does not serve gets no answer and
+/// no state (Istio: no generator, no push), so made-up type URLs cannot grow a stream.
+pub(crate) fn served(type_url: &str) -> Option<&'static str> {
+    let served = meshd_xds::resource::served_type(type_url);
+    if served.is_none() {
         tracing::debug!(type_url, "request for a type not served: ignored");
     }
     served
