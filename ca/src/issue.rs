@@ -15,7 +15,7 @@ use crate::registry::{Kind, RegEntry};
 use crate::x509::{RawP256Public, pem_encode, random_serial, rfc3339, whole_seconds};
 use crate::{
     BACKDATE, CaError, CertificateAuthority, CsrHolding, IssuedCert, MAX_CSR_HOLDERS, SigningState,
-    SpiffeId, WorkloadClaims, credential,
+    SpiffeId, Validity, WorkloadClaims, credential,
 };
 
 /// What a leaf is for, besides its key.
@@ -321,19 +321,22 @@ impl CertificateAuthority {
     /// lifetime / 2), where the lifetime counts from issuance (NotBefore is back-dated for
     /// clock skew; that margin is not life the certificate was issued for — counting it would
     /// make a 30 s certificate with a 24 h window "due" the moment it is issued).
-    pub fn rotation_window_for(&self, cert: &IssuedCert) -> Duration {
-        let issued_at = cert.not_before + BACKDATE;
-        let lifetime = cert.not_after.duration_since(issued_at).unwrap_or_default();
+    pub fn rotation_window_for(&self, validity: Validity) -> Duration {
+        let issued_at = validity.not_before + BACKDATE;
+        let lifetime = validity
+            .not_after
+            .duration_since(issued_at)
+            .unwrap_or_default();
         self.rotation_window.min(lifetime / 2)
     }
 
     /// True when `cert`'s remaining life is below min(rotation_window, lifetime / 2)
     /// (or it has expired). See [`rotation_window_for`](Self::rotation_window_for).
-    pub fn rotation_due(&self, cert: &IssuedCert, now: SystemTime) -> bool {
-        let Ok(remaining) = cert.not_after.duration_since(now) else {
+    pub fn rotation_due(&self, validity: Validity, now: SystemTime) -> bool {
+        let Ok(remaining) = validity.not_after.duration_since(now) else {
             return true;
         };
-        remaining < self.rotation_window_for(cert)
+        remaining < self.rotation_window_for(validity)
     }
 
     /// A signed credential for `claims` (`meshd1.<claims>.<mac>`). Refused when it would be

@@ -179,6 +179,42 @@ pub struct IssuedCert {
     pub signer_serial: String,
 }
 
+impl IssuedCert {
+    pub fn validity(&self) -> Validity {
+        Validity {
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+
+    /// What a holder keeps once the chain and key are in what it serves.
+    pub fn facts(&self) -> CertFacts {
+        CertFacts {
+            serial_hex: self.serial_hex.as_str().into(),
+            validity: self.validity(),
+            signer_serial: self.signer_serial.as_str().into(),
+        }
+    }
+}
+
+/// A served certificate's public facts: enough to rotate it, report it and spot its expiry,
+/// so the PEM chain and the private key live only in the one encoding that is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFacts {
+    pub serial_hex: Box<str>,
+    pub validity: Validity,
+    /// As `IssuedCert::signer_serial`.
+    pub signer_serial: Box<str>,
+}
+
+/// A certificate's validity period: all that rotation and expiry checks read, so a holder can
+/// keep these two times without keeping the certificate (or its key) beside what it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
 /// Public information about a certificate; never key material.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CertInfo {

@@ -10,7 +10,7 @@ use meshd_ca::istio_api::{
     CREATE_CERTIFICATE_PATH, IstioCertificateRequest, IstioCertificateResponse, MAX_REQUEST_BYTES,
     RejectCode, SERVICE_NAME,
 };
-use meshd_ca::{CertificateAuthority, IssuedCert, SpiffeId};
+use meshd_ca::{CertFacts, CertificateAuthority, IssuedCert, SpiffeId};
 use meshd_xds::MeshSnapshot;
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
@@ -239,7 +239,7 @@ impl<A> NamedService for CaService<A> {
 pub struct ServingCert {
     ca: Arc<CertificateAuthority>,
     names: Vec<String>,
-    current: RwLock<(Arc<CertifiedKey>, IssuedCert)>,
+    current: RwLock<(Arc<CertifiedKey>, CertFacts)>,
 }
 
 impl std::fmt::Debug for ServingCert {
@@ -271,12 +271,12 @@ impl ServingCert {
         Ok(Arc::new(ServingCert {
             ca,
             names,
-            current: RwLock::new((key, issued)),
+            current: RwLock::new((key, issued.facts())),
         }))
     }
 
     /// The certificate served now.
-    pub fn current(&self) -> IssuedCert {
+    pub fn current(&self) -> CertFacts {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -285,13 +285,13 @@ impl ServingCert {
     }
 
     fn key(&self) -> Arc<CertifiedKey> {
-        let (key, issued) = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let due = self.ca.rotation_due(&issued, SystemTime::now())
-            || issued.signer_serial != self.ca.signer_serial();
+        let (key, due) = {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            let (key, facts) = &*current;
+            let due = self.ca.rotation_due(facts.validity, SystemTime::now())
+                || *facts.signer_serial != self.ca.signer_serial();
+            (key.clone(), due)
+        };
         if !due {
             return key;
         }
@@ -303,7 +303,8 @@ impl ServingCert {
         match fresh {
             Ok((key, issued)) => {
                 tracing::info!(serial = %issued.serial_hex, "TLS serving certificate re-issued");
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = (key.clone(), issued);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+                    (key.clone(), issued.facts());
                 key
             }
             Err(e) => {
@@ -423,16 +424,20 @@ impl CertMonitor {
             .secrets
             .served()
             .into_iter()
-            .map(|(_, c)| ("workload", c))
-            .chain(std::iter::once(("server", self.serving.current())));
-        for (kind, c) in leaves {
-            let remaining = left(c.not_after);
-            if remaining < EXPIRY_WARNING && self.ca.rotation_due(&c, now) {
+            .map(|(identity, c)| ("workload", identity.spiffe_id(), c))
+            .chain(std::iter::once((
+                "server",
+                String::new(),
+                self.serving.current(),
+            )));
+        for (kind, spiffe_id, c) in leaves {
+            let remaining = left(c.validity.not_after);
+            if remaining < EXPIRY_WARNING && self.ca.rotation_due(c.validity, now) {
                 out.push(Expiring {
                     kind: kind.to_string(),
-                    spiffe_id: c.spiffe_id.map(|i| i.to_string()).unwrap_or_default(),
-                    serial: c.serial_hex.clone(),
-                    not_after: rfc3339(c.not_after),
+                    spiffe_id,
+                    serial: c.serial_hex.into(),
+                    not_after: rfc3339(c.validity.not_after),
                     seconds_left: remaining.as_secs(),
                 });
             }

@@ -6,7 +6,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
 };
 use meshd_ads::{Authenticator, SecretSource};
-use meshd_ca::{CertificateAuthority, IssuedCert, SpiffeId, WorkloadClaims};
+use meshd_ca::{CertFacts, CertificateAuthority, SpiffeId, WorkloadClaims};
 use meshd_xds::generate::common::{ROOT_SECRET, WORKLOAD_SECRET, inline_bytes};
 use meshd_xds::{Identity, Proxy, Resource, SharedResource};
 use std::collections::BTreeMap;
@@ -48,8 +48,8 @@ pub fn identity_of(claims: &WorkloadClaims, trust_domain: &str) -> Identity {
 }
 
 struct Issued {
-    cert: IssuedCert,
-    /// The `default` secret carrying it, encoded once.
+    facts: CertFacts,
+    /// The `default` secret, encoded once: the only copy of the chain and key kept.
     resource: SharedResource,
     /// When to re-issue: inside the rotation window, jittered so a mesh does not rotate at once.
     refresh_at: SystemTime,
@@ -148,11 +148,11 @@ impl CaSecrets {
     }
 
     /// The certificate each identity with an open stream holds.
-    pub fn served(&self) -> Vec<(Identity, IssuedCert)> {
+    pub fn served(&self) -> Vec<(Identity, CertFacts)> {
         self.held
             .iter()
             .filter(|e| e.streams > 0)
-            .filter_map(|e| Some((e.key().clone(), e.issued.as_ref()?.cert.clone())))
+            .filter_map(|e| Some((e.key().clone(), e.issued.as_ref()?.facts.clone())))
             .collect()
     }
 
@@ -166,15 +166,18 @@ impl CaSecrets {
     pub fn workload_secret(&self, identity: &Identity) -> Option<(String, String)> {
         let h = self.held.get(identity)?;
         let i = h.issued.as_ref()?;
-        Some((i.resource.version.clone(), i.cert.signer_serial.clone()))
+        Some((
+            i.resource.version.clone(),
+            i.facts.signer_serial.to_string(),
+        ))
     }
 
     /// When to re-issue `cert`: once its remaining life drops below the CA's rotation window
     /// (min(--cert-rotation-window, lifetime / 2)), up to a tenth of that window earlier —
     /// derived from the serial, so stable per certificate but spread over a mesh — and never
     /// sooner than a second after issuance (no re-issue loop when the signer itself expires).
-    fn refresh_time(&self, cert: &IssuedCert) -> SystemTime {
-        let window = self.ca.rotation_window_for(cert);
+    fn refresh_time(&self, cert: &CertFacts) -> SystemTime {
+        let window = self.ca.rotation_window_for(cert.validity);
         let spread = window / 10;
         let seed = u64::from_str_radix(
             &cert.serial_hex[cert.serial_hex.len().saturating_sub(8)..],
@@ -186,18 +189,18 @@ impl CaSecrets {
         } else {
             Duration::from_nanos(seed % spread.as_nanos().max(1) as u64)
         };
-        let at = cert.not_after - window - jitter;
+        let at = cert.validity.not_after - window - jitter;
         at.max(SystemTime::now() + Duration::from_secs(1))
     }
 
-    fn certificate(&self, proxy: &Proxy) -> Result<(IssuedCert, SharedResource), String> {
+    fn certificate(&self, proxy: &Proxy) -> Result<(CertFacts, SharedResource), String> {
         let now = SystemTime::now();
         let identity = &proxy.identity;
         let current = |h: &Held| {
             h.issued
                 .as_ref()
-                .filter(|i| i.refresh_at > now && i.cert.signer_serial == self.ca.signer_serial())
-                .map(|i| (i.cert.clone(), i.resource.clone()))
+                .filter(|i| i.refresh_at > now && *i.facts.signer_serial == self.ca.signer_serial())
+                .map(|i| (i.facts.clone(), i.resource.clone()))
         };
         let cached = || self.held.get(identity).and_then(|h| current(&h));
         if let Some(found) = cached() {
@@ -219,7 +222,8 @@ impl CaSecrets {
         );
         let cert = self.ca.issue_workload(&id).map_err(|e| e.to_string())?;
         tracing::info!(proxy = %proxy.id, spiffe_id = %id, serial = %cert.serial_hex, "issued workload certificate");
-        let refresh_at = self.refresh_time(&cert);
+        let facts = cert.facts();
+        let refresh_at = self.refresh_time(&facts);
         let workload = Secret {
             name: WORKLOAD_SECRET.into(),
             r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
@@ -229,15 +233,16 @@ impl CaSecrets {
             })),
         };
         let resource = Resource::encode(WORKLOAD_SECRET, &workload);
+        drop((workload, cert));
         // Replaces what the identity held: one certificate per identity, whatever its streams.
         let mut held =
             (self.held.entry(identity.clone())).or_insert_with(|| Held::new(Some(Instant::now())));
         held.issued = Some(Issued {
-            cert: cert.clone(),
+            facts: facts.clone(),
             resource: resource.clone(),
             refresh_at,
         });
-        Ok((cert, resource))
+        Ok((facts, resource))
     }
 
     /// Drops identities idle for longer than the grace, and expired certificates; at most a
@@ -254,7 +259,10 @@ impl CaSecrets {
         let wall = SystemTime::now();
         let grace = self.grace;
         self.held.retain(|_, h| {
-            if h.issued.as_ref().is_some_and(|i| i.cert.not_after <= wall) {
+            if h.issued
+                .as_ref()
+                .is_some_and(|i| i.facts.validity.not_after <= wall)
+            {
                 h.issued = None;
             }
             h.streams > 0 || h.idle_since.is_some_and(|t| now.duration_since(t) < grace)
@@ -352,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(secrets(dir.path(), 3600, 60));
         let start = Arc::new(std::sync::Barrier::new(16));
-        let serials: std::collections::HashSet<String> = (0..16)
+        let serials: std::collections::HashSet<Box<str>> = (0..16)
             .map(|_| {
                 let (s, start) = (s.clone(), start.clone());
                 std::thread::spawn(move || {
@@ -418,7 +426,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .refresh_at;
-            let before_expiry = first.not_after.duration_since(at).unwrap();
+            let before_expiry = first.validity.not_after.duration_since(at).unwrap();
             let want = Duration::from_secs(want);
             assert!(
                 before_expiry >= want && before_expiry <= want + want / 10,
@@ -451,12 +459,61 @@ mod tests {
         s.ca.advance_root_rotation().unwrap();
         let (third, res) = s.certificate(&p).unwrap();
         assert_ne!(third.serial_hex, second.serial_hex);
-        assert_eq!(third.signer_serial, s.ca.signer_serial());
+        assert_eq!(&*third.signer_serial, s.ca.signer_serial());
         assert_eq!(
             s.workload_secret(&p.identity),
-            Some((res.version.clone(), third.signer_serial.clone()))
+            Some((res.version.clone(), third.signer_serial.to_string()))
         );
         assert_ne!(s.root_resource().version, root_before.version);
+    }
+
+    /// The chain and key PEM inside an encoded `default` secret.
+    fn chain_and_key(secret: &Resource) -> (String, String) {
+        use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+        use prost::Message;
+        let decoded = Secret::decode(secret.value()).unwrap();
+        let Some(secret::Type::TlsCertificate(tls)) = decoded.r#type else {
+            panic!("not a TLS certificate secret: {decoded:?}");
+        };
+        let text = |d: Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d
+            .and_then(|d| d.specifier)
+        {
+            Some(Specifier::InlineBytes(b)) => String::from_utf8(b).unwrap(),
+            other => panic!("not inline bytes: {other:?}"),
+        };
+        (text(tls.certificate_chain), text(tls.private_key))
+    }
+
+    /// The DER of a chain's first certificate.
+    fn pem_der(chain: &str) -> Vec<u8> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::pem_slice_iter(chain.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    }
+
+    /// The secret served for an identity holds a chain and a key of its own; what the cache
+    /// keeps beside it is public (serial, validity, signer), never a second copy of the key.
+    #[test]
+    fn the_key_is_kept_once_inside_the_served_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secrets(dir.path(), 3600, 60);
+        let p = proxy("a");
+        let (facts, secret) = s.certificate(&p).unwrap();
+        let (chain, key) = chain_and_key(&secret);
+        assert!(key.contains("PRIVATE KEY"), "{key}");
+        assert!(!format!("{facts:?}").contains("PRIVATE KEY"));
+        // the facts describe the certificate served
+        let der = pem_der(&chain);
+        let der_hex: String = der.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(der_hex.contains(&*facts.serial_hex), "{facts:?}");
+        assert!(std::sync::Arc::ptr_eq(
+            &secret,
+            &s.certificate(&p).unwrap().1
+        ));
     }
 
     fn workload_certs_issued(s: &CaSecrets) -> u64 {
@@ -473,14 +530,26 @@ mod tests {
         intruder.id = billing.id.clone();
         s.acquire(&billing);
         s.acquire(&intruder);
-        let (theirs, _) = s.certificate(&billing).unwrap();
-        let (mine, _) = s.certificate(&intruder).unwrap();
+        let (theirs, their_secret) = s.certificate(&billing).unwrap();
+        let (mine, my_secret) = s.certificate(&intruder).unwrap();
         assert_ne!(mine.serial_hex, theirs.serial_hex);
-        assert_ne!(mine.key_pem, theirs.key_pem);
-        assert_eq!(
-            mine.spiffe_id.unwrap().to_string(),
+        let (my_chain, my_key) = chain_and_key(&my_secret);
+        let (their_chain, their_key) = chain_and_key(&their_secret);
+        assert_ne!(my_key, their_key);
+        let carries =
+            |chain: &str, id: &str| pem_der(chain).windows(id.len()).any(|w| w == id.as_bytes());
+        assert!(carries(
+            &my_chain,
             "spiffe://cluster.local/ns/ns/sa/low-priv"
-        );
+        ));
+        assert!(!carries(
+            &my_chain,
+            "spiffe://cluster.local/ns/ns/sa/billing"
+        ));
+        assert!(carries(
+            &their_chain,
+            "spiffe://cluster.local/ns/ns/sa/billing"
+        ));
         // billing still gets its own, unchanged
         assert_eq!(
             s.certificate(&billing).unwrap().0.serial_hex,

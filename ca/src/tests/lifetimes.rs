@@ -9,17 +9,20 @@ fn rotation_due_rules() {
     let mut c = ca.issue_workload(&id("a", "b")).unwrap();
     let nb = c.not_before;
     let na = c.not_after;
-    assert!(!ca.rotation_due(&c, SystemTime::now()));
-    assert!(!ca.rotation_due(&c, na - DAY - Duration::from_secs(1)));
-    assert!(ca.rotation_due(&c, na - DAY + Duration::from_secs(1)));
-    assert!(ca.rotation_due(&c, na + Duration::from_secs(1)));
+    assert!(!ca.rotation_due(c.validity(), SystemTime::now()));
+    assert!(!ca.rotation_due(c.validity(), na - DAY - Duration::from_secs(1)));
+    assert!(ca.rotation_due(c.validity(), na - DAY + Duration::from_secs(1)));
+    assert!(ca.rotation_due(c.validity(), na + Duration::from_secs(1)));
     // short-lived: half the lifetime wins over the 24h window; the lifetime counts from
     // issuance (NotBefore + the 2 min back-dating), not from NotBefore
     let issued = nb + BACKDATE;
     c.not_after = issued + Duration::from_secs(3600);
-    assert_eq!(ca.rotation_window_for(&c), Duration::from_secs(1800));
-    assert!(!ca.rotation_due(&c, issued + Duration::from_secs(29 * 60)));
-    assert!(ca.rotation_due(&c, issued + Duration::from_secs(31 * 60)));
+    assert_eq!(
+        ca.rotation_window_for(c.validity()),
+        Duration::from_secs(1800)
+    );
+    assert!(!ca.rotation_due(c.validity(), issued + Duration::from_secs(29 * 60)));
+    assert!(ca.rotation_due(c.validity(), issued + Duration::from_secs(31 * 60)));
 }
 
 #[test]
@@ -38,10 +41,13 @@ fn short_ttl_is_honoured_and_not_due_at_issuance() {
         left <= Duration::from_secs(30) && left >= Duration::from_secs(28),
         "{left:?}"
     );
-    assert_eq!(ca.rotation_window_for(&c), Duration::from_secs(10));
-    assert!(!ca.rotation_due(&c, now));
-    assert!(!ca.rotation_due(&c, c.not_after - Duration::from_secs(11)));
-    assert!(ca.rotation_due(&c, c.not_after - Duration::from_secs(9)));
+    assert_eq!(
+        ca.rotation_window_for(c.validity()),
+        Duration::from_secs(10)
+    );
+    assert!(!ca.rotation_due(c.validity(), now));
+    assert!(!ca.rotation_due(c.validity(), c.not_after - Duration::from_secs(11)));
+    assert!(ca.rotation_due(c.validity(), c.not_after - Duration::from_secs(9)));
     // the same 30 s certificate with the default 24 h window: half its life, 15 s
     let ca = CertificateAuthority::load_or_create(&CaConfig {
         workload_cert_ttl: Duration::from_secs(30),
@@ -49,8 +55,11 @@ fn short_ttl_is_honoured_and_not_due_at_issuance() {
     })
     .unwrap();
     let c = ca.issue_workload(&id("a", "b")).unwrap();
-    assert_eq!(ca.rotation_window_for(&c), Duration::from_secs(15));
-    assert!(!ca.rotation_due(&c, SystemTime::now()));
+    assert_eq!(
+        ca.rotation_window_for(c.validity()),
+        Duration::from_secs(15)
+    );
+    assert!(!ca.rotation_due(c.validity(), SystemTime::now()));
 }
 
 #[test]
