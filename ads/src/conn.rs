@@ -215,18 +215,15 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         }
     }
 
-    pub fn update_type(&self, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
-        // Only a served type gets here (a stream keeps no state for the others).
-        let Some(type_url) = meshd_xds::resource::served_type(type_url) else {
-            return;
-        };
+    /// `type_url`: a served type's static (a stream keeps no state for the others).
+    pub fn update_type(&self, type_url: &'static str, f: impl FnOnce(&mut TypeStatus)) {
         let mut st = self.status.lock().expect("status");
         f(st.types.entry(type_url));
     }
 
     pub fn record_sent(
         &self,
-        type_url: &str,
+        type_url: &'static str,
         version: &str,
         nonce: &str,
         sent: SentResources,
@@ -243,7 +240,7 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         });
     }
 
-    pub fn record_ack(&self, type_url: &str, version: &str) {
+    pub fn record_ack(&self, type_url: &'static str, version: &str) {
         Metrics::inc(&self.shared.metrics.acks, 1);
         self.update_type(type_url, |t| {
             t.acked_version = version.to_string();
@@ -252,7 +249,7 @@ impl<A: Authenticator, S: SecretSource> Conn<A, S> {
         });
     }
 
-    pub fn record_nack(&self, type_url: &str, message: &str) {
+    pub fn record_nack(&self, type_url: &'static str, message: &str) {
         Metrics::inc(&self.shared.metrics.nacks, 1);
         self.shared.metrics.pilot.rejected(type_url);
         tracing::warn!(proxy = %self.proxy.id, type_url, error = message, "proxy rejected config (NACK); it keeps its last good config");

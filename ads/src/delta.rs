@@ -101,7 +101,7 @@ impl Default for TypeState {
 type Delta<A, S> = Stream<A, S, TypeState>;
 
 impl<A: Authenticator, S: SecretSource> Delta<A, S> {
-    async fn push(&mut self, type_url: &str) -> Result<(), ()> {
+    async fn push(&mut self, type_url: &'static str) -> Result<(), ()> {
         let started = std::time::Instant::now();
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());

@@ -42,7 +42,7 @@ impl<A: Authenticator, S: SecretSource> Sotw<A, S> {
     /// Sends the type's current set unless the proxy already has exactly this version.
     /// `force`: a request asked for it (a new subscription gets an answer, even an unchanged
     /// one).
-    async fn push(&mut self, type_url: &str, force: bool) -> Result<(), ()> {
+    async fn push(&mut self, type_url: &'static str, force: bool) -> Result<(), ()> {
         let started = std::time::Instant::now();
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());

@@ -164,7 +164,7 @@ pub(crate) enum Reply {
 /// whose nonce is `latest_nonce`.
 pub(crate) fn record_reply<A: Authenticator, S: SecretSource>(
     conn: &Conn<A, S>,
-    type_url: &str,
+    type_url: &'static str,
     latest_nonce: &str,
     response_nonce: &str,
     error: Option<&envoy_types::pb::google::rpc::Status>,
@@ -186,7 +186,7 @@ pub(crate) fn record_reply<A: Authenticator, S: SecretSource>(
 
 /// One response on its way: what the sync status and the pilot_* metrics record of it.
 pub(crate) struct Push<'a> {
-    pub type_url: &'a str,
+    pub type_url: &'static str,
     pub version: &'a str,
     pub nonce: &'a str,
     pub sent: SentResources,
