@@ -317,7 +317,7 @@ impl CertificateAuthority {
         Ok((chain, bundle))
     }
 
-    /// How long before `cert`'s NotAfter it is due for rotation: min(rotation_window,
+    /// How long before the certificate's NotAfter it is due for rotation: min(rotation_window,
     /// lifetime / 2), where the lifetime counts from issuance (NotBefore is back-dated for
     /// clock skew; that margin is not life the certificate was issued for — counting it would
     /// make a 30 s certificate with a 24 h window "due" the moment it is issued).
@@ -330,7 +330,7 @@ impl CertificateAuthority {
         self.rotation_window.min(lifetime / 2)
     }
 
-    /// True when `cert`'s remaining life is below min(rotation_window, lifetime / 2)
+    /// True when the certificate's remaining life is below min(rotation_window, lifetime / 2)
     /// (or it has expired). See [`rotation_window_for`](Self::rotation_window_for).
     pub fn rotation_due(&self, validity: Validity, now: SystemTime) -> bool {
         let Ok(remaining) = validity.not_after.duration_since(now) else {
